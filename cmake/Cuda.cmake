@@ -1,0 +1,27 @@
+# STRATA_CUDA=AUTO|ON|OFF. AUTO builds the CUDA sources when nvcc is found (CI has CUDA 13 and no GPU:
+# everything must compile and link there); ON without nvcc is a fatal error.
+set(STRATA_WITH_CUDA OFF)
+if(NOT STRATA_CUDA STREQUAL "OFF")
+  if(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
+    set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
+  endif()
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    # sm_80: A100 (bf16 tensor cores, cp.async); sm_90: H100/H200 (the production target).
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES 80 90)
+    endif()
+    # CMake 3.25 knows no C++20 flag for nvcc 13; CUDA sources are C++17 and include only C++17 headers.
+    set(CMAKE_CUDA_STANDARD 17)
+    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    set(STRATA_WITH_CUDA ON)
+    message(STATUS "strata: CUDA ${CMAKE_CUDA_COMPILER_VERSION} at ${CMAKE_CUDA_COMPILER}, architectures ${CMAKE_CUDA_ARCHITECTURES}")
+  elseif(STRATA_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "STRATA_CUDA=ON but no CUDA compiler (nvcc) was found; install CUDA or use -DSTRATA_CUDA=OFF")
+  else()
+    message(STATUS "strata: no nvcc found, building without CUDA (STRATA_CUDA=AUTO)")
+  endif()
+endif()

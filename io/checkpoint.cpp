@@ -1,0 +1,321 @@
+// Checkpoint manifest (JSON) and shard files (HDF5, chunked, Fletcher32-checksummed).
+#include "io/checkpoint.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "io/hdf5_handle.h"
+#include "runtime/base/error.h"
+
+namespace strata {
+namespace fs = std::filesystem;
+
+std::string manifest_path(const std::string& dir) { return (fs::path(dir) / "manifest.json").string(); }
+std::string shard_file_name(int pp_rank, int tp_rank) { return cat("model-pp", pp_rank, "-tp", tp_rank, ".h5"); }
+
+// ---------------------------------------------------------------------------------------------------- manifest
+
+Manifest Manifest::read(const std::string& dir) {
+  const std::string path = manifest_path(dir);
+  STRATA_CHECK(fs::is_directory(dir), Checkpoint, "checkpoint directory '", dir, "' does not exist");
+  std::ifstream in(path);
+  STRATA_CHECK(in, Checkpoint, "cannot open ", path, " (is '", dir, "' a strata checkpoint? convert or init one)");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(ErrorKind::Checkpoint, cat(path, ": not valid JSON: ", e.what()));
+  }
+  auto field = [&](const char* key) -> const nlohmann::json& {
+    STRATA_CHECK(j.contains(key), Checkpoint, path, ": missing field '", key, "'");
+    return j.at(key);
+  };
+  Manifest m;
+  try {
+    STRATA_CHECK(field("format").get<std::string>() == "strata-checkpoint", Checkpoint, path,
+                 ": 'format' is not \"strata-checkpoint\"");
+    m.format_version = field("format_version").get<int>();
+    STRATA_CHECK(m.format_version == kCheckpointFormatVersion, Checkpoint, path, ": format_version ",
+                 m.format_version, " is not supported (this strata reads version ", kCheckpointFormatVersion, ")");
+    m.model = field("model");
+    const auto& layout = field("layout");
+    m.tensor_parallel_size = layout.at("tensor_parallel_size").get<int>();
+    m.pipeline_parallel_size = layout.at("pipeline_parallel_size").get<int>();
+    m.dtype = parse_dtype(field("dtype").get<std::string>());
+    for (const auto& s : field("shards")) {
+      ShardInfo info;
+      info.file = s.at("file").get<std::string>();
+      info.pp_rank = s.at("pp_rank").get<int>();
+      info.tp_rank = s.at("tp_rank").get<int>();
+      info.layer_begin = s.at("layers").at(0).get<std::int64_t>();
+      info.layer_end = s.at("layers").at(1).get<std::int64_t>();
+      m.shards.push_back(info);
+    }
+    m.tokenizer = field("tokenizer");
+    m.source = j.value("source", nlohmann::json::object());
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(ErrorKind::Checkpoint, cat(path, ": malformed manifest: ", e.what()));
+  } catch (const Error& e) {
+    if (e.kind() == ErrorKind::Checkpoint) throw;
+    throw Error(ErrorKind::Checkpoint, cat(path, ": ", e.what()));
+  }
+  STRATA_CHECK(int(m.shards.size()) == m.tensor_parallel_size * m.pipeline_parallel_size, Checkpoint, path, ": ",
+               m.shards.size(), " shards listed for tensor_parallel_size ", m.tensor_parallel_size,
+               " x pipeline_parallel_size ", m.pipeline_parallel_size);
+  return m;
+}
+
+void Manifest::write(const std::string& dir) const {
+  nlohmann::json shards_json = nlohmann::json::array();
+  for (const auto& s : shards)
+    shards_json.push_back({{"file", s.file},
+                           {"pp_rank", s.pp_rank},
+                           {"tp_rank", s.tp_rank},
+                           {"layers", {s.layer_begin, s.layer_end}}});
+  nlohmann::json j = {{"format", "strata-checkpoint"},
+                      {"format_version", format_version},
+                      {"model", model},
+                      {"layout", {{"tensor_parallel_size", tensor_parallel_size},
+                                  {"pipeline_parallel_size", pipeline_parallel_size}}},
+                      {"dtype", dtype_name(dtype)},
+                      {"shards", shards_json},
+                      {"tokenizer", tokenizer},
+                      {"source", source}};
+  const std::string path = manifest_path(dir), temp = path + ".tmp";
+  {
+    std::ofstream out(temp);
+    STRATA_CHECK(out, Io, "cannot write ", temp);
+    out << j.dump(2) << "\n";
+    STRATA_CHECK(out.flush(), Io, "cannot write ", temp);
+  }
+  fs::rename(temp, path);  // the manifest appears only once complete
+}
+
+const ShardInfo& Manifest::shard(int pp_rank, int tp_rank) const {
+  for (const auto& s : shards)
+    if (s.pp_rank == pp_rank && s.tp_rank == tp_rank) return s;
+  throw Error(ErrorKind::Checkpoint, cat("manifest lists no shard for pp rank ", pp_rank, " tp rank ", tp_rank));
+}
+
+// ---------------------------------------------------------------------------------------------------- attributes
+namespace {
+
+void write_attr_ints(hid_t object, const char* name, const std::vector<std::int64_t>& values, bool scalar) {
+  const hsize_t count = values.size();
+  h5::Handle space = scalar ? h5::dataspace(H5Screate(H5S_SCALAR), "attribute space")
+                            : h5::dataspace(H5Screate_simple(1, &count, nullptr), "attribute space");
+  h5::Handle attr = h5::attribute(H5Acreate2(object, name, H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT),
+                                  cat("create attribute ", name));
+  STRATA_H5_CHECK(H5Awrite(attr.get(), H5T_NATIVE_INT64, values.data()));
+}
+
+void write_attr_string(hid_t object, const char* name, const std::string& value) {
+  h5::Handle type = h5::datatype(H5Tcopy(H5T_C_S1), "string type");
+  STRATA_H5_CHECK(H5Tset_size(type.get(), std::max<std::size_t>(1, value.size())));
+  h5::Handle space = h5::dataspace(H5Screate(H5S_SCALAR), "attribute space");
+  h5::Handle attr = h5::attribute(H5Acreate2(object, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT),
+                                  cat("create attribute ", name));
+  STRATA_H5_CHECK(H5Awrite(attr.get(), type.get(), value.empty() ? " " : value.data()));
+}
+
+nlohmann::json read_attr(hid_t object, const char* name) {
+  h5::Handle attr = h5::attribute(H5Aopen(object, name, H5P_DEFAULT), cat("open attribute ", name));
+  h5::Handle type = h5::datatype(H5Aget_type(attr.get()), "attribute type");
+  h5::Handle space = h5::dataspace(H5Aget_space(attr.get()), "attribute space");
+  const hssize_t count = H5Sget_simple_extent_npoints(space.get());
+  if (H5Tget_class(type.get()) == H5T_STRING) {
+    std::string value(H5Tget_size(type.get()), '\0');
+    STRATA_H5_CHECK(H5Aread(attr.get(), type.get(), value.data()));
+    return value.substr(0, value.find('\0'));
+  }
+  std::vector<std::int64_t> values(static_cast<std::size_t>(std::max<hssize_t>(count, 1)));
+  STRATA_H5_CHECK(H5Aread(attr.get(), H5T_NATIVE_INT64, values.data()));
+  if (H5Sget_simple_extent_type(space.get()) == H5S_SCALAR) return values[0];
+  return values;
+}
+
+Shape ints_attr(hid_t object, const char* name, const std::string& where) {
+  STRATA_CHECK(H5Aexists(object, name) > 0, Checkpoint, where, ": missing attribute '", name, "'");
+  return read_attr(object, name).get<Shape>();
+}
+
+// HDF5 float types strata stores: IEEE f32, IEEE half, and bfloat16 (1 sign, 8 exponent, 7 mantissa bits).
+h5::Handle file_type_of(DType dtype) {
+  if (dtype == DType::F32) return h5::datatype(H5Tcopy(H5T_IEEE_F32LE), "f32 type");
+  h5::Handle type = h5::datatype(H5Tcopy(H5T_IEEE_F32LE), "16-bit float type");
+  const bool bf16 = dtype == DType::BF16;
+  STRATA_H5_CHECK(H5Tset_fields(type.get(), 15, bf16 ? 7 : 10, bf16 ? 8 : 5, 0, bf16 ? 7 : 10));
+  STRATA_H5_CHECK(H5Tset_size(type.get(), 2));
+  STRATA_H5_CHECK(H5Tset_ebias(type.get(), bf16 ? 127 : 15));
+  return type;
+}
+
+DType dtype_of_type(hid_t type, const std::string& where) {
+  STRATA_CHECK(H5Tget_class(type) == H5T_FLOAT, Checkpoint, where, ": not a floating-point dataset");
+  size_t spos, epos, esize, mpos, msize;
+  STRATA_H5_CHECK(H5Tget_fields(type, &spos, &epos, &esize, &mpos, &msize));
+  const size_t size = H5Tget_size(type);
+  if (size == 4 && esize == 8 && msize == 23) return DType::F32;
+  if (size == 2 && esize == 5 && msize == 10) return DType::F16;
+  if (size == 2 && esize == 8 && msize == 7) return DType::BF16;
+  throw Error(ErrorKind::Checkpoint, cat(where, ": unsupported float layout (", size, " bytes, ", esize,
+                                         " exponent bits, ", msize, " mantissa bits)"));
+}
+
+// Chunks of about 4 MiB: large enough to read at disk speed, small enough that a checksum error is local.
+std::vector<hsize_t> chunk_dims(const Shape& shape, std::size_t element_size) {
+  std::vector<hsize_t> dims(shape.begin(), shape.end());
+  if (dims.empty()) return dims;
+  hsize_t row_bytes = element_size;
+  for (std::size_t i = 1; i < dims.size(); ++i) row_bytes *= dims[i];
+  dims[0] = std::clamp<hsize_t>((4u << 20) / std::max<hsize_t>(row_bytes, 1), 1, std::max<hsize_t>(dims[0], 1));
+  return dims;
+}
+
+herr_t collect_name(hid_t, const char* name, const H5L_info_t*, void* data) {
+  static_cast<std::vector<std::string>*>(data)->push_back(name);
+  return 0;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------- reader
+
+ShardReader::ShardReader(const std::string& path) : path_(path) {
+  h5::silence_library_errors();
+  STRATA_CHECK(fs::exists(path), Checkpoint, "shard ", path, " is missing");
+  file_ = h5::file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT),
+                   cat("cannot open shard ", path, " (not an HDF5 file, or truncated)"))
+              .release();  // closed in the destructor
+}
+
+ShardReader::~ShardReader() {
+  if (file_ >= 0) H5Fclose(file_);
+}
+ShardReader::ShardReader(ShardReader&& other) noexcept : path_(std::move(other.path_)), file_(other.file_) {
+  other.file_ = -1;
+}
+ShardReader& ShardReader::operator=(ShardReader&& other) noexcept {
+  std::swap(path_, other.path_);
+  std::swap(file_, other.file_);
+  return *this;
+}
+
+bool ShardReader::contains(const std::string& name) const { return H5Lexists(file_, name.c_str(), H5P_DEFAULT) > 0; }
+
+std::vector<std::string> ShardReader::tensor_names() const {
+  std::vector<std::string> names;
+  hsize_t index = 0;
+  STRATA_H5_CHECK(H5Literate(file_, H5_INDEX_NAME, H5_ITER_INC, &index, collect_name, &names));
+  return names;
+}
+
+nlohmann::json ShardReader::attributes() const {
+  nlohmann::json attrs = nlohmann::json::object();
+  const int count = H5Aget_num_attrs(file_);
+  for (int i = 0; i < count; ++i) {
+    char name[256] = {};
+    h5::Handle attr = h5::attribute(H5Aopen_by_idx(file_, ".", H5_INDEX_NAME, H5_ITER_INC, hsize_t(i), H5P_DEFAULT,
+                                                   H5P_DEFAULT),
+                                    "root attribute");
+    H5Aget_name(attr.get(), sizeof(name) - 1, name);
+    attrs[name] = read_attr(file_, name);
+  }
+  return attrs;
+}
+
+StoredTensor ShardReader::describe(const std::string& name) const {
+  const std::string where = cat("shard ", path_, ": tensor ", name);
+  STRATA_CHECK(contains(name), Checkpoint, "shard ", path_, " has no tensor ", name);
+  h5::Handle set = h5::dataset(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), where);
+  h5::Handle type = h5::datatype(H5Dget_type(set.get()), where);
+  h5::Handle space = h5::dataspace(H5Dget_space(set.get()), where);
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  std::vector<hsize_t> dims(static_cast<std::size_t>(std::max(rank, 0)));
+  STRATA_H5_CHECK(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr));
+  StoredTensor t;
+  t.name = name;
+  t.shape.assign(dims.begin(), dims.end());
+  t.dtype = dtype_of_type(type.get(), where);
+  t.global_shape = ints_attr(set.get(), "global_shape", where);
+  t.global_offset = ints_attr(set.get(), "global_offset", where);
+  t.split = H5Aexists(set.get(), "split") > 0 ? read_attr(set.get(), "split").get<std::string>() : "";
+  return t;
+}
+
+void ShardReader::read_f32(const std::string& name, const Shape& expected, float* out) const {
+  const StoredTensor t = describe(name);
+  STRATA_CHECK(t.shape == expected, Checkpoint, "shard ", path_, ": tensor ", name, " has shape ",
+               shape_string(t.shape), ", expected ", shape_string(expected));
+  h5::Handle set = h5::dataset(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), name);
+  const std::size_t count = std::size_t(shape_numel(t.shape));
+  try {
+    if (t.dtype == DType::F32) {
+      STRATA_H5_CHECK(H5Dread(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out));
+    } else {
+      std::vector<std::uint16_t> raw(count);
+      h5::Handle type = file_type_of(t.dtype);  // read the stored bits as they are, convert here (exact, fast)
+      STRATA_H5_CHECK(H5Dread(set.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, raw.data()));
+      convert_to_f32(t.dtype, raw.data(), out, count);
+    }
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    if (what.find("Fletcher32") != std::string::npos || what.find("checksum") != std::string::npos)
+      throw Error(ErrorKind::Checkpoint, cat("checksum mismatch: shard ", path_, ", tensor ", name,
+                                             " is corrupt (Fletcher32 check failed); re-create or re-copy the shard"));
+    throw Error(ErrorKind::Checkpoint, cat("cannot read shard ", path_, ", tensor ", name, ": ", what));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------- writer
+
+ShardWriter::ShardWriter(const std::string& path, const nlohmann::json& root_attributes) : path_(path) {
+  h5::silence_library_errors();
+  h5::Handle f = h5::file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT),
+                          cat("cannot create shard ", path));
+  for (const auto& [key, value] : root_attributes.items()) {
+    if (value.is_string())
+      write_attr_string(f.get(), key.c_str(), value.get<std::string>());
+    else
+      write_attr_ints(f.get(), key.c_str(), {value.get<std::int64_t>()}, true);
+  }
+  file_ = f.release();  // closed by close() or the destructor
+}
+
+ShardWriter::~ShardWriter() {
+  if (file_ >= 0) H5Fclose(file_);
+}
+
+void ShardWriter::close() {
+  if (file_ < 0) return;
+  const hid_t f = file_;
+  file_ = -1;
+  STRATA_H5_CHECK(H5Fclose(f));
+}
+
+void ShardWriter::write(const StoredTensor& t, const float* data) {
+  const std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
+  const std::string where = cat("shard ", path_, ": tensor ", t.name);
+  h5::Handle space = h5::dataspace(H5Screate_simple(int(dims.size()), dims.data(), nullptr), where);
+  h5::Handle type = file_type_of(t.dtype);
+  h5::Handle dcpl = h5::plist(H5Pcreate(H5P_DATASET_CREATE), where);
+  const auto chunks = chunk_dims(t.shape, dtype_size(t.dtype));
+  STRATA_H5_CHECK(H5Pset_chunk(dcpl.get(), int(chunks.size()), chunks.data()));
+  STRATA_H5_CHECK(H5Pset_fletcher32(dcpl.get()));
+  h5::Handle set = h5::dataset(
+      H5Dcreate2(file_, t.name.c_str(), type.get(), space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT), where);
+  const std::size_t count = std::size_t(shape_numel(t.shape));
+  if (t.dtype == DType::F32) {
+    STRATA_H5_CHECK(H5Dwrite(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data));
+  } else {
+    std::vector<std::uint16_t> raw(count);
+    convert_from_f32(t.dtype, data, raw.data(), count);
+    STRATA_H5_CHECK(H5Dwrite(set.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, raw.data()));
+  }
+  write_attr_ints(set.get(), "global_shape", t.global_shape, false);
+  write_attr_ints(set.get(), "global_offset", t.global_offset, false);
+  write_attr_string(set.get(), "split", t.split);
+}
+
+}  // namespace strata

@@ -1,0 +1,89 @@
+// The strata checkpoint (format version 1, specified in docs/checkpoint-format.md): a directory with
+// manifest.json and one HDF5 file per (pipeline stage, tensor-parallel rank). Each rank opens only its own shard.
+// Tensors keep their Hugging Face names, hold only the rank's slice, carry their global shape and offset, and are
+// stored chunked with HDF5's Fletcher32 checksum filter, verified on every read.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/base/dtype.h"
+#include "runtime/tensor/tensor.h"
+
+namespace strata {
+
+constexpr int kCheckpointFormatVersion = 1;
+
+struct ShardInfo {
+  std::string file;  // relative to the checkpoint directory
+  int pp_rank = 0, tp_rank = 0;
+  std::int64_t layer_begin = 0, layer_end = 0;
+};
+
+struct Manifest {
+  int format_version = kCheckpointFormatVersion;
+  nlohmann::json model;      // ModelConfig, Hugging Face names
+  int tensor_parallel_size = 1, pipeline_parallel_size = 1;
+  DType dtype = DType::F32;  // storage dtype of the weights
+  std::vector<ShardInfo> shards;
+  nlohmann::json tokenizer;  // {"type": "byte", ...}
+  nlohmann::json source;     // where the weights came from (preset + seed, or a converted model)
+
+  // Reads and validates DIR/manifest.json; errors name the file and the field.
+  static Manifest read(const std::string& dir);
+  void write(const std::string& dir) const;
+  const ShardInfo& shard(int pp_rank, int tp_rank) const;
+};
+
+std::string manifest_path(const std::string& dir);
+std::string shard_file_name(int pp_rank, int tp_rank);  // "model-pp0-tp1.h5"
+
+struct StoredTensor {
+  std::string name;
+  Shape shape;          // local shape in this shard
+  DType dtype = DType::F32;
+  Shape global_shape;   // shape of the whole tensor
+  Shape global_offset;  // where this slice starts in it
+  std::string split;    // "rows" | "cols" | "replicated"
+};
+
+// One shard opened read-only. Move-only; closes the file when destroyed.
+class ShardReader {
+ public:
+  explicit ShardReader(const std::string& path);
+  ~ShardReader();
+  ShardReader(ShardReader&&) noexcept;
+  ShardReader& operator=(ShardReader&&) noexcept;
+
+  const std::string& path() const { return path_; }
+  bool contains(const std::string& name) const;
+  // Reads tensor `name`, whose local shape must equal `expected`, into `out` as f32 (converting f16/bf16). The
+  // Fletcher32 checksum of every chunk is verified; a mismatch throws naming the shard and the tensor.
+  void read_f32(const std::string& name, const Shape& expected, float* out) const;
+  StoredTensor describe(const std::string& name) const;
+  std::vector<std::string> tensor_names() const;
+  nlohmann::json attributes() const;  // the file's root attributes
+
+ private:
+  std::string path_;
+  long long file_ = -1;  // hid_t, kept opaque so HDF5 headers stay private to io/
+};
+
+// Writes one shard. Tensors are f32 in memory and stored as `dtype`.
+class ShardWriter {
+ public:
+  ShardWriter(const std::string& path, const nlohmann::json& root_attributes);
+  ~ShardWriter();
+  ShardWriter(const ShardWriter&) = delete;
+  ShardWriter& operator=(const ShardWriter&) = delete;
+  void write(const StoredTensor& tensor, const float* data);
+  void close();  // flushes; throws on failure (the destructor closes silently)
+
+ private:
+  std::string path_;
+  long long file_ = -1;
+};
+
+}  // namespace strata

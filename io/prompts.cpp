@@ -1,0 +1,117 @@
+// Prompt file parsing with file:line errors; unknown JSONL fields are refused (a typo must not be ignored).
+#include "io/prompts.h"
+
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "runtime/base/error.h"
+
+namespace strata {
+
+PromptFormat parse_prompt_format(const std::string& name) {
+  if (name == "auto") return PromptFormat::Auto;
+  if (name == "text") return PromptFormat::Text;
+  if (name == "jsonl") return PromptFormat::Jsonl;
+  throw Error(ErrorKind::Usage, cat("unknown prompt format '", name, "' (expected auto, text or jsonl)"));
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  STRATA_CHECK(in, Io, "cannot open ", path);
+  std::ostringstream content;
+  content << in.rdbuf();
+  STRATA_CHECK(!in.bad(), Io, "error reading ", path);
+  return content.str();
+}
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+template <typename T>
+T field_as(const nlohmann::json& value, const char* key, const std::string& where, const char* expected) {
+  try {
+    return value.get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw Error(ErrorKind::Usage, cat(where, ": field '", key, "' must be ", expected, " (got ", value.dump(), ")"));
+  }
+}
+
+Prompt parse_jsonl_line(const std::string& line, const std::string& where, std::size_t index) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(line);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw Error(ErrorKind::Usage, cat(where, ": not valid JSON (", e.what(), ")"));
+  }
+  STRATA_CHECK(j.is_object(), Usage, where, ": expected a JSON object like {\"prompt\": \"...\"}");
+  Prompt p;
+  p.origin = where;
+  p.id = std::int64_t(index);
+  bool has_prompt = false;
+  for (const auto& [key, value] : j.items()) {
+    if (key == "id") {
+      STRATA_CHECK(value.is_string() || value.is_number_integer(), Usage, where, ": 'id' must be a string or integer");
+      p.id = value;
+    } else if (key == "prompt") {
+      p.text = field_as<std::string>(value, "prompt", where, "a string");
+      has_prompt = true;
+    } else if (key == "max_tokens") {
+      p.overrides.max_tokens = field_as<std::int64_t>(value, "max_tokens", where, "an integer");
+    } else if (key == "temperature") {
+      p.overrides.temperature = field_as<double>(value, "temperature", where, "a number");
+    } else if (key == "top_p") {
+      p.overrides.top_p = field_as<double>(value, "top_p", where, "a number");
+    } else if (key == "top_k") {
+      p.overrides.top_k = field_as<std::int64_t>(value, "top_k", where, "an integer");
+    } else if (key == "seed") {
+      p.overrides.seed = field_as<std::uint64_t>(value, "seed", where, "a non-negative integer");
+    } else if (key == "stop") {
+      if (value.is_string())
+        p.overrides.stop = std::vector<std::string>{value.get<std::string>()};
+      else
+        p.overrides.stop = field_as<std::vector<std::string>>(value, "stop", where, "a string or a list of strings");
+    } else {
+      throw Error(ErrorKind::Usage, cat(where, ": unknown field '", key,
+                                        "' (known: id, prompt, max_tokens, temperature, top_p, top_k, seed, stop)"));
+    }
+  }
+  STRATA_CHECK(has_prompt, Usage, where, ": missing field 'prompt'");
+  return p;
+}
+
+}  // namespace
+
+std::vector<Prompt> parse_prompts(const std::string& content, const std::string& filename, PromptFormat format) {
+  if (format == PromptFormat::Auto)
+    format = ends_with(filename, ".jsonl") || ends_with(filename, ".json") ? PromptFormat::Jsonl : PromptFormat::Text;
+  std::vector<Prompt> prompts;
+  std::map<std::string, std::string> seen_ids;  // id -> where, to refuse duplicates
+  std::size_t line_number = 0, start = 0;
+  while (start < content.size()) {
+    std::size_t end = content.find('\n', start);
+    if (end == std::string::npos) end = content.size();
+    std::string line = content.substr(start, end - start);
+    start = end + 1;
+    ++line_number;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;  // blank lines are not prompts
+    const std::string where = cat(filename, ":", line_number);
+    if (format == PromptFormat::Text) {
+      prompts.push_back(Prompt{std::int64_t(prompts.size()), line, {}, where});
+      continue;
+    }
+    Prompt p = parse_jsonl_line(line, where, prompts.size());
+    const std::string key = p.id.dump();
+    auto [it, inserted] = seen_ids.emplace(key, where);
+    STRATA_CHECK(inserted, Usage, where, ": id ", key, " was already used at ", it->second);
+    prompts.push_back(std::move(p));
+  }
+  STRATA_CHECK(!prompts.empty(), Usage, filename, ": no prompts found");
+  return prompts;
+}
+
+}  // namespace strata

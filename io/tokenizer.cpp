@@ -1,0 +1,39 @@
+// The byte-level tokenizer.
+#include "io/tokenizer.h"
+
+#include "runtime/base/error.h"
+
+namespace strata {
+
+std::vector<std::int32_t> ByteTokenizer::encode(const std::string& text, bool add_bos) const {
+  std::vector<std::int32_t> ids;
+  ids.reserve(text.size() + 1);
+  if (add_bos) ids.push_back(kBos);
+  for (unsigned char c : text) ids.push_back(c);
+  return ids;
+}
+
+std::string ByteTokenizer::decode(std::span<const std::int32_t> ids) const {
+  std::string text;
+  text.reserve(ids.size());
+  for (auto id : ids) {
+    if (id >= 0 && id < 256)
+      text.push_back(char(id));
+    else if (id < 0 || id >= kVocab)
+      text += "\xEF\xBF\xBD";  // U+FFFD: an id outside this tokenizer (a model vocabulary larger than 260)
+  }
+  return text;
+}
+
+nlohmann::json ByteTokenizer::to_json() const {
+  return {{"type", "byte"}, {"bos_token_id", kBos}, {"eos_token_id", kEos}, {"vocab_size", kVocab}};
+}
+
+std::unique_ptr<Tokenizer> make_tokenizer(const nlohmann::json& spec, const std::string& where) {
+  const std::string type = spec.is_object() ? spec.value("type", "") : "";
+  if (type == "byte") return std::make_unique<ByteTokenizer>();
+  throw Error(ErrorKind::Checkpoint, cat(where, ": unsupported tokenizer type '", type,
+                                         "' (this build supports \"byte\")"));
+}
+
+}  // namespace strata

@@ -1,0 +1,41 @@
+// Tokenizers: text <-> token ids. The byte-level tokenizer (ids 0-255 are the bytes of the UTF-8 text, then
+// <s>, </s>, <pad>, <unk>) serves built-in models; Hugging Face tokenizer.json support comes with the conversion
+// issue behind this same interface. Encoding never fails on any bytes (invalid UTF-8 included).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace strata {
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+  virtual std::vector<std::int32_t> encode(const std::string& text, bool add_bos) const = 0;
+  // Special tokens are skipped; ids the tokenizer does not know decode to U+FFFD.
+  virtual std::string decode(std::span<const std::int32_t> ids) const = 0;
+  virtual std::int32_t bos_id() const = 0;
+  virtual std::int32_t eos_id() const = 0;
+  virtual std::int64_t vocab_size() const = 0;
+  virtual nlohmann::json to_json() const = 0;  // what the checkpoint manifest stores
+};
+
+class ByteTokenizer final : public Tokenizer {
+ public:
+  static constexpr std::int32_t kBos = 256, kEos = 257, kPad = 258, kUnk = 259, kVocab = 260;
+  std::vector<std::int32_t> encode(const std::string& text, bool add_bos) const override;
+  std::string decode(std::span<const std::int32_t> ids) const override;
+  std::int32_t bos_id() const override { return kBos; }
+  std::int32_t eos_id() const override { return kEos; }
+  std::int64_t vocab_size() const override { return kVocab; }
+  nlohmann::json to_json() const override;
+};
+
+// From a manifest's "tokenizer" entry; `where` names the source in errors.
+std::unique_ptr<Tokenizer> make_tokenizer(const nlohmann::json& spec, const std::string& where);
+
+}  // namespace strata

@@ -1,0 +1,130 @@
+// `strata bench`: prefill and decode throughput of the engine next to this machine's roofline, measured in the
+// same run: memory read bandwidth (every rank of the node streaming a buffer at once) bounds decode, which must
+// read every weight once per step; the sgemm rate bounds prefill (2 FLOPs per parameter per token).
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <numeric>
+
+#include "launch/job.h"
+#include "runtime/base/log.h"
+#include "runtime/engine/engine.h"
+
+namespace strata {
+namespace {
+
+double seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Node-wide read bandwidth in bytes/s: all ranks of the node sum a private buffer at the same time.
+double measure_read_bandwidth(const Job& job, Communicator& world, double gib) {
+  const std::size_t count = std::size_t(gib * double(1ull << 30) / 4 / std::max(1, job.node.local_size));
+  std::vector<float> buffer(count, 1.0f);
+  float sink = 0;
+  double best = 1e30;
+  for (int repeat = 0; repeat < 5; ++repeat) {
+    world.barrier();
+    const double start = seconds();
+    // sdot over 1-thread-per-rank BLAS streams the buffer at full width (same kernel family as decode's GEMV).
+    sink += cblas_sdot(int(count), buffer.data(), 1, buffer.data(), 1);
+    std::int64_t elapsed_ns = std::int64_t((seconds() - start) * 1e9);
+    elapsed_ns = world.all_reduce_max(elapsed_ns);
+    best = std::min(best, double(elapsed_ns) * 1e-9);
+  }
+  if (sink == -1) std::printf(" ");  // keep the reads
+  return double(count) * 4 * job.node.local_size / best;
+}
+
+// Aggregate sgemm FLOP/s of the node's ranks running at once.
+double measure_sgemm_rate(const Job& job, Communicator& world) {
+  const int n = 1024;
+  std::vector<float> a(static_cast<std::size_t>(n) * n, 0.5f), b(a), c(a);
+  double best = 1e30;
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    world.barrier();
+    const double start = seconds();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    std::int64_t elapsed_ns = world.all_reduce_max(std::int64_t((seconds() - start) * 1e9));
+    best = std::min(best, double(elapsed_ns) * 1e-9);
+  }
+  return 2.0 * n * n * n * job.node.local_size / best;
+}
+
+// Wall time of one engine run over `batch` synthetic prompts, the same on every rank.
+double timed_run(Job& job, Communicator& world, int batch, int prompt_len, int max_tokens, std::int32_t model_len) {
+  std::vector<Request> requests;
+  if (job.layout->is_first_stage()) {
+    for (int i = 0; i < batch; ++i) {
+      Request r;
+      r.index = i;
+      r.max_tokens = max_tokens;
+      r.ignore_eos = true;
+      for (int t = 0; t < prompt_len; ++t) r.prompt.push_back(std::int32_t((i * 131 + t * 7) % 256));
+      requests.push_back(std::move(r));
+    }
+  }
+  EngineOptions options{batch, batch * prompt_len, model_len, 0, false};
+  Engine engine(*job.stage, *job.layout, world, *job.groups.tp, *job.tokenizer, options);
+  world.barrier();
+  const double start = seconds();
+  engine.run(std::move(requests), {});
+  world.barrier();
+  return seconds() - start;
+}
+
+int bench(Job& job, const BenchOptions& o) {
+  prepare_job(job, o.model, o.parallel);
+  STRATA_CHECK(job.layout->sizes().dp == 1, Usage, "bench measures one replica: launch exactly tp x pp ranks");
+  Communicator& world = *job.groups.world;
+  const int max_batch = *std::max_element(o.batch_sizes.begin(), o.batch_sizes.end());
+  const std::int32_t model_len = o.prompt_len + o.gen_len;
+  STRATA_CHECK(model_len <= job.config.max_position_embeddings, Usage, "prompt + generated tokens ", model_len,
+               " exceed the model's context ", job.config.max_position_embeddings);
+  const StageLimits limits{max_batch * o.prompt_len, max_batch, model_len};
+  check_memory(job, limits);
+  load_stage(job, o.model, limits);
+
+  const double bandwidth = measure_read_bandwidth(job, world, o.memory_gib);
+  const double sgemm = measure_sgemm_rate(job, world);
+  const double params = double(job.config.parameter_count());
+  const double weight_bytes = params * 4;  // the CPU backend holds f32 weights
+  const bool report = job.layout->world_rank() == 0;
+  if (report) {
+    std::printf("model %s: %.1fM parameters, %.0f MB of f32 weights; tp %d pp %d on %d rank(s), %d BLAS thread(s) "
+                "each\n",
+                o.model.c_str(), params / 1e6, weight_bytes / 1e6, job.layout->sizes().tp, job.layout->sizes().pp,
+                job.layout->world_size(), cpu_threads_per_rank(job.node));
+    std::printf("measured: memory read %.2f GB/s, sgemm %.1f GFLOP/s (all ranks of the node at once)\n",
+                bandwidth / 1e9, sgemm / 1e9);
+    std::printf("%6s %8s %14s %14s %8s %14s %14s %8s\n", "batch", "prompt", "prefill tok/s", "roofline", "%",
+                "decode tok/s", "roofline", "%");
+  }
+  for (int batch : o.batch_sizes) {
+    double prefill = 1e30, full = 1e30;
+    timed_run(job, world, batch, o.prompt_len, 2, model_len);  // warm-up
+    for (int r = 0; r < o.repeats; ++r) {
+      prefill = std::min(prefill, timed_run(job, world, batch, o.prompt_len, 1, model_len));
+      full = std::min(full, timed_run(job, world, batch, o.prompt_len, o.gen_len, model_len));
+    }
+    const double prefill_rate = double(batch) * o.prompt_len / prefill;
+    const double decode_rate = double(batch) * (o.gen_len - 1) / std::max(full - prefill, 1e-9);
+    const double prefill_roof = sgemm / (2.0 * params);
+    const double decode_roof = double(batch) * bandwidth / weight_bytes;
+    if (report)
+      std::printf("%6d %8d %14.1f %14.1f %7.0f%% %14.2f %14.2f %7.0f%%\n", batch, o.prompt_len, prefill_rate,
+                  prefill_roof, 100 * prefill_rate / prefill_roof, decode_rate, decode_roof,
+                  100 * decode_rate / decode_roof);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int run_bench(const BenchOptions& options, int argc, char** argv) {
+  return run_as_mpi_job(argc, argv, [&](Job& job) { return bench(job, options); });
+}
+
+}  // namespace strata

@@ -1,0 +1,117 @@
+// Command-line parsing (CLI11) and dispatch. Unknown flags and out-of-range values are refused by CLI11 with the
+// flag named, before MPI starts.
+#include <CLI/CLI.hpp>
+
+#include "launch/commands.h"
+#include "layers/presets.h"
+
+namespace strata {
+namespace {
+
+void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
+  cmd.add_option("--tensor-parallel-size", p.tp, "Tensor-parallel ranks per stage (-tp)")->check(CLI::PositiveNumber);
+  cmd.add_option("--pipeline-parallel-size", p.pp, "Pipeline stages (-pp)")->check(CLI::PositiveNumber);
+  cmd.add_option("--data-parallel-size", p.dp, "Data-parallel replicas (-dp; default: world / (tp x pp))")
+      ->check(CLI::NonNegativeNumber);
+  cmd.add_option("--device", p.device, "Compute device")->check(CLI::IsMember({"cpu", "cuda"}));
+}
+
+// vLLM's short flags -tp/-pp/-dp are multi-letter single-dash names, which CLI11 does not accept: spell them out
+// before parsing ("-tp 2" and "-tp=2").
+std::vector<std::string> expand_short_flags(int argc, char** argv) {
+  static const std::pair<const char*, const char*> aliases[] = {
+      {"-tp", "--tensor-parallel-size"}, {"-pp", "--pipeline-parallel-size"}, {"-dp", "--data-parallel-size"}};
+  std::vector<std::string> args(argv, argv + argc);
+  for (auto& arg : args)
+    for (const auto& [short_name, long_name] : aliases)
+      if (arg == short_name || arg.rfind(std::string(short_name) + "=", 0) == 0)
+        arg = long_name + arg.substr(std::string(short_name).size());
+  return args;
+}
+
+}  // namespace
+
+int cli_main(int argc, char** argv) {
+  CLI::App app{"strata: LLM inference across many GPUs and nodes. Launch with mpirun or srun, one rank per device."};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "strata 0.1.0");
+
+  GenerateOptions gen;
+  auto* generate = app.add_subcommand("generate", "Generate completions for every prompt in a file");
+  generate->add_option("--model", gen.model, "Checkpoint directory (strata init / strata convert)")->required();
+  generate->add_option("--prompts", gen.prompts, "Prompt file: text (one per line) or JSONL")->required();
+  generate->add_option("--output", gen.output, "Results JSONL file ('-' for stdout)");
+  generate->add_option("--prompt-format", gen.prompt_format, "auto (by extension), text or jsonl")
+      ->check(CLI::IsMember({"auto", "text", "jsonl"}));
+  add_parallel_flags(*generate, gen.parallel);
+  generate->add_option("--max-tokens", gen.max_tokens, "Tokens to generate per prompt")->check(CLI::PositiveNumber);
+  generate->add_option("--temperature", gen.temperature, "Sampling temperature; 0 = greedy")
+      ->check(CLI::Range(0.0, 100.0));
+  generate->add_option("--top-p", gen.top_p, "Nucleus sampling probability")->check(CLI::Range(1e-6, 1.0));
+  generate->add_option("--top-k", gen.top_k, "Sample among the k most likely tokens; 0 = all")
+      ->check(CLI::NonNegativeNumber);
+  generate->add_option("--seed", gen.seed, "Sampling seed (the same text under every layout)");
+  generate->add_option("--stop", gen.stop, "Stop string (repeatable)");
+  generate->add_option("--max-batch-size", gen.max_batch_size, "Sequences in flight per replica")
+      ->check(CLI::PositiveNumber);
+  generate->add_option("--max-num-batched-tokens", gen.max_num_batched_tokens, "Tokens per forward step")
+      ->check(CLI::PositiveNumber);
+  generate->add_option("--max-model-len", gen.max_model_len, "Context length (default: the model's)")
+      ->check(CLI::NonNegativeNumber);
+  generate->add_option("--micro-batches", gen.micro_batches, "Pipeline micro-batches (default: one per stage)")
+      ->check(CLI::NonNegativeNumber);
+  generate->add_flag("--overwrite", gen.overwrite, "Replace an existing non-empty output file");
+  generate->add_flag("--record-logits", gen.record_logits,
+                     "Add each prompt's full next-token logits (first generated position) to its result");
+  generate->add_flag("-q,--quiet", gen.quiet, "No progress output");
+
+  InitOptionsCli init;
+  auto* init_cmd = app.add_subcommand("init", "Write a random-weight checkpoint for a preset, pre-sharded");
+  std::string presets;
+  for (const auto& n : model_preset_names()) presets += (presets.empty() ? "" : ", ") + n;
+  init_cmd->add_option("--preset", init.preset, "Model shape: " + presets)->check(CLI::IsMember(model_preset_names()));
+  init_cmd->add_option("--output", init.output, "Checkpoint directory to write")->required();
+  init_cmd->add_option("--tensor-parallel-size", init.tp, "Shard for this many TP ranks")
+      ->check(CLI::PositiveNumber);
+  init_cmd->add_option("--pipeline-parallel-size", init.pp, "Shard for this many stages")
+      ->check(CLI::PositiveNumber);
+  init_cmd->add_option("--dtype", init.dtype, "Storage dtype")->check(CLI::IsMember({"f32", "f16", "bf16"}));
+  init_cmd->add_option("--seed", init.seed, "Weights seed: the same model whatever the sharding");
+  init_cmd->add_option("--hidden-size", init.hidden_size)->check(CLI::PositiveNumber);
+  init_cmd->add_option("--intermediate-size", init.intermediate_size)->check(CLI::PositiveNumber);
+  init_cmd->add_option("--num-hidden-layers", init.num_hidden_layers)->check(CLI::PositiveNumber);
+  init_cmd->add_option("--num-attention-heads", init.num_attention_heads)->check(CLI::PositiveNumber);
+  init_cmd->add_option("--num-key-value-heads", init.num_key_value_heads)->check(CLI::PositiveNumber);
+  init_cmd->add_option("--vocab-size", init.vocab_size)->check(CLI::PositiveNumber);
+  init_cmd->add_option("--max-position-embeddings", init.max_position_embeddings)->check(CLI::PositiveNumber);
+  init_cmd->add_option("--tie-word-embeddings", init.tie_word_embeddings, "0 or 1")->check(CLI::Range(0, 1));
+  init_cmd->add_option("--attention-bias", init.attention_bias, "q/k/v bias (Qwen2): 0 or 1")->check(CLI::Range(0, 1));
+
+  InspectOptions inspect;
+  auto* inspect_cmd = app.add_subcommand("inspect", "Print a checkpoint's config, shards and tensors");
+  inspect_cmd->add_option("model", inspect.model, "Checkpoint directory")->required();
+  inspect_cmd->add_flag("--verify", inspect.verify, "Read every tensor, verifying its checksum");
+  inspect_cmd->add_flag("--json", inspect.json, "Machine-readable output");
+
+  BenchOptions bench;
+  auto* bench_cmd = app.add_subcommand("bench", "Prefill and decode throughput next to the machine's roofline");
+  bench_cmd->add_option("--model", bench.model, "Checkpoint directory")->required();
+  add_parallel_flags(*bench_cmd, bench.parallel);
+  bench_cmd->add_option("--batch-sizes", bench.batch_sizes, "Batch sizes to measure")->delimiter(',');
+  bench_cmd->add_option("--prompt-len", bench.prompt_len, "Prompt tokens")->check(CLI::PositiveNumber);
+  bench_cmd->add_option("--gen-len", bench.gen_len, "Generated tokens")->check(CLI::Range(2, 100000));
+  bench_cmd->add_option("--repeats", bench.repeats, "Timed repetitions (best is reported)")
+      ->check(CLI::PositiveNumber);
+
+  std::vector<std::string> args = expand_short_flags(argc, argv);
+  std::vector<char*> expanded;
+  for (auto& a : args) expanded.push_back(a.data());
+  CLI11_PARSE(app, int(expanded.size()), expanded.data());
+  if (*generate) return run_generate(gen, argc, argv);
+  if (*init_cmd) return run_init(init);
+  if (*inspect_cmd) return run_inspect(inspect);
+  if (*bench_cmd) return run_bench(bench, argc, argv);
+  return 2;
+}
+
+}  // namespace strata

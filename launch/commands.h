@@ -1,0 +1,53 @@
+// The strata subcommands and their options (parsed in cli.cpp with CLI11, vLLM-style flag names).
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace strata {
+
+struct ParallelOptions {
+  int tp = 1, pp = 1, dp = 0;  // dp 0: world size / (tp * pp)
+  std::string device = "cpu";
+};
+
+struct GenerateOptions {
+  std::string model, prompts, output = "-", prompt_format = "auto";
+  ParallelOptions parallel;
+  std::int64_t max_tokens = 64;
+  double temperature = 0.0, top_p = 1.0;
+  std::int64_t top_k = 0;
+  std::uint64_t seed = 0;
+  std::vector<std::string> stop;
+  int max_batch_size = 16, max_num_batched_tokens = 2048, max_model_len = 0, micro_batches = 0;
+  bool overwrite = false, record_logits = false, quiet = false;
+};
+
+struct InitOptionsCli {
+  std::string preset = "tiny", output, dtype = "f32";
+  int tp = 1, pp = 1;
+  std::uint64_t seed = 0;
+  // Overrides of the preset's shape (0 / -1: keep the preset's).
+  std::int64_t hidden_size = 0, intermediate_size = 0, num_hidden_layers = 0, num_attention_heads = 0,
+               num_key_value_heads = 0, vocab_size = 0, max_position_embeddings = 0;
+  int tie_word_embeddings = -1, attention_bias = -1;
+};
+
+struct InspectOptions {
+  std::string model;
+  bool verify = false, json = false;
+};
+
+struct BenchOptions {
+  std::string model;
+  ParallelOptions parallel;
+  std::vector<int> batch_sizes{1, 16};
+  int prompt_len = 128, gen_len = 32, repeats = 2;
+  double memory_gib = 1.0;  // buffer size of the bandwidth probe
+};
+
+int run_generate(const GenerateOptions& options, int argc, char** argv);
+int run_init(const InitOptionsCli& options);
+int run_inspect(const InspectOptions& options);
+int run_bench(const BenchOptions& options, int argc, char** argv);
+
+}  // namespace strata

@@ -1,0 +1,41 @@
+// The composition root shared by `generate` and `bench`: MPI up, layout checked, checkpoint and model validated
+// before anything loads, then the concrete backend and communicators built and the stage loaded.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "io/checkpoint.h"
+#include "io/tokenizer.h"
+#include "launch/commands.h"
+#include "layers/transformer.h"
+#include "runtime/base/parallel_layout.h"
+#include "runtime/comm/mpi/mpi_communicator.h"
+#include "topology/node.h"
+
+namespace strata {
+
+struct Job {
+  NodeInfo node;
+  std::unique_ptr<ParallelLayout> layout;
+  Manifest manifest;
+  ModelConfig config;
+  std::unique_ptr<Tokenizer> tokenizer;
+  CommGroups groups;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<ShardPlan> plan;
+  std::unique_ptr<TransformerStage> stage;
+};
+
+// Runs `body` as an MPI job: any exception on any rank prints one line naming the rank, host and coordinates,
+// and ends every rank of the job (MPI_Abort), so no rank is left waiting in a collective.
+int run_as_mpi_job(int argc, char** argv, const std::function<int(Job&)>& body);
+
+// Layout and communicators, then manifest, config, split and tokenizer: everything checkable before loading.
+void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& parallel);
+// Refuses (Error(Memory), numbers named) when the stage will not fit in this rank's share of the node's memory.
+void check_memory(const Job& job, const StageLimits& limits);
+// Builds the backend and loads this rank's shard.
+void load_stage(Job& job, const std::string& model_dir, const StageLimits& limits);
+
+}  // namespace strata

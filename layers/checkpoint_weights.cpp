@@ -1,0 +1,124 @@
+// Checkpoint weight source and random checkpoint writer.
+#include "layers/checkpoint_weights.h"
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+
+#include "runtime/base/error.h"
+
+namespace strata {
+
+CheckpointWeightSource::CheckpointWeightSource(const std::string& dir, const Manifest& manifest, const ShardPlan& plan)
+    : reader_([&] {
+        const auto& where = plan.coordinates();
+        STRATA_CHECK(manifest.tensor_parallel_size == where.tp && manifest.pipeline_parallel_size == where.pp,
+                     Checkpoint, "checkpoint ", dir, " is sharded for tensor-parallel ", manifest.tensor_parallel_size,
+                     " x pipeline-parallel ", manifest.pipeline_parallel_size, " but this run uses ", where.tp, " x ",
+                     where.pp, "; write one for this layout (strata init -tp ", where.tp, " -pp ", where.pp,
+                     ") — resharding on load is not supported yet");
+        return ShardReader((std::filesystem::path(dir) / manifest.shard(where.pp_rank, where.tp_rank).file).string());
+      }()) {}
+
+void CheckpointWeightSource::read(const TensorSpec& spec, float* out) {
+  reader_.read_f32(spec.name, spec.local_shape(), out);
+}
+
+namespace {
+
+std::uint64_t splitmix64(std::uint64_t& state) {
+  std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+std::uint64_t fnv1a(const std::string& text) {
+  std::uint64_t hash = 0xcbf29ce484222325ull;
+  for (unsigned char c : text) hash = (hash ^ c) * 0x100000001b3ull;
+  return hash;
+}
+
+bool ends_with(const std::string& s, const char* suffix) {
+  const std::size_t n = std::strlen(suffix);
+  return s.size() >= n && s.compare(s.size() - n, n, suffix) == 0;
+}
+
+}  // namespace
+
+std::vector<float> random_tensor(const TensorSpec& spec, std::uint64_t seed) {
+  std::vector<float> values(static_cast<std::size_t>(shape_numel(spec.global_shape)));
+  std::uint64_t state = seed ^ fnv1a(spec.name);
+  const bool is_norm = ends_with(spec.name, "norm.weight");
+  const bool is_bias = ends_with(spec.name, ".bias");
+  const double std_dev = is_norm || is_bias ? 0.1 : 1.0 / std::sqrt(double(spec.global_shape.back()));
+  const double mean = is_norm ? 1.0 : 0.0;
+  for (std::size_t i = 0; i < values.size(); i += 2) {  // Box-Muller, two normals per pair of uniforms
+    const double u1 = (double(splitmix64(state) >> 11) + 0.5) * 0x1.0p-53;
+    const double u2 = double(splitmix64(state) >> 11) * 0x1.0p-53;
+    const double radius = std::sqrt(-2.0 * std::log(u1)), angle = 2.0 * M_PI * u2;
+    values[i] = float(mean + std_dev * radius * std::cos(angle));
+    if (i + 1 < values.size()) values[i + 1] = float(mean + std_dev * radius * std::sin(angle));
+  }
+  return values;
+}
+
+void slice_tensor(const TensorSpec& spec, const float* full, float* local) {
+  const Shape local_shape = spec.local_shape();
+  if (spec.split == Split::Replicated) {
+    std::memcpy(local, full, std::size_t(shape_numel(local_shape)) * 4);
+  } else if (spec.split == Split::Rows) {
+    const std::int64_t row = shape_numel(spec.global_shape) / spec.global_shape[0];
+    std::memcpy(local, full + spec.begin * row, std::size_t((spec.end - spec.begin) * row) * 4);
+  } else {
+    const std::int64_t rows = spec.global_shape[0], cols = spec.global_shape[1], width = spec.end - spec.begin;
+    for (std::int64_t r = 0; r < rows; ++r)
+      std::memcpy(local + r * width, full + r * cols + spec.begin, std::size_t(width) * 4);
+  }
+}
+
+void write_random_checkpoint(const ModelConfig& config, const InitOptions& options, const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  Manifest manifest;
+  manifest.model = config.to_json();
+  manifest.tensor_parallel_size = options.tp;
+  manifest.pipeline_parallel_size = options.pp;
+  manifest.dtype = options.dtype;
+  manifest.tokenizer = options.tokenizer;
+  manifest.source = options.source;
+
+  for (int p = 0; p < options.pp; ++p) {
+    std::vector<ShardPlan> plans;
+    std::vector<std::unique_ptr<ShardWriter>> writers;
+    for (int t = 0; t < options.tp; ++t) {
+      plans.emplace_back(config, StageCoordinates{options.tp, t, options.pp, p});
+      const std::string file = shard_file_name(p, t);
+      writers.push_back(std::make_unique<ShardWriter>(
+          (std::filesystem::path(dir) / file).string(),
+          nlohmann::json{{"format_version", kCheckpointFormatVersion},
+                         {"pp_rank", p},
+                         {"tp_rank", t},
+                         {"tensor_parallel_size", options.tp},
+                         {"pipeline_parallel_size", options.pp}}));
+      manifest.shards.push_back(ShardInfo{file, p, t, plans.back().layer_begin(), plans.back().layer_end()});
+    }
+    // Every tp rank of a stage holds the same tensor names: generate each whole tensor once, write each slice.
+    for (const auto& first : plans[0].tensors()) {
+      const std::vector<float> full = random_tensor(first, options.seed);
+      for (int t = 0; t < options.tp; ++t) {
+        const TensorSpec spec = plans[std::size_t(t)].spec(first.name);
+        std::vector<float> local(static_cast<std::size_t>(shape_numel(spec.local_shape())));
+        slice_tensor(spec, full.data(), local.data());
+        const char* split = spec.split == Split::Rows ? "rows" : spec.split == Split::Cols ? "cols" : "replicated";
+        writers[std::size_t(t)]->write(
+            StoredTensor{spec.name, spec.local_shape(), options.dtype, spec.global_shape, spec.global_offset(), split},
+            local.data());
+      }
+    }
+    for (auto& w : writers) w->close();
+  }
+  manifest.write(dir);
+}
+
+}  // namespace strata

@@ -1,0 +1,97 @@
+// ModelConfig JSON round trip and validation.
+#include "layers/model_config.h"
+
+#include "runtime/base/error.h"
+
+namespace strata {
+namespace {
+
+template <typename T>
+T required(const nlohmann::json& j, const char* key, const std::string& where) {
+  STRATA_CHECK(j.contains(key), Config, where, ": model config has no '", key, "'");
+  try {
+    return j.at(key).get<T>();
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(ErrorKind::Config, cat(where, ": model config field '", key, "' has the wrong type: ", e.what()));
+  }
+}
+
+template <typename T>
+T optional(const nlohmann::json& j, const char* key, T fallback, const std::string& where) {
+  if (!j.contains(key) || j.at(key).is_null()) return fallback;
+  return required<T>(j, key, where);
+}
+
+}  // namespace
+
+ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& where) {
+  STRATA_CHECK(j.is_object(), Config, where, ": model config is not a JSON object");
+  ModelConfig c;
+  c.architecture = optional<std::string>(j, "architecture", c.architecture, where);
+  c.hidden_size = required<std::int64_t>(j, "hidden_size", where);
+  c.intermediate_size = required<std::int64_t>(j, "intermediate_size", where);
+  c.num_hidden_layers = required<std::int64_t>(j, "num_hidden_layers", where);
+  c.num_attention_heads = required<std::int64_t>(j, "num_attention_heads", where);
+  c.num_key_value_heads = optional<std::int64_t>(j, "num_key_value_heads", c.num_attention_heads, where);
+  c.head_dim = optional<std::int64_t>(j, "head_dim", c.num_attention_heads ? c.hidden_size / c.num_attention_heads : 0,
+                                      where);
+  c.vocab_size = required<std::int64_t>(j, "vocab_size", where);
+  c.max_position_embeddings = required<std::int64_t>(j, "max_position_embeddings", where);
+  c.rms_norm_eps = optional<double>(j, "rms_norm_eps", c.rms_norm_eps, where);
+  c.rope_theta = optional<double>(j, "rope_theta", c.rope_theta, where);
+  c.tie_word_embeddings = optional<bool>(j, "tie_word_embeddings", c.tie_word_embeddings, where);
+  c.attention_bias = optional<bool>(j, "attention_bias", c.attention_bias, where);
+  c.bos_token_id = optional<std::int64_t>(j, "bos_token_id", c.bos_token_id, where);
+  c.eos_token_id = optional<std::int64_t>(j, "eos_token_id", c.eos_token_id, where);
+  c.validate(where);
+  return c;
+}
+
+nlohmann::json ModelConfig::to_json() const {
+  return {{"architecture", architecture},
+          {"hidden_size", hidden_size},
+          {"intermediate_size", intermediate_size},
+          {"num_hidden_layers", num_hidden_layers},
+          {"num_attention_heads", num_attention_heads},
+          {"num_key_value_heads", num_key_value_heads},
+          {"head_dim", head_dim},
+          {"vocab_size", vocab_size},
+          {"max_position_embeddings", max_position_embeddings},
+          {"rms_norm_eps", rms_norm_eps},
+          {"rope_theta", rope_theta},
+          {"tie_word_embeddings", tie_word_embeddings},
+          {"attention_bias", attention_bias},
+          {"bos_token_id", bos_token_id},
+          {"eos_token_id", eos_token_id}};
+}
+
+void ModelConfig::validate(const std::string& where) const {
+  auto positive = [&](std::int64_t value, const char* name) {
+    STRATA_CHECK(value > 0, Config, where, ": ", name, " must be positive (got ", value, ")");
+  };
+  positive(hidden_size, "hidden_size");
+  positive(intermediate_size, "intermediate_size");
+  positive(num_hidden_layers, "num_hidden_layers");
+  positive(num_attention_heads, "num_attention_heads");
+  positive(num_key_value_heads, "num_key_value_heads");
+  positive(head_dim, "head_dim");
+  positive(vocab_size, "vocab_size");
+  positive(max_position_embeddings, "max_position_embeddings");
+  STRATA_CHECK(num_key_value_heads <= num_attention_heads && num_attention_heads % num_key_value_heads == 0, Config,
+               where, ": num_attention_heads ", num_attention_heads, " is not a multiple of num_key_value_heads ",
+               num_key_value_heads);
+  STRATA_CHECK(head_dim % 2 == 0, Config, where, ": head_dim ", head_dim, " must be even for rotary embeddings");
+  STRATA_CHECK(rms_norm_eps > 0 && rope_theta > 0, Config, where, ": rms_norm_eps and rope_theta must be positive");
+  STRATA_CHECK(eos_token_id < vocab_size && bos_token_id < vocab_size, Config, where, ": bos/eos token id outside vocab_size ",
+               vocab_size);
+}
+
+std::int64_t ModelConfig::parameter_count() const {
+  const std::int64_t attention = hidden_size * head_dim * (2 * num_attention_heads + 2 * num_key_value_heads) +
+                                 (attention_bias ? head_dim * (num_attention_heads + 2 * num_key_value_heads) : 0);
+  const std::int64_t mlp = 3 * hidden_size * intermediate_size;
+  const std::int64_t per_layer = attention + mlp + 2 * hidden_size;
+  return num_hidden_layers * per_layer + hidden_size + vocab_size * hidden_size * (tie_word_embeddings ? 1 : 2);
+}
+
+}  // namespace strata

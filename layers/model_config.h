@@ -1,0 +1,36 @@
+// ModelConfig: a Llama-family model's hyper-parameters under their Hugging Face config.json names. Immutable once
+// parsed; validated on construction from JSON (every missing or contradictory field is named).
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace strata {
+
+struct ModelConfig {
+  std::string architecture = "LlamaForCausalLM";
+  std::int64_t hidden_size = 0;
+  std::int64_t intermediate_size = 0;
+  std::int64_t num_hidden_layers = 0;
+  std::int64_t num_attention_heads = 0;
+  std::int64_t num_key_value_heads = 0;
+  std::int64_t head_dim = 0;  // defaults to hidden_size / num_attention_heads
+  std::int64_t vocab_size = 0;
+  std::int64_t max_position_embeddings = 0;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;  // q/k/v bias (Qwen2)
+  std::int64_t bos_token_id = -1;
+  std::int64_t eos_token_id = -1;
+
+  // Parses and validates; `where` names the source in messages (e.g. "ckpt/manifest.json").
+  static ModelConfig from_json(const nlohmann::json& j, const std::string& where);
+  nlohmann::json to_json() const;
+  void validate(const std::string& where) const;
+  // Total parameter count (embedding counted once when tied).
+  std::int64_t parameter_count() const;
+};
+
+}  // namespace strata

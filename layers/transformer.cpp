@@ -1,0 +1,173 @@
+// The Llama decoder on one (stage, tp rank): Megatron-style column/row-parallel linears with one all-reduce per
+// row-parallel output, vocab-parallel embedding (all-reduce of the zero-padded lookups) and LM head (local logits).
+#include "layers/transformer.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "runtime/base/error.h"
+
+namespace strata {
+
+StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limits) {
+  StageMemory m;
+  for (const auto& spec : plan.tensors()) m.weights += shape_numel(spec.local_shape()) * 4;
+  const auto& c = plan.config();
+  const std::int64_t kv_row = plan.local_kv_heads() * c.head_dim;
+  m.kv_cache = 2 * plan.local_layers() * std::int64_t(limits.max_seqs) * limits.max_seq_len * kv_row * 4;
+  const std::int64_t t = limits.max_tokens;
+  const std::int64_t q_row = plan.local_heads() * c.head_dim;
+  m.workspace = 4 * t * (3 * c.hidden_size + 2 * q_row + 2 * kv_row + 3 * plan.local_intermediate()) +
+                4 * std::int64_t(limits.max_seqs) * (c.hidden_size + plan.local_vocab());
+  return m;
+}
+
+Tensor TransformerStage::load(WeightSource& source, const TensorSpec& spec) {
+  const Shape shape = spec.local_shape();
+  std::vector<float> host(static_cast<std::size_t>(shape_numel(shape)));
+  source.read(spec, host.data());
+  Tensor tensor = backend_.allocate(shape, DType::F32);
+  backend_.upload(host.data(), tensor.view());
+  return tensor;
+}
+
+// gate and up stacked as rows [gate; up] so one GEMM produces both (swiglu reads the two halves of each row).
+Tensor TransformerStage::load_stacked(WeightSource& source, const TensorSpec& first, const TensorSpec& second) {
+  const Shape a = first.local_shape(), b = second.local_shape();
+  std::vector<float> host(static_cast<std::size_t>(shape_numel(a) + shape_numel(b)));
+  source.read(first, host.data());
+  source.read(second, host.data() + shape_numel(a));
+  Tensor tensor = backend_.allocate({a[0] + b[0], a[1]}, DType::F32);
+  backend_.upload(host.data(), tensor.view());
+  return tensor;
+}
+
+TransformerStage::TransformerStage(const ShardPlan& plan, WeightSource& source, Backend& backend, Communicator& tp,
+                                   const StageLimits& limits)
+    : plan_(plan), backend_(backend), tp_(tp), limits_(limits) {
+  const auto& c = plan.config();
+  STRATA_CHECK(tp.size() == plan.coordinates().tp, Internal, "tp communicator of size ", tp.size(),
+               " for a plan with tp ", plan.coordinates().tp);
+  rope_ = RopeParams{float(c.rope_theta), std::int32_t(c.head_dim)};
+  auto spec = [&](std::int64_t layer, const char* suffix) { return plan.spec(ShardPlan::layer_name(layer, suffix)); };
+
+  if (plan.is_first_stage()) embed_ = load(source, plan.spec("model.embed_tokens.weight"));
+  for (std::int64_t l = plan.layer_begin(); l < plan.layer_end(); ++l) {
+    LayerWeights w;
+    w.input_norm = load(source, spec(l, "input_layernorm.weight"));
+    w.q = load(source, spec(l, "self_attn.q_proj.weight"));
+    w.k = load(source, spec(l, "self_attn.k_proj.weight"));
+    w.v = load(source, spec(l, "self_attn.v_proj.weight"));
+    if (c.attention_bias) {
+      w.q_bias = load(source, spec(l, "self_attn.q_proj.bias"));
+      w.k_bias = load(source, spec(l, "self_attn.k_proj.bias"));
+      w.v_bias = load(source, spec(l, "self_attn.v_proj.bias"));
+    }
+    w.o = load(source, spec(l, "self_attn.o_proj.weight"));
+    w.post_norm = load(source, spec(l, "post_attention_layernorm.weight"));
+    w.gate_up = load_stacked(source, spec(l, "mlp.gate_proj.weight"), spec(l, "mlp.up_proj.weight"));
+    w.down = load(source, spec(l, "mlp.down_proj.weight"));
+    layers_.push_back(std::move(w));
+  }
+  if (plan.is_last_stage()) {
+    final_norm_ = load(source, plan.spec("model.norm.weight"));
+    if (!c.tie_word_embeddings)
+      lm_head_ = load(source, plan.spec("lm_head.weight"));
+    else if (!plan.is_first_stage())
+      lm_head_ = load(source, plan.spec("model.embed_tokens.weight"));
+  }
+
+  const std::int64_t t = limits.max_tokens, d = c.head_dim, h = c.hidden_size;
+  const std::int64_t kv_heads = plan.local_kv_heads(), heads = plan.local_heads();
+  for (std::size_t l = 0; l < layers_.size(); ++l) {
+    k_cache_.push_back(backend.allocate({limits.max_seqs, limits.max_seq_len, kv_heads, d}, DType::F32));
+    v_cache_.push_back(backend.allocate({limits.max_seqs, limits.max_seq_len, kv_heads, d}, DType::F32));
+  }
+  hidden_ = backend.allocate({t, h}, DType::F32);
+  normed_ = backend.allocate({t, h}, DType::F32);
+  q_ = backend.allocate({t, heads * d}, DType::F32);
+  k_ = backend.allocate({t, kv_heads * d}, DType::F32);
+  v_ = backend.allocate({t, kv_heads * d}, DType::F32);
+  attn_ = backend.allocate({t, heads * d}, DType::F32);
+  proj_ = backend.allocate({t, h}, DType::F32);
+  gate_up_ = backend.allocate({t, 2 * plan.local_intermediate()}, DType::F32);
+  act_ = backend.allocate({t, plan.local_intermediate()}, DType::F32);
+  last_rows_ = backend.allocate({limits.max_seqs, h}, DType::F32);
+  logits_ = backend.allocate({limits.max_seqs, plan.local_vocab()}, DType::F32);
+  positions_.reserve(std::size_t(t));
+  last_row_index_.reserve(std::size_t(limits.max_seqs));
+}
+
+void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> chunks, std::int64_t tokens) {
+  const auto& w = layers_[l];
+  const auto& c = plan_.config();
+  auto rows = [tokens](const Tensor& t) { return t.view().slice_rows(0, tokens); };
+  auto heads_view = [&](const Tensor& t, std::int64_t heads) {
+    return rows(t).reshaped({tokens, heads, c.head_dim});
+  };
+  const TensorView h = rows(hidden_), x = rows(normed_);
+
+  // Attention: column-parallel q/k/v over local heads, row-parallel o_proj, one all-reduce.
+  backend_.rms_norm(h, w.input_norm.view(), float(c.rms_norm_eps), x);
+  backend_.linear(x, w.q.view(), w.q_bias.view(), rows(q_));
+  backend_.linear(x, w.k.view(), w.k_bias.view(), rows(k_));
+  backend_.linear(x, w.v.view(), w.v_bias.view(), rows(v_));
+  backend_.rope(heads_view(q_, plan_.local_heads()), positions_, rope_);
+  backend_.rope(heads_view(k_, plan_.local_kv_heads()), positions_, rope_);
+  backend_.kv_store(chunks, rows(k_), rows(v_), k_cache_[l].view(), v_cache_[l].view());
+  backend_.attention(chunks, heads_view(q_, plan_.local_heads()), k_cache_[l].view(), v_cache_[l].view(),
+                     float(1.0 / std::sqrt(double(c.head_dim))), heads_view(attn_, plan_.local_heads()));
+  backend_.linear(rows(attn_), w.o.view(), TensorView{}, rows(proj_));
+  tp_.all_reduce_sum(rows(proj_));
+  backend_.add(h, rows(proj_));
+
+  // MLP: column-parallel gate/up (stacked), SwiGLU, row-parallel down_proj, one all-reduce.
+  backend_.rms_norm(h, w.post_norm.view(), float(c.rms_norm_eps), x);
+  backend_.linear(x, w.gate_up.view(), TensorView{}, rows(gate_up_));
+  backend_.swiglu(rows(gate_up_), rows(act_));
+  backend_.linear(rows(act_), w.down.view(), TensorView{}, rows(proj_));
+  tp_.all_reduce_sum(rows(proj_));
+  backend_.add(h, rows(proj_));
+}
+
+TensorView TransformerStage::forward(std::span<const SeqChunk> chunks, std::span<const std::int32_t> token_ids,
+                                     const float* hidden_in) {
+  std::int64_t tokens = 0;
+  positions_.clear();
+  for (const auto& chunk : chunks) {
+    STRATA_CHECK(chunk.token_offset == tokens && chunk.slot >= 0 && chunk.slot < limits_.max_seqs &&
+                     chunk.start_pos + chunk.n_tokens <= limits_.max_seq_len,
+                 Internal, "malformed step: chunk at row ", chunk.token_offset, " slot ", chunk.slot, " positions ",
+                 chunk.start_pos, "+", chunk.n_tokens);
+    for (std::int32_t i = 0; i < chunk.n_tokens; ++i) positions_.push_back(chunk.start_pos + i);
+    tokens += chunk.n_tokens;
+  }
+  STRATA_CHECK(tokens <= limits_.max_tokens && std::int64_t(chunks.size()) <= limits_.max_seqs, Internal, "step of ",
+               tokens, " tokens / ", chunks.size(), " sequences exceeds the workspace (", limits_.max_tokens, " / ",
+               limits_.max_seqs, ")");
+  const TensorView h = hidden_.view().slice_rows(0, tokens);
+
+  if (plan_.is_first_stage()) {
+    STRATA_CHECK(std::int64_t(token_ids.size()) == tokens, Internal, token_ids.size(), " token ids for ", tokens,
+                 " tokens");
+    backend_.embedding(token_ids, embed_.view(), plan_.vocab_offset(), h);
+    tp_.all_reduce_sum(h);  // each rank filled only the rows of its vocabulary shard
+  } else {
+    backend_.upload(hidden_in, h);
+  }
+  for (std::size_t l = 0; l < layers_.size(); ++l) decoder_block(l, chunks, tokens);
+  if (!plan_.is_last_stage()) return h;
+
+  last_row_index_.clear();
+  for (const auto& chunk : chunks) last_row_index_.push_back(chunk.token_offset + chunk.n_tokens - 1);
+  const auto n = std::int64_t(chunks.size());
+  const TensorView last = last_rows_.view().slice_rows(0, n);
+  backend_.gather_rows(h, last_row_index_, last);
+  backend_.rms_norm(last, final_norm_.view(), float(plan_.config().rms_norm_eps), last);
+  const Tensor& head = lm_head_.empty() ? embed_ : lm_head_;  // tied embeddings on a single stage
+  const TensorView logits = logits_.view().slice_rows(0, n);
+  backend_.linear(last, head.view(), TensorView{}, logits);
+  return logits;
+}
+
+}  // namespace strata

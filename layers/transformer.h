@@ -1,0 +1,78 @@
+// TransformerStage: the layers one pipeline stage holds, at one tensor-parallel rank, with their weights, KV cache
+// and activation workspace (all allocated at construction; forward() allocates nothing).
+// The forward pass reads like the model: embed (first stage) -> decoder blocks -> final norm + LM head (last stage).
+// A decoder block is the local computation plus one all-reduce after o_proj and one after down_proj.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "layers/shard_plan.h"
+#include "runtime/backend/backend.h"
+#include "runtime/comm/communicator.h"
+
+namespace strata {
+
+// Where weights come from (a checkpoint shard, or memory in tests). read() fills `out` (local_shape elements, f32)
+// with the slice `spec` describes, or throws naming the tensor.
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+  virtual void read(const TensorSpec& spec, float* out) = 0;
+};
+
+struct StageLimits {
+  std::int32_t max_tokens = 0;    // tokens in one forward step (sum over sequences)
+  std::int32_t max_seqs = 0;      // sequences in one step (and KV-cache slots)
+  std::int32_t max_seq_len = 0;   // positions per KV-cache slot
+};
+
+// Bytes this stage will allocate for weights, KV cache and workspace (f32), for memory checks before loading.
+struct StageMemory {
+  std::int64_t weights = 0, kv_cache = 0, workspace = 0;
+  std::int64_t total() const { return weights + kv_cache + workspace; }
+};
+StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limits);
+
+class TransformerStage {
+ public:
+  // Loads every tensor of `plan` from `source` into `backend` memory. `tp` is this rank's tensor-parallel group
+  // (collective all-reduces in forward); both must outlive the stage.
+  TransformerStage(const ShardPlan& plan, WeightSource& source, Backend& backend, Communicator& tp,
+                   const StageLimits& limits);
+
+  const ShardPlan& plan() const { return plan_; }
+  const StageLimits& limits() const { return limits_; }
+  std::int64_t hidden_size() const { return plan_.config().hidden_size; }
+
+  // One step over `chunks` (token rows laid out back to back). First stage: token_ids[T] are embedded; other stages:
+  // hidden_in[T, hidden] is the previous stage's output. Returns the hidden state [T, hidden] (host view valid until
+  // the next call) on non-last stages; on the last stage returns the local logits [chunks, local_vocab] of each
+  // chunk's last token. Collective over tp.
+  TensorView forward(std::span<const SeqChunk> chunks, std::span<const std::int32_t> token_ids,
+                     const float* hidden_in);
+
+ private:
+  struct LayerWeights {
+    Tensor input_norm, q, k, v, q_bias, k_bias, v_bias, o, post_norm, gate_up, down;
+  };
+  Tensor load(WeightSource& source, const TensorSpec& spec);
+  Tensor load_stacked(WeightSource& source, const TensorSpec& first, const TensorSpec& second);
+  void decoder_block(std::size_t layer, std::span<const SeqChunk> chunks, std::int64_t tokens);
+
+  ShardPlan plan_;
+  Backend& backend_;
+  Communicator& tp_;
+  StageLimits limits_;
+  RopeParams rope_;
+
+  Tensor embed_, final_norm_, lm_head_;
+  std::vector<LayerWeights> layers_;
+  std::vector<Tensor> k_cache_, v_cache_;  // per local layer: [slots, max_seq_len, local_kv_heads, head_dim]
+
+  // Workspace, sized for limits_.max_tokens rows.
+  Tensor hidden_, normed_, q_, k_, v_, attn_, proj_, gate_up_, act_, last_rows_, logits_;
+  std::vector<std::int32_t> positions_, last_row_index_;
+};
+
+}  // namespace strata

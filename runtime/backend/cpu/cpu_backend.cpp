@@ -1,0 +1,187 @@
+// The CPU backend: fp32 everywhere, OpenBLAS for the GEMMs (GEMV at one token, where it streams the weight once).
+// It is the oracle the CUDA backend is tested against, so it stays plain.
+#include <cblas.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "runtime/backend/backend.h"
+#include "runtime/base/error.h"
+
+namespace strata {
+namespace {
+
+void require_same_rows(const TensorView& a, const TensorView& b, const char* op) {
+  STRATA_CHECK(a.rows() == b.rows(), Internal, op, ": row counts differ ", shape_string(a.shape), " vs ",
+               shape_string(b.shape));
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads) {
+    if (threads > 0) openblas_set_num_threads(threads);
+  }
+  std::string name() const override { return "cpu"; }
+
+  Tensor allocate(Shape shape, DType dtype) override { return Tensor::host(std::move(shape), dtype); }
+
+  void upload(const float* host, TensorView dst) override {
+    std::memcpy(dst.f32(), host, std::size_t(dst.numel()) * 4);
+  }
+  void download(TensorView src, float* host) override {
+    std::memcpy(host, src.f32(), std::size_t(src.numel()) * 4);
+  }
+
+  void linear(TensorView x, TensorView w, TensorView bias, TensorView y) override {
+    const std::int64_t tokens = x.rows(), in = x.row_elems(), out = w.rows();
+    STRATA_CHECK(w.row_elems() == in && y.rows() == tokens && y.row_elems() == out, Internal, "linear: x ",
+                 shape_string(x.shape), " w ", shape_string(w.shape), " y ", shape_string(y.shape));
+    if (tokens == 0) return;
+    if (tokens == 1) {
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, int(out), int(in), 1.0f, w.f32(), int(in), x.f32(), 1, 0.0f, y.f32(),
+                  1);
+    } else {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tokens), int(out), int(in), 1.0f, x.f32(), int(in),
+                  w.f32(), int(in), 0.0f, y.f32(), int(out));
+    }
+    if (bias.data) {
+      const float* b = bias.f32();
+      for (std::int64_t t = 0; t < tokens; ++t) {
+        float* row = y.f32() + t * out;
+        for (std::int64_t n = 0; n < out; ++n) row[n] += b[n];
+      }
+    }
+  }
+
+  void rms_norm(TensorView x, TensorView weight, float eps, TensorView y) override {
+    require_same_rows(x, y, "rms_norm");
+    const std::int64_t width = x.row_elems();
+    const float* w = weight.f32();
+    for (std::int64_t t = 0; t < x.rows(); ++t) {
+      const float* in = x.f32() + t * width;
+      float* o = y.f32() + t * width;
+      double sum = 0;
+      for (std::int64_t i = 0; i < width; ++i) sum += double(in[i]) * in[i];
+      const float inv = float(1.0 / std::sqrt(sum / double(width) + double(eps)));
+      for (std::int64_t i = 0; i < width; ++i) o[i] = in[i] * inv * w[i];
+    }
+  }
+
+  void add(TensorView y, TensorView x) override {
+    STRATA_CHECK(y.numel() == x.numel(), Internal, "add: ", shape_string(y.shape), " vs ", shape_string(x.shape));
+    float* out = y.f32();
+    const float* in = x.f32();
+    for (std::int64_t i = 0; i < y.numel(); ++i) out[i] += in[i];
+  }
+
+  void rope(TensorView x, std::span<const std::int32_t> positions, const RopeParams& params) override {
+    const std::int64_t tokens = x.rows(), dim = params.head_dim, heads = x.row_elems() / dim, half = dim / 2;
+    STRATA_CHECK(std::int64_t(positions.size()) == tokens, Internal, "rope: ", positions.size(), " positions for ",
+                 tokens, " tokens");
+    std::vector<float> cos_table(half), sin_table(half);
+    for (std::int64_t t = 0; t < tokens; ++t) {
+      for (std::int64_t i = 0; i < half; ++i) {
+        // inv_freq computed in double then rounded, as HF computes it in fp32 from an int64 arange
+        const double inv_freq = 1.0 / std::pow(double(params.theta), double(2 * i) / double(dim));
+        const double angle = double(positions[t]) * double(float(inv_freq));
+        cos_table[i] = float(std::cos(angle));
+        sin_table[i] = float(std::sin(angle));
+      }
+      for (std::int64_t h = 0; h < heads; ++h) {
+        float* v = x.f32() + (t * heads + h) * dim;
+        for (std::int64_t i = 0; i < half; ++i) {  // rotate-half: pairs (i, i + dim/2)
+          const float a = v[i], b = v[i + half];
+          v[i] = a * cos_table[i] - b * sin_table[i];
+          v[i + half] = b * cos_table[i] + a * sin_table[i];
+        }
+      }
+    }
+  }
+
+  void swiglu(TensorView gate_up, TensorView out) override {
+    require_same_rows(gate_up, out, "swiglu");
+    const std::int64_t width = out.row_elems();
+    STRATA_CHECK(gate_up.row_elems() == 2 * width, Internal, "swiglu: gate_up ", shape_string(gate_up.shape),
+                 " out ", shape_string(out.shape));
+    for (std::int64_t t = 0; t < out.rows(); ++t) {
+      const float* gate = gate_up.f32() + t * 2 * width;
+      const float* up = gate + width;
+      float* o = out.f32() + t * width;
+      for (std::int64_t i = 0; i < width; ++i) o[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    }
+  }
+
+  void embedding(std::span<const std::int32_t> ids, TensorView table, std::int64_t vocab_offset,
+                 TensorView out) override {
+    const std::int64_t width = table.row_elems(), local_vocab = table.rows();
+    for (std::size_t t = 0; t < ids.size(); ++t) {
+      float* o = out.f32() + std::int64_t(t) * width;
+      const std::int64_t row = ids[t] - vocab_offset;
+      if (row >= 0 && row < local_vocab)
+        std::memcpy(o, table.f32() + row * width, std::size_t(width) * 4);
+      else
+        std::memset(o, 0, std::size_t(width) * 4);
+    }
+  }
+
+  void kv_store(std::span<const SeqChunk> chunks, TensorView k, TensorView v, TensorView k_cache,
+                TensorView v_cache) override {
+    const std::int64_t row = k.row_elems(), max_len = k_cache.shape[1];
+    for (const auto& c : chunks) {
+      STRATA_CHECK(c.start_pos + c.n_tokens <= max_len, Internal, "kv_store past the cache length ", max_len);
+      const std::size_t offset = (std::size_t(c.slot) * max_len + c.start_pos) * row;
+      const std::size_t bytes = std::size_t(c.n_tokens) * row * 4;
+      std::memcpy(k_cache.f32() + offset, k.f32() + std::int64_t(c.token_offset) * row, bytes);
+      std::memcpy(v_cache.f32() + offset, v.f32() + std::int64_t(c.token_offset) * row, bytes);
+    }
+  }
+
+  void attention(std::span<const SeqChunk> chunks, TensorView q, TensorView k_cache, TensorView v_cache, float scale,
+                 TensorView out) override {
+    const std::int64_t max_len = k_cache.shape[1], kv_heads = k_cache.shape[2], dim = k_cache.shape[3];
+    const std::int64_t q_heads = q.row_elems() / dim, group = q_heads / kv_heads;
+    std::vector<float> scores(static_cast<std::size_t>(max_len));
+    for (const auto& c : chunks) {
+      const float* keys = k_cache.f32() + std::size_t(c.slot) * max_len * kv_heads * dim;
+      const float* values = v_cache.f32() + std::size_t(c.slot) * max_len * kv_heads * dim;
+      for (std::int32_t i = 0; i < c.n_tokens; ++i) {
+        const std::int64_t t = c.token_offset + i, visible = c.start_pos + i + 1;  // causal: keys 0..pos
+        for (std::int64_t h = 0; h < q_heads; ++h) {
+          const float* qv = q.f32() + (t * q_heads + h) * dim;
+          const std::int64_t kvh = h / group;
+          float max_score = -INFINITY;
+          for (std::int64_t j = 0; j < visible; ++j) {
+            const float* kv = keys + (j * kv_heads + kvh) * dim;
+            float dot = 0;
+            for (std::int64_t d = 0; d < dim; ++d) dot += qv[d] * kv[d];
+            scores[j] = dot * scale;
+            max_score = std::max(max_score, scores[j]);
+          }
+          float denom = 0;
+          for (std::int64_t j = 0; j < visible; ++j) denom += (scores[j] = std::exp(scores[j] - max_score));
+          float* o = out.f32() + (t * q_heads + h) * dim;
+          std::memset(o, 0, std::size_t(dim) * 4);
+          for (std::int64_t j = 0; j < visible; ++j) {
+            const float p = scores[j] / denom;
+            const float* vv = values + (j * kv_heads + kvh) * dim;
+            for (std::int64_t d = 0; d < dim; ++d) o[d] += p * vv[d];
+          }
+        }
+      }
+    }
+  }
+
+  void gather_rows(TensorView src, std::span<const std::int32_t> rows, TensorView dst) override {
+    const std::size_t bytes = std::size_t(src.row_elems()) * dtype_size(src.dtype);
+    for (std::size_t i = 0; i < rows.size(); ++i)
+      std::memcpy(static_cast<char*>(dst.data) + i * bytes, static_cast<const char*>(src.data) + rows[i] * bytes,
+                  bytes);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
+
+}  // namespace strata

@@ -1,0 +1,22 @@
+// CUDA device enumeration. A machine without a driver (CI) reports no devices rather than failing.
+#include "runtime/backend/cuda/cuda_check.h"
+#include "runtime/backend/cuda/device_info.h"
+
+namespace strata {
+
+std::vector<CudaDevice> cuda_devices() {
+  std::vector<CudaDevice> devices;
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // no driver / no device: clear the sticky error, report none
+    return devices;
+  }
+  for (int i = 0; i < count; ++i) {
+    cudaDeviceProp prop{};
+    STRATA_CUDA_CHECK(cudaGetDeviceProperties(&prop, i));
+    devices.push_back(CudaDevice{i, prop.name, prop.major, prop.minor, prop.totalGlobalMem});
+  }
+  return devices;
+}
+
+}  // namespace strata

@@ -1,0 +1,40 @@
+// Element types of weights and activations, and exact conversions between them.
+// f16/bf16 -> f32 is exact; f32 -> f16/bf16 rounds to nearest even (NaN stays NaN, overflow goes to inf).
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+
+namespace strata {
+
+enum class DType : std::uint8_t { F32, F16, BF16 };
+
+std::size_t dtype_size(DType dtype);
+const char* dtype_name(DType dtype);
+DType parse_dtype(const std::string& name);  // "f32"/"float32", "f16"/"float16", "bf16"/"bfloat16"
+
+inline float bf16_to_f32(std::uint16_t bits) {
+  std::uint32_t wide = std::uint32_t(bits) << 16;
+  float value;
+  std::memcpy(&value, &wide, 4);
+  return value;
+}
+
+inline std::uint16_t f32_to_bf16(float value) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &value, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return std::uint16_t((bits >> 16) | 0x40);  // quiet NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);                                               // round to nearest even
+  return std::uint16_t(bits >> 16);
+}
+
+float f16_to_f32(std::uint16_t bits);
+std::uint16_t f32_to_f16(float value);
+
+// Converts `count` elements stored as `dtype` at `src` into f32.
+void convert_to_f32(DType dtype, const void* src, float* dst, std::size_t count);
+// Converts f32 into `dtype` (dst must hold count * dtype_size(dtype) bytes).
+void convert_from_f32(DType dtype, const float* src, void* dst, std::size_t count);
+
+}  // namespace strata

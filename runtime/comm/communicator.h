@@ -1,0 +1,57 @@
+// The Communicator interface (collectives and point-to-point within one group of ranks) and CommGroups, the
+// explicit bundle of the groups a rank belongs to. MPI implements it now (mpi/), NCCL with the CUDA backend.
+// Every method is collective over the group unless it says "point-to-point". Failures throw strata::Error;
+// nothing here waits without the job being abortable (launch/ turns any Error into MPI_Abort).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "runtime/tensor/tensor.h"
+
+namespace strata {
+
+// Tags of point-to-point messages (typed so two protocols can never collide).
+enum class Tag : int { Activations = 101, Tokens = 102, Result = 103 };
+
+// A pending non-blocking send; wait() completes it. Destroying an incomplete request waits for it.
+class SendRequest {
+ public:
+  virtual ~SendRequest() = default;
+  virtual void wait() = 0;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  // Sum over the group, in place. Collective.
+  virtual void all_reduce_sum(TensorView data) = 0;
+  // recv holds size() * bytes_per_rank bytes, rank r's contribution at offset r * bytes_per_rank. Collective.
+  virtual void all_gather(const void* send, void* recv, std::size_t bytes_per_rank) = 0;
+  // Collective.
+  virtual void broadcast(void* data, std::size_t bytes, int root) = 0;
+  // Maximum over the group of one value. Collective.
+  virtual std::int64_t all_reduce_max(std::int64_t value) = 0;
+  virtual void barrier() = 0;
+
+  // Point-to-point. Messages between a pair with one tag arrive in the order sent.
+  virtual std::unique_ptr<SendRequest> isend(std::vector<char> message, int dest, Tag tag) = 0;
+  // Blocks until a message from src with tag arrives; its size is whatever was sent.
+  virtual std::vector<char> recv(int src, Tag tag) = 0;
+  // A message from any rank with tag, if one has arrived: returns false without blocking otherwise.
+  virtual bool try_recv_any(Tag tag, std::vector<char>& message, int& src) = 0;
+};
+
+// The groups of one rank. world: every rank; tp: this rank's tensor-parallel group (layers all-reduce here);
+// world is also used for point-to-point between stages and for results (ranks named by world rank).
+struct CommGroups {
+  std::unique_ptr<Communicator> world;
+  std::unique_ptr<Communicator> tp;
+  std::unique_ptr<Communicator> pp;
+  std::unique_ptr<Communicator> dp;
+};
+
+}  // namespace strata

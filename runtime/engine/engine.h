@@ -1,0 +1,88 @@
+// The generation engine of one data-parallel replica: continuous batching with a KV-cache slot per sequence,
+// prefill then decode, and the pipeline schedule across stages.
+//
+// Stage 0 of a replica is the scheduler: it owns the requests, builds each step, and decides when sequences finish.
+// A step is a self-describing message (chunk metadata + hidden states) sent down the stages with MPI point-to-point;
+// the last stage samples and sends the new tokens straight back to stage 0 (same tp rank). The active sequences
+// are split into `micro_batches` groups (default: one per stage) that circulate so all stages work at once in
+// steady state. Every tp rank of a stage runs the same schedule (same inputs, same decisions), so tensor-parallel
+// collectives always match.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "io/tokenizer.h"
+#include "layers/transformer.h"
+#include "runtime/base/parallel_layout.h"
+#include "runtime/comm/communicator.h"
+#include "runtime/engine/sampler.h"
+
+namespace strata {
+
+struct Request {
+  std::int64_t index = 0;  // position in the whole prompt set (results are merged in this order)
+  std::vector<std::int32_t> prompt;
+  SamplingParams sampling;
+  std::int64_t max_tokens = 64;
+  std::vector<std::string> stop;
+  bool ignore_eos = false;  // benchmarks: always generate max_tokens
+};
+
+enum class FinishReason : std::uint8_t { Stop, Length };
+const char* finish_reason_name(FinishReason reason);
+
+struct Completion {
+  std::int64_t index = 0;
+  std::int64_t prompt_tokens = 0;
+  std::vector<std::int32_t> token_ids;  // generated ids (an end-of-sequence id included when it ended the text)
+  std::string text;                     // decoded, cut before a stop string
+  FinishReason finish_reason = FinishReason::Length;
+  std::vector<float> logits;  // full-vocabulary logits at the first generated position (record_logits only)
+};
+
+struct EngineOptions {
+  std::int32_t max_batch_size = 16;           // sequences in flight per replica (= KV-cache slots)
+  std::int32_t max_num_batched_tokens = 2048; // tokens in one step
+  std::int32_t max_model_len = 0;             // positions per sequence (prompt + generated)
+  std::int32_t micro_batches = 0;             // 0: one per pipeline stage
+  bool record_logits = false;
+};
+
+struct EngineStats {
+  std::int64_t prompt_tokens = 0, generated_tokens = 0, steps = 0, completed = 0;
+  double seconds = 0;  // wall time of run() on the scheduler
+};
+
+struct EngineHooks {
+  std::function<void(Completion&&)> on_complete;  // stage 0 ranks, as each sequence finishes
+  std::function<void()> on_round;                 // stage 0 ranks, once per scheduled micro-batch
+};
+
+class Engine {
+ public:
+  // `world` carries the point-to-point traffic between stages (ranks named by world rank); `tp` is the stage's
+  // tensor-parallel group. All references must outlive the engine.
+  Engine(TransformerStage& stage, const ParallelLayout& layout, Communicator& world, Communicator& tp,
+         const Tokenizer& tokenizer, EngineOptions options);
+
+  // Generates for `requests` (given to stage-0 ranks; other stages pass none) until all finish, then stops the
+  // replica's other stages. Collective over the replica.
+  EngineStats run(std::vector<Request> requests, const EngineHooks& hooks);
+
+ private:
+  struct Sequence;
+  struct InFlight;
+  EngineStats run_scheduler(std::vector<Request> requests, const EngineHooks& hooks);
+  void run_follower();
+
+  TransformerStage& stage_;
+  const ParallelLayout& layout_;
+  Communicator& world_;
+  Communicator& tp_;
+  const Tokenizer& tokenizer_;
+  EngineOptions options_;
+};
+
+}  // namespace strata

@@ -1,0 +1,82 @@
+// Buffer/Tensor plumbing and host allocation.
+#include "runtime/tensor/tensor.h"
+
+#include <cstdlib>
+#include <new>
+
+#include "runtime/base/error.h"
+
+namespace strata {
+
+std::int64_t shape_numel(const Shape& shape) {
+  std::int64_t n = 1;
+  for (auto d : shape) n *= d;
+  return n;
+}
+
+std::string shape_string(const Shape& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+Buffer& Buffer::operator=(Buffer&& other) noexcept {
+  if (this != &other) {
+    release();
+    data_ = other.data_;
+    bytes_ = other.bytes_;
+    kind_ = other.kind_;
+    deleter_ = std::move(other.deleter_);
+    other.data_ = nullptr;
+    other.bytes_ = 0;
+  }
+  return *this;
+}
+
+void Buffer::release() noexcept {
+  if (data_ && deleter_) deleter_(data_);
+  data_ = nullptr;
+}
+
+Buffer allocate_host(std::size_t bytes) {
+  const std::size_t rounded = (bytes + 63) / 64 * 64;
+  void* data = rounded ? std::aligned_alloc(64, rounded) : nullptr;
+  if (rounded && !data)
+    throw Error(ErrorKind::Memory, cat("out of host memory allocating ", bytes, " bytes"));
+  return Buffer(data, bytes, MemoryKind::Host, [](void* p) { std::free(p); });
+}
+
+float* TensorView::f32() const {
+  STRATA_CHECK(dtype == DType::F32, Internal, "expected an f32 tensor, got ", dtype_name(dtype));
+  return static_cast<float*>(data);
+}
+
+TensorView TensorView::slice_rows(std::int64_t begin, std::int64_t end) const {
+  STRATA_CHECK(!shape.empty() && begin >= 0 && begin <= end && end <= shape.front(), Internal, "row slice [", begin,
+               ", ", end, ") outside ", shape_string(shape));
+  TensorView out = *this;
+  out.shape[0] = end - begin;
+  out.data = static_cast<char*>(data) + std::size_t(begin * row_elems()) * dtype_size(dtype);
+  return out;
+}
+
+TensorView TensorView::reshaped(Shape new_shape) const {
+  STRATA_CHECK(shape_numel(new_shape) == numel(), Internal, "cannot view ", shape_string(shape), " as ",
+               shape_string(new_shape));
+  TensorView out = *this;
+  out.shape = std::move(new_shape);
+  return out;
+}
+
+Tensor::Tensor(Buffer buffer, Shape shape, DType dtype)
+    : buffer_(std::move(buffer)), shape_(std::move(shape)), dtype_(dtype) {
+  STRATA_CHECK(buffer_.bytes() >= bytes(), Internal, "buffer of ", buffer_.bytes(), " bytes too small for ",
+               shape_string(shape_));
+}
+
+Tensor Tensor::host(Shape shape, DType dtype) {
+  const std::size_t bytes = std::size_t(shape_numel(shape)) * dtype_size(dtype);
+  return Tensor(allocate_host(bytes), std::move(shape), dtype);
+}
+
+}  // namespace strata

@@ -1,0 +1,85 @@
+// Buffers and tensors. A Buffer owns memory of one kind (host or device) and frees it through the allocator that
+// made it; a Tensor is a Buffer plus shape and dtype; a TensorView is a non-owning window used by backend ops.
+// Shapes are row-major, 64-bit. Weights and activation arenas are allocated at setup: forward() allocates nothing.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "runtime/base/dtype.h"
+
+namespace strata {
+
+enum class MemoryKind : std::uint8_t { Host, Device };
+
+using Shape = std::vector<std::int64_t>;
+std::int64_t shape_numel(const Shape& shape);
+std::string shape_string(const Shape& shape);  // "[4096, 11008]"
+
+// Move-only owner of one allocation. The deleter is called exactly once, never throws.
+class Buffer {
+ public:
+  using Deleter = std::function<void(void*)>;
+  Buffer() = default;
+  Buffer(void* data, std::size_t bytes, MemoryKind kind, Deleter deleter)
+      : data_(data), bytes_(bytes), kind_(kind), deleter_(std::move(deleter)) {}
+  Buffer(Buffer&& other) noexcept { *this = std::move(other); }
+  Buffer& operator=(Buffer&& other) noexcept;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { release(); }
+
+  void* data() const { return data_; }
+  std::size_t bytes() const { return bytes_; }
+  MemoryKind kind() const { return kind_; }
+
+ private:
+  void release() noexcept;
+  void* data_ = nullptr;
+  std::size_t bytes_ = 0;
+  MemoryKind kind_ = MemoryKind::Host;
+  Deleter deleter_;
+};
+
+// Host memory aligned to 64 bytes (cache line / AVX-512).
+Buffer allocate_host(std::size_t bytes);
+
+struct TensorView {
+  void* data = nullptr;
+  Shape shape;
+  DType dtype = DType::F32;
+  MemoryKind kind = MemoryKind::Host;
+
+  std::int64_t numel() const { return shape_numel(shape); }
+  std::int64_t rows() const { return shape.empty() ? 0 : shape.front(); }
+  std::int64_t row_elems() const { return shape.empty() ? 0 : numel() / shape.front(); }
+  float* f32() const;  // checks dtype == F32
+  // Rows [begin, end) of the leading dimension, same trailing dims.
+  TensorView slice_rows(std::int64_t begin, std::int64_t end) const;
+  // Same memory seen with another shape of the same element count.
+  TensorView reshaped(Shape new_shape) const;
+};
+
+class Tensor {
+ public:
+  Tensor() = default;
+  Tensor(Buffer buffer, Shape shape, DType dtype);
+  static Tensor host(Shape shape, DType dtype = DType::F32);
+
+  TensorView view() const { return TensorView{buffer_.data(), shape_, dtype_, buffer_.kind()}; }
+  const Shape& shape() const { return shape_; }
+  DType dtype() const { return dtype_; }
+  std::int64_t numel() const { return shape_numel(shape_); }
+  std::size_t bytes() const { return std::size_t(numel()) * dtype_size(dtype_); }
+  float* f32() const { return view().f32(); }
+  bool empty() const { return buffer_.data() == nullptr; }
+
+ private:
+  Buffer buffer_;
+  Shape shape_;
+  DType dtype_ = DType::F32;
+};
+
+}  // namespace strata
