@@ -173,6 +173,11 @@ std::vector<hsize_t> chunk_dims(const Shape& shape, std::size_t element_size) {
   return dims;
 }
 
+herr_t collect_attribute_name(hid_t, const char* name, const H5A_info_t*, void* data) {
+  static_cast<std::vector<std::string>*>(data)->push_back(name);
+  return 0;
+}
+
 herr_t collect_name(hid_t, const char* name, const H5L_info_t*, void* data) {
   static_cast<std::vector<std::string>*>(data)->push_back(name);
   return 0;
@@ -212,16 +217,11 @@ std::vector<std::string> ShardReader::tensor_names() const {
 }
 
 nlohmann::json ShardReader::attributes() const {
+  std::vector<std::string> names;
+  hsize_t index = 0;
+  STRATA_H5_CHECK(H5Aiterate2(file_, H5_INDEX_NAME, H5_ITER_INC, &index, collect_attribute_name, &names));
   nlohmann::json attrs = nlohmann::json::object();
-  const int count = H5Aget_num_attrs(file_);
-  for (int i = 0; i < count; ++i) {
-    char name[256] = {};
-    h5::Handle attr = h5::attribute(H5Aopen_by_idx(file_, ".", H5_INDEX_NAME, H5_ITER_INC, hsize_t(i), H5P_DEFAULT,
-                                                   H5P_DEFAULT),
-                                    "root attribute");
-    H5Aget_name(attr.get(), sizeof(name) - 1, name);
-    attrs[name] = read_attr(file_, name);
-  }
+  for (const auto& name : names) attrs[name] = read_attr(file_, name.c_str());
   return attrs;
 }
 

@@ -19,9 +19,10 @@ std::string error_stack_text(long long status) {
   H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect, &messages);
   H5Eclear2(H5E_DEFAULT);
   if (messages.empty()) return cat("HDF5 status ", status);
+  // Outermost first ("can't read data; ...; data pipeline read failed; Fletcher32 checksum failed"), repeats dropped.
   std::string text;
-  // Outermost first reads best ("can't read data; ... ; Fletcher32 checksum failed"); keep it short.
-  for (std::size_t i = 0; i < messages.size() && i < 4; ++i) text += (i ? "; " : "") + messages[i];
+  for (std::size_t i = 0; i < messages.size(); ++i)
+    if (i == 0 || messages[i] != messages[i - 1]) text += (text.empty() ? "" : "; ") + messages[i];
   return text;
 }
 

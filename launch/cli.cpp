@@ -62,7 +62,7 @@ int cli_main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   generate->add_flag("--overwrite", gen.overwrite, "Replace an existing non-empty output file");
   generate->add_flag("--record-logits", gen.record_logits,
-                     "Add each prompt's full next-token logits (first generated position) to its result");
+                     "Add the full-vocabulary logits of every generated position to each result (debugging, tests)");
   generate->add_flag("-q,--quiet", gen.quiet, "No progress output");
 
   InitOptionsCli init;

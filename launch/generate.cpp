@@ -70,7 +70,13 @@ nlohmann::json make_record(const Prompt& p, const Completion& c) {
                            {"finish_reason", finish_reason_name(c.finish_reason)},
                            {"prompt_tokens", c.prompt_tokens},
                            {"completion_tokens", c.token_ids.size()}};
-  if (!c.logits.empty()) record["logits"] = c.logits;
+  if (!c.logits.empty()) {  // one row per generated token
+    nlohmann::json rows = nlohmann::json::array();
+    for (std::size_t at = 0; at < c.logits.size(); at += std::size_t(c.vocab))
+      rows.push_back(std::vector<float>(c.logits.begin() + std::int64_t(at),
+                                        c.logits.begin() + std::int64_t(at) + c.vocab));
+    record["logits"] = std::move(rows);
+  }
   return record;
 }
 

@@ -42,8 +42,9 @@ static_assert(std::is_trivially_copyable_v<ChunkMeta> && std::is_trivially_copya
 
 template <typename T>
 void append(std::vector<char>& out, const T* data, std::size_t count) {
-  const auto* bytes = reinterpret_cast<const char*>(data);
-  out.insert(out.end(), bytes, bytes + count * sizeof(T));
+  const std::size_t at = out.size(), bytes = count * sizeof(T);
+  out.resize(at + bytes);
+  if (bytes) std::memcpy(out.data() + at, data, bytes);
 }
 
 std::vector<char> pack_step(const std::vector<ChunkMeta>& metas, std::int32_t tokens, const float* hidden,
@@ -261,6 +262,7 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
       if (!stop.empty()) cut = std::min(cut, c.text.find(stop));
     if (cut != std::string::npos) c.text.resize(cut);
     c.logits = std::move(s.logits);
+    c.vocab = stage_.plan().config().vocab_size;
     ++stats.completed;
     if (hooks.on_complete) hooks.on_complete(std::move(c));
   };
@@ -273,10 +275,9 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
     std::vector<std::unique_ptr<Sequence>> still_running;
     for (std::size_t i = 0; i < group.size(); ++i) {
       Sequence& s = *group[i];
-      if (options_.record_logits && s.generated.empty()) {
-        s.logits.assign(result.logits.begin() + std::int64_t(logit_row * std::size_t(result.vocab)),
-                        result.logits.begin() + std::int64_t((logit_row + 1) * std::size_t(result.vocab)));
-        ++logit_row;
+      if (options_.record_logits) {
+        const auto row = result.logits.begin() + std::int64_t(logit_row++ * std::size_t(result.vocab));
+        s.logits.insert(s.logits.end(), row, row + result.vocab);
       }
       s.cached += s.cached == 0 ? std::int32_t(s.request.prompt.size()) : 1;
       s.generated.push_back(result.tokens[i]);
@@ -333,7 +334,7 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
         ChunkMeta m;
         m.chunk = SeqChunk{s->slot, s->cached, prefill ? std::int32_t(s->request.prompt.size()) : 1,
                            std::int32_t(ids.size())};
-        m.record_logits = options_.record_logits && s->generated.empty();
+        m.record_logits = options_.record_logits;
         m.top_k = s->request.sampling.top_k;
         m.temperature = s->request.sampling.temperature;
         m.top_p = s->request.sampling.top_p;

@@ -39,7 +39,8 @@ struct Completion {
   std::vector<std::int32_t> token_ids;  // generated ids (an end-of-sequence id included when it ended the text)
   std::string text;                     // decoded, cut before a stop string
   FinishReason finish_reason = FinishReason::Length;
-  std::vector<float> logits;  // full-vocabulary logits at the first generated position (record_logits only)
+  std::int64_t vocab = 0;
+  std::vector<float> logits;  // record_logits: full-vocabulary logits of every generated position [tokens, vocab]
 };
 
 struct EngineOptions {
@@ -47,7 +48,7 @@ struct EngineOptions {
   std::int32_t max_num_batched_tokens = 2048; // tokens in one step
   std::int32_t max_model_len = 0;             // positions per sequence (prompt + generated)
   std::int32_t micro_batches = 0;             // 0: one per pipeline stage
-  bool record_logits = false;
+  bool record_logits = false;  // gather whole-vocabulary logits of every step (debugging and tests; costly)
 };
 
 struct EngineStats {

@@ -1,0 +1,241 @@
+#!/usr/bin/python3
+r"""Independent float64 reference for strata's Llama forward pass.
+
+This module shares no code or logic with strata's C++ runtime: it was written
+from the Hugging Face transformers Llama semantics (LlamaForCausalLM, "default"
+RoPE with the rotate-half convention, grouped-query attention, SwiGLU MLP,
+RMSNorm) and reads checkpoints only through the documented on-disk format
+(manifest.json + HDF5 shards holding slices with global_shape/global_offset).
+Everything is computed in float64 with NumPy.
+
+Library use:
+    weights, config, manifest = load_checkpoint("ck")
+    logits = forward(weights, config, tokenize("Hello"))   # [T, vocab]
+
+CLI (checks a `strata generate --record-logits` results file):
+    llama_reference.py compare --checkpoint DIR --results RESULTS.jsonl \
+        [--tolerance 1e-4] [--check-greedy | --sampled] [--perturb]
+Exit status 0 when every recorded logit row matches the reference within the
+tolerance (max|ref - strata| / max|ref|), 1 otherwise. --perturb adds 1e-2 to
+one weight first: a negative control that must make the comparison fail.
+Needs Debian's python (/usr/bin/python3) with numpy and h5py.
+"""
+import argparse
+import json
+import os
+import sys
+
+import h5py
+import numpy as np
+
+PERTURBED_TENSOR = "model.layers.0.input_layernorm.weight"
+
+
+# ----------------------------------------------------------------- checkpoint
+def _read_dataset(dset, dtype_name):
+    """Reads one HDF5 dataset as float64, converting 2-byte floats from raw bits."""
+    ftype = dset.id.get_type()
+    size = ftype.get_size()
+    if size == 4:
+        return np.asarray(dset[...], dtype=np.float32).astype(np.float64)
+    assert size == 2, f"{dset.name}: unsupported element size {size}"
+    bits = np.empty(dset.shape, dtype=np.uint16)
+    # Memory type == file type, so HDF5 copies the bits without converting.
+    dset.id.read(h5py.h5s.ALL, h5py.h5s.ALL, bits, mtype=ftype)
+    if ftype.get_order() == h5py.h5t.ORDER_BE:
+        bits = bits.byteswap()
+    fields = ftype.get_fields()  # (sign pos, exp pos, exp size, mant pos, mant size)
+    if fields == (15, 10, 5, 0, 10) and ftype.get_ebias() == 15:
+        assert dtype_name == "f16", f"{dset.name}: IEEE half in a {dtype_name} checkpoint"
+        return bits.view(np.float16).astype(np.float64)
+    if fields == (15, 7, 8, 0, 7) and ftype.get_ebias() == 127:
+        assert dtype_name == "bf16", f"{dset.name}: bfloat16 in a {dtype_name} checkpoint"
+        return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    raise ValueError(f"{dset.name}: unknown 2-byte float layout {fields}")
+
+
+def load_checkpoint(directory):
+    """Returns ({HF tensor name: float64 full tensor}, model config, manifest)."""
+    with open(os.path.join(directory, "manifest.json")) as f:
+        manifest = json.load(f)
+    assert manifest["format"] == "strata-checkpoint", manifest.get("format")
+    assert manifest["format_version"] == 1, manifest.get("format_version")
+    dtype_name = manifest["dtype"]
+    full, covered = {}, {}
+    for shard in manifest["shards"]:
+        with h5py.File(os.path.join(directory, shard["file"]), "r") as h5:
+            for name, dset in h5.items():
+                shape = tuple(int(s) for s in dset.attrs["global_shape"])
+                offset = tuple(int(o) for o in dset.attrs["global_offset"])
+                assert len(shape) == len(offset) == dset.ndim, name
+                if name not in full:
+                    full[name] = np.zeros(shape)
+                    covered[name] = np.zeros(shape, dtype=bool)
+                assert full[name].shape == shape, f"{name}: inconsistent global_shape"
+                data = _read_dataset(dset, dtype_name)
+                region = tuple(slice(o, o + n) for o, n in zip(offset, data.shape))
+                assert all(o + n <= s for o, n, s in zip(offset, data.shape, shape)), name
+                prior = covered[name][region]
+                assert np.array_equal(full[name][region][prior], data[prior]), \
+                    f"{name}: overlapping slices disagree"
+                full[name][region] = data
+                covered[name][region] = True
+    for name, mask in covered.items():
+        assert mask.all(), f"{name}: {int((~mask).sum())} elements not covered by any shard"
+    return full, manifest["model"], manifest
+
+
+# ---------------------------------------------------------------------- model
+def tokenize(text, bos_token_id=256):
+    """Byte tokenizer: BOS followed by the UTF-8 bytes."""
+    return [bos_token_id] + list(text.encode("utf-8"))
+
+
+def rms_norm(x, weight, eps):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
+
+
+def linear(x, w, b=None):
+    y = x @ w.T
+    return y if b is None else y + b
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def rope(x, positions, theta):
+    """x: [T, heads, head_dim]; HF default rotary embedding (rotate-half)."""
+    head_dim = x.shape[-1]
+    inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    angles = np.outer(positions, inv_freq)                  # [T, head_dim/2]
+    emb = np.concatenate([angles, angles], axis=-1)[:, None, :]  # [T, 1, head_dim]
+    return x * np.cos(emb) + rotate_half(x) * np.sin(emb)
+
+
+def attention(x, w, prefix, cfg, positions):
+    T = x.shape[0]
+    n_heads, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
+    q = linear(x, w[prefix + "q_proj.weight"], w.get(prefix + "q_proj.bias"))
+    k = linear(x, w[prefix + "k_proj.weight"], w.get(prefix + "k_proj.bias"))
+    v = linear(x, w[prefix + "v_proj.weight"], w.get(prefix + "v_proj.bias"))
+    q = rope(q.reshape(T, n_heads, head_dim), positions, cfg["rope_theta"])
+    k = rope(k.reshape(T, n_kv, head_dim), positions, cfg["rope_theta"])
+    v = v.reshape(T, n_kv, head_dim)
+    group = n_heads // n_kv
+    k = np.repeat(k, group, axis=1)  # query head h reads kv head h // group
+    v = np.repeat(v, group, axis=1)
+    scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(head_dim)
+    scores = np.where(np.tril(np.ones((T, T), dtype=bool)), scores, -np.inf)
+    scores -= scores.max(axis=-1, keepdims=True)
+    probs = np.exp(scores)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    out = np.einsum("hqk,khd->qhd", probs, v).reshape(T, n_heads * head_dim)
+    return linear(out, w[prefix + "o_proj.weight"], w.get(prefix + "o_proj.bias"))
+
+
+def silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+def forward(weights, config, token_ids):
+    """float64 logits [len(token_ids), vocab] for positions 0..T-1."""
+    eps = config["rms_norm_eps"]
+    ids = np.asarray(token_ids, dtype=np.int64)
+    positions = np.arange(len(ids), dtype=np.float64)
+    h = weights["model.embed_tokens.weight"][ids]
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        x = rms_norm(h, weights[p + "input_layernorm.weight"], eps)
+        h = h + attention(x, weights, p + "self_attn.", config, positions)
+        x = rms_norm(h, weights[p + "post_attention_layernorm.weight"], eps)
+        gate = linear(x, weights[p + "mlp.gate_proj.weight"])
+        up = linear(x, weights[p + "mlp.up_proj.weight"])
+        h = h + linear(silu(gate) * up, weights[p + "mlp.down_proj.weight"])
+    h = rms_norm(h, weights["model.norm.weight"], eps)
+    head = weights["model.embed_tokens.weight"] if config.get("tie_word_embeddings") \
+        else weights["lm_head.weight"]
+    return h @ head.T
+
+
+# -------------------------------------------------------------------- compare
+def compare(args):
+    weights, config, manifest = load_checkpoint(args.checkpoint)
+    if args.perturb:
+        weights[PERTURBED_TENSOR] = weights[PERTURBED_TENSOR] + 1e-2
+        print(f"perturbed {PERTURBED_TENSOR} by +1e-2 (negative control)")
+    bos = manifest.get("tokenizer", {}).get("bos_token_id", config["bos_token_id"])
+    failures, rows, max_err = 0, 0, 0.0
+    agree = disagree = ambiguous = 0
+    with open(args.results) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    for rec in records:
+        rid, generated = rec["id"], list(rec["token_ids"])
+        prompt_ids = tokenize(rec["prompt"], bos)
+        if len(prompt_ids) != rec["prompt_tokens"]:
+            print(f"FAIL record {rid}: prompt has {len(prompt_ids)} tokens, "
+                  f"strata says {rec['prompt_tokens']}")
+            failures += 1
+            continue
+        recorded = np.asarray(rec.get("logits", []), dtype=np.float64)
+        if recorded.shape[0] != len(generated):
+            print(f"FAIL record {rid}: {recorded.shape[0]} logit rows for "
+                  f"{len(generated)} generated tokens")
+            failures += 1
+            continue
+        if not generated:
+            continue
+        P, n = len(prompt_ids), len(generated)
+        ref = forward(weights, config, prompt_ids + generated[:-1])[P - 1:P + n - 1]
+        # strata's records do not say how a token was chosen: the user does (--sampled).
+        greedy = not args.sampled and not rec.get("temperature")
+        for k in range(n):
+            scale = np.max(np.abs(ref[k]))
+            err = np.max(np.abs(ref[k] - recorded[k])) / scale
+            rows += 1
+            max_err = max(max_err, err)
+            if not err <= args.tolerance:
+                failures += 1
+                print(f"FAIL record {rid} row {k}: error {err:.3e} > {args.tolerance:g}")
+            if greedy:
+                top2 = np.sort(ref[k])[-2:]
+                if top2[1] - top2[0] <= 2 * args.tolerance * scale:
+                    ambiguous += 1
+                elif int(np.argmax(ref[k])) == generated[k]:
+                    agree += 1
+                else:
+                    disagree += 1
+                    if args.check_greedy:
+                        failures += 1
+                        print(f"FAIL record {rid} row {k}: reference argmax "
+                              f"{int(np.argmax(ref[k]))}, strata chose {generated[k]}")
+    greedy_summary = "not checked (--sampled)" if args.sampled else \
+        f"{agree} agree, {disagree} disagree, {ambiguous} within margin"
+    print(f"{'FAIL' if failures else 'PASS'}: {len(records)} records, {rows} logit rows, "
+          f"max error {max_err:.3e} (tolerance {args.tolerance:g}); greedy argmax "
+          f"{greedy_summary}")
+    return 1 if failures else 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compare", help="check strata's recorded logits against this reference")
+    c.add_argument("--checkpoint", required=True, help="strata checkpoint directory")
+    c.add_argument("--results", required=True, help="strata generate --record-logits JSONL")
+    c.add_argument("--tolerance", type=float, default=1e-4,
+                   help="max allowed max|ref - strata| / max|ref| per row")
+    c.add_argument("--check-greedy", action="store_true",
+                   help="fail when a confident reference argmax differs from strata's token")
+    c.add_argument("--sampled", action="store_true",
+                   help="tokens were sampled (temperature > 0): skip the argmax comparison")
+    c.add_argument("--perturb", action="store_true",
+                   help=f"add 1e-2 to {PERTURBED_TENSOR} first (negative control)")
+    args = parser.parse_args(argv)
+    return compare(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+// io/: prompt files (errors name file:line), in-order results, checkpoint shards (round trip in every dtype,
+// shape and missing-tensor errors, a corrupted byte caught by the checksum), the byte tokenizer.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "io/checkpoint.h"
+#include "io/prompts.h"
+#include "io/results.h"
+#include "io/tokenizer.h"
+#include "runtime/base/error.h"
+
+using namespace strata;
+namespace fs = std::filesystem;
+
+namespace {
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+fs::path temp_dir(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("strata_test_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+}  // namespace
+
+TEST(Prompts, TextLinesSkipBlanks) {
+  const auto p = parse_prompts("first\n\n  \nsecond\r\nthird", "p.txt", PromptFormat::Auto);
+  ASSERT_EQ(p.size(), 3u);
+  EXPECT_EQ(p[1].text, "second");
+  EXPECT_EQ(p[2].id, 2);
+  EXPECT_EQ(p[2].origin, "p.txt:5");
+}
+
+TEST(Prompts, JsonlFieldsAndOverrides) {
+  const auto p = parse_prompts(
+      "{\"id\": \"a\", \"prompt\": \"x\\ny\", \"temperature\": 0.7, \"top_k\": 5, \"stop\": \"END\", \"seed\": 9}\n"
+      "{\"prompt\": \"plain\", \"max_tokens\": 3, \"stop\": [\"a\", \"b\"]}\n",
+      "p.jsonl", PromptFormat::Auto);
+  ASSERT_EQ(p.size(), 2u);
+  EXPECT_EQ(p[0].id, "a");
+  EXPECT_EQ(p[0].text, "x\ny");
+  EXPECT_DOUBLE_EQ(*p[0].overrides.temperature, 0.7);
+  EXPECT_EQ(*p[0].overrides.top_k, 5);
+  EXPECT_EQ(*p[0].overrides.seed, 9u);
+  EXPECT_EQ(p[0].overrides.stop->at(0), "END");
+  EXPECT_EQ(p[1].id, 1);
+  EXPECT_EQ(*p[1].overrides.max_tokens, 3);
+  EXPECT_EQ(p[1].overrides.stop->size(), 2u);
+}
+
+TEST(Prompts, MalformedJsonlNamesFileAndLine) {
+  auto parse = [](const std::string& text) {
+    return error_of([&] { parse_prompts(text, "in.jsonl", PromptFormat::Jsonl); });
+  };
+  EXPECT_NE(parse("{\"prompt\": \"ok\"}\n{\"prompt\": \"broken\"\n").find("in.jsonl:2: not valid JSON"),
+            std::string::npos);
+  EXPECT_NE(parse("{\"prompt\": \"ok\", \"temprature\": 1}\n").find("in.jsonl:1: unknown field 'temprature'"),
+            std::string::npos);
+  EXPECT_NE(parse("\n{\"id\": 1}\n").find("in.jsonl:2: missing field 'prompt'"), std::string::npos);
+  EXPECT_NE(parse("{\"prompt\": 5}\n").find("field 'prompt' must be a string"), std::string::npos);
+  EXPECT_NE(parse("{\"prompt\": \"a\", \"top_k\": \"many\"}\n").find("field 'top_k' must be an integer"),
+            std::string::npos);
+  EXPECT_NE(parse("{\"id\": 7, \"prompt\": \"a\"}\n{\"id\": 7, \"prompt\": \"b\"}\n")
+                .find("in.jsonl:2: id 7 was already used at in.jsonl:1"),
+            std::string::npos);
+  EXPECT_NE(parse("[1, 2]\n").find("in.jsonl:1: expected a JSON object"), std::string::npos);
+  EXPECT_NE(parse("\n\n").find("no prompts"), std::string::npos);
+}
+
+TEST(Results, WrittenInInputOrderAsSoonAsPossible) {
+  const fs::path dir = temp_dir("results");
+  const std::string path = (dir / "out.jsonl").string();
+  auto lines = [&] {
+    std::ifstream in(path);
+    std::vector<std::string> l;
+    for (std::string s; std::getline(in, s);) l.push_back(s);
+    return l;
+  };
+  {
+    ResultWriter w(path, false, 3);
+    w.submit(1, {{"i", 1}});
+    EXPECT_EQ(lines().size(), 0u) << "record 1 must wait for record 0";
+    w.submit(0, {{"i", 0}, {"text", std::string("bad \xff utf8")}});
+    EXPECT_EQ(lines().size(), 2u) << "records 0 and 1 are on disk (flushed) before the run ends";
+    EXPECT_NE(lines()[0].find("bad \xEF\xBF\xBD utf8"), std::string::npos) << "invalid UTF-8 becomes U+FFFD";
+    EXPECT_NE(error_of([&] { w.finish(); }).find("only 2 of 3"), std::string::npos);
+    w.submit(2, {{"i", 2}});
+    w.finish();
+  }
+  EXPECT_EQ(lines().size(), 3u);
+  EXPECT_NE(error_of([&] { ResultWriter again(path, false, 1); }).find("already exists"), std::string::npos);
+  EXPECT_EQ(lines().size(), 3u) << "an existing output is never clobbered without --overwrite";
+  fs::remove_all(dir);
+}
+
+TEST(Checkpoint, ShardRoundTripInEveryDtype) {
+  const fs::path dir = temp_dir("shard");
+  std::vector<float> data(6 * 70);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal;
+  for (auto& x : data) x = normal(rng);
+  for (DType dtype : {DType::F32, DType::F16, DType::BF16}) {
+    const std::string path = (dir / (std::string(dtype_name(dtype)) + ".h5")).string();
+    {
+      ShardWriter w(path, {{"format_version", 1}, {"note", "test"}});
+      w.write(StoredTensor{"model.w", {6, 70}, dtype, {12, 70}, {6, 0}, "rows"}, data.data());
+      w.close();
+    }
+    ShardReader r(path);
+    const StoredTensor t = r.describe("model.w");
+    EXPECT_EQ(t.dtype, dtype);
+    EXPECT_EQ(t.global_shape, (Shape{12, 70}));
+    EXPECT_EQ(t.global_offset, (Shape{6, 0}));
+    EXPECT_EQ(t.split, "rows");
+    EXPECT_EQ(r.attributes()["note"], "test");
+    std::vector<float> back(data.size());
+    r.read_f32("model.w", {6, 70}, back.data());
+    const double tolerance = dtype == DType::F32 ? 0 : dtype == DType::F16 ? 1.0 / 1024 : 1.0 / 128;
+    for (std::size_t i = 0; i < data.size(); ++i)
+      ASSERT_LE(std::abs(back[i] - data[i]), tolerance * std::abs(data[i]) + 1e-7) << dtype_name(dtype) << " " << i;
+    EXPECT_NE(error_of([&] { r.read_f32("model.w", {70, 6}, back.data()); }).find("has shape [6, 70], expected [70, 6]"),
+              std::string::npos);
+    EXPECT_NE(error_of([&] { r.read_f32("model.missing", {1}, back.data()); }).find("has no tensor model.missing"),
+              std::string::npos);
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Checkpoint, CorruptedByteIsCaughtByTheChecksum) {
+  const fs::path dir = temp_dir("corrupt");
+  const std::string path = (dir / "s.h5").string();
+  std::vector<float> data(1000);
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = 1000.0f + float(i);  // a pattern easy to find on disk
+  {
+    ShardWriter w(path, {{"format_version", 1}});
+    w.write(StoredTensor{"t", {1000}, DType::F32, {1000}, {0}, "replicated"}, data.data());
+    w.close();
+  }
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const std::string needle(reinterpret_cast<const char*>(&data[500]), 4);
+  const std::size_t at = bytes.find(needle);
+  ASSERT_NE(at, std::string::npos);
+  bytes[at] ^= 0x01;
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << bytes;
+  }
+  ShardReader r(path);
+  std::vector<float> back(1000);
+  const std::string message = error_of([&] { r.read_f32("t", {1000}, back.data()); });
+  EXPECT_NE(message.find("checksum mismatch"), std::string::npos) << message;
+  EXPECT_NE(message.find("tensor t"), std::string::npos) << message;
+  fs::remove_all(dir);
+}
+
+TEST(Checkpoint, ManifestErrorsNameTheFile) {
+  const fs::path dir = temp_dir("manifest");
+  EXPECT_NE(error_of([&] { Manifest::read((dir / "nope").string()); }).find("does not exist"), std::string::npos);
+  EXPECT_NE(error_of([&] { Manifest::read(dir.string()); }).find("manifest.json"), std::string::npos);
+  std::ofstream(dir / "manifest.json") << "{\"format\": \"strata-checkpoint\", \"format_version\": 9}";
+  EXPECT_NE(error_of([&] { Manifest::read(dir.string()); }).find("format_version 9 is not supported"),
+            std::string::npos);
+  std::ofstream(dir / "manifest.json") << "{not json";
+  EXPECT_NE(error_of([&] { Manifest::read(dir.string()); }).find("not valid JSON"), std::string::npos);
+  std::ofstream(dir / "garbage.h5") << "this is not an HDF5 file";
+  EXPECT_NE(error_of([&] { ShardReader r((dir / "garbage.h5").string()); }).find("not an HDF5 file"),
+            std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST(Tokenizer, BytesRoundTripAndSpecialsAreSkipped) {
+  ByteTokenizer t;
+  const std::string text = "héllo \xf0\x9f\x91\x8b\t\n\xff";  // accents, emoji, control bytes, invalid UTF-8
+  auto ids = t.encode(text, true);
+  EXPECT_EQ(ids.front(), ByteTokenizer::kBos);
+  EXPECT_EQ(ids.size(), text.size() + 1);
+  ids.push_back(ByteTokenizer::kEos);
+  EXPECT_EQ(t.decode(ids), text);
+  const std::vector<std::int32_t> unknown = {104, 5000, 105};
+  EXPECT_EQ(t.decode(unknown), "h\xEF\xBF\xBDi");
+  EXPECT_NE(error_of([] { make_tokenizer({{"type", "sentencepiece"}}, "m.json"); }).find("unsupported tokenizer"),
+            std::string::npos);
+}

@@ -1,0 +1,46 @@
+// The rank formula, walked rank by rank on a dp 2 x pp 2 x tp 2 grid, and the size check's message.
+#include <gtest/gtest.h>
+
+#include "runtime/base/error.h"
+#include "runtime/base/parallel_layout.h"
+
+using namespace strata;
+
+TEST(ParallelLayout, EveryRankOfA2x2x2Grid) {
+  struct Expected {
+    int dp, pp, tp;
+    std::vector<int> tp_group, pp_group, dp_group;
+  };
+  // world_rank = (dp * pp_size + pp) * tp_size + tp
+  const std::vector<Expected> expected = {
+      {0, 0, 0, {0, 1}, {0, 2}, {0, 4}}, {0, 0, 1, {0, 1}, {1, 3}, {1, 5}}, {0, 1, 0, {2, 3}, {0, 2}, {2, 6}},
+      {0, 1, 1, {2, 3}, {1, 3}, {3, 7}}, {1, 0, 0, {4, 5}, {4, 6}, {0, 4}}, {1, 0, 1, {4, 5}, {5, 7}, {1, 5}},
+      {1, 1, 0, {6, 7}, {4, 6}, {2, 6}}, {1, 1, 1, {6, 7}, {5, 7}, {3, 7}}};
+  for (int rank = 0; rank < 8; ++rank) {
+    const ParallelLayout layout({2, 2, 2}, 8, rank);
+    const auto& e = expected[std::size_t(rank)];
+    EXPECT_EQ(layout.dp_rank(), e.dp) << rank;
+    EXPECT_EQ(layout.pp_rank(), e.pp) << rank;
+    EXPECT_EQ(layout.tp_rank(), e.tp) << rank;
+    EXPECT_EQ(layout.tp_group(), e.tp_group) << rank;
+    EXPECT_EQ(layout.pp_group(), e.pp_group) << rank;
+    EXPECT_EQ(layout.dp_group(), e.dp_group) << rank;
+    EXPECT_EQ(layout.rank_of(e.dp, e.pp, e.tp), rank);
+    if (e.pp == 0) {
+      EXPECT_EQ(layout.next_stage_rank(), rank + 2);
+    } else {
+      EXPECT_EQ(layout.prev_stage_rank(), rank - 2);
+    }
+  }
+}
+
+TEST(ParallelLayout, WorldSizeMismatchNamesTheNumbers) {
+  try {
+    ParallelLayout({1, 2, 2}, 6, 0);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("world size 6"), std::string::npos) << m;
+    EXPECT_NE(m.find("1 x 2 x 2 = 4"), std::string::npos) << m;
+  }
+}

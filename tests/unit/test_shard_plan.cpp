@@ -1,0 +1,141 @@
+// Shard plans: balanced layer ranges, refused splits with the numbers named, KV-head replication, and slices that
+// tile every tensor exactly.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "layers/shard_plan.h"
+#include "runtime/base/error.h"
+#include "test_support.h"
+
+using namespace strata;
+
+TEST(ShardPlan, LayerRangesAreContiguousAndBalanced) {
+  for (int layers = 1; layers <= 13; ++layers) {
+    for (int pp = 1; pp <= std::min(layers, 5); ++pp) {
+      std::int64_t next = 0, smallest = layers, largest = 0;
+      for (int s = 0; s < pp; ++s) {
+        auto [begin, end] = ShardPlan::layer_range(layers, pp, s);
+        EXPECT_EQ(begin, next);
+        smallest = std::min(smallest, end - begin);
+        largest = std::max(largest, end - begin);
+        next = end;
+      }
+      EXPECT_EQ(next, layers);
+      EXPECT_LE(largest - smallest, 1) << layers << " layers over " << pp;
+      EXPECT_GE(smallest, 1);
+    }
+  }
+  EXPECT_EQ(ShardPlan::layer_range(10, 4, 0), (std::pair<std::int64_t, std::int64_t>{0, 3}));
+  EXPECT_EQ(ShardPlan::layer_range(10, 4, 3), (std::pair<std::int64_t, std::int64_t>{8, 10}));
+}
+
+namespace {
+std::string split_error(ModelConfig c, int tp, int pp) {
+  try {
+    check_split(c, tp, pp);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(ShardPlan, UnevenSplitsAreRefusedWithTheNumbers) {
+  ModelConfig c = test::tiny_config();  // 4 heads, 2 kv heads, intermediate 96, vocab 260, 2 layers
+  EXPECT_NE(split_error(c, 3, 1).find("num_attention_heads 4 is not divisible by tensor-parallel size 3"),
+            std::string::npos);
+  c.num_attention_heads = 6;
+  c.num_key_value_heads = 6;
+  c.intermediate_size = 100;
+  EXPECT_NE(split_error(c, 3, 1).find("intermediate_size 100"), std::string::npos) << split_error(c, 3, 1);
+  c = test::tiny_config();
+  c.vocab_size = 259;
+  EXPECT_NE(split_error(c, 2, 1).find("vocab_size 259"), std::string::npos);
+  c = test::tiny_config();
+  c.num_attention_heads = 6;
+  c.num_key_value_heads = 3;
+  c.intermediate_size = 96;
+  c.vocab_size = 264;
+  EXPECT_EQ(split_error(c, 6, 1), "");  // 6 ranks over 3 kv heads: each kv head replicated twice
+  c.intermediate_size = 96;
+  c.vocab_size = 260;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 1;
+  EXPECT_EQ(split_error(c, 4, 1), "");  // multi-query attention: the one kv head on every rank
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 2;
+  c.intermediate_size = 96;
+  c.vocab_size = 264;
+  const std::string odd = split_error(c, 8, 1);
+  EXPECT_EQ(odd, "");
+  c.num_attention_heads = 12;
+  c.num_key_value_heads = 3;
+  c.intermediate_size = 96;
+  c.vocab_size = 264;
+  EXPECT_NE(split_error(c, 4, 1).find("larger than num_key_value_heads 3 but not a multiple"), std::string::npos)
+      << split_error(c, 4, 1);
+  EXPECT_NE(split_error(test::tiny_config(), 1, 3).find("pipeline-parallel size 3 exceeds num_hidden_layers 2"),
+            std::string::npos);
+}
+
+TEST(ShardPlan, ReplicatedKvHeadsFollowTheirQueryHeads) {
+  ModelConfig c = test::tiny_config();
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 2;
+  c.hidden_size = 128;
+  // tp 4 > 2 kv heads: ranks 0,1 use kv head 0 (query heads 0-3), ranks 2,3 use kv head 1 (query heads 4-7)
+  for (int r = 0; r < 4; ++r) {
+    ShardPlan plan(c, {4, r, 1, 0});
+    EXPECT_EQ(plan.local_heads(), 2);
+    EXPECT_EQ(plan.local_kv_heads(), 1);
+    const TensorSpec k = plan.spec("model.layers.0.self_attn.k_proj.weight");
+    EXPECT_EQ(k.begin, (r / 2) * c.head_dim) << r;
+    EXPECT_EQ(k.end - k.begin, c.head_dim);
+  }
+}
+
+TEST(ShardPlan, SlicesTileEveryTensorExactly) {
+  ModelConfig c = test::tiny_config();
+  c.attention_bias = true;
+  for (int tp : {1, 2}) {
+    for (int pp : {1, 2}) {
+      std::map<std::string, std::vector<int>> coverage;  // element -> how many ranks hold it
+      for (int s = 0; s < pp; ++s) {
+        for (int r = 0; r < tp; ++r) {
+          for (const auto& spec : ShardPlan(c, {tp, r, pp, s}).tensors()) {
+            auto& count = coverage[spec.name + "@" + std::to_string(s)];
+            count.resize(std::size_t(shape_numel(spec.global_shape)));
+            const Shape local = spec.local_shape(), offset = spec.global_offset();
+            const std::int64_t cols = spec.global_shape.size() == 2 ? spec.global_shape[1] : 1;
+            const std::int64_t local_cols = local.size() == 2 ? local[1] : 1;
+            for (std::int64_t i = 0; i < local[0]; ++i)
+              for (std::int64_t j = 0; j < local_cols; ++j)
+                ++count[std::size_t((offset[0] + i) * cols + (local.size() == 2 ? offset[1] : 0) + j)];
+          }
+        }
+      }
+      for (const auto& [name, count] : coverage) {
+        const bool replicated = name.find("norm") != std::string::npos;
+        for (int n : count) ASSERT_EQ(n, replicated ? tp : 1) << name << " tp " << tp << " pp " << pp;
+      }
+    }
+  }
+}
+
+TEST(ShardPlan, EmbeddingOnFirstStageAndHeadOnLast) {
+  ModelConfig c = test::tiny_config();
+  c.tie_word_embeddings = true;
+  ShardPlan first(c, {1, 0, 2, 0}), last(c, {1, 0, 2, 1});
+  auto names = [](const ShardPlan& p) {
+    std::set<std::string> n;
+    for (const auto& s : p.tensors()) n.insert(s.name);
+    return n;
+  };
+  EXPECT_TRUE(names(first).count("model.embed_tokens.weight"));
+  EXPECT_FALSE(names(first).count("model.norm.weight"));
+  EXPECT_TRUE(names(last).count("model.embed_tokens.weight"));  // tied: the last stage needs it as its LM head
+  EXPECT_TRUE(names(last).count("model.norm.weight"));
+  EXPECT_FALSE(names(last).count("lm_head.weight"));
+  EXPECT_FALSE(names(last).count("model.layers.0.mlp.up_proj.weight"));
+}
