@@ -1,0 +1,92 @@
+"""Bad input ends the job promptly on every rank with a clear message naming the thing and the numbers, never a
+hang: each case runs under a time bound and must exit non-zero with the expected text. Also: a failure on one rank
+only (one corrupt shard) aborts the others waiting in collectives, and an existing results file is never lost.
+"""
+import os
+
+from harness import Harness
+
+h = Harness(__doc__)
+BOUND = 30  # seconds: any case slower than this is a hang
+good = h.init("good", "--preset", "tiny", "-tp", "2", "-pp", "2")
+single = h.init("single", "--preset", "tiny")
+prompts = h.write("prompts.txt", "Hello\nWorld\n")
+
+
+def expect_failure(name, argv, ranks, *needles):
+    code, out, seconds = h.run(argv, ranks=ranks, timeout=BOUND)
+    h.check(code is not None, f"{name}: hung (no exit within {BOUND} s)\n{out}")
+    h.check(code not in (None, 0), f"{name}: expected a non-zero exit, got {code}\n{out}")
+    for needle in needles:
+        h.check(needle in out, f"{name}: message lacks {needle!r}\n{out}")
+    print(f"ok: {name} ({seconds:.1f} s)")
+
+
+def gen(model, ranks, *flags, prompt_file=prompts):
+    return ["generate", "--model", model, "--prompts", prompt_file, "--output", "out.jsonl", "--overwrite", *flags]
+
+
+# Layout and split
+expect_failure("world size", gen(good, 3, "-tp", 2, "-pp", 2, "-dp", 1), 3,
+               "world size 3 does not equal", "1 x 2 x 2 = 4")
+expect_failure("world not a multiple", gen(good, 3, "-tp", 2, "-pp", 2), 3, "not a multiple of", "2 x 2 = 4")
+expect_failure("uneven split", gen(single, 3, "-tp", 3), 3,
+               "num_attention_heads 8 is not divisible by tensor-parallel size 3")
+expect_failure("layout differs from checkpoint", gen(good, 2, "-tp", 2), 2,
+               "sharded for tensor-parallel 2 x pipeline-parallel 2 but this run uses 2 x 1")
+expect_failure("too many stages", gen(single, 8, "-pp", 8), 8, "pipeline-parallel size 8 exceeds num_hidden_layers 4")
+
+# Checkpoint problems
+missing = h.init("missing", "--preset", "tiny", "-tp", "2")
+os.remove(os.path.join(missing, "model-pp0-tp1.h5"))
+expect_failure("missing shard", gen(missing, 2, "-tp", 2), 2, "model-pp0-tp1.h5 is missing", "rank 1")
+expect_failure("no checkpoint", gen(h.path("nowhere"), 1), 1, "does not exist")
+
+corrupt = h.init("corrupt", "--preset", "tiny", "-tp", "2", "-pp", "2")
+shard = os.path.join(corrupt, "model-pp1-tp1.h5")  # only rank 3 reads this file
+with open(shard, "r+b") as f:
+    data = bytearray(f.read())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0x5A for b in data[middle:middle + 64])
+    f.seek(0)
+    f.write(data)
+expect_failure("corrupt shard on one rank", gen(corrupt, 4, "-tp", 2, "-pp", 2), 4,
+               "rank 3 (dp 0 pp 1 tp 1)", "checksum mismatch", "model-pp1-tp1.h5")
+
+truncated = h.init("truncated", "--preset", "tiny")
+with open(os.path.join(truncated, "model-pp0-tp0.h5"), "r+b") as f:
+    f.truncate(4000)
+expect_failure("truncated shard", gen(truncated, 1), 1, "model-pp0-tp0.h5")
+
+# Prompt problems
+bad_jsonl = h.write("bad.jsonl", '{"prompt": "fine"}\n{"prompt": "broken",\n')
+expect_failure("malformed JSONL", gen(single, 2, prompt_file=bad_jsonl), 2, "bad.jsonl:2: not valid JSON")
+typo = h.write("typo.jsonl", '{"prompt": "fine", "temprature": 0.5}\n')
+expect_failure("unknown JSONL field", gen(single, 1, prompt_file=typo), 1, "typo.jsonl:1: unknown field 'temprature'")
+bad_value = h.write("value.jsonl", '{"prompt": "a"}\n{"prompt": "b", "top_p": 1.5}\n')
+expect_failure("out-of-range JSONL value", gen(single, 1, prompt_file=bad_value), 1,
+               "value.jsonl:2: top_p must be in (0, 1]")
+long_prompt = h.write("long.txt", "short\n" + "x" * 600 + "\n")
+expect_failure("prompt longer than the context", gen(single, 2, prompt_file=long_prompt), 2,
+               "long.txt:2: prompt is 601 tokens but the context (--max-model-len) is 512 tokens")
+expect_failure("missing prompt file", gen(single, 1, prompt_file=h.path("none.txt")), 1, "cannot open", "none.txt")
+
+# Flags
+expect_failure("unknown device", gen(single, None, "--device", "tpu"), None, "--device", "tpu")
+expect_failure("negative temperature", gen(single, None, "--temperature", "-1"), None, "--temperature")
+expect_failure("unknown flag", gen(single, None, "--tensor-parallel", "2"), None, "tensor-parallel")
+expect_failure("max-model-len beyond the model", gen(single, 1, "--max-model-len", 4096), 1,
+               "--max-model-len 4096 exceeds the model's max_position_embeddings 512")
+
+# Memory that does not fit: a KV cache of 2^20 slots x 512 positions cannot be allocated here
+expect_failure("memory", gen(single, 1, "--max-batch-size", 1048576), 1, "this rank needs", "KV cache",
+               "--max-batch-size")
+
+# An existing output is never clobbered without --overwrite
+existing = h.write("existing.jsonl", '{"keep": "me"}\n')
+expect_failure("existing output", ["generate", "--model", single, "--prompts", prompts, "--output", existing], 1,
+               "already exists")
+with open(existing) as f:
+    h.check(f.read() == '{"keep": "me"}\n', "the existing output file is untouched")
+
+h.finish()

@@ -1,0 +1,77 @@
+// Tensor parallelism on 2 ranks against the same computation on one rank: a transformer stage split over two
+// ranks (column/row-parallel linears, vocab-parallel embedding and LM head, replicated KV heads) gives the
+// unsplit logits, and sampling over a vocab shard chooses what sampling over the whole vocabulary chooses.
+#include <gtest/gtest.h>
+
+#include "runtime/comm/mpi/mpi_communicator.h"
+#include "runtime/engine/sampler.h"
+#include "../unit/test_support.h"
+
+using namespace strata;
+
+namespace {
+
+std::vector<float> stage_logits(const ModelConfig& config, int tp, int tp_rank, Communicator& comm,
+                                const std::vector<std::int32_t>& ids, const std::vector<SeqChunk>& chunks) {
+  auto backend = make_cpu_backend(1);
+  test::RandomWeights weights(5);
+  ShardPlan plan(config, {tp, tp_rank, 1, 0});
+  TransformerStage stage(plan, weights, *backend, comm, StageLimits{64, 4, 32});
+  const TensorView local = stage.forward(chunks, ids, nullptr);
+  // gather the vocab shards (contiguous in rank order) into whole rows
+  const std::int64_t rows = local.rows(), shard = local.row_elems();
+  std::vector<float> gathered(std::size_t(rows * shard * tp)), full(gathered.size());
+  comm.all_gather(local.f32(), gathered.data(), std::size_t(rows * shard) * 4);
+  for (int r = 0; r < tp; ++r)
+    for (std::int64_t i = 0; i < rows; ++i)
+      std::copy_n(gathered.data() + (r * rows + i) * shard, shard, full.data() + i * shard * tp + r * shard);
+  return full;
+}
+
+}  // namespace
+
+TEST(TensorParallel, StageLogitsMatchTheUnsplitModel) {
+  auto tp = make_mpi_communicator(MPI_COMM_WORLD);
+  ASSERT_EQ(tp->size(), 2);
+  for (int kv_heads : {2, 1}) {  // 2: split kv heads; 1: the single kv head replicated on both ranks
+    for (bool bias_and_tied : {false, true}) {
+      ModelConfig config = test::tiny_config();
+      config.num_key_value_heads = kv_heads;
+      config.attention_bias = bias_and_tied;
+      config.tie_word_embeddings = bias_and_tied;
+      const std::vector<std::int32_t> ids = {256, 72, 105, 33, 256, 7, 250, 3, 9};
+      const std::vector<SeqChunk> chunks = {{0, 0, 4, 0}, {1, 0, 5, 4}};
+      test::LocalCommunicator alone;
+      const auto reference = stage_logits(config, 1, 0, alone, ids, chunks);
+      const auto split = stage_logits(config, 2, tp->rank(), *tp, ids, chunks);
+      const double error = test::relative_error(test::as_double(split.data(), split.size()),
+                                                test::as_double(reference.data(), reference.size()));
+      EXPECT_LT(error, 1e-5) << "kv heads " << kv_heads << " bias/tied " << bias_and_tied;
+    }
+  }
+}
+
+TEST(TensorParallel, ShardedSamplingChoosesWhatWholeVocabularySamplingChooses) {
+  auto tp = make_mpi_communicator(MPI_COMM_WORLD);
+  const std::int64_t vocab = 40, shard = vocab / 2;
+  std::vector<float> logits(std::size_t(3 * vocab));
+  for (std::size_t i = 0; i < logits.size(); ++i) logits[i] = float(std::sin(double(i) * 1.7) * 3);
+  std::vector<float> mine;
+  for (int row = 0; row < 3; ++row)
+    mine.insert(mine.end(), logits.begin() + row * vocab + tp->rank() * shard,
+                logits.begin() + row * vocab + (tp->rank() + 1) * shard);
+  test::LocalCommunicator alone;
+  int compared = 0;
+  for (const SamplingParams& p : {SamplingParams{0.0f, 0, 1.0f, 0}, SamplingParams{1.0f, 0, 1.0f, 3},
+                                  SamplingParams{0.7f, 5, 1.0f, 4}, SamplingParams{1.3f, 0, 0.8f, 5},
+                                  SamplingParams{0.9f, 30, 0.9f, 6}}) {
+    for (std::int64_t step = 0; step < 50; ++step) {
+      const std::vector<SampleRow> rows(3, SampleRow{p, step});
+      const auto whole = sample_tokens(logits.data(), vocab, 0, rows, alone);
+      const auto sharded = sample_tokens(mine.data(), shard, tp->rank() * shard, rows, *tp);
+      ASSERT_EQ(sharded, whole) << "temperature " << p.temperature << " top_k " << p.top_k << " step " << step;
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, 250);
+}
