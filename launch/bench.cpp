@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <numeric>
+#include <thread>
 
 #include "launch/job.h"
 #include "runtime/base/log.h"
@@ -19,23 +20,41 @@ double seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Node-wide read bandwidth in bytes/s: all ranks of the node sum a private buffer at the same time.
+// Sums `count` floats with independent lanes, so the loop vectorises and is limited by memory, not by latency.
+float sum_floats(const float* data, std::size_t count) {
+  constexpr std::size_t kLanes = 16;
+  float lanes[kLanes] = {};
+  std::size_t i = 0;
+  for (; i + kLanes <= count; i += kLanes)
+    for (std::size_t j = 0; j < kLanes; ++j) lanes[j] += data[i + j];
+  for (; i < count; ++i) lanes[0] += data[i];
+  float total = 0;
+  for (float lane : lanes) total += lane;
+  return total;
+}
+
+// Node-wide read bandwidth in bytes/s: every rank of the node, each with as many threads as it runs BLAS with,
+// streams a private buffer at the same time (what a decode step does with the weights).
 double measure_read_bandwidth(const Job& job, Communicator& world, double gib) {
+  const int threads = cpu_threads_per_rank(job.node);
   const std::size_t count = std::size_t(gib * double(1ull << 30) / 4 / std::max(1, job.node.local_size));
   std::vector<float> buffer(count, 1.0f);
-  float sink = 0;
+  std::vector<float> partial(static_cast<std::size_t>(threads));
   double best = 1e30;
   for (int repeat = 0; repeat < 5; ++repeat) {
     world.barrier();
     const double start = seconds();
-    // sdot over 1-thread-per-rank BLAS streams the buffer at full width (same kernel family as decode's GEMV).
-    sink += cblas_sdot(int(count), buffer.data(), 1, buffer.data(), 1);
-    std::int64_t elapsed_ns = std::int64_t((seconds() - start) * 1e9);
-    elapsed_ns = world.all_reduce_max(elapsed_ns);
+    std::vector<std::thread> workers;
+    const std::size_t per_thread = count / std::size_t(threads);
+    for (int t = 0; t < threads; ++t)
+      workers.emplace_back([&, t] { partial[std::size_t(t)] = sum_floats(buffer.data() + t * per_thread, per_thread); });
+    for (auto& w : workers) w.join();
+    const std::int64_t elapsed_ns = world.all_reduce_max(std::int64_t((seconds() - start) * 1e9));
     best = std::min(best, double(elapsed_ns) * 1e-9);
   }
-  if (sink == -1) std::printf(" ");  // keep the reads
-  return double(count) * 4 * job.node.local_size / best;
+  volatile float keep = std::accumulate(partial.begin(), partial.end(), 0.0f);  // the sums must be computed
+  (void)keep;
+  return double(count / std::size_t(threads) * threads) * 4 * job.node.local_size / best;
 }
 
 // Aggregate sgemm FLOP/s of the node's ranks running at once.
@@ -112,7 +131,9 @@ int bench(Job& job, const BenchOptions& o) {
     const double prefill_rate = double(batch) * o.prompt_len / prefill;
     const double decode_rate = double(batch) * (o.gen_len - 1) / std::max(full - prefill, 1e-9);
     const double prefill_roof = sgemm / (2.0 * params);
-    const double decode_roof = double(batch) * bandwidth / weight_bytes;
+    // A decode step reads every weight once (bandwidth bound) and does 2 FLOPs per parameter per sequence
+    // (compute bound): the roofline is the lower of the two.
+    const double decode_roof = std::min(double(batch) * bandwidth / weight_bytes, prefill_roof);
     if (report)
       std::printf("%6d %8d %14.1f %14.1f %7.0f%% %14.2f %14.2f %7.0f%%\n", batch, o.prompt_len, prefill_rate,
                   prefill_roof, 100 * prefill_rate / prefill_roof, decode_rate, decode_roof,

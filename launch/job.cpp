@@ -3,6 +3,7 @@
 
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "layers/checkpoint_weights.h"
 #include "runtime/base/log.h"
@@ -104,6 +105,11 @@ void check_memory(const Job& job, const StageLimits& limits) {
 
 void load_stage(Job& job, const std::string& model_dir, const StageLimits& limits) {
   const int threads = cpu_threads_per_rank(job.node);
+  const int machine_cores = int(std::thread::hardware_concurrency());
+  if (job.node.local_rank == 0 && threads * job.node.local_size < machine_cores)
+    log_info("the ", job.node.local_size, " rank(s) on ", job.node.hostname, " use ", threads * job.node.local_size,
+             " of ", machine_cores, " cores (the launcher bound each rank to ", threads,
+             "); with mpirun add --bind-to socket or --bind-to none to use them all");
   job.backend = make_cpu_backend(threads);
   CheckpointWeightSource source(model_dir, job.manifest, *job.plan);
   job.stage = std::make_unique<TransformerStage>(*job.plan, source, *job.backend, *job.groups.tp, limits);

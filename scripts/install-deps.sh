@@ -8,7 +8,7 @@ packages=(
   libhdf5-dev hdf5-tools              # sharded checkpoints with per-chunk Fletcher32 checksums
   libcli11-dev                        # command line
   libgtest-dev googletest             # unit and MPI tests
-  libopenblas-dev                     # fp32 GEMM/GEMV for the CPU backend
+  libopenblas-openmp-dev              # fp32 GEMM for the CPU backend (OpenMP build: one thread pool with ours)
   nlohmann-json3-dev                  # manifest, JSONL prompts and results
   libpcre2-dev                        # Unicode regexes (tokenizers)
   python3 python3-numpy python3-h5py  # independent float64 reference forward pass used by the tests

@@ -1,12 +1,15 @@
-// The CPU backend: fp32 everywhere, OpenBLAS for the GEMMs (GEMV at one token, where it streams the weight once).
+// The CPU backend: fp32 everywhere, OpenBLAS for the GEMMs of prefill, our own OpenMP kernels for decode-sized
+// products (1-4 tokens: bandwidth-bound) and attention.
 // It is the oracle the CUDA backend is tested against, so it stays plain.
 #include <cblas.h>
+#include <omp.h>
 
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "runtime/backend/backend.h"
+#include "runtime/backend/cpu/kernels.h"
 #include "runtime/base/error.h"
 
 namespace strata {
@@ -20,7 +23,10 @@ void require_same_rows(const TensorView& a, const TensorView& b, const char* op)
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads) {
-    if (threads > 0) openblas_set_num_threads(threads);
+    if (threads > 0) {
+      openblas_set_num_threads(threads);
+      omp_set_num_threads(threads);
+    }
   }
   std::string name() const override { return "cpu"; }
 
@@ -38,9 +44,8 @@ class CpuBackend final : public Backend {
     STRATA_CHECK(w.row_elems() == in && y.rows() == tokens && y.row_elems() == out, Internal, "linear: x ",
                  shape_string(x.shape), " w ", shape_string(w.shape), " y ", shape_string(y.shape));
     if (tokens == 0) return;
-    if (tokens == 1) {
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, int(out), int(in), 1.0f, w.f32(), int(in), x.f32(), 1, 0.0f, y.f32(),
-                  1);
+    if (tokens <= cpu::kSmallBatch) {  // stream the weight once for all tokens (OpenBLAS GEMV/GEMM are slower here)
+      cpu::row_dot_products(x.f32(), w.f32(), y.f32(), tokens, out, in);
     } else {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tokens), int(out), int(in), 1.0f, x.f32(), int(in),
                   w.f32(), int(in), 0.0f, y.f32(), int(out));
@@ -141,33 +146,35 @@ class CpuBackend final : public Backend {
                  TensorView out) override {
     const std::int64_t max_len = k_cache.shape[1], kv_heads = k_cache.shape[2], dim = k_cache.shape[3];
     const std::int64_t q_heads = q.row_elems() / dim, group = q_heads / kv_heads;
-    std::vector<float> scores(static_cast<std::size_t>(max_len));
-    for (const auto& c : chunks) {
-      const float* keys = k_cache.f32() + std::size_t(c.slot) * max_len * kv_heads * dim;
-      const float* values = v_cache.f32() + std::size_t(c.slot) * max_len * kv_heads * dim;
-      for (std::int32_t i = 0; i < c.n_tokens; ++i) {
-        const std::int64_t t = c.token_offset + i, visible = c.start_pos + i + 1;  // causal: keys 0..pos
-        for (std::int64_t h = 0; h < q_heads; ++h) {
-          const float* qv = q.f32() + (t * q_heads + h) * dim;
-          const std::int64_t kvh = h / group;
-          float max_score = -INFINITY;
-          for (std::int64_t j = 0; j < visible; ++j) {
-            const float* kv = keys + (j * kv_heads + kvh) * dim;
-            float dot = 0;
-            for (std::int64_t d = 0; d < dim; ++d) dot += qv[d] * kv[d];
-            scores[j] = dot * scale;
-            max_score = std::max(max_score, scores[j]);
-          }
-          float denom = 0;
-          for (std::int64_t j = 0; j < visible; ++j) denom += (scores[j] = std::exp(scores[j] - max_score));
-          float* o = out.f32() + (t * q_heads + h) * dim;
-          std::memset(o, 0, std::size_t(dim) * 4);
-          for (std::int64_t j = 0; j < visible; ++j) {
-            const float p = scores[j] / denom;
-            const float* vv = values + (j * kv_heads + kvh) * dim;
-            for (std::int64_t d = 0; d < dim; ++d) o[d] += p * vv[d];
-          }
+    // One work item per (token, query head); each is independent.
+    std::vector<std::pair<std::int32_t, std::int32_t>> tokens;  // (chunk index, token within chunk)
+    for (std::size_t c = 0; c < chunks.size(); ++c)
+      for (std::int32_t i = 0; i < chunks[c].n_tokens; ++i) tokens.emplace_back(std::int32_t(c), i);
+    const std::int64_t items = std::int64_t(tokens.size()) * q_heads;
+#pragma omp parallel
+    {
+      std::vector<float> scores(static_cast<std::size_t>(max_len));
+#pragma omp for schedule(dynamic, 4)
+      for (std::int64_t item = 0; item < items; ++item) {
+        const auto [c, i] = tokens[std::size_t(item / q_heads)];
+        const std::int64_t h = item % q_heads, kvh = h / group;
+        const SeqChunk& chunk = chunks[std::size_t(c)];
+        const std::int64_t t = chunk.token_offset + i, visible = chunk.start_pos + i + 1;  // causal: keys 0..pos
+        const std::size_t slot_base = std::size_t(chunk.slot) * max_len * kv_heads * dim;
+        const float* keys = k_cache.f32() + slot_base + kvh * dim;
+        const float* values = v_cache.f32() + slot_base + kvh * dim;
+        const float* qv = q.f32() + (t * q_heads + h) * dim;
+        float max_score = -INFINITY;
+        for (std::int64_t j = 0; j < visible; ++j) {
+          scores[std::size_t(j)] = cpu::dot(qv, keys + j * kv_heads * dim, dim) * scale;
+          max_score = std::max(max_score, scores[std::size_t(j)]);
         }
+        float denom = 0;
+        for (std::int64_t j = 0; j < visible; ++j) denom += (scores[std::size_t(j)] = std::exp(scores[std::size_t(j)] - max_score));
+        float* o = out.f32() + (t * q_heads + h) * dim;
+        std::memset(o, 0, std::size_t(dim) * 4);
+        for (std::int64_t j = 0; j < visible; ++j)
+          cpu::axpy(scores[std::size_t(j)] / denom, values + j * kv_heads * dim, o, dim);
       }
     }
   }
