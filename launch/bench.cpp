@@ -59,7 +59,7 @@ double measure_read_bandwidth(const Job& job, Communicator& world, double gib) {
 
 // Aggregate sgemm FLOP/s of the node's ranks running at once.
 double measure_sgemm_rate(const Job& job, Communicator& world) {
-  const int n = 1024;
+  const int n = 2048;  // large enough for OpenBLAS to reach its peak rate
   std::vector<float> a(static_cast<std::size_t>(n) * n, 0.5f), b(a), c(a);
   double best = 1e30;
   for (int repeat = 0; repeat < 3; ++repeat) {

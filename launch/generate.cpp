@@ -18,6 +18,12 @@ namespace {
 
 constexpr std::int64_t kDoneMarker = -1;
 
+std::string fixed(double value, int digits) {
+  char text[64];
+  std::snprintf(text, sizeof text, "%.*f", digits, value);
+  return text;
+}
+
 // Rank 0 reads the prompt file once and broadcasts its bytes; every rank parses the same bytes identically.
 std::vector<Prompt> load_prompts(const GenerateOptions& options, Communicator& world) {
   std::string content;
@@ -101,15 +107,18 @@ class Progress {
     const double now = seconds();
     if (!final && now - last_ < (terminal_ ? 0.2 : 5.0)) return;
     last_ = now;
-    const double rate = double(tokens_) / std::max(now - start_, 1e-9);
-    const std::string line = cat(done_, "/", total_, " prompts, ", tokens_, " tokens generated, ",
-                                 int(rate), " tokens/s, ", int(now - start_), " s");
+    const std::string line = summary(now);
     if (terminal_) {
       std::fprintf(stderr, "\r[strata] %s%s", line.c_str(), final ? "\n" : "");
       std::fflush(stderr);
-    } else {
+    } else if (!final) {
       log_info(line);
     }
+  }
+  std::string summary(double now = seconds()) const {
+    const double elapsed = std::max(now - start_, 1e-9);
+    return cat(done_, "/", total_, " prompts, ", tokens_, " tokens generated in ", fixed(elapsed, 1), " s (",
+               fixed(double(tokens_) / elapsed, 1), " tokens/s)");
   }
 
  private:
@@ -145,7 +154,7 @@ int generate(Job& job, const GenerateOptions& o) {
   check_memory(job, limits);
   load_stage(job, o.model, limits);
   if (layout.world_rank() == 0)
-    log_info("model ", o.model, " (", job.config.parameter_count() / 1000000, "M parameters) on ",
+    log_info("model ", o.model, " (", fixed(double(job.config.parameter_count()) / 1e6, 1), "M parameters) on ",
              layout.world_size(), " ranks: dp ", layout.sizes().dp, " x pp ", layout.sizes().pp, " x tp ",
              layout.sizes().tp, ", ", job.node.node_count, " node(s); ", prompts.size(), " prompts");
 
@@ -189,7 +198,7 @@ int generate(Job& job, const GenerateOptions& o) {
   }
   if (layout.world_rank() == 0 && layout.sizes().dp > 1) hooks.on_round = [&] { drain(); };
 
-  const EngineStats stats = engine.run(std::move(mine), hooks);
+  engine.run(std::move(mine), hooks);
 
   if (leader && layout.world_rank() != 0) {
     sends.push_back(world->isend(pack_record(kDoneMarker, ""), 0, Tag::Result));
@@ -204,9 +213,7 @@ int generate(Job& job, const GenerateOptions& o) {
     progress.show(true);
     writer->finish();
     if (!o.quiet)
-      log_info("done: ", prompts.size(), " prompts; replica 0: ", stats.prompt_tokens, " prompt tokens, ",
-               stats.generated_tokens, " generated in ", stats.seconds, " s",
-               o.output == "-" ? "" : cat("; results in ", o.output));
+      log_info("done: ", progress.summary(), o.output == "-" ? "" : cat("; results in ", o.output));
   }
   return 0;
 }
