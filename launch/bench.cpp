@@ -73,7 +73,8 @@ double measure_sgemm_rate(const Job& job, Communicator& world) {
 }
 
 // Wall time of one engine run over `batch` synthetic prompts, the same on every rank.
-double timed_run(Job& job, Communicator& world, int batch, int prompt_len, int max_tokens, std::int32_t model_len) {
+double timed_run(Job& job, Communicator& world, int batch, int prompt_len, int max_tokens, std::int32_t model_len,
+                 int micro_batches) {
   std::vector<Request> requests;
   if (job.layout->is_first_stage()) {
     for (int i = 0; i < batch; ++i) {
@@ -85,7 +86,7 @@ double timed_run(Job& job, Communicator& world, int batch, int prompt_len, int m
       requests.push_back(std::move(r));
     }
   }
-  EngineOptions options{batch, batch * prompt_len, model_len, 0, false};
+  EngineOptions options{batch, batch * prompt_len, model_len, micro_batches, false};
   Engine engine(*job.stage, *job.layout, world, *job.groups.tp, *job.tokenizer, options);
   world.barrier();
   const double start = seconds();
@@ -123,10 +124,10 @@ int bench(Job& job, const BenchOptions& o) {
   }
   for (int batch : o.batch_sizes) {
     double prefill = 1e30, full = 1e30;
-    timed_run(job, world, batch, o.prompt_len, 2, model_len);  // warm-up
+    timed_run(job, world, batch, o.prompt_len, 2, model_len, o.micro_batches);  // warm-up
     for (int r = 0; r < o.repeats; ++r) {
-      prefill = std::min(prefill, timed_run(job, world, batch, o.prompt_len, 1, model_len));
-      full = std::min(full, timed_run(job, world, batch, o.prompt_len, o.gen_len, model_len));
+      prefill = std::min(prefill, timed_run(job, world, batch, o.prompt_len, 1, model_len, o.micro_batches));
+      full = std::min(full, timed_run(job, world, batch, o.prompt_len, o.gen_len, model_len, o.micro_batches));
     }
     const double prefill_rate = double(batch) * o.prompt_len / prefill;
     const double decode_rate = double(batch) * (o.gen_len - 1) / std::max(full - prefill, 1e-9);

@@ -63,7 +63,11 @@ int cli_main(int argc, char** argv) {
   generate->add_flag("--overwrite", gen.overwrite, "Replace an existing non-empty output file");
   generate->add_flag("--record-logits", gen.record_logits,
                      "Add the full-vocabulary logits of every generated position to each result (debugging, tests)");
-  generate->add_flag("-q,--quiet", gen.quiet, "No progress output");
+  generate->add_option("--progress", gen.progress,
+                       "Progress on rank 0: live (one updating line), log (a line every 5 s), none; auto: live when "
+                       "stderr is a terminal (under mpirun it is a pipe: ask for live)")
+      ->check(CLI::IsMember({"auto", "live", "log", "none"}));
+  generate->add_flag("-q,--quiet", gen.quiet, "No progress or summary output");
 
   InitOptionsCli init;
   auto* init_cmd = app.add_subcommand("init", "Write a random-weight checkpoint for a preset, pre-sharded");
@@ -100,6 +104,8 @@ int cli_main(int argc, char** argv) {
   bench_cmd->add_option("--batch-sizes", bench.batch_sizes, "Batch sizes to measure")->delimiter(',');
   bench_cmd->add_option("--prompt-len", bench.prompt_len, "Prompt tokens")->check(CLI::PositiveNumber);
   bench_cmd->add_option("--gen-len", bench.gen_len, "Generated tokens")->check(CLI::Range(2, 100000));
+  bench_cmd->add_option("--micro-batches", bench.micro_batches, "Pipeline micro-batches (default: one per stage)")
+      ->check(CLI::NonNegativeNumber);
   bench_cmd->add_option("--repeats", bench.repeats, "Timed repetitions (best is reported)")
       ->check(CLI::PositiveNumber);
 

@@ -11,7 +11,7 @@ struct ParallelOptions {
 };
 
 struct GenerateOptions {
-  std::string model, prompts, output = "-", prompt_format = "auto";
+  std::string model, prompts, output = "-", prompt_format = "auto", progress = "auto";
   ParallelOptions parallel;
   std::int64_t max_tokens = 64;
   double temperature = 0.0, top_p = 1.0;
@@ -41,7 +41,7 @@ struct BenchOptions {
   std::string model;
   ParallelOptions parallel;
   std::vector<int> batch_sizes{1, 16};
-  int prompt_len = 128, gen_len = 32, repeats = 2;
+  int prompt_len = 128, gen_len = 32, repeats = 2, micro_batches = 0;
   double memory_gib = 1.0;  // buffer size of the bandwidth probe
 };
 

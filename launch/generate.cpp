@@ -96,7 +96,11 @@ std::vector<char> pack_record(std::int64_t index, const std::string& json) {
 // Rank 0's view of the job's progress: a live line on a terminal, a log line every few seconds otherwise.
 class Progress {
  public:
-  Progress(std::size_t total, bool quiet) : total_(total), quiet_(quiet), terminal_(isatty(STDERR_FILENO)) {}
+  // mode: "live" (one line rewritten in place), "log" (a line every 5 s), "none"; "auto" picks live on a terminal.
+  Progress(std::size_t total, const std::string& mode)
+      : total_(total),
+        quiet_(mode == "none"),
+        terminal_(mode == "live" || (mode == "auto" && isatty(STDERR_FILENO))) {}
   void record(std::int64_t tokens) {
     ++done_;
     tokens_ += tokens;
@@ -162,7 +166,7 @@ int generate(Job& job, const GenerateOptions& o) {
                                o.record_logits};
   Engine engine(*job.stage, layout, *world, *job.groups.tp, *job.tokenizer, engine_options);
 
-  Progress progress(prompts.size(), o.quiet || layout.world_rank() != 0);
+  Progress progress(prompts.size(), o.quiet || layout.world_rank() != 0 ? "none" : o.progress);
   const bool leader = layout.is_first_stage() && layout.tp_rank() == 0;
   std::vector<std::unique_ptr<SendRequest>> sends;
   auto accept = [&](std::int64_t index, const nlohmann::json& record) {

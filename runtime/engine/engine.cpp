@@ -1,6 +1,7 @@
 // Scheduler (stage 0), followers (later stages) and the wire format of steps and tokens.
 #include "runtime/engine/engine.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <deque>
@@ -355,6 +356,8 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
         sends.push(world_.isend(pack_step(metas, std::int32_t(ids.size()), out.f32(), stage_.hidden_size()),
                                 layout_.next_stage_rank(), Tag::Activations));
         in_flight[std::size_t(g)] = true;
+        stats.max_in_flight =
+            std::max<std::int64_t>(stats.max_in_flight, std::count(in_flight.begin(), in_flight.end(), true));
       }
       if (hooks.on_round) hooks.on_round();
     }

@@ -53,6 +53,7 @@ struct EngineOptions {
 
 struct EngineStats {
   std::int64_t prompt_tokens = 0, generated_tokens = 0, steps = 0, completed = 0;
+  std::int64_t max_in_flight = 0;  // most micro-batches in the pipeline at once (= stages busy at once)
   double seconds = 0;  // wall time of run() on the scheduler
 };
 
