@@ -124,20 +124,45 @@ nlohmann::json read_attr(hid_t object, const char* name) {
   h5::Handle type = h5::datatype(H5Aget_type(attr.get()), "attribute type");
   h5::Handle space = h5::dataspace(H5Aget_space(attr.get()), "attribute space");
   const hssize_t count = H5Sget_simple_extent_npoints(space.get());
+  STRATA_CHECK(count >= 1 && count <= 64, Checkpoint, "attribute '", name, "' has ", count,
+               " elements (expected a scalar or a short array)");
   if (H5Tget_class(type.get()) == H5T_STRING) {
+    STRATA_CHECK(count == 1, Checkpoint, "attribute '", name, "' is an array of strings, expected one string");
+    if (H5Tis_variable_str(type.get()) > 0) {  // as h5py writes str attributes
+      h5::Handle memtype = h5::datatype(H5Tcopy(H5T_C_S1), "string type");
+      STRATA_H5_CHECK(H5Tset_size(memtype.get(), H5T_VARIABLE));
+      STRATA_H5_CHECK(H5Tset_cset(memtype.get(), H5Tget_cset(type.get())));  // h5py writes UTF-8
+      char* text = nullptr;
+      STRATA_H5_CHECK(H5Aread(attr.get(), memtype.get(), &text));
+      std::string value = text ? text : "";
+      H5free_memory(text);
+      return value;
+    }
     std::string value(H5Tget_size(type.get()), '\0');
     STRATA_H5_CHECK(H5Aread(attr.get(), type.get(), value.data()));
     return value.substr(0, value.find('\0'));
   }
-  std::vector<std::int64_t> values(static_cast<std::size_t>(std::max<hssize_t>(count, 1)));
+  STRATA_CHECK(H5Tget_class(type.get()) == H5T_INTEGER, Checkpoint, "attribute '", name, "' is not an integer");
+  std::vector<std::int64_t> values(static_cast<std::size_t>(count));
   STRATA_H5_CHECK(H5Aread(attr.get(), H5T_NATIVE_INT64, values.data()));
   if (H5Sget_simple_extent_type(space.get()) == H5S_SCALAR) return values[0];
   return values;
 }
 
+// read_attr with the shard and tensor named in any error.
+nlohmann::json attr_at(hid_t object, const char* name, const std::string& where) {
+  try {
+    return read_attr(object, name);
+  } catch (const Error& e) {
+    throw Error(ErrorKind::Checkpoint, cat(where, ": ", e.what()));
+  }
+}
+
 Shape ints_attr(hid_t object, const char* name, const std::string& where) {
   STRATA_CHECK(H5Aexists(object, name) > 0, Checkpoint, where, ": missing attribute '", name, "'");
-  return read_attr(object, name).get<Shape>();
+  const nlohmann::json value = attr_at(object, name, where);
+  STRATA_CHECK(value.is_array(), Checkpoint, where, ": attribute '", name, "' must be an integer array");
+  return value.get<Shape>();
 }
 
 // HDF5 float types strata stores: IEEE f32, IEEE half, and bfloat16 (1 sign, 8 exponent, 7 mantissa bits).
@@ -240,7 +265,9 @@ StoredTensor ShardReader::describe(const std::string& name) const {
   t.dtype = dtype_of_type(type.get(), where);
   t.global_shape = ints_attr(set.get(), "global_shape", where);
   t.global_offset = ints_attr(set.get(), "global_offset", where);
-  t.split = H5Aexists(set.get(), "split") > 0 ? read_attr(set.get(), "split").get<std::string>() : "";
+  const nlohmann::json split = H5Aexists(set.get(), "split") > 0 ? attr_at(set.get(), "split", where) : "";
+  STRATA_CHECK(split.is_string(), Checkpoint, where, ": attribute 'split' must be a string");
+  t.split = split.get<std::string>();
   return t;
 }
 

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <type_traits>
 
 #include "runtime/base/error.h"
 
@@ -33,6 +34,15 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 template <typename T>
 T field_as(const nlohmann::json& value, const char* key, const std::string& where, const char* expected) {
+  // nlohmann converts 2.9 to 2 and -5 to 2^64 - 5: integers must be written as integers, seeds as non-negative ones.
+  bool ok = true;
+  if constexpr (std::is_same_v<T, std::uint64_t>)
+    ok = value.is_number_unsigned();
+  else if constexpr (std::is_integral_v<T>)
+    ok = value.is_number_integer();
+  else if constexpr (std::is_floating_point_v<T>)
+    ok = value.is_number();
+  if (!ok) throw Error(ErrorKind::Usage, cat(where, ": field '", key, "' must be ", expected, " (got ", value.dump(), ")"));
   try {
     return value.get<T>();
   } catch (const nlohmann::json::exception&) {

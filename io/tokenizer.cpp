@@ -30,7 +30,8 @@ nlohmann::json ByteTokenizer::to_json() const {
 }
 
 std::unique_ptr<Tokenizer> make_tokenizer(const nlohmann::json& spec, const std::string& where) {
-  const std::string type = spec.is_object() ? spec.value("type", "") : "";
+  const std::string type =
+      spec.is_object() && spec.contains("type") && spec["type"].is_string() ? spec["type"].get<std::string>() : "";
   if (type == "byte") return std::make_unique<ByteTokenizer>();
   throw Error(ErrorKind::Checkpoint, cat(where, ": unsupported tokenizer type '", type,
                                          "' (this build supports \"byte\")"));

@@ -101,7 +101,10 @@ int cli_main(int argc, char** argv) {
   auto* bench_cmd = app.add_subcommand("bench", "Prefill and decode throughput next to the machine's roofline");
   bench_cmd->add_option("--model", bench.model, "Checkpoint directory")->required();
   add_parallel_flags(*bench_cmd, bench.parallel);
-  bench_cmd->add_option("--batch-sizes", bench.batch_sizes, "Batch sizes to measure")->delimiter(',');
+  bench_cmd->add_option("--batch-sizes", bench.batch_sizes, "Batch sizes to measure")
+      ->delimiter(',')
+      ->expected(1, 64)
+      ->check(CLI::Range(1, 4096));
   bench_cmd->add_option("--prompt-len", bench.prompt_len, "Prompt tokens")->check(CLI::PositiveNumber);
   bench_cmd->add_option("--gen-len", bench.gen_len, "Generated tokens")->check(CLI::Range(2, 100000));
   bench_cmd->add_option("--micro-batches", bench.micro_batches, "Pipeline micro-batches (default: one per stage)")

@@ -47,7 +47,7 @@ std::uint64_t mix_seed(std::uint64_t seed, std::uint64_t index) {
 
 // Command-line sampling settings overridden per prompt; every value range-checked with the prompt's file:line.
 Request make_request(const Prompt& p, std::int64_t index, const GenerateOptions& o, const Tokenizer& tokenizer,
-                     std::int64_t max_model_len) {
+                     std::int64_t max_model_len, std::int64_t vocab_size) {
   Request r;
   r.index = index;
   r.prompt = tokenizer.encode(p.text, true);
@@ -63,7 +63,7 @@ Request make_request(const Prompt& p, std::int64_t index, const GenerateOptions&
   STRATA_CHECK(top_k >= 0, Usage, p.origin, ": top_k must be >= 0 (got ", top_k, ")");
   STRATA_CHECK(std::int64_t(r.prompt.size()) <= max_model_len, Usage, p.origin, ": prompt is ", r.prompt.size(),
                " tokens but the context (--max-model-len) is ", max_model_len, " tokens");
-  r.sampling = SamplingParams{float(temperature), std::int32_t(top_k), float(top_p),
+  r.sampling = SamplingParams{float(temperature), std::int32_t(std::min(top_k, vocab_size)), float(top_p),
                               p.overrides.seed ? *p.overrides.seed : mix_seed(o.seed, std::uint64_t(index))};
   return r;
 }
@@ -146,7 +146,7 @@ int generate(Job& job, const GenerateOptions& o) {
   const std::vector<Prompt> prompts = load_prompts(o, *world);
   std::vector<Request> mine;  // this replica's share, built (and validated) on every rank
   for (std::size_t i = 0; i < prompts.size(); ++i) {
-    Request r = make_request(prompts[i], std::int64_t(i), o, *job.tokenizer, model_len);
+    Request r = make_request(prompts[i], std::int64_t(i), o, *job.tokenizer, model_len, job.config.vocab_size);
     if (std::int64_t(i) % layout.sizes().dp == layout.dp_rank() && layout.is_first_stage()) mine.push_back(std::move(r));
   }
 
@@ -168,7 +168,7 @@ int generate(Job& job, const GenerateOptions& o) {
 
   Progress progress(prompts.size(), o.quiet || layout.world_rank() != 0 ? "none" : o.progress);
   const bool leader = layout.is_first_stage() && layout.tp_rank() == 0;
-  std::vector<std::unique_ptr<SendRequest>> sends;
+  SendQueue sends(64);  // records in flight to rank 0
   auto accept = [&](std::int64_t index, const nlohmann::json& record) {
     writer->submit(std::size_t(index), record);
     progress.record(record.at("completion_tokens").get<std::int64_t>());
@@ -176,6 +176,7 @@ int generate(Job& job, const GenerateOptions& o) {
   // Rank 0: records from other replicas, and which replicas have sent their last one.
   std::vector<bool> replica_done(static_cast<std::size_t>(layout.sizes().dp), false);
   auto take = [&](const std::vector<char>& message, int src) {
+    STRATA_CHECK(message.size() >= sizeof(std::int64_t), Communication, "truncated result message from rank ", src);
     std::int64_t index;
     std::memcpy(&index, message.data(), sizeof index);
     if (index == kDoneMarker)
@@ -195,7 +196,7 @@ int generate(Job& job, const GenerateOptions& o) {
       if (layout.world_rank() == 0)
         accept(c.index, record);
       else
-        sends.push_back(world->isend(
+        sends.push(world->isend(
             pack_record(c.index, record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)), 0,
             Tag::Result));
     };
@@ -205,8 +206,8 @@ int generate(Job& job, const GenerateOptions& o) {
   engine.run(std::move(mine), hooks);
 
   if (leader && layout.world_rank() != 0) {
-    sends.push_back(world->isend(pack_record(kDoneMarker, ""), 0, Tag::Result));
-    for (auto& s : sends) s->wait();
+    sends.push(world->isend(pack_record(kDoneMarker, ""), 0, Tag::Result));
+    sends.drain();
   }
   if (layout.world_rank() == 0) {
     // The other replicas' remaining records: messages from one sender arrive in order, its done marker last.

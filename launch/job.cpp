@@ -68,6 +68,9 @@ void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& 
                " but this run uses ", sizes.tp, " x ", sizes.pp, "; write one for this layout (strata init -tp ",
                sizes.tp, " -pp ", sizes.pp, ") — resharding on load is not supported yet");
   job.tokenizer = make_tokenizer(job.manifest.tokenizer, manifest_path(model_dir));
+  STRATA_CHECK(job.tokenizer->vocab_size() <= job.config.vocab_size, Checkpoint, manifest_path(model_dir),
+               ": the tokenizer has ", job.tokenizer->vocab_size(), " tokens but the model's vocab_size is only ",
+               job.config.vocab_size);
   job.plan = std::make_unique<ShardPlan>(
       job.config, StageCoordinates{sizes.tp, job.layout->tp_rank(), sizes.pp, job.layout->pp_rank()});
 }

@@ -19,9 +19,26 @@ CheckpointWeightSource::CheckpointWeightSource(const std::string& dir, const Man
                      where.pp, "; write one for this layout (strata init -tp ", where.tp, " -pp ", where.pp,
                      ") — resharding on load is not supported yet");
         return ShardReader((std::filesystem::path(dir) / manifest.shard(where.pp_rank, where.tp_rank).file).string());
-      }()) {}
+      }()) {
+  const auto& where = plan.coordinates();
+  const nlohmann::json attrs = reader_.attributes();
+  auto attr = [&](const char* key) { return attrs.contains(key) && attrs[key].is_number_integer() ? attrs[key].get<int>() : -1; };
+  STRATA_CHECK(attr("pp_rank") == where.pp_rank && attr("tp_rank") == where.tp_rank &&
+                   attr("tensor_parallel_size") == where.tp && attr("pipeline_parallel_size") == where.pp,
+               Checkpoint, "shard ", reader_.path(), " says it is pp rank ", attr("pp_rank"), " tp rank ",
+               attr("tp_rank"), " of ", attr("pipeline_parallel_size"), " x ", attr("tensor_parallel_size"),
+               " but the manifest gives it to pp rank ", where.pp_rank, " tp rank ", where.tp_rank, " of ", where.pp,
+               " x ", where.tp);
+}
 
 void CheckpointWeightSource::read(const TensorSpec& spec, float* out) {
+  // The local shape alone cannot tell two ranks' slices apart: the slice's place in the whole tensor must match.
+  const StoredTensor stored = reader_.describe(spec.name);
+  STRATA_CHECK(stored.global_shape == spec.global_shape && stored.global_offset == spec.global_offset(), Checkpoint,
+               "shard ", reader_.path(), ": tensor ", spec.name, " is the slice at ", shape_string(stored.global_offset),
+               " of ", shape_string(stored.global_shape), " but this rank needs the slice at ",
+               shape_string(spec.global_offset()), " of ", shape_string(spec.global_shape),
+               " (shard files swapped or mislabelled?)");
   reader_.read_f32(spec.name, spec.local_shape(), out);
 }
 

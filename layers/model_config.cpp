@@ -1,6 +1,8 @@
 // ModelConfig JSON round trip and validation.
 #include "layers/model_config.h"
 
+#include <type_traits>
+
 #include "runtime/base/error.h"
 
 namespace strata {
@@ -9,6 +11,9 @@ namespace {
 template <typename T>
 T required(const nlohmann::json& j, const char* key, const std::string& where) {
   STRATA_CHECK(j.contains(key), Config, where, ": model config has no '", key, "'");
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)
+    STRATA_CHECK(j.at(key).is_number_integer(), Config, where, ": model config field '", key,
+                 "' must be an integer (got ", j.at(key).dump(), ")");
   try {
     return j.at(key).get<T>();
   } catch (const nlohmann::json::exception& e) {
@@ -69,6 +74,12 @@ void ModelConfig::validate(const std::string& where) const {
   auto positive = [&](std::int64_t value, const char* name) {
     STRATA_CHECK(value > 0, Config, where, ": ", name, " must be positive (got ", value, ")");
   };
+  // Sizes reach int-sized BLAS/MPI arguments and int32 positions: refuse what cannot be represented.
+  for (auto [value, name] : {std::pair{hidden_size, "hidden_size"}, {intermediate_size, "intermediate_size"},
+                             {num_hidden_layers, "num_hidden_layers"}, {num_attention_heads, "num_attention_heads"},
+                             {num_key_value_heads, "num_key_value_heads"}, {head_dim, "head_dim"},
+                             {vocab_size, "vocab_size"}, {max_position_embeddings, "max_position_embeddings"}})
+    STRATA_CHECK(value <= (std::int64_t(1) << 30), Config, where, ": ", name, " ", value, " is too large (limit 2^30)");
   positive(hidden_size, "hidden_size");
   positive(intermediate_size, "intermediate_size");
   positive(num_hidden_layers, "num_hidden_layers");

@@ -136,6 +136,7 @@ TensorView TransformerStage::forward(std::span<const SeqChunk> chunks, std::span
   positions_.clear();
   for (const auto& chunk : chunks) {
     STRATA_CHECK(chunk.token_offset == tokens && chunk.slot >= 0 && chunk.slot < limits_.max_seqs &&
+                     chunk.n_tokens >= 1 && chunk.start_pos >= 0 &&
                      chunk.start_pos + chunk.n_tokens <= limits_.max_seq_len,
                  Internal, "malformed step: chunk at row ", chunk.token_offset, " slot ", chunk.slot, " positions ",
                  chunk.start_pos, "+", chunk.n_tokens);

@@ -4,6 +4,7 @@
 // nothing here waits without the job being abortable (launch/ turns any Error into MPI_Abort).
 #pragma once
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <vector>
 
@@ -19,6 +20,28 @@ class SendRequest {
  public:
   virtual ~SendRequest() = default;
   virtual void wait() = 0;
+};
+
+// Non-blocking sends kept alive until complete, at most `depth` outstanding: bounds the memory they pin and how far a
+// sender can run ahead of its receiver.
+class SendQueue {
+ public:
+  explicit SendQueue(std::size_t depth) : depth_(depth) {}
+  void push(std::unique_ptr<SendRequest> request) {
+    pending_.push_back(std::move(request));
+    while (pending_.size() > depth_) {
+      pending_.front()->wait();
+      pending_.pop_front();
+    }
+  }
+  void drain() {
+    for (auto& r : pending_) r->wait();
+    pending_.clear();
+  }
+
+ private:
+  std::size_t depth_;
+  std::deque<std::unique_ptr<SendRequest>> pending_;
 };
 
 class Communicator {

@@ -84,6 +84,10 @@ ParsedStep parse_step(const std::vector<char>& message, std::int64_t hidden_size
   step.metas.resize(std::size_t(step.header.n_chunks));
   std::memcpy(step.metas.data(), message.data() + sizeof(StepHeader), metas_bytes);
   step.hidden = reinterpret_cast<const float*>(message.data() + sizeof(StepHeader) + metas_bytes);
+  std::int64_t tokens = 0;
+  for (const auto& m : step.metas) tokens += m.chunk.n_tokens;
+  STRATA_CHECK(tokens == step.header.n_tokens, Communication, "step message lists ", tokens,
+               " tokens in its chunks but carries ", step.header.n_tokens);
   return step;
 }
 
@@ -128,27 +132,6 @@ std::vector<SeqChunk> chunks_of(const std::vector<ChunkMeta>& metas) {
   for (const auto& m : metas) chunks.push_back(m.chunk);
   return chunks;
 }
-
-// Non-blocking sends kept alive until complete; at most `depth` outstanding (bounds the memory they pin).
-class SendQueue {
- public:
-  explicit SendQueue(std::size_t depth) : depth_(depth) {}
-  void push(std::unique_ptr<SendRequest> request) {
-    pending_.push_back(std::move(request));
-    while (pending_.size() > depth_) {
-      pending_.front()->wait();
-      pending_.pop_front();
-    }
-  }
-  void drain() {
-    for (auto& r : pending_) r->wait();
-    pending_.clear();
-  }
-
- private:
-  std::size_t depth_;
-  std::deque<std::unique_ptr<SendRequest>> pending_;
-};
 
 // The last stage's work on a step's logits: sample, and gather whole-vocabulary rows that were asked for.
 StepResult finish_step(const std::vector<ChunkMeta>& metas, TensorView logits, const ShardPlan& plan,

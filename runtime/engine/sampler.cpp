@@ -15,7 +15,11 @@ struct Candidate {
   std::int32_t id;
 };
 
+// A strict total order on candidates (NaN scores are turned into -inf before they get here).
 bool better(const Candidate& a, const Candidate& b) { return a.value > b.value || (a.value == b.value && a.id < b.id); }
+
+// A NaN logit (a broken model or overflow) must not break the ordering: it ranks below every number.
+float finite_or_lowest(float value) { return std::isnan(value) ? -INFINITY : value; }
 
 enum class Mode { Greedy, Gumbel, Filtered };
 
@@ -39,8 +43,9 @@ void local_candidates(const float* row, std::int64_t local_vocab, std::int64_t o
     for (std::int64_t i = 0; i < local_vocab; ++i) {
       const std::int64_t id = offset + i;
       const float score = mode == Mode::Greedy
-                              ? row[i]
-                              : float(double(row[i]) / r.params.temperature + gumbel_noise(r.params.seed, r.step, id));
+                              ? finite_or_lowest(row[i])
+                              : finite_or_lowest(float(double(row[i]) / r.params.temperature +
+                                                       gumbel_noise(r.params.seed, r.step, id)));
       const Candidate c{score, std::int32_t(id)};
       if (better(c, best)) best = c;
     }
@@ -49,7 +54,7 @@ void local_candidates(const float* row, std::int64_t local_vocab, std::int64_t o
   }
   std::vector<Candidate> all(static_cast<std::size_t>(local_vocab));
   for (std::int64_t i = 0; i < local_vocab; ++i)
-    all[std::size_t(i)] = Candidate{float(row[i] / r.params.temperature), std::int32_t(offset + i)};
+    all[std::size_t(i)] = Candidate{finite_or_lowest(row[i] / r.params.temperature), std::int32_t(offset + i)};
   std::partial_sort(all.begin(), all.begin() + count, all.end(), better);
   std::copy(all.begin(), all.begin() + count, out);
 }
@@ -58,6 +63,7 @@ std::int32_t choose(std::vector<Candidate>& candidates, const SampleRow& r) {
   if (mode_of(r.params) != Mode::Filtered)
     return std::min_element(candidates.begin(), candidates.end(), better)->id;
   std::sort(candidates.begin(), candidates.end(), better);
+  if (!std::isfinite(candidates[0].value)) return candidates[0].id;  // nothing finite to sample from
   std::size_t keep = candidates.size();
   if (r.params.top_k > 0) keep = std::min<std::size_t>(keep, std::size_t(r.params.top_k));
   // softmax over the kept candidates, then the smallest prefix whose probability reaches top_p (at least one)

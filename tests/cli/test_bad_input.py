@@ -58,6 +58,25 @@ with open(os.path.join(truncated, "model-pp0-tp0.h5"), "r+b") as f:
     f.truncate(4000)
 expect_failure("truncated shard", gen(truncated, 1), 1, "model-pp0-tp0.h5")
 
+swapped = h.init("swapped", "--preset", "tiny", "-tp", "2")
+a, b = os.path.join(swapped, "model-pp0-tp0.h5"), os.path.join(swapped, "model-pp0-tp1.h5")
+os.rename(a, a + ".tmp"); os.rename(b, a); os.rename(a + ".tmp", b)
+expect_failure("swapped shard files", gen(swapped, 2, "-tp", 2), 2,
+               "model-pp0-tp0.h5 says it is pp rank 0 tp rank 1", "gives it to pp rank 0 tp rank 0")
+
+# Attributes written by other tools: a variable-length string (h5py's default) reads fine; an oversized array of
+# strings is refused, never read past its buffer.
+import h5py  # noqa: E402  (Debian's python3-h5py; the tests run under /usr/bin/python3)
+import numpy as np  # noqa: E402
+edited = h.init("edited", "--preset", "tiny")
+with h5py.File(os.path.join(edited, "model-pp0-tp0.h5"), "r+") as f:
+    f["model.norm.weight"].attrs["split"] = "replicated"  # h5py writes a variable-length string
+code, out, _ = h.run(["inspect", edited], timeout=BOUND)
+h.check(code == 0 and "model.norm.weight" in out and "replicated" in out, f"inspect reads h5py string attributes\n{out}")
+with h5py.File(os.path.join(edited, "model-pp0-tp0.h5"), "r+") as f:
+    f["model.norm.weight"].attrs["split"] = np.array([b"x" * 8] * 1000, dtype="S8")
+expect_failure("oversized attribute", ["inspect", edited], None, "attribute 'split'", "model.norm.weight")
+
 # Prompt problems
 bad_jsonl = h.write("bad.jsonl", '{"prompt": "fine"}\n{"prompt": "broken",\n')
 expect_failure("malformed JSONL", gen(single, 2, prompt_file=bad_jsonl), 2, "bad.jsonl:2: not valid JSON")

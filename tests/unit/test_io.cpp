@@ -74,6 +74,12 @@ TEST(Prompts, MalformedJsonlNamesFileAndLine) {
                 .find("in.jsonl:2: id 7 was already used at in.jsonl:1"),
             std::string::npos);
   EXPECT_NE(parse("[1, 2]\n").find("in.jsonl:1: expected a JSON object"), std::string::npos);
+  EXPECT_NE(parse("{\"prompt\": \"a\", \"max_tokens\": 2.9}\n").find("'max_tokens' must be an integer"),
+            std::string::npos);
+  EXPECT_NE(parse("{\"prompt\": \"a\", \"seed\": -5}\n").find("'seed' must be a non-negative integer"),
+            std::string::npos);
+  EXPECT_NE(parse("{\"prompt\": \"a\", \"temperature\": \"hot\"}\n").find("'temperature' must be a number"),
+            std::string::npos);
   EXPECT_NE(parse("\n\n").find("no prompts"), std::string::npos);
 }
 

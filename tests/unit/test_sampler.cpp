@@ -91,3 +91,18 @@ TEST(Sampler, GumbelNoiseIsStandardGumbel) {
   for (int i = 0; i < n; ++i) mean += gumbel_noise(5, i, 17) / n;
   EXPECT_NEAR(mean, 0.5772156649, 0.01);  // the Euler-Mascheroni constant
 }
+
+TEST(Sampler, NanLogitsRankBelowEveryNumber) {
+  test::LocalCommunicator tp;
+  const std::vector<float> logits = {NAN, 1.0f, NAN, 3.0f, 2.0f, NAN};
+  const std::vector<SampleRow> greedy = {SampleRow{}};
+  EXPECT_EQ(sample_tokens(logits.data(), 6, 0, greedy, tp)[0], 3);
+  for (std::int64_t step = 0; step < 200; ++step) {
+    const std::vector<SampleRow> top2 = {SampleRow{{1.0f, 2, 1.0f, 1}, step}};
+    const auto token = sample_tokens(logits.data(), 6, 0, top2, tp)[0];
+    ASSERT_TRUE(token == 3 || token == 4) << "step " << step << " chose " << token;
+    const std::vector<SampleRow> plain = {SampleRow{{1.0f, 0, 1.0f, 2}, step}};
+    const auto any = sample_tokens(logits.data(), 6, 0, plain, tp)[0];
+    ASSERT_TRUE(any == 1 || any == 3 || any == 4) << "step " << step << " chose NaN token " << any;
+  }
+}

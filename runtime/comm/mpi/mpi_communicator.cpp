@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <exception>
 
 namespace strata {
 
@@ -50,7 +51,15 @@ class MpiSendRequest final : public SendRequest {
  public:
   MpiSendRequest(std::vector<char> message) : message_(std::move(message)) {}
   ~MpiSendRequest() override {
-    if (request_ != MPI_REQUEST_NULL) MPI_Wait(&request_, MPI_STATUS_IGNORE);  // no throw in a destructor
+    if (request_ == MPI_REQUEST_NULL) return;
+    if (std::uncaught_exceptions() > 0) {
+      // Unwinding towards MPI_Abort: waiting here could block on a receiver that never comes. Let MPI finish (or
+      // drop) the send on its own, and keep the buffer alive for it: leaked on purpose, the job is ending.
+      MPI_Request_free(&request_);
+      new std::vector<char>(std::move(message_));
+      return;
+    }
+    MPI_Wait(&request_, MPI_STATUS_IGNORE);  // no throw in a destructor
   }
   void wait() override {
     if (request_ != MPI_REQUEST_NULL) STRATA_MPI_CHECK(MPI_Wait(&request_, MPI_STATUS_IGNORE));
