@@ -60,6 +60,10 @@ class Communicator {
   virtual std::int64_t all_reduce_max(std::int64_t value) = 0;
   virtual void barrier() = 0;
 
+  // The sub-group of the ranks passing the same `color`, ordered by `key` (MPI_Comm_split / ncclCommSplit).
+  // Collective over this group.
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+
   // Point-to-point. Messages between a pair with one tag arrive in the order sent.
   virtual std::unique_ptr<SendRequest> isend(std::vector<char> message, int dest, Tag tag) = 0;
   // Blocks until a message from src with tag arrives; its size is whatever was sent.

@@ -68,3 +68,14 @@ TEST(MpiCommunicator, GroupsFollowTheLayout) {
   groups.pp->all_reduce_sum(view_of(who));
   EXPECT_EQ(who[0], rank % 2 == 0 ? 2.0f : 4.0f);
 }
+
+TEST(MpiCommunicator, SplitMakesOrderedSubGroups) {
+  auto world = make_mpi_communicator(MPI_COMM_WORLD);
+  // even and odd ranks, ordered by descending world rank
+  auto half = world->split(world->rank() % 2, -world->rank());
+  EXPECT_EQ(half->size(), 2);
+  EXPECT_EQ(half->rank(), world->rank() < 2 ? 1 : 0);
+  std::vector<float> v = {float(world->rank())};
+  half->all_reduce_sum(view_of(v));
+  EXPECT_EQ(v[0], world->rank() % 2 == 0 ? 2.0f : 4.0f);
+}

@@ -25,6 +25,7 @@ class LocalCommunicator final : public Communicator {
   void broadcast(void*, std::size_t, int) override {}
   std::int64_t all_reduce_max(std::int64_t value) override { return value; }
   void barrier() override {}
+  std::unique_ptr<Communicator> split(int, int) override { return std::make_unique<LocalCommunicator>(); }
   std::unique_ptr<SendRequest> isend(std::vector<char> message, int, Tag tag) override {
     queues_[tag].push_back(std::move(message));
     return std::make_unique<Done>();

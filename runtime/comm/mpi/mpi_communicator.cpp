@@ -118,6 +118,14 @@ class MpiCommunicator final : public Communicator {
 
   void barrier() override { STRATA_MPI_CHECK(MPI_Barrier(comm_)); }
 
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    MPI_Comm sub = MPI_COMM_NULL;
+    STRATA_MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
+    auto group = std::make_unique<MpiCommunicator>(sub);  // duplicates sub
+    STRATA_MPI_CHECK(MPI_Comm_free(&sub));
+    return group;
+  }
+
   std::unique_ptr<SendRequest> isend(std::vector<char> message, int dest, Tag tag) override {
     STRATA_CHECK(message.size() <= kMaxChunk, Communication, "message of ", message.size(),
                  " bytes exceeds one MPI send");
@@ -157,14 +165,6 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1;
 };
 
-std::unique_ptr<Communicator> split_world(int color, int key) {
-  MPI_Comm sub = MPI_COMM_NULL;
-  STRATA_MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, color, key, &sub));
-  auto comm = std::make_unique<MpiCommunicator>(sub);
-  STRATA_MPI_CHECK(MPI_Comm_free(&sub));
-  return comm;
-}
-
 }  // namespace
 
 std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm parent) { return std::make_unique<MpiCommunicator>(parent); }
@@ -173,9 +173,9 @@ CommGroups make_mpi_groups(const ParallelLayout& layout) {
   CommGroups groups;
   groups.world = make_mpi_communicator(MPI_COMM_WORLD);
   // Colour = the coordinates the group shares; key = the coordinate that varies (so group rank == that coordinate).
-  groups.tp = split_world(layout.dp_rank() * layout.sizes().pp + layout.pp_rank(), layout.tp_rank());
-  groups.pp = split_world(layout.dp_rank() * layout.sizes().tp + layout.tp_rank(), layout.pp_rank());
-  groups.dp = split_world(layout.pp_rank() * layout.sizes().tp + layout.tp_rank(), layout.dp_rank());
+  groups.tp = groups.world->split(layout.dp_rank() * layout.sizes().pp + layout.pp_rank(), layout.tp_rank());
+  groups.pp = groups.world->split(layout.dp_rank() * layout.sizes().tp + layout.tp_rank(), layout.pp_rank());
+  groups.dp = groups.world->split(layout.pp_rank() * layout.sizes().tp + layout.tp_rank(), layout.dp_rank());
   return groups;
 }
 
