@@ -198,6 +198,20 @@ std::vector<hsize_t> chunk_dims(const Shape& shape, std::size_t element_size) {
   return dims;
 }
 
+// H5Dread with the failure named: a Fletcher32 mismatch is reported as corruption of that tensor in that shard.
+void read_dataset(hid_t set, hid_t memory_type, hid_t memory_space, hid_t file_space, void* out,
+                  const std::string& path, const std::string& name) {
+  try {
+    STRATA_H5_CHECK(H5Dread(set, memory_type, memory_space, file_space, H5P_DEFAULT, out));
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    if (what.find("Fletcher32") != std::string::npos || what.find("checksum") != std::string::npos)
+      throw Error(ErrorKind::Checkpoint, cat("checksum mismatch: shard ", path, ", tensor ", name,
+                                             " is corrupt (Fletcher32 check failed); re-create or re-copy the shard"));
+    throw Error(ErrorKind::Checkpoint, cat("cannot read shard ", path, ", tensor ", name, ": ", what));
+  }
+}
+
 herr_t collect_attribute_name(hid_t, const char* name, const H5A_info_t*, void* data) {
   static_cast<std::vector<std::string>*>(data)->push_back(name);
   return 0;
@@ -277,22 +291,45 @@ void ShardReader::read_f32(const std::string& name, const Shape& expected, float
                shape_string(t.shape), ", expected ", shape_string(expected));
   h5::Handle set = h5::dataset(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), name);
   const std::size_t count = std::size_t(shape_numel(t.shape));
-  try {
-    if (t.dtype == DType::F32) {
-      STRATA_H5_CHECK(H5Dread(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out));
-    } else {
-      std::vector<std::uint16_t> raw(count);
-      h5::Handle type = file_type_of(t.dtype);  // read the stored bits as they are, convert here (exact, fast)
-      STRATA_H5_CHECK(H5Dread(set.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, raw.data()));
-      convert_to_f32(t.dtype, raw.data(), out, count);
-    }
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    if (what.find("Fletcher32") != std::string::npos || what.find("checksum") != std::string::npos)
-      throw Error(ErrorKind::Checkpoint, cat("checksum mismatch: shard ", path_, ", tensor ", name,
-                                             " is corrupt (Fletcher32 check failed); re-create or re-copy the shard"));
-    throw Error(ErrorKind::Checkpoint, cat("cannot read shard ", path_, ", tensor ", name, ": ", what));
+  if (t.dtype == DType::F32) {
+    read_dataset(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, out, path_, name);
+  } else {
+    std::vector<std::uint16_t> raw(count);
+    h5::Handle type = file_type_of(t.dtype);  // read the stored bits as they are, convert here (exact, fast)
+    read_dataset(set.get(), type.get(), H5S_ALL, H5S_ALL, raw.data(), path_, name);
+    convert_to_f32(t.dtype, raw.data(), out, count);
   }
+}
+
+void ShardReader::read_region_f32(const std::string& name, int axis, std::int64_t begin, std::int64_t end,
+                                  float* out, std::int64_t out_stride) const {
+  const StoredTensor t = describe(name);
+  const std::string where = cat("shard ", path_, ": tensor ", name);
+  STRATA_CHECK(t.shape.size() == 1 || t.shape.size() == 2, Checkpoint, where, ": expected 1-D or 2-D, got ",
+               shape_string(t.shape));
+  const hsize_t rows = hsize_t(t.shape[0]), cols = t.shape.size() == 2 ? hsize_t(t.shape[1]) : 1;
+  const hsize_t extent = axis == 0 ? rows : cols;
+  STRATA_CHECK(begin >= 0 && begin < end && hsize_t(end) <= extent && (axis == 0 || t.shape.size() == 2), Checkpoint,
+               where, ": region [", begin, ", ", end, ") along axis ", axis, " outside ", shape_string(t.shape));
+  const hsize_t start[2] = {axis == 0 ? hsize_t(begin) : 0, axis == 1 ? hsize_t(begin) : 0};
+  const hsize_t count[2] = {axis == 0 ? hsize_t(end - begin) : rows, axis == 1 ? hsize_t(end - begin) : cols};
+  h5::Handle set = h5::dataset(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), where);
+  h5::Handle file_space = h5::dataspace(H5Dget_space(set.get()), where);
+  STRATA_H5_CHECK(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr));
+  const int dims = int(t.shape.size());
+  h5::Handle memory_space = h5::dataspace(H5Screate_simple(dims, count, nullptr), where);
+  // Read the block contiguously in its stored type (no HDF5 conversion), then convert and place each row.
+  const std::size_t block = std::size_t(count[0] * count[1]);
+  std::vector<char> raw(block * dtype_size(t.dtype));
+  h5::Handle type = file_type_of(t.dtype);
+  read_dataset(set.get(), type.get(), memory_space.get(), file_space.get(), raw.data(), path_, name);
+  const std::size_t width = std::size_t(count[1]);
+  if (dims == 1) {
+    convert_to_f32(t.dtype, raw.data(), out, block);
+    return;
+  }
+  for (std::size_t r = 0; r < std::size_t(count[0]); ++r)
+    convert_to_f32(t.dtype, raw.data() + r * width * dtype_size(t.dtype), out + std::int64_t(r) * out_stride, width);
 }
 
 // ---------------------------------------------------------------------------------------------------- writer

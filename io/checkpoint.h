@@ -62,6 +62,11 @@ class ShardReader {
   // Reads tensor `name`, whose local shape must equal `expected`, into `out` as f32 (converting f16/bf16). The
   // Fletcher32 checksum of every chunk is verified; a mismatch throws naming the shard and the tensor.
   void read_f32(const std::string& name, const Shape& expected, float* out) const;
+  // Reads part of a stored 1-D or 2-D tensor as f32: along `axis` (0: rows, 1: columns) the stored indices
+  // [begin, end), everything along the other axis. The block is written to `out` with a row stride of
+  // `out_stride` elements (1-D tensors: contiguous). Only that hyperslab is read from the file.
+  void read_region_f32(const std::string& name, int axis, std::int64_t begin, std::int64_t end, float* out,
+                       std::int64_t out_stride) const;
   StoredTensor describe(const std::string& name) const;
   std::vector<std::string> tensor_names() const;
   nlohmann::json attributes() const;  // the file's root attributes

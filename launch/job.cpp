@@ -62,11 +62,6 @@ void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& 
   job.manifest = Manifest::read(model_dir);
   job.config = ModelConfig::from_json(job.manifest.model, manifest_path(model_dir));
   check_split(job.config, sizes.tp, sizes.pp);  // before anything loads, with the numbers
-  STRATA_CHECK(job.manifest.tensor_parallel_size == sizes.tp && job.manifest.pipeline_parallel_size == sizes.pp,
-               Checkpoint, "checkpoint ", model_dir, " is sharded for tensor-parallel ",
-               job.manifest.tensor_parallel_size, " x pipeline-parallel ", job.manifest.pipeline_parallel_size,
-               " but this run uses ", sizes.tp, " x ", sizes.pp, "; write one for this layout (strata init -tp ",
-               sizes.tp, " -pp ", sizes.pp, ") — resharding on load is not supported yet");
   job.tokenizer = make_tokenizer(job.manifest.tokenizer, manifest_path(model_dir));
   STRATA_CHECK(job.tokenizer->vocab_size() <= job.config.vocab_size, Checkpoint, manifest_path(model_dir),
                ": the tokenizer has ", job.tokenizer->vocab_size(), " tokens but the model's vocab_size is only ",
@@ -116,8 +111,16 @@ void load_stage(Job& job, const std::string& model_dir, const StageLimits& limit
   job.backend = make_cpu_backend(threads);
   CheckpointWeightSource source(model_dir, job.manifest, *job.plan);
   job.stage = std::make_unique<TransformerStage>(*job.plan, source, *job.backend, *job.groups.tp, limits);
-  log_debug("loaded ", source.shard_path(), " (layers ", job.plan->layer_begin(), "-", job.plan->layer_end() - 1,
-            ", ", threads, " BLAS threads)");
+  std::string files;
+  for (const auto& path : source.opened()) files += (files.empty() ? "" : ", ") + path;
+  log_debug("loaded layers ", job.plan->layer_begin(), "-", job.plan->layer_end() - 1, " from ", files, " (",
+            threads, " threads)");
+  if (job.layout->world_rank() == 0 &&
+      (job.manifest.tensor_parallel_size != job.layout->sizes().tp ||
+       job.manifest.pipeline_parallel_size != job.layout->sizes().pp))
+    log_info("resharding on load: checkpoint written for tensor-parallel ", job.manifest.tensor_parallel_size,
+             " x pipeline-parallel ", job.manifest.pipeline_parallel_size, ", running ", job.layout->sizes().tp,
+             " x ", job.layout->sizes().pp);
 }
 
 }  // namespace strata

@@ -11,35 +11,75 @@
 namespace strata {
 
 CheckpointWeightSource::CheckpointWeightSource(const std::string& dir, const Manifest& manifest, const ShardPlan& plan)
-    : reader_([&] {
-        const auto& where = plan.coordinates();
-        STRATA_CHECK(manifest.tensor_parallel_size == where.tp && manifest.pipeline_parallel_size == where.pp,
-                     Checkpoint, "checkpoint ", dir, " is sharded for tensor-parallel ", manifest.tensor_parallel_size,
-                     " x pipeline-parallel ", manifest.pipeline_parallel_size, " but this run uses ", where.tp, " x ",
-                     where.pp, "; write one for this layout (strata init -tp ", where.tp, " -pp ", where.pp,
-                     ") — resharding on load is not supported yet");
-        return ShardReader((std::filesystem::path(dir) / manifest.shard(where.pp_rank, where.tp_rank).file).string());
-      }()) {
-  const auto& where = plan.coordinates();
-  const nlohmann::json attrs = reader_.attributes();
-  auto attr = [&](const char* key) { return attrs.contains(key) && attrs[key].is_number_integer() ? attrs[key].get<int>() : -1; };
-  STRATA_CHECK(attr("pp_rank") == where.pp_rank && attr("tp_rank") == where.tp_rank &&
-                   attr("tensor_parallel_size") == where.tp && attr("pipeline_parallel_size") == where.pp,
-               Checkpoint, "shard ", reader_.path(), " says it is pp rank ", attr("pp_rank"), " tp rank ",
+    : dir_(dir), manifest_(manifest), target_(plan.coordinates()) {
+  const int tp = manifest.tensor_parallel_size, pp = manifest.pipeline_parallel_size;
+  for (int p = 0; p < pp; ++p)
+    for (int t = 0; t < tp; ++t) source_plans_.emplace_back(plan.config(), StageCoordinates{tp, t, pp, p});
+  for (int p = 0; p < pp; ++p)
+    for (const auto& spec : source_plan(p, 0).tensors()) source_stage_.emplace(spec.name, p);  // first stage wins
+}
+
+const ShardPlan& CheckpointWeightSource::source_plan(int pp_rank, int tp_rank) const {
+  return source_plans_[std::size_t(pp_rank * manifest_.tensor_parallel_size + tp_rank)];
+}
+
+ShardReader& CheckpointWeightSource::shard(int pp_rank, int tp_rank) {
+  const auto key = std::make_pair(pp_rank, tp_rank);
+  if (auto it = readers_.find(key); it != readers_.end()) return it->second;
+  ShardReader reader((std::filesystem::path(dir_) / manifest_.shard(pp_rank, tp_rank).file).string());
+  const nlohmann::json attrs = reader.attributes();
+  auto attr = [&](const char* k) { return attrs.contains(k) && attrs[k].is_number_integer() ? attrs[k].get<int>() : -1; };
+  STRATA_CHECK(attr("pp_rank") == pp_rank && attr("tp_rank") == tp_rank &&
+                   attr("tensor_parallel_size") == manifest_.tensor_parallel_size &&
+                   attr("pipeline_parallel_size") == manifest_.pipeline_parallel_size,
+               Checkpoint, "shard ", reader.path(), " says it is pp rank ", attr("pp_rank"), " tp rank ",
                attr("tp_rank"), " of ", attr("pipeline_parallel_size"), " x ", attr("tensor_parallel_size"),
-               " but the manifest gives it to pp rank ", where.pp_rank, " tp rank ", where.tp_rank, " of ", where.pp,
-               " x ", where.tp);
+               " but the manifest lists it as pp rank ", pp_rank, " tp rank ", tp_rank, " of ",
+               manifest_.pipeline_parallel_size, " x ", manifest_.tensor_parallel_size);
+  opened_.push_back(reader.path());
+  return readers_.emplace(key, std::move(reader)).first->second;
 }
 
 void CheckpointWeightSource::read(const TensorSpec& spec, float* out) {
-  // The local shape alone cannot tell two ranks' slices apart: the slice's place in the whole tensor must match.
-  const StoredTensor stored = reader_.describe(spec.name);
-  STRATA_CHECK(stored.global_shape == spec.global_shape && stored.global_offset == spec.global_offset(), Checkpoint,
-               "shard ", reader_.path(), ": tensor ", spec.name, " is the slice at ", shape_string(stored.global_offset),
-               " of ", shape_string(stored.global_shape), " but this rank needs the slice at ",
-               shape_string(spec.global_offset()), " of ", shape_string(spec.global_shape),
-               " (shard files swapped or mislabelled?)");
-  reader_.read_f32(spec.name, spec.local_shape(), out);
+  const auto stage = source_stage_.find(spec.name);
+  STRATA_CHECK(stage != source_stage_.end(), Checkpoint, "checkpoint ", dir_, " has no stage holding tensor ",
+               spec.name);
+  if (spec.split == Split::Replicated) {
+    // Every source rank of the stage stores it: take it from the shard that also holds this rank's split slices.
+    const int t = target_.tp_rank * manifest_.tensor_parallel_size / target_.tp;
+    shard(stage->second, t).read_f32(spec.name, spec.local_shape(), out);
+    return;
+  }
+  const int source_tp = manifest_.tensor_parallel_size;
+  const int axis = spec.split == Split::Cols ? 1 : 0;
+  const Shape local = spec.local_shape();
+  const std::int64_t stride = local.size() == 2 ? local[1] : 1;  // elements per row of `out`
+  // Walk [begin, end) along the split axis, taking each part from the first source slice that holds it (KV heads
+  // replicated over source ranks are read once).
+  for (std::int64_t at = spec.begin; at < spec.end;) {
+    int t = 0;
+    TensorSpec source;
+    for (; t < source_tp; ++t) {
+      source = source_plan(stage->second, t).spec(spec.name);
+      if (source.begin <= at && at < source.end) break;
+    }
+    STRATA_CHECK(t < source_tp, Checkpoint, "checkpoint ", dir_, ": no shard stores ", spec.name, " index ", at);
+    ShardReader& reader = shard(stage->second, t);
+    const StoredTensor stored = reader.describe(spec.name);
+    STRATA_CHECK(stored.global_shape == spec.global_shape && stored.global_offset == source.global_offset(), Checkpoint,
+                 "shard ", reader.path(), ": tensor ", spec.name, " is the slice at ",
+                 shape_string(stored.global_offset), " of ", shape_string(stored.global_shape), " but the format puts ",
+                 "that shard's slice at ", shape_string(source.global_offset()), " of ", shape_string(spec.global_shape),
+                 " (shard files swapped or mislabelled?)");
+    const std::int64_t until = std::min(spec.end, source.end);
+    if (at == spec.begin && until == spec.end && at == source.begin && until == source.end) {
+      reader.read_f32(spec.name, local, out);  // the stored slice is exactly this rank's: one plain read
+    } else {
+      float* dest = axis == 0 ? out + (at - spec.begin) * stride : out + (at - spec.begin);
+      reader.read_region_f32(spec.name, axis, at - source.begin, until - source.begin, dest, stride);
+    }
+    at = until;
+  }
 }
 
 namespace {

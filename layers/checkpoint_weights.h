@@ -3,6 +3,7 @@
 // sharding (each full tensor is generated from (seed, name) and then sliced).
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -12,16 +13,29 @@
 
 namespace strata {
 
-// Reads this rank's slices from DIR/<its shard>. The checkpoint's layout must equal the plan's (resharding on load
-// is a later feature); the mismatch is refused with both layouts named.
+// Reads this rank's slices from a checkpoint written for any valid (tp, pp). When the layouts match, each rank opens
+// only its own shard. Otherwise (resharding on load) each slice is assembled from the source shards whose stored
+// slices intersect it, reading only the intersecting hyperslabs: no rank opens a shard it takes nothing from, and
+// no rank holds more than its own slices. Every shard opened is checked to be the one the manifest says it is, and
+// every stored slice to sit where the format says (global_shape, global_offset).
 class CheckpointWeightSource final : public WeightSource {
  public:
   CheckpointWeightSource(const std::string& dir, const Manifest& manifest, const ShardPlan& plan);
   void read(const TensorSpec& spec, float* out) override;
-  const std::string& shard_path() const { return reader_.path(); }
+  // Paths of the shard files opened so far, in the order they were opened.
+  const std::vector<std::string>& opened() const { return opened_; }
 
  private:
-  ShardReader reader_;
+  ShardReader& shard(int pp_rank, int tp_rank);
+  const ShardPlan& source_plan(int pp_rank, int tp_rank) const;
+
+  std::string dir_;
+  Manifest manifest_;
+  StageCoordinates target_;                        // the rank being loaded
+  std::vector<ShardPlan> source_plans_;            // the checkpoint's own layout, [pp_rank * tp + tp_rank]
+  std::map<std::string, int> source_stage_;        // tensor name -> the source stage that stores it
+  std::map<std::pair<int, int>, ShardReader> readers_;
+  std::vector<std::string> opened_;
 };
 
 // The deterministic random value of a whole tensor (global shape), a function of (seed, name) only.
