@@ -91,6 +91,19 @@ int cli_main(int argc, char** argv) {
   init_cmd->add_option("--tie-word-embeddings", init.tie_word_embeddings, "0 or 1")->check(CLI::Range(0, 1));
   init_cmd->add_option("--attention-bias", init.attention_bias, "q/k/v bias (Qwen2): 0 or 1")->check(CLI::Range(0, 1));
 
+  ConvertOptions convert;
+  auto* convert_cmd = app.add_subcommand("convert", "Convert a Hugging Face model folder to a sharded checkpoint");
+  convert_cmd->add_option("--hf", convert.hf, "Folder with config.json and *.safetensors")->required();
+  convert_cmd->add_option("--output", convert.output, "Checkpoint directory to write")->required();
+  convert_cmd->add_option("--tensor-parallel-size", convert.tp, "Shard for this many TP ranks (-tp)")
+      ->check(CLI::PositiveNumber);
+  convert_cmd->add_option("--pipeline-parallel-size", convert.pp, "Shard for this many stages (-pp)")
+      ->check(CLI::PositiveNumber);
+  convert_cmd->add_option("--dtype", convert.dtype, "Storage dtype")->check(CLI::IsMember({"f32", "f16", "bf16"}));
+  convert_cmd->add_option("--tokenizer", convert.tokenizer,
+                          "auto: carry tokenizer.json along; byte: the byte-level tokenizer")
+      ->check(CLI::IsMember({"auto", "byte"}));
+
   InspectOptions inspect;
   auto* inspect_cmd = app.add_subcommand("inspect", "Print a checkpoint's config, shards and tensors");
   inspect_cmd->add_option("model", inspect.model, "Checkpoint directory")->required();
@@ -118,6 +131,7 @@ int cli_main(int argc, char** argv) {
   CLI11_PARSE(app, int(expanded.size()), expanded.data());
   if (*generate) return run_generate(gen, argc, argv);
   if (*init_cmd) return run_init(init);
+  if (*convert_cmd) return run_convert(convert, argc, argv);
   if (*inspect_cmd) return run_inspect(inspect);
   if (*bench_cmd) return run_bench(bench, argc, argv);
   return 2;

@@ -45,6 +45,12 @@ struct BenchOptions {
   double memory_gib = 1.0;  // buffer size of the bandwidth probe
 };
 
+struct ConvertOptions {
+  std::string hf, output, dtype = "bf16", tokenizer = "auto";
+  int tp = 1, pp = 1;
+};
+
+int run_convert(const ConvertOptions& options, int argc, char** argv);
 int run_generate(const GenerateOptions& options, int argc, char** argv);
 int run_init(const InitOptionsCli& options);
 int run_inspect(const InspectOptions& options);

@@ -157,7 +157,7 @@ int generate(Job& job, const GenerateOptions& o) {
                            o.max_batch_size, std::int32_t(model_len)};
   check_memory(job, limits);
   load_stage(job, o.model, limits);
-  if (layout.world_rank() == 0)
+  if (layout.world_rank() == 0 && !o.quiet)
     log_info("model ", o.model, " (", fixed(double(job.config.parameter_count()) / 1e6, 1), "M parameters) on ",
              layout.world_size(), " ranks: dp ", layout.sizes().dp, " x pp ", layout.sizes().pp, " x tp ",
              layout.sizes().tp, ", ", job.node.node_count, " node(s); ", prompts.size(), " prompts");

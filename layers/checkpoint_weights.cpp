@@ -135,8 +135,56 @@ void slice_tensor(const TensorSpec& spec, const float* full, float* local) {
   }
 }
 
-void write_random_checkpoint(const ModelConfig& config, const InitOptions& options, const std::string& dir) {
-  std::filesystem::create_directories(dir);
+void RandomWeightSource::read(const TensorSpec& spec, float* out) {
+  if (cached_name_ != spec.name) {
+    cached_ = random_tensor(spec, seed_);
+    cached_name_ = spec.name;
+  }
+  slice_tensor(spec, cached_.data(), out);
+}
+
+void write_shards(const ModelConfig& config, const CheckpointOptions& options, const std::string& dir,
+                  WeightSource& weights, int rank, int world) {
+  namespace fs = std::filesystem;
+  fs::create_directories(dir);
+  for (int p = 0; p < options.pp; ++p) {
+    std::vector<ShardPlan> plans;
+    std::vector<std::unique_ptr<ShardWriter>> writers;  // null where another process writes the shard
+    std::vector<std::string> paths;
+    for (int t = 0; t < options.tp; ++t) {
+      plans.emplace_back(config, StageCoordinates{options.tp, t, options.pp, p});
+      const bool mine = (p * options.tp + t) % world == rank;
+      paths.push_back((fs::path(dir) / shard_file_name(p, t)).string());
+      writers.push_back(!mine ? nullptr
+                              : std::make_unique<ShardWriter>(
+                                    paths.back() + ".partial",
+                                    nlohmann::json{{"format_version", kCheckpointFormatVersion},
+                                                   {"pp_rank", p},
+                                                   {"tp_rank", t},
+                                                   {"tensor_parallel_size", options.tp},
+                                                   {"pipeline_parallel_size", options.pp}}));
+    }
+    for (const auto& first : plans[0].tensors()) {
+      for (int t = 0; t < options.tp; ++t) {
+        if (!writers[std::size_t(t)]) continue;
+        const TensorSpec spec = plans[std::size_t(t)].spec(first.name);
+        std::vector<float> local(static_cast<std::size_t>(shape_numel(spec.local_shape())));
+        weights.read(spec, local.data());
+        const char* split = spec.split == Split::Rows ? "rows" : spec.split == Split::Cols ? "cols" : "replicated";
+        writers[std::size_t(t)]->write(
+            StoredTensor{spec.name, spec.local_shape(), options.dtype, spec.global_shape, spec.global_offset(), split},
+            local.data());
+      }
+    }
+    for (int t = 0; t < options.tp; ++t) {
+      if (!writers[std::size_t(t)]) continue;
+      writers[std::size_t(t)]->close();
+      fs::rename(paths[std::size_t(t)] + ".partial", paths[std::size_t(t)]);
+    }
+  }
+}
+
+void write_manifest(const ModelConfig& config, const CheckpointOptions& options, const std::string& dir) {
   Manifest manifest;
   manifest.model = config.to_json();
   manifest.tensor_parallel_size = options.tp;
@@ -144,38 +192,18 @@ void write_random_checkpoint(const ModelConfig& config, const InitOptions& optio
   manifest.dtype = options.dtype;
   manifest.tokenizer = options.tokenizer;
   manifest.source = options.source;
-
   for (int p = 0; p < options.pp; ++p) {
-    std::vector<ShardPlan> plans;
-    std::vector<std::unique_ptr<ShardWriter>> writers;
-    for (int t = 0; t < options.tp; ++t) {
-      plans.emplace_back(config, StageCoordinates{options.tp, t, options.pp, p});
-      const std::string file = shard_file_name(p, t);
-      writers.push_back(std::make_unique<ShardWriter>(
-          (std::filesystem::path(dir) / file).string(),
-          nlohmann::json{{"format_version", kCheckpointFormatVersion},
-                         {"pp_rank", p},
-                         {"tp_rank", t},
-                         {"tensor_parallel_size", options.tp},
-                         {"pipeline_parallel_size", options.pp}}));
-      manifest.shards.push_back(ShardInfo{file, p, t, plans.back().layer_begin(), plans.back().layer_end()});
-    }
-    // Every tp rank of a stage holds the same tensor names: generate each whole tensor once, write each slice.
-    for (const auto& first : plans[0].tensors()) {
-      const std::vector<float> full = random_tensor(first, options.seed);
-      for (int t = 0; t < options.tp; ++t) {
-        const TensorSpec spec = plans[std::size_t(t)].spec(first.name);
-        std::vector<float> local(static_cast<std::size_t>(shape_numel(spec.local_shape())));
-        slice_tensor(spec, full.data(), local.data());
-        const char* split = spec.split == Split::Rows ? "rows" : spec.split == Split::Cols ? "cols" : "replicated";
-        writers[std::size_t(t)]->write(
-            StoredTensor{spec.name, spec.local_shape(), options.dtype, spec.global_shape, spec.global_offset(), split},
-            local.data());
-      }
-    }
-    for (auto& w : writers) w->close();
+    const auto [begin, end] = ShardPlan::layer_range(config.num_hidden_layers, options.pp, p);
+    for (int t = 0; t < options.tp; ++t) manifest.shards.push_back(ShardInfo{shard_file_name(p, t), p, t, begin, end});
   }
   manifest.write(dir);
+}
+
+void write_random_checkpoint(const ModelConfig& config, const InitOptions& options, const std::string& dir) {
+  const CheckpointOptions checkpoint{options.tp, options.pp, options.dtype, options.tokenizer, options.source};
+  RandomWeightSource weights(options.seed);
+  write_shards(config, checkpoint, dir, weights);
+  write_manifest(config, checkpoint, dir);
 }
 
 }  // namespace strata

@@ -44,6 +44,34 @@ std::vector<float> random_tensor(const TensorSpec& spec, std::uint64_t seed);
 // Copies the slice `spec` describes out of the whole tensor `full`.
 void slice_tensor(const TensorSpec& spec, const float* full, float* local);
 
+// Serves every slice of the deterministic random model of `seed` (whole tensor generated, then sliced; the last
+// whole tensor is kept, so the TP slices of one tensor cost one generation).
+class RandomWeightSource final : public WeightSource {
+ public:
+  explicit RandomWeightSource(std::uint64_t seed) : seed_(seed) {}
+  void read(const TensorSpec& spec, float* out) override;
+
+ private:
+  std::uint64_t seed_;
+  std::string cached_name_;
+  std::vector<float> cached_;
+};
+
+struct CheckpointOptions {
+  int tp = 1, pp = 1;
+  DType dtype = DType::F32;
+  nlohmann::json tokenizer;
+  nlohmann::json source;
+};
+
+// Writes the shards numbered (pp_rank * tp + tp_rank) % world == rank, taking every slice from `weights`, tensor
+// by tensor across the stage's TP ranks (so a source holds at most one tensor at a time). Shard files appear
+// complete or not at all (written under a temporary name, then renamed).
+void write_shards(const ModelConfig& config, const CheckpointOptions& options, const std::string& dir,
+                  WeightSource& weights, int rank = 0, int world = 1);
+// Writes DIR/manifest.json; call once every shard is written (its presence means the checkpoint is complete).
+void write_manifest(const ModelConfig& config, const CheckpointOptions& options, const std::string& dir);
+
 struct InitOptions {
   int tp = 1, pp = 1;
   DType dtype = DType::F32;
@@ -51,7 +79,7 @@ struct InitOptions {
   nlohmann::json tokenizer;
   nlohmann::json source;
 };
-// Writes DIR/manifest.json and DIR/model-pp*-tp*.h5 for `config`. The manifest is written last.
+// A whole random checkpoint from one process: every shard, then the manifest.
 void write_random_checkpoint(const ModelConfig& config, const InitOptions& options, const std::string& dir);
 
 }  // namespace strata

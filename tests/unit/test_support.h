@@ -53,18 +53,8 @@ class LocalCommunicator final : public Communicator {
   std::map<Tag, std::deque<std::vector<char>>> queues_;
 };
 
-// Serves any TensorSpec from the deterministic random model of `seed` (sliced as the spec says).
-class RandomWeights final : public WeightSource {
- public:
-  explicit RandomWeights(std::uint64_t seed) : seed_(seed) {}
-  void read(const TensorSpec& spec, float* out) override {
-    const std::vector<float> full = random_tensor(spec, seed_);
-    slice_tensor(spec, full.data(), out);
-  }
-
- private:
-  std::uint64_t seed_;
-};
+// Serves any TensorSpec from the deterministic random model of `seed` (what `strata init` writes).
+using RandomWeights = RandomWeightSource;
 
 inline ModelConfig tiny_config() {
   ModelConfig c;

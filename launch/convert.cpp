@@ -1,0 +1,93 @@
+// `strata convert`: a Hugging Face model folder (config.json, safetensors, tokenizer.json) to a strata checkpoint
+// sharded for tp x pp. Under mpirun each rank writes its own share of the shards at once; alone it writes them all.
+// Peak memory is about one tensor's slice plus read buffers, never the whole model.
+#include <sys/resource.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+
+#include "io/prompts.h"
+#include "io/tokenizer.h"
+#include "launch/job.h"
+#include "layers/checkpoint_weights.h"
+#include "layers/hf_model.h"
+#include "runtime/base/log.h"
+
+namespace strata {
+namespace {
+namespace fs = std::filesystem;
+
+nlohmann::json read_json(const fs::path& path) {
+  try {
+    return nlohmann::json::parse(read_file(path.string()));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(ErrorKind::Config, cat(path.string(), ": not valid JSON (", e.what(), ")"));
+  }
+}
+
+// The tokenizer the checkpoint will name: tokenizer.json carried along, or the byte tokenizer when asked for.
+nlohmann::json choose_tokenizer(const ConvertOptions& o, const ModelConfig& config) {
+  const fs::path hf_tokenizer = fs::path(o.hf) / "tokenizer.json";
+  if (o.tokenizer == "byte") {
+    ByteTokenizer bytes;
+    STRATA_CHECK(bytes.vocab_size() <= config.vocab_size, Config, "--tokenizer byte needs vocab_size >= ",
+                 bytes.vocab_size(), " (the model has ", config.vocab_size, ")");
+    return bytes.to_json();
+  }
+  STRATA_CHECK(fs::exists(hf_tokenizer), Config, o.hf, " has no tokenizer.json; pass --tokenizer byte for a model "
+               "trained on raw bytes");
+  return {{"type", "huggingface"}, {"file", "tokenizer.json"}};
+}
+
+std::int64_t peak_rss_bytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return std::int64_t(usage.ru_maxrss) * 1024;
+}
+
+int convert(Job& job, const ConvertOptions& o) {
+  int rank = 0, world = 1;
+  STRATA_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+  STRATA_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world));
+  const auto start = std::chrono::steady_clock::now();
+  const fs::path config_path = fs::path(o.hf) / "config.json";
+  STRATA_CHECK(fs::exists(config_path), Config, o.hf, " has no config.json (is it a Hugging Face model folder?)");
+  const nlohmann::json hf_config = read_json(config_path);
+  const ModelConfig config = config_from_hf(hf_config, config_path.string());
+  check_split(config, o.tp, o.pp);
+
+  CheckpointOptions options{o.tp, o.pp, parse_dtype(o.dtype), choose_tokenizer(o, config), nlohmann::json::object()};
+  options.source = {{"kind", "huggingface"}, {"path", fs::absolute(o.hf).string()},
+                    {"model_type", hf_config.value("model_type", "")}};
+  if (fs::exists(fs::path(o.hf) / "generation_config.json"))
+    options.source["generation_config"] = read_json(fs::path(o.hf) / "generation_config.json");
+
+  HfWeightSource weights(o.hf);
+  fs::create_directories(o.output);
+  write_shards(config, options, o.output, weights, rank, world);
+  STRATA_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));  // every shard written before the manifest makes it a checkpoint
+  if (rank == 0) {
+    if (options.tokenizer.value("type", "") == "huggingface")
+      fs::copy_file(fs::path(o.hf) / "tokenizer.json", fs::path(o.output) / "tokenizer.json",
+                    fs::copy_options::overwrite_existing);
+    write_manifest(config, options, o.output);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::uintmax_t bytes = 0;
+    for (const auto& entry : fs::directory_iterator(o.hf))
+      if (entry.path().extension() == ".safetensors") bytes += entry.file_size();
+    log_info("converted ", o.hf, " (", config.parameter_count(), " parameters, ", bytes / 1000000, " MB of safetensors) to ",
+             o.output, " for tensor-parallel ", o.tp, " x pipeline-parallel ", o.pp, " (", dtype_name(options.dtype),
+             ") on ", world, " rank(s) in ", seconds, " s: ", double(bytes) / seconds / 1e9,
+             " GB/s; peak memory of rank 0: ", peak_rss_bytes() / 1000000, " MB");
+  }
+  return 0;
+}
+
+}  // namespace
+
+int run_convert(const ConvertOptions& options, int argc, char** argv) {
+  return run_as_mpi_job(argc, argv, [&](Job& job) { return convert(job, options); });
+}
+
+}  // namespace strata
