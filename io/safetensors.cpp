@@ -65,9 +65,12 @@ std::map<std::string, SafetensorsEntry> parse_safetensors_header(const std::stri
     for (const auto& d : value["shape"]) {
       STRATA_CHECK(d.is_number_unsigned() && d.get<std::uint64_t>() <= (1ull << 40), Checkpoint, at,
                    ": shape entries must be non-negative integers, got ", value["shape"].dump());
-      e.shape.push_back(std::int64_t(d.get<std::uint64_t>()));
-      elements *= d.get<std::uint64_t>();
-      STRATA_CHECK(elements <= (1ull << 40), Checkpoint, at, ": shape ", value["shape"].dump(), " is too large");
+      const std::uint64_t extent = d.get<std::uint64_t>();
+      e.shape.push_back(std::int64_t(extent));
+      // checked before multiplying: the product must not wrap around
+      STRATA_CHECK(extent == 0 || elements <= (1ull << 40) / extent, Checkpoint, at, ": shape ",
+                   value["shape"].dump(), " is too large");
+      elements *= extent;
     }
     for (const auto& o : value["data_offsets"])
       STRATA_CHECK(o.is_number_unsigned(), Checkpoint, at, ": data_offsets must be non-negative integers");

@@ -12,6 +12,7 @@ packages=(
   nlohmann-json3-dev                  # manifest, JSONL prompts and results
   libpcre2-dev                        # Unicode regexes (tokenizers)
   python3 python3-numpy python3-h5py  # independent float64 reference forward pass used by the tests
+  clang libclang-rt-14-dev            # libFuzzer + sanitizers for the parser fuzz targets
 )
 missing=()
 for p in "${packages[@]}"; do

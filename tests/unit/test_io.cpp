@@ -9,6 +9,7 @@
 #include "io/checkpoint.h"
 #include "io/prompts.h"
 #include "io/results.h"
+#include "io/safetensors.h"
 #include "io/tokenizer.h"
 #include "runtime/base/error.h"
 
@@ -200,4 +201,58 @@ TEST(Tokenizer, BytesRoundTripAndSpecialsAreSkipped) {
   EXPECT_EQ(t.decode(unknown), "h\xEF\xBF\xBDi");
   EXPECT_NE(error_of([] { make_tokenizer({{"type", "sentencepiece"}}, "m.json"); }).find("unsupported tokenizer"),
             std::string::npos);
+}
+
+TEST(Safetensors, HeaderIsValidatedAgainstTheData) {
+  auto parse = [](const std::string& header, std::uint64_t size) {
+    return error_of([&] { parse_safetensors_header(header, size, "m.safetensors"); });
+  };
+  const auto ok = parse_safetensors_header(
+      R"({"a": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 12]}, "__metadata__": {"x": "y"}})", 12, "m");
+  ASSERT_EQ(ok.size(), 1u);
+  EXPECT_EQ(ok.at("a").dtype, DType::BF16);
+  EXPECT_EQ(ok.at("a").shape, (Shape{2, 3}));
+  EXPECT_NE(parse("{not json", 0).find("m.safetensors: header is not valid JSON"), std::string::npos);
+  EXPECT_NE(parse(R"({"a": {"dtype": "I8", "shape": [1], "data_offsets": [0, 1]}})", 1).find("dtype 'I8'"),
+            std::string::npos);
+  EXPECT_NE(parse(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}})", 8)
+                .find("tensor a: shape [2] x 4 bytes = 8 bytes, but data_offsets span 4"),
+            std::string::npos);
+  EXPECT_NE(parse(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})", 4)
+                .find("fall outside the data section of 4 bytes"),
+            std::string::npos);
+  EXPECT_NE(parse(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                      "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})", 8).find("overlaps tensor"),
+            std::string::npos);
+  EXPECT_NE(parse(R"({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}})", 8).find("non-negative"),
+            std::string::npos);
+  EXPECT_NE(parse(R"({"a": {"dtype": "F32", "shape": [2]}})", 8).find("needs \"dtype\""), std::string::npos);
+  EXPECT_NE(parse(R"({"a": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 8]}})", 8)
+                .find("too large"),
+            std::string::npos);
+}
+
+TEST(Safetensors, FileReadsRowsAndRefusesTruncation) {
+  const fs::path dir = temp_dir("safetensors");
+  const std::string header = R"({"w": {"dtype": "F32", "shape": [3, 2], "data_offsets": [0, 24]}})";
+  const float values[6] = {1, 2, 3, 4, 5, 6};
+  auto write = [&](const std::string& path, std::uint64_t length, std::size_t data_bytes) {
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(&length), 8);
+    out << header;
+    out.write(reinterpret_cast<const char*>(values), std::streamsize(data_bytes));
+  };
+  const std::string good = (dir / "good.safetensors").string(), cut = (dir / "cut.safetensors").string();
+  write(good, header.size(), 24);
+  SafetensorsFile file(good);
+  float rows[4];
+  file.read_rows_f32("w", 1, 3, rows);
+  EXPECT_EQ(std::vector<float>(rows, rows + 4), (std::vector<float>{3, 4, 5, 6}));
+  EXPECT_NE(error_of([&] { file.entry("missing"); }).find("has no tensor missing"), std::string::npos);
+  write(cut, header.size(), 20);
+  EXPECT_NE(error_of([&] { SafetensorsFile f(cut); }).find("fall outside the data section of 20 bytes"),
+            std::string::npos);
+  write(cut, 1u << 30, 24);
+  EXPECT_NE(error_of([&] { SafetensorsFile f(cut); }).find("runs past the end of the file"), std::string::npos);
+  fs::remove_all(dir);
 }
