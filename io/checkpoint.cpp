@@ -237,12 +237,16 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
 ShardReader::~ShardReader() {
   if (file_ >= 0) H5Fclose(file_);
 }
-ShardReader::ShardReader(ShardReader&& other) noexcept : path_(std::move(other.path_)), file_(other.file_) {
-  other.file_ = -1;
-}
+ShardReader::ShardReader(ShardReader&& other) noexcept
+    : path_(std::move(other.path_)),
+      file_(std::exchange(other.file_, -1)),
+      staging_(std::move(other.staging_)),
+      staging_count_(std::exchange(other.staging_count_, 0)) {}
 ShardReader& ShardReader::operator=(ShardReader&& other) noexcept {
   std::swap(path_, other.path_);
   std::swap(file_, other.file_);
+  std::swap(staging_, other.staging_);
+  std::swap(staging_count_, other.staging_count_);
   return *this;
 }
 
@@ -285,6 +289,14 @@ StoredTensor ShardReader::describe(const std::string& name) const {
   return t;
 }
 
+std::uint16_t* ShardReader::staging(std::size_t count) const {
+  if (count > staging_count_) {
+    staging_.reset(new std::uint16_t[count]);  // default-initialised: no zeroing pass
+    staging_count_ = count;
+  }
+  return staging_.get();
+}
+
 void ShardReader::read_f32(const std::string& name, const Shape& expected, float* out) const {
   const StoredTensor t = describe(name);
   STRATA_CHECK(t.shape == expected, Checkpoint, "shard ", path_, ": tensor ", name, " has shape ",
@@ -294,10 +306,10 @@ void ShardReader::read_f32(const std::string& name, const Shape& expected, float
   if (t.dtype == DType::F32) {
     read_dataset(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, out, path_, name);
   } else {
-    std::vector<std::uint16_t> raw(count);
+    std::uint16_t* raw = staging(count);
     h5::Handle type = file_type_of(t.dtype);  // read the stored bits as they are, convert here (exact, fast)
-    read_dataset(set.get(), type.get(), H5S_ALL, H5S_ALL, raw.data(), path_, name);
-    convert_to_f32(t.dtype, raw.data(), out, count);
+    read_dataset(set.get(), type.get(), H5S_ALL, H5S_ALL, raw, path_, name);
+    convert_to_f32(t.dtype, raw, out, count);
   }
 }
 

@@ -4,6 +4,7 @@
 // stored chunked with HDF5's Fletcher32 checksum filter, verified on every read.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -72,8 +73,12 @@ class ShardReader {
   nlohmann::json attributes() const;  // the file's root attributes
 
  private:
+  std::uint16_t* staging(std::size_t count) const;  // reused buffer for 16-bit reads (no zeroing, no new pages)
+
   std::string path_;
   long long file_ = -1;  // hid_t, kept opaque so HDF5 headers stay private to io/
+  mutable std::unique_ptr<std::uint16_t[]> staging_;
+  mutable std::size_t staging_count_ = 0;
 };
 
 // Writes one shard. Tensors are f32 in memory and stored as `dtype`.

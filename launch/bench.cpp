@@ -2,6 +2,8 @@
 // same run: memory read bandwidth (every rank of the node streaming a buffer at once) bounds decode, which must
 // read every weight once per step; the sgemm rate bounds prefill (2 FLOPs per parameter per token).
 #include <cblas.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -57,6 +59,25 @@ double measure_read_bandwidth(const Job& job, Communicator& world, double gib) {
   return double(count / std::size_t(threads) * threads) * 4 * job.node.local_size / best;
 }
 
+// Seconds to read `files` whole with plain read(2) calls (what `cat file > /dev/null` does), after one read to warm
+// the page cache.
+double raw_read_seconds(const std::vector<std::string>& files, std::int64_t& bytes) {
+  std::vector<char> buffer(std::size_t(8) << 20);
+  double elapsed = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    bytes = 0;
+    const double start = seconds();
+    for (const auto& path : files) {
+      const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      STRATA_CHECK(fd >= 0, Io, "cannot open ", path);
+      for (ssize_t got; (got = ::read(fd, buffer.data(), buffer.size())) > 0;) bytes += got;
+      ::close(fd);
+    }
+    elapsed = seconds() - start;
+  }
+  return elapsed;
+}
+
 // Aggregate sgemm FLOP/s of the node's ranks running at once.
 double measure_sgemm_rate(const Job& job, Communicator& world) {
   const int n = 2048;  // large enough for OpenBLAS to reach its peak rate
@@ -105,7 +126,14 @@ int bench(Job& job, const BenchOptions& o) {
                " exceed the model's context ", job.config.max_position_embeddings);
   const StageLimits limits{max_batch * o.prompt_len, max_batch, model_len};
   check_memory(job, limits);
-  load_stage(job, o.model, limits);
+  load_stage(job, o.model, limits);  // also warms the page cache for the timed load below
+  world.barrier();
+  const double load_start = seconds();
+  const std::vector<std::string> files = load_stage(job, o.model, limits);
+  const double load = double(world.all_reduce_max(std::int64_t((seconds() - load_start) * 1e9))) * 1e-9;
+  std::int64_t file_bytes = 0;
+  world.barrier();
+  const double raw = double(world.all_reduce_max(std::int64_t(raw_read_seconds(files, file_bytes) * 1e9))) * 1e-9;
 
   const double bandwidth = measure_read_bandwidth(job, world, o.memory_gib);
   const double sgemm = measure_sgemm_rate(job, world);
@@ -119,6 +147,9 @@ int bench(Job& job, const BenchOptions& o) {
                 job.layout->world_size(), cpu_threads_per_rank(job.node));
     std::printf("measured: memory read %.2f GB/s, sgemm %.1f GFLOP/s (all ranks of the node at once)\n",
                 bandwidth / 1e9, sgemm / 1e9);
+    std::printf("load (page cache warm, slowest rank): %.3f s for %.0f MB of shards on rank 0; reading the same "
+                "files raw: %.3f s; load speed = %.0f%% of raw\n",
+                load, double(file_bytes) / 1e6, raw, 100 * raw / load);
     std::printf("%6s %8s %14s %14s %8s %14s %14s %8s\n", "batch", "prompt", "prefill tok/s", "roofline", "%",
                 "decode tok/s", "roofline", "%");
   }

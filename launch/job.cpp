@@ -101,14 +101,15 @@ void check_memory(const Job& job, const StageLimits& limits) {
                "--max-batch-size, --max-model-len or --max-num-batched-tokens");
 }
 
-void load_stage(Job& job, const std::string& model_dir, const StageLimits& limits) {
+std::vector<std::string> load_stage(Job& job, const std::string& model_dir, const StageLimits& limits) {
   const int threads = cpu_threads_per_rank(job.node);
   const int machine_cores = int(std::thread::hardware_concurrency());
   if (job.node.local_rank == 0 && threads * job.node.local_size < machine_cores)
     log_info("the ", job.node.local_size, " rank(s) on ", job.node.hostname, " use ", threads * job.node.local_size,
              " of ", machine_cores, " cores (the launcher bound each rank to ", threads,
              "); with mpirun add --bind-to socket or --bind-to none to use them all");
-  job.backend = make_cpu_backend(threads);
+  if (!job.backend) job.backend = make_cpu_backend(threads);
+  job.stage.reset();  // a reload frees the previous weights first
   CheckpointWeightSource source(model_dir, job.manifest, *job.plan);
   job.stage = std::make_unique<TransformerStage>(*job.plan, source, *job.backend, *job.groups.tp, limits);
   std::string files;
@@ -121,6 +122,7 @@ void load_stage(Job& job, const std::string& model_dir, const StageLimits& limit
     log_info("resharding on load: checkpoint written for tensor-parallel ", job.manifest.tensor_parallel_size,
              " x pipeline-parallel ", job.manifest.pipeline_parallel_size, ", running ", job.layout->sizes().tp,
              " x ", job.layout->sizes().pp);
+  return source.opened();
 }
 
 }  // namespace strata

@@ -35,7 +35,7 @@ int run_as_mpi_job(int argc, char** argv, const std::function<int(Job&)>& body);
 void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& parallel);
 // Refuses (Error(Memory), numbers named) when the stage will not fit in this rank's share of the node's memory.
 void check_memory(const Job& job, const StageLimits& limits);
-// Builds the backend and loads this rank's shard.
-void load_stage(Job& job, const std::string& model_dir, const StageLimits& limits);
+// Builds the backend and loads this rank's shard. Returns the shard files it read.
+std::vector<std::string> load_stage(Job& job, const std::string& model_dir, const StageLimits& limits);
 
 }  // namespace strata

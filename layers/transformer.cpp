@@ -22,23 +22,28 @@ StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limi
   return m;
 }
 
+// Host-memory backends get the weights read straight into their tensors; others through one staging copy.
 Tensor TransformerStage::load(WeightSource& source, const TensorSpec& spec) {
-  const Shape shape = spec.local_shape();
-  std::vector<float> host(static_cast<std::size_t>(shape_numel(shape)));
-  source.read(spec, host.data());
-  Tensor tensor = backend_.allocate(shape, DType::F32);
-  backend_.upload(host.data(), tensor.view());
-  return tensor;
+  return load_rows(source, {spec}, spec.local_shape()[0]);
 }
 
 // gate and up stacked as rows [gate; up] so one GEMM produces both (swiglu reads the two halves of each row).
 Tensor TransformerStage::load_stacked(WeightSource& source, const TensorSpec& first, const TensorSpec& second) {
-  const Shape a = first.local_shape(), b = second.local_shape();
-  std::vector<float> host(static_cast<std::size_t>(shape_numel(a) + shape_numel(b)));
-  source.read(first, host.data());
-  source.read(second, host.data() + shape_numel(a));
-  Tensor tensor = backend_.allocate({a[0] + b[0], a[1]}, DType::F32);
-  backend_.upload(host.data(), tensor.view());
+  return load_rows(source, {first, second}, first.local_shape()[0] + second.local_shape()[0]);
+}
+
+Tensor TransformerStage::load_rows(WeightSource& source, const std::vector<TensorSpec>& parts, std::int64_t rows) {
+  Shape shape = parts[0].local_shape();
+  shape[0] = rows;
+  Tensor tensor = backend_.allocate(shape, DType::F32);
+  const bool host = tensor.view().kind == MemoryKind::Host;
+  std::vector<float> staging(host ? 0 : static_cast<std::size_t>(tensor.numel()));
+  float* out = host ? tensor.f32() : staging.data();
+  for (const auto& part : parts) {
+    source.read(part, out);
+    out += shape_numel(part.local_shape());
+  }
+  if (!host) backend_.upload(staging.data(), tensor.view());
   return tensor;
 }
 

@@ -58,6 +58,7 @@ class TransformerStage {
   };
   Tensor load(WeightSource& source, const TensorSpec& spec);
   Tensor load_stacked(WeightSource& source, const TensorSpec& first, const TensorSpec& second);
+  Tensor load_rows(WeightSource& source, const std::vector<TensorSpec>& parts, std::int64_t rows);
   void decoder_block(std::size_t layer, std::span<const SeqChunk> chunks, std::int64_t tokens);
 
   ShardPlan plan_;

@@ -1,6 +1,8 @@
 // Buffer/Tensor plumbing and host allocation.
 #include "runtime/tensor/tensor.h"
 
+#include <sys/mman.h>
+
 #include <cstdlib>
 #include <new>
 
@@ -39,10 +41,15 @@ void Buffer::release() noexcept {
 }
 
 Buffer allocate_host(std::size_t bytes) {
-  const std::size_t rounded = (bytes + 63) / 64 * 64;
-  void* data = rounded ? std::aligned_alloc(64, rounded) : nullptr;
+  // Large buffers (weights, KV cache) on 2 MiB boundaries with transparent huge pages: 512x fewer page faults when
+  // first touched (they dominated load time) and fewer TLB misses when streamed.
+  constexpr std::size_t kHuge = std::size_t(2) << 20;
+  const std::size_t alignment = bytes >= kHuge ? kHuge : 64;
+  const std::size_t rounded = (bytes + alignment - 1) / alignment * alignment;
+  void* data = rounded ? std::aligned_alloc(alignment, rounded) : nullptr;
   if (rounded && !data)
     throw Error(ErrorKind::Memory, cat("out of host memory allocating ", bytes, " bytes"));
+  if (alignment == kHuge) madvise(data, rounded, MADV_HUGEPAGE);  // advice only: failure changes nothing
   return Buffer(data, bytes, MemoryKind::Host, [](void* p) { std::free(p); });
 }
 
