@@ -13,11 +13,6 @@ ModelConfig config_from_hf(const nlohmann::json& hf, const std::string& where) {
   const std::string type = hf.contains("model_type") && hf["model_type"].is_string() ? hf["model_type"].get<std::string>() : "";
   STRATA_CHECK(type == "llama" || type == "mistral" || type == "qwen2", Config, where, ": model_type '", type,
                "' is not supported (llama, mistral, qwen2 are)");
-  if (hf.contains("rope_scaling") && !hf["rope_scaling"].is_null()) {
-    const auto& scaling = hf["rope_scaling"];
-    const std::string kind = scaling.is_object() ? scaling.value("rope_type", scaling.value("type", std::string("?"))) : "?";
-    throw Error(ErrorKind::Config, cat(where, ": rope_scaling of type '", kind, "' is not supported yet"));
-  }
   if (hf.contains("sliding_window") && hf["sliding_window"].is_number_integer() &&
       hf.value("use_sliding_window", type == "mistral") &&
       hf["sliding_window"].get<std::int64_t>() < hf.value("max_position_embeddings", std::int64_t(0)))
@@ -30,7 +25,7 @@ ModelConfig config_from_hf(const nlohmann::json& hf, const std::string& where) {
   nlohmann::json c = nlohmann::json::object();
   for (const char* key : {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                           "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings", "rms_norm_eps",
-                          "rope_theta", "tie_word_embeddings", "bos_token_id"})
+                          "rope_theta", "rope_scaling", "tie_word_embeddings", "bos_token_id"})
     if (hf.contains(key) && !hf[key].is_null()) c[key] = hf[key];
   if (hf.contains("eos_token_id") && !hf["eos_token_id"].is_null())  // may be a list: the first ends generation
     c["eos_token_id"] = hf["eos_token_id"].is_array() && !hf["eos_token_id"].empty() ? hf["eos_token_id"][0]

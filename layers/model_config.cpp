@@ -1,6 +1,7 @@
 // ModelConfig JSON round trip and validation.
 #include "layers/model_config.h"
 
+#include <cmath>
 #include <type_traits>
 
 #include "runtime/base/error.h"
@@ -45,6 +46,29 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
   c.rms_norm_eps = optional<double>(j, "rms_norm_eps", c.rms_norm_eps, where);
   c.rope_theta = optional<double>(j, "rope_theta", c.rope_theta, where);
   c.tie_word_embeddings = optional<bool>(j, "tie_word_embeddings", c.tie_word_embeddings, where);
+  if (j.contains("rope_scaling") && !j.at("rope_scaling").is_null()) {
+    const auto& r = j.at("rope_scaling");
+    STRATA_CHECK(r.is_object(), Config, where, ": rope_scaling must be an object or null");
+    const std::string kind = r.contains("rope_type") ? optional<std::string>(r, "rope_type", "", where)
+                                                     : optional<std::string>(r, "type", "", where);
+    STRATA_CHECK(kind == "linear" || kind == "llama3" || kind == "default", Config, where, ": rope_scaling of type '",
+                 kind, "' is not supported (linear and llama3 are)");
+    if (kind != "default") {
+      c.rope_scaling.type = kind;
+      c.rope_scaling.factor = required<double>(r, "factor", where);
+      STRATA_CHECK(c.rope_scaling.factor >= 1.0, Config, where, ": rope_scaling factor must be >= 1");
+    }
+    if (kind == "llama3") {
+      c.rope_scaling.low_freq_factor = required<double>(r, "low_freq_factor", where);
+      c.rope_scaling.high_freq_factor = required<double>(r, "high_freq_factor", where);
+      c.rope_scaling.original_max_position_embeddings =
+          required<std::int64_t>(r, "original_max_position_embeddings", where);
+      STRATA_CHECK(c.rope_scaling.high_freq_factor > c.rope_scaling.low_freq_factor &&
+                       c.rope_scaling.original_max_position_embeddings > 0,
+                   Config, where, ": llama3 rope_scaling needs high_freq_factor > low_freq_factor and "
+                   "original_max_position_embeddings > 0");
+    }
+  }
   c.attention_bias = optional<bool>(j, "attention_bias", c.attention_bias, where);
   c.bos_token_id = optional<std::int64_t>(j, "bos_token_id", c.bos_token_id, where);
   c.eos_token_id = optional<std::int64_t>(j, "eos_token_id", c.eos_token_id, where);
@@ -65,6 +89,16 @@ nlohmann::json ModelConfig::to_json() const {
           {"rms_norm_eps", rms_norm_eps},
           {"rope_theta", rope_theta},
           {"tie_word_embeddings", tie_word_embeddings},
+          {"rope_scaling", rope_scaling.type == "none"
+                               ? nlohmann::json(nullptr)
+                               : rope_scaling.type == "linear"
+                                     ? nlohmann::json{{"rope_type", "linear"}, {"factor", rope_scaling.factor}}
+                                     : nlohmann::json{{"rope_type", "llama3"},
+                                                      {"factor", rope_scaling.factor},
+                                                      {"low_freq_factor", rope_scaling.low_freq_factor},
+                                                      {"high_freq_factor", rope_scaling.high_freq_factor},
+                                                      {"original_max_position_embeddings",
+                                                       rope_scaling.original_max_position_embeddings}}},
           {"attention_bias", attention_bias},
           {"bos_token_id", bos_token_id},
           {"eos_token_id", eos_token_id}};
@@ -95,6 +129,30 @@ void ModelConfig::validate(const std::string& where) const {
   STRATA_CHECK(rms_norm_eps > 0 && rope_theta > 0, Config, where, ": rms_norm_eps and rope_theta must be positive");
   STRATA_CHECK(eos_token_id < vocab_size && bos_token_id < vocab_size, Config, where, ": bos/eos token id outside vocab_size ",
                vocab_size);
+}
+
+std::vector<float> ModelConfig::rope_inverse_frequencies() const {
+  const double pi = 3.14159265358979323846;
+  std::vector<float> inv_freq(std::size_t(head_dim / 2));
+  for (std::size_t i = 0; i < inv_freq.size(); ++i) {
+    // HF: 1 / theta^(arange(0, dim, 2) / dim) in float32; double here, rounded once to float
+    double f = 1.0 / std::pow(rope_theta, double(2 * i) / double(head_dim));
+    if (rope_scaling.type == "linear") {
+      f /= rope_scaling.factor;
+    } else if (rope_scaling.type == "llama3") {
+      const auto& r = rope_scaling;
+      const double context = double(r.original_max_position_embeddings);
+      const double wavelength = 2 * pi / f;
+      if (wavelength > context / r.low_freq_factor) {
+        f /= r.factor;  // low frequencies: stretched to the longer context
+      } else if (wavelength >= context / r.high_freq_factor) {
+        const double smooth = (context / wavelength - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+        f = (1 - smooth) * f / r.factor + smooth * f;  // medium: blended
+      }  // high frequencies: unchanged
+    }
+    inv_freq[i] = float(f);
+  }
+  return inv_freq;
 }
 
 std::int64_t ModelConfig::parameter_count() const {

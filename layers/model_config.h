@@ -3,10 +3,20 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 namespace strata {
+
+// Hugging Face rope_scaling: none, "linear" (positions divided by factor) or "llama3" (low frequencies divided by
+// factor, high ones kept, a smooth blend between; Llama 3.1+).
+struct RopeScaling {
+  std::string type = "none";
+  double factor = 1.0;
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;   // llama3
+  std::int64_t original_max_position_embeddings = 0;      // llama3
+};
 
 struct ModelConfig {
   std::string architecture = "LlamaForCausalLM";
@@ -20,6 +30,7 @@ struct ModelConfig {
   std::int64_t max_position_embeddings = 0;
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v bias (Qwen2)
   std::int64_t bos_token_id = -1;
@@ -29,6 +40,9 @@ struct ModelConfig {
   static ModelConfig from_json(const nlohmann::json& j, const std::string& where);
   nlohmann::json to_json() const;
   void validate(const std::string& where) const;
+  // The head_dim / 2 rotary inverse frequencies, rope_theta and rope_scaling applied (computed in double, as
+  // Hugging Face computes them in float32 and then rounds; see the .cpp).
+  std::vector<float> rope_inverse_frequencies() const;
   // Total parameter count (embedding counted once when tied).
   std::int64_t parameter_count() const;
 };

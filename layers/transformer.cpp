@@ -53,7 +53,7 @@ TransformerStage::TransformerStage(const ShardPlan& plan, WeightSource& source, 
   const auto& c = plan.config();
   STRATA_CHECK(tp.size() == plan.coordinates().tp, Internal, "tp communicator of size ", tp.size(),
                " for a plan with tp ", plan.coordinates().tp);
-  rope_ = RopeParams{float(c.rope_theta), std::int32_t(c.head_dim)};
+  rope_ = RopeParams{c.rope_inverse_frequencies(), std::int32_t(c.head_dim)};
   auto spec = [&](std::int64_t layer, const char* suffix) { return plan.spec(ShardPlan::layer_name(layer, suffix)); };
 
   if (plan.is_first_stage()) embed_ = load(source, plan.spec("model.embed_tokens.weight"));

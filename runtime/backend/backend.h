@@ -8,6 +8,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "runtime/tensor/tensor.h"
 
@@ -22,9 +23,10 @@ struct SeqChunk {
   std::int32_t token_offset = 0;
 };
 
-// Rotary embedding parameters (Hugging Face "default" rotate-half convention; scaling comes with the HF issue).
+// Rotary embedding (Hugging Face rotate-half convention): element i of each head pairs with element i + D/2 and
+// both rotate by position * inv_freq[i]. The frequencies (rope_theta, any rope_scaling) are computed by the model.
 struct RopeParams {
-  float theta = 10000.0f;
+  std::vector<float> inv_freq;  // head_dim / 2 entries
   std::int32_t head_dim = 0;
 };
 

@@ -67,12 +67,12 @@ def read_safetensors(path):
     return out
 
 
-def make_model(name, model_type, dtype, sharded, tied=False, bias=False):
+def make_model(name, model_type, dtype, sharded, tied=False, bias=False, rope_scaling=None):
     cfg = {"model_type": model_type, "architectures": ["Qwen2ForCausalLM" if model_type == "qwen2" else "LlamaForCausalLM"],
            "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3, "num_attention_heads": 4,
            "num_key_value_heads": 2, "vocab_size": 260, "max_position_embeddings": 256, "rms_norm_eps": 1e-5,
            "rope_theta": 500000.0, "tie_word_embeddings": tied, "hidden_act": "silu", "bos_token_id": 256,
-           "eos_token_id": [257, 258], "rope_scaling": None, "torch_dtype": "bfloat16"}
+           "eos_token_id": [257, 258], "rope_scaling": rope_scaling, "torch_dtype": "bfloat16"}
     H, I, d, kv = 64, 96, 16, 2
     t = {"model.embed_tokens.weight": rng.normal(0, 0.5, (260, H)), "model.norm.weight": 1 + rng.normal(0, 0.1, H)}
     if not tied:
@@ -119,13 +119,18 @@ def reference_weights(folder):
 
 
 prompts = h.write("prompts.txt", "Hello world\nThe quick brown fox\nnaïve ✓\n")
-MODELS = [("llama-sharded-bf16", "llama", "BF16", True, False, False),
-          ("qwen2-tied-f16", "qwen2", "F16", False, True, True),
-          ("llama-f32", "llama", "F32", False, False, False)]
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 64}  # small, so low, medium and high bands all occur
+MODELS = [("llama-sharded-bf16", "llama", "BF16", True, False, False, None),
+          ("qwen2-tied-f16", "qwen2", "F16", False, True, True, None),
+          ("llama-f32", "llama", "F32", False, False, False, None),
+          ("llama3-rope-scaling", "llama", "F32", False, False, False, LLAMA3_SCALING),
+          ("linear-rope-scaling", "llama", "BF16", False, False, False, {"type": "linear", "factor": 2.0})]
 LAYOUTS = [(1, 1, None), (2, 1, None), (1, 2, 2), (4, 1, 4)]  # tp, pp, ranks used to convert (None: alone)
 
-for name, model_type, dtype, sharded, tied, bias in MODELS:
-    folder, cfg = make_model(name, model_type, dtype, sharded, tied, bias)
+prompts_long = h.write("long.txt", "x" * 150 + "\n")  # positions past original_max_position_embeddings
+for name, model_type, dtype, sharded, tied, bias, scaling in MODELS:
+    folder, cfg = make_model(name, model_type, dtype, sharded, tied, bias, scaling)
     ref_cfg = dict(cfg, attention_bias=bias)
     weights = reference_weights(folder)
     first_tokens = None
@@ -137,7 +142,8 @@ for name, model_type, dtype, sharded, tied, bias in MODELS:
         h.check(manifest["source"]["generation_config"]["top_p"] == 0.9, f"{name}: generation config carried")
         h.check(manifest["model"]["eos_token_id"] == 257, f"{name}: first eos id kept")
         results = f"{name}-tp{tp}-pp{pp}.jsonl"
-        h.run_ok(["generate", "--model", out, "--prompts", prompts, "--output", results, "-tp", tp, "-pp", pp,
+        h.run_ok(["generate", "--model", out, "--prompts", prompts_long if scaling else prompts, "--output", results,
+                  "-tp", tp, "-pp", pp,
                   "--max-tokens", 6, "--record-logits", "-q"], ranks=tp * pp)
         worst = 0.0
         for record in h.results(results):

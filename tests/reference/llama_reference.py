@@ -105,10 +105,31 @@ def rotate_half(x):
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
-def rope(x, positions, theta):
-    """x: [T, heads, head_dim]; HF default rotary embedding (rotate-half)."""
-    head_dim = x.shape[-1]
+def inverse_frequencies(head_dim, theta, scaling):
+    """HF rotary frequencies: "default", "linear" (all divided by factor) or "llama3" (transformers'
+    _compute_llama3_parameters: wavelengths above original_context / low_freq_factor divided by factor, below
+    original_context / high_freq_factor kept, a linear blend in the smoothed band between)."""
     inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_context = scaling["original_max_position_embeddings"]
+        wavelen = 2 * np.pi / inv_freq
+        scaled = np.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+        smooth = (old_context / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old_context / high) & ~(wavelen > old_context / low)
+        return np.where(medium, smoothed, scaled)
+    assert kind == "default", f"rope_scaling {kind} not implemented in the reference"
+    return inv_freq
+
+
+def rope(x, positions, theta, scaling=None):
+    """x: [T, heads, head_dim]; HF rotary embedding (rotate-half)."""
+    head_dim = x.shape[-1]
+    inv_freq = inverse_frequencies(head_dim, theta, scaling)
     angles = np.outer(positions, inv_freq)                  # [T, head_dim/2]
     emb = np.concatenate([angles, angles], axis=-1)[:, None, :]  # [T, 1, head_dim]
     return x * np.cos(emb) + rotate_half(x) * np.sin(emb)
@@ -121,8 +142,8 @@ def attention(x, w, prefix, cfg, positions):
     q = linear(x, w[prefix + "q_proj.weight"], w.get(prefix + "q_proj.bias"))
     k = linear(x, w[prefix + "k_proj.weight"], w.get(prefix + "k_proj.bias"))
     v = linear(x, w[prefix + "v_proj.weight"], w.get(prefix + "v_proj.bias"))
-    q = rope(q.reshape(T, n_heads, head_dim), positions, cfg["rope_theta"])
-    k = rope(k.reshape(T, n_kv, head_dim), positions, cfg["rope_theta"])
+    q = rope(q.reshape(T, n_heads, head_dim), positions, cfg["rope_theta"], cfg.get("rope_scaling"))
+    k = rope(k.reshape(T, n_kv, head_dim), positions, cfg["rope_theta"], cfg.get("rope_scaling"))
     v = v.reshape(T, n_kv, head_dim)
     group = n_heads // n_kv
     k = np.repeat(k, group, axis=1)  # query head h reads kv head h // group

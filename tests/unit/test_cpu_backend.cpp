@@ -91,7 +91,9 @@ TEST(CpuBackend, RopeRotatesHalvesByPositionTimesFrequency) {
   Tensor x = f.random({4, heads, d});
   const std::vector<double> before = f.values(x);
   const std::vector<std::int32_t> positions = {0, 1, 7, 300};
-  f.backend->rope(x.view(), positions, RopeParams{10000.0f, d});
+  RopeParams params{{}, d};
+  for (int i = 0; i < d / 2; ++i) params.inv_freq.push_back(float(std::pow(10000.0, -2.0 * i / d)));
+  f.backend->rope(x.view(), positions, params);
   std::vector<double> ref(before.size());
   for (int t = 0; t < 4; ++t)
     for (int h = 0; h < heads; ++h)

@@ -2,6 +2,7 @@
 // tile every tensor exactly.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <set>
 
 #include "layers/shard_plan.h"
@@ -138,4 +139,41 @@ TEST(ShardPlan, EmbeddingOnFirstStageAndHeadOnLast) {
   EXPECT_TRUE(names(last).count("model.norm.weight"));
   EXPECT_FALSE(names(last).count("lm_head.weight"));
   EXPECT_FALSE(names(last).count("model.layers.0.mlp.up_proj.weight"));
+}
+
+TEST(ModelConfig, RopeScalingFrequencies) {
+  ModelConfig c = test::tiny_config();
+  c.head_dim = 128;
+  c.rope_theta = 500000.0;
+  const std::vector<float> plain = c.rope_inverse_frequencies();
+  EXPECT_FLOAT_EQ(plain[0], 1.0f);
+  EXPECT_FLOAT_EQ(plain[1], float(std::pow(500000.0, -2.0 / 128)));
+  c.rope_scaling.type = "linear";
+  c.rope_scaling.factor = 4;
+  for (std::size_t i = 0; i < plain.size(); ++i) EXPECT_FLOAT_EQ(c.rope_inverse_frequencies()[i], plain[i] / 4);
+  // Llama 3.1: factor 8, low 1, high 4, original context 8192
+  c.rope_scaling = RopeScaling{"llama3", 8.0, 1.0, 4.0, 8192};
+  const std::vector<float> scaled = c.rope_inverse_frequencies();
+  const double pi = 3.14159265358979323846;
+  int high = 0, medium = 0, low = 0;
+  for (std::size_t i = 0; i < plain.size(); ++i) {
+    const double wavelength = 2 * pi / plain[i];
+    if (wavelength < 8192 / 4.0) {
+      EXPECT_FLOAT_EQ(scaled[i], plain[i]) << i;  // short wavelengths untouched
+      ++high;
+    } else if (wavelength > 8192 / 1.0) {
+      EXPECT_FLOAT_EQ(scaled[i], plain[i] / 8) << i;  // long wavelengths stretched by the factor
+      ++low;
+    } else {
+      EXPECT_LT(scaled[i], plain[i]) << i;  // blended between the two
+      EXPECT_GT(scaled[i], plain[i] / 8) << i;
+      ++medium;
+    }
+  }
+  EXPECT_GT(high, 0);
+  EXPECT_GT(medium, 0);
+  EXPECT_GT(low, 0);
+  // round trip through the manifest JSON
+  const ModelConfig back = ModelConfig::from_json(c.to_json(), "test");
+  EXPECT_EQ(back.rope_inverse_frequencies(), scaled);
 }

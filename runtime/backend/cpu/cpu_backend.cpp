@@ -86,10 +86,10 @@ class CpuBackend final : public Backend {
                  tokens, " tokens");
     std::vector<float> cos_table(half), sin_table(half);
     for (std::int64_t t = 0; t < tokens; ++t) {
+      STRATA_CHECK(std::int64_t(params.inv_freq.size()) == half, Internal, "rope: ", params.inv_freq.size(),
+                   " frequencies for head_dim ", dim);
       for (std::int64_t i = 0; i < half; ++i) {
-        // inv_freq computed in double then rounded, as HF computes it in fp32 from an int64 arange
-        const double inv_freq = 1.0 / std::pow(double(params.theta), double(2 * i) / double(dim));
-        const double angle = double(positions[t]) * double(float(inv_freq));
+        const double angle = double(positions[t]) * double(params.inv_freq[std::size_t(i)]);
         cos_table[i] = float(std::cos(angle));
         sin_table[i] = float(std::sin(angle));
       }
