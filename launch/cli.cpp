@@ -60,6 +60,10 @@ int cli_main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   generate->add_option("--micro-batches", gen.micro_batches, "Pipeline micro-batches (default: one per stage)")
       ->check(CLI::NonNegativeNumber);
+  generate->add_option("--step-timeout", gen.step_timeout,
+                       "Seconds a rank may wait without progress (a stuck or dead peer) before the job is aborted "
+                       "with what it was waiting for; 0 = never")
+      ->check(CLI::NonNegativeNumber);
   generate->add_flag("--overwrite", gen.overwrite, "Replace an existing non-empty output file");
   generate->add_flag("--record-logits", gen.record_logits,
                      "Add the full-vocabulary logits of every generated position to each result (debugging, tests)");

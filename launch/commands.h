@@ -19,6 +19,7 @@ struct GenerateOptions {
   std::uint64_t seed = 0;
   std::vector<std::string> stop;
   int max_batch_size = 16, max_num_batched_tokens = 2048, max_model_len = 0, micro_batches = 0;
+  double step_timeout = 600;  // seconds without progress before the job is aborted; 0: never
   bool overwrite = false, record_logits = false, quiet = false;
 };
 

@@ -162,8 +162,15 @@ int generate(Job& job, const GenerateOptions& o) {
              layout.world_size(), " ranks: dp ", layout.sizes().dp, " x pp ", layout.sizes().pp, " x tp ",
              layout.sizes().tp, ", ", job.node.node_count, " node(s); ", prompts.size(), " prompts");
 
+  // Armed for generation only: before it, loading has no peers to wait for; after it, ranks legitimately wait
+  // (rank 0 for slower replicas, everyone at the final barrier) and a dead rank ends the job through the launcher.
+  auto watchdog = std::make_unique<Watchdog>(o.step_timeout, [](const std::string& activity, double seconds) {
+    log_line(LogLevel::Error, cat("no progress for ", int(seconds), " s while ", activity,
+                                  ": a peer rank is stuck or gone; aborting the job (--step-timeout)"));
+    MpiEnvironment::abort_job(3);
+  });
   EngineOptions engine_options{o.max_batch_size, limits.max_tokens, std::int32_t(model_len), o.micro_batches,
-                               o.record_logits};
+                               o.record_logits, watchdog.get()};
   Engine engine(*job.stage, layout, *world, *job.groups.tp, *job.tokenizer, engine_options);
 
   Progress progress(prompts.size(), o.quiet || layout.world_rank() != 0 ? "none" : o.progress);
@@ -204,6 +211,7 @@ int generate(Job& job, const GenerateOptions& o) {
   if (layout.world_rank() == 0 && layout.sizes().dp > 1) hooks.on_round = [&] { drain(); };
 
   engine.run(std::move(mine), hooks);
+  watchdog.reset();
 
   if (leader && layout.world_rank() != 0) {
     sends.push(world->isend(pack_record(kDoneMarker, ""), 0, Tag::Result));

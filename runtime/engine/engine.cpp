@@ -175,6 +175,13 @@ Engine::Engine(TransformerStage& stage, const ParallelLayout& layout, Communicat
   if (options_.micro_batches <= 0) options_.micro_batches = layout.sizes().pp;
   STRATA_CHECK(options_.max_batch_size >= 1, Usage, "--max-batch-size must be >= 1");
   STRATA_CHECK(options_.max_model_len >= 2, Usage, "--max-model-len must be >= 2");
+  if (!layout.is_first_stage())
+    waiting_for_activations_ = cat("waiting for activations from rank ", layout.prev_stage_rank(), " (stage ",
+                                   layout.pp_rank() - 1, ")");
+  if (layout.sizes().pp > 1)
+    waiting_for_tokens_ = cat("waiting for new tokens from rank ",
+                              layout.rank_of(layout.dp_rank(), layout.sizes().pp - 1, layout.tp_rank()),
+                              " (the last stage)");
 }
 
 EngineStats Engine::run(std::vector<Request> requests, const EngineHooks& hooks) {
@@ -188,7 +195,9 @@ void Engine::run_follower() {
   const std::int64_t hidden = stage_.hidden_size();
   const int scheduler = layout_.rank_of(layout_.dp_rank(), 0, layout_.tp_rank());
   for (;;) {
+    beat(waiting_for_activations_.c_str());
     const std::vector<char> message = world_.recv(layout_.prev_stage_rank(), Tag::Activations);
+    beat("computing a step (layers, tensor-parallel all-reduces, sampling all-gathers, sends)");
     const ParsedStep step = parse_step(message, hidden);
     if (step.header.kind == kStop) {
       if (!layout_.is_last_stage()) sends.push(world_.isend(pack_stop(), layout_.next_stage_rank(), Tag::Activations));
@@ -202,6 +211,7 @@ void Engine::run_follower() {
       sends.push(world_.isend(pack_step(step.metas, step.header.n_tokens, out.f32(), hidden),
                               layout_.next_stage_rank(), Tag::Activations));
   }
+  beat("waiting for the next stage to receive the last messages");
   sends.drain();
 }
 
@@ -304,7 +314,10 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
     for (int g = 0; g < groups_count; ++g) {
       auto& group = groups[std::size_t(g)];
       if (in_flight[std::size_t(g)]) {
-        apply(group, parse_tokens(world_.recv(last_stage, Tag::Tokens)));
+        beat(waiting_for_tokens_.c_str());
+        const std::vector<char> tokens = world_.recv(last_stage, Tag::Tokens);
+        beat("scheduling");
+        apply(group, parse_tokens(tokens));
         in_flight[std::size_t(g)] = false;
       }
       admit(group);
@@ -331,6 +344,7 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
         metas.push_back(m);
       }
       const std::vector<SeqChunk> chunks = chunks_of(metas);
+      beat("computing a step (layers, tensor-parallel all-reduces, sampling all-gathers, sends)");
       const TensorView out = stage_.forward(chunks, ids, nullptr);
       ++stats.steps;
       if (single_stage) {
@@ -350,6 +364,7 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
     }
   }
   if (!single_stage) sends.push(world_.isend(pack_stop(), layout_.next_stage_rank(), Tag::Activations));
+  beat("waiting for the next stage to receive the last messages");
   sends.drain();
   stats.seconds = now_seconds() - start;
   return stats;

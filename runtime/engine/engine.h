@@ -16,6 +16,7 @@
 #include "io/tokenizer.h"
 #include "layers/transformer.h"
 #include "runtime/base/parallel_layout.h"
+#include "runtime/base/watchdog.h"
 #include "runtime/comm/communicator.h"
 #include "runtime/engine/sampler.h"
 
@@ -49,6 +50,7 @@ struct EngineOptions {
   std::int32_t max_model_len = 0;             // positions per sequence (prompt + generated)
   std::int32_t micro_batches = 0;             // 0: one per pipeline stage
   bool record_logits = false;  // gather whole-vocabulary logits of every step (debugging and tests; costly)
+  Watchdog* watchdog = nullptr;  // optional, not owned: told before every wait what the rank waits for
 };
 
 struct EngineStats {
@@ -83,8 +85,13 @@ class Engine {
   const ParallelLayout& layout_;
   Communicator& world_;
   Communicator& tp_;
+  void beat(const char* activity) const {
+    if (options_.watchdog) options_.watchdog->beat(activity);
+  }
+
   const Tokenizer& tokenizer_;
   EngineOptions options_;
+  std::string waiting_for_activations_, waiting_for_tokens_;  // watchdog activities naming the peer rank
 };
 
 }  // namespace strata
