@@ -36,8 +36,8 @@ Manifest Manifest::read(const std::string& dir) {
     STRATA_CHECK(field("format").get<std::string>() == "strata-checkpoint", Checkpoint, path,
                  ": 'format' is not \"strata-checkpoint\"");
     m.format_version = field("format_version").get<int>();
-    STRATA_CHECK(m.format_version == kCheckpointFormatVersion, Checkpoint, path, ": format_version ",
-                 m.format_version, " is not supported (this strata reads version ", kCheckpointFormatVersion, ")");
+    STRATA_CHECK(m.format_version == kCheckpointFormatVersion, Checkpoint, path, ": format_version ", m.format_version,
+                 " is not supported (this strata reads version ", kCheckpointFormatVersion, ")");
     m.model = field("model");
     const auto& layout = field("layout");
     m.tensor_parallel_size = layout.at("tensor_parallel_size").get<int>();
@@ -69,19 +69,17 @@ Manifest Manifest::read(const std::string& dir) {
 void Manifest::write(const std::string& dir) const {
   nlohmann::json shards_json = nlohmann::json::array();
   for (const auto& s : shards)
-    shards_json.push_back({{"file", s.file},
-                           {"pp_rank", s.pp_rank},
-                           {"tp_rank", s.tp_rank},
-                           {"layers", {s.layer_begin, s.layer_end}}});
-  nlohmann::json j = {{"format", "strata-checkpoint"},
-                      {"format_version", format_version},
-                      {"model", model},
-                      {"layout", {{"tensor_parallel_size", tensor_parallel_size},
-                                  {"pipeline_parallel_size", pipeline_parallel_size}}},
-                      {"dtype", dtype_name(dtype)},
-                      {"shards", shards_json},
-                      {"tokenizer", tokenizer},
-                      {"source", source}};
+    shards_json.push_back(
+        {{"file", s.file}, {"pp_rank", s.pp_rank}, {"tp_rank", s.tp_rank}, {"layers", {s.layer_begin, s.layer_end}}});
+  nlohmann::json j = {
+      {"format", "strata-checkpoint"},
+      {"format_version", format_version},
+      {"model", model},
+      {"layout", {{"tensor_parallel_size", tensor_parallel_size}, {"pipeline_parallel_size", pipeline_parallel_size}}},
+      {"dtype", dtype_name(dtype)},
+      {"shards", shards_json},
+      {"tokenizer", tokenizer},
+      {"source", source}};
   const std::string path = manifest_path(dir), temp = path + ".tmp";
   {
     std::ofstream out(temp);
@@ -313,8 +311,8 @@ void ShardReader::read_f32(const std::string& name, const Shape& expected, float
   }
 }
 
-void ShardReader::read_region_f32(const std::string& name, int axis, std::int64_t begin, std::int64_t end,
-                                  float* out, std::int64_t out_stride) const {
+void ShardReader::read_region_f32(const std::string& name, int axis, std::int64_t begin, std::int64_t end, float* out,
+                                  std::int64_t out_stride) const {
   const StoredTensor t = describe(name);
   const std::string where = cat("shard ", path_, ": tensor ", name);
   STRATA_CHECK(t.shape.size() == 1 || t.shape.size() == 2, Checkpoint, where, ": expected 1-D or 2-D, got ",
@@ -348,8 +346,8 @@ void ShardReader::read_region_f32(const std::string& name, int axis, std::int64_
 
 ShardWriter::ShardWriter(const std::string& path, const nlohmann::json& root_attributes) : path_(path) {
   h5::silence_library_errors();
-  h5::Handle f = h5::file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT),
-                          cat("cannot create shard ", path));
+  h5::Handle f =
+      h5::file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), cat("cannot create shard ", path));
   for (const auto& [key, value] : root_attributes.items()) {
     if (value.is_string())
       write_attr_string(f.get(), key.c_str(), value.get<std::string>());

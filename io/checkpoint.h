@@ -25,7 +25,7 @@ struct ShardInfo {
 
 struct Manifest {
   int format_version = kCheckpointFormatVersion;
-  nlohmann::json model;      // ModelConfig, Hugging Face names
+  nlohmann::json model;  // ModelConfig, Hugging Face names
   int tensor_parallel_size = 1, pipeline_parallel_size = 1;
   DType dtype = DType::F32;  // storage dtype of the weights
   std::vector<ShardInfo> shards;
@@ -43,7 +43,7 @@ std::string shard_file_name(int pp_rank, int tp_rank);  // "model-pp0-tp1.h5"
 
 struct StoredTensor {
   std::string name;
-  Shape shape;          // local shape in this shard
+  Shape shape;  // local shape in this shard
   DType dtype = DType::F32;
   Shape global_shape;   // shape of the whole tensor
   Shape global_offset;  // where this slice starts in it

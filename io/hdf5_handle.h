@@ -17,7 +17,8 @@ std::string error_stack_text(long long status);
 void silence_library_errors();
 
 #define STRATA_H5_CHECK(statement) \
-  STRATA_LIBRARY_CHECK("HDF5", Checkpoint, statement, long long, [](long long s) { return s >= 0; }, ::strata::h5::error_stack_text)
+  STRATA_LIBRARY_CHECK(            \
+      "HDF5", Checkpoint, statement, long long, [](long long s) { return s >= 0; }, ::strata::h5::error_stack_text)
 
 // Owns one hid_t and closes it with the matching H5*close. Move-only; never throws on close.
 class Handle {

@@ -42,7 +42,8 @@ T field_as(const nlohmann::json& value, const char* key, const std::string& wher
     ok = value.is_number_integer();
   else if constexpr (std::is_floating_point_v<T>)
     ok = value.is_number();
-  if (!ok) throw Error(ErrorKind::Usage, cat(where, ": field '", key, "' must be ", expected, " (got ", value.dump(), ")"));
+  if (!ok)
+    throw Error(ErrorKind::Usage, cat(where, ": field '", key, "' must be ", expected, " (got ", value.dump(), ")"));
   try {
     return value.get<T>();
   } catch (const nlohmann::json::exception&) {

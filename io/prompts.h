@@ -19,7 +19,7 @@ struct SamplingOverrides {
 };
 
 struct Prompt {
-  nlohmann::json id;   // as given in JSONL (string or number); for text files the 0-based prompt index
+  nlohmann::json id;  // as given in JSONL (string or number); for text files the 0-based prompt index
   std::string text;
   SamplingOverrides overrides;
   std::string origin;  // "prompts.jsonl:7", for messages

@@ -68,8 +68,8 @@ std::map<std::string, SafetensorsEntry> parse_safetensors_header(const std::stri
       const std::uint64_t extent = d.get<std::uint64_t>();
       e.shape.push_back(std::int64_t(extent));
       // checked before multiplying: the product must not wrap around
-      STRATA_CHECK(extent == 0 || elements <= (1ull << 40) / extent, Checkpoint, at, ": shape ",
-                   value["shape"].dump(), " is too large");
+      STRATA_CHECK(extent == 0 || elements <= (1ull << 40) / extent, Checkpoint, at, ": shape ", value["shape"].dump(),
+                   " is too large");
       elements *= extent;
     }
     for (const auto& o : value["data_offsets"])
@@ -78,8 +78,8 @@ std::map<std::string, SafetensorsEntry> parse_safetensors_header(const std::stri
     e.end = value["data_offsets"][1].get<std::uint64_t>();
     STRATA_CHECK(e.begin <= e.end && e.end <= data_size, Checkpoint, at, ": data_offsets [", e.begin, ", ", e.end,
                  "] fall outside the data section of ", data_size, " bytes");
-    STRATA_CHECK(e.end - e.begin == elements * dtype_size(e.dtype), Checkpoint, at, ": shape ",
-                 shape_string(e.shape), " x ", dtype_size(e.dtype), " bytes = ", elements * dtype_size(e.dtype),
+    STRATA_CHECK(e.end - e.begin == elements * dtype_size(e.dtype), Checkpoint, at, ": shape ", shape_string(e.shape),
+                 " x ", dtype_size(e.dtype), " bytes = ", elements * dtype_size(e.dtype),
                  " bytes, but data_offsets span ", e.end - e.begin);
     ranges.emplace_back(e.begin, e.end, name);
     tensors.emplace(name, std::move(e));
@@ -168,7 +168,8 @@ SafetensorsModel::SafetensorsModel(const std::string& dir) : dir_(dir) {
     STRATA_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), Checkpoint, index.string(),
                  ": no \"weight_map\" object");
     for (const auto& [name, file] : j["weight_map"].items()) {
-      STRATA_CHECK(file.is_string(), Checkpoint, index.string(), ": weight_map entry for ", name, " is not a file name");
+      STRATA_CHECK(file.is_string(), Checkpoint, index.string(), ": weight_map entry for ", name,
+                   " is not a file name");
       if (std::find(files.begin(), files.end(), file.get<std::string>()) == files.end())
         files.push_back(file.get<std::string>());
     }

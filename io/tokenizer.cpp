@@ -34,10 +34,11 @@ std::unique_ptr<Tokenizer> make_tokenizer(const nlohmann::json& spec, const std:
       spec.is_object() && spec.contains("type") && spec["type"].is_string() ? spec["type"].get<std::string>() : "";
   if (type == "byte") return std::make_unique<ByteTokenizer>();
   if (type == "huggingface")
-    throw Error(ErrorKind::Checkpoint, cat(where, ": the checkpoint's tokenizer is a Hugging Face tokenizer.json, "
-                                              "which this build cannot run yet (only the byte tokenizer)"));
-  throw Error(ErrorKind::Checkpoint, cat(where, ": unsupported tokenizer type '", type,
-                                         "' (this build supports \"byte\")"));
+    throw Error(ErrorKind::Checkpoint, cat(where,
+                                           ": the checkpoint's tokenizer is a Hugging Face tokenizer.json, "
+                                           "which this build cannot run yet (only the byte tokenizer)"));
+  throw Error(ErrorKind::Checkpoint,
+              cat(where, ": unsupported tokenizer type '", type, "' (this build supports \"byte\")"));
 }
 
 }  // namespace strata

@@ -18,9 +18,7 @@
 namespace strata {
 namespace {
 
-double seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+double seconds() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 // Sums `count` floats with independent lanes, so the loop vectorises and is limited by memory, not by latency.
 float sum_floats(const float* data, std::size_t count) {
@@ -49,7 +47,8 @@ double measure_read_bandwidth(const Job& job, Communicator& world, double gib) {
     std::vector<std::thread> workers;
     const std::size_t per_thread = count / std::size_t(threads);
     for (int t = 0; t < threads; ++t)
-      workers.emplace_back([&, t] { partial[std::size_t(t)] = sum_floats(buffer.data() + t * per_thread, per_thread); });
+      workers.emplace_back(
+          [&, t] { partial[std::size_t(t)] = sum_floats(buffer.data() + t * per_thread, per_thread); });
     for (auto& w : workers) w.join();
     const std::int64_t elapsed_ns = world.all_reduce_max(std::int64_t((seconds() - start) * 1e9));
     best = std::min(best, double(elapsed_ns) * 1e-9);
@@ -141,15 +140,17 @@ int bench(Job& job, const BenchOptions& o) {
   const double weight_bytes = params * 4;  // the CPU backend holds f32 weights
   const bool report = job.layout->world_rank() == 0;
   if (report) {
-    std::printf("model %s: %.1fM parameters, %.0f MB of f32 weights; tp %d pp %d on %d rank(s), %d BLAS thread(s) "
-                "each\n",
-                o.model.c_str(), params / 1e6, weight_bytes / 1e6, job.layout->sizes().tp, job.layout->sizes().pp,
-                job.layout->world_size(), cpu_threads_per_rank(job.node));
+    std::printf(
+        "model %s: %.1fM parameters, %.0f MB of f32 weights; tp %d pp %d on %d rank(s), %d BLAS thread(s) "
+        "each\n",
+        o.model.c_str(), params / 1e6, weight_bytes / 1e6, job.layout->sizes().tp, job.layout->sizes().pp,
+        job.layout->world_size(), cpu_threads_per_rank(job.node));
     std::printf("measured: memory read %.2f GB/s, sgemm %.1f GFLOP/s (all ranks of the node at once)\n",
                 bandwidth / 1e9, sgemm / 1e9);
-    std::printf("load (page cache warm, slowest rank): %.3f s for %.0f MB of shards on rank 0; reading the same "
-                "files raw: %.3f s; load speed = %.0f%% of raw\n",
-                load, double(file_bytes) / 1e6, raw, 100 * raw / load);
+    std::printf(
+        "load (page cache warm, slowest rank): %.3f s for %.0f MB of shards on rank 0; reading the same "
+        "files raw: %.3f s; load speed = %.0f%% of raw\n",
+        load, double(file_bytes) / 1e6, raw, 100 * raw / load);
     std::printf("%6s %8s %14s %14s %8s %14s %14s %8s\n", "batch", "prompt", "prefill tok/s", "roofline", "%",
                 "decode tok/s", "roofline", "%");
   }

@@ -59,8 +59,8 @@ int run_init(const InitOptionsCli& o) {
     options.tokenizer = tokenizer.to_json();
     options.source = {{"kind", "random"}, {"preset", o.preset}, {"seed", o.seed}};
     write_random_checkpoint(config, options, o.output);
-    log_info("wrote ", o.output, ": preset ", o.preset, ", ", config.parameter_count(), " parameters, ", o.dtype,
-             ", ", o.tp * o.pp, " shard(s) for tensor-parallel ", o.tp, " x pipeline-parallel ", o.pp);
+    log_info("wrote ", o.output, ": preset ", o.preset, ", ", config.parameter_count(), " parameters, ", o.dtype, ", ",
+             o.tp * o.pp, " shard(s) for tensor-parallel ", o.tp, " x pipeline-parallel ", o.pp);
     return 0;
   });
 }

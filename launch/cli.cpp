@@ -60,16 +60,18 @@ int cli_main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   generate->add_option("--micro-batches", gen.micro_batches, "Pipeline micro-batches (default: one per stage)")
       ->check(CLI::NonNegativeNumber);
-  generate->add_option("--step-timeout", gen.step_timeout,
-                       "Seconds a rank may wait without progress (a stuck or dead peer) before the job is aborted "
-                       "with what it was waiting for; 0 = never")
+  generate
+      ->add_option("--step-timeout", gen.step_timeout,
+                   "Seconds a rank may wait without progress (a stuck or dead peer) before the job is aborted "
+                   "with what it was waiting for; 0 = never")
       ->check(CLI::NonNegativeNumber);
   generate->add_flag("--overwrite", gen.overwrite, "Replace an existing non-empty output file");
   generate->add_flag("--record-logits", gen.record_logits,
                      "Add the full-vocabulary logits of every generated position to each result (debugging, tests)");
-  generate->add_option("--progress", gen.progress,
-                       "Progress on rank 0: live (one updating line), log (a line every 5 s), none; auto: live when "
-                       "stderr is a terminal (under mpirun it is a pipe: ask for live)")
+  generate
+      ->add_option("--progress", gen.progress,
+                   "Progress on rank 0: live (one updating line), log (a line every 5 s), none; auto: live when "
+                   "stderr is a terminal (under mpirun it is a pipe: ask for live)")
       ->check(CLI::IsMember({"auto", "live", "log", "none"}));
   generate->add_flag("-q,--quiet", gen.quiet, "No progress or summary output");
 
@@ -79,10 +81,8 @@ int cli_main(int argc, char** argv) {
   for (const auto& n : model_preset_names()) presets += (presets.empty() ? "" : ", ") + n;
   init_cmd->add_option("--preset", init.preset, "Model shape: " + presets)->check(CLI::IsMember(model_preset_names()));
   init_cmd->add_option("--output", init.output, "Checkpoint directory to write")->required();
-  init_cmd->add_option("--tensor-parallel-size", init.tp, "Shard for this many TP ranks")
-      ->check(CLI::PositiveNumber);
-  init_cmd->add_option("--pipeline-parallel-size", init.pp, "Shard for this many stages")
-      ->check(CLI::PositiveNumber);
+  init_cmd->add_option("--tensor-parallel-size", init.tp, "Shard for this many TP ranks")->check(CLI::PositiveNumber);
+  init_cmd->add_option("--pipeline-parallel-size", init.pp, "Shard for this many stages")->check(CLI::PositiveNumber);
   init_cmd->add_option("--dtype", init.dtype, "Storage dtype")->check(CLI::IsMember({"f32", "f16", "bf16"}));
   init_cmd->add_option("--seed", init.seed, "Weights seed: the same model whatever the sharding");
   init_cmd->add_option("--hidden-size", init.hidden_size)->check(CLI::PositiveNumber);
@@ -104,8 +104,8 @@ int cli_main(int argc, char** argv) {
   convert_cmd->add_option("--pipeline-parallel-size", convert.pp, "Shard for this many stages (-pp)")
       ->check(CLI::PositiveNumber);
   convert_cmd->add_option("--dtype", convert.dtype, "Storage dtype")->check(CLI::IsMember({"f32", "f16", "bf16"}));
-  convert_cmd->add_option("--tokenizer", convert.tokenizer,
-                          "auto: carry tokenizer.json along; byte: the byte-level tokenizer")
+  convert_cmd
+      ->add_option("--tokenizer", convert.tokenizer, "auto: carry tokenizer.json along; byte: the byte-level tokenizer")
       ->check(CLI::IsMember({"auto", "byte"}));
 
   InspectOptions inspect;
@@ -126,8 +126,7 @@ int cli_main(int argc, char** argv) {
   bench_cmd->add_option("--gen-len", bench.gen_len, "Generated tokens")->check(CLI::Range(2, 100000));
   bench_cmd->add_option("--micro-batches", bench.micro_batches, "Pipeline micro-batches (default: one per stage)")
       ->check(CLI::NonNegativeNumber);
-  bench_cmd->add_option("--repeats", bench.repeats, "Timed repetitions (best is reported)")
-      ->check(CLI::PositiveNumber);
+  bench_cmd->add_option("--repeats", bench.repeats, "Timed repetitions (best is reported)")->check(CLI::PositiveNumber);
 
   std::vector<std::string> args = expand_short_flags(argc, argv);
   std::vector<char*> expanded;

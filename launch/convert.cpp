@@ -31,11 +31,13 @@ nlohmann::json choose_tokenizer(const ConvertOptions& o, const ModelConfig& conf
   const fs::path hf_tokenizer = fs::path(o.hf) / "tokenizer.json";
   if (o.tokenizer == "byte") {
     ByteTokenizer bytes;
-    STRATA_CHECK(bytes.vocab_size() <= config.vocab_size, Config, "--tokenizer byte needs vocab_size >= ",
-                 bytes.vocab_size(), " (the model has ", config.vocab_size, ")");
+    STRATA_CHECK(bytes.vocab_size() <= config.vocab_size, Config,
+                 "--tokenizer byte needs vocab_size >= ", bytes.vocab_size(), " (the model has ", config.vocab_size,
+                 ")");
     return bytes.to_json();
   }
-  STRATA_CHECK(fs::exists(hf_tokenizer), Config, o.hf, " has no tokenizer.json; pass --tokenizer byte for a model "
+  STRATA_CHECK(fs::exists(hf_tokenizer), Config, o.hf,
+               " has no tokenizer.json; pass --tokenizer byte for a model "
                "trained on raw bytes");
   return {{"type", "huggingface"}, {"file", "tokenizer.json"}};
 }
@@ -58,7 +60,8 @@ int convert(Job& job, const ConvertOptions& o) {
   check_split(config, o.tp, o.pp);
 
   CheckpointOptions options{o.tp, o.pp, parse_dtype(o.dtype), choose_tokenizer(o, config), nlohmann::json::object()};
-  options.source = {{"kind", "huggingface"}, {"path", fs::absolute(o.hf).string()},
+  options.source = {{"kind", "huggingface"},
+                    {"path", fs::absolute(o.hf).string()},
                     {"model_type", hf_config.value("model_type", "")}};
   if (fs::exists(fs::path(o.hf) / "generation_config.json"))
     options.source["generation_config"] = read_json(fs::path(o.hf) / "generation_config.json");
@@ -76,9 +79,9 @@ int convert(Job& job, const ConvertOptions& o) {
     std::uintmax_t bytes = 0;
     for (const auto& entry : fs::directory_iterator(o.hf))
       if (entry.path().extension() == ".safetensors") bytes += entry.file_size();
-    log_info("converted ", o.hf, " (", config.parameter_count(), " parameters, ", bytes / 1000000, " MB of safetensors) to ",
-             o.output, " for tensor-parallel ", o.tp, " x pipeline-parallel ", o.pp, " (", dtype_name(options.dtype),
-             ") on ", world, " rank(s) in ", seconds, " s: ", double(bytes) / seconds / 1e9,
+    log_info("converted ", o.hf, " (", config.parameter_count(), " parameters, ", bytes / 1000000,
+             " MB of safetensors) to ", o.output, " for tensor-parallel ", o.tp, " x pipeline-parallel ", o.pp, " (",
+             dtype_name(options.dtype), ") on ", world, " rank(s) in ", seconds, " s: ", double(bytes) / seconds / 1e9,
              " GB/s; peak memory of rank 0: ", peak_rss_bytes() / 1000000, " MB");
   }
   return 0;

@@ -79,8 +79,8 @@ nlohmann::json make_record(const Prompt& p, const Completion& c) {
   if (!c.logits.empty()) {  // one row per generated token
     nlohmann::json rows = nlohmann::json::array();
     for (std::size_t at = 0; at < c.logits.size(); at += std::size_t(c.vocab))
-      rows.push_back(std::vector<float>(c.logits.begin() + std::int64_t(at),
-                                        c.logits.begin() + std::int64_t(at) + c.vocab));
+      rows.push_back(
+          std::vector<float>(c.logits.begin() + std::int64_t(at), c.logits.begin() + std::int64_t(at) + c.vocab));
     record["logits"] = std::move(rows);
   }
   return record;
@@ -98,9 +98,7 @@ class Progress {
  public:
   // mode: "live" (one line rewritten in place), "log" (a line every 5 s), "none"; "auto" picks live on a terminal.
   Progress(std::size_t total, const std::string& mode)
-      : total_(total),
-        quiet_(mode == "none"),
-        terminal_(mode == "live" || (mode == "auto" && isatty(STDERR_FILENO))) {}
+      : total_(total), quiet_(mode == "none"), terminal_(mode == "live" || (mode == "auto" && isatty(STDERR_FILENO))) {}
   void record(std::int64_t tokens) {
     ++done_;
     tokens_ += tokens;
@@ -147,14 +145,15 @@ int generate(Job& job, const GenerateOptions& o) {
   std::vector<Request> mine;  // this replica's share, built (and validated) on every rank
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     Request r = make_request(prompts[i], std::int64_t(i), o, *job.tokenizer, model_len, job.config.vocab_size);
-    if (std::int64_t(i) % layout.sizes().dp == layout.dp_rank() && layout.is_first_stage()) mine.push_back(std::move(r));
+    if (std::int64_t(i) % layout.sizes().dp == layout.dp_rank() && layout.is_first_stage())
+      mine.push_back(std::move(r));
   }
 
   std::unique_ptr<ResultWriter> writer;
   if (layout.world_rank() == 0) writer = std::make_unique<ResultWriter>(o.output, o.overwrite, prompts.size());
 
-  const StageLimits limits{std::max<std::int32_t>(o.max_num_batched_tokens, std::int32_t(model_len)),
-                           o.max_batch_size, std::int32_t(model_len)};
+  const StageLimits limits{std::max<std::int32_t>(o.max_num_batched_tokens, std::int32_t(model_len)), o.max_batch_size,
+                           std::int32_t(model_len)};
   check_memory(job, limits);
   load_stage(job, o.model, limits);
   if (layout.world_rank() == 0 && !o.quiet)
@@ -169,8 +168,8 @@ int generate(Job& job, const GenerateOptions& o) {
                                   ": a peer rank is stuck or gone; aborting the job (--step-timeout)"));
     MpiEnvironment::abort_job(3);
   });
-  EngineOptions engine_options{o.max_batch_size, limits.max_tokens, std::int32_t(model_len), o.micro_batches,
-                               o.record_logits, watchdog.get()};
+  EngineOptions engine_options{o.max_batch_size, limits.max_tokens, std::int32_t(model_len),
+                               o.micro_batches,  o.record_logits,   watchdog.get()};
   Engine engine(*job.stage, layout, *world, *job.groups.tp, *job.tokenizer, engine_options);
 
   Progress progress(prompts.size(), o.quiet || layout.world_rank() != 0 ? "none" : o.progress);
@@ -203,9 +202,9 @@ int generate(Job& job, const GenerateOptions& o) {
       if (layout.world_rank() == 0)
         accept(c.index, record);
       else
-        sends.push(world->isend(
-            pack_record(c.index, record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)), 0,
-            Tag::Result));
+        sends.push(
+            world->isend(pack_record(c.index, record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)), 0,
+                         Tag::Result));
     };
   }
   if (layout.world_rank() == 0 && layout.sizes().dp > 1) hooks.on_round = [&] { drain(); };
@@ -225,8 +224,7 @@ int generate(Job& job, const GenerateOptions& o) {
     }
     progress.show(true);
     writer->finish();
-    if (!o.quiet)
-      log_info("done: ", progress.summary(), o.output == "-" ? "" : cat("; results in ", o.output));
+    if (!o.quiet) log_info("done: ", progress.summary(), o.output == "-" ? "" : cat("; results in ", o.output));
   }
   return 0;
 }

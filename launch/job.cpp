@@ -94,10 +94,10 @@ void check_memory(const Job& job, const StageLimits& limits) {
   const std::int64_t available = available_memory_bytes();
   if (available < 0) return;  // no /proc/meminfo: nothing to check against
   const std::int64_t share = available / std::max(1, job.node.local_size);
-  STRATA_CHECK(need.total() <= share, Memory, "this rank needs ", gib(need.total()), " (weights ",
-               gib(need.weights), ", KV cache ", gib(need.kv_cache), ", workspace ", gib(need.workspace),
-               ") but its node has ", gib(available), " available for ", job.node.local_size, " ranks (",
-               gib(share), " each); use a larger --tensor-parallel-size or --pipeline-parallel-size, or a smaller "
+  STRATA_CHECK(need.total() <= share, Memory, "this rank needs ", gib(need.total()), " (weights ", gib(need.weights),
+               ", KV cache ", gib(need.kv_cache), ", workspace ", gib(need.workspace), ") but its node has ",
+               gib(available), " available for ", job.node.local_size, " ranks (", gib(share),
+               " each); use a larger --tensor-parallel-size or --pipeline-parallel-size, or a smaller "
                "--max-batch-size, --max-model-len or --max-num-batched-tokens");
 }
 
@@ -114,14 +114,13 @@ std::vector<std::string> load_stage(Job& job, const std::string& model_dir, cons
   job.stage = std::make_unique<TransformerStage>(*job.plan, source, *job.backend, *job.groups.tp, limits);
   std::string files;
   for (const auto& path : source.opened()) files += (files.empty() ? "" : ", ") + path;
-  log_debug("loaded layers ", job.plan->layer_begin(), "-", job.plan->layer_end() - 1, " from ", files, " (",
-            threads, " threads)");
-  if (job.layout->world_rank() == 0 &&
-      (job.manifest.tensor_parallel_size != job.layout->sizes().tp ||
-       job.manifest.pipeline_parallel_size != job.layout->sizes().pp))
+  log_debug("loaded layers ", job.plan->layer_begin(), "-", job.plan->layer_end() - 1, " from ", files, " (", threads,
+            " threads)");
+  if (job.layout->world_rank() == 0 && (job.manifest.tensor_parallel_size != job.layout->sizes().tp ||
+                                        job.manifest.pipeline_parallel_size != job.layout->sizes().pp))
     log_info("resharding on load: checkpoint written for tensor-parallel ", job.manifest.tensor_parallel_size,
-             " x pipeline-parallel ", job.manifest.pipeline_parallel_size, ", running ", job.layout->sizes().tp,
-             " x ", job.layout->sizes().pp);
+             " x pipeline-parallel ", job.manifest.pipeline_parallel_size, ", running ", job.layout->sizes().tp, " x ",
+             job.layout->sizes().pp);
   return source.opened();
 }
 

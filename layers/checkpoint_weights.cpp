@@ -28,7 +28,9 @@ ShardReader& CheckpointWeightSource::shard(int pp_rank, int tp_rank) {
   if (auto it = readers_.find(key); it != readers_.end()) return it->second;
   ShardReader reader((std::filesystem::path(dir_) / manifest_.shard(pp_rank, tp_rank).file).string());
   const nlohmann::json attrs = reader.attributes();
-  auto attr = [&](const char* k) { return attrs.contains(k) && attrs[k].is_number_integer() ? attrs[k].get<int>() : -1; };
+  auto attr = [&](const char* k) {
+    return attrs.contains(k) && attrs[k].is_number_integer() ? attrs[k].get<int>() : -1;
+  };
   STRATA_CHECK(attr("pp_rank") == pp_rank && attr("tp_rank") == tp_rank &&
                    attr("tensor_parallel_size") == manifest_.tensor_parallel_size &&
                    attr("pipeline_parallel_size") == manifest_.pipeline_parallel_size,
@@ -69,8 +71,8 @@ void CheckpointWeightSource::read(const TensorSpec& spec, float* out) {
     STRATA_CHECK(stored.global_shape == spec.global_shape && stored.global_offset == source.global_offset(), Checkpoint,
                  "shard ", reader.path(), ": tensor ", spec.name, " is the slice at ",
                  shape_string(stored.global_offset), " of ", shape_string(stored.global_shape), " but the format puts ",
-                 "that shard's slice at ", shape_string(source.global_offset()), " of ", shape_string(spec.global_shape),
-                 " (shard files swapped or mislabelled?)");
+                 "that shard's slice at ", shape_string(source.global_offset()), " of ",
+                 shape_string(spec.global_shape), " (shard files swapped or mislabelled?)");
     const std::int64_t until = std::min(spec.end, source.end);
     if (at == spec.begin && until == spec.end && at == source.begin && until == source.end) {
       reader.read_f32(spec.name, local, out);  // the stored slice is exactly this rank's: one plain read
@@ -155,14 +157,14 @@ void write_shards(const ModelConfig& config, const CheckpointOptions& options, c
       plans.emplace_back(config, StageCoordinates{options.tp, t, options.pp, p});
       const bool mine = (p * options.tp + t) % world == rank;
       paths.push_back((fs::path(dir) / shard_file_name(p, t)).string());
-      writers.push_back(!mine ? nullptr
-                              : std::make_unique<ShardWriter>(
-                                    paths.back() + ".partial",
-                                    nlohmann::json{{"format_version", kCheckpointFormatVersion},
-                                                   {"pp_rank", p},
-                                                   {"tp_rank", t},
-                                                   {"tensor_parallel_size", options.tp},
-                                                   {"pipeline_parallel_size", options.pp}}));
+      writers.push_back(!mine
+                            ? nullptr
+                            : std::make_unique<ShardWriter>(paths.back() + ".partial",
+                                                            nlohmann::json{{"format_version", kCheckpointFormatVersion},
+                                                                           {"pp_rank", p},
+                                                                           {"tp_rank", t},
+                                                                           {"tensor_parallel_size", options.tp},
+                                                                           {"pipeline_parallel_size", options.pp}}));
     }
     for (const auto& first : plans[0].tensors()) {
       for (int t = 0; t < options.tp; ++t) {

@@ -31,9 +31,9 @@ class CheckpointWeightSource final : public WeightSource {
 
   std::string dir_;
   Manifest manifest_;
-  StageCoordinates target_;                        // the rank being loaded
-  std::vector<ShardPlan> source_plans_;            // the checkpoint's own layout, [pp_rank * tp + tp_rank]
-  std::map<std::string, int> source_stage_;        // tensor name -> the source stage that stores it
+  StageCoordinates target_;                  // the rank being loaded
+  std::vector<ShardPlan> source_plans_;      // the checkpoint's own layout, [pp_rank * tp + tp_rank]
+  std::map<std::string, int> source_stage_;  // tensor name -> the source stage that stores it
   std::map<std::pair<int, int>, ShardReader> readers_;
   std::vector<std::string> opened_;
 };

@@ -10,7 +10,8 @@ namespace strata {
 
 ModelConfig config_from_hf(const nlohmann::json& hf, const std::string& where) {
   STRATA_CHECK(hf.is_object(), Config, where, ": not a JSON object");
-  const std::string type = hf.contains("model_type") && hf["model_type"].is_string() ? hf["model_type"].get<std::string>() : "";
+  const std::string type =
+      hf.contains("model_type") && hf["model_type"].is_string() ? hf["model_type"].get<std::string>() : "";
   STRATA_CHECK(type == "llama" || type == "mistral" || type == "qwen2", Config, where, ": model_type '", type,
                "' is not supported (llama, mistral, qwen2 are)");
   if (hf.contains("sliding_window") && hf["sliding_window"].is_number_integer() &&
@@ -28,8 +29,8 @@ ModelConfig config_from_hf(const nlohmann::json& hf, const std::string& where) {
                           "rope_theta", "rope_scaling", "tie_word_embeddings", "bos_token_id"})
     if (hf.contains(key) && !hf[key].is_null()) c[key] = hf[key];
   if (hf.contains("eos_token_id") && !hf["eos_token_id"].is_null())  // may be a list: the first ends generation
-    c["eos_token_id"] = hf["eos_token_id"].is_array() && !hf["eos_token_id"].empty() ? hf["eos_token_id"][0]
-                                                                                       : hf["eos_token_id"];
+    c["eos_token_id"] =
+        hf["eos_token_id"].is_array() && !hf["eos_token_id"].empty() ? hf["eos_token_id"][0] : hf["eos_token_id"];
   c["attention_bias"] = type == "qwen2" ? true : hf.value("attention_bias", false);
   const auto& arch = hf.contains("architectures") && hf["architectures"].is_array() && !hf["architectures"].empty()
                          ? hf["architectures"][0]

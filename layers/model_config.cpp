@@ -39,8 +39,8 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
   c.num_hidden_layers = required<std::int64_t>(j, "num_hidden_layers", where);
   c.num_attention_heads = required<std::int64_t>(j, "num_attention_heads", where);
   c.num_key_value_heads = optional<std::int64_t>(j, "num_key_value_heads", c.num_attention_heads, where);
-  c.head_dim = optional<std::int64_t>(j, "head_dim", c.num_attention_heads ? c.hidden_size / c.num_attention_heads : 0,
-                                      where);
+  c.head_dim =
+      optional<std::int64_t>(j, "head_dim", c.num_attention_heads ? c.hidden_size / c.num_attention_heads : 0, where);
   c.vocab_size = required<std::int64_t>(j, "vocab_size", where);
   c.max_position_embeddings = required<std::int64_t>(j, "max_position_embeddings", where);
   c.rms_norm_eps = optional<double>(j, "rms_norm_eps", c.rms_norm_eps, where);
@@ -65,7 +65,8 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
           required<std::int64_t>(r, "original_max_position_embeddings", where);
       STRATA_CHECK(c.rope_scaling.high_freq_factor > c.rope_scaling.low_freq_factor &&
                        c.rope_scaling.original_max_position_embeddings > 0,
-                   Config, where, ": llama3 rope_scaling needs high_freq_factor > low_freq_factor and "
+                   Config, where,
+                   ": llama3 rope_scaling needs high_freq_factor > low_freq_factor and "
                    "original_max_position_embeddings > 0");
     }
   }
@@ -89,16 +90,15 @@ nlohmann::json ModelConfig::to_json() const {
           {"rms_norm_eps", rms_norm_eps},
           {"rope_theta", rope_theta},
           {"tie_word_embeddings", tie_word_embeddings},
-          {"rope_scaling", rope_scaling.type == "none"
-                               ? nlohmann::json(nullptr)
-                               : rope_scaling.type == "linear"
-                                     ? nlohmann::json{{"rope_type", "linear"}, {"factor", rope_scaling.factor}}
-                                     : nlohmann::json{{"rope_type", "llama3"},
-                                                      {"factor", rope_scaling.factor},
-                                                      {"low_freq_factor", rope_scaling.low_freq_factor},
-                                                      {"high_freq_factor", rope_scaling.high_freq_factor},
-                                                      {"original_max_position_embeddings",
-                                                       rope_scaling.original_max_position_embeddings}}},
+          {"rope_scaling",
+           rope_scaling.type == "none" ? nlohmann::json(nullptr)
+           : rope_scaling.type == "linear"
+               ? nlohmann::json{{"rope_type", "linear"}, {"factor", rope_scaling.factor}}
+               : nlohmann::json{{"rope_type", "llama3"},
+                                {"factor", rope_scaling.factor},
+                                {"low_freq_factor", rope_scaling.low_freq_factor},
+                                {"high_freq_factor", rope_scaling.high_freq_factor},
+                                {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings}}},
           {"attention_bias", attention_bias},
           {"bos_token_id", bos_token_id},
           {"eos_token_id", eos_token_id}};
@@ -109,10 +109,14 @@ void ModelConfig::validate(const std::string& where) const {
     STRATA_CHECK(value > 0, Config, where, ": ", name, " must be positive (got ", value, ")");
   };
   // Sizes reach int-sized BLAS/MPI arguments and int32 positions: refuse what cannot be represented.
-  for (auto [value, name] : {std::pair{hidden_size, "hidden_size"}, {intermediate_size, "intermediate_size"},
-                             {num_hidden_layers, "num_hidden_layers"}, {num_attention_heads, "num_attention_heads"},
-                             {num_key_value_heads, "num_key_value_heads"}, {head_dim, "head_dim"},
-                             {vocab_size, "vocab_size"}, {max_position_embeddings, "max_position_embeddings"}})
+  for (auto [value, name] : {std::pair{hidden_size, "hidden_size"},
+                             {intermediate_size, "intermediate_size"},
+                             {num_hidden_layers, "num_hidden_layers"},
+                             {num_attention_heads, "num_attention_heads"},
+                             {num_key_value_heads, "num_key_value_heads"},
+                             {head_dim, "head_dim"},
+                             {vocab_size, "vocab_size"},
+                             {max_position_embeddings, "max_position_embeddings"}})
     STRATA_CHECK(value <= (std::int64_t(1) << 30), Config, where, ": ", name, " ", value, " is too large (limit 2^30)");
   positive(hidden_size, "hidden_size");
   positive(intermediate_size, "intermediate_size");
@@ -127,8 +131,8 @@ void ModelConfig::validate(const std::string& where) const {
                num_key_value_heads);
   STRATA_CHECK(head_dim % 2 == 0, Config, where, ": head_dim ", head_dim, " must be even for rotary embeddings");
   STRATA_CHECK(rms_norm_eps > 0 && rope_theta > 0, Config, where, ": rms_norm_eps and rope_theta must be positive");
-  STRATA_CHECK(eos_token_id < vocab_size && bos_token_id < vocab_size, Config, where, ": bos/eos token id outside vocab_size ",
-               vocab_size);
+  STRATA_CHECK(eos_token_id < vocab_size && bos_token_id < vocab_size, Config, where,
+               ": bos/eos token id outside vocab_size ", vocab_size);
 }
 
 std::vector<float> ModelConfig::rope_inverse_frequencies() const {
@@ -148,7 +152,7 @@ std::vector<float> ModelConfig::rope_inverse_frequencies() const {
       } else if (wavelength >= context / r.high_freq_factor) {
         const double smooth = (context / wavelength - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
         f = (1 - smooth) * f / r.factor + smooth * f;  // medium: blended
-      }  // high frequencies: unchanged
+      }                                                // high frequencies: unchanged
     }
     inv_freq[i] = float(f);
   }

@@ -14,8 +14,8 @@ namespace strata {
 struct RopeScaling {
   std::string type = "none";
   double factor = 1.0;
-  double low_freq_factor = 1.0, high_freq_factor = 4.0;   // llama3
-  std::int64_t original_max_position_embeddings = 0;      // llama3
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
+  std::int64_t original_max_position_embeddings = 0;     // llama3
 };
 
 struct ModelConfig {

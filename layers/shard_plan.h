@@ -16,7 +16,7 @@ namespace strata {
 enum class Split : std::uint8_t { Replicated, Rows, Cols };
 
 struct TensorSpec {
-  std::string name;      // Hugging Face name, e.g. "model.layers.3.self_attn.q_proj.weight"
+  std::string name;  // Hugging Face name, e.g. "model.layers.3.self_attn.q_proj.weight"
   Shape global_shape;
   Split split = Split::Replicated;
   std::int64_t begin = 0;  // slice [begin, end) along the split dimension

@@ -107,9 +107,7 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
   const auto& w = layers_[l];
   const auto& c = plan_.config();
   auto rows = [tokens](const Tensor& t) { return t.view().slice_rows(0, tokens); };
-  auto heads_view = [&](const Tensor& t, std::int64_t heads) {
-    return rows(t).reshaped({tokens, heads, c.head_dim});
-  };
+  auto heads_view = [&](const Tensor& t, std::int64_t heads) { return rows(t).reshaped({tokens, heads, c.head_dim}); };
   const TensorView h = rows(hidden_), x = rows(normed_);
 
   // Attention: column-parallel q/k/v over local heads, row-parallel o_proj, one all-reduce.

@@ -22,9 +22,9 @@ class WeightSource {
 };
 
 struct StageLimits {
-  std::int32_t max_tokens = 0;    // tokens in one forward step (sum over sequences)
-  std::int32_t max_seqs = 0;      // sequences in one step (and KV-cache slots)
-  std::int32_t max_seq_len = 0;   // positions per KV-cache slot
+  std::int32_t max_tokens = 0;   // tokens in one forward step (sum over sequences)
+  std::int32_t max_seqs = 0;     // sequences in one step (and KV-cache slots)
+  std::int32_t max_seq_len = 0;  // positions per KV-cache slot
 };
 
 // Bytes this stage will allocate for weights, KV cache and workspace (f32), for memory checks before loading.
@@ -49,8 +49,7 @@ class TransformerStage {
   // hidden_in[T, hidden] is the previous stage's output. Returns the hidden state [T, hidden] (host view valid until
   // the next call) on non-last stages; on the last stage returns the local logits [chunks, local_vocab] of each
   // chunk's last token. Collective over tp.
-  TensorView forward(std::span<const SeqChunk> chunks, std::span<const std::int32_t> token_ids,
-                     const float* hidden_in);
+  TensorView forward(std::span<const SeqChunk> chunks, std::span<const std::int32_t> token_ids, const float* hidden_in);
 
  private:
   struct LayerWeights {

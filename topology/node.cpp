@@ -41,8 +41,8 @@ NodeInfo discover_node(MPI_Comm world) {
 
   cpu_set_t set;
   CPU_ZERO(&set);
-  info.cpu_cores = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set)
-                                                                : int(std::thread::hardware_concurrency());
+  info.cpu_cores =
+      sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : int(std::thread::hardware_concurrency());
   return info;
 }
 

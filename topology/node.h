@@ -10,11 +10,11 @@ namespace strata {
 
 struct NodeInfo {
   std::string hostname;
-  int node_index = 0;   // nodes numbered by their lowest world rank
+  int node_index = 0;  // nodes numbered by their lowest world rank
   int node_count = 1;
-  int local_rank = 0;   // rank among the ranks of this node
+  int local_rank = 0;  // rank among the ranks of this node
   int local_size = 1;
-  int cpu_cores = 1;    // cores this process may run on (its affinity mask)
+  int cpu_cores = 1;  // cores this process may run on (its affinity mask)
 };
 
 // Collective over `world`.

@@ -11,9 +11,12 @@ std::size_t dtype_size(DType dtype) { return dtype == DType::F32 ? 4 : 2; }
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::F32: return "f32";
-    case DType::F16: return "f16";
-    case DType::BF16: return "bf16";
+    case DType::F32:
+      return "f32";
+    case DType::F16:
+      return "f16";
+    case DType::BF16:
+      return "bf16";
   }
   return "?";
 }
@@ -57,12 +60,12 @@ std::uint16_t f32_to_f16(float value) {
   std::memcpy(&bits, &value, 4);
   const std::uint16_t sign = std::uint16_t((bits >> 16) & 0x8000u);
   const std::uint32_t abs = bits & 0x7fffffffu;
-  if (abs > 0x7f800000u) return sign | 0x7e00u;    // NaN
-  if (abs >= 0x477ff000u) return sign | 0x7c00u;   // rounds to >= 65520: inf
-  if (abs < 0x38800000u) {                         // below the smallest normal f16: subnormal or zero
-    if (abs < 0x33000000u) return sign;            // < 2^-25 rounds to zero
+  if (abs > 0x7f800000u) return sign | 0x7e00u;   // NaN
+  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds to >= 65520: inf
+  if (abs < 0x38800000u) {                        // below the smallest normal f16: subnormal or zero
+    if (abs < 0x33000000u) return sign;           // < 2^-25 rounds to zero
     const std::uint32_t mantissa = (abs & 0x7fffffu) | 0x800000u;
-    const int shift = 126 - int(abs >> 23);        // f16 subnormal m * 2^-24 = M * 2^(e-150): shift 14..24
+    const int shift = 126 - int(abs >> 23);  // f16 subnormal m * 2^-24 = M * 2^(e-150): shift 14..24
     const std::uint32_t shifted = mantissa >> shift;
     const std::uint32_t rest = mantissa & ((1u << shift) - 1);
     const std::uint32_t half = 1u << (shift - 1);
@@ -78,7 +81,9 @@ std::uint16_t f32_to_f16(float value) {
 
 void convert_to_f32(DType dtype, const void* src, float* dst, std::size_t count) {
   switch (dtype) {
-    case DType::F32: std::memcpy(dst, src, count * 4); return;
+    case DType::F32:
+      std::memcpy(dst, src, count * 4);
+      return;
     case DType::F16: {
       auto* in = static_cast<const std::uint16_t*>(src);
       for (std::size_t i = 0; i < count; ++i) dst[i] = f16_to_f32(in[i]);
@@ -94,7 +99,9 @@ void convert_to_f32(DType dtype, const void* src, float* dst, std::size_t count)
 
 void convert_from_f32(DType dtype, const float* src, void* dst, std::size_t count) {
   switch (dtype) {
-    case DType::F32: std::memcpy(dst, src, count * 4); return;
+    case DType::F32:
+      std::memcpy(dst, src, count * 4);
+      return;
     case DType::F16: {
       auto* out = static_cast<std::uint16_t*>(dst);
       for (std::size_t i = 0; i < count; ++i) out[i] = f32_to_f16(src[i]);

@@ -25,7 +25,7 @@ inline std::uint16_t f32_to_bf16(float value) {
   std::uint32_t bits;
   std::memcpy(&bits, &value, 4);
   if ((bits & 0x7fffffffu) > 0x7f800000u) return std::uint16_t((bits >> 16) | 0x40);  // quiet NaN
-  bits += 0x7fffu + ((bits >> 16) & 1u);                                               // round to nearest even
+  bits += 0x7fffu + ((bits >> 16) & 1u);                                              // round to nearest even
   return std::uint16_t(bits >> 16);
 }
 

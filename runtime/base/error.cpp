@@ -7,14 +7,22 @@ namespace strata {
 
 const char* error_kind_name(ErrorKind kind) {
   switch (kind) {
-    case ErrorKind::Usage: return "usage";
-    case ErrorKind::Config: return "config";
-    case ErrorKind::Io: return "io";
-    case ErrorKind::Checkpoint: return "checkpoint";
-    case ErrorKind::Communication: return "communication";
-    case ErrorKind::Memory: return "memory";
-    case ErrorKind::Internal: return "internal";
-    case ErrorKind::Cuda: return "cuda";
+    case ErrorKind::Usage:
+      return "usage";
+    case ErrorKind::Config:
+      return "config";
+    case ErrorKind::Io:
+      return "io";
+    case ErrorKind::Checkpoint:
+      return "checkpoint";
+    case ErrorKind::Communication:
+      return "communication";
+    case ErrorKind::Memory:
+      return "memory";
+    case ErrorKind::Internal:
+      return "internal";
+    case ErrorKind::Cuda:
+      return "cuda";
   }
   return "error";
 }

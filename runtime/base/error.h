@@ -30,24 +30,24 @@ std::string cat(const Args&... args) {
 }
 
 namespace detail {
-[[noreturn]] void throw_check_failure(ErrorKind kind, const char* library, const char* statement, const std::string& why,
-                                      const char* function, const char* file, int line);
+[[noreturn]] void throw_check_failure(ErrorKind kind, const char* library, const char* statement,
+                                      const std::string& why, const char* function, const char* file, int line);
 }  // namespace detail
 
 }  // namespace strata
 
 // STRATA_CHECK(cond, kind, message...): an always-on precondition check (never inside assert).
-#define STRATA_CHECK(cond, kind, ...)                                                        \
-  do {                                                                                       \
+#define STRATA_CHECK(cond, kind, ...)                                                          \
+  do {                                                                                         \
     if (!(cond)) throw ::strata::Error(::strata::ErrorKind::kind, ::strata::cat(__VA_ARGS__)); \
   } while (0)
 
 // The generic library-call check used by STRATA_MPI_CHECK, STRATA_H5_CHECK, STRATA_CUDA_CHECK, ...:
 // `ok` says whether `status` means success, `describe(status)` turns a failure into text.
-#define STRATA_LIBRARY_CHECK(library, kind, statement, status_type, ok, describe)                                   \
-  do {                                                                                                           \
-    status_type strata_status_ = (statement);                                                                    \
-    if (!(ok(strata_status_)))                                                                                   \
-      ::strata::detail::throw_check_failure(::strata::ErrorKind::kind, library, #statement,                      \
-                                            describe(strata_status_), __func__, __FILE__, __LINE__);             \
+#define STRATA_LIBRARY_CHECK(library, kind, statement, status_type, ok, describe)                                     \
+  do {                                                                                                                \
+    status_type strata_status_ = (statement);                                                                         \
+    if (!(ok(strata_status_)))                                                                                        \
+      ::strata::detail::throw_check_failure(::strata::ErrorKind::kind, library, #statement, describe(strata_status_), \
+                                            __func__, __FILE__, __LINE__);                                            \
   } while (0)

@@ -7,8 +7,8 @@ namespace strata {
 
 ParallelLayout::ParallelLayout(LayoutSizes sizes, int world_size, int world_rank)
     : sizes_(sizes), world_rank_(world_rank) {
-  STRATA_CHECK(sizes.dp >= 1 && sizes.pp >= 1 && sizes.tp >= 1, Usage, "parallel sizes must be >= 1 (got dp ",
-               sizes.dp, ", pp ", sizes.pp, ", tp ", sizes.tp, ")");
+  STRATA_CHECK(sizes.dp >= 1 && sizes.pp >= 1 && sizes.tp >= 1, Usage, "parallel sizes must be >= 1 (got dp ", sizes.dp,
+               ", pp ", sizes.pp, ", tp ", sizes.tp, ")");
   STRATA_CHECK(world_size == sizes.world(), Usage, "world size ", world_size,
                " does not equal data-parallel x pipeline-parallel x tensor-parallel = ", sizes.dp, " x ", sizes.pp,
                " x ", sizes.tp, " = ", sizes.world(), "; launch ", sizes.world(),
@@ -52,8 +52,6 @@ int ParallelLayout::prev_stage_rank() const {
   return rank_of(dp_rank_, pp_rank_ - 1, tp_rank_);
 }
 
-std::string ParallelLayout::coordinates() const {
-  return cat("dp ", dp_rank_, " pp ", pp_rank_, " tp ", tp_rank_);
-}
+std::string ParallelLayout::coordinates() const { return cat("dp ", dp_rank_, " pp ", pp_rank_, " tp ", tp_rank_); }
 
 }  // namespace strata

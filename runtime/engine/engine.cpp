@@ -176,12 +176,12 @@ Engine::Engine(TransformerStage& stage, const ParallelLayout& layout, Communicat
   STRATA_CHECK(options_.max_batch_size >= 1, Usage, "--max-batch-size must be >= 1");
   STRATA_CHECK(options_.max_model_len >= 2, Usage, "--max-model-len must be >= 2");
   if (!layout.is_first_stage())
-    waiting_for_activations_ = cat("waiting for activations from rank ", layout.prev_stage_rank(), " (stage ",
-                                   layout.pp_rank() - 1, ")");
+    waiting_for_activations_ =
+        cat("waiting for activations from rank ", layout.prev_stage_rank(), " (stage ", layout.pp_rank() - 1, ")");
   if (layout.sizes().pp > 1)
-    waiting_for_tokens_ = cat("waiting for new tokens from rank ",
-                              layout.rank_of(layout.dp_rank(), layout.sizes().pp - 1, layout.tp_rank()),
-                              " (the last stage)");
+    waiting_for_tokens_ =
+        cat("waiting for new tokens from rank ",
+            layout.rank_of(layout.dp_rank(), layout.sizes().pp - 1, layout.tp_rank()), " (the last stage)");
 }
 
 EngineStats Engine::run(std::vector<Request> requests, const EngineHooks& hooks) {
@@ -208,8 +208,8 @@ void Engine::run_follower() {
     if (layout_.is_last_stage())
       sends.push(world_.isend(pack_tokens(finish_step(step.metas, out, stage_.plan(), tp_)), scheduler, Tag::Tokens));
     else
-      sends.push(world_.isend(pack_step(step.metas, step.header.n_tokens, out.f32(), hidden),
-                              layout_.next_stage_rank(), Tag::Activations));
+      sends.push(world_.isend(pack_step(step.metas, step.header.n_tokens, out.f32(), hidden), layout_.next_stage_rank(),
+                              Tag::Activations));
   }
   beat("waiting for the next stage to receive the last messages");
   sends.drain();
@@ -219,7 +219,8 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
   const double start = now_seconds();
   const int groups_count = options_.micro_batches;
   const bool single_stage = layout_.sizes().pp == 1;
-  const int last_stage = single_stage ? -1 : layout_.rank_of(layout_.dp_rank(), layout_.sizes().pp - 1, layout_.tp_rank());
+  const int last_stage =
+      single_stage ? -1 : layout_.rank_of(layout_.dp_rank(), layout_.sizes().pp - 1, layout_.tp_rank());
   EngineStats stats;
 
   std::deque<Request> pending(std::make_move_iterator(requests.begin()), std::make_move_iterator(requests.end()));
@@ -249,7 +250,8 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
     c.token_ids = s.generated;
     c.finish_reason = reason;
     std::span<const std::int32_t> text_ids(s.generated);
-    if (reason == FinishReason::Stop && !text_ids.empty() && text_ids.back() == tokenizer_.eos_id()) text_ids = text_ids.first(text_ids.size() - 1);
+    if (reason == FinishReason::Stop && !text_ids.empty() && text_ids.back() == tokenizer_.eos_id())
+      text_ids = text_ids.first(text_ids.size() - 1);
     c.text = tokenizer_.decode(text_ids);
     std::size_t cut = std::string::npos;
     for (const auto& stop : s.request.stop)
@@ -290,8 +292,9 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
   auto admit = [&](std::vector<std::unique_ptr<Sequence>>& group) {
     // Spread sequences evenly over the micro-batches so every stage has work.
     const std::int64_t waiting = active + std::int64_t(pending.size());
-    const std::int64_t cap = std::min<std::int64_t>((options_.max_batch_size + groups_count - 1) / groups_count,
-                                                    std::max<std::int64_t>(1, (waiting + groups_count - 1) / groups_count));
+    const std::int64_t cap =
+        std::min<std::int64_t>((options_.max_batch_size + groups_count - 1) / groups_count,
+                               std::max<std::int64_t>(1, (waiting + groups_count - 1) / groups_count));
     std::int64_t budget = options_.max_num_batched_tokens - std::int64_t(group.size());
     while (!pending.empty() && !free_slots.empty() && std::int64_t(group.size()) < cap &&
            std::int64_t(pending.front().prompt.size()) <= budget) {

@@ -45,18 +45,18 @@ struct Completion {
 };
 
 struct EngineOptions {
-  std::int32_t max_batch_size = 16;           // sequences in flight per replica (= KV-cache slots)
-  std::int32_t max_num_batched_tokens = 2048; // tokens in one step
-  std::int32_t max_model_len = 0;             // positions per sequence (prompt + generated)
-  std::int32_t micro_batches = 0;             // 0: one per pipeline stage
-  bool record_logits = false;  // gather whole-vocabulary logits of every step (debugging and tests; costly)
+  std::int32_t max_batch_size = 16;            // sequences in flight per replica (= KV-cache slots)
+  std::int32_t max_num_batched_tokens = 2048;  // tokens in one step
+  std::int32_t max_model_len = 0;              // positions per sequence (prompt + generated)
+  std::int32_t micro_batches = 0;              // 0: one per pipeline stage
+  bool record_logits = false;    // gather whole-vocabulary logits of every step (debugging and tests; costly)
   Watchdog* watchdog = nullptr;  // optional, not owned: told before every wait what the rank waits for
 };
 
 struct EngineStats {
   std::int64_t prompt_tokens = 0, generated_tokens = 0, steps = 0, completed = 0;
   std::int64_t max_in_flight = 0;  // most micro-batches in the pipeline at once (= stages busy at once)
-  double seconds = 0;  // wall time of run() on the scheduler
+  double seconds = 0;              // wall time of run() on the scheduler
 };
 
 struct EngineHooks {

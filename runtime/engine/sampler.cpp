@@ -42,10 +42,9 @@ void local_candidates(const float* row, std::int64_t local_vocab, std::int64_t o
     Candidate best{-INFINITY, std::int32_t(offset)};
     for (std::int64_t i = 0; i < local_vocab; ++i) {
       const std::int64_t id = offset + i;
-      const float score = mode == Mode::Greedy
-                              ? finite_or_lowest(row[i])
-                              : finite_or_lowest(float(double(row[i]) / r.params.temperature +
-                                                       gumbel_noise(r.params.seed, r.step, id)));
+      const float score = mode == Mode::Greedy ? finite_or_lowest(row[i])
+                                               : finite_or_lowest(float(double(row[i]) / r.params.temperature +
+                                                                        gumbel_noise(r.params.seed, r.step, id)));
       const Candidate c{score, std::int32_t(id)};
       if (better(c, best)) best = c;
     }
@@ -60,8 +59,7 @@ void local_candidates(const float* row, std::int64_t local_vocab, std::int64_t o
 }
 
 std::int32_t choose(std::vector<Candidate>& candidates, const SampleRow& r) {
-  if (mode_of(r.params) != Mode::Filtered)
-    return std::min_element(candidates.begin(), candidates.end(), better)->id;
+  if (mode_of(r.params) != Mode::Filtered) return std::min_element(candidates.begin(), candidates.end(), better)->id;
   std::sort(candidates.begin(), candidates.end(), better);
   if (!std::isfinite(candidates[0].value)) return candidates[0].id;  // nothing finite to sample from
   std::size_t keep = candidates.size();

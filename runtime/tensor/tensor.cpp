@@ -47,8 +47,7 @@ Buffer allocate_host(std::size_t bytes) {
   const std::size_t alignment = bytes >= kHuge ? kHuge : 64;
   const std::size_t rounded = (bytes + alignment - 1) / alignment * alignment;
   void* data = rounded ? std::aligned_alloc(alignment, rounded) : nullptr;
-  if (rounded && !data)
-    throw Error(ErrorKind::Memory, cat("out of host memory allocating ", bytes, " bytes"));
+  if (rounded && !data) throw Error(ErrorKind::Memory, cat("out of host memory allocating ", bytes, " bytes"));
   if (alignment == kHuge) madvise(data, rounded, MADV_HUGEPAGE);  // advice only: failure changes nothing
   return Buffer(data, bytes, MemoryKind::Host, [](void* p) { std::free(p); });
 }

@@ -40,7 +40,8 @@ TEST(MpiCommunicator, PointToPointKeepsOrderAndSize) {
   auto world = make_mpi_communicator(MPI_COMM_WORLD);
   const int next = (world->rank() + 1) % 4, prev = (world->rank() + 3) % 4;
   std::vector<std::unique_ptr<SendRequest>> sends;
-  for (int i = 0; i < 5; ++i) sends.push_back(world->isend(std::vector<char>(std::size_t(i * 1000 + 1), char('a' + i)), next, Tag::Activations));
+  for (int i = 0; i < 5; ++i)
+    sends.push_back(world->isend(std::vector<char>(std::size_t(i * 1000 + 1), char('a' + i)), next, Tag::Activations));
   for (int i = 0; i < 5; ++i) {
     const auto m = world->recv(prev, Tag::Activations);
     ASSERT_EQ(m.size(), std::size_t(i * 1000 + 1));

@@ -2,10 +2,10 @@
 // overlap), the tokens equal those of a single micro-batch and of the unsplit model on one rank.
 #include <gtest/gtest.h>
 
+#include "../unit/test_support.h"
 #include "io/tokenizer.h"
 #include "runtime/comm/mpi/mpi_communicator.h"
 #include "runtime/engine/engine.h"
-#include "../unit/test_support.h"
 
 using namespace strata;
 
@@ -16,8 +16,7 @@ struct Outcome {
   EngineStats stats;
 };
 
-Outcome generate(const ParallelLayout& layout, Communicator& world, Communicator& tp, int micro_batches,
-                 int prompts) {
+Outcome generate(const ParallelLayout& layout, Communicator& world, Communicator& tp, int micro_batches, int prompts) {
   ModelConfig config = test::tiny_config();
   config.num_hidden_layers = 3;  // uneven: stage 0 holds 2 layers, stage 1 holds 1
   auto backend = make_cpu_backend(1);

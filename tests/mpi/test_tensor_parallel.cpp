@@ -3,9 +3,9 @@
 // unsplit logits, and sampling over a vocab shard chooses what sampling over the whole vocabulary chooses.
 #include <gtest/gtest.h>
 
+#include "../unit/test_support.h"
 #include "runtime/comm/mpi/mpi_communicator.h"
 #include "runtime/engine/sampler.h"
-#include "../unit/test_support.h"
 
 using namespace strata;
 
@@ -62,9 +62,9 @@ TEST(TensorParallel, ShardedSamplingChoosesWhatWholeVocabularySamplingChooses) {
                 logits.begin() + row * vocab + (tp->rank() + 1) * shard);
   test::LocalCommunicator alone;
   int compared = 0;
-  for (const SamplingParams& p : {SamplingParams{0.0f, 0, 1.0f, 0}, SamplingParams{1.0f, 0, 1.0f, 3},
-                                  SamplingParams{0.7f, 5, 1.0f, 4}, SamplingParams{1.3f, 0, 0.8f, 5},
-                                  SamplingParams{0.9f, 30, 0.9f, 6}}) {
+  for (const SamplingParams& p :
+       {SamplingParams{0.0f, 0, 1.0f, 0}, SamplingParams{1.0f, 0, 1.0f, 3}, SamplingParams{0.7f, 5, 1.0f, 4},
+        SamplingParams{1.3f, 0, 0.8f, 5}, SamplingParams{0.9f, 30, 0.9f, 6}}) {
     for (std::int64_t step = 0; step < 50; ++step) {
       const std::vector<SampleRow> rows(3, SampleRow{p, step});
       const auto whole = sample_tokens(logits.data(), vocab, 0, rows, alone);

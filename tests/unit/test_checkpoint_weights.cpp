@@ -17,7 +17,7 @@ namespace {
 
 ModelConfig config_with_gqa() {
   ModelConfig c = test::tiny_config();  // 4 heads, 2 kv heads, 2 layers
-  c.num_hidden_layers = 3;             // uneven over 2 stages
+  c.num_hidden_layers = 3;              // uneven over 2 stages
   c.attention_bias = true;
   return c;
 }

@@ -48,7 +48,8 @@ std::vector<double> reference_attention(const float* q, const std::vector<double
       for (auto& s : score) total += (s = std::exp(s - best));
       for (int j = 0; j < visible; ++j)
         for (int e = 0; e < d; ++e)
-          out[std::size_t((i * hq + h) * d + e)] += score[std::size_t(j)] / total * v[std::size_t((j * hkv + kvh) * d + e)];
+          out[std::size_t((i * hq + h) * d + e)] +=
+              score[std::size_t(j)] / total * v[std::size_t((j * hkv + kvh) * d + e)];
     }
   }
   return out;
@@ -142,8 +143,8 @@ void run_attention_case(Fixture& f, const std::function<int(int)>& reference_kv_
   // History of A (positions 0-4) stored through kv_store as an earlier step would.
   Tensor hist_k = f.random({5, hkv, d}), hist_v = f.random({5, hkv, d});
   const std::vector<SeqChunk> history = {{2, 0, 5, 0}};
-  f.backend->kv_store(history, hist_k.view().reshaped({5, hkv * d}), hist_v.view().reshaped({5, hkv * d}),
-                      kc.view(), vc.view());
+  f.backend->kv_store(history, hist_k.view().reshaped({5, hkv * d}), hist_v.view().reshaped({5, hkv * d}), kc.view(),
+                      vc.view());
 
   Tensor q = f.random({5, hq, d}), k = f.random({5, hkv, d}), v = f.random({5, hkv, d}), out = f.random({5, hq, d});
   const std::vector<SeqChunk> chunks = {{2, 5, 1, 0}, {0, 0, 4, 1}};
@@ -167,13 +168,15 @@ void run_attention_case(Fixture& f, const std::function<int(int)>& reference_kv_
 TEST(CpuBackend, AttentionWithKvCacheIsEquivalentToRef) {
   Fixture f;
   double error = 1;
-  run_attention_case(f, [](int h) { return h / 2; }, &error);  // GQA: heads 0,1 -> kv 0; heads 2,3 -> kv 1
+  run_attention_case(
+      f, [](int h) { return h / 2; }, &error);  // GQA: heads 0,1 -> kv 0; heads 2,3 -> kv 1
   EXPECT_LT(error, kTolerance);
 }
 
 TEST(CpuBackend, NegativeControlWrongHeadMappingIsDetected) {
   Fixture f;
   double error = 0;
-  run_attention_case(f, [](int h) { return h % 2; }, &error);  // interleaved mapping: not what GQA means
+  run_attention_case(
+      f, [](int h) { return h % 2; }, &error);  // interleaved mapping: not what GQA means
   EXPECT_GT(error, 1e-2) << "the attention comparison must be able to fail";
 }

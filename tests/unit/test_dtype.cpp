@@ -33,8 +33,8 @@ std::uint16_t bf16_reference(float x) {
 
 TEST(DType, F16MatchesCompilerHalfOnRandomAndEdgeValues) {
   std::mt19937 rng(1);
-  std::vector<float> values = {0.0f, -0.0f, 1.0f, -2.5f, 65504.0f, 65519.0f, 65520.0f, 1e-8f, 5.96e-8f, 6.1e-5f,
-                               3e-5f, 2.98e-8f, 2.99e-8f, INFINITY, -INFINITY};
+  std::vector<float> values = {0.0f,     -0.0f,   1.0f,  -2.5f,    65504.0f, 65519.0f, 65520.0f, 1e-8f,
+                               5.96e-8f, 6.1e-5f, 3e-5f, 2.98e-8f, 2.99e-8f, INFINITY, -INFINITY};
   std::uniform_int_distribution<std::uint32_t> any_bits;
   for (int i = 0; i < 200000; ++i) {
     const float f = from_bits(any_bits(rng));

@@ -135,7 +135,9 @@ TEST(Checkpoint, ShardRoundTripInEveryDtype) {
     const double tolerance = dtype == DType::F32 ? 0 : dtype == DType::F16 ? 1.0 / 1024 : 1.0 / 128;
     for (std::size_t i = 0; i < data.size(); ++i)
       ASSERT_LE(std::abs(back[i] - data[i]), tolerance * std::abs(data[i]) + 1e-7) << dtype_name(dtype) << " " << i;
-    EXPECT_NE(error_of([&] { r.read_f32("model.w", {70, 6}, back.data()); }).find("has shape [6, 70], expected [70, 6]"),
+    EXPECT_NE(error_of([&] {
+                r.read_f32("model.w", {70, 6}, back.data());
+              }).find("has shape [6, 70], expected [70, 6]"),
               std::string::npos);
     EXPECT_NE(error_of([&] { r.read_f32("model.missing", {1}, back.data()); }).find("has no tensor model.missing"),
               std::string::npos);
@@ -199,7 +201,9 @@ TEST(Tokenizer, BytesRoundTripAndSpecialsAreSkipped) {
   EXPECT_EQ(t.decode(ids), text);
   const std::vector<std::int32_t> unknown = {104, 5000, 105};
   EXPECT_EQ(t.decode(unknown), "h\xEF\xBF\xBDi");
-  EXPECT_NE(error_of([] { make_tokenizer({{"type", "sentencepiece"}}, "m.json"); }).find("unsupported tokenizer"),
+  EXPECT_NE(error_of([] {
+              make_tokenizer({{"type", "sentencepiece"}}, "m.json");
+            }).find("unsupported tokenizer"),
             std::string::npos);
 }
 
@@ -222,7 +226,9 @@ TEST(Safetensors, HeaderIsValidatedAgainstTheData) {
                 .find("fall outside the data section of 4 bytes"),
             std::string::npos);
   EXPECT_NE(parse(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                      "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})", 8).find("overlaps tensor"),
+                      "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})",
+                  8)
+                .find("overlaps tensor"),
             std::string::npos);
   EXPECT_NE(parse(R"({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}})", 8).find("non-negative"),
             std::string::npos);

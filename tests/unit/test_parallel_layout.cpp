@@ -12,10 +12,10 @@ TEST(ParallelLayout, EveryRankOfA2x2x2Grid) {
     std::vector<int> tp_group, pp_group, dp_group;
   };
   // world_rank = (dp * pp_size + pp) * tp_size + tp
-  const std::vector<Expected> expected = {
-      {0, 0, 0, {0, 1}, {0, 2}, {0, 4}}, {0, 0, 1, {0, 1}, {1, 3}, {1, 5}}, {0, 1, 0, {2, 3}, {0, 2}, {2, 6}},
-      {0, 1, 1, {2, 3}, {1, 3}, {3, 7}}, {1, 0, 0, {4, 5}, {4, 6}, {0, 4}}, {1, 0, 1, {4, 5}, {5, 7}, {1, 5}},
-      {1, 1, 0, {6, 7}, {4, 6}, {2, 6}}, {1, 1, 1, {6, 7}, {5, 7}, {3, 7}}};
+  const std::vector<Expected> expected = {{0, 0, 0, {0, 1}, {0, 2}, {0, 4}}, {0, 0, 1, {0, 1}, {1, 3}, {1, 5}},
+                                          {0, 1, 0, {2, 3}, {0, 2}, {2, 6}}, {0, 1, 1, {2, 3}, {1, 3}, {3, 7}},
+                                          {1, 0, 0, {4, 5}, {4, 6}, {0, 4}}, {1, 0, 1, {4, 5}, {5, 7}, {1, 5}},
+                                          {1, 1, 0, {6, 7}, {4, 6}, {2, 6}}, {1, 1, 1, {6, 7}, {5, 7}, {3, 7}}};
   for (int rank = 0; rank < 8; ++rank) {
     const ParallelLayout layout({2, 2, 2}, 8, rank);
     const auto& e = expected[std::size_t(rank)];

@@ -35,9 +35,7 @@ class CpuBackend final : public Backend {
   void upload(const float* host, TensorView dst) override {
     std::memcpy(dst.f32(), host, std::size_t(dst.numel()) * 4);
   }
-  void download(TensorView src, float* host) override {
-    std::memcpy(host, src.f32(), std::size_t(src.numel()) * 4);
-  }
+  void download(TensorView src, float* host) override { std::memcpy(host, src.f32(), std::size_t(src.numel()) * 4); }
 
   void linear(TensorView x, TensorView w, TensorView bias, TensorView y) override {
     const std::int64_t tokens = x.rows(), in = x.row_elems(), out = w.rows();
@@ -107,8 +105,8 @@ class CpuBackend final : public Backend {
   void swiglu(TensorView gate_up, TensorView out) override {
     require_same_rows(gate_up, out, "swiglu");
     const std::int64_t width = out.row_elems();
-    STRATA_CHECK(gate_up.row_elems() == 2 * width, Internal, "swiglu: gate_up ", shape_string(gate_up.shape),
-                 " out ", shape_string(out.shape));
+    STRATA_CHECK(gate_up.row_elems() == 2 * width, Internal, "swiglu: gate_up ", shape_string(gate_up.shape), " out ",
+                 shape_string(out.shape));
     for (std::int64_t t = 0; t < out.rows(); ++t) {
       const float* gate = gate_up.f32() + t * 2 * width;
       const float* up = gate + width;
@@ -170,7 +168,8 @@ class CpuBackend final : public Backend {
           max_score = std::max(max_score, scores[std::size_t(j)]);
         }
         float denom = 0;
-        for (std::int64_t j = 0; j < visible; ++j) denom += (scores[std::size_t(j)] = std::exp(scores[std::size_t(j)] - max_score));
+        for (std::int64_t j = 0; j < visible; ++j)
+          denom += (scores[std::size_t(j)] = std::exp(scores[std::size_t(j)] - max_score));
         float* o = out.f32() + (t * q_heads + h) * dim;
         std::memset(o, 0, std::size_t(dim) * 4);
         for (std::int64_t j = 0; j < visible; ++j)

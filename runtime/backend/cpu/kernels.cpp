@@ -38,10 +38,18 @@ __attribute__((always_inline)) inline void rows_for(const float* x, const float*
 STRATA_CLONES void rows_kernel(const float* x, const float* w, float* y, std::int64_t tokens, std::int64_t begin,
                                std::int64_t end, std::int64_t out, std::int64_t in) {
   switch (tokens) {
-    case 1: rows_for<1>(x, w, y, begin, end, out, in); break;
-    case 2: rows_for<2>(x, w, y, begin, end, out, in); break;
-    case 3: rows_for<3>(x, w, y, begin, end, out, in); break;
-    default: rows_for<4>(x, w, y, begin, end, out, in); break;
+    case 1:
+      rows_for<1>(x, w, y, begin, end, out, in);
+      break;
+    case 2:
+      rows_for<2>(x, w, y, begin, end, out, in);
+      break;
+    case 3:
+      rows_for<3>(x, w, y, begin, end, out, in);
+      break;
+    default:
+      rows_for<4>(x, w, y, begin, end, out, in);
+      break;
   }
 }
 

@@ -10,8 +10,7 @@ namespace strata::cpu {
 constexpr std::int64_t kSmallBatch = 4;  // linear() uses row_dot_products up to this many tokens
 
 // y[t, n] = sum_k x[t, k] * w[n, k] for t < tokens (1..kSmallBatch); rows of w split over the OpenMP threads.
-void row_dot_products(const float* x, const float* w, float* y, std::int64_t tokens, std::int64_t out,
-                      std::int64_t in);
+void row_dot_products(const float* x, const float* w, float* y, std::int64_t tokens, std::int64_t out, std::int64_t in);
 
 float dot(const float* a, const float* b, std::int64_t n);
 // y += alpha * x

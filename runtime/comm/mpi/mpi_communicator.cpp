@@ -131,8 +131,8 @@ class MpiCommunicator final : public Communicator {
     STRATA_CHECK(message.size() <= kMaxChunk, Communication, "message of ", message.size(),
                  " bytes exceeds one MPI send");
     auto request = std::make_unique<MpiSendRequest>(std::move(message));
-    STRATA_MPI_CHECK(MPI_Isend(request->message_.data(), int(request->message_.size()), MPI_BYTE, dest, int(tag),
-                               comm_, &request->request_));
+    STRATA_MPI_CHECK(MPI_Isend(request->message_.data(), int(request->message_.size()), MPI_BYTE, dest, int(tag), comm_,
+                               &request->request_));
     return request;
   }
 
@@ -157,8 +157,8 @@ class MpiCommunicator final : public Communicator {
     int count = 0;
     STRATA_MPI_CHECK(MPI_Get_count(&status, MPI_BYTE, &count));
     std::vector<char> message(static_cast<std::size_t>(count));
-    STRATA_MPI_CHECK(MPI_Recv(message.data(), count, MPI_BYTE, status.MPI_SOURCE, status.MPI_TAG, comm_,
-                              MPI_STATUS_IGNORE));
+    STRATA_MPI_CHECK(
+        MPI_Recv(message.data(), count, MPI_BYTE, status.MPI_SOURCE, status.MPI_TAG, comm_, MPI_STATUS_IGNORE));
     return message;
   }
 
@@ -168,7 +168,9 @@ class MpiCommunicator final : public Communicator {
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm parent) { return std::make_unique<MpiCommunicator>(parent); }
+std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm parent) {
+  return std::make_unique<MpiCommunicator>(parent);
+}
 
 CommGroups make_mpi_groups(const ParallelLayout& layout) {
   CommGroups groups;

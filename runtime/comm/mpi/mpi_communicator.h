@@ -16,7 +16,8 @@ namespace strata {
 std::string mpi_error_string(int code);
 
 #define STRATA_MPI_CHECK(statement) \
-  STRATA_LIBRARY_CHECK("MPI", Communication, statement, int, [](int s) { return s == MPI_SUCCESS; }, ::strata::mpi_error_string)
+  STRATA_LIBRARY_CHECK(             \
+      "MPI", Communication, statement, int, [](int s) { return s == MPI_SUCCESS; }, ::strata::mpi_error_string)
 
 // Owns MPI_Init/MPI_Finalize. Finalize only runs on the normal path; error paths call abort_job().
 class MpiEnvironment {
