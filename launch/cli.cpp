@@ -108,6 +108,11 @@ int cli_main(int argc, char** argv) {
       ->add_option("--tokenizer", convert.tokenizer, "auto: carry tokenizer.json along; byte: the byte-level tokenizer")
       ->check(CLI::IsMember({"auto", "byte"}));
 
+  TopoOptions topo;
+  auto* topo_cmd = app.add_subcommand("topo", "Show the nodes, ranks, CPU domains and network links strata sees");
+  topo_cmd->add_option("--topology", topo.topology, "Read a cluster description (JSON) instead of detecting");
+  topo_cmd->add_flag("--json", topo.json, "Print the description format (what --topology reads)");
+
   InspectOptions inspect;
   auto* inspect_cmd = app.add_subcommand("inspect", "Print a checkpoint's config, shards and tensors");
   inspect_cmd->add_option("model", inspect.model, "Checkpoint directory")->required();
@@ -135,6 +140,7 @@ int cli_main(int argc, char** argv) {
   if (*generate) return run_generate(gen, argc, argv);
   if (*init_cmd) return run_init(init);
   if (*convert_cmd) return run_convert(convert, argc, argv);
+  if (*topo_cmd) return run_topo(topo, argc, argv);
   if (*inspect_cmd) return run_inspect(inspect);
   if (*bench_cmd) return run_bench(bench, argc, argv);
   return 2;

@@ -51,6 +51,12 @@ struct ConvertOptions {
   int tp = 1, pp = 1;
 };
 
+struct TopoOptions {
+  std::string topology;  // a description file instead of detection
+  bool json = false;
+};
+
+int run_topo(const TopoOptions& options, int argc, char** argv);
 int run_convert(const ConvertOptions& options, int argc, char** argv);
 int run_generate(const GenerateOptions& options, int argc, char** argv);
 int run_init(const InitOptionsCli& options);

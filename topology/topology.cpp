@@ -1,0 +1,245 @@
+// Topology detection (MPI + sysfs), the description file, and the human table.
+#include "topology/topology.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "io/prompts.h"
+#include "runtime/comm/mpi/mpi_communicator.h"
+
+namespace strata {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string read_line(const fs::path& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+void check_keys(const nlohmann::json& object, std::initializer_list<const char*> known, const std::string& where) {
+  STRATA_CHECK(object.is_object(), Config, where, ": expected a JSON object");
+  for (const auto& [key, value] : object.items()) {
+    bool ok = false;
+    for (const char* k : known) ok = ok || key == k;
+    STRATA_CHECK(ok, Config, where, ": unknown field '", key, "'");
+  }
+}
+
+template <typename T>
+T get(const nlohmann::json& object, const char* key, const std::string& where, T fallback, bool required = false) {
+  if (!object.contains(key)) {
+    STRATA_CHECK(!required, Config, where, ": missing field '", key, "'");
+    return fallback;
+  }
+  try {
+    return object.at(key).get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw Error(ErrorKind::Config, cat(where, ": field '", key, "' has the wrong type (", object.at(key).dump(), ")"));
+  }
+}
+
+}  // namespace
+
+int Topology::world_size() const {
+  int n = 0;
+  for (const auto& node : nodes) n += int(node.ranks.size());
+  return n;
+}
+
+const NodeTopology& Topology::node_of(int rank) const {
+  for (const auto& node : nodes)
+    if (std::find(node.ranks.begin(), node.ranks.end(), rank) != node.ranks.end()) return node;
+  throw Error(ErrorKind::Config, cat("no node holds rank ", rank));
+}
+
+std::string Topology::fabric() const {
+  if (nodes.size() < 2) return "none";
+  bool all_infiniband = true, all_ethernet = true;
+  for (const auto& node : nodes) {
+    bool has_ib = false, has_eth = false;
+    for (const auto& link : node.links) (link.kind == "infiniband" ? has_ib : has_eth) = true;
+    all_infiniband = all_infiniband && has_ib;
+    all_ethernet = all_ethernet && has_eth;
+  }
+  return all_infiniband ? "infiniband" : all_ethernet ? "ethernet" : "none";
+}
+
+nlohmann::json Topology::to_json() const {
+  nlohmann::json j = {{"nodes", nlohmann::json::array()}};
+  for (const auto& node : nodes) {
+    nlohmann::json n = {{"hostname", node.hostname},          {"ranks", node.ranks},
+                        {"numa_nodes", node.numa_nodes},      {"cpu_cores", node.cpu_cores},
+                        {"devices", nlohmann::json::array()}, {"links", nlohmann::json::array()}};
+    for (const auto& d : node.devices)
+      n["devices"].push_back(
+          {{"id", d.id}, {"name", d.name}, {"memory_bytes", d.memory_bytes}, {"nvlink_peers", d.nvlink_peers}});
+    for (const auto& l : node.links)
+      n["links"].push_back({{"name", l.name}, {"kind", l.kind}, {"speed_mbps", l.speed_mbps}});
+    j["nodes"].push_back(n);
+  }
+  return j;
+}
+
+Topology Topology::from_json(const nlohmann::json& j, const std::string& where) {
+  check_keys(j, {"nodes"}, where);
+  STRATA_CHECK(j.contains("nodes") && j["nodes"].is_array() && !j["nodes"].empty(), Config, where,
+               ": 'nodes' must be a non-empty list");
+  Topology t;
+  std::set<int> seen_ranks;
+  std::set<std::string> seen_hosts;
+  for (std::size_t i = 0; i < j["nodes"].size(); ++i) {
+    const auto& n = j["nodes"][i];
+    const std::string at = cat(where, ": nodes[", i, "]");
+    check_keys(n, {"hostname", "ranks", "numa_nodes", "cpu_cores", "devices", "links"}, at);
+    NodeTopology node;
+    node.hostname = get<std::string>(n, "hostname", at, "", true);
+    STRATA_CHECK(seen_hosts.insert(node.hostname).second, Config, at, ": hostname '", node.hostname, "' appears twice");
+    node.ranks = get<std::vector<int>>(n, "ranks", at, {}, true);
+    STRATA_CHECK(!node.ranks.empty(), Config, at, ": a node needs at least one rank");
+    for (int r : node.ranks)
+      STRATA_CHECK(r >= 0 && seen_ranks.insert(r).second, Config, at, ": rank ", r,
+                   r < 0 ? " is negative" : " is already on another node");
+    node.numa_nodes = get<int>(n, "numa_nodes", at, 1);
+    node.cpu_cores = get<int>(n, "cpu_cores", at, 1);
+    STRATA_CHECK(node.numa_nodes >= 1 && node.cpu_cores >= node.numa_nodes, Config, at, ": numa_nodes ",
+                 node.numa_nodes, " and cpu_cores ", node.cpu_cores, " are impossible (1 <= numa_nodes <= cpu_cores)");
+    std::set<int> ids;
+    for (const auto& d : n.value("devices", nlohmann::json::array())) {
+      check_keys(d, {"id", "name", "memory_bytes", "nvlink_peers"}, at + ": device");
+      Device device{get<int>(d, "id", at, 0, true), get<std::string>(d, "name", at, ""),
+                    get<std::int64_t>(d, "memory_bytes", at, 0), get<std::vector<int>>(d, "nvlink_peers", at, {})};
+      STRATA_CHECK(device.id >= 0 && ids.insert(device.id).second, Config, at, ": device id ", device.id,
+                   " is negative or repeated");
+      node.devices.push_back(device);
+    }
+    for (const auto& d : node.devices)
+      for (int peer : d.nvlink_peers)
+        STRATA_CHECK(ids.count(peer) && peer != d.id, Config, at, ": device ", d.id, " has an NVLink to device ", peer,
+                     ", which is not another device of this node");
+    STRATA_CHECK(node.devices.empty() || node.ranks.size() <= node.devices.size(), Config, at, ": ", node.ranks.size(),
+                 " ranks but only ", node.devices.size(), " devices (one rank per device)");
+    for (const auto& l : n.value("links", nlohmann::json::array())) {
+      check_keys(l, {"name", "kind", "speed_mbps"}, at + ": link");
+      NetworkLink link{get<std::string>(l, "name", at, "", true), get<std::string>(l, "kind", at, "", true),
+                       get<std::int64_t>(l, "speed_mbps", at, -1)};
+      STRATA_CHECK(link.kind == "infiniband" || link.kind == "ethernet", Config, at, ": link kind '", link.kind,
+                   "' (expected infiniband or ethernet)");
+      node.links.push_back(link);
+    }
+    t.nodes.push_back(std::move(node));
+  }
+  const int world = int(seen_ranks.size());
+  STRATA_CHECK(*seen_ranks.rbegin() == world - 1, Config, where, ": ranks must be 0..", world - 1,
+               " with none missing (rank ", *seen_ranks.rbegin(), " is listed)");
+  return t;
+}
+
+Topology Topology::load(const std::string& path) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(ErrorKind::Config, cat(path, ": not valid JSON (", e.what(), ")"));
+  }
+  return from_json(j, path);
+}
+
+NodeTopology describe_this_node(const std::string& sys_root) {
+  NodeTopology node;
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  node.hostname = host;
+  node.cpu_cores = std::max(1, int(std::thread::hardware_concurrency()));
+  const std::regex numa_dir("node[0-9]+");
+  int numa = 0;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(fs::path(sys_root) / "devices/system/node", ec))
+    if (std::regex_match(entry.path().filename().string(), numa_dir)) ++numa;
+  node.numa_nodes = std::max(1, numa);
+  for (const auto& entry : fs::directory_iterator(fs::path(sys_root) / "class/infiniband", ec)) {
+    // ports/1/rate reads like "100 Gb/sec (4X EDR)"
+    const std::string rate = read_line(entry.path() / "ports/1/rate");
+    std::int64_t gbps = -1;
+    std::istringstream(rate) >> gbps;
+    node.links.push_back({entry.path().filename().string(), "infiniband", gbps > 0 ? gbps * 1000 : -1});
+  }
+  for (const auto& entry : fs::directory_iterator(fs::path(sys_root) / "class/net", ec)) {
+    const std::string name = entry.path().filename().string();
+    // Ethernet-type (ARPHRD_ETHER = 1) interfaces backed by a device; loopback and virtual ones are not links.
+    if (read_line(entry.path() / "type") != "1" || !fs::exists(entry.path() / "device")) continue;
+    std::int64_t speed = -1;
+    std::istringstream(read_line(entry.path() / "speed")) >> speed;
+    node.links.push_back({name, "ethernet", speed > 0 ? speed : -1});
+  }
+  std::sort(node.links.begin(), node.links.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  return node;
+}
+
+Topology detect_topology(MPI_Comm world) {
+  int rank = 0, size = 0;
+  STRATA_MPI_CHECK(MPI_Comm_rank(world, &rank));
+  STRATA_MPI_CHECK(MPI_Comm_size(world, &size));
+  MPI_Comm node_comm = MPI_COMM_NULL;
+  STRATA_MPI_CHECK(MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node_comm));
+  int local_rank = 0;
+  STRATA_MPI_CHECK(MPI_Comm_rank(node_comm, &local_rank));
+  // Each rank names its node by the world rank of the node's first rank; leaders describe their node.
+  int leader = rank;
+  STRATA_MPI_CHECK(MPI_Bcast(&leader, 1, MPI_INT, 0, node_comm));
+  STRATA_MPI_CHECK(MPI_Comm_free(&node_comm));
+  std::vector<int> leaders(std::size_t(size), 0);
+  STRATA_MPI_CHECK(MPI_Allgather(&leader, 1, MPI_INT, leaders.data(), 1, MPI_INT, world));
+
+  std::string mine = local_rank == 0 ? Topology{{describe_this_node()}}.to_json()["nodes"][0].dump() : "null";
+  int length = int(mine.size()), longest = 0;
+  STRATA_MPI_CHECK(MPI_Allreduce(&length, &longest, 1, MPI_INT, MPI_MAX, world));
+  mine.resize(std::size_t(longest), ' ');
+  std::vector<char> all(std::size_t(longest) * std::size_t(size));
+  STRATA_MPI_CHECK(MPI_Allgather(mine.data(), longest, MPI_CHAR, all.data(), longest, MPI_CHAR, world));
+
+  nlohmann::json nodes = nlohmann::json::array();
+  for (int r = 0; r < size; ++r) {
+    if (leaders[std::size_t(r)] != r) continue;  // not a node leader
+    nlohmann::json n = nlohmann::json::parse(std::string(all.data() + std::size_t(r) * longest, std::size_t(longest)));
+    n["ranks"] = nlohmann::json::array();
+    for (int q = 0; q < size; ++q)
+      if (leaders[std::size_t(q)] == r) n["ranks"].push_back(q);
+    nodes.push_back(n);
+  }
+  return Topology::from_json({{"nodes", nodes}}, "detected topology");  // the same checks as a description file
+}
+
+std::string topology_table(const Topology& t) {
+  std::ostringstream out;
+  out << t.nodes.size() << " node(s), " << t.world_size() << " rank(s); inter-node fabric: " << t.fabric() << "\n";
+  char line[512];
+  std::snprintf(line, sizeof line, "%-5s %-20s %-12s %-6s %-5s %-6s %-8s %s\n", "node", "host", "ranks", "local",
+                "numa", "cores", "devices", "links");
+  out << line;
+  for (std::size_t i = 0; i < t.nodes.size(); ++i) {
+    const auto& n = t.nodes[i];
+    std::ostringstream ranks, links;
+    for (std::size_t k = 0; k < n.ranks.size(); ++k) ranks << (k ? "," : "") << n.ranks[k];
+    for (std::size_t k = 0; k < n.links.size(); ++k) {
+      links << (k ? ", " : "") << n.links[k].name << " " << n.links[k].kind;
+      if (n.links[k].speed_mbps > 0) links << " " << n.links[k].speed_mbps << " Mb/s";
+    }
+    const std::string link_text = links.str().empty() ? "-" : links.str();
+    std::snprintf(line, sizeof line, "%-5zu %-20s %-12s %-6zu %-5d %-6d %-8zu %s\n", i, n.hostname.c_str(),
+                  ranks.str().c_str(), n.ranks.size(), n.numa_nodes, n.cpu_cores, n.devices.size(), link_text.c_str());
+    out << line;
+  }
+  return out.str();
+}
+
+}  // namespace strata
