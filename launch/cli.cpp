@@ -14,6 +14,8 @@ void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
   cmd.add_option("--data-parallel-size", p.dp, "Data-parallel replicas (-dp; default: world / (tp x pp))")
       ->check(CLI::NonNegativeNumber);
   cmd.add_option("--device", p.device, "Compute device")->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd.add_option("--topology", p.topology, "Cluster description (JSON, see strata topo --json) instead of detection");
+  cmd.add_flag("--force", p.force, "Run a layout the placement refuses (a TP group across nodes or NVLink islands)");
 }
 
 // vLLM's short flags -tp/-pp/-dp are multi-letter single-dash names, which CLI11 does not accept: spell them out
@@ -113,6 +115,16 @@ int cli_main(int argc, char** argv) {
   topo_cmd->add_option("--topology", topo.topology, "Read a cluster description (JSON) instead of detecting");
   topo_cmd->add_flag("--json", topo.json, "Print the description format (what --topology reads)");
 
+  PlanOptions plan;
+  auto* plan_cmd = app.add_subcommand("plan", "Show where every rank goes, its layers, memory and traffic per token");
+  plan_cmd->add_option("--model", plan.model, "Checkpoint directory (for the model's shape)")->required();
+  add_parallel_flags(*plan_cmd, plan.parallel);
+  plan_cmd->add_option("--max-batch-size", plan.max_batch_size, "Sequences in flight per replica")
+      ->check(CLI::PositiveNumber);
+  plan_cmd->add_option("--max-num-batched-tokens", plan.max_num_batched_tokens)->check(CLI::PositiveNumber);
+  plan_cmd->add_option("--max-model-len", plan.max_model_len, "Context length (default: the model's)")
+      ->check(CLI::NonNegativeNumber);
+
   InspectOptions inspect;
   auto* inspect_cmd = app.add_subcommand("inspect", "Print a checkpoint's config, shards and tensors");
   inspect_cmd->add_option("model", inspect.model, "Checkpoint directory")->required();
@@ -141,6 +153,7 @@ int cli_main(int argc, char** argv) {
   if (*init_cmd) return run_init(init);
   if (*convert_cmd) return run_convert(convert, argc, argv);
   if (*topo_cmd) return run_topo(topo, argc, argv);
+  if (*plan_cmd) return run_plan(plan, argc, argv);
   if (*inspect_cmd) return run_inspect(inspect);
   if (*bench_cmd) return run_bench(bench, argc, argv);
   return 2;

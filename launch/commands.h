@@ -8,6 +8,8 @@ namespace strata {
 struct ParallelOptions {
   int tp = 1, pp = 1, dp = 0;  // dp 0: world size / (tp * pp)
   std::string device = "cpu";
+  std::string topology;  // a cluster description instead of detection
+  bool force = false;    // run a layout the placement refuses
 };
 
 struct GenerateOptions {
@@ -57,6 +59,13 @@ struct TopoOptions {
 };
 
 int run_topo(const TopoOptions& options, int argc, char** argv);
+
+struct PlanOptions {
+  std::string model;
+  ParallelOptions parallel;
+  int max_batch_size = 16, max_num_batched_tokens = 2048, max_model_len = 0;
+};
+int run_plan(const PlanOptions& options, int argc, char** argv);
 int run_convert(const ConvertOptions& options, int argc, char** argv);
 int run_generate(const GenerateOptions& options, int argc, char** argv);
 int run_init(const InitOptionsCli& options);

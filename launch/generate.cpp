@@ -154,6 +154,8 @@ int generate(Job& job, const GenerateOptions& o) {
 
   const StageLimits limits{std::max<std::int32_t>(o.max_num_batched_tokens, std::int32_t(model_len)), o.max_batch_size,
                            std::int32_t(model_len)};
+  if (layout.world_rank() == 0 && !o.quiet)  // the plan, before anything loads
+    std::fprintf(stderr, "%s", plan_table(job.topology, layout, job.config, limits).c_str());
   check_memory(job, limits);
   load_stage(job, o.model, limits);
   if (layout.world_rank() == 0 && !o.quiet)

@@ -1,6 +1,7 @@
 // Job setup: validation first, then loading; errors end the whole job with the failing rank's message.
 #include "launch/job.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -38,14 +39,16 @@ void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& 
   int world_size = 0, world_rank = 0;
   STRATA_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world_size));
   STRATA_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank));
-  LayoutSizes sizes{parallel.dp, parallel.pp, parallel.tp};
-  if (sizes.dp == 0) {
-    STRATA_CHECK(world_size % (sizes.pp * sizes.tp) == 0, Usage, "world size ", world_size,
-                 " is not a multiple of pipeline-parallel x tensor-parallel = ", sizes.pp, " x ", sizes.tp, " = ",
-                 sizes.pp * sizes.tp, "; launch a multiple of ", sizes.pp * sizes.tp, " ranks");
-    sizes.dp = world_size / (sizes.pp * sizes.tp);
-  }
-  job.layout = std::make_unique<ParallelLayout>(sizes, world_size, world_rank);
+  // Every rank computes the same placement from the same topology: no rank arithmetic elsewhere.
+  job.topology = parallel.topology.empty() ? detect_topology(MPI_COMM_WORLD) : Topology::load(parallel.topology);
+  STRATA_CHECK(job.topology.world_size() == world_size, Usage, "the topology ", parallel.topology, " describes ",
+               job.topology.world_size(), " ranks but this job has ", world_size);
+  const Placement placement =
+      place_ranks(job.topology, LayoutSizes{parallel.dp, parallel.pp, parallel.tp}, parallel.force);
+  if (world_rank == 0)
+    for (const auto& warning : placement.warnings) log_warn(warning, " (running anyway: --force)");
+  const LayoutSizes sizes = placement.sizes;
+  job.layout = std::make_unique<ParallelLayout>(sizes, placement.ranks_by_position, world_rank);
   set_log_prefix(cat("rank ", world_rank, " (", job.layout->coordinates(), ") ", job.node.hostname));
   job.groups = make_mpi_groups(*job.layout);
 
@@ -122,6 +125,75 @@ std::vector<std::string> load_stage(Job& job, const std::string& model_dir, cons
              " x pipeline-parallel ", job.manifest.pipeline_parallel_size, ", running ", job.layout->sizes().tp, " x ",
              job.layout->sizes().pp);
   return source.opened();
+}
+
+}  // namespace strata
+
+namespace strata {
+
+std::string plan_table(const Topology& topology, const ParallelLayout& layout, const ModelConfig& config,
+                       const StageLimits& limits) {
+  const LayoutSizes& sizes = layout.sizes();
+  auto bytes = [](double b) {
+    char text[32];
+    if (b >= 1e6)
+      std::snprintf(text, sizeof text, "%.1f MB", b / 1e6);
+    else if (b >= 1e3)
+      std::snprintf(text, sizeof text, "%.1f KB", b / 1e3);
+    else
+      std::snprintf(text, sizeof text, "%.0f B", b);
+    return std::string(text);
+  };
+  auto node_index = [&](int rank) {
+    for (std::size_t n = 0; n < topology.nodes.size(); ++n)
+      for (int r : topology.nodes[n].ranks)
+        if (r == rank) return int(n);
+    return -1;
+  };
+  std::ostringstream out;
+  out << "plan: " << sizes.world() << " ranks = dp " << sizes.dp << " x pp " << sizes.pp << " x tp " << sizes.tp
+      << " on " << topology.nodes.size() << " node(s), inter-node fabric " << topology.fabric() << "\n";
+  char line[512];
+  std::snprintf(line, sizeof line, "%-5s %-16s %-5s %-4s %-4s %-4s %-8s %-10s %-28s %s\n", "rank", "host", "local",
+                "dp", "pp", "tp", "layers", "memory", "TP all-reduce per token", "pipeline send per token");
+  out << line;
+  const double hidden_bytes = double(config.hidden_size) * 4;
+  for (int rank = 0; rank < sizes.world(); ++rank) {
+    const NodeTopology& node = topology.node_of(rank);
+    const int local = int(std::find(node.ranks.begin(), node.ranks.end(), rank) - node.ranks.begin());
+    const ParallelLayout at(
+        sizes,
+        [&] {
+          std::vector<int> order(static_cast<std::size_t>(sizes.world()));
+          for (int d = 0; d < sizes.dp; ++d)
+            for (int p = 0; p < sizes.pp; ++p)
+              for (int t = 0; t < sizes.tp; ++t)
+                order[std::size_t((d * sizes.pp + p) * sizes.tp + t)] = layout.rank_of(d, p, t);
+          return order;
+        }(),
+        rank);
+    const ShardPlan plan(config, {sizes.tp, at.tp_rank(), sizes.pp, at.pp_rank()});
+    const StageMemory memory = estimate_stage_memory(plan, limits);
+    // Ring all-reduce: each rank sends 2 (tp - 1) / tp of the buffer; two per layer (attention, MLP), one more for
+    // the embedding on the first stage.
+    const double reduces = 2.0 * double(plan.local_layers()) + (at.is_first_stage() ? 1 : 0);
+    const double tp_bytes = sizes.tp == 1 ? 0 : reduces * hidden_bytes * 2.0 * (sizes.tp - 1) / sizes.tp;
+    bool tp_crosses = false;
+    for (int peer : at.tp_group()) tp_crosses = tp_crosses || node_index(peer) != node_index(rank);
+    std::string tp_text = sizes.tp == 1 ? "-" : bytes(tp_bytes) + (tp_crosses ? " (inter-node!)" : " (intra-node)");
+    std::string pp_text = "-";
+    if (!at.is_last_stage()) {
+      const bool crosses = node_index(at.next_stage_rank()) != node_index(rank);
+      pp_text = bytes(hidden_bytes) + " to rank " + std::to_string(at.next_stage_rank()) +
+                (crosses ? " (inter-node " + topology.fabric() + ")" : " (intra-node)");
+    }
+    const std::string layers = std::to_string(plan.layer_begin()) + "-" + std::to_string(plan.layer_end() - 1);
+    std::snprintf(line, sizeof line, "%-5d %-16s %-5d %-4d %-4d %-4d %-8s %-10s %-28s %s\n", rank,
+                  node.hostname.c_str(), local, at.dp_rank(), at.pp_rank(), at.tp_rank(), layers.c_str(),
+                  bytes(double(memory.total())).c_str(), tp_text.c_str(), pp_text.c_str());
+    out << line;
+  }
+  return out.str();
 }
 
 }  // namespace strata

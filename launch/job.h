@@ -12,11 +12,14 @@
 #include "runtime/base/parallel_layout.h"
 #include "runtime/comm/mpi/mpi_communicator.h"
 #include "topology/node.h"
+#include "topology/placement.h"
+#include "topology/topology.h"
 
 namespace strata {
 
 struct Job {
   NodeInfo node;
+  Topology topology;
   std::unique_ptr<ParallelLayout> layout;
   Manifest manifest;
   ModelConfig config;
@@ -33,6 +36,11 @@ int run_as_mpi_job(int argc, char** argv, const std::function<int(Job&)>& body);
 
 // Layout and communicators, then manifest, config, split and tokenizer: everything checkable before loading.
 void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& parallel);
+// The plan table: every rank's host, local rank, coordinates, layers, memory estimate, and the bytes it sends per
+// generated token over each kind of link. Pure: works from a description file without MPI.
+std::string plan_table(const Topology& topology, const ParallelLayout& any_rank_layout, const ModelConfig& config,
+                       const StageLimits& limits);
+
 // Refuses (Error(Memory), numbers named) when the stage will not fit in this rank's share of the node's memory.
 void check_memory(const Job& job, const StageLimits& limits);
 // Builds the backend and loads this rank's shard. Returns the shard files it read.

@@ -1,6 +1,8 @@
 // The rank formula and group membership; see parallel_layout.h.
 #include "runtime/base/parallel_layout.h"
 
+#include <algorithm>
+
 #include "runtime/base/error.h"
 
 namespace strata {
@@ -18,10 +20,27 @@ ParallelLayout::ParallelLayout(LayoutSizes sizes, int world_size, int world_rank
   tp_rank_ = world_rank % sizes.tp;
   pp_rank_ = (world_rank / sizes.tp) % sizes.pp;
   dp_rank_ = world_rank / (sizes.tp * sizes.pp);
+  rank_at_.resize(std::size_t(world_size));
+  for (int r = 0; r < world_size; ++r) rank_at_[std::size_t(r)] = r;
+}
+
+ParallelLayout::ParallelLayout(LayoutSizes sizes, std::vector<int> ranks_by_position, int world_rank)
+    : ParallelLayout(sizes, int(ranks_by_position.size()), world_rank) {
+  std::vector<bool> seen(ranks_by_position.size(), false);
+  for (int r : ranks_by_position) {
+    STRATA_CHECK(r >= 0 && r < int(seen.size()) && !seen[std::size_t(r)], Internal,
+                 "placement is not a permutation of the world's ranks");
+    seen[std::size_t(r)] = true;
+  }
+  rank_at_ = std::move(ranks_by_position);
+  const int position = int(std::find(rank_at_.begin(), rank_at_.end(), world_rank) - rank_at_.begin());
+  tp_rank_ = position % sizes.tp;
+  pp_rank_ = (position / sizes.tp) % sizes.pp;
+  dp_rank_ = position / (sizes.tp * sizes.pp);
 }
 
 int ParallelLayout::rank_of(int dp_rank, int pp_rank, int tp_rank) const {
-  return (dp_rank * sizes_.pp + pp_rank) * sizes_.tp + tp_rank;
+  return rank_at_[std::size_t((dp_rank * sizes_.pp + pp_rank) * sizes_.tp + tp_rank)];
 }
 
 std::vector<int> ParallelLayout::tp_group() const {

@@ -1,9 +1,10 @@
 // ParallelLayout: the one value that says how the world is split into data-parallel replicas, pipeline stages and
 // tensor-parallel ranks, and where this rank sits. No MPI in here; unit-tested rank by rank without MPI.
 //
-// The rank formula (written once, here): world_rank = (dp_rank * pp + pp_rank) * tp + tp_rank.
+// The default rank formula (written once, here): world_rank = (dp_rank * pp + pp_rank) * tp + tp_rank.
 // TP ranks are consecutive (so a TP group shares a node when ranks are packed by node), then PP stages, then
-// DP replicas outermost.
+// DP replicas outermost. A placement (topology/placement) may instead give every world rank its coordinates
+// explicitly, e.g. when the launcher numbered ranks round-robin over nodes.
 #pragma once
 #include <string>
 #include <vector>
@@ -21,6 +22,9 @@ class ParallelLayout {
  public:
   // Throws Error(Usage) when world_size != dp*pp*tp or any size < 1, naming the numbers.
   ParallelLayout(LayoutSizes sizes, int world_size, int world_rank);
+  // Explicit placement: ranks_by_position[(dp * pp + pp_rank) * tp + tp_rank] is the world rank at those
+  // coordinates. Throws Error(Internal) unless it is a permutation of 0..world-1.
+  ParallelLayout(LayoutSizes sizes, std::vector<int> ranks_by_position, int world_rank);
 
   const LayoutSizes& sizes() const { return sizes_; }
   int world_size() const { return sizes_.world(); }
@@ -46,6 +50,7 @@ class ParallelLayout {
   LayoutSizes sizes_;
   int world_rank_;
   int dp_rank_, pp_rank_, tp_rank_;
+  std::vector<int> rank_at_;  // world rank at each position (coordinates in formula order)
 };
 
 }  // namespace strata

@@ -44,3 +44,20 @@ TEST(ParallelLayout, WorldSizeMismatchNamesTheNumbers) {
     EXPECT_NE(m.find("1 x 2 x 2 = 4"), std::string::npos) << m;
   }
 }
+
+TEST(ParallelLayout, ExplicitPlacementIsFollowedEverywhere) {
+  // Round-robin launch over 2 nodes: even ranks on node A, odd on node B. The placement puts TP groups {0,2}
+  // and {1,3} inside the nodes: stage 0 = ranks 0,2 (node A), stage 1 = ranks 1,3 (node B).
+  const std::vector<int> placement = {0, 2, 1, 3};
+  const ParallelLayout r1({1, 2, 2}, placement, 1);
+  EXPECT_EQ(r1.pp_rank(), 1);
+  EXPECT_EQ(r1.tp_rank(), 0);
+  EXPECT_EQ(r1.tp_group(), (std::vector<int>{1, 3}));
+  EXPECT_EQ(r1.pp_group(), (std::vector<int>{0, 1}));
+  EXPECT_EQ(r1.prev_stage_rank(), 0);
+  const ParallelLayout r2({1, 2, 2}, placement, 2);
+  EXPECT_EQ(r2.pp_rank(), 0);
+  EXPECT_EQ(r2.tp_rank(), 1);
+  EXPECT_EQ(r2.next_stage_rank(), 3);
+  EXPECT_THROW(ParallelLayout({1, 2, 2}, std::vector<int>{0, 2, 2, 3}, 0), Error);
+}

@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "runtime/base/error.h"
+#include "topology/placement.h"
 #include "topology/topology.h"
 
 using namespace strata;
@@ -98,4 +99,66 @@ TEST(Topology, NodeDescriptionFromSysfs) {
   EXPECT_EQ(node.links[1].kind, "infiniband");
   EXPECT_EQ(node.links[1].speed_mbps, 200000);
   fs::remove_all(root);
+}
+
+namespace {
+Topology described(const std::string& text) { return Topology::from_json(nlohmann::json::parse(text), "cluster.json"); }
+
+std::string placement_error(const Topology& t, LayoutSizes sizes) {
+  try {
+    place_ranks(t, sizes, false);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(Placement, TensorParallelGroupsStayInsideNodesWhateverTheLaunchOrder) {
+  // Round-robin launch: even ranks on a, odd ranks on b.
+  const Topology t =
+      described(R"({"nodes": [{"hostname": "a", "ranks": [0, 2]}, {"hostname": "b", "ranks": [1, 3]}]})");
+  const Placement p = place_ranks(t, {0, 2, 2}, false);
+  EXPECT_EQ(p.sizes.dp, 1);
+  EXPECT_EQ(p.ranks_by_position, (std::vector<int>{0, 2, 1, 3}));
+  for (int rank = 0; rank < 4; ++rank) {
+    const ParallelLayout layout(p.sizes, p.ranks_by_position, rank);
+    for (int peer : layout.tp_group()) EXPECT_EQ(t.node_of(peer).hostname, t.node_of(rank).hostname) << rank;
+  }
+}
+
+TEST(Placement, ReplicasTakeWholeNodesAndStagesNeighbouringGroups) {
+  const Topology t = described(R"({"nodes": [{"hostname": "a", "ranks": [0, 1, 2, 3]},
+                                              {"hostname": "b", "ranks": [4, 5, 6, 7]}]})");
+  const Placement p = place_ranks(t, {2, 2, 2}, false);
+  const ParallelLayout r0(p.sizes, p.ranks_by_position, 0);
+  EXPECT_EQ(r0.pp_group(), (std::vector<int>{0, 2})) << "replica 0's two stages share node a";
+  EXPECT_EQ(r0.dp_group(), (std::vector<int>{0, 4}));
+}
+
+TEST(Placement, RefusesTensorGroupsAcrossNodesOrIslandsAndSaysWhatWorks) {
+  const Topology uneven = described(R"({"nodes": [{"hostname": "a", "ranks": [0]},
+                                                   {"hostname": "b", "ranks": [1, 2, 3]}]})");
+  const std::string message = placement_error(uneven, {0, 1, 2});
+  EXPECT_NE(message.find("node a has 1 rank(s), not a multiple of tensor-parallel size 2: a TP group would span nodes"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("-tp 1 -pp 2"), std::string::npos) << message;
+  const Placement forced = place_ranks(uneven, {0, 1, 2}, true);
+  EXPECT_EQ(forced.warnings.size(), 2u) << "node a (1 rank) and node b (3 ranks)";
+
+  // Two NVLink islands of 4 GPUs: TP 4 fits an island, TP 8 would cross PCIe.
+  nlohmann::json node = {
+      {"hostname", "dgx"}, {"ranks", {0, 1, 2, 3, 4, 5, 6, 7}}, {"devices", nlohmann::json::array()}};
+  for (int d = 0; d < 8; ++d) {
+    std::vector<int> peers;
+    for (int q = d / 4 * 4; q < d / 4 * 4 + 4; ++q)
+      if (q != d) peers.push_back(q);
+    node["devices"].push_back({{"id", d}, {"name", "GPU"}, {"nvlink_peers", peers}});
+  }
+  const Topology islands = Topology::from_json({{"nodes", {node}}}, "dgx.json");
+  EXPECT_EQ(placement_error(islands, {0, 1, 4}), "");
+  EXPECT_NE(placement_error(islands, {0, 1, 8}).find("an NVLink island of node dgx has 4 rank(s)"), std::string::npos);
+  EXPECT_NE(placement_error(islands, {0, 1, 8}).find("communicate over PCIe"), std::string::npos);
+  EXPECT_NE(placement_error(islands, {3, 1, 1}).find("world size 8 does not equal"), std::string::npos);
 }

@@ -1,0 +1,46 @@
+// `strata plan`: where every rank would go for a model and a layout, before anything loads: host, coordinates,
+// layers, memory, and traffic per generated token. From a description file (no MPI) or detected under mpirun.
+#include <cstdio>
+
+#include "io/checkpoint.h"
+#include "launch/job.h"
+#include "runtime/base/log.h"
+
+namespace strata {
+namespace {
+
+std::string plan_for(const Topology& topology, const PlanOptions& o) {
+  const Manifest manifest = Manifest::read(o.model);
+  const ModelConfig config = ModelConfig::from_json(manifest.model, manifest_path(o.model));
+  const Placement placement = place_ranks(topology, {o.parallel.dp, o.parallel.pp, o.parallel.tp}, o.parallel.force);
+  check_split(config, placement.sizes.tp, placement.sizes.pp);
+  const ParallelLayout layout(placement.sizes, placement.ranks_by_position, 0);
+  const std::int32_t model_len = o.max_model_len ? o.max_model_len : std::int32_t(config.max_position_embeddings);
+  const StageLimits limits{std::max(o.max_num_batched_tokens, model_len), o.max_batch_size, model_len};
+  std::string text;
+  for (const auto& warning : placement.warnings) text += "warning: " + warning + " (running anyway: --force)\n";
+  return text + plan_table(topology, layout, config, limits);
+}
+
+}  // namespace
+
+int run_plan(const PlanOptions& o, int argc, char** argv) {
+  if (!o.parallel.topology.empty()) {
+    try {
+      std::printf("%s", plan_for(Topology::load(o.parallel.topology), o).c_str());
+      return 0;
+    } catch (const std::exception& e) {
+      log_line(LogLevel::Error, e.what());
+      return 1;
+    }
+  }
+  return run_as_mpi_job(argc, argv, [&](Job& job) {
+    const Topology topology = detect_topology(MPI_COMM_WORLD);
+    int rank = 0;
+    STRATA_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+    if (rank == 0) std::printf("%s", plan_for(topology, o).c_str());
+    return 0;
+  });
+}
+
+}  // namespace strata
