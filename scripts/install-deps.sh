@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything strata needs to build and test on Debian 12 (run as root). Idempotent.
+# Installs everything strata needs on Debian 12 (run as root). Idempotent.
+#   scripts/install-deps.sh          what building and running need (the README's first command)
+#   scripts/install-deps.sh --tests  that, plus what only the test suite needs (the README's second command)
 # Why each package is here is written in README.md ("Dependencies").
 set -euo pipefail
 packages=(
@@ -7,13 +9,23 @@ packages=(
   openmpi-bin libopenmpi-dev          # MPI: launch, communicators, point-to-point between pipeline stages
   libhdf5-dev hdf5-tools              # sharded checkpoints with per-chunk Fletcher32 checksums
   libcli11-dev                        # command line
-  libgtest-dev googletest             # unit and MPI tests
+  libgtest-dev googletest             # unit and MPI tests (configured by default, so needed to build)
   libopenblas-openmp-dev              # fp32 GEMM for the CPU backend (OpenMP build: one thread pool with ours)
-  nlohmann-json3-dev                  # manifest, JSONL prompts and results
-  libpcre2-dev                        # Unicode regexes (tokenizers)
-  python3 python3-numpy python3-h5py  # independent float64 reference forward pass used by the tests
-  clang libclang-rt-14-dev            # libFuzzer + sanitizers for the parser fuzz targets
+  nlohmann-json3-dev                  # manifest, JSONL prompts and results, tokenizer.json
+  libpcre2-dev                        # Unicode regexes (Hugging Face tokenizers' pre-tokenizers)
+  python3 python3-numpy python3-h5py  # independent float64 reference forward pass used by the tests and demo
 )
+test_packages=(
+  clang libclang-rt-14-dev            # libFuzzer + sanitizers for the parser fuzz targets
+  iproute2                            # network namespaces and veth pairs for the emulated multi-node tests
+  munge slurmctld slurmd slurm-client # a real Slurm on this machine for the job-script tests
+)
+if [ "${1:-}" = "--tests" ]; then
+  packages+=("${test_packages[@]}")
+  # Node.js and npm run the independent JavaScript tokenizer the tokenizer tests compare against; a machine that
+  # already has a Node.js with npm (e.g. from NodeSource) keeps it, since Debian's npm would conflict with it.
+  command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
