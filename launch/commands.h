@@ -6,7 +6,7 @@
 namespace strata {
 
 struct ParallelOptions {
-  int tp = 1, pp = 1, dp = 0;  // dp 0: world size / (tp * pp)
+  int tp = 1, pp = 1, dp = 0;  // 0: auto (placement chooses; dp: world size / (tp * pp))
   std::string device = "cpu";
   std::string topology;  // a cluster description instead of detection
   bool force = false;    // run a layout the placement refuses

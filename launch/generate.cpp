@@ -133,8 +133,15 @@ class Progress {
   double start_ = seconds(), last_ = 0;
 };
 
+// The stage limits generation runs with (and placement sizes `auto` layouts by).
+StageLimits generate_limits(const GenerateOptions& o, const ModelConfig& config) {
+  const std::int64_t model_len = o.max_model_len ? o.max_model_len : config.max_position_embeddings;
+  return {std::max<std::int32_t>(o.max_num_batched_tokens, std::int32_t(model_len)), o.max_batch_size,
+          std::int32_t(model_len)};
+}
+
 int generate(Job& job, const GenerateOptions& o) {
-  prepare_job(job, o.model, o.parallel);
+  prepare_job(job, o.model, o.parallel, [&](const ModelConfig& config) { return generate_limits(o, config); });
   const ParallelLayout& layout = *job.layout;
   Communicator* world = job.groups.world.get();
   const std::int64_t model_len = o.max_model_len ? o.max_model_len : job.config.max_position_embeddings;
@@ -152,8 +159,7 @@ int generate(Job& job, const GenerateOptions& o) {
   std::unique_ptr<ResultWriter> writer;
   if (layout.world_rank() == 0) writer = std::make_unique<ResultWriter>(o.output, o.overwrite, prompts.size());
 
-  const StageLimits limits{std::max<std::int32_t>(o.max_num_batched_tokens, std::int32_t(model_len)), o.max_batch_size,
-                           std::int32_t(model_len)};
+  const StageLimits limits = generate_limits(o, job.config);
   if (layout.world_rank() == 0 && !o.quiet)  // the plan, before anything loads
     std::fprintf(stderr, "%s", plan_table(job.topology, layout, job.config, limits).c_str());
   check_memory(job, limits);
