@@ -84,6 +84,9 @@ int cli_main(int argc, char** argv) {
                    "Seconds a rank may wait without progress (a stuck or dead peer) before the job is aborted "
                    "with what it was waiting for; 0 = never")
       ->check(CLI::NonNegativeNumber);
+  generate->add_option("--part", gen.part,
+                       "K/N: only part K (0-based) of N contiguous parts of the prompts, with the ids and seeds they "
+                       "have in the whole file (Slurm job arrays; concatenating parts 0..N-1 gives the whole run)");
   generate->add_flag("--overwrite", gen.overwrite, "Replace an existing non-empty output file");
   generate->add_flag("--record-logits", gen.record_logits,
                      "Add the full-vocabulary logits of every generated position to each result (debugging, tests)");
