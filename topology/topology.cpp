@@ -232,14 +232,22 @@ NodeTopology describe_this_node(const std::string& sys_root, const std::string& 
     std::istringstream(rate) >> gbps;
     node.links.push_back({entry.path().filename().string(), "infiniband", gbps > 0 ? gbps * 1000 : -1});
   }
+  // Ethernet-type (ARPHRD_ETHER = 1) interfaces backed by a device; loopback and virtual ones are not links, except
+  // where a node has no device at all (a container or network namespace, whose eth0 is a veth): then the virtual
+  // interfaces that are up and not bridges are its links.
+  std::vector<NetworkLink> virtual_links;
   for (const auto& entry : fs::directory_iterator(fs::path(sys_root) / "class/net", ec)) {
     const std::string name = entry.path().filename().string();
-    // Ethernet-type (ARPHRD_ETHER = 1) interfaces backed by a device; loopback and virtual ones are not links.
-    if (read_line(entry.path() / "type") != "1" || !fs::exists(entry.path() / "device")) continue;
+    if (read_line(entry.path() / "type") != "1") continue;
     std::int64_t speed = -1;
     std::istringstream(read_line(entry.path() / "speed")) >> speed;
-    node.links.push_back({name, "ethernet", speed > 0 ? speed : -1});
+    const NetworkLink link{name, "ethernet", speed > 0 ? speed : -1};
+    if (fs::exists(entry.path() / "device"))
+      node.links.push_back(link);
+    else if (read_line(entry.path() / "operstate") == "up" && !fs::exists(entry.path() / "bridge"))
+      virtual_links.push_back(link);
   }
+  if (node.links.empty()) node.links = virtual_links;
   std::sort(node.links.begin(), node.links.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   return node;
 }
@@ -315,6 +323,15 @@ std::string topology_table(const Topology& t) {
                   ranks.str().c_str(), n.ranks.size(), n.numa_nodes, n.cpu_cores, n.devices.size(), link_text.c_str());
     out << line;
   }
+  bool uneven = false;
+  std::string counts;
+  for (const auto& n : t.nodes) {
+    uneven = uneven || n.ranks.size() != t.nodes.front().ranks.size();
+    counts += cat(counts.empty() ? "" : ", ", n.hostname, " ", n.ranks.size());
+  }
+  if (uneven)
+    out << "ranks per node differ (" << counts
+        << "): placement still keeps every TP group inside one node, so -tp must divide each node's rank count\n";
   for (const auto& n : t.nodes) {
     if (!n.gpu_status.empty()) out << n.hostname << " GPUs: " << n.gpu_status << "\n";
     for (const auto& d : n.devices) {

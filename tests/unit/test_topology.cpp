@@ -99,6 +99,18 @@ TEST(Topology, NodeDescriptionFromSysfs) {
   EXPECT_EQ(node.links[1].name, "mlx5_0");
   EXPECT_EQ(node.links[1].kind, "infiniband");
   EXPECT_EQ(node.links[1].speed_mbps, 200000);
+  // A network namespace: only a veth (up) and a bridge; the veth is the node's link.
+  fs::remove_all(root / "class");
+  for (const char* nic : {"eth0", "br0"}) {
+    fs::create_directories(root / "class/net" / nic);
+    std::ofstream(root / "class/net" / nic / "type") << "1\n";
+    std::ofstream(root / "class/net" / nic / "operstate") << "up\n";
+  }
+  fs::create_directories(root / "class/net/br0/bridge");
+  const NodeTopology in_namespace = describe_this_node(root.string());
+  ASSERT_EQ(in_namespace.links.size(), 1u);
+  EXPECT_EQ(in_namespace.links[0].name, "eth0");
+  EXPECT_EQ(in_namespace.links[0].kind, "ethernet");
   fs::remove_all(root);
 }
 
