@@ -250,8 +250,13 @@ VisibleGpus apply_visible_devices(const std::vector<Device>& all,
 
 DeviceBinding bind_device(const BindRequest& r) {
   std::string ranks;
-  for (int rank : r.node_ranks) ranks += (ranks.empty() ? "" : ",") + std::to_string(rank);
-  const int world_rank = r.node_ranks.empty() ? -1 : r.node_ranks[std::size_t(r.local_rank)];
+  for (int rank : r.node_ranks) {
+    if (!ranks.empty()) ranks += ',';
+    ranks += std::to_string(rank);
+  }
+  STRATA_CHECK(r.local_rank >= 0 && std::size_t(r.local_rank) < r.node_ranks.size(), Internal, "local rank ",
+               r.local_rank, " is not one of host ", r.host, "'s ", r.node_ranks.size(), " ranks");
+  const int world_rank = r.node_ranks[std::size_t(r.local_rank)];
   const std::string env = r.cuda_visible_devices ? "CUDA_VISIBLE_DEVICES=" + *r.cuda_visible_devices
                                                  : std::string("CUDA_VISIBLE_DEVICES unset");
   const std::size_t visible = r.visible.devices.size();

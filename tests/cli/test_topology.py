@@ -2,7 +2,8 @@
 cleanly; `auto` sizes on described clusters pick the smallest TP that fits a rank's memory inside a node, then
 pipeline stages across nodes, then replicas; a fixed layout that does not fit is refused with one that does (or run
 with --force); generate with -tp/-pp auto computes the same tokens as one rank; --device cuda without GPUs names
-the host and ranks; a size that is neither positive nor auto is refused.
+the host and ranks; a size that is neither positive nor auto is refused; --part K/N slices prompts keeping ids and
+seeds (the parts in order equal the whole run).
 """
 import json
 import re
@@ -59,6 +60,18 @@ out = h.run_ok(flags + ["--output", "auto.jsonl", "-tp", "auto", "-pp", "auto"],
 h.check("placement: -tp auto -pp auto -dp auto -> -tp 1 -pp 1 -dp 2" in out, f"generate resolves auto:\n{out}")
 h.check([r["token_ids"] for r in h.results("auto.jsonl")] == [r["token_ids"] for r in h.results("one.jsonl")],
         "the auto layout computes the same tokens as one rank")
+
+# --part K/N (job arrays): contiguous parts keeping ids and seeds, so the parts in order are the whole run.
+sampled = flags + ["--temperature", 0.9, "--top-k", 30, "--seed", 3, "-q"]
+h.run_ok(sampled + ["--output", "whole.jsonl"], ranks=1)
+h.run_ok(sampled + ["--output", "part0.jsonl", "--part", "0/2"], ranks=1)
+h.run_ok(sampled + ["--output", "part1.jsonl", "--part", "1/2"], ranks=2)
+parts = h.results("part0.jsonl") + h.results("part1.jsonl")
+h.check([r["id"] for r in h.results("part0.jsonl")] == [0, 1] and [r["id"] for r in parts] == [0, 1, 2],
+        f"parts 0/2 and 1/2 of 3 prompts hold prompts 0-1 and 2: {[r['id'] for r in parts]}")
+h.check(parts == h.results("whole.jsonl"), "the parts in order equal the whole run (same ids, seeds, tokens)")
+code, out, _ = h.run(sampled + ["--output", "bad.jsonl", "--part", "2/2"], ranks=1)
+h.check(code != 0 and "--part 2/2: expected K/N with 0 <= K < N" in out, f"--part 2/2 is refused:\n{out}")
 
 code, out, _ = h.run(flags + ["--output", "cuda.jsonl", "--device", "cuda"], ranks=2)
 h.check(code != 0 and re.search(r"--device cuda: host \S+ \(ranks 0,1\) has no GPU: no NVML", out) is not None,
