@@ -4,7 +4,7 @@ node (Debian's packages; each slurmd with its node's hostname and a private /tmp
 the test's folder) run inside a PID namespace with its own /proc, so one SIGKILL ends them and every job step. The
 test waits for both nodes to be idle, submits generate-gpu.sbatch across both nodes (srun --mpi=pmix, tp 2 inside
 each node, pp 2 across; GPU lines satisfied by a GRES of placeholder GPU files; STRATA_DEVICE=cpu),
-generate-mpirun.sbatch the same way, and generate-array.sbatch (3 parts) followed by merge-array.sbatch as a
+generate-mpirun.sbatch and generate-cpu.sbatch the same way, and generate-array.sbatch (3 parts) followed by merge-array.sbatch as a
 dependent job, polls each job with a deadline, and checks that every results file holds all prompts in input order
 with exactly the tokens of a direct mpirun run. Stops the daemons and removes the namespaces in every case. If
 Slurm cannot start here, it fails saying why.
@@ -216,6 +216,11 @@ try:
     states, info = wait_job(job)
     h.check(states == ["COMPLETED"], f"generate-mpirun.sbatch completed: {states}\n{log_of('strata-' + job)}")
     check_results("generate-mpirun.sbatch (mpirun in the allocation)", h.path("mpirun.jsonl"), log_of("strata-" + job))
+
+    job = submit("generate-cpu.sbatch", "--cpus-per-task=1", extra_env=dict(common, OUTPUT=h.path("cpu.jsonl")))
+    states, info = wait_job(job)
+    h.check(states == ["COMPLETED"], f"generate-cpu.sbatch completed: {states}\n{log_of('strata-' + job)}")
+    check_results("generate-cpu.sbatch (2 nodes x 2 ranks, tp 2 x pp 2)", h.path("cpu.jsonl"), log_of("strata-" + job))
 
     parts = h.path("parts")
     array = submit("generate-array.sbatch", "--array=0-2", "--ntasks-per-node=2", "--gpus-per-node=2",
