@@ -62,12 +62,16 @@ std::vector<Island> all_islands(const Topology& topology) {
   return islands;
 }
 
-// Why TP groups of size `tp` cannot stay inside the islands (empty: they can).
+void add_once(std::vector<std::string>& list, std::string item) {
+  if (std::find(list.begin(), list.end(), item) == list.end()) list.push_back(std::move(item));
+}
+
+// Why TP groups of size `tp` cannot stay inside the islands (empty: they can; each reason once).
 std::vector<std::string> tp_problems(const std::vector<Island>& islands, int tp) {
   std::vector<std::string> problems;
   for (const auto& island : islands)
     if (int(island.ranks.size()) % tp != 0)
-      problems.push_back(cat(island.whole_node ? "node " : "an NVLink island of node ", island.hostname, " has ",
+      add_once(problems, cat(island.whole_node ? "node " : "an NVLink island of node ", island.hostname, " has ",
                              island.ranks.size(), " rank(s), not a multiple of tensor-parallel size ", tp,
                              ": a TP group would ", island.whole_node ? "span nodes" : "communicate over PCIe"));
   return problems;

@@ -339,8 +339,9 @@ std::string topology_table(const Topology& t) {
                     double(d.memory_bytes) / double(1ll << 30), d.pci_bus_id.c_str());
       out << line;
       if (!d.links.empty()) out << " links:";
-      for (const auto& l : d.links)
-        out << " gpu" << l.peer << " " << (l.kind == "nvlink" ? cat("NVLink x", l.nvlinks) : l.kind);
+      for (std::size_t k = 0; k < d.links.size(); ++k)
+        out << (k ? ", gpu" : " gpu") << d.links[k].peer << " "
+            << (d.links[k].kind == "nvlink" ? cat("NVLink x", d.links[k].nvlinks) : d.links[k].kind);
       if (d.links.empty() && !d.nvlink_peers.empty()) out << " NVLink to:";
       for (int peer : d.links.empty() ? d.nvlink_peers : std::vector<int>{}) out << " gpu" << peer;
       out << "\n";
