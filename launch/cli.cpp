@@ -8,11 +8,28 @@
 namespace strata {
 namespace {
 
+// A size: a positive number, or `auto` (0) for placement to choose.
+std::string size_or_auto(std::string value) {
+  if (value == "auto") return "0";
+  int n = 0;
+  try {
+    std::size_t used = 0;
+    n = std::stoi(value, &used);
+    if (used != value.size()) n = 0;
+  } catch (const std::exception&) {
+    n = 0;
+  }
+  if (n < 1) throw CLI::ValidationError("'" + value + "' is neither a positive number nor auto");
+  return value;
+}
+
 void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
-  cmd.add_option("--tensor-parallel-size", p.tp, "Tensor-parallel ranks per stage (-tp)")->check(CLI::PositiveNumber);
-  cmd.add_option("--pipeline-parallel-size", p.pp, "Pipeline stages (-pp)")->check(CLI::PositiveNumber);
-  cmd.add_option("--data-parallel-size", p.dp, "Data-parallel replicas (-dp; default: world / (tp x pp))")
-      ->check(CLI::NonNegativeNumber);
+  cmd.add_option("--tensor-parallel-size", p.tp, "Tensor-parallel ranks per stage (-tp), or auto")
+      ->transform(size_or_auto, "SIZE|auto");
+  cmd.add_option("--pipeline-parallel-size", p.pp, "Pipeline stages (-pp), or auto")
+      ->transform(size_or_auto, "SIZE|auto");
+  cmd.add_option("--data-parallel-size", p.dp, "Data-parallel replicas (-dp), or auto (default: what tp x pp leave)")
+      ->transform(size_or_auto, "SIZE|auto");
   cmd.add_option("--device", p.device, "Compute device")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd.add_option("--topology", p.topology, "Cluster description (JSON, see strata topo --json) instead of detection");
   cmd.add_flag("--force", p.force, "Run a layout the placement refuses (a TP group across nodes or NVLink islands)");
@@ -67,6 +84,9 @@ int cli_main(int argc, char** argv) {
                    "Seconds a rank may wait without progress (a stuck or dead peer) before the job is aborted "
                    "with what it was waiting for; 0 = never")
       ->check(CLI::NonNegativeNumber);
+  generate->add_option("--part", gen.part,
+                       "K/N: only part K (0-based) of N contiguous parts of the prompts, with the ids and seeds they "
+                       "have in the whole file (Slurm job arrays; concatenating parts 0..N-1 gives the whole run)");
   generate->add_flag("--overwrite", gen.overwrite, "Replace an existing non-empty output file");
   generate->add_flag("--record-logits", gen.record_logits,
                      "Add the full-vocabulary logits of every generated position to each result (debugging, tests)");

@@ -6,7 +6,7 @@
 namespace strata {
 
 struct ParallelOptions {
-  int tp = 1, pp = 1, dp = 0;  // dp 0: world size / (tp * pp)
+  int tp = 1, pp = 1, dp = 0;  // 0: auto (placement chooses; dp: world size / (tp * pp))
   std::string device = "cpu";
   std::string topology;  // a cluster description instead of detection
   bool force = false;    // run a layout the placement refuses
@@ -14,6 +14,7 @@ struct ParallelOptions {
 
 struct GenerateOptions {
   std::string model, prompts, output = "-", prompt_format = "auto", progress = "auto";
+  std::string part;  // "K/N": only contiguous part K of N of the prompts (job arrays); "": all
   ParallelOptions parallel;
   std::int64_t max_tokens = 64;
   double temperature = 0.0, top_p = 1.0;

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <sstream>
 
 #include "io/prompts.h"
 #include "io/results.h"
@@ -133,8 +134,28 @@ class Progress {
   double start_ = seconds(), last_ = 0;
 };
 
+// Prompts [first, last) of part "K/N": N contiguous parts as equal as possible (the first ones one longer).
+std::pair<std::size_t, std::size_t> part_range(const std::string& part, std::size_t total) {
+  if (part.empty()) return {0, total};
+  std::size_t k = 0, n = 0;
+  char slash = 0, extra = 0;
+  std::istringstream in(part);
+  const bool parsed = bool(in >> k >> slash >> n) && slash == '/' && !(in >> extra);
+  STRATA_CHECK(parsed && n >= 1 && k < n, Usage, "--part ", part, ": expected K/N with 0 <= K < N (e.g. 2/8)");
+  const std::size_t base = total / n, longer = total % n;
+  const std::size_t first = k * base + std::min(k, longer);
+  return {first, first + base + (k < longer ? 1 : 0)};
+}
+
+// The stage limits generation runs with (and placement sizes `auto` layouts by).
+StageLimits generate_limits(const GenerateOptions& o, const ModelConfig& config) {
+  const std::int64_t model_len = o.max_model_len ? o.max_model_len : config.max_position_embeddings;
+  return {std::max<std::int32_t>(o.max_num_batched_tokens, std::int32_t(model_len)), o.max_batch_size,
+          std::int32_t(model_len)};
+}
+
 int generate(Job& job, const GenerateOptions& o) {
-  prepare_job(job, o.model, o.parallel);
+  prepare_job(job, o.model, o.parallel, [&](const ModelConfig& config) { return generate_limits(o, config); });
   const ParallelLayout& layout = *job.layout;
   Communicator* world = job.groups.world.get();
   const std::int64_t model_len = o.max_model_len ? o.max_model_len : job.config.max_position_embeddings;
@@ -142,18 +163,19 @@ int generate(Job& job, const GenerateOptions& o) {
                " exceeds the model's max_position_embeddings ", job.config.max_position_embeddings);
 
   const std::vector<Prompt> prompts = load_prompts(o, *world);
+  // --part K/N: contiguous slice K of N; indices (ids, seeds) stay those of the whole file.
+  const auto [first, last] = part_range(o.part, prompts.size());
   std::vector<Request> mine;  // this replica's share, built (and validated) on every rank
-  for (std::size_t i = 0; i < prompts.size(); ++i) {
+  for (std::size_t i = first; i < last; ++i) {
     Request r = make_request(prompts[i], std::int64_t(i), o, *job.tokenizer, model_len, job.config.vocab_size);
     if (std::int64_t(i) % layout.sizes().dp == layout.dp_rank() && layout.is_first_stage())
       mine.push_back(std::move(r));
   }
 
   std::unique_ptr<ResultWriter> writer;
-  if (layout.world_rank() == 0) writer = std::make_unique<ResultWriter>(o.output, o.overwrite, prompts.size());
+  if (layout.world_rank() == 0) writer = std::make_unique<ResultWriter>(o.output, o.overwrite, last - first);
 
-  const StageLimits limits{std::max<std::int32_t>(o.max_num_batched_tokens, std::int32_t(model_len)), o.max_batch_size,
-                           std::int32_t(model_len)};
+  const StageLimits limits = generate_limits(o, job.config);
   if (layout.world_rank() == 0 && !o.quiet)  // the plan, before anything loads
     std::fprintf(stderr, "%s", plan_table(job.topology, layout, job.config, limits).c_str());
   check_memory(job, limits);
@@ -161,7 +183,8 @@ int generate(Job& job, const GenerateOptions& o) {
   if (layout.world_rank() == 0 && !o.quiet)
     log_info("model ", o.model, " (", fixed(double(job.config.parameter_count()) / 1e6, 1), "M parameters) on ",
              layout.world_size(), " ranks: dp ", layout.sizes().dp, " x pp ", layout.sizes().pp, " x tp ",
-             layout.sizes().tp, ", ", job.node.node_count, " node(s); ", prompts.size(), " prompts");
+             layout.sizes().tp, ", ", job.node.node_count, " node(s); ", last - first, " prompts",
+             o.part.empty() ? "" : cat(" (part ", o.part, " of ", prompts.size(), ")"));
 
   // Armed for generation only: before it, loading has no peers to wait for; after it, ranks legitimately wait
   // (rank 0 for slower replicas, everyone at the final barrier) and a dead rank ends the job through the launcher.
@@ -174,11 +197,11 @@ int generate(Job& job, const GenerateOptions& o) {
                                o.micro_batches,  o.record_logits,   watchdog.get()};
   Engine engine(*job.stage, layout, *world, *job.groups.tp, *job.tokenizer, engine_options);
 
-  Progress progress(prompts.size(), o.quiet || layout.world_rank() != 0 ? "none" : o.progress);
+  Progress progress(last - first, o.quiet || layout.world_rank() != 0 ? "none" : o.progress);
   const bool leader = layout.is_first_stage() && layout.tp_rank() == 0;
   SendQueue sends(64);  // records in flight to rank 0
   auto accept = [&](std::int64_t index, const nlohmann::json& record) {
-    writer->submit(std::size_t(index), record);
+    writer->submit(std::size_t(index) - first, record);
     progress.record(record.at("completion_tokens").get<std::int64_t>());
   };
   // Rank 0: records from other replicas, and which replicas have sent their last one.

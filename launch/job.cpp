@@ -2,6 +2,7 @@
 #include "launch/job.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -35,24 +36,79 @@ int run_as_mpi_job(int argc, char** argv, const std::function<int(Job&)>& body) 
   }
 }
 
-void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& parallel) {
+DetectOptions detect_options() {
+  DetectOptions options;
+  if (const char* visible = std::getenv("CUDA_VISIBLE_DEVICES")) options.cuda_visible_devices = std::string(visible);
+  return options;
+}
+
+ModelFit model_fit(const ModelConfig& config, const StageLimits& limits, bool on_gpus) {
+  ModelFit fit;
+  fit.split_problem = [config](int tp, int pp) {
+    try {
+      check_split(config, tp, pp);
+      return std::string();
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+  };
+  fit.bytes_per_rank = [config, limits](int tp, int pp) {
+    std::int64_t most = 0;  // stages differ (embedding, head): the busiest decides
+    for (int stage = 0; stage < pp; ++stage)
+      most = std::max(most, estimate_stage_memory(ShardPlan(config, {tp, 0, pp, stage}), limits).total());
+    return most;
+  };
+  fit.on_gpus = on_gpus;
+  return fit;
+}
+
+namespace {
+// --device cuda: node-local rank i drives visible GPU i; refused with host, ranks and devices named otherwise.
+DeviceBinding bind_this_rank(const Job& job, const DetectOptions& options) {
+  const NodeTopology& node = job.topology.node_of(job.layout->world_rank());
+  const GpuScan scan = scan_gpus(options.nvml_library);
+  BindRequest request{node.hostname,
+                      node.ranks,
+                      job.node.local_rank,
+                      apply_visible_devices(scan.devices, options.cuda_visible_devices),
+                      int(scan.devices.size()),
+                      options.cuda_visible_devices,
+                      scan.status};
+  return bind_device(request);
+}
+}  // namespace
+
+void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& parallel,
+                 const std::function<StageLimits(const ModelConfig&)>& limits_for) {
   int world_size = 0, world_rank = 0;
   STRATA_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world_size));
   STRATA_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank));
+  job.manifest = Manifest::read(model_dir);
+  job.config = ModelConfig::from_json(job.manifest.model, manifest_path(model_dir));
   // Every rank computes the same placement from the same topology: no rank arithmetic elsewhere.
-  job.topology = parallel.topology.empty() ? detect_topology(MPI_COMM_WORLD) : Topology::load(parallel.topology);
+  const DetectOptions options = detect_options();
+  job.topology =
+      parallel.topology.empty() ? detect_topology(MPI_COMM_WORLD, options) : Topology::load(parallel.topology);
   STRATA_CHECK(job.topology.world_size() == world_size, Usage, "the topology ", parallel.topology, " describes ",
                job.topology.world_size(), " ranks but this job has ", world_size);
+  const ModelFit fit =
+      model_fit(job.config, limits_for ? limits_for(job.config) : StageLimits{1, 1, 1}, parallel.device == "cuda");
+  // Memory sizes `auto` layouts here; a fixed layout is checked by check_memory against what is available now.
+  ModelFit split_only = fit;
+  if (!limits_for || (parallel.tp && parallel.pp)) split_only.bytes_per_rank = nullptr;
   const Placement placement =
-      place_ranks(job.topology, LayoutSizes{parallel.dp, parallel.pp, parallel.tp}, parallel.force);
-  if (world_rank == 0)
+      place_ranks(job.topology, LayoutSizes{parallel.dp, parallel.pp, parallel.tp}, parallel.force, &split_only);
+  if (world_rank == 0) {
+    for (const auto& note : placement.notes) log_info("placement: ", note);
     for (const auto& warning : placement.warnings) log_warn(warning, " (running anyway: --force)");
+  }
   const LayoutSizes sizes = placement.sizes;
   job.layout = std::make_unique<ParallelLayout>(sizes, placement.ranks_by_position, world_rank);
   set_log_prefix(cat("rank ", world_rank, " (", job.layout->coordinates(), ") ", job.node.hostname));
   job.groups = make_mpi_groups(*job.layout);
 
   if (parallel.device == "cuda") {
+    job.device = bind_this_rank(job, options);
 #ifdef STRATA_WITH_CUDA
     const auto gpus = cuda_devices();
     throw Error(ErrorKind::Usage, cat("--device cuda: this build sees ", gpus.size(),
@@ -62,8 +118,6 @@ void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& 
 #endif
   }
 
-  job.manifest = Manifest::read(model_dir);
-  job.config = ModelConfig::from_json(job.manifest.model, manifest_path(model_dir));
   check_split(job.config, sizes.tp, sizes.pp);  // before anything loads, with the numbers
   job.tokenizer = make_tokenizer(job.manifest.tokenizer, manifest_path(model_dir));
   STRATA_CHECK(job.tokenizer->vocab_size() <= job.config.vocab_size, Checkpoint, manifest_path(model_dir),

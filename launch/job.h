@@ -3,6 +3,7 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "io/checkpoint.h"
@@ -11,6 +12,7 @@
 #include "layers/transformer.h"
 #include "runtime/base/parallel_layout.h"
 #include "runtime/comm/mpi/mpi_communicator.h"
+#include "topology/gpus.h"
 #include "topology/node.h"
 #include "topology/placement.h"
 #include "topology/topology.h"
@@ -21,6 +23,7 @@ struct Job {
   NodeInfo node;
   Topology topology;
   std::unique_ptr<ParallelLayout> layout;
+  std::optional<DeviceBinding> device;  // --device cuda: the GPU this rank drives
   Manifest manifest;
   ModelConfig config;
   std::unique_ptr<Tokenizer> tokenizer;
@@ -34,8 +37,17 @@ struct Job {
 // and ends every rank of the job (MPI_Abort), so no rank is left waiting in a collective.
 int run_as_mpi_job(int argc, char** argv, const std::function<int(Job&)>& body);
 
-// Layout and communicators, then manifest, config, split and tokenizer: everything checkable before loading.
-void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& parallel);
+// The one place detection reads the process environment (CUDA_VISIBLE_DEVICES).
+DetectOptions detect_options();
+
+// Placement's view of the model: which tp x pp splits work and what the busiest rank needs.
+ModelFit model_fit(const ModelConfig& config, const StageLimits& limits, bool on_gpus);
+
+// Manifest and config, then the placement (auto sizes resolved with `limits_for`, the memory budget of a config;
+// empty: no memory fit), layout and communicators, then the device, split and tokenizer: everything checkable
+// before loading.
+void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& parallel,
+                 const std::function<StageLimits(const ModelConfig&)>& limits_for = {});
 // The plan table: every rank's host, local rank, coordinates, layers, memory estimate, and the bytes it sends per
 // generated token over each kind of link. Pure: works from a description file without MPI.
 std::string plan_table(const Topology& topology, const ParallelLayout& any_rank_layout, const ModelConfig& config,

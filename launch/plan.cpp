@@ -12,12 +12,15 @@ namespace {
 std::string plan_for(const Topology& topology, const PlanOptions& o) {
   const Manifest manifest = Manifest::read(o.model);
   const ModelConfig config = ModelConfig::from_json(manifest.model, manifest_path(o.model));
-  const Placement placement = place_ranks(topology, {o.parallel.dp, o.parallel.pp, o.parallel.tp}, o.parallel.force);
-  check_split(config, placement.sizes.tp, placement.sizes.pp);
-  const ParallelLayout layout(placement.sizes, placement.ranks_by_position, 0);
   const std::int32_t model_len = o.max_model_len ? o.max_model_len : std::int32_t(config.max_position_embeddings);
   const StageLimits limits{std::max(o.max_num_batched_tokens, model_len), o.max_batch_size, model_len};
+  const ModelFit fit = model_fit(config, limits, o.parallel.device == "cuda");
+  const Placement placement =
+      place_ranks(topology, {o.parallel.dp, o.parallel.pp, o.parallel.tp}, o.parallel.force, &fit);
+  check_split(config, placement.sizes.tp, placement.sizes.pp);
+  const ParallelLayout layout(placement.sizes, placement.ranks_by_position, 0);
   std::string text;
+  for (const auto& note : placement.notes) text += "auto: " + note + "\n";
   for (const auto& warning : placement.warnings) text += "warning: " + warning + " (running anyway: --force)\n";
   return text + plan_table(topology, layout, config, limits);
 }
@@ -35,7 +38,7 @@ int run_plan(const PlanOptions& o, int argc, char** argv) {
     }
   }
   return run_as_mpi_job(argc, argv, [&](Job& job) {
-    const Topology topology = detect_topology(MPI_COMM_WORLD);
+    const Topology topology = detect_topology(MPI_COMM_WORLD, detect_options());
     int rank = 0;
     STRATA_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
     if (rank == 0) std::printf("%s", plan_for(topology, o).c_str());

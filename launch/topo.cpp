@@ -28,7 +28,7 @@ int run_topo(const TopoOptions& o, int argc, char** argv) {
     }
   }
   return run_as_mpi_job(argc, argv, [&](Job& job) {
-    const Topology topology = detect_topology(MPI_COMM_WORLD);
+    const Topology topology = detect_topology(MPI_COMM_WORLD, detect_options());
     int rank = 0;
     STRATA_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
     if (rank == 0) print(topology, o.json);

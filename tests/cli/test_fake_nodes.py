@@ -42,6 +42,7 @@ code, again, _ = h.run(["topo", "--topology", description, "--json"])
 h.check(code == 0 and json.loads(again) == detected, "the detected topology reads back unchanged as a description")
 table, _ = on_fake_nodes("nodea:1,nodeb:2,nodec:1", ["topo"])
 h.check("3 node(s), 4 rank(s)" in table and "nodec" in table, f"uneven nodes are reported as they are:\n{table}")
+h.check("ranks per node differ (nodea 1, nodeb 2, nodec 1)" in table, f"and the difference is said:\n{table}")
 
 model = h.init("model", "--preset", "tiny", "-tp", "2", "-pp", "2")
 prompts = h.write("prompts.txt", "Hello world\nThe quick brown fox\nOnce upon a time\n")

@@ -1,11 +1,12 @@
 // Topology: the description format (round trip, every kind of bad input named), the fabric summary, and node
-// description from a fake sysfs tree.
+// description from a fake sysfs tree; GPUs (NVLink islands, CUDA_VISIBLE_DEVICES, device binding) and auto placement.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
 
 #include "runtime/base/error.h"
+#include "topology/gpus.h"
 #include "topology/placement.h"
 #include "topology/topology.h"
 
@@ -98,6 +99,18 @@ TEST(Topology, NodeDescriptionFromSysfs) {
   EXPECT_EQ(node.links[1].name, "mlx5_0");
   EXPECT_EQ(node.links[1].kind, "infiniband");
   EXPECT_EQ(node.links[1].speed_mbps, 200000);
+  // A network namespace: only a veth (up) and a bridge; the veth is the node's link.
+  fs::remove_all(root / "class");
+  for (const char* nic : {"eth0", "br0"}) {
+    fs::create_directories(root / "class/net" / nic);
+    std::ofstream(root / "class/net" / nic / "type") << "1\n";
+    std::ofstream(root / "class/net" / nic / "operstate") << "up\n";
+  }
+  fs::create_directories(root / "class/net/br0/bridge");
+  const NodeTopology in_namespace = describe_this_node(root.string());
+  ASSERT_EQ(in_namespace.links.size(), 1u);
+  EXPECT_EQ(in_namespace.links[0].name, "eth0");
+  EXPECT_EQ(in_namespace.links[0].kind, "ethernet");
   fs::remove_all(root);
 }
 
@@ -161,4 +174,205 @@ TEST(Placement, RefusesTensorGroupsAcrossNodesOrIslandsAndSaysWhatWorks) {
   EXPECT_NE(placement_error(islands, {0, 1, 8}).find("an NVLink island of node dgx has 4 rank(s)"), std::string::npos);
   EXPECT_NE(placement_error(islands, {0, 1, 8}).find("communicate over PCIe"), std::string::npos);
   EXPECT_NE(placement_error(islands, {3, 1, 1}).find("world size 8 does not equal"), std::string::npos);
+}
+
+namespace {
+// A node of `n` GPUs (`memory` bytes each); `nvlink(a, b)` says whether a and b share an NVLink.
+template <typename Linked>
+nlohmann::json gpu_node(const std::string& host, std::vector<int> ranks, int n, std::int64_t memory, Linked nvlink) {
+  nlohmann::json node = {{"hostname", host}, {"ranks", ranks}, {"devices", nlohmann::json::array()}};
+  for (int d = 0; d < n; ++d) {
+    nlohmann::json links = nlohmann::json::array();
+    for (int q = 0; q < n; ++q)
+      if (q != d)
+        links.push_back(
+            {{"peer", q}, {"kind", nvlink(d, q) ? "nvlink" : "pcie-system"}, {"nvlinks", nvlink(d, q) ? 4 : 0}});
+    node["devices"].push_back({{"id", d}, {"name", "GPU"}, {"memory_bytes", memory}, {"links", links}});
+  }
+  return node;
+}
+
+std::vector<int> range(int from, int to) {
+  std::vector<int> v;
+  for (int i = from; i < to; ++i) v.push_back(i);
+  return v;
+}
+
+// A model whose busiest rank needs `weights` / (tp * pp) plus a fixed 1 GiB, split valid when tp divides 8 heads.
+ModelFit fake_model(std::int64_t weights) {
+  ModelFit fit;
+  fit.split_problem = [](int tp, int) { return 8 % tp == 0 ? std::string() : "heads do not divide"; };
+  fit.bytes_per_rank = [weights](int tp, int pp) { return weights / (tp * pp) + (1ll << 30); };
+  fit.on_gpus = true;
+  return fit;
+}
+constexpr std::int64_t GiB = 1ll << 30;
+}  // namespace
+
+TEST(Gpus, NvlinkIslandsFromTheLinkMatrix) {
+  // 0-1 and 2-3 linked, 4 alone, 5-6 linked through 5's link list only.
+  std::vector<Device> devices(7);
+  for (int d = 0; d < 7; ++d) devices[std::size_t(d)].id = d;
+  devices[0].nvlink_peers = {1};
+  devices[1].nvlink_peers = {0};
+  devices[2].nvlink_peers = {3};
+  devices[3].nvlink_peers = {2};
+  devices[5].nvlink_peers = {6};
+  EXPECT_EQ(nvlink_islands(devices), (std::vector<std::vector<int>>{{0, 1}, {2, 3}, {4}, {5, 6}}));
+  const Topology t = Topology::from_json(
+      {{"nodes", {gpu_node("n", range(0, 8), 8, 80 * GiB, [](int a, int b) { return a / 4 == b / 4; })}}}, "x");
+  const auto islands = nvlink_islands(t.nodes[0].devices);
+  EXPECT_EQ(islands, (std::vector<std::vector<int>>{{0, 1, 2, 3}, {4, 5, 6, 7}}))
+      << "links of kind nvlink make the peers";
+  EXPECT_EQ(t.nodes[0].devices[0].links[0].nvlinks, 4);
+  EXPECT_EQ(Topology::from_json(t.to_json(), "again").to_json(), t.to_json());
+}
+
+TEST(Gpus, CudaVisibleDevicesLikeCuda) {
+  std::vector<Device> all(4);
+  const char* uuids[] = {"GPU-aaaa1111", "GPU-bbbb2222", "GPU-bbbc3333", "GPU-dddd4444"};
+  for (int d = 0; d < 4; ++d) {
+    all[std::size_t(d)].id = d;
+    all[std::size_t(d)].uuid = uuids[d];
+    all[std::size_t(d)].pci_bus_id = "0000:0" + std::to_string(d) + ":00.0";
+    for (int q = 0; q < 4; ++q)
+      if (q != d) all[std::size_t(d)].links.push_back({q, d / 2 == q / 2 ? "nvlink" : "pcie-system", d / 2 == q / 2});
+  }
+  EXPECT_EQ(apply_visible_devices(all, std::nullopt).physical, (std::vector<int>{0, 1, 2, 3}));
+  const VisibleGpus two = apply_visible_devices(all, std::string("3, 2"));
+  EXPECT_EQ(two.physical, (std::vector<int>{3, 2}));
+  ASSERT_EQ(two.devices.size(), 2u);
+  EXPECT_EQ(two.devices[0].id, 0) << "renumbered in the order listed";
+  EXPECT_EQ(two.devices[0].pci_bus_id, "0000:03:00.0");
+  EXPECT_EQ(two.devices[0].nvlink_peers, std::vector<int>{1}) << "3 and 2 share an NVLink; now 0 and 1";
+  EXPECT_EQ(two.devices[0].links.size(), 1u) << "links to hidden devices are dropped";
+  EXPECT_TRUE(two.note.empty());
+  EXPECT_EQ(apply_visible_devices(all, std::string("GPU-dddd,aaaa1")).physical, (std::vector<int>{3, 0}))
+      << "UUID prefixes, with or without GPU-";
+  const VisibleGpus ambiguous = apply_visible_devices(all, std::string("1,GPU-bbb,0"));
+  EXPECT_EQ(ambiguous.physical, std::vector<int>{1}) << "CUDA stops at the first bad entry";
+  EXPECT_NE(ambiguous.note.find("entry 'GPU-bbb' is a UUID prefix that matches several GPUs"), std::string::npos)
+      << ambiguous.note;
+  EXPECT_NE(apply_visible_devices(all, std::string("0,7")).note.find("index 7 but the node has 4 GPU(s)"),
+            std::string::npos);
+  EXPECT_NE(apply_visible_devices(all, std::string("0,0")).note.find("listed twice"), std::string::npos);
+  EXPECT_NE(apply_visible_devices(all, std::string("MIG-1234")).note.find("MIG"), std::string::npos);
+  EXPECT_TRUE(apply_visible_devices(all, std::string("")).devices.empty()) << "empty hides every GPU";
+}
+
+TEST(Gpus, BindDeviceOneRankPerVisibleGpuOrSayWhy) {
+  std::vector<Device> all(4);
+  for (int d = 0; d < 4; ++d) all[std::size_t(d)] = {d, "H100", 80 * GiB, {}, "0000:0" + std::to_string(d) + ":00.0"};
+  BindRequest r{"nodeb", {4, 5, 6}, 2, apply_visible_devices(all, std::string("1,2,3")), 4, "1,2,3", "4 GPU(s)"};
+  const DeviceBinding b = bind_device(r);
+  EXPECT_EQ(b.index, 2);
+  EXPECT_EQ(b.pci_bus_id, "0000:03:00.0");
+  auto error = [](const BindRequest& req) {
+    try {
+      bind_device(req);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  r.cuda_visible_devices = "1,2";
+  r.visible = apply_visible_devices(all, r.cuda_visible_devices);
+  EXPECT_NE(error(r).find("host nodeb runs 3 ranks (4,5,6) but only 2 of its 4 GPU(s) are visible "
+                          "(CUDA_VISIBLE_DEVICES=1,2), so rank 6 (local rank 2) has no device"),
+            std::string::npos)
+      << error(r);
+  r.cuda_visible_devices = "";
+  r.visible = apply_visible_devices(all, r.cuda_visible_devices);
+  EXPECT_NE(error(r).find("CUDA_VISIBLE_DEVICES= hides all 4 GPU(s), so rank 6 has none"), std::string::npos)
+      << error(r);
+  r.physical_count = 0;
+  r.gpu_status = "no NVML (no NVIDIA driver)";
+  EXPECT_NE(error(r).find("host nodeb (ranks 4,5,6) has no GPU: no NVML (no NVIDIA driver)"), std::string::npos);
+}
+
+TEST(Gpus, NoDriverIsAStatusNotAnError) {
+  const GpuScan scan = scan_gpus("libstrata-no-such-nvml.so.1");
+  EXPECT_TRUE(scan.devices.empty());
+  EXPECT_NE(scan.status.find("no NVML (no NVIDIA driver)"), std::string::npos) << scan.status;
+}
+
+TEST(Topology, BadDeviceLinksAreNamed) {
+  nlohmann::json j = {{"nodes", {gpu_node("n", {0, 1}, 2, GiB, [](int, int) { return true; })}}};
+  j["nodes"][0]["devices"][0]["links"][0] = {{"peer", 5}, {"kind", "pcie-system"}};
+  EXPECT_NE(error_of(j).find("device 0 has a pcie-system link to device 5, which is not another device"), std::string::npos)
+      << error_of(j);
+  j = {{"nodes", {gpu_node("n", {0, 1}, 2, GiB, [](int, int) { return true; })}}};
+  j["nodes"][0]["devices"][1]["links"][0]["kind"] = "infinity-fabric";
+  EXPECT_NE(error_of(j).find("kind 'infinity-fabric'"), std::string::npos) << error_of(j);
+  j["nodes"][0]["devices"][1]["links"][0]["kind"] = "pcie-switch";
+  EXPECT_NE(error_of(j).find("an nvlink link needs nvlinks >= 1 and a PCIe link none"), std::string::npos);
+  j = {{"nodes", {{{"hostname", "n"}, {"ranks", {0}}, {"memory_bytes", -5}}}}};
+  EXPECT_NE(error_of(j).find("memory_bytes -5 is negative"), std::string::npos);
+}
+
+TEST(Placement, AutoPicksSmallestTpInANodeThenStagesAcrossNodesThenReplicas) {
+  // Two nodes of 8 GPUs with 80 GiB each, NVLink between all GPUs of a node.
+  const Topology t = Topology::from_json({{"nodes",
+                                           {gpu_node("a", range(0, 8), 8, 80 * GiB, [](int, int) { return true; }),
+                                            gpu_node("b", range(8, 16), 8, 80 * GiB, [](int, int) { return true; })}}},
+                                         "cluster.json");
+  EXPECT_EQ(t.rank_memory_bytes(true), 80 * GiB);
+  auto sizes = [&](std::int64_t weights, LayoutSizes asked) {
+    const ModelFit model = fake_model(weights);
+    const LayoutSizes s = place_ranks(t, asked, false, &model).sizes;
+    return std::vector<int>{s.tp, s.pp, s.dp};
+  };
+  EXPECT_EQ(sizes(10 * GiB, {0, 0, 0}), (std::vector<int>{1, 1, 16})) << "fits one GPU: all replicas";
+  EXPECT_EQ(sizes(150 * GiB, {0, 0, 0}), (std::vector<int>{2, 1, 8})) << "needs 2 GPUs: tp 2 inside a node";
+  EXPECT_EQ(sizes(500 * GiB, {0, 0, 0}), (std::vector<int>{8, 1, 2})) << "tp 8 fills a node";
+  EXPECT_EQ(sizes(1000 * GiB, {0, 0, 0}), (std::vector<int>{8, 2, 1})) << "more than a node: stages across nodes";
+  EXPECT_EQ(sizes(500 * GiB, {0, 2, 0}), (std::vector<int>{4, 2, 2})) << "pp fixed: smallest tp for it";
+  EXPECT_EQ(sizes(150 * GiB, {2, 0, 0}), (std::vector<int>{8, 1, 2})) << "dp fixed: tp x pp = 8, tp first";
+  EXPECT_EQ(sizes(150 * GiB, {4, 0, 0}), (std::vector<int>{4, 1, 4}));
+  EXPECT_EQ(sizes(1000 * GiB, {0, 0, 4}), (std::vector<int>{4, 4, 1})) << "tp fixed: the fewest stages that fit";
+  // Refusals: nothing fits (auto) and a fixed layout that does not fit, each naming a way out; --force warns.
+  const ModelFit huge = fake_model(5000 * GiB);
+  std::string message;
+  try {
+    place_ranks(t, {0, 0, 0}, false, &huge);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("the model does not fit: even -tp 8 -pp 2 -dp 1 needs 313.50 GiB"), std::string::npos)
+      << message;
+  EXPECT_EQ(place_ranks(t, {0, 0, 0}, true, &huge).warnings.size(), 1u);
+  const ModelFit big = fake_model(500 * GiB);
+  message.clear();
+  try {
+    place_ranks(t, {0, 1, 2}, false, &big);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("does not fit at -tp 2 -pp 1 -dp 8: its busiest rank needs 251.00 GiB but ranks have "
+                         "80.00 GiB. A layout that fits: -tp 8 -pp 1 -dp 2"),
+            std::string::npos)
+      << message;
+  EXPECT_EQ(place_ranks(t, {0, 1, 2}, true, &big).warnings.size(), 1u);
+}
+
+TEST(Placement, AutoKeepsTensorGroupsInsideIslandsAndHonoursTheModelSplit) {
+  // One node of 8 GPUs in two NVLink islands of 4, 24 GiB each: a model needing ~3.5 GPUs gets tp 4, not 8.
+  const Topology t = Topology::from_json(
+      {{"nodes", {gpu_node("dgx", range(0, 8), 8, 24 * GiB, [](int a, int b) { return a / 4 == b / 4; })}}}, "x");
+  const ModelFit model = fake_model(80 * GiB);
+  const Placement p = place_ranks(t, {0, 0, 0}, false, &model);
+  EXPECT_EQ(p.sizes.tp, 4);
+  EXPECT_EQ(p.sizes.dp, 2);
+  ASSERT_EQ(p.notes.size(), 1u);
+  EXPECT_NE(p.notes[0].find("-tp auto -pp auto -dp auto -> -tp 4 -pp 1 -dp 2"), std::string::npos) << p.notes[0];
+  // 8 heads: tp 3 never qualifies; on 6 CPU ranks, auto goes to tp 2 (tp 3 and 6 do not divide the heads).
+  const Topology cpus = described(R"({"nodes": [{"hostname": "c", "ranks": [0, 1, 2, 3, 4, 5],
+                                                  "memory_bytes": 60000000000}]})");
+  const ModelFit cpu_model = [] {
+    ModelFit m = fake_model(12 * GiB);
+    m.on_gpus = false;
+    return m;
+  }();
+  EXPECT_EQ(cpus.rank_memory_bytes(false), 10000000000);
+  EXPECT_EQ(place_ranks(cpus, {0, 0, 0}, false, &cpu_model).sizes.tp, 2);
 }
