@@ -197,7 +197,7 @@ void Engine::run_follower() {
   for (;;) {
     beat(waiting_for_activations_.c_str());
     const std::vector<char> message = world_.recv(layout_.prev_stage_rank(), Tag::Activations);
-    beat("computing a step (layers, tensor-parallel all-reduces, sampling all-gathers, sends)");
+    beat("computing a step or waiting for its tensor-parallel peers (all-reduces, sampling all-gathers, sends)");
     const ParsedStep step = parse_step(message, hidden);
     if (step.header.kind == kStop) {
       if (!layout_.is_last_stage()) sends.push(world_.isend(pack_stop(), layout_.next_stage_rank(), Tag::Activations));
@@ -347,7 +347,7 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
         metas.push_back(m);
       }
       const std::vector<SeqChunk> chunks = chunks_of(metas);
-      beat("computing a step (layers, tensor-parallel all-reduces, sampling all-gathers, sends)");
+      beat("computing a step or waiting for its tensor-parallel peers (all-reduces, sampling all-gathers, sends)");
       const TensorView out = stage_.forward(chunks, ids, nullptr);
       ++stats.steps;
       if (single_stage) {
