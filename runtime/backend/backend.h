@@ -1,7 +1,10 @@
 // The Backend interface: the small table of operations a transformer forward pass needs, declared once and
 // implemented per device (cpu/ now, cuda/ with the CUDA issue). Layers and the engine see only this interface.
-// All ops are asynchronous with respect to the host only where a backend says so; the CPU backend is synchronous.
-// Activations are f32 on the CPU backend. Shapes are written beside each op: T = tokens in the step,
+// Ops are ordered as called; download() and sample_candidates() return only when their results are on the host
+// (the CPU backend is synchronous; the CUDA backend queues everything else on its stream).
+// Dtypes: a backend keeps weights in weight_dtype() and activations / KV cache in activation_dtype() (CPU: f32
+// both; CUDA: bf16 or f16). Logits are f32 everywhere (linear() may write an f32 y from lower-precision inputs).
+// Shapes are written beside each op: T = tokens in the step,
 // K = in features, N = out features, H = heads, D = head_dim.
 #pragma once
 #include <cstdint>
@@ -10,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/backend/sampling.h"
 #include "runtime/tensor/tensor.h"
 
 namespace strata {
@@ -34,18 +38,23 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+  // The dtype layers allocate activations, the KV cache and norm/bias vectors in, and the one weights are kept in.
+  virtual DType activation_dtype() const { return DType::F32; }
+  virtual DType weight_dtype() const { return DType::F32; }
 
   // Memory of this backend's kind, uninitialised.
   virtual Tensor allocate(Shape shape, DType dtype) = 0;
-  // Copies `count` f32 values from host memory into dst (which may be device memory).
+  // Copies dst.numel() f32 values from host memory into dst (which may be device memory, of any dtype: converted).
   virtual void upload(const float* host, TensorView dst) = 0;
-  // Copies src into host memory as f32.
+  // Copies src (any dtype) into host memory as f32; returns when the values are there.
   virtual void download(TensorView src, float* host) = 0;
 
   // y[T,N] = x[T,K] . w[N,K]^T (+ bias[N] when bias.data != nullptr). w is a Hugging Face Linear weight.
   virtual void linear(TensorView x, TensorView w, TensorView bias, TensorView y) = 0;
   // y[T,K] = x / rms(x) * weight[K]; y may alias x.
   virtual void rms_norm(TensorView x, TensorView weight, float eps, TensorView y) = 0;
+  // residual += x; y = rms_norm(residual) * weight (the decoder block's add + next norm, fused). [T,K] each.
+  virtual void rms_norm_residual(TensorView residual, TensorView x, TensorView weight, float eps, TensorView y) = 0;
   // y += x, same shapes.
   virtual void add(TensorView y, TensorView x) = 0;
   // In place on x[T, H, D] for every head; positions[T] are absolute token positions.
@@ -64,6 +73,12 @@ class Backend {
                          float scale, TensorView out) = 0;
   // dst[i, :] = src[rows[i], :]
   virtual void gather_rows(TensorView src, std::span<const std::int32_t> rows, TensorView dst) = 0;
+  // Sampling candidates of each row of logits[R, local_vocab] (f32, this rank's vocab shard starting at global id
+  // vocab_offset): row i writes requests[i].count candidates at out + offsets[i] (host memory), best first for
+  // TopK. Returns when they are on the host. See sampling.h.
+  virtual void sample_candidates(TensorView logits, std::int64_t vocab_offset,
+                                 std::span<const CandidateRequest> requests, std::span<const std::int64_t> offsets,
+                                 SampleCandidate* out) = 0;
 };
 
 // The CPU backend (OpenBLAS, fp32). `threads` = BLAS threads for this rank (0: leave OpenBLAS's default).

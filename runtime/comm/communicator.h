@@ -77,6 +77,8 @@ class Communicator {
 struct CommGroups {
   std::unique_ptr<Communicator> world;
   std::unique_ptr<Communicator> tp;
+  // The tensor-parallel group for device tensors (NCCL with --device cuda); null means use tp.
+  std::unique_ptr<Communicator> tp_device;
   std::unique_ptr<Communicator> pp;
   std::unique_ptr<Communicator> dp;
 };
