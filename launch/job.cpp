@@ -2,6 +2,7 @@
 #include "launch/job.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -9,6 +10,7 @@
 #include "layers/checkpoint_weights.h"
 #include "runtime/base/log.h"
 #ifdef STRATA_WITH_CUDA
+#include "runtime/backend/cuda/cuda_backend.h"
 #include "runtime/backend/cuda/device_info.h"
 #endif
 
@@ -35,6 +37,35 @@ int run_as_mpi_job(int argc, char** argv, const std::function<int(Job&)>& body) 
   }
 }
 
+namespace {
+
+std::string visible_devices() {
+  const char* v = std::getenv("CUDA_VISIBLE_DEVICES");
+  return v ? std::string(v) : std::string("unset");
+}
+
+// One rank per GPU: the node-local rank picks the device among those CUDA_VISIBLE_DEVICES leaves visible.
+void bind_gpu(Job& job) {
+#ifdef STRATA_WITH_CUDA
+  const auto gpus = cuda_devices();
+  STRATA_CHECK(!gpus.empty(), Usage, "--device cuda: no GPU visible on ", job.node.hostname,
+               " (CUDA_VISIBLE_DEVICES=", visible_devices(), ")");
+  STRATA_CHECK(job.node.local_size <= int(gpus.size()), Usage, "--device cuda: ", job.node.hostname, " runs ",
+               job.node.local_size, " ranks but sees ", gpus.size(),
+               " GPU(s) (CUDA_VISIBLE_DEVICES=", visible_devices(),
+               "); run one rank per GPU (fewer ranks per node, or more nodes)");
+  const CudaDevice& gpu = gpus[std::size_t(job.node.local_rank)];
+  job.gpu = gpu.index;
+  log_info("rank ", job.layout->world_rank(), ": GPU ", gpu.index, " (", gpu.name, ", PCI ", gpu.pci_bus_id,
+           ", CUDA_VISIBLE_DEVICES=", visible_devices(), ")");
+#else
+  (void)job;
+  throw Error(ErrorKind::Usage, "--device cuda: this strata was built without CUDA (STRATA_CUDA=OFF or no nvcc)");
+#endif
+}
+
+}  // namespace
+
 void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& parallel) {
   int world_size = 0, world_rank = 0;
   STRATA_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world_size));
@@ -52,15 +83,8 @@ void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& 
   set_log_prefix(cat("rank ", world_rank, " (", job.layout->coordinates(), ") ", job.node.hostname));
   job.groups = make_mpi_groups(*job.layout);
 
-  if (parallel.device == "cuda") {
-#ifdef STRATA_WITH_CUDA
-    const auto gpus = cuda_devices();
-    throw Error(ErrorKind::Usage, cat("--device cuda: this build sees ", gpus.size(),
-                                      " GPU(s) but the CUDA backend is not implemented yet; use --device cpu"));
-#else
-    throw Error(ErrorKind::Usage, "--device cuda: this strata was built without CUDA (STRATA_CUDA=OFF or no nvcc)");
-#endif
-  }
+  job.device = parallel.device;
+  if (job.device == "cuda") bind_gpu(job);
 
   job.manifest = Manifest::read(model_dir);
   job.config = ModelConfig::from_json(job.manifest.model, manifest_path(model_dir));
@@ -92,7 +116,41 @@ std::string gib(std::int64_t bytes) {
 }
 }  // namespace
 
+namespace {
+
+// Device memory the CUDA backend holds outside its arena: cuBLAS workspace (32 MiB), f32 staging (16 MiB), decode
+// attention partials and step buffers (a few MiB), with room for the allocator's granularity.
+constexpr std::int64_t kCudaBackendOverhead = std::int64_t(128) << 20;
+
+#ifdef STRATA_WITH_CUDA
+DType gpu_dtype(const Job& job) { return cuda_compute_dtype(job.manifest.dtype); }
+#endif
+
+// The GPU check: run on every rank, then agreed over the world so that every rank stops, each with a message.
+void check_gpu_memory(const Job& job, const StageLimits& limits) {
+#ifdef STRATA_WITH_CUDA
+  const StageMemory need = estimate_stage_memory(*job.plan, limits, gpu_dtype(job), gpu_dtype(job));
+  const CudaMemoryInfo gpu = cuda_memory_info(job.gpu);
+  const bool fits = need.total() + kCudaBackendOverhead <= std::int64_t(gpu.free_bytes);
+  const bool all_fit = job.groups.world->all_reduce_max(fits ? 0 : 1) == 0;
+  STRATA_CHECK(fits, Memory, "rank ", job.layout->world_rank(), " (host ", job.node.hostname, ", GPU ", job.gpu,
+               "): needs ", gib(need.total() + kCudaBackendOverhead), " (weights ", gib(need.weights), ", KV cache ",
+               gib(need.kv_cache), ", workspace ", gib(need.workspace + kCudaBackendOverhead), "), ",
+               gib(std::int64_t(gpu.free_bytes)), " free of ", gib(std::int64_t(gpu.total_bytes)),
+               "; try a larger -tp/-pp or a smaller --max-batch-size / --max-model-len");
+  STRATA_CHECK(all_fit, Memory, "rank ", job.layout->world_rank(), " (host ", job.node.hostname, ", GPU ", job.gpu,
+               ") fits, but another rank is out of GPU memory (see its message); try a larger -tp/-pp or a "
+               "smaller --max-batch-size / --max-model-len");
+#else
+  (void)job;
+  (void)limits;
+#endif
+}
+
+}  // namespace
+
 void check_memory(const Job& job, const StageLimits& limits) {
+  if (job.device == "cuda") return check_gpu_memory(job, limits);
   const StageMemory need = estimate_stage_memory(*job.plan, limits);
   const std::int64_t available = available_memory_bytes();
   if (available < 0) return;  // no /proc/meminfo: nothing to check against
@@ -104,6 +162,30 @@ void check_memory(const Job& job, const StageLimits& limits) {
                "--max-batch-size, --max-model-len or --max-num-batched-tokens");
 }
 
+namespace {
+
+std::unique_ptr<Backend> make_backend(const Job& job, const StageLimits& limits, int threads) {
+  if (job.device != "cuda") return make_cpu_backend(threads);
+#ifdef STRATA_WITH_CUDA
+  STRATA_CHECK(job.layout->sizes().tp == 1 || job.groups.tp_device, Usage,
+               "--device cuda with tensor parallelism needs a device communicator (NCCL), which this build lacks; "
+               "use -tp 1 (pipeline parallelism works over MPI)");
+  CudaBackendOptions options;
+  options.device = job.gpu;
+  options.dtype = gpu_dtype(job);
+  // The arena holds what the stage allocates; each tensor is rounded up to 256 bytes (a layer has ~15 tensors, so
+  // 256 KiB of slack per layer is ample).
+  const StageMemory need = estimate_stage_memory(*job.plan, limits, options.dtype, options.dtype);
+  options.arena_bytes =
+      std::size_t(need.total()) + (std::size_t(256) << 10) * std::size_t(job.plan->local_layers() + 4);
+  return make_cuda_backend(options);
+#else
+  throw Error(ErrorKind::Usage, "--device cuda: this strata was built without CUDA");
+#endif
+}
+
+}  // namespace
+
 std::vector<std::string> load_stage(Job& job, const std::string& model_dir, const StageLimits& limits) {
   const int threads = cpu_threads_per_rank(job.node);
   const int machine_cores = int(std::thread::hardware_concurrency());
@@ -111,10 +193,11 @@ std::vector<std::string> load_stage(Job& job, const std::string& model_dir, cons
     log_info("the ", job.node.local_size, " rank(s) on ", job.node.hostname, " use ", threads * job.node.local_size,
              " of ", machine_cores, " cores (the launcher bound each rank to ", threads,
              "); with mpirun add --bind-to socket or --bind-to none to use them all");
-  if (!job.backend) job.backend = make_cpu_backend(threads);
+  if (!job.backend) job.backend = make_backend(job, limits, threads);
   job.stage.reset();  // a reload frees the previous weights first
   CheckpointWeightSource source(model_dir, job.manifest, *job.plan);
-  job.stage = std::make_unique<TransformerStage>(*job.plan, source, *job.backend, *job.groups.tp, limits);
+  Communicator& tp = job.groups.tp_device ? *job.groups.tp_device : *job.groups.tp;  // device tensors: NCCL
+  job.stage = std::make_unique<TransformerStage>(*job.plan, source, *job.backend, tp, limits);
   std::string files;
   for (const auto& path : source.opened()) files += (files.empty() ? "" : ", ") + path;
   log_debug("loaded layers ", job.plan->layer_begin(), "-", job.plan->layer_end() - 1, " from ", files, " (", threads,
