@@ -173,6 +173,8 @@ std::unique_ptr<Backend> make_backend(const Job& job, const StageLimits& limits,
   CudaBackendOptions options;
   options.device = job.gpu;
   options.dtype = gpu_dtype(job);
+  const char* graphs = std::getenv("STRATA_CUDA_GRAPHS");  // "0": run decode steps op by op (debugging)
+  options.graphs = !(graphs && std::string(graphs) == "0");
   // The arena holds what the stage allocates; each tensor is rounded up to 256 bytes (a layer has ~15 tensors, so
   // 256 KiB of slack per layer is ample).
   const StageMemory need = estimate_stage_memory(*job.plan, limits, options.dtype, options.dtype);

@@ -131,14 +131,14 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
   backend_.attention(chunks, heads_view(q_, plan_.local_heads()), k_cache_[l].view(), v_cache_[l].view(),
                      float(1.0 / std::sqrt(double(c.head_dim))), heads_view(attn_, plan_.local_heads()));
   backend_.linear(rows(attn_), w.o.view(), TensorView{}, rows(proj_));
-  tp_.all_reduce_sum(rows(proj_));
+  all_reduce(rows(proj_));
 
   // MLP: column-parallel gate/up (stacked), SwiGLU, row-parallel down_proj, one all-reduce.
   backend_.rms_norm_residual(h, rows(proj_), w.post_norm.view(), float(c.rms_norm_eps), x);
   backend_.linear(x, w.gate_up.view(), TensorView{}, rows(gate_up_));
   backend_.swiglu(rows(gate_up_), rows(act_));
   backend_.linear(rows(act_), w.down.view(), TensorView{}, rows(proj_));
-  tp_.all_reduce_sum(rows(proj_));  // added to the residual by the next block (or after the last one in forward)
+  all_reduce(rows(proj_));  // added to the residual by the next block (or after the last one in forward)
 }
 
 TensorView TransformerStage::forward(std::span<const SeqChunk> chunks, std::span<const std::int32_t> token_ids,
@@ -157,24 +157,48 @@ TensorView TransformerStage::forward(std::span<const SeqChunk> chunks, std::span
   STRATA_CHECK(tokens <= limits_.max_tokens && std::int64_t(chunks.size()) <= limits_.max_seqs, Internal, "step of ",
                tokens, " tokens / ", chunks.size(), " sequences exceeds the workspace (", limits_.max_tokens, " / ",
                limits_.max_seqs, ")");
+  // Decode steps of a single-stage replica (every chunk one token, no activations arriving from the host) repeat
+  // the same ops on the same shapes for a given batch size: the backend may record them once and replay them.
+  bool decode = true;
+  for (const auto& chunk : chunks) decode = decode && chunk.n_tokens == 1;
+  const bool graphable = decode && plan_.is_first_stage() && plan_.is_last_stage() && tp_.graph_capturable();
+  const StepMode mode = backend_.begin_step(graphable ? std::int64_t(chunks.size()) : -1);
+  replaying_ = mode == StepMode::Replay;
+  TensorView out;
+  try {
+    out = run_step(chunks, token_ids, hidden_in, tokens);
+  } catch (...) {
+    replaying_ = false;
+    backend_.abort_step();
+    throw;
+  }
+  replaying_ = false;
+  backend_.end_step();
+  if (plan_.is_last_stage() || hidden_host_.empty()) return out;
+  const TensorView host = hidden_host_.view().slice_rows(0, tokens);
+  backend_.download(out, host.f32());
+  return host;
+}
+
+void TransformerStage::all_reduce(TensorView data) {
+  if (!replaying_) tp_.all_reduce_sum(data);
+}
+
+TensorView TransformerStage::run_step(std::span<const SeqChunk> chunks, std::span<const std::int32_t> token_ids,
+                                      const float* hidden_in, std::int64_t tokens) {
   const TensorView h = hidden_.view().slice_rows(0, tokens);
 
   if (plan_.is_first_stage()) {
     STRATA_CHECK(std::int64_t(token_ids.size()) == tokens, Internal, token_ids.size(), " token ids for ", tokens,
                  " tokens");
     backend_.embedding(token_ids, embed_.view(), plan_.vocab_offset(), h);
-    tp_.all_reduce_sum(h);  // each rank filled only the rows of its vocabulary shard
+    all_reduce(h);  // each rank filled only the rows of its vocabulary shard
   } else {
     backend_.upload(hidden_in, h);
   }
   for (std::size_t l = 0; l < layers_.size(); ++l) decoder_block(l, chunks, tokens);
   if (!layers_.empty()) backend_.add(h, proj_.view().slice_rows(0, tokens));  // the last block's MLP output
-  if (!plan_.is_last_stage()) {
-    if (hidden_host_.empty()) return h;
-    const TensorView host = hidden_host_.view().slice_rows(0, tokens);
-    backend_.download(h, host.f32());
-    return host;
-  }
+  if (!plan_.is_last_stage()) return h;
 
   last_row_index_.clear();
   for (const auto& chunk : chunks) last_row_index_.push_back(chunk.token_offset + chunk.n_tokens - 1);

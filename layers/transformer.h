@@ -63,6 +63,10 @@ class TransformerStage {
   Tensor load_stacked(WeightSource& source, const TensorSpec& first, const TensorSpec& second);
   Tensor load_rows(WeightSource& source, const std::vector<TensorSpec>& parts, std::int64_t rows);
   void decoder_block(std::size_t layer, std::span<const SeqChunk> chunks, std::int64_t tokens);
+  TensorView run_step(std::span<const SeqChunk> chunks, std::span<const std::int32_t> token_ids, const float* hidden_in,
+                      std::int64_t tokens);
+  // The tensor-parallel all-reduce, skipped while a step graph replays (the graph holds it).
+  void all_reduce(TensorView data);
 
   ShardPlan plan_;
   Backend& backend_;
@@ -78,6 +82,7 @@ class TransformerStage {
   Tensor hidden_, normed_, q_, k_, v_, attn_, proj_, gate_up_, act_, last_rows_, logits_;
   Tensor hidden_host_;  // f32 host copy of the output hidden state, for backends whose memory is not the host's
   std::vector<std::int32_t> positions_, last_row_index_;
+  bool replaying_ = false;
 };
 
 }  // namespace strata

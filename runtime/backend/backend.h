@@ -34,6 +34,9 @@ struct RopeParams {
   std::int32_t head_dim = 0;
 };
 
+// How a backend runs one step's ops; see Backend::begin_step.
+enum class StepMode : std::uint8_t { Run, Capture, Replay };
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -41,6 +44,15 @@ class Backend {
   // The dtype layers allocate activations, the KV cache and norm/bias vectors in, and the one weights are kept in.
   virtual DType activation_dtype() const { return DType::F32; }
   virtual DType weight_dtype() const { return DType::F32; }
+
+  // Step graphs (CUDA graphs). A stage calls begin_step(key) before the ops of a step whose op sequence and shapes
+  // recur under `key` (>= 0; -1: not graphable) and end_step() after them, or abort_step() if they threw.
+  // Run: ops execute as called (the CPU backend always). Capture: ops are recorded and end_step() runs the
+  // recording. Replay: op calls only refresh their host inputs (ids, positions, chunks, rows) and end_step() runs
+  // the recording of `key`; the caller must skip its own collectives, which the recording already holds.
+  virtual StepMode begin_step(std::int64_t key) { return StepMode::Run; }
+  virtual void end_step() {}
+  virtual void abort_step() noexcept {}
 
   // Memory of this backend's kind, uninitialised.
   virtual Tensor allocate(Shape shape, DType dtype) = 0;

@@ -24,11 +24,11 @@ namespace {
 
 constexpr double kRtol = 1.0 / 128;  // 2^-7
 
-#define SKIP_WITHOUT_GPU()                                                                                        \
-  do {                                                                                                            \
-    if (cuda_devices().empty())                                                                                   \
+#define SKIP_WITHOUT_GPU()                                                                                       \
+  do {                                                                                                           \
+    if (cuda_devices().empty())                                                                                  \
       GTEST_SKIP() << "no CUDA GPU visible (cudaGetDeviceCount reports none): CUDA backend tests run only on a " \
-                      "machine with a GPU";                                                                       \
+                      "machine with a GPU";                                                                      \
   } while (0)
 
 float round_bf16(float v) { return bf16_to_f32(f32_to_bf16(v)); }
@@ -75,8 +75,8 @@ struct Pair {
     }
   }
   if (bad == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << bad << " of " << got.size() << " elements outside tolerance; worst at " << worst
-                                       << ": got " << got[worst] << ", reference " << ref[worst];
+  return ::testing::AssertionFailure() << bad << " of " << got.size() << " elements outside tolerance; worst at "
+                                       << worst << ": got " << got[worst] << ", reference " << ref[worst];
 }
 
 }  // namespace
@@ -294,30 +294,40 @@ class Bf16Weights final : public WeightSource {
 // are rounded ~12 times per layer (2^-9 relative on average each, random signs); over 2 layers that accumulates to
 // ~1% of the activations' scale, and the LM head keeps it proportional; 3% leaves a 3x margin. Greedy choices must
 // agree wherever the CPU's top-two margin exceeds twice that tolerance.
-TEST(CudaBackend, WholeStageLogitsAndGreedyTokensMatchCpu) {
+// A second CUDA stage runs with step graphs: decode step 1 is the warm-up, step 2 is captured, steps 3.. replay;
+// the kernels and their launch shapes are the same, so its logits must equal the graph-free ones (to 1e-3 of the
+// logit scale: a replay with stale inputs would be off by the whole scale).
+// The cache holds 600 positions, so decode attention splits the keys (3 ranges) in both.
+TEST(CudaBackend, WholeStageLogitsAndGreedyTokensMatchCpuWithAndWithoutGraphs) {
   SKIP_WITHOUT_GPU();
-  const ModelConfig config = test::tiny_config();
+  ModelConfig config = test::tiny_config();
+  config.max_position_embeddings = 1024;
   const ShardPlan plan(config, StageCoordinates{1, 0, 1, 0});
-  const StageLimits limits{64, 4, 64};
-  test::LocalCommunicator tp_cpu, tp_gpu;
+  const StageLimits limits{64, 4, 600};
+  test::LocalCommunicator tp_cpu, tp_gpu, tp_graph;
   auto cpu = make_cpu_backend(1);
-  auto gpu = make_cuda_backend(CudaBackendOptions{0, DType::BF16, 0});
-  Bf16Weights w1(7), w2(7);
+  auto gpu = make_cuda_backend(CudaBackendOptions{0, DType::BF16, 0, /*graphs=*/false});
+  auto graph = make_cuda_backend(CudaBackendOptions{0, DType::BF16, 0, /*graphs=*/true});
+  Bf16Weights w1(7), w2(7), w3(7);
   TransformerStage cpu_stage(plan, w1, *cpu, tp_cpu, limits);
   TransformerStage gpu_stage(plan, w2, *gpu, tp_gpu, limits);
+  TransformerStage graph_stage(plan, w3, *graph, tp_graph, limits);
 
   std::vector<SeqChunk> chunks{{0, 0, 9, 0}, {1, 0, 4, 9}};
   std::vector<std::int32_t> ids{256, 72, 101, 108, 108, 111, 32, 119, 111, 256, 65, 66, 67};
   const std::int64_t vocab = plan.local_vocab();
   std::int64_t compared_tokens = 0;
-  for (int step = 0; step < 6; ++step) {
+  for (int step = 0; step < 7; ++step) {
     const TensorView cl = cpu_stage.forward(chunks, ids, nullptr);
     const TensorView gl = gpu_stage.forward(chunks, ids, nullptr);
-    std::vector<float> got(static_cast<std::size_t>(gl.numel()));
+    std::vector<float> got(static_cast<std::size_t>(gl.numel())), replayed(got.size());
     gpu->download(gl, got.data());
+    graph->download(graph_stage.forward(chunks, ids, nullptr), replayed.data());
     float scale = 0;
     for (std::int64_t i = 0; i < cl.numel(); ++i) scale = std::max(scale, std::abs(cl.f32()[i]));
     const double tol = 0.03 * scale;
+    // Same kernels and launch shapes; only cuBLAS could pick another algorithm under capture, so allow 1e-3.
+    EXPECT_TRUE(close(replayed, got.data(), 1e-3 * scale, 0)) << "graphs vs none, step " << step;
     ASSERT_TRUE(close(got, cl.f32(), tol, 0)) << "step " << step;
     // Next tokens: the CPU's greedy choice, checked against the CUDA one where the margin is clear.
     std::vector<SeqChunk> next;
@@ -342,4 +352,26 @@ TEST(CudaBackend, WholeStageLogitsAndGreedyTokensMatchCpu) {
     ids = next_ids;
   }
   RecordProperty("greedy_tokens_compared", int(compared_tokens));
+}
+
+// Negative control for the graph comparison: a replayed step whose inputs were not refreshed would repeat the
+// captured step's logits; here the inputs change between steps, so consecutive logits must differ.
+TEST(CudaBackend, GraphReplayUsesEachStepsInputs) {
+  SKIP_WITHOUT_GPU();
+  const ModelConfig config = test::tiny_config();
+  const ShardPlan plan(config, StageCoordinates{1, 0, 1, 0});
+  test::LocalCommunicator tp;
+  auto graph = make_cuda_backend(CudaBackendOptions{0, DType::BF16, 0, /*graphs=*/true});
+  Bf16Weights w(3);
+  TransformerStage stage(plan, w, *graph, tp, StageLimits{16, 2, 32});
+  std::vector<float> previous, now(static_cast<std::size_t>(plan.local_vocab()));
+  for (int step = 0; step < 5; ++step) {  // step 0 warms up, 1 is captured, 2.. replay
+    const std::vector<SeqChunk> chunks{{0, step, 1, 0}};
+    const std::vector<std::int32_t> ids{std::int32_t(65 + step)};
+    graph->download(stage.forward(chunks, ids, nullptr), now.data());
+    if (!previous.empty()) {
+      EXPECT_NE(0, std::memcmp(previous.data(), now.data(), now.size() * 4)) << "step " << step;
+    }
+    previous = now;
+  }
 }

@@ -1,10 +1,15 @@
 // The CUDA backend: every op queued on one stream of one device; device memory from one arena; small per-step
 // inputs (token ids, positions, the token -> (slot, position) table) mirrored in device buffers and re-uploaded only
 // when they change; host waits poll the stream so a monitor (NCCL errors, timeouts) runs while they wait.
+// Step graphs: the second decode step of a batch size is captured (relaxed mode: no host sync happens inside a
+// step), later ones replay it. Every step input is copied from its pinned mirror inside the graph, so a replay only
+// has to rewrite the pinned mirrors; any buffer that moves (a mirror or the attention partials growing) drops the
+// graphs, which are captured again.
 #include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <thread>
 #include <vector>
 
@@ -24,14 +29,16 @@ cuda::Elem elem(DType d) { return cuda::Elem(int(d)); }
 
 constexpr std::size_t kArenaAlignment = 256;                   // cudaMalloc's own alignment
 constexpr std::int64_t kStagingElems = std::int64_t(4) << 20;  // 16 MiB of f32 per upload/download chunk
-constexpr std::int64_t kKeysPerSplit = 256;                    // decode attention: keys per block
-constexpr int kMaxSplits = 128;
+constexpr std::int64_t kKeysPerSplit = 256;  // decode attention: keys per block (at most kMaxSplits ranges)
+constexpr int kMaxSplits = 64;
 
 // Host bytes mirrored in device memory. `copied` marks when the pinned copy has been read by the device, so the
 // next change waits for it before overwriting.
+// Invariant: the pinned buffer holds `last`.
 struct Mirror {
   std::vector<char> last;
   bool valid = false, pending = false;
+  std::uint64_t written_in_step = 0;  // graph steps: a mirror may take only one content per step
   std::size_t capacity = 0;
   cuda::PinnedMemory host;
   cuda::DeviceMemory device;
@@ -47,7 +54,7 @@ int bind_device(int device) {
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const CudaBackendOptions& options)
-      : device_(bind_device(options.device)), dtype_(options.dtype) {
+      : device_(bind_device(options.device)), dtype_(options.dtype), graphs_enabled_(options.graphs) {
     STRATA_CHECK(dtype_ == DType::BF16 || dtype_ == DType::F16, Usage, "the CUDA backend computes in bf16 or f16, not ",
                  dtype_name(dtype_));
     stream_ = cuda::make_stream();
@@ -69,7 +76,43 @@ class CudaBackend final : public Backend {
   }
 
   ~CudaBackend() override {
+    abort_step();
     if (stream_) cudaStreamSynchronize(stream_.get());  // nothing may still read what is about to be freed
+  }
+
+  StepMode begin_step(std::int64_t key) override {
+    if (mode_ != StepMode::Run) abort_step();  // a previous step ended without end_step
+    ++step_;
+    if (!graphs_enabled_ || key < 0) return StepMode::Run;
+    key_ = key;
+    if (graphs_.count(key)) return mode_ = StepMode::Replay;
+    if (++warm_[key] < 2) return StepMode::Run;    // the warm-up grows every buffer this shape needs
+    for (Mirror* m : mirrors()) m->valid = false;  // so each one's first use records its copy in the graph
+    STRATA_CUDA_CHECK(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeRelaxed));
+    return mode_ = StepMode::Capture;
+  }
+
+  void end_step() override {
+    const StepMode mode = std::exchange(mode_, StepMode::Run);
+    if (mode == StepMode::Run) return;
+    if (mode == StepMode::Capture) {
+      cudaGraph_t raw = nullptr;
+      STRATA_CUDA_CHECK(cudaStreamEndCapture(stream(), &raw));
+      const cuda::Graph graph(raw);
+      cudaGraphExec_t exec = nullptr;
+      STRATA_CUDA_CHECK(cudaGraphInstantiate(&exec, graph.get(), 0));
+      graphs_[key_] = cuda::GraphExec(exec);
+    }
+    STRATA_CUDA_CHECK(cudaGraphLaunch(graphs_.at(key_).get(), stream()));  // a capture ran nothing yet
+  }
+
+  void abort_step() noexcept override {
+    if (std::exchange(mode_, StepMode::Run) != StepMode::Capture) return;
+    cudaGraph_t raw = nullptr;
+    cudaStreamEndCapture(stream_.get(), &raw);
+    if (raw) cudaGraphDestroy(raw);
+    cudaGetLastError();
+    for (Mirror* m : mirrors()) m->valid = false;  // their recorded copies never ran
   }
 
   std::string name() const override { return "cuda"; }
@@ -105,6 +148,7 @@ class CudaBackend final : public Backend {
 
   void upload(const float* host, TensorView dst) override {
     on_device(dst, "upload");
+    outside_graph_steps("upload");
     const std::int64_t n = dst.numel();
     const std::size_t elem_bytes = dtype_size(dst.dtype);
     for (std::int64_t done = 0; done < n;) {
@@ -128,6 +172,7 @@ class CudaBackend final : public Backend {
 
   void download(TensorView src, float* host) override {
     on_device(src, "download");
+    outside_graph_steps("download");
     const std::int64_t n = src.numel();
     const std::size_t elem_bytes = dtype_size(src.dtype);
     for (std::int64_t done = 0; done < n;) {
@@ -154,6 +199,7 @@ class CudaBackend final : public Backend {
     on_device(x, "linear");
     on_device(w, "linear");
     on_device(y, "linear");
+    if (replaying()) return;
     gemm_->linear(x.data, w.data, y.data, elem(x.dtype), elem(y.dtype), tokens, out, in);
     if (bias.data) {
       STRATA_CHECK(bias.numel() == out, Internal, "linear: bias ", shape_string(bias.shape), " for ", out, " outputs");
@@ -164,6 +210,7 @@ class CudaBackend final : public Backend {
 
   void rms_norm(TensorView x, TensorView weight, float eps, TensorView y) override {
     check_norm(x, weight, y, "rms_norm");
+    if (replaying()) return;
     cuda::rms_norm(x.data, weight.data, y.data, elem(x.dtype), elem(weight.dtype), x.rows(), x.row_elems(), eps,
                    stream());
   }
@@ -171,6 +218,7 @@ class CudaBackend final : public Backend {
   void rms_norm_residual(TensorView residual, TensorView x, TensorView weight, float eps, TensorView y) override {
     check_norm(x, weight, y, "rms_norm_residual");
     check_norm(residual, weight, y, "rms_norm_residual");
+    if (replaying()) return;
     cuda::rms_norm_residual(residual.data, x.data, weight.data, y.data, elem(x.dtype), elem(weight.dtype), x.rows(),
                             x.row_elems(), eps, stream());
   }
@@ -180,6 +228,7 @@ class CudaBackend final : public Backend {
                  dtype_name(y.dtype), " vs ", shape_string(x.shape), " ", dtype_name(x.dtype));
     on_device(y, "add");
     on_device(x, "add");
+    if (replaying()) return;
     cuda::add(y.data, x.data, elem(y.dtype), y.numel(), stream());
   }
 
@@ -194,6 +243,7 @@ class CudaBackend final : public Backend {
     const auto* pos = static_cast<const std::int32_t*>(mirror(positions_, positions.data(), positions.size_bytes()));
     const auto* freq =
         static_cast<const float*>(mirror(inv_freq_, params.inv_freq.data(), params.inv_freq.size() * sizeof(float)));
+    if (replaying()) return;
     cuda::rope(x.data, elem(x.dtype), pos, freq, tokens, x.row_elems() / dim, dim, stream());
   }
 
@@ -203,6 +253,7 @@ class CudaBackend final : public Backend {
         Internal, "swiglu: gate_up ", shape_string(gate_up.shape), " out ", shape_string(out.shape));
     on_device(gate_up, "swiglu");
     on_device(out, "swiglu");
+    if (replaying()) return;
     cuda::swiglu(gate_up.data, out.data, elem(out.dtype), out.rows(), out.row_elems(), stream());
   }
 
@@ -215,6 +266,7 @@ class CudaBackend final : public Backend {
     on_device(out, "embedding");
     if (ids.empty()) return;
     const auto* dev_ids = static_cast<const std::int32_t*>(mirror(ids_, ids.data(), ids.size_bytes()));
+    if (replaying()) return;
     cuda::embedding(dev_ids, table.data, elem(table.dtype), out.data, elem(out.dtype), std::int64_t(ids.size()), width,
                     vocab_offset, table.rows(), stream());
   }
@@ -233,6 +285,7 @@ class CudaBackend final : public Backend {
     if (tokens.empty()) return;
     const auto* dev =
         static_cast<const cuda::TokenSlot*>(mirror(tokens_, tokens.data(), tokens.size() * sizeof(cuda::TokenSlot)));
+    if (replaying()) return;
     cuda::kv_store(k.data, v.data, k_cache.data, v_cache.data, elem(k.dtype), dev, std::int64_t(tokens.size()), row,
                    max_len, stream());
   }
@@ -255,19 +308,19 @@ class CudaBackend final : public Backend {
     if (tokens.empty()) return;
     const auto* dev =
         static_cast<const cuda::TokenSlot*>(mirror(tokens_, tokens.data(), tokens.size() * sizeof(cuda::TokenSlot)));
-    // Decode steps (every chunk one token) split long prefixes over several blocks (flash-decoding); prefill
-    // already has a block per (token, head).
+    // Decode steps (every chunk one token) split the cache length into ranges, one block each (flash-decoding);
+    // prefill already has a block per (token, head). The split depends on the cache size only, never on the
+    // sequences' lengths, so a recorded decode step stays valid (blocks past a sequence's end return at once).
     bool decode = true;
-    std::int64_t longest = 0;
     for (const auto& c : chunks) decode = decode && c.n_tokens == 1;
-    for (const auto& t : tokens) longest = std::max<std::int64_t>(longest, t.pos + 1);
     int splits = 1;
-    std::int64_t per_split = longest;
-    if (decode && longest > kKeysPerSplit) {
-      splits = int(std::min<std::int64_t>(kMaxSplits, (longest + kKeysPerSplit - 1) / kKeysPerSplit));
-      per_split = (longest + splits - 1) / splits;
+    std::int64_t per_split = s.max_len;
+    if (decode && s.max_len > kKeysPerSplit) {
+      splits = int(std::min<std::int64_t>(kMaxSplits, (s.max_len + kKeysPerSplit - 1) / kKeysPerSplit));
+      per_split = (s.max_len + splits - 1) / splits;
       reserve_partials(std::size_t(s.tokens * s.q_heads * splits), std::size_t(s.head_dim));
     }
+    if (replaying()) return;
     cuda::attention(q.data, k_cache.data, v_cache.data, out.data, elem(q.dtype), dev, s, splits, per_split,
                     static_cast<float*>(partial_out_.get()), static_cast<float*>(partial_ml_.get()), stream());
   }
@@ -282,6 +335,7 @@ class CudaBackend final : public Backend {
     on_device(dst, "gather_rows");
     if (rows.empty()) return;
     const auto* dev = static_cast<const std::int32_t*>(mirror(rows_, rows.data(), rows.size_bytes()));
+    if (replaying()) return;
     cuda::gather_rows(src.data, dev, dst.data, std::int64_t(rows.size()),
                       src.row_elems() * std::int64_t(dtype_size(src.dtype)), stream());
   }
@@ -293,6 +347,7 @@ class CudaBackend final : public Backend {
                  Internal, "sample_candidates: ", requests.size(), " requests for ", shape_string(logits.shape), " ",
                  dtype_name(logits.dtype));
     on_device(logits, "sample_candidates");
+    outside_graph_steps("sample_candidates");
     const std::int64_t vocab = logits.row_elems();
     // Rows asking for few candidates are reduced on the device; the rest (top-p without top-k) download the row.
     std::vector<cuda::DeviceCandidateRequest> device_rows(requests.size());
@@ -333,6 +388,18 @@ class CudaBackend final : public Backend {
  private:
   static std::string gib(std::size_t bytes) { return cat(double(bytes) / double(1ull << 30), " GiB"); }
 
+  bool replaying() const { return mode_ == StepMode::Replay; }
+  void outside_graph_steps(const char* op) const {
+    STRATA_CHECK(mode_ == StepMode::Run, Internal, op, " inside a recorded step (it waits for the host)");
+  }
+  std::vector<Mirror*> mirrors() { return {&ids_, &positions_, &inv_freq_, &tokens_, &rows_, &requests_}; }
+  // Buffers a recorded step points to are moving: forget every recording (they are captured again).
+  void drop_graphs(const char* why) {
+    STRATA_CHECK(mode_ == StepMode::Run, Internal, "GPU ", device_, ": ", why, " inside a recorded step");
+    graphs_.clear();
+    warm_.clear();
+  }
+
   void on_device(const TensorView& t, const char* op) const {
     STRATA_CHECK(t.kind == MemoryKind::Device, Internal, op, ": a host tensor ", shape_string(t.shape),
                  " given to the CUDA backend");
@@ -363,11 +430,18 @@ class CudaBackend final : public Backend {
     return table;
   }
 
+  // The device copy of `data`. In a replay only the pinned buffer is rewritten: the recording copies it.
   const void* mirror(Mirror& m, const void* data, std::size_t bytes) {
     if (m.valid && m.last.size() == bytes && (bytes == 0 || std::memcmp(m.last.data(), data, bytes) == 0))
       return m.device.get();
+    if (mode_ != StepMode::Run) {
+      STRATA_CHECK(m.written_in_step != step_, Internal, "GPU ", device_,
+                   ": one step input takes two values in a recorded step");
+      m.written_in_step = step_;
+    }
     if (m.pending) wait_event(m.copied.get(), "a step-input copy to the device");
     if (bytes > m.capacity) {
+      drop_graphs("a step-input buffer grows");
       if (m.device) wait_stream("queued kernels before growing a step-input buffer");
       const std::size_t capacity = std::max<std::size_t>({bytes, 2 * m.capacity, 4096});
       m.device = cuda::device_alloc(capacity);
@@ -375,17 +449,23 @@ class CudaBackend final : public Backend {
       m.capacity = capacity;
     }
     std::memcpy(m.host.get(), data, bytes);
-    STRATA_CUDA_CHECK(cudaMemcpyAsync(m.device.get(), m.host.get(), bytes, cudaMemcpyHostToDevice, stream()));
-    STRATA_CUDA_CHECK(cudaEventRecord(m.copied.get(), stream()));
-    m.pending = true;
     m.last.assign(static_cast<const char*>(data), static_cast<const char*>(data) + bytes);
     m.valid = true;
+    if (replaying()) return m.device.get();  // the recording's copy node reads the pinned buffer
+    STRATA_CUDA_CHECK(cudaMemcpyAsync(m.device.get(), m.host.get(), bytes, cudaMemcpyHostToDevice, stream()));
+    // Inside a capture the record must become a node of the graph (external), so replays record it too.
+    if (mode_ == StepMode::Capture)
+      STRATA_CUDA_CHECK(cudaEventRecordWithFlags(m.copied.get(), stream(), cudaEventRecordExternal));
+    else
+      STRATA_CUDA_CHECK(cudaEventRecord(m.copied.get(), stream()));
+    m.pending = true;
     return m.device.get();
   }
 
   // Grown on first need (the first decode step / sampling step), never inside a steady state.
   void reserve_partials(std::size_t rows, std::size_t dim) {
     if (rows <= partial_rows_ && dim <= partial_dim_) return;
+    drop_graphs("the attention partials grow");
     if (partial_out_) wait_stream("queued attention before growing its partials");
     partial_rows_ = std::max(rows, partial_rows_);
     partial_dim_ = std::max(dim, partial_dim_);
@@ -452,6 +532,13 @@ class CudaBackend final : public Backend {
   cuda::DeviceMemory candidates_dev_;
   cuda::PinnedMemory candidates_host_;
   std::size_t candidates_capacity_ = 0;
+
+  bool graphs_enabled_;
+  StepMode mode_ = StepMode::Run;
+  std::uint64_t step_ = 0;
+  std::int64_t key_ = -1;
+  std::map<std::int64_t, cuda::GraphExec> graphs_;  // recorded decode steps by batch size
+  std::map<std::int64_t, int> warm_;                // steps seen per batch size before recording
 };
 
 CudaBackend& as_cuda(Backend& backend) {

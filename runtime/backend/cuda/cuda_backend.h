@@ -14,6 +14,7 @@ struct CudaBackendOptions {
   DType dtype = DType::BF16;    // weights and activations: BF16 or F16 (see cuda_compute_dtype)
   std::size_t arena_bytes = 0;  // > 0: allocate() carves tensors out of one cudaMalloc of this size (sized from the
                                 // stage's memory estimate); 0: one cudaMalloc per tensor (tests)
+  bool graphs = true;  // record decode steps as CUDA graphs (Backend::begin_step) after one warm-up per batch size
 };
 
 // The dtype the CUDA backend computes in for a checkpoint stored as `stored`: f16 stays f16, bf16 and f32 run as

@@ -1,5 +1,6 @@
-// RAII owners of the CUDA objects the backend holds: device memory, pinned host memory, a stream, an event and a
-// cuBLAS handle. Each frees in its destructor without throwing (a failed free at teardown is not worth an abort).
+// RAII owners of the CUDA objects the backend holds: device memory, pinned host memory, a stream, events, a cuBLAS
+// handle and CUDA graphs. Each frees in its destructor without throwing (a failed free at teardown is not worth an
+// abort).
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -44,12 +45,16 @@ inline void free_pinned(void* p) { cudaFreeHost(p); }
 inline void destroy_stream(cudaStream_t s) { cudaStreamDestroy(s); }
 inline void destroy_event(cudaEvent_t e) { cudaEventDestroy(e); }
 inline void destroy_cublas(cublasHandle_t h) { cublasDestroy(h); }
+inline void destroy_graph(cudaGraph_t g) { cudaGraphDestroy(g); }
+inline void destroy_graph_exec(cudaGraphExec_t g) { cudaGraphExecDestroy(g); }
 
 using DeviceMemory = Owned<void*, free_device>;
 using PinnedMemory = Owned<void*, free_pinned>;
 using Stream = Owned<cudaStream_t, destroy_stream>;
 using Event = Owned<cudaEvent_t, destroy_event>;
 using CublasHandle = Owned<cublasHandle_t, destroy_cublas>;
+using Graph = Owned<cudaGraph_t, destroy_graph>;
+using GraphExec = Owned<cudaGraphExec_t, destroy_graph_exec>;
 
 inline DeviceMemory device_alloc(std::size_t bytes) {
   void* p = nullptr;
