@@ -125,11 +125,17 @@ class CudaBackend final : public Backend {
   }
 
   Tensor allocate(Shape shape, DType dtype) override {
+    outside_graph_steps("allocate");
     const std::size_t bytes = std::size_t(shape_numel(shape)) * dtype_size(dtype);
     if (!arena_) {
       void* p = nullptr;
       if (bytes) STRATA_CUDA_CHECK(cudaMalloc(&p, bytes));
-      return Tensor(Buffer(p, bytes, MemoryKind::Device, [](void* q) { cudaFree(q); }), std::move(shape), dtype);
+      return Tensor(Buffer(p, bytes, MemoryKind::Device,
+                           [this](void* q) {
+                             forget_graphs();  // a recording may point into this memory
+                             cudaFree(q);
+                           }),
+                    std::move(shape), dtype);
     }
     const std::size_t rounded = (bytes + kArenaAlignment - 1) / kArenaAlignment * kArenaAlignment;
     STRATA_CHECK(arena_used_ + rounded <= arena_size_, Memory, "GPU ", device_, ": the device arena of ",
@@ -141,7 +147,10 @@ class CudaBackend final : public Backend {
     // A bump allocator: memory comes back when every tensor is gone (a reload frees the whole stage first).
     return Tensor(Buffer(p, bytes, MemoryKind::Device,
                          [this](void*) {
-                           if (--arena_live_ == 0) arena_used_ = 0;
+                           forget_graphs();
+                           if (--arena_live_ > 0) return;
+                           cudaStreamSynchronize(stream_.get());  // no queued kernel may still use the memory
+                           arena_used_ = 0;
                          }),
                   std::move(shape), dtype);
   }
@@ -396,6 +405,9 @@ class CudaBackend final : public Backend {
   // Buffers a recorded step points to are moving: forget every recording (they are captured again).
   void drop_graphs(const char* why) {
     STRATA_CHECK(mode_ == StepMode::Run, Internal, "GPU ", device_, ": ", why, " inside a recorded step");
+    forget_graphs();
+  }
+  void forget_graphs() noexcept {
     graphs_.clear();
     warm_.clear();
   }
