@@ -1,9 +1,10 @@
 // Causal attention over the KV cache, fp32 softmax and accumulation. One block of 128 threads per (token, query
 // head[, key range]) runs an online softmax over tiles of 128 keys: each thread scores one key of the tile, the
 // block takes the tile maximum, rescales its running sum and output, then each thread accumulates its share of
-// the D output dims over the tile's keys. Prefill uses one key range (the whole causal prefix); decode splits the
-// prefix into ranges (flash-decoding) so a batch of few tokens still fills the GPU, and a second kernel combines
-// the ranges' partial (max, sum, output). Correctness first: K is re-read per query head (no smem K reuse).
+// the D output dims over the tile's keys. Prefill uses one key range (the whole causal prefix); decode cuts the
+// cache length into ranges (flash-decoding) so a batch of few tokens still fills the GPU (ranges past a sequence's
+// end return at once), and a second kernel combines the ranges' partial (max, sum, output). Correctness first: K is
+// re-read per query head (no shared-memory K reuse across a GQA group).
 #include "runtime/backend/cuda/kernels/common.cuh"
 #include "runtime/base/error.h"
 
