@@ -96,12 +96,17 @@ class CudaBackend final : public Backend {
     const StepMode mode = std::exchange(mode_, StepMode::Run);
     if (mode == StepMode::Run) return;
     if (mode == StepMode::Capture) {
-      cudaGraph_t raw = nullptr;
-      STRATA_CUDA_CHECK(cudaStreamEndCapture(stream(), &raw));
-      const cuda::Graph graph(raw);
-      cudaGraphExec_t exec = nullptr;
-      STRATA_CUDA_CHECK(cudaGraphInstantiate(&exec, graph.get(), 0));
-      graphs_[key_] = cuda::GraphExec(exec);
+      try {
+        cudaGraph_t raw = nullptr;
+        STRATA_CUDA_CHECK(cudaStreamEndCapture(stream(), &raw));
+        const cuda::Graph graph(raw);
+        cudaGraphExec_t exec = nullptr;
+        STRATA_CUDA_CHECK(cudaGraphInstantiate(&exec, graph.get(), 0));
+        graphs_[key_] = cuda::GraphExec(exec);
+      } catch (const Error& e) {
+        throw Error(e.kind(), cat(e.what(), " (recording a decode step of batch size ", key_,
+                                  " as a CUDA graph; STRATA_CUDA_GRAPHS=0 runs steps op by op)"));
+      }
     }
     STRATA_CUDA_CHECK(cudaGraphLaunch(graphs_.at(key_).get(), stream()));  // a capture ran nothing yet
   }
