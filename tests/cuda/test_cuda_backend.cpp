@@ -380,3 +380,35 @@ TEST(CudaBackend, GraphReplayUsesEachStepsInputs) {
     previous = now;
   }
 }
+
+// The pipeline path on the GPU: stage 0 downloads its hidden state as f32 and stage 1 uploads it again. bf16 -> f32
+// -> bf16 is exact, and both halves run the same kernels on the same values as one whole stage, so the logits must
+// agree with the single stage's (to 1e-6 of their scale: only a different cuBLAS algorithm choice could differ).
+TEST(CudaBackend, TwoPipelineStagesEqualOneStage) {
+  SKIP_WITHOUT_GPU();
+  const ModelConfig config = test::tiny_config();
+  const StageLimits limits{32, 2, 32};
+  test::LocalCommunicator tp;
+  auto gpu = make_cuda_backend(CudaBackendOptions{0, DType::BF16, 0, /*graphs=*/false});
+  Bf16Weights w0(5), w1(5), w2(5);
+  TransformerStage whole(ShardPlan(config, StageCoordinates{1, 0, 1, 0}), w0, *gpu, tp, limits);
+  TransformerStage first(ShardPlan(config, StageCoordinates{1, 0, 2, 0}), w1, *gpu, tp, limits);
+  TransformerStage last(ShardPlan(config, StageCoordinates{1, 0, 2, 1}), w2, *gpu, tp, limits);
+  const std::vector<SeqChunk> prefill{{0, 0, 6, 0}, {1, 0, 3, 6}};
+  const std::vector<std::int32_t> ids{256, 80, 105, 112, 101, 33, 256, 72, 105};
+  const std::vector<SeqChunk> decode{{0, 6, 1, 0}, {1, 3, 1, 1}};
+  const std::vector<std::int32_t> next{10, 11};
+  for (const auto& [chunks, tokens] : {std::pair{prefill, ids}, std::pair{decode, next}}) {
+    const TensorView hidden = first.forward(chunks, tokens, nullptr);
+    ASSERT_EQ(hidden.kind, MemoryKind::Host);
+    ASSERT_EQ(hidden.dtype, DType::F32);
+    std::vector<float> split(static_cast<std::size_t>(config.vocab_size * std::int64_t(chunks.size()))),
+        single(split.size());
+    gpu->download(last.forward(chunks, {}, hidden.f32()), split.data());
+    gpu->download(whole.forward(chunks, tokens, nullptr), single.data());
+    float scale = 0;
+    for (float v : single) scale = std::max(scale, std::abs(v));
+    EXPECT_TRUE(close(split, single.data(), 1e-6 * scale, 0))
+        << chunks.size() << " chunks, first at " << chunks[0].start_pos;
+  }
+}
