@@ -118,9 +118,9 @@ std::string gib(std::int64_t bytes) {
 
 namespace {
 
-// Device memory the CUDA backend holds outside its arena: cuBLAS workspace (32 MiB), f32 staging (16 MiB), decode
-// attention partials and step buffers (a few MiB), with room for the allocator's granularity.
-constexpr std::int64_t kCudaBackendOverhead = std::int64_t(128) << 20;
+// Device memory the CUDA backend holds outside its arena besides its step buffers: cuBLAS workspace (32 MiB), f32
+// staging (16 MiB), step inputs (KiBs), with room for the allocator's granularity.
+constexpr std::int64_t kCudaBackendFixed = std::int64_t(64) << 20;
 
 #ifdef STRATA_WITH_CUDA
 DType gpu_dtype(const Job& job) { return cuda_compute_dtype(job.manifest.dtype); }
@@ -130,12 +130,15 @@ DType gpu_dtype(const Job& job) { return cuda_compute_dtype(job.manifest.dtype);
 void check_gpu_memory(const Job& job, const StageLimits& limits) {
 #ifdef STRATA_WITH_CUDA
   const StageMemory need = estimate_stage_memory(*job.plan, limits, gpu_dtype(job), gpu_dtype(job));
+  const std::int64_t backend =
+      kCudaBackendFixed + std::int64_t(cuda_step_buffer_bytes(limits.max_seqs, job.plan->local_heads(),
+                                                              job.config.head_dim, limits.max_seq_len));
   const CudaMemoryInfo gpu = cuda_memory_info(job.gpu);
-  const bool fits = need.total() + kCudaBackendOverhead <= std::int64_t(gpu.free_bytes);
+  const bool fits = need.total() + backend <= std::int64_t(gpu.free_bytes);
   const bool all_fit = job.groups.world->all_reduce_max(fits ? 0 : 1) == 0;
   STRATA_CHECK(fits, Memory, "rank ", job.layout->world_rank(), " (host ", job.node.hostname, ", GPU ", job.gpu,
-               "): needs ", gib(need.total() + kCudaBackendOverhead), " (weights ", gib(need.weights), ", KV cache ",
-               gib(need.kv_cache), ", workspace ", gib(need.workspace + kCudaBackendOverhead), "), ",
+               "): needs ", gib(need.total() + backend), " (weights ", gib(need.weights), ", KV cache ",
+               gib(need.kv_cache), ", workspace ", gib(need.workspace + backend), "), ",
                gib(std::int64_t(gpu.free_bytes)), " free of ", gib(std::int64_t(gpu.total_bytes)),
                "; try a larger -tp/-pp or a smaller --max-batch-size / --max-model-len");
   STRATA_CHECK(all_fit, Memory, "rank ", job.layout->world_rank(), " (host ", job.node.hostname, ", GPU ", job.gpu,

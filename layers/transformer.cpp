@@ -105,6 +105,7 @@ TransformerStage::TransformerStage(const ShardPlan& plan, WeightSource& source, 
   logits_ = backend.allocate({limits.max_seqs, plan.local_vocab()}, DType::F32);
   if (!plan.is_last_stage() && (hidden_.view().kind != MemoryKind::Host || act != DType::F32))
     hidden_host_ = Tensor::host({t, h}, DType::F32);
+  backend.reserve_step_buffers(t, limits.max_seqs, limits.max_seq_len, heads, d);
   positions_.reserve(std::size_t(t));
   last_row_index_.reserve(std::size_t(limits.max_seqs));
 }

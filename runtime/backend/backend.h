@@ -54,6 +54,12 @@ class Backend {
   virtual void end_step() {}
   virtual void abort_step() noexcept {}
 
+  // Sizes the buffers a backend keeps per step (step inputs, attention partials) for steps of up to max_tokens
+  // tokens and max_seqs sequences over caches of max_len positions, q_heads x head_dim queries, so that no step
+  // allocates. Backends without such buffers ignore it.
+  virtual void reserve_step_buffers(std::int64_t max_tokens, std::int64_t max_seqs, std::int64_t max_len,
+                                    std::int64_t q_heads, std::int64_t head_dim) {}
+
   // Memory of this backend's kind, uninitialised.
   virtual Tensor allocate(Shape shape, DType dtype) = 0;
   // Copies dst.numel() f32 values from host memory into dst (which may be device memory, of any dtype: converted).

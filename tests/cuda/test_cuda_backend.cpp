@@ -298,8 +298,8 @@ class Bf16Weights final : public WeightSource {
 // are rounded ~12 times per layer (2^-9 relative on average each, random signs); over 2 layers that accumulates to
 // ~1% of the activations' scale, and the LM head keeps it proportional; 3% leaves a 3x margin. Greedy choices must
 // agree wherever the CPU's top-two margin exceeds twice that tolerance.
-// A second CUDA stage runs with step graphs: decode steps 1-2 run op by op (the warm-up; growing the attention
-// partials restarts it), step 3 is captured, steps 4-6 replay;
+// A second CUDA stage runs with step graphs: decode step 1 runs op by op (the warm-up), step 2 is captured, steps
+// 3-6 replay (the stage sized every step buffer at construction, so nothing grows and restarts the warm-up);
 // the kernels and their launch shapes are the same, so its logits must equal the graph-free ones (to 1e-3 of the
 // logit scale: a replay with stale inputs would be off by the whole scale).
 // The cache holds 600 positions, so decode attention splits the keys (3 ranges) in both.

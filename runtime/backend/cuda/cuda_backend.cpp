@@ -32,6 +32,12 @@ constexpr std::int64_t kStagingElems = std::int64_t(4) << 20;  // 16 MiB of f32 
 constexpr std::int64_t kKeysPerSplit = 256;  // decode attention: keys per block (at most kMaxSplits ranges)
 constexpr int kMaxSplits = 64;
 
+// Decode attention's key ranges for a cache of max_len positions (1: no split). Depends on the cache only, so a
+// recorded decode step stays valid as sequences grow.
+int decode_splits(std::int64_t max_len) {
+  return int(std::clamp<std::int64_t>((max_len + kKeysPerSplit - 1) / kKeysPerSplit, 1, kMaxSplits));
+}
+
 // Host bytes mirrored in device memory. `copied` marks when the pinned copy has been read by the device, so the
 // next change waits for it before overwriting.
 // Invariant: the pinned buffer holds `last`.
@@ -327,13 +333,9 @@ class CudaBackend final : public Backend {
     // sequences' lengths, so a recorded decode step stays valid (blocks past a sequence's end return at once).
     bool decode = true;
     for (const auto& c : chunks) decode = decode && c.n_tokens == 1;
-    int splits = 1;
-    std::int64_t per_split = s.max_len;
-    if (decode && s.max_len > kKeysPerSplit) {
-      splits = int(std::min<std::int64_t>(kMaxSplits, (s.max_len + kKeysPerSplit - 1) / kKeysPerSplit));
-      per_split = (s.max_len + splits - 1) / splits;
-      reserve_partials(std::size_t(s.tokens * s.q_heads * splits), std::size_t(s.head_dim));
-    }
+    const int splits = decode ? decode_splits(s.max_len) : 1;
+    const std::int64_t per_split = (s.max_len + splits - 1) / splits;
+    if (splits > 1) reserve_partials(std::size_t(s.tokens * s.q_heads * splits), std::size_t(s.head_dim));
     if (replaying()) return;
     cuda::attention(q.data, k_cache.data, v_cache.data, out.data, elem(q.dtype), dev, s, splits, per_split,
                     static_cast<float*>(partial_out_.get()), static_cast<float*>(partial_ml_.get()), stream());
@@ -352,6 +354,20 @@ class CudaBackend final : public Backend {
     if (replaying()) return;
     cuda::gather_rows(src.data, dev, dst.data, std::int64_t(rows.size()),
                       src.row_elems() * std::int64_t(dtype_size(src.dtype)), stream());
+  }
+
+  void reserve_step_buffers(std::int64_t max_tokens, std::int64_t max_seqs, std::int64_t max_len, std::int64_t q_heads,
+                            std::int64_t head_dim) override {
+    const auto tokens = std::size_t(max_tokens), seqs = std::size_t(max_seqs);
+    grow(ids_, tokens * sizeof(std::int32_t));
+    grow(positions_, tokens * sizeof(std::int32_t));
+    grow(tokens_, tokens * sizeof(cuda::TokenSlot));
+    grow(rows_, seqs * sizeof(std::int32_t));
+    grow(inv_freq_, std::size_t(head_dim / 2) * sizeof(float));
+    grow(requests_, seqs * sizeof(cuda::DeviceCandidateRequest));
+    reserve_candidates(seqs * cuda::kMaxDeviceTopK);
+    const int splits = decode_splits(max_len);
+    if (splits > 1) reserve_partials(seqs * std::size_t(q_heads) * std::size_t(splits), std::size_t(head_dim));
   }
 
   void sample_candidates(TensorView logits, std::int64_t vocab_offset, std::span<const CandidateRequest> requests,
@@ -457,14 +473,7 @@ class CudaBackend final : public Backend {
       m.written_in_step = step_;
     }
     if (m.pending) wait_event(m.copied.get(), "a step-input copy to the device");
-    if (bytes > m.capacity) {
-      drop_graphs("a step-input buffer grows");
-      if (m.device) wait_stream("queued kernels before growing a step-input buffer");
-      const std::size_t capacity = std::max<std::size_t>({bytes, 2 * m.capacity, 4096});
-      m.device = cuda::device_alloc(capacity);
-      m.host = cuda::pinned_alloc(capacity);
-      m.capacity = capacity;
-    }
+    grow(m, bytes);
     std::memcpy(m.host.get(), data, bytes);
     m.last.assign(static_cast<const char*>(data), static_cast<const char*>(data) + bytes);
     m.valid = true;
@@ -479,7 +488,16 @@ class CudaBackend final : public Backend {
     return m.device.get();
   }
 
-  // Grown on first need (the first decode step / sampling step), never inside a steady state.
+  // Step buffers are sized by reserve_step_buffers at setup; they grow here only for a caller that did not.
+  void grow(Mirror& m, std::size_t bytes) {
+    if (bytes <= m.capacity) return;
+    drop_graphs("a step-input buffer grows");
+    if (m.device) wait_stream("queued kernels before growing a step-input buffer");
+    const std::size_t capacity = std::max<std::size_t>({bytes, 2 * m.capacity, 4096});
+    m.device = cuda::device_alloc(capacity);
+    m.host = cuda::pinned_alloc(capacity);
+    m.capacity = capacity;
+  }
   void reserve_partials(std::size_t rows, std::size_t dim) {
     if (rows <= partial_rows_ && dim <= partial_dim_) return;
     drop_graphs("the attention partials grow");
@@ -567,6 +585,14 @@ CudaBackend& as_cuda(Backend& backend) {
 }  // namespace
 
 DType cuda_compute_dtype(DType stored) { return stored == DType::F16 ? DType::F16 : DType::BF16; }
+
+std::size_t cuda_step_buffer_bytes(std::int64_t max_seqs, std::int64_t q_heads, std::int64_t head_dim,
+                                   std::int64_t max_len) {
+  const int splits = decode_splits(max_len);
+  const std::size_t partials =
+      splits > 1 ? std::size_t(max_seqs * q_heads * splits) * std::size_t(head_dim + 2) * 4 : 0;
+  return partials + std::size_t(max_seqs) * cuda::kMaxDeviceTopK * sizeof(SampleCandidate);
+}
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options) {
   return std::make_unique<CudaBackend>(options);

@@ -21,6 +21,11 @@ struct CudaBackendOptions {
 // bf16 (f32 weights are rounded once on upload; fp32 accumulation everywhere).
 DType cuda_compute_dtype(DType stored);
 
+// Device memory the CUDA backend takes outside its arena for reserve_step_buffers (decode attention partials,
+// sampling candidates); add its fixed buffers (cuBLAS workspace 32 MiB, f32 staging 16 MiB) for a memory check.
+std::size_t cuda_step_buffer_bytes(std::int64_t max_seqs, std::int64_t q_heads, std::int64_t head_dim,
+                                   std::int64_t max_len);
+
 // Binds the calling thread to options.device, creates the stream, cuBLAS handle, staging buffers and arena.
 // Throws Error(Memory) when the arena does not fit (the caller checks free memory first, with a better message).
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);
