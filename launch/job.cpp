@@ -2,6 +2,7 @@
 #include "launch/job.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -10,6 +11,7 @@
 #include "layers/checkpoint_weights.h"
 #include "runtime/base/log.h"
 #ifdef STRATA_WITH_CUDA
+#include "runtime/backend/cuda/cuda_backend.h"
 #include "runtime/backend/cuda/device_info.h"
 #endif
 
@@ -63,19 +65,57 @@ ModelFit model_fit(const ModelConfig& config, const StageLimits& limits, bool on
 }
 
 namespace {
-// --device cuda: node-local rank i drives visible GPU i; refused with host, ranks and devices named otherwise.
-DeviceBinding bind_this_rank(const Job& job, const DetectOptions& options) {
-  const NodeTopology& node = job.topology.node_of(job.layout->world_rank());
-  const GpuScan scan = scan_gpus(options.nvml_library);
-  BindRequest request{node.hostname,
-                      node.ranks,
-                      job.node.local_rank,
-                      apply_visible_devices(scan.devices, options.cuda_visible_devices),
-                      int(scan.devices.size()),
-                      options.cuda_visible_devices,
-                      scan.status};
-  return bind_device(request);
+
+std::string visible_devices(const DetectOptions& options) {
+  return options.cuda_visible_devices ? *options.cuda_visible_devices : std::string("unset");
 }
+
+#ifdef STRATA_WITH_CUDA
+// "00000000:3B:00.0" (NVML) and "0000:3b:00.0" (CUDA) name the same device: compare the numbers.
+bool same_pci_bus(const std::string& a, const std::string& b) {
+  unsigned domain[2] = {}, bus[2] = {}, device[2] = {}, function[2] = {};
+  const std::string* ids[2] = {&a, &b};
+  for (int i = 0; i < 2; ++i)
+    if (std::sscanf(ids[i]->c_str(), "%x:%x:%x.%x", &domain[i], &bus[i], &device[i], &function[i]) != 4) return false;
+  return domain[0] == domain[1] && bus[0] == bus[1] && device[0] == device[1] && function[0] == function[1];
+}
+#endif
+
+// --device cuda, one rank per GPU: node-local rank i drives visible GPU i. Where NVML sees the node's GPUs, topology/
+// checks the count (naming host, ranks, devices and CUDA_VISIBLE_DEVICES) and the device is then found in CUDA's own
+// enumeration by PCI bus id, which does not depend on CUDA_DEVICE_ORDER; without NVML, CUDA's enumeration decides.
+void bind_gpu(Job& job, const DetectOptions& options) {
+#ifdef STRATA_WITH_CUDA
+  const auto gpus = cuda_devices();
+  const GpuScan scan = scan_gpus(options.nvml_library);
+  if (!scan.devices.empty() || gpus.empty()) {  // with no GPU at all, bind_device says so naming host and ranks
+    const NodeTopology& node = job.topology.node_of(job.layout->world_rank());
+    const std::string status =
+        gpus.empty() ? cat(scan.status, "; CUDA sees no device (CUDA_VISIBLE_DEVICES=", visible_devices(options), ")")
+                     : scan.status;
+    job.gpu_binding = bind_device(BindRequest{node.hostname, node.ranks, job.node.local_rank,
+                                              apply_visible_devices(scan.devices, options.cuda_visible_devices),
+                                              int(scan.devices.size()), options.cuda_visible_devices, status});
+    for (const auto& gpu : gpus)
+      if (same_pci_bus(gpu.pci_bus_id, job.gpu_binding->pci_bus_id)) job.gpu = gpu.index;
+  }
+  STRATA_CHECK(!gpus.empty(), Usage, "--device cuda: no GPU visible to CUDA on ", job.node.hostname,
+               " (CUDA_VISIBLE_DEVICES=", visible_devices(options), "; ", scan.status, ")");
+  STRATA_CHECK(job.node.local_size <= int(gpus.size()), Usage, "--device cuda: ", job.node.hostname, " runs ",
+               job.node.local_size, " ranks but CUDA sees ", gpus.size(),
+               " GPU(s) (CUDA_VISIBLE_DEVICES=", visible_devices(options),
+               "); run one rank per GPU (fewer ranks per node, or more nodes)");
+  if (job.gpu < 0) job.gpu = gpus[std::size_t(job.node.local_rank)].index;
+  const CudaDevice& gpu = gpus[std::size_t(job.gpu)];
+  log_info("rank ", job.layout->world_rank(), ": GPU ", gpu.index, " (", gpu.name, ", PCI ", gpu.pci_bus_id,
+           ", CUDA_VISIBLE_DEVICES=", visible_devices(options), ")");
+#else
+  (void)job;
+  (void)options;
+  throw Error(ErrorKind::Usage, "--device cuda: this strata was built without CUDA (STRATA_CUDA=OFF or no nvcc)");
+#endif
+}
+
 }  // namespace
 
 void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& parallel,
@@ -107,16 +147,8 @@ void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& 
   set_log_prefix(cat("rank ", world_rank, " (", job.layout->coordinates(), ") ", job.node.hostname));
   job.groups = make_mpi_groups(*job.layout);
 
-  if (parallel.device == "cuda") {
-    job.device = bind_this_rank(job, options);
-#ifdef STRATA_WITH_CUDA
-    const auto gpus = cuda_devices();
-    throw Error(ErrorKind::Usage, cat("--device cuda: this build sees ", gpus.size(),
-                                      " GPU(s) but the CUDA backend is not implemented yet; use --device cpu"));
-#else
-    throw Error(ErrorKind::Usage, "--device cuda: this strata was built without CUDA (STRATA_CUDA=OFF or no nvcc)");
-#endif
-  }
+  job.device = parallel.device;
+  if (job.device == "cuda") bind_gpu(job, options);
 
   check_split(job.config, sizes.tp, sizes.pp);  // before anything loads, with the numbers
   job.tokenizer = make_tokenizer(job.manifest.tokenizer, manifest_path(model_dir));
@@ -146,7 +178,44 @@ std::string gib(std::int64_t bytes) {
 }
 }  // namespace
 
+namespace {
+
+// Device memory the CUDA backend holds outside its arena besides its step buffers: cuBLAS workspace (32 MiB), f32
+// staging (16 MiB), step inputs (KiBs), with room for the allocator's granularity.
+constexpr std::int64_t kCudaBackendFixed = std::int64_t(64) << 20;
+
+#ifdef STRATA_WITH_CUDA
+DType gpu_dtype(const Job& job) { return cuda_compute_dtype(job.manifest.dtype); }
+#endif
+
+// The GPU check: run on every rank, then agreed over the world so that every rank stops, each with a message.
+void check_gpu_memory(const Job& job, const StageLimits& limits) {
+#ifdef STRATA_WITH_CUDA
+  const StageMemory need = estimate_stage_memory(*job.plan, limits, gpu_dtype(job), gpu_dtype(job));
+  const std::int64_t backend =
+      kCudaBackendFixed + std::int64_t(cuda_step_buffer_bytes(limits.max_seqs, job.plan->local_heads(),
+                                                              job.config.head_dim, limits.max_seq_len));
+  const CudaMemoryInfo gpu = cuda_memory_info(job.gpu);
+  const bool fits = need.total() + backend <= std::int64_t(gpu.free_bytes);
+  const bool all_fit = job.groups.world->all_reduce_max(fits ? 0 : 1) == 0;
+  STRATA_CHECK(fits, Memory, "rank ", job.layout->world_rank(), " (host ", job.node.hostname, ", GPU ", job.gpu,
+               "): needs ", gib(need.total() + backend), " (weights ", gib(need.weights), ", KV cache ",
+               gib(need.kv_cache), ", workspace ", gib(need.workspace + backend), "), ",
+               gib(std::int64_t(gpu.free_bytes)), " free of ", gib(std::int64_t(gpu.total_bytes)),
+               "; try a larger -tp/-pp or a smaller --max-batch-size / --max-model-len");
+  STRATA_CHECK(all_fit, Memory, "rank ", job.layout->world_rank(), " (host ", job.node.hostname, ", GPU ", job.gpu,
+               ") fits, but another rank is out of GPU memory (see its message); try a larger -tp/-pp or a "
+               "smaller --max-batch-size / --max-model-len");
+#else
+  (void)job;
+  (void)limits;
+#endif
+}
+
+}  // namespace
+
 void check_memory(const Job& job, const StageLimits& limits) {
+  if (job.device == "cuda") return check_gpu_memory(job, limits);
   const StageMemory need = estimate_stage_memory(*job.plan, limits);
   const std::int64_t available = available_memory_bytes();
   if (available < 0) return;  // no /proc/meminfo: nothing to check against
@@ -158,6 +227,32 @@ void check_memory(const Job& job, const StageLimits& limits) {
                "--max-batch-size, --max-model-len or --max-num-batched-tokens");
 }
 
+namespace {
+
+std::unique_ptr<Backend> make_backend(const Job& job, const StageLimits& limits, int threads) {
+  if (job.device != "cuda") return make_cpu_backend(threads);
+#ifdef STRATA_WITH_CUDA
+  STRATA_CHECK(job.layout->sizes().tp == 1 || job.groups.tp_device, Usage,
+               "--device cuda with tensor parallelism needs a device communicator (NCCL), which this build lacks; "
+               "use -tp 1 (pipeline parallelism works over MPI)");
+  CudaBackendOptions options;
+  options.device = job.gpu;
+  options.dtype = gpu_dtype(job);
+  const char* graphs = std::getenv("STRATA_CUDA_GRAPHS");  // "0": run decode steps op by op (debugging)
+  options.graphs = !(graphs && std::string(graphs) == "0");
+  // The arena holds what the stage allocates; each tensor is rounded up to 256 bytes (a layer has ~15 tensors, so
+  // 256 KiB of slack per layer is ample).
+  const StageMemory need = estimate_stage_memory(*job.plan, limits, options.dtype, options.dtype);
+  options.arena_bytes =
+      std::size_t(need.total()) + (std::size_t(256) << 10) * std::size_t(job.plan->local_layers() + 4);
+  return make_cuda_backend(options);
+#else
+  throw Error(ErrorKind::Usage, "--device cuda: this strata was built without CUDA");
+#endif
+}
+
+}  // namespace
+
 std::vector<std::string> load_stage(Job& job, const std::string& model_dir, const StageLimits& limits) {
   const int threads = cpu_threads_per_rank(job.node);
   const int machine_cores = int(std::thread::hardware_concurrency());
@@ -165,10 +260,11 @@ std::vector<std::string> load_stage(Job& job, const std::string& model_dir, cons
     log_info("the ", job.node.local_size, " rank(s) on ", job.node.hostname, " use ", threads * job.node.local_size,
              " of ", machine_cores, " cores (the launcher bound each rank to ", threads,
              "); with mpirun add --bind-to socket or --bind-to none to use them all");
-  if (!job.backend) job.backend = make_cpu_backend(threads);
+  if (!job.backend) job.backend = make_backend(job, limits, threads);
   job.stage.reset();  // a reload frees the previous weights first
   CheckpointWeightSource source(model_dir, job.manifest, *job.plan);
-  job.stage = std::make_unique<TransformerStage>(*job.plan, source, *job.backend, *job.groups.tp, limits);
+  Communicator& tp = job.groups.tp_device ? *job.groups.tp_device : *job.groups.tp;  // device tensors: NCCL
+  job.stage = std::make_unique<TransformerStage>(*job.plan, source, *job.backend, tp, limits);
   std::string files;
   for (const auto& path : source.opened()) files += (files.empty() ? "" : ", ") + path;
   log_debug("loaded layers ", job.plan->layer_begin(), "-", job.plan->layer_end() - 1, " from ", files, " (", threads,

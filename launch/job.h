@@ -23,11 +23,13 @@ struct Job {
   NodeInfo node;
   Topology topology;
   std::unique_ptr<ParallelLayout> layout;
-  std::optional<DeviceBinding> device;  // --device cuda: the GPU this rank drives
+  std::optional<DeviceBinding> gpu_binding;  // --device cuda, where NVML sees the GPUs: the one this rank drives
   Manifest manifest;
   ModelConfig config;
   std::unique_ptr<Tokenizer> tokenizer;
   CommGroups groups;
+  std::string device = "cpu";  // --device
+  int gpu = -1;                // --device cuda: the CUDA device this rank is bound to (its node-local rank)
   std::unique_ptr<Backend> backend;
   std::unique_ptr<ShardPlan> plan;
   std::unique_ptr<TransformerStage> stage;
@@ -53,7 +55,8 @@ void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& 
 std::string plan_table(const Topology& topology, const ParallelLayout& any_rank_layout, const ModelConfig& config,
                        const StageLimits& limits);
 
-// Refuses (Error(Memory), numbers named) when the stage will not fit in this rank's share of the node's memory.
+// Refuses (Error(Memory), numbers named) when the stage will not fit in this rank's share of the node's memory, or
+// with --device cuda in its GPU's free memory. Collective over the world: every rank learns whether any failed.
 void check_memory(const Job& job, const StageLimits& limits);
 // Builds the backend and loads this rank's shard. Returns the shard files it read.
 std::vector<std::string> load_stage(Job& job, const std::string& model_dir, const StageLimits& limits);

@@ -9,20 +9,23 @@
 
 namespace strata {
 
-StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limits) {
+StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limits, DType weights, DType activations) {
   StageMemory m;
-  for (const auto& spec : plan.tensors()) m.weights += shape_numel(spec.local_shape()) * 4;
+  const auto w = std::int64_t(dtype_size(weights)), a = std::int64_t(dtype_size(activations));
+  for (const auto& spec : plan.tensors()) m.weights += shape_numel(spec.local_shape()) * w;
   const auto& c = plan.config();
   const std::int64_t kv_row = plan.local_kv_heads() * c.head_dim;
-  m.kv_cache = 2 * plan.local_layers() * std::int64_t(limits.max_seqs) * limits.max_seq_len * kv_row * 4;
+  m.kv_cache = 2 * plan.local_layers() * std::int64_t(limits.max_seqs) * limits.max_seq_len * kv_row * a;
   const std::int64_t t = limits.max_tokens;
   const std::int64_t q_row = plan.local_heads() * c.head_dim;
-  m.workspace = 4 * t * (3 * c.hidden_size + 2 * q_row + 2 * kv_row + 3 * plan.local_intermediate()) +
-                4 * std::int64_t(limits.max_seqs) * (c.hidden_size + plan.local_vocab());
+  m.workspace = a * t * (3 * c.hidden_size + 2 * q_row + 2 * kv_row + 3 * plan.local_intermediate()) +
+                a * std::int64_t(limits.max_seqs) * c.hidden_size +
+                4 * std::int64_t(limits.max_seqs) * plan.local_vocab();
   return m;
 }
 
-// Host-memory backends get the weights read straight into their tensors; others through one staging copy.
+// Host-memory f32 backends get the weights read straight into their tensors; others through one f32 staging copy
+// that upload() converts to the backend's weight dtype.
 Tensor TransformerStage::load(WeightSource& source, const TensorSpec& spec) {
   return load_rows(source, {spec}, spec.local_shape()[0]);
 }
@@ -35,8 +38,8 @@ Tensor TransformerStage::load_stacked(WeightSource& source, const TensorSpec& fi
 Tensor TransformerStage::load_rows(WeightSource& source, const std::vector<TensorSpec>& parts, std::int64_t rows) {
   Shape shape = parts[0].local_shape();
   shape[0] = rows;
-  Tensor tensor = backend_.allocate(shape, DType::F32);
-  const bool host = tensor.view().kind == MemoryKind::Host;
+  Tensor tensor = backend_.allocate(shape, backend_.weight_dtype());
+  const bool host = tensor.view().kind == MemoryKind::Host && tensor.dtype() == DType::F32;
   std::vector<float> staging(host ? 0 : static_cast<std::size_t>(tensor.numel()));
   float* out = host ? tensor.f32() : staging.data();
   for (const auto& part : parts) {
@@ -84,21 +87,25 @@ TransformerStage::TransformerStage(const ShardPlan& plan, WeightSource& source, 
 
   const std::int64_t t = limits.max_tokens, d = c.head_dim, h = c.hidden_size;
   const std::int64_t kv_heads = plan.local_kv_heads(), heads = plan.local_heads();
+  const DType act = backend.activation_dtype();
   for (std::size_t l = 0; l < layers_.size(); ++l) {
-    k_cache_.push_back(backend.allocate({limits.max_seqs, limits.max_seq_len, kv_heads, d}, DType::F32));
-    v_cache_.push_back(backend.allocate({limits.max_seqs, limits.max_seq_len, kv_heads, d}, DType::F32));
+    k_cache_.push_back(backend.allocate({limits.max_seqs, limits.max_seq_len, kv_heads, d}, act));
+    v_cache_.push_back(backend.allocate({limits.max_seqs, limits.max_seq_len, kv_heads, d}, act));
   }
-  hidden_ = backend.allocate({t, h}, DType::F32);
-  normed_ = backend.allocate({t, h}, DType::F32);
-  q_ = backend.allocate({t, heads * d}, DType::F32);
-  k_ = backend.allocate({t, kv_heads * d}, DType::F32);
-  v_ = backend.allocate({t, kv_heads * d}, DType::F32);
-  attn_ = backend.allocate({t, heads * d}, DType::F32);
-  proj_ = backend.allocate({t, h}, DType::F32);
-  gate_up_ = backend.allocate({t, 2 * plan.local_intermediate()}, DType::F32);
-  act_ = backend.allocate({t, plan.local_intermediate()}, DType::F32);
-  last_rows_ = backend.allocate({limits.max_seqs, h}, DType::F32);
+  hidden_ = backend.allocate({t, h}, act);
+  normed_ = backend.allocate({t, h}, act);
+  q_ = backend.allocate({t, heads * d}, act);
+  k_ = backend.allocate({t, kv_heads * d}, act);
+  v_ = backend.allocate({t, kv_heads * d}, act);
+  attn_ = backend.allocate({t, heads * d}, act);
+  proj_ = backend.allocate({t, h}, act);
+  gate_up_ = backend.allocate({t, 2 * plan.local_intermediate()}, act);
+  act_ = backend.allocate({t, plan.local_intermediate()}, act);
+  last_rows_ = backend.allocate({limits.max_seqs, h}, act);
   logits_ = backend.allocate({limits.max_seqs, plan.local_vocab()}, DType::F32);
+  if (!plan.is_last_stage() && (hidden_.view().kind != MemoryKind::Host || act != DType::F32))
+    hidden_host_ = Tensor::host({t, h}, DType::F32);
+  backend.reserve_step_buffers(t, limits.max_seqs, limits.max_seq_len, heads, d);
   positions_.reserve(std::size_t(t));
   last_row_index_.reserve(std::size_t(limits.max_seqs));
 }
@@ -110,8 +117,12 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
   auto heads_view = [&](const Tensor& t, std::int64_t heads) { return rows(t).reshaped({tokens, heads, c.head_dim}); };
   const TensorView h = rows(hidden_), x = rows(normed_);
 
-  // Attention: column-parallel q/k/v over local heads, row-parallel o_proj, one all-reduce.
-  backend_.rms_norm(h, w.input_norm.view(), float(c.rms_norm_eps), x);
+  // Attention: column-parallel q/k/v over local heads, row-parallel o_proj, one all-reduce. The previous block's
+  // MLP output (still in proj_) joins the residual stream here, fused with this block's input norm.
+  if (l == 0)
+    backend_.rms_norm(h, w.input_norm.view(), float(c.rms_norm_eps), x);
+  else
+    backend_.rms_norm_residual(h, rows(proj_), w.input_norm.view(), float(c.rms_norm_eps), x);
   backend_.linear(x, w.q.view(), w.q_bias.view(), rows(q_));
   backend_.linear(x, w.k.view(), w.k_bias.view(), rows(k_));
   backend_.linear(x, w.v.view(), w.v_bias.view(), rows(v_));
@@ -121,16 +132,14 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
   backend_.attention(chunks, heads_view(q_, plan_.local_heads()), k_cache_[l].view(), v_cache_[l].view(),
                      float(1.0 / std::sqrt(double(c.head_dim))), heads_view(attn_, plan_.local_heads()));
   backend_.linear(rows(attn_), w.o.view(), TensorView{}, rows(proj_));
-  tp_.all_reduce_sum(rows(proj_));
-  backend_.add(h, rows(proj_));
+  all_reduce(rows(proj_));
 
   // MLP: column-parallel gate/up (stacked), SwiGLU, row-parallel down_proj, one all-reduce.
-  backend_.rms_norm(h, w.post_norm.view(), float(c.rms_norm_eps), x);
+  backend_.rms_norm_residual(h, rows(proj_), w.post_norm.view(), float(c.rms_norm_eps), x);
   backend_.linear(x, w.gate_up.view(), TensorView{}, rows(gate_up_));
   backend_.swiglu(rows(gate_up_), rows(act_));
   backend_.linear(rows(act_), w.down.view(), TensorView{}, rows(proj_));
-  tp_.all_reduce_sum(rows(proj_));
-  backend_.add(h, rows(proj_));
+  all_reduce(rows(proj_));  // added to the residual by the next block (or after the last one in forward)
 }
 
 TensorView TransformerStage::forward(std::span<const SeqChunk> chunks, std::span<const std::int32_t> token_ids,
@@ -149,17 +158,47 @@ TensorView TransformerStage::forward(std::span<const SeqChunk> chunks, std::span
   STRATA_CHECK(tokens <= limits_.max_tokens && std::int64_t(chunks.size()) <= limits_.max_seqs, Internal, "step of ",
                tokens, " tokens / ", chunks.size(), " sequences exceeds the workspace (", limits_.max_tokens, " / ",
                limits_.max_seqs, ")");
+  // Decode steps of a single-stage replica (every chunk one token, no activations arriving from the host) repeat
+  // the same ops on the same shapes for a given batch size: the backend may record them once and replay them.
+  bool decode = true;
+  for (const auto& chunk : chunks) decode = decode && chunk.n_tokens == 1;
+  const bool graphable = decode && plan_.is_first_stage() && plan_.is_last_stage() && tp_.graph_capturable();
+  const StepMode mode = backend_.begin_step(graphable ? std::int64_t(chunks.size()) : -1);
+  replaying_ = mode == StepMode::Replay;
+  TensorView out;
+  try {
+    out = run_step(chunks, token_ids, hidden_in, tokens);
+  } catch (...) {
+    replaying_ = false;
+    backend_.abort_step();
+    throw;
+  }
+  replaying_ = false;
+  backend_.end_step();
+  if (plan_.is_last_stage() || hidden_host_.empty()) return out;
+  const TensorView host = hidden_host_.view().slice_rows(0, tokens);
+  backend_.download(out, host.f32());
+  return host;
+}
+
+void TransformerStage::all_reduce(TensorView data) {
+  if (!replaying_) tp_.all_reduce_sum(data);
+}
+
+TensorView TransformerStage::run_step(std::span<const SeqChunk> chunks, std::span<const std::int32_t> token_ids,
+                                      const float* hidden_in, std::int64_t tokens) {
   const TensorView h = hidden_.view().slice_rows(0, tokens);
 
   if (plan_.is_first_stage()) {
     STRATA_CHECK(std::int64_t(token_ids.size()) == tokens, Internal, token_ids.size(), " token ids for ", tokens,
                  " tokens");
     backend_.embedding(token_ids, embed_.view(), plan_.vocab_offset(), h);
-    tp_.all_reduce_sum(h);  // each rank filled only the rows of its vocabulary shard
+    all_reduce(h);  // each rank filled only the rows of its vocabulary shard
   } else {
     backend_.upload(hidden_in, h);
   }
   for (std::size_t l = 0; l < layers_.size(); ++l) decoder_block(l, chunks, tokens);
+  if (!layers_.empty()) backend_.add(h, proj_.view().slice_rows(0, tokens));  // the last block's MLP output
   if (!plan_.is_last_stage()) return h;
 
   last_row_index_.clear();

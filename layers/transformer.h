@@ -27,12 +27,14 @@ struct StageLimits {
   std::int32_t max_seq_len = 0;  // positions per KV-cache slot
 };
 
-// Bytes this stage will allocate for weights, KV cache and workspace (f32), for memory checks before loading.
+// Bytes this stage will allocate for weights, KV cache and workspace, for memory checks before loading. The dtypes
+// are the backend's (Backend::weight_dtype / activation_dtype; logits are always f32).
 struct StageMemory {
   std::int64_t weights = 0, kv_cache = 0, workspace = 0;
   std::int64_t total() const { return weights + kv_cache + workspace; }
 };
-StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limits);
+StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limits, DType weights = DType::F32,
+                                  DType activations = DType::F32);
 
 class TransformerStage {
  public:
@@ -44,10 +46,12 @@ class TransformerStage {
   const ShardPlan& plan() const { return plan_; }
   const StageLimits& limits() const { return limits_; }
   std::int64_t hidden_size() const { return plan_.config().hidden_size; }
+  Backend& backend() const { return backend_; }
 
   // One step over `chunks` (token rows laid out back to back). First stage: token_ids[T] are embedded; other stages:
   // hidden_in[T, hidden] is the previous stage's output. Returns the hidden state [T, hidden] (host view valid until
-  // the next call) on non-last stages; on the last stage returns the local logits [chunks, local_vocab] of each
+  // the next call; f32 host memory whatever the backend) on non-last stages; on the last stage returns the local
+  // logits [chunks, local_vocab] (f32, in the backend's memory: see Backend::sample_candidates / download) of each
   // chunk's last token. Collective over tp.
   TensorView forward(std::span<const SeqChunk> chunks, std::span<const std::int32_t> token_ids, const float* hidden_in);
 
@@ -59,6 +63,10 @@ class TransformerStage {
   Tensor load_stacked(WeightSource& source, const TensorSpec& first, const TensorSpec& second);
   Tensor load_rows(WeightSource& source, const std::vector<TensorSpec>& parts, std::int64_t rows);
   void decoder_block(std::size_t layer, std::span<const SeqChunk> chunks, std::int64_t tokens);
+  TensorView run_step(std::span<const SeqChunk> chunks, std::span<const std::int32_t> token_ids, const float* hidden_in,
+                      std::int64_t tokens);
+  // The tensor-parallel all-reduce, skipped while a step graph replays (the graph holds it).
+  void all_reduce(TensorView data);
 
   ShardPlan plan_;
   Backend& backend_;
@@ -72,7 +80,9 @@ class TransformerStage {
 
   // Workspace, sized for limits_.max_tokens rows.
   Tensor hidden_, normed_, q_, k_, v_, attn_, proj_, gate_up_, act_, last_rows_, logits_;
+  Tensor hidden_host_;  // f32 host copy of the output hidden state, for backends whose memory is not the host's
   std::vector<std::int32_t> positions_, last_row_index_;
+  bool replaying_ = false;
 };
 
 }  // namespace strata

@@ -12,8 +12,14 @@ INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.M)
 
 RULES = [  # (folders, forbidden header pattern, why)
     (["layers", "io", "runtime/engine", "runtime/base", "runtime/tensor", "runtime/backend/backend.h",
-      "runtime/comm/communicator.h"], r"^(mpi\.h|cuda_runtime.*|cuda\.h|nccl\.h|cublas.*)$",
-     "sees only the Backend/Communicator interfaces"),
+      "runtime/backend/sampling.h", "runtime/backend/host_candidates.h", "runtime/comm/communicator.h"],
+     r"^(mpi\.h|cuda_runtime.*|cuda\.h|nccl\.h|cublas.*)$", "sees only the Backend/Communicator interfaces"),
+    (["runtime/backend/cuda/cuda_backend.h", "runtime/backend/cuda/device_info.h"],
+     r"^(cuda_runtime.*|cuda\.h|cuda_bf16\.h|cuda_fp16\.h|nccl\.h|cublas.*)$",
+     "is the CUDA backend's CUDA-free face (launch/ and the NCCL communicator include it)"),
+    (["layers", "io", "runtime/engine", "runtime/base", "runtime/tensor", "runtime/comm/communicator.h",
+      "runtime/comm/mpi", "topology"],
+     r"^runtime/backend/(cpu|cuda)/", "sees the Backend interface, never a concrete backend"),
     (["layers", "runtime", "launch", "topology"], r"^(hdf5\.h|H5.*)$", "HDF5 is private to io/"),
     (["layers", "io", "runtime/engine", "runtime/comm", "topology"], r"^(cblas\.h|openblas.*)$",
      "OpenBLAS is private to the CPU backend"),

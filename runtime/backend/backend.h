@@ -1,7 +1,10 @@
 // The Backend interface: the small table of operations a transformer forward pass needs, declared once and
 // implemented per device (cpu/ now, cuda/ with the CUDA issue). Layers and the engine see only this interface.
-// All ops are asynchronous with respect to the host only where a backend says so; the CPU backend is synchronous.
-// Activations are f32 on the CPU backend. Shapes are written beside each op: T = tokens in the step,
+// Ops are ordered as called; download() and sample_candidates() return only when their results are on the host
+// (the CPU backend is synchronous; the CUDA backend queues everything else on its stream).
+// Dtypes: a backend keeps weights in weight_dtype() and activations / KV cache in activation_dtype() (CPU: f32
+// both; CUDA: bf16 or f16). Logits are f32 everywhere (linear() may write an f32 y from lower-precision inputs).
+// Shapes are written beside each op: T = tokens in the step,
 // K = in features, N = out features, H = heads, D = head_dim.
 #pragma once
 #include <cstdint>
@@ -10,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/backend/sampling.h"
 #include "runtime/tensor/tensor.h"
 
 namespace strata {
@@ -30,22 +34,45 @@ struct RopeParams {
   std::int32_t head_dim = 0;
 };
 
+// How a backend runs one step's ops; see Backend::begin_step.
+enum class StepMode : std::uint8_t { Run, Capture, Replay };
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+  // The dtype layers allocate activations, the KV cache and norm/bias vectors in, and the one weights are kept in.
+  virtual DType activation_dtype() const { return DType::F32; }
+  virtual DType weight_dtype() const { return DType::F32; }
+
+  // Step graphs (CUDA graphs). A stage calls begin_step(key) before the ops of a step whose op sequence and shapes
+  // recur under `key` (>= 0; -1: not graphable) and end_step() after them, or abort_step() if they threw.
+  // Run: ops execute as called (the CPU backend always). Capture: ops are recorded and end_step() runs the
+  // recording. Replay: op calls only refresh their host inputs (ids, positions, chunks, rows) and end_step() runs
+  // the recording of `key`; the caller must skip its own collectives, which the recording already holds.
+  virtual StepMode begin_step(std::int64_t key) { return StepMode::Run; }
+  virtual void end_step() {}
+  virtual void abort_step() noexcept {}
+
+  // Sizes the buffers a backend keeps per step (step inputs, attention partials) for steps of up to max_tokens
+  // tokens and max_seqs sequences over caches of max_len positions, q_heads x head_dim queries, so that no step
+  // allocates. Backends without such buffers ignore it.
+  virtual void reserve_step_buffers(std::int64_t max_tokens, std::int64_t max_seqs, std::int64_t max_len,
+                                    std::int64_t q_heads, std::int64_t head_dim) {}
 
   // Memory of this backend's kind, uninitialised.
   virtual Tensor allocate(Shape shape, DType dtype) = 0;
-  // Copies `count` f32 values from host memory into dst (which may be device memory).
+  // Copies dst.numel() f32 values from host memory into dst (which may be device memory, of any dtype: converted).
   virtual void upload(const float* host, TensorView dst) = 0;
-  // Copies src into host memory as f32.
+  // Copies src (any dtype) into host memory as f32; returns when the values are there.
   virtual void download(TensorView src, float* host) = 0;
 
   // y[T,N] = x[T,K] . w[N,K]^T (+ bias[N] when bias.data != nullptr). w is a Hugging Face Linear weight.
   virtual void linear(TensorView x, TensorView w, TensorView bias, TensorView y) = 0;
   // y[T,K] = x / rms(x) * weight[K]; y may alias x.
   virtual void rms_norm(TensorView x, TensorView weight, float eps, TensorView y) = 0;
+  // residual += x; y = rms_norm(residual) * weight (the decoder block's add + next norm, fused). [T,K] each.
+  virtual void rms_norm_residual(TensorView residual, TensorView x, TensorView weight, float eps, TensorView y) = 0;
   // y += x, same shapes.
   virtual void add(TensorView y, TensorView x) = 0;
   // In place on x[T, H, D] for every head; positions[T] are absolute token positions.
@@ -64,6 +91,12 @@ class Backend {
                          float scale, TensorView out) = 0;
   // dst[i, :] = src[rows[i], :]
   virtual void gather_rows(TensorView src, std::span<const std::int32_t> rows, TensorView dst) = 0;
+  // Sampling candidates of each row of logits[R, local_vocab] (f32, this rank's vocab shard starting at global id
+  // vocab_offset): row i writes requests[i].count candidates at out + offsets[i] (host memory), best first for
+  // TopK. Returns when they are on the host. See sampling.h.
+  virtual void sample_candidates(TensorView logits, std::int64_t vocab_offset,
+                                 std::span<const CandidateRequest> requests, std::span<const std::int64_t> offsets,
+                                 SampleCandidate* out) = 0;
 };
 
 // The CPU backend (OpenBLAS, fp32). `threads` = BLAS threads for this rank (0: leave OpenBLAS's default).

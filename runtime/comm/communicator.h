@@ -59,6 +59,9 @@ class Communicator {
   // Maximum over the group of one value. Collective.
   virtual std::int64_t all_reduce_max(std::int64_t value) = 0;
   virtual void barrier() = 0;
+  // Whether all_reduce_sum on device tensors can be recorded in a CUDA graph on the backend's stream (NCCL can);
+  // a group of one reduces nothing, so it can.
+  virtual bool graph_capturable() const { return size() == 1; }
 
   // The sub-group of the ranks passing the same `color`, ordered by `key` (MPI_Comm_split / ncclCommSplit).
   // Collective over this group.
@@ -77,6 +80,8 @@ class Communicator {
 struct CommGroups {
   std::unique_ptr<Communicator> world;
   std::unique_ptr<Communicator> tp;
+  // The tensor-parallel group for device tensors (NCCL with --device cuda); null means use tp.
+  std::unique_ptr<Communicator> tp_device;
   std::unique_ptr<Communicator> pp;
   std::unique_ptr<Communicator> dp;
 };

@@ -133,22 +133,26 @@ std::vector<SeqChunk> chunks_of(const std::vector<ChunkMeta>& metas) {
   return chunks;
 }
 
-// The last stage's work on a step's logits: sample, and gather whole-vocabulary rows that were asked for.
-StepResult finish_step(const std::vector<ChunkMeta>& metas, TensorView logits, const ShardPlan& plan,
+// The last stage's work on a step's logits (in the backend's memory): sample from per-row candidates, and gather
+// whole-vocabulary rows that were asked for (downloaded as f32).
+StepResult finish_step(const std::vector<ChunkMeta>& metas, TensorView logits, TransformerStage& stage,
                        Communicator& tp) {
+  const ShardPlan& plan = stage.plan();
   std::vector<SampleRow> rows;
   rows.reserve(metas.size());
   for (const auto& m : metas) rows.push_back(SampleRow{{m.temperature, m.top_k, m.top_p, m.seed}, m.step});
   StepResult result;
   const std::int64_t local_vocab = plan.local_vocab();
-  result.tokens = sample_tokens(logits.f32(), local_vocab, plan.vocab_offset(), rows, tp);
+  result.tokens = sample_tokens(stage.backend(), logits, plan.vocab_offset(), rows, tp);
   result.vocab = plan.config().vocab_size;
+  std::vector<float> shard;
   for (std::size_t i = 0; i < metas.size(); ++i) {
     if (!metas[i].record_logits) continue;
+    shard.resize(std::size_t(local_vocab));
+    stage.backend().download(logits.slice_rows(std::int64_t(i), std::int64_t(i) + 1), shard.data());
     const std::size_t at = result.logits.size();
     result.logits.resize(at + std::size_t(result.vocab));  // shards are contiguous in tp-rank order
-    tp.all_gather(logits.f32() + std::int64_t(i) * local_vocab, result.logits.data() + at,
-                  std::size_t(local_vocab) * 4);
+    tp.all_gather(shard.data(), result.logits.data() + at, std::size_t(local_vocab) * 4);
   }
   return result;
 }
@@ -206,7 +210,7 @@ void Engine::run_follower() {
     const std::vector<SeqChunk> chunks = chunks_of(step.metas);
     const TensorView out = stage_.forward(chunks, {}, step.hidden);
     if (layout_.is_last_stage())
-      sends.push(world_.isend(pack_tokens(finish_step(step.metas, out, stage_.plan(), tp_)), scheduler, Tag::Tokens));
+      sends.push(world_.isend(pack_tokens(finish_step(step.metas, out, stage_, tp_)), scheduler, Tag::Tokens));
     else
       sends.push(world_.isend(pack_step(step.metas, step.header.n_tokens, out.f32(), hidden), layout_.next_stage_rank(),
                               Tag::Activations));
@@ -351,7 +355,7 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
       const TensorView out = stage_.forward(chunks, ids, nullptr);
       ++stats.steps;
       if (single_stage) {
-        apply(group, finish_step(metas, out, stage_.plan(), tp_));
+        apply(group, finish_step(metas, out, stage_, tp_));
       } else {
         sends.push(world_.isend(pack_step(metas, std::int32_t(ids.size()), out.f32(), stage_.hidden_size()),
                                 layout_.next_stage_rank(), Tag::Activations));

@@ -5,21 +5,15 @@
 #include <cmath>
 #include <numeric>
 
+#include "runtime/backend/host_candidates.h"
 #include "runtime/base/error.h"
 
 namespace strata {
 namespace {
 
-struct Candidate {
-  float value;  // the score candidates are ranked by (logit/T, plus noise in Gumbel mode)
-  std::int32_t id;
-};
+using Candidate = SampleCandidate;
 
-// A strict total order on candidates (NaN scores are turned into -inf before they get here).
-bool better(const Candidate& a, const Candidate& b) { return a.value > b.value || (a.value == b.value && a.id < b.id); }
-
-// A NaN logit (a broken model or overflow) must not break the ordering: it ranks below every number.
-float finite_or_lowest(float value) { return std::isnan(value) ? -INFINITY : value; }
+bool better(const Candidate& a, const Candidate& b) { return candidate_better(a.value, a.id, b.value, b.id); }
 
 enum class Mode { Greedy, Gumbel, Filtered };
 
@@ -29,33 +23,25 @@ Mode mode_of(const SamplingParams& p) {
   return Mode::Filtered;
 }
 
-// Candidates each rank contributes for one row: the same number on every rank (local_vocab is the same).
-std::int64_t candidates_per_rank(const SamplingParams& p, std::int64_t local_vocab) {
-  if (mode_of(p) != Mode::Filtered) return 1;
-  return p.top_k > 0 ? std::min<std::int64_t>(p.top_k, local_vocab) : local_vocab;
-}
-
-void local_candidates(const float* row, std::int64_t local_vocab, std::int64_t offset, const SampleRow& r,
-                      std::int64_t count, Candidate* out) {
-  const Mode mode = mode_of(r.params);
-  if (mode == Mode::Greedy || mode == Mode::Gumbel) {
-    Candidate best{-INFINITY, std::int32_t(offset)};
-    for (std::int64_t i = 0; i < local_vocab; ++i) {
-      const std::int64_t id = offset + i;
-      const float score = mode == Mode::Greedy ? finite_or_lowest(row[i])
-                                               : finite_or_lowest(float(double(row[i]) / r.params.temperature +
-                                                                        gumbel_noise(r.params.seed, r.step, id)));
-      const Candidate c{score, std::int32_t(id)};
-      if (better(c, best)) best = c;
-    }
-    out[0] = best;
-    return;
+// What each rank contributes for one row: the same number on every rank (local_vocab is the same).
+CandidateRequest request_of(const SampleRow& r, std::int64_t local_vocab) {
+  CandidateRequest q;
+  q.seed = r.params.seed;
+  q.step = r.step;
+  q.temperature = r.params.temperature;
+  switch (mode_of(r.params)) {
+    case Mode::Greedy:
+      q.mode = CandidateMode::Greedy;
+      break;
+    case Mode::Gumbel:
+      q.mode = CandidateMode::Gumbel;
+      break;
+    case Mode::Filtered:
+      q.mode = CandidateMode::TopK;
+      q.count = std::int32_t(r.params.top_k > 0 ? std::min<std::int64_t>(r.params.top_k, local_vocab) : local_vocab);
+      break;
   }
-  std::vector<Candidate> all(static_cast<std::size_t>(local_vocab));
-  for (std::int64_t i = 0; i < local_vocab; ++i)
-    all[std::size_t(i)] = Candidate{finite_or_lowest(row[i] / r.params.temperature), std::int32_t(offset + i)};
-  std::partial_sort(all.begin(), all.begin() + count, all.end(), better);
-  std::copy(all.begin(), all.begin() + count, out);
+  return q;
 }
 
 std::int32_t choose(std::vector<Candidate>& candidates, const SampleRow& r) {
@@ -86,30 +72,21 @@ std::int32_t choose(std::vector<Candidate>& candidates, const SampleRow& r) {
   return best.id;
 }
 
-std::uint64_t mix(std::uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-}  // namespace
-
-double gumbel_noise(std::uint64_t seed, std::int64_t step, std::int64_t token) {
-  const std::uint64_t h = mix(mix(mix(seed + 0x9e3779b97f4a7c15ull) ^ std::uint64_t(step)) ^ std::uint64_t(token));
-  const double u = (double(h >> 11) + 0.5) * 0x1.0p-53;  // in (0, 1)
-  return -std::log(-std::log(u));
-}
-
-std::vector<std::int32_t> sample_tokens(const float* logits, std::int64_t local_vocab, std::int64_t vocab_offset,
-                                        std::span<const SampleRow> rows, Communicator& tp) {
+// The cross-rank part shared by both entry points: `local` fills this rank's candidates given the per-row requests
+// and offsets; one all-gather; every rank then chooses the same tokens.
+template <typename Local>
+std::vector<std::int32_t> sample_with(std::int64_t local_vocab, std::span<const SampleRow> rows, Communicator& tp,
+                                      const Local& local) {
+  std::vector<CandidateRequest> requests;
+  requests.reserve(rows.size());
   std::vector<std::int64_t> offsets(rows.size() + 1, 0);
-  for (std::size_t i = 0; i < rows.size(); ++i)
-    offsets[i + 1] = offsets[i] + candidates_per_rank(rows[i].params, local_vocab);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    requests.push_back(request_of(rows[i], local_vocab));
+    offsets[i + 1] = offsets[i] + requests.back().count;
+  }
   const std::int64_t per_rank = offsets.back();
   std::vector<Candidate> mine(static_cast<std::size_t>(per_rank));
-  for (std::size_t i = 0; i < rows.size(); ++i)
-    local_candidates(logits + std::int64_t(i) * local_vocab, local_vocab, vocab_offset, rows[i],
-                     offsets[i + 1] - offsets[i], mine.data() + offsets[i]);
+  local(std::span<const CandidateRequest>(requests), std::span<const std::int64_t>(offsets), mine.data());
   std::vector<Candidate> everyone(static_cast<std::size_t>(per_rank) * std::size_t(tp.size()));
   tp.all_gather(mine.data(), everyone.data(), mine.size() * sizeof(Candidate));
 
@@ -124,6 +101,30 @@ std::vector<std::int32_t> sample_tokens(const float* logits, std::int64_t local_
     tokens[i] = choose(row_candidates, rows[i]);
   }
   return tokens;
+}
+
+}  // namespace
+
+double gumbel_noise(std::uint64_t seed, std::int64_t step, std::int64_t token) {
+  return gumbel_from_hash(seed, step, token);
+}
+
+std::vector<std::int32_t> sample_tokens(const float* logits, std::int64_t local_vocab, std::int64_t vocab_offset,
+                                        std::span<const SampleRow> rows, Communicator& tp) {
+  return sample_with(
+      local_vocab, rows, tp,
+      [&](std::span<const CandidateRequest> requests, std::span<const std::int64_t> offsets, Candidate* out) {
+        for (std::size_t i = 0; i < requests.size(); ++i)
+          host_candidates(logits + std::int64_t(i) * local_vocab, local_vocab, vocab_offset, requests[i],
+                          out + offsets[i]);
+      });
+}
+
+std::vector<std::int32_t> sample_tokens(Backend& backend, TensorView logits, std::int64_t vocab_offset,
+                                        std::span<const SampleRow> rows, Communicator& tp) {
+  return sample_with(logits.row_elems(), rows, tp,
+                     [&](std::span<const CandidateRequest> requests, std::span<const std::int64_t> offsets,
+                         Candidate* out) { backend.sample_candidates(logits, vocab_offset, requests, offsets, out); });
 }
 
 }  // namespace strata

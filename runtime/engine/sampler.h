@@ -11,6 +11,7 @@
 #include <span>
 #include <vector>
 
+#include "runtime/backend/backend.h"
 #include "runtime/comm/communicator.h"
 
 namespace strata {
@@ -31,6 +32,11 @@ struct SampleRow {
 // logits: [rows.size(), local_vocab] host f32, this rank's shard starting at vocab_offset. Collective over tp
 // (every tp rank passes the same rows) and returns the same tokens on every rank.
 std::vector<std::int32_t> sample_tokens(const float* logits, std::int64_t local_vocab, std::int64_t vocab_offset,
+                                        std::span<const SampleRow> rows, Communicator& tp);
+
+// The same from logits[R >= rows.size(), local_vocab] (f32) in the backend's memory: the backend reduces each row
+// to its candidates (runtime/backend/sampling.h), so only a few bytes per row reach the host.
+std::vector<std::int32_t> sample_tokens(Backend& backend, TensorView logits, std::int64_t vocab_offset,
                                         std::span<const SampleRow> rows, Communicator& tp);
 
 // Gumbel(0,1) noise as a pure function of (seed, step, token id).

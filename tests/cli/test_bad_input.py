@@ -95,6 +95,12 @@ expect_failure("unknown flag", gen(single, None, "--tensor-parallel", "2"), None
 expect_failure("max-model-len beyond the model", gen(single, 1, "--max-model-len", 4096), 1,
                "--max-model-len 4096 exceeds the model's max_position_embeddings 512")
 
+# --device cuda with no GPU visible (an empty CUDA_VISIBLE_DEVICES hides any): every rank stops, saying why
+# ("no GPU visible" in CUDA builds, "built without CUDA" otherwise)
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+expect_failure("no GPU", gen(single, 2, "-pp", 2, "--device", "cuda"), 2, "--device cuda", "CUDA")
+del os.environ["CUDA_VISIBLE_DEVICES"]
+
 # Memory that does not fit: a KV cache of 2^20 slots x 512 positions cannot be allocated here
 expect_failure("memory", gen(single, 1, "--max-batch-size", 1048576), 1, "this rank needs", "KV cache",
                "--max-batch-size")

@@ -180,3 +180,47 @@ TEST(CpuBackend, NegativeControlWrongHeadMappingIsDetected) {
       f, [](int h) { return h % 2; }, &error);  // interleaved mapping: not what GQA means
   EXPECT_GT(error, 1e-2) << "the attention comparison must be able to fail";
 }
+
+TEST(CpuBackend, RmsNormResidualIsAddThenNormBitForBit) {
+  Fixture f;
+  Tensor r1 = f.random({3, 40}), x = f.random({3, 40}), w = f.random({40});
+  Tensor r2 = f.backend->allocate({3, 40}, DType::F32), y1 = f.backend->allocate({3, 40}, DType::F32),
+         y2 = f.backend->allocate({3, 40}, DType::F32);
+  std::copy(r1.f32(), r1.f32() + r1.numel(), r2.f32());
+  f.backend->rms_norm_residual(r1.view(), x.view(), w.view(), 1e-5f, y1.view());
+  f.backend->add(r2.view(), x.view());
+  f.backend->rms_norm(r2.view(), w.view(), 1e-5f, y2.view());
+  // The decoder block now uses the fused op: the CPU results must not move by a bit.
+  EXPECT_EQ(0, std::memcmp(r1.f32(), r2.f32(), r1.bytes()));
+  EXPECT_EQ(0, std::memcmp(y1.f32(), y2.f32(), y1.bytes()));
+  // ... and it really normalises (a wrong op would leave y equal to the residual).
+  EXPECT_GT(std::abs(y1.f32()[0] - r1.f32()[0]), 1e-6);
+}
+
+TEST(CpuBackend, SampleCandidatesAreTheBestByModeWithTheShardOffset) {
+  Fixture f;
+  Tensor logits = f.backend->allocate({3, 6}, DType::F32);
+  const float values[18] = {0, 5, 1, 5, -2, 3, 1, 2, 3, 4, 5, 6, 9, 8, 7, 6, 5, 4};
+  std::copy(values, values + 18, logits.f32());
+  std::vector<CandidateRequest> requests(3);
+  requests[0] = {CandidateMode::Greedy, 1.0f, 1, 0, 0};
+  requests[1] = {CandidateMode::TopK, 2.0f, 3, 0, 0};
+  requests[2] = {CandidateMode::Gumbel, 1.0f, 1, 9, 4};
+  const std::vector<std::int64_t> offsets{0, 1, 4};
+  std::vector<SampleCandidate> out(5);
+  f.backend->sample_candidates(logits.view(), 100, requests, offsets, out.data());
+  EXPECT_EQ(out[0].id, 101);  // tie between ids 101 and 103: the lower id
+  EXPECT_EQ(out[0].value, 5.0f);
+  EXPECT_EQ(out[1].id, 105);  // top-3 of row 1 divided by T = 2, best first
+  EXPECT_EQ(out[2].id, 104);
+  EXPECT_EQ(out[3].id, 103);
+  EXPECT_EQ(out[1].value, 3.0f);
+  // Gumbel: the best of logit + noise(seed 9, step 4, global id), recomputed here independently.
+  double best = -1e300;
+  int best_id = -1;
+  for (int i = 0; i < 6; ++i) {
+    const double s = double(values[12 + i]) + gumbel_from_hash(9, 4, 100 + i);
+    if (s > best) best = s, best_id = 100 + i;
+  }
+  EXPECT_EQ(out[4].id, best_id);
+}

@@ -177,3 +177,19 @@ TEST(ModelConfig, RopeScalingFrequencies) {
   const ModelConfig back = ModelConfig::from_json(c.to_json(), "test");
   EXPECT_EQ(back.rope_inverse_frequencies(), scaled);
 }
+
+// The memory estimate follows the backend's dtypes: bf16 halves weights, KV cache and activations, while logits
+// stay f32 (max_seqs x local_vocab x 4 bytes either way).
+TEST(StageMemory, EstimateFollowsWeightAndActivationDtypes) {
+  const ShardPlan plan(test::tiny_config(), StageCoordinates{2, 1, 1, 0});
+  const StageLimits limits{32, 3, 40};
+  const StageMemory f32 = estimate_stage_memory(plan, limits);
+  const StageMemory bf16 = estimate_stage_memory(plan, limits, DType::BF16, DType::BF16);
+  EXPECT_EQ(f32.weights, 2 * bf16.weights);
+  EXPECT_EQ(f32.kv_cache, 2 * bf16.kv_cache);
+  const std::int64_t logits = std::int64_t(limits.max_seqs) * plan.local_vocab() * 4;
+  EXPECT_EQ(2 * bf16.workspace - f32.workspace, logits);
+  std::int64_t weight_elems = 0;
+  for (const auto& spec : plan.tensors()) weight_elems += shape_numel(spec.local_shape());
+  EXPECT_EQ(bf16.weights, 2 * weight_elems);
+}

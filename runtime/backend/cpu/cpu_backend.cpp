@@ -10,6 +10,7 @@
 
 #include "runtime/backend/backend.h"
 #include "runtime/backend/cpu/kernels.h"
+#include "runtime/backend/host_candidates.h"
 #include "runtime/base/error.h"
 
 namespace strata {
@@ -69,6 +70,12 @@ class CpuBackend final : public Backend {
       const float inv = float(1.0 / std::sqrt(sum / double(width) + double(eps)));
       for (std::int64_t i = 0; i < width; ++i) o[i] = in[i] * inv * w[i];
     }
+  }
+
+  // The plain sequence of add then rms_norm: bit-identical to the unfused ops (the oracle stays simple).
+  void rms_norm_residual(TensorView residual, TensorView x, TensorView weight, float eps, TensorView y) override {
+    add(residual, x);
+    rms_norm(residual, weight, eps, y);
   }
 
   void add(TensorView y, TensorView x) override {
@@ -183,6 +190,15 @@ class CpuBackend final : public Backend {
     for (std::size_t i = 0; i < rows.size(); ++i)
       std::memcpy(static_cast<char*>(dst.data) + i * bytes, static_cast<const char*>(src.data) + rows[i] * bytes,
                   bytes);
+  }
+
+  void sample_candidates(TensorView logits, std::int64_t vocab_offset, std::span<const CandidateRequest> requests,
+                         std::span<const std::int64_t> offsets, SampleCandidate* out) override {
+    STRATA_CHECK(std::int64_t(requests.size()) <= logits.rows() && offsets.size() >= requests.size(), Internal,
+                 "sample_candidates: ", requests.size(), " requests for ", shape_string(logits.shape));
+    const std::int64_t vocab = logits.row_elems();
+    for (std::size_t i = 0; i < requests.size(); ++i)
+      host_candidates(logits.f32() + std::int64_t(i) * vocab, vocab, vocab_offset, requests[i], out + offsets[i]);
   }
 };
 

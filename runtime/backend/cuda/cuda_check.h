@@ -4,7 +4,7 @@
 
 #include "runtime/base/error.h"
 
-#define STRATA_CUDA_CHECK(statement)                                                        \
-  STRATA_LIBRARY_CHECK(                                                                     \
-      "CUDA", Cuda, statement, cudaError_t, [](cudaError_t s) { return s == cudaSuccess; }, \
-      [](cudaError_t s) { return std::string(cudaGetErrorName(s)) + ": " + cudaGetErrorString(s); })
+#define STRATA_CUDA_CHECK(statement)                                                                    \
+  STRATA_LIBRARY_CHECK(                                                                                 \
+      "CUDA", Cuda, statement, cudaError_t, [](cudaError_t status_) { return status_ == cudaSuccess; }, \
+      [](cudaError_t status_) { return std::string(cudaGetErrorName(status_)) + ": " + cudaGetErrorString(status_); })

@@ -88,6 +88,8 @@ class MpiCommunicator final : public Communicator {
 
   void all_reduce_sum(TensorView data) override {
     if (size_ == 1) return;
+    STRATA_CHECK(data.kind == MemoryKind::Host, Communication, "MPI all-reduce of ", shape_string(data.shape),
+                 " in device memory: MPI carries host data only (the device tensor-parallel group is NCCL's)");
     float* values = data.f32();
     for (std::int64_t done = 0; done < data.numel();) {
       const int count = int(std::min<std::int64_t>(data.numel() - done, std::int64_t(kMaxChunk / 4)));

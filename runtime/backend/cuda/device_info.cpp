@@ -1,6 +1,7 @@
 // CUDA device enumeration. A machine without a driver (CI) reports no devices rather than failing.
-#include "runtime/backend/cuda/cuda_check.h"
 #include "runtime/backend/cuda/device_info.h"
+
+#include "runtime/backend/cuda/cuda_check.h"
 
 namespace strata {
 
@@ -14,9 +15,18 @@ std::vector<CudaDevice> cuda_devices() {
   for (int i = 0; i < count; ++i) {
     cudaDeviceProp prop{};
     STRATA_CUDA_CHECK(cudaGetDeviceProperties(&prop, i));
-    devices.push_back(CudaDevice{i, prop.name, prop.major, prop.minor, prop.totalGlobalMem});
+    char bus[32] = {};
+    STRATA_CUDA_CHECK(cudaDeviceGetPCIBusId(bus, int(sizeof bus), i));
+    devices.push_back(CudaDevice{i, prop.name, prop.major, prop.minor, prop.totalGlobalMem, bus});
   }
   return devices;
+}
+
+CudaMemoryInfo cuda_memory_info(int device) {
+  CudaMemoryInfo info;
+  STRATA_CUDA_CHECK(cudaSetDevice(device));
+  STRATA_CUDA_CHECK(cudaMemGetInfo(&info.free_bytes, &info.total_bytes));
+  return info;
 }
 
 }  // namespace strata
