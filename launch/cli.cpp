@@ -15,6 +15,10 @@ void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
       ->check(CLI::NonNegativeNumber);
   cmd.add_option("--device", p.device, "Compute device")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd.add_option("--topology", p.topology, "Cluster description (JSON, see strata topo --json) instead of detection");
+  cmd.add_option("--nccl-timeout", p.nccl_timeout,
+                 "With --device cuda and tensor parallelism: seconds an NCCL initialisation or wait on the GPU may "
+                 "take (a dead or stuck peer) before the job is aborted with that rank's message; 0 = never")
+      ->check(CLI::NonNegativeNumber);
   cmd.add_flag("--force", p.force, "Run a layout the placement refuses (a TP group across nodes or NVLink islands)");
 }
 

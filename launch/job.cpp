@@ -48,6 +48,7 @@ void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& 
   if (world_rank == 0)
     for (const auto& warning : placement.warnings) log_warn(warning, " (running anyway: --force)");
   const LayoutSizes sizes = placement.sizes;
+  job.parallel = parallel;
   job.layout = std::make_unique<ParallelLayout>(sizes, placement.ranks_by_position, world_rank);
   set_log_prefix(cat("rank ", world_rank, " (", job.layout->coordinates(), ") ", job.node.hostname));
   job.groups = make_mpi_groups(*job.layout);
@@ -112,9 +113,11 @@ std::vector<std::string> load_stage(Job& job, const std::string& model_dir, cons
              " of ", machine_cores, " cores (the launcher bound each rank to ", threads,
              "); with mpirun add --bind-to socket or --bind-to none to use them all");
   if (!job.backend) job.backend = make_cpu_backend(threads);
-  job.stage.reset();  // a reload frees the previous weights first
+  attach_device_groups(job);  // before the stage: its layers all-reduce over groups.tp_device when set
+  job.stage.reset();          // a reload frees the previous weights first
   CheckpointWeightSource source(model_dir, job.manifest, *job.plan);
-  job.stage = std::make_unique<TransformerStage>(*job.plan, source, *job.backend, *job.groups.tp, limits);
+  job.stage = std::make_unique<TransformerStage>(*job.plan, source, *job.backend,
+                                                 job.groups.tp_device ? *job.groups.tp_device : *job.groups.tp, limits);
   std::string files;
   for (const auto& path : source.opened()) files += (files.empty() ? "" : ", ") + path;
   log_debug("loaded layers ", job.plan->layer_begin(), "-", job.plan->layer_end() - 1, " from ", files, " (", threads,

@@ -79,6 +79,8 @@ struct CommGroups {
   std::unique_ptr<Communicator> tp;
   std::unique_ptr<Communicator> pp;
   std::unique_ptr<Communicator> dp;
+  // The tensor-parallel group for device tensors (NCCL with --device cuda); null means use tp.
+  std::unique_ptr<Communicator> tp_device;
 };
 
 }  // namespace strata

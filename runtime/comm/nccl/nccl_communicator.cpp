@@ -265,6 +265,7 @@ class NcclCommunicatorImpl final : public NcclCommunicator {
 
 std::unique_ptr<NcclCommunicator> make_nccl_communicator(Communicator& bootstrap, int device, void* stream,
                                                          NcclOptions options) {
+  if (device < 0) STRATA_CUDA_CHECK(cudaGetDevice(&device));
   ncclUniqueId id{};
   if (bootstrap.rank() == 0) STRATA_NCCL_CHECK(ncclGetUniqueId(&id));
   bootstrap.broadcast(&id, sizeof id, 0);

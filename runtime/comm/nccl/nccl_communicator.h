@@ -42,7 +42,8 @@ class NcclCommunicator : public Communicator {
 
 // Collective over `bootstrap` (an MPI group of exactly the ranks of the new communicator, same rank order): rank 0
 // creates the NCCL unique id and broadcasts it over bootstrap, then every rank joins a non-blocking communicator on
-// CUDA `device` whose initialisation is polled under options.timeout_seconds. `stream` is a cudaStream_t (nullptr:
+// CUDA `device` (-1: the calling thread's current device) whose initialisation is polled under
+// options.timeout_seconds. `stream` is a cudaStream_t (nullptr:
 // the legacy default stream).
 std::unique_ptr<NcclCommunicator> make_nccl_communicator(Communicator& bootstrap, int device, void* stream,
                                                          NcclOptions options = {});
