@@ -148,6 +148,8 @@ int cli_main(int argc, char** argv) {
   bench_cmd->add_option("--micro-batches", bench.micro_batches, "Pipeline micro-batches (default: one per stage)")
       ->check(CLI::NonNegativeNumber);
   bench_cmd->add_option("--repeats", bench.repeats, "Timed repetitions (best is reported)")->check(CLI::PositiveNumber);
+  bench_cmd->add_option("--memory-gib", bench.memory_gib, "Buffer size of the memory-bandwidth probe, GiB")
+      ->check(CLI::Range(0.01, 64.0));
 
   std::vector<std::string> args = expand_short_flags(argc, argv);
   std::vector<char*> expanded;
