@@ -38,6 +38,8 @@ PACKAGES=(
   libopenblas0-openmp libgfortran5 libquadmath0 libgomp1
 )
 
+# root/ and lib/ are what gpu-validate.sh unpacks there: never carry them (they would pass 64 MiB).
+rm -rf "$BUNDLE/root" "$BUNDLE/lib"
 mkdir -p "$BUNDLE/debs" "$BUNDLE/bin"
 grep -qx '/.gpu-bundle/' "$ROOT/.gitignore" || echo '/.gpu-bundle/' >>"$ROOT/.gitignore"
 

@@ -102,9 +102,10 @@ MPIEXEC="$SYSROOT/usr/bin/orterun"
 STRATA="$BUNDLE/bin/strata"
 with_env() { env "${OMPI_ENV[@]}" "$@"; }
 mpirun_n() { local n="$1"; shift; with_env "$MPIEXEC" -n "$n" --bind-to none "$@"; }
-# Pythons: the machine's (PyTorch, transformers, h5py live there), without our library path.
+# The machine's Python (PyTorch, transformers, h5py live there), in the machine's own environment: our library
+# path is passed to strata and mpiexec only, never exported.
 PY="$(command -v python3)"
-pyrun() { env -u LD_LIBRARY_PATH PYTHONUNBUFFERED=1 "$PY" "$@"; }
+pyrun() { PYTHONUNBUFFERED=1 "$PY" "$@"; }
 GPUS="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
 
 phase_env() {
@@ -198,7 +199,7 @@ phase_logits() {
       local name="${names[$i]}" model="$WORK/${names[$i]}"
       say "checkpoint $name: strata init ${flags[$i]}"
       # shellcheck disable=SC2086
-      with_env "$STRATA" init ${flags[$i]} --output "$model" >/dev/null 2>&1 || [ -f "$model/manifest.json" ] ||
+      [ -f "$model/manifest.json" ] || with_env "$STRATA" init ${flags[$i]} --output "$model" ||
         { fail "init $name"; continue; }
       generate "$model" cpu 1 "$WORK/$name-cpu.jsonl" || { fail "generate $name on cpu"; continue; }
       generate "$model" cuda 1 "$WORK/$name-cuda.jsonl" || { fail "generate $name on cuda"; continue; }
