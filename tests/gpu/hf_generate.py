@@ -58,18 +58,20 @@ def build_model(checkpoint, attn):
     with open(os.path.join(checkpoint, "manifest.json")) as f:
         manifest = json.load(f)
     m = manifest["model"]
-    config = transformers.LlamaConfig(
+    settings = dict(
         vocab_size=m["vocab_size"], hidden_size=m["hidden_size"], intermediate_size=m["intermediate_size"],
         num_hidden_layers=m["num_hidden_layers"], num_attention_heads=m["num_attention_heads"],
         num_key_value_heads=m["num_key_value_heads"], head_dim=m["head_dim"],
         max_position_embeddings=m["max_position_embeddings"], rms_norm_eps=m["rms_norm_eps"],
-        rope_theta=m["rope_theta"], rope_scaling=m.get("rope_scaling"), attention_bias=m["attention_bias"],
-        tie_word_embeddings=m["tie_word_embeddings"], bos_token_id=m["bos_token_id"], eos_token_id=m["eos_token_id"],
-        pad_token_id=m["eos_token_id"])
-    # transformers 5 keeps RoPE settings in rope_parameters (rope_theta is read from there)
+        rope_theta=m["rope_theta"], attention_bias=m["attention_bias"], tie_word_embeddings=m["tie_word_embeddings"],
+        bos_token_id=m["bos_token_id"], eos_token_id=m["eos_token_id"], pad_token_id=m["eos_token_id"],
+        attn_implementation=attn)
+    if m.get("rope_scaling"):
+        settings["rope_scaling"] = m["rope_scaling"]
+    config = transformers.LlamaConfig(**settings)
+    # transformers 5 keeps RoPE settings in rope_parameters (and reads rope_theta from there only)
     if isinstance(getattr(config, "rope_parameters", None), dict) and not m.get("rope_scaling"):
         config.rope_parameters["rope_theta"] = m["rope_theta"]
-    config._attn_implementation = attn
     torch.set_default_dtype(torch.bfloat16)
     start = time.time()
     with torch.device("cuda"):
@@ -80,6 +82,8 @@ def build_model(checkpoint, attn):
     for shard in manifest["shards"]:
         with h5py.File(os.path.join(checkpoint, shard["file"]), "r") as h5:
             for name, dset in h5.items():
+                if name == "lm_head.weight" and config.tie_word_embeddings:
+                    continue  # tied: the embedding table is the head
                 if name not in params:
                     raise KeyError(f"{shard['file']}: tensor {name} has no parameter in LlamaForCausalLM")
                 offset = [int(o) for o in dset.attrs["global_offset"]]
