@@ -38,10 +38,16 @@ ncclDataType_t nccl_type(DType dtype) {
 bool is_device_pointer(const void* pointer) {
   cudaPointerAttributes attributes{};
   if (cudaPointerGetAttributes(&attributes, pointer) != cudaSuccess) {
-    (void)cudaGetLastError();  // an unknown host pointer: clear the sticky-free error and say "not device"
+    (void)cudaGetLastError();  // a pointer CUDA does not know: clear the (non-sticky) error, and it is not device
     return false;
   }
   return attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged;
+}
+
+// NCCL's last message for `comm` (nullptr: the last one of any communicator); empty when it has none.
+std::string last_error(ncclComm_t comm) {
+  const char* text = ncclGetLastError(comm);
+  return text != nullptr ? std::string(text) : std::string();
 }
 
 class NcclCommunicatorImpl final : public NcclCommunicator {
@@ -189,10 +195,11 @@ class NcclCommunicatorImpl final : public NcclCommunicator {
     try {
       call();
     } catch (const Error& e) {
-      const std::string last = comm_ != nullptr ? ncclGetLastError(comm_) : ncclGetLastError(nullptr);
+      const std::string last = last_error(comm_);
       abort();
       throw Error(ErrorKind::Communication,
-                  cat(where(), ": ", e.what(), last.empty() ? "" : cat(" (NCCL: ", last, ")")));
+                  cat(where(), ": ", what, ": ", e.what(), last.empty() ? "" : cat(" (NCCL: ", last, ")"),
+                      "; communicator aborted"));
     }
   }
 
@@ -233,7 +240,7 @@ class NcclCommunicatorImpl final : public NcclCommunicator {
   std::string where() const { return cat("NCCL ", options_.label, " rank ", rank_, " of ", size_); }
 
   [[noreturn]] void fail(const std::string& why) {
-    const std::string last = comm_ != nullptr ? ncclGetLastError(comm_) : "";
+    const std::string last = comm_ != nullptr ? last_error(comm_) : std::string();
     abort();
     throw Error(ErrorKind::Communication,
                 cat(where(), ": ", why, last.empty() ? "" : cat(" (NCCL: ", last, ")"), "; communicator aborted"));
