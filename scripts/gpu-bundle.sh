@@ -2,11 +2,12 @@
 # Run HERE (a Debian 12 machine with the registry and CUDA 13 at /usr/local/cuda; no GPU needed): prepares
 # .gpu-bundle/ (git-ignored, under 64 MiB) for scripts/gpu-validate.sh on a GPU machine that reaches no registry:
 #   .gpu-bundle/debs/  the Debian packages the binaries need at run time that a CUDA/PyTorch image may lack
-#                      (Open MPI and its fabric libraries, HDF5, OpenBLAS), fetched with `apt-get download`;
+#                      (Open MPI and its fabric libraries, HDF5, OpenBLAS), and the headers and CMake packages
+#                      for an optional build there, fetched with `apt-get download`;
 #   .gpu-bundle/bin/   strata and the GPU test programs, built here for sm_90 (H100/H200) from this checkout;
 #   .gpu-bundle/commit the checkout's commit, so the GPU side can say what it ran.
-# The binaries are built here, not there: a build there would need ~40 development packages (HDF5 alone pulls
-# curl, OpenSSL, libaec, zlib headers) where these need only their run-time libraries.
+# The binaries are built here as well as (optionally) there: the build here is the dependable path, since a build
+# on an image we have never seen can fail for reasons no one can fix from here.
 # Usage: scripts/gpu-bundle.sh [--jobs N] [--skip-build]
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -36,7 +37,12 @@ PACKAGES=(
   libunistring2 libgnutls30 libnettle8 libhogweed6 libgmp10 libp11-kit0 libffi8 libtasn1-6 libsasl2-2
   # OpenBLAS (OpenMP build: the CPU backend, and bench's CPU probe) and its Fortran run time.
   libopenblas0-openmp libgfortran5 libquadmath0 libgomp1
+  # Headers and CMake packages, for `gpu-validate.sh build` (a build there with the machine's own compiler, nvcc
+  # and CMake; the binaries built here are used when that is not possible).
+  libopenmpi-dev libhdf5-dev libopenblas-openmp-dev libcli11-dev nlohmann-json3-dev libgtest-dev
 )
+# Not bundled: python3-numpy/python3-h5py (Debian's are built for Python 3.11; the GPU image's Python has both),
+# CMake and ninja (the GPU image has them; only the optional build phase needs them).
 
 # root/ and lib/ are what gpu-validate.sh unpacks there: never carry them (they would pass 64 MiB).
 rm -rf "$BUNDLE/root" "$BUNDLE/lib"

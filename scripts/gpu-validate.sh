@@ -3,12 +3,15 @@
 # carried along). Unpacks the bundled Debian packages with dpkg -x into .gpu-bundle/root (never into /), links the
 # libraries the machine lacks into .gpu-bundle/lib, prints what the machine has, then runs the phases asked for:
 #   env     the machine: GPU, driver, CUDA, compilers, MPI, Python packages, libraries strata resolves (env.txt)
+#   build   builds strata and the GPU tests there for sm_90 with the machine's CMake, g++ and nvcc against the
+#           bundled headers (build.log); later phases then use that build. Without it, or when it fails, they use
+#           the binaries gpu-bundle.sh built (same sources, sm_90)
 #   tests   the GPU test programs (tests/nccl, tests/cuda) under the bundled mpiexec (tests.log)
 #   logits  CPU vs CUDA logits and greedy text on small checkpoints, tests/gpu/compare_logits.py (logits.txt)
 #   bench   a ~7B random Llama (strata init --preset 7b --dtype bf16): strata bench at batch 1/32/128 next to the
 #           HBM roofline measured in the same run, then Hugging Face transformers' generate on the same weights and
 #           prompts, side by side (bench.txt, hf.txt, summary.txt)
-# Usage: scripts/gpu-validate.sh [env] [tests] [logits] [bench]     (default: env tests logits)
+# Usage: scripts/gpu-validate.sh [env] [build] [tests] [logits] [bench]     (default: env build tests logits)
 # Logs and figures go to $OUT (the device tool's folder; ./gpu-out when unset). Each phase prints its wall time;
 # `bench` takes about 8 minutes on an H100, so give it a call of its own (docs/performance.md has the commands).
 set -uo pipefail
@@ -20,7 +23,7 @@ OUT="${OUT:-$ROOT/gpu-out}"
 WORK="${STRATA_GPU_WORK:-/tmp/strata-gpu}"
 mkdir -p "$OUT" "$WORK"
 PHASES=("$@")
-[ ${#PHASES[@]} -gt 0 ] || PHASES=(env tests logits)
+[ ${#PHASES[@]} -gt 0 ] || PHASES=(env build tests logits)
 FAILED=()
 
 say() { echo "[gpu-validate $(date -u +%H:%M:%S)] $*"; }
@@ -99,7 +102,20 @@ OMPI_ENV=(
   OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 )
 MPIEXEC="$SYSROOT/usr/bin/orterun"
-STRATA="$BUNDLE/bin/strata"
+BUILD="$WORK/build"
+# The binaries: those built here by the build phase (now or by an earlier call on this machine), else the bundle's.
+use_binaries() {
+  if [ -f "$BUILD/.built" ]; then
+    STRATA="$BUILD/launch/strata"
+    GPU_TESTS=$(find "$BUILD/tests" -maxdepth 1 -type f -executable \( -name 'cuda_*' -o -name 'nccl_*' -o -name 'gpu_*' \) | sort)
+    BINARIES="built on this machine ($BUILD)"
+  else
+    STRATA="$BUNDLE/bin/strata"
+    GPU_TESTS=$(find "$BUNDLE/bin" -maxdepth 1 -type f ! -name strata | sort)
+    BINARIES="built by gpu-bundle.sh ($(head -1 "$BUNDLE/commit" 2>/dev/null))"
+  fi
+}
+use_binaries
 with_env() { env "${OMPI_ENV[@]}" "$@"; }
 mpirun_n() { local n="$1"; shift; with_env "$MPIEXEC" -n "$n" --bind-to none "$@"; }
 # The machine's Python (PyTorch, transformers, h5py live there), in the machine's own environment: our library
@@ -112,12 +128,14 @@ phase_env() {
   {
     echo "== gpu-validate env, $(date -u)"
     echo "bundle built from commit: $(cat "$BUNDLE/commit" 2>/dev/null || echo unknown)"
+    echo "binaries in use: $BINARIES"
     echo "checkout here: $(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo 'not a git checkout')"
     uname -a
     grep -E '^(PRETTY_NAME|VERSION_ID)=' /etc/os-release 2>/dev/null
     echo "CPUs: $(nproc), memory: $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)"
     echo "== GPUs ($GPUS)"
-    nvidia-smi --query-gpu=name,memory.total,driver_version,pci.bus_id,clocks.max.sm,clocks.max.mem --format=csv 2>&1
+    nvidia-smi --query-gpu=name,memory.total,driver_version,pci.bus_id,clocks.max.sm,clocks.max.mem --format=csv 2>&1 ||
+      echo "nvidia-smi failed or is missing"
     echo "== tools"
     for tool in nvcc cmake ninja g++ gcc dpkg mpiexec python3; do
       printf '%-8s %s\n' "$tool" "$(command -v "$tool" || echo 'not found')"
@@ -157,10 +175,10 @@ EOF
 phase_tests() {
   {
     say "GPU tests on $GPUS GPU(s)"
+    say "binaries: $BINARIES"
     local ran=0
-    for t in "$BUNDLE/bin/"*; do
+    for t in $GPU_TESTS; do
       name="$(basename "$t")"
-      [ "$name" = strata ] && continue
       ran=$((ran + 1))
       # Multi-rank tests get one rank per GPU (2 at most: they are written for 2); gtest_main programs ignore
       # --expect-ranks.
@@ -174,9 +192,55 @@ phase_tests() {
         fail "test $name (exit $?, $(($(date +%s) - start)) s)"
       fi
     done
-    [ "$ran" -gt 0 ] || fail "tests: no GPU test programs in $BUNDLE/bin"
+    [ "$ran" -gt 0 ] || fail "test programs: none found ($BINARIES)"
   } 2>&1 | tee "$OUT/tests.log"
   grep -q 'FAILED: test' "$OUT/tests.log" && FAILED+=("tests (tests.log)")
+  return 0
+}
+
+phase_build() {
+  rm -f "$BUILD/.built"
+  {
+    local missing=""
+    for tool in cmake g++ nvcc; do command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"; done
+    if [ -n "$missing" ]; then
+      say "build: not possible here (no$missing); the later phases use the binaries built by gpu-bundle.sh"
+      exit 0
+    fi
+    local generator=(-G "Unix Makefiles")
+    command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
+    # NCCL beside CUDA, else from the Python wheels (nvidia-nccl-cu13: include/nccl.h, lib/libnccl.so.2).
+    local nccl_root=""
+    if [ ! -f /usr/local/cuda/include/nccl.h ]; then
+      for s in $PYSITE; do [ -f "$s/nvidia/nccl/include/nccl.h" ] && nccl_root="$s/nvidia/nccl"; done
+      for s in $PYSITE; do [ -f "$s/nvidia/cu13/include/nccl.h" ] && nccl_root="$s/nvidia/cu13"; done
+    fi
+    # The test registration needs a Python with NumPy and h5py (the reference tests; not run here).
+    local test_python="$PY"
+    for candidate in "$PY" /usr/bin/python3; do
+      if "$candidate" -c 'import numpy, h5py' 2>/dev/null; then test_python="$candidate"; break; fi
+    done
+    local ompi="$SYSROOT/usr/lib/$MULTIARCH/openmpi"
+    # MPI from the unpacked packages, named directly (the wrapper's link line also names -dev libraries that are
+    # not bundled); HDF5 (serial) by its Debian root; CLI11, nlohmann_json, GTest, OpenBLAS by CMAKE_PREFIX_PATH.
+    local cmd=(cmake -S "$ROOT" -B "$BUILD" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DSTRATA_CUDA=ON
+      -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_PREFIX_PATH="$SYSROOT/usr" -DSTRATA_PYTHON="$test_python"
+      -DMPI_SKIP_COMPILER_WRAPPER=TRUE -DMPI_SKIP_GUESSING=TRUE -DMPI_CXX_HEADER_DIR="$ompi/include"
+      -DMPI_CXX_ADDITIONAL_INCLUDE_DIRS="$ompi/include/openmpi" -DMPI_CXX_LIB_NAMES="mpi_cxx;mpi"
+      -DMPI_mpi_cxx_LIBRARY="$ompi/lib/libmpi_cxx.so" -DMPI_mpi_LIBRARY="$ompi/lib/libmpi.so"
+      -DMPIEXEC_EXECUTABLE="$MPIEXEC"
+      -DHDF5_ROOT="$SYSROOT/usr/lib/$MULTIARCH/hdf5/serial" -DHDF5_C_COMPILER_EXECUTABLE=/nonexistent/h5cc
+      ${nccl_root:+-DNCCL_ROOT="$nccl_root"})
+    say "configure: ${cmd[*]}"
+    with_env "${cmd[@]}" || { say "FAILED: build: cmake configure"; exit 0; }
+    mapfile -t targets < <(with_env cmake --build "$BUILD" --target help | sed -n 's/^\(\.\.\. \)\{0,1\}\(\(cuda\|nccl\|gpu\)_[A-Za-z0-9_]*\)\(: phony\)\{0,1\}$/\2/p' | sort -u)
+    say "building strata ${targets[*]}"
+    with_env cmake --build "$BUILD" -j "$(nproc)" --target strata "${targets[@]}" || { say "FAILED: build"; exit 0; }
+    touch "$BUILD/.built"
+    say "build: done; later phases use $BUILD"
+  } 2>&1 | tee "$OUT/build.log"
+  grep -q 'FAILED: build' "$OUT/build.log" && FAILED+=("build (build.log; later phases use the bundle's binaries)")
+  use_binaries
   return 0
 }
 
@@ -255,10 +319,11 @@ for phase in "${PHASES[@]}"; do
   say "=== phase $phase"
   case "$phase" in
     env) phase_env ;;
+    build) phase_build ;;
     tests) phase_tests ;;
     logits) phase_logits ;;
     bench) phase_bench ;;
-    *) fail "unknown phase $phase (env, tests, logits, bench)" ;;
+    *) fail "unknown phase $phase (env, build, tests, logits, bench)" ;;
   esac
   say "=== phase $phase done in $(($(date +%s) - start)) s"
 done
