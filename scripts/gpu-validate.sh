@@ -7,7 +7,8 @@
 #           bundled headers (build.log); later phases then use that build. Without it, or when it fails, they use
 #           the binaries gpu-bundle.sh built (same sources, sm_90)
 #   tests   the GPU test programs (tests/nccl, tests/cuda) under the bundled mpiexec (tests.log)
-#   logits  CPU vs CUDA logits and greedy text on small checkpoints, tests/gpu/compare_logits.py (logits.txt)
+#   logits  CPU vs CUDA logits and greedy text on small checkpoints, tests/gpu/compare_logits.py, and transformers
+#           on the same weights vs the CPU backend, tests/gpu/hf_generate.py --check-results (logits.txt)
 #   bench   a ~7B random Llama (strata init --preset 7b --dtype bf16): strata bench at batch 1/32/128 next to the
 #           HBM roofline measured in the same run, then Hugging Face transformers' generate on the same weights and
 #           prompts, side by side (bench.txt, hf.txt, summary.txt)
@@ -266,6 +267,10 @@ phase_logits() {
       [ -f "$model/manifest.json" ] || with_env "$STRATA" init ${flags[$i]} --output "$model" ||
         { fail "init $name"; continue; }
       generate "$model" cpu 1 "$WORK/$name-cpu.jsonl" || { fail "generate $name on cpu"; continue; }
+      # transformers on the same weights against the CPU backend: checks hf_generate.py's loading (the 7B
+      # comparison relies on it) and adds a third implementation.
+      pyrun "$ROOT/tests/gpu/hf_generate.py" --checkpoint "$model" --check-results "$WORK/$name-cpu.jsonl" ||
+        fail "logits $name (transformers vs cpu)"
       generate "$model" cuda 1 "$WORK/$name-cuda.jsonl" || { fail "generate $name on cuda"; continue; }
       pyrun "$ROOT/tests/gpu/compare_logits.py" --checkpoint "$model" --reference "$WORK/$name-cpu.jsonl" \
         --candidate "$WORK/$name-cuda.jsonl" --label "$name cuda vs cpu" || fail "logits $name (cuda vs cpu)"

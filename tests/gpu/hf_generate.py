@@ -8,8 +8,15 @@ synthetic prompts strata bench uses (prompt i, token t = (131 i + 7 t) mod 256) 
     decode  tok/s = batch * (gen_len - 1) / (T(gen_len new tokens) - T(1 new token))
 and prints the figures beside strata's (parsed from the `strata bench` output given with --strata-bench).
 
+With --check-results RESULTS.jsonl (a `strata generate --record-logits` file on the same checkpoint, byte
+tokenizer) it instead runs transformers' forward pass over each record's prompt and generated tokens and compares
+every recorded logit row, max|hf - strata| / max|strata| <= 2 sqrt(6 L) 2^-8 (the bf16 tolerance of
+compare_logits.py: transformers computes in bf16 here): a check that the weights reached transformers intact, and
+a third implementation beside strata's two backends.
+
 Usage: hf_generate.py --checkpoint DIR [--batch-sizes 1,32,128] [--prompt-len 128] [--gen-len 64]
                       [--strata-bench bench.txt] [--attn sdpa]
+       hf_generate.py --checkpoint DIR --check-results RESULTS.jsonl
 Needs torch (CUDA), transformers, numpy and h5py: exits 1 saying which is missing.
 """
 import argparse
@@ -136,6 +143,45 @@ def parse_strata_bench(path):
     return rows
 
 
+def check_results(model, checkpoint, path):
+    """Compares transformers' logits with a strata --record-logits results file; returns the exit status."""
+    with open(os.path.join(checkpoint, "manifest.json")) as f:
+        manifest = json.load(f)
+    tokenizer = manifest.get("tokenizer", {})
+    if tokenizer.get("type") != "byte":
+        print(f"FAIL transformers vs {path}: tokenizer {tokenizer.get('type')} is not the byte tokenizer this check "
+              "re-implements")
+        return 1
+    layers = int(manifest["model"]["num_hidden_layers"])
+    tol = 2 * (6 * layers) ** 0.5 * 2.0 ** -8
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    failures = rows = 0
+    max_err = 0.0
+    for rec in records:
+        prompt = [tokenizer["bos_token_id"]] + list(rec["prompt"].encode("utf-8"))
+        generated, recorded = rec["token_ids"], rec.get("logits", [])
+        if len(prompt) != rec["prompt_tokens"] or len(recorded) != len(generated) or not generated:
+            print(f"FAIL record {rec['id']}: {len(prompt)} prompt tokens here, {rec['prompt_tokens']} in strata; "
+                  f"{len(recorded)} logit rows for {len(generated)} tokens")
+            failures += 1
+            continue
+        ids = torch.tensor([prompt + generated[:-1]], dtype=torch.long, device="cuda")
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(prompt) - 1:].float().cpu().numpy()
+        for k, row in enumerate(recorded):
+            ref = np.asarray(row, dtype=np.float64)
+            err = float(np.max(np.abs(logits[k] - ref)) / np.max(np.abs(ref)))
+            rows += 1
+            max_err = max(max_err, err)
+            if not err <= tol:
+                failures += 1
+                print(f"FAIL record {rec['id']} row {k}: relative error {err:.4f} > {tol:.4f}")
+    print(f"{'FAIL' if failures else 'PASS'} transformers vs {os.path.basename(path)}: {len(records)} records, {rows} "
+          f"logit rows, relative error max {max_err:.4f} (tolerance {tol:.4f} = 2 sqrt(6 x {layers} layers) 2^-8)")
+    return 1 if failures or rows == 0 else 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True)
@@ -144,11 +190,14 @@ def main():
     parser.add_argument("--gen-len", type=int, default=64)
     parser.add_argument("--strata-bench", help="strata bench output to print beside")
     parser.add_argument("--attn", default="sdpa", help="transformers attention implementation (sdpa, eager)")
+    parser.add_argument("--check-results", help="compare with this strata --record-logits results file instead")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("hf_generate.py: torch sees no CUDA device")
         return 1
     model = build_model(args.checkpoint, args.attn)
+    if args.check_results:
+        return check_results(model, args.checkpoint, args.check_results)
     batches = [int(b) for b in args.batch_sizes.split(",")]
     ours = parse_strata_bench(args.strata_bench)
     timed_generate(model, 1, args.prompt_len, 2)  # warm-up (kernels, allocator)
