@@ -79,10 +79,15 @@ def build_model(checkpoint, attn):
     # transformers 5 keeps RoPE settings in rope_parameters (and reads rope_theta from there only)
     if isinstance(getattr(config, "rope_parameters", None), dict) and not m.get("rope_scaling"):
         config.rope_parameters["rope_theta"] = m["rope_theta"]
-    torch.set_default_dtype(torch.bfloat16)
+    # Built in bf16 the way from_pretrained(torch_dtype=bfloat16) builds it (default dtype set during construction;
+    # the rotary frequencies are computed in fp32 explicitly), then the default restored.
     start = time.time()
-    with torch.device("cuda"):
-        model = transformers.LlamaForCausalLM(config)
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = transformers.LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(torch.float32)
     model.eval()
     params = dict(model.named_parameters())
     filled = {name: 0 for name in params}
