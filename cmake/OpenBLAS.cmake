@@ -3,10 +3,23 @@
 # pool instead of two pools spinning against each other on the same cores. Both OpenBLAS builds share the soname
 # libopenblas.so.0, so the build RPATH (set by CMake for this non-default directory) is what selects this one.
 find_package(OpenMP REQUIRED COMPONENTS CXX)
-find_path(OPENBLAS_INCLUDE_DIR cblas.h NO_DEFAULT_PATH
-  PATHS /usr/include/x86_64-linux-gnu/openblas-openmp /usr/include/aarch64-linux-gnu/openblas-openmp)
-find_library(OPENBLAS_LIBRARY NAMES openblas NO_DEFAULT_PATH
-  PATHS /usr/lib/x86_64-linux-gnu/openblas-openmp /usr/lib/aarch64-linux-gnu/openblas-openmp)
+# CMAKE_PREFIX_PATH entries are searched first: scripts/gpu-validate.sh builds against Debian packages unpacked
+# under a prefix on a machine that cannot install them.
+set(_strata_blas_roots)
+foreach(prefix IN LISTS CMAKE_PREFIX_PATH)
+  list(APPEND _strata_blas_roots ${prefix})
+endforeach()
+list(APPEND _strata_blas_roots /usr)
+set(_strata_blas_includes)
+set(_strata_blas_libs)
+foreach(root IN LISTS _strata_blas_roots)
+  foreach(arch x86_64-linux-gnu aarch64-linux-gnu)
+    list(APPEND _strata_blas_includes ${root}/include/${arch}/openblas-openmp)
+    list(APPEND _strata_blas_libs ${root}/lib/${arch}/openblas-openmp)
+  endforeach()
+endforeach()
+find_path(OPENBLAS_INCLUDE_DIR cblas.h NO_DEFAULT_PATH PATHS ${_strata_blas_includes})
+find_library(OPENBLAS_LIBRARY NAMES openblas NO_DEFAULT_PATH PATHS ${_strata_blas_libs})
 if(NOT OPENBLAS_INCLUDE_DIR OR NOT OPENBLAS_LIBRARY)
   message(FATAL_ERROR "OpenBLAS (OpenMP build) not found: run scripts/install-deps.sh (libopenblas-openmp-dev)")
 endif()

@@ -1,6 +1,8 @@
 // `strata bench`: prefill and decode throughput of the engine next to this machine's roofline, measured in the
 // same run: memory read bandwidth (every rank of the node streaming a buffer at once) bounds decode, which must
-// read every weight once per step; the sgemm rate bounds prefill (2 FLOPs per parameter per token).
+// read every weight once per step; the sgemm rate bounds prefill (2 FLOPs per parameter per token). With
+// --device cuda the same two bounds come from the GPU: HBM bandwidth of a device-to-device copy and the bf16 cuBLAS
+// GEMM rate (runtime/backend/cuda/roofline_probe.cu), measured after loading, in the same run.
 #include <cblas.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -14,6 +16,9 @@
 #include "launch/job.h"
 #include "runtime/base/log.h"
 #include "runtime/engine/engine.h"
+#ifdef STRATA_WITH_CUDA
+#include "runtime/backend/cuda/roofline_probe.h"
+#endif
 
 namespace strata {
 namespace {
@@ -92,6 +97,30 @@ double measure_sgemm_rate(const Job& job, Communicator& world) {
   return 2.0 * n * n * n * job.node.local_size / best;
 }
 
+// The GPU bounds of one pipeline stage: the slowest GPU's copy bandwidth and GEMM rate, times the tp GPUs of a
+// stage (each reads its own shard of the weights at once; the stages of one token run one after another).
+struct GpuBounds {
+  std::string name;
+  double per_gpu_bandwidth = 0, per_gpu_flops = 0, bandwidth = 0, flops = 0;
+};
+
+GpuBounds measure_gpu_bounds(const Job& job, Communicator& world, double gib) {
+#ifdef STRATA_WITH_CUDA
+  world.barrier();
+  const GpuRoofline roof = measure_gpu_roofline(std::size_t(gib * double(1ull << 30)));
+  GpuBounds bounds;
+  bounds.name = roof.device_name;
+  // The slowest rank bounds everyone: minimum = -max(-x), in whole bytes/s and FLOP/s.
+  bounds.per_gpu_bandwidth = -double(world.all_reduce_max(-std::int64_t(roof.copy_bytes_per_second)));
+  bounds.per_gpu_flops = -double(world.all_reduce_max(-std::int64_t(roof.bf16_flops_per_second)));
+  bounds.bandwidth = bounds.per_gpu_bandwidth * job.layout->sizes().tp;
+  bounds.flops = bounds.per_gpu_flops * job.layout->sizes().tp;
+  return bounds;
+#else
+  throw Error(ErrorKind::Usage, "bench --device cuda: this strata was built without CUDA");
+#endif
+}
+
 // Wall time of one engine run over `batch` synthetic prompts, the same on every rank.
 double timed_run(Job& job, Communicator& world, int batch, int prompt_len, int max_tokens, std::int32_t model_len,
                  int micro_batches) {
@@ -134,12 +163,29 @@ int bench(Job& job, const BenchOptions& o) {
   world.barrier();
   const double raw = double(world.all_reduce_max(std::int64_t(raw_read_seconds(files, file_bytes) * 1e9))) * 1e-9;
 
-  const double bandwidth = measure_read_bandwidth(job, world, o.memory_gib);
-  const double sgemm = measure_sgemm_rate(job, world);
+  const bool cuda = o.parallel.device == "cuda";
   const double params = double(job.config.parameter_count());
-  const double weight_bytes = params * 4;  // the CPU backend holds f32 weights
   const bool report = job.layout->world_rank() == 0;
-  if (report) {
+  double bandwidth = 0, sgemm = 0, weight_bytes = params * 4;  // the CPU backend holds f32 weights
+  if (cuda) {
+    const GpuBounds gpu = measure_gpu_bounds(job, world, o.memory_gib);
+    bandwidth = gpu.bandwidth;
+    sgemm = gpu.flops;
+    weight_bytes = params * 2;  // the CUDA backend holds bf16 (or f16) weights whatever the checkpoint stores
+    if (report) {
+      std::printf("model %s: %.1fM parameters, %.0f MB of 16-bit weights; tp %d pp %d on %d GPU(s) (%s)\n",
+                  o.model.c_str(), params / 1e6, weight_bytes / 1e6, job.layout->sizes().tp, job.layout->sizes().pp,
+                  job.layout->world_size(), gpu.name.c_str());
+      std::printf(
+          "measured: HBM %.1f GB/s per GPU (device-to-device copy, bytes read + written), bf16 GEMM %.1f "
+          "TFLOP/s per GPU; roofline below uses %.1f GB/s and %.1f TFLOP/s (one stage's %d GPU(s))\n",
+          gpu.per_gpu_bandwidth / 1e9, gpu.per_gpu_flops / 1e12, bandwidth / 1e9, sgemm / 1e12, job.layout->sizes().tp);
+    }
+  } else {
+    bandwidth = measure_read_bandwidth(job, world, o.memory_gib);
+    sgemm = measure_sgemm_rate(job, world);
+  }
+  if (report && !cuda) {
     std::printf(
         "model %s: %.1fM parameters, %.0f MB of f32 weights; tp %d pp %d on %d rank(s), %d BLAS thread(s) "
         "each\n",
@@ -147,6 +193,8 @@ int bench(Job& job, const BenchOptions& o) {
         job.layout->world_size(), cpu_threads_per_rank(job.node));
     std::printf("measured: memory read %.2f GB/s, sgemm %.1f GFLOP/s (all ranks of the node at once)\n",
                 bandwidth / 1e9, sgemm / 1e9);
+  }
+  if (report) {
     std::printf(
         "load (page cache warm, slowest rank): %.3f s for %.0f MB of shards on rank 0; reading the same "
         "files raw: %.3f s; load speed = %.0f%% of raw\n",

@@ -32,6 +32,10 @@ void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
       ->transform(size_or_auto, "SIZE|auto");
   cmd.add_option("--device", p.device, "Compute device")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd.add_option("--topology", p.topology, "Cluster description (JSON, see strata topo --json) instead of detection");
+  cmd.add_option("--nccl-timeout", p.nccl_timeout,
+                 "With --device cuda and tensor parallelism: seconds an NCCL initialisation or wait on the GPU may "
+                 "take (a dead or stuck peer) before the job is aborted with that rank's message; 0 = never")
+      ->check(CLI::NonNegativeNumber);
   cmd.add_flag("--force", p.force, "Run a layout the placement refuses (a TP group across nodes or NVLink islands)");
 }
 
@@ -164,6 +168,8 @@ int cli_main(int argc, char** argv) {
   bench_cmd->add_option("--micro-batches", bench.micro_batches, "Pipeline micro-batches (default: one per stage)")
       ->check(CLI::NonNegativeNumber);
   bench_cmd->add_option("--repeats", bench.repeats, "Timed repetitions (best is reported)")->check(CLI::PositiveNumber);
+  bench_cmd->add_option("--memory-gib", bench.memory_gib, "Buffer size of the memory-bandwidth probe, GiB")
+      ->check(CLI::Range(0.01, 64.0));
 
   std::vector<std::string> args = expand_short_flags(argc, argv);
   std::vector<char*> expanded;

@@ -8,8 +8,9 @@ namespace strata {
 struct ParallelOptions {
   int tp = 1, pp = 1, dp = 0;  // 0: auto (placement chooses; dp: world size / (tp * pp))
   std::string device = "cpu";
-  std::string topology;  // a cluster description instead of detection
-  bool force = false;    // run a layout the placement refuses
+  std::string topology;       // a cluster description instead of detection
+  bool force = false;         // run a layout the placement refuses
+  double nccl_timeout = 300;  // --device cuda, tp > 1: seconds an NCCL wait may take before the job is aborted
 };
 
 struct GenerateOptions {

@@ -143,6 +143,7 @@ void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& 
     for (const auto& warning : placement.warnings) log_warn(warning, " (running anyway: --force)");
   }
   const LayoutSizes sizes = placement.sizes;
+  job.parallel = parallel;
   job.layout = std::make_unique<ParallelLayout>(sizes, placement.ranks_by_position, world_rank);
   set_log_prefix(cat("rank ", world_rank, " (", job.layout->coordinates(), ") ", job.node.hostname));
   job.groups = make_mpi_groups(*job.layout);
@@ -232,9 +233,6 @@ namespace {
 std::unique_ptr<Backend> make_backend(const Job& job, const StageLimits& limits, int threads) {
   if (job.device != "cuda") return make_cpu_backend(threads);
 #ifdef STRATA_WITH_CUDA
-  STRATA_CHECK(job.layout->sizes().tp == 1 || job.groups.tp_device, Usage,
-               "--device cuda with tensor parallelism needs a device communicator (NCCL), which this build lacks; "
-               "use -tp 1 (pipeline parallelism works over MPI)");
   CudaBackendOptions options;
   options.device = job.gpu;
   options.dtype = gpu_dtype(job);
@@ -261,7 +259,8 @@ std::vector<std::string> load_stage(Job& job, const std::string& model_dir, cons
              " of ", machine_cores, " cores (the launcher bound each rank to ", threads,
              "); with mpirun add --bind-to socket or --bind-to none to use them all");
   if (!job.backend) job.backend = make_backend(job, limits, threads);
-  job.stage.reset();  // a reload frees the previous weights first
+  attach_device_groups(job);  // before the stage: its layers all-reduce over groups.tp_device when set
+  job.stage.reset();          // a reload frees the previous weights first
   CheckpointWeightSource source(model_dir, job.manifest, *job.plan);
   Communicator& tp = job.groups.tp_device ? *job.groups.tp_device : *job.groups.tp;  // device tensors: NCCL
   job.stage = std::make_unique<TransformerStage>(*job.plan, source, *job.backend, tp, limits);

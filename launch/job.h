@@ -20,6 +20,7 @@
 namespace strata {
 
 struct Job {
+  ParallelOptions parallel;  // as launched (device, --nccl-timeout)
   NodeInfo node;
   Topology topology;
   std::unique_ptr<ParallelLayout> layout;
@@ -58,6 +59,10 @@ std::string plan_table(const Topology& topology, const ParallelLayout& any_rank_
 // Refuses (Error(Memory), numbers named) when the stage will not fit in this rank's share of the node's memory, or
 // with --device cuda in its GPU's free memory. Collective over the world: every rank learns whether any failed.
 void check_memory(const Job& job, const StageLimits& limits);
+// --device cuda with tensor parallelism: builds groups.tp_device, an NCCL communicator over the tp MPI group on the
+// backend's stream, and registers its asynchronous-error poll as the backend's wait monitor with --nccl-timeout.
+// Does nothing for the CPU backend or tp == 1. Collective over the tp group. (launch/device_groups.cpp)
+void attach_device_groups(Job& job);
 // Builds the backend and loads this rank's shard. Returns the shard files it read.
 std::vector<std::string> load_stage(Job& job, const std::string& model_dir, const StageLimits& limits);
 
