@@ -65,7 +65,10 @@ void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& 
   job.manifest = Manifest::read(model_dir);
   job.config = ModelConfig::from_json(job.manifest.model, manifest_path(model_dir));
   check_split(job.config, sizes.tp, sizes.pp);  // before anything loads, with the numbers
-  job.tokenizer = make_tokenizer(job.manifest.tokenizer, manifest_path(model_dir));
+  job.tokenizer =
+      make_tokenizer(job.manifest.tokenizer, manifest_path(model_dir),
+                     job.manifest.source.is_object() ? job.manifest.source.value("generation_config", nlohmann::json())
+                                                     : nlohmann::json());
   STRATA_CHECK(job.tokenizer->vocab_size() <= job.config.vocab_size, Checkpoint, manifest_path(model_dir),
                ": the tokenizer has ", job.tokenizer->vocab_size(), " tokens but the model's vocab_size is only ",
                job.config.vocab_size);

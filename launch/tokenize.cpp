@@ -1,0 +1,97 @@
+// `strata tokenize`: text (plain lines or JSONL prompts) to token ids, one JSON line per input, for checking prompt
+// lengths and for tests; --bench measures encoding throughput instead. No MPI: it runs as a plain process.
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <iterator>
+
+#include "io/checkpoint.h"
+#include "io/hf_tokenizer.h"
+#include "io/prompts.h"
+#include "launch/commands.h"
+#include "runtime/base/error.h"
+#include "runtime/base/log.h"
+
+namespace strata {
+namespace {
+
+// A checkpoint directory (its manifest's tokenizer) or a tokenizer.json file.
+std::unique_ptr<Tokenizer> open_tokenizer(const std::string& path) {
+  if (std::filesystem::is_directory(path)) {
+    const Manifest manifest = Manifest::read(path);
+    const nlohmann::json generation =
+        manifest.source.is_object() ? manifest.source.value("generation_config", nlohmann::json()) : nlohmann::json();
+    return make_tokenizer(manifest.tokenizer, manifest_path(path), generation);
+  }
+  return HfTokenizer::from_file(path);
+}
+
+std::string read_input(const std::string& input) {
+  if (input != "-") return read_file(input);
+  return std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+}
+
+// Encodes the whole input (as one text) repeatedly for about `seconds`; prints MB/s and tokens/s.
+int bench(const Tokenizer& tokenizer, const std::string& text, double seconds) {
+  using clock = std::chrono::steady_clock;
+  std::size_t tokens = tokenizer.encode(text, false).size();  // warm-up (fills the word cache, as in serving)
+  std::int64_t rounds = 0;
+  const auto start = clock::now();
+  double elapsed = 0;
+  while (elapsed < seconds || rounds == 0) {
+    tokens = tokenizer.encode(text, false).size();
+    ++rounds;
+    elapsed = std::chrono::duration<double>(clock::now() - start).count();
+  }
+  const double bytes = double(text.size()) * double(rounds);
+  std::printf(
+      "{\"bytes\": %zu, \"tokens\": %zu, \"rounds\": %lld, \"seconds\": %.3f, \"MB_per_s\": %.2f, "
+      "\"tokens_per_s\": %.0f}\n",
+      text.size(), tokens, static_cast<long long>(rounds), elapsed, bytes / elapsed / 1e6,
+      double(tokens) * double(rounds) / elapsed);
+  return 0;
+}
+
+int tokenize(const TokenizeOptions& o) {
+  const std::unique_ptr<Tokenizer> tokenizer = open_tokenizer(o.tokenizer);
+  const std::string content = read_input(o.input);
+  if (o.bench_seconds > 0) return bench(*tokenizer, content, o.bench_seconds);
+  const std::string origin = o.input == "-" ? "<stdin>" : o.input;
+  std::vector<std::string> texts;
+  if (o.jsonl) {
+    for (const auto& p : parse_prompts(content, origin, PromptFormat::Jsonl)) texts.push_back(p.text);
+  } else {  // every line is an input, empty lines included (an empty text has zero ids)
+    std::size_t at = 0;
+    while (at < content.size()) {
+      std::size_t end = content.find('\n', at);
+      if (end == std::string::npos) end = content.size();
+      std::string line = content.substr(at, end - at);
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      texts.push_back(std::move(line));
+      at = end + 1;
+    }
+  }
+  std::int64_t total = 0;
+  for (const auto& text : texts) {
+    const std::vector<std::int32_t> ids = tokenizer->encode(text, o.add_bos);
+    total += std::int64_t(ids.size());
+    const nlohmann::json line = {{"ids", ids}, {"count", ids.size()}};
+    std::printf("%s\n", line.dump().c_str());
+  }
+  std::fprintf(stderr, "[strata] %zu inputs, %lld tokens\n", texts.size(), static_cast<long long>(total));
+  return 0;
+}
+
+}  // namespace
+
+int run_tokenize(const TokenizeOptions& o) {
+  try {
+    return tokenize(o);
+  } catch (const std::exception& e) {
+    log_line(LogLevel::Error, e.what());
+    return 1;
+  }
+}
+
+}  // namespace strata

@@ -1,0 +1,21 @@
+// The independent reference: Hugging Face's own `tokenizers` library (Rust, through the @anush008/tokenizers
+// Node binding) encodes every JSONL prompt; prints one JSON line {"ids": [...]} per prompt.
+//   node reference_encode.js NODE_MODULES_DIR TOKENIZER_JSON PROMPTS_JSONL [--add-special]
+const path = require('path');
+const fs = require('fs');
+const [modules, tokenizerFile, promptsFile, flag] = process.argv.slice(2);
+const { Tokenizer } = require(path.join(modules, '@anush008/tokenizers'));
+
+(async () => {
+  const tokenizer = Tokenizer.fromFile(tokenizerFile);
+  const lines = fs.readFileSync(promptsFile, 'utf8').split('\n').filter((l) => l.length > 0);
+  const out = [];
+  for (const line of lines) {
+    const encoding = await tokenizer.encode(JSON.parse(line).prompt, null, { addSpecialTokens: flag === '--add-special' });
+    out.push(JSON.stringify({ ids: Array.from(encoding.getIds()) }));
+  }
+  process.stdout.write(out.join('\n') + '\n');
+})().catch((e) => {
+  console.error(`reference_encode.js: ${e.stack || e}`);
+  process.exit(1);
+});
