@@ -936,17 +936,18 @@ std::string HfTokenizer::decode(std::span<const std::int32_t> ids) const {
         break;
       }
       case Decoder::Kind::Metaspace:
+        // Replacement characters become spaces, except in the first token, where they are dropped (the prefix
+        // the pre-tokenizer added), as the reference library does.
         for (std::size_t i = 0; i < tokens.size(); ++i) {
           std::string s;
           for (std::size_t at = 0; at < tokens[i].size();) {
             if (tokens[i].compare(at, d.text.size(), d.text) == 0) {
-              s += ' ';
+              if (i > 0 || !d.prepend) s += ' ';
               at += d.text.size();
             } else {
               s += tokens[i][at++];
             }
           }
-          if (i == 0 && d.prepend && !s.empty() && s[0] == ' ') s.erase(0, 1);
           tokens[i] = std::move(s);
         }
         break;

@@ -118,6 +118,7 @@ int cli_main(int argc, char** argv) {
                            "Text file, one input per line, or JSONL with --jsonl; - = stdin");
   tokenize_cmd->add_flag("--jsonl", tokenize.jsonl, "Input is JSONL prompts ({\"prompt\": ...} per line)");
   tokenize_cmd->add_flag("--add-bos", tokenize.add_bos, "Add the model's BOS (as generate does)");
+  tokenize_cmd->add_flag("--decode", tokenize.decode, "Also decode the ids again (\"text\"; special tokens skipped)");
   tokenize_cmd
       ->add_option("--bench", tokenize.bench_seconds,
                    "Instead: encode the whole input repeatedly for this many seconds and print MB/s")

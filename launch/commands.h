@@ -70,7 +70,7 @@ int run_convert(const ConvertOptions& options, int argc, char** argv);
 
 struct TokenizeOptions {
   std::string tokenizer, input = "-";
-  bool jsonl = false, add_bos = false;
+  bool jsonl = false, add_bos = false, decode = false;
   double bench_seconds = 0;  // > 0: measure encoding throughput of the whole input instead
 };
 int run_tokenize(const TokenizeOptions& options);

@@ -76,7 +76,8 @@ int tokenize(const TokenizeOptions& o) {
   for (const auto& text : texts) {
     const std::vector<std::int32_t> ids = tokenizer->encode(text, o.add_bos);
     total += std::int64_t(ids.size());
-    const nlohmann::json line = {{"ids", ids}, {"count", ids.size()}};
+    nlohmann::json line = {{"ids", ids}, {"count", ids.size()}};
+    if (o.decode) line["text"] = tokenizer->decode(ids);
     std::printf("%s\n", line.dump().c_str());
   }
   std::fprintf(stderr, "[strata] %zu inputs, %lld tokens\n", texts.size(), static_cast<long long>(total));

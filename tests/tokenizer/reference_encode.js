@@ -1,5 +1,6 @@
 // The independent reference: Hugging Face's own `tokenizers` library (Rust, through the @anush008/tokenizers
-// Node binding) encodes every JSONL prompt; prints one JSON line {"ids": [...]} per prompt.
+// Node binding) encodes every JSONL prompt and decodes the ids again (special tokens skipped); prints one JSON
+// line {"ids": [...], "text": "..."} per prompt.
 //   node reference_encode.js NODE_MODULES_DIR TOKENIZER_JSON PROMPTS_JSONL [--add-special]
 const path = require('path');
 const fs = require('fs');
@@ -12,7 +13,8 @@ const { Tokenizer } = require(path.join(modules, '@anush008/tokenizers'));
   const out = [];
   for (const line of lines) {
     const encoding = await tokenizer.encode(JSON.parse(line).prompt, null, { addSpecialTokens: flag === '--add-special' });
-    out.push(JSON.stringify({ ids: Array.from(encoding.getIds()) }));
+    const ids = Array.from(encoding.getIds());
+    out.push(JSON.stringify({ ids, text: await tokenizer.decode(ids, true) }));
   }
   process.stdout.write(out.join('\n') + '\n');
 })().catch((e) => {
