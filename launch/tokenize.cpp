@@ -80,6 +80,7 @@ int tokenize(const TokenizeOptions& o) {
     if (o.decode) line["text"] = tokenizer->decode(ids);
     std::printf("%s\n", line.dump().c_str());
   }
+  std::fflush(stdout);  // the summary after the ids, also when both go to one pipe
   std::fprintf(stderr, "[strata] %zu inputs, %lld tokens\n", texts.size(), static_cast<long long>(total));
   return 0;
 }
