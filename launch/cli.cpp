@@ -121,7 +121,7 @@ int cli_main(int argc, char** argv) {
   tokenize_cmd->add_flag("--decode", tokenize.decode, "Also decode the ids again (\"text\"; special tokens skipped)");
   tokenize_cmd
       ->add_option("--bench", tokenize.bench_seconds,
-                   "Instead: encode the whole input repeatedly for this many seconds and print MB/s")
+                   "Instead: encode all inputs repeatedly for this many seconds and print MB/s")
       ->check(CLI::NonNegativeNumber);
 
   TopoOptions topo;

@@ -80,3 +80,9 @@ def reference(modules, tokenizer_json, prompts_jsonl, add_special=False, decode=
     if p.returncode != 0:
         raise SystemExit(f"FAILED: the reference encoder failed ({' '.join(cmd)}):\n{p.stderr[-3000:]}")
     return [json.loads(line) for line in p.stdout.split("\n") if line]
+
+
+if __name__ == "__main__":  # scripts/fuzz.sh: fetch, then print the path of each named tokenizer.json
+    import sys
+    _, paths = fetch()
+    print(" ".join(paths[name] for name in sys.argv[1:]))
