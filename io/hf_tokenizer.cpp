@@ -336,6 +336,7 @@ struct HfTokenizer::Impl {
   std::string normalize(std::string_view text) const;
   void encode_section(std::string_view text, bool at_start, std::vector<std::int32_t>& ids) const;
   void pre_tokenize_and_bpe(std::string_view normalized, bool at_start, std::vector<std::int32_t>& ids) const;
+  void split_byte_level_bpe(std::string_view text, const Regex& regex, std::vector<std::int32_t>& ids) const;
   void bpe(std::string_view word, std::vector<std::int32_t>& ids) const;
   void bpe_uncached(std::string_view word, std::vector<std::int32_t>& ids) const;
 };
@@ -687,11 +688,38 @@ std::string HfTokenizer::Impl::normalize(std::string_view text) const {
 }
 
 void HfTokenizer::Impl::encode_section(std::string_view text, bool at_start, std::vector<std::int32_t>& ids) const {
+  if (normalizers.empty()) return pre_tokenize_and_bpe(text, at_start, ids);
   pre_tokenize_and_bpe(normalize(text), at_start, ids);
+}
+
+// The byte-level families' pipeline (Split Isolated, then ByteLevel without its own regex or prefix: Llama 3,
+// Qwen2) without intermediate piece lists: each regex match and gap is mapped into one reused buffer and looked up.
+void HfTokenizer::Impl::split_byte_level_bpe(std::string_view text, const Regex& regex,
+                                             std::vector<std::int32_t>& ids) const {
+  const auto& table = byte_level().to_char;
+  std::string mapped;
+  const auto emit = [&](std::string_view part) {
+    if (part.empty()) return;
+    mapped.clear();
+    for (unsigned char c : part) mapped += table[c];
+    bpe(mapped, ids);
+  };
+  std::size_t at = 0;
+  while (auto m = regex.find(text, at)) {
+    emit(text.substr(at, m->first - at));
+    emit(text.substr(m->first, m->second - m->first));
+    at = m->second;
+  }
+  emit(text.substr(at));
 }
 
 void HfTokenizer::Impl::pre_tokenize_and_bpe(std::string_view normalized, bool at_start,
                                              std::vector<std::int32_t>& ids) const {
+  if (pre_tokenizers.size() == 2 && pre_tokenizers[0].kind == PreTokenizer::Kind::Split &&
+      pre_tokenizers[0].behavior == SplitBehavior::Isolated &&
+      pre_tokenizers[1].kind == PreTokenizer::Kind::ByteLevel && !pre_tokenizers[1].pattern &&
+      !pre_tokenizers[1].add_prefix_space)
+    return split_byte_level_bpe(normalized, *pre_tokenizers[0].pattern, ids);
   std::vector<Piece> pieces{{std::string(normalized), at_start}};
   for (const auto& p : pre_tokenizers) {
     std::vector<Piece> next;
