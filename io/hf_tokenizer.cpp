@@ -859,6 +859,102 @@ void HfTokenizer::Impl::bpe_uncached(std::string_view word, std::vector<std::int
 
 // ---- HfTokenizer ------------------------------------------------------------------------------------------------
 
+namespace {
+// One decoder of the chain over the token strings (the reference library's decode_chain semantics).
+void run_decoder(const Decoder& d, std::vector<std::string>& tokens) {
+  const auto& to_byte = byte_level().to_byte;
+  switch (d.kind) {
+    case Decoder::Kind::ByteLevel: {
+      std::string bytes;
+      for (const auto& t : tokens) {
+        std::string mapped;
+        bool all = true;
+        for (std::size_t i = 0; i < t.size() && all;) {
+          const std::size_t n = std::min(utf8_length(static_cast<unsigned char>(t[i])), t.size() - i);
+          const auto it = to_byte.find(decode_utf8(std::string_view(t).substr(i, n)));
+          if (it == to_byte.end())
+            all = false;
+          else
+            mapped += char(it->second);
+          i += n;
+        }
+        bytes += all ? mapped : t;
+      }
+      tokens = {bytes};
+      break;
+    }
+    case Decoder::Kind::Metaspace:
+      // Replacement characters become spaces, except in the first token, where they are dropped (the prefix
+      // the pre-tokenizer added), as the reference library does.
+      for (std::size_t i = 0; i < tokens.size(); ++i) {
+        std::string s;
+        for (std::size_t at = 0; at < tokens[i].size();) {
+          if (tokens[i].compare(at, d.text.size(), d.text) == 0) {
+            if (i > 0 || !d.prepend) s += ' ';
+            at += d.text.size();
+          } else {
+            s += tokens[i][at++];
+          }
+        }
+        tokens[i] = std::move(s);
+      }
+      break;
+    case Decoder::Kind::Replace:
+      for (auto& t : tokens) t = replace_all(t, *d.pattern, d.text);
+      break;
+    case Decoder::Kind::ByteFallback: {
+      std::vector<std::string> out;
+      std::string pending;
+      std::size_t pending_count = 0;
+      const auto flush = [&] {
+        if (pending_count == 0) return;
+        if (repair_utf8(pending) == pending)
+          out.push_back(pending);
+        else
+          for (std::size_t k = 0; k < pending_count; ++k) out.emplace_back(kReplacementChar);
+        pending.clear();
+        pending_count = 0;
+      };
+      for (auto& t : tokens) {
+        unsigned value = 0;
+        if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' &&
+            std::sscanf(t.c_str() + 3, "%2X", &value) == 1 && std::isxdigit(static_cast<unsigned char>(t[3])) &&
+            std::isxdigit(static_cast<unsigned char>(t[4]))) {
+          pending += char(value);
+          ++pending_count;
+        } else {
+          flush();
+          out.push_back(std::move(t));
+        }
+      }
+      flush();
+      tokens = std::move(out);
+      break;
+    }
+    case Decoder::Kind::Fuse: {
+      std::string all;
+      for (const auto& t : tokens) all += t;
+      tokens = {all};
+      break;
+    }
+    case Decoder::Kind::Strip:
+      for (auto& t : tokens) {
+        std::size_t begin = 0, end = t.size();
+        for (int k = 0; k < d.start && t.compare(begin, d.text.size(), d.text) == 0 && begin + d.text.size() <= end;
+             ++k)
+          begin += d.text.size();
+        for (int k = 0;
+             k < d.stop && end >= begin + d.text.size() && t.compare(end - d.text.size(), d.text.size(), d.text) == 0;
+             ++k)
+          end -= d.text.size();
+        t = t.substr(begin, end - begin);
+      }
+      break;
+  }
+}
+
+}  // namespace
+
 std::string repair_utf8(std::string_view text) {
   std::size_t i = 0, maximal = 0;
   while (i < text.size()) {  // fast path: find the first invalid byte
@@ -933,6 +1029,7 @@ std::vector<std::int32_t> HfTokenizer::encode(const std::string& text, bool add_
 
 std::string HfTokenizer::decode(std::span<const std::int32_t> ids) const {
   const Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mutex);  // Replace decoders share their regex match data
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());
   for (auto id : ids) {
@@ -941,97 +1038,7 @@ std::string HfTokenizer::decode(std::span<const std::int32_t> ids) const {
     else if (!m.is_special[std::size_t(id)])
       tokens.push_back(m.id_to_token[std::size_t(id)]);
   }
-  const auto& to_byte = byte_level().to_byte;
-  for (const auto& d : m.decoders) {
-    switch (d.kind) {
-      case Decoder::Kind::ByteLevel: {
-        std::string bytes;
-        for (const auto& t : tokens) {
-          std::string mapped;
-          bool all = true;
-          for (std::size_t i = 0; i < t.size() && all;) {
-            const std::size_t n = std::min(utf8_length(static_cast<unsigned char>(t[i])), t.size() - i);
-            const auto it = to_byte.find(decode_utf8(std::string_view(t).substr(i, n)));
-            if (it == to_byte.end())
-              all = false;
-            else
-              mapped += char(it->second);
-            i += n;
-          }
-          bytes += all ? mapped : t;
-        }
-        tokens = {bytes};
-        break;
-      }
-      case Decoder::Kind::Metaspace:
-        // Replacement characters become spaces, except in the first token, where they are dropped (the prefix
-        // the pre-tokenizer added), as the reference library does.
-        for (std::size_t i = 0; i < tokens.size(); ++i) {
-          std::string s;
-          for (std::size_t at = 0; at < tokens[i].size();) {
-            if (tokens[i].compare(at, d.text.size(), d.text) == 0) {
-              if (i > 0 || !d.prepend) s += ' ';
-              at += d.text.size();
-            } else {
-              s += tokens[i][at++];
-            }
-          }
-          tokens[i] = std::move(s);
-        }
-        break;
-      case Decoder::Kind::Replace:
-        for (auto& t : tokens) t = replace_all(t, *d.pattern, d.text);
-        break;
-      case Decoder::Kind::ByteFallback: {
-        std::vector<std::string> out;
-        std::string pending;
-        std::size_t pending_count = 0;
-        const auto flush = [&] {
-          if (pending_count == 0) return;
-          if (repair_utf8(pending) == pending)
-            out.push_back(pending);
-          else
-            for (std::size_t k = 0; k < pending_count; ++k) out.emplace_back(kReplacementChar);
-          pending.clear();
-          pending_count = 0;
-        };
-        for (auto& t : tokens) {
-          unsigned value = 0;
-          if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' &&
-              std::sscanf(t.c_str() + 3, "%2X", &value) == 1 && std::isxdigit(static_cast<unsigned char>(t[3])) &&
-              std::isxdigit(static_cast<unsigned char>(t[4]))) {
-            pending += char(value);
-            ++pending_count;
-          } else {
-            flush();
-            out.push_back(std::move(t));
-          }
-        }
-        flush();
-        tokens = std::move(out);
-        break;
-      }
-      case Decoder::Kind::Fuse: {
-        std::string all;
-        for (const auto& t : tokens) all += t;
-        tokens = {all};
-        break;
-      }
-      case Decoder::Kind::Strip:
-        for (auto& t : tokens) {
-          std::size_t begin = 0, end = t.size();
-          for (int k = 0; k < d.start && t.compare(begin, d.text.size(), d.text) == 0 && begin + d.text.size() <= end;
-               ++k)
-            begin += d.text.size();
-          for (int k = 0;
-               k < d.stop && end >= begin + d.text.size() && t.compare(end - d.text.size(), d.text.size(), d.text) == 0;
-               ++k)
-            end -= d.text.size();
-          t = t.substr(begin, end - begin);
-        }
-        break;
-    }
-  }
+  for (const auto& d : m.decoders) run_decoder(d, tokens);
   std::string text;
   for (const auto& t : tokens) text += t;
   return repair_utf8(text);  // byte-level tokens cut inside a character decode to U+FFFD, never to invalid UTF-8
