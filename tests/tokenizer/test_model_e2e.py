@@ -2,8 +2,8 @@
 config.json, generation_config.json and a real 32,000-token tokenizer.json) is converted at several layouts and run
 on text prompts. Prompt ids must be the reference library's (checked directly with `strata tokenize` and through
 the logits, which must match the float64 reference forward pass fed the reference ids); every layout must generate
-the same tokens; the text must be the reference's decoding of them; and every EOS id of generation_config.json
-must end a sequence.
+the same tokens; the text must be the reference's decoding of them; every EOS id of generation_config.json
+must end a sequence; and a stop string ends generation at the right token with the text cut before it.
 """
 import json
 import os
@@ -126,4 +126,22 @@ if k is not None:
     cut = h.write("cut.jsonl", json.dumps({"ids": t[:k]}) + "\n")
     expected = npm_fixtures.reference(modules, tokenizer_json, cut, decode=True)[0]["text"]
     h.check(r["text"] == expected, f"second EOS id: text {r['text']!r}, expected {expected!r} (the EOS not decoded)")
+
+# A stop string is found in the decoding of all generated ids (so a character split over tokens cannot hide it):
+# generation ends at the first token whose text contains it, and the text is cut before it.
+t = first[1]
+prefixes = h.path("prefixes.jsonl")
+with open(prefixes, "w") as f:
+    for n in range(1, len(t) + 1):
+        f.write(json.dumps({"ids": t[:n]}) + "\n")
+texts_n = [r["text"] for r in npm_fixtures.reference(modules, tokenizer_json, prefixes, decode=True)]
+stop = texts_n[2].rstrip()[-2:]  # the end of the third token's text
+n = next(n for n in range(1, len(t) + 1) if stop in texts_n[n - 1])
+one = h.write("one.jsonl", json.dumps({"id": 1, "prompt": texts[1], "stop": stop}) + "\n")
+h.run_ok(["generate", "--model", ckpt, "--prompts", one, "--output", "stop.jsonl", "--max-tokens", 6, "-q"])
+r = h.results("stop.jsonl")[0]
+expected = texts_n[n - 1][:texts_n[n - 1].index(stop)]
+h.check(len(stop) > 0 and r["finish_reason"] == "stop" and r["token_ids"] == t[:n] and r["text"] == expected,
+        f"stop string {stop!r}: got {r['token_ids']} {r['text']!r} ({r['finish_reason']}), expected {t[:n]} "
+        f"{expected!r} (stop)")
 h.finish()
