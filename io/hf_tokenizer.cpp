@@ -575,8 +575,9 @@ void HfTokenizer::Impl::read_post_processor(const json& p) {
   }
 }
 
-// BOS: generation_config's, else the template's first token, else a special token named like one. EOS: the
-// generation_config's id(s), else the special tokens that end text in these families.
+// BOS: the template's tokens before the text, else a special token of a family that starts text with one (<s>,
+// <|begin_of_text|>: Llama 3 files without a template). generation_config's bos_token_id is not used: Qwen2 lists
+// one but adds none. EOS: the generation_config's id(s), else the special tokens that end text in these families.
 void HfTokenizer::Impl::choose_bos_eos(const json& generation_config) {
   const auto special_named = [&](std::initializer_list<const char*> names) {
     std::vector<std::int32_t> ids;
@@ -586,9 +587,7 @@ void HfTokenizer::Impl::choose_bos_eos(const json& generation_config) {
     return ids;
   };
   const json& g = generation_config.is_object() ? generation_config : json::object();
-  if (g.contains("bos_token_id") && g["bos_token_id"].is_number_integer())
-    bos = g["bos_token_id"].get<std::int32_t>();
-  else if (!prefix_ids.empty())
+  if (!prefix_ids.empty())
     bos = prefix_ids.front();
   else if (auto ids = special_named({"<s>", "<|begin_of_text|>"}); !ids.empty())
     bos = ids.front();

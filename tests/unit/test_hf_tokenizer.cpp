@@ -178,6 +178,10 @@ TEST(HfTokenizer, EosIdsFromGenerationConfig) {
   EXPECT_TRUE(t->is_eos(263));
   EXPECT_FALSE(t->is_eos(1));
   EXPECT_EQ(t->eos_ids(), (Ids{2, 263}));
+  // No template and no <s>-like token (Qwen2): no BOS, even when generation_config names one.
+  auto qwen_like = load("nobos.json", letters({"a b"}), json{{"bos_token_id", 7}, {"eos_token_id", 7}});
+  EXPECT_EQ(qwen_like->bos_id(), -1);
+  EXPECT_EQ(qwen_like->encode("ab", true), (Ids{3}));
 }
 
 TEST(HfTokenizer, InvalidUtf8IsRepairedBeforeEncoding) {
