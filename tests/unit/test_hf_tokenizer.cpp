@@ -20,8 +20,19 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The files live in one directory per test process, removed when it exits.
+struct TempDir {
+  fs::path path = fs::temp_directory_path() / ("strata_hf_" + std::to_string(::getpid()));
+  TempDir() { fs::create_directories(path); }
+  ~TempDir() {
+    std::error_code ignored;
+    fs::remove_all(path, ignored);
+  }
+};
+
 std::string write_json(const std::string& name, const json& j) {
-  const fs::path path = fs::temp_directory_path() / ("strata_hf_" + std::to_string(::getpid()) + "_" + name);
+  static const TempDir dir;
+  const fs::path path = dir.path / name;
   std::ofstream(path) << j.dump();
   return path.string();
 }
