@@ -4,7 +4,7 @@
 const path = require('path');
 const fs = require('fs');
 const [modules, tokenizerFile, textFile] = process.argv.slice(2);
-const { Tokenizer } = require(path.join(modules, '@anush008/tokenizers'));
+const { Tokenizer } = require(path.resolve(modules, '@anush008/tokenizers'));
 
 (async () => {
   const tokenizer = Tokenizer.fromFile(tokenizerFile);
