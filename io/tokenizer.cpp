@@ -1,6 +1,10 @@
 // The byte-level tokenizer.
 #include "io/tokenizer.h"
 
+#include <filesystem>
+
+#include "io/hf_tokenizer.h"
+
 #include "runtime/base/error.h"
 
 namespace strata {
@@ -29,16 +33,18 @@ nlohmann::json ByteTokenizer::to_json() const {
   return {{"type", "byte"}, {"bos_token_id", kBos}, {"eos_token_id", kEos}, {"vocab_size", kVocab}};
 }
 
-std::unique_ptr<Tokenizer> make_tokenizer(const nlohmann::json& spec, const std::string& where) {
+std::unique_ptr<Tokenizer> make_tokenizer(const nlohmann::json& spec, const std::string& where,
+                                          const nlohmann::json& generation_config) {
   const std::string type =
       spec.is_object() && spec.contains("type") && spec["type"].is_string() ? spec["type"].get<std::string>() : "";
   if (type == "byte") return std::make_unique<ByteTokenizer>();
-  if (type == "huggingface")
-    throw Error(ErrorKind::Checkpoint, cat(where,
-                                           ": the checkpoint's tokenizer is a Hugging Face tokenizer.json, "
-                                           "which this build cannot run yet (only the byte tokenizer)"));
-  throw Error(ErrorKind::Checkpoint,
-              cat(where, ": unsupported tokenizer type '", type, "' (this build supports \"byte\")"));
+  if (type == "huggingface") {
+    const std::string file = spec.contains("file") && spec["file"].is_string() ? spec["file"].get<std::string>() : "";
+    STRATA_CHECK(!file.empty(), Checkpoint, where, ": tokenizer entry of type \"huggingface\" has no \"file\"");
+    return HfTokenizer::from_file((std::filesystem::path(where).parent_path() / file).string(), generation_config);
+  }
+  throw Error(ErrorKind::Checkpoint, cat(where, ": unsupported tokenizer type '", type,
+                                         "' (this build supports \"byte\" and \"huggingface\")"));
 }
 
 }  // namespace strata

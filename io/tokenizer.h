@@ -1,6 +1,6 @@
 // Tokenizers: text <-> token ids. The byte-level tokenizer (ids 0-255 are the bytes of the UTF-8 text, then
-// <s>, </s>, <pad>, <unk>) serves built-in models; Hugging Face tokenizer.json support comes with the conversion
-// issue behind this same interface. Encoding never fails on any bytes (invalid UTF-8 included).
+// <s>, </s>, <pad>, <unk>) serves built-in models; HfTokenizer (hf_tokenizer.h) runs converted models'
+// tokenizer.json. Encoding never fails on any bytes (invalid UTF-8 included).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -20,6 +20,8 @@ class Tokenizer {
   virtual std::string decode(std::span<const std::int32_t> ids) const = 0;
   virtual std::int32_t bos_id() const = 0;
   virtual std::int32_t eos_id() const = 0;
+  // Whether `id` ends a sequence: models may have several end ids (Llama 3 Instruct: <|end_of_text|>, <|eot_id|>).
+  virtual bool is_eos(std::int32_t id) const { return id == eos_id(); }
   virtual std::int64_t vocab_size() const = 0;
   virtual nlohmann::json to_json() const = 0;  // what the checkpoint manifest stores
 };
@@ -35,7 +37,9 @@ class ByteTokenizer final : public Tokenizer {
   nlohmann::json to_json() const override;
 };
 
-// From a manifest's "tokenizer" entry; `where` names the source in errors.
-std::unique_ptr<Tokenizer> make_tokenizer(const nlohmann::json& spec, const std::string& where);
+// From a manifest's "tokenizer" entry; `where` is the manifest's path (a "huggingface" entry's file lies beside
+// it) and names the source in errors; `generation_config` (or null) gives a converted model's BOS/EOS ids.
+std::unique_ptr<Tokenizer> make_tokenizer(const nlohmann::json& spec, const std::string& where,
+                                          const nlohmann::json& generation_config = nullptr);
 
 }  // namespace strata

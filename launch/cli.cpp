@@ -134,6 +134,20 @@ int cli_main(int argc, char** argv) {
       ->add_option("--tokenizer", convert.tokenizer, "auto: carry tokenizer.json along; byte: the byte-level tokenizer")
       ->check(CLI::IsMember({"auto", "byte"}));
 
+  TokenizeOptions tokenize;
+  auto* tokenize_cmd = app.add_subcommand("tokenize", "Print the token ids of each input line (or JSONL prompt)");
+  tokenize_cmd->add_option("--tokenizer", tokenize.tokenizer, "A tokenizer.json file or a checkpoint directory")
+      ->required();
+  tokenize_cmd->add_option("--input", tokenize.input,
+                           "Text file, one input per line, or JSONL with --jsonl; - = stdin");
+  tokenize_cmd->add_flag("--jsonl", tokenize.jsonl, "Input is JSONL prompts ({\"prompt\": ...} per line)");
+  tokenize_cmd->add_flag("--add-bos", tokenize.add_bos, "Add the model's BOS (as generate does)");
+  tokenize_cmd->add_flag("--decode", tokenize.decode, "Also decode the ids again (\"text\"; special tokens skipped)");
+  tokenize_cmd
+      ->add_option("--bench", tokenize.bench_seconds,
+                   "Instead: encode all inputs repeatedly for this many seconds and print MB/s")
+      ->check(CLI::NonNegativeNumber);
+
   TopoOptions topo;
   auto* topo_cmd = app.add_subcommand("topo", "Show the nodes, ranks, CPU domains and network links strata sees");
   topo_cmd->add_option("--topology", topo.topology, "Read a cluster description (JSON) instead of detecting");
@@ -178,6 +192,7 @@ int cli_main(int argc, char** argv) {
   if (*generate) return run_generate(gen, argc, argv);
   if (*init_cmd) return run_init(init);
   if (*convert_cmd) return run_convert(convert, argc, argv);
+  if (*tokenize_cmd) return run_tokenize(tokenize);
   if (*topo_cmd) return run_topo(topo, argc, argv);
   if (*plan_cmd) return run_plan(plan, argc, argv);
   if (*inspect_cmd) return run_inspect(inspect);

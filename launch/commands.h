@@ -69,6 +69,13 @@ struct PlanOptions {
 };
 int run_plan(const PlanOptions& options, int argc, char** argv);
 int run_convert(const ConvertOptions& options, int argc, char** argv);
+
+struct TokenizeOptions {
+  std::string tokenizer, input = "-";
+  bool jsonl = false, add_bos = false, decode = false;
+  double bench_seconds = 0;  // > 0: measure encoding throughput of the whole input instead
+};
+int run_tokenize(const TokenizeOptions& options);
 int run_generate(const GenerateOptions& options, int argc, char** argv);
 int run_init(const InitOptionsCli& options);
 int run_inspect(const InspectOptions& options);

@@ -152,7 +152,10 @@ void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& 
   if (job.device == "cuda") bind_gpu(job, options);
 
   check_split(job.config, sizes.tp, sizes.pp);  // before anything loads, with the numbers
-  job.tokenizer = make_tokenizer(job.manifest.tokenizer, manifest_path(model_dir));
+  job.tokenizer =
+      make_tokenizer(job.manifest.tokenizer, manifest_path(model_dir),
+                     job.manifest.source.is_object() ? job.manifest.source.value("generation_config", nlohmann::json())
+                                                     : nlohmann::json());
   STRATA_CHECK(job.tokenizer->vocab_size() <= job.config.vocab_size, Checkpoint, manifest_path(model_dir),
                ": the tokenizer has ", job.tokenizer->vocab_size(), " tokens but the model's vocab_size is only ",
                job.config.vocab_size);

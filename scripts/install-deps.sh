@@ -13,6 +13,7 @@ packages=(
   libopenblas-openmp-dev              # fp32 GEMM for the CPU backend (OpenMP build: one thread pool with ours)
   nlohmann-json3-dev                  # manifest, JSONL prompts and results, tokenizer.json
   libpcre2-dev                        # Unicode regexes (Hugging Face tokenizers' pre-tokenizers)
+  libicu-dev                          # Unicode NFC normalization (Qwen2 tokenizer.json)
   python3 python3-numpy python3-h5py  # independent float64 reference forward pass used by the tests and demo
 )
 test_packages=(

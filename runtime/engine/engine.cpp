@@ -236,7 +236,7 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
   std::int64_t active = 0;
 
   auto finish_reason = [&](const Sequence& s) -> std::optional<FinishReason> {
-    if (s.generated.back() == tokenizer_.eos_id() && !s.request.ignore_eos) return FinishReason::Stop;
+    if (tokenizer_.is_eos(s.generated.back()) && !s.request.ignore_eos) return FinishReason::Stop;
     if (!s.request.stop.empty()) {
       const std::string text = tokenizer_.decode(s.generated);
       for (const auto& stop : s.request.stop)
@@ -254,7 +254,7 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
     c.token_ids = s.generated;
     c.finish_reason = reason;
     std::span<const std::int32_t> text_ids(s.generated);
-    if (reason == FinishReason::Stop && !text_ids.empty() && text_ids.back() == tokenizer_.eos_id())
+    if (reason == FinishReason::Stop && !text_ids.empty() && tokenizer_.is_eos(text_ids.back()))
       text_ids = text_ids.first(text_ids.size() - 1);
     c.text = tokenizer_.decode(text_ids);
     std::size_t cut = std::string::npos;

@@ -1,0 +1,147 @@
+"""End to end with a real tokenizer: a small random Llama written here in Hugging Face format (safetensors,
+config.json, generation_config.json and a real 32,000-token tokenizer.json) is converted at several layouts and run
+on text prompts. Prompt ids must be the reference library's (checked directly with `strata tokenize` and through
+the logits, which must match the float64 reference forward pass fed the reference ids); every layout must generate
+the same tokens; the text must be the reference's decoding of them; every EOS id of generation_config.json
+must end a sequence; and a stop string ends generation at the right token with the text cut before it.
+"""
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "cli"))
+sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+sys.path.insert(0, HERE)
+from harness import Harness  # noqa: E402
+import llama_reference  # noqa: E402
+import npm_fixtures  # noqa: E402
+
+h = Harness(__doc__)
+modules, files = npm_fixtures.fetch()
+tokenizer_json = files["mistral"]
+rng = np.random.default_rng(5)
+V, H, I, LAYERS, HEADS, KV = 32000, 32, 48, 2, 4, 2
+D = H // HEADS
+
+
+def write_safetensors(path, tensors):
+    header, blobs, offset = {}, [], 0
+    for name, array in tensors.items():
+        raw = np.asarray(array, dtype="<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+cfg = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": H, "intermediate_size": I,
+       "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": KV, "vocab_size": V,
+       "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
+       "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"}
+weights = {"model.embed_tokens.weight": rng.normal(0, 1.0, (V, H)), "model.norm.weight": 1 + rng.normal(0, 0.1, H),
+           "lm_head.weight": rng.normal(0, 1 / np.sqrt(H), (V, H))}
+for i in range(LAYERS):
+    p = f"model.layers.{i}."
+    weights[p + "input_layernorm.weight"] = 1 + rng.normal(0, 0.1, H)
+    weights[p + "post_attention_layernorm.weight"] = 1 + rng.normal(0, 0.1, H)
+    for proj, rows in (("q", HEADS * D), ("k", KV * D), ("v", KV * D)):
+        weights[p + f"self_attn.{proj}_proj.weight"] = rng.normal(0, 1 / np.sqrt(H), (rows, H))
+    weights[p + "self_attn.o_proj.weight"] = rng.normal(0, 1 / np.sqrt(H), (H, HEADS * D))
+    weights[p + "mlp.gate_proj.weight"] = rng.normal(0, 1 / np.sqrt(H), (I, H))
+    weights[p + "mlp.up_proj.weight"] = rng.normal(0, 1 / np.sqrt(H), (I, H))
+    weights[p + "mlp.down_proj.weight"] = rng.normal(0, 1 / np.sqrt(I), (H, I))
+weights = {k: np.asarray(v, dtype=np.float32).astype(np.float64) for k, v in weights.items()}  # what is stored
+folder = h.path("hf-llama")
+os.makedirs(folder)
+write_safetensors(os.path.join(folder, "model.safetensors"), weights)
+json.dump(cfg, open(os.path.join(folder, "config.json"), "w"))
+json.dump({"bos_token_id": 1, "eos_token_id": 2}, open(os.path.join(folder, "generation_config.json"), "w"))
+with open(tokenizer_json, "rb") as src, open(os.path.join(folder, "tokenizer.json"), "wb") as dst:
+    dst.write(src.read())
+
+texts = ["Hello world", "The quick brown fox jumps — naïve café 😀", "  indented\tcode(x) {\n  return 42;\n}",
+         "<s>[INST] Qu'est-ce que c'est? [/INST]", "数字 12345 и кириллица"]
+prompts = h.path("prompts.jsonl")
+with open(prompts, "w", encoding="utf-8") as f:
+    for k, t in enumerate(texts):
+        f.write(json.dumps({"id": k, "prompt": t}) + "\n")
+ref_ids = [r["ids"] for r in npm_fixtures.reference(modules, tokenizer_json, prompts, add_special=True)]
+
+LAYOUTS = [(1, 1, None), (2, 1, None), (1, 2, 2)]  # tp, pp, ranks used to convert (None: alone)
+first = None
+for tp, pp, ranks in LAYOUTS:
+    ckpt = h.path(f"ckpt-tp{tp}-pp{pp}")
+    h.run_ok(["convert", "--hf", folder, "--output", ckpt, "-tp", tp, "-pp", pp, "--dtype", "f32"], ranks=ranks)
+    out = h.run_ok(["tokenize", "--tokenizer", ckpt, "--input", prompts, "--jsonl", "--add-bos"])
+    ours = [json.loads(line)["ids"] for line in out.split("\n") if line.startswith("{")]
+    h.check(ours == ref_ids, f"tp {tp} pp {pp}: strata tokenize --add-bos on the checkpoint differs from the reference")
+    results = f"results-tp{tp}-pp{pp}.jsonl"
+    h.run_ok(["generate", "--model", ckpt, "--prompts", prompts, "--output", results, "-tp", tp, "-pp", pp,
+              "--max-tokens", 6, "--record-logits", "-q"], ranks=tp * pp)
+    records = h.results(results)
+    worst = 0.0
+    for record, prompt_ids in zip(records, ref_ids):
+        h.check(record["prompt_tokens"] == len(prompt_ids), f"tp {tp} pp {pp}: prompt {record['id']} has "
+                f"{record['prompt_tokens']} tokens, the reference {len(prompt_ids)}")
+        ids = prompt_ids + record["token_ids"][:-1]
+        ref = llama_reference.forward(weights, cfg, ids)[len(ids) - len(record["token_ids"]):]
+        worst = max(worst, float(np.abs(np.array(record["logits"]) - ref).max() / np.abs(ref).max()))
+    h.check(worst <= 1e-4, f"tp {tp} pp {pp}: logits vs the float64 reference on the reference's prompt ids, "
+            f"relative error {worst:.2e}")
+    tokens = [r["token_ids"] for r in records]
+    first = first or tokens
+    h.check(tokens == first, f"tp {tp} pp {pp}: same tokens as tp 1 pp 1")
+    print(f"tp {tp} pp {pp}: prompt ids identical to the reference, logits max relative error {worst:.2e}")
+
+# The text is the reference's decoding of the generated ids (finish "length": nothing cut).
+generated = h.path("generated.jsonl")
+with open(generated, "w") as f:
+    for r in records:
+        f.write(json.dumps({"ids": r["token_ids"]}) + "\n")
+ref_text = [r["text"] for r in npm_fixtures.reference(modules, tokenizer_json, generated, decode=True)]
+for r, text in zip(records, ref_text):
+    h.check(r["finish_reason"] == "length", f"prompt {r['id']}: finished by {r['finish_reason']}, expected length")
+    h.check(r["text"] == text, f"prompt {r['id']}: text {r['text']!r}, the reference decodes {text!r}")
+
+# Several EOS ids (as Llama 3 Instruct has): a token listed second in generation_config ends the sequence too.
+ckpt = h.path("ckpt-tp1-pp1")
+t = first[0]
+k = next((k for k in range(1, len(t)) if t[k] not in t[:k] and t[k] != 2), None)
+h.check(k is not None, f"the generated tokens {t} have no token to use as a second EOS id")
+if k is not None:
+    manifest_file = os.path.join(ckpt, "manifest.json")
+    manifest = json.load(open(manifest_file))
+    manifest["source"]["generation_config"]["eos_token_id"] = [2, t[k]]
+    json.dump(manifest, open(manifest_file, "w"))
+    h.run_ok(["generate", "--model", ckpt, "--prompts", prompts, "--output", "eos.jsonl", "--max-tokens", 6, "-q"])
+    r = h.results("eos.jsonl")[0]
+    h.check(r["token_ids"] == t[:k + 1] and r["finish_reason"] == "stop",
+            f"second EOS id {t[k]}: got {r['token_ids']} ({r['finish_reason']}), expected {t[:k + 1]} (stop)")
+    cut = h.write("cut.jsonl", json.dumps({"ids": t[:k]}) + "\n")
+    expected = npm_fixtures.reference(modules, tokenizer_json, cut, decode=True)[0]["text"]
+    h.check(r["text"] == expected, f"second EOS id: text {r['text']!r}, expected {expected!r} (the EOS not decoded)")
+
+# A stop string is found in the decoding of all generated ids (so a character split over tokens cannot hide it):
+# generation ends at the first token whose text contains it, and the text is cut before it.
+t = first[1]
+prefixes = h.path("prefixes.jsonl")
+with open(prefixes, "w") as f:
+    for n in range(1, len(t) + 1):
+        f.write(json.dumps({"ids": t[:n]}) + "\n")
+texts_n = [r["text"] for r in npm_fixtures.reference(modules, tokenizer_json, prefixes, decode=True)]
+stop = texts_n[2].rstrip()[-2:]  # the end of the third token's text
+n = next(n for n in range(1, len(t) + 1) if stop in texts_n[n - 1])
+one = h.write("one.jsonl", json.dumps({"id": 1, "prompt": texts[1], "stop": stop}) + "\n")
+h.run_ok(["generate", "--model", ckpt, "--prompts", one, "--output", "stop.jsonl", "--max-tokens", 6, "-q"])
+r = h.results("stop.jsonl")[0]
+expected = texts_n[n - 1][:texts_n[n - 1].index(stop)]
+h.check(len(stop) > 0 and r["finish_reason"] == "stop" and r["token_ids"] == t[:n] and r["text"] == expected,
+        f"stop string {stop!r}: got {r['token_ids']} {r['text']!r} ({r['finish_reason']}), expected {t[:n]} "
+        f"{expected!r} (stop)")
+h.finish()
