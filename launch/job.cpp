@@ -41,6 +41,18 @@ int run_as_mpi_job(int argc, char** argv, const std::function<int(Job&)>& body) 
 DetectOptions detect_options() {
   DetectOptions options;
   if (const char* visible = std::getenv("CUDA_VISIBLE_DEVICES")) options.cuda_visible_devices = std::string(visible);
+#ifdef STRATA_WITH_CUDA
+  options.cuda_fallback = [] {
+    std::vector<CudaGpu> gpus;
+    for (const auto& d : cuda_devices()) gpus.push_back(CudaGpu{d.name, std::int64_t(d.memory_bytes), d.pci_bus_id});
+    std::vector<std::vector<CudaPeer>> peers;
+    for (const auto& row : cuda_peer_access()) {
+      peers.emplace_back();
+      for (const auto& p : row) peers.back().push_back(CudaPeer{p.access, p.native_atomics});
+    }
+    return gpus_from_cuda(gpus, peers);
+  };
+#endif
   return options;
 }
 

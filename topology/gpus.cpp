@@ -142,6 +142,34 @@ int resolve_entry(const std::string& entry, const std::vector<Device>& all, std:
 
 }  // namespace
 
+GpuScan gpus_from_cuda(const std::vector<CudaGpu>& gpus, const std::vector<std::vector<CudaPeer>>& peers) {
+  const std::size_t n = gpus.size();
+  STRATA_CHECK(peers.size() == n, Internal, "a CUDA peer matrix of ", peers.size(), " rows for ", n, " GPUs");
+  GpuScan scan;
+  scan.visible_only = true;
+  bool nvlink = false;
+  for (std::size_t a = 0; a < n; ++a) {
+    STRATA_CHECK(peers[a].size() == n, Internal, "CUDA peer matrix row ", a, " has ", peers[a].size(), " entries");
+    Device device{int(a), gpus[a].name, gpus[a].memory_bytes, {}, gpus[a].pci_bus_id, {}, {}};
+    for (std::size_t b = 0; b < n; ++b) {
+      if (a == b) continue;
+      // Both directions must agree: a link used for all-reduces carries traffic both ways.
+      const bool access = peers[a][b].access && peers[b][a].access;
+      const bool atomics = access && peers[a][b].native_atomics && peers[b][a].native_atomics;
+      device.links.push_back(DeviceLink{int(b),
+                                        atomics  ? "nvlink"
+                                        : access ? "pcie-hostbridge"
+                                                 : "pcie-system",
+                                        atomics ? 1 : 0});
+      if (atomics) device.nvlink_peers.push_back(int(b));
+      nvlink = nvlink || atomics;
+    }
+    scan.devices.push_back(std::move(device));
+  }
+  scan.status = cat(n, " GPU(s) via CUDA peer attributes", nvlink ? " (NVLink link counts unknown)" : "");
+  return scan;
+}
+
 GpuScan scan_gpus(const std::string& library) {
   GpuScan scan;
   auto nvml = std::make_unique<Nvml>();

@@ -2,6 +2,7 @@
 // links it, so one binary runs with or without a driver), filtered by CUDA_VISIBLE_DEVICES the way CUDA does, and
 // the device each rank binds to, with clear refusals when ranks outnumber the visible devices.
 #pragma once
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -10,12 +11,23 @@
 
 namespace strata {
 
-struct GpuScan {
-  std::vector<Device> devices;  // every GPU NVML reports, id = NVML index (PCI bus order), links filled
-  std::string status;           // "2 GPU(s) via NVML", "no NVML (no NVIDIA driver)", or the NVML error
-};
 // Loads `library` with dlopen; a missing library or driver is a status, not an error.
 GpuScan scan_gpus(const std::string& library);
+
+// NVML's fallback: what the CUDA runtime says of its visible devices and of each ordered pair of them.
+struct CudaGpu {
+  std::string name;
+  std::int64_t memory_bytes = 0;
+  std::string pci_bus_id;
+};
+struct CudaPeer {
+  bool access = false;          // cudaDeviceCanAccessPeer: direct loads/stores to the peer's memory
+  bool native_atomics = false;  // cudaDevP2PAttrNativeAtomicSupported: only NVLink carries atomics natively
+};
+// Devices with links from the CUDA runtime's peer attributes, for nodes where NVML is missing: a pair with peer
+// access and native atomics is NVLink (CUDA gives no link count: counted as 1), peer access alone is PCIe through a
+// host bridge, no peer access is PCIe across the system. `peers[a][b]` for every ordered pair.
+GpuScan gpus_from_cuda(const std::vector<CudaGpu>& gpus, const std::vector<std::vector<CudaPeer>>& peers);
 
 struct VisibleGpus {
   std::vector<Device> devices;  // renumbered 0.. in CUDA_VISIBLE_DEVICES order; links to hidden devices dropped

@@ -270,11 +270,16 @@ Topology detect_topology(MPI_Comm world, const DetectOptions& options) {
   std::string mine = "null";
   if (local_rank == 0) {
     NodeTopology node = describe_this_node();
-    const GpuScan scan = scan_gpus(options.nvml_library);
-    VisibleGpus visible = apply_visible_devices(scan.devices, options.cuda_visible_devices);
+    GpuScan scan = scan_gpus(options.nvml_library);
+    if (scan.devices.empty() && options.cuda_fallback) {
+      GpuScan cuda = options.cuda_fallback();
+      if (!cuda.devices.empty()) scan = GpuScan{std::move(cuda.devices), cat(scan.status, "; ", cuda.status), true};
+    }
+    VisibleGpus visible = scan.visible_only ? VisibleGpus{scan.devices, {}, ""}
+                                            : apply_visible_devices(scan.devices, options.cuda_visible_devices);
     node.devices = std::move(visible.devices);
     node.gpu_status = scan.status;
-    if (!scan.devices.empty() && options.cuda_visible_devices)
+    if (!scan.devices.empty() && !scan.visible_only && options.cuda_visible_devices)
       node.gpu_status +=
           cat("; ", node.devices.size(), " visible (CUDA_VISIBLE_DEVICES=", *options.cuda_visible_devices, ")");
     if (!visible.note.empty()) node.gpu_status += "; " + visible.note;

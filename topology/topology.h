@@ -6,6 +6,7 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -71,9 +72,18 @@ struct Topology {
 };
 
 // What detection needs from the process environment, read once in launch/ and passed in.
+struct GpuScan {
+  std::vector<Device> devices;  // every GPU NVML reports, id = NVML index (PCI bus order), links filled
+  std::string status;           // "2 GPU(s) via NVML", "no NVML (no NVIDIA driver)", or the NVML error
+  bool visible_only = false;    // the devices are already those CUDA_VISIBLE_DEVICES leaves (the CUDA fallback)
+};
+
 struct DetectOptions {
   std::optional<std::string> cuda_visible_devices;  // unset: every GPU is visible
   std::string nvml_library = "libnvidia-ml.so.1";
+  // Asked when NVML finds no GPU (missing library, old driver): the CUDA runtime's view (gpus_from_cuda). Set by
+  // launch/ in CUDA builds, so topology/ itself never needs CUDA.
+  std::function<GpuScan()> cuda_fallback;
 };
 
 // Collective over `world`: every rank learns the whole topology. Node membership comes from

@@ -262,7 +262,8 @@ TEST(Gpus, CudaVisibleDevicesLikeCuda) {
 
 TEST(Gpus, BindDeviceOneRankPerVisibleGpuOrSayWhy) {
   std::vector<Device> all(4);
-  for (int d = 0; d < 4; ++d) all[std::size_t(d)] = {d, "H100", 80 * GiB, {}, "0000:0" + std::to_string(d) + ":00.0"};
+  for (int d = 0; d < 4; ++d)
+    all[std::size_t(d)] = {d, "H100", 80 * GiB, {}, "0000:0" + std::to_string(d) + ":00.0", {}, {}};
   BindRequest r{"nodeb", {4, 5, 6}, 2, apply_visible_devices(all, std::string("1,2,3")), 4, "1,2,3", "4 GPU(s)"};
   const DeviceBinding b = bind_device(r);
   EXPECT_EQ(b.index, 2);
@@ -290,6 +291,39 @@ TEST(Gpus, BindDeviceOneRankPerVisibleGpuOrSayWhy) {
   EXPECT_NE(error(r).find("host nodeb (ranks 4,5,6) has no GPU: no NVML (no NVIDIA driver)"), std::string::npos);
 }
 
+TEST(Gpus, CudaPeerFallbackFindsNvlinkIslands) {
+  // Four GPUs: 0-1 and 2-3 peer over NVLink (native atomics), 1-2 peer over PCIe, 3 cannot reach 0's memory while
+  // 0 claims it can reach 3's (an asymmetric report must not count as a link).
+  auto peer = [](int a, int b) {
+    const bool same = a / 2 == b / 2;
+    const bool access = same || (a + b == 3 && a != 0 && a != 3) || (a == 0 && b == 3);
+    return CudaPeer{access, same};
+  };
+  std::vector<std::vector<CudaPeer>> peers(4, std::vector<CudaPeer>(4));
+  for (int a = 0; a < 4; ++a)
+    for (int b = 0; b < 4; ++b)
+      if (a != b) peers[std::size_t(a)][std::size_t(b)] = peer(a, b);
+  std::vector<CudaGpu> gpus(4, CudaGpu{"H100", 80 * GiB, ""});
+  const GpuScan scan = gpus_from_cuda(gpus, peers);
+  ASSERT_EQ(scan.devices.size(), 4u);
+  EXPECT_TRUE(scan.visible_only) << "CUDA's view already applies CUDA_VISIBLE_DEVICES";
+  EXPECT_EQ(nvlink_islands(scan.devices), (std::vector<std::vector<int>>{{0, 1}, {2, 3}}));
+  auto kind = [&](int a, int b) {
+    for (const auto& link : scan.devices[std::size_t(a)].links)
+      if (link.peer == b) return link.kind;
+    return std::string("missing");
+  };
+  EXPECT_EQ(kind(0, 1), "nvlink");
+  EXPECT_EQ(kind(1, 2), "pcie-hostbridge");
+  EXPECT_EQ(kind(0, 3), "pcie-system") << "access one way only is no link";
+  EXPECT_NE(scan.status.find("4 GPU(s) via CUDA peer attributes"), std::string::npos) << scan.status;
+  // A description written from it reads back the same (links of kind nvlink need a count: 1).
+  const Topology t{{NodeTopology{"n", {0, 1, 2, 3}, 1, 1, 0, scan.devices, {}, scan.status}}};
+  EXPECT_EQ(Topology::from_json(t.to_json(), "cuda").to_json(), t.to_json());
+  peers[0].pop_back();
+  EXPECT_THROW(gpus_from_cuda(gpus, peers), Error) << "a ragged matrix is refused";
+}
+
 TEST(Gpus, NoDriverIsAStatusNotAnError) {
   const GpuScan scan = scan_gpus("libstrata-no-such-nvml.so.1");
   EXPECT_TRUE(scan.devices.empty());
@@ -299,7 +333,8 @@ TEST(Gpus, NoDriverIsAStatusNotAnError) {
 TEST(Topology, BadDeviceLinksAreNamed) {
   nlohmann::json j = {{"nodes", {gpu_node("n", {0, 1}, 2, GiB, [](int, int) { return true; })}}};
   j["nodes"][0]["devices"][0]["links"][0] = {{"peer", 5}, {"kind", "pcie-system"}};
-  EXPECT_NE(error_of(j).find("device 0 has a pcie-system link to device 5, which is not another device"), std::string::npos)
+  EXPECT_NE(error_of(j).find("device 0 has a pcie-system link to device 5, which is not another device"),
+            std::string::npos)
       << error_of(j);
   j = {{"nodes", {gpu_node("n", {0, 1}, 2, GiB, [](int, int) { return true; })}}};
   j["nodes"][0]["devices"][1]["links"][0]["kind"] = "infinity-fabric";

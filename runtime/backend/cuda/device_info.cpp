@@ -22,6 +22,21 @@ std::vector<CudaDevice> cuda_devices() {
   return devices;
 }
 
+std::vector<std::vector<CudaPeerAccess>> cuda_peer_access() {
+  const std::size_t n = cuda_devices().size();
+  std::vector<std::vector<CudaPeerAccess>> peers(n, std::vector<CudaPeerAccess>(n));
+  for (std::size_t a = 0; a < n; ++a)
+    for (std::size_t b = 0; b < n; ++b) {
+      if (a == b) continue;
+      int access = 0, atomics = 0;
+      STRATA_CUDA_CHECK(cudaDeviceCanAccessPeer(&access, int(a), int(b)));
+      if (access)
+        STRATA_CUDA_CHECK(cudaDeviceGetP2PAttribute(&atomics, cudaDevP2PAttrNativeAtomicSupported, int(a), int(b)));
+      peers[a][b] = CudaPeerAccess{access != 0, atomics != 0};
+    }
+  return peers;
+}
+
 CudaMemoryInfo cuda_memory_info(int device) {
   CudaMemoryInfo info;
   STRATA_CUDA_CHECK(cudaSetDevice(device));

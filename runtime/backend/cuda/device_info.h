@@ -18,6 +18,15 @@ struct CudaDevice {
 // The devices visible to this process (after CUDA_VISIBLE_DEVICES); empty when there is no driver or no GPU.
 std::vector<CudaDevice> cuda_devices();
 
+// For every ordered pair of visible devices (a, b): whether a reaches b's memory directly (cudaDeviceCanAccessPeer)
+// and whether that path carries atomics natively (cudaDevP2PAttrNativeAtomicSupported, true over NVLink).
+// topology/ turns this into links where NVML is missing. Empty without a driver.
+struct CudaPeerAccess {
+  bool access = false;
+  bool native_atomics = false;
+};
+std::vector<std::vector<CudaPeerAccess>> cuda_peer_access();
+
 struct CudaMemoryInfo {
   std::size_t free_bytes = 0, total_bytes = 0;
 };
