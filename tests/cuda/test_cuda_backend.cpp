@@ -381,6 +381,64 @@ TEST(CudaBackend, GraphReplayUsesEachStepsInputs) {
   }
 }
 
+namespace {
+
+// One graphable step holding one rope on x (reset to x0 first, outside the step): the step's only changing input
+// is the positions mirror, so a replay that reads stale or overwritten positions shows in the rotated values.
+struct RopeSteps {
+  Pair p;
+  std::unique_ptr<Backend> graph = make_cuda_backend(CudaBackendOptions{0, DType::BF16, 0, /*graphs=*/true});
+  RopeParams rope;
+  std::vector<float> x0;
+  Tensor gx;
+  static constexpr std::int64_t kTokens = 2, kHeads = 2, kDim = 64;
+
+  RopeSteps() {
+    rope.head_dim = std::int32_t(kDim);
+    for (std::int64_t i = 0; i < kDim / 2; ++i) rope.inv_freq.push_back(float(std::pow(10000.0, -2.0 * i / kDim)));
+    x0 = p.random(kTokens * kHeads * kDim);
+    gx = graph->allocate({kTokens, kHeads, kDim}, DType::BF16);
+  }
+  // The CPU's rope of x0 at `positions`.
+  std::vector<float> expected(const std::vector<std::int32_t>& positions) {
+    Tensor cx = p.on_cpu(x0, {kTokens, kHeads, kDim});
+    p.cpu->rope(cx.view(), positions, rope);
+    return std::vector<float>(cx.f32(), cx.f32() + cx.numel());
+  }
+  // Starts a step of `key` on x0 at `positions`; the caller ends or aborts it.
+  StepMode begin(std::int64_t key, const std::vector<std::int32_t>& positions) {
+    graph->upload(x0.data(), gx.view());
+    const StepMode mode = graph->begin_step(key);
+    graph->rope(gx.view(), positions, rope);
+    return mode;
+  }
+  std::vector<float> fetch() {
+    std::vector<float> v(static_cast<std::size_t>(gx.numel()));
+    graph->download(gx.view(), v.data());
+    return v;
+  }
+};
+
+}  // namespace
+
+// A replayed step that aborts has rewritten the pinned positions but never launched the graph that copies them:
+// the next step with the same positions must still copy them (it ran with the previous step's positions before).
+TEST(CudaBackend, AbortedReplayLeavesNoStaleStepInputs) {
+  SKIP_WITHOUT_GPU();
+  RopeSteps s;
+  for (int step = 0; step < 3; ++step) {  // warm-up, capture, one replay at positions {1, 2}
+    s.begin(0, {1, 2});
+    s.graph->end_step();
+  }
+  const std::vector<std::int32_t> positions{900, 901};
+  ASSERT_EQ(s.begin(0, positions), StepMode::Replay);
+  s.graph->abort_step();
+  ASSERT_EQ(s.begin(-1, positions), StepMode::Run);  // not graphable: runs op by op
+  s.graph->end_step();
+  const auto want = s.expected(positions);
+  EXPECT_TRUE(close(s.fetch(), want.data(), 1e-3, kRtol)) << "op-by-op step after an aborted replay";
+}
+
 // The pipeline path on the GPU: stage 0 downloads its hidden state as f32 and stage 1 uploads it again. bf16 -> f32
 // -> bf16 is exact, and both halves run the same kernels on the same values as one whole stage, so the logits must
 // agree with the single stage's (to 1e-6 of their scale: only a different cuBLAS algorithm choice could differ).

@@ -6,6 +6,7 @@
 // has to rewrite the pinned mirrors; any buffer that moves (a mirror or the attention partials growing) drops the
 // graphs, which are captured again.
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstring>
 #include <functional>
@@ -92,8 +93,8 @@ class CudaBackend final : public Backend {
     if (!graphs_enabled_ || key < 0) return StepMode::Run;
     key_ = key;
     if (graphs_.count(key)) return mode_ = StepMode::Replay;
-    if (++warm_[key] < 2) return StepMode::Run;    // the warm-up grows every buffer this shape needs
-    for (Mirror* m : mirrors()) m->valid = false;  // so each one's first use records its copy in the graph
+    if (++warm_[key] < 2) return StepMode::Run;  // the warm-up grows every buffer this shape needs
+    invalidate_mirrors();                        // so each one's first use records its copy in the graph
     STRATA_CUDA_CHECK(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeRelaxed));
     return mode_ = StepMode::Capture;
   }
@@ -110,6 +111,7 @@ class CudaBackend final : public Backend {
         STRATA_CUDA_CHECK(cudaGraphInstantiate(&exec, graph.get(), 0));
         graphs_[key_] = cuda::GraphExec(exec);
       } catch (const Error& e) {
+        invalidate_mirrors();  // the recorded copies never ran
         throw Error(e.kind(), cat(e.what(), " (recording a decode step of batch size ", key_,
                                   " as a CUDA graph; STRATA_CUDA_GRAPHS=0 runs steps op by op)"));
       }
@@ -118,12 +120,17 @@ class CudaBackend final : public Backend {
   }
 
   void abort_step() noexcept override {
-    if (std::exchange(mode_, StepMode::Run) != StepMode::Capture) return;
-    cudaGraph_t raw = nullptr;
-    cudaStreamEndCapture(stream_.get(), &raw);
-    if (raw) cudaGraphDestroy(raw);
-    cudaGetLastError();
-    for (Mirror* m : mirrors()) m->valid = false;  // their recorded copies never ran
+    const StepMode mode = std::exchange(mode_, StepMode::Run);
+    if (mode == StepMode::Run) return;
+    if (mode == StepMode::Capture) {
+      cudaGraph_t raw = nullptr;
+      cudaStreamEndCapture(stream_.get(), &raw);
+      if (raw) cudaGraphDestroy(raw);
+      cudaGetLastError();
+    }
+    // A capture's recorded copies never ran; a replay rewrote `last` and the pinned buffers but never launched the
+    // graph that copies them. Either way the device buffers may not hold `last`.
+    invalidate_mirrors();
   }
 
   std::string name() const override { return "cuda"; }
@@ -422,7 +429,10 @@ class CudaBackend final : public Backend {
   void outside_graph_steps(const char* op) const {
     STRATA_CHECK(mode_ == StepMode::Run, Internal, op, " inside a recorded step (it waits for the host)");
   }
-  std::vector<Mirror*> mirrors() { return {&ids_, &positions_, &inv_freq_, &tokens_, &rows_, &requests_}; }
+  std::array<Mirror*, 6> mirrors() noexcept { return {&ids_, &positions_, &inv_freq_, &tokens_, &rows_, &requests_}; }
+  void invalidate_mirrors() noexcept {
+    for (Mirror* m : mirrors()) m->valid = false;
+  }
   // Buffers a recorded step points to are moving: forget every recording (they are captured again).
   void drop_graphs(const char* why) {
     STRATA_CHECK(mode_ == StepMode::Run, Internal, "GPU ", device_, ": ", why, " inside a recorded step");
