@@ -421,6 +421,23 @@ struct RopeSteps {
 
 }  // namespace
 
+// Positions change every step while the step replays: each replay must copy its own positions (the previous
+// launch may still be reading the pinned buffer when the next step rewrites it; the backend waits for it).
+TEST(CudaBackend, ReplayedStepsUseEachStepsPositions) {
+  SKIP_WITHOUT_GPU();
+  RopeSteps s;
+  std::vector<StepMode> modes;
+  for (int step = 0; step < 8; ++step) {  // 0 warms up, 1 is captured, 2.. replay
+    const std::vector<std::int32_t> positions{7 * step + 1, 300 + 13 * step};
+    modes.push_back(s.begin(0, positions));
+    s.graph->end_step();
+    const auto want = s.expected(positions);
+    EXPECT_TRUE(close(s.fetch(), want.data(), 1e-3, kRtol)) << "step " << step;
+  }
+  EXPECT_EQ(modes[1], StepMode::Capture);
+  EXPECT_EQ(modes.back(), StepMode::Replay);
+}
+
 // A replayed step that aborts has rewritten the pinned positions but never launched the graph that copies them:
 // the next step with the same positions must still copy them (it ran with the previous step's positions before).
 TEST(CudaBackend, AbortedReplayLeavesNoStaleStepInputs) {

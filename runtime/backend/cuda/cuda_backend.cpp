@@ -3,7 +3,8 @@
 // when they change; host waits poll the stream so a monitor (NCCL errors, timeouts) runs while they wait.
 // Step graphs: the second decode step of a batch size is captured (relaxed mode: no host sync happens inside a
 // step), later ones replay it. Every step input is copied from its pinned mirror inside the graph, so a replay only
-// has to rewrite the pinned mirrors; any buffer that moves (a mirror or the attention partials growing) drops the
+// has to rewrite the pinned mirrors (after the previous launch has finished: an event recorded after each launch
+// guards them); any buffer that moves (a mirror or the attention partials growing) drops the
 // graphs, which are captured again.
 #include <algorithm>
 #include <array>
@@ -117,6 +118,9 @@ class CudaBackend final : public Backend {
       }
     }
     STRATA_CUDA_CHECK(cudaGraphLaunch(graphs_.at(key_).get(), stream()));  // a capture ran nothing yet
+    // The graph's copy nodes read the pinned mirrors: the next write to any of them waits for this event.
+    STRATA_CUDA_CHECK(cudaEventRecord(step_done_.get(), stream()));
+    step_pending_ = true;
   }
 
   void abort_step() noexcept override {
@@ -483,6 +487,12 @@ class CudaBackend final : public Backend {
       m.written_in_step = step_;
     }
     if (m.pending) wait_event(m.copied.get(), "a step-input copy to the device");
+    // A launched graph copies from the pinned buffers too; waiting for its launch to finish does not rely on the
+    // event recorded inside the graph (an external event node) having been replayed.
+    if (step_pending_) {
+      wait_event(step_done_.get(), "the previous recorded step (it reads the step inputs' pinned buffers)");
+      step_pending_ = false;
+    }
     grow(m, bytes);
     std::memcpy(m.host.get(), data, bytes);
     m.last.assign(static_cast<const char*>(data), static_cast<const char*>(data) + bytes);
@@ -583,6 +593,8 @@ class CudaBackend final : public Backend {
   std::uint64_t step_ = 0;
   std::int64_t key_ = -1;
   std::map<std::int64_t, cuda::GraphExec> graphs_;  // recorded decode steps by batch size
+  cuda::Event step_done_ = cuda::make_event();      // recorded after each graph launch
+  bool step_pending_ = false;                       // step_done_ recorded and not yet waited for
   std::map<std::int64_t, int> warm_;                // steps seen per batch size before recording
 };
 
