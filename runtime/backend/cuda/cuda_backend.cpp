@@ -230,12 +230,32 @@ class CudaBackend final : public Backend {
     on_device(x, "linear");
     on_device(w, "linear");
     on_device(y, "linear");
-    if (replaying()) return;
-    gemm_->linear(x.data, w.data, y.data, elem(x.dtype), elem(y.dtype), tokens, out, in);
     if (bias.data) {
       STRATA_CHECK(bias.numel() == out, Internal, "linear: bias ", shape_string(bias.shape), " for ", out, " outputs");
       on_device(bias, "linear bias");
-      cuda::add_bias(y.data, elem(y.dtype), bias.data, elem(bias.dtype), tokens, out, stream());
+    }
+    if (replaying()) return;
+    if (!bias.data) {
+      gemm_->linear(x.data, w.data, y.data, elem(x.dtype), elem(y.dtype), tokens, out, in);
+      return;
+    }
+    if (y.dtype == DType::F32) {
+      gemm_->linear(x.data, w.data, y.data, elem(x.dtype), cuda::Elem::F32, tokens, out, in);
+      cuda::add_bias(y.f32(), bias.data, elem(bias.dtype), y.data, cuda::Elem::F32, tokens, out, stream());
+      return;
+    }
+    // The GEMM writes f32 into the staging scratch, rows at a time, and the bias is added before the one rounding.
+    const std::int64_t chunk = kStagingElems / std::max<std::int64_t>(out, 1);
+    STRATA_CHECK(chunk >= 1, Internal, "linear: ", out, " biased outputs exceed the ", kStagingElems,
+                 "-element f32 scratch");
+    auto* acc = static_cast<float*>(scratch_.get());
+    const std::size_t x_row = std::size_t(in) * dtype_size(x.dtype), y_row = std::size_t(out) * dtype_size(y.dtype);
+    for (std::int64_t r = 0; r < tokens; r += chunk) {
+      const std::int64_t rows = std::min(chunk, tokens - r);
+      gemm_->linear(static_cast<const char*>(x.data) + std::size_t(r) * x_row, w.data, acc, elem(x.dtype),
+                    cuda::Elem::F32, rows, out, in);
+      cuda::add_bias(acc, bias.data, elem(bias.dtype), static_cast<char*>(y.data) + std::size_t(r) * y_row,
+                     elem(y.dtype), rows, out, stream());
     }
   }
 
