@@ -36,6 +36,10 @@ void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
                  "With --device cuda and tensor parallelism: seconds an NCCL initialisation or wait on the GPU may "
                  "take (a dead or stuck peer) before the job is aborted with that rank's message; 0 = never")
       ->check(CLI::NonNegativeNumber);
+  cmd.add_option("--gpu-reserve-mib", p.gpu_reserve_mib,
+                 "With --device cuda: MiB of GPU memory the memory check keeps free for what is allocated after it "
+                 "(NCCL buffers, CUDA graphs); default 512 with tensor parallelism plus 64")
+      ->check(CLI::NonNegativeNumber);
   cmd.add_flag("--force", p.force, "Run a layout the placement refuses (a TP group across nodes or NVLink islands)");
 }
 

@@ -199,9 +199,19 @@ namespace {
 // Device memory the CUDA backend holds outside its arena besides its step buffers: cuBLAS workspace (32 MiB), f32
 // staging (16 MiB), step inputs (KiBs), with room for the allocator's granularity.
 constexpr std::int64_t kCudaBackendFixed = std::int64_t(64) << 20;
+// Kept free beyond the estimate for device memory taken after the check and outside the arena (unless
+// --gpu-reserve-mib says otherwise). NCCL: its communicator is created after the arena (it runs on the backend's
+// stream) and its buffers and proxy state take hundreds of MiB on an H100 (channels x peers x NCCL_BUFFSIZE, NVLS).
+// Graphs: instantiated step graphs and cuBLAS's work under capture, a few MiB per batch size.
+constexpr std::int64_t kNcclReserve = std::int64_t(512) << 20;
+constexpr std::int64_t kGraphReserve = std::int64_t(64) << 20;
 
 #ifdef STRATA_WITH_CUDA
 DType gpu_dtype(const Job& job) { return cuda_compute_dtype(job.manifest.dtype); }
+std::int64_t gpu_reserve_bytes(const Job& job) {
+  if (job.parallel.gpu_reserve_mib >= 0) return std::int64_t(job.parallel.gpu_reserve_mib) << 20;
+  return kGraphReserve + (job.groups.tp->size() > 1 ? kNcclReserve : 0);
+}
 #endif
 
 // The GPU check: run on every rank, then agreed over the world so that every rank stops, each with a message.
@@ -211,13 +221,15 @@ void check_gpu_memory(const Job& job, const StageLimits& limits) {
   const std::int64_t backend =
       kCudaBackendFixed + std::int64_t(cuda_step_buffer_bytes(limits.max_seqs, job.plan->local_heads(),
                                                               job.config.head_dim, limits.max_seq_len));
+  const std::int64_t reserve = gpu_reserve_bytes(job);
   const CudaMemoryInfo gpu = cuda_memory_info(job.gpu);
-  const bool fits = need.total() + backend <= std::int64_t(gpu.free_bytes);
+  const bool fits = need.total() + backend + reserve <= std::int64_t(gpu.free_bytes);
   const bool all_fit = job.groups.world->all_reduce_max(fits ? 0 : 1) == 0;
   STRATA_CHECK(fits, Memory, "rank ", job.layout->world_rank(), " (host ", job.node.hostname, ", GPU ", job.gpu,
-               "): needs ", gib(need.total() + backend), " (weights ", gib(need.weights), ", KV cache ",
-               gib(need.kv_cache), ", workspace ", gib(need.workspace + backend), "), ",
-               gib(std::int64_t(gpu.free_bytes)), " free of ", gib(std::int64_t(gpu.total_bytes)),
+               "): needs ", gib(need.total() + backend + reserve), " (weights ", gib(need.weights), ", KV cache ",
+               gib(need.kv_cache), ", workspace ", gib(need.workspace + backend), ", reserved ", gib(reserve),
+               " for NCCL and CUDA graphs, see --gpu-reserve-mib), ", gib(std::int64_t(gpu.free_bytes)), " free of ",
+               gib(std::int64_t(gpu.total_bytes)),
                "; try a larger -tp/-pp or a smaller --max-batch-size / --max-model-len");
   STRATA_CHECK(all_fit, Memory, "rank ", job.layout->world_rank(), " (host ", job.node.hostname, ", GPU ", job.gpu,
                ") fits, but another rank is out of GPU memory (see its message); try a larger -tp/-pp or a "

@@ -91,6 +91,7 @@ expect_failure("missing prompt file", gen(single, 1, prompt_file=h.path("none.tx
 # Flags
 expect_failure("unknown device", gen(single, None, "--device", "tpu"), None, "--device", "tpu")
 expect_failure("negative temperature", gen(single, None, "--temperature", "-1"), None, "--temperature")
+expect_failure("negative GPU reserve", gen(single, None, "--gpu-reserve-mib", "-5"), None, "--gpu-reserve-mib")
 expect_failure("unknown flag", gen(single, None, "--tensor-parallel", "2"), None, "tensor-parallel")
 expect_failure("max-model-len beyond the model", gen(single, 1, "--max-model-len", 4096), 1,
                "--max-model-len 4096 exceeds the model's max_position_embeddings 512")

@@ -3,9 +3,11 @@
 // when they change; host waits poll the stream so a monitor (NCCL errors, timeouts) runs while they wait.
 // Step graphs: the second decode step of a batch size is captured (relaxed mode: no host sync happens inside a
 // step), later ones replay it. Every step input is copied from its pinned mirror inside the graph, so a replay only
-// has to rewrite the pinned mirrors; any buffer that moves (a mirror or the attention partials growing) drops the
+// has to rewrite the pinned mirrors (after the previous launch has finished: an event recorded after each launch
+// guards them); any buffer that moves (a mirror or the attention partials growing) drops the
 // graphs, which are captured again.
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstring>
 #include <functional>
@@ -92,8 +94,8 @@ class CudaBackend final : public Backend {
     if (!graphs_enabled_ || key < 0) return StepMode::Run;
     key_ = key;
     if (graphs_.count(key)) return mode_ = StepMode::Replay;
-    if (++warm_[key] < 2) return StepMode::Run;    // the warm-up grows every buffer this shape needs
-    for (Mirror* m : mirrors()) m->valid = false;  // so each one's first use records its copy in the graph
+    if (++warm_[key] < 2) return StepMode::Run;  // the warm-up grows every buffer this shape needs
+    invalidate_mirrors();                        // so each one's first use records its copy in the graph
     STRATA_CUDA_CHECK(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeRelaxed));
     return mode_ = StepMode::Capture;
   }
@@ -110,20 +112,29 @@ class CudaBackend final : public Backend {
         STRATA_CUDA_CHECK(cudaGraphInstantiate(&exec, graph.get(), 0));
         graphs_[key_] = cuda::GraphExec(exec);
       } catch (const Error& e) {
+        invalidate_mirrors();  // the recorded copies never ran
         throw Error(e.kind(), cat(e.what(), " (recording a decode step of batch size ", key_,
                                   " as a CUDA graph; STRATA_CUDA_GRAPHS=0 runs steps op by op)"));
       }
     }
     STRATA_CUDA_CHECK(cudaGraphLaunch(graphs_.at(key_).get(), stream()));  // a capture ran nothing yet
+    // The graph's copy nodes read the pinned mirrors: the next write to any of them waits for this event.
+    STRATA_CUDA_CHECK(cudaEventRecord(step_done_.get(), stream()));
+    step_pending_ = true;
   }
 
   void abort_step() noexcept override {
-    if (std::exchange(mode_, StepMode::Run) != StepMode::Capture) return;
-    cudaGraph_t raw = nullptr;
-    cudaStreamEndCapture(stream_.get(), &raw);
-    if (raw) cudaGraphDestroy(raw);
-    cudaGetLastError();
-    for (Mirror* m : mirrors()) m->valid = false;  // their recorded copies never ran
+    const StepMode mode = std::exchange(mode_, StepMode::Run);
+    if (mode == StepMode::Run) return;
+    if (mode == StepMode::Capture) {
+      cudaGraph_t raw = nullptr;
+      cudaStreamEndCapture(stream_.get(), &raw);
+      if (raw) cudaGraphDestroy(raw);
+      cudaGetLastError();
+    }
+    // A capture's recorded copies never ran; a replay rewrote `last` and the pinned buffers but never launched the
+    // graph that copies them. Either way the device buffers may not hold `last`.
+    invalidate_mirrors();
   }
 
   std::string name() const override { return "cuda"; }
@@ -219,12 +230,32 @@ class CudaBackend final : public Backend {
     on_device(x, "linear");
     on_device(w, "linear");
     on_device(y, "linear");
-    if (replaying()) return;
-    gemm_->linear(x.data, w.data, y.data, elem(x.dtype), elem(y.dtype), tokens, out, in);
     if (bias.data) {
       STRATA_CHECK(bias.numel() == out, Internal, "linear: bias ", shape_string(bias.shape), " for ", out, " outputs");
       on_device(bias, "linear bias");
-      cuda::add_bias(y.data, elem(y.dtype), bias.data, elem(bias.dtype), tokens, out, stream());
+    }
+    if (replaying()) return;
+    if (!bias.data) {
+      gemm_->linear(x.data, w.data, y.data, elem(x.dtype), elem(y.dtype), tokens, out, in);
+      return;
+    }
+    if (y.dtype == DType::F32) {
+      gemm_->linear(x.data, w.data, y.data, elem(x.dtype), cuda::Elem::F32, tokens, out, in);
+      cuda::add_bias(y.f32(), bias.data, elem(bias.dtype), y.data, cuda::Elem::F32, tokens, out, stream());
+      return;
+    }
+    // The GEMM writes f32 into the staging scratch, rows at a time, and the bias is added before the one rounding.
+    const std::int64_t chunk = kStagingElems / std::max<std::int64_t>(out, 1);
+    STRATA_CHECK(chunk >= 1, Internal, "linear: ", out, " biased outputs exceed the ", kStagingElems,
+                 "-element f32 scratch");
+    auto* acc = static_cast<float*>(scratch_.get());
+    const std::size_t x_row = std::size_t(in) * dtype_size(x.dtype), y_row = std::size_t(out) * dtype_size(y.dtype);
+    for (std::int64_t r = 0; r < tokens; r += chunk) {
+      const std::int64_t rows = std::min(chunk, tokens - r);
+      gemm_->linear(static_cast<const char*>(x.data) + std::size_t(r) * x_row, w.data, acc, elem(x.dtype),
+                    cuda::Elem::F32, rows, out, in);
+      cuda::add_bias(acc, bias.data, elem(bias.dtype), static_cast<char*>(y.data) + std::size_t(r) * y_row,
+                     elem(y.dtype), rows, out, stream());
     }
   }
 
@@ -422,7 +453,10 @@ class CudaBackend final : public Backend {
   void outside_graph_steps(const char* op) const {
     STRATA_CHECK(mode_ == StepMode::Run, Internal, op, " inside a recorded step (it waits for the host)");
   }
-  std::vector<Mirror*> mirrors() { return {&ids_, &positions_, &inv_freq_, &tokens_, &rows_, &requests_}; }
+  std::array<Mirror*, 6> mirrors() noexcept { return {&ids_, &positions_, &inv_freq_, &tokens_, &rows_, &requests_}; }
+  void invalidate_mirrors() noexcept {
+    for (Mirror* m : mirrors()) m->valid = false;
+  }
   // Buffers a recorded step points to are moving: forget every recording (they are captured again).
   void drop_graphs(const char* why) {
     STRATA_CHECK(mode_ == StepMode::Run, Internal, "GPU ", device_, ": ", why, " inside a recorded step");
@@ -473,6 +507,12 @@ class CudaBackend final : public Backend {
       m.written_in_step = step_;
     }
     if (m.pending) wait_event(m.copied.get(), "a step-input copy to the device");
+    // A launched graph copies from the pinned buffers too; waiting for its launch to finish does not rely on the
+    // event recorded inside the graph (an external event node) having been replayed.
+    if (step_pending_) {
+      wait_event(step_done_.get(), "the previous recorded step (it reads the step inputs' pinned buffers)");
+      step_pending_ = false;
+    }
     grow(m, bytes);
     std::memcpy(m.host.get(), data, bytes);
     m.last.assign(static_cast<const char*>(data), static_cast<const char*>(data) + bytes);
@@ -573,6 +613,8 @@ class CudaBackend final : public Backend {
   std::uint64_t step_ = 0;
   std::int64_t key_ = -1;
   std::map<std::int64_t, cuda::GraphExec> graphs_;  // recorded decode steps by batch size
+  cuda::Event step_done_ = cuda::make_event();      // recorded after each graph launch
+  bool step_pending_ = false;                       // step_done_ recorded and not yet waited for
   std::map<std::int64_t, int> warm_;                // steps seen per batch size before recording
 };
 

@@ -87,15 +87,16 @@ class NcclCommunicatorImpl final : public NcclCommunicator {
   }
 
   ~NcclCommunicatorImpl() override {
-    if (barrier_word_ != nullptr) cudaFree(barrier_word_);
-    if (comm_ == nullptr) return;
     // On the error path (an exception unwinding) peers may never come: abort, never wait. On the normal path
     // finalise (flushes the operations in flight) under the deadline, then destroy.
-    if (std::uncaught_exceptions() > 0 || !finalized_in_time()) {
-      ncclCommAbort(comm_);
-      return;
+    if (comm_ != nullptr) {
+      if (std::uncaught_exceptions() > 0 || !finalized_in_time())
+        ncclCommAbort(comm_);
+      else
+        ncclCommDestroy(comm_);
     }
-    ncclCommDestroy(comm_);
+    // Only now: cudaFree synchronises the device and would wait forever behind a collective stuck on a missing peer.
+    if (barrier_word_ != nullptr) cudaFree(barrier_word_);
   }
 
   int rank() const override { return rank_; }

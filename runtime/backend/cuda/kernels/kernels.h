@@ -44,8 +44,10 @@ void rms_norm(const void* x, const void* weight, void* y, Elem act, Elem wt, std
 void rms_norm_residual(void* residual, const void* x, const void* weight, void* y, Elem act, Elem wt, std::int64_t rows,
                        std::int64_t width, float eps, cudaStream_t stream);
 void add(void* y, const void* x, Elem elem, std::int64_t n, cudaStream_t stream);
-void add_bias(void* y, Elem y_elem, const void* bias, Elem bias_elem, std::int64_t rows, std::int64_t width,
-              cudaStream_t stream);
+// y[rows, width] = acc + bias (broadcast over rows) in fp32, rounded once to y_elem: the GEMM writes acc in f32 so a
+// biased linear rounds once, like the CPU's. acc may alias y when y_elem is F32.
+void add_bias(const float* acc, const void* bias, Elem bias_elem, void* y, Elem y_elem, std::int64_t rows,
+              std::int64_t width, cudaStream_t stream);
 
 // --- elementwise.cu
 // x[tokens, heads, dim] in place, rotate-half convention; angle = positions[t] * inv_freq[i] in double.

@@ -40,11 +40,12 @@ __global__ void add_kernel(T* y, const T* x, std::int64_t n) {
     store(y, i, load(y, i) + load(x, i));
 }
 
+// The fp32 GEMM result plus the bias, rounded once to T (acc may alias y when T is float).
 template <typename T, typename B>
-__global__ void add_bias_kernel(T* y, const B* bias, std::int64_t n, std::int64_t width) {
+__global__ void add_bias_kernel(const float* acc, const B* bias, T* y, std::int64_t n, std::int64_t width) {
   for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
        i += std::int64_t(gridDim.x) * blockDim.x)
-    store(y, i, load(y, i) + load(bias, i % width));
+    store(y, i, acc[i] + load(bias, i % width));
 }
 
 template <bool Fused>
@@ -84,8 +85,8 @@ void add(void* y, const void* x, Elem elem, std::int64_t n, cudaStream_t stream)
   check_launch("add");
 }
 
-void add_bias(void* y, Elem y_elem, const void* bias, Elem bias_elem, std::int64_t rows, std::int64_t width,
-              cudaStream_t stream) {
+void add_bias(const float* acc, const void* bias, Elem bias_elem, void* y, Elem y_elem, std::int64_t rows,
+              std::int64_t width, cudaStream_t stream) {
   const std::int64_t n = rows * width;
   if (n == 0) return;
   dispatch(y_elem, [&](auto t) {
@@ -93,7 +94,7 @@ void add_bias(void* y, Elem y_elem, const void* bias, Elem bias_elem, std::int64
     dispatch(bias_elem, [&](auto b) {
       using B = decltype(b);
       add_bias_kernel<T, B>
-          <<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<T*>(y), static_cast<const B*>(bias), n, width);
+          <<<blocks_for(n, 256), 256, 0, stream>>>(acc, static_cast<const B*>(bias), static_cast<T*>(y), n, width);
     });
   });
   check_launch("add_bias");
