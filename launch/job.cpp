@@ -41,6 +41,8 @@ int run_as_mpi_job(int argc, char** argv, const std::function<int(Job&)>& body) 
 DetectOptions detect_options() {
   DetectOptions options;
   if (const char* visible = std::getenv("CUDA_VISIBLE_DEVICES")) options.cuda_visible_devices = std::string(visible);
+  // Another NVML (a driver outside the loader's path), or a name that cannot load to use CUDA's view instead.
+  if (const char* nvml = std::getenv("STRATA_NVML_LIBRARY")) options.nvml_library = nvml;
 #ifdef STRATA_WITH_CUDA
   options.cuda_fallback = [] {
     std::vector<CudaGpu> gpus;
@@ -307,8 +309,23 @@ std::vector<std::string> load_stage(Job& job, const std::string& model_dir, cons
 
 namespace strata {
 
+namespace {
+// Whether the GPUs of a TP group's ranks (node-local rank i drives device i) share one NVLink island.
+bool group_in_one_island(const NodeTopology& node, const std::vector<int>& group) {
+  for (const auto& island : nvlink_islands(node.devices)) {
+    std::size_t inside = 0;
+    for (int rank : group) {
+      const auto local = std::find(node.ranks.begin(), node.ranks.end(), rank) - node.ranks.begin();
+      inside += std::count(island.begin(), island.end(), int(local));
+    }
+    if (inside == group.size()) return island.size() > 1;
+  }
+  return false;
+}
+}  // namespace
+
 std::string plan_table(const Topology& topology, const ParallelLayout& layout, const ModelConfig& config,
-                       const StageLimits& limits) {
+                       const StageLimits& limits, bool on_gpus) {
   const LayoutSizes& sizes = layout.sizes();
   auto bytes = [](double b) {
     char text[32];
@@ -330,10 +347,12 @@ std::string plan_table(const Topology& topology, const ParallelLayout& layout, c
   out << "plan: " << sizes.world() << " ranks = dp " << sizes.dp << " x pp " << sizes.pp << " x tp " << sizes.tp
       << " on " << topology.nodes.size() << " node(s), inter-node fabric " << topology.fabric() << "\n";
   char line[512];
-  std::snprintf(line, sizeof line, "%-5s %-16s %-5s %-4s %-4s %-4s %-8s %-10s %-28s %s\n", "rank", "host", "local",
-                "dp", "pp", "tp", "layers", "memory", "TP all-reduce per token", "pipeline send per token");
+  std::snprintf(line, sizeof line, "%-5s %-16s %-5s %-7s %-4s %-4s %-4s %-8s %-10s %-28s %s\n", "rank", "host", "local",
+                "device", "dp", "pp", "tp", "layers", "memory", "TP all-reduce per token", "pipeline send per token");
   out << line;
-  const double hidden_bytes = double(config.hidden_size) * 4;
+  // The CUDA backend keeps weights and activations in 16 bits (bf16, or f16 for f16 checkpoints); the CPU in f32.
+  const DType dtype = on_gpus ? DType::BF16 : DType::F32;
+  const double hidden_bytes = double(config.hidden_size) * double(dtype_size(dtype));
   for (int rank = 0; rank < sizes.world(); ++rank) {
     const NodeTopology& node = topology.node_of(rank);
     const int local = int(std::find(node.ranks.begin(), node.ranks.end(), rank) - node.ranks.begin());
@@ -349,7 +368,7 @@ std::string plan_table(const Topology& topology, const ParallelLayout& layout, c
         }(),
         rank);
     const ShardPlan plan(config, {sizes.tp, at.tp_rank(), sizes.pp, at.pp_rank()});
-    const StageMemory memory = estimate_stage_memory(plan, limits);
+    const StageMemory memory = estimate_stage_memory(plan, limits, dtype, dtype);
     // Ring all-reduce: each rank sends 2 (tp - 1) / tp of the buffer; two per layer (attention, MLP), one more for
     // the embedding on the first stage.
     const double reduces = 2.0 * double(plan.local_layers()) + (at.is_first_stage() ? 1 : 0);
@@ -357,6 +376,10 @@ std::string plan_table(const Topology& topology, const ParallelLayout& layout, c
     bool tp_crosses = false;
     for (int peer : at.tp_group()) tp_crosses = tp_crosses || node_index(peer) != node_index(rank);
     std::string tp_text = sizes.tp == 1 ? "-" : bytes(tp_bytes) + (tp_crosses ? " (inter-node!)" : " (intra-node)");
+    if (on_gpus && sizes.tp > 1 && !tp_crosses && !node.devices.empty())
+      tp_text = bytes(tp_bytes) + (group_in_one_island(node, at.tp_group()) ? " (NVLink)" : " (PCIe)");
+    const bool has_gpu = on_gpus && local < int(node.devices.size());
+    const std::string device = !on_gpus ? "cpu" : has_gpu ? "gpu:" + std::to_string(local) : "gpu:?";
     std::string pp_text = "-";
     if (!at.is_last_stage()) {
       const bool crosses = node_index(at.next_stage_rank()) != node_index(rank);
@@ -364,9 +387,9 @@ std::string plan_table(const Topology& topology, const ParallelLayout& layout, c
                 (crosses ? " (inter-node " + topology.fabric() + ")" : " (intra-node)");
     }
     const std::string layers = std::to_string(plan.layer_begin()) + "-" + std::to_string(plan.layer_end() - 1);
-    std::snprintf(line, sizeof line, "%-5d %-16s %-5d %-4d %-4d %-4d %-8s %-10s %-28s %s\n", rank,
-                  node.hostname.c_str(), local, at.dp_rank(), at.pp_rank(), at.tp_rank(), layers.c_str(),
-                  bytes(double(memory.total())).c_str(), tp_text.c_str(), pp_text.c_str());
+    std::snprintf(line, sizeof line, "%-5d %-16s %-5d %-7s %-4d %-4d %-4d %-8s %-10s %-28s %s\n", rank,
+                  node.hostname.c_str(), local, device.c_str(), at.dp_rank(), at.pp_rank(), at.tp_rank(),
+                  layers.c_str(), bytes(double(memory.total())).c_str(), tp_text.c_str(), pp_text.c_str());
     out << line;
   }
   return out.str();

@@ -51,10 +51,11 @@ ModelFit model_fit(const ModelConfig& config, const StageLimits& limits, bool on
 // before loading.
 void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& parallel,
                  const std::function<StageLimits(const ModelConfig&)>& limits_for = {});
-// The plan table: every rank's host, local rank, coordinates, layers, memory estimate, and the bytes it sends per
-// generated token over each kind of link. Pure: works from a description file without MPI.
+// The plan table: every rank's host, local rank, device, coordinates, layers, memory estimate, and the bytes it
+// sends per generated token over each kind of link (NVLink or PCIe inside a GPU node). `on_gpus`: --device cuda
+// (16-bit weights and activations). Pure: works from a description file without MPI.
 std::string plan_table(const Topology& topology, const ParallelLayout& any_rank_layout, const ModelConfig& config,
-                       const StageLimits& limits);
+                       const StageLimits& limits, bool on_gpus);
 
 // Refuses (Error(Memory), numbers named) when the stage will not fit in this rank's share of the node's memory, or
 // with --device cuda in its GPU's free memory. Collective over the world: every rank learns whether any failed.

@@ -22,7 +22,7 @@ std::string plan_for(const Topology& topology, const PlanOptions& o) {
   std::string text;
   for (const auto& note : placement.notes) text += "auto: " + note + "\n";
   for (const auto& warning : placement.warnings) text += "warning: " + warning + " (running anyway: --force)\n";
-  return text + plan_table(topology, layout, config, limits);
+  return text + plan_table(topology, layout, config, limits, o.parallel.device == "cuda");
 }
 
 }  // namespace

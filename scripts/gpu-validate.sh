@@ -168,6 +168,12 @@ EOF
     with_env ldd "$STRATA" | sed 's/ (0x[0-9a-f]*)//'
     if with_env ldd "$STRATA" | grep -q 'not found'; then echo "MISSING LIBRARIES above"; fi
     echo "== strata --version: $(with_env "$STRATA" --version 2>&1)"
+    # NVML detection (topology/gpus) has only run without a driver before: compare with nvidia-smi's list above.
+    echo "== strata topo (NVML), then without NVML (the CUDA peer-attribute fallback)"
+    mpirun_n 1 "$STRATA" topo 2>&1 || echo "strata topo failed"
+    mpirun_n 1 "$STRATA" topo --json 2>&1 | head -c 4000 || true
+    echo
+    mpirun_n 1 -x STRATA_NVML_LIBRARY=libstrata-no-nvml.so "$STRATA" topo 2>&1 || echo "strata topo (no NVML) failed"
   } 2>&1 | tee "$OUT/env.txt"
   with_env ldd "$STRATA" | grep -q 'not found' && fail "env: strata has unresolved libraries (env.txt)"
   return 0

@@ -61,7 +61,7 @@ plan = [line.split() for line in log.splitlines() if line[:1].isdigit()]
 rows = {int(r[0]): r for r in plan}
 h.check(len(rows) == 4 and rows[0][1] == "nodea" and rows[1][1] == "nodeb", f"round-robin launch order:\n{log}")
 h.check(all("inter-node!" not in line for line in log.splitlines()), f"no TP group crosses nodes:\n{log}")
-h.check(rows[0][4] == rows[2][4] and rows[1][4] == rows[3][4] and rows[0][4] != rows[1][4],
+h.check(rows[0][5] == rows[2][5] and rows[1][5] == rows[3][5] and rows[0][5] != rows[1][5],
         f"ranks 0,2 (nodea) form one stage, 1,3 (nodeb) the other:\n{log}")
 h.check("inter-node ethernet" in log, f"the pipeline send crosses the nodes:\n{log}")
 h.check([r["token_ids"] for r in h.results("roundrobin.jsonl")] == [r["token_ids"] for r in h.results("single.jsonl")],

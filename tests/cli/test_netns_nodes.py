@@ -49,7 +49,7 @@ try:
     rows = {int(r[0]): r for r in (line.split() for line in log.splitlines() if line[:1].isdigit())}
     h.check(len(rows) == 4 and [rows[r][1] for r in range(4)] == ["nodea", "nodea", "nodeb", "nodeb"],
             f"ranks 0,1 on nodea and 2,3 on nodeb:\n{log}")
-    h.check(rows[0][4] == rows[1][4] != rows[2][4] == rows[3][4], f"each node holds one pipeline stage:\n{log}")
+    h.check(rows[0][5] == rows[1][5] != rows[2][5] == rows[3][5], f"each node holds one pipeline stage:\n{log}")
     h.check("inter-node!" not in log and log.count("(intra-node)") >= 4, f"TP groups stay within a node:\n{log}")
     h.check("(inter-node ethernet)" in log, f"the pipeline send crosses the Ethernet link:\n{log}")
     h.check([r["token_ids"] for r in h.results("multi.jsonl")] == [r["token_ids"] for r in h.results("single.jsonl")],

@@ -73,6 +73,22 @@ h.check(parts == h.results("whole.jsonl"), "the parts in order equal the whole r
 code, out, _ = h.run(sampled + ["--output", "bad.jsonl", "--part", "2/2"], ranks=1)
 h.check(code != 0 and "--part 2/2: expected K/N with 0 <= K < N" in out, f"--part 2/2 is refused:\n{out}")
 
+# A GPU plan from a description: each rank's device, 16-bit sizes, and whether its TP group talks over NVLink or PCIe.
+def gpu_node(peers):
+    devices = [{"id": d, "name": "H100", "memory_bytes": 80 << 30, "nvlink_peers": peers(d)} for d in range(4)]
+    return h.write("gpus.json", json.dumps({"nodes": [{"hostname": "g", "ranks": [0, 1, 2, 3], "devices": devices}]}))
+
+
+islands = gpu_node(lambda d: [d ^ 1])  # 0-1 and 2-3
+plan = ["plan", "--model", model, "-tp", 2, "--device", "cuda"]
+out = h.run_ok(plan + ["--topology", islands])
+h.check(re.search(r"\n3 +g +3 +gpu:3 ", out) is not None and out.count("(NVLink)") == 4 and "(PCIe)" not in out,
+        f"a GPU plan names each rank's device and NVLink for TP groups inside an island:\n{out}")
+cpu_mb = busiest_mb(h.run_ok(["plan", "--model", model, "-tp", 2, "--topology", islands]))
+h.check(busiest_mb(out) < 0.6 * cpu_mb, f"GPU memory is estimated in 16 bits, below the CPU's f32: {out}")
+out = h.run_ok(plan + ["--topology", gpu_node(lambda d: []), "--force"])
+h.check(out.count("(PCIe)") == 4, f"without NVLink the TP all-reduces go over PCIe:\n{out}")
+
 code, out, _ = h.run(flags + ["--output", "cuda.jsonl", "--device", "cuda"], ranks=2)
 h.check(code != 0 and re.search(r"--device cuda: host \S+ \(ranks 0,1\) has no GPU: no NVML", out) is not None,
         f"--device cuda without GPUs names the host and its ranks:\n{out}")

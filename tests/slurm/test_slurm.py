@@ -206,7 +206,7 @@ try:
     states, info = wait_job(job)
     h.check(states == ["COMPLETED"], f"generate-gpu.sbatch completed: {states}\n{log_of('strata-' + job)}")
     plan = [line.split() for line in log_of("strata-" + job).splitlines() if line[:1].isdigit()]
-    h.check([(r[1], r[4]) for r in plan] == [("nodea", "0"), ("nodea", "0"), ("nodeb", "1"), ("nodeb", "1")]
+    h.check([(r[1], r[5]) for r in plan] == [("nodea", "0"), ("nodea", "0"), ("nodeb", "1"), ("nodeb", "1")]
             and "inter-node!" not in log_of("strata-" + job),
             f"ranks 0,1 on nodea form stage 0 and 2,3 on nodeb stage 1; TP stays inside a node:\n{log_of('strata-' + job)}")
     check_results("generate-gpu.sbatch (srun --mpi=pmix)", h.path("gpu.jsonl"), log_of("strata-" + job))
