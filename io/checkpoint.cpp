@@ -1,10 +1,18 @@
 // Checkpoint manifest (JSON) and shard files (HDF5, chunked, Fletcher32-checksummed).
 #include "io/checkpoint.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
+#include "io/fletcher32.h"
 #include "io/hdf5_handle.h"
 #include "runtime/base/error.h"
 
@@ -210,6 +218,76 @@ void read_dataset(hid_t set, hid_t memory_type, hid_t memory_space, hid_t file_s
   }
 }
 
+// ---------------------------------------------------------------------------------------------------- parallel read
+
+// Where HDF5 stored one chunk of a dataset chunked along rows only: its first row, file address and stored size.
+struct StoredChunk {
+  std::int64_t first_row = 0;
+  haddr_t address = 0;
+  hsize_t size = 0;
+};
+
+struct ChunkLayout {
+  std::int64_t chunk_rows = 0;
+  std::size_t row_bytes = 0;  // stored bytes per row (all dimensions after the first)
+  std::vector<StoredChunk> chunks;
+};
+
+// The chunks of `set` when it is laid out as ShardWriter writes it: little-endian, chunked along the first dimension
+// only, Fletcher32 the only filter and applied to every chunk, every chunk allocated and holding chunk bytes + the
+// 4-byte checksum. Metadata only (no data is read). Anything else: nullopt, and the caller uses H5Dread.
+std::optional<ChunkLayout> strata_chunk_layout(hid_t set, const StoredTensor& t, const std::string& where) {
+  const std::size_t rank = t.shape.size();
+  if (rank == 0 || t.shape[0] <= 0) return std::nullopt;
+  h5::Handle type = h5::datatype(H5Dget_type(set), where);
+  if (H5Tget_order(type.get()) != H5T_ORDER_LE) return std::nullopt;
+  h5::Handle dcpl = h5::plist(H5Dget_create_plist(set), where);
+  if (H5Pget_layout(dcpl.get()) != H5D_CHUNKED || H5Pget_nfilters(dcpl.get()) != 1) return std::nullopt;
+  unsigned flags = 0, config = 0;
+  std::size_t values = 0;
+  if (H5Pget_filter2(dcpl.get(), 0, &flags, &values, nullptr, 0, nullptr, &config) != H5Z_FILTER_FLETCHER32)
+    return std::nullopt;
+  std::vector<hsize_t> chunk(rank);
+  if (H5Pget_chunk(dcpl.get(), int(rank), chunk.data()) != int(rank)) return std::nullopt;
+  ChunkLayout layout;
+  layout.chunk_rows = std::int64_t(chunk[0]);
+  layout.row_bytes = dtype_size(t.dtype);
+  for (std::size_t d = 1; d < rank; ++d) {
+    if (std::int64_t(chunk[d]) != t.shape[d]) return std::nullopt;
+    layout.row_bytes *= std::size_t(t.shape[d]);
+  }
+  if (layout.chunk_rows <= 0 || layout.row_bytes == 0) return std::nullopt;
+  h5::Handle space = h5::dataspace(H5Dget_space(set), where);
+  hsize_t count = 0;
+  STRATA_H5_CHECK(H5Dget_num_chunks(set, space.get(), &count));
+  if (std::int64_t(count) != (t.shape[0] + layout.chunk_rows - 1) / layout.chunk_rows) return std::nullopt;
+  const hsize_t stored_size = hsize_t(layout.chunk_rows) * layout.row_bytes + 4;  // edge chunks are stored whole
+  std::vector<hsize_t> offset(rank);
+  for (hsize_t i = 0; i < count; ++i) {
+    unsigned mask = 0;
+    StoredChunk c;
+    STRATA_H5_CHECK(H5Dget_chunk_info(set, space.get(), i, offset.data(), &mask, &c.address, &c.size));
+    if (mask != 0 || c.address == HADDR_UNDEF || c.size != stored_size) return std::nullopt;
+    if (std::any_of(offset.begin() + 1, offset.end(), [](hsize_t o) { return o != 0; })) return std::nullopt;
+    c.first_row = std::int64_t(offset[0]);
+    layout.chunks.push_back(c);
+  }
+  return layout;
+}
+
+// pread of exactly `bytes` bytes (retrying short reads); the errno text on failure, empty on success.
+std::string pread_all(int fd, char* dest, std::size_t bytes, off_t at) {
+  while (bytes > 0) {
+    const ssize_t got = ::pread(fd, dest, bytes, at);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return got < 0 ? std::strerror(errno) : std::string("unexpected end of file");
+    dest += got;
+    bytes -= std::size_t(got);
+    at += got;
+  }
+  return {};
+}
+
 herr_t collect_attribute_name(hid_t, const char* name, const H5A_info_t*, void* data) {
   static_cast<std::vector<std::string>*>(data)->push_back(name);
   return 0;
@@ -227,22 +305,29 @@ herr_t collect_name(hid_t, const char* name, const H5L_info_t*, void* data) {
 ShardReader::ShardReader(const std::string& path) : path_(path) {
   h5::silence_library_errors();
   STRATA_CHECK(fs::exists(path), Checkpoint, "shard ", path, " is missing");
-  file_ = h5::file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT),
-                   cat("cannot open shard ", path, " (not an HDF5 file, or truncated)"))
-              .release();  // closed in the destructor
+  h5::Handle file = h5::file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT),
+                             cat("cannot open shard ", path, " (not an HDF5 file, or truncated)"));
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  STRATA_CHECK(fd_ >= 0, Checkpoint, "cannot open shard ", path, ": ", std::strerror(errno));
+  file_ = file.release();  // both closed in the destructor
 }
 
 ShardReader::~ShardReader() {
   if (file_ >= 0) H5Fclose(file_);
+  if (fd_ >= 0) ::close(fd_);
 }
 ShardReader::ShardReader(ShardReader&& other) noexcept
     : path_(std::move(other.path_)),
       file_(std::exchange(other.file_, -1)),
+      fd_(std::exchange(other.fd_, -1)),
+      parallel_reads_(std::exchange(other.parallel_reads_, 0)),
       staging_(std::move(other.staging_)),
       staging_count_(std::exchange(other.staging_count_, 0)) {}
 ShardReader& ShardReader::operator=(ShardReader&& other) noexcept {
   std::swap(path_, other.path_);
   std::swap(file_, other.file_);
+  std::swap(fd_, other.fd_);
+  std::swap(parallel_reads_, other.parallel_reads_);
   std::swap(staging_, other.staging_);
   std::swap(staging_count_, other.staging_count_);
   return *this;
@@ -300,6 +385,7 @@ void ShardReader::read_f32(const std::string& name, const Shape& expected, float
   STRATA_CHECK(t.shape == expected, Checkpoint, "shard ", path_, ": tensor ", name, " has shape ",
                shape_string(t.shape), ", expected ", shape_string(expected));
   h5::Handle set = h5::dataset(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), name);
+  if (read_chunks_parallel(set.get(), t, out)) return;
   const std::size_t count = std::size_t(shape_numel(t.shape));
   if (t.dtype == DType::F32) {
     read_dataset(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, out, path_, name);
@@ -309,6 +395,70 @@ void ShardReader::read_f32(const std::string& name, const Shape& expected, float
     read_dataset(set.get(), type.get(), H5S_ALL, H5S_ALL, raw, path_, name);
     convert_to_f32(t.dtype, raw, out, count);
   }
+}
+
+// Three passes over the rank's OpenMP threads, each balanced on its own: pread the stored chunks (checksums
+// included) into the staging buffer in pieces of 1 MiB, verify each chunk's Fletcher32, then convert the rows
+// into `out` (which also spreads the first touch of its fresh pages over the threads).
+bool ShardReader::read_chunks_parallel(long long set, const StoredTensor& t, float* out) const {
+  const std::string where = cat("shard ", path_, ": tensor ", t.name);
+  const std::optional<ChunkLayout> layout = strata_chunk_layout(hid_t(set), t, where);
+  if (!layout) return false;
+  const std::size_t stored = std::size_t(layout->chunk_rows) * layout->row_bytes + 4;
+  const std::size_t chunks = layout->chunks.size();
+  char* buffer = reinterpret_cast<char*>(staging((stored * chunks + 1) / 2));
+  // Chunk k of the buffer holds the chunk starting at row k * chunk_rows.
+  std::vector<const StoredChunk*> at_slot(chunks, nullptr);
+  for (const StoredChunk& c : layout->chunks) {
+    const std::size_t slot = std::size_t(c.first_row / layout->chunk_rows);
+    STRATA_CHECK(c.first_row % layout->chunk_rows == 0 && slot < chunks && !at_slot[slot], Checkpoint, where,
+                 ": chunk at row ", c.first_row, " does not fit the chunk grid of ", layout->chunk_rows, " rows");
+    at_slot[slot] = &c;
+  }
+
+  constexpr std::size_t kPiece = 1u << 20;
+  const std::size_t pieces_per_chunk = (stored + kPiece - 1) / kPiece;
+  const std::int64_t pieces = std::int64_t(chunks * pieces_per_chunk);
+  std::atomic<bool> read_failed{false};
+  std::string read_error;
+#pragma omp parallel for schedule(dynamic)
+  for (std::int64_t p = 0; p < pieces; ++p) {
+    const std::size_t slot = std::size_t(p) / pieces_per_chunk, begin = (std::size_t(p) % pieces_per_chunk) * kPiece;
+    const std::size_t bytes = std::min(kPiece, stored - begin);
+    const std::string error =
+        pread_all(fd_, buffer + slot * stored + begin, bytes, off_t(at_slot[slot]->address + begin));
+    if (!error.empty() && !read_failed.exchange(true)) read_error = error;
+  }
+  STRATA_CHECK(!read_failed, Checkpoint, "cannot read shard ", path_, ", tensor ", t.name, ": ", read_error);
+
+  std::atomic<bool> corrupt{false};
+#pragma omp parallel for schedule(dynamic)
+  for (std::int64_t k = 0; k < std::int64_t(chunks); ++k) {
+    const unsigned char* chunk = reinterpret_cast<const unsigned char*>(buffer + std::size_t(k) * stored);
+    const unsigned char* sum = chunk + stored - 4;  // HDF5 appends the checksum little-endian
+    const std::uint32_t expected =
+        std::uint32_t(sum[0]) | std::uint32_t(sum[1]) << 8 | std::uint32_t(sum[2]) << 16 | std::uint32_t(sum[3]) << 24;
+    if (!fletcher32_matches(chunk, stored - 4, expected)) corrupt = true;
+  }
+  if (corrupt)
+    throw Error(ErrorKind::Checkpoint, cat("checksum mismatch: shard ", path_, ", tensor ", t.name,
+                                           " is corrupt (Fletcher32 check failed); re-create or re-copy the shard"));
+
+  const std::int64_t rows = t.shape[0];
+  const std::size_t row_values = layout->row_bytes / dtype_size(t.dtype);
+  const std::int64_t rows_per_block = std::max<std::int64_t>(1, std::int64_t((256u << 10) / layout->row_bytes));
+#pragma omp parallel for schedule(dynamic)
+  for (std::int64_t first = 0; first < rows; first += rows_per_block) {
+    for (std::int64_t r = first; r < std::min(rows, first + rows_per_block);) {  // stop at chunk boundaries
+      const std::int64_t slot = r / layout->chunk_rows, in_chunk = r % layout->chunk_rows;
+      const std::int64_t until = std::min({rows, first + rows_per_block, (slot + 1) * layout->chunk_rows});
+      const char* src = buffer + std::size_t(slot) * stored + std::size_t(in_chunk) * layout->row_bytes;
+      convert_to_f32(t.dtype, src, out + std::size_t(r) * row_values, std::size_t(until - r) * row_values);
+      r = until;
+    }
+  }
+  ++parallel_reads_;
+  return true;
 }
 
 void ShardReader::read_region_f32(const std::string& name, int axis, std::int64_t begin, std::int64_t end, float* out,
