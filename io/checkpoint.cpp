@@ -381,26 +381,34 @@ std::uint16_t* ShardReader::staging(std::size_t count) const {
 }
 
 void ShardReader::read_f32(const std::string& name, const Shape& expected, float* out) const {
+  read(name, expected, DType::F32, out);
+}
+
+void ShardReader::read(const std::string& name, const Shape& expected, DType dtype, void* out) const {
   const StoredTensor t = describe(name);
   STRATA_CHECK(t.shape == expected, Checkpoint, "shard ", path_, ": tensor ", name, " has shape ",
                shape_string(t.shape), ", expected ", shape_string(expected));
+  STRATA_CHECK(dtype == DType::F32 || dtype == t.dtype, Internal, "shard ", path_, ": tensor ", name, " is stored ",
+               dtype_name(t.dtype), " and cannot be read as ", dtype_name(dtype));
   h5::Handle set = h5::dataset(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), name);
-  if (read_chunks_parallel(set.get(), t, out)) return;
+  if (read_chunks_parallel(set.get(), t, dtype, out)) return;
   const std::size_t count = std::size_t(shape_numel(t.shape));
   if (t.dtype == DType::F32) {
     read_dataset(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, out, path_, name);
   } else {
-    std::uint16_t* raw = staging(count);
     h5::Handle type = file_type_of(t.dtype);  // read the stored bits as they are, convert here (exact, fast)
+    if (dtype == t.dtype) return read_dataset(set.get(), type.get(), H5S_ALL, H5S_ALL, out, path_, name);
+    std::uint16_t* raw = staging(count);
     read_dataset(set.get(), type.get(), H5S_ALL, H5S_ALL, raw, path_, name);
-    convert_to_f32(t.dtype, raw, out, count);
+    convert_to_f32(t.dtype, raw, static_cast<float*>(out), count);
   }
 }
 
 // Three passes over the rank's OpenMP threads, each balanced on its own: pread the stored chunks (checksums
 // included) into the staging buffer in pieces of 1 MiB, verify each chunk's Fletcher32, then convert the rows
-// into `out` (which also spreads the first touch of its fresh pages over the threads).
-bool ShardReader::read_chunks_parallel(long long set, const StoredTensor& t, float* out) const {
+// into `out` as `dtype` (the stored dtype: copied; f32: converted), which also spreads the first touch of its
+// fresh pages over the threads.
+bool ShardReader::read_chunks_parallel(long long set, const StoredTensor& t, DType dtype, void* out) const {
   const std::string where = cat("shard ", path_, ": tensor ", t.name);
   const std::optional<ChunkLayout> layout = strata_chunk_layout(hid_t(set), t, where);
   if (!layout) return false;
@@ -445,7 +453,7 @@ bool ShardReader::read_chunks_parallel(long long set, const StoredTensor& t, flo
                                            " is corrupt (Fletcher32 check failed); re-create or re-copy the shard"));
 
   const std::int64_t rows = t.shape[0];
-  const std::size_t row_values = layout->row_bytes / dtype_size(t.dtype);
+  const std::size_t row_values = layout->row_bytes / dtype_size(t.dtype), out_size = dtype_size(dtype);
   const std::int64_t rows_per_block = std::max<std::int64_t>(1, std::int64_t((256u << 10) / layout->row_bytes));
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t first = 0; first < rows; first += rows_per_block) {
@@ -453,7 +461,11 @@ bool ShardReader::read_chunks_parallel(long long set, const StoredTensor& t, flo
       const std::int64_t slot = r / layout->chunk_rows, in_chunk = r % layout->chunk_rows;
       const std::int64_t until = std::min({rows, first + rows_per_block, (slot + 1) * layout->chunk_rows});
       const char* src = buffer + std::size_t(slot) * stored + std::size_t(in_chunk) * layout->row_bytes;
-      convert_to_f32(t.dtype, src, out + std::size_t(r) * row_values, std::size_t(until - r) * row_values);
+      char* dest = static_cast<char*>(out) + std::size_t(r) * row_values * out_size;
+      if (dtype == t.dtype)
+        std::memcpy(dest, src, std::size_t(until - r) * layout->row_bytes);
+      else
+        convert_to_f32(t.dtype, src, reinterpret_cast<float*>(dest), std::size_t(until - r) * row_values);
       r = until;
     }
   }
