@@ -404,18 +404,20 @@ void ShardReader::read(const std::string& name, const Shape& expected, DType dty
   }
 }
 
-// Three passes over the rank's OpenMP threads, each balanced on its own: pread the stored chunks (checksums
-// included) into the staging buffer in pieces of 1 MiB, verify each chunk's Fletcher32, then convert the rows
-// into `out` as `dtype` (the stored dtype: copied; f32: converted), which also spreads the first touch of its
-// fresh pages over the threads.
+// Passes over the rank's OpenMP threads, each balanced on its own. Read as stored (dtype == t.dtype): pread each
+// chunk's rows straight into `out` (the kernel copies from the page cache into the tensor, faulting its pages in on
+// every thread) and its edge padding and checksum into a small tail, then verify each chunk. Read as f32: pread
+// the whole chunks into the staging buffer, verify, then convert the rows into `out`.
 bool ShardReader::read_chunks_parallel(long long set, const StoredTensor& t, DType dtype, void* out) const {
   const std::string where = cat("shard ", path_, ": tensor ", t.name);
   const std::optional<ChunkLayout> layout = strata_chunk_layout(hid_t(set), t, where);
   if (!layout) return false;
+  const std::int64_t rows = t.shape[0];
   const std::size_t stored = std::size_t(layout->chunk_rows) * layout->row_bytes + 4;
   const std::size_t chunks = layout->chunks.size();
-  char* buffer = reinterpret_cast<char*>(staging((stored * chunks + 1) / 2));
-  // Chunk k of the buffer holds the chunk starting at row k * chunk_rows.
+  const bool direct = dtype == t.dtype;
+  // Slot k: the chunk starting at row k * chunk_rows. Its first head[k] stored bytes go to head_at[k], the rest
+  // (tail: edge padding, then the 4-byte checksum) to tail_at[k].
   std::vector<const StoredChunk*> at_slot(chunks, nullptr);
   for (const StoredChunk& c : layout->chunks) {
     const std::size_t slot = std::size_t(c.first_row / layout->chunk_rows);
@@ -423,6 +425,24 @@ bool ShardReader::read_chunks_parallel(long long set, const StoredTensor& t, DTy
                  ": chunk at row ", c.first_row, " does not fit the chunk grid of ", layout->chunk_rows, " rows");
     at_slot[slot] = &c;
   }
+  std::vector<std::size_t> head(chunks, stored);
+  std::vector<char*> head_at(chunks), tail_at(chunks, nullptr);
+  std::vector<std::vector<char>> tails(direct ? chunks : 0);
+  char* staged = direct ? nullptr : reinterpret_cast<char*>(staging((stored * chunks + 1) / 2));
+  for (std::size_t k = 0; k < chunks; ++k) {
+    if (direct) {
+      const std::int64_t first = std::int64_t(k) * layout->chunk_rows;
+      head[k] = std::size_t(std::min(layout->chunk_rows, rows - first)) * layout->row_bytes;
+      head_at[k] = static_cast<char*>(out) + std::size_t(first) * layout->row_bytes;
+      tails[k].resize(stored - head[k]);
+      tail_at[k] = tails[k].data();
+    } else {
+      head_at[k] = staged + k * stored;
+    }
+  }
+  auto dest = [&](std::size_t k, std::size_t at) {
+    return at < head[k] ? head_at[k] + at : tail_at[k] + (at - head[k]);
+  };
 
   constexpr std::size_t kPiece = 1u << 20;
   const std::size_t pieces_per_chunk = (stored + kPiece - 1) / kPiece;
@@ -431,42 +451,47 @@ bool ShardReader::read_chunks_parallel(long long set, const StoredTensor& t, DTy
   std::string read_error;
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t p = 0; p < pieces; ++p) {
-    const std::size_t slot = std::size_t(p) / pieces_per_chunk, begin = (std::size_t(p) % pieces_per_chunk) * kPiece;
-    const std::size_t bytes = std::min(kPiece, stored - begin);
-    const std::string error =
-        pread_all(fd_, buffer + slot * stored + begin, bytes, off_t(at_slot[slot]->address + begin));
-    if (!error.empty() && !read_failed.exchange(true)) read_error = error;
+    const std::size_t k = std::size_t(p) / pieces_per_chunk;
+    std::size_t begin = (std::size_t(p) % pieces_per_chunk) * kPiece;
+    const std::size_t end = std::min(stored, begin + kPiece);
+    while (begin < end) {  // at most two reads: up to the end of the head, then into the tail
+      const std::size_t until = begin < head[k] ? std::min(end, head[k]) : end;
+      const std::string error = pread_all(fd_, dest(k, begin), until - begin, off_t(at_slot[k]->address + begin));
+      if (!error.empty() && !read_failed.exchange(true)) read_error = error;
+      begin = until;
+    }
   }
   STRATA_CHECK(!read_failed, Checkpoint, "cannot read shard ", path_, ", tensor ", t.name, ": ", read_error);
 
   std::atomic<bool> corrupt{false};
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t k = 0; k < std::int64_t(chunks); ++k) {
-    const unsigned char* chunk = reinterpret_cast<const unsigned char*>(buffer + std::size_t(k) * stored);
-    const unsigned char* sum = chunk + stored - 4;  // HDF5 appends the checksum little-endian
-    const std::uint32_t expected =
-        std::uint32_t(sum[0]) | std::uint32_t(sum[1]) << 8 | std::uint32_t(sum[2]) << 16 | std::uint32_t(sum[3]) << 24;
-    if (!fletcher32_matches(chunk, stored - 4, expected)) corrupt = true;
+    Fletcher32 sum;
+    const std::size_t in_head = std::min(head[k], stored - 4);
+    sum.update(head_at[k], in_head);
+    if (stored - 4 > in_head) sum.update(tail_at[k], stored - 4 - in_head);
+    unsigned char bytes[4];  // HDF5 appends the checksum little-endian
+    for (std::size_t i = 0; i < 4; ++i) bytes[i] = static_cast<unsigned char>(*dest(std::size_t(k), stored - 4 + i));
+    const std::uint32_t expected = std::uint32_t(bytes[0]) | std::uint32_t(bytes[1]) << 8 |
+                                   std::uint32_t(bytes[2]) << 16 | std::uint32_t(bytes[3]) << 24;
+    if (!sum.matches(expected)) corrupt = true;
   }
   if (corrupt)
     throw Error(ErrorKind::Checkpoint, cat("checksum mismatch: shard ", path_, ", tensor ", t.name,
                                            " is corrupt (Fletcher32 check failed); re-create or re-copy the shard"));
-
-  const std::int64_t rows = t.shape[0];
-  const std::size_t row_values = layout->row_bytes / dtype_size(t.dtype), out_size = dtype_size(dtype);
-  const std::int64_t rows_per_block = std::max<std::int64_t>(1, std::int64_t((256u << 10) / layout->row_bytes));
+  if (!direct) {
+    const std::size_t row_values = layout->row_bytes / dtype_size(t.dtype);
+    const std::int64_t rows_per_block = std::max<std::int64_t>(1, std::int64_t((256u << 10) / layout->row_bytes));
 #pragma omp parallel for schedule(dynamic)
-  for (std::int64_t first = 0; first < rows; first += rows_per_block) {
-    for (std::int64_t r = first; r < std::min(rows, first + rows_per_block);) {  // stop at chunk boundaries
-      const std::int64_t slot = r / layout->chunk_rows, in_chunk = r % layout->chunk_rows;
-      const std::int64_t until = std::min({rows, first + rows_per_block, (slot + 1) * layout->chunk_rows});
-      const char* src = buffer + std::size_t(slot) * stored + std::size_t(in_chunk) * layout->row_bytes;
-      char* dest = static_cast<char*>(out) + std::size_t(r) * row_values * out_size;
-      if (dtype == t.dtype)
-        std::memcpy(dest, src, std::size_t(until - r) * layout->row_bytes);
-      else
-        convert_to_f32(t.dtype, src, reinterpret_cast<float*>(dest), std::size_t(until - r) * row_values);
-      r = until;
+    for (std::int64_t first = 0; first < rows; first += rows_per_block) {
+      for (std::int64_t r = first; r < std::min(rows, first + rows_per_block);) {  // stop at chunk boundaries
+        const std::int64_t slot = r / layout->chunk_rows, in_chunk = r % layout->chunk_rows;
+        const std::int64_t until = std::min({rows, first + rows_per_block, (slot + 1) * layout->chunk_rows});
+        const char* src = staged + std::size_t(slot) * stored + std::size_t(in_chunk) * layout->row_bytes;
+        convert_to_f32(t.dtype, src, static_cast<float*>(out) + std::size_t(r) * row_values,
+                       std::size_t(until - r) * row_values);
+        r = until;
+      }
     }
   }
   ++parallel_reads_;

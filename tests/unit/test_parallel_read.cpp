@@ -139,6 +139,19 @@ TEST(Fletcher32, OddLengthAndLongInputFollowTheWordByWordDefinition) {
     EXPECT_EQ(fletcher32(data.data(), bytes), reference(data.data(), bytes)) << bytes;
 }
 
+TEST(Fletcher32, InPiecesEqualsInOneGo) {
+  std::vector<unsigned char> data(5000);
+  std::mt19937 rng(9);
+  for (auto& b : data) b = static_cast<unsigned char>(rng());
+  for (const std::size_t split :
+       {std::size_t(0), std::size_t(2), std::size_t(718), std::size_t(720), std::size_t(722), std::size_t(4000)}) {
+    Fletcher32 sum;
+    sum.update(data.data(), split);
+    sum.update(data.data() + split, data.size() - split);
+    EXPECT_EQ(sum.value(), fletcher32(data.data(), data.size())) << split;
+  }
+}
+
 TEST(ParallelRead, EqualsH5DreadBitForBit) {
   const fs::path path = write_shard("equal");
   ShardReader reader(path.string());
@@ -151,6 +164,13 @@ TEST(ParallelRead, EqualsH5DreadBitForBit) {
     // read_region_f32 over every row is a plain H5Dread of the whole dataset (hyperslab path).
     reader.read_region_f32(c.name, 0, 0, c.shape[0], h5dread.data(), c.shape.size() == 2 ? c.shape[1] : 1);
     EXPECT_EQ(std::memcmp(parallel.data(), h5dread.data(), count * sizeof(float)), 0) << c.name;
+    // Read as stored (rows straight into the destination, tail apart), then widened here: the same values.
+    std::vector<char> as_stored(count * dtype_size(c.dtype));
+    reader.read(c.name, c.shape, c.dtype, as_stored.data());
+    EXPECT_EQ(reader.parallel_reads(), before + 2) << c.name;
+    std::vector<float> widened(count);
+    convert_to_f32(c.dtype, as_stored.data(), widened.data(), count);
+    EXPECT_EQ(std::memcmp(widened.data(), h5dread.data(), count * sizeof(float)), 0) << c.name;
   }
   fs::remove_all(path.parent_path());
 }
@@ -178,10 +198,12 @@ TEST(ParallelRead, FlippedByteIsDetected) {
     }
     ShardReader reader(path.string());
     std::vector<float> out(2100 * 1024);
-    const std::string message = error_of([&] { reader.read_f32("big.bf16", {2100, 1024}, out.data()); });
-    EXPECT_NE(message.find("checksum mismatch: shard " + path.string() + ", tensor big.bf16 is corrupt"),
-              std::string::npos)
-        << message;
+    for (const DType dtype : {DType::F32, DType::BF16}) {  // through the staging buffer, and straight into `out`
+      const std::string message = error_of([&] { reader.read("big.bf16", {2100, 1024}, dtype, out.data()); });
+      EXPECT_NE(message.find("checksum mismatch: shard " + path.string() + ", tensor big.bf16 is corrupt"),
+                std::string::npos)
+          << dtype_name(dtype) << ": " << message;
+    }
   }
   fs::remove_all(path.parent_path());
 }
