@@ -1,10 +1,18 @@
 // Checkpoint manifest (JSON) and shard files (HDF5, chunked, Fletcher32-checksummed).
 #include "io/checkpoint.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
+#include "io/fletcher32.h"
 #include "io/hdf5_handle.h"
 #include "runtime/base/error.h"
 
@@ -210,6 +218,76 @@ void read_dataset(hid_t set, hid_t memory_type, hid_t memory_space, hid_t file_s
   }
 }
 
+// ---------------------------------------------------------------------------------------------------- parallel read
+
+// Where HDF5 stored one chunk of a dataset chunked along rows only: its first row, file address and stored size.
+struct StoredChunk {
+  std::int64_t first_row = 0;
+  haddr_t address = 0;
+  hsize_t size = 0;
+};
+
+struct ChunkLayout {
+  std::int64_t chunk_rows = 0;
+  std::size_t row_bytes = 0;  // stored bytes per row (all dimensions after the first)
+  std::vector<StoredChunk> chunks;
+};
+
+// The chunks of `set` when it is laid out as ShardWriter writes it: little-endian, chunked along the first dimension
+// only, Fletcher32 the only filter and applied to every chunk, every chunk allocated and holding chunk bytes + the
+// 4-byte checksum. Metadata only (no data is read). Anything else: nullopt, and the caller uses H5Dread.
+std::optional<ChunkLayout> strata_chunk_layout(hid_t set, const StoredTensor& t, const std::string& where) {
+  const std::size_t rank = t.shape.size();
+  if (rank == 0 || t.shape[0] <= 0) return std::nullopt;
+  h5::Handle type = h5::datatype(H5Dget_type(set), where);
+  if (H5Tget_order(type.get()) != H5T_ORDER_LE) return std::nullopt;
+  h5::Handle dcpl = h5::plist(H5Dget_create_plist(set), where);
+  if (H5Pget_layout(dcpl.get()) != H5D_CHUNKED || H5Pget_nfilters(dcpl.get()) != 1) return std::nullopt;
+  unsigned flags = 0, config = 0;
+  std::size_t values = 0;
+  if (H5Pget_filter2(dcpl.get(), 0, &flags, &values, nullptr, 0, nullptr, &config) != H5Z_FILTER_FLETCHER32)
+    return std::nullopt;
+  std::vector<hsize_t> chunk(rank);
+  if (H5Pget_chunk(dcpl.get(), int(rank), chunk.data()) != int(rank)) return std::nullopt;
+  ChunkLayout layout;
+  layout.chunk_rows = std::int64_t(chunk[0]);
+  layout.row_bytes = dtype_size(t.dtype);
+  for (std::size_t d = 1; d < rank; ++d) {
+    if (std::int64_t(chunk[d]) != t.shape[d]) return std::nullopt;
+    layout.row_bytes *= std::size_t(t.shape[d]);
+  }
+  if (layout.chunk_rows <= 0 || layout.row_bytes == 0) return std::nullopt;
+  h5::Handle space = h5::dataspace(H5Dget_space(set), where);
+  hsize_t count = 0;
+  STRATA_H5_CHECK(H5Dget_num_chunks(set, space.get(), &count));
+  if (std::int64_t(count) != (t.shape[0] + layout.chunk_rows - 1) / layout.chunk_rows) return std::nullopt;
+  const hsize_t stored_size = hsize_t(layout.chunk_rows) * layout.row_bytes + 4;  // edge chunks are stored whole
+  std::vector<hsize_t> offset(rank);
+  for (hsize_t i = 0; i < count; ++i) {
+    unsigned mask = 0;
+    StoredChunk c;
+    STRATA_H5_CHECK(H5Dget_chunk_info(set, space.get(), i, offset.data(), &mask, &c.address, &c.size));
+    if (mask != 0 || c.address == HADDR_UNDEF || c.size != stored_size) return std::nullopt;
+    if (std::any_of(offset.begin() + 1, offset.end(), [](hsize_t o) { return o != 0; })) return std::nullopt;
+    c.first_row = std::int64_t(offset[0]);
+    layout.chunks.push_back(c);
+  }
+  return layout;
+}
+
+// pread of exactly `bytes` bytes (retrying short reads); the errno text on failure, empty on success.
+std::string pread_all(int fd, char* dest, std::size_t bytes, off_t at) {
+  while (bytes > 0) {
+    const ssize_t got = ::pread(fd, dest, bytes, at);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return got < 0 ? std::strerror(errno) : std::string("unexpected end of file");
+    dest += got;
+    bytes -= std::size_t(got);
+    at += got;
+  }
+  return {};
+}
+
 herr_t collect_attribute_name(hid_t, const char* name, const H5A_info_t*, void* data) {
   static_cast<std::vector<std::string>*>(data)->push_back(name);
   return 0;
@@ -227,22 +305,29 @@ herr_t collect_name(hid_t, const char* name, const H5L_info_t*, void* data) {
 ShardReader::ShardReader(const std::string& path) : path_(path) {
   h5::silence_library_errors();
   STRATA_CHECK(fs::exists(path), Checkpoint, "shard ", path, " is missing");
-  file_ = h5::file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT),
-                   cat("cannot open shard ", path, " (not an HDF5 file, or truncated)"))
-              .release();  // closed in the destructor
+  h5::Handle file = h5::file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT),
+                             cat("cannot open shard ", path, " (not an HDF5 file, or truncated)"));
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  STRATA_CHECK(fd_ >= 0, Checkpoint, "cannot open shard ", path, ": ", std::strerror(errno));
+  file_ = file.release();  // both closed in the destructor
 }
 
 ShardReader::~ShardReader() {
   if (file_ >= 0) H5Fclose(file_);
+  if (fd_ >= 0) ::close(fd_);
 }
 ShardReader::ShardReader(ShardReader&& other) noexcept
     : path_(std::move(other.path_)),
       file_(std::exchange(other.file_, -1)),
+      fd_(std::exchange(other.fd_, -1)),
+      parallel_reads_(std::exchange(other.parallel_reads_, 0)),
       staging_(std::move(other.staging_)),
       staging_count_(std::exchange(other.staging_count_, 0)) {}
 ShardReader& ShardReader::operator=(ShardReader&& other) noexcept {
   std::swap(path_, other.path_);
   std::swap(file_, other.file_);
+  std::swap(fd_, other.fd_);
+  std::swap(parallel_reads_, other.parallel_reads_);
   std::swap(staging_, other.staging_);
   std::swap(staging_count_, other.staging_count_);
   return *this;
@@ -296,19 +381,121 @@ std::uint16_t* ShardReader::staging(std::size_t count) const {
 }
 
 void ShardReader::read_f32(const std::string& name, const Shape& expected, float* out) const {
+  read(name, expected, DType::F32, out);
+}
+
+void ShardReader::read(const std::string& name, const Shape& expected, DType dtype, void* out) const {
   const StoredTensor t = describe(name);
   STRATA_CHECK(t.shape == expected, Checkpoint, "shard ", path_, ": tensor ", name, " has shape ",
                shape_string(t.shape), ", expected ", shape_string(expected));
+  STRATA_CHECK(dtype == DType::F32 || dtype == t.dtype, Internal, "shard ", path_, ": tensor ", name, " is stored ",
+               dtype_name(t.dtype), " and cannot be read as ", dtype_name(dtype));
   h5::Handle set = h5::dataset(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), name);
+  if (read_chunks_parallel(set.get(), t, dtype, out)) return;
   const std::size_t count = std::size_t(shape_numel(t.shape));
   if (t.dtype == DType::F32) {
     read_dataset(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, out, path_, name);
   } else {
-    std::uint16_t* raw = staging(count);
     h5::Handle type = file_type_of(t.dtype);  // read the stored bits as they are, convert here (exact, fast)
+    if (dtype == t.dtype) return read_dataset(set.get(), type.get(), H5S_ALL, H5S_ALL, out, path_, name);
+    std::uint16_t* raw = staging(count);
     read_dataset(set.get(), type.get(), H5S_ALL, H5S_ALL, raw, path_, name);
-    convert_to_f32(t.dtype, raw, out, count);
+    convert_to_f32(t.dtype, raw, static_cast<float*>(out), count);
   }
+}
+
+// Passes over the rank's OpenMP threads, each balanced on its own. Read as stored (dtype == t.dtype): pread each
+// chunk's rows straight into `out` (the kernel copies from the page cache into the tensor, faulting its pages in on
+// every thread) and its edge padding and checksum into a small tail, then verify each chunk. Read as f32: pread
+// the whole chunks into the staging buffer, verify, then convert the rows into `out`.
+bool ShardReader::read_chunks_parallel(long long set, const StoredTensor& t, DType dtype, void* out) const {
+  const std::string where = cat("shard ", path_, ": tensor ", t.name);
+  const std::optional<ChunkLayout> layout = strata_chunk_layout(hid_t(set), t, where);
+  if (!layout) return false;
+  const std::int64_t rows = t.shape[0];
+  const std::size_t stored = std::size_t(layout->chunk_rows) * layout->row_bytes + 4;
+  const std::size_t chunks = layout->chunks.size();
+  const bool direct = dtype == t.dtype;
+  // Slot k: the chunk starting at row k * chunk_rows. Its first head[k] stored bytes go to head_at[k], the rest
+  // (tail: edge padding, then the 4-byte checksum) to tail_at[k].
+  std::vector<const StoredChunk*> at_slot(chunks, nullptr);
+  for (const StoredChunk& c : layout->chunks) {
+    const std::size_t slot = std::size_t(c.first_row / layout->chunk_rows);
+    STRATA_CHECK(c.first_row % layout->chunk_rows == 0 && slot < chunks && !at_slot[slot], Checkpoint, where,
+                 ": chunk at row ", c.first_row, " does not fit the chunk grid of ", layout->chunk_rows, " rows");
+    at_slot[slot] = &c;
+  }
+  std::vector<std::size_t> head(chunks, stored);
+  std::vector<char*> head_at(chunks), tail_at(chunks, nullptr);
+  std::vector<std::vector<char>> tails(direct ? chunks : 0);
+  char* staged = direct ? nullptr : reinterpret_cast<char*>(staging((stored * chunks + 1) / 2));
+  for (std::size_t k = 0; k < chunks; ++k) {
+    if (direct) {
+      const std::int64_t first = std::int64_t(k) * layout->chunk_rows;
+      head[k] = std::size_t(std::min(layout->chunk_rows, rows - first)) * layout->row_bytes;
+      head_at[k] = static_cast<char*>(out) + std::size_t(first) * layout->row_bytes;
+      tails[k].resize(stored - head[k]);
+      tail_at[k] = tails[k].data();
+    } else {
+      head_at[k] = staged + k * stored;
+    }
+  }
+  auto dest = [&](std::size_t k, std::size_t at) {
+    return at < head[k] ? head_at[k] + at : tail_at[k] + (at - head[k]);
+  };
+
+  constexpr std::size_t kPiece = 1u << 20;
+  const std::size_t pieces_per_chunk = (stored + kPiece - 1) / kPiece;
+  const std::int64_t pieces = std::int64_t(chunks * pieces_per_chunk);
+  std::atomic<bool> read_failed{false};
+  std::string read_error;
+#pragma omp parallel for schedule(dynamic)
+  for (std::int64_t p = 0; p < pieces; ++p) {
+    const std::size_t k = std::size_t(p) / pieces_per_chunk;
+    std::size_t begin = (std::size_t(p) % pieces_per_chunk) * kPiece;
+    const std::size_t end = std::min(stored, begin + kPiece);
+    while (begin < end) {  // at most two reads: up to the end of the head, then into the tail
+      const std::size_t until = begin < head[k] ? std::min(end, head[k]) : end;
+      const std::string error = pread_all(fd_, dest(k, begin), until - begin, off_t(at_slot[k]->address + begin));
+      if (!error.empty() && !read_failed.exchange(true)) read_error = error;
+      begin = until;
+    }
+  }
+  STRATA_CHECK(!read_failed, Checkpoint, "cannot read shard ", path_, ", tensor ", t.name, ": ", read_error);
+
+  std::atomic<bool> corrupt{false};
+#pragma omp parallel for schedule(dynamic)
+  for (std::int64_t k = 0; k < std::int64_t(chunks); ++k) {
+    Fletcher32 sum;
+    const std::size_t in_head = std::min(head[k], stored - 4);
+    sum.update(head_at[k], in_head);
+    if (stored - 4 > in_head) sum.update(tail_at[k], stored - 4 - in_head);
+    unsigned char bytes[4];  // HDF5 appends the checksum little-endian
+    for (std::size_t i = 0; i < 4; ++i) bytes[i] = static_cast<unsigned char>(*dest(std::size_t(k), stored - 4 + i));
+    const std::uint32_t expected = std::uint32_t(bytes[0]) | std::uint32_t(bytes[1]) << 8 |
+                                   std::uint32_t(bytes[2]) << 16 | std::uint32_t(bytes[3]) << 24;
+    if (!sum.matches(expected)) corrupt = true;
+  }
+  if (corrupt)
+    throw Error(ErrorKind::Checkpoint, cat("checksum mismatch: shard ", path_, ", tensor ", t.name,
+                                           " is corrupt (Fletcher32 check failed); re-create or re-copy the shard"));
+  if (!direct) {
+    const std::size_t row_values = layout->row_bytes / dtype_size(t.dtype);
+    const std::int64_t rows_per_block = std::max<std::int64_t>(1, std::int64_t((256u << 10) / layout->row_bytes));
+#pragma omp parallel for schedule(dynamic)
+    for (std::int64_t first = 0; first < rows; first += rows_per_block) {
+      for (std::int64_t r = first; r < std::min(rows, first + rows_per_block);) {  // stop at chunk boundaries
+        const std::int64_t slot = r / layout->chunk_rows, in_chunk = r % layout->chunk_rows;
+        const std::int64_t until = std::min({rows, first + rows_per_block, (slot + 1) * layout->chunk_rows});
+        const char* src = staged + std::size_t(slot) * stored + std::size_t(in_chunk) * layout->row_bytes;
+        convert_to_f32(t.dtype, src, static_cast<float*>(out) + std::size_t(r) * row_values,
+                       std::size_t(until - r) * row_values);
+        r = until;
+      }
+    }
+  }
+  ++parallel_reads_;
+  return true;
 }
 
 void ShardReader::read_region_f32(const std::string& name, int axis, std::int64_t begin, std::int64_t end, float* out,

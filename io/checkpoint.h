@@ -61,8 +61,12 @@ class ShardReader {
   const std::string& path() const { return path_; }
   bool contains(const std::string& name) const;
   // Reads tensor `name`, whose local shape must equal `expected`, into `out` as f32 (converting f16/bf16). The
-  // Fletcher32 checksum of every chunk is verified; a mismatch throws naming the shard and the tensor.
+  // Fletcher32 checksum of every chunk is verified; a mismatch throws naming the shard and the tensor. Datasets laid
+  // out as strata writes them are read chunk by chunk with pread on the calling rank's OpenMP threads (verified by
+  // io/fletcher32.h); any other layout goes through H5Dread.
   void read_f32(const std::string& name, const Shape& expected, float* out) const;
+  // The same into `out` as `dtype`, which must be F32 or the stored dtype (then the bits are copied as stored).
+  void read(const std::string& name, const Shape& expected, DType dtype, void* out) const;
   // Reads part of a stored 1-D or 2-D tensor as f32: along `axis` (0: rows, 1: columns) the stored indices
   // [begin, end), everything along the other axis. The block is written to `out` with a row stride of
   // `out_stride` elements (1-D tensors: contiguous). Only that hyperslab is read from the file.
@@ -71,12 +75,18 @@ class ShardReader {
   StoredTensor describe(const std::string& name) const;
   std::vector<std::string> tensor_names() const;
   nlohmann::json attributes() const;  // the file's root attributes
+  // How many read_f32 calls took the parallel chunk path (for tests and diagnostics).
+  std::size_t parallel_reads() const { return parallel_reads_; }
 
  private:
   std::uint16_t* staging(std::size_t count) const;  // reused buffer for 16-bit reads (no zeroing, no new pages)
+  // The parallel path of read_f32; false (nothing read) when the dataset is not laid out as strata writes it.
+  bool read_chunks_parallel(long long set, const StoredTensor& t, DType dtype, void* out) const;
 
   std::string path_;
   long long file_ = -1;  // hid_t, kept opaque so HDF5 headers stay private to io/
+  int fd_ = -1;          // the same file for pread from several threads (HDF5 itself is not thread-safe)
+  mutable std::size_t parallel_reads_ = 0;
   mutable std::unique_ptr<std::uint16_t[]> staging_;
   mutable std::size_t staging_count_ = 0;
 };

@@ -166,7 +166,8 @@ int bench(Job& job, const BenchOptions& o) {
   const bool cuda = o.parallel.device == "cuda";
   const double params = double(job.config.parameter_count());
   const bool report = job.layout->world_rank() == 0;
-  double bandwidth = 0, sgemm = 0, weight_bytes = params * 4;  // the CPU backend holds f32 weights
+  // The CPU backend keeps the weights as the checkpoint stores them (norms and biases in f32: negligible here).
+  double bandwidth = 0, sgemm = 0, weight_bytes = params * double(dtype_size(job.manifest.dtype));
   if (cuda) {
     const GpuBounds gpu = measure_gpu_bounds(job, world, o.memory_gib);
     bandwidth = gpu.bandwidth;
@@ -187,10 +188,10 @@ int bench(Job& job, const BenchOptions& o) {
   }
   if (report && !cuda) {
     std::printf(
-        "model %s: %.1fM parameters, %.0f MB of f32 weights; tp %d pp %d on %d rank(s), %d BLAS thread(s) "
+        "model %s: %.1fM parameters, %.0f MB of %s weights; tp %d pp %d on %d rank(s), %d BLAS thread(s) "
         "each\n",
-        o.model.c_str(), params / 1e6, weight_bytes / 1e6, job.layout->sizes().tp, job.layout->sizes().pp,
-        job.layout->world_size(), cpu_threads_per_rank(job.node));
+        o.model.c_str(), params / 1e6, weight_bytes / 1e6, dtype_name(job.manifest.dtype), job.layout->sizes().tp,
+        job.layout->sizes().pp, job.layout->world_size(), cpu_threads_per_rank(job.node));
     std::printf("measured: memory read %.2f GB/s, sgemm %.1f GFLOP/s (all ranks of the node at once)\n",
                 bandwidth / 1e9, sgemm / 1e9);
   }

@@ -177,7 +177,9 @@ int generate(Job& job, const GenerateOptions& o) {
 
   const StageLimits limits = generate_limits(o, job.config);
   if (layout.world_rank() == 0 && !o.quiet)  // the plan, before anything loads
-    std::fprintf(stderr, "%s", plan_table(job.topology, layout, job.config, limits, job.device == "cuda").c_str());
+    std::fprintf(
+        stderr, "%s",
+        plan_table(job.topology, layout, job.config, limits, job.device == "cuda", job.manifest.dtype).c_str());
   check_memory(job, limits);
   load_stage(job, o.model, limits);
   if (layout.world_rank() == 0 && !o.quiet)

@@ -58,7 +58,7 @@ DetectOptions detect_options() {
   return options;
 }
 
-ModelFit model_fit(const ModelConfig& config, const StageLimits& limits, bool on_gpus) {
+ModelFit model_fit(const ModelConfig& config, const StageLimits& limits, bool on_gpus, DType stored) {
   ModelFit fit;
   fit.split_problem = [config](int tp, int pp) {
     try {
@@ -68,10 +68,12 @@ ModelFit model_fit(const ModelConfig& config, const StageLimits& limits, bool on
       return std::string(e.what());
     }
   };
-  fit.bytes_per_rank = [config, limits](int tp, int pp) {
+  const DType weights = on_gpus ? DType::F32 : stored;  // GPUs: the host-side estimate as before
+  fit.bytes_per_rank = [config, limits, weights](int tp, int pp) {
     std::int64_t most = 0;  // stages differ (embedding, head): the busiest decides
     for (int stage = 0; stage < pp; ++stage)
-      most = std::max(most, estimate_stage_memory(ShardPlan(config, {tp, 0, pp, stage}), limits).total());
+      most = std::max(
+          most, estimate_stage_memory(ShardPlan(config, {tp, 0, pp, stage}), limits, weights, DType::F32).total());
     return most;
   };
   fit.on_gpus = on_gpus;
@@ -145,8 +147,8 @@ void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& 
       parallel.topology.empty() ? detect_topology(MPI_COMM_WORLD, options) : Topology::load(parallel.topology);
   STRATA_CHECK(job.topology.world_size() == world_size, Usage, "the topology ", parallel.topology, " describes ",
                job.topology.world_size(), " ranks but this job has ", world_size);
-  const ModelFit fit =
-      model_fit(job.config, limits_for ? limits_for(job.config) : StageLimits{1, 1, 1}, parallel.device == "cuda");
+  const ModelFit fit = model_fit(job.config, limits_for ? limits_for(job.config) : StageLimits{1, 1, 1},
+                                 parallel.device == "cuda", job.manifest.dtype);
   // Memory sizes `auto` layouts here; a fixed layout is checked by check_memory against what is available now.
   ModelFit split_only = fit;
   if (!limits_for || (parallel.tp && parallel.pp)) split_only.bytes_per_rank = nullptr;
@@ -246,7 +248,8 @@ void check_gpu_memory(const Job& job, const StageLimits& limits) {
 
 void check_memory(const Job& job, const StageLimits& limits) {
   if (job.device == "cuda") return check_gpu_memory(job, limits);
-  const StageMemory need = estimate_stage_memory(*job.plan, limits);
+  // The CPU backend keeps matrix weights as the checkpoint stores them, activations in f32.
+  const StageMemory need = estimate_stage_memory(*job.plan, limits, job.manifest.dtype, DType::F32);
   const std::int64_t available = available_memory_bytes();
   if (available < 0) return;  // no /proc/meminfo: nothing to check against
   const std::int64_t share = available / std::max(1, job.node.local_size);
@@ -260,7 +263,7 @@ void check_memory(const Job& job, const StageLimits& limits) {
 namespace {
 
 std::unique_ptr<Backend> make_backend(const Job& job, const StageLimits& limits, int threads) {
-  if (job.device != "cuda") return make_cpu_backend(threads);
+  if (job.device != "cuda") return make_cpu_backend(threads, job.manifest.dtype);  // weights kept as stored
 #ifdef STRATA_WITH_CUDA
   CudaBackendOptions options;
   options.device = job.gpu;
@@ -325,7 +328,7 @@ bool group_in_one_island(const NodeTopology& node, const std::vector<int>& group
 }  // namespace
 
 std::string plan_table(const Topology& topology, const ParallelLayout& layout, const ModelConfig& config,
-                       const StageLimits& limits, bool on_gpus) {
+                       const StageLimits& limits, bool on_gpus, DType stored) {
   const LayoutSizes& sizes = layout.sizes();
   auto bytes = [](double b) {
     char text[32];
@@ -350,8 +353,10 @@ std::string plan_table(const Topology& topology, const ParallelLayout& layout, c
   std::snprintf(line, sizeof line, "%-5s %-16s %-5s %-7s %-4s %-4s %-4s %-8s %-10s %-28s %s\n", "rank", "host", "local",
                 "device", "dp", "pp", "tp", "layers", "memory", "TP all-reduce per token", "pipeline send per token");
   out << line;
-  // The CUDA backend keeps weights and activations in 16 bits (bf16, or f16 for f16 checkpoints); the CPU in f32.
+  // The CUDA backend keeps weights and activations in 16 bits (bf16, or f16 for f16 checkpoints); the CPU keeps
+  // matrix weights as stored and activations in f32.
   const DType dtype = on_gpus ? DType::BF16 : DType::F32;
+  const DType weights = on_gpus ? DType::BF16 : stored;
   const double hidden_bytes = double(config.hidden_size) * double(dtype_size(dtype));
   for (int rank = 0; rank < sizes.world(); ++rank) {
     const NodeTopology& node = topology.node_of(rank);
@@ -368,7 +373,7 @@ std::string plan_table(const Topology& topology, const ParallelLayout& layout, c
         }(),
         rank);
     const ShardPlan plan(config, {sizes.tp, at.tp_rank(), sizes.pp, at.pp_rank()});
-    const StageMemory memory = estimate_stage_memory(plan, limits, dtype, dtype);
+    const StageMemory memory = estimate_stage_memory(plan, limits, weights, dtype);
     // Ring all-reduce: each rank sends 2 (tp - 1) / tp of the buffer; two per layer (attention, MLP), one more for
     // the embedding on the first stage.
     const double reduces = 2.0 * double(plan.local_layers()) + (at.is_first_stage() ? 1 : 0);

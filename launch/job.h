@@ -44,7 +44,8 @@ int run_as_mpi_job(int argc, char** argv, const std::function<int(Job&)>& body);
 DetectOptions detect_options();
 
 // Placement's view of the model: which tp x pp splits work and what the busiest rank needs.
-ModelFit model_fit(const ModelConfig& config, const StageLimits& limits, bool on_gpus);
+// `stored`: the checkpoint dtype, which the CPU backend keeps matrix weights in.
+ModelFit model_fit(const ModelConfig& config, const StageLimits& limits, bool on_gpus, DType stored = DType::F32);
 
 // Manifest and config, then the placement (auto sizes resolved with `limits_for`, the memory budget of a config;
 // empty: no memory fit), layout and communicators, then the device, split and tokenizer: everything checkable
@@ -53,9 +54,10 @@ void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& 
                  const std::function<StageLimits(const ModelConfig&)>& limits_for = {});
 // The plan table: every rank's host, local rank, device, coordinates, layers, memory estimate, and the bytes it
 // sends per generated token over each kind of link (NVLink or PCIe inside a GPU node). `on_gpus`: --device cuda
-// (16-bit weights and activations). Pure: works from a description file without MPI.
+// (16-bit weights and activations); otherwise the CPU backend keeps matrix weights as `stored` (the checkpoint
+// dtype) and activations in f32. Pure: works from a description file without MPI.
 std::string plan_table(const Topology& topology, const ParallelLayout& any_rank_layout, const ModelConfig& config,
-                       const StageLimits& limits, bool on_gpus);
+                       const StageLimits& limits, bool on_gpus, DType stored = DType::F32);
 
 // Refuses (Error(Memory), numbers named) when the stage will not fit in this rank's share of the node's memory, or
 // with --device cuda in its GPU's free memory. Collective over the world: every rank learns whether any failed.

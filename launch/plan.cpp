@@ -14,7 +14,7 @@ std::string plan_for(const Topology& topology, const PlanOptions& o) {
   const ModelConfig config = ModelConfig::from_json(manifest.model, manifest_path(o.model));
   const std::int32_t model_len = o.max_model_len ? o.max_model_len : std::int32_t(config.max_position_embeddings);
   const StageLimits limits{std::max(o.max_num_batched_tokens, model_len), o.max_batch_size, model_len};
-  const ModelFit fit = model_fit(config, limits, o.parallel.device == "cuda");
+  const ModelFit fit = model_fit(config, limits, o.parallel.device == "cuda", manifest.dtype);
   const Placement placement =
       place_ranks(topology, {o.parallel.dp, o.parallel.pp, o.parallel.tp}, o.parallel.force, &fit);
   check_split(config, placement.sizes.tp, placement.sizes.pp);
@@ -22,7 +22,7 @@ std::string plan_for(const Topology& topology, const PlanOptions& o) {
   std::string text;
   for (const auto& note : placement.notes) text += "auto: " + note + "\n";
   for (const auto& warning : placement.warnings) text += "warning: " + warning + " (running anyway: --force)\n";
-  return text + plan_table(topology, layout, config, limits, o.parallel.device == "cuda");
+  return text + plan_table(topology, layout, config, limits, o.parallel.device == "cuda", manifest.dtype);
 }
 
 }  // namespace

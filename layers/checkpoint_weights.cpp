@@ -42,15 +42,25 @@ ShardReader& CheckpointWeightSource::shard(int pp_rank, int tp_rank) {
   return readers_.emplace(key, std::move(reader)).first->second;
 }
 
-void CheckpointWeightSource::read(const TensorSpec& spec, float* out) {
+void CheckpointWeightSource::read(const TensorSpec& spec, float* out) { read_as(spec, DType::F32, out); }
+
+bool CheckpointWeightSource::read_stored(const TensorSpec& spec, DType dtype, void* out) {
+  return read_as(spec, dtype, out);
+}
+
+// f32 always succeeds (or throws); another dtype only where one plain read of the stored slice serves, before
+// anything is read otherwise.
+bool CheckpointWeightSource::read_as(const TensorSpec& spec, DType dtype, void* out) {
   const auto stage = source_stage_.find(spec.name);
   STRATA_CHECK(stage != source_stage_.end(), Checkpoint, "checkpoint ", dir_, " has no stage holding tensor ",
                spec.name);
   if (spec.split == Split::Replicated) {
     // Every source rank of the stage stores it: take it from the shard that also holds this rank's split slices.
     const int t = target_.tp_rank * manifest_.tensor_parallel_size / target_.tp;
-    shard(stage->second, t).read_f32(spec.name, spec.local_shape(), out);
-    return;
+    ShardReader& reader = shard(stage->second, t);
+    if (dtype != DType::F32 && reader.describe(spec.name).dtype != dtype) return false;
+    reader.read(spec.name, spec.local_shape(), dtype, out);
+    return true;
   }
   const int source_tp = manifest_.tensor_parallel_size;
   const int axis = spec.split == Split::Cols ? 1 : 0;
@@ -75,13 +85,17 @@ void CheckpointWeightSource::read(const TensorSpec& spec, float* out) {
                  shape_string(spec.global_shape), " (shard files swapped or mislabelled?)");
     const std::int64_t until = std::min(spec.end, source.end);
     if (at == spec.begin && until == spec.end && at == source.begin && until == source.end) {
-      reader.read_f32(spec.name, local, out);  // the stored slice is exactly this rank's: one plain read
+      if (dtype != DType::F32 && stored.dtype != dtype) return false;
+      reader.read(spec.name, local, dtype, out);  // the stored slice is exactly this rank's: one plain read
     } else {
-      float* dest = axis == 0 ? out + (at - spec.begin) * stride : out + (at - spec.begin);
+      if (dtype != DType::F32) return false;  // a region: nothing read yet (an exact slice is the only part)
+      float* f32 = static_cast<float*>(out);
+      float* dest = axis == 0 ? f32 + (at - spec.begin) * stride : f32 + (at - spec.begin);
       reader.read_region_f32(spec.name, axis, at - source.begin, until - source.begin, dest, stride);
     }
     at = until;
   }
+  return true;
 }
 
 namespace {

@@ -22,10 +22,13 @@ class CheckpointWeightSource final : public WeightSource {
  public:
   CheckpointWeightSource(const std::string& dir, const Manifest& manifest, const ShardPlan& plan);
   void read(const TensorSpec& spec, float* out) override;
+  // Only when this rank's slice is one stored slice exactly (no resharding) and stored as `dtype` (or dtype is f32).
+  bool read_stored(const TensorSpec& spec, DType dtype, void* out) override;
   // Paths of the shard files opened so far, in the order they were opened.
   const std::vector<std::string>& opened() const { return opened_; }
 
  private:
+  bool read_as(const TensorSpec& spec, DType dtype, void* out);
   ShardReader& shard(int pp_rank, int tp_rank);
   const ShardPlan& source_plan(int pp_rank, int tp_rank) const;
 

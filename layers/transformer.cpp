@@ -12,7 +12,8 @@ namespace strata {
 StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limits, DType weights, DType activations) {
   StageMemory m;
   const auto w = std::int64_t(dtype_size(weights)), a = std::int64_t(dtype_size(activations));
-  for (const auto& spec : plan.tensors()) m.weights += shape_numel(spec.local_shape()) * w;
+  for (const auto& spec : plan.tensors())  // 1-D weights (norms, biases) are kept in the activation dtype
+    m.weights += shape_numel(spec.local_shape()) * (spec.local_shape().size() == 1 ? a : w);
   const auto& c = plan.config();
   const std::int64_t kv_row = plan.local_kv_heads() * c.head_dim;
   m.kv_cache = 2 * plan.local_layers() * std::int64_t(limits.max_seqs) * limits.max_seq_len * kv_row * a;
@@ -24,8 +25,9 @@ StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limi
   return m;
 }
 
-// Host-memory f32 backends get the weights read straight into their tensors; others through one f32 staging copy
-// that upload() converts to the backend's weight dtype.
+// Matrix weights are kept in the backend's weight dtype, 1-D ones (norms, biases) in its activation dtype. Host
+// f32 tensors get the weights read straight into them; others through an f32 staging buffer (reused across
+// tensors) that upload() converts.
 Tensor TransformerStage::load(WeightSource& source, const TensorSpec& spec) {
   return load_rows(source, {spec}, spec.local_shape()[0]);
 }
@@ -38,15 +40,24 @@ Tensor TransformerStage::load_stacked(WeightSource& source, const TensorSpec& fi
 Tensor TransformerStage::load_rows(WeightSource& source, const std::vector<TensorSpec>& parts, std::int64_t rows) {
   Shape shape = parts[0].local_shape();
   shape[0] = rows;
-  Tensor tensor = backend_.allocate(shape, backend_.weight_dtype());
+  Tensor tensor = backend_.allocate(shape, shape.size() == 1 ? backend_.activation_dtype() : backend_.weight_dtype());
+  if (tensor.view().kind == MemoryKind::Host && tensor.dtype() != DType::F32) {  // e.g. CPU bf16: read as stored
+    char* at = static_cast<char*>(tensor.view().data);
+    bool stored = true;
+    for (std::size_t i = 0; i < parts.size() && stored; ++i) {
+      stored = source.read_stored(parts[i], tensor.dtype(), at);
+      at += std::size_t(shape_numel(parts[i].local_shape())) * dtype_size(tensor.dtype());
+    }
+    if (stored) return tensor;  // otherwise (resharding) read it all again through f32 below
+  }
   const bool host = tensor.view().kind == MemoryKind::Host && tensor.dtype() == DType::F32;
-  std::vector<float> staging(host ? 0 : static_cast<std::size_t>(tensor.numel()));
-  float* out = host ? tensor.f32() : staging.data();
+  if (!host && load_staging_.size() < std::size_t(tensor.numel())) load_staging_.resize(std::size_t(tensor.numel()));
+  float* out = host ? tensor.f32() : load_staging_.data();
   for (const auto& part : parts) {
     source.read(part, out);
     out += shape_numel(part.local_shape());
   }
-  if (!host) backend_.upload(staging.data(), tensor.view());
+  if (!host) backend_.upload(load_staging_.data(), tensor.view());
   return tensor;
 }
 
@@ -84,6 +95,8 @@ TransformerStage::TransformerStage(const ShardPlan& plan, WeightSource& source, 
     else if (!plan.is_first_stage())
       lm_head_ = load(source, plan.spec("model.embed_tokens.weight"));
   }
+
+  std::vector<float>().swap(load_staging_);
 
   const std::int64_t t = limits.max_tokens, d = c.head_dim, h = c.hidden_size;
   const std::int64_t kv_heads = plan.local_kv_heads(), heads = plan.local_heads();

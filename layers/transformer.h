@@ -19,6 +19,9 @@ class WeightSource {
  public:
   virtual ~WeightSource() = default;
   virtual void read(const TensorSpec& spec, float* out) = 0;
+  // Reads the tensor into `out` as `dtype` without going through f32 when the source stores it that way; false
+  // (nothing read) when it cannot, and the caller reads f32 and converts.
+  virtual bool read_stored(const TensorSpec& spec, DType dtype, void* out) { return false; }
 };
 
 struct StageLimits {
@@ -72,6 +75,7 @@ class TransformerStage {
   Backend& backend_;
   Communicator& tp_;
   StageLimits limits_;
+  std::vector<float> load_staging_;  // load_rows' f32 staging for non-f32 or device weights; freed after loading
   RopeParams rope_;
 
   Tensor embed_, final_norm_, lm_head_;

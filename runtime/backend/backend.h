@@ -2,8 +2,9 @@
 // implemented per device (cpu/ now, cuda/ with the CUDA issue). Layers and the engine see only this interface.
 // Ops are ordered as called; download() and sample_candidates() return only when their results are on the host
 // (the CPU backend is synchronous; the CUDA backend queues everything else on its stream).
-// Dtypes: a backend keeps weights in weight_dtype() and activations / KV cache in activation_dtype() (CPU: f32
-// both; CUDA: bf16 or f16). Logits are f32 everywhere (linear() may write an f32 y from lower-precision inputs).
+// Dtypes: a backend keeps matrix weights in weight_dtype() and activations / KV cache / 1-D weights (norms, biases)
+// in activation_dtype() (CPU: weights as the checkpoint stores them, f32 or bf16/f16, activations f32; CUDA: bf16
+// or f16 both). Logits are f32 everywhere (linear() may write an f32 y from lower-precision inputs).
 // Shapes are written beside each op: T = tokens in the step,
 // K = in features, N = out features, H = heads, D = head_dim.
 #pragma once
@@ -41,7 +42,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
-  // The dtype layers allocate activations, the KV cache and norm/bias vectors in, and the one weights are kept in.
+  // The dtype layers allocate activations, the KV cache and norm/bias vectors in, and the one matrix weights (2-D)
+  // are kept in.
   virtual DType activation_dtype() const { return DType::F32; }
   virtual DType weight_dtype() const { return DType::F32; }
 
@@ -99,7 +101,8 @@ class Backend {
                                  SampleCandidate* out) = 0;
 };
 
-// The CPU backend (OpenBLAS, fp32). `threads` = BLAS threads for this rank (0: leave OpenBLAS's default).
-std::unique_ptr<Backend> make_cpu_backend(int threads);
+// The CPU backend (OpenBLAS, fp32 arithmetic). `threads` = BLAS threads for this rank (0: leave OpenBLAS's
+// default); `weights`: the dtype matrix weights are kept in (the checkpoint's: f32, bf16 or f16).
+std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights = DType::F32);
 
 }  // namespace strata

@@ -1,9 +1,10 @@
 // Every CPU backend op against a plain double-precision reference written here (tolerance: 1e-5 relative, fp32
 // accumulation over at most a few hundred terms), plus a negative control showing the attention comparison
-// does detect a wrong head mapping.
+// does detect a wrong head mapping, and the 16-bit weight paths (linear, embedding) with their own control.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "runtime/backend/backend.h"
@@ -120,6 +121,59 @@ TEST(CpuBackend, SwigluIsEquivalentToRef) {
       ref.push_back(g / (1 + std::exp(-g)) * u);
     }
   EXPECT_LT(relative_error(f.values(out), ref), kTolerance);
+}
+
+// Matrix weights kept 16-bit (as bf16/f16 checkpoints store them): the decode kernel (1-4 tokens) and the blocked
+// prefill GEMM (300 rows: two blocks of up to 256; 100 columns: not a multiple of the vector width) against a
+// double reference over the same 16-bit values, and bit for bit against f32 weights holding those values. Negative
+// control: the reference over the unrounded f32 weights is far outside the tolerance, so the comparison sees a
+// kernel that reads other values than the stored ones.
+TEST(CpuBackend, SixteenBitWeightsGiveTheResultsOfF32Weights) {
+  Fixture f;
+  const int in = 100, out = 300;
+  for (DType dtype : {DType::BF16, DType::F16}) {
+    std::unique_ptr<Backend> backend = make_cpu_backend(2, dtype);
+    EXPECT_EQ(backend->weight_dtype(), dtype);
+    Tensor w32 = f.random({out, in}), exact32 = f.random({out, in});
+    std::vector<std::uint16_t> bits(std::size_t(out * in));
+    convert_from_f32(dtype, w32.f32(), bits.data(), bits.size());
+    convert_to_f32(dtype, bits.data(), exact32.f32(), bits.size());  // the values the 16-bit tensor holds
+    Tensor w16 = backend->allocate({out, in}, dtype);
+    backend->upload(w32.f32(), w16.view());
+    for (int tokens : {1, 2, 3, 4, 5, 37}) {
+      Tensor x = f.random({tokens, in}), b = f.random({out}), y = f.random({tokens, out}),
+             y32 = f.random({tokens, out});
+      backend->linear(x.view(), w16.view(), b.view(), y.view());
+      f.backend->linear(x.view(), exact32.view(), b.view(), y32.view());
+      std::vector<double> ref(std::size_t(tokens * out)), unrounded(ref.size());
+      for (int t = 0; t < tokens; ++t)
+        for (int n = 0; n < out; ++n) {
+          double sum = b.f32()[n], wrong = b.f32()[n];
+          for (int k = 0; k < in; ++k) {
+            sum += double(x.f32()[t * in + k]) * exact32.f32()[n * in + k];
+            wrong += double(x.f32()[t * in + k]) * w32.f32()[n * in + k];
+          }
+          ref[std::size_t(t * out + n)] = sum;
+          unrounded[std::size_t(t * out + n)] = wrong;
+        }
+      EXPECT_LT(relative_error(f.values(y), ref), kTolerance) << dtype_name(dtype) << " " << tokens << " tokens";
+      EXPECT_GT(relative_error(f.values(y), unrounded), 10 * kTolerance) << dtype_name(dtype) << " " << tokens;
+      if (tokens <= 4)  // the decode kernel: the same products in the same order as with f32 weights
+        EXPECT_EQ(std::memcmp(y.f32(), y32.f32(), std::size_t(tokens * out) * 4), 0) << dtype_name(dtype) << tokens;
+    }
+    // The embedding gather widens the rows it reads; rows outside the shard are zero.
+    Tensor out_rows = f.random({3, in});
+    const std::vector<std::int32_t> ids = {107, 9, 100};  // shard holds ids 100..399
+    backend->embedding(ids, w16.view(), 100, out_rows.view());
+    for (int e = 0; e < in; ++e) {
+      EXPECT_EQ(out_rows.f32()[e], exact32.f32()[7 * in + e]);
+      EXPECT_EQ(out_rows.f32()[in + e], 0.0f);
+      EXPECT_EQ(out_rows.f32()[2 * in + e], exact32.f32()[e]);
+    }
+    std::vector<float> back(std::size_t(out * in));
+    backend->download(w16.view(), back.data());
+    EXPECT_EQ(std::memcmp(back.data(), exact32.f32(), back.size() * 4), 0) << dtype_name(dtype);
+  }
 }
 
 TEST(CpuBackend, EmbeddingLooksUpOnlyItsVocabularyShard) {

@@ -1,5 +1,7 @@
-// The CPU backend: fp32 everywhere, OpenBLAS for the GEMMs of prefill, our own OpenMP kernels for decode-sized
-// products (1-4 tokens: bandwidth-bound) and attention.
+// The CPU backend: fp32 arithmetic everywhere, OpenBLAS for the GEMMs of prefill, our own OpenMP kernels for
+// decode-sized products (1-4 tokens: bandwidth-bound) and attention. Matrix weights are kept as the checkpoint
+// stores them (f32, or bf16/f16: half the memory and half the bytes a decode step streams) and widened to f32 in
+// cache-sized blocks as they are used, which gives exactly the results of f32 weights.
 // It is the oracle the CUDA backend is tested against, so it stays plain.
 #include <cblas.h>
 #include <omp.h>
@@ -23,20 +25,23 @@ void require_same_rows(const TensorView& a, const TensorView& b, const char* op)
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) {
+  CpuBackend(int threads, DType weights) : weights_(weights) {
     if (threads > 0) {
       openblas_set_num_threads(threads);
       omp_set_num_threads(threads);
     }
   }
   std::string name() const override { return "cpu"; }
+  DType weight_dtype() const override { return weights_; }
 
   Tensor allocate(Shape shape, DType dtype) override { return Tensor::host(std::move(shape), dtype); }
 
   void upload(const float* host, TensorView dst) override {
-    std::memcpy(dst.f32(), host, std::size_t(dst.numel()) * 4);
+    convert_from_f32(dst.dtype, host, dst.data, std::size_t(dst.numel()));
   }
-  void download(TensorView src, float* host) override { std::memcpy(host, src.f32(), std::size_t(src.numel()) * 4); }
+  void download(TensorView src, float* host) override {
+    convert_to_f32(src.dtype, src.data, host, std::size_t(src.numel()));
+  }
 
   void linear(TensorView x, TensorView w, TensorView bias, TensorView y) override {
     const std::int64_t tokens = x.rows(), in = x.row_elems(), out = w.rows();
@@ -44,10 +49,12 @@ class CpuBackend final : public Backend {
                  shape_string(x.shape), " w ", shape_string(w.shape), " y ", shape_string(y.shape));
     if (tokens == 0) return;
     if (tokens <= cpu::kSmallBatch) {  // stream the weight once for all tokens (OpenBLAS GEMV/GEMM are slower here)
-      cpu::row_dot_products(x.f32(), w.f32(), y.f32(), tokens, out, in);
-    } else {
+      cpu::row_dot_products(x.f32(), w.data, w.dtype, y.f32(), tokens, out, in);
+    } else if (w.dtype == DType::F32) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tokens), int(out), int(in), 1.0f, x.f32(), int(in),
                   w.f32(), int(in), 0.0f, y.f32(), int(out));
+    } else {
+      gemm_16bit(x, w, y);
     }
     if (bias.data) {
       const float* b = bias.f32();
@@ -55,6 +62,24 @@ class CpuBackend final : public Backend {
         float* row = y.f32() + t * out;
         for (std::int64_t n = 0; n < out; ++n) row[n] += b[n];
       }
+    }
+  }
+
+  // Prefill with 16-bit weights: widen kGemmRows rows of w at a time into a reused f32 scratch and multiply
+  // those output columns with OpenBLAS; no full f32 copy of the weight ever exists.
+  void gemm_16bit(TensorView x, TensorView w, TensorView y) {
+    constexpr std::int64_t kGemmRows = 256;
+    const std::int64_t tokens = x.rows(), in = x.row_elems(), out = w.rows();
+    if (gemm_scratch_.size() < std::size_t(kGemmRows * in)) gemm_scratch_.resize(std::size_t(kGemmRows * in));
+    const auto* bytes = static_cast<const char*>(w.data);
+    const std::size_t row_bytes = std::size_t(in) * dtype_size(w.dtype);
+    for (std::int64_t first = 0; first < out; first += kGemmRows) {
+      const std::int64_t rows = std::min(kGemmRows, out - first);
+#pragma omp parallel for schedule(static)
+      for (std::int64_t r = 0; r < rows; ++r)
+        cpu::widen(w.dtype, bytes + std::size_t(first + r) * row_bytes, gemm_scratch_.data() + r * in, in);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tokens), int(rows), int(in), 1.0f, x.f32(), int(in),
+                  gemm_scratch_.data(), int(in), 0.0f, y.f32() + first, int(out));
     }
   }
 
@@ -129,7 +154,8 @@ class CpuBackend final : public Backend {
       float* o = out.f32() + std::int64_t(t) * width;
       const std::int64_t row = ids[t] - vocab_offset;
       if (row >= 0 && row < local_vocab)
-        std::memcpy(o, table.f32() + row * width, std::size_t(width) * 4);
+        cpu::widen(table.dtype,
+                   static_cast<const char*>(table.data) + std::size_t(row * width) * dtype_size(table.dtype), o, width);
       else
         std::memset(o, 0, std::size_t(width) * 4);
     }
@@ -200,10 +226,18 @@ class CpuBackend final : public Backend {
     for (std::size_t i = 0; i < requests.size(); ++i)
       host_candidates(logits.f32() + std::int64_t(i) * vocab, vocab, vocab_offset, requests[i], out + offsets[i]);
   }
+
+ private:
+  DType weights_;
+  std::vector<float> gemm_scratch_;  // gemm_16bit's widened rows, reused across calls
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
+std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights) {
+  STRATA_CHECK(weights == DType::F32 || weights == DType::BF16 || weights == DType::F16, Internal,
+               "cpu backend: unsupported weight dtype");
+  return std::make_unique<CpuBackend>(threads, weights);
+}
 
 }  // namespace strata
