@@ -158,8 +158,9 @@ TEST(CpuBackend, SixteenBitWeightsGiveTheResultsOfF32Weights) {
         }
       EXPECT_LT(relative_error(f.values(y), ref), kTolerance) << dtype_name(dtype) << " " << tokens << " tokens";
       EXPECT_GT(relative_error(f.values(y), unrounded), 10 * kTolerance) << dtype_name(dtype) << " " << tokens;
-      if (tokens <= 4)  // the decode kernel: the same products in the same order as with f32 weights
+      if (tokens <= 4) {  // the decode kernel: the same products in the same order as with f32 weights
         EXPECT_EQ(std::memcmp(y.f32(), y32.f32(), std::size_t(tokens * out) * 4), 0) << dtype_name(dtype) << tokens;
+      }
     }
     // The embedding gather widens the rows it reads; rows outside the shard are zero.
     Tensor out_rows = f.random({3, in});
