@@ -56,12 +56,22 @@ std::vector<std::string> expand_short_flags(int argc, char** argv) {
   return args;
 }
 
+// What this binary can run: users (and tests) tell a CUDA build from a CPU-only one with `strata --version`.
+std::string build_description() {
+#ifdef STRATA_WITH_CUDA
+  return "strata " STRATA_VERSION " (CUDA " STRATA_CUDA_VERSION ", architectures " STRATA_CUDA_ARCHITECTURES
+         "; CPU backend)";
+#else
+  return "strata " STRATA_VERSION " (CPU only: built without CUDA)";
+#endif
+}
+
 }  // namespace
 
 int cli_main(int argc, char** argv) {
   CLI::App app{"strata: LLM inference across many GPUs and nodes. Launch with mpirun or srun, one rank per device."};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "strata 0.1.0");
+  app.set_version_flag("--version", build_description());
 
   GenerateOptions gen;
   auto* generate = app.add_subcommand("generate", "Generate completions for every prompt in a file");
