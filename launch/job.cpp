@@ -312,6 +312,26 @@ std::vector<std::string> load_stage(Job& job, const std::string& model_dir, cons
 
 namespace strata {
 
+int with_topology(const std::string& description, int argc, char** argv,
+                  const std::function<void(const Topology&)>& show) {
+  if (!description.empty()) {
+    try {
+      show(Topology::load(description));
+      return 0;
+    } catch (const std::exception& e) {
+      log_line(LogLevel::Error, e.what());
+      return 1;
+    }
+  }
+  return run_as_mpi_job(argc, argv, [&](Job&) {
+    const Topology topology = detect_topology(MPI_COMM_WORLD, detect_options());
+    int rank = 0;
+    STRATA_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+    if (rank == 0) show(topology);
+    return 0;
+  });
+}
+
 namespace {
 // Whether the GPUs of a TP group's ranks (node-local rank i drives device i) share one NVLink island.
 bool group_in_one_island(const NodeTopology& node, const std::vector<int>& group) {

@@ -52,6 +52,10 @@ ModelFit model_fit(const ModelConfig& config, const StageLimits& limits, bool on
 // before loading.
 void prepare_job(Job& job, const std::string& model_dir, const ParallelOptions& parallel,
                  const std::function<StageLimits(const ModelConfig&)>& limits_for = {});
+// For commands that only look at the machine (topo, plan): the topology from `description` when given (no MPI, no
+// hardware), else detected under MPI; `show` runs once (on world rank 0). Returns the process exit code.
+int with_topology(const std::string& description, int argc, char** argv,
+                  const std::function<void(const Topology&)>& show);
 // The plan table: every rank's host, local rank, device, coordinates, layers, memory estimate, and the bytes it
 // sends per generated token over each kind of link (NVLink or PCIe inside a GPU node). `on_gpus`: --device cuda
 // (16-bit weights and activations); otherwise the CPU backend keeps matrix weights as `stored` (the checkpoint

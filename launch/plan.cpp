@@ -28,22 +28,8 @@ std::string plan_for(const Topology& topology, const PlanOptions& o) {
 }  // namespace
 
 int run_plan(const PlanOptions& o, int argc, char** argv) {
-  if (!o.parallel.topology.empty()) {
-    try {
-      std::printf("%s", plan_for(Topology::load(o.parallel.topology), o).c_str());
-      return 0;
-    } catch (const std::exception& e) {
-      log_line(LogLevel::Error, e.what());
-      return 1;
-    }
-  }
-  return run_as_mpi_job(argc, argv, [&](Job& job) {
-    const Topology topology = detect_topology(MPI_COMM_WORLD, detect_options());
-    int rank = 0;
-    STRATA_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
-    if (rank == 0) std::printf("%s", plan_for(topology, o).c_str());
-    return 0;
-  });
+  return with_topology(o.parallel.topology, argc, argv,
+                       [&](const Topology& topology) { std::printf("%s", plan_for(topology, o).c_str()); });
 }
 
 }  // namespace strata

@@ -18,22 +18,7 @@ void print(const Topology& topology, bool json) {
 }  // namespace
 
 int run_topo(const TopoOptions& o, int argc, char** argv) {
-  if (!o.topology.empty()) {  // a description needs no MPI and no hardware
-    try {
-      print(Topology::load(o.topology), o.json);
-      return 0;
-    } catch (const std::exception& e) {
-      log_line(LogLevel::Error, e.what());
-      return 1;
-    }
-  }
-  return run_as_mpi_job(argc, argv, [&](Job& job) {
-    const Topology topology = detect_topology(MPI_COMM_WORLD, detect_options());
-    int rank = 0;
-    STRATA_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
-    if (rank == 0) print(topology, o.json);
-    return 0;
-  });
+  return with_topology(o.topology, argc, argv, [&](const Topology& topology) { print(topology, o.json); });
 }
 
 }  // namespace strata
