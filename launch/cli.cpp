@@ -23,6 +23,14 @@ std::string size_or_auto(std::string value) {
   return value;
 }
 
+void add_limit_flags(CLI::App& cmd, LimitOptions& l) {
+  cmd.add_option("--max-batch-size", l.max_batch_size, "Sequences in flight per replica")->check(CLI::PositiveNumber);
+  cmd.add_option("--max-num-batched-tokens", l.max_num_batched_tokens, "Tokens per forward step")
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--max-model-len", l.max_model_len, "Context length (default: the model's)")
+      ->check(CLI::NonNegativeNumber);
+}
+
 void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
   cmd.add_option("--tensor-parallel-size", p.tp, "Tensor-parallel ranks per stage (-tp), or auto")
       ->transform(size_or_auto, "SIZE|auto");
@@ -89,12 +97,7 @@ int cli_main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   generate->add_option("--seed", gen.seed, "Sampling seed (the same text under every layout)");
   generate->add_option("--stop", gen.stop, "Stop string (repeatable)");
-  generate->add_option("--max-batch-size", gen.max_batch_size, "Sequences in flight per replica")
-      ->check(CLI::PositiveNumber);
-  generate->add_option("--max-num-batched-tokens", gen.max_num_batched_tokens, "Tokens per forward step")
-      ->check(CLI::PositiveNumber);
-  generate->add_option("--max-model-len", gen.max_model_len, "Context length (default: the model's)")
-      ->check(CLI::NonNegativeNumber);
+  add_limit_flags(*generate, gen.limits);
   generate->add_option("--micro-batches", gen.micro_batches, "Pipeline micro-batches (default: one per stage)")
       ->check(CLI::NonNegativeNumber);
   generate
@@ -171,11 +174,7 @@ int cli_main(int argc, char** argv) {
   auto* plan_cmd = app.add_subcommand("plan", "Show where every rank goes, its layers, memory and traffic per token");
   plan_cmd->add_option("--model", plan.model, "Checkpoint directory (for the model's shape)")->required();
   add_parallel_flags(*plan_cmd, plan.parallel);
-  plan_cmd->add_option("--max-batch-size", plan.max_batch_size, "Sequences in flight per replica")
-      ->check(CLI::PositiveNumber);
-  plan_cmd->add_option("--max-num-batched-tokens", plan.max_num_batched_tokens)->check(CLI::PositiveNumber);
-  plan_cmd->add_option("--max-model-len", plan.max_model_len, "Context length (default: the model's)")
-      ->check(CLI::NonNegativeNumber);
+  add_limit_flags(*plan_cmd, plan.limits);
 
   InspectOptions inspect;
   auto* inspect_cmd = app.add_subcommand("inspect", "Print a checkpoint's config, shards and tensors");

@@ -14,6 +14,11 @@ struct ParallelOptions {
   int gpu_reserve_mib = -1;   // --device cuda: MiB kept free for NCCL and CUDA graphs; -1: the defaults (job.cpp)
 };
 
+// What a replica holds at once (--max-batch-size, --max-num-batched-tokens, --max-model-len): generate and plan.
+struct LimitOptions {
+  int max_batch_size = 16, max_num_batched_tokens = 2048, max_model_len = 0;  // 0: the model's context
+};
+
 struct GenerateOptions {
   std::string model, prompts, output = "-", prompt_format = "auto", progress = "auto";
   std::string part;  // "K/N": only contiguous part K of N of the prompts (job arrays); "": all
@@ -23,7 +28,8 @@ struct GenerateOptions {
   std::int64_t top_k = 0;
   std::uint64_t seed = 0;
   std::vector<std::string> stop;
-  int max_batch_size = 16, max_num_batched_tokens = 2048, max_model_len = 0, micro_batches = 0;
+  LimitOptions limits;
+  int micro_batches = 0;
   double step_timeout = 600;  // seconds without progress before the job is aborted; 0: never
   bool overwrite = false, record_logits = false, quiet = false;
 };
@@ -66,7 +72,7 @@ int run_topo(const TopoOptions& options, int argc, char** argv);
 struct PlanOptions {
   std::string model;
   ParallelOptions parallel;
-  int max_batch_size = 16, max_num_batched_tokens = 2048, max_model_len = 0;
+  LimitOptions limits;
 };
 int run_plan(const PlanOptions& options, int argc, char** argv);
 int run_convert(const ConvertOptions& options, int argc, char** argv);

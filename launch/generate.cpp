@@ -148,17 +148,12 @@ std::pair<std::size_t, std::size_t> part_range(const std::string& part, std::siz
 }
 
 // The stage limits generation runs with (and placement sizes `auto` layouts by).
-StageLimits generate_limits(const GenerateOptions& o, const ModelConfig& config) {
-  const std::int64_t model_len = o.max_model_len ? o.max_model_len : config.max_position_embeddings;
-  return {std::max<std::int32_t>(o.max_num_batched_tokens, std::int32_t(model_len)), o.max_batch_size,
-          std::int32_t(model_len)};
-}
-
 int generate(Job& job, const GenerateOptions& o) {
-  prepare_job(job, o.model, o.parallel, [&](const ModelConfig& config) { return generate_limits(o, config); });
+  prepare_job(job, o.model, o.parallel, [&](const ModelConfig& config) { return stage_limits(o.limits, config); });
   const ParallelLayout& layout = *job.layout;
   Communicator* world = job.groups.world.get();
-  const std::int64_t model_len = o.max_model_len ? o.max_model_len : job.config.max_position_embeddings;
+  const StageLimits limits = stage_limits(o.limits, job.config);
+  const std::int64_t model_len = limits.max_seq_len;
   STRATA_CHECK(model_len <= job.config.max_position_embeddings, Usage, "--max-model-len ", model_len,
                " exceeds the model's max_position_embeddings ", job.config.max_position_embeddings);
 
@@ -175,7 +170,6 @@ int generate(Job& job, const GenerateOptions& o) {
   std::unique_ptr<ResultWriter> writer;
   if (layout.world_rank() == 0) writer = std::make_unique<ResultWriter>(o.output, o.overwrite, last - first);
 
-  const StageLimits limits = generate_limits(o, job.config);
   if (layout.world_rank() == 0 && !o.quiet)  // the plan, before anything loads
     std::fprintf(
         stderr, "%s",
@@ -195,8 +189,8 @@ int generate(Job& job, const GenerateOptions& o) {
                                   ": a peer rank is stuck or gone; aborting the job (--step-timeout)"));
     MpiEnvironment::abort_job(3);
   });
-  EngineOptions engine_options{o.max_batch_size, limits.max_tokens, std::int32_t(model_len),
-                               o.micro_batches,  o.record_logits,   watchdog.get()};
+  EngineOptions engine_options{o.limits.max_batch_size, limits.max_tokens, std::int32_t(model_len),
+                               o.micro_batches,         o.record_logits,   watchdog.get()};
   Engine engine(*job.stage, layout, *world, *job.groups.tp, *job.tokenizer, engine_options);
 
   Progress progress(last - first, o.quiet || layout.world_rank() != 0 ? "none" : o.progress);

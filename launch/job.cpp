@@ -58,6 +58,11 @@ DetectOptions detect_options() {
   return options;
 }
 
+StageLimits stage_limits(const LimitOptions& limits, const ModelConfig& config) {
+  const auto model_len = std::int32_t(limits.max_model_len ? limits.max_model_len : config.max_position_embeddings);
+  return {std::max(limits.max_num_batched_tokens, model_len), limits.max_batch_size, model_len};
+}
+
 ModelFit model_fit(const ModelConfig& config, const StageLimits& limits, bool on_gpus, DType stored) {
   ModelFit fit;
   fit.split_problem = [config](int tp, int pp) {

@@ -43,6 +43,9 @@ int run_as_mpi_job(int argc, char** argv, const std::function<int(Job&)>& body);
 // The one place detection reads the process environment (CUDA_VISIBLE_DEVICES).
 DetectOptions detect_options();
 
+// The stage's limits from the flags: the context is --max-model-len or the model's; a step holds at least one
+// whole context.
+StageLimits stage_limits(const LimitOptions& limits, const ModelConfig& config);
 // Placement's view of the model: which tp x pp splits work and what the busiest rank needs.
 // `stored`: the checkpoint dtype, which the CPU backend keeps matrix weights in.
 ModelFit model_fit(const ModelConfig& config, const StageLimits& limits, bool on_gpus, DType stored = DType::F32);

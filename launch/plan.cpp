@@ -12,8 +12,7 @@ namespace {
 std::string plan_for(const Topology& topology, const PlanOptions& o) {
   const Manifest manifest = Manifest::read(o.model);
   const ModelConfig config = ModelConfig::from_json(manifest.model, manifest_path(o.model));
-  const std::int32_t model_len = o.max_model_len ? o.max_model_len : std::int32_t(config.max_position_embeddings);
-  const StageLimits limits{std::max(o.max_num_batched_tokens, model_len), o.max_batch_size, model_len};
+  const StageLimits limits = stage_limits(o.limits, config);
   const ModelFit fit = model_fit(config, limits, o.parallel.device == "cuda", manifest.dtype);
   const Placement placement =
       place_ranks(topology, {o.parallel.dp, o.parallel.pp, o.parallel.tp}, o.parallel.force, &fit);
