@@ -12,20 +12,14 @@
 #include "io/safetensors.h"
 #include "io/tokenizer.h"
 #include "runtime/base/error.h"
+#include "tests/unit/error_of.h"
 
 using namespace strata;
 namespace fs = std::filesystem;
 
-namespace {
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using strata::test::error_of;
 
+namespace {
 fs::path temp_dir(const std::string& name) {
   const fs::path dir = fs::temp_directory_path() / ("strata_test_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(dir);

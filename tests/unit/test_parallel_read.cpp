@@ -12,9 +12,12 @@
 #include "io/checkpoint.h"
 #include "io/fletcher32.h"
 #include "runtime/base/error.h"
+#include "tests/unit/error_of.h"
 
 using namespace strata;
 namespace fs = std::filesystem;
+
+using strata::test::error_of;
 
 namespace {
 
@@ -80,15 +83,6 @@ std::vector<RawChunk> raw_chunks(const fs::path& path, const std::string& name) 
 std::uint32_t stored_sum(const std::vector<unsigned char>& chunk) {
   const unsigned char* s = chunk.data() + chunk.size() - 4;
   return std::uint32_t(s[0]) | std::uint32_t(s[1]) << 8 | std::uint32_t(s[2]) << 16 | std::uint32_t(s[3]) << 24;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "runtime/base/error.h"
+#include "tests/unit/error_of.h"
 #include "topology/gpus.h"
 #include "topology/placement.h"
 #include "topology/topology.h"
@@ -268,14 +269,7 @@ TEST(Gpus, BindDeviceOneRankPerVisibleGpuOrSayWhy) {
   const DeviceBinding b = bind_device(r);
   EXPECT_EQ(b.index, 2);
   EXPECT_EQ(b.pci_bus_id, "0000:03:00.0");
-  auto error = [](const BindRequest& req) {
-    try {
-      bind_device(req);
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string();
-  };
+  auto error = [](const BindRequest& req) { return test::error_of([&] { bind_device(req); }); };
   r.cuda_visible_devices = "1,2";
   r.visible = apply_visible_devices(all, r.cuda_visible_devices);
   EXPECT_NE(error(r).find("host nodeb runs 3 ranks (4,5,6) but only 2 of its 4 GPU(s) are visible "
