@@ -1,4 +1,5 @@
-// Checkpoint manifest (JSON) and shard files (HDF5, chunked, Fletcher32-checksummed).
+// Checkpoint manifest (JSON) and shard files (HDF5; format 2: contiguous datasets with Fletcher32 sums of their
+// blocks as attributes, format 1: chunked with HDF5's Fletcher32 filter).
 #include "io/checkpoint.h"
 
 #include <fcntl.h>
@@ -44,8 +45,10 @@ Manifest Manifest::read(const std::string& dir) {
     STRATA_CHECK(field("format").get<std::string>() == "strata-checkpoint", Checkpoint, path,
                  ": 'format' is not \"strata-checkpoint\"");
     m.format_version = field("format_version").get<int>();
-    STRATA_CHECK(m.format_version == kCheckpointFormatVersion, Checkpoint, path, ": format_version ", m.format_version,
-                 " is not supported (this strata reads version ", kCheckpointFormatVersion, ")");
+    STRATA_CHECK(m.format_version >= kOldestCheckpointFormatVersion && m.format_version <= kCheckpointFormatVersion,
+                 Checkpoint, path, ": format_version ", m.format_version,
+                 " is not supported (this strata reads versions ", kOldestCheckpointFormatVersion, " to ",
+                 kCheckpointFormatVersion, ")");
     m.model = field("model");
     const auto& layout = field("layout");
     m.tensor_parallel_size = layout.at("tensor_parallel_size").get<int>();
@@ -194,16 +197,6 @@ DType dtype_of_type(hid_t type, const std::string& where) {
                                          " exponent bits, ", msize, " mantissa bits)"));
 }
 
-// Chunks of about 4 MiB: large enough to read at disk speed, small enough that a checksum error is local.
-std::vector<hsize_t> chunk_dims(const Shape& shape, std::size_t element_size) {
-  std::vector<hsize_t> dims(shape.begin(), shape.end());
-  if (dims.empty()) return dims;
-  hsize_t row_bytes = element_size;
-  for (std::size_t i = 1; i < dims.size(); ++i) row_bytes *= dims[i];
-  dims[0] = std::clamp<hsize_t>((4u << 20) / std::max<hsize_t>(row_bytes, 1), 1, std::max<hsize_t>(dims[0], 1));
-  return dims;
-}
-
 // H5Dread with the failure named: a Fletcher32 mismatch is reported as corruption of that tensor in that shard.
 void read_dataset(hid_t set, hid_t memory_type, hid_t memory_space, hid_t file_space, void* out,
                   const std::string& path, const std::string& name) {
@@ -288,6 +281,114 @@ std::string pread_all(int fd, char* dest, std::size_t bytes, off_t at) {
   return {};
 }
 
+// ---------------------------------------------------------------------------------------------------- format 2
+
+// Format 2 stores each dataset contiguous and unfiltered, with the Fletcher32 sums of its consecutive blocks of
+// `fletcher32_block_bytes` bytes (the last one shorter) in the uint32 attribute `fletcher32`. Unlike HDF5's filter
+// this leaves a tensor's bytes whole in the file, so a rank can use them in place from the page cache.
+constexpr const char* kBlockBytesAttribute = "fletcher32_block_bytes";
+constexpr const char* kBlockSumsAttribute = "fletcher32";
+constexpr std::size_t kDataAlignment = 64;  // every dataset's data starts on a cache line (AVX-512 loads)
+
+// 1 MiB blocks, larger for tensors over 4 GiB so that the sums stay a small attribute (<= 4096 of them).
+std::size_t checksum_block_bytes(std::size_t bytes) {
+  std::size_t block = std::size_t(1) << 20;
+  while (block * 4096 < bytes) block *= 2;
+  return block;
+}
+
+std::vector<std::uint32_t> block_checksums(const void* data, std::size_t bytes, std::size_t block) {
+  std::vector<std::uint32_t> sums((bytes + block - 1) / block);
+  const char* p = static_cast<const char*>(data);
+  for (std::size_t b = 0; b < sums.size(); ++b) sums[b] = fletcher32(p + b * block, std::min(block, bytes - b * block));
+  return sums;
+}
+
+void write_attr_u32s(hid_t object, const char* name, const std::vector<std::uint32_t>& values) {
+  const hsize_t count = values.size();
+  h5::Handle space = h5::dataspace(H5Screate_simple(1, &count, nullptr), "attribute space");
+  h5::Handle attr = h5::attribute(H5Acreate2(object, name, H5T_STD_U32LE, space.get(), H5P_DEFAULT, H5P_DEFAULT),
+                                  cat("create attribute ", name));
+  STRATA_H5_CHECK(H5Awrite(attr.get(), H5T_NATIVE_UINT32, values.data()));
+}
+
+std::vector<std::uint32_t> read_attr_u32s(hid_t object, const char* name, const std::string& where) {
+  h5::Handle attr = h5::attribute(H5Aopen(object, name, H5P_DEFAULT), cat(where, ": attribute ", name));
+  h5::Handle space = h5::dataspace(H5Aget_space(attr.get()), cat(where, ": attribute ", name));
+  const hssize_t count = H5Sget_simple_extent_npoints(space.get());
+  STRATA_CHECK(count >= 1, Checkpoint, where, ": attribute '", name, "' is empty");
+  std::vector<std::uint32_t> values(static_cast<std::size_t>(count));
+  STRATA_H5_CHECK(H5Aread(attr.get(), H5T_NATIVE_UINT32, values.data()));
+  return values;
+}
+
+// Where a format 2 dataset's bytes are in the file, and their block sums.
+struct ContiguousLayout {
+  std::uint64_t offset = 0;  // from the start of the file
+  std::size_t bytes = 0;
+  std::size_t block = 0;
+  std::vector<std::uint32_t> sums;
+};
+
+// The layout of `set` when it is stored as ShardWriter writes format 2: little-endian, contiguous, unfiltered,
+// allocated, with block sums. Anything else: nullopt (format 1 chunks, or written by another tool). Sums that do
+// not fit the data throw: the shard's metadata is damaged.
+std::optional<ContiguousLayout> strata_contiguous_layout(hid_t set, const StoredTensor& t, std::uint64_t base,
+                                                         const std::string& where) {
+  h5::Handle type = h5::datatype(H5Dget_type(set), where);
+  if (H5Tget_order(type.get()) != H5T_ORDER_LE) return std::nullopt;
+  h5::Handle dcpl = h5::plist(H5Dget_create_plist(set), where);
+  if (H5Pget_layout(dcpl.get()) != H5D_CONTIGUOUS || H5Pget_nfilters(dcpl.get()) != 0) return std::nullopt;
+  if (H5Aexists(set, kBlockBytesAttribute) <= 0 || H5Aexists(set, kBlockSumsAttribute) <= 0) return std::nullopt;
+  const haddr_t address = H5Dget_offset(set);
+  ContiguousLayout c;
+  c.bytes = std::size_t(shape_numel(t.shape)) * dtype_size(t.dtype);
+  STRATA_CHECK(address != HADDR_UNDEF && H5Dget_storage_size(set) == c.bytes, Checkpoint, where, ": data not stored (",
+               H5Dget_storage_size(set), " of ", c.bytes, " bytes allocated)");
+  c.offset = base + address;
+  const nlohmann::json block = attr_at(set, kBlockBytesAttribute, where);
+  STRATA_CHECK(block.is_number_integer() && block.get<std::int64_t>() > 0 && block.get<std::int64_t>() % 4 == 0,
+               Checkpoint, where, ": attribute '", kBlockBytesAttribute, "' must be a positive multiple of 4");
+  c.block = block.get<std::size_t>();
+  c.sums = read_attr_u32s(set, kBlockSumsAttribute, where);
+  STRATA_CHECK(c.sums.size() == (c.bytes + c.block - 1) / c.block, Checkpoint, where, ": ", c.sums.size(),
+               " block checksums for ", c.bytes, " bytes in blocks of ", c.block);
+  return c;
+}
+
+// Where a format 2 dataset's bytes are in `file`; throws when the file ends before them (a truncated shard).
+const char* mapped_data(const FileMapping& file, const ContiguousLayout& c, const std::string& name) {
+  STRATA_CHECK(c.offset + c.bytes <= file.size(), Checkpoint, "shard ", file.path(), " is truncated: tensor ", name,
+               " is stored at bytes ", c.offset, "-", c.offset + c.bytes - 1, " of a ", file.size(), "-byte file");
+  return file.data() + c.offset;
+}
+
+// Verifies blocks [first, last) of a contiguous dataset whose bytes start at `data`, on the rank's OpenMP threads.
+// Each verified block is handed to `use(begin, end)` (byte offsets in the tensor) on the thread that checked it,
+// while it is still in that core's cache. The first bad block throws, naming the shard, the tensor and the bytes.
+template <class Use>
+void verify_blocks(const char* data, const ContiguousLayout& c, std::size_t first, std::size_t last,
+                   const std::string& path, const std::string& name, const Use& use) {
+  std::atomic<std::size_t> bad{SIZE_MAX};
+#pragma omp parallel for schedule(dynamic)
+  for (std::int64_t b = std::int64_t(first); b < std::int64_t(last); ++b) {
+    const std::size_t begin = std::size_t(b) * c.block, end = std::min(c.bytes, begin + c.block);
+    if (fletcher32(data + begin, end - begin) != c.sums[std::size_t(b)]) {
+      for (std::size_t seen = bad; std::size_t(b) < seen && !bad.compare_exchange_weak(seen, std::size_t(b));) {
+      }
+      continue;
+    }
+    use(begin, end);
+  }
+  if (bad != SIZE_MAX) {
+    const std::size_t begin = bad * c.block;
+    throw Error(
+        ErrorKind::Checkpoint,
+        cat("checksum mismatch: shard ", path, ", tensor ", name, " is corrupt (Fletcher32 check failed for bytes ",
+            begin, "-", std::min(c.bytes, begin + c.block) - 1, " of the tensor); re-create or re-copy the shard"));
+  }
+}
+
 herr_t collect_attribute_name(hid_t, const char* name, const H5A_info_t*, void* data) {
   static_cast<std::vector<std::string>*>(data)->push_back(name);
   return 0;
@@ -307,9 +408,18 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
   STRATA_CHECK(fs::exists(path), Checkpoint, "shard ", path, " is missing");
   h5::Handle file = h5::file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT),
                              cat("cannot open shard ", path, " (not an HDF5 file, or truncated)"));
+  h5::Handle fcpl = h5::plist(H5Fget_create_plist(file.get()), cat("shard ", path));
+  hsize_t user_block = 0;
+  STRATA_H5_CHECK(H5Pget_userblock(fcpl.get(), &user_block));
+  base_ = user_block;
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   STRATA_CHECK(fd_ >= 0, Checkpoint, "cannot open shard ", path, ": ", std::strerror(errno));
   file_ = file.release();  // both closed in the destructor
+}
+
+const FileMapping& ShardReader::mapping() const {
+  if (!mapping_) mapping_ = FileMapping::open(path_);
+  return *mapping_;
 }
 
 ShardReader::~ShardReader() {
@@ -320,9 +430,11 @@ ShardReader::ShardReader(ShardReader&& other) noexcept
     : path_(std::move(other.path_)),
       file_(std::exchange(other.file_, -1)),
       fd_(std::exchange(other.fd_, -1)),
+      base_(other.base_),
       parallel_reads_(std::exchange(other.parallel_reads_, 0)),
       staging_(std::move(other.staging_)),
-      staging_count_(std::exchange(other.staging_count_, 0)) {}
+      staging_count_(std::exchange(other.staging_count_, 0)),
+      mapping_(std::move(other.mapping_)) {}
 ShardReader& ShardReader::operator=(ShardReader&& other) noexcept {
   std::swap(path_, other.path_);
   std::swap(file_, other.file_);
@@ -330,6 +442,8 @@ ShardReader& ShardReader::operator=(ShardReader&& other) noexcept {
   std::swap(parallel_reads_, other.parallel_reads_);
   std::swap(staging_, other.staging_);
   std::swap(staging_count_, other.staging_count_);
+  std::swap(base_, other.base_);
+  std::swap(mapping_, other.mapping_);
   return *this;
 }
 
@@ -391,7 +505,7 @@ void ShardReader::read(const std::string& name, const Shape& expected, DType dty
   STRATA_CHECK(dtype == DType::F32 || dtype == t.dtype, Internal, "shard ", path_, ": tensor ", name, " is stored ",
                dtype_name(t.dtype), " and cannot be read as ", dtype_name(dtype));
   h5::Handle set = h5::dataset(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), name);
-  if (read_chunks_parallel(set.get(), t, dtype, out)) return;
+  if (read_contiguous(set.get(), t, dtype, out) || read_chunks_parallel(set.get(), t, dtype, out)) return;
   const std::size_t count = std::size_t(shape_numel(t.shape));
   if (t.dtype == DType::F32) {
     read_dataset(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, out, path_, name);
@@ -498,6 +612,52 @@ bool ShardReader::read_chunks_parallel(long long set, const StoredTensor& t, DTy
   return true;
 }
 
+// Format 2: verify each block from the mapping and copy it (as stored) or convert it (to f32) on the same thread.
+bool ShardReader::read_contiguous(long long set, const StoredTensor& t, DType dtype, void* out) const {
+  const std::optional<ContiguousLayout> c =
+      strata_contiguous_layout(hid_t(set), t, base_, cat("shard ", path_, ": tensor ", t.name));
+  if (!c) return false;
+  const char* data = mapped_data(mapping(), *c, t.name);
+  char* dest = static_cast<char*>(out);
+  const std::size_t element = dtype_size(t.dtype);
+  verify_blocks(data, *c, 0, c->sums.size(), path_, t.name, [&](std::size_t begin, std::size_t end) {
+    if (dtype == t.dtype)
+      std::memcpy(dest + begin, data + begin, end - begin);
+    else
+      convert_to_f32(t.dtype, data + begin, reinterpret_cast<float*>(dest) + begin / element, (end - begin) / element);
+  });
+  ++parallel_reads_;
+  return true;
+}
+
+std::optional<MappedBytes> ShardReader::map(const std::vector<std::string>& names, const std::vector<Shape>& expected,
+                                            DType dtype) const {
+  STRATA_CHECK(names.size() == expected.size() && !names.empty(), Internal, "map: ", names.size(), " names, ",
+               expected.size(), " shapes");
+  std::vector<ContiguousLayout> parts;
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    const StoredTensor t = describe(names[i]);
+    const std::string where = cat("shard ", path_, ": tensor ", names[i]);
+    STRATA_CHECK(t.shape == expected[i], Checkpoint, where, " has shape ", shape_string(t.shape), ", expected ",
+                 shape_string(expected[i]));
+    if (t.dtype != dtype) return std::nullopt;
+    h5::Handle set = h5::dataset(H5Dopen2(file_, names[i].c_str(), H5P_DEFAULT), where);
+    std::optional<ContiguousLayout> c = strata_contiguous_layout(set.get(), t, base_, where);
+    if (!c) return std::nullopt;
+    if (i > 0 && c->offset != parts.back().offset + parts.back().bytes) return std::nullopt;  // not back to back
+    if (i == 0 && c->offset % kDataAlignment != 0) return std::nullopt;
+    parts.push_back(std::move(*c));
+  }
+  const FileMapping& file = mapping();
+  for (std::size_t i = 0; i < parts.size(); ++i)
+    verify_blocks(mapped_data(file, parts[i], names[i]), parts[i], 0, parts[i].sums.size(), path_, names[i],
+                  [](std::size_t, std::size_t) {});
+  ++parallel_reads_;
+  std::size_t bytes = 0;
+  for (const auto& c : parts) bytes += c.bytes;
+  return MappedBytes{file.data() + parts[0].offset, bytes, mapping_};
+}
+
 void ShardReader::read_region_f32(const std::string& name, int axis, std::int64_t begin, std::int64_t end, float* out,
                                   std::int64_t out_stride) const {
   const StoredTensor t = describe(name);
@@ -511,6 +671,20 @@ void ShardReader::read_region_f32(const std::string& name, int axis, std::int64_
   const hsize_t start[2] = {axis == 0 ? hsize_t(begin) : 0, axis == 1 ? hsize_t(begin) : 0};
   const hsize_t count[2] = {axis == 0 ? hsize_t(end - begin) : rows, axis == 1 ? hsize_t(end - begin) : cols};
   h5::Handle set = h5::dataset(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), where);
+  if (const auto c = strata_contiguous_layout(set.get(), t, base_, where)) {  // format 2: from the mapping
+    const char* data = mapped_data(mapping(), *c, name);
+    const std::size_t element = dtype_size(t.dtype), row_bytes = std::size_t(cols) * element;
+    const std::size_t first = std::size_t(start[0]) * row_bytes, last = std::size_t(start[0] + count[0]) * row_bytes;
+    verify_blocks(data, *c, first / c->block, (last + c->block - 1) / c->block, path_, name,
+                  [](std::size_t, std::size_t) {});                    // the blocks the region touches
+    const std::int64_t stride = t.shape.size() == 1 ? 1 : out_stride;  // 1-D: one element per "row"
+#pragma omp parallel for schedule(static)
+    for (std::int64_t r = 0; r < std::int64_t(count[0]); ++r)
+      convert_to_f32(t.dtype, data + first + std::size_t(r) * row_bytes + std::size_t(start[1]) * element,
+                     out + r * stride, std::size_t(count[1]));
+    ++parallel_reads_;
+    return;
+  }
   h5::Handle file_space = h5::dataspace(H5Dget_space(set.get()), where);
   STRATA_H5_CHECK(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr));
   const int dims = int(t.shape.size());
@@ -533,8 +707,11 @@ void ShardReader::read_region_f32(const std::string& name, int axis, std::int64_
 
 ShardWriter::ShardWriter(const std::string& path, const nlohmann::json& root_attributes) : path_(path) {
   h5::silence_library_errors();
+  // Data of every dataset starts on a cache line, so that mapped tensors are aligned as allocated ones are.
+  h5::Handle fapl = h5::plist(H5Pcreate(H5P_FILE_ACCESS), cat("shard ", path));
+  STRATA_H5_CHECK(H5Pset_alignment(fapl.get(), 1, kDataAlignment));
   h5::Handle f =
-      h5::file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), cat("cannot create shard ", path));
+      h5::file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), cat("cannot create shard ", path));
   for (const auto& [key, value] : root_attributes.items()) {
     if (value.is_string())
       write_attr_string(f.get(), key.c_str(), value.get<std::string>());
@@ -555,28 +732,48 @@ void ShardWriter::close() {
   STRATA_H5_CHECK(H5Fclose(f));
 }
 
-void ShardWriter::write(const StoredTensor& t, const float* data) {
-  const std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
-  const std::string where = cat("shard ", path_, ": tensor ", t.name);
-  h5::Handle space = h5::dataspace(H5Screate_simple(int(dims.size()), dims.data(), nullptr), where);
-  h5::Handle type = file_type_of(t.dtype);
-  h5::Handle dcpl = h5::plist(H5Pcreate(H5P_DATASET_CREATE), where);
-  const auto chunks = chunk_dims(t.shape, dtype_size(t.dtype));
-  STRATA_H5_CHECK(H5Pset_chunk(dcpl.get(), int(chunks.size()), chunks.data()));
-  STRATA_H5_CHECK(H5Pset_fletcher32(dcpl.get()));
-  h5::Handle set = h5::dataset(
-      H5Dcreate2(file_, t.name.c_str(), type.get(), space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT), where);
-  const std::size_t count = std::size_t(shape_numel(t.shape));
-  if (t.dtype == DType::F32) {
-    STRATA_H5_CHECK(H5Dwrite(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data));
-  } else {
-    std::vector<std::uint16_t> raw(count);
-    convert_from_f32(t.dtype, data, raw.data(), count);
-    STRATA_H5_CHECK(H5Dwrite(set.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, raw.data()));
+void ShardWriter::write(const StoredTensor& t, const float* data) { write_adjacent({t}, {data}); }
+
+// Every dataset with all its attributes first (metadata only: contiguous storage is allocated at the first write),
+// then the data in order, so that nothing else is allocated between them and they lie back to back. Needs the
+// stored bytes of all of them at once (16-bit copies, or the f32 data itself).
+void ShardWriter::write_adjacent(const std::vector<StoredTensor>& tensors, const std::vector<const float*>& data) {
+  STRATA_CHECK(tensors.size() == data.size(), Internal, "write_adjacent: ", tensors.size(), " tensors, ", data.size(),
+               " buffers");
+  std::vector<h5::Handle> sets, types;
+  std::vector<std::vector<std::uint16_t>> converted(tensors.size());
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const StoredTensor& t = tensors[i];
+    const std::string where = cat("shard ", path_, ": tensor ", t.name);
+    const std::size_t count = std::size_t(shape_numel(t.shape)), bytes = count * dtype_size(t.dtype);
+    const void* stored = data[i];
+    if (t.dtype != DType::F32) {
+      converted[i].resize(count);
+      convert_from_f32(t.dtype, data[i], converted[i].data(), count);
+      stored = converted[i].data();
+    }
+    const std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
+    h5::Handle space = h5::dataspace(H5Screate_simple(int(dims.size()), dims.data(), nullptr), where);
+    types.push_back(file_type_of(t.dtype));
+    h5::Handle dcpl = h5::plist(H5Pcreate(H5P_DATASET_CREATE), where);
+    STRATA_H5_CHECK(H5Pset_layout(dcpl.get(), H5D_CONTIGUOUS));
+    STRATA_H5_CHECK(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_LATE));
+    STRATA_H5_CHECK(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER));  // every byte is written once, below
+    sets.push_back(h5::dataset(
+        H5Dcreate2(file_, t.name.c_str(), types.back().get(), space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+        where));
+    write_attr_ints(sets.back().get(), "global_shape", t.global_shape, false);
+    write_attr_ints(sets.back().get(), "global_offset", t.global_offset, false);
+    write_attr_string(sets.back().get(), "split", t.split);
+    const std::size_t block = checksum_block_bytes(bytes);
+    write_attr_ints(sets.back().get(), kBlockBytesAttribute, {std::int64_t(block)}, true);
+    write_attr_u32s(sets.back().get(), kBlockSumsAttribute, block_checksums(stored, bytes, block));
   }
-  write_attr_ints(set.get(), "global_shape", t.global_shape, false);
-  write_attr_ints(set.get(), "global_offset", t.global_offset, false);
-  write_attr_string(set.get(), "split", t.split);
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const void* stored = tensors[i].dtype == DType::F32 ? static_cast<const void*>(data[i]) : converted[i].data();
+    const hid_t memory_type = tensors[i].dtype == DType::F32 ? H5T_NATIVE_FLOAT : types[i].get();
+    STRATA_H5_CHECK(H5Dwrite(sets[i].get(), memory_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, stored));
+  }
 }
 
 }  // namespace strata

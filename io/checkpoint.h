@@ -1,21 +1,26 @@
-// The strata checkpoint (format version 1, specified in docs/checkpoint-format.md): a directory with
+// The strata checkpoint (format version 2, specified in docs/checkpoint-format.md): a directory with
 // manifest.json and one HDF5 file per (pipeline stage, tensor-parallel rank). Each rank opens only its own shard.
 // Tensors keep their Hugging Face names, hold only the rank's slice, carry their global shape and offset, and are
-// stored chunked with HDF5's Fletcher32 checksum filter, verified on every read.
+// stored contiguous and unfiltered with Fletcher32 checksums of every 1 MiB block beside them, verified on every
+// read; a rank can then use its weights in place in the page cache (ShardReader::map). Version 1 shards (chunked,
+// HDF5's Fletcher32 filter) are still read.
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "io/file_mapping.h"
 #include "runtime/base/dtype.h"
 #include "runtime/tensor/tensor.h"
 
 namespace strata {
 
-constexpr int kCheckpointFormatVersion = 1;
+constexpr int kCheckpointFormatVersion = 2;        // what strata writes
+constexpr int kOldestCheckpointFormatVersion = 1;  // the oldest it reads
 
 struct ShardInfo {
   std::string file;  // relative to the checkpoint directory
@@ -50,6 +55,13 @@ struct StoredTensor {
   std::string split;    // "rows" | "cols" | "replicated"
 };
 
+// Stored bytes seen in place in a shard's mapping (ShardReader::map); `data` stays valid while `mapping` lives.
+struct MappedBytes {
+  const void* data = nullptr;
+  std::size_t bytes = 0;
+  std::shared_ptr<const FileMapping> mapping;
+};
+
 // One shard opened read-only. Move-only; closes the file when destroyed.
 class ShardReader {
  public:
@@ -60,10 +72,10 @@ class ShardReader {
 
   const std::string& path() const { return path_; }
   bool contains(const std::string& name) const;
-  // Reads tensor `name`, whose local shape must equal `expected`, into `out` as f32 (converting f16/bf16). The
-  // Fletcher32 checksum of every chunk is verified; a mismatch throws naming the shard and the tensor. Datasets laid
-  // out as strata writes them are read chunk by chunk with pread on the calling rank's OpenMP threads (verified by
-  // io/fletcher32.h); any other layout goes through H5Dread.
+  // Reads tensor `name`, whose local shape must equal `expected`, into `out` as f32 (converting f16/bf16). Every
+  // checksum is verified; a mismatch throws naming the shard and the tensor. Datasets laid out as strata writes them
+  // are read on the calling rank's OpenMP threads and verified by io/fletcher32.h: format 2 from the file's mapping,
+  // format 1 chunk by chunk with pread. Any other layout goes through H5Dread.
   void read_f32(const std::string& name, const Shape& expected, float* out) const;
   // The same into `out` as `dtype`, which must be F32 or the stored dtype (then the bits are copied as stored).
   void read(const std::string& name, const Shape& expected, DType dtype, void* out) const;
@@ -72,26 +84,37 @@ class ShardReader {
   // `out_stride` elements (1-D tensors: contiguous). Only that hyperslab is read from the file.
   void read_region_f32(const std::string& name, int axis, std::int64_t begin, std::int64_t end, float* out,
                        std::int64_t out_stride) const;
+  // The tensors `names` (local shapes `expected`) in place in the page cache, every checksum verified, when they
+  // are stored as `dtype`, contiguous and checksummed as format 2 writes them, and back to back in this order in
+  // the file (gate_proj then up_proj, which the stage keeps stacked); nullopt otherwise (nothing is mapped and the
+  // caller reads them instead). A checksum mismatch throws as read does.
+  std::optional<MappedBytes> map(const std::vector<std::string>& names, const std::vector<Shape>& expected,
+                                 DType dtype) const;
   StoredTensor describe(const std::string& name) const;
   std::vector<std::string> tensor_names() const;
   nlohmann::json attributes() const;  // the file's root attributes
-  // How many read_f32 calls took the parallel chunk path (for tests and diagnostics).
+  // How many reads took strata's own parallel path (format 1 chunks or format 2 mapping; for tests).
   std::size_t parallel_reads() const { return parallel_reads_; }
 
  private:
   std::uint16_t* staging(std::size_t count) const;  // reused buffer for 16-bit reads (no zeroing, no new pages)
   // The parallel path of read_f32; false (nothing read) when the dataset is not laid out as strata writes it.
   bool read_chunks_parallel(long long set, const StoredTensor& t, DType dtype, void* out) const;
+  // The same for format 2 (contiguous) datasets, from the mapping.
+  bool read_contiguous(long long set, const StoredTensor& t, DType dtype, void* out) const;
+  const FileMapping& mapping() const;  // maps the file at first use
 
   std::string path_;
-  long long file_ = -1;  // hid_t, kept opaque so HDF5 headers stay private to io/
-  int fd_ = -1;          // the same file for pread from several threads (HDF5 itself is not thread-safe)
+  long long file_ = -1;     // hid_t, kept opaque so HDF5 headers stay private to io/
+  int fd_ = -1;             // the same file for pread from several threads (HDF5 itself is not thread-safe)
+  std::uint64_t base_ = 0;  // where HDF5's addresses start in the file (the user block's size)
   mutable std::size_t parallel_reads_ = 0;
   mutable std::unique_ptr<std::uint16_t[]> staging_;
   mutable std::size_t staging_count_ = 0;
+  mutable std::shared_ptr<const FileMapping> mapping_;
 };
 
-// Writes one shard. Tensors are f32 in memory and stored as `dtype`.
+// Writes one shard in format 2. Tensors are f32 in memory and stored as `dtype`.
 class ShardWriter {
  public:
   ShardWriter(const std::string& path, const nlohmann::json& root_attributes);
@@ -99,6 +122,9 @@ class ShardWriter {
   ShardWriter(const ShardWriter&) = delete;
   ShardWriter& operator=(const ShardWriter&) = delete;
   void write(const StoredTensor& tensor, const float* data);
+  // Writes the tensors with their data back to back in the file, in this order, so that a reader can map them as
+  // one block (ShardReader::map; gate_proj and up_proj, which the stage stacks).
+  void write_adjacent(const std::vector<StoredTensor>& tensors, const std::vector<const float*>& data);
   void close();  // flushes; throws on failure (the destructor closes silently)
 
  private:

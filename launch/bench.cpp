@@ -157,7 +157,8 @@ int bench(Job& job, const BenchOptions& o) {
   load_stage(job, o.model, limits);  // also warms the page cache for the timed load below
   world.barrier();
   const double load_start = seconds();
-  const std::vector<std::string> files = load_stage(job, o.model, limits);
+  const LoadReport loaded = load_stage(job, o.model, limits);
+  const std::vector<std::string>& files = loaded.files;
   const double load = double(world.all_reduce_max(std::int64_t((seconds() - load_start) * 1e9))) * 1e-9;
   std::int64_t file_bytes = 0;
   world.barrier();
@@ -200,6 +201,9 @@ int bench(Job& job, const BenchOptions& o) {
         "load (page cache warm, slowest rank): %.3f s for %.0f MB of shards on rank 0; reading the same "
         "files raw: %.3f s; load speed = %.0f%% of raw\n",
         load, double(file_bytes) / 1e6, raw, 100 * raw / load);
+    std::printf("weights on rank 0: %.1f MB used in place from the page cache, %.1f MB read into memory%s\n",
+                double(loaded.mapped_bytes) / 1e6, double(loaded.read_bytes) / 1e6,
+                o.parallel.no_mmap ? " (--no-mmap)" : "");
     std::printf("%6s %8s %14s %14s %8s %14s %14s %8s\n", "batch", "prompt", "prefill tok/s", "roofline", "%",
                 "decode tok/s", "roofline", "%");
   }

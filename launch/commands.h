@@ -12,6 +12,7 @@ struct ParallelOptions {
   bool force = false;         // run a layout the placement refuses
   double nccl_timeout = 300;  // --device cuda, tp > 1: seconds an NCCL wait may take before the job is aborted
   int gpu_reserve_mib = -1;   // --device cuda: MiB kept free for NCCL and CUDA graphs; -1: the defaults (job.cpp)
+  bool no_mmap = false;       // CPU backend: copy the weights into the rank's memory instead of mapping the shards
 };
 
 // What a replica holds at once (--max-batch-size, --max-num-batched-tokens, --max-model-len): generate and plan.

@@ -288,7 +288,7 @@ std::unique_ptr<Backend> make_backend(const Job& job, const StageLimits& limits,
 
 }  // namespace
 
-std::vector<std::string> load_stage(Job& job, const std::string& model_dir, const StageLimits& limits) {
+LoadReport load_stage(Job& job, const std::string& model_dir, const StageLimits& limits) {
   const int threads = cpu_threads_per_rank(job.node);
   const int machine_cores = int(std::thread::hardware_concurrency());
   if (job.node.local_rank == 0 && threads * job.node.local_size < machine_cores)
@@ -298,19 +298,20 @@ std::vector<std::string> load_stage(Job& job, const std::string& model_dir, cons
   if (!job.backend) job.backend = make_backend(job, limits, threads);
   attach_device_groups(job);  // before the stage: its layers all-reduce over groups.tp_device when set
   job.stage.reset();          // a reload frees the previous weights first
-  CheckpointWeightSource source(model_dir, job.manifest, *job.plan);
+  CheckpointWeightSource source(model_dir, job.manifest, *job.plan, !job.parallel.no_mmap);
   Communicator& tp = job.groups.tp_device ? *job.groups.tp_device : *job.groups.tp;  // device tensors: NCCL
   job.stage = std::make_unique<TransformerStage>(*job.plan, source, *job.backend, tp, limits);
   std::string files;
   for (const auto& path : source.opened()) files += (files.empty() ? "" : ", ") + path;
   log_debug("loaded layers ", job.plan->layer_begin(), "-", job.plan->layer_end() - 1, " from ", files, " (", threads,
-            " threads)");
+            " threads): ", source.mapped_bytes(), " bytes of weights used in place from the page cache, ",
+            source.read_bytes(), " read into memory");
   if (job.layout->world_rank() == 0 && (job.manifest.tensor_parallel_size != job.layout->sizes().tp ||
                                         job.manifest.pipeline_parallel_size != job.layout->sizes().pp))
     log_info("resharding on load: checkpoint written for tensor-parallel ", job.manifest.tensor_parallel_size,
              " x pipeline-parallel ", job.manifest.pipeline_parallel_size, ", running ", job.layout->sizes().tp, " x ",
              job.layout->sizes().pp);
-  return source.opened();
+  return LoadReport{source.opened(), source.mapped_bytes(), source.read_bytes()};
 }
 
 }  // namespace strata

@@ -73,7 +73,12 @@ void check_memory(const Job& job, const StageLimits& limits);
 // backend's stream, and registers its asynchronous-error poll as the backend's wait monitor with --nccl-timeout.
 // Does nothing for the CPU backend or tp == 1. Collective over the tp group. (launch/device_groups.cpp)
 void attach_device_groups(Job& job);
-// Builds the backend and loads this rank's shard. Returns the shard files it read.
-std::vector<std::string> load_stage(Job& job, const std::string& model_dir, const StageLimits& limits);
+struct LoadReport {
+  std::vector<std::string> files;  // the shard files read, in order
+  std::int64_t mapped_bytes = 0;   // weights used in place from the page cache (CPU backend, format 2 shards)
+  std::int64_t read_bytes = 0;     // weights read into memory
+};
+// Builds the backend and loads this rank's shard.
+LoadReport load_stage(Job& job, const std::string& model_dir, const StageLimits& limits);
 
 }  // namespace strata

@@ -10,8 +10,9 @@
 
 namespace strata {
 
-CheckpointWeightSource::CheckpointWeightSource(const std::string& dir, const Manifest& manifest, const ShardPlan& plan)
-    : dir_(dir), manifest_(manifest), target_(plan.coordinates()) {
+CheckpointWeightSource::CheckpointWeightSource(const std::string& dir, const Manifest& manifest, const ShardPlan& plan,
+                                               bool map_weights)
+    : dir_(dir), manifest_(manifest), target_(plan.coordinates()), map_weights_(map_weights) {
   const int tp = manifest.tensor_parallel_size, pp = manifest.pipeline_parallel_size;
   for (int p = 0; p < pp; ++p)
     for (int t = 0; t < tp; ++t) source_plans_.emplace_back(plan.config(), StageCoordinates{tp, t, pp, p});
@@ -42,15 +43,72 @@ ShardReader& CheckpointWeightSource::shard(int pp_rank, int tp_rank) {
   return readers_.emplace(key, std::move(reader)).first->second;
 }
 
-void CheckpointWeightSource::read(const TensorSpec& spec, float* out) { read_as(spec, DType::F32, out); }
-
 bool CheckpointWeightSource::read_stored(const TensorSpec& spec, DType dtype, void* out) {
   return read_as(spec, dtype, out);
+}
+
+void CheckpointWeightSource::read(const TensorSpec& spec, float* out) { read_as(spec, DType::F32, out); }
+
+namespace {
+
+// How `reader` describes its slice of spec.name, checked to sit where the format puts source rank's slice.
+StoredTensor described_slice(const ShardReader& reader, const TensorSpec& spec, const TensorSpec& source) {
+  const StoredTensor stored = reader.describe(spec.name);
+  STRATA_CHECK(stored.global_shape == spec.global_shape && stored.global_offset == source.global_offset(), Checkpoint,
+               "shard ", reader.path(), ": tensor ", spec.name, " is the slice at ", shape_string(stored.global_offset),
+               " of ", shape_string(stored.global_shape), " but the format puts that shard's slice at ",
+               shape_string(source.global_offset()), " of ", shape_string(spec.global_shape),
+               " (shard files swapped or mislabelled?)");
+  return stored;
+}
+
+}  // namespace
+
+ShardReader* CheckpointWeightSource::exact_shard(const TensorSpec& spec) {
+  const auto stage = source_stage_.find(spec.name);
+  STRATA_CHECK(stage != source_stage_.end(), Checkpoint, "checkpoint ", dir_, " has no stage holding tensor ",
+               spec.name);
+  if (spec.split == Split::Replicated)
+    return &shard(stage->second, target_.tp_rank * manifest_.tensor_parallel_size / target_.tp);
+  for (int t = 0; t < manifest_.tensor_parallel_size; ++t) {
+    const TensorSpec source = source_plan(stage->second, t).spec(spec.name);
+    if (source.begin != spec.begin || source.end != spec.end) continue;
+    ShardReader& reader = shard(stage->second, t);
+    described_slice(reader, spec, source);
+    return &reader;
+  }
+  return nullptr;
+}
+
+Buffer CheckpointWeightSource::map_stored(const std::vector<TensorSpec>& parts, DType dtype) {
+  if (!map_weights_) return {};
+  ShardReader* reader = nullptr;
+  std::vector<std::string> names;
+  std::vector<Shape> shapes;
+  for (const auto& part : parts) {
+    ShardReader* holder = exact_shard(part);
+    if (!holder || (reader && holder != reader)) return {};
+    reader = holder;
+    names.push_back(part.name);
+    shapes.push_back(part.local_shape());
+  }
+  std::optional<MappedBytes> mapped = reader->map(names, shapes, dtype);
+  if (!mapped) return {};
+  mapped_bytes_ += std::int64_t(mapped->bytes);
+  // Read-only pages: the const_cast only fits Buffer's type; backends never write weights (a write would fault).
+  return Buffer(const_cast<void*>(mapped->data), mapped->bytes, MemoryKind::Host,
+                [keep = std::move(mapped->mapping)](void*) {});
 }
 
 // f32 always succeeds (or throws); another dtype only where one plain read of the stored slice serves, before
 // anything is read otherwise.
 bool CheckpointWeightSource::read_as(const TensorSpec& spec, DType dtype, void* out) {
+  if (!read_slices(spec, dtype, out)) return false;
+  read_bytes_ += shape_numel(spec.local_shape()) * std::int64_t(dtype_size(manifest_.dtype));
+  return true;
+}
+
+bool CheckpointWeightSource::read_slices(const TensorSpec& spec, DType dtype, void* out) {
   const auto stage = source_stage_.find(spec.name);
   STRATA_CHECK(stage != source_stage_.end(), Checkpoint, "checkpoint ", dir_, " has no stage holding tensor ",
                spec.name);
@@ -77,12 +135,7 @@ bool CheckpointWeightSource::read_as(const TensorSpec& spec, DType dtype, void* 
     }
     STRATA_CHECK(t < source_tp, Checkpoint, "checkpoint ", dir_, ": no shard stores ", spec.name, " index ", at);
     ShardReader& reader = shard(stage->second, t);
-    const StoredTensor stored = reader.describe(spec.name);
-    STRATA_CHECK(stored.global_shape == spec.global_shape && stored.global_offset == source.global_offset(), Checkpoint,
-                 "shard ", reader.path(), ": tensor ", spec.name, " is the slice at ",
-                 shape_string(stored.global_offset), " of ", shape_string(stored.global_shape), " but the format puts ",
-                 "that shard's slice at ", shape_string(source.global_offset()), " of ",
-                 shape_string(spec.global_shape), " (shard files swapped or mislabelled?)");
+    const StoredTensor stored = described_slice(reader, spec, source);
     const std::int64_t until = std::min(spec.end, source.end);
     if (at == spec.begin && until == spec.end && at == source.begin && until == source.end) {
       if (dtype != DType::F32 && stored.dtype != dtype) return false;
@@ -180,17 +233,30 @@ void write_shards(const ModelConfig& config, const CheckpointOptions& options, c
                                                                            {"tensor_parallel_size", options.tp},
                                                                            {"pipeline_parallel_size", options.pp}}));
     }
-    for (const auto& first : plans[0].tensors()) {
-      for (int t = 0; t < options.tp; ++t) {
-        if (!writers[std::size_t(t)]) continue;
-        const TensorSpec spec = plans[std::size_t(t)].spec(first.name);
-        std::vector<float> local(static_cast<std::size_t>(shape_numel(spec.local_shape())));
-        weights.read(spec, local.data());
-        const char* split = spec.split == Split::Rows ? "rows" : spec.split == Split::Cols ? "cols" : "replicated";
-        writers[std::size_t(t)]->write(
-            StoredTensor{spec.name, spec.local_shape(), options.dtype, spec.global_shape, spec.global_offset(), split},
-            local.data());
+    const std::vector<TensorSpec> order = plans[0].tensors();
+    for (std::size_t i = 0; i < order.size(); ++i) {
+      // One tensor, or a pair the stage stacks (gate_proj, up_proj), written back to back.
+      const std::size_t group = ShardPlan::stacked_with_next(order[i].name) && i + 1 < order.size() ? 2 : 1;
+      // Tensor by tensor across the TP ranks, so that a source caching one whole tensor produces each once.
+      std::vector<std::vector<StoredTensor>> stored(std::size_t(options.tp));
+      std::vector<std::vector<std::vector<float>>> values(std::size_t(options.tp));
+      for (std::size_t g = 0; g < group; ++g) {
+        for (int t = 0; t < options.tp; ++t) {
+          if (!writers[std::size_t(t)]) continue;
+          const TensorSpec spec = plans[std::size_t(t)].spec(order[i + g].name);
+          auto& local = values[std::size_t(t)].emplace_back(std::size_t(shape_numel(spec.local_shape())));
+          weights.read(spec, local.data());
+          const char* split = spec.split == Split::Rows ? "rows" : spec.split == Split::Cols ? "cols" : "replicated";
+          stored[std::size_t(t)].push_back(StoredTensor{spec.name, spec.local_shape(), options.dtype, spec.global_shape,
+                                                        spec.global_offset(), split});
+          if (g + 1 < group) continue;
+          std::vector<const float*> data;  // the rank's last part is in: write and free its slices at once
+          for (const auto& v : values[std::size_t(t)]) data.push_back(v.data());
+          writers[std::size_t(t)]->write_adjacent(stored[std::size_t(t)], data);
+          values[std::size_t(t)].clear();
+        }
       }
+      i += group - 1;
     }
     for (int t = 0; t < options.tp; ++t) {
       if (!writers[std::size_t(t)]) continue;

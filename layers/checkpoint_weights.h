@@ -20,15 +20,27 @@ namespace strata {
 // every stored slice to sit where the format says (global_shape, global_offset).
 class CheckpointWeightSource final : public WeightSource {
  public:
-  CheckpointWeightSource(const std::string& dir, const Manifest& manifest, const ShardPlan& plan);
+  // `map_weights`: serve slices in place from the shard's mapping where map_stored can (see there).
+  CheckpointWeightSource(const std::string& dir, const Manifest& manifest, const ShardPlan& plan,
+                         bool map_weights = true);
   void read(const TensorSpec& spec, float* out) override;
   // Only when this rank's slice is one stored slice exactly (no resharding) and stored as `dtype` (or dtype is f32).
   bool read_stored(const TensorSpec& spec, DType dtype, void* out) override;
+  // When mapping is on and each part is one stored slice exactly, stored as `dtype`, all in one format 2 shard and
+  // back to back there in this order (ShardReader::map; every checksum verified first).
+  Buffer map_stored(const std::vector<TensorSpec>& parts, DType dtype) override;
   // Paths of the shard files opened so far, in the order they were opened.
   const std::vector<std::string>& opened() const { return opened_; }
+  // Stored bytes served in place (map_stored) and read into memory (read, read_stored) so far.
+  std::int64_t mapped_bytes() const { return mapped_bytes_; }
+  std::int64_t read_bytes() const { return read_bytes_; }
 
  private:
-  bool read_as(const TensorSpec& spec, DType dtype, void* out);
+  bool read_as(const TensorSpec& spec, DType dtype, void* out);  // read_slices, counted
+  bool read_slices(const TensorSpec& spec, DType dtype, void* out);
+  // The shard whose stored slice of spec.name is exactly this rank's slice (checked against the format), or null
+  // when the slice has to be assembled from several (resharding).
+  ShardReader* exact_shard(const TensorSpec& spec);
   ShardReader& shard(int pp_rank, int tp_rank);
   const ShardPlan& source_plan(int pp_rank, int tp_rank) const;
 
@@ -39,6 +51,8 @@ class CheckpointWeightSource final : public WeightSource {
   std::map<std::string, int> source_stage_;  // tensor name -> the source stage that stores it
   std::map<std::pair<int, int>, ShardReader> readers_;
   std::vector<std::string> opened_;
+  bool map_weights_ = true;
+  std::int64_t mapped_bytes_ = 0, read_bytes_ = 0;
 };
 
 // The deterministic random value of a whole tensor (global shape), a function of (seed, name) only.
@@ -68,8 +82,9 @@ struct CheckpointOptions {
 };
 
 // Writes the shards numbered (pp_rank * tp + tp_rank) % world == rank, taking every slice from `weights`, tensor
-// by tensor across the stage's TP ranks (so a source holds at most one tensor at a time). Shard files appear
-// complete or not at all (written under a temporary name, then renamed).
+// by tensor across the stage's TP ranks (so a source holds at most one tensor at a time; a stacked pair,
+// gate_proj then up_proj, is written back to back, so each rank's gate slices wait for its up slices). Shard files
+// appear complete or not at all (written under a temporary name, then renamed).
 void write_shards(const ModelConfig& config, const CheckpointOptions& options, const std::string& dir,
                   WeightSource& weights, int rank = 0, int world = 1);
 // Writes DIR/manifest.json; call once every shard is written (its presence means the checkpoint is complete).

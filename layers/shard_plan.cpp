@@ -49,6 +49,11 @@ std::string ShardPlan::layer_name(std::int64_t layer, const char* suffix) {
   return cat("model.layers.", layer, ".", suffix);
 }
 
+bool ShardPlan::stacked_with_next(const std::string& name) {
+  static const std::string gate = ".mlp.gate_proj.weight";
+  return name.size() > gate.size() && name.compare(name.size() - gate.size(), gate.size(), gate) == 0;
+}
+
 ShardPlan::ShardPlan(const ModelConfig& config, StageCoordinates where) : config_(config), where_(where) {
   check_split(config, where.tp, where.pp);
   STRATA_CHECK(where.tp_rank >= 0 && where.tp_rank < where.tp && where.pp_rank >= 0 && where.pp_rank < where.pp,

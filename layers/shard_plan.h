@@ -56,6 +56,10 @@ class ShardPlan {
   // (the last stage also runs the LM head).
   static std::pair<std::int64_t, std::int64_t> layer_range(std::int64_t layers, int pp, int pp_rank);
   static std::string layer_name(std::int64_t layer, const char* suffix);
+  // Whether the stage keeps tensor `name` stacked with the one after it in tensors() (rows of both, in that order):
+  // gate_proj with up_proj, so that one GEMM computes both. Writers store such a pair back to back, so that a rank
+  // can use them in place as one tensor.
+  static bool stacked_with_next(const std::string& name);
 
  private:
   TensorSpec rows(const std::string& name, Shape shape, std::int64_t begin, std::int64_t end) const;

@@ -25,9 +25,10 @@ StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limi
   return m;
 }
 
-// Matrix weights are kept in the backend's weight dtype, 1-D ones (norms, biases) in its activation dtype. Host
-// f32 tensors get the weights read straight into them; others through an f32 staging buffer (reused across
-// tensors) that upload() converts.
+// Matrix weights are kept in the backend's weight dtype, 1-D ones (norms, biases) in its activation dtype. A host
+// backend first asks the source to serve them in place (mapped from the page cache). Otherwise host f32 tensors get
+// the weights read straight into them; others through an f32 staging buffer (reused across tensors) that upload()
+// converts.
 Tensor TransformerStage::load(WeightSource& source, const TensorSpec& spec) {
   return load_rows(source, {spec}, spec.local_shape()[0]);
 }
@@ -40,7 +41,10 @@ Tensor TransformerStage::load_stacked(WeightSource& source, const TensorSpec& fi
 Tensor TransformerStage::load_rows(WeightSource& source, const std::vector<TensorSpec>& parts, std::int64_t rows) {
   Shape shape = parts[0].local_shape();
   shape[0] = rows;
-  Tensor tensor = backend_.allocate(shape, shape.size() == 1 ? backend_.activation_dtype() : backend_.weight_dtype());
+  const DType dtype = shape.size() == 1 ? backend_.activation_dtype() : backend_.weight_dtype();
+  if (backend_.memory_kind() == MemoryKind::Host)
+    if (Buffer mapped = source.map_stored(parts, dtype); mapped.data()) return Tensor(std::move(mapped), shape, dtype);
+  Tensor tensor = backend_.allocate(shape, dtype);
   if (tensor.view().kind == MemoryKind::Host && tensor.dtype() != DType::F32) {  // e.g. CPU bf16: read as stored
     char* at = static_cast<char*>(tensor.view().data);
     bool stored = true;

@@ -22,6 +22,10 @@ class WeightSource {
   // Reads the tensor into `out` as `dtype` without going through f32 when the source stores it that way; false
   // (nothing read) when it cannot, and the caller reads f32 and converts.
   virtual bool read_stored(const TensorSpec& spec, DType dtype, void* out) { return false; }
+  // The slices `parts`, stored back to back as `dtype`, in place in read-only host memory the returned Buffer keeps
+  // alive (a checkpoint's mapping of the page cache): no copy, no fresh memory. An empty Buffer when the source
+  // cannot serve them so; the caller then reads them.
+  virtual Buffer map_stored(const std::vector<TensorSpec>& parts, DType dtype) { return {}; }
 };
 
 struct StageLimits {

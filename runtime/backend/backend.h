@@ -46,6 +46,9 @@ class Backend {
   // are kept in.
   virtual DType activation_dtype() const { return DType::F32; }
   virtual DType weight_dtype() const { return DType::F32; }
+  // Where allocate() puts tensors. Host backends also compute on host memory they did not allocate (weights mapped
+  // from a checkpoint, read-only).
+  virtual MemoryKind memory_kind() const { return MemoryKind::Host; }
 
   // Step graphs (CUDA graphs). A stage calls begin_step(key) before the ops of a step whose op sequence and shapes
   // recur under `key` (>= 0; -1: not graphable) and end_step() after them, or abort_step() if they threw.

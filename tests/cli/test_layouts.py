@@ -5,7 +5,9 @@
 - seeded sampling (Gumbel, and top-k/top-p) gives identical tokens;
 - results come back complete and in input order;
 - resharding on load: the same run from the tp 1 pp 1 checkpoint and from the tp 4 one gives results identical
-  (same tokens, same logits bit for bit) to the run from a checkpoint written for the layout.
+  (same tokens, same logits bit for bit) to the run from a checkpoint written for the layout;
+- weights used in place from the page cache (default) and copied (--no-mmap) give identical results, and bench
+  reports which it did.
 """
 import numpy as np
 
@@ -78,6 +80,22 @@ for tp, pp, dp in LAYOUTS[1:]:
     run = generate("jsonl", tp, pp, dp, jsonl)
     h.check([(r["id"], r["token_ids"]) for r in run] == [(r["id"], r["token_ids"]) for r in jsonl_reference],
             f"{layout}: per-prompt JSONL parameters give the same tokens")
+
+# Weights used in place from the page cache (the default on the CPU backend) or copied into memory (--no-mmap):
+# identical results; bench reports which it did, for a bf16 model too.
+mapped = generate("mapped", 2, 2, 1, prompts, "--record-logits")
+copied = generate("copied", 2, 2, 1, prompts, "--record-logits", "--no-mmap")
+h.check([(r["token_ids"], r["logits"]) for r in copied] == [(r["token_ids"], r["logits"]) for r in mapped],
+        "tp 2 pp 2: weights copied (--no-mmap) give the tokens and logits of weights used in place")
+bf16 = h.init("model-bf16-tp2", "--preset", "tiny", "--seed", "3", "-tp", "2", "--dtype", "bf16")
+for flags, mapped_expected in [((), True), (("--no-mmap",), False)]:
+    out = h.run_ok(["bench", "--model", bf16, "-tp", 2, "--batch-sizes", 1, "--gen-len", 2, "--prompt-len", 4,
+                    "--repeats", 1, *flags], ranks=2)
+    line = next((l for l in out.splitlines() if l.startswith("weights on rank 0:")), "")
+    words = line.split()
+    in_place, read = (float(words[4]), float(words[13])) if len(words) > 13 else (-1, -1)
+    h.check(in_place > 0 and read < 0.01 * in_place if mapped_expected else in_place == 0 and read > 0,
+            f"bench {' '.join(flags) or '(default)'}: weights in place / read as expected: {line!r}")
 
 h.check(jsonl_reference[2]["completion_tokens"] == 6, "per-prompt max_tokens overrides --max-tokens")
 h.check(jsonl_reference[0]["token_ids"] == generate("check", 1, 1, 1, h.write("one.txt", "Hello\n"))[0]["token_ids"],

@@ -54,12 +54,41 @@ def _read_dataset(dset, dtype_name):
     raise ValueError(f"{dset.name}: unknown 2-byte float layout {fields}")
 
 
+def _fletcher32(data):
+    """HDF5's Fletcher32 (H5_checksum_fletcher32) of bytes: big-endian 16-bit words, blocks of 360 words."""
+    words = np.frombuffer(data, dtype=">u2").astype(np.uint64)
+    sum1 = sum2 = 0
+    for start in range(0, len(words), 360):
+        block = words[start:start + 360]
+        n = len(block)
+        # word by word: sum1 += w; sum2 += sum1 (mod 2^32), then both folded to 16 bits plus carry
+        sum2 = (sum2 + n * sum1 + int(np.dot(np.arange(n, 0, -1, dtype=np.uint64), block))) & 0xFFFFFFFF
+        sum1 = (sum1 + int(block.sum())) & 0xFFFFFFFF
+        sum1 = (sum1 & 0xFFFF) + (sum1 >> 16)
+        sum2 = (sum2 & 0xFFFF) + (sum2 >> 16)
+    sum1 = (sum1 & 0xFFFF) + (sum1 >> 16)
+    sum2 = (sum2 & 0xFFFF) + (sum2 >> 16)
+    return (sum2 << 16) | sum1
+
+
+def _check_block_sums(dset):
+    """Format 2: the dataset's stored bytes, block by block, against its `fletcher32` attribute."""
+    block = int(dset.attrs["fletcher32_block_bytes"])
+    sums = [int(s) for s in dset.attrs["fletcher32"]]
+    raw = np.empty(dset.shape, dtype=f"V{dset.id.get_type().get_size()}")
+    dset.id.read(h5py.h5s.ALL, h5py.h5s.ALL, raw, mtype=dset.id.get_type())
+    data = raw.tobytes()
+    assert len(sums) == (len(data) + block - 1) // block, f"{dset.name}: {len(sums)} block sums"
+    for i, expected in enumerate(sums):
+        assert _fletcher32(data[i * block:(i + 1) * block]) == expected, f"{dset.name}: block {i} checksum"
+
+
 def load_checkpoint(directory):
     """Returns ({HF tensor name: float64 full tensor}, model config, manifest)."""
     with open(os.path.join(directory, "manifest.json")) as f:
         manifest = json.load(f)
     assert manifest["format"] == "strata-checkpoint", manifest.get("format")
-    assert manifest["format_version"] == 1, manifest.get("format_version")
+    assert manifest["format_version"] in (1, 2), manifest.get("format_version")
     dtype_name = manifest["dtype"]
     full, covered = {}, {}
     for shard in manifest["shards"]:
@@ -73,6 +102,8 @@ def load_checkpoint(directory):
                     covered[name] = np.zeros(shape, dtype=bool)
                 assert full[name].shape == shape, f"{name}: inconsistent global_shape"
                 data = _read_dataset(dset, dtype_name)
+                if manifest["format_version"] >= 2:
+                    _check_block_sums(dset)
                 region = tuple(slice(o, o + n) for o, n in zip(offset, data.shape))
                 assert all(o + n <= s for o, n, s in zip(offset, data.shape, shape)), name
                 prior = covered[name][region]

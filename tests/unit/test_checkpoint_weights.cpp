@@ -3,6 +3,7 @@
 // the shards that hold its slices.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <set>
 
@@ -127,5 +128,60 @@ TEST(CheckpointWeights, SwappedShardsAreRefused) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("says it is pp rank 0 tp rank 1"), std::string::npos) << e.what();
   }
+  fs::remove_all(dir);
+}
+
+// The stage's view of its tensors: each alone, except gate_proj + up_proj together (ShardPlan::stacked_with_next).
+std::vector<std::vector<TensorSpec>> stage_groups(const ShardPlan& plan) {
+  std::vector<std::vector<TensorSpec>> groups;
+  const std::vector<TensorSpec> specs = plan.tensors();
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    groups.push_back({specs[i]});
+    if (ShardPlan::stacked_with_next(specs[i].name)) groups.back().push_back(specs[++i]);
+  }
+  return groups;
+}
+
+TEST(CheckpointWeights, MatchingLayoutServesEveryTensorInPlace) {
+  const ModelConfig c = config_with_gqa();
+  const std::string dir = write_checkpoint(c, 2, 2, DType::BF16, "map");
+  const Manifest manifest = Manifest::read(dir);
+  for (int r = 0; r < 2; ++r) {
+    for (int s = 0; s < 2; ++s) {
+      const ShardPlan plan(c, {2, r, 2, s});
+      CheckpointWeightSource mapper(dir, manifest, plan), reader(dir, manifest, plan, /*map_weights=*/false);
+      std::int64_t expected_bytes = 0;
+      std::size_t pairs = 0;
+      for (const auto& group : stage_groups(plan)) {
+        pairs += group.size() == 2;
+        const Buffer mapped = mapper.map_stored(group, DType::BF16);
+        ASSERT_NE(mapped.data(), nullptr) << group[0].name << " not served in place";
+        EXPECT_EQ(reader.map_stored(group, DType::BF16).data(), nullptr) << "mapping was switched off";
+        EXPECT_EQ(mapper.map_stored(group, DType::F32).data(), nullptr) << "stored bf16, asked for f32";
+        std::vector<char> stored;
+        for (const auto& spec : group) {  // what a plain read of each part gives, back to back
+          const std::size_t bytes = std::size_t(shape_numel(spec.local_shape())) * 2;
+          stored.resize(stored.size() + bytes);
+          ASSERT_TRUE(reader.read_stored(spec, DType::BF16, stored.data() + stored.size() - bytes));
+        }
+        ASSERT_EQ(mapped.bytes(), stored.size()) << group[0].name;
+        EXPECT_EQ(std::memcmp(mapped.data(), stored.data(), stored.size()), 0) << group[0].name;
+        expected_bytes += std::int64_t(stored.size());
+      }
+      EXPECT_EQ(pairs, std::size_t(plan.local_layers())) << "one gate/up pair per layer";
+      EXPECT_EQ(mapper.mapped_bytes(), expected_bytes);
+      EXPECT_EQ(mapper.read_bytes(), 0);
+    }
+  }
+  // Resharding (tp 1 pp 1 from the tp 2 pp 2 checkpoint): slices are assembled from several shards, never mapped.
+  const ShardPlan whole(c, {1, 0, 1, 0});
+  CheckpointWeightSource source(dir, manifest, whole);
+  EXPECT_EQ(source.map_stored({whole.spec("model.layers.0.self_attn.q_proj.weight")}, DType::BF16).data(), nullptr);
+  EXPECT_EQ(source
+                .map_stored({whole.spec("model.layers.2.mlp.gate_proj.weight"),
+                             whole.spec("model.layers.2.mlp.up_proj.weight")},
+                            DType::BF16)
+                .data(),
+            nullptr);
   fs::remove_all(dir);
 }

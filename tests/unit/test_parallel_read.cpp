@@ -1,9 +1,11 @@
-// The checkpoint reader's parallel chunk path (io/checkpoint.cpp) and its Fletcher32 (io/fletcher32.h), checked
-// against HDF5 itself: the checksums HDF5 stored, and what H5Dread returns for the same tensors.
+// The checkpoint reader's own read paths (io/checkpoint.cpp) and its Fletcher32 (io/fletcher32.h), checked against
+// HDF5 itself: format 1 (chunks pread in parallel, checksums HDF5 stored) and format 2 (contiguous datasets read or
+// mapped in place, block sums beside them), each against what H5Dread returns for the same tensors.
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -33,21 +35,111 @@ const std::vector<Case> kCases = {{"big.bf16", {2100, 1024}, DType::BF16},
                                   {"small.f16", {37, 71}, DType::F16},
                                   {"vector.f32", {1001}, DType::F32}};
 
-fs::path write_shard(const std::string& tag) {
+fs::path fresh_dir(const std::string& tag) {
   const fs::path dir = fs::temp_directory_path() / ("strata_test_parallel_" + tag + "_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
-  const fs::path path = dir / "s.h5";
-  ShardWriter w(path.string(), {{"format_version", 1}});
-  std::mt19937 rng(11);
+  return dir;
+}
+
+std::vector<float> random_values(const Shape& shape, std::mt19937& rng) {
   std::normal_distribution<float> normal;
+  std::vector<float> data(std::size_t(shape_numel(shape)));
+  for (auto& x : data) x = normal(rng);
+  return data;
+}
+
+// The HDF5 float type format 1 and 2 store `dtype` as (docs/checkpoint-format.md).
+hid_t stored_type(DType dtype) {
+  const hid_t type = H5Tcopy(H5T_IEEE_F32LE);
+  if (dtype == DType::F32) return type;
+  const bool bf16 = dtype == DType::BF16;
+  H5Tset_fields(type, 15, bf16 ? 7 : 10, bf16 ? 8 : 5, 0, bf16 ? 7 : 10);
+  H5Tset_size(type, 2);
+  H5Tset_ebias(type, bf16 ? 127 : 15);
+  return type;
+}
+
+// A shard as strata's format 1 wrote them, with the HDF5 API directly: datasets chunked along rows (about 4 MiB a
+// chunk) with HDF5's Fletcher32 filter. Format 2 readers still read these.
+fs::path write_format1_shard(const std::string& tag) {
+  const fs::path path = fresh_dir(tag) / "s.h5";
+  const hid_t file = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  std::mt19937 rng(11);
   for (const Case& c : kCases) {
-    std::vector<float> data(std::size_t(shape_numel(c.shape)));
-    for (auto& x : data) x = normal(rng);
+    const std::vector<float> data = random_values(c.shape, rng);
+    std::vector<hsize_t> dims(c.shape.begin(), c.shape.end()), chunk = dims;
+    const std::size_t row_bytes = std::size_t(shape_numel(c.shape) / c.shape[0]) * dtype_size(c.dtype);
+    chunk[0] = std::clamp<hsize_t>((4u << 20) / row_bytes, 1, dims[0]);
+    const hid_t space = H5Screate_simple(int(dims.size()), dims.data(), nullptr);
+    const hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(dcpl, int(chunk.size()), chunk.data());
+    H5Pset_fletcher32(dcpl);
+    const hid_t type = stored_type(c.dtype);
+    const hid_t set = H5Dcreate2(file, c.name.c_str(), type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    EXPECT_GE(H5Dwrite(set, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), 0);  // HDF5 converts
+    const hsize_t rank = dims.size();
+    const hid_t ints = H5Screate_simple(1, &rank, nullptr);
+    const std::vector<std::int64_t> shape(c.shape.begin(), c.shape.end()), offset(c.shape.size(), 0);
+    for (const auto& [attr, values] : {std::pair{"global_shape", &shape}, std::pair{"global_offset", &offset}}) {
+      const hid_t a = H5Acreate2(set, attr, H5T_STD_I64LE, ints, H5P_DEFAULT, H5P_DEFAULT);
+      EXPECT_GE(H5Awrite(a, H5T_NATIVE_INT64, values->data()), 0);
+      H5Aclose(a);
+    }
+    H5Sclose(ints);
+    H5Dclose(set);
+    H5Tclose(type);
+    H5Pclose(dcpl);
+    H5Sclose(space);
+  }
+  H5Fclose(file);
+  return path;
+}
+
+// The same tensors written by strata's ShardWriter (format 2).
+fs::path write_format2_shard(const std::string& tag) {
+  const fs::path path = fresh_dir(tag) / "s.h5";
+  ShardWriter w(path.string(), {{"format_version", 2}});
+  std::mt19937 rng(11);
+  for (const Case& c : kCases) {
+    const std::vector<float> data = random_values(c.shape, rng);
     w.write(StoredTensor{c.name, c.shape, c.dtype, c.shape, Shape(c.shape.size(), 0), "replicated"}, data.data());
   }
   w.close();
   return path;
+}
+
+// What HDF5 itself reads for a dataset, converted to f32 by HDF5.
+std::vector<float> h5dread_f32(const fs::path& path, const std::string& name) {
+  const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  const hid_t set = H5Dopen2(file, name.c_str(), H5P_DEFAULT);
+  const hid_t space = H5Dget_space(set);
+  std::vector<float> out(std::size_t(H5Sget_simple_extent_npoints(space)));
+  EXPECT_GE(H5Dread(set, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()), 0);
+  H5Sclose(space);
+  H5Dclose(set);
+  H5Fclose(file);
+  return out;
+}
+
+// Byte offset of a dataset's data in the file (contiguous datasets).
+std::uint64_t data_offset(const fs::path& path, const std::string& name) {
+  const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  const hid_t set = H5Dopen2(file, name.c_str(), H5P_DEFAULT);
+  const haddr_t at = H5Dget_offset(set);
+  H5Dclose(set);
+  H5Fclose(file);
+  return at;
+}
+
+void flip_byte(const fs::path& path, std::uint64_t at) {
+  std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+  file.seekg(std::streamoff(at));
+  char byte = 0;
+  file.read(&byte, 1);
+  byte ^= 0x10;
+  file.seekp(std::streamoff(at));
+  file.write(&byte, 1);
 }
 
 struct RawChunk {
@@ -88,7 +180,7 @@ std::uint32_t stored_sum(const std::vector<unsigned char>& chunk) {
 }  // namespace
 
 TEST(Fletcher32, EqualsTheSumHdf5StoredOnEveryChunk) {
-  const fs::path path = write_shard("sums");
+  const fs::path path = write_format1_shard("sums");
   int chunks_seen = 0;
   for (const Case& c : kCases) {
     for (const RawChunk& chunk : raw_chunks(path, c.name)) {
@@ -146,8 +238,8 @@ TEST(Fletcher32, InPiecesEqualsInOneGo) {
   }
 }
 
-TEST(ParallelRead, EqualsH5DreadBitForBit) {
-  const fs::path path = write_shard("equal");
+TEST(Format1, ParallelChunkReadEqualsH5DreadBitForBit) {
+  const fs::path path = write_format1_shard("equal");
   ShardReader reader(path.string());
   for (const Case& c : kCases) {
     const std::size_t count = std::size_t(shape_numel(c.shape));
@@ -169,8 +261,8 @@ TEST(ParallelRead, EqualsH5DreadBitForBit) {
   fs::remove_all(path.parent_path());
 }
 
-TEST(ParallelRead, FlippedByteIsDetected) {
-  const fs::path path = write_shard("flip");
+TEST(Format1, FlippedByteIsDetected) {
+  const fs::path path = write_format1_shard("flip");
   const std::vector<RawChunk> chunks = raw_chunks(path, "big.bf16");
   ASSERT_EQ(chunks.size(), 2u);
   {
@@ -181,15 +273,7 @@ TEST(ParallelRead, FlippedByteIsDetected) {
   }
   // A data byte of the second (partial edge) chunk, then a byte of the first chunk's stored checksum.
   for (const std::uint64_t at : {chunks[1].address + 1000, chunks[0].address + chunks[0].bytes.size() - 2}) {
-    {
-      std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
-      file.seekg(std::streamoff(at));
-      char byte = 0;
-      file.read(&byte, 1);
-      byte ^= 0x10;
-      file.seekp(std::streamoff(at));
-      file.write(&byte, 1);
-    }
+    flip_byte(path, at);
     ShardReader reader(path.string());
     std::vector<float> out(2100 * 1024);
     for (const DType dtype : {DType::F32, DType::BF16}) {  // through the staging buffer, and straight into `out`
@@ -202,7 +286,7 @@ TEST(ParallelRead, FlippedByteIsDetected) {
   fs::remove_all(path.parent_path());
 }
 
-TEST(ParallelRead, OtherLayoutsFallBackToH5Dread) {
+TEST(OtherWriters, UnchecksummedContiguousFallsBackToH5Dread) {
   // A contiguous dataset without a checksum (not how strata writes): read through H5Dread, same values.
   const fs::path dir = fs::temp_directory_path() / ("strata_test_parallel_plain_" + std::to_string(::getpid()));
   fs::create_directories(dir);
@@ -234,4 +318,124 @@ TEST(ParallelRead, OtherLayoutsFallBackToH5Dread) {
   EXPECT_EQ(reader.parallel_reads(), 0u);
   EXPECT_EQ(out, data);
   fs::remove_all(dir);
+}
+
+TEST(Format2, ReadsEqualH5DreadBitForBit) {
+  const fs::path path = write_format2_shard("f2equal");
+  ShardReader reader(path.string());
+  for (const Case& c : kCases) {
+    const std::size_t count = std::size_t(shape_numel(c.shape));
+    const std::vector<float> expected = h5dread_f32(path, c.name);
+    std::vector<float> f32(count, -1.0f);
+    const std::size_t before = reader.parallel_reads();
+    reader.read_f32(c.name, c.shape, f32.data());
+    EXPECT_EQ(reader.parallel_reads(), before + 1) << c.name << " did not take the mapped path";
+    EXPECT_EQ(std::memcmp(f32.data(), expected.data(), count * sizeof(float)), 0) << c.name;
+    std::vector<char> as_stored(count * dtype_size(c.dtype));
+    reader.read(c.name, c.shape, c.dtype, as_stored.data());
+    std::vector<float> widened(count);
+    convert_to_f32(c.dtype, as_stored.data(), widened.data(), count);
+    EXPECT_EQ(std::memcmp(widened.data(), expected.data(), count * sizeof(float)), 0) << c.name;
+    // Regions (what resharding reads): some rows, and for matrices some columns, placed with a row stride.
+    const std::int64_t rows = c.shape[0], cols = c.shape.size() == 2 ? c.shape[1] : 1;
+    const std::int64_t r0 = rows / 3, r1 = rows - rows / 4;
+    std::vector<float> region(std::size_t((r1 - r0) * cols), -1.0f);
+    reader.read_region_f32(c.name, 0, r0, r1, region.data(), cols);
+    EXPECT_TRUE(std::equal(region.begin(), region.end(), expected.begin() + r0 * cols)) << c.name << " rows";
+    if (c.shape.size() == 2) {
+      const std::int64_t c0 = cols / 5, c1 = cols / 2, stride = c1 - c0 + 3;  // wider than the block: gaps stay
+      std::vector<float> block(std::size_t(rows * stride), -7.0f);
+      reader.read_region_f32(c.name, 1, c0, c1, block.data(), stride);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        for (std::int64_t k = c0; k < c1; ++k)
+          ASSERT_EQ(block[std::size_t(r * stride + k - c0)], expected[std::size_t(r * cols + k)]) << c.name;
+        ASSERT_EQ(block[std::size_t(r * stride + c1 - c0)], -7.0f) << c.name << ": wrote past the region";
+      }
+    }
+  }
+  fs::remove_all(path.parent_path());
+}
+
+TEST(Format2, MapServesTheStoredBytesInPlaceAndOutlivesTheReader) {
+  const fs::path path = write_format2_shard("f2map");
+  std::optional<MappedBytes> mapped;
+  std::vector<char> stored(2100 * 1024 * 2);
+  {
+    ShardReader reader(path.string());
+    reader.read("big.bf16", {2100, 1024}, DType::BF16, stored.data());
+    mapped = reader.map({"big.bf16"}, {{2100, 1024}}, DType::BF16);
+    ASSERT_TRUE(mapped.has_value());
+    EXPECT_FALSE(reader.map({"big.bf16"}, {{2100, 1024}}, DType::F32).has_value()) << "stored bf16, asked f32";
+    EXPECT_NE(error_of([&] {
+                reader.map({"big.bf16"}, {{2100, 1000}}, DType::BF16);
+              }).find("has shape [2100, 1024]"),
+              std::string::npos);
+  }
+  ASSERT_EQ(mapped->bytes, stored.size());
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(mapped->data) % 64, 0u) << "data not aligned to a cache line";
+  const char* begin = mapped->mapping->data();
+  EXPECT_EQ(static_cast<const char*>(mapped->data) - begin, std::ptrdiff_t(data_offset(path, "big.bf16")))
+      << "not the file's own bytes";
+  EXPECT_EQ(std::memcmp(mapped->data, stored.data(), stored.size()), 0);  // the reader is gone, the mapping is not
+  fs::remove_all(path.parent_path());
+}
+
+TEST(Format2, AdjacentTensorsMapAsOneBlockInTheirOrderOnly) {
+  const fs::path path = fresh_dir("f2pair") / "s.h5";
+  std::mt19937 rng(3);
+  const std::vector<float> gate = random_values({96, 64}, rng), up = random_values({96, 64}, rng),
+                           other = random_values({64, 96}, rng);
+  {
+    ShardWriter w(path.string(), {{"format_version", 2}});
+    w.write_adjacent({StoredTensor{"gate", {96, 64}, DType::BF16, {96, 64}, {0, 0}, "rows"},
+                      StoredTensor{"up", {96, 64}, DType::BF16, {96, 64}, {0, 0}, "rows"}},
+                     {gate.data(), up.data()});
+    w.write(StoredTensor{"other", {64, 96}, DType::BF16, {64, 96}, {0, 0}, "cols"}, other.data());
+    w.close();
+  }
+  ShardReader reader(path.string());
+  const std::optional<MappedBytes> pair = reader.map({"gate", "up"}, {{96, 64}, {96, 64}}, DType::BF16);
+  ASSERT_TRUE(pair.has_value()) << "gate and up not back to back";
+  ASSERT_EQ(pair->bytes, 2u * 96 * 64 * 2);
+  std::vector<char> expected(pair->bytes);
+  reader.read("gate", {96, 64}, DType::BF16, expected.data());
+  reader.read("up", {96, 64}, DType::BF16, expected.data() + expected.size() / 2);
+  EXPECT_EQ(std::memcmp(pair->data, expected.data(), expected.size()), 0);
+  EXPECT_FALSE(reader.map({"up", "gate"}, {{96, 64}, {96, 64}}, DType::BF16).has_value()) << "wrong order mapped";
+  EXPECT_FALSE(reader.map({"gate", "other"}, {{96, 64}, {64, 96}}, DType::BF16).has_value()) << "not adjacent";
+  fs::remove_all(path.parent_path());
+}
+
+TEST(Format2, FlippedByteIsDetectedByEveryPath) {
+  const fs::path path = write_format2_shard("f2flip");
+  // big.bf16 is 4300800 bytes: five 1 MiB blocks. Flip a byte of the fourth.
+  const std::uint64_t at = data_offset(path, "big.bf16") + 3 * (1u << 20) + 12345;
+  flip_byte(path, at);
+  ShardReader reader(path.string());
+  const std::string expected = "checksum mismatch: shard " + path.string() +
+                               ", tensor big.bf16 is corrupt (Fletcher32 check failed for bytes 3145728-4194303";
+  std::vector<float> out(2100 * 1024);
+  for (const DType dtype : {DType::F32, DType::BF16}) {
+    const std::string message = error_of([&] { reader.read("big.bf16", {2100, 1024}, dtype, out.data()); });
+    EXPECT_NE(message.find(expected), std::string::npos) << dtype_name(dtype) << ": " << message;
+  }
+  EXPECT_NE(error_of([&] { reader.map({"big.bf16"}, {{2100, 1024}}, DType::BF16); }).find(expected), std::string::npos);
+  const std::string region = error_of([&] { reader.read_region_f32("big.bf16", 0, 1600, 2100, out.data(), 1024); });
+  EXPECT_NE(region.find(expected), std::string::npos) << region;
+  // Rows before the damaged block are still served: only the blocks a region touches are checked.
+  EXPECT_EQ(error_of([&] { reader.read_region_f32("big.bf16", 0, 0, 500, out.data(), 1024); }), "");
+  fs::remove_all(path.parent_path());
+}
+
+TEST(Format2, TruncatedShardIsNamed) {
+  const fs::path path = write_format2_shard("f2trunc");
+  fs::resize_file(path, data_offset(path, "big.f32") + 1000);  // cut inside a tensor's data
+  const std::string message = error_of([&] {
+    ShardReader reader(path.string());
+    std::vector<float> out(1500 * 700);
+    reader.read_f32("big.f32", {1500, 700}, out.data());
+  });
+  EXPECT_NE(message.find(path.string()), std::string::npos) << message;
+  EXPECT_NE(message.find("truncated"), std::string::npos) << message;
+  fs::remove_all(path.parent_path());
 }

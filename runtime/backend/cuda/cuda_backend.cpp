@@ -140,6 +140,7 @@ class CudaBackend final : public Backend {
   std::string name() const override { return "cuda"; }
   DType activation_dtype() const override { return dtype_; }
   DType weight_dtype() const override { return dtype_; }
+  MemoryKind memory_kind() const override { return MemoryKind::Device; }
   cudaStream_t stream() const { return stream_.get(); }
   void set_monitor(std::function<void()> monitor, double timeout) {
     monitor_ = std::move(monitor);
