@@ -1,7 +1,7 @@
 // The strata checkpoint (format version 2, specified in docs/checkpoint-format.md): a directory with
 // manifest.json and one HDF5 file per (pipeline stage, tensor-parallel rank). Each rank opens only its own shard.
 // Tensors keep their Hugging Face names, hold only the rank's slice, carry their global shape and offset, and are
-// stored contiguous and unfiltered with Fletcher32 checksums of every 1 MiB block beside them, verified on every
+// stored contiguous and unfiltered with Fletcher32 checksums of every 256 KiB block beside them, verified on every
 // read; a rank can then use its weights in place in the page cache (ShardReader::map). Version 1 shards (chunked,
 // HDF5's Fletcher32 filter) are still read.
 #pragma once

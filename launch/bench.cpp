@@ -155,6 +155,7 @@ int bench(Job& job, const BenchOptions& o) {
   const StageLimits limits{max_batch * o.prompt_len, max_batch, model_len};
   check_memory(job, limits);
   load_stage(job, o.model, limits);  // also warms the page cache for the timed load below
+  job.stage.reset();                 // freeing that copy is not part of a load
   world.barrier();
   const double load_start = seconds();
   const LoadReport loaded = load_stage(job, o.model, limits);

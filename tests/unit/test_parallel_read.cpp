@@ -408,12 +408,12 @@ TEST(Format2, AdjacentTensorsMapAsOneBlockInTheirOrderOnly) {
 
 TEST(Format2, FlippedByteIsDetectedByEveryPath) {
   const fs::path path = write_format2_shard("f2flip");
-  // big.bf16 is 4300800 bytes: five 1 MiB blocks. Flip a byte of the fourth.
+  // big.bf16 is 4300800 bytes: 17 blocks of 256 KiB. Flip a byte of the 13th.
   const std::uint64_t at = data_offset(path, "big.bf16") + 3 * (1u << 20) + 12345;
   flip_byte(path, at);
   ShardReader reader(path.string());
   const std::string expected = "checksum mismatch: shard " + path.string() +
-                               ", tensor big.bf16 is corrupt (Fletcher32 check failed for bytes 3145728-4194303";
+                               ", tensor big.bf16 is corrupt (Fletcher32 check failed for bytes 3145728-3407871";
   std::vector<float> out(2100 * 1024);
   for (const DType dtype : {DType::F32, DType::BF16}) {
     const std::string message = error_of([&] { reader.read("big.bf16", {2100, 1024}, dtype, out.data()); });
