@@ -435,7 +435,8 @@ ShardReader::ShardReader(ShardReader&& other) noexcept
       parallel_reads_(std::exchange(other.parallel_reads_, 0)),
       staging_(std::move(other.staging_)),
       staging_count_(std::exchange(other.staging_count_, 0)),
-      mapping_(std::move(other.mapping_)) {}
+      mapping_(std::move(other.mapping_)),
+      described_(std::move(other.described_)) {}
 ShardReader& ShardReader::operator=(ShardReader&& other) noexcept {
   std::swap(path_, other.path_);
   std::swap(file_, other.file_);
@@ -445,6 +446,7 @@ ShardReader& ShardReader::operator=(ShardReader&& other) noexcept {
   std::swap(staging_count_, other.staging_count_);
   std::swap(base_, other.base_);
   std::swap(mapping_, other.mapping_);
+  std::swap(described_, other.described_);
   return *this;
 }
 
@@ -467,6 +469,7 @@ nlohmann::json ShardReader::attributes() const {
 }
 
 StoredTensor ShardReader::describe(const std::string& name) const {
+  if (const auto it = described_.find(name); it != described_.end()) return it->second;
   const std::string where = cat("shard ", path_, ": tensor ", name);
   STRATA_CHECK(contains(name), Checkpoint, "shard ", path_, " has no tensor ", name);
   h5::Handle set = h5::dataset(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), where);
@@ -484,6 +487,7 @@ StoredTensor ShardReader::describe(const std::string& name) const {
   const nlohmann::json split = H5Aexists(set.get(), "split") > 0 ? attr_at(set.get(), "split", where) : "";
   STRATA_CHECK(split.is_string(), Checkpoint, where, ": attribute 'split' must be a string");
   t.split = split.get<std::string>();
+  described_.emplace(name, t);
   return t;
 }
 

@@ -6,6 +6,7 @@
 // HDF5's Fletcher32 filter) are still read.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -112,6 +113,7 @@ class ShardReader {
   mutable std::unique_ptr<std::uint16_t[]> staging_;
   mutable std::size_t staging_count_ = 0;
   mutable std::shared_ptr<const FileMapping> mapping_;
+  mutable std::map<std::string, StoredTensor> described_;  // describe() once per tensor (loading asks repeatedly)
 };
 
 // Writes one shard in format 2. Tensors are f32 in memory and stored as `dtype`.

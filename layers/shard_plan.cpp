@@ -69,6 +69,8 @@ ShardPlan::ShardPlan(const ModelConfig& config, StageCoordinates where) : config
     local_kv_heads_ = config.num_key_value_heads / where.tp;
     kv_head_offset_ = where.tp_rank * local_kv_heads_;
   }
+  tensors_ = build_tensors();
+  for (std::size_t i = 0; i < tensors_.size(); ++i) index_.emplace(tensors_[i].name, i);
 }
 
 TensorSpec ShardPlan::rows(const std::string& name, Shape shape, std::int64_t begin, std::int64_t end) const {
@@ -81,7 +83,7 @@ TensorSpec ShardPlan::whole(const std::string& name, Shape shape) const {
   return TensorSpec{name, shape, Split::Replicated, 0, shape.empty() ? 0 : shape[0]};
 }
 
-std::vector<TensorSpec> ShardPlan::tensors() const {
+std::vector<TensorSpec> ShardPlan::build_tensors() const {
   const auto& c = config_;
   const std::int64_t d = c.head_dim, h = c.hidden_size, r = where_.tp_rank;
   const std::int64_t q_begin = r * local_heads_ * d, q_end = q_begin + local_heads_ * d;
@@ -119,8 +121,7 @@ std::vector<TensorSpec> ShardPlan::tensors() const {
 }
 
 TensorSpec ShardPlan::spec(const std::string& name) const {
-  for (auto& s : tensors())
-    if (s.name == name) return s;
+  if (const auto it = index_.find(name); it != index_.end()) return tensors_[it->second];
   throw Error(ErrorKind::Internal, cat("stage pp ", where_.pp_rank, " tp ", where_.tp_rank, " holds no tensor ", name));
 }
 

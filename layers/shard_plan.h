@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "layers/model_config.h"
@@ -48,7 +49,7 @@ class ShardPlan {
   std::int64_t vocab_offset() const { return local_vocab() * where_.tp_rank; }
 
   // Every tensor this (tp rank, stage) holds, in a fixed order.
-  std::vector<TensorSpec> tensors() const;
+  const std::vector<TensorSpec>& tensors() const { return tensors_; }
   // The spec of one named tensor (throws if this stage does not hold it).
   TensorSpec spec(const std::string& name) const;
 
@@ -65,11 +66,14 @@ class ShardPlan {
   TensorSpec rows(const std::string& name, Shape shape, std::int64_t begin, std::int64_t end) const;
   TensorSpec cols(const std::string& name, Shape shape, std::int64_t begin, std::int64_t end) const;
   TensorSpec whole(const std::string& name, Shape shape) const;
+  std::vector<TensorSpec> build_tensors() const;
 
   ModelConfig config_;
   StageCoordinates where_;
   std::int64_t layer_begin_ = 0, layer_end_ = 0;
   std::int64_t local_heads_ = 0, local_kv_heads_ = 0, kv_head_offset_ = 0;
+  std::vector<TensorSpec> tensors_;                     // built once: loading looks specs up by name per tensor
+  std::unordered_map<std::string, std::size_t> index_;  // name -> position in tensors_
 };
 
 // "tensor-parallel size 4 does not divide ..." checks, usable before loading (throws Error(Config)).

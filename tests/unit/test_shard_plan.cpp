@@ -104,7 +104,8 @@ TEST(ShardPlan, SlicesTileEveryTensorExactly) {
       std::map<std::string, std::vector<int>> coverage;  // element -> how many ranks hold it
       for (int s = 0; s < pp; ++s) {
         for (int r = 0; r < tp; ++r) {
-          for (const auto& spec : ShardPlan(c, {tp, r, pp, s}).tensors()) {
+          const ShardPlan plan(c, {tp, r, pp, s});
+          for (const auto& spec : plan.tensors()) {
             auto& count = coverage[spec.name + "@" + std::to_string(s)];
             count.resize(std::size_t(shape_numel(spec.global_shape)));
             const Shape local = spec.local_shape(), offset = spec.global_offset();
