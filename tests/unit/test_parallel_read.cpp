@@ -439,3 +439,38 @@ TEST(Format2, TruncatedShardIsNamed) {
   EXPECT_NE(message.find("truncated"), std::string::npos) << message;
   fs::remove_all(path.parent_path());
 }
+
+TEST(Format2, PairsStayBackToBackWhileMetadataGrows) {
+  // A model's worth of tensors with their attributes: HDF5 allocates file space for new metadata lazily, at times of
+  // its own choosing as the file grows, and none of it may land between the two tensors of a pair (the writer
+  // flushes the pair's metadata before writing its data).
+  const fs::path path = fresh_dir("f2many") / "s.h5";
+  std::mt19937 rng(4);
+  const std::vector<float> norm = random_values({512}, rng), square = random_values({512, 512}, rng),
+                           half = random_values({1024, 512}, rng), down = random_values({512, 1024}, rng);
+  constexpr int kLayers = 24;
+  {
+    ShardWriter w(path.string(), {{"format_version", 2}});
+    auto one = [&](const std::string& name, const Shape& shape, const std::vector<float>& data) {
+      w.write(StoredTensor{name, shape, DType::BF16, shape, Shape(shape.size(), 0), "replicated"}, data.data());
+    };
+    for (int l = 0; l < kLayers; ++l) {
+      const std::string p = "layers." + std::to_string(l) + ".";
+      one(p + "input_norm", {512}, norm);
+      for (const char* proj : {"q", "k", "v", "o"}) one(p + proj, {512, 512}, square);
+      one(p + "post_norm", {512}, norm);
+      w.write_adjacent({StoredTensor{p + "gate", {1024, 512}, DType::BF16, {1024, 512}, {0, 0}, "rows"},
+                        StoredTensor{p + "up", {1024, 512}, DType::BF16, {1024, 512}, {0, 0}, "rows"}},
+                       {half.data(), half.data()});
+      one(p + "down", {512, 1024}, down);
+    }
+    w.close();
+  }
+  ShardReader reader(path.string());
+  for (int l = 0; l < kLayers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    EXPECT_TRUE(reader.map({p + "gate", p + "up"}, {{1024, 512}, {1024, 512}}, DType::BF16).has_value())
+        << "layer " << l << ": gate and up not back to back";
+  }
+  fs::remove_all(path.parent_path());
+}
