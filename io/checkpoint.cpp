@@ -323,26 +323,18 @@ std::vector<std::uint32_t> read_attr_u32s(hid_t object, const char* name, const 
   return values;
 }
 
-// Where a format 2 dataset's bytes are in the file, and their block sums.
-struct ContiguousLayout {
-  std::uint64_t offset = 0;  // from the start of the file
-  std::size_t bytes = 0;
-  std::size_t block = 0;
-  std::vector<std::uint32_t> sums;
-};
-
 // The layout of `set` when it is stored as ShardWriter writes format 2: little-endian, contiguous, unfiltered,
 // allocated, with block sums. Anything else: nullopt (format 1 chunks, or written by another tool). Sums that do
 // not fit the data throw: the shard's metadata is damaged.
-std::optional<ContiguousLayout> strata_contiguous_layout(hid_t set, const StoredTensor& t, std::uint64_t base,
-                                                         const std::string& where) {
+std::optional<ContiguousStorage> strata_contiguous_layout(hid_t set, const StoredTensor& t, std::uint64_t base,
+                                                          const std::string& where) {
   h5::Handle type = h5::datatype(H5Dget_type(set), where);
   if (H5Tget_order(type.get()) != H5T_ORDER_LE) return std::nullopt;
   h5::Handle dcpl = h5::plist(H5Dget_create_plist(set), where);
   if (H5Pget_layout(dcpl.get()) != H5D_CONTIGUOUS || H5Pget_nfilters(dcpl.get()) != 0) return std::nullopt;
   if (H5Aexists(set, kBlockBytesAttribute) <= 0 || H5Aexists(set, kBlockSumsAttribute) <= 0) return std::nullopt;
   const haddr_t address = H5Dget_offset(set);
-  ContiguousLayout c;
+  ContiguousStorage c;
   c.bytes = std::size_t(shape_numel(t.shape)) * dtype_size(t.dtype);
   STRATA_CHECK(address != HADDR_UNDEF && H5Dget_storage_size(set) == c.bytes, Checkpoint, where, ": data not stored (",
                H5Dget_storage_size(set), " of ", c.bytes, " bytes allocated)");
@@ -358,7 +350,7 @@ std::optional<ContiguousLayout> strata_contiguous_layout(hid_t set, const Stored
 }
 
 // Where a format 2 dataset's bytes are in `file`; throws when the file ends before them (a truncated shard).
-const char* mapped_data(const FileMapping& file, const ContiguousLayout& c, const std::string& name) {
+const char* mapped_data(const FileMapping& file, const ContiguousStorage& c, const std::string& name) {
   STRATA_CHECK(c.offset + c.bytes <= file.size(), Checkpoint, "shard ", file.path(), " is truncated: tensor ", name,
                " is stored at bytes ", c.offset, "-", c.offset + c.bytes - 1, " of a ", file.size(), "-byte file");
   return file.data() + c.offset;
@@ -368,7 +360,7 @@ const char* mapped_data(const FileMapping& file, const ContiguousLayout& c, cons
 // Each verified block is handed to `use(begin, end)` (byte offsets in the tensor) on the thread that checked it,
 // while it is still in that core's cache. The first bad block throws, naming the shard, the tensor and the bytes.
 template <class Use>
-void verify_blocks(const char* data, const ContiguousLayout& c, std::size_t first, std::size_t last,
+void verify_blocks(const char* data, const ContiguousStorage& c, std::size_t first, std::size_t last,
                    const std::string& path, const std::string& name, const Use& use) {
   std::atomic<std::size_t> bad{SIZE_MAX};
 #pragma omp parallel for schedule(dynamic)
@@ -468,7 +460,9 @@ nlohmann::json ShardReader::attributes() const {
   return attrs;
 }
 
-StoredTensor ShardReader::describe(const std::string& name) const {
+StoredTensor ShardReader::describe(const std::string& name) const { return described(name).tensor; }
+
+const ShardReader::Described& ShardReader::described(const std::string& name) const {
   if (const auto it = described_.find(name); it != described_.end()) return it->second;
   const std::string where = cat("shard ", path_, ": tensor ", name);
   STRATA_CHECK(contains(name), Checkpoint, "shard ", path_, " has no tensor ", name);
@@ -478,7 +472,8 @@ StoredTensor ShardReader::describe(const std::string& name) const {
   const int rank = H5Sget_simple_extent_ndims(space.get());
   std::vector<hsize_t> dims(static_cast<std::size_t>(std::max(rank, 0)));
   STRATA_H5_CHECK(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr));
-  StoredTensor t;
+  Described d;
+  StoredTensor& t = d.tensor;
   t.name = name;
   t.shape.assign(dims.begin(), dims.end());
   t.dtype = dtype_of_type(type.get(), where);
@@ -487,8 +482,8 @@ StoredTensor ShardReader::describe(const std::string& name) const {
   const nlohmann::json split = H5Aexists(set.get(), "split") > 0 ? attr_at(set.get(), "split", where) : "";
   STRATA_CHECK(split.is_string(), Checkpoint, where, ": attribute 'split' must be a string");
   t.split = split.get<std::string>();
-  described_.emplace(name, t);
-  return t;
+  d.contiguous = strata_contiguous_layout(set.get(), t, base_, where);
+  return described_.emplace(name, std::move(d)).first->second;
 }
 
 std::uint16_t* ShardReader::staging(std::size_t count) const {
@@ -504,13 +499,15 @@ void ShardReader::read_f32(const std::string& name, const Shape& expected, float
 }
 
 void ShardReader::read(const std::string& name, const Shape& expected, DType dtype, void* out) const {
-  const StoredTensor t = describe(name);
+  const Described& d = described(name);
+  const StoredTensor& t = d.tensor;
   STRATA_CHECK(t.shape == expected, Checkpoint, "shard ", path_, ": tensor ", name, " has shape ",
                shape_string(t.shape), ", expected ", shape_string(expected));
   STRATA_CHECK(dtype == DType::F32 || dtype == t.dtype, Internal, "shard ", path_, ": tensor ", name, " is stored ",
                dtype_name(t.dtype), " and cannot be read as ", dtype_name(dtype));
+  if (d.contiguous) return read_contiguous(d, dtype, out);
   h5::Handle set = h5::dataset(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), name);
-  if (read_contiguous(set.get(), t, dtype, out) || read_chunks_parallel(set.get(), t, dtype, out)) return;
+  if (read_chunks_parallel(set.get(), t, dtype, out)) return;
   const std::size_t count = std::size_t(shape_numel(t.shape));
   if (t.dtype == DType::F32) {
     read_dataset(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, out, path_, name);
@@ -618,10 +615,9 @@ bool ShardReader::read_chunks_parallel(long long set, const StoredTensor& t, DTy
 }
 
 // Format 2: verify each block from the mapping and copy it (as stored) or convert it (to f32) on the same thread.
-bool ShardReader::read_contiguous(long long set, const StoredTensor& t, DType dtype, void* out) const {
-  const std::optional<ContiguousLayout> c =
-      strata_contiguous_layout(hid_t(set), t, base_, cat("shard ", path_, ": tensor ", t.name));
-  if (!c) return false;
+void ShardReader::read_contiguous(const Described& d, DType dtype, void* out) const {
+  const StoredTensor& t = d.tensor;
+  const std::optional<ContiguousStorage>& c = d.contiguous;
   const char* data = mapped_data(mapping(), *c, t.name);
   char* dest = static_cast<char*>(out);
   const std::size_t element = dtype_size(t.dtype);
@@ -632,40 +628,37 @@ bool ShardReader::read_contiguous(long long set, const StoredTensor& t, DType dt
       convert_to_f32(t.dtype, data + begin, reinterpret_cast<float*>(dest) + begin / element, (end - begin) / element);
   });
   ++parallel_reads_;
-  return true;
 }
 
 std::optional<MappedBytes> ShardReader::map(const std::vector<std::string>& names, const std::vector<Shape>& expected,
                                             DType dtype) const {
   STRATA_CHECK(names.size() == expected.size() && !names.empty(), Internal, "map: ", names.size(), " names, ",
                expected.size(), " shapes");
-  std::vector<ContiguousLayout> parts;
+  std::vector<const ContiguousStorage*> parts;
   for (std::size_t i = 0; i < names.size(); ++i) {
-    const StoredTensor t = describe(names[i]);
-    const std::string where = cat("shard ", path_, ": tensor ", names[i]);
-    STRATA_CHECK(t.shape == expected[i], Checkpoint, where, " has shape ", shape_string(t.shape), ", expected ",
-                 shape_string(expected[i]));
-    if (t.dtype != dtype) return std::nullopt;
-    h5::Handle set = h5::dataset(H5Dopen2(file_, names[i].c_str(), H5P_DEFAULT), where);
-    std::optional<ContiguousLayout> c = strata_contiguous_layout(set.get(), t, base_, where);
-    if (!c) return std::nullopt;
-    if (i > 0 && c->offset != parts.back().offset + parts.back().bytes) return std::nullopt;  // not back to back
-    if (i == 0 && c->offset % kDataAlignment != 0) return std::nullopt;
-    parts.push_back(std::move(*c));
+    const Described& d = described(names[i]);
+    STRATA_CHECK(d.tensor.shape == expected[i], Checkpoint, "shard ", path_, ": tensor ", names[i], " has shape ",
+                 shape_string(d.tensor.shape), ", expected ", shape_string(expected[i]));
+    if (d.tensor.dtype != dtype || !d.contiguous) return std::nullopt;
+    const ContiguousStorage& c = *d.contiguous;
+    if (i > 0 && c.offset != parts.back()->offset + parts.back()->bytes) return std::nullopt;  // not back to back
+    if (i == 0 && c.offset % kDataAlignment != 0) return std::nullopt;
+    parts.push_back(&c);
   }
   const FileMapping& file = mapping();
   for (std::size_t i = 0; i < parts.size(); ++i)
-    verify_blocks(mapped_data(file, parts[i], names[i]), parts[i], 0, parts[i].sums.size(), path_, names[i],
+    verify_blocks(mapped_data(file, *parts[i], names[i]), *parts[i], 0, parts[i]->sums.size(), path_, names[i],
                   [](std::size_t, std::size_t) {});
   ++parallel_reads_;
   std::size_t bytes = 0;
-  for (const auto& c : parts) bytes += c.bytes;
-  return MappedBytes{file.data() + parts[0].offset, bytes, mapping_};
+  for (const auto* c : parts) bytes += c->bytes;
+  return MappedBytes{file.data() + parts[0]->offset, bytes, mapping_};
 }
 
 void ShardReader::read_region_f32(const std::string& name, int axis, std::int64_t begin, std::int64_t end, float* out,
                                   std::int64_t out_stride) const {
-  const StoredTensor t = describe(name);
+  const Described& d = described(name);
+  const StoredTensor& t = d.tensor;
   const std::string where = cat("shard ", path_, ": tensor ", name);
   STRATA_CHECK(t.shape.size() == 1 || t.shape.size() == 2, Checkpoint, where, ": expected 1-D or 2-D, got ",
                shape_string(t.shape));
@@ -675,8 +668,7 @@ void ShardReader::read_region_f32(const std::string& name, int axis, std::int64_
                where, ": region [", begin, ", ", end, ") along axis ", axis, " outside ", shape_string(t.shape));
   const hsize_t start[2] = {axis == 0 ? hsize_t(begin) : 0, axis == 1 ? hsize_t(begin) : 0};
   const hsize_t count[2] = {axis == 0 ? hsize_t(end - begin) : rows, axis == 1 ? hsize_t(end - begin) : cols};
-  h5::Handle set = h5::dataset(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), where);
-  if (const auto c = strata_contiguous_layout(set.get(), t, base_, where)) {  // format 2: from the mapping
+  if (const auto& c = d.contiguous) {  // format 2: from the mapping
     const char* data = mapped_data(mapping(), *c, name);
     const std::size_t element = dtype_size(t.dtype), row_bytes = std::size_t(cols) * element;
     const std::size_t first = std::size_t(start[0]) * row_bytes, last = std::size_t(start[0] + count[0]) * row_bytes;
@@ -690,6 +682,7 @@ void ShardReader::read_region_f32(const std::string& name, int axis, std::int64_
     ++parallel_reads_;
     return;
   }
+  h5::Handle set = h5::dataset(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), where);
   h5::Handle file_space = h5::dataspace(H5Dget_space(set.get()), where);
   STRATA_H5_CHECK(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr));
   const int dims = int(t.shape.size());

@@ -56,6 +56,14 @@ struct StoredTensor {
   std::string split;    // "rows" | "cols" | "replicated"
 };
 
+// Where a format 2 dataset's bytes are in its shard file, and the Fletcher32 sums of its blocks.
+struct ContiguousStorage {
+  std::uint64_t offset = 0;  // from the start of the file
+  std::size_t bytes = 0;
+  std::size_t block = 0;  // bytes per checksum block (the last one shorter)
+  std::vector<std::uint32_t> sums;
+};
+
 // Stored bytes seen in place in a shard's mapping (ShardReader::map); `data` stays valid while `mapping` lives.
 struct MappedBytes {
   const void* data = nullptr;
@@ -101,8 +109,14 @@ class ShardReader {
   std::uint16_t* staging(std::size_t count) const;  // reused buffer for 16-bit reads (no zeroing, no new pages)
   // The parallel path of read_f32; false (nothing read) when the dataset is not laid out as strata writes it.
   bool read_chunks_parallel(long long set, const StoredTensor& t, DType dtype, void* out) const;
-  // The same for format 2 (contiguous) datasets, from the mapping.
-  bool read_contiguous(long long set, const StoredTensor& t, DType dtype, void* out) const;
+  struct Described {
+    StoredTensor tensor;
+    std::optional<ContiguousStorage> contiguous;  // format 2 datasets
+  };
+  // HDF5 is asked once per tensor (loading asks about each several times).
+  const Described& described(const std::string& name) const;
+  // Format 2 (contiguous) datasets, from the mapping.
+  void read_contiguous(const Described& d, DType dtype, void* out) const;
   const FileMapping& mapping() const;  // maps the file at first use
 
   std::string path_;
@@ -113,7 +127,7 @@ class ShardReader {
   mutable std::unique_ptr<std::uint16_t[]> staging_;
   mutable std::size_t staging_count_ = 0;
   mutable std::shared_ptr<const FileMapping> mapping_;
-  mutable std::map<std::string, StoredTensor> described_;  // describe() once per tensor (loading asks repeatedly)
+  mutable std::map<std::string, Described> described_;
 };
 
 // Writes one shard in format 2. Tensors are f32 in memory and stored as `dtype`.
