@@ -8,7 +8,10 @@
 namespace strata {
 
 // The checksum of `bytes` bytes: 16-bit big-endian words, summed in blocks of 360 words with end-around carry.
+// AVX2 where the CPU has it, else a portable loop the compiler vectorises.
 std::uint32_t fletcher32(const void* data, std::size_t bytes);
+// The portable loop alone (tests compare the two).
+std::uint32_t fletcher32_portable(const void* data, std::size_t bytes);
 
 // True when `stored` (the 4 bytes HDF5 appends to a filtered chunk, read little-endian) is the checksum of `data`,
 // exactly or with the two bytes of each 16-bit half swapped (HDF5 accepts that form from files of old versions).

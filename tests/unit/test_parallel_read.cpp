@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -221,8 +222,29 @@ TEST(Fletcher32, OddLengthAndLongInputFollowTheWordByWordDefinition) {
   std::vector<unsigned char> data(10001, 0xff);  // all-ones words maximise the sums
   std::mt19937 rng(5);
   for (std::size_t i = 5000; i < data.size(); ++i) data[i] = static_cast<unsigned char>(rng());
-  for (std::size_t bytes : {std::size_t(1), std::size_t(719), std::size_t(720), std::size_t(721), std::size_t(10001)})
+  for (std::size_t bytes : {std::size_t(1), std::size_t(719), std::size_t(720), std::size_t(721), std::size_t(10001)}) {
     EXPECT_EQ(fletcher32(data.data(), bytes), reference(data.data(), bytes)) << bytes;
+    EXPECT_EQ(fletcher32_portable(data.data(), bytes), reference(data.data(), bytes)) << bytes;
+  }
+}
+
+TEST(Fletcher32, VectorPathEqualsPortablePath) {
+  // fletcher32 takes the AVX2 path where the CPU has it; every length, alignment and all-ones data (the largest
+  // lane sums) must give what the portable loop gives.
+  std::vector<unsigned char> data(1 << 20);
+  std::mt19937 rng(13);
+  for (auto& b : data) b = static_cast<unsigned char>(rng());
+  std::fill(data.begin(), data.begin() + 20000, 0xff);
+  for (std::size_t bytes = 0; bytes < 1500; ++bytes)
+    ASSERT_EQ(fletcher32(data.data(), bytes), fletcher32_portable(data.data(), bytes)) << bytes;
+  for (int k = 0; k < 2000; ++k) {
+    const std::size_t at = rng() % 100000, bytes = rng() % 300000;
+    ASSERT_EQ(fletcher32(data.data() + at, bytes), fletcher32_portable(data.data() + at, bytes))
+        << bytes << " bytes at " << at;
+  }
+#if defined(__x86_64__)
+  std::printf("fletcher32 path on this CPU: %s\n", __builtin_cpu_supports("avx2") ? "AVX2" : "portable");
+#endif
 }
 
 TEST(Fletcher32, InPiecesEqualsInOneGo) {
