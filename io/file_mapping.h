@@ -3,7 +3,9 @@
 // replicas) share one copy. Shared ownership, so mapped tensors keep the mapping alive after the reader is gone.
 //
 // The file must not be truncated or rewritten in place while mapped (pages past a new end of file fault with
-// SIGBUS); strata writes shards under a temporary name and renames them, which leaves existing mappings intact.
+// SIGBUS; so does an I/O error under a mapped page): strata writes shards under a temporary name and renames them,
+// which leaves existing mappings intact. Mapping a file installs a SIGBUS handler that prints what happened, in the
+// log's format with the rank, before the process dies of the signal.
 #pragma once
 #include <cstddef>
 #include <memory>

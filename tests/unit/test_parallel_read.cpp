@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -494,5 +495,21 @@ TEST(Format2, PairsStayBackToBackWhileMetadataGrows) {
     EXPECT_TRUE(reader.map({p + "gate", p + "up"}, {{1024, 512}, {1024, 512}}, DType::BF16).has_value())
         << "layer " << l << ": gate and up not back to back";
   }
+  fs::remove_all(path.parent_path());
+}
+
+TEST(Format2DeathTest, ShardTruncatedUnderItsMappingSaysSoBeforeDying) {
+  // A mapped page past a new end of file faults with SIGBUS: the rank prints what happened and dies of the signal.
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const fs::path path = write_format2_shard("f2bus");
+  EXPECT_EXIT(
+      {
+        ShardReader reader(path.string());
+        const std::optional<MappedBytes> mapped = reader.map({"big.bf16"}, {{2100, 1024}}, DType::BF16);
+        fs::resize_file(path, 4096);  // what rewriting the shard in place would do
+        volatile char touched = static_cast<const char*>(mapped->data)[mapped->bytes - 1];
+        (void)touched;
+      },
+      testing::KilledBySignal(SIGBUS), "bus error \\(SIGBUS\\) reading a checkpoint shard.*--no-mmap");
   fs::remove_all(path.parent_path());
 }
