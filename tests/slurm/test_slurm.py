@@ -35,7 +35,13 @@ state = h.path("slurm")
 for d in ["state", "spool", "log", "dev"]:
     os.makedirs(os.path.join(state, d))
 os.chmod(h.work, 0o755)
-os.chmod(state, 0o755)  # munged refuses sockets and keys in folders others may write
+os.chmod(state, 0o755)
+# munged refuses a socket or key in a folder others may write, or under one not everyone may enter (a checkout in
+# /root): its own folder in /run, removed at the end.
+munge = f"/run/strata-slurm-test-{os.getpid()}"
+shutil.rmtree(munge, ignore_errors=True)
+os.makedirs(munge)
+os.chmod(munge, 0o755)
 try:
     nodes = NetnsNodes(["nodea", "nodeb"], h.work)
 except RuntimeError as e:
@@ -52,7 +58,7 @@ SlurmctldPort=6817
 SlurmdPort=6818
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={state}/munge.sock
+AuthInfo=socket={munge}/munge.sock
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation={state}/state
@@ -81,13 +87,13 @@ with open(os.path.join(state, "gres.conf"), "w") as f:
     f.write(f"NodeName=nodea Name=gpu File={state}/dev/nvidia[0-1]\nNodeName=nodeb Name=gpu File={state}/dev/nvidia[2-3]\n")
 for node in ["nodea", "nodeb"]:
     os.makedirs(os.path.join(state, "spool", node))
-subprocess.run(["mungekey", "--create", "--keyfile", os.path.join(state, "munge.key")], check=True)
+subprocess.run(["mungekey", "--create", "--keyfile", os.path.join(munge, "munge.key")], check=True)
 
 env = dict(os.environ, SLURM_CONF=conf)
 daemons_script = f"""
-munged -F --key-file={state}/munge.key --socket={state}/munge.sock --pid-file={state}/munged.pid \\
-  --log-file={state}/log/munged.log --seed-file={state}/munge.seed &
-for i in $(seq 50); do [ -S {state}/munge.sock ] && break; sleep 0.05; done
+munged -F --key-file={munge}/munge.key --socket={munge}/munge.sock --pid-file={munge}/munged.pid \\
+  --log-file={state}/log/munged.log --seed-file={munge}/munge.seed &
+for i in $(seq 50); do [ -S {munge}/munge.sock ] && break; sleep 0.05; done
 node() {{ nsenter --net=/run/netns/$1 unshare --uts --mount sh -c "hostname $2 && $3"; }}
 node {nodes.namespaces[0]} nodea "slurmctld -D -i -f {conf}" &
 node {nodes.namespaces[0]} nodea "mount -t tmpfs tmpfs /tmp && exec slurmd -D -N nodea -f {conf}" &
@@ -109,6 +115,7 @@ def stop_daemons(*_):
         daemons.kill()
         daemons.wait()
     nodes.remove()
+    shutil.rmtree(munge, ignore_errors=True)
 
 
 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
