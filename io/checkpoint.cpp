@@ -730,26 +730,23 @@ void ShardWriter::close() {
   STRATA_H5_CHECK(H5Fclose(f));
 }
 
-void ShardWriter::write(const StoredTensor& t, const float* data) { write_adjacent({t}, {data}); }
+void ShardWriter::write(const StoredTensor& t, const float* data) {
+  if (t.dtype == DType::F32) return write_adjacent({t}, {data});
+  std::vector<std::uint16_t> stored(std::size_t(shape_numel(t.shape)));
+  convert_from_f32(t.dtype, data, stored.data(), stored.size());
+  write_adjacent({t}, {stored.data()});
+}
 
 // Every dataset with all its attributes first (metadata only: contiguous storage is allocated at the first write),
-// then the data in order, so that nothing else is allocated between them and they lie back to back. Needs the
-// stored bytes of all of them at once (16-bit copies, or the f32 data itself).
-void ShardWriter::write_adjacent(const std::vector<StoredTensor>& tensors, const std::vector<const float*>& data) {
-  STRATA_CHECK(tensors.size() == data.size(), Internal, "write_adjacent: ", tensors.size(), " tensors, ", data.size(),
-               " buffers");
+// then the data in order, so that nothing else is allocated between them and they lie back to back.
+void ShardWriter::write_adjacent(const std::vector<StoredTensor>& tensors, const std::vector<const void*>& stored) {
+  STRATA_CHECK(tensors.size() == stored.size(), Internal, "write_adjacent: ", tensors.size(), " tensors, ",
+               stored.size(), " buffers");
   std::vector<h5::Handle> sets, types;
-  std::vector<std::vector<std::uint16_t>> converted(tensors.size());
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const StoredTensor& t = tensors[i];
     const std::string where = cat("shard ", path_, ": tensor ", t.name);
-    const std::size_t count = std::size_t(shape_numel(t.shape)), bytes = count * dtype_size(t.dtype);
-    const void* stored = data[i];
-    if (t.dtype != DType::F32) {
-      converted[i].resize(count);
-      convert_from_f32(t.dtype, data[i], converted[i].data(), count);
-      stored = converted[i].data();
-    }
+    const std::size_t bytes = std::size_t(shape_numel(t.shape)) * dtype_size(t.dtype);
     const std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
     h5::Handle space = h5::dataspace(H5Screate_simple(int(dims.size()), dims.data(), nullptr), where);
     types.push_back(file_type_of(t.dtype));
@@ -765,13 +762,10 @@ void ShardWriter::write_adjacent(const std::vector<StoredTensor>& tensors, const
     write_attr_string(sets.back().get(), "split", t.split);
     const std::size_t block = checksum_block_bytes(bytes);
     write_attr_ints(sets.back().get(), kBlockBytesAttribute, {std::int64_t(block)}, true);
-    write_attr_u32s(sets.back().get(), kBlockSumsAttribute, block_checksums(stored, bytes, block));
+    write_attr_u32s(sets.back().get(), kBlockSumsAttribute, block_checksums(stored[i], bytes, block));
   }
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    const void* stored = tensors[i].dtype == DType::F32 ? static_cast<const void*>(data[i]) : converted[i].data();
-    const hid_t memory_type = tensors[i].dtype == DType::F32 ? H5T_NATIVE_FLOAT : types[i].get();
-    STRATA_H5_CHECK(H5Dwrite(sets[i].get(), memory_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, stored));
-  }
+  for (std::size_t i = 0; i < tensors.size(); ++i)  // memory type = file type: HDF5 copies the bytes as they are
+    STRATA_H5_CHECK(H5Dwrite(sets[i].get(), types[i].get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, stored[i]));
 }
 
 }  // namespace strata

@@ -130,17 +130,19 @@ class ShardReader {
   mutable std::map<std::string, Described> described_;
 };
 
-// Writes one shard in format 2. Tensors are f32 in memory and stored as `dtype`.
+// Writes one shard in format 2.
 class ShardWriter {
  public:
   ShardWriter(const std::string& path, const nlohmann::json& root_attributes);
   ~ShardWriter();
   ShardWriter(const ShardWriter&) = delete;
   ShardWriter& operator=(const ShardWriter&) = delete;
+  // `data`: f32 values, stored as tensor.dtype (rounded to nearest even).
   void write(const StoredTensor& tensor, const float* data);
   // Writes the tensors with their data back to back in the file, in this order, so that a reader can map them as
-  // one block (ShardReader::map; gate_proj and up_proj, which the stage stacks).
-  void write_adjacent(const std::vector<StoredTensor>& tensors, const std::vector<const float*>& data);
+  // one block (ShardReader::map; gate_proj and up_proj, which the stage stacks). `stored[i]` holds tensor i's
+  // values already in its dtype (f32, or the 16-bit bits).
+  void write_adjacent(const std::vector<StoredTensor>& tensors, const std::vector<const void*>& stored);
   void close();  // flushes; throws on failure (the destructor closes silently)
 
  private:

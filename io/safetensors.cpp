@@ -135,21 +135,26 @@ const SafetensorsEntry& SafetensorsFile::entry(const std::string& name) const {
   return it->second;
 }
 
-void SafetensorsFile::read_rows_f32(const std::string& name, std::int64_t row_begin, std::int64_t row_end,
-                                    float* out) const {
+void SafetensorsFile::read_rows(const std::string& name, std::int64_t row_begin, std::int64_t row_end,
+                                void* out) const {
   const SafetensorsEntry& e = entry(name);
   const std::int64_t rows = e.shape.empty() ? 1 : e.shape[0];
   STRATA_CHECK(0 <= row_begin && row_begin <= row_end && row_end <= rows, Internal, path_, ": rows [", row_begin, ", ",
                row_end, ") of ", name, " ", shape_string(e.shape));
   const std::uint64_t row_bytes = rows ? (e.end - e.begin) / std::uint64_t(rows) : 0;
-  const std::size_t count = std::size_t(row_end - row_begin) * (row_bytes / dtype_size(e.dtype));
   const std::uint64_t offset = data_start_ + e.begin + std::uint64_t(row_begin) * row_bytes;
-  if (e.dtype == DType::F32) {
-    pread_all(fd_, out, count * 4, offset, path_);
-    return;
-  }
+  pread_all(fd_, out, std::size_t(row_end - row_begin) * row_bytes, offset, path_);
+}
+
+void SafetensorsFile::read_rows_f32(const std::string& name, std::int64_t row_begin, std::int64_t row_end,
+                                    float* out) const {
+  const SafetensorsEntry& e = entry(name);
+  if (e.dtype == DType::F32) return read_rows(name, row_begin, row_end, out);
+  const std::int64_t rows = e.shape.empty() ? 1 : e.shape[0];
+  const std::size_t count = std::size_t(shape_numel(e.shape) / std::max<std::int64_t>(rows, 1)) *
+                            std::size_t(std::max<std::int64_t>(row_end - row_begin, 0));
   std::vector<std::uint16_t> raw(count);
-  pread_all(fd_, raw.data(), count * 2, offset, path_);
+  read_rows(name, row_begin, row_end, raw.data());
   convert_to_f32(e.dtype, raw.data(), out, count);
 }
 

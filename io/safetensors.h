@@ -33,6 +33,8 @@ class SafetensorsFile {
   const SafetensorsEntry& entry(const std::string& name) const;
   // Rows [row_begin, row_end) of the tensor (its first dimension), converted to f32.
   void read_rows_f32(const std::string& name, std::int64_t row_begin, std::int64_t row_end, float* out) const;
+  // The same rows as stored (entry(name).dtype), byte for byte.
+  void read_rows(const std::string& name, std::int64_t row_begin, std::int64_t row_end, void* out) const;
 
  private:
   std::string path_;

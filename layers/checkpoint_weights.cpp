@@ -212,6 +212,26 @@ void RandomWeightSource::read(const TensorSpec& spec, float* out) {
   slice_tensor(spec, cached_.data(), out);
 }
 
+namespace {
+
+// The slice `spec` as stored bytes of `dtype`: straight from the source when it holds the tensor in that dtype
+// (bf16 safetensors into a bf16 checkpoint: no f32 pass, half the memory), else read as f32 and rounded.
+std::unique_ptr<char[]> stored_slice(WeightSource& weights, const TensorSpec& spec, DType dtype) {
+  const std::size_t count = std::size_t(shape_numel(spec.local_shape()));
+  std::unique_ptr<char[]> stored(new char[count * dtype_size(dtype)]);  // not zeroed: every byte is written
+  if (weights.read_stored(spec, dtype, stored.get())) return stored;
+  if (dtype == DType::F32) {
+    weights.read(spec, reinterpret_cast<float*>(stored.get()));
+    return stored;
+  }
+  std::vector<float> values(count);
+  weights.read(spec, values.data());
+  convert_from_f32(dtype, values.data(), stored.get(), count);
+  return stored;
+}
+
+}  // namespace
+
 void write_shards(const ModelConfig& config, const CheckpointOptions& options, const std::string& dir,
                   WeightSource& weights, int rank, int world) {
   namespace fs = std::filesystem;
@@ -238,21 +258,20 @@ void write_shards(const ModelConfig& config, const CheckpointOptions& options, c
       // One tensor, or a pair the stage stacks (gate_proj, up_proj), written back to back.
       const std::size_t group = ShardPlan::stacked_with_next(order[i].name) && i + 1 < order.size() ? 2 : 1;
       // Tensor by tensor across the TP ranks, so that a source caching one whole tensor produces each once.
-      std::vector<std::vector<StoredTensor>> stored(std::size_t(options.tp));
-      std::vector<std::vector<std::vector<float>>> values(std::size_t(options.tp));
+      std::vector<std::vector<StoredTensor>> tensors(std::size_t(options.tp));
+      std::vector<std::vector<std::unique_ptr<char[]>>> values(std::size_t(options.tp));
       for (std::size_t g = 0; g < group; ++g) {
         for (int t = 0; t < options.tp; ++t) {
           if (!writers[std::size_t(t)]) continue;
           const TensorSpec spec = plans[std::size_t(t)].spec(order[i + g].name);
-          auto& local = values[std::size_t(t)].emplace_back(std::size_t(shape_numel(spec.local_shape())));
-          weights.read(spec, local.data());
+          values[std::size_t(t)].push_back(stored_slice(weights, spec, options.dtype));
           const char* split = spec.split == Split::Rows ? "rows" : spec.split == Split::Cols ? "cols" : "replicated";
-          stored[std::size_t(t)].push_back(StoredTensor{spec.name, spec.local_shape(), options.dtype, spec.global_shape,
-                                                        spec.global_offset(), split});
+          tensors[std::size_t(t)].push_back(StoredTensor{spec.name, spec.local_shape(), options.dtype,
+                                                         spec.global_shape, spec.global_offset(), split});
           if (g + 1 < group) continue;
-          std::vector<const float*> data;  // the rank's last part is in: write and free its slices at once
-          for (const auto& v : values[std::size_t(t)]) data.push_back(v.data());
-          writers[std::size_t(t)]->write_adjacent(stored[std::size_t(t)], data);
+          std::vector<const void*> data;  // the rank's last part is in: write and free its slices at once
+          for (const auto& v : values[std::size_t(t)]) data.push_back(v.get());
+          writers[std::size_t(t)]->write_adjacent(tensors[std::size_t(t)], data);
           values[std::size_t(t)].clear();
         }
       }

@@ -42,24 +42,50 @@ ModelConfig config_from_hf(const nlohmann::json& hf, const std::string& where) {
 HfWeightSource::HfWeightSource(const std::string& dir) : model_(dir) {}
 
 void HfWeightSource::read(const TensorSpec& spec, float* out) {
+  const SafetensorsFile& file = checked_file(spec);
+  const SafetensorsEntry& e = file.entry(spec.name);
+  if (spec.split == Split::Replicated) return file.read_rows_f32(spec.name, 0, e.shape[0], out);
+  if (spec.split == Split::Rows) return file.read_rows_f32(spec.name, spec.begin, spec.end, out);
+  copy_columns(e, spec, out, sizeof(float), [&](std::int64_t r, std::int64_t n, void* rows) {
+    file.read_rows_f32(spec.name, r, r + n, static_cast<float*>(rows));
+  });
+}
+
+bool HfWeightSource::read_stored(const TensorSpec& spec, DType dtype, void* out) {
+  const SafetensorsFile& file = checked_file(spec);
+  const SafetensorsEntry& e = file.entry(spec.name);
+  if (e.dtype != dtype) return false;
+  if (spec.split != Split::Cols) {
+    const bool whole = spec.split == Split::Replicated;
+    file.read_rows(spec.name, whole ? 0 : spec.begin, whole ? e.shape[0] : spec.end, out);
+    return true;
+  }
+  copy_columns(e, spec, out, dtype_size(dtype),
+               [&](std::int64_t r, std::int64_t n, void* rows) { file.read_rows(spec.name, r, r + n, rows); });
+  return true;
+}
+
+const SafetensorsFile& HfWeightSource::checked_file(const TensorSpec& spec) const {
   const SafetensorsFile& file = model_.file_for(spec.name);
   const SafetensorsEntry& e = file.entry(spec.name);
   STRATA_CHECK(e.shape == spec.global_shape, Checkpoint, file.path(), ": tensor ", spec.name, " has shape ",
                shape_string(e.shape), " but config.json implies ", shape_string(spec.global_shape));
-  if (spec.split == Split::Replicated) {
-    file.read_rows_f32(spec.name, 0, e.shape[0], out);
-  } else if (spec.split == Split::Rows) {
-    file.read_rows_f32(spec.name, spec.begin, spec.end, out);
-  } else {  // columns: read a block of whole rows at a time, keep this rank's columns
-    const std::int64_t rows = e.shape[0], cols = e.shape[1], width = spec.end - spec.begin;
-    const std::int64_t block = std::max<std::int64_t>(1, (std::int64_t(16) << 20) / (cols * 4));
-    for (std::int64_t r = 0; r < rows; r += block) {
-      const std::int64_t n = std::min(block, rows - r);
-      rows_.resize(std::size_t(n * cols));
-      file.read_rows_f32(spec.name, r, r + n, rows_.data());
-      for (std::int64_t i = 0; i < n; ++i)
-        std::memcpy(out + (r + i) * width, rows_.data() + i * cols + spec.begin, std::size_t(width) * 4);
-    }
+  return file;
+}
+
+// A column slice: blocks of whole rows (about 16 MiB) read by `read_rows(first, count, rows)` into a reused buffer,
+// this rank's columns kept.
+void HfWeightSource::copy_columns(const SafetensorsEntry& e, const TensorSpec& spec, void* out, std::size_t element,
+                                  const std::function<void(std::int64_t, std::int64_t, void*)>& read_rows) {
+  const std::int64_t rows = e.shape[0], cols = e.shape[1], width = spec.end - spec.begin;
+  const std::int64_t block = std::max<std::int64_t>(1, (std::int64_t(16) << 20) / (cols * std::int64_t(element)));
+  for (std::int64_t r = 0; r < rows; r += block) {
+    const std::int64_t n = std::min(block, rows - r);
+    rows_.resize(std::size_t(n * cols) * element);
+    read_rows(r, n, rows_.data());
+    for (std::int64_t i = 0; i < n; ++i)
+      std::memcpy(static_cast<char*>(out) + std::size_t((r + i) * width) * element,
+                  rows_.data() + std::size_t(i * cols + spec.begin) * element, std::size_t(width) * element);
   }
 }
 

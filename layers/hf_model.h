@@ -2,7 +2,9 @@
 // TinyLlama-style models; anything strata cannot run is refused by name), and safetensors weights served slice by
 // slice, so converting holds at most one tensor's rows in memory.
 #pragma once
+#include <functional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -20,11 +22,17 @@ class HfWeightSource final : public WeightSource {
   explicit HfWeightSource(const std::string& dir);
   // Reads the slice `spec` describes; the stored tensor must have the spec's whole shape.
   void read(const TensorSpec& spec, float* out) override;
+  // The same bytes as stored when the file holds the tensor as `dtype` (bf16 into a bf16 checkpoint: no f32 pass).
+  bool read_stored(const TensorSpec& spec, DType dtype, void* out) override;
   const SafetensorsModel& model() const { return model_; }
 
  private:
+  const SafetensorsFile& checked_file(const TensorSpec& spec) const;
+  void copy_columns(const SafetensorsEntry& e, const TensorSpec& spec, void* out, std::size_t element,
+                    const std::function<void(std::int64_t, std::int64_t, void*)>& read_rows);
+
   SafetensorsModel model_;
-  std::vector<float> rows_;  // staging for column slices, reused
+  std::vector<char> rows_;  // staging for column slices, reused
 };
 
 }  // namespace strata

@@ -157,6 +157,13 @@ for name, model_type, dtype, sharded, tied, bias, scaling in MODELS:
         first_tokens = first_tokens or tokens
         h.check(tokens == first_tokens, f"{name} tp {tp} pp {pp}: same tokens as tp 1 pp 1")
         print(f"{name} tp {tp} pp {pp}: max relative error {worst:.2e}")
+    if dtype != "F32":  # 16-bit values copied as they are into a checkpoint of the same dtype (rows and columns)
+        out = h.path(f"{name}-same-dtype")
+        h.run_ok(["convert", "--hf", folder, "--output", out, "-tp", 2, "--dtype", dtype.lower(),
+                  "--tokenizer", "byte"])
+        stored, _, _ = llama_reference.load_checkpoint(out)
+        h.check(sorted(stored) == sorted(weights) and all(np.array_equal(stored[k], weights[k]) for k in weights),
+                f"{name}: a {dtype.lower()} checkpoint holds the safetensors' {dtype} values exactly")
 
 
 # Bad model folders

@@ -134,6 +134,12 @@ std::uint64_t data_offset(const fs::path& path, const std::string& name) {
   return at;
 }
 
+std::vector<std::uint16_t> bf16_bits(const std::vector<float>& values) {
+  std::vector<std::uint16_t> bits(values.size());
+  convert_from_f32(DType::BF16, values.data(), bits.data(), values.size());
+  return bits;
+}
+
 void flip_byte(const fs::path& path, std::uint64_t at) {
   std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
   file.seekg(std::streamoff(at));
@@ -412,7 +418,7 @@ TEST(Format2, AdjacentTensorsMapAsOneBlockInTheirOrderOnly) {
     ShardWriter w(path.string(), {{"format_version", 2}});
     w.write_adjacent({StoredTensor{"gate", {96, 64}, DType::BF16, {96, 64}, {0, 0}, "rows"},
                       StoredTensor{"up", {96, 64}, DType::BF16, {96, 64}, {0, 0}, "rows"}},
-                     {gate.data(), up.data()});
+                     {bf16_bits(gate).data(), bf16_bits(up).data()});
     w.write(StoredTensor{"other", {64, 96}, DType::BF16, {64, 96}, {0, 0}, "cols"}, other.data());
     w.close();
   }
@@ -471,6 +477,7 @@ TEST(Format2, PairsStayBackToBackWhileMetadataGrows) {
   std::mt19937 rng(4);
   const std::vector<float> norm = random_values({512}, rng), square = random_values({512, 512}, rng),
                            half = random_values({1024, 512}, rng), down = random_values({512, 1024}, rng);
+  const std::vector<std::uint16_t> half_bits = bf16_bits(half);
   constexpr int kLayers = 24;
   {
     ShardWriter w(path.string(), {{"format_version", 2}});
@@ -484,7 +491,7 @@ TEST(Format2, PairsStayBackToBackWhileMetadataGrows) {
       one(p + "post_norm", {512}, norm);
       w.write_adjacent({StoredTensor{p + "gate", {1024, 512}, DType::BF16, {1024, 512}, {0, 0}, "rows"},
                         StoredTensor{p + "up", {1024, 512}, DType::BF16, {1024, 512}, {0, 0}, "rows"}},
-                       {half.data(), half.data()});
+                       {half_bits.data(), half_bits.data()});
       one(p + "down", {512, 1024}, down);
     }
     w.close();
