@@ -326,8 +326,7 @@ std::vector<std::uint32_t> read_attr_u32s(hid_t object, const char* name, const 
 // The layout of `set` when it is stored as ShardWriter writes format 2: little-endian, contiguous, unfiltered,
 // allocated, with block sums. Anything else: nullopt (format 1 chunks, or written by another tool). Sums that do
 // not fit the data throw: the shard's metadata is damaged.
-std::optional<ContiguousStorage> strata_contiguous_layout(hid_t set, const StoredTensor& t, std::uint64_t base,
-                                                          const std::string& where) {
+std::optional<ContiguousStorage> strata_contiguous_layout(hid_t set, const StoredTensor& t, const std::string& where) {
   h5::Handle type = h5::datatype(H5Dget_type(set), where);
   if (H5Tget_order(type.get()) != H5T_ORDER_LE) return std::nullopt;
   h5::Handle dcpl = h5::plist(H5Dget_create_plist(set), where);
@@ -338,7 +337,7 @@ std::optional<ContiguousStorage> strata_contiguous_layout(hid_t set, const Store
   c.bytes = std::size_t(shape_numel(t.shape)) * dtype_size(t.dtype);
   STRATA_CHECK(address != HADDR_UNDEF && H5Dget_storage_size(set) == c.bytes, Checkpoint, where, ": data not stored (",
                H5Dget_storage_size(set), " of ", c.bytes, " bytes allocated)");
-  c.offset = base + address;
+  c.offset = address;  // from the start of the file, a user block included
   const nlohmann::json block = attr_at(set, kBlockBytesAttribute, where);
   STRATA_CHECK(block.is_number_integer() && block.get<std::int64_t>() > 0 && block.get<std::int64_t>() % 4 == 0,
                Checkpoint, where, ": attribute '", kBlockBytesAttribute, "' must be a positive multiple of 4");
@@ -356,9 +355,9 @@ const char* mapped_data(const FileMapping& file, const ContiguousStorage& c, con
   return file.data() + c.offset;
 }
 
-// Verifies blocks [first, last) of a contiguous dataset whose bytes start at `data`, on the rank's OpenMP threads.
-// Each verified block is handed to `use(begin, end)` (byte offsets in the tensor) on the thread that checked it,
-// while it is still in that core's cache. The first bad block throws, naming the shard, the tensor and the bytes.
+// Verifies blocks [first, last) of a contiguous dataset, `data` pointing at block `first`, on the rank's OpenMP
+// threads. Each verified block is handed to `use(begin, end)` (byte offsets in the tensor) on the thread that checked
+// it, while it is still in that core's cache. The first bad block throws, naming the shard, the tensor and the bytes.
 template <class Use>
 void verify_blocks(const char* data, const ContiguousStorage& c, std::size_t first, std::size_t last,
                    const std::string& path, const std::string& name, const Use& use) {
@@ -366,7 +365,7 @@ void verify_blocks(const char* data, const ContiguousStorage& c, std::size_t fir
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t b = std::int64_t(first); b < std::int64_t(last); ++b) {
     const std::size_t begin = std::size_t(b) * c.block, end = std::min(c.bytes, begin + c.block);
-    if (fletcher32(data + begin, end - begin) != c.sums[std::size_t(b)]) {
+    if (fletcher32(data + (begin - first * c.block), end - begin) != c.sums[std::size_t(b)]) {
       for (std::size_t seen = bad; std::size_t(b) < seen && !bad.compare_exchange_weak(seen, std::size_t(b));) {
       }
       continue;
@@ -396,22 +395,18 @@ herr_t collect_name(hid_t, const char* name, const H5L_info_t*, void* data) {
 
 // ---------------------------------------------------------------------------------------------------- reader
 
-ShardReader::ShardReader(const std::string& path) : path_(path) {
+ShardReader::ShardReader(const std::string& path, bool map) : path_(path), map_(map) {
   h5::silence_library_errors();
   STRATA_CHECK(fs::exists(path), Checkpoint, "shard ", path, " is missing");
   h5::Handle file = h5::file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT),
                              cat("cannot open shard ", path, " (not an HDF5 file, or truncated)"));
-  h5::Handle fcpl = h5::plist(H5Fget_create_plist(file.get()), cat("shard ", path));
-  hsize_t user_block = 0;
-  STRATA_H5_CHECK(H5Pget_userblock(fcpl.get(), &user_block));
-  base_ = user_block;
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   STRATA_CHECK(fd_ >= 0, Checkpoint, "cannot open shard ", path, ": ", std::strerror(errno));
   file_ = file.release();  // both closed in the destructor
 }
 
 const FileMapping& ShardReader::mapping() const {
-  if (!mapping_) mapping_ = FileMapping::open(path_);
+  if (!mapping_) mapping_ = FileMapping::map(fd_, path_);  // the file opened with HDF5's, whatever the path names now
   return *mapping_;
 }
 
@@ -423,7 +418,7 @@ ShardReader::ShardReader(ShardReader&& other) noexcept
     : path_(std::move(other.path_)),
       file_(std::exchange(other.file_, -1)),
       fd_(std::exchange(other.fd_, -1)),
-      base_(other.base_),
+      map_(other.map_),
       parallel_reads_(std::exchange(other.parallel_reads_, 0)),
       staging_(std::move(other.staging_)),
       staging_count_(std::exchange(other.staging_count_, 0)),
@@ -436,9 +431,9 @@ ShardReader& ShardReader::operator=(ShardReader&& other) noexcept {
   std::swap(parallel_reads_, other.parallel_reads_);
   std::swap(staging_, other.staging_);
   std::swap(staging_count_, other.staging_count_);
-  std::swap(base_, other.base_);
   std::swap(mapping_, other.mapping_);
   std::swap(described_, other.described_);
+  std::swap(map_, other.map_);
   return *this;
 }
 
@@ -482,7 +477,7 @@ const ShardReader::Described& ShardReader::described(const std::string& name) co
   const nlohmann::json split = H5Aexists(set.get(), "split") > 0 ? attr_at(set.get(), "split", where) : "";
   STRATA_CHECK(split.is_string(), Checkpoint, where, ": attribute 'split' must be a string");
   t.split = split.get<std::string>();
-  d.contiguous = strata_contiguous_layout(set.get(), t, base_, where);
+  d.contiguous = strata_contiguous_layout(set.get(), t, where);
   return described_.emplace(name, std::move(d)).first->second;
 }
 
@@ -614,26 +609,51 @@ bool ShardReader::read_chunks_parallel(long long set, const StoredTensor& t, DTy
   return true;
 }
 
-// Format 2: verify each block from the mapping and copy it (as stored) or convert it (to f32) on the same thread.
+// Format 2: verify each block and copy it (as stored) or convert it (to f32) on the same thread. From the mapping;
+// without it, the blocks are pread straight into `out` (as stored) or into the staging buffer (to f32) first.
 void ShardReader::read_contiguous(const Described& d, DType dtype, void* out) const {
   const StoredTensor& t = d.tensor;
-  const std::optional<ContiguousStorage>& c = d.contiguous;
-  const char* data = mapped_data(mapping(), *c, t.name);
+  const ContiguousStorage& c = *d.contiguous;
   char* dest = static_cast<char*>(out);
   const std::size_t element = dtype_size(t.dtype);
-  verify_blocks(data, *c, 0, c->sums.size(), path_, t.name, [&](std::size_t begin, std::size_t end) {
-    if (dtype == t.dtype)
-      std::memcpy(dest + begin, data + begin, end - begin);
-    else
+  const bool as_stored = dtype == t.dtype;
+  char* into = map_ ? nullptr : as_stored ? dest : reinterpret_cast<char*>(staging((c.bytes + 1) / 2));
+  std::vector<char> unused;
+  const char* data = contiguous_blocks(c, t.name, 0, c.sums.size(), unused, into);
+  verify_blocks(data, c, 0, c.sums.size(), path_, t.name, [&](std::size_t begin, std::size_t end) {
+    if (!as_stored)
       convert_to_f32(t.dtype, data + begin, reinterpret_cast<float*>(dest) + begin / element, (end - begin) / element);
+    else if (data != dest)
+      std::memcpy(dest + begin, data + begin, end - begin);
   });
   ++parallel_reads_;
+}
+
+const char* ShardReader::contiguous_blocks(const ContiguousStorage& c, const std::string& name, std::size_t first,
+                                           std::size_t last, std::vector<char>& holder, char* into) const {
+  const std::size_t begin = first * c.block, end = std::min(c.bytes, last * c.block);
+  if (map_) return mapped_data(mapping(), c, name) + begin;
+  if (!into) {
+    holder.resize(end - begin);
+    into = holder.data();
+  }
+  std::atomic<bool> failed{false};
+  std::string error;
+#pragma omp parallel for schedule(dynamic)
+  for (std::int64_t b = std::int64_t(first); b < std::int64_t(last); ++b) {
+    const std::size_t at = std::size_t(b) * c.block, bytes = std::min(c.block, c.bytes - at);
+    const std::string failure = pread_all(fd_, into + (at - begin), bytes, off_t(c.offset + at));
+    if (!failure.empty() && !failed.exchange(true)) error = failure;
+  }
+  STRATA_CHECK(!failed, Checkpoint, "cannot read shard ", path_, ", tensor ", name, ": ", error);
+  return into;
 }
 
 std::optional<MappedBytes> ShardReader::map(const std::vector<std::string>& names, const std::vector<Shape>& expected,
                                             DType dtype) const {
   STRATA_CHECK(names.size() == expected.size() && !names.empty(), Internal, "map: ", names.size(), " names, ",
                expected.size(), " shapes");
+  if (!map_) return std::nullopt;
   std::vector<const ContiguousStorage*> parts;
   for (std::size_t i = 0; i < names.size(); ++i) {
     const Described& d = described(names[i]);
@@ -668,17 +688,19 @@ void ShardReader::read_region_f32(const std::string& name, int axis, std::int64_
                where, ": region [", begin, ", ", end, ") along axis ", axis, " outside ", shape_string(t.shape));
   const hsize_t start[2] = {axis == 0 ? hsize_t(begin) : 0, axis == 1 ? hsize_t(begin) : 0};
   const hsize_t count[2] = {axis == 0 ? hsize_t(end - begin) : rows, axis == 1 ? hsize_t(end - begin) : cols};
-  if (const auto& c = d.contiguous) {  // format 2: from the mapping
-    const char* data = mapped_data(mapping(), *c, name);
+  if (const auto& c = d.contiguous) {  // format 2: only the blocks the region touches, verified
     const std::size_t element = dtype_size(t.dtype), row_bytes = std::size_t(cols) * element;
     const std::size_t first = std::size_t(start[0]) * row_bytes, last = std::size_t(start[0] + count[0]) * row_bytes;
-    verify_blocks(data, *c, first / c->block, (last + c->block - 1) / c->block, path_, name,
-                  [](std::size_t, std::size_t) {});                    // the blocks the region touches
+    const std::size_t first_block = first / c->block, last_block = (last + c->block - 1) / c->block;
+    std::vector<char> holder;
+    const char* data = contiguous_blocks(*c, name, first_block, last_block, holder);
+    verify_blocks(data, *c, first_block, last_block, path_, name, [](std::size_t, std::size_t) {});
+    const char* rows_at = data + (first - first_block * c->block);
     const std::int64_t stride = t.shape.size() == 1 ? 1 : out_stride;  // 1-D: one element per "row"
 #pragma omp parallel for schedule(static)
     for (std::int64_t r = 0; r < std::int64_t(count[0]); ++r)
-      convert_to_f32(t.dtype, data + first + std::size_t(r) * row_bytes + std::size_t(start[1]) * element,
-                     out + r * stride, std::size_t(count[1]));
+      convert_to_f32(t.dtype, rows_at + std::size_t(r) * row_bytes + std::size_t(start[1]) * element, out + r * stride,
+                     std::size_t(count[1]));
     ++parallel_reads_;
     return;
   }
@@ -747,6 +769,7 @@ void ShardWriter::write_adjacent(const std::vector<StoredTensor>& tensors, const
     const StoredTensor& t = tensors[i];
     const std::string where = cat("shard ", path_, ": tensor ", t.name);
     const std::size_t bytes = std::size_t(shape_numel(t.shape)) * dtype_size(t.dtype);
+    STRATA_CHECK(bytes > 0, Internal, where, ": empty tensor ", shape_string(t.shape), " (format 2 stores none)");
     const std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
     h5::Handle space = h5::dataspace(H5Screate_simple(int(dims.size()), dims.data(), nullptr), where);
     types.push_back(file_type_of(t.dtype));

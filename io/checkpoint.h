@@ -1,7 +1,8 @@
 // The strata checkpoint (format version 2, specified in docs/checkpoint-format.md): a directory with
 // manifest.json and one HDF5 file per (pipeline stage, tensor-parallel rank). Each rank opens only its own shard.
 // Tensors keep their Hugging Face names, hold only the rank's slice, carry their global shape and offset, and are
-// stored contiguous and unfiltered with Fletcher32 checksums of every 256 KiB block beside them, verified on every
+// stored contiguous and unfiltered with Fletcher32 checksums of their 256 KiB blocks beside them (larger blocks
+// for tensors over 1 GiB), verified on every
 // read; a rank can then use its weights in place in the page cache (ShardReader::map). Version 1 shards (chunked,
 // HDF5's Fletcher32 filter) are still read.
 #pragma once
@@ -74,7 +75,9 @@ struct MappedBytes {
 // One shard opened read-only. Move-only; closes the file when destroyed.
 class ShardReader {
  public:
-  explicit ShardReader(const std::string& path);
+  // `map`: format 2 datasets are read through a mapping of the file (and map() serves them in place); false: with
+  // pread, so that a file that is short or fails reports the system's error instead of faulting (--no-mmap).
+  explicit ShardReader(const std::string& path, bool map = true);
   ~ShardReader();
   ShardReader(ShardReader&&) noexcept;
   ShardReader& operator=(ShardReader&&) noexcept;
@@ -90,7 +93,8 @@ class ShardReader {
   void read(const std::string& name, const Shape& expected, DType dtype, void* out) const;
   // Reads part of a stored 1-D or 2-D tensor as f32: along `axis` (0: rows, 1: columns) the stored indices
   // [begin, end), everything along the other axis. The block is written to `out` with a row stride of
-  // `out_stride` elements (1-D tensors: contiguous). Only that hyperslab is read from the file.
+  // `out_stride` elements (1-D tensors: contiguous). Format 1: only that hyperslab is read; format 2: the checksum
+  // blocks it touches (all of them for a column range).
   void read_region_f32(const std::string& name, int axis, std::int64_t begin, std::int64_t end, float* out,
                        std::int64_t out_stride) const;
   // The tensors `names` (local shapes `expected`) in place in the page cache, every checksum verified, when they
@@ -118,11 +122,15 @@ class ShardReader {
   // Format 2 (contiguous) datasets, from the mapping.
   void read_contiguous(const Described& d, DType dtype, void* out) const;
   const FileMapping& mapping() const;  // maps the file at first use
+  // Blocks [first, last) of a format 2 dataset, returning where block `first` starts: in the mapping, or pread into
+  // `into` (room for them) or else into `holder`. Unverified.
+  const char* contiguous_blocks(const ContiguousStorage& c, const std::string& name, std::size_t first,
+                                std::size_t last, std::vector<char>& holder, char* into = nullptr) const;
 
   std::string path_;
-  long long file_ = -1;     // hid_t, kept opaque so HDF5 headers stay private to io/
-  int fd_ = -1;             // the same file for pread from several threads (HDF5 itself is not thread-safe)
-  std::uint64_t base_ = 0;  // where HDF5's addresses start in the file (the user block's size)
+  long long file_ = -1;  // hid_t, kept opaque so HDF5 headers stay private to io/
+  int fd_ = -1;          // the same file for pread from several threads (HDF5 itself is not thread-safe)
+  bool map_ = true;
   mutable std::size_t parallel_reads_ = 0;
   mutable std::unique_ptr<std::uint16_t[]> staging_;
   mutable std::size_t staging_count_ = 0;

@@ -4,8 +4,10 @@
 //
 // The file must not be truncated or rewritten in place while mapped (pages past a new end of file fault with
 // SIGBUS; so does an I/O error under a mapped page): strata writes shards under a temporary name and renames them,
-// which leaves existing mappings intact. Mapping a file installs a SIGBUS handler that prints what happened, in the
-// log's format with the rank, before the process dies of the signal.
+// which leaves existing mappings intact. A file overwritten in place with one of the same size (cp over it, rsync
+// --inplace) changes a running job's weights under it: replace checkpoints by renaming. Mapping a file installs a
+// SIGBUS handler that, for faults inside a live mapping, prints what happened in the log's format with the rank
+// before the process dies of the signal, and passes any other SIGBUS to the handler before it.
 #pragma once
 #include <cstddef>
 #include <memory>
@@ -15,8 +17,9 @@ namespace strata {
 
 class FileMapping {
  public:
-  // Maps `path` whole; throws Error(Checkpoint) naming the file and the system's reason.
-  static std::shared_ptr<const FileMapping> open(const std::string& path);
+  // Maps the open file `fd` (named `path` in errors) whole; throws Error(Checkpoint) with the system's reason. The
+  // caller keeps `fd`: the mapping holds the file by itself.
+  static std::shared_ptr<const FileMapping> map(int fd, const std::string& path);
   ~FileMapping();
   FileMapping(const FileMapping&) = delete;
   FileMapping& operator=(const FileMapping&) = delete;

@@ -86,14 +86,17 @@ __attribute__((target("avx2"))) void block_sums_avx2(const unsigned char* p, std
 
 using BlockSums = void (*)(const unsigned char*, std::size_t, std::uint32_t&, std::uint32_t&);
 
+// Chosen at the first use (not during static initialisation, whose order across files is unspecified).
 BlockSums fastest_block_sums() {
+  static const BlockSums chosen = [] {
 #if defined(__x86_64__)
-  if (__builtin_cpu_supports("avx2")) return block_sums_avx2;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) return &block_sums_avx2;
 #endif
-  return block_sums;
+    return &block_sums;
+  }();
+  return chosen;
 }
-
-const BlockSums kBlockSums = fastest_block_sums();
 
 std::uint32_t whole_sum(const void* data, std::size_t bytes, BlockSums sums) {
   const auto* p = static_cast<const unsigned char*>(data);
@@ -127,7 +130,7 @@ void Fletcher32::update(const void* data, std::size_t bytes) {
   for (std::size_t words = bytes / 2; words > 0;) {
     const std::size_t n = std::min<std::size_t>(words, 360 - block_words_);
     std::uint32_t plain, weighted;
-    kBlockSums(p, n, plain, weighted);
+    fastest_block_sums()(p, n, plain, weighted);
     sum2_ += std::uint32_t(n) * sum1_ + weighted;
     sum1_ += plain;
     block_words_ += n;
@@ -152,7 +155,7 @@ std::uint32_t Fletcher32::value() const {
 
 bool Fletcher32::matches(std::uint32_t stored) const { return sum_matches(value(), stored); }
 
-std::uint32_t fletcher32(const void* data, std::size_t bytes) { return whole_sum(data, bytes, kBlockSums); }
+std::uint32_t fletcher32(const void* data, std::size_t bytes) { return whole_sum(data, bytes, fastest_block_sums()); }
 
 std::uint32_t fletcher32_portable(const void* data, std::size_t bytes) { return whole_sum(data, bytes, block_sums); }
 

@@ -50,8 +50,8 @@ void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
       ->check(CLI::NonNegativeNumber);
   cmd.add_flag("--force", p.force, "Run a layout the placement refuses (a TP group across nodes or NVLink islands)");
   cmd.add_flag("--no-mmap", p.no_mmap,
-               "CPU backend: copy the weights into the rank's own memory (huge pages) instead of using them in place "
-               "from the page cache; loads slower, decodes a few percent faster");
+               "Read shards with pread into the rank's own memory (huge pages) instead of using the weights in place "
+               "from the page cache (CPU backend); loads slower, reports the system's error for a failing file");
 }
 
 // vLLM's short flags -tp/-pp/-dp are multi-letter single-dash names, which CLI11 does not accept: spell them out

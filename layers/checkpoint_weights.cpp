@@ -27,7 +27,7 @@ const ShardPlan& CheckpointWeightSource::source_plan(int pp_rank, int tp_rank) c
 ShardReader& CheckpointWeightSource::shard(int pp_rank, int tp_rank) {
   const auto key = std::make_pair(pp_rank, tp_rank);
   if (auto it = readers_.find(key); it != readers_.end()) return it->second;
-  ShardReader reader((std::filesystem::path(dir_) / manifest_.shard(pp_rank, tp_rank).file).string());
+  ShardReader reader((std::filesystem::path(dir_) / manifest_.shard(pp_rank, tp_rank).file).string(), map_weights_);
   const nlohmann::json attrs = reader.attributes();
   auto attr = [&](const char* k) {
     return attrs.contains(k) && attrs[k].is_number_integer() ? attrs[k].get<int>() : -1;
@@ -256,7 +256,9 @@ void write_shards(const ModelConfig& config, const CheckpointOptions& options, c
     const std::vector<TensorSpec> order = plans[0].tensors();
     for (std::size_t i = 0; i < order.size(); ++i) {
       // One tensor, or a pair the stage stacks (gate_proj, up_proj), written back to back.
-      const std::size_t group = ShardPlan::stacked_with_next(order[i].name) && i + 1 < order.size() ? 2 : 1;
+      const std::size_t group = ShardPlan::stacked_with_next(order[i].name) ? 2 : 1;
+      STRATA_CHECK(group == 1 || (i + 1 < order.size() && order[i + 1].name.find("mlp.up_proj") != std::string::npos),
+                   Internal, order[i].name, " is stacked with the tensor after it, which is not its up_proj");
       // Tensor by tensor across the TP ranks, so that a source caching one whole tensor produces each once.
       std::vector<std::vector<StoredTensor>> tensors(std::size_t(options.tp));
       std::vector<std::vector<std::unique_ptr<char[]>>> values(std::size_t(options.tp));

@@ -20,7 +20,8 @@ namespace strata {
 // every stored slice to sit where the format says (global_shape, global_offset).
 class CheckpointWeightSource final : public WeightSource {
  public:
-  // `map_weights`: serve slices in place from the shard's mapping where map_stored can (see there).
+  // `map_weights`: read shards through a mapping and serve slices in place from it where map_stored can (see
+  // there); false: read them with pread into memory (--no-mmap).
   CheckpointWeightSource(const std::string& dir, const Manifest& manifest, const ShardPlan& plan,
                          bool map_weights = true);
   void read(const TensorSpec& spec, float* out) override;
@@ -31,7 +32,8 @@ class CheckpointWeightSource final : public WeightSource {
   Buffer map_stored(const std::vector<TensorSpec>& parts, DType dtype) override;
   // Paths of the shard files opened so far, in the order they were opened.
   const std::vector<std::string>& opened() const { return opened_; }
-  // Stored bytes served in place (map_stored) and read into memory (read, read_stored) so far.
+  // Stored bytes served in place (map_stored) and read into memory (read, read_stored) so far. (A stacked pair whose
+  // second part cannot be read as stored is read again through f32: its first part counts twice.)
   std::int64_t mapped_bytes() const { return mapped_bytes_; }
   std::int64_t read_bytes() const { return read_bytes_; }
 

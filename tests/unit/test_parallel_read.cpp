@@ -1,6 +1,7 @@
 // The checkpoint reader's own read paths (io/checkpoint.cpp) and its Fletcher32 (io/fletcher32.h), checked against
 // HDF5 itself: format 1 (chunks pread in parallel, checksums HDF5 stored) and format 2 (contiguous datasets read or
 // mapped in place, block sums beside them), each against what H5Dread returns for the same tensors.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <unistd.h>
@@ -62,6 +63,19 @@ hid_t stored_type(DType dtype) {
   return type;
 }
 
+// The slice attributes every strata dataset carries, for a whole tensor of `shape` (offset 0).
+void write_whole_slice_attributes(hid_t set, const std::vector<std::int64_t>& shape) {
+  const hsize_t rank = shape.size();
+  const hid_t ints = H5Screate_simple(1, &rank, nullptr);
+  const std::vector<std::int64_t> offset(shape.size(), 0);
+  for (const auto& [attr, values] : {std::pair{"global_shape", &shape}, std::pair{"global_offset", &offset}}) {
+    const hid_t a = H5Acreate2(set, attr, H5T_STD_I64LE, ints, H5P_DEFAULT, H5P_DEFAULT);
+    EXPECT_GE(H5Awrite(a, H5T_NATIVE_INT64, values->data()), 0);
+    H5Aclose(a);
+  }
+  H5Sclose(ints);
+}
+
 // A shard as strata's format 1 wrote them, with the HDF5 API directly: datasets chunked along rows (about 4 MiB a
 // chunk) with HDF5's Fletcher32 filter. Format 2 readers still read these.
 fs::path write_format1_shard(const std::string& tag) {
@@ -80,15 +94,7 @@ fs::path write_format1_shard(const std::string& tag) {
     const hid_t type = stored_type(c.dtype);
     const hid_t set = H5Dcreate2(file, c.name.c_str(), type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     EXPECT_GE(H5Dwrite(set, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), 0);  // HDF5 converts
-    const hsize_t rank = dims.size();
-    const hid_t ints = H5Screate_simple(1, &rank, nullptr);
-    const std::vector<std::int64_t> shape(c.shape.begin(), c.shape.end()), offset(c.shape.size(), 0);
-    for (const auto& [attr, values] : {std::pair{"global_shape", &shape}, std::pair{"global_offset", &offset}}) {
-      const hid_t a = H5Acreate2(set, attr, H5T_STD_I64LE, ints, H5P_DEFAULT, H5P_DEFAULT);
-      EXPECT_GE(H5Awrite(a, H5T_NATIVE_INT64, values->data()), 0);
-      H5Aclose(a);
-    }
-    H5Sclose(ints);
+    write_whole_slice_attributes(set, std::vector<std::int64_t>(c.shape.begin(), c.shape.end()));
     H5Dclose(set);
     H5Tclose(type);
     H5Pclose(dcpl);
@@ -328,15 +334,7 @@ TEST(OtherWriters, UnchecksummedContiguousFallsBackToH5Dread) {
     const hid_t space = H5Screate_simple(2, dims, nullptr);
     const hid_t set = H5Dcreate2(file, "plain", H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     ASSERT_GE(H5Dwrite(set, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), 0);
-    const hsize_t two = 2;
-    const hid_t pair = H5Screate_simple(1, &two, nullptr);
-    const std::int64_t shape[2] = {12, 5}, offset[2] = {0, 0};
-    for (const auto& [attr, values] : {std::pair{"global_shape", shape}, std::pair{"global_offset", offset}}) {
-      const hid_t a = H5Acreate2(set, attr, H5T_STD_I64LE, pair, H5P_DEFAULT, H5P_DEFAULT);
-      ASSERT_GE(H5Awrite(a, H5T_NATIVE_INT64, values), 0);
-      H5Aclose(a);
-    }
-    H5Sclose(pair);
+    write_whole_slice_attributes(set, {12, 5});
     H5Dclose(set);
     H5Sclose(space);
     H5Fclose(file);
@@ -351,34 +349,37 @@ TEST(OtherWriters, UnchecksummedContiguousFallsBackToH5Dread) {
 
 TEST(Format2, ReadsEqualH5DreadBitForBit) {
   const fs::path path = write_format2_shard("f2equal");
-  ShardReader reader(path.string());
-  for (const Case& c : kCases) {
-    const std::size_t count = std::size_t(shape_numel(c.shape));
-    const std::vector<float> expected = h5dread_f32(path, c.name);
-    std::vector<float> f32(count, -1.0f);
-    const std::size_t before = reader.parallel_reads();
-    reader.read_f32(c.name, c.shape, f32.data());
-    EXPECT_EQ(reader.parallel_reads(), before + 1) << c.name << " did not take the mapped path";
-    EXPECT_EQ(std::memcmp(f32.data(), expected.data(), count * sizeof(float)), 0) << c.name;
-    std::vector<char> as_stored(count * dtype_size(c.dtype));
-    reader.read(c.name, c.shape, c.dtype, as_stored.data());
-    std::vector<float> widened(count);
-    convert_to_f32(c.dtype, as_stored.data(), widened.data(), count);
-    EXPECT_EQ(std::memcmp(widened.data(), expected.data(), count * sizeof(float)), 0) << c.name;
-    // Regions (what resharding reads): some rows, and for matrices some columns, placed with a row stride.
-    const std::int64_t rows = c.shape[0], cols = c.shape.size() == 2 ? c.shape[1] : 1;
-    const std::int64_t r0 = rows / 3, r1 = rows - rows / 4;
-    std::vector<float> region(std::size_t((r1 - r0) * cols), -1.0f);
-    reader.read_region_f32(c.name, 0, r0, r1, region.data(), cols);
-    EXPECT_TRUE(std::equal(region.begin(), region.end(), expected.begin() + r0 * cols)) << c.name << " rows";
-    if (c.shape.size() == 2) {
-      const std::int64_t c0 = cols / 5, c1 = cols / 2, stride = c1 - c0 + 3;  // wider than the block: gaps stay
-      std::vector<float> block(std::size_t(rows * stride), -7.0f);
-      reader.read_region_f32(c.name, 1, c0, c1, block.data(), stride);
-      for (std::int64_t r = 0; r < rows; ++r) {
-        for (std::int64_t k = c0; k < c1; ++k)
-          ASSERT_EQ(block[std::size_t(r * stride + k - c0)], expected[std::size_t(r * cols + k)]) << c.name;
-        ASSERT_EQ(block[std::size_t(r * stride + c1 - c0)], -7.0f) << c.name << ": wrote past the region";
+  for (const bool map : {true, false}) {  // through the mapping, and with pread (--no-mmap)
+    SCOPED_TRACE(map ? "mapped" : "pread");
+    ShardReader reader(path.string(), map);
+    for (const Case& c : kCases) {
+      const std::size_t count = std::size_t(shape_numel(c.shape));
+      const std::vector<float> expected = h5dread_f32(path, c.name);
+      std::vector<float> f32(count, -1.0f);
+      const std::size_t before = reader.parallel_reads();
+      reader.read_f32(c.name, c.shape, f32.data());
+      EXPECT_EQ(reader.parallel_reads(), before + 1) << c.name << " did not take the mapped path";
+      EXPECT_EQ(std::memcmp(f32.data(), expected.data(), count * sizeof(float)), 0) << c.name;
+      std::vector<char> as_stored(count * dtype_size(c.dtype));
+      reader.read(c.name, c.shape, c.dtype, as_stored.data());
+      std::vector<float> widened(count);
+      convert_to_f32(c.dtype, as_stored.data(), widened.data(), count);
+      EXPECT_EQ(std::memcmp(widened.data(), expected.data(), count * sizeof(float)), 0) << c.name;
+      // Regions (what resharding reads): some rows, and for matrices some columns, placed with a row stride.
+      const std::int64_t rows = c.shape[0], cols = c.shape.size() == 2 ? c.shape[1] : 1;
+      const std::int64_t r0 = rows / 3, r1 = rows - rows / 4;
+      std::vector<float> region(std::size_t((r1 - r0) * cols), -1.0f);
+      reader.read_region_f32(c.name, 0, r0, r1, region.data(), cols);
+      EXPECT_TRUE(std::equal(region.begin(), region.end(), expected.begin() + r0 * cols)) << c.name << " rows";
+      if (c.shape.size() == 2) {
+        const std::int64_t c0 = cols / 5, c1 = cols / 2, stride = c1 - c0 + 3;  // wider than the block: gaps stay
+        std::vector<float> block(std::size_t(rows * stride), -7.0f);
+        reader.read_region_f32(c.name, 1, c0, c1, block.data(), stride);
+        for (std::int64_t r = 0; r < rows; ++r) {
+          for (std::int64_t k = c0; k < c1; ++k)
+            ASSERT_EQ(block[std::size_t(r * stride + k - c0)], expected[std::size_t(r * cols + k)]) << c.name;
+          ASSERT_EQ(block[std::size_t(r * stride + c1 - c0)], -7.0f) << c.name << ": wrote past the region";
+        }
       }
     }
   }
@@ -440,32 +441,56 @@ TEST(Format2, FlippedByteIsDetectedByEveryPath) {
   // big.bf16 is 4300800 bytes: 17 blocks of 256 KiB. Flip a byte of the 13th.
   const std::uint64_t at = data_offset(path, "big.bf16") + 3 * (1u << 20) + 12345;
   flip_byte(path, at);
-  ShardReader reader(path.string());
   const std::string expected = "checksum mismatch: shard " + path.string() +
                                ", tensor big.bf16 is corrupt (Fletcher32 check failed for bytes 3145728-3407871";
-  std::vector<float> out(2100 * 1024);
-  for (const DType dtype : {DType::F32, DType::BF16}) {
-    const std::string message = error_of([&] { reader.read("big.bf16", {2100, 1024}, dtype, out.data()); });
-    EXPECT_NE(message.find(expected), std::string::npos) << dtype_name(dtype) << ": " << message;
+  for (const bool map : {true, false}) {  // through the mapping, and with pread (--no-mmap)
+    SCOPED_TRACE(map ? "mapped" : "pread");
+    ShardReader reader(path.string(), map);
+    std::vector<float> out(2100 * 1024);
+    for (const DType dtype : {DType::F32, DType::BF16}) {
+      const std::string message = error_of([&] { reader.read("big.bf16", {2100, 1024}, dtype, out.data()); });
+      EXPECT_NE(message.find(expected), std::string::npos) << dtype_name(dtype) << ": " << message;
+    }
+    if (map)
+      EXPECT_NE(error_of([&] {
+                  reader.map({"big.bf16"}, {{2100, 1024}}, DType::BF16);
+                }).find(expected),
+                std::string::npos);
+    else
+      EXPECT_FALSE(reader.map({"big.bf16"}, {{2100, 1024}}, DType::BF16).has_value()) << "mapped with map = false";
+    const std::string region = error_of([&] { reader.read_region_f32("big.bf16", 0, 1600, 2100, out.data(), 1024); });
+    EXPECT_NE(region.find(expected), std::string::npos) << region;
+    // Rows before the damaged block are still served: only the blocks a region touches are checked.
+    EXPECT_EQ(error_of([&] { reader.read_region_f32("big.bf16", 0, 0, 500, out.data(), 1024); }), "");
   }
-  EXPECT_NE(error_of([&] { reader.map({"big.bf16"}, {{2100, 1024}}, DType::BF16); }).find(expected), std::string::npos);
-  const std::string region = error_of([&] { reader.read_region_f32("big.bf16", 0, 1600, 2100, out.data(), 1024); });
-  EXPECT_NE(region.find(expected), std::string::npos) << region;
-  // Rows before the damaged block are still served: only the blocks a region touches are checked.
-  EXPECT_EQ(error_of([&] { reader.read_region_f32("big.bf16", 0, 0, 500, out.data(), 1024); }), "");
   fs::remove_all(path.parent_path());
 }
 
 TEST(Format2, TruncatedShardIsNamed) {
   const fs::path path = write_format2_shard("f2trunc");
   fs::resize_file(path, data_offset(path, "big.f32") + 1000);  // cut inside a tensor's data
-  const std::string message = error_of([&] {
-    ShardReader reader(path.string());
-    std::vector<float> out(1500 * 700);
-    reader.read_f32("big.f32", {1500, 700}, out.data());
-  });
-  EXPECT_NE(message.find(path.string()), std::string::npos) << message;
-  EXPECT_NE(message.find("truncated"), std::string::npos) << message;
+  for (const bool map : {true, false}) {
+    const std::string message = error_of([&] {
+      ShardReader reader(path.string(), map);
+      std::vector<float> out(1500 * 700);
+      reader.read_f32("big.f32", {1500, 700}, out.data());
+    });
+    EXPECT_NE(message.find(path.string()), std::string::npos) << message;
+    EXPECT_NE(message.find("truncated"), std::string::npos) << message;
+  }
+  fs::remove_all(path.parent_path());
+}
+
+TEST(Format2, ShardTruncatedAfterOpeningIsNamedWithoutMapping) {
+  // HDF5 notices a short file when opening it; one cut while a rank reads it is the pread's to report (--no-mmap).
+  const fs::path path = write_format2_shard("f2cut");
+  ShardReader reader(path.string(), /*map=*/false);
+  fs::resize_file(path, data_offset(path, "big.f32") + 1000);
+  std::vector<float> out(1500 * 700);
+  const std::string message = error_of([&] { reader.read_f32("big.f32", {1500, 700}, out.data()); });
+  EXPECT_NE(message.find("cannot read shard " + path.string() + ", tensor big.f32: unexpected end of file"),
+            std::string::npos)
+      << message;
   fs::remove_all(path.parent_path());
 }
 
@@ -505,6 +530,20 @@ TEST(Format2, PairsStayBackToBackWhileMetadataGrows) {
   fs::remove_all(path.parent_path());
 }
 
+TEST(Format2DeathTest, OtherBusErrorsAreNotBlamedOnShards) {
+  // A SIGBUS outside any mapping (sent, or a fault elsewhere) keeps the behaviour it had before a shard was mapped.
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const fs::path path = write_format2_shard("f2otherbus");
+  EXPECT_EXIT(
+      {
+        ShardReader reader(path.string());
+        ASSERT_TRUE(reader.map({"big.bf16"}, {{2100, 1024}}, DType::BF16).has_value());
+        std::raise(SIGBUS);
+      },
+      testing::KilledBySignal(SIGBUS), testing::Not(testing::HasSubstr("checkpoint shard")));
+  fs::remove_all(path.parent_path());
+}
+
 TEST(Format2DeathTest, ShardTruncatedUnderItsMappingSaysSoBeforeDying) {
   // A mapped page past a new end of file faults with SIGBUS: the rank prints what happened and dies of the signal.
   GTEST_FLAG_SET(death_test_style, "threadsafe");
@@ -518,5 +557,47 @@ TEST(Format2DeathTest, ShardTruncatedUnderItsMappingSaysSoBeforeDying) {
         (void)touched;
       },
       testing::KilledBySignal(SIGBUS), "bus error \\(SIGBUS\\) reading a checkpoint shard.*--no-mmap");
+  fs::remove_all(path.parent_path());
+}
+
+TEST(Format2, FileWithAUserBlockIsReadAtTheRightPlace) {
+  // h5jam, or h5py's userblock_size, put bytes before HDF5's own; H5Dget_offset already counts them.
+  const fs::path path = fresh_dir("f2userblock") / "s.h5";
+  std::mt19937 rng(8);
+  const std::vector<float> values = random_values({300, 40}, rng);
+  {
+    const hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
+    ASSERT_GE(H5Pset_userblock(fcpl, 4096), 0);
+    const hid_t file = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl, H5P_DEFAULT);
+    const hsize_t dims[2] = {300, 40};
+    const hid_t space = H5Screate_simple(2, dims, nullptr);
+    const hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_layout(dcpl, H5D_CONTIGUOUS);
+    const hid_t set = H5Dcreate2(file, "t", H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    ASSERT_GE(H5Dwrite(set, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()), 0);
+    write_whole_slice_attributes(set, {300, 40});
+    const hsize_t one = 1;
+    const hid_t single = H5Screate_simple(1, &one, nullptr);
+    const std::int64_t block = 1 << 18;
+    const hid_t scalar = H5Screate(H5S_SCALAR);
+    const hid_t b = H5Acreate2(set, "fletcher32_block_bytes", H5T_STD_I64LE, scalar, H5P_DEFAULT, H5P_DEFAULT);
+    ASSERT_GE(H5Awrite(b, H5T_NATIVE_INT64, &block), 0);
+    const std::uint32_t sum = fletcher32(values.data(), values.size() * 4);  // 48000 bytes: one block
+    const hid_t s = H5Acreate2(set, "fletcher32", H5T_STD_U32LE, single, H5P_DEFAULT, H5P_DEFAULT);
+    ASSERT_GE(H5Awrite(s, H5T_NATIVE_UINT32, &sum), 0);
+    for (const hid_t id : {b, s}) H5Aclose(id);
+    for (const hid_t id : {single, scalar, space}) H5Sclose(id);
+    H5Dclose(set);
+    H5Pclose(dcpl);
+    H5Fclose(file);
+    H5Pclose(fcpl);
+  }
+  ShardReader reader(path.string());
+  std::vector<float> out(values.size());
+  reader.read_f32("t", {300, 40}, out.data());
+  EXPECT_EQ(out, values);
+  const std::optional<MappedBytes> mapped = reader.map({"t"}, {{300, 40}}, DType::F32);
+  ASSERT_TRUE(mapped.has_value());
+  EXPECT_EQ(std::memcmp(mapped->data, values.data(), values.size() * 4), 0);
   fs::remove_all(path.parent_path());
 }
