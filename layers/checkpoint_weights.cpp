@@ -64,16 +64,25 @@ StoredTensor described_slice(const ShardReader& reader, const TensorSpec& spec, 
 
 }  // namespace
 
+int CheckpointWeightSource::source_stage(const std::string& name) const {
+  const auto stage = source_stage_.find(name);
+  STRATA_CHECK(stage != source_stage_.end(), Checkpoint, "checkpoint ", dir_, " has no stage holding tensor ", name);
+  return stage->second;
+}
+
+// Every source rank of the stage stores a replicated tensor: take it from the shard that also holds this rank's
+// split slices.
+ShardReader& CheckpointWeightSource::replicated_shard(int stage) {
+  return shard(stage, target_.tp_rank * manifest_.tensor_parallel_size / target_.tp);
+}
+
 ShardReader* CheckpointWeightSource::exact_shard(const TensorSpec& spec) {
-  const auto stage = source_stage_.find(spec.name);
-  STRATA_CHECK(stage != source_stage_.end(), Checkpoint, "checkpoint ", dir_, " has no stage holding tensor ",
-               spec.name);
-  if (spec.split == Split::Replicated)
-    return &shard(stage->second, target_.tp_rank * manifest_.tensor_parallel_size / target_.tp);
+  const int stage = source_stage(spec.name);
+  if (spec.split == Split::Replicated) return &replicated_shard(stage);
   for (int t = 0; t < manifest_.tensor_parallel_size; ++t) {
-    const TensorSpec source = source_plan(stage->second, t).spec(spec.name);
+    const TensorSpec source = source_plan(stage, t).spec(spec.name);
     if (source.begin != spec.begin || source.end != spec.end) continue;
-    ShardReader& reader = shard(stage->second, t);
+    ShardReader& reader = shard(stage, t);
     described_slice(reader, spec, source);
     return &reader;
   }
@@ -109,13 +118,9 @@ bool CheckpointWeightSource::read_as(const TensorSpec& spec, DType dtype, void* 
 }
 
 bool CheckpointWeightSource::read_slices(const TensorSpec& spec, DType dtype, void* out) {
-  const auto stage = source_stage_.find(spec.name);
-  STRATA_CHECK(stage != source_stage_.end(), Checkpoint, "checkpoint ", dir_, " has no stage holding tensor ",
-               spec.name);
+  const int stage = source_stage(spec.name);
   if (spec.split == Split::Replicated) {
-    // Every source rank of the stage stores it: take it from the shard that also holds this rank's split slices.
-    const int t = target_.tp_rank * manifest_.tensor_parallel_size / target_.tp;
-    ShardReader& reader = shard(stage->second, t);
+    ShardReader& reader = replicated_shard(stage);
     if (dtype != DType::F32 && reader.describe(spec.name).dtype != dtype) return false;
     reader.read(spec.name, spec.local_shape(), dtype, out);
     return true;
@@ -130,11 +135,11 @@ bool CheckpointWeightSource::read_slices(const TensorSpec& spec, DType dtype, vo
     int t = 0;
     TensorSpec source;
     for (; t < source_tp; ++t) {
-      source = source_plan(stage->second, t).spec(spec.name);
+      source = source_plan(stage, t).spec(spec.name);
       if (source.begin <= at && at < source.end) break;
     }
     STRATA_CHECK(t < source_tp, Checkpoint, "checkpoint ", dir_, ": no shard stores ", spec.name, " index ", at);
-    ShardReader& reader = shard(stage->second, t);
+    ShardReader& reader = shard(stage, t);
     const StoredTensor stored = described_slice(reader, spec, source);
     const std::int64_t until = std::min(spec.end, source.end);
     if (at == spec.begin && until == spec.end && at == source.begin && until == source.end) {

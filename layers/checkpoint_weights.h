@@ -44,6 +44,8 @@ class CheckpointWeightSource final : public WeightSource {
   // when the slice has to be assembled from several (resharding).
   ShardReader* exact_shard(const TensorSpec& spec);
   ShardReader& shard(int pp_rank, int tp_rank);
+  int source_stage(const std::string& name) const;  // the checkpoint stage storing `name`, or throws
+  ShardReader& replicated_shard(int stage);
   const ShardPlan& source_plan(int pp_rank, int tp_rank) const;
 
   std::string dir_;
