@@ -1,18 +1,30 @@
 // The results file: JSONL, one record per prompt, in input order. Records may arrive in any order (data-parallel
-// replicas finish at different times); each is written and flushed as soon as every earlier one has been, so a
-// crash keeps everything finished before it. An existing non-empty file is never clobbered without --overwrite.
+// replicas finish at different times); each is written as soon as every earlier one has been, so a crash keeps
+// everything finished before it. The file only ever holds whole records: a failed write (disk full, quota, I/O
+// error) is cut back to the end of the last complete record before the error is raised.
+//
+// Nothing is touched before the run has something to write: check_output_target() validates the path up front
+// (never the prompt file, never a non-empty file without --overwrite, never a directory), and the file is
+// created or truncated only when the writer is constructed, after the model has loaded.
 #pragma once
-#include <cstdio>
+#include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 namespace strata {
 
+// Throws Error(Usage/Io) naming the path and the reason if `path` may not be (over)written: it is one of
+// `inputs` (same file, by device and inode), a directory, in a folder that does not exist or cannot be written,
+// or an existing non-empty file while !overwrite. "-" (stdout) always passes. Touches nothing.
+void check_output_target(const std::string& path, bool overwrite, const std::vector<std::string>& inputs);
+
 class ResultWriter {
  public:
-  // path "-" writes to stdout. Throws Error(Io) if the file exists and is not empty and !overwrite.
+  // path "-" writes to stdout. Runs check_output_target(path, overwrite, {}) and then creates or truncates the
+  // file; errors name the path and the system's reason.
   ResultWriter(const std::string& path, bool overwrite, std::size_t total);
   ~ResultWriter();
   ResultWriter(const ResultWriter&) = delete;
@@ -26,10 +38,11 @@ class ResultWriter {
   void finish();
 
  private:
-  void write_line(const std::string& line);
+  void write_line(std::string line);
   std::string path_;
-  std::FILE* out_ = nullptr;
+  int fd_ = -1;
   bool owns_ = false;
+  std::int64_t committed_ = 0;  // bytes of complete records in the file
   std::size_t total_ = 0, next_ = 0;
   std::map<std::size_t, std::string> waiting_;  // finished out of order, waiting for earlier ones
 };

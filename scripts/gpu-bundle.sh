@@ -37,6 +37,8 @@ PACKAGES=(
   libunistring2 libgnutls30 libnettle8 libhogweed6 libgmp10 libp11-kit0 libffi8 libtasn1-6 libsasl2-2
   # OpenBLAS (OpenMP build: the CPU backend, and bench's CPU probe) and its Fortran run time.
   libopenblas0-openmp libgfortran5 libquadmath0 libgomp1
+  # Unicode: PCRE2 (tokenizer regexes) and ICU (NFC normalisation); a CUDA image may have neither in this version.
+  libpcre2-8-0 libicu72
   # Headers and CMake packages, for `gpu-validate.sh build` (a build there with the machine's own compiler, nvcc
   # and CMake; the binaries built here are used when that is not possible).
   libopenmpi-dev libhdf5-dev libopenblas-openmp-dev libcli11-dev nlohmann-json3-dev libgtest-dev

@@ -66,6 +66,13 @@ TensorView TensorView::slice_rows(std::int64_t begin, std::int64_t end) const {
   return out;
 }
 
+std::int64_t TensorView::row_elems() const {
+  if (shape.empty()) return 0;
+  std::int64_t n = 1;
+  for (std::size_t d = 1; d < shape.size(); ++d) n *= shape[d];
+  return n;
+}
+
 TensorView TensorView::reshaped(Shape new_shape) const {
   STRATA_CHECK(shape_numel(new_shape) == numel(), Internal, "cannot view ", shape_string(shape), " as ",
                shape_string(new_shape));

@@ -54,7 +54,9 @@ struct TensorView {
 
   std::int64_t numel() const { return shape_numel(shape); }
   std::int64_t rows() const { return shape.empty() ? 0 : shape.front(); }
-  std::int64_t row_elems() const { return shape.empty() ? 0 : numel() / shape.front(); }
+  // Elements per row: the product of the trailing dims (also for a tensor of zero rows, where numel() / rows()
+  // would divide by zero).
+  std::int64_t row_elems() const;
   float* f32() const;  // checks dtype == F32
   // Rows [begin, end) of the leading dimension, same trailing dims.
   TensorView slice_rows(std::int64_t begin, std::int64_t end) const;

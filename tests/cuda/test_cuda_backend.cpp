@@ -408,6 +408,9 @@ struct RopeSteps {
     for (std::int64_t i = 0; i < kDim / 2; ++i) rope.inv_freq.push_back(float(std::pow(10000.0, -2.0 * i / kDim)));
     x0 = p.random(kTokens * kHeads * kDim);
     gx = graph->allocate({kTokens, kHeads, kDim}, DType::BF16);
+    // As the engine does at setup: step buffers sized up front. Without it the warm-up step grows the positions
+    // buffer, which drops every recording and warm-up count, and the capture comes one step later.
+    graph->reserve_step_buffers(kTokens, kTokens, 1024, kHeads, kDim);
   }
   // The CPU's rope of x0 at `positions`.
   std::vector<float> expected(const std::vector<std::int32_t>& positions) {

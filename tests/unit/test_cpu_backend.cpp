@@ -58,6 +58,19 @@ std::vector<double> reference_attention(const float* q, const std::vector<double
 
 }  // namespace
 
+// A step may hold zero tokens for a tensor (an empty fill): its row size is still the trailing dims' product
+// (numel() / rows() divided by zero and killed the CUDA test with SIGFPE), and storing nothing is a no-op.
+TEST(CpuBackend, ZeroRowTensorsHaveTheirRowSizeAndStoreNothing) {
+  auto backend = make_cpu_backend(1);
+  Tensor k = backend->allocate({0, 2, 8}, DType::F32), v = backend->allocate({0, 2, 8}, DType::F32);
+  EXPECT_EQ(k.view().rows(), 0);
+  EXPECT_EQ(k.view().row_elems(), 16);
+  Tensor cache_k = backend->allocate({1, 4, 2, 8}, DType::F32), cache_v = backend->allocate({1, 4, 2, 8}, DType::F32);
+  std::fill(cache_k.f32(), cache_k.f32() + cache_k.numel(), 7.0f);
+  backend->kv_store({}, k.view().reshaped({0, 16}), v.view().reshaped({0, 16}), cache_k.view(), cache_v.view());
+  EXPECT_EQ(cache_k.f32()[0], 7.0f);
+}
+
 TEST(CpuBackend, LinearIsEquivalentToRefForOneAndManyTokens) {
   Fixture f;
   for (int tokens : {1, 5}) {

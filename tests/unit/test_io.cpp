@@ -2,6 +2,12 @@
 // shape and missing-tensor errors, a corrupted byte caught by the checksum), the byte tokenizer.
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -101,6 +107,62 @@ TEST(Results, WrittenInInputOrderAsSoonAsPossible) {
   EXPECT_EQ(lines().size(), 3u);
   EXPECT_NE(error_of([&] { ResultWriter again(path, false, 1); }).find("already exists"), std::string::npos);
   EXPECT_EQ(lines().size(), 3u) << "an existing output is never clobbered without --overwrite";
+  fs::remove_all(dir);
+}
+
+// A write that fails part-way (here the file-size limit, as a full disk would) leaves only whole records.
+TEST(Results, FailedWriteIsCutBackToTheLastCompleteRecord) {
+  const fs::path dir = temp_dir("results_full");
+  const std::string path = (dir / "out.jsonl").string();
+  const std::string text(40, 'x');  // each record ~60 bytes: the limit falls inside the third
+  std::string error;
+  {
+    ResultWriter w(path, false, 10);
+    struct rlimit old {};
+    ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+    const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);  // EFBIG instead of the default kill
+    struct rlimit small = old;
+    small.rlim_cur = 150;
+    ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+    for (std::size_t i = 0; i < 10 && error.empty(); ++i) error = error_of([&] { w.submit(i, {{"i", i}, {"text", text}}); });
+    setrlimit(RLIMIT_FSIZE, &old);
+    std::signal(SIGXFSZ, old_handler);
+    EXPECT_EQ(w.written(), 2u);
+  }
+  EXPECT_NE(error.find(path), std::string::npos) << error;
+  EXPECT_NE(error.find(std::strerror(EFBIG)), std::string::npos) << "the system's reason: " << error;
+  EXPECT_NE(error.find("after 2 complete records"), std::string::npos) << error;
+  std::ifstream in(path, std::ios::binary);
+  const std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_FALSE(content.empty());
+  EXPECT_EQ(content.back(), '\n') << "the file must end with a whole record, not a fragment";
+  std::size_t lines = 0;
+  for (std::size_t at = 0, end; (end = content.find('\n', at)) != std::string::npos; at = end + 1, ++lines)
+    EXPECT_NO_THROW((void)nlohmann::json::parse(content.substr(at, end - at)));
+  EXPECT_EQ(lines, 2u);
+  fs::remove_all(dir);
+}
+
+TEST(Results, OutputTargetChecksTouchNothing) {
+  const fs::path dir = temp_dir("results_target");
+  const std::string prompts = (dir / "prompts.txt").string();
+  { std::ofstream(prompts) << "hello\n"; }
+  const std::string link = (dir / "link.txt").string();
+  fs::create_hard_link(prompts, link);
+  EXPECT_NE(error_of([&] { check_output_target(prompts, true, {prompts}); }).find("is the prompt file"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { check_output_target(link, true, {prompts}); }).find("is the prompt file"),
+            std::string::npos)
+      << "the same file under another name (same inode) is the prompt file too";
+  EXPECT_EQ(fs::file_size(prompts), 6u) << "the prompts are untouched";
+  fs::create_directory(dir / "empty");
+  const std::string folder_error = error_of([&] { check_output_target((dir / "empty").string(), true, {}); });
+  EXPECT_NE(folder_error.find("is a directory"), std::string::npos) << folder_error;
+  EXPECT_EQ(folder_error.find("not empty"), std::string::npos) << "an empty folder is not 'not empty': " << folder_error;
+  const std::string missing = error_of([&] { check_output_target((dir / "nowhere" / "out.jsonl").string(), true, {}); });
+  EXPECT_NE(missing.find(std::strerror(ENOENT)), std::string::npos) << "the system's reason: " << missing;
+  EXPECT_EQ(error_of([&] { check_output_target((dir / "new.jsonl").string(), false, {prompts}); }), "");
+  EXPECT_FALSE(fs::exists(dir / "new.jsonl")) << "checking creates nothing";
   fs::remove_all(dir);
 }
 
