@@ -1,6 +1,7 @@
 // Prompt file parsing with file:line errors; unknown JSONL fields are refused (a typo must not be ignored).
 #include "io/prompts.h"
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -24,6 +25,18 @@ std::string read_file(const std::string& path) {
   content << in.rdbuf();
   STRATA_CHECK(!in.bad(), Io, "error reading ", path);
   return content.str();
+}
+
+std::pair<std::size_t, std::size_t> part_range(const std::string& part, std::size_t total) {
+  if (part.empty()) return {0, total};
+  std::size_t k = 0, n = 0;
+  char slash = 0, extra = 0;
+  std::istringstream in(part);
+  const bool parsed = bool(in >> k >> slash >> n) && slash == '/' && !(in >> extra);
+  STRATA_CHECK(parsed && n >= 1 && k < n, Usage, "--part ", part, ": expected K/N with 0 <= K < N (e.g. 2/8)");
+  const std::size_t base = total / n, longer = total % n;
+  const std::size_t first = k * base + std::min(k, longer);
+  return {first, first + base + (k < longer ? 1 : 0)};
 }
 
 namespace {

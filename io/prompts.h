@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -31,5 +32,9 @@ PromptFormat parse_prompt_format(const std::string& name);  // "auto" | "text" |
 // Parses `content` read from `filename`. Auto: JSONL when the name ends in .jsonl or .json, text otherwise.
 std::vector<Prompt> parse_prompts(const std::string& content, const std::string& filename, PromptFormat format);
 std::string read_file(const std::string& path);  // whole file; throws naming the path
+
+// Prompts [first, last) of part "K/N" of `total`: N contiguous parts as equal as possible (the first ones one
+// longer); "" is the whole range. Error(Usage) for anything but K/N with 0 <= K < N.
+std::pair<std::size_t, std::size_t> part_range(const std::string& part, std::size_t total);
 
 }  // namespace strata

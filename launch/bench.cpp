@@ -13,9 +13,10 @@
 #include <numeric>
 #include <thread>
 
-#include "launch/job.h"
+#include "launch/mpi_job.h"
+#include "launch/session.h"
 #include "runtime/base/log.h"
-#include "runtime/engine/engine.h"
+#include "engine/engine.h"
 #ifdef STRATA_WITH_CUDA
 #include "runtime/backend/cuda/roofline_probe.h"
 #endif
@@ -40,9 +41,9 @@ float sum_floats(const float* data, std::size_t count) {
 
 // Node-wide read bandwidth in bytes/s: every rank of the node, each with as many threads as it runs BLAS with,
 // streams a private buffer at the same time (what a decode step does with the weights).
-double measure_read_bandwidth(const Job& job, Communicator& world, double gib) {
-  const int threads = cpu_threads_per_rank(job.node);
-  const std::size_t count = std::size_t(gib * double(1ull << 30) / 4 / std::max(1, job.node.local_size));
+double measure_read_bandwidth(const NodeInfo& node, Communicator& world, double gib) {
+  const int threads = cpu_threads_per_rank(node);
+  const std::size_t count = std::size_t(gib * double(1ull << 30) / 4 / std::max(1, node.local_size));
   std::vector<float> buffer(count, 1.0f);
   std::vector<float> partial(static_cast<std::size_t>(threads));
   double best = 1e30;
@@ -60,7 +61,7 @@ double measure_read_bandwidth(const Job& job, Communicator& world, double gib) {
   }
   volatile float keep = std::accumulate(partial.begin(), partial.end(), 0.0f);  // the sums must be computed
   (void)keep;
-  return double(count / std::size_t(threads) * threads) * 4 * job.node.local_size / best;
+  return double(count / std::size_t(threads) * threads) * 4 * node.local_size / best;
 }
 
 // Seconds to read `files` whole with plain read(2) calls (what `cat file > /dev/null` does): the best of three
@@ -83,7 +84,7 @@ double raw_read_seconds(const std::vector<std::string>& files, std::int64_t& byt
 }
 
 // Aggregate sgemm FLOP/s of the node's ranks running at once.
-double measure_sgemm_rate(const Job& job, Communicator& world) {
+double measure_sgemm_rate(const NodeInfo& node, Communicator& world) {
   const int n = 2048;  // large enough for OpenBLAS to reach its peak rate
   std::vector<float> a(static_cast<std::size_t>(n) * n, 0.5f), b(a), c(a);
   double best = 1e30;
@@ -94,7 +95,7 @@ double measure_sgemm_rate(const Job& job, Communicator& world) {
     std::int64_t elapsed_ns = world.all_reduce_max(std::int64_t((seconds() - start) * 1e9));
     best = std::min(best, double(elapsed_ns) * 1e-9);
   }
-  return 2.0 * n * n * n * job.node.local_size / best;
+  return 2.0 * n * n * n * node.local_size / best;
 }
 
 // The GPU bounds of one pipeline stage: the slowest GPU's copy bandwidth and GEMM rate, times the tp GPUs of a
@@ -104,7 +105,7 @@ struct GpuBounds {
   double per_gpu_bandwidth = 0, per_gpu_flops = 0, bandwidth = 0, flops = 0;
 };
 
-GpuBounds measure_gpu_bounds(const Job& job, Communicator& world, double gib) {
+GpuBounds measure_gpu_bounds(int tp, Communicator& world, double gib) {
 #ifdef STRATA_WITH_CUDA
   world.barrier();
   const GpuRoofline roof = measure_gpu_roofline(std::size_t(gib * double(1ull << 30)));
@@ -113,19 +114,23 @@ GpuBounds measure_gpu_bounds(const Job& job, Communicator& world, double gib) {
   // The slowest rank bounds everyone: minimum = -max(-x), in whole bytes/s and FLOP/s.
   bounds.per_gpu_bandwidth = -double(world.all_reduce_max(-std::int64_t(roof.copy_bytes_per_second)));
   bounds.per_gpu_flops = -double(world.all_reduce_max(-std::int64_t(roof.bf16_flops_per_second)));
-  bounds.bandwidth = bounds.per_gpu_bandwidth * job.layout->sizes().tp;
-  bounds.flops = bounds.per_gpu_flops * job.layout->sizes().tp;
+  bounds.bandwidth = bounds.per_gpu_bandwidth * tp;
+  bounds.flops = bounds.per_gpu_flops * tp;
   return bounds;
 #else
+  (void)tp;
+  (void)world;
+  (void)gib;
   throw Error(ErrorKind::Usage, "bench --device cuda: this strata was built without CUDA");
 #endif
 }
 
 // Wall time of one engine run over `batch` synthetic prompts, the same on every rank.
-double timed_run(Job& job, Communicator& world, int batch, int prompt_len, int max_tokens, std::int32_t model_len,
-                 int micro_batches) {
+double timed_run(Session& session, int batch, int prompt_len, int max_tokens) {
+  Communicator& world = session.world();
+  const RunPlan& plan = session.plan();
   std::vector<Request> requests;
-  if (job.layout->is_first_stage()) {
+  if (session.layout().is_first_stage()) {
     for (int i = 0; i < batch; ++i) {
       Request r;
       r.index = i;
@@ -135,8 +140,8 @@ double timed_run(Job& job, Communicator& world, int batch, int prompt_len, int m
       requests.push_back(std::move(r));
     }
   }
-  EngineOptions options{batch, batch * prompt_len, model_len, micro_batches, false};
-  Engine engine(*job.stage, *job.layout, world, *job.groups.tp, *job.tokenizer, options);
+  EngineOptions options{batch, batch * prompt_len, plan.stage.max_seq_len, plan.micro_batches, false};
+  Engine engine(session.stage(), session.layout(), world, session.tp(), session.tokenizer(), options);
   world.barrier();
   const double start = seconds();
   engine.run(std::move(requests), {});
@@ -144,26 +149,24 @@ double timed_run(Job& job, Communicator& world, int batch, int prompt_len, int m
   return seconds() - start;
 }
 
-int bench(Job& job, const BenchOptions& o) {
-  prepare_job(job, o.model, o.parallel);
-  STRATA_CHECK(job.layout->sizes().dp == 1, Usage, "bench measures one replica: launch exactly tp x pp ranks");
-  Communicator& world = *job.groups.world;
+int bench(const NodeInfo& node, const BenchOptions& o) {
   const int max_batch = *std::max_element(o.batch_sizes.begin(), o.batch_sizes.end());
-  const std::int32_t model_len = o.prompt_len + o.gen_len;
-  STRATA_CHECK(model_len <= job.config.max_position_embeddings, Usage, "prompt + generated tokens ", model_len,
-               " exceed the model's context ", job.config.max_position_embeddings);
-  const StageLimits limits{max_batch * o.prompt_len, max_batch, model_len};
-  check_memory(job, limits);
-  load_stage(job, o.model, limits);  // also warms the page cache for the timed loads below
+  const RunLimits limits{max_batch, max_batch * o.prompt_len, o.prompt_len + o.gen_len, o.micro_batches};
+  Session session(node, o.model, o.parallel, limits);
+  const ParallelLayout& layout = session.layout();
+  STRATA_CHECK(layout.sizes().dp == 1, Usage, "bench measures one replica: launch exactly tp x pp ranks");
+  Communicator& world = session.world();
+  session.check_memory();
+  session.load();  // also warms the page cache for the timed loads below
   // The best of three loads (the slowest rank of each), against the best of three raw reads: both warm, both on
   // every rank at once.
   LoadReport loaded;
   double load = 1e30;
   for (int attempt = 0; attempt < 3; ++attempt) {
-    job.stage.reset();  // freeing the previous copy is not part of a load
+    session.unload();  // freeing the previous copy is not part of a load
     world.barrier();
     const double load_start = seconds();
-    loaded = load_stage(job, o.model, limits);
+    loaded = session.load();
     load = std::min(load, double(world.all_reduce_max(std::int64_t((seconds() - load_start) * 1e9))) * 1e-9);
   }
   const std::vector<std::string>& files = loaded.files;
@@ -172,34 +175,34 @@ int bench(Job& job, const BenchOptions& o) {
   const double raw = double(world.all_reduce_max(std::int64_t(raw_read_seconds(files, file_bytes) * 1e9))) * 1e-9;
 
   const bool cuda = o.parallel.device == "cuda";
-  const double params = double(job.config.parameter_count());
-  const bool report = job.layout->world_rank() == 0;
+  const double params = double(session.config().parameter_count());
+  const bool report = layout.world_rank() == 0;
   // The CPU backend keeps the weights as the checkpoint stores them (norms and biases in f32: negligible here).
-  double bandwidth = 0, sgemm = 0, weight_bytes = params * double(dtype_size(job.manifest.dtype));
+  double bandwidth = 0, sgemm = 0, weight_bytes = params * double(dtype_size(session.manifest().dtype));
   if (cuda) {
-    const GpuBounds gpu = measure_gpu_bounds(job, world, o.memory_gib);
+    const GpuBounds gpu = measure_gpu_bounds(layout.sizes().tp, world, o.memory_gib);
     bandwidth = gpu.bandwidth;
     sgemm = gpu.flops;
     weight_bytes = params * 2;  // the CUDA backend holds bf16 (or f16) weights whatever the checkpoint stores
     if (report) {
       std::printf("model %s: %.1fM parameters, %.0f MB of 16-bit weights; tp %d pp %d on %d GPU(s) (%s)\n",
-                  o.model.c_str(), params / 1e6, weight_bytes / 1e6, job.layout->sizes().tp, job.layout->sizes().pp,
-                  job.layout->world_size(), gpu.name.c_str());
+                  o.model.c_str(), params / 1e6, weight_bytes / 1e6, layout.sizes().tp, layout.sizes().pp,
+                  layout.world_size(), gpu.name.c_str());
       std::printf(
           "measured: HBM %.1f GB/s per GPU (device-to-device copy, bytes read + written), bf16 GEMM %.1f "
           "TFLOP/s per GPU; roofline below uses %.1f GB/s and %.1f TFLOP/s (one stage's %d GPU(s))\n",
-          gpu.per_gpu_bandwidth / 1e9, gpu.per_gpu_flops / 1e12, bandwidth / 1e9, sgemm / 1e12, job.layout->sizes().tp);
+          gpu.per_gpu_bandwidth / 1e9, gpu.per_gpu_flops / 1e12, bandwidth / 1e9, sgemm / 1e12, layout.sizes().tp);
     }
   } else {
-    bandwidth = measure_read_bandwidth(job, world, o.memory_gib);
-    sgemm = measure_sgemm_rate(job, world);
+    bandwidth = measure_read_bandwidth(node, world, o.memory_gib);
+    sgemm = measure_sgemm_rate(node, world);
   }
   if (report && !cuda) {
     std::printf(
         "model %s: %.1fM parameters, %.0f MB of %s weights; tp %d pp %d on %d rank(s), %d BLAS thread(s) "
         "each\n",
-        o.model.c_str(), params / 1e6, weight_bytes / 1e6, dtype_name(job.manifest.dtype), job.layout->sizes().tp,
-        job.layout->sizes().pp, job.layout->world_size(), cpu_threads_per_rank(job.node));
+        o.model.c_str(), params / 1e6, weight_bytes / 1e6, dtype_name(session.manifest().dtype), layout.sizes().tp,
+        layout.sizes().pp, layout.world_size(), cpu_threads_per_rank(node));
     std::printf("measured: memory read %.2f GB/s, sgemm %.1f GFLOP/s (all ranks of the node at once)\n",
                 bandwidth / 1e9, sgemm / 1e9);
   }
@@ -216,10 +219,10 @@ int bench(Job& job, const BenchOptions& o) {
   }
   for (int batch : o.batch_sizes) {
     double prefill = 1e30, full = 1e30;
-    timed_run(job, world, batch, o.prompt_len, 2, model_len, o.micro_batches);  // warm-up
+    timed_run(session, batch, o.prompt_len, 2);  // warm-up
     for (int r = 0; r < o.repeats; ++r) {
-      prefill = std::min(prefill, timed_run(job, world, batch, o.prompt_len, 1, model_len, o.micro_batches));
-      full = std::min(full, timed_run(job, world, batch, o.prompt_len, o.gen_len, model_len, o.micro_batches));
+      prefill = std::min(prefill, timed_run(session, batch, o.prompt_len, 1));
+      full = std::min(full, timed_run(session, batch, o.prompt_len, o.gen_len));
     }
     const double prefill_rate = double(batch) * o.prompt_len / prefill;
     const double decode_rate = double(batch) * (o.gen_len - 1) / std::max(full - prefill, 1e-9);
@@ -238,7 +241,7 @@ int bench(Job& job, const BenchOptions& o) {
 }  // namespace
 
 int run_bench(const BenchOptions& options, int argc, char** argv) {
-  return run_as_mpi_job(argc, argv, [&](Job& job) { return bench(job, options); });
+  return run_as_mpi_job(argc, argv, [&](const NodeInfo& node) { return bench(node, options); });
 }
 
 }  // namespace strata

@@ -23,12 +23,42 @@ std::string size_or_auto(std::string value) {
   return value;
 }
 
-void add_limit_flags(CLI::App& cmd, LimitOptions& l) {
-  cmd.add_option("--max-batch-size", l.max_batch_size, "Sequences in flight per replica")->check(CLI::PositiveNumber);
-  cmd.add_option("--max-num-batched-tokens", l.max_num_batched_tokens, "Tokens per forward step")
-      ->check(CLI::PositiveNumber);
-  cmd.add_option("--max-model-len", l.max_model_len, "Context length (default: the model's)")
-      ->check(CLI::NonNegativeNumber);
+// A number of at least `minimum`. CLI11's PositiveNumber says "Value 0 not in range 0.000000 to 1.79769e+308" for 0,
+// which claims 0 is in range: this says what is wanted and what was given.
+CLI::Validator at_least(double minimum) {
+  const std::string wanted = minimum == 0 ? "a number >= 0" : "a number >= " + CLI::detail::to_string(minimum);
+  return CLI::Validator(
+      [minimum, wanted](std::string& value) -> std::string {
+        double number = 0;
+        try {
+          std::size_t used = 0;
+          number = std::stod(value, &used);
+          if (used != value.size()) return "must be " + wanted + " (got '" + value + "')";
+        } catch (const std::exception&) {
+          return "must be " + wanted + " (got '" + value + "')";
+        }
+        if (!(number >= minimum)) return "must be " + wanted + " (got " + value + ")";
+        return "";
+      },
+      wanted);
+}
+const CLI::Validator kPositive = at_least(1), kNonNegative = at_least(0);
+
+// --step-timeout: auto, or seconds >= 0.
+std::string seconds_or_auto(std::string value) {
+  if (value == "auto") return value;
+  std::string copy = value;
+  const std::string problem = kNonNegative(copy);
+  if (!problem.empty()) throw CLI::ValidationError("'" + value + "' is neither auto nor a number of seconds >= 0");
+  return value;
+}
+
+void add_limit_flags(CLI::App& cmd, RunLimits& l) {
+  cmd.add_option("--max-batch-size", l.max_batch_size, "Sequences in flight per replica")->check(kPositive);
+  cmd.add_option("--max-num-batched-tokens", l.max_num_batched_tokens, "Tokens per forward step")->check(kPositive);
+  cmd.add_option("--max-model-len", l.max_model_len, "Context length (default: the model's)")->check(kNonNegative);
+  cmd.add_option("--micro-batches", l.micro_batches, "Pipeline micro-batches (default: one per stage)")
+      ->check(kNonNegative);
 }
 
 void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
@@ -43,11 +73,11 @@ void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
   cmd.add_option("--nccl-timeout", p.nccl_timeout,
                  "With --device cuda and tensor parallelism: seconds an NCCL initialisation or wait on the GPU may "
                  "take (a dead or stuck peer) before the job is aborted with that rank's message; 0 = never")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   cmd.add_option("--gpu-reserve-mib", p.gpu_reserve_mib,
                  "With --device cuda: MiB of GPU memory the memory check keeps free for what is allocated after it "
                  "(NCCL buffers, CUDA graphs); default 512 with tensor parallelism plus 64")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   cmd.add_flag("--force", p.force, "Run a layout the placement refuses (a TP group across nodes or NVLink islands)");
   cmd.add_flag("--no-mmap", p.no_mmap,
                "Read shards with pread into the rank's own memory (huge pages) instead of using the weights in place "
@@ -92,22 +122,21 @@ int cli_main(int argc, char** argv) {
   generate->add_option("--prompt-format", gen.prompt_format, "auto (by extension), text or jsonl")
       ->check(CLI::IsMember({"auto", "text", "jsonl"}));
   add_parallel_flags(*generate, gen.parallel);
-  generate->add_option("--max-tokens", gen.max_tokens, "Tokens to generate per prompt")->check(CLI::PositiveNumber);
+  generate->add_option("--max-tokens", gen.max_tokens, "Tokens to generate per prompt")->check(kPositive);
   generate->add_option("--temperature", gen.temperature, "Sampling temperature; 0 = greedy")
       ->check(CLI::Range(0.0, 100.0));
   generate->add_option("--top-p", gen.top_p, "Nucleus sampling probability")->check(CLI::Range(1e-6, 1.0));
   generate->add_option("--top-k", gen.top_k, "Sample among the k most likely tokens; 0 = all")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   generate->add_option("--seed", gen.seed, "Sampling seed (the same text under every layout)");
   generate->add_option("--stop", gen.stop, "Stop string (repeatable)");
   add_limit_flags(*generate, gen.limits);
-  generate->add_option("--micro-batches", gen.micro_batches, "Pipeline micro-batches (default: one per stage)")
-      ->check(CLI::NonNegativeNumber);
   generate
       ->add_option("--step-timeout", gen.step_timeout,
-                   "Seconds a rank may wait without progress (a stuck or dead peer) before the job is aborted "
-                   "with what it was waiting for; 0 = never")
-      ->check(CLI::NonNegativeNumber);
+                   "Seconds a rank may wait without progress (a stopped, frozen or dead peer) before the job is "
+                   "aborted naming what it waited for; auto (default): 600 s until the first step, then 25 x the "
+                   "slowest step seen, at least 60 s; 0 = never")
+      ->transform(seconds_or_auto, "SECONDS|auto");
   generate->add_option("--part", gen.part,
                        "K/N: only part K (0-based) of N contiguous parts of the prompts, with the ids and seeds they "
                        "have in the whole file (Slurm job arrays; concatenating parts 0..N-1 gives the whole run)");
@@ -127,17 +156,17 @@ int cli_main(int argc, char** argv) {
   for (const auto& n : model_preset_names()) presets += (presets.empty() ? "" : ", ") + n;
   init_cmd->add_option("--preset", init.preset, "Model shape: " + presets)->check(CLI::IsMember(model_preset_names()));
   init_cmd->add_option("--output", init.output, "Checkpoint directory to write")->required();
-  init_cmd->add_option("--tensor-parallel-size", init.tp, "Shard for this many TP ranks")->check(CLI::PositiveNumber);
-  init_cmd->add_option("--pipeline-parallel-size", init.pp, "Shard for this many stages")->check(CLI::PositiveNumber);
+  init_cmd->add_option("--tensor-parallel-size", init.tp, "Shard for this many TP ranks")->check(kPositive);
+  init_cmd->add_option("--pipeline-parallel-size", init.pp, "Shard for this many stages")->check(kPositive);
   init_cmd->add_option("--dtype", init.dtype, "Storage dtype")->check(CLI::IsMember({"f32", "f16", "bf16"}));
   init_cmd->add_option("--seed", init.seed, "Weights seed: the same model whatever the sharding");
-  init_cmd->add_option("--hidden-size", init.hidden_size)->check(CLI::PositiveNumber);
-  init_cmd->add_option("--intermediate-size", init.intermediate_size)->check(CLI::PositiveNumber);
-  init_cmd->add_option("--num-hidden-layers", init.num_hidden_layers)->check(CLI::PositiveNumber);
-  init_cmd->add_option("--num-attention-heads", init.num_attention_heads)->check(CLI::PositiveNumber);
-  init_cmd->add_option("--num-key-value-heads", init.num_key_value_heads)->check(CLI::PositiveNumber);
-  init_cmd->add_option("--vocab-size", init.vocab_size)->check(CLI::PositiveNumber);
-  init_cmd->add_option("--max-position-embeddings", init.max_position_embeddings)->check(CLI::PositiveNumber);
+  init_cmd->add_option("--hidden-size", init.hidden_size)->check(kPositive);
+  init_cmd->add_option("--intermediate-size", init.intermediate_size)->check(kPositive);
+  init_cmd->add_option("--num-hidden-layers", init.num_hidden_layers)->check(kPositive);
+  init_cmd->add_option("--num-attention-heads", init.num_attention_heads)->check(kPositive);
+  init_cmd->add_option("--num-key-value-heads", init.num_key_value_heads)->check(kPositive);
+  init_cmd->add_option("--vocab-size", init.vocab_size)->check(kPositive);
+  init_cmd->add_option("--max-position-embeddings", init.max_position_embeddings)->check(kPositive);
   init_cmd->add_option("--tie-word-embeddings", init.tie_word_embeddings, "0 or 1")->check(CLI::Range(0, 1));
   init_cmd->add_option("--attention-bias", init.attention_bias, "q/k/v bias (Qwen2): 0 or 1")->check(CLI::Range(0, 1));
 
@@ -146,9 +175,9 @@ int cli_main(int argc, char** argv) {
   convert_cmd->add_option("--hf", convert.hf, "Folder with config.json and *.safetensors")->required();
   convert_cmd->add_option("--output", convert.output, "Checkpoint directory to write")->required();
   convert_cmd->add_option("--tensor-parallel-size", convert.tp, "Shard for this many TP ranks (-tp)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   convert_cmd->add_option("--pipeline-parallel-size", convert.pp, "Shard for this many stages (-pp)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   convert_cmd->add_option("--dtype", convert.dtype, "Storage dtype")->check(CLI::IsMember({"f32", "f16", "bf16"}));
   convert_cmd
       ->add_option("--tokenizer", convert.tokenizer, "auto: carry tokenizer.json along; byte: the byte-level tokenizer")
@@ -166,7 +195,7 @@ int cli_main(int argc, char** argv) {
   tokenize_cmd
       ->add_option("--bench", tokenize.bench_seconds,
                    "Instead: encode all inputs repeatedly for this many seconds and print MB/s")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
 
   TopoOptions topo;
   auto* topo_cmd = app.add_subcommand("topo", "Show the nodes, ranks, CPU domains and network links strata sees");
@@ -193,11 +222,11 @@ int cli_main(int argc, char** argv) {
       ->delimiter(',')
       ->expected(1, 64)
       ->check(CLI::Range(1, 4096));
-  bench_cmd->add_option("--prompt-len", bench.prompt_len, "Prompt tokens")->check(CLI::PositiveNumber);
+  bench_cmd->add_option("--prompt-len", bench.prompt_len, "Prompt tokens")->check(kPositive);
   bench_cmd->add_option("--gen-len", bench.gen_len, "Generated tokens")->check(CLI::Range(2, 100000));
   bench_cmd->add_option("--micro-batches", bench.micro_batches, "Pipeline micro-batches (default: one per stage)")
-      ->check(CLI::NonNegativeNumber);
-  bench_cmd->add_option("--repeats", bench.repeats, "Timed repetitions (best is reported)")->check(CLI::PositiveNumber);
+      ->check(kNonNegative);
+  bench_cmd->add_option("--repeats", bench.repeats, "Timed repetitions (best is reported)")->check(kPositive);
   bench_cmd->add_option("--memory-gib", bench.memory_gib, "Buffer size of the memory-bandwidth probe, GiB")
       ->check(CLI::Range(0.01, 64.0));
 

@@ -2,6 +2,9 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include "plan/run_plan.h"
 
 namespace strata {
 
@@ -15,10 +18,6 @@ struct ParallelOptions {
   bool no_mmap = false;       // CPU backend: copy the weights into the rank's memory instead of mapping the shards
 };
 
-// What a replica holds at once (--max-batch-size, --max-num-batched-tokens, --max-model-len): generate and plan.
-struct LimitOptions {
-  int max_batch_size = 16, max_num_batched_tokens = 2048, max_model_len = 0;  // 0: the model's context
-};
 
 struct GenerateOptions {
   std::string model, prompts, output = "-", prompt_format = "auto", progress = "auto";
@@ -29,9 +28,10 @@ struct GenerateOptions {
   std::int64_t top_k = 0;
   std::uint64_t seed = 0;
   std::vector<std::string> stop;
-  LimitOptions limits;
-  int micro_batches = 0;
-  double step_timeout = 600;  // seconds without progress before the job is aborted; 0: never
+  RunLimits limits;
+  // Seconds a rank may wait without progress before the job is aborted; "auto" (derived from the step times, see
+  // runtime/base/watchdog.h), or a number of seconds, 0 = never.
+  std::string step_timeout = "auto";
   bool overwrite = false, record_logits = false, quiet = false;
 };
 
@@ -73,7 +73,7 @@ int run_topo(const TopoOptions& options, int argc, char** argv);
 struct PlanOptions {
   std::string model;
   ParallelOptions parallel;
-  LimitOptions limits;
+  RunLimits limits;
 };
 int run_plan(const PlanOptions& options, int argc, char** argv);
 int run_convert(const ConvertOptions& options, int argc, char** argv);

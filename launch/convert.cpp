@@ -9,7 +9,9 @@
 
 #include "io/prompts.h"
 #include "io/tokenizer.h"
-#include "launch/job.h"
+#include "launch/mpi_job.h"
+#include "runtime/comm/mpi/mpi_communicator.h"
+#include "launch/commands.h"
 #include "layers/checkpoint_weights.h"
 #include "layers/hf_model.h"
 #include "runtime/base/log.h"
@@ -48,7 +50,7 @@ std::int64_t peak_rss_bytes() {
   return std::int64_t(usage.ru_maxrss) * 1024;
 }
 
-int convert(Job& job, const ConvertOptions& o) {
+int convert(const ConvertOptions& o) {
   int rank = 0, world = 1;
   STRATA_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
   STRATA_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world));
@@ -90,7 +92,7 @@ int convert(Job& job, const ConvertOptions& o) {
 }  // namespace
 
 int run_convert(const ConvertOptions& options, int argc, char** argv) {
-  return run_as_mpi_job(argc, argv, [&](Job& job) { return convert(job, options); });
+  return run_as_mpi_job(argc, argv, [&](const NodeInfo&) { return convert(options); });
 }
 
 }  // namespace strata

@@ -1,10 +1,10 @@
-// `strata plan`: where every rank would go for a model and a layout, before anything loads: host, coordinates,
-// layers, memory, and traffic per generated token. From a description file (no MPI) or detected under mpirun.
+// `strata plan`: the RunPlan a job would run, before anything loads: where every rank goes (host, coordinates,
+// layers), its memory, and traffic per generated token. From a description file (no MPI) or detected under mpirun.
 #include <cstdio>
 
 #include "io/checkpoint.h"
-#include "launch/job.h"
-#include "runtime/base/log.h"
+#include "launch/mpi_job.h"
+#include "launch/session.h"
 
 namespace strata {
 namespace {
@@ -12,16 +12,11 @@ namespace {
 std::string plan_for(const Topology& topology, const PlanOptions& o) {
   const Manifest manifest = Manifest::read(o.model);
   const ModelConfig config = ModelConfig::from_json(manifest.model, manifest_path(o.model));
-  const StageLimits limits = stage_limits(o.limits, config);
-  const ModelFit fit = model_fit(config, limits, o.parallel.device == "cuda", manifest.dtype);
-  const Placement placement =
-      place_ranks(topology, {o.parallel.dp, o.parallel.pp, o.parallel.tp}, o.parallel.force, &fit);
-  check_split(config, placement.sizes.tp, placement.sizes.pp);
-  const ParallelLayout layout(placement.sizes, placement.ranks_by_position, 0);
+  const RunPlan plan = make_run_plan(plan_request(manifest, config, topology, o.parallel, o.limits));
   std::string text;
-  for (const auto& note : placement.notes) text += "auto: " + note + "\n";
-  for (const auto& warning : placement.warnings) text += "warning: " + warning + " (running anyway: --force)\n";
-  return text + plan_table(topology, layout, config, limits, o.parallel.device == "cuda", manifest.dtype);
+  for (const auto& note : plan.notes) text += "auto: " + note + "\n";
+  for (const auto& warning : plan.warnings) text += "warning: " + warning + " (running anyway: --force)\n";
+  return text + plan.table();
 }
 
 }  // namespace

@@ -65,7 +65,7 @@ Tensor TransformerStage::load_rows(WeightSource& source, const std::vector<Tenso
   return tensor;
 }
 
-TransformerStage::TransformerStage(const ShardPlan& plan, WeightSource& source, Backend& backend, Communicator& tp,
+TransformerStage::TransformerStage(const ShardPlan& plan, WeightSource& source, Backend& backend, Collectives& tp,
                                    const StageLimits& limits)
     : plan_(plan), backend_(backend), tp_(tp), limits_(limits) {
   const auto& c = plan.config();

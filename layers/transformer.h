@@ -47,7 +47,7 @@ class TransformerStage {
  public:
   // Loads every tensor of `plan` from `source` into `backend` memory. `tp` is this rank's tensor-parallel group
   // (collective all-reduces in forward); both must outlive the stage.
-  TransformerStage(const ShardPlan& plan, WeightSource& source, Backend& backend, Communicator& tp,
+  TransformerStage(const ShardPlan& plan, WeightSource& source, Backend& backend, Collectives& tp,
                    const StageLimits& limits);
 
   const ShardPlan& plan() const { return plan_; }
@@ -77,7 +77,7 @@ class TransformerStage {
 
   ShardPlan plan_;
   Backend& backend_;
-  Communicator& tp_;
+  Collectives& tp_;
   StageLimits limits_;
   std::vector<float> load_staging_;  // load_rows' f32 staging for non-f32 or device weights; freed after loading
   RopeParams rope_;

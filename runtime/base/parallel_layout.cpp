@@ -43,6 +43,18 @@ int ParallelLayout::rank_of(int dp_rank, int pp_rank, int tp_rank) const {
   return rank_at_[std::size_t((dp_rank * sizes_.pp + pp_rank) * sizes_.tp + tp_rank)];
 }
 
+int ParallelLayout::replica_of(int world_rank) const {
+  const auto at = std::find(rank_at_.begin(), rank_at_.end(), world_rank);
+  STRATA_CHECK(at != rank_at_.end(), Internal, "rank ", world_rank, " outside world of ", rank_at_.size());
+  return int(at - rank_at_.begin()) / (sizes_.tp * sizes_.pp);
+}
+
+std::vector<int> ParallelLayout::replica_ranks(int dp_rank) const {
+  const auto per_replica = std::size_t(sizes_.tp * sizes_.pp);
+  const auto first = rank_at_.begin() + std::int64_t(std::size_t(dp_rank) * per_replica);
+  return std::vector<int>(first, first + std::int64_t(per_replica));
+}
+
 std::vector<int> ParallelLayout::tp_group() const {
   std::vector<int> ranks;
   for (int t = 0; t < sizes_.tp; ++t) ranks.push_back(rank_of(dp_rank_, pp_rank_, t));

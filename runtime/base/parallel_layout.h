@@ -43,6 +43,10 @@ class ParallelLayout {
   // The world rank of the same tp_rank in the next/previous stage of this replica.
   int next_stage_rank() const;
   int prev_stage_rank() const;
+  // The data-parallel replica any world rank belongs to, and all world ranks of replica `dp_rank` (stage-major),
+  // from the placement: never from rank arithmetic, since a placement may put a replica's ranks anywhere.
+  int replica_of(int world_rank) const;
+  std::vector<int> replica_ranks(int dp_rank) const;
   // "dp 0 pp 1 tp 0"
   std::string coordinates() const;
 

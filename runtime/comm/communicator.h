@@ -1,4 +1,5 @@
-// The Communicator interface (collectives and point-to-point within one group of ranks) and CommGroups, the
+// The communication interfaces: Collectives (what layers need, on host or device memory) and Communicator (host
+// messaging: collectives plus point-to-point) and CommGroups, the
 // explicit bundle of the groups a rank belongs to. MPI implements it now (mpi/), NCCL with the CUDA backend.
 // Every method is collective over the group unless it says "point-to-point". Failures throw strata::Error;
 // nothing here waits without the job being abortable (launch/ turns any Error into MPI_Abort).
@@ -13,7 +14,9 @@
 namespace strata {
 
 // Tags of point-to-point messages (typed so two protocols can never collide).
-enum class Tag : int { Activations = 101, Tokens = 102, Result = 103 };
+// Result: a finished record for world rank 0; Heartbeat: "still running" (replica leaders to rank 0, rank 0 to ranks
+// that finished); Done: a rank finished its part; Exit: rank 0 has written everything, every rank may end.
+enum class Tag : int { Activations = 101, Tokens = 102, Result = 103, Heartbeat = 104, Done = 105, Exit = 106 };
 
 // A pending non-blocking send; wait() completes it. Destroying an incomplete request waits for it.
 class SendRequest {
@@ -44,9 +47,11 @@ class SendQueue {
   std::deque<std::unique_ptr<SendRequest>> pending_;
 };
 
-class Communicator {
+// Collectives over one group of ranks, on whatever memory the implementation serves: what tensor-parallel layers
+// need (an all-reduce per layer half, all-gathers for sampling). MPI serves host memory, NCCL device memory.
+class Collectives {
  public:
-  virtual ~Communicator() = default;
+  virtual ~Collectives() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
 
@@ -56,15 +61,21 @@ class Communicator {
   virtual void all_gather(const void* send, void* recv, std::size_t bytes_per_rank) = 0;
   // Collective.
   virtual void broadcast(void* data, std::size_t bytes, int root) = 0;
-  // Maximum over the group of one value. Collective.
-  virtual std::int64_t all_reduce_max(std::int64_t value) = 0;
   virtual void barrier() = 0;
   // Whether all_reduce_sum on device tensors can be recorded in a CUDA graph on the backend's stream (NCCL can);
   // a group of one reduces nothing, so it can.
   virtual bool graph_capturable() const { return size() == 1; }
+};
 
-  // The sub-group of the ranks passing the same `color`, ordered by `key` (MPI_Comm_split / ncclCommSplit).
-  // Collective over this group.
+// Host messaging (MPI): the collectives on host memory plus host values and point-to-point messages, which carry
+// pipeline steps, sampled tokens, results and liveness between ranks. NCCL does not implement this.
+class Communicator : public Collectives {
+ public:
+  // Maximum over the group of one value. Collective.
+  virtual std::int64_t all_reduce_max(std::int64_t value) = 0;
+
+  // The sub-group of the ranks passing the same `color`, ordered by `key` (MPI_Comm_split). Collective over this
+  // group.
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
 
   // Point-to-point. Messages between a pair with one tag arrive in the order sent.
@@ -81,7 +92,7 @@ struct CommGroups {
   std::unique_ptr<Communicator> world;
   std::unique_ptr<Communicator> tp;
   // The tensor-parallel group for device tensors (NCCL with --device cuda); null means use tp.
-  std::unique_ptr<Communicator> tp_device;
+  std::unique_ptr<Collectives> tp_device;
   std::unique_ptr<Communicator> pp;
   std::unique_ptr<Communicator> dp;
 };

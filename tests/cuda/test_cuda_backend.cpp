@@ -15,7 +15,7 @@
 #include "runtime/backend/backend.h"
 #include "runtime/backend/cuda/cuda_backend.h"
 #include "runtime/backend/cuda/device_info.h"
-#include "runtime/engine/sampler.h"
+#include "engine/sampler.h"
 #include "tests/unit/test_support.h"
 
 using namespace strata;

@@ -5,7 +5,7 @@
 #include "../unit/test_support.h"
 #include "io/tokenizer.h"
 #include "runtime/comm/mpi/mpi_communicator.h"
-#include "runtime/engine/engine.h"
+#include "engine/engine.h"
 
 using namespace strata;
 

@@ -5,7 +5,7 @@
 
 #include "../unit/test_support.h"
 #include "runtime/comm/mpi/mpi_communicator.h"
-#include "runtime/engine/sampler.h"
+#include "engine/sampler.h"
 
 using namespace strata;
 

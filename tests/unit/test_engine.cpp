@@ -4,7 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "io/tokenizer.h"
-#include "runtime/engine/engine.h"
+#include "engine/engine.h"
 #include "test_support.h"
 
 using namespace strata;

@@ -138,7 +138,7 @@ TEST(Results, FailedWriteIsCutBackToTheLastCompleteRecord) {
   EXPECT_EQ(content.back(), '\n') << "the file must end with a whole record, not a fragment";
   std::size_t lines = 0;
   for (std::size_t at = 0, end; (end = content.find('\n', at)) != std::string::npos; at = end + 1, ++lines)
-    EXPECT_NO_THROW((void)nlohmann::json::parse(content.substr(at, end - at)));
+    EXPECT_TRUE(nlohmann::json::accept(content.substr(at, end - at)));
   EXPECT_EQ(lines, 2u);
   fs::remove_all(dir);
 }

@@ -61,3 +61,18 @@ TEST(ParallelLayout, ExplicitPlacementIsFollowedEverywhere) {
   EXPECT_EQ(r2.next_stage_rank(), 3);
   EXPECT_THROW(ParallelLayout({1, 2, 2}, std::vector<int>{0, 2, 2, 3}, 0), Error);
 }
+
+// Ranks {0,2} on one node and {1,3} on the other with tp 2 x dp 2 (mpirun --map-by node): replica 1 is ranks 1 and
+// 3, whatever rank / (tp * pp) says (that formula marked replica 0 done when replica 1 finished, and the job hung).
+TEST(ParallelLayout, ReplicaOfFollowsThePlacementNotTheRankNumber) {
+  const std::vector<int> placement = {0, 2, 1, 3};  // replica 0 = ranks 0, 2; replica 1 = ranks 1, 3
+  const ParallelLayout any({2, 1, 2}, placement, 0);
+  EXPECT_EQ(any.replica_of(0), 0);
+  EXPECT_EQ(any.replica_of(2), 0);
+  EXPECT_EQ(any.replica_of(1), 1);
+  EXPECT_EQ(any.replica_of(3), 1);
+  EXPECT_NE(any.replica_of(1), 1 / (1 * 2)) << "the rank formula would say replica 0";
+  EXPECT_EQ(any.replica_ranks(1), (std::vector<int>{1, 3}));
+  EXPECT_EQ(any.rank_of(1, 0, 0), 1) << "replica 1's leader";
+  EXPECT_THROW((void)any.replica_of(4), Error);
+}

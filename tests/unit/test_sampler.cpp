@@ -5,7 +5,7 @@
 #include <cmath>
 #include <map>
 
-#include "runtime/engine/sampler.h"
+#include "engine/sampler.h"
 #include "test_support.h"
 
 using namespace strata;

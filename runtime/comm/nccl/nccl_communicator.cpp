@@ -126,8 +126,6 @@ class NcclCommunicatorImpl final : public NcclCommunicator {
             [&] { STRATA_NCCL_CHECK(ncclBroadcast(data, data, bytes, ncclInt8, root, comm_, stream_)); });
   }
 
-  std::int64_t all_reduce_max(std::int64_t) override { refuse_host("all_reduce_max (a host value)"); }
-
   // A device all-reduce of one value, then a polled wait: every rank has reached this point.
   void barrier() override {
     if (barrier_word_ == nullptr) STRATA_CUDA_CHECK(cudaMalloc(&barrier_word_, sizeof(float)));
@@ -135,17 +133,13 @@ class NcclCommunicatorImpl final : public NcclCommunicator {
     synchronize();
   }
 
-  std::unique_ptr<Communicator> split(int color, int key) override {
+  std::unique_ptr<NcclCommunicator> split(int color, int key) override {
     NcclOptions child_options = options_;
     child_options.label = cat(options_.label, " / split colour ", color);
     auto child = std::make_unique<NcclCommunicatorImpl>(0, 0, device_, stream_, child_options);
     child->init_split(*this, color, key);
     return child;
   }
-
-  std::unique_ptr<SendRequest> isend(std::vector<char>, int, Tag) override { refuse_host("isend (host message)"); }
-  std::vector<char> recv(int, Tag) override { refuse_host("recv (host message)"); }
-  bool try_recv_any(Tag, std::vector<char>&, int&) override { refuse_host("try_recv_any (host message)"); }
 
   void send_device(const void* data, std::size_t bytes, int peer) override {
     if (!is_device_pointer(data)) refuse_host("send_device");

@@ -1,6 +1,6 @@
-// The NCCL implementation of Communicator, for DEVICE tensors: collectives and point-to-point are enqueued on the
-// CUDA stream given at creation (so a CUDA graph can capture them) and return before they complete. Host-memory
-// calls and the host message API (isend/recv of std::vector<char>) throw: those belong to the MPI communicator.
+// The NCCL implementation of Collectives, for DEVICE tensors: collectives and point-to-point are enqueued on the
+// CUDA stream given at creation (so a CUDA graph can capture them) and return before they complete. Host memory is
+// refused; host messages (results, pipeline steps of the CPU path) are the MPI Communicator's, not NCCL's.
 // Free of CUDA and NCCL headers (both are linked PRIVATE); STRATA_NCCL_CHECK lives in nccl_check.h.
 #pragma once
 #include <cstddef>
@@ -19,8 +19,11 @@ struct NcclOptions {
   std::string label = "nccl";
 };
 
-class NcclCommunicator : public Communicator {
+class NcclCommunicator : public Collectives {
  public:
+  // The sub-group of the ranks passing the same `color`, ordered by `key` (ncclCommSplit). Collective.
+  virtual std::unique_ptr<NcclCommunicator> split(int color, int key) = 0;
+
   // Point-to-point on device memory (ncclSend / ncclRecv), enqueued on the stream. The receiver names the sender
   // and the same byte count; a pair's messages match in the order they were enqueued.
   virtual void send_device(const void* data, std::size_t bytes, int peer) = 0;

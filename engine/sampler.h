@@ -32,12 +32,12 @@ struct SampleRow {
 // logits: [rows.size(), local_vocab] host f32, this rank's shard starting at vocab_offset. Collective over tp
 // (every tp rank passes the same rows) and returns the same tokens on every rank.
 std::vector<std::int32_t> sample_tokens(const float* logits, std::int64_t local_vocab, std::int64_t vocab_offset,
-                                        std::span<const SampleRow> rows, Communicator& tp);
+                                        std::span<const SampleRow> rows, Collectives& tp);
 
 // The same from logits[R >= rows.size(), local_vocab] (f32) in the backend's memory: the backend reduces each row
 // to its candidates (runtime/backend/sampling.h), so only a few bytes per row reach the host.
 std::vector<std::int32_t> sample_tokens(Backend& backend, TensorView logits, std::int64_t vocab_offset,
-                                        std::span<const SampleRow> rows, Communicator& tp);
+                                        std::span<const SampleRow> rows, Collectives& tp);
 
 // Gumbel(0,1) noise as a pure function of (seed, step, token id).
 double gumbel_noise(std::uint64_t seed, std::int64_t step, std::int64_t token);

@@ -1,5 +1,5 @@
-// The generation engine of one data-parallel replica: continuous batching with a KV-cache slot per sequence,
-// prefill then decode, and the pipeline schedule across stages.
+// The generation engine of one data-parallel replica: continuous batching with a KV-cache slot per sequence
+// (engine/scheduler.h), prefill then decode, and the pipeline schedule across stages (messages in engine/wire.h).
 //
 // Stage 0 of a replica is the scheduler: it owns the requests, builds each step, and decides when sequences finish.
 // A step is a self-describing message (chunk metadata + hidden states) sent down the stages with MPI point-to-point;
@@ -18,7 +18,8 @@
 #include "runtime/base/parallel_layout.h"
 #include "runtime/base/watchdog.h"
 #include "runtime/comm/communicator.h"
-#include "runtime/engine/sampler.h"
+#include "engine/sampler.h"
+#include "engine/stop_matcher.h"
 
 namespace strata {
 
@@ -61,7 +62,7 @@ struct EngineStats {
 
 struct EngineHooks {
   std::function<void(Completion&&)> on_complete;  // stage 0 ranks, as each sequence finishes
-  std::function<void()> on_round;                 // stage 0 ranks, once per scheduled micro-batch
+  std::function<void()> on_round;                 // every rank, once per micro-batch step it computed
 };
 
 class Engine {
@@ -76,10 +77,8 @@ class Engine {
   EngineStats run(std::vector<Request> requests, const EngineHooks& hooks);
 
  private:
-  struct Sequence;
-  struct InFlight;
   EngineStats run_scheduler(std::vector<Request> requests, const EngineHooks& hooks);
-  void run_follower();
+  void run_follower(const EngineHooks& hooks);
 
   TransformerStage& stage_;
   const ParallelLayout& layout_;
@@ -88,10 +87,13 @@ class Engine {
   void beat(const char* activity) const {
     if (options_.watchdog) options_.watchdog->beat(activity);
   }
+  void observe_step(double seconds) const {
+    if (options_.watchdog) options_.watchdog->observe_step(seconds);
+  }
 
   const Tokenizer& tokenizer_;
   EngineOptions options_;
-  std::string waiting_for_activations_, waiting_for_tokens_;  // watchdog activities naming the peer rank
+  std::string waiting_for_activations_, waiting_for_tokens_, computing_;  // watchdog activities naming peers
 };
 
 }  // namespace strata

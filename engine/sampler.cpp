@@ -1,5 +1,5 @@
 // Vocab-parallel sampling; see sampler.h for the method.
-#include "runtime/engine/sampler.h"
+#include "engine/sampler.h"
 
 #include <algorithm>
 #include <cmath>
@@ -75,7 +75,7 @@ std::int32_t choose(std::vector<Candidate>& candidates, const SampleRow& r) {
 // The cross-rank part shared by both entry points: `local` fills this rank's candidates given the per-row requests
 // and offsets; one all-gather; every rank then chooses the same tokens.
 template <typename Local>
-std::vector<std::int32_t> sample_with(std::int64_t local_vocab, std::span<const SampleRow> rows, Communicator& tp,
+std::vector<std::int32_t> sample_with(std::int64_t local_vocab, std::span<const SampleRow> rows, Collectives& tp,
                                       const Local& local) {
   std::vector<CandidateRequest> requests;
   requests.reserve(rows.size());
@@ -110,7 +110,7 @@ double gumbel_noise(std::uint64_t seed, std::int64_t step, std::int64_t token) {
 }
 
 std::vector<std::int32_t> sample_tokens(const float* logits, std::int64_t local_vocab, std::int64_t vocab_offset,
-                                        std::span<const SampleRow> rows, Communicator& tp) {
+                                        std::span<const SampleRow> rows, Collectives& tp) {
   return sample_with(
       local_vocab, rows, tp,
       [&](std::span<const CandidateRequest> requests, std::span<const std::int64_t> offsets, Candidate* out) {
@@ -121,7 +121,7 @@ std::vector<std::int32_t> sample_tokens(const float* logits, std::int64_t local_
 }
 
 std::vector<std::int32_t> sample_tokens(Backend& backend, TensorView logits, std::int64_t vocab_offset,
-                                        std::span<const SampleRow> rows, Communicator& tp) {
+                                        std::span<const SampleRow> rows, Collectives& tp) {
   return sample_with(logits.row_elems(), rows, tp,
                      [&](std::span<const CandidateRequest> requests, std::span<const std::int64_t> offsets,
                          Candidate* out) { backend.sample_candidates(logits, vocab_offset, requests, offsets, out); });

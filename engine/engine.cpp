@@ -1,0 +1,176 @@
+// Scheduler (stage 0), followers (later stages) and the wire format of steps and tokens.
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "engine/scheduler.h"
+#include "engine/wire.h"
+#include "runtime/base/error.h"
+
+namespace strata {
+
+const char* finish_reason_name(FinishReason reason) { return reason == FinishReason::Stop ? "stop" : "length"; }
+
+namespace {
+
+// The last stage's work on a step's logits (in the backend's memory): sample from per-row candidates, and gather
+// whole-vocabulary rows that were asked for (downloaded as f32).
+StepResult finish_step(const std::vector<ChunkMeta>& metas, TensorView logits, TransformerStage& stage,
+                       Communicator& tp) {
+  const ShardPlan& plan = stage.plan();
+  std::vector<SampleRow> rows;
+  rows.reserve(metas.size());
+  for (const auto& m : metas) rows.push_back(SampleRow{{m.temperature, m.top_k, m.top_p, m.seed}, m.step});
+  StepResult result;
+  const std::int64_t local_vocab = plan.local_vocab();
+  result.tokens = sample_tokens(stage.backend(), logits, plan.vocab_offset(), rows, tp);
+  result.vocab = plan.config().vocab_size;
+  std::vector<float> shard;
+  for (std::size_t i = 0; i < metas.size(); ++i) {
+    if (!metas[i].record_logits) continue;
+    shard.resize(std::size_t(local_vocab));
+    stage.backend().download(logits.slice_rows(std::int64_t(i), std::int64_t(i) + 1), shard.data());
+    const std::size_t at = result.logits.size();
+    result.logits.resize(at + std::size_t(result.vocab));  // shards are contiguous in tp-rank order
+    tp.all_gather(shard.data(), result.logits.data() + at, std::size_t(local_vocab) * 4);
+  }
+  return result;
+}
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------ engine
+
+
+Engine::Engine(TransformerStage& stage, const ParallelLayout& layout, Communicator& world, Communicator& tp,
+               const Tokenizer& tokenizer, EngineOptions options)
+    : stage_(stage), layout_(layout), world_(world), tp_(tp), tokenizer_(tokenizer), options_(options) {
+  if (options_.micro_batches <= 0) options_.micro_batches = layout.sizes().pp;
+  STRATA_CHECK(options_.max_batch_size >= 1, Usage, "--max-batch-size must be >= 1");
+  STRATA_CHECK(options_.max_model_len >= 2, Usage, "--max-model-len must be >= 2");
+  if (!layout.is_first_stage())
+    waiting_for_activations_ =
+        cat("waiting for activations from rank ", layout.prev_stage_rank(), " (stage ", layout.pp_rank() - 1, ")");
+  computing_ = "computing a step";
+  if (layout.sizes().tp > 1) {
+    std::string peers;
+    for (int r : layout.tp_group())
+      if (r != layout.world_rank()) peers += (peers.empty() ? "" : ", ") + std::to_string(r);
+    computing_ = cat("computing a step or waiting for its tensor-parallel peers (rank", layout.sizes().tp > 2 ? "s " : " ",
+                     peers, ") in an all-reduce or all-gather");
+  }
+  if (layout.sizes().pp > 1)
+    waiting_for_tokens_ =
+        cat("waiting for new tokens from rank ",
+            layout.rank_of(layout.dp_rank(), layout.sizes().pp - 1, layout.tp_rank()), " (the last stage)");
+}
+
+EngineStats Engine::run(std::vector<Request> requests, const EngineHooks& hooks) {
+  if (layout_.is_first_stage()) return run_scheduler(std::move(requests), hooks);
+  run_follower(hooks);
+  return EngineStats{};
+}
+
+void Engine::run_follower(const EngineHooks& hooks) {
+  SendQueue sends(std::size_t(options_.micro_batches) + 1);
+  const std::int64_t hidden = stage_.hidden_size();
+  const int scheduler = layout_.rank_of(layout_.dp_rank(), 0, layout_.tp_rank());
+  for (;;) {
+    beat(waiting_for_activations_.c_str());
+    const std::vector<char> message = world_.recv(layout_.prev_stage_rank(), Tag::Activations);
+    beat(computing_.c_str());
+    const double step_start = now_seconds();
+    const ParsedStep step = parse_step(message, hidden);
+    if (step.header.kind == kStopMessage) {
+      if (!layout_.is_last_stage()) sends.push(world_.isend(pack_stop(), layout_.next_stage_rank(), Tag::Activations));
+      break;
+    }
+    const std::vector<SeqChunk> chunks = chunks_of(step.metas);
+    const TensorView out = stage_.forward(chunks, {}, step.hidden);
+    if (layout_.is_last_stage())
+      sends.push(world_.isend(pack_tokens(finish_step(step.metas, out, stage_, tp_)), scheduler, Tag::Tokens));
+    else
+      sends.push(world_.isend(pack_step(step.metas, step.header.n_tokens, out.f32(), hidden), layout_.next_stage_rank(),
+                              Tag::Activations));
+    observe_step(now_seconds() - step_start);
+    if (hooks.on_round) hooks.on_round();
+  }
+  beat("waiting for the next stage to receive the last messages");
+  sends.drain();
+}
+
+EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHooks& hooks) {
+  const double start = now_seconds();
+  const bool single_stage = layout_.sizes().pp == 1;
+  const int last_stage =
+      single_stage ? -1 : layout_.rank_of(layout_.dp_rank(), layout_.sizes().pp - 1, layout_.tp_rank());
+  const StopMatcher stops(tokenizer_, options_.max_model_len);
+  Scheduler scheduler(std::move(requests),
+                      SchedulerLimits{options_.max_batch_size, options_.max_num_batched_tokens,
+                                      options_.micro_batches, options_.record_logits},
+                      stops, stage_.plan().config().vocab_size);
+  const int groups = scheduler.micro_batches();
+  std::vector<bool> in_flight(static_cast<std::size_t>(groups), false);
+  SendQueue sends(std::size_t(groups) + 1);
+  EngineStats stats;
+  const auto complete = [&](Completion&& c) {
+    if (hooks.on_complete) hooks.on_complete(std::move(c));
+  };
+
+  std::vector<ChunkMeta> metas;
+  std::vector<std::int32_t> ids;
+  for (;;) {
+    bool anything = false;
+    for (int g = 0; g < groups; ++g) {
+      if (in_flight[std::size_t(g)]) {
+        beat(waiting_for_tokens_.c_str());
+        const std::vector<char> tokens = world_.recv(last_stage, Tag::Tokens);
+        beat("scheduling");
+        scheduler.apply(g, parse_tokens(tokens), complete);
+        in_flight[std::size_t(g)] = false;
+      }
+      scheduler.admit(g);
+      if (scheduler.idle(g)) continue;
+      anything = true;
+
+      scheduler.build_step(g, metas, ids);
+      const std::vector<SeqChunk> chunks = chunks_of(metas);
+      beat(computing_.c_str());
+      const double step_start = now_seconds();
+      const TensorView out = stage_.forward(chunks, ids, nullptr);
+      ++stats.steps;
+      if (single_stage) {
+        scheduler.apply(g, finish_step(metas, out, stage_, tp_), complete);
+        observe_step(now_seconds() - step_start);
+      } else {
+        observe_step(now_seconds() - step_start);
+        sends.push(world_.isend(pack_step(metas, std::int32_t(ids.size()), out.f32(), stage_.hidden_size()),
+                                layout_.next_stage_rank(), Tag::Activations));
+        in_flight[std::size_t(g)] = true;
+        stats.max_in_flight =
+            std::max<std::int64_t>(stats.max_in_flight, std::count(in_flight.begin(), in_flight.end(), true));
+      }
+      if (hooks.on_round) hooks.on_round();
+    }
+    if (!anything) {  // nothing running and nothing in flight: done, unless a request could never be admitted
+      STRATA_CHECK(scheduler.waiting() == 0, Internal, "scheduler stalled with ", scheduler.waiting(),
+                   " requests not admitted");
+      break;
+    }
+  }
+  if (!single_stage) sends.push(world_.isend(pack_stop(), layout_.next_stage_rank(), Tag::Activations));
+  beat("waiting for the next stage to receive the last messages");
+  sends.drain();
+  stats.prompt_tokens = scheduler.counts().prompt_tokens;
+  stats.generated_tokens = scheduler.counts().generated_tokens;
+  stats.completed = scheduler.counts().completed;
+  stats.seconds = now_seconds() - start;
+  return stats;
+}
+
+}  // namespace strata

@@ -1,0 +1,208 @@
+// See results.h.
+#include "engine/results.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "runtime/base/error.h"
+
+namespace strata {
+namespace {
+
+constexpr std::int64_t kReplicaFinished = -1;
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::vector<char> pack_record(std::int64_t index, const std::string& json) {
+  std::vector<char> message(sizeof index + json.size());
+  std::memcpy(message.data(), &index, sizeof index);
+  std::memcpy(message.data() + sizeof index, json.data(), json.size());
+  return message;
+}
+
+std::string ranks_text(const std::vector<int>& ranks) {
+  std::string text;
+  for (int r : ranks) text += (text.empty() ? "" : ", ") + std::to_string(r);
+  return (ranks.size() == 1 ? "rank " : "ranks ") + text;
+}
+
+double timeout_of(const Watchdog* watchdog) { return watchdog ? watchdog->timeout() : 0; }
+
+void pause_briefly() { std::this_thread::sleep_for(std::chrono::milliseconds(2)); }
+
+// A heartbeat carries its sender's timeout: a peer whose steps are slower (a long prefill) is given as long as it
+// gives itself, whatever the receiver's own steps take.
+std::vector<char> pack_heartbeat(const Watchdog* watchdog) {
+  const double timeout = timeout_of(watchdog);
+  std::vector<char> message(sizeof timeout);
+  std::memcpy(message.data(), &timeout, sizeof timeout);
+  return message;
+}
+
+double heartbeat_timeout(const std::vector<char>& message) {
+  double timeout = 0;
+  if (message.size() == sizeof timeout) std::memcpy(&timeout, message.data(), sizeof timeout);
+  return timeout;
+}
+
+}  // namespace
+
+nlohmann::json make_record(const Prompt& p, const Completion& c) {
+  nlohmann::json record = {{"id", p.id},
+                           {"prompt", p.text},
+                           {"text", c.text},
+                           {"token_ids", c.token_ids},
+                           {"finish_reason", finish_reason_name(c.finish_reason)},
+                           {"prompt_tokens", c.prompt_tokens},
+                           {"completion_tokens", c.token_ids.size()}};
+  if (!c.logits.empty()) {  // one row per generated token
+    nlohmann::json rows = nlohmann::json::array();
+    for (std::size_t at = 0; at < c.logits.size(); at += std::size_t(c.vocab))
+      rows.push_back(
+          std::vector<float>(c.logits.begin() + std::int64_t(at), c.logits.begin() + std::int64_t(at) + c.vocab));
+    record["logits"] = std::move(rows);
+  }
+  return record;
+}
+
+double heartbeat_interval(double timeout_seconds) {
+  return timeout_seconds > 0 ? std::clamp(timeout_seconds / 4, 0.2, 10.0) : 10.0;
+}
+
+// ------------------------------------------------------------------------------------------------ rank 0
+
+ResultCollector::ResultCollector(Communicator& world, const ParallelLayout& layout, RecordSink sink,
+                                 Watchdog* watchdog)
+    : world_(world),
+      layout_(layout),
+      sink_(std::move(sink)),
+      watchdog_(watchdog),
+      last_heard_(std::size_t(layout.world_size()), now_seconds()),
+      replica_finished_(std::size_t(layout.sizes().dp), -1.0),
+      rank_done_(std::size_t(layout.world_size()), false),
+      peer_timeout_(std::size_t(layout.world_size()), 0.0),
+      records_from_(std::size_t(layout.sizes().dp), 0) {
+  rank_done_[0] = true;
+}
+
+void ResultCollector::take(std::vector<char> message, int src, Tag tag) {
+  last_heard_[std::size_t(src)] = now_seconds();
+  if (tag == Tag::Done) rank_done_[std::size_t(src)] = true;
+  if (tag == Tag::Heartbeat) peer_timeout_[std::size_t(src)] = heartbeat_timeout(message);
+  if (tag != Tag::Result) return;
+  STRATA_CHECK(message.size() >= sizeof(std::int64_t), Communication, "truncated result message from rank ", src);
+  std::int64_t index = 0;
+  std::memcpy(&index, message.data(), sizeof index);
+  const int replica = layout_.replica_of(src);
+  if (index == kReplicaFinished) {
+    replica_finished_[std::size_t(replica)] = now_seconds();
+    return;
+  }
+  ++records_from_[std::size_t(replica)];
+  sink_(index, nlohmann::json::parse(message.begin() + sizeof index, message.end()));
+}
+
+void ResultCollector::poll() {
+  std::vector<char> message;
+  int src = 0;
+  for (Tag tag : {Tag::Result, Tag::Heartbeat, Tag::Done})
+    while (world_.try_recv_any(tag, message, src)) take(std::move(message), src, tag);
+  heartbeat_finished_ranks(now_seconds());
+}
+
+void ResultCollector::heartbeat_finished_ranks(double now) {
+  if (now - last_heartbeat_ < heartbeat_interval(timeout_of(watchdog_))) return;
+  last_heartbeat_ = now;
+  for (int r = 1; r < layout_.world_size(); ++r)
+    if (rank_done_[std::size_t(r)]) heartbeats_.push(world_.isend(pack_heartbeat(watchdog_), r, Tag::Heartbeat));
+}
+
+void ResultCollector::check_liveness(double now) const {
+  const double own = timeout_of(watchdog_);
+  if (own <= 0) return;
+  for (int d = 0; d < layout_.sizes().dp; ++d) {
+    const int leader = layout_.rank_of(d, 0, 0);
+    if (replica_finished_[std::size_t(d)] >= 0 || leader == 0) continue;
+    const double limit = std::max(own, peer_timeout_[std::size_t(leader)]);
+    const double silent = now - last_heard_[std::size_t(leader)];
+    STRATA_CHECK(silent <= limit, Communication, "no progress for ", int(silent), " s while waiting for results from replica ",
+                 d, " (", ranks_text(layout_.replica_ranks(d)), "; its results come from rank ", leader, ", ",
+                 records_from_[std::size_t(d)],
+                 " received so far): a rank of it is stopped, frozen or gone; aborting the job (--step-timeout)");
+  }
+  for (int r = 1; r < layout_.world_size(); ++r) {
+    const double finished = replica_finished_[std::size_t(layout_.replica_of(r))];
+    if (rank_done_[std::size_t(r)] || finished < 0) continue;
+    const double silent = now - std::max(finished, last_heard_[std::size_t(r)]);
+    STRATA_CHECK(silent <= own, Communication, "no progress for ", int(silent), " s while waiting for rank ", r,
+                 " to finish after its replica's last result: it is stopped, frozen or gone; aborting the job "
+                 "(--step-timeout)");
+  }
+}
+
+void ResultCollector::finish() {
+  if (layout_.rank_of(layout_.dp_rank(), 0, 0) == 0) replica_finished_[std::size_t(layout_.dp_rank())] = now_seconds();
+  for (;;) {
+    poll();
+    const bool replicas = std::all_of(replica_finished_.begin(), replica_finished_.end(), [](double t) { return t >= 0; });
+    const bool ranks = std::all_of(rank_done_.begin(), rank_done_.end(), [](bool d) { return d; });
+    if (replicas && ranks) break;
+    check_liveness(now_seconds());
+    if (watchdog_) watchdog_->beat("gathering results from the other replicas");
+    pause_briefly();
+  }
+  if (watchdog_) watchdog_->beat("telling every rank the job is complete");
+  SendQueue exits(std::size_t(layout_.world_size()));
+  for (int r = 1; r < layout_.world_size(); ++r) exits.push(world_.isend({}, r, Tag::Exit));
+  exits.drain();
+  heartbeats_.drain();
+}
+
+// ------------------------------------------------------------------------------------------------ other ranks
+
+ResultSender::ResultSender(Communicator& world, const ParallelLayout& layout, Watchdog* watchdog)
+    : world_(world), layout_(layout), watchdog_(watchdog), last_heartbeat_(now_seconds()) {}
+
+void ResultSender::send(std::int64_t index, const nlohmann::json& record) {
+  if (watchdog_) watchdog_->beat("sending a result to rank 0 (it may have stopped receiving)");
+  sends_.push(world_.isend(pack_record(index, record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)), 0,
+                           Tag::Result));
+}
+
+void ResultSender::heartbeat() {
+  const double now = now_seconds();
+  if (now - last_heartbeat_ < heartbeat_interval(timeout_of(watchdog_))) return;
+  last_heartbeat_ = now;
+  sends_.push(world_.isend(pack_heartbeat(watchdog_), 0, Tag::Heartbeat));
+}
+
+void ResultSender::finish() {
+  if (watchdog_) watchdog_->beat("sending the last results to rank 0 (it may have stopped receiving)");
+  if (layout_.is_first_stage() && layout_.tp_rank() == 0) sends_.push(world_.isend(pack_record(kReplicaFinished, ""), 0, Tag::Result));
+  sends_.push(world_.isend({}, 0, Tag::Done));
+  double heard = now_seconds(), rank0_timeout = 0;
+  std::vector<char> message;
+  int src = 0;
+  for (;;) {
+    while (world_.try_recv_any(Tag::Heartbeat, message, src)) {
+      heard = now_seconds();
+      rank0_timeout = heartbeat_timeout(message);
+    }
+    if (world_.try_recv_any(Tag::Exit, message, src)) break;
+    const double own = timeout_of(watchdog_);
+    const double limit = own > 0 ? std::max(own, rank0_timeout) : 0, silent = now_seconds() - heard;
+    STRATA_CHECK(limit <= 0 || silent <= limit, Communication,
+                 "no progress for ", int(silent),
+                 " s while waiting for rank 0 (which gathers and writes the results) to end the job: it is stopped, "
+                 "frozen or gone; aborting the job (--step-timeout)");
+    if (watchdog_) watchdog_->beat("waiting for rank 0 to finish writing the results");
+    pause_briefly();
+  }
+  sends_.drain();
+}
+
+}  // namespace strata

@@ -1,0 +1,98 @@
+// Packing and parsing of the stage-to-stage messages; see wire.h.
+#include "engine/wire.h"
+
+#include <cstring>
+
+#include "runtime/base/error.h"
+
+namespace strata {
+namespace {
+
+struct TokensHeader {
+  std::int32_t n_chunks = 0, n_logit_rows = 0;
+  std::int64_t vocab = 0;
+};
+
+template <typename T>
+void append(std::vector<char>& out, const T* data, std::size_t count) {
+  const std::size_t at = out.size(), bytes = count * sizeof(T);
+  out.resize(at + bytes);
+  if (bytes) std::memcpy(out.data() + at, data, bytes);
+}
+
+}  // namespace
+
+std::vector<char> pack_step(const std::vector<ChunkMeta>& metas, std::int32_t tokens, const float* hidden,
+                            std::int64_t hidden_size) {
+  std::vector<char> message;
+  const StepHeader header{kStepMessage, std::int32_t(metas.size()), tokens, 0};
+  message.reserve(sizeof header + metas.size() * sizeof(ChunkMeta) + std::size_t(tokens * hidden_size) * 4);
+  append(message, &header, 1);
+  append(message, metas.data(), metas.size());
+  append(message, hidden, std::size_t(tokens * hidden_size));
+  return message;
+}
+
+std::vector<char> pack_stop() {
+  std::vector<char> message;
+  const StepHeader header{kStopMessage, 0, 0, 0};
+  append(message, &header, 1);
+  return message;
+}
+
+ParsedStep parse_step(const std::vector<char>& message, std::int64_t hidden_size) {
+  ParsedStep step;
+  STRATA_CHECK(message.size() >= sizeof(StepHeader), Communication, "truncated step message (", message.size(),
+               " bytes)");
+  std::memcpy(&step.header, message.data(), sizeof(StepHeader));
+  const std::size_t metas_bytes = std::size_t(step.header.n_chunks) * sizeof(ChunkMeta);
+  const std::size_t expected = sizeof(StepHeader) + metas_bytes + std::size_t(step.header.n_tokens * hidden_size) * 4;
+  STRATA_CHECK(step.header.kind == kStopMessage || message.size() == expected, Communication, "step message of ",
+               message.size(), " bytes, expected ", expected, " (stages disagree about the model?)");
+  step.metas.resize(std::size_t(step.header.n_chunks));
+  std::memcpy(step.metas.data(), message.data() + sizeof(StepHeader), metas_bytes);
+  step.hidden = reinterpret_cast<const float*>(message.data() + sizeof(StepHeader) + metas_bytes);
+  std::int64_t tokens = 0;
+  for (const auto& m : step.metas) tokens += m.chunk.n_tokens;
+  STRATA_CHECK(tokens == step.header.n_tokens, Communication, "step message lists ", tokens,
+               " tokens in its chunks but carries ", step.header.n_tokens);
+  return step;
+}
+
+std::vector<char> pack_tokens(const StepResult& result) {
+  std::vector<char> message;
+  const TokensHeader header{std::int32_t(result.tokens.size()),
+                            std::int32_t(result.vocab ? result.logits.size() / std::size_t(result.vocab) : 0),
+                            result.vocab};
+  append(message, &header, 1);
+  append(message, result.tokens.data(), result.tokens.size());
+  append(message, result.logits.data(), result.logits.size());
+  return message;
+}
+
+StepResult parse_tokens(const std::vector<char>& message) {
+  TokensHeader header;
+  STRATA_CHECK(message.size() >= sizeof header, Communication, "truncated tokens message");
+  std::memcpy(&header, message.data(), sizeof header);
+  const std::size_t expected = sizeof header + std::size_t(header.n_chunks) * 4 +
+                               std::size_t(header.n_logit_rows) * std::size_t(header.vocab) * 4;
+  STRATA_CHECK(message.size() == expected, Communication, "tokens message of ", message.size(), " bytes, expected ",
+               expected);
+  StepResult result;
+  result.vocab = header.vocab;
+  result.tokens.resize(std::size_t(header.n_chunks));
+  std::memcpy(result.tokens.data(), message.data() + sizeof header, result.tokens.size() * 4);
+  result.logits.resize(std::size_t(header.n_logit_rows) * std::size_t(header.vocab));
+  std::memcpy(result.logits.data(), message.data() + sizeof header + result.tokens.size() * 4,
+              result.logits.size() * 4);
+  return result;
+}
+
+std::vector<SeqChunk> chunks_of(const std::vector<ChunkMeta>& metas) {
+  std::vector<SeqChunk> chunks;
+  chunks.reserve(metas.size());
+  for (const auto& m : metas) chunks.push_back(m.chunk);
+  return chunks;
+}
+
+}  // namespace strata

@@ -1,0 +1,50 @@
+// The messages between a replica's pipeline stages, as bytes for the host Communicator:
+//   step (stage s -> s+1, Tag::Activations): StepHeader, ChunkMeta[n_chunks], float hidden[n_tokens * hidden_size];
+//   tokens (last stage -> stage 0, Tag::Tokens): TokensHeader, int32 tokens[n_chunks], float logits[rows * vocab].
+// Every parse checks the sizes against the header and names what disagrees.
+#pragma once
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "layers/transformer.h"
+
+namespace strata {
+
+enum : std::int32_t { kStepMessage = 1, kStopMessage = 2 };
+
+struct StepHeader {
+  std::int32_t kind = kStepMessage, n_chunks = 0, n_tokens = 0, reserved = 0;
+};
+
+// One sequence's part of a step, with what the last stage needs to sample its next token.
+struct ChunkMeta {
+  SeqChunk chunk;
+  std::int32_t record_logits = 0, top_k = 0;
+  float temperature = 0, top_p = 1;
+  std::uint64_t seed = 0;
+  std::int64_t step = 0;  // index of the token this chunk generates
+};
+static_assert(std::is_trivially_copyable_v<ChunkMeta> && std::is_trivially_copyable_v<StepHeader>);
+
+struct ParsedStep {
+  StepHeader header;
+  std::vector<ChunkMeta> metas;
+  const float* hidden = nullptr;  // points into the message
+};
+
+struct StepResult {
+  std::vector<std::int32_t> tokens;
+  std::vector<float> logits;  // n_rows * vocab, rows of the chunks with record_logits, in chunk order
+  std::int64_t vocab = 0;
+};
+
+std::vector<char> pack_step(const std::vector<ChunkMeta>& metas, std::int32_t tokens, const float* hidden,
+                            std::int64_t hidden_size);
+std::vector<char> pack_stop();
+ParsedStep parse_step(const std::vector<char>& message, std::int64_t hidden_size);
+std::vector<char> pack_tokens(const StepResult& result);
+StepResult parse_tokens(const std::vector<char>& message);
+std::vector<SeqChunk> chunks_of(const std::vector<ChunkMeta>& metas);
+
+}  // namespace strata

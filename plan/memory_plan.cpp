@@ -1,0 +1,74 @@
+// See memory_plan.h.
+#include "plan/memory_plan.h"
+
+#include <cstdio>
+
+#include "runtime/base/error.h"
+#ifdef STRATA_WITH_CUDA
+#include "runtime/backend/cuda/cuda_backend.h"
+#endif
+
+namespace strata {
+namespace {
+// Device memory the CUDA backend holds outside its arena besides its step buffers: cuBLAS workspace (32 MiB), f32
+// staging (16 MiB), step inputs (KiBs), with room for the allocator's granularity.
+constexpr std::int64_t kCudaBackendFixed = std::int64_t(64) << 20;
+// Kept free beyond the estimate for device memory taken after the check and outside the arena. NCCL: its
+// communicator is created after the arena and its buffers and proxy state take hundreds of MiB on an H100
+// (channels x peers x NCCL_BUFFSIZE, NVLS). Graphs: instantiated step graphs and cuBLAS's work under capture.
+constexpr std::int64_t kNcclReserve = std::int64_t(512) << 20;
+constexpr std::int64_t kGraphReserve = std::int64_t(64) << 20;
+
+std::int64_t cuda_step_buffers(const ShardPlan& shard, const StageLimits& limits) {
+#ifdef STRATA_WITH_CUDA
+  return std::int64_t(
+      cuda_step_buffer_bytes(limits.max_seqs, shard.local_heads(), shard.config().head_dim, limits.max_seq_len));
+#else
+  (void)shard;
+  (void)limits;
+  return 0;  // a CPU-only build refuses --device cuda before anything runs
+#endif
+}
+}  // namespace
+
+DeviceKind parse_device(const std::string& name) {
+  if (name == "cpu") return DeviceKind::Cpu;
+  if (name == "cuda") return DeviceKind::Cuda;
+  throw Error(ErrorKind::Usage, cat("--device ", name, ": expected cpu or cuda"));
+}
+
+const char* device_name(DeviceKind kind) { return kind == DeviceKind::Cuda ? "cuda" : "cpu"; }
+
+DType weight_dtype(DeviceKind device, DType stored) {
+  if (device == DeviceKind::Cpu) return stored;
+  return stored == DType::F16 ? DType::F16 : DType::BF16;
+}
+
+DType activation_dtype(DeviceKind device, DType stored) {
+  return device == DeviceKind::Cpu ? DType::F32 : weight_dtype(device, stored);
+}
+
+MemoryPlan plan_memory(const ShardPlan& shard, const StageLimits& limits, DeviceKind device, DType stored,
+                       int gpu_reserve_mib) {
+  MemoryPlan m;
+  m.weights_dtype = weight_dtype(device, stored);
+  m.activations_dtype = activation_dtype(device, stored);
+  const StageMemory stage = estimate_stage_memory(shard, limits, m.weights_dtype, m.activations_dtype);
+  m.weights = stage.weights;
+  m.kv_cache = stage.kv_cache;
+  m.workspace = stage.workspace;
+  if (device == DeviceKind::Cuda) {
+    m.backend = kCudaBackendFixed + cuda_step_buffers(shard, limits);
+    m.reserve = gpu_reserve_mib >= 0 ? std::int64_t(gpu_reserve_mib) << 20
+                                     : kGraphReserve + (shard.coordinates().tp > 1 ? kNcclReserve : 0);
+  }
+  return m;
+}
+
+std::string gib(std::int64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.2f GiB", double(bytes) / double(1ll << 30));
+  return text;
+}
+
+}  // namespace strata

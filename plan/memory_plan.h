@@ -1,0 +1,41 @@
+// One rank's memory, estimated once per run for the device it runs on: the bytes of its weights, KV cache and step
+// workspace in the dtypes that device keeps them in, what the backend holds outside those, and what is kept free
+// for others (NCCL, CUDA graphs). Placement sizes `auto` layouts with it, `strata plan` prints it, the memory check
+// compares it with what is free, and the CUDA backend's arena is sized from it: one estimate, not one per use.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "layers/shard_plan.h"
+#include "layers/transformer.h"
+#include "runtime/base/dtype.h"
+
+namespace strata {
+
+enum class DeviceKind { Cpu, Cuda };
+DeviceKind parse_device(const std::string& name);  // "cpu" | "cuda"; Error(Usage) otherwise
+const char* device_name(DeviceKind kind);
+
+// The dtypes a device keeps a checkpoint stored as `stored` in. CPU: matrix weights as stored, activations f32.
+// CUDA: f16 stays f16, bf16 and f32 become bf16 (weights and activations).
+DType weight_dtype(DeviceKind device, DType stored);
+DType activation_dtype(DeviceKind device, DType stored);
+
+struct MemoryPlan {
+  DType weights_dtype = DType::F32, activations_dtype = DType::F32;
+  std::int64_t weights = 0, kv_cache = 0, workspace = 0;
+  std::int64_t backend = 0;  // CUDA: cuBLAS workspace, staging, decode partials, sampling candidates
+  std::int64_t reserve = 0;  // CUDA: kept free for NCCL's buffers and CUDA graphs (--gpu-reserve-mib)
+  std::int64_t stage() const { return weights + kv_cache + workspace; }  // what the stage allocates
+  std::int64_t total() const { return stage() + backend + reserve; }
+  // The CUDA backend's device arena: the stage's tensors, each rounded up to 256 bytes (~15 per layer).
+  std::int64_t arena(std::int64_t local_layers) const { return stage() + (std::int64_t(256) << 10) * (local_layers + 4); }
+};
+
+// gpu_reserve_mib < 0: the defaults (64 MiB for graphs, +512 MiB for NCCL when tp > 1).
+MemoryPlan plan_memory(const ShardPlan& shard, const StageLimits& limits, DeviceKind device, DType stored,
+                       int gpu_reserve_mib = -1);
+
+std::string gib(std::int64_t bytes);  // "1.25 GiB"
+
+}  // namespace strata

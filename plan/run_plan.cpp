@@ -1,0 +1,180 @@
+// See run_plan.h.
+#include "plan/run_plan.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <sstream>
+
+#include "runtime/base/error.h"
+#include "topology/placement.h"
+
+namespace strata {
+namespace {
+
+StageLimits stage_limits(const RunLimits& limits, const ModelConfig& config) {
+  STRATA_CHECK(limits.max_batch_size >= 1, Usage, "--max-batch-size must be >= 1 (got ", limits.max_batch_size, ")");
+  STRATA_CHECK(limits.max_num_batched_tokens >= 1, Usage, "--max-num-batched-tokens must be >= 1 (got ",
+               limits.max_num_batched_tokens, ")");
+  const auto model_len = std::int32_t(limits.max_model_len ? limits.max_model_len : config.max_position_embeddings);
+  STRATA_CHECK(model_len >= 2, Usage, "--max-model-len must be >= 2 (got ", model_len, ")");
+  STRATA_CHECK(model_len <= config.max_position_embeddings, Usage, "--max-model-len ", model_len,
+               " exceeds the model's max_position_embeddings ", config.max_position_embeddings);
+  // A step holds at least one whole context, so any prompt that fits the context can be prefilled.
+  return {std::max(limits.max_num_batched_tokens, model_len), limits.max_batch_size, model_len};
+}
+
+// Placement's view of the model: which tp x pp splits work and what the busiest rank needs on this device.
+ModelFit model_fit(const PlanRequest& r, const StageLimits& limits) {
+  ModelFit fit;
+  fit.split_problem = [config = r.config](int tp, int pp) {
+    try {
+      check_split(config, tp, pp);
+      return std::string();
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+  };
+  fit.bytes_per_rank = [&r, limits](int tp, int pp) {
+    std::int64_t most = 0;  // stages differ (embedding, head): the busiest decides
+    for (int stage = 0; stage < pp; ++stage)
+      most = std::max(most, plan_memory(ShardPlan(r.config, {tp, 0, pp, stage}), limits, r.device, r.stored,
+                                        r.gpu_reserve_mib)
+                                .total());
+    return most;
+  };
+  fit.on_gpus = r.device == DeviceKind::Cuda;
+  return fit;
+}
+
+// Whether the GPUs of a TP group's ranks (node-local rank i drives device i) share one NVLink island.
+bool group_in_one_island(const NodeTopology& node, const std::vector<int>& group) {
+  for (const auto& island : nvlink_islands(node.devices)) {
+    std::size_t inside = 0;
+    for (int rank : group) {
+      const auto local = std::find(node.ranks.begin(), node.ranks.end(), rank) - node.ranks.begin();
+      inside += std::size_t(std::count(island.begin(), island.end(), int(local)));
+    }
+    if (inside == group.size()) return island.size() > 1;
+  }
+  return false;
+}
+
+std::string bytes_text(double b) {
+  char text[32];
+  if (b >= 1e6)
+    std::snprintf(text, sizeof text, "%.1f MB", b / 1e6);
+  else if (b >= 1e3)
+    std::snprintf(text, sizeof text, "%.1f KB", b / 1e3);
+  else
+    std::snprintf(text, sizeof text, "%.0f B", b);
+  return text;
+}
+
+int node_index(const Topology& topology, int rank) {
+  for (std::size_t n = 0; n < topology.nodes.size(); ++n)
+    for (int r : topology.nodes[n].ranks)
+      if (r == rank) return int(n);
+  return -1;
+}
+
+RankPlan plan_rank(const RunPlan& plan, int world_rank, int gpu_reserve_mib) {
+  const ParallelLayout at = plan.layout(world_rank);
+  const NodeTopology& node = plan.topology.node_of(world_rank);
+  const ShardPlan shard = plan.shard(world_rank);
+  RankPlan r;
+  r.world_rank = world_rank;
+  r.node = node_index(plan.topology, world_rank);
+  r.local_rank = int(std::find(node.ranks.begin(), node.ranks.end(), world_rank) - node.ranks.begin());
+  r.host = node.hostname;
+  r.dp = at.dp_rank();
+  r.pp = at.pp_rank();
+  r.tp = at.tp_rank();
+  r.layer_begin = int(shard.layer_begin());
+  r.layer_end = int(shard.layer_end());
+  r.memory = plan_memory(shard, plan.stage, plan.device, plan.stored, gpu_reserve_mib);
+  const bool on_gpus = plan.device == DeviceKind::Cuda;
+  r.gpu = on_gpus ? r.local_rank : -1;
+  const double hidden_bytes = double(plan.config.hidden_size) * double(dtype_size(r.memory.activations_dtype));
+  // Ring all-reduce: each rank sends 2 (tp - 1) / tp of the buffer; two per layer (attention, MLP), one more for
+  // the embedding on the first stage.
+  const double reduces = 2.0 * double(shard.local_layers()) + (at.is_first_stage() ? 1 : 0);
+  const int tp = plan.sizes.tp;
+  r.tp_bytes_per_token = tp == 1 ? 0 : reduces * hidden_bytes * 2.0 * (tp - 1) / tp;
+  bool tp_crosses = false;
+  for (int peer : at.tp_group()) tp_crosses = tp_crosses || node_index(plan.topology, peer) != r.node;
+  r.tp_link = tp == 1 ? "-" : tp_crosses ? "inter-node!" : "intra-node";
+  if (on_gpus && tp > 1 && !tp_crosses && !node.devices.empty())
+    r.tp_link = group_in_one_island(node, at.tp_group()) ? "NVLink" : "PCIe";
+  r.pp_send = "-";
+  if (!at.is_last_stage()) {
+    const int next = at.next_stage_rank();
+    const bool crosses = node_index(plan.topology, next) != r.node;
+    r.pp_send = bytes_text(hidden_bytes) + " to rank " + std::to_string(next) +
+                (crosses ? " (inter-node " + plan.topology.fabric() + ")" : " (intra-node)");
+  }
+  return r;
+}
+
+}  // namespace
+
+ShardPlan RunPlan::shard(int world_rank) const {
+  const ParallelLayout at = layout(world_rank);
+  return ShardPlan(config, StageCoordinates{sizes.tp, at.tp_rank(), sizes.pp, at.pp_rank()});
+}
+
+RunPlan make_run_plan(const PlanRequest& request) {
+  RunPlan plan;
+  plan.config = request.config;
+  plan.stored = request.stored;
+  plan.topology = request.topology;
+  plan.device = request.device;
+  plan.stage = stage_limits(request.limits, request.config);
+  plan.max_batch_size = request.limits.max_batch_size;
+  ModelFit fit = model_fit(request, plan.stage);
+  if (!request.fit_fixed_layout && request.sizes.tp && request.sizes.pp) fit.bytes_per_rank = nullptr;
+  const Placement placement = place_ranks(request.topology, request.sizes, request.force, &fit);
+  check_split(request.config, placement.sizes.tp, placement.sizes.pp);  // with the numbers
+  plan.sizes = placement.sizes;
+  plan.ranks_by_position = placement.ranks_by_position;
+  plan.notes = placement.notes;
+  plan.warnings = placement.warnings;
+  STRATA_CHECK(request.limits.micro_batches >= 0, Usage, "--micro-batches must be >= 0 (got ",
+               request.limits.micro_batches, ")");
+  plan.micro_batches = request.limits.micro_batches ? request.limits.micro_batches : plan.sizes.pp;
+  for (int r = 0; r < plan.world_size(); ++r) plan.ranks.push_back(plan_rank(plan, r, request.gpu_reserve_mib));
+  return plan;
+}
+
+std::string RunPlan::table() const {
+  std::ostringstream out;
+  out << "plan: " << sizes.world() << " ranks = dp " << sizes.dp << " x pp " << sizes.pp << " x tp " << sizes.tp
+      << " on " << topology.nodes.size() << " node(s), inter-node fabric " << topology.fabric() << "; "
+      << device_name(device) << ", weights " << dtype_name(ranks.front().memory.weights_dtype) << ", activations "
+      << dtype_name(ranks.front().memory.activations_dtype) << "\n";
+  char line[512];
+  std::snprintf(line, sizeof line, "%-5s %-16s %-5s %-7s %-4s %-4s %-4s %-8s %-10s %-28s %s\n", "rank", "host",
+                "local", "device", "dp", "pp", "tp", "layers", "memory", "TP all-reduce per token",
+                "pipeline send per token");
+  out << line;
+  for (const RankPlan& r : ranks) {
+    const NodeTopology& node = topology.nodes[std::size_t(r.node)];
+    const std::string device_text = device == DeviceKind::Cpu                ? "cpu"
+                                    : r.local_rank < int(node.devices.size()) ? "gpu:" + std::to_string(r.gpu)
+                                                                               : "gpu:?";
+    const std::string tp_text =
+        r.tp_link == "-" ? "-" : bytes_text(r.tp_bytes_per_token) + " (" + r.tp_link + ")";
+    const std::string layers = std::to_string(r.layer_begin) + "-" + std::to_string(r.layer_end - 1);
+    std::snprintf(line, sizeof line, "%-5d %-16s %-5d %-7s %-4d %-4d %-4d %-8s %-10s %-28s %s\n", r.world_rank,
+                  r.host.c_str(), r.local_rank, device_text.c_str(), r.dp, r.pp, r.tp, layers.c_str(),
+                  bytes_text(double(r.memory.stage())).c_str(), tp_text.c_str(), r.pp_send.c_str());
+    out << line;
+  }
+  const MemoryPlan& m = ranks.front().memory;
+  if (device == DeviceKind::Cuda)
+    out << "memory: weights, KV cache and workspace; each GPU also needs " << gib(m.backend)
+        << " for the backend and keeps " << gib(m.reserve)
+        << " free for NCCL and CUDA graphs (--gpu-reserve-mib)\n";
+  return out.str();
+}
+
+}  // namespace strata
