@@ -29,7 +29,8 @@ Manifest Manifest::read(const std::string& dir) {
   const std::string path = manifest_path(dir);
   STRATA_CHECK(fs::is_directory(dir), Checkpoint, "checkpoint directory '", dir, "' does not exist");
   std::ifstream in(path);
-  STRATA_CHECK(in, Checkpoint, "cannot open ", path, " (is '", dir, "' a strata checkpoint? convert or init one)");
+  STRATA_CHECK(in, Checkpoint, "cannot open ", path, ": ", std::strerror(errno), " (is '", dir,
+               "' a strata checkpoint? convert or init one)");
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(in);

@@ -2,6 +2,8 @@
 #include "io/prompts.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -20,7 +22,7 @@ PromptFormat parse_prompt_format(const std::string& name) {
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  STRATA_CHECK(in, Io, "cannot open ", path);
+  STRATA_CHECK(in, Io, "cannot open ", path, ": ", std::strerror(errno));
   std::ostringstream content;
   content << in.rdbuf();
   STRATA_CHECK(!in.bad(), Io, "error reading ", path);

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <cstdio>
 #include <numeric>
@@ -74,7 +76,7 @@ double raw_read_seconds(const std::vector<std::string>& files, std::int64_t& byt
     const double start = seconds();
     for (const auto& path : files) {
       const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-      STRATA_CHECK(fd >= 0, Io, "cannot open ", path);
+      STRATA_CHECK(fd >= 0, Io, "cannot open ", path, ": ", std::strerror(errno));
       for (ssize_t got; (got = ::read(fd, buffer.data(), buffer.size())) > 0;) bytes += got;
       ::close(fd);
     }

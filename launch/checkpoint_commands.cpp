@@ -5,6 +5,7 @@
 #include "io/checkpoint.h"
 #include "io/tokenizer.h"
 #include "launch/commands.h"
+#include "launch/mpi_job.h"
 #include "layers/checkpoint_weights.h"
 #include "layers/presets.h"
 #include "runtime/base/log.h"
@@ -17,7 +18,7 @@ int guarded(F&& body) {
   try {
     return body();
   } catch (const std::exception& e) {
-    log_line(LogLevel::Error, e.what());
+    log_line(LogLevel::Error, describe_error(e));
     return 1;
   }
 }

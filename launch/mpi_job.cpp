@@ -17,6 +17,7 @@
 namespace strata {
 namespace {
 
+
 // SIGTERM: the launcher (mpirun forwarding a Ctrl-C or its own timeout, Slurm preempting or cancelling) is ending
 // the job. Results are written one whole record per write(2), so what is on disk is complete; say which rank was
 // told to stop, then exit as the signal would have made us.
@@ -29,6 +30,12 @@ void on_sigterm(int) {
 }
 
 }  // namespace
+
+std::string describe_error(const std::exception& e) {
+  const auto* error = dynamic_cast<const Error*>(&e);
+  const std::string where = error ? error->where() : "";
+  return where.empty() ? std::string(e.what()) : cat(e.what(), " (at ", where, ")");
+}
 
 void name_this_rank(const std::string& prefix) {
   set_log_prefix(prefix);
@@ -47,7 +54,7 @@ int run_as_mpi_job(int argc, char** argv, const std::function<int(const NodeInfo
   try {
     mpi = std::make_unique<MpiEnvironment>(&argc, &argv);
   } catch (const std::exception& e) {
-    log_line(LogLevel::Error, e.what());
+    log_line(LogLevel::Error, describe_error(e));
     return 1;
   }
   try {
@@ -57,7 +64,7 @@ int run_as_mpi_job(int argc, char** argv, const std::function<int(const NodeInfo
     STRATA_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));  // nobody finalizes while another rank may still fail
     return code;
   } catch (const std::exception& e) {
-    log_line(LogLevel::Error, e.what());
+    log_line(LogLevel::Error, describe_error(e));
     MpiEnvironment::abort_job(1);
   }
 }
@@ -89,7 +96,7 @@ int with_topology(const std::string& description, int argc, char** argv,
       show(Topology::load(description));
       return 0;
     } catch (const std::exception& e) {
-      log_line(LogLevel::Error, e.what());
+      log_line(LogLevel::Error, describe_error(e));
       return 1;
     }
   }

@@ -3,6 +3,7 @@
 // rank is left waiting in a collective. SIGTERM (mpirun or Slurm ending the job) is reported by each rank before
 // it exits.
 #pragma once
+#include <exception>
 #include <functional>
 #include <string>
 
@@ -10,6 +11,10 @@
 #include "topology/topology.h"
 
 namespace strata {
+
+// The line a command prints for an exception: its message, then where strata checked it for a strata::Error
+// ("... (at io/results.cpp:57)").
+std::string describe_error(const std::exception& e);
 
 int run_as_mpi_job(int argc, char** argv, const std::function<int(const NodeInfo& node)>& body);
 

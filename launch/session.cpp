@@ -28,6 +28,12 @@ PlanRequest plan_request(const Manifest& manifest, const ModelConfig& config, co
   request.device = parse_device(parallel.device);
   request.limits = limits;
   request.gpu_reserve_mib = parallel.gpu_reserve_mib;
+#ifdef STRATA_WITH_CUDA
+  request.step_buffers = [](const ShardPlan& shard, const StageLimits& stage) {
+    return std::int64_t(
+        cuda_step_buffer_bytes(stage.max_seqs, shard.local_heads(), shard.config().head_dim, stage.max_seq_len));
+  };
+#endif
   return request;
 }
 

@@ -10,6 +10,7 @@
 #include "io/hf_tokenizer.h"
 #include "io/prompts.h"
 #include "launch/commands.h"
+#include "launch/mpi_job.h"
 #include "runtime/base/error.h"
 #include "runtime/base/log.h"
 
@@ -97,7 +98,7 @@ int run_tokenize(const TokenizeOptions& o) {
   try {
     return tokenize(o);
   } catch (const std::exception& e) {
-    log_line(LogLevel::Error, e.what());
+    log_line(LogLevel::Error, describe_error(e));
     return 1;
   }
 }

@@ -4,9 +4,6 @@
 #include <cstdio>
 
 #include "runtime/base/error.h"
-#ifdef STRATA_WITH_CUDA
-#include "runtime/backend/cuda/cuda_backend.h"
-#endif
 
 namespace strata {
 namespace {
@@ -19,16 +16,6 @@ constexpr std::int64_t kCudaBackendFixed = std::int64_t(64) << 20;
 constexpr std::int64_t kNcclReserve = std::int64_t(512) << 20;
 constexpr std::int64_t kGraphReserve = std::int64_t(64) << 20;
 
-std::int64_t cuda_step_buffers(const ShardPlan& shard, const StageLimits& limits) {
-#ifdef STRATA_WITH_CUDA
-  return std::int64_t(
-      cuda_step_buffer_bytes(limits.max_seqs, shard.local_heads(), shard.config().head_dim, limits.max_seq_len));
-#else
-  (void)shard;
-  (void)limits;
-  return 0;  // a CPU-only build refuses --device cuda before anything runs
-#endif
-}
 }  // namespace
 
 DeviceKind parse_device(const std::string& name) {
@@ -49,7 +36,7 @@ DType activation_dtype(DeviceKind device, DType stored) {
 }
 
 MemoryPlan plan_memory(const ShardPlan& shard, const StageLimits& limits, DeviceKind device, DType stored,
-                       int gpu_reserve_mib) {
+                       int gpu_reserve_mib, const StepBufferBytes& step_buffers) {
   MemoryPlan m;
   m.weights_dtype = weight_dtype(device, stored);
   m.activations_dtype = activation_dtype(device, stored);
@@ -58,7 +45,7 @@ MemoryPlan plan_memory(const ShardPlan& shard, const StageLimits& limits, Device
   m.kv_cache = stage.kv_cache;
   m.workspace = stage.workspace;
   if (device == DeviceKind::Cuda) {
-    m.backend = kCudaBackendFixed + cuda_step_buffers(shard, limits);
+    m.backend = kCudaBackendFixed + (step_buffers ? step_buffers(shard, limits) : 0);
     m.reserve = gpu_reserve_mib >= 0 ? std::int64_t(gpu_reserve_mib) << 20
                                      : kGraphReserve + (shard.coordinates().tp > 1 ? kNcclReserve : 0);
   }

@@ -4,6 +4,7 @@
 // compares it with what is free, and the CUDA backend's arena is sized from it: one estimate, not one per use.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "layers/shard_plan.h"
@@ -32,9 +33,13 @@ struct MemoryPlan {
   std::int64_t arena(std::int64_t local_layers) const { return stage() + (std::int64_t(256) << 10) * (local_layers + 4); }
 };
 
+// Bytes a backend allocates per step outside the stage's tensors (the CUDA backend's decode partials and sampling
+// candidates), supplied by launch/, which alone names concrete backends; empty: none.
+using StepBufferBytes = std::function<std::int64_t(const ShardPlan& shard, const StageLimits& limits)>;
+
 // gpu_reserve_mib < 0: the defaults (64 MiB for graphs, +512 MiB for NCCL when tp > 1).
 MemoryPlan plan_memory(const ShardPlan& shard, const StageLimits& limits, DeviceKind device, DType stored,
-                       int gpu_reserve_mib = -1);
+                       int gpu_reserve_mib = -1, const StepBufferBytes& step_buffers = {});
 
 std::string gib(std::int64_t bytes);  // "1.25 GiB"
 

@@ -38,7 +38,7 @@ ModelFit model_fit(const PlanRequest& r, const StageLimits& limits) {
     std::int64_t most = 0;  // stages differ (embedding, head): the busiest decides
     for (int stage = 0; stage < pp; ++stage)
       most = std::max(most, plan_memory(ShardPlan(r.config, {tp, 0, pp, stage}), limits, r.device, r.stored,
-                                        r.gpu_reserve_mib)
+                                        r.gpu_reserve_mib, r.step_buffers)
                                 .total());
     return most;
   };
@@ -77,7 +77,7 @@ int node_index(const Topology& topology, int rank) {
   return -1;
 }
 
-RankPlan plan_rank(const RunPlan& plan, int world_rank, int gpu_reserve_mib) {
+RankPlan plan_rank(const RunPlan& plan, int world_rank, const PlanRequest& request) {
   const ParallelLayout at = plan.layout(world_rank);
   const NodeTopology& node = plan.topology.node_of(world_rank);
   const ShardPlan shard = plan.shard(world_rank);
@@ -91,7 +91,7 @@ RankPlan plan_rank(const RunPlan& plan, int world_rank, int gpu_reserve_mib) {
   r.tp = at.tp_rank();
   r.layer_begin = int(shard.layer_begin());
   r.layer_end = int(shard.layer_end());
-  r.memory = plan_memory(shard, plan.stage, plan.device, plan.stored, gpu_reserve_mib);
+  r.memory = plan_memory(shard, plan.stage, plan.device, plan.stored, request.gpu_reserve_mib, request.step_buffers);
   const bool on_gpus = plan.device == DeviceKind::Cuda;
   r.gpu = on_gpus ? r.local_rank : -1;
   const double hidden_bytes = double(plan.config.hidden_size) * double(dtype_size(r.memory.activations_dtype));
@@ -141,7 +141,7 @@ RunPlan make_run_plan(const PlanRequest& request) {
   STRATA_CHECK(request.limits.micro_batches >= 0, Usage, "--micro-batches must be >= 0 (got ",
                request.limits.micro_batches, ")");
   plan.micro_batches = request.limits.micro_batches ? request.limits.micro_batches : plan.sizes.pp;
-  for (int r = 0; r < plan.world_size(); ++r) plan.ranks.push_back(plan_rank(plan, r, request.gpu_reserve_mib));
+  for (int r = 0; r < plan.world_size(); ++r) plan.ranks.push_back(plan_rank(plan, r, request));
   return plan;
 }
 

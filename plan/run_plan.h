@@ -33,6 +33,7 @@ struct PlanRequest {
   DeviceKind device = DeviceKind::Cpu;
   RunLimits limits;
   int gpu_reserve_mib = -1;
+  StepBufferBytes step_buffers;  // the device backend's per-step buffers (launch/ supplies the CUDA backend's)
   // Refuse a fixed layout whose busiest rank exceeds the memory the description states (`strata plan`). A job
   // checks what is free when it starts instead, so it leaves this off.
   bool fit_fixed_layout = true;

@@ -1,6 +1,10 @@
-"""The dependency rules of docs/architecture.md, checked on the sources: layers/, io/, the engine and the runtime's
-interfaces include no MPI, CUDA or NCCL headers; HDF5 appears only in io/; OpenBLAS only in the CPU backend (and the
-benchmark's roofline probe). A negative control plants a forbidden include in a copy and expects it to be found.
+"""The dependency rules of docs/architecture.md, checked on the sources:
+- the folder order: every #include of the project's own headers points down the stack (runtime/base < tensor <
+  backend and comm interfaces < concrete backends and communicators < io < topology, layers < plan < engine <
+  launch); an edge up the stack or sideways between folders of one level fails;
+- layers/, io/, plan/, the engine and the runtime's interfaces include no MPI, CUDA or NCCL headers, and no concrete
+  backend; HDF5 appears only in io/; OpenBLAS only in the CPU backend (and the benchmark's roofline probe).
+Negative controls plant a forbidden include in a copy and expect it to be found.
 """
 import os
 import re
@@ -11,17 +15,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.M)
 
 RULES = [  # (folders, forbidden header pattern, why)
-    (["layers", "io", "runtime/engine", "runtime/base", "runtime/tensor", "runtime/backend/backend.h",
+    (["layers", "io", "engine", "plan", "runtime/base", "runtime/tensor", "runtime/backend/backend.h",
       "runtime/backend/sampling.h", "runtime/backend/host_candidates.h", "runtime/comm/communicator.h"],
      r"^(mpi\.h|cuda_runtime.*|cuda\.h|nccl\.h|cublas.*)$", "sees only the Backend/Communicator interfaces"),
     (["runtime/backend/cuda/cuda_backend.h", "runtime/backend/cuda/device_info.h"],
      r"^(cuda_runtime.*|cuda\.h|cuda_bf16\.h|cuda_fp16\.h|nccl\.h|cublas.*)$",
      "is the CUDA backend's CUDA-free face (launch/ and the NCCL communicator include it)"),
-    (["layers", "io", "runtime/engine", "runtime/base", "runtime/tensor", "runtime/comm/communicator.h",
+    (["layers", "io", "engine", "plan", "runtime/base", "runtime/tensor", "runtime/comm/communicator.h",
       "runtime/comm/mpi", "topology"],
      r"^runtime/backend/(cpu|cuda)/", "sees the Backend interface, never a concrete backend"),
     (["layers", "runtime", "launch", "topology"], r"^(hdf5\.h|H5.*)$", "HDF5 is private to io/"),
-    (["layers", "io", "runtime/engine", "runtime/comm", "topology"], r"^(cblas\.h|openblas.*)$",
+    (["layers", "io", "engine", "plan", "runtime/comm", "topology"], r"^(cblas\.h|openblas.*)$",
      "OpenBLAS is private to the CPU backend"),
 ]
 
@@ -51,7 +55,48 @@ def violations(root_override=None):
     return found
 
 
-found = violations()
+# The folder order, bottom first. A file may include headers of its own folder and of folders of a lower level.
+LEVELS = {
+    "runtime/base": 0, "runtime/tensor": 1, "runtime/backend": 2, "runtime/comm": 2,
+    "runtime/backend/cpu": 3, "runtime/backend/cuda": 3, "runtime/comm/mpi": 3, "runtime/comm/nccl": 4,
+    "io": 5, "topology": 6, "layers": 6, "plan": 7, "engine": 8, "launch": 9,
+}
+TOPS = ["runtime", "io", "topology", "layers", "plan", "engine", "launch"]
+OWN = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
+
+
+def folder_of(path):
+    """The folder (a key of LEVELS) a project path belongs to, or None (tests, vendor headers)."""
+    parts = path.split("/")
+    if parts[0] == "runtime" and len(parts) > 2:
+        three = "/".join(parts[:3])
+        if three in LEVELS:
+            return three
+        return "/".join(parts[:2]) if "/".join(parts[:2]) in LEVELS else None
+    return parts[0] if parts[0] in LEVELS else None
+
+
+def order_violations(root_override=None):
+    found = []
+    for top in TOPS:
+        for path in sources(top):
+            source = root_override.get(path, path) if root_override else path
+            rel = os.path.relpath(path, ROOT)
+            here = folder_of(rel)
+            with open(source, encoding="utf-8") as f:
+                for header in OWN.findall(f.read()):
+                    there = folder_of(header)
+                    if here is None or there is None or there == here:
+                        continue
+                    if not os.path.exists(os.path.join(ROOT, header)):
+                        continue  # a name in another search path, not one of ours
+                    if LEVELS[there] >= LEVELS[here]:
+                        found.append(f"{rel} includes \"{header}\": {here} (level {LEVELS[here]}) may not depend on "
+                                     f"{there} (level {LEVELS[there]})")
+    return found
+
+
+found = violations() + order_violations()
 for v in found:
     print("VIOLATION:", v)
 
@@ -63,7 +108,15 @@ control = violations({victim: planted.name})
 os.unlink(planted.name)
 control_ok = any("<mpi.h>" in v for v in control)
 print("negative control:", "detected" if control_ok else "NOT detected")
-checks = 2
-failed = (1 if found else 0) + (0 if control_ok else 1)
+# Negative control of the order: io/results.cpp including the engine (a level above it) must be found.
+victim = os.path.join(ROOT, "io", "results.cpp")
+with tempfile.NamedTemporaryFile("w", suffix=".cpp", delete=False) as planted:
+    planted.write('#include "engine/engine.h"\n' + open(victim, encoding="utf-8").read())
+order_control = order_violations({victim: planted.name})
+os.unlink(planted.name)
+order_ok = any('"engine/engine.h"' in v for v in order_control)
+print("negative control (folder order):", "detected" if order_ok else "NOT detected")
+checks = 3
+failed = (1 if found else 0) + (0 if control_ok else 1) + (0 if order_ok else 1)
 print(f"{checks - failed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

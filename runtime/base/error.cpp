@@ -27,6 +27,19 @@ const char* error_kind_name(ErrorKind kind) {
   return "error";
 }
 
+std::string Error::where() const {
+  if (!file_) return "";
+  // Paths as the compiler saw them: relative to the source root where the build maps it away
+  // (-fmacro-prefix-map), else cut after the last "strata/"-style root we can recognise: keep the last two parts.
+  std::string path = file_;
+  if (path.front() == '/') {
+    const auto last = path.rfind('/');
+    const auto before = last == std::string::npos || last == 0 ? std::string::npos : path.rfind('/', last - 1);
+    if (before != std::string::npos) path = path.substr(before + 1);
+  }
+  return cat(path, ":", line_);
+}
+
 namespace detail {
 void throw_check_failure(ErrorKind kind, const char* library, const char* statement, const std::string& why,
                          const char* function, const char* file, int line) {

@@ -12,11 +12,16 @@ enum class ErrorKind { Usage, Config, Io, Checkpoint, Communication, Memory, Int
 
 class Error : public std::runtime_error {
  public:
-  Error(ErrorKind kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}
+  Error(ErrorKind kind, const std::string& message, const char* file = nullptr, int line = 0)
+      : std::runtime_error(message), kind_(kind), file_(file), line_(line) {}
   ErrorKind kind() const { return kind_; }
+  // Where the check failed in strata's sources ("io/results.cpp:57"), or "" when the thrower did not say.
+  std::string where() const;
 
  private:
   ErrorKind kind_;
+  const char* file_;
+  int line_;
 };
 
 const char* error_kind_name(ErrorKind kind);
@@ -36,10 +41,11 @@ namespace detail {
 
 }  // namespace strata
 
-// STRATA_CHECK(cond, kind, message...): an always-on precondition check (never inside assert).
-#define STRATA_CHECK(cond, kind, ...)                                                          \
-  do {                                                                                         \
-    if (!(cond)) throw ::strata::Error(::strata::ErrorKind::kind, ::strata::cat(__VA_ARGS__)); \
+// STRATA_CHECK(cond, kind, message...): an always-on precondition check (never inside assert). The Error carries the
+// file and line of the check; launch/ prints them after the message.
+#define STRATA_CHECK(cond, kind, ...)                                                                              \
+  do {                                                                                                             \
+    if (!(cond)) throw ::strata::Error(::strata::ErrorKind::kind, ::strata::cat(__VA_ARGS__), __FILE__, __LINE__); \
   } while (0)
 
 // The generic library-call check used by STRATA_MPI_CHECK, STRATA_H5_CHECK, STRATA_CUDA_CHECK, ...:

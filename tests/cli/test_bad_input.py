@@ -22,8 +22,8 @@ def expect_failure(name, argv, ranks, *needles):
     print(f"ok: {name} ({seconds:.1f} s)")
 
 
-def gen(model, ranks, *flags, prompt_file=prompts):
-    return ["generate", "--model", model, "--prompts", prompt_file, "--output", "out.jsonl", "--overwrite", *flags]
+def gen(model, ranks, *flags, prompt_file=prompts, output="out.jsonl"):
+    return ["generate", "--model", model, "--prompts", prompt_file, "--output", output, "--overwrite", *flags]
 
 
 # Layout and split
@@ -86,11 +86,23 @@ expect_failure("out-of-range JSONL value", gen(single, 1, prompt_file=bad_value)
 long_prompt = h.write("long.txt", "short\n" + "x" * 600 + "\n")
 expect_failure("prompt longer than the context", gen(single, 2, prompt_file=long_prompt), 2,
                "long.txt:2: prompt is 601 tokens but the context (--max-model-len) is 512 tokens")
-expect_failure("missing prompt file", gen(single, 1, prompt_file=h.path("none.txt")), 1, "cannot open", "none.txt")
+expect_failure("missing prompt file", gen(single, 1, prompt_file=h.path("none.txt")), 1, "cannot open", "none.txt",
+               "No such file or directory")
+# The output: an empty folder is a folder (not "not empty"); the prompt file itself is refused and left intact.
+os.makedirs(h.path("out_folder"), exist_ok=True)
+expect_failure("output is an empty folder", gen(single, 1, output=h.path("out_folder")), 1,
+               "out_folder is a directory")
+same = h.write("same.txt", "hello\n")
+expect_failure("output is the prompt file", gen(single, 1, prompt_file=same, output=same), 1,
+               "is the prompt file")
+h.check(open(same).read() == "hello\n", "the prompt file is untouched when --output names it")
 
 # Flags
 expect_failure("unknown device", gen(single, None, "--device", "tpu"), None, "--device", "tpu")
 expect_failure("negative temperature", gen(single, None, "--temperature", "-1"), None, "--temperature")
+code, out, _ = h.run(gen(single, None, "--max-tokens", "0"), timeout=BOUND)
+h.check(code != 0 and "--max-tokens" in out and "must be a number >= 1 (got 0)" in out and "range" not in out,
+        f"--max-tokens 0 says what it must be, not that 0 is in range:\n{out}")
 expect_failure("negative GPU reserve", gen(single, None, "--gpu-reserve-mib", "-5"), None, "--gpu-reserve-mib")
 expect_failure("unknown flag", gen(single, None, "--tensor-parallel", "2"), None, "tensor-parallel")
 expect_failure("max-model-len beyond the model", gen(single, 1, "--max-model-len", 4096), 1,

@@ -85,3 +85,19 @@ TEST(DType, ParseNamesAndRefuseUnknown) {
     EXPECT_NE(std::string(e.what()).find("int4"), std::string::npos);
   }
 }
+
+// A failed STRATA_CHECK says where it failed, relative to the source root, for the error line launch/ prints.
+TEST(Error, ChecksCarryTheirFileAndLine) {
+  int line = 0;
+  try {
+    line = __LINE__ + 1;
+    STRATA_CHECK(line < 0, Usage, "line is ", line);
+    FAIL() << "the check did not throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "line is " + std::to_string(line));
+    const std::string where = e.where();
+    EXPECT_NE(where.find("test_dtype.cpp:" + std::to_string(line)), std::string::npos) << where;
+    EXPECT_NE(where.front(), '/') << "relative to the source root: " << where;
+  }
+  EXPECT_EQ(Error(ErrorKind::Io, "no place").where(), "");
+}
