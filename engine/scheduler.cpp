@@ -37,10 +37,11 @@ void Scheduler::admit(int group) {
   const std::int64_t groups = limits_.micro_batches;
   std::int64_t running = 0;
   for (const auto& g : groups_) running += std::int64_t(g.size());
-  // Spread sequences evenly over the micro-batches so every stage has work.
-  const std::int64_t cap =
-      std::min<std::int64_t>((limits_.max_batch_size + groups - 1) / groups,
-                             std::max<std::int64_t>(1, (running + std::int64_t(waiting_.size()) + groups - 1) / groups));
+  // Spread sequences evenly over the micro-batches so every stage has work: of the sequences that can be in flight
+  // (slots, or all there are), micro-batch g takes total / groups, and the first total % groups one more. Capping
+  // every group at the rounded-up share instead let the first groups fill up and left the last one empty.
+  const std::int64_t total = std::min<std::int64_t>(limits_.max_batch_size, running + std::int64_t(waiting_.size()));
+  const std::int64_t cap = total / groups + (group < total % groups ? 1 : 0);
   std::int64_t budget = limits_.max_num_batched_tokens - std::int64_t(members.size());
   while (!waiting_.empty() && slots_.available() && std::int64_t(members.size()) < cap &&
          std::int64_t(waiting_.front().prompt.size()) <= budget) {

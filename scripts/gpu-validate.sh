@@ -13,6 +13,7 @@
 #           HBM roofline measured in the same run, then Hugging Face transformers' generate on the same weights and
 #           prompts, side by side (bench.txt, hf.txt, summary.txt)
 # Usage: scripts/gpu-validate.sh [env] [build] [tests] [logits] [bench]     (default: env build tests logits)
+# STRATA_GPU_LOGITS_MODELS=tiny compares the tiny model only; STRATA_BENCH_PRESET=100m benches the 100M preset.
 # Logs and figures go to $OUT (the device tool's folder; ./gpu-out when unset). Each phase prints its wall time;
 # `bench` takes about 8 minutes on an H100, so give it a call of its own (docs/performance.md has the commands).
 set -uo pipefail
@@ -266,6 +267,10 @@ phase_logits() {
     # comparison sees the backend's arithmetic, not a dtype conversion of the weights).
     local -a names=(tiny-bf16 100m-bf16)
     local -a flags=("--preset tiny --dtype bf16 --seed 3" "--preset 100m --dtype bf16 --seed 5")
+    if [ "${STRATA_GPU_LOGITS_MODELS:-all}" = tiny ]; then  # a quick re-check: the tiny model only
+      names=(tiny-bf16)
+      flags=("--preset tiny --dtype bf16 --seed 3")
+    fi
     for i in "${!names[@]}"; do
       local name="${names[$i]}" model="$WORK/${names[$i]}"
       say "checkpoint $name: strata init ${flags[$i]}"
@@ -299,14 +304,16 @@ BENCH_PROMPT="${STRATA_BENCH_PROMPT:-128}"
 BENCH_GEN="${STRATA_BENCH_GEN:-64}"
 
 phase_bench() {
-  local model="$WORK/llama-7b-bf16"
+  # STRATA_BENCH_PRESET=100m: a quick run on the 100M preset (step overheads) instead of the 7B shape.
+  local preset="${STRATA_BENCH_PRESET:-7b}"
+  local model="$WORK/llama-$preset-bf16"
   local cmd=("$STRATA" bench --model "$model" --device cuda --batch-sizes "$BENCH_BATCHES"
     --prompt-len "$BENCH_PROMPT" --gen-len "$BENCH_GEN" --repeats 1 --memory-gib 2)
   {
     if [ ! -f "$model/manifest.json" ]; then
-      say "strata init --preset 7b --dtype bf16 --seed 7 (about 13.5 GB)"
+      say "strata init --preset $preset --dtype bf16 --seed 7 (7b: about 13.5 GB)"
       start=$(date +%s)
-      with_env "$STRATA" init --preset 7b --dtype bf16 --seed 7 --output "$model" || fail "init 7b"
+      with_env "$STRATA" init --preset "$preset" --dtype bf16 --seed 7 --output "$model" || fail "init $preset"
       say "init took $(($(date +%s) - start)) s"
     fi
     say "command: mpiexec -n 1 ${cmd[*]}"
