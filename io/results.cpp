@@ -7,7 +7,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 #include "runtime/base/error.h"
 
@@ -59,6 +61,18 @@ ResultWriter::ResultWriter(const std::string& path, bool overwrite, std::size_t 
   owns_ = true;
 }
 
+ResultWriter::ResultWriter(const std::string& path, const ExistingResults& existing, std::size_t total)
+    : path_(path), committed_(existing.bytes), total_(total), next_(existing.records) {
+  STRATA_CHECK(path != "-", Usage, "--resume needs an output file, not stdout");
+  STRATA_CHECK(existing.records <= total, Usage, "output file ", path, " holds ", existing.records,
+               " records but this run has only ", total, " prompts");
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  STRATA_CHECK(fd_ >= 0, Io, "cannot open output file ", path, " to resume: ", std::strerror(errno));
+  owns_ = true;
+  STRATA_CHECK(::ftruncate(fd_, committed_) == 0 && ::lseek(fd_, committed_, SEEK_SET) == committed_, Io,
+               "cannot cut ", path, " back to its ", existing.records, " complete records: ", std::strerror(errno));
+}
+
 ResultWriter::~ResultWriter() {
   if (owns_ && fd_ >= 0) ::close(fd_);
 }
@@ -100,6 +114,102 @@ void ResultWriter::finish() {
     STRATA_CHECK(::fsync(fd) == 0 || errno == EINVAL, Io, "error syncing ", path_, ": ", std::strerror(errno));
     STRATA_CHECK(::close(fd) == 0, Io, "error closing ", path_, ": ", std::strerror(errno));
   }
+}
+
+ExistingResults scan_results(const std::string& path) {
+  ExistingResults found;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return found;  // nothing yet: a fresh start
+  std::string line;
+  std::int64_t at = 0;
+  std::size_t number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    const bool whole = !in.eof();  // getline stopped at a newline
+    nlohmann::json record;
+    bool valid = true;
+    try {
+      record = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception&) {
+      valid = false;
+    }
+    valid = valid && record.is_object() && record.contains("id");
+    if (!whole) {  // the last line, without its newline: cut off mid-write, however much of it was written
+      found.partial_bytes = std::int64_t(line.size());
+      break;
+    }
+    STRATA_CHECK(valid, Io, path, ":", number, ": not a complete result record (results are only appended whole; ",
+                 "was the file edited, or is it not strata's output?)");
+    at += std::int64_t(line.size()) + 1;
+    found.ids.push_back(record["id"]);
+    found.records = number;
+    found.bytes = at;
+  }
+  return found;
+}
+
+std::string metadata_path(const std::string& output) { return output + ".meta.json"; }
+
+void write_metadata(const std::string& output, const nlohmann::json& identity) {
+  const std::string path = metadata_path(output), temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    out << identity.dump(2) << "\n";
+    out.flush();
+    STRATA_CHECK(out.good(), Io, "cannot write ", temporary, ": ", std::strerror(errno));
+  }
+  STRATA_CHECK(::rename(temporary.c_str(), path.c_str()) == 0, Io, "cannot rename ", temporary, " to ", path, ": ",
+               std::strerror(errno));
+}
+
+nlohmann::json read_metadata(const std::string& output) {
+  const std::string path = metadata_path(output);
+  std::ifstream in(path, std::ios::binary);
+  STRATA_CHECK(in, Usage, "--resume: ", output, " has no ", path,
+               " describing the run that wrote it (not a strata output, or written before --resume existed); "
+               "run without --resume to start again (--overwrite)");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(ErrorKind::Io, cat(path, ": not valid JSON (", e.what(), ")"));
+  }
+}
+
+namespace {
+void collect_differences(const nlohmann::json& before, const nlohmann::json& now, const std::string& where,
+                         std::vector<std::string>& out) {
+  if (before.is_object() && now.is_object()) {
+    for (const auto& [key, value] : before.items())
+      collect_differences(value, now.contains(key) ? now.at(key) : nlohmann::json(), where.empty() ? key : where + "." + key,
+                          out);
+    for (const auto& [key, value] : now.items())
+      if (!before.contains(key)) collect_differences(nlohmann::json(), value, where.empty() ? key : where + "." + key, out);
+    return;
+  }
+  if (before != now) out.push_back(cat(where, ": ", before.dump(), " -> ", now.dump()));
+}
+}  // namespace
+
+std::vector<std::string> identity_differences(const nlohmann::json& before, const nlohmann::json& now) {
+  std::vector<std::string> out;
+  collect_differences(before, now, "", out);
+  return out;
+}
+
+std::string content_hash(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  STRATA_CHECK(in, Io, "cannot open ", path, ": ", std::strerror(errno));
+  std::uint64_t hash = 0xcbf29ce484222325ull;
+  std::vector<char> buffer(std::size_t(1) << 20);
+  while (in.read(buffer.data(), std::streamsize(buffer.size())) || in.gcount() > 0) {
+    for (std::streamsize i = 0; i < in.gcount(); ++i) {
+      hash ^= std::uint8_t(buffer[std::size_t(i)]);
+      hash *= 0x100000001b3ull;
+    }
+  }
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(hash));
+  return text;
 }
 
 }  // namespace strata

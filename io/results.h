@@ -16,6 +16,30 @@
 
 namespace strata {
 
+// What an interrupted run left in its output: the complete records at its start (each a line of valid JSON ending
+// in a newline), and the bytes they take. A final line cut off mid-write is not counted (a resumed run cuts it
+// off); an invalid line before the end is an Error naming the file and line (the file is not a strata output, or
+// was edited), since results are only ever appended whole.
+struct ExistingResults {
+  std::size_t records = 0;
+  std::int64_t bytes = 0;          // of the complete records
+  std::int64_t partial_bytes = 0;  // of a final line cut off mid-write
+  std::vector<nlohmann::json> ids;  // each complete record's "id"
+};
+ExistingResults scan_results(const std::string& path);
+
+// The identity of a run, written beside its output at the start (`<output>.meta.json`, replaced atomically), so
+// that --resume continues only the same run: same checkpoint, prompts and generation options (the layout may
+// differ; outputs do not depend on it).
+std::string metadata_path(const std::string& output);
+void write_metadata(const std::string& output, const nlohmann::json& identity);
+nlohmann::json read_metadata(const std::string& output);  // Error naming the file when missing or invalid
+// "what: before -> now" for every leaf that differs between two identities; empty when they match.
+std::vector<std::string> identity_differences(const nlohmann::json& before, const nlohmann::json& now);
+
+// FNV-1a (64 bits) of a file's bytes, as 16 hex digits: cheap content identity (not a cryptographic hash).
+std::string content_hash(const std::string& path);
+
 // Throws Error(Usage/Io) naming the path and the reason if `path` may not be (over)written: it is one of
 // `inputs` (same file, by device and inode), a directory, in a folder that does not exist or cannot be written,
 // or an existing non-empty file while !overwrite. "-" (stdout) always passes. Touches nothing.
@@ -26,6 +50,9 @@ class ResultWriter {
   // path "-" writes to stdout. Runs check_output_target(path, overwrite, {}) and then creates or truncates the
   // file; errors name the path and the system's reason.
   ResultWriter(const std::string& path, bool overwrite, std::size_t total);
+  // Resuming: keeps the first `existing.records` records (cutting off anything after them, such as a line cut off
+  // mid-write) and appends from record `existing.records` on.
+  ResultWriter(const std::string& path, const ExistingResults& existing, std::size_t total);
   ~ResultWriter();
   ResultWriter(const ResultWriter&) = delete;
   ResultWriter& operator=(const ResultWriter&) = delete;

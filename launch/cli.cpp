@@ -140,7 +140,13 @@ int cli_main(int argc, char** argv) {
   generate->add_option("--part", gen.part,
                        "K/N: only part K (0-based) of N contiguous parts of the prompts, with the ids and seeds they "
                        "have in the whole file (Slurm job arrays; concatenating parts 0..N-1 gives the whole run)");
-  generate->add_flag("--overwrite", gen.overwrite, "Replace an existing non-empty output file");
+  auto* overwrite = generate->add_flag("--overwrite", gen.overwrite, "Replace an existing non-empty output file");
+  generate
+      ->add_flag("--resume", gen.resume,
+                 "Continue an interrupted run into the same output: checks it was made from the same checkpoint, "
+                 "prompts and options (OUTPUT.meta.json), drops a final line cut off mid-write, skips the prompts "
+                 "already complete and appends the rest; a fresh start when there is no output yet")
+      ->excludes(overwrite);
   generate->add_flag("--record-logits", gen.record_logits,
                      "Add the full-vocabulary logits of every generated position to each result (debugging, tests)");
   generate

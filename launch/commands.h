@@ -32,7 +32,7 @@ struct GenerateOptions {
   // Seconds a rank may wait without progress before the job is aborted; "auto" (derived from the step times, see
   // runtime/base/watchdog.h), or a number of seconds, 0 = never.
   std::string step_timeout = "auto";
-  bool overwrite = false, record_logits = false, quiet = false;
+  bool overwrite = false, resume = false, record_logits = false, quiet = false;
 };
 
 struct InitOptionsCli {

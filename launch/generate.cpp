@@ -4,6 +4,8 @@
 // them in input order as they complete (engine/results.h has the protocol, and how it ends without a hang).
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 
 #include "engine/engine.h"
 #include "engine/progress.h"
@@ -80,6 +82,49 @@ std::unique_ptr<Watchdog> make_watchdog(const GenerateOptions& o) {
       });
 }
 
+// What identifies a run's output (written beside it; --resume continues only the same run): the checkpoint, the
+// prompts and every option that changes a record. Not the layout, batch sizes or micro-batches: records do not
+// depend on them (sampling noise follows the prompt's seed and the global token id, see engine/sampler.h).
+nlohmann::json run_identity(const GenerateOptions& o, const Session& session) {
+  const std::string tokenizer = (std::filesystem::path(o.model) / "tokenizer.json").string();
+  nlohmann::json checkpoint = {{"manifest", content_hash(manifest_path(o.model))}};
+  if (std::ifstream(tokenizer).good()) checkpoint["tokenizer"] = content_hash(tokenizer);
+  return {{"format", "strata results 1"},
+          {"checkpoint", checkpoint},
+          {"prompts", {{"content", content_hash(o.prompts)}, {"format", o.prompt_format}, {"part", o.part}}},
+          {"generation",
+           {{"max_tokens", o.max_tokens},
+            {"temperature", o.temperature},
+            {"top_p", o.top_p},
+            {"top_k", o.top_k},
+            {"seed", o.seed},
+            {"stop", o.stop},
+            {"max_model_len", session.plan().stage.max_seq_len},
+            {"record_logits", o.record_logits}}}};
+}
+
+// --resume on rank 0: the records already in the output (none for a fresh start), after checking that the output
+// was written by this same run and that its records are the first prompts of [first, last) in order.
+ExistingResults resume_point(const GenerateOptions& o, const nlohmann::json& identity,
+                             const std::vector<Prompt>& prompts, std::size_t first, std::size_t last) {
+  const bool has_output = std::ifstream(o.output).good(), has_metadata = std::ifstream(metadata_path(o.output)).good();
+  if (!has_output && !has_metadata) return {};
+  const std::vector<std::string> differences = identity_differences(read_metadata(o.output), identity);
+  std::string listed;
+  for (const auto& d : differences) listed += (listed.empty() ? "" : "; ") + d;
+  STRATA_CHECK(differences.empty(), Usage, "--resume: ", o.output,
+               " was written by a different run (", listed,
+               "); resume with the same checkpoint, prompts and options, or start again without --resume");
+  ExistingResults existing = scan_results(o.output);
+  STRATA_CHECK(existing.records <= last - first, Usage, "--resume: ", o.output, " holds ", existing.records,
+               " records but this run has ", last - first, " prompts");
+  for (std::size_t i = 0; i < existing.records; ++i)
+    STRATA_CHECK(existing.ids[i] == prompts[first + i].id, Usage, o.output, ":", i + 1, ": record id ",
+                 existing.ids[i].dump(), " is not prompt ", first + i, "'s id ", prompts[first + i].id.dump(),
+                 " (records must be the prompts in input order)");
+  return existing;
+}
+
 int generate(const NodeInfo& node, const GenerateOptions& o) {
   Session session(node, o.model, o.parallel, o.limits);
   const ParallelLayout& layout = session.layout();
@@ -87,14 +132,31 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   const bool writer_rank = layout.world_rank() == 0;
   // Checked now, opened only after the model has loaded and the prompts are valid: a run that fails before it has
   // results never truncates an existing output, and never writes over its own prompts.
-  if (writer_rank) check_output_target(o.output, o.overwrite, {o.prompts});
+  // --resume appends to an existing output of the same run.
+  if (writer_rank) check_output_target(o.output, o.overwrite || o.resume, {o.prompts});
 
   const std::vector<Prompt> prompts = load_prompts(o, world);
   // --part K/N: contiguous slice K of N; indices (ids, seeds) stay those of the whole file.
   const auto [first, last] = part_range(o.part, prompts.size());
+  nlohmann::json identity;
+  ExistingResults existing;
+  if (writer_rank) {
+    identity = run_identity(o, session);
+    if (o.resume) existing = resume_point(o, identity, prompts, first, last);
+  }
+  std::int64_t done = std::int64_t(existing.records);  // prompts [first, first + done) are already written
+  world.broadcast(&done, sizeof done, 0);
+  if (writer_rank && o.resume && done > 0)
+    log_info("resuming ", o.output, ": ", done, " of ", last - first, " records already complete",
+             existing.partial_bytes ? cat(", a final line cut off mid-write (", existing.partial_bytes, " bytes) dropped")
+                                    : std::string());
+  if (done == std::int64_t(last - first) && o.resume) {
+    if (writer_rank) log_info("nothing left to do: all ", done, " records are in ", o.output);
+    return 0;
+  }
   const std::int64_t model_len = session.plan().stage.max_seq_len;
   std::vector<Request> mine;  // this replica's share, built (and validated) on every rank
-  for (std::size_t i = first; i < last; ++i) {
+  for (std::size_t i = first + std::size_t(done); i < last; ++i) {
     Request r =
         make_request(prompts[i], std::int64_t(i), o, session.tokenizer(), model_len, session.config().vocab_size);
     if (std::int64_t(i) % layout.sizes().dp == layout.dp_rank() && layout.is_first_stage())
@@ -105,7 +167,11 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   session.check_memory();
   session.load();
   std::unique_ptr<ResultWriter> writer;
-  if (writer_rank) writer = std::make_unique<ResultWriter>(o.output, o.overwrite, last - first);
+  if (writer_rank) {
+    writer = o.resume ? std::make_unique<ResultWriter>(o.output, existing, last - first)
+                      : std::make_unique<ResultWriter>(o.output, o.overwrite, last - first);
+    if (o.output != "-") write_metadata(o.output, identity);
+  }
   if (writer_rank && !o.quiet)
     log_info("model ", o.model, " (", double(session.config().parameter_count()) / 1e6, "M parameters) on ",
              layout.world_size(), " ranks: dp ", layout.sizes().dp, " x pp ", layout.sizes().pp, " x tp ",
@@ -119,7 +185,7 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
                                plan.micro_batches,           o.record_logits,       watchdog.get()};
   Engine engine(session.stage(), layout, world, session.tp(), session.tokenizer(), engine_options);
 
-  Progress progress(last - first, o.quiet || !writer_rank ? "none" : o.progress);
+  Progress progress(last - first - std::size_t(done), o.quiet || !writer_rank ? "none" : o.progress);
   std::unique_ptr<ResultCollector> collector;
   std::unique_ptr<ResultSender> sender;
   if (writer_rank)

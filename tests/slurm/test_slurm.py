@@ -229,6 +229,34 @@ try:
     h.check(states == ["COMPLETED"], f"generate-cpu.sbatch completed: {states}\n{log_of('strata-' + job)}")
     check_results("generate-cpu.sbatch (2 nodes x 2 ranks, tp 2 x pp 2)", h.path("cpu.jsonl"), log_of("strata-" + job))
 
+    # Preemption: requeue a running job (Slurm kills it, then starts it again from the top of its script, with the
+    # same job id); the script's --resume continues the output, which ends byte-identical to an uninterrupted run.
+    many = h.write("many.txt", "".join(f"Prompt number {i} asks\n" for i in range(24)))
+    long_args = "--max-tokens 300 --max-batch-size 2 --seed 3"
+    h.run_ok(["generate", "--model", model, "--prompts", many, "--output", "uninterrupted.jsonl", "-q", "-tp", 2,
+              "-pp", 2, *long_args.split()], ranks=4)
+    requeued_out = h.path("requeued.jsonl")
+    job = submit("generate-cpu.sbatch", "--cpus-per-task=1",
+                 extra_env=dict(common, PROMPTS=many, STRATA_ARGS=long_args, OUTPUT=requeued_out))
+    end = time.time() + 60
+    while time.time() < end and (not os.path.exists(requeued_out) or open(requeued_out, "rb").read().count(b"\n") < 2):
+        time.sleep(0.1)
+    lines_before = open(requeued_out, "rb").read().count(b"\n") if os.path.exists(requeued_out) else 0
+    slurm("scontrol", "requeue", job, check=False)
+    # Slurm holds a requeued job back for about two minutes (its begin time); let it start as soon as it is pending.
+    end = time.time() + 30
+    while time.time() < end and job_state(job)[0] != ["PENDING"]:
+        time.sleep(0.25)
+    slurm("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
+    states, info = wait_job(job, deadline_s=90)
+    job_log = log_of("strata-" + job)
+    h.check(states == ["COMPLETED"] and "resuming" in job_log,
+            f"a requeued job resumes and completes (requeued after {lines_before} records): {states}\n{job_log}")
+    h.check(os.path.exists(requeued_out) and
+            open(requeued_out, "rb").read() == open(h.path("uninterrupted.jsonl"), "rb").read(),
+            f"the requeued job's output is byte-identical to an uninterrupted run\n{job_log}")
+    print(f"requeued after {lines_before} of 24 records")
+
     parts = h.path("parts")
     array = submit("generate-array.sbatch", "--array=0-2", "--ntasks-per-node=2", "--gpus-per-node=2",
                    "--cpus-per-task=1", extra_env=dict(common, PARTS=parts, TP="2", PP="1",
@@ -238,7 +266,10 @@ try:
     states, info = wait_job(array, deadline_s=120)
     h.check(states == ["COMPLETED"] * 3, f"the 3 array tasks completed: {states}\n{log_of('strata-' + array)}")
     parts_found = sorted(os.listdir(parts)) if os.path.isdir(parts) else []
-    h.check(parts_found == ["part-0.jsonl", "part-1.jsonl", "part-2.jsonl"], f"one part per task: {parts_found}")
+    # Each part has its run's identity beside it (--resume after a requeue checks it).
+    h.check(parts_found == sorted([f"part-{k}.jsonl" for k in range(3)] + [f"part-{k}.jsonl.meta.json" for k in range(3)]),
+            f"one part (and its metadata) per task: {parts_found}")
+    parts_found = [p for p in parts_found if p.endswith(".jsonl")]
     sizes = [len(h.results(os.path.join(parts, p))) for p in parts_found]
     h.check(sizes == [3, 2, 2], f"7 prompts split 3/2/2: {sizes}")
     states, info = wait_job(merge)
