@@ -28,9 +28,13 @@ StepResult finish_step(const std::vector<ChunkMeta>& metas, TensorView logits, T
   result.vocab = plan.config().vocab_size;
   std::vector<float> shard;
   for (std::size_t i = 0; i < metas.size(); ++i) {
-    if (!metas[i].record_logits) continue;
+    if (!metas[i].record_logits && metas[i].logprobs < 0) continue;
     shard.resize(std::size_t(local_vocab));
     stage.backend().download(logits.slice_rows(std::int64_t(i), std::int64_t(i) + 1), shard.data());
+    if (metas[i].logprobs >= 0)
+      result.logprobs.push_back(token_logprobs(shard.data(), local_vocab, plan.vocab_offset(), metas[i].temperature,
+                                               result.tokens[i], metas[i].logprobs, tp));
+    if (!metas[i].record_logits) continue;
     const std::size_t at = result.logits.size();
     result.logits.resize(at + std::size_t(result.vocab));  // shards are contiguous in tp-rank order
     tp.all_gather(shard.data(), result.logits.data() + at, std::size_t(local_vocab) * 4);

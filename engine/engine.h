@@ -30,6 +30,7 @@ struct Request {
   std::int64_t max_tokens = 64;
   std::vector<std::string> stop;
   bool ignore_eos = false;  // benchmarks: always generate max_tokens
+  std::int32_t logprobs = -1;  // -1: none; else each token's log-probability and this many top alternatives
 };
 
 enum class FinishReason : std::uint8_t { Stop, Length };
@@ -43,6 +44,7 @@ struct Completion {
   FinishReason finish_reason = FinishReason::Length;
   std::int64_t vocab = 0;
   std::vector<float> logits;  // record_logits: full-vocabulary logits of every generated position [tokens, vocab]
+  std::vector<RowLogprobs> logprobs;  // Request::logprobs >= 0: one per generated token
 };
 
 struct EngineOptions {

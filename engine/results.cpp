@@ -49,9 +49,17 @@ double heartbeat_timeout(const std::vector<char>& message) {
   return timeout;
 }
 
+// One entry of OpenAI's logprobs layout. A token's text may be part of a UTF-8 sequence: "bytes" has it exactly.
+nlohmann::json logprob_entry(std::int32_t id, float logprob, const Tokenizer& tokenizer) {
+  const std::string text = tokenizer.decode(std::span<const std::int32_t>(&id, 1));
+  std::vector<int> bytes(text.begin(), text.end());
+  for (int& b : bytes) b &= 0xff;
+  return {{"token", text}, {"token_id", id}, {"logprob", logprob}, {"bytes", bytes}};
+}
+
 }  // namespace
 
-nlohmann::json make_record(const Prompt& p, const Completion& c) {
+nlohmann::json make_record(const Prompt& p, const Completion& c, const Tokenizer& tokenizer) {
   nlohmann::json record = {{"id", p.id},
                            {"prompt", p.text},
                            {"text", c.text},
@@ -65,6 +73,17 @@ nlohmann::json make_record(const Prompt& p, const Completion& c) {
       rows.push_back(
           std::vector<float>(c.logits.begin() + std::int64_t(at), c.logits.begin() + std::int64_t(at) + c.vocab));
     record["logits"] = std::move(rows);
+  }
+  if (!c.logprobs.empty()) {
+    nlohmann::json content = nlohmann::json::array();
+    for (std::size_t t = 0; t < c.logprobs.size() && t < c.token_ids.size(); ++t) {
+      nlohmann::json entry = logprob_entry(c.token_ids[t], c.logprobs[t].chosen, tokenizer);
+      nlohmann::json top = nlohmann::json::array();
+      for (const TokenLogprob& alt : c.logprobs[t].top) top.push_back(logprob_entry(alt.id, alt.logprob, tokenizer));
+      entry["top_logprobs"] = std::move(top);
+      content.push_back(std::move(entry));
+    }
+    record["logprobs"] = {{"content", std::move(content)}};
   }
   return record;
 }

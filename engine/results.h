@@ -18,14 +18,17 @@
 
 #include "engine/engine.h"
 #include "io/prompts.h"
+#include "io/tokenizer.h"
 #include "runtime/base/parallel_layout.h"
 #include "runtime/base/watchdog.h"
 #include "runtime/comm/communicator.h"
 
 namespace strata {
 
-// The JSONL record of a finished prompt: id, prompt, text, token ids, finish reason, token counts (+ logits).
-nlohmann::json make_record(const Prompt& prompt, const Completion& completion);
+// The JSONL record of a finished prompt: id, prompt, text, token ids, finish reason, token counts (+ logits), and
+// with log-probabilities OpenAI's chat layout: "logprobs": {"content": [{"token", "logprob", "bytes",
+// "top_logprobs": [{"token", "logprob", "bytes"}...]}...]}, each entry also with its "token_id".
+nlohmann::json make_record(const Prompt& prompt, const Completion& completion, const Tokenizer& tokenizer);
 
 using RecordSink = std::function<void(std::int64_t index, const nlohmann::json& record)>;
 

@@ -105,6 +105,63 @@ std::vector<std::int32_t> sample_with(std::int64_t local_vocab, std::span<const 
 
 }  // namespace
 
+namespace {
+// One rank's summary of a row for log-probabilities: enough to rebuild the log partition function and the best ids
+// of the whole vocabulary. Trivially copyable, one all-gather.
+struct ShardLogprobs {
+  double max = -INFINITY, sum = 0;  // sum of exp(x - max) over the shard's finite values
+  float chosen = -INFINITY;         // the sampled token's scaled logit, if it is in this shard
+  std::int32_t has_chosen = 0;
+  Candidate top[kMaxTopLogprobs];
+};
+}  // namespace
+
+RowLogprobs token_logprobs(const float* shard, std::int64_t local_vocab, std::int64_t vocab_offset, float temperature,
+                           std::int32_t token, int top, Collectives& tp) {
+  STRATA_CHECK(top >= 0 && top <= kMaxTopLogprobs, Usage, "top_logprobs must be in [0, ", kMaxTopLogprobs, "] (got ",
+               top, ")");
+  const double scale = temperature > 0 ? 1.0 / double(temperature) : 1.0;
+  ShardLogprobs mine;
+  std::vector<Candidate> ranked;
+  ranked.reserve(std::size_t(local_vocab));
+  for (std::int64_t i = 0; i < local_vocab; ++i) {
+    const float x = float(double(shard[i]) * scale);
+    if (std::isnan(x)) continue;  // ranks lowest, as in sampling
+    mine.max = std::max(mine.max, double(x));
+    ranked.push_back(Candidate{x, std::int32_t(vocab_offset + i)});
+  }
+  for (const Candidate& c : ranked)
+    if (std::isfinite(c.value)) mine.sum += std::exp(double(c.value) - mine.max);
+  if (token >= vocab_offset && token < vocab_offset + local_vocab) {
+    mine.chosen = float(double(shard[token - vocab_offset]) * scale);
+    mine.has_chosen = 1;
+  }
+  const std::size_t keep = std::min<std::size_t>(std::size_t(top), ranked.size());
+  std::partial_sort(ranked.begin(), ranked.begin() + std::int64_t(keep), ranked.end(), better);
+  for (int k = 0; k < kMaxTopLogprobs; ++k)
+    mine.top[k] = std::size_t(k) < keep ? ranked[std::size_t(k)] : Candidate{-INFINITY, -1};
+
+  std::vector<ShardLogprobs> all(static_cast<std::size_t>(tp.size()));
+  tp.all_gather(&mine, all.data(), sizeof mine);
+  double max = -INFINITY;
+  for (const auto& r : all) max = std::max(max, r.max);
+  double sum = 0;
+  for (const auto& r : all)
+    if (r.sum > 0) sum += r.sum * std::exp(r.max - max);
+  const double log_z = max + std::log(sum);
+  RowLogprobs out;
+  std::vector<Candidate> best;
+  for (const auto& r : all) {
+    if (r.has_chosen) out.chosen = float(double(r.chosen) - log_z);
+    for (int k = 0; k < top; ++k)
+      if (r.top[k].id >= 0) best.push_back(r.top[k]);
+  }
+  std::sort(best.begin(), best.end(), better);
+  for (std::size_t k = 0; k < std::min<std::size_t>(std::size_t(top), best.size()); ++k)
+    out.top.push_back(TokenLogprob{best[k].id, float(double(best[k].value) - log_z)});
+  return out;
+}
+
 double gumbel_noise(std::uint64_t seed, std::int64_t step, std::int64_t token) {
   return gumbel_from_hash(seed, step, token);
 }

@@ -39,6 +39,24 @@ std::vector<std::int32_t> sample_tokens(const float* logits, std::int64_t local_
 std::vector<std::int32_t> sample_tokens(Backend& backend, TensorView logits, std::int64_t vocab_offset,
                                         std::span<const SampleRow> rows, Collectives& tp);
 
+// Log-probabilities from vocab-parallel logits, under the full-vocabulary distribution after temperature:
+// softmax(logits / T) with T the row's temperature when it is > 0 and 1 for greedy rows (top-k and top-p are not
+// applied: these are the model's probabilities, as OpenAI reports them). Each rank reduces its shard to a maximum,
+// a sum of exponentials and its `top` best; one all-gather; every rank returns the same values.
+constexpr int kMaxTopLogprobs = 20;
+struct TokenLogprob {
+  std::int32_t id = 0;
+  float logprob = 0;
+};
+struct RowLogprobs {
+  float chosen = 0;               // of the sampled token
+  std::vector<TokenLogprob> top;  // the `top` most likely ids, most likely first (ties: lower id)
+};
+// shard: this rank's host f32 logits [local_vocab] of the row, starting at vocab_offset; `top` in [0, 20].
+// Collective over tp.
+RowLogprobs token_logprobs(const float* shard, std::int64_t local_vocab, std::int64_t vocab_offset, float temperature,
+                           std::int32_t token, int top, Collectives& tp);
+
 // Gumbel(0,1) noise as a pure function of (seed, step, token id).
 double gumbel_noise(std::uint64_t seed, std::int64_t step, std::int64_t token);
 

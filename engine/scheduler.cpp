@@ -14,6 +14,7 @@ struct Scheduler::Sequence {
   std::int32_t cached = 0;  // positions already in the KV cache
   std::vector<std::int32_t> generated;
   std::vector<float> logits;
+  std::vector<RowLogprobs> logprobs;
 };
 
 Scheduler::Scheduler(std::vector<Request> requests, SchedulerLimits limits, const StopMatcher& stops,
@@ -69,6 +70,7 @@ void Scheduler::build_step(int group, std::vector<ChunkMeta>& metas, std::vector
     m.top_p = s->request.sampling.top_p;
     m.seed = s->request.sampling.seed;
     m.step = std::int64_t(s->generated.size());
+    m.logprobs = s->request.logprobs;
     if (prefill)
       ids.insert(ids.end(), s->request.prompt.begin(), s->request.prompt.end());
     else
@@ -81,13 +83,18 @@ void Scheduler::apply(int group, const StepResult& result, const std::function<v
   auto& members = groups_[std::size_t(group)];
   STRATA_CHECK(result.tokens.size() == members.size(), Communication, "received ", result.tokens.size(),
                " tokens for a micro-batch of ", members.size(), " sequences");
-  std::size_t logit_row = 0;
+  std::size_t logit_row = 0, logprob_row = 0;
   std::vector<std::unique_ptr<Sequence>> still_running;
   for (std::size_t i = 0; i < members.size(); ++i) {
     Sequence& s = *members[i];
     if (limits_.record_logits) {
       const auto row = result.logits.begin() + std::int64_t(logit_row++ * std::size_t(result.vocab));
       s.logits.insert(s.logits.end(), row, row + result.vocab);
+    }
+    if (s.request.logprobs >= 0) {
+      STRATA_CHECK(logprob_row < result.logprobs.size(), Communication, "received ", result.logprobs.size(),
+                   " log-probability rows for a micro-batch that asked for more");
+      s.logprobs.push_back(result.logprobs[logprob_row++]);
     }
     s.cached += s.cached == 0 ? std::int32_t(s.request.prompt.size()) : 1;
     s.generated.push_back(result.tokens[i]);
@@ -104,6 +111,7 @@ void Scheduler::apply(int group, const StepResult& result, const std::function<v
     c.finish_reason = *reason;
     c.text = stops_.text(s.request, s.generated, *reason);
     c.logits = std::move(s.logits);
+    c.logprobs = std::move(s.logprobs);
     c.vocab = vocab_;
     slots_.release(s.slot);
     ++counts_.completed;

@@ -11,6 +11,7 @@ namespace {
 struct TokensHeader {
   std::int32_t n_chunks = 0, n_logit_rows = 0;
   std::int64_t vocab = 0;
+  std::int32_t n_logprob_rows = 0, reserved = 0;
 };
 
 template <typename T>
@@ -63,10 +64,16 @@ std::vector<char> pack_tokens(const StepResult& result) {
   std::vector<char> message;
   const TokensHeader header{std::int32_t(result.tokens.size()),
                             std::int32_t(result.vocab ? result.logits.size() / std::size_t(result.vocab) : 0),
-                            result.vocab};
+                            result.vocab, std::int32_t(result.logprobs.size()), 0};
   append(message, &header, 1);
   append(message, result.tokens.data(), result.tokens.size());
   append(message, result.logits.data(), result.logits.size());
+  for (const RowLogprobs& row : result.logprobs) {
+    const std::int32_t count = std::int32_t(row.top.size());
+    append(message, &row.chosen, 1);
+    append(message, &count, 1);
+    append(message, row.top.data(), row.top.size());
+  }
   return message;
 }
 
@@ -74,10 +81,10 @@ StepResult parse_tokens(const std::vector<char>& message) {
   TokensHeader header;
   STRATA_CHECK(message.size() >= sizeof header, Communication, "truncated tokens message");
   std::memcpy(&header, message.data(), sizeof header);
-  const std::size_t expected = sizeof header + std::size_t(header.n_chunks) * 4 +
-                               std::size_t(header.n_logit_rows) * std::size_t(header.vocab) * 4;
-  STRATA_CHECK(message.size() == expected, Communication, "tokens message of ", message.size(), " bytes, expected ",
-               expected);
+  const std::size_t fixed = sizeof header + std::size_t(header.n_chunks) * 4 +
+                            std::size_t(header.n_logit_rows) * std::size_t(header.vocab) * 4;
+  STRATA_CHECK(message.size() >= fixed && header.n_logprob_rows >= 0, Communication, "tokens message of ",
+               message.size(), " bytes, expected at least ", fixed);
   StepResult result;
   result.vocab = header.vocab;
   result.tokens.resize(std::size_t(header.n_chunks));
@@ -85,6 +92,22 @@ StepResult parse_tokens(const std::vector<char>& message) {
   result.logits.resize(std::size_t(header.n_logit_rows) * std::size_t(header.vocab));
   std::memcpy(result.logits.data(), message.data() + sizeof header + result.tokens.size() * 4,
               result.logits.size() * 4);
+  std::size_t at = fixed;
+  for (std::int32_t r = 0; r < header.n_logprob_rows; ++r) {
+    RowLogprobs row;
+    std::int32_t count = 0;
+    STRATA_CHECK(at + 8 <= message.size(), Communication, "tokens message cut inside log-probability row ", r);
+    std::memcpy(&row.chosen, message.data() + at, 4);
+    std::memcpy(&count, message.data() + at + 4, 4);
+    at += 8;
+    STRATA_CHECK(count >= 0 && count <= kMaxTopLogprobs && at + std::size_t(count) * sizeof(TokenLogprob) <= message.size(),
+                 Communication, "tokens message: log-probability row ", r, " claims ", count, " entries");
+    row.top.resize(std::size_t(count));
+    std::memcpy(row.top.data(), message.data() + at, std::size_t(count) * sizeof(TokenLogprob));
+    at += std::size_t(count) * sizeof(TokenLogprob);
+    result.logprobs.push_back(std::move(row));
+  }
+  STRATA_CHECK(at == message.size(), Communication, "tokens message of ", message.size(), " bytes, expected ", at);
   return result;
 }
 

@@ -1,12 +1,14 @@
 // The messages between a replica's pipeline stages, as bytes for the host Communicator:
 //   step (stage s -> s+1, Tag::Activations): StepHeader, ChunkMeta[n_chunks], float hidden[n_tokens * hidden_size];
-//   tokens (last stage -> stage 0, Tag::Tokens): TokensHeader, int32 tokens[n_chunks], float logits[rows * vocab].
+//   tokens (last stage -> stage 0, Tag::Tokens): TokensHeader, int32 tokens[n_chunks], float logits[rows * vocab],
+//   then per log-probability row: float chosen, int32 count, TokenLogprob top[count].
 // Every parse checks the sizes against the header and names what disagrees.
 #pragma once
 #include <cstdint>
 #include <type_traits>
 #include <vector>
 
+#include "engine/sampler.h"
 #include "layers/transformer.h"
 
 namespace strata {
@@ -24,6 +26,8 @@ struct ChunkMeta {
   float temperature = 0, top_p = 1;
   std::uint64_t seed = 0;
   std::int64_t step = 0;  // index of the token this chunk generates
+  std::int32_t logprobs = -1;  // -1: none; else the log-probability of the token and of this many top ids
+  std::int32_t reserved = 0;
 };
 static_assert(std::is_trivially_copyable_v<ChunkMeta> && std::is_trivially_copyable_v<StepHeader>);
 
@@ -37,6 +41,7 @@ struct StepResult {
   std::vector<std::int32_t> tokens;
   std::vector<float> logits;  // n_rows * vocab, rows of the chunks with record_logits, in chunk order
   std::int64_t vocab = 0;
+  std::vector<RowLogprobs> logprobs;  // one per chunk with logprobs >= 0, in chunk order
 };
 
 std::vector<char> pack_step(const std::vector<ChunkMeta>& metas, std::int32_t tokens, const float* hidden,

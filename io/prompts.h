@@ -1,5 +1,5 @@
 // Prompt files: plain text (one prompt per line; blank lines skipped) or JSONL ({"id", "prompt", optional sampling
-// fields}). Errors name the file and line. Per-prompt fields override the command line.
+// fields, logprobs, top_logprobs}). Errors name the file and line. Per-prompt fields override the command line.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -17,6 +17,8 @@ struct SamplingOverrides {
   std::optional<std::int64_t> top_k;
   std::optional<std::uint64_t> seed;
   std::optional<std::vector<std::string>> stop;
+  std::optional<bool> logprobs;             // log-probability of each generated token
+  std::optional<std::int64_t> top_logprobs;  // and of this many most likely alternatives (implies logprobs)
 };
 
 struct Prompt {

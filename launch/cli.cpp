@@ -130,6 +130,12 @@ int cli_main(int argc, char** argv) {
       ->check(kNonNegative);
   generate->add_option("--seed", gen.seed, "Sampling seed (the same text under every layout)");
   generate->add_option("--stop", gen.stop, "Stop string (repeatable)");
+  generate->add_flag("--logprobs", gen.logprobs,
+                     "Add each generated token's log-probability to the results (OpenAI's layout), under "
+                     "softmax(logits / temperature) over the whole vocabulary (temperature 1 for greedy)");
+  generate->add_option("--top-logprobs", gen.top_logprobs, "With each token, the log-probabilities of the N most "
+                                                            "likely tokens (0-20; implies --logprobs)")
+      ->check(CLI::Range(0, 20));
   add_limit_flags(*generate, gen.limits);
   generate
       ->add_option("--step-timeout", gen.step_timeout,

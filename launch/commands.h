@@ -28,6 +28,8 @@ struct GenerateOptions {
   std::int64_t top_k = 0;
   std::uint64_t seed = 0;
   std::vector<std::string> stop;
+  bool logprobs = false;    // each generated token's log-probability
+  int top_logprobs = -1;    // and of this many alternatives (0-20; implies logprobs); -1: not given
   RunLimits limits;
   // Seconds a rank may wait without progress before the job is aborted; "auto" (derived from the step times, see
   // runtime/base/watchdog.h), or a number of seconds, 0 = never.

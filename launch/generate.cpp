@@ -57,6 +57,11 @@ Request make_request(const Prompt& p, std::int64_t index, const GenerateOptions&
                temperature, ")");
   STRATA_CHECK(top_p > 0 && top_p <= 1, Usage, p.origin, ": top_p must be in (0, 1] (got ", top_p, ")");
   STRATA_CHECK(top_k >= 0, Usage, p.origin, ": top_k must be >= 0 (got ", top_k, ")");
+  const bool logprobs = p.overrides.logprobs.value_or(o.logprobs) || p.overrides.top_logprobs || o.top_logprobs >= 0;
+  const std::int64_t top = p.overrides.top_logprobs.value_or(std::max(o.top_logprobs, 0));
+  STRATA_CHECK(top >= 0 && top <= kMaxTopLogprobs, Usage, p.origin, ": top_logprobs must be in [0, ", kMaxTopLogprobs,
+               "] (got ", top, ")");
+  r.logprobs = logprobs ? std::int32_t(top) : -1;
   STRATA_CHECK(std::int64_t(r.prompt.size()) <= max_model_len, Usage, p.origin, ": prompt is ", r.prompt.size(),
                " tokens but the context (--max-model-len) is ", max_model_len, " tokens");
   r.sampling = SamplingParams{float(temperature), std::int32_t(std::min(top_k, vocab_size)), float(top_p),
@@ -100,6 +105,8 @@ nlohmann::json run_identity(const GenerateOptions& o, const Session& session) {
             {"seed", o.seed},
             {"stop", o.stop},
             {"max_model_len", session.plan().stage.max_seq_len},
+            {"logprobs", o.logprobs},
+            {"top_logprobs", o.top_logprobs},
             {"record_logits", o.record_logits}}}};
 }
 
@@ -203,7 +210,7 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   EngineHooks hooks;
   if (leader)
     hooks.on_complete = [&](Completion&& c) {
-      const nlohmann::json record = make_record(prompts[std::size_t(c.index)], c);
+      const nlohmann::json record = make_record(prompts[std::size_t(c.index)], c, session.tokenizer());
       if (collector)
         collector->accept(c.index, record);
       else
