@@ -17,7 +17,7 @@ namespace {
 // The last stage's work on a step's logits (in the backend's memory): sample from per-row candidates, and gather
 // whole-vocabulary rows that were asked for (downloaded as f32).
 StepResult finish_step(const std::vector<ChunkMeta>& metas, TensorView logits, TransformerStage& stage,
-                       Communicator& tp) {
+                       Collectives& tp) {
   const ShardPlan& plan = stage.plan();
   std::vector<SampleRow> rows;
   rows.reserve(metas.size());
@@ -51,7 +51,7 @@ double now_seconds() {
 // ------------------------------------------------------------------------------------------------ engine
 
 
-Engine::Engine(TransformerStage& stage, const ParallelLayout& layout, Communicator& world, Communicator& tp,
+Engine::Engine(TransformerStage& stage, const ParallelLayout& layout, Communicator& world, Collectives& tp,
                const Tokenizer& tokenizer, EngineOptions options)
     : stage_(stage), layout_(layout), world_(world), tp_(tp), tokenizer_(tokenizer), options_(options) {
   if (options_.micro_batches <= 0) options_.micro_batches = layout.sizes().pp;
@@ -76,11 +76,12 @@ Engine::Engine(TransformerStage& stage, const ParallelLayout& layout, Communicat
 
 EngineStats Engine::run(std::vector<Request> requests, const EngineHooks& hooks) {
   if (layout_.is_first_stage()) return run_scheduler(std::move(requests), hooks);
-  run_follower(hooks);
-  return EngineStats{};
+  return run_follower(hooks);
 }
 
-void Engine::run_follower(const EngineHooks& hooks) {
+EngineStats Engine::run_follower(const EngineHooks& hooks) {
+  const double start = now_seconds();
+  EngineStats stats;
   SendQueue sends(std::size_t(options_.micro_batches) + 1);
   const std::int64_t hidden = stage_.hidden_size();
   const int scheduler = layout_.rank_of(layout_.dp_rank(), 0, layout_.tp_rank());
@@ -101,11 +102,16 @@ void Engine::run_follower(const EngineHooks& hooks) {
     else
       sends.push(world_.isend(pack_step(step.metas, step.header.n_tokens, out.f32(), hidden), layout_.next_stage_rank(),
                               Tag::Activations));
-    observe_step(now_seconds() - step_start);
+    const double step_seconds = now_seconds() - step_start;
+    stats.compute_seconds += step_seconds;
+    ++stats.steps;
+    observe_step(step_seconds);
     if (hooks.on_round) hooks.on_round();
   }
   beat("waiting for the next stage to receive the last messages");
   sends.drain();
+  stats.seconds = now_seconds() - start;
+  return stats;
 }
 
 EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHooks& hooks) {
@@ -135,7 +141,7 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
         beat(waiting_for_tokens_.c_str());
         const std::vector<char> tokens = world_.recv(last_stage, Tag::Tokens);
         beat("scheduling");
-        scheduler.apply(g, parse_tokens(tokens), complete);
+        scheduler.apply(g, parse_tokens(tokens), complete, now_seconds() - start);
         in_flight[std::size_t(g)] = false;
       }
       scheduler.admit(g);
@@ -149,9 +155,11 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
       const TensorView out = stage_.forward(chunks, ids, nullptr);
       ++stats.steps;
       if (single_stage) {
-        scheduler.apply(g, finish_step(metas, out, stage_, tp_), complete);
+        scheduler.apply(g, finish_step(metas, out, stage_, tp_), complete, now_seconds() - start);
+        stats.compute_seconds += now_seconds() - step_start;
         observe_step(now_seconds() - step_start);
       } else {
+        stats.compute_seconds += now_seconds() - step_start;
         observe_step(now_seconds() - step_start);
         sends.push(world_.isend(pack_step(metas, std::int32_t(ids.size()), out.f32(), stage_.hidden_size()),
                                 layout_.next_stage_rank(), Tag::Activations));
@@ -173,6 +181,8 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
   stats.prompt_tokens = scheduler.counts().prompt_tokens;
   stats.generated_tokens = scheduler.counts().generated_tokens;
   stats.completed = scheduler.counts().completed;
+  stats.peak_sequences = scheduler.counts().peak_sequences;
+  stats.peak_tokens = scheduler.counts().peak_tokens;
   stats.seconds = now_seconds() - start;
   return stats;
 }

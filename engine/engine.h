@@ -45,6 +45,7 @@ struct Completion {
   std::int64_t vocab = 0;
   std::vector<float> logits;  // record_logits: full-vocabulary logits of every generated position [tokens, vocab]
   std::vector<RowLogprobs> logprobs;  // Request::logprobs >= 0: one per generated token
+  double first_token_seconds = 0, finished_seconds = 0;  // since the replica's engine started
 };
 
 struct EngineOptions {
@@ -59,7 +60,9 @@ struct EngineOptions {
 struct EngineStats {
   std::int64_t prompt_tokens = 0, generated_tokens = 0, steps = 0, completed = 0;
   std::int64_t max_in_flight = 0;  // most micro-batches in the pipeline at once (= stages busy at once)
-  double seconds = 0;              // wall time of run() on the scheduler
+  double seconds = 0;              // wall time of run()
+  double compute_seconds = 0;      // in forward steps and sampling (their TP collectives included)
+  std::int64_t peak_sequences = 0, peak_tokens = 0;  // the scheduler's most sequences and KV positions held at once
 };
 
 struct EngineHooks {
@@ -71,7 +74,7 @@ class Engine {
  public:
   // `world` carries the point-to-point traffic between stages (ranks named by world rank); `tp` is the stage's
   // tensor-parallel group. All references must outlive the engine.
-  Engine(TransformerStage& stage, const ParallelLayout& layout, Communicator& world, Communicator& tp,
+  Engine(TransformerStage& stage, const ParallelLayout& layout, Communicator& world, Collectives& tp,
          const Tokenizer& tokenizer, EngineOptions options);
 
   // Generates for `requests` (given to stage-0 ranks; other stages pass none) until all finish, then stops the
@@ -80,12 +83,12 @@ class Engine {
 
  private:
   EngineStats run_scheduler(std::vector<Request> requests, const EngineHooks& hooks);
-  void run_follower(const EngineHooks& hooks);
+  EngineStats run_follower(const EngineHooks& hooks);
 
   TransformerStage& stage_;
   const ParallelLayout& layout_;
   Communicator& world_;
-  Communicator& tp_;
+  Collectives& tp_;
   void beat(const char* activity) const {
     if (options_.watchdog) options_.watchdog->beat(activity);
   }

@@ -17,10 +17,13 @@ double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-std::vector<char> pack_record(std::int64_t index, const std::string& json) {
-  std::vector<char> message(sizeof index + json.size());
+constexpr std::size_t kRecordHeader = sizeof(std::int64_t) + sizeof(RequestTiming);
+
+std::vector<char> pack_record(std::int64_t index, const RequestTiming& timing, const std::string& json) {
+  std::vector<char> message(kRecordHeader + json.size());
   std::memcpy(message.data(), &index, sizeof index);
-  std::memcpy(message.data() + sizeof index, json.data(), json.size());
+  std::memcpy(message.data() + sizeof index, &timing, sizeof timing);
+  std::memcpy(message.data() + kRecordHeader, json.data(), json.size());
   return message;
 }
 
@@ -104,25 +107,31 @@ ResultCollector::ResultCollector(Communicator& world, const ParallelLayout& layo
       replica_finished_(std::size_t(layout.sizes().dp), -1.0),
       rank_done_(std::size_t(layout.world_size()), false),
       peer_timeout_(std::size_t(layout.world_size()), 0.0),
+      rank_times_(std::size_t(layout.world_size())),
       records_from_(std::size_t(layout.sizes().dp), 0) {
   rank_done_[0] = true;
 }
 
 void ResultCollector::take(std::vector<char> message, int src, Tag tag) {
   last_heard_[std::size_t(src)] = now_seconds();
-  if (tag == Tag::Done) rank_done_[std::size_t(src)] = true;
+  if (tag == Tag::Done) {
+    rank_done_[std::size_t(src)] = true;
+    if (message.size() == sizeof(RankTimes)) std::memcpy(&rank_times_[std::size_t(src)], message.data(), sizeof(RankTimes));
+  }
   if (tag == Tag::Heartbeat) peer_timeout_[std::size_t(src)] = heartbeat_timeout(message);
   if (tag != Tag::Result) return;
-  STRATA_CHECK(message.size() >= sizeof(std::int64_t), Communication, "truncated result message from rank ", src);
+  STRATA_CHECK(message.size() >= kRecordHeader, Communication, "truncated result message from rank ", src);
   std::int64_t index = 0;
+  RequestTiming timing;
   std::memcpy(&index, message.data(), sizeof index);
+  std::memcpy(&timing, message.data() + sizeof index, sizeof timing);
   const int replica = layout_.replica_of(src);
   if (index == kReplicaFinished) {
     replica_finished_[std::size_t(replica)] = now_seconds();
     return;
   }
   ++records_from_[std::size_t(replica)];
-  sink_(index, nlohmann::json::parse(message.begin() + sizeof index, message.end()));
+  sink_(index, nlohmann::json::parse(message.begin() + std::int64_t(kRecordHeader), message.end()), timing);
 }
 
 void ResultCollector::poll() {
@@ -186,10 +195,11 @@ void ResultCollector::finish() {
 ResultSender::ResultSender(Communicator& world, const ParallelLayout& layout, Watchdog* watchdog)
     : world_(world), layout_(layout), watchdog_(watchdog), last_heartbeat_(now_seconds()) {}
 
-void ResultSender::send(std::int64_t index, const nlohmann::json& record) {
+void ResultSender::send(std::int64_t index, const nlohmann::json& record, const RequestTiming& timing) {
   if (watchdog_) watchdog_->beat("sending a result to rank 0 (it may have stopped receiving)");
-  sends_.push(world_.isend(pack_record(index, record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)), 0,
-                           Tag::Result));
+  sends_.push(world_.isend(
+      pack_record(index, timing, record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)), 0,
+      Tag::Result));
 }
 
 void ResultSender::heartbeat() {
@@ -199,10 +209,13 @@ void ResultSender::heartbeat() {
   sends_.push(world_.isend(pack_heartbeat(watchdog_), 0, Tag::Heartbeat));
 }
 
-void ResultSender::finish() {
+void ResultSender::finish(const RankTimes& times) {
   if (watchdog_) watchdog_->beat("sending the last results to rank 0 (it may have stopped receiving)");
-  if (layout_.is_first_stage() && layout_.tp_rank() == 0) sends_.push(world_.isend(pack_record(kReplicaFinished, ""), 0, Tag::Result));
-  sends_.push(world_.isend({}, 0, Tag::Done));
+  if (layout_.is_first_stage() && layout_.tp_rank() == 0)
+    sends_.push(world_.isend(pack_record(kReplicaFinished, {}, ""), 0, Tag::Result));
+  std::vector<char> done(sizeof times);
+  std::memcpy(done.data(), &times, sizeof times);
+  sends_.push(world_.isend(std::move(done), 0, Tag::Done));
   double heard = now_seconds(), rank0_timeout = 0;
   std::vector<char> message;
   int src = 0;

@@ -15,6 +15,7 @@ struct Scheduler::Sequence {
   std::vector<std::int32_t> generated;
   std::vector<float> logits;
   std::vector<RowLogprobs> logprobs;
+  double first_token = 0;
 };
 
 Scheduler::Scheduler(std::vector<Request> requests, SchedulerLimits limits, const StopMatcher& stops,
@@ -79,11 +80,13 @@ void Scheduler::build_step(int group, std::vector<ChunkMeta>& metas, std::vector
   }
 }
 
-void Scheduler::apply(int group, const StepResult& result, const std::function<void(Completion&&)>& complete) {
+void Scheduler::apply(int group, const StepResult& result, const std::function<void(Completion&&)>& complete,
+                      double now) {
   auto& members = groups_[std::size_t(group)];
   STRATA_CHECK(result.tokens.size() == members.size(), Communication, "received ", result.tokens.size(),
                " tokens for a micro-batch of ", members.size(), " sequences");
   std::size_t logit_row = 0, logprob_row = 0;
+  std::int64_t step_sequences = 0, step_tokens = 0;
   std::vector<std::unique_ptr<Sequence>> still_running;
   for (std::size_t i = 0; i < members.size(); ++i) {
     Sequence& s = *members[i];
@@ -97,7 +100,10 @@ void Scheduler::apply(int group, const StepResult& result, const std::function<v
       s.logprobs.push_back(result.logprobs[logprob_row++]);
     }
     s.cached += s.cached == 0 ? std::int32_t(s.request.prompt.size()) : 1;
+    ++step_sequences;  // held through this step, finishing or not
+    step_tokens += s.cached;
     s.generated.push_back(result.tokens[i]);
+    if (s.generated.size() == 1) s.first_token = now;
     ++counts_.generated_tokens;
     const auto reason = stops_.finished(s.request, s.generated, s.cached);
     if (!reason) {
@@ -112,12 +118,26 @@ void Scheduler::apply(int group, const StepResult& result, const std::function<v
     c.text = stops_.text(s.request, s.generated, *reason);
     c.logits = std::move(s.logits);
     c.logprobs = std::move(s.logprobs);
+    c.first_token_seconds = s.first_token;
+    c.finished_seconds = now;
     c.vocab = vocab_;
     slots_.release(s.slot);
     ++counts_.completed;
     if (complete) complete(std::move(c));
   }
   members = std::move(still_running);
+  note_peaks(group, step_sequences, step_tokens);
+}
+
+void Scheduler::note_peaks(int group, std::int64_t sequences, std::int64_t tokens) {
+  for (int g = 0; g < int(groups_.size()); ++g)
+    if (g != group)
+      for (const auto& s : groups_[std::size_t(g)]) {
+        ++sequences;
+        tokens += s->cached;
+      }
+  counts_.peak_sequences = std::max(counts_.peak_sequences, sequences);
+  counts_.peak_tokens = std::max(counts_.peak_tokens, tokens);
 }
 
 }  // namespace strata

@@ -28,6 +28,7 @@ struct SchedulerLimits {
 
 struct SchedulerCounts {
   std::int64_t prompt_tokens = 0, generated_tokens = 0, completed = 0;
+  std::int64_t peak_sequences = 0, peak_tokens = 0;  // most sequences, and KV positions, held at once
 };
 
 class Scheduler {
@@ -46,10 +47,13 @@ class Scheduler {
   void build_step(int group, std::vector<ChunkMeta>& metas, std::vector<std::int32_t>& ids) const;
   // The sampled tokens of the step `group` sent, one per sequence in step order; each sequence that ends is
   // completed through `complete` and frees its slot.
-  void apply(int group, const StepResult& result, const std::function<void(Completion&&)>& complete);
+  // `now`: seconds since generation started, stamped on each sequence's first token and on its completion.
+  void apply(int group, const StepResult& result, const std::function<void(Completion&&)>& complete, double now = 0);
 
  private:
   struct Sequence;
+  // After a step of `group`: its sequences and KV positions (finishing ones included) plus the other groups'.
+  void note_peaks(int group, std::int64_t sequences, std::int64_t tokens);
   SchedulerLimits limits_;
   const StopMatcher& stops_;
   std::int64_t vocab_;

@@ -137,6 +137,10 @@ int cli_main(int argc, char** argv) {
                                                             "likely tokens (0-20; implies --logprobs)")
       ->check(CLI::Range(0, 20));
   add_limit_flags(*generate, gen.limits);
+  generate->add_option("--metrics", gen.metrics,
+                       "Write a JSON summary of the run here at the end: tokens, wall time, throughput, time to first "
+                       "token and per output token percentiles, each rank's compute / communication / waiting, "
+                       "KV-cache use (scripts/plot-metrics.py plots one or several)");
   generate
       ->add_option("--step-timeout", gen.step_timeout,
                    "Seconds a rank may wait without progress (a stopped, frozen or dead peer) before the job is "

@@ -2,12 +2,15 @@
 // One RunPlan (computed identically on every rank) says which rank is which replica, stage and TP index. Replicas
 // take prompts i with i % dp == replica; each replica's leader sends finished records to world rank 0, which writes
 // them in input order as they complete (engine/results.h has the protocol, and how it ends without a hang).
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include "engine/engine.h"
+#include "engine/metrics.h"
 #include "engine/progress.h"
 #include "engine/results.h"
 #include "io/prompts.h"
@@ -16,6 +19,7 @@
 #include "launch/session.h"
 #include "runtime/base/log.h"
 #include "runtime/comm/mpi/mpi_communicator.h"
+#include "runtime/comm/timed_collectives.h"
 
 namespace strata {
 namespace {
@@ -132,6 +136,41 @@ ExistingResults resume_point(const GenerateOptions& o, const nlohmann::json& ide
   return existing;
 }
 
+// --metrics on rank 0: the recorder's requests, every rank's times (its own and those sent with Done), and the run.
+void write_metrics(const GenerateOptions& o, const Session& session, MetricsRecorder& metrics,
+                   const ResultCollector& collector, const RankTimes& mine, std::size_t resumed) {
+  const RunPlan& plan = session.plan();
+  std::vector<nlohmann::json> rank_info;
+  for (const RankPlan& r : plan.ranks) {
+    rank_info.push_back({{"host", r.host}, {"dp", r.dp}, {"pp", r.pp}, {"tp", r.tp}});
+    metrics.add_rank(r.world_rank, r.world_rank == 0 ? mine : collector.rank_times()[std::size_t(r.world_rank)]);
+  }
+  const nlohmann::json run = {
+      {"format", "strata metrics 1"},
+      {"model", o.model},
+      {"prompts_file", o.prompts},
+      {"output", o.output},
+      {"resumed_records", resumed},
+      {"wall_seconds", mine.wall},
+      {"layout",
+       {{"dp", plan.sizes.dp}, {"pp", plan.sizes.pp}, {"tp", plan.sizes.tp}, {"world", plan.world_size()},
+        {"nodes", plan.topology.nodes.size()}, {"device", device_name(plan.device)}}},
+      {"kv_cache",
+       {{"slots_per_replica", plan.max_batch_size},
+        {"positions_per_slot", plan.stage.max_seq_len},
+        {"bytes_per_rank", plan.rank(0).memory.kv_cache}}}};
+  const std::string temporary = o.metrics + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    out << metrics.summary(run, rank_info).dump(2) << "\n";
+    out.flush();
+    STRATA_CHECK(out.good(), Io, "cannot write the metrics to ", temporary, ": ", std::strerror(errno));
+  }
+  STRATA_CHECK(std::rename(temporary.c_str(), o.metrics.c_str()) == 0, Io, "cannot rename ", temporary, " to ",
+               o.metrics, ": ", std::strerror(errno));
+  if (!o.quiet) log_info("metrics in ", o.metrics);
+}
+
 int generate(const NodeInfo& node, const GenerateOptions& o) {
   Session session(node, o.model, o.parallel, o.limits);
   const ParallelLayout& layout = session.layout();
@@ -141,6 +180,7 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   // results never truncates an existing output, and never writes over its own prompts.
   // --resume appends to an existing output of the same run.
   if (writer_rank) check_output_target(o.output, o.overwrite || o.resume, {o.prompts});
+  if (writer_rank && !o.metrics.empty()) check_output_target(o.metrics, true, {o.prompts, o.output});
 
   const std::vector<Prompt> prompts = load_prompts(o, world);
   // --part K/N: contiguous slice K of N; indices (ids, seeds) stay those of the whole file.
@@ -190,17 +230,21 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   const RunPlan& plan = session.plan();
   EngineOptions engine_options{plan.max_batch_size,          plan.stage.max_tokens, plan.stage.max_seq_len,
                                plan.micro_batches,           o.record_logits,       watchdog.get()};
-  Engine engine(session.stage(), layout, world, session.tp(), session.tokenizer(), engine_options);
+  TimedCollectives sampling_tp(session.tp());  // the last stage's sampling all-gathers, timed for --metrics
+  Engine engine(session.stage(), layout, world, sampling_tp, session.tokenizer(), engine_options);
 
   Progress progress(last - first - std::size_t(done), o.quiet || !writer_rank ? "none" : o.progress);
   std::unique_ptr<ResultCollector> collector;
   std::unique_ptr<ResultSender> sender;
+  MetricsRecorder metrics;
   if (writer_rank)
     collector = std::make_unique<ResultCollector>(
         world, layout,
-        [&](std::int64_t index, const nlohmann::json& record) {
+        [&](std::int64_t index, const nlohmann::json& record, const RequestTiming& timing) {
           writer->submit(std::size_t(index) - first, record);
-          progress.record(record.at("completion_tokens").get<std::int64_t>());
+          const auto completion_tokens = record.at("completion_tokens").get<std::int64_t>();
+          progress.record(completion_tokens);
+          metrics.add_request(timing, record.at("prompt_tokens").get<std::int64_t>(), completion_tokens);
         },
         watchdog.get());
   else
@@ -211,10 +255,11 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   if (leader)
     hooks.on_complete = [&](Completion&& c) {
       const nlohmann::json record = make_record(prompts[std::size_t(c.index)], c, session.tokenizer());
+      const RequestTiming timing{c.first_token_seconds, c.finished_seconds};
       if (collector)
-        collector->accept(c.index, record);
+        collector->accept(c.index, record, timing);
       else
-        sender->send(c.index, record);
+        sender->send(c.index, record, timing);
     };
   hooks.on_round = [&] {
     if (collector)
@@ -222,15 +267,24 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
     else if (leader)
       sender->heartbeat();
   };
-  engine.run(std::move(mine), hooks);
+  const auto generation_start = std::chrono::steady_clock::now();
+  const auto since_start = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - generation_start).count();
+  };
+  const EngineStats stats = engine.run(std::move(mine), hooks);
+  RankTimes times{0, stats.compute_seconds, session.stage_communication_seconds() + sampling_tp.seconds(),
+                  stats.peak_sequences, stats.peak_tokens};
 
   if (!collector) {
-    sender->finish();
+    times.wall = since_start();
+    sender->finish(times);
     return 0;
   }
   collector->finish();
+  times.wall = since_start();
   progress.show(true);
   writer->finish();
+  if (!o.metrics.empty()) write_metrics(o, session, metrics, *collector, times, std::size_t(done));
   if (!o.quiet) log_info("done: ", progress.summary(), o.output == "-" ? "" : cat("; results in ", o.output));
   return 0;
 }

@@ -197,7 +197,8 @@ LoadReport Session::load() {
   const ShardPlan shard = plan_.shard(layout_->world_rank());
   CheckpointWeightSource source(model_dir_, manifest_, shard, !parallel_.no_mmap);
   Collectives& tp = groups_.tp_device ? *groups_.tp_device : *groups_.tp;  // device tensors: NCCL
-  stage_ = std::make_unique<TransformerStage>(shard, source, *backend_, tp, plan_.stage);
+  timed_tp_ = std::make_unique<TimedCollectives>(tp);
+  stage_ = std::make_unique<TransformerStage>(shard, source, *backend_, *timed_tp_, plan_.stage);
   std::string files;
   for (const auto& path : source.opened()) files += (files.empty() ? "" : ", ") + path;
   log_debug("loaded layers ", me().layer_begin, "-", me().layer_end - 1, " from ", files, " (", threads,

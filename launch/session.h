@@ -15,6 +15,7 @@
 #include "plan/run_plan.h"
 #include "runtime/backend/backend.h"
 #include "runtime/comm/communicator.h"
+#include "runtime/comm/timed_collectives.h"
 #include "topology/gpus.h"
 #include "topology/node.h"
 
@@ -59,6 +60,8 @@ class Session {
   LoadReport load();
   void unload() { stage_.reset(); }
   TransformerStage& stage() { return *stage_; }
+  // Seconds the stage spent in its tensor-parallel collectives since loading (for --metrics).
+  double stage_communication_seconds() const { return timed_tp_ ? timed_tp_->seconds() : 0; }
   Backend& backend() { return *backend_; }
 
  private:
@@ -76,6 +79,7 @@ class Session {
   // Destroyed in reverse: the stage, then the backend (whose wait monitor polls tp_device), then the groups.
   CommGroups groups_;
   std::unique_ptr<Backend> backend_;
+  std::unique_ptr<TimedCollectives> timed_tp_;  // the stage's TP group (NCCL or MPI), timed
   std::unique_ptr<TransformerStage> stage_;
 };
 

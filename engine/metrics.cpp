@@ -1,0 +1,81 @@
+// See metrics.h.
+#include "engine/metrics.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace strata {
+
+double percentile(std::vector<double> values, double p) {
+  if (values.empty()) return 0;
+  std::sort(values.begin(), values.end());
+  const auto rank = std::size_t(std::ceil(p / 100.0 * double(values.size())));
+  return values[std::clamp<std::size_t>(rank, 1, values.size()) - 1];
+}
+
+void MetricsRecorder::add_request(const RequestTiming& timing, std::int64_t prompt_tokens,
+                                  std::int64_t completion_tokens) {
+  ++prompts_;
+  prompt_tokens_ += prompt_tokens;
+  completion_tokens_ += completion_tokens;
+  ttft_.push_back(timing.first_token);
+  // The first token comes with the prompt's prefill; the rest one step each.
+  if (completion_tokens > 1) tpot_.push_back((timing.finished - timing.first_token) / double(completion_tokens - 1));
+}
+
+void MetricsRecorder::add_rank(int rank, const RankTimes& times) { ranks_.emplace_back(rank, times); }
+
+namespace {
+nlohmann::json distribution(const std::vector<double>& values) {
+  double sum = 0;
+  for (double v : values) sum += v;
+  return {{"count", values.size()},
+          {"mean", values.empty() ? 0.0 : sum / double(values.size())},
+          {"p50", percentile(values, 50)},
+          {"p90", percentile(values, 90)},
+          {"p99", percentile(values, 99)},
+          {"max", percentile(values, 100)}};
+}
+}  // namespace
+
+nlohmann::json MetricsRecorder::summary(const nlohmann::json& run, const std::vector<nlohmann::json>& rank_info) const {
+  nlohmann::json out = run;
+  const double wall = run.value("wall_seconds", 0.0);
+  out["prompts"] = prompts_;
+  out["prompt_tokens"] = prompt_tokens_;
+  out["completion_tokens"] = completion_tokens_;
+  out["throughput"] = {{"completion_tokens_per_second", wall > 0 ? double(completion_tokens_) / wall : 0.0},
+                       {"total_tokens_per_second", wall > 0 ? double(prompt_tokens_ + completion_tokens_) / wall : 0.0},
+                       {"prompts_per_second", wall > 0 ? double(prompts_) / wall : 0.0}};
+  out["time_to_first_token_seconds"] = distribution(ttft_);
+  out["time_per_output_token_seconds"] = distribution(tpot_);
+  std::vector<std::pair<int, RankTimes>> ranks = ranks_;
+  std::sort(ranks.begin(), ranks.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  nlohmann::json per_rank = nlohmann::json::array();
+  std::int64_t peak_sequences = 0, peak_tokens = 0;
+  for (const auto& [rank, t] : ranks) {
+    const double compute = std::max(0.0, t.compute - t.communication), waiting = std::max(0.0, t.wall - t.compute);
+    nlohmann::json entry = rank < int(rank_info.size()) ? rank_info[std::size_t(rank)] : nlohmann::json::object();
+    entry["rank"] = rank;
+    entry["wall_seconds"] = t.wall;
+    entry["compute_seconds"] = compute;
+    entry["communication_seconds"] = t.communication;
+    entry["waiting_seconds"] = waiting;
+    entry["compute_share"] = t.wall > 0 ? compute / t.wall : 0.0;
+    entry["communication_share"] = t.wall > 0 ? t.communication / t.wall : 0.0;
+    entry["waiting_share"] = t.wall > 0 ? waiting / t.wall : 0.0;
+    per_rank.push_back(std::move(entry));
+    peak_sequences = std::max(peak_sequences, t.peak_sequences);
+    peak_tokens = std::max(peak_tokens, t.peak_tokens);
+  }
+  out["ranks"] = std::move(per_rank);
+  nlohmann::json kv = run.value("kv_cache", nlohmann::json::object());
+  kv["peak_sequences_per_replica"] = peak_sequences;
+  kv["peak_tokens_per_replica"] = peak_tokens;
+  const double capacity = double(kv.value("slots_per_replica", 0)) * double(kv.value("positions_per_slot", 0));
+  kv["peak_use"] = capacity > 0 ? double(peak_tokens) / capacity : 0.0;
+  out["kv_cache"] = std::move(kv);
+  return out;
+}
+
+}  // namespace strata

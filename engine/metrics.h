@@ -1,0 +1,41 @@
+// The run summary --metrics writes (JSON, on world rank 0): prompts, tokens in and out, wall time, throughput, time
+// to first token and time per output token percentiles, each rank's share of compute, communication and waiting,
+// and KV-cache use. scripts/plot-metrics.py turns one or several into plots.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace strata {
+
+// One request, in seconds since its replica started generating.
+struct RequestTiming {
+  double first_token = 0, finished = 0;
+};
+
+// One rank's time over the run (seconds): compute (forward steps and sampling, its TP collectives included),
+// communication (TP collectives), and the peak KV-cache use of its replica's scheduler (stage 0 ranks).
+struct RankTimes {
+  double wall = 0, compute = 0, communication = 0;
+  std::int64_t peak_sequences = 0, peak_tokens = 0;
+};
+
+// Nearest-rank percentiles of `values` (p in (0, 100]); 0 for an empty list.
+double percentile(std::vector<double> values, double p);
+
+class MetricsRecorder {
+ public:
+  void add_request(const RequestTiming& timing, std::int64_t prompt_tokens, std::int64_t completion_tokens);
+  void add_rank(int rank, const RankTimes& times);
+  // `run`: what the caller knows of the run (layout, model, output, wall time, KV capacity); merged in.
+  nlohmann::json summary(const nlohmann::json& run, const std::vector<nlohmann::json>& rank_info) const;
+
+ private:
+  std::vector<double> ttft_, tpot_;
+  std::int64_t prompts_ = 0, prompt_tokens_ = 0, completion_tokens_ = 0;
+  std::vector<std::pair<int, RankTimes>> ranks_;
+};
+
+}  // namespace strata

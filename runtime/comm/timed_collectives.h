@@ -1,0 +1,38 @@
+// A Collectives that times another: seconds spent in its calls, for the run's per-rank breakdown of compute,
+// communication and waiting (--metrics). On NCCL the calls only enqueue work on the stream, so what it measures
+// there is the host's share; on MPI it is the whole exchange, waiting for the slowest peer included.
+#pragma once
+#include <chrono>
+
+#include "runtime/comm/communicator.h"
+
+namespace strata {
+
+class TimedCollectives final : public Collectives {
+ public:
+  explicit TimedCollectives(Collectives& inner) : inner_(inner) {}
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
+  void all_reduce_sum(TensorView data) override { timed([&] { inner_.all_reduce_sum(data); }); }
+  void all_gather(const void* send, void* recv, std::size_t bytes_per_rank) override {
+    timed([&] { inner_.all_gather(send, recv, bytes_per_rank); });
+  }
+  void broadcast(void* data, std::size_t bytes, int root) override {
+    timed([&] { inner_.broadcast(data, bytes, root); });
+  }
+  void barrier() override { timed([&] { inner_.barrier(); }); }
+  bool graph_capturable() const override { return inner_.graph_capturable(); }
+  double seconds() const { return seconds_; }
+
+ private:
+  template <typename F>
+  void timed(F&& call) {
+    const auto start = std::chrono::steady_clock::now();
+    call();
+    seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  Collectives& inner_;
+  double seconds_ = 0;
+};
+
+}  // namespace strata
