@@ -74,6 +74,12 @@ Engine::Engine(TransformerStage& stage, const ParallelLayout& layout, Communicat
             layout.rank_of(layout.dp_rank(), layout.sizes().pp - 1, layout.tp_rank()), " (the last stage)");
 }
 
+// Samples of one prompt start from a copy of the first sample's KV cache, on every stage before the step.
+void Engine::copy_prefixes(const std::vector<ChunkMeta>& metas) {
+  for (const ChunkMeta& m : metas)
+    if (m.copy_from >= 0) stage_.copy_prefix(m.copy_from, m.chunk.slot, m.chunk.start_pos);
+}
+
 EngineStats Engine::run(std::vector<Request> requests, const EngineHooks& hooks) {
   if (layout_.is_first_stage()) return run_scheduler(std::move(requests), hooks);
   return run_follower(hooks);
@@ -95,6 +101,7 @@ EngineStats Engine::run_follower(const EngineHooks& hooks) {
       if (!layout_.is_last_stage()) sends.push(world_.isend(pack_stop(), layout_.next_stage_rank(), Tag::Activations));
       break;
     }
+    copy_prefixes(step.metas);
     const std::vector<SeqChunk> chunks = chunks_of(step.metas);
     const TensorView out = stage_.forward(chunks, {}, step.hidden);
     if (layout_.is_last_stage())
@@ -149,6 +156,7 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
       anything = true;
 
       scheduler.build_step(g, metas, ids);
+      copy_prefixes(metas);
       const std::vector<SeqChunk> chunks = chunks_of(metas);
       beat(computing_.c_str());
       const double step_start = now_seconds();
@@ -183,6 +191,7 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
   stats.completed = scheduler.counts().completed;
   stats.peak_sequences = scheduler.counts().peak_sequences;
   stats.peak_tokens = scheduler.counts().peak_tokens;
+  stats.computed_prompt_tokens = scheduler.counts().computed_prompt_tokens;
   stats.seconds = now_seconds() - start;
   return stats;
 }

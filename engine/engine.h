@@ -20,6 +20,7 @@
 #include "runtime/comm/communicator.h"
 #include "engine/sampler.h"
 #include "engine/stop_matcher.h"
+#include "engine/wire.h"
 
 namespace strata {
 
@@ -31,6 +32,10 @@ struct Request {
   std::vector<std::string> stop;
   bool ignore_eos = false;  // benchmarks: always generate max_tokens
   std::int32_t logprobs = -1;  // -1: none; else each token's log-probability and this many top alternatives
+  // n samples of one prompt: sample 0 uses sampling.seed, sample j the seed sample_seeds[j - 1]. The prompt is
+  // computed once: the other samples start from a copy of sample 0's KV cache.
+  std::int32_t n = 1;
+  std::vector<std::uint64_t> sample_seeds;
 };
 
 enum class FinishReason : std::uint8_t { Stop, Length };
@@ -46,6 +51,8 @@ struct Completion {
   std::vector<float> logits;  // record_logits: full-vocabulary logits of every generated position [tokens, vocab]
   std::vector<RowLogprobs> logprobs;  // Request::logprobs >= 0: one per generated token
   double first_token_seconds = 0, finished_seconds = 0;  // since the replica's engine started
+  std::uint64_t seed = 0;        // the sample's seed
+  std::vector<Completion> more;  // n > 1: samples 1 .. n-1 (this one is sample 0)
 };
 
 struct EngineOptions {
@@ -63,6 +70,7 @@ struct EngineStats {
   double seconds = 0;              // wall time of run()
   double compute_seconds = 0;      // in forward steps and sampling (their TP collectives included)
   std::int64_t peak_sequences = 0, peak_tokens = 0;  // the scheduler's most sequences and KV positions held at once
+  std::int64_t computed_prompt_tokens = 0;  // prompt tokens the model ran (n samples share their prompt's)
 };
 
 struct EngineHooks {
@@ -84,6 +92,7 @@ class Engine {
  private:
   EngineStats run_scheduler(std::vector<Request> requests, const EngineHooks& hooks);
   EngineStats run_follower(const EngineHooks& hooks);
+  void copy_prefixes(const std::vector<ChunkMeta>& metas);
 
   TransformerStage& stage_;
   const ParallelLayout& layout_;

@@ -52,8 +52,9 @@ nlohmann::json MetricsRecorder::summary(const nlohmann::json& run, const std::ve
   std::vector<std::pair<int, RankTimes>> ranks = ranks_;
   std::sort(ranks.begin(), ranks.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   nlohmann::json per_rank = nlohmann::json::array();
-  std::int64_t peak_sequences = 0, peak_tokens = 0;
+  std::int64_t peak_sequences = 0, peak_tokens = 0, computed = 0;
   for (const auto& [rank, t] : ranks) {
+    computed += t.computed_prompt_tokens;
     const double compute = std::max(0.0, t.compute - t.communication), waiting = std::max(0.0, t.wall - t.compute);
     nlohmann::json entry = rank < int(rank_info.size()) ? rank_info[std::size_t(rank)] : nlohmann::json::object();
     entry["rank"] = rank;
@@ -69,6 +70,8 @@ nlohmann::json MetricsRecorder::summary(const nlohmann::json& run, const std::ve
     peak_tokens = std::max(peak_tokens, t.peak_tokens);
   }
   out["ranks"] = std::move(per_rank);
+  // Fewer than prompt_tokens x n when samples share their prompt (each extra sample reruns only its last token).
+  out["prompt_tokens_computed"] = computed;
   nlohmann::json kv = run.value("kv_cache", nlohmann::json::object());
   kv["peak_sequences_per_replica"] = peak_sequences;
   kv["peak_tokens_per_replica"] = peak_tokens;

@@ -20,6 +20,7 @@ struct RequestTiming {
 struct RankTimes {
   double wall = 0, compute = 0, communication = 0;
   std::int64_t peak_sequences = 0, peak_tokens = 0;
+  std::int64_t computed_prompt_tokens = 0;  // replica schedulers: prompt tokens the model ran
 };
 
 // Nearest-rank percentiles of `values` (p in (0, 100]); 0 for an empty list.

@@ -62,20 +62,19 @@ nlohmann::json logprob_entry(std::int32_t id, float logprob, const Tokenizer& to
 
 }  // namespace
 
-nlohmann::json make_record(const Prompt& p, const Completion& c, const Tokenizer& tokenizer) {
-  nlohmann::json record = {{"id", p.id},
-                           {"prompt", p.text},
-                           {"text", c.text},
-                           {"token_ids", c.token_ids},
-                           {"finish_reason", finish_reason_name(c.finish_reason)},
-                           {"prompt_tokens", c.prompt_tokens},
-                           {"completion_tokens", c.token_ids.size()}};
+namespace {
+// One completion's fields: text, ids, finish reason, count, and the logits and logprobs asked for.
+void add_completion(nlohmann::json& out, const Completion& c, const Tokenizer& tokenizer) {
+  out["text"] = c.text;
+  out["token_ids"] = c.token_ids;
+  out["finish_reason"] = finish_reason_name(c.finish_reason);
+  out["completion_tokens"] = c.token_ids.size();
   if (!c.logits.empty()) {  // one row per generated token
     nlohmann::json rows = nlohmann::json::array();
     for (std::size_t at = 0; at < c.logits.size(); at += std::size_t(c.vocab))
       rows.push_back(
           std::vector<float>(c.logits.begin() + std::int64_t(at), c.logits.begin() + std::int64_t(at) + c.vocab));
-    record["logits"] = std::move(rows);
+    out["logits"] = std::move(rows);
   }
   if (!c.logprobs.empty()) {
     nlohmann::json content = nlohmann::json::array();
@@ -86,8 +85,31 @@ nlohmann::json make_record(const Prompt& p, const Completion& c, const Tokenizer
       entry["top_logprobs"] = std::move(top);
       content.push_back(std::move(entry));
     }
-    record["logprobs"] = {{"content", std::move(content)}};
+    out["logprobs"] = {{"content", std::move(content)}};
   }
+}
+}  // namespace
+
+nlohmann::json make_record(const Prompt& p, const Completion& c, const Tokenizer& tokenizer) {
+  nlohmann::json record = {{"id", p.id}, {"prompt", p.text}};
+  if (c.more.empty()) {
+    add_completion(record, c, tokenizer);
+    record["prompt_tokens"] = c.prompt_tokens;
+    return record;
+  }
+  // n samples: OpenAI's choices, each with its index and the seed that reproduces it alone.
+  nlohmann::json choices = nlohmann::json::array();
+  std::size_t tokens = 0;
+  for (std::size_t j = 0; j <= c.more.size(); ++j) {
+    const Completion& sample = j == 0 ? c : c.more[j - 1];
+    nlohmann::json choice = {{"index", j}, {"seed", sample.seed}};
+    add_completion(choice, sample, tokenizer);
+    tokens += sample.token_ids.size();
+    choices.push_back(std::move(choice));
+  }
+  record["choices"] = std::move(choices);
+  record["prompt_tokens"] = c.prompt_tokens;
+  record["completion_tokens"] = tokens;
   return record;
 }
 

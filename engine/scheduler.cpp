@@ -2,6 +2,7 @@
 #include "engine/scheduler.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "engine/engine.h"
 #include "runtime/base/error.h"
@@ -16,6 +17,9 @@ struct Scheduler::Sequence {
   std::vector<float> logits;
   std::vector<RowLogprobs> logprobs;
   double first_token = 0;
+  int sample = 0;                       // which of the request's n samples
+  std::vector<std::int32_t> fork_slots;  // sample 0, before its first token: the slots reserved for samples 1..n-1
+  std::int32_t copy_from = -1;           // a forked sample, before its first step: the slot holding its prompt
 };
 
 Scheduler::Scheduler(std::vector<Request> requests, SchedulerLimits limits, const StopMatcher& stops,
@@ -45,19 +49,23 @@ void Scheduler::admit(int group) {
   const std::int64_t total = std::min<std::int64_t>(limits_.max_batch_size, running + std::int64_t(waiting_.size()));
   const std::int64_t cap = total / groups + (group < total % groups ? 1 : 0);
   std::int64_t budget = limits_.max_num_batched_tokens - std::int64_t(members.size());
-  while (!waiting_.empty() && slots_.available() && std::int64_t(members.size()) < cap &&
-         std::int64_t(waiting_.front().prompt.size()) <= budget) {
+  // A request of n samples takes its n slots at once (its samples fork after the prompt), so none waits for a slot
+  // mid-way and no two requests can hold each other's slots.
+  while (!waiting_.empty() && slots_.available(std::max(waiting_.front().n, 1)) &&
+         std::int64_t(members.size()) < cap && std::int64_t(waiting_.front().prompt.size()) <= budget) {
     auto s = std::make_unique<Sequence>();
     s->request = std::move(waiting_.front());
     waiting_.pop_front();
     s->slot = slots_.acquire();
+    for (std::int32_t j = 1; j < s->request.n; ++j) s->fork_slots.push_back(slots_.acquire());
     budget -= std::int64_t(s->request.prompt.size());
     counts_.prompt_tokens += std::int64_t(s->request.prompt.size());
+    counts_.computed_prompt_tokens += std::int64_t(s->request.prompt.size());
     members.push_back(std::move(s));
   }
 }
 
-void Scheduler::build_step(int group, std::vector<ChunkMeta>& metas, std::vector<std::int32_t>& ids) const {
+void Scheduler::build_step(int group, std::vector<ChunkMeta>& metas, std::vector<std::int32_t>& ids) {
   metas.clear();
   ids.clear();
   for (const auto& s : groups_[std::size_t(group)]) {
@@ -65,6 +73,7 @@ void Scheduler::build_step(int group, std::vector<ChunkMeta>& metas, std::vector
     ChunkMeta m;
     m.chunk = SeqChunk{s->slot, s->cached, prefill ? std::int32_t(s->request.prompt.size()) : 1,
                        std::int32_t(ids.size())};
+    m.copy_from = std::exchange(s->copy_from, -1);
     m.record_logits = limits_.record_logits;
     m.top_k = s->request.sampling.top_k;
     m.temperature = s->request.sampling.temperature;
@@ -74,10 +83,66 @@ void Scheduler::build_step(int group, std::vector<ChunkMeta>& metas, std::vector
     m.logprobs = s->request.logprobs;
     if (prefill)
       ids.insert(ids.end(), s->request.prompt.begin(), s->request.prompt.end());
+    else if (s->generated.empty())  // a forked sample's first step: the prompt's last token, on a copied prefix
+      ids.push_back(s->request.prompt.back());
     else
       ids.push_back(s->generated.back());
     metas.push_back(m);
   }
+  // The copies are in this step, ahead of anything a later step writes: the slots they read from may go now.
+  for (std::int32_t slot : release_after_copies_) slots_.release(slot);
+  release_after_copies_.clear();
+}
+
+void Scheduler::fork_samples(Sequence& first, std::vector<std::unique_ptr<Sequence>>& into) {
+  const auto prompt = std::int32_t(first.request.prompt.size());
+  for (std::size_t j = 0; j < first.fork_slots.size(); ++j) {
+    auto f = std::make_unique<Sequence>();
+    f->request = first.request;
+    f->request.sampling.seed = first.request.sample_seeds.at(j);
+    f->sample = int(j) + 1;
+    f->slot = first.fork_slots[j];
+    // All but the prompt's last token come from sample 0's cache; that token runs again in the sample's own slot,
+    // which gives the sample its own logits row for its first token.
+    f->cached = prompt - 1;
+    f->copy_from = prompt > 1 ? first.slot : -1;
+    counts_.computed_prompt_tokens += 1;
+    into.push_back(std::move(f));
+  }
+  first.fork_slots.clear();
+}
+
+void Scheduler::finish(Sequence& s, FinishReason reason, double now,
+                       const std::function<void(Completion&&)>& complete) {
+  Completion c;
+  c.index = s.request.index;
+  c.prompt_tokens = std::int64_t(s.request.prompt.size());
+  c.token_ids = s.generated;
+  c.finish_reason = reason;
+  c.text = stops_.text(s.request, s.generated, reason);
+  c.logits = std::move(s.logits);
+  c.logprobs = std::move(s.logprobs);
+  c.first_token_seconds = s.first_token;
+  c.finished_seconds = now;
+  c.vocab = vocab_;
+  c.seed = s.request.sampling.seed;
+  ++counts_.completed;
+  if (s.request.n <= 1) {
+    if (complete) complete(std::move(c));
+    return;
+  }
+  auto& [finished, done] = samples_[s.request.index];  // the request completes with its last sample
+  if (done.empty()) done.resize(std::size_t(s.request.n));
+  done[std::size_t(s.sample)] = std::move(c);
+  if (++finished < s.request.n) return;
+  Completion all = std::move(done[0]);
+  for (std::size_t j = 1; j < done.size(); ++j) {
+    all.first_token_seconds = std::min(all.first_token_seconds, done[j].first_token_seconds);
+    all.finished_seconds = std::max(all.finished_seconds, done[j].finished_seconds);
+    all.more.push_back(std::move(done[j]));
+  }
+  samples_.erase(s.request.index);
+  if (complete) complete(std::move(all));
 }
 
 void Scheduler::apply(int group, const StepResult& result, const std::function<void(Completion&&)>& complete,
@@ -105,25 +170,18 @@ void Scheduler::apply(int group, const StepResult& result, const std::function<v
     s.generated.push_back(result.tokens[i]);
     if (s.generated.size() == 1) s.first_token = now;
     ++counts_.generated_tokens;
+    const bool forking = !s.fork_slots.empty();  // sample 0's first token: the other samples start now
+    if (forking) fork_samples(s, still_running);
     const auto reason = stops_.finished(s.request, s.generated, s.cached);
     if (!reason) {
       still_running.push_back(std::move(members[i]));
       continue;
     }
-    Completion c;
-    c.index = s.request.index;
-    c.prompt_tokens = std::int64_t(s.request.prompt.size());
-    c.token_ids = s.generated;
-    c.finish_reason = *reason;
-    c.text = stops_.text(s.request, s.generated, *reason);
-    c.logits = std::move(s.logits);
-    c.logprobs = std::move(s.logprobs);
-    c.first_token_seconds = s.first_token;
-    c.finished_seconds = now;
-    c.vocab = vocab_;
-    slots_.release(s.slot);
-    ++counts_.completed;
-    if (complete) complete(std::move(c));
+    if (forking && s.request.prompt.size() > 1)
+      release_after_copies_.push_back(s.slot);  // the new samples still have to copy its prompt
+    else
+      slots_.release(s.slot);
+    finish(s, *reason, now, complete);
   }
   members = std::move(still_running);
   note_peaks(group, step_sequences, step_tokens);

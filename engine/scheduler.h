@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -29,6 +30,7 @@ struct SchedulerLimits {
 struct SchedulerCounts {
   std::int64_t prompt_tokens = 0, generated_tokens = 0, completed = 0;
   std::int64_t peak_sequences = 0, peak_tokens = 0;  // most sequences, and KV positions, held at once
+  std::int64_t computed_prompt_tokens = 0;  // prompt tokens run through the model (once per prompt, 1 per extra sample)
 };
 
 class Scheduler {
@@ -44,7 +46,7 @@ class Scheduler {
   void admit(int group);
   // The next step of `group`: one chunk per sequence, and the ids to embed (prompts for prefill chunks, the last
   // generated token otherwise).
-  void build_step(int group, std::vector<ChunkMeta>& metas, std::vector<std::int32_t>& ids) const;
+  void build_step(int group, std::vector<ChunkMeta>& metas, std::vector<std::int32_t>& ids);
   // The sampled tokens of the step `group` sent, one per sequence in step order; each sequence that ends is
   // completed through `complete` and frees its slot.
   // `now`: seconds since generation started, stamped on each sequence's first token and on its completion.
@@ -54,12 +56,17 @@ class Scheduler {
   struct Sequence;
   // After a step of `group`: its sequences and KV positions (finishing ones included) plus the other groups'.
   void note_peaks(int group, std::int64_t sequences, std::int64_t tokens);
+  void finish(Sequence& s, FinishReason reason, double now, const std::function<void(Completion&&)>& complete);
+  void fork_samples(Sequence& first, std::vector<std::unique_ptr<Sequence>>& into);
   SchedulerLimits limits_;
   const StopMatcher& stops_;
   std::int64_t vocab_;
   std::deque<Request> waiting_;
   std::vector<std::vector<std::unique_ptr<Sequence>>> groups_;
   SlotAllocator slots_;
+  std::vector<std::int32_t> release_after_copies_;      // slots of finished sequences whose prompt is still to be copied
+  // n > 1: per request index, how many samples finished, and those samples
+  std::map<std::int64_t, std::pair<std::int32_t, std::vector<Completion>>> samples_;
   SchedulerCounts counts_;
 };
 

@@ -9,7 +9,7 @@ namespace strata {
 class SlotAllocator {
  public:
   explicit SlotAllocator(std::int32_t slots);
-  bool available() const { return !free_.empty(); }
+  bool available(std::int32_t count = 1) const { return std::int32_t(free_.size()) >= count; }
   std::int32_t in_use() const { return std::int32_t(used_.size() - free_.size()); }
   // The lowest free slot; Error(Internal) when none is free.
   std::int32_t acquire();

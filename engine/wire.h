@@ -27,7 +27,9 @@ struct ChunkMeta {
   std::uint64_t seed = 0;
   std::int64_t step = 0;  // index of the token this chunk generates
   std::int32_t logprobs = -1;  // -1: none; else the log-probability of the token and of this many top ids
-  std::int32_t reserved = 0;
+  // >= 0: before the step, copy KV positions [0, chunk.start_pos) of this slot into the chunk's slot (a sample of
+  // n that starts from the first sample's prompt)
+  std::int32_t copy_from = -1;
 };
 static_assert(std::is_trivially_copyable_v<ChunkMeta> && std::is_trivially_copyable_v<StepHeader>);
 

@@ -103,12 +103,14 @@ Prompt parse_jsonl_line(const std::string& line, const std::string& where, std::
     } else if (key == "logprobs") {
       STRATA_CHECK(value.is_boolean(), Usage, where, ": field 'logprobs' must be true or false (got ", value.dump(), ")");
       p.overrides.logprobs = value.get<bool>();
+    } else if (key == "n") {
+      p.overrides.n = field_as<std::int64_t>(value, "n", where, "an integer");
     } else if (key == "top_logprobs") {
       p.overrides.top_logprobs = field_as<std::int64_t>(value, "top_logprobs", where, "an integer");
     } else {
       throw Error(ErrorKind::Usage, cat(where, ": unknown field '", key,
                                         "' (known: id, prompt, max_tokens, temperature, top_p, top_k, seed, stop, "
-                                        "logprobs, top_logprobs)"));
+                                        "logprobs, top_logprobs, n)"));
     }
   }
   STRATA_CHECK(has_prompt, Usage, where, ": missing field 'prompt'");

@@ -130,6 +130,9 @@ int cli_main(int argc, char** argv) {
       ->check(kNonNegative);
   generate->add_option("--seed", gen.seed, "Sampling seed (the same text under every layout)");
   generate->add_option("--stop", gen.stop, "Stop string (repeatable)");
+  generate->add_option("--n", gen.n, "Completions per prompt (each with its own seed derived from the prompt's); "
+                                     "they share the prompt's computation")
+      ->check(kPositive);
   generate->add_flag("--logprobs", gen.logprobs,
                      "Add each generated token's log-probability to the results (OpenAI's layout), under "
                      "softmax(logits / temperature) over the whole vocabulary (temperature 1 for greedy)");

@@ -31,6 +31,7 @@ struct GenerateOptions {
   std::vector<std::string> stop;
   bool logprobs = false;    // each generated token's log-probability
   int top_logprobs = -1;    // and of this many alternatives (0-20; implies logprobs); -1: not given
+  int n = 1;                // completions per prompt, sharing the prompt's computation
   RunLimits limits;
   // Seconds a rank may wait without progress before the job is aborted; "auto" (derived from the step times, see
   // runtime/base/watchdog.h), or a number of seconds, 0 = never.

@@ -47,7 +47,7 @@ std::uint64_t mix_seed(std::uint64_t seed, std::uint64_t index) {
 
 // Command-line sampling settings overridden per prompt; every value range-checked with the prompt's file:line.
 Request make_request(const Prompt& p, std::int64_t index, const GenerateOptions& o, const Tokenizer& tokenizer,
-                     std::int64_t max_model_len, std::int64_t vocab_size) {
+                     std::int64_t max_model_len, std::int64_t vocab_size, std::int64_t max_batch_size) {
   Request r;
   r.index = index;
   r.prompt = tokenizer.encode(p.text, true);
@@ -66,10 +66,15 @@ Request make_request(const Prompt& p, std::int64_t index, const GenerateOptions&
   STRATA_CHECK(top >= 0 && top <= kMaxTopLogprobs, Usage, p.origin, ": top_logprobs must be in [0, ", kMaxTopLogprobs,
                "] (got ", top, ")");
   r.logprobs = logprobs ? std::int32_t(top) : -1;
+  const std::int64_t n = p.overrides.n.value_or(o.n);
+  STRATA_CHECK(n >= 1 && n <= max_batch_size, Usage, p.origin, ": n must be in [1, --max-batch-size ", max_batch_size,
+               "] (got ", n, "): the samples of a prompt run at once");
+  r.n = std::int32_t(n);
   STRATA_CHECK(std::int64_t(r.prompt.size()) <= max_model_len, Usage, p.origin, ": prompt is ", r.prompt.size(),
                " tokens but the context (--max-model-len) is ", max_model_len, " tokens");
   r.sampling = SamplingParams{float(temperature), std::int32_t(std::min(top_k, vocab_size)), float(top_p),
                               p.overrides.seed ? *p.overrides.seed : mix_seed(o.seed, std::uint64_t(index))};
+  for (std::int64_t j = 1; j < n; ++j) r.sample_seeds.push_back(mix_seed(r.sampling.seed, std::uint64_t(j)));
   return r;
 }
 
@@ -111,6 +116,7 @@ nlohmann::json run_identity(const GenerateOptions& o, const Session& session) {
             {"max_model_len", session.plan().stage.max_seq_len},
             {"logprobs", o.logprobs},
             {"top_logprobs", o.top_logprobs},
+            {"n", o.n},
             {"record_logits", o.record_logits}}}};
 }
 
@@ -205,7 +211,8 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   std::vector<Request> mine;  // this replica's share, built (and validated) on every rank
   for (std::size_t i = first + std::size_t(done); i < last; ++i) {
     Request r =
-        make_request(prompts[i], std::int64_t(i), o, session.tokenizer(), model_len, session.config().vocab_size);
+        make_request(prompts[i], std::int64_t(i), o, session.tokenizer(), model_len, session.config().vocab_size,
+                     session.plan().max_batch_size);
     if (std::int64_t(i) % layout.sizes().dp == layout.dp_rank() && layout.is_first_stage())
       mine.push_back(std::move(r));
   }
@@ -273,7 +280,8 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   };
   const EngineStats stats = engine.run(std::move(mine), hooks);
   RankTimes times{0, stats.compute_seconds, session.stage_communication_seconds() + sampling_tp.seconds(),
-                  stats.peak_sequences, stats.peak_tokens};
+                  stats.peak_sequences, stats.peak_tokens,
+                  layout.is_first_stage() && layout.tp_rank() == 0 ? stats.computed_prompt_tokens : 0};
 
   if (!collector) {
     times.wall = since_start();

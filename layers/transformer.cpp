@@ -159,6 +159,21 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
   all_reduce(rows(proj_));  // added to the residual by the next block (or after the last one in forward)
 }
 
+void TransformerStage::copy_prefix(std::int32_t from, std::int32_t to, std::int32_t positions) {
+  const std::int64_t slots = limits_.max_seqs, len = limits_.max_seq_len;
+  STRATA_CHECK(from >= 0 && from < slots && to >= 0 && to < slots && from != to && positions >= 0 && positions <= len,
+               Internal, "copy_prefix: slots ", from, " -> ", to, " of ", slots, ", ", positions, " of ", len,
+               " positions");
+  if (positions == 0) return;
+  std::vector<std::int32_t> rows(static_cast<std::size_t>(positions));
+  for (std::int32_t p = 0; p < positions; ++p) rows[std::size_t(p)] = std::int32_t(from * len + p);
+  for (std::size_t l = 0; l < k_cache_.size(); ++l)
+    for (Tensor* cache : {&k_cache_[l], &v_cache_[l]}) {
+      const TensorView all = cache->view().reshaped({slots * len, cache->view().numel() / (slots * len)});
+      backend_.gather_rows(all, rows, all.slice_rows(std::int64_t(to) * len, std::int64_t(to) * len + positions));
+    }
+}
+
 TensorView TransformerStage::forward(std::span<const SeqChunk> chunks, std::span<const std::int32_t> token_ids,
                                      const float* hidden_in) {
   std::int64_t tokens = 0;

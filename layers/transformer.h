@@ -62,6 +62,11 @@ class TransformerStage {
   // chunk's last token. Collective over tp.
   TensorView forward(std::span<const SeqChunk> chunks, std::span<const std::int32_t> token_ids, const float* hidden_in);
 
+  // Copies KV-cache positions [0, positions) of slot `from` into slot `to` in every local layer: a sequence that
+  // shares another's prompt (n samples) starts from its cache instead of computing the prompt again. Call outside
+  // forward (between steps); every rank of the stage does the same copies.
+  void copy_prefix(std::int32_t from, std::int32_t to, std::int32_t positions);
+
  private:
   struct LayerWeights {
     Tensor input_norm, q, k, v, q_bias, k_bias, v_bias, o, post_norm, gate_up, down;
