@@ -90,7 +90,66 @@ void add_completion(nlohmann::json& out, const Completion& c, const Tokenizer& t
 }
 }  // namespace
 
-nlohmann::json make_record(const Prompt& p, const Completion& c, const Tokenizer& tokenizer) {
+namespace {
+// The completions API's logprobs: tokens, their logprobs, a {token: logprob} map of alternatives, text offsets.
+nlohmann::json completions_logprobs(const Completion& c, const Tokenizer& tokenizer) {
+  nlohmann::json tokens = nlohmann::json::array(), values = nlohmann::json::array(), tops = nlohmann::json::array(),
+                 offsets = nlohmann::json::array();
+  std::size_t offset = 0;
+  for (std::size_t t = 0; t < c.logprobs.size() && t < c.token_ids.size(); ++t) {
+    const std::string text = tokenizer.decode(std::span<const std::int32_t>(&c.token_ids[t], 1));
+    tokens.push_back(text);
+    values.push_back(c.logprobs[t].chosen);
+    nlohmann::json alternatives = nlohmann::json::object();
+    for (const TokenLogprob& alt : c.logprobs[t].top)
+      alternatives[tokenizer.decode(std::span<const std::int32_t>(&alt.id, 1))] = alt.logprob;
+    tops.push_back(std::move(alternatives));
+    offsets.push_back(offset);
+    offset += text.size();
+  }
+  return {{"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", tops}, {"text_offset", offsets}};
+}
+
+nlohmann::json openai_record(const Prompt& p, const Completion& c, const Tokenizer& tokenizer,
+                             const RecordContext& context) {
+  nlohmann::json choices = nlohmann::json::array();
+  std::size_t tokens = 0;
+  for (std::size_t j = 0; j <= c.more.size(); ++j) {
+    const Completion& sample = j == 0 ? c : c.more[j - 1];
+    choices.push_back({{"index", j},
+                       {"text", sample.text},
+                       {"finish_reason", finish_reason_name(sample.finish_reason)},
+                       {"logprobs", sample.logprobs.empty() ? nlohmann::json() : completions_logprobs(sample, tokenizer)}});
+    tokens += sample.token_ids.size();
+  }
+  const std::string index = std::to_string(c.index);
+  const nlohmann::json body = {{"id", "cmpl-" + index},
+                               {"object", "text_completion"},
+                               {"created", context.created},
+                               {"model", context.model},
+                               {"choices", std::move(choices)},
+                               {"usage",
+                                {{"prompt_tokens", c.prompt_tokens},
+                                 {"completion_tokens", tokens},
+                                 {"total_tokens", std::size_t(c.prompt_tokens) + tokens}}}};
+  return {{"id", "batch_req_" + index},
+          {"custom_id", p.id},
+          {"response", {{"status_code", 200}, {"request_id", "req_" + index}, {"body", body}}},
+          {"error", nullptr}};
+}
+}  // namespace
+
+nlohmann::json make_error_record(const Prompt& p, std::int64_t index) {
+  if (p.format != PromptFormat::OpenAiBatch) return {{"id", p.id}, {"error", p.error}};
+  return {{"id", "batch_req_" + std::to_string(index)},
+          {"custom_id", p.id},
+          {"response", nullptr},
+          {"error", {{"code", "invalid_request"}, {"message", cat(p.origin, ": ", p.error)}}}};
+}
+
+nlohmann::json make_record(const Prompt& p, const Completion& c, const Tokenizer& tokenizer,
+                           const RecordContext& context) {
+  if (p.format == PromptFormat::OpenAiBatch) return openai_record(p, c, tokenizer, context);
   nlohmann::json record = {{"id", p.id}, {"prompt", p.text}};
   if (c.more.empty()) {
     add_completion(record, c, tokenizer);

@@ -29,7 +29,16 @@ namespace strata {
 // The JSONL record of a finished prompt: id, prompt, text, token ids, finish reason, token counts (+ logits), and
 // with log-probabilities OpenAI's chat layout: "logprobs": {"content": [{"token", "logprob", "bytes",
 // "top_logprobs": [{"token", "logprob", "bytes"}...]}...]}, each entry also with its "token_id".
-nlohmann::json make_record(const Prompt& prompt, const Completion& completion, const Tokenizer& tokenizer);
+// OpenAI batch prompts get OpenAI's batch output line instead: {"id", "custom_id", "response": {"status_code",
+// "request_id", "body": <text_completion with choices and usage>}, "error": null}.
+struct RecordContext {
+  std::string model;        // the model's name in OpenAI responses
+  std::int64_t created = 0;  // their "created" (Unix seconds of the run's start)
+};
+nlohmann::json make_record(const Prompt& prompt, const Completion& completion, const Tokenizer& tokenizer,
+                           const RecordContext& context = {});
+// The record of a prompt that cannot be served (Prompt::error): OpenAI's error line for batch prompts.
+nlohmann::json make_error_record(const Prompt& prompt, std::int64_t index);
 
 using RecordSink =
     std::function<void(std::int64_t index, const nlohmann::json& record, const RequestTiming& timing)>;

@@ -17,7 +17,8 @@ PromptFormat parse_prompt_format(const std::string& name) {
   if (name == "auto") return PromptFormat::Auto;
   if (name == "text") return PromptFormat::Text;
   if (name == "jsonl") return PromptFormat::Jsonl;
-  throw Error(ErrorKind::Usage, cat("unknown prompt format '", name, "' (expected auto, text or jsonl)"));
+  if (name == "openai") return PromptFormat::OpenAiBatch;
+  throw Error(ErrorKind::Usage, cat("unknown prompt format '", name, "' (expected auto, text, jsonl or openai)"));
 }
 
 std::string read_file(const std::string& path) {
@@ -117,11 +118,96 @@ Prompt parse_jsonl_line(const std::string& line, const std::string& where, std::
   return p;
 }
 
+// The body of one OpenAI batch request: the prompt and the options strata serves; anything else is an error for this
+// request (Prompt::error), never a silently ignored option.
+void read_openai_body(const nlohmann::json& body, Prompt& p) {
+  static const char* const kIgnored[] = {"model", "user", "stream"};  // one model per run; no streaming to a file
+  for (const auto& [key, value] : body.items()) {
+    if (std::find(std::begin(kIgnored), std::end(kIgnored), key) != std::end(kIgnored)) {
+      if (key == "stream") STRATA_CHECK(value == false, Usage, "stream must be false in a batch");
+      continue;
+    }
+    if (key == "prompt" && p.endpoint == "/v1/completions") {
+      p.text = field_as<std::string>(value, "prompt", "body", "a string (lists of prompts: one request each)");
+    } else if (key == "messages" && p.endpoint == "/v1/chat/completions") {
+      throw Error(ErrorKind::Usage, "chat requests need the model's chat template, which this strata cannot render "
+                                    "yet; send /v1/completions requests with the prompt already templated");
+    } else if (key == "max_tokens" || key == "max_completion_tokens") {
+      p.overrides.max_tokens = field_as<std::int64_t>(value, key.c_str(), "body", "an integer");
+    } else if (key == "temperature") {
+      p.overrides.temperature = field_as<double>(value, "temperature", "body", "a number");
+    } else if (key == "top_p") {
+      p.overrides.top_p = field_as<double>(value, "top_p", "body", "a number");
+    } else if (key == "top_k") {
+      p.overrides.top_k = field_as<std::int64_t>(value, "top_k", "body", "an integer");
+    } else if (key == "seed") {
+      p.overrides.seed = field_as<std::uint64_t>(value, "seed", "body", "a non-negative integer");
+    } else if (key == "n") {
+      p.overrides.n = field_as<std::int64_t>(value, "n", "body", "an integer");
+    } else if (key == "stop") {
+      if (value.is_string())
+        p.overrides.stop = std::vector<std::string>{value.get<std::string>()};
+      else if (!value.is_null())
+        p.overrides.stop = field_as<std::vector<std::string>>(value, "stop", "body", "a string or a list of strings");
+    } else if (key == "logprobs" && p.endpoint == "/v1/completions") {
+      // The completions API: logprobs is the number of alternatives (0-5), null for none.
+      if (!value.is_null()) {
+        p.overrides.logprobs = true;
+        p.overrides.top_logprobs = field_as<std::int64_t>(value, "logprobs", "body", "an integer or null");
+      }
+    } else if (key == "logprobs") {
+      STRATA_CHECK(value.is_boolean(), Usage, "logprobs must be true or false");
+      p.overrides.logprobs = value.get<bool>();
+    } else if (key == "top_logprobs") {
+      p.overrides.top_logprobs = field_as<std::int64_t>(value, "top_logprobs", "body", "an integer");
+    } else {
+      throw Error(ErrorKind::Usage, cat("body field '", key, "' is not supported for ", p.endpoint));
+    }
+  }
+  STRATA_CHECK(p.endpoint != "/v1/completions" || body.contains("prompt"), Usage, "body has no 'prompt'");
+}
+
+Prompt parse_openai_line(const std::string& line, const std::string& where) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(line);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw Error(ErrorKind::Usage, cat(where, ": not valid JSON (", e.what(), ")"));
+  }
+  STRATA_CHECK(j.is_object() && j.contains("custom_id") && j["custom_id"].is_string(), Usage, where,
+               ": an OpenAI batch request needs a string 'custom_id'");
+  Prompt p;
+  p.origin = where;
+  p.format = PromptFormat::OpenAiBatch;
+  p.id = j["custom_id"];
+  p.endpoint = j.value("url", "");
+  try {
+    STRATA_CHECK(j.value("method", "") == "POST", Usage, "method must be POST");
+    STRATA_CHECK(p.endpoint == "/v1/completions" || p.endpoint == "/v1/chat/completions", Usage, "url '", p.endpoint,
+                 "' is not served (/v1/completions, /v1/chat/completions)");
+    for (const auto& [key, value] : j.items())
+      STRATA_CHECK(key == "custom_id" || key == "method" || key == "url" || key == "body", Usage, "unknown field '",
+                   key, "'");
+    STRATA_CHECK(j.contains("body") && j["body"].is_object(), Usage, "'body' must be an object");
+    read_openai_body(j["body"], p);
+  } catch (const Error& e) {
+    p.error = e.what();
+  }
+  return p;
+}
+
 }  // namespace
 
 std::vector<Prompt> parse_prompts(const std::string& content, const std::string& filename, PromptFormat format) {
-  if (format == PromptFormat::Auto)
+  if (format == PromptFormat::Auto) {
     format = ends_with(filename, ".jsonl") || ends_with(filename, ".json") ? PromptFormat::Jsonl : PromptFormat::Text;
+    const std::string first = content.substr(0, content.find('\n'));
+    try {
+      const nlohmann::json j = nlohmann::json::parse(first);
+      if (j.is_object() && j.contains("custom_id") && j.contains("body")) format = PromptFormat::OpenAiBatch;
+    } catch (const nlohmann::json::exception&) {
+    }
+  }
   std::vector<Prompt> prompts;
   std::map<std::string, std::string> seen_ids;  // id -> where, to refuse duplicates
   std::size_t line_number = 0, start = 0;
@@ -135,13 +221,20 @@ std::vector<Prompt> parse_prompts(const std::string& content, const std::string&
     if (line.find_first_not_of(" \t") == std::string::npos) continue;  // blank lines are not prompts
     const std::string where = cat(filename, ":", line_number);
     if (format == PromptFormat::Text) {
-      prompts.push_back(Prompt{std::int64_t(prompts.size()), line, {}, where});
+      Prompt p;
+      p.id = std::int64_t(prompts.size());
+      p.text = line;
+      p.origin = where;
+      prompts.push_back(std::move(p));
       continue;
     }
-    Prompt p = parse_jsonl_line(line, where, prompts.size());
+    Prompt p = format == PromptFormat::OpenAiBatch ? parse_openai_line(line, where)
+                                                   : parse_jsonl_line(line, where, prompts.size());
+    if (format == PromptFormat::Jsonl) p.format = PromptFormat::Jsonl;
     const std::string key = p.id.dump();
     auto [it, inserted] = seen_ids.emplace(key, where);
-    STRATA_CHECK(inserted, Usage, where, ": id ", key, " was already used at ", it->second);
+    STRATA_CHECK(inserted, Usage, where, ": ", format == PromptFormat::OpenAiBatch ? "custom_id " : "id ", key,
+                 " was already used at ", it->second);
     prompts.push_back(std::move(p));
   }
   STRATA_CHECK(!prompts.empty(), Usage, filename, ": no prompts found");

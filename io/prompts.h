@@ -1,5 +1,8 @@
-// Prompt files: plain text (one prompt per line; blank lines skipped) or JSONL ({"id", "prompt", optional sampling
-// fields, logprobs, top_logprobs}). Errors name the file and line. Per-prompt fields override the command line.
+// Prompt files: plain text (one prompt per line; blank lines skipped), JSONL ({"id", "prompt", optional sampling
+// fields, logprobs, top_logprobs, n}), or OpenAI Batch API input ({"custom_id", "method": "POST", "url", "body"}).
+// Errors name the file and line. Per-prompt fields override the command line. In an OpenAI batch file a request
+// whose body cannot be served becomes an error for that custom_id (Prompt::error) and the job goes on; a line
+// that is not JSON, has no custom_id or repeats one stops the job, naming the line.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -22,17 +25,21 @@ struct SamplingOverrides {
   std::optional<std::int64_t> n;             // completions of the prompt (sharing its computation)
 };
 
+enum class PromptFormat { Auto, Text, Jsonl, OpenAiBatch };
+PromptFormat parse_prompt_format(const std::string& name);  // "auto" | "text" | "jsonl" | "openai"
+
 struct Prompt {
   nlohmann::json id;  // as given in JSONL (string or number); for text files the 0-based prompt index
   std::string text;
   SamplingOverrides overrides;
   std::string origin;  // "prompts.jsonl:7", for messages
+  PromptFormat format = PromptFormat::Text;
+  std::string endpoint;  // OpenAI batch: "/v1/completions" or "/v1/chat/completions"
+  std::string error;     // OpenAI batch: why this request cannot be served ("" when it can)
 };
 
-enum class PromptFormat { Auto, Text, Jsonl };
-PromptFormat parse_prompt_format(const std::string& name);  // "auto" | "text" | "jsonl"
-
-// Parses `content` read from `filename`. Auto: JSONL when the name ends in .jsonl or .json, text otherwise.
+// Parses `content` read from `filename`. Auto: an OpenAI batch file when its first line has "custom_id" and "body";
+// JSONL when the name ends in .jsonl or .json; text otherwise.
 std::vector<Prompt> parse_prompts(const std::string& content, const std::string& filename, PromptFormat format);
 std::string read_file(const std::string& path);  // whole file; throws naming the path
 

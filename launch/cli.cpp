@@ -119,8 +119,11 @@ int cli_main(int argc, char** argv) {
   generate->add_option("--model", gen.model, "Checkpoint directory (strata init / strata convert)")->required();
   generate->add_option("--prompts", gen.prompts, "Prompt file: text (one per line) or JSONL")->required();
   generate->add_option("--output", gen.output, "Results JSONL file ('-' for stdout)");
-  generate->add_option("--prompt-format", gen.prompt_format, "auto (by extension), text or jsonl")
-      ->check(CLI::IsMember({"auto", "text", "jsonl"}));
+  generate
+      ->add_option("--prompt-format", gen.prompt_format,
+                   "auto (an OpenAI batch file by its first line, else JSONL by extension, else text), text, jsonl "
+                   "or openai")
+      ->check(CLI::IsMember({"auto", "text", "jsonl", "openai"}));
   add_parallel_flags(*generate, gen.parallel);
   generate->add_option("--max-tokens", gen.max_tokens, "Tokens to generate per prompt")->check(kPositive);
   generate->add_option("--temperature", gen.temperature, "Sampling temperature; 0 = greedy")

@@ -3,6 +3,8 @@
 // take prompts i with i % dp == replica; each replica's leader sends finished records to world rank 0, which writes
 // them in input order as they complete (engine/results.h has the protocol, and how it ends without a hang).
 #include <chrono>
+#include <ctime>
+#include <map>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -209,10 +211,21 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   }
   const std::int64_t model_len = session.plan().stage.max_seq_len;
   std::vector<Request> mine;  // this replica's share, built (and validated) on every rank
+  // OpenAI batch requests that cannot be served become error lines (same on every rank); anything else stops the job.
+  std::map<std::size_t, Prompt> refused;
   for (std::size_t i = first + std::size_t(done); i < last; ++i) {
-    Request r =
-        make_request(prompts[i], std::int64_t(i), o, session.tokenizer(), model_len, session.config().vocab_size,
-                     session.plan().max_batch_size);
+    Request r;
+    try {
+      STRATA_CHECK(prompts[i].error.empty(), Usage, prompts[i].error);
+      r = make_request(prompts[i], std::int64_t(i), o, session.tokenizer(), model_len, session.config().vocab_size,
+                       session.plan().max_batch_size);
+    } catch (const Error& e) {
+      if (prompts[i].format != PromptFormat::OpenAiBatch) throw;
+      Prompt p = prompts[i];
+      p.error = prompts[i].error.empty() ? std::string(e.what()).substr(p.origin.size() + 2) : prompts[i].error;
+      refused.emplace(i, std::move(p));
+      continue;
+    }
     if (std::int64_t(i) % layout.sizes().dp == layout.dp_rank() && layout.is_first_stage())
       mine.push_back(std::move(r));
   }
@@ -225,7 +238,10 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
     writer = o.resume ? std::make_unique<ResultWriter>(o.output, existing, last - first)
                       : std::make_unique<ResultWriter>(o.output, o.overwrite, last - first);
     if (o.output != "-") write_metadata(o.output, identity);
+    for (const auto& [i, p] : refused) writer->submit(i - first, make_error_record(p, std::int64_t(i)));
   }
+  const RecordContext record_context{std::filesystem::path(o.model).filename().string(),
+                                     std::int64_t(std::time(nullptr))};
   if (writer_rank && !o.quiet)
     log_info("model ", o.model, " (", double(session.config().parameter_count()) / 1e6, "M parameters) on ",
              layout.world_size(), " ranks: dp ", layout.sizes().dp, " x pp ", layout.sizes().pp, " x tp ",
@@ -240,7 +256,7 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   TimedCollectives sampling_tp(session.tp());  // the last stage's sampling all-gathers, timed for --metrics
   Engine engine(session.stage(), layout, world, sampling_tp, session.tokenizer(), engine_options);
 
-  Progress progress(last - first - std::size_t(done), o.quiet || !writer_rank ? "none" : o.progress);
+  Progress progress(last - first - std::size_t(done) - refused.size(), o.quiet || !writer_rank ? "none" : o.progress);
   std::unique_ptr<ResultCollector> collector;
   std::unique_ptr<ResultSender> sender;
   MetricsRecorder metrics;
@@ -249,9 +265,11 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
         world, layout,
         [&](std::int64_t index, const nlohmann::json& record, const RequestTiming& timing) {
           writer->submit(std::size_t(index) - first, record);
-          const auto completion_tokens = record.at("completion_tokens").get<std::int64_t>();
+          const nlohmann::json& usage =
+              record.contains("response") ? record["response"]["body"]["usage"] : record;  // OpenAI or plain
+          const auto completion_tokens = usage.at("completion_tokens").get<std::int64_t>();
           progress.record(completion_tokens);
-          metrics.add_request(timing, record.at("prompt_tokens").get<std::int64_t>(), completion_tokens);
+          metrics.add_request(timing, usage.at("prompt_tokens").get<std::int64_t>(), completion_tokens);
         },
         watchdog.get());
   else
@@ -261,7 +279,7 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   EngineHooks hooks;
   if (leader)
     hooks.on_complete = [&](Completion&& c) {
-      const nlohmann::json record = make_record(prompts[std::size_t(c.index)], c, session.tokenizer());
+      const nlohmann::json record = make_record(prompts[std::size_t(c.index)], c, session.tokenizer(), record_context);
       const RequestTiming timing{c.first_token_seconds, c.finished_seconds};
       if (collector)
         collector->accept(c.index, record, timing);
