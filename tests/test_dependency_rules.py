@@ -100,21 +100,20 @@ found = violations() + order_violations()
 for v in found:
     print("VIOLATION:", v)
 
-# Negative control: the same check on a copy of layers/transformer.cpp with <mpi.h> planted must complain.
-victim = os.path.join(ROOT, "layers", "transformer.cpp")
-with tempfile.NamedTemporaryFile("w", suffix=".cpp", delete=False) as planted:
-    planted.write("#include <mpi.h>\n" + open(victim, encoding="utf-8").read())
-control = violations({victim: planted.name})
-os.unlink(planted.name)
-control_ok = any("<mpi.h>" in v for v in control)
+def planted(check, relative, line, needle):
+    """Negative control: `check` on a copy of `relative` with `line` planted at its top must report `needle`."""
+    victim = os.path.join(ROOT, relative)
+    with tempfile.NamedTemporaryFile("w", suffix=".cpp", delete=False) as copy:
+        copy.write(line + "\n" + open(victim, encoding="utf-8").read())
+    found_there = check({victim: copy.name})
+    os.unlink(copy.name)
+    return any(needle in v for v in found_there)
+
+
+control_ok = planted(violations, "layers/transformer.cpp", "#include <mpi.h>", "<mpi.h>")
 print("negative control:", "detected" if control_ok else "NOT detected")
-# Negative control of the order: io/results.cpp including the engine (a level above it) must be found.
-victim = os.path.join(ROOT, "io", "results.cpp")
-with tempfile.NamedTemporaryFile("w", suffix=".cpp", delete=False) as planted:
-    planted.write('#include "engine/engine.h"\n' + open(victim, encoding="utf-8").read())
-order_control = order_violations({victim: planted.name})
-os.unlink(planted.name)
-order_ok = any('"engine/engine.h"' in v for v in order_control)
+# io/results.cpp including the engine, a level above it.
+order_ok = planted(order_violations, "io/results.cpp", '#include "engine/engine.h"', '"engine/engine.h"')
 print("negative control (folder order):", "detected" if order_ok else "NOT detected")
 checks = 3
 failed = (1 if found else 0) + (0 if control_ok else 1) + (0 if order_ok else 1)

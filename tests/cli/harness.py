@@ -10,6 +10,16 @@ import sys
 import time
 
 
+def flip_middle(path, count=64):
+    """Corrupts a file in place: `count` bytes in its middle XORed with 0x5A (a checksum must catch it)."""
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        middle = len(data) // 2
+        data[middle:middle + count] = bytes(b ^ 0x5A for b in data[middle:middle + count])
+        f.seek(0)
+        f.write(data)
+
+
 class Harness:
     def __init__(self, description):
         parser = argparse.ArgumentParser(description=description)

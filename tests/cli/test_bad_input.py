@@ -4,7 +4,7 @@ only (one corrupt shard) aborts the others waiting in collectives, and an existi
 """
 import os
 
-from harness import Harness
+from harness import Harness, flip_middle
 
 h = Harness(__doc__)
 BOUND = 30  # seconds: any case slower than this is a hang
@@ -42,12 +42,7 @@ expect_failure("no checkpoint", gen(h.path("nowhere"), 1), 1, "does not exist")
 
 corrupt = h.init("corrupt", "--preset", "tiny", "-tp", "2", "-pp", "2")
 shard = os.path.join(corrupt, "model-pp1-tp1.h5")  # only rank 3 reads this file
-with open(shard, "r+b") as f:
-    data = bytearray(f.read())
-    middle = len(data) // 2
-    data[middle:middle + 64] = bytes(b ^ 0x5A for b in data[middle:middle + 64])
-    f.seek(0)
-    f.write(data)
+flip_middle(shard)
 expect_failure("corrupt shard on one rank", gen(corrupt, 4, "-tp", 2, "-pp", 2), 4,
                "rank 3 (dp 0 pp 1 tp 1)", "checksum mismatch", "model-pp1-tp1.h5")
 

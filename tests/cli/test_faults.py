@@ -28,7 +28,7 @@ if _workdir:
             if _point.startswith(_root + "/"):
                 subprocess.run(["umount", "-l", _point], stderr=subprocess.DEVNULL)
 
-from harness import Harness  # noqa: E402
+from harness import Harness, flip_middle  # noqa: E402
 
 h = Harness(__doc__)
 h.args.strata = os.path.abspath(h.args.strata)  # jobs run in the work folder: a relative path would not resolve
@@ -478,15 +478,6 @@ def damaged_shard(label, name, damage):
     output = h.path(f"{name}.jsonl")
     plain_run(label, generate(model, output, "-tp", 2, "-pp", 2, "--max-tokens", 8), 4, HARD_LIMIT, output=output,
               needles=[(re.escape(os.path.basename(shard)), os.path.basename(shard))])
-
-
-def flip_middle(shard):
-    with open(shard, "r+b") as f:
-        data = bytearray(f.read())
-        middle = len(data) // 2
-        data[middle:middle + 64] = bytes(b ^ 0x5A for b in data[middle:middle + 64])
-        f.seek(0)
-        f.write(data)
 
 
 def truncate_half(shard):
