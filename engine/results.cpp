@@ -35,6 +35,15 @@ std::string ranks_text(const std::vector<int>& ranks) {
 
 double timeout_of(const Watchdog* watchdog) { return watchdog ? watchdog->timeout() : 0; }
 
+// What a peer is assumed to allow itself before its first heartbeat says: with automatic timeouts, the warm-up's.
+double initial_peer_timeout(const Watchdog* watchdog) {
+  return watchdog && watchdog->automatic() ? StallTimeout::kAutoStartupSeconds : 0;
+}
+
+// How long a peer may be silent: heartbeats go out between steps, so one step (up to the timeout), the wait for
+// the pipeline's tokens (up to another) and one heartbeat interval may pass between two of them.
+double silence_allowed(double limit) { return 2 * limit + heartbeat_interval(limit); }
+
 void pause_briefly() { std::this_thread::sleep_for(std::chrono::milliseconds(2)); }
 
 // A heartbeat carries its sender's timeout: a peer whose steps are slower (a long prefill) is given as long as it
@@ -187,7 +196,7 @@ ResultCollector::ResultCollector(Communicator& world, const ParallelLayout& layo
       last_heard_(std::size_t(layout.world_size()), now_seconds()),
       replica_finished_(std::size_t(layout.sizes().dp), -1.0),
       rank_done_(std::size_t(layout.world_size()), false),
-      peer_timeout_(std::size_t(layout.world_size()), 0.0),
+      peer_timeout_(std::size_t(layout.world_size()), initial_peer_timeout(watchdog)),
       rank_times_(std::size_t(layout.world_size())),
       records_from_(std::size_t(layout.sizes().dp), 0) {
   rank_done_[0] = true;
@@ -238,7 +247,7 @@ void ResultCollector::check_liveness(double now) const {
     if (replica_finished_[std::size_t(d)] >= 0 || leader == 0) continue;
     const double limit = std::max(own, peer_timeout_[std::size_t(leader)]);
     const double silent = now - last_heard_[std::size_t(leader)];
-    STRATA_CHECK(silent <= limit, Communication, "no progress for ", int(silent), " s while waiting for results from replica ",
+    STRATA_CHECK(silent <= silence_allowed(limit), Communication, "no progress for ", int(silent), " s while waiting for results from replica ",
                  d, " (", ranks_text(layout_.replica_ranks(d)), "; its results come from rank ", leader, ", ",
                  records_from_[std::size_t(d)],
                  " received so far): a rank of it is stopped, frozen or gone; aborting the job (--step-timeout)");
@@ -247,7 +256,8 @@ void ResultCollector::check_liveness(double now) const {
     const double finished = replica_finished_[std::size_t(layout_.replica_of(r))];
     if (rank_done_[std::size_t(r)] || finished < 0) continue;
     const double silent = now - std::max(finished, last_heard_[std::size_t(r)]);
-    STRATA_CHECK(silent <= own, Communication, "no progress for ", int(silent), " s while waiting for rank ", r,
+    STRATA_CHECK(silent <= silence_allowed(own), Communication,
+                 "no progress for ", int(silent), " s while waiting for rank ", r,
                  " to finish after its replica's last result: it is stopped, frozen or gone; aborting the job "
                  "(--step-timeout)");
   }
@@ -274,7 +284,11 @@ void ResultCollector::finish() {
 // ------------------------------------------------------------------------------------------------ other ranks
 
 ResultSender::ResultSender(Communicator& world, const ParallelLayout& layout, Watchdog* watchdog)
-    : world_(world), layout_(layout), watchdog_(watchdog), last_heartbeat_(now_seconds()) {}
+    : world_(world), layout_(layout), watchdog_(watchdog), last_heartbeat_(now_seconds()) {
+  // A leader's first heartbeat goes out now, before its first (perhaps long) step, with the timeout it allows itself.
+  if (layout_.is_first_stage() && layout_.tp_rank() == 0)
+    sends_.push(world_.isend(pack_heartbeat(watchdog_), 0, Tag::Heartbeat));
+}
 
 void ResultSender::send(std::int64_t index, const nlohmann::json& record, const RequestTiming& timing) {
   if (watchdog_) watchdog_->beat("sending a result to rank 0 (it may have stopped receiving)");
@@ -297,7 +311,7 @@ void ResultSender::finish(const RankTimes& times) {
   std::vector<char> done(sizeof times);
   std::memcpy(done.data(), &times, sizeof times);
   sends_.push(world_.isend(std::move(done), 0, Tag::Done));
-  double heard = now_seconds(), rank0_timeout = 0;
+  double heard = now_seconds(), rank0_timeout = initial_peer_timeout(watchdog_);
   std::vector<char> message;
   int src = 0;
   for (;;) {
@@ -308,7 +322,7 @@ void ResultSender::finish(const RankTimes& times) {
     if (world_.try_recv_any(Tag::Exit, message, src)) break;
     const double own = timeout_of(watchdog_);
     const double limit = own > 0 ? std::max(own, rank0_timeout) : 0, silent = now_seconds() - heard;
-    STRATA_CHECK(limit <= 0 || silent <= limit, Communication,
+    STRATA_CHECK(limit <= 0 || silent <= silence_allowed(limit), Communication,
                  "no progress for ", int(silent),
                  " s while waiting for rank 0 (which gathers and writes the results) to end the job: it is stopped, "
                  "frozen or gone; aborting the job (--step-timeout)");

@@ -29,7 +29,8 @@ Scheduler::Scheduler(std::vector<Request> requests, SchedulerLimits limits, cons
       vocab_(vocab),
       waiting_(std::make_move_iterator(requests.begin()), std::make_move_iterator(requests.end())),
       groups_(std::size_t(std::max(limits.micro_batches, 1))),
-      slots_(limits.max_batch_size) {
+      slots_(limits.max_batch_size),
+      release_after_copies_(groups_.size()) {
   limits_.micro_batches = int(groups_.size());
 }
 
@@ -89,9 +90,11 @@ void Scheduler::build_step(int group, std::vector<ChunkMeta>& metas, std::vector
       ids.push_back(s->generated.back());
     metas.push_back(m);
   }
-  // The copies are in this step, ahead of anything a later step writes: the slots they read from may go now.
-  for (std::int32_t slot : release_after_copies_) slots_.release(slot);
-  release_after_copies_.clear();
+  // This group's copies are in this step, ahead of anything a later step writes: the slots they read from may go
+  // now (not another group's: its copies are still to be built).
+  auto& pending = release_after_copies_[std::size_t(group)];
+  for (std::int32_t slot : pending) slots_.release(slot);
+  pending.clear();
 }
 
 void Scheduler::fork_samples(Sequence& first, std::vector<std::unique_ptr<Sequence>>& into) {
@@ -178,7 +181,7 @@ void Scheduler::apply(int group, const StepResult& result, const std::function<v
       continue;
     }
     if (forking && s.request.prompt.size() > 1)
-      release_after_copies_.push_back(s.slot);  // the new samples still have to copy its prompt
+      release_after_copies_[std::size_t(group)].push_back(s.slot);  // its new samples still copy its prompt
     else
       slots_.release(s.slot);
     finish(s, *reason, now, complete);

@@ -64,7 +64,8 @@ class Scheduler {
   std::deque<Request> waiting_;
   std::vector<std::vector<std::unique_ptr<Sequence>>> groups_;
   SlotAllocator slots_;
-  std::vector<std::int32_t> release_after_copies_;      // slots of finished sequences whose prompt is still to be copied
+  // Per micro-batch: slots of finished sequences whose prompt that micro-batch's next step still copies
+  std::vector<std::vector<std::int32_t>> release_after_copies_;
   // n > 1: per request index, how many samples finished, and those samples
   std::map<std::int64_t, std::pair<std::int32_t, std::vector<Completion>>> samples_;
   SchedulerCounts counts_;

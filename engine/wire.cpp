@@ -46,6 +46,9 @@ ParsedStep parse_step(const std::vector<char>& message, std::int64_t hidden_size
   STRATA_CHECK(message.size() >= sizeof(StepHeader), Communication, "truncated step message (", message.size(),
                " bytes)");
   std::memcpy(&step.header, message.data(), sizeof(StepHeader));
+  STRATA_CHECK(step.header.n_chunks >= 0 && step.header.n_tokens >= 0, Communication,
+               "step message with negative counts (", step.header.n_chunks, " chunks, ", step.header.n_tokens,
+               " tokens)");
   const std::size_t metas_bytes = std::size_t(step.header.n_chunks) * sizeof(ChunkMeta);
   const std::size_t expected = sizeof(StepHeader) + metas_bytes + std::size_t(step.header.n_tokens * hidden_size) * 4;
   STRATA_CHECK(step.header.kind == kStopMessage || message.size() == expected, Communication, "step message of ",
@@ -81,6 +84,8 @@ StepResult parse_tokens(const std::vector<char>& message) {
   TokensHeader header;
   STRATA_CHECK(message.size() >= sizeof header, Communication, "truncated tokens message");
   std::memcpy(&header, message.data(), sizeof header);
+  STRATA_CHECK(header.n_chunks >= 0 && header.n_logit_rows >= 0 && header.vocab >= 0, Communication,
+               "tokens message with negative counts (", header.n_chunks, " chunks, ", header.n_logit_rows, " rows)");
   const std::size_t fixed = sizeof header + std::size_t(header.n_chunks) * 4 +
                             std::size_t(header.n_logit_rows) * std::size_t(header.vocab) * 4;
   STRATA_CHECK(message.size() >= fixed && header.n_logprob_rows >= 0, Communication, "tokens message of ",

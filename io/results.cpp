@@ -141,7 +141,7 @@ ExistingResults scan_results(const std::string& path) {
     STRATA_CHECK(valid, Io, path, ":", number, ": not a complete result record (results are only appended whole; ",
                  "was the file edited, or is it not strata's output?)");
     at += std::int64_t(line.size()) + 1;
-    found.ids.push_back(record["id"]);
+    found.ids.push_back(record.contains("custom_id") ? record["custom_id"] : record["id"]);
     found.records = number;
     found.bytes = at;
   }
@@ -196,15 +196,35 @@ std::vector<std::string> identity_differences(const nlohmann::json& before, cons
   return out;
 }
 
-std::string content_hash(const std::string& path) {
+std::string content_hash(const std::string& path, std::int64_t ends) {
   std::ifstream in(path, std::ios::binary);
   STRATA_CHECK(in, Io, "cannot open ", path, ": ", std::strerror(errno));
   std::uint64_t hash = 0xcbf29ce484222325ull;
   std::vector<char> buffer(std::size_t(1) << 20);
-  while (in.read(buffer.data(), std::streamsize(buffer.size())) || in.gcount() > 0) {
-    for (std::streamsize i = 0; i < in.gcount(); ++i) {
-      hash ^= std::uint8_t(buffer[std::size_t(i)]);
-      hash *= 0x100000001b3ull;
+  const auto add = [&](std::int64_t limit) {  // up to `limit` bytes from the current position (< 0: to the end)
+    while (limit != 0) {
+      const auto want = limit < 0 ? std::int64_t(buffer.size()) : std::min<std::int64_t>(limit, std::int64_t(buffer.size()));
+      in.read(buffer.data(), std::streamsize(want));
+      const std::streamsize got = in.gcount();
+      if (got <= 0) break;
+      for (std::streamsize i = 0; i < got; ++i) {
+        hash ^= std::uint8_t(buffer[std::size_t(i)]);
+        hash *= 0x100000001b3ull;
+      }
+      if (limit > 0) limit -= got;
+    }
+  };
+  if (ends <= 0) {
+    add(-1);
+  } else {
+    in.seekg(0, std::ios::end);
+    const std::int64_t size = std::int64_t(in.tellg());
+    in.seekg(0);
+    add(std::min(ends, size));
+    if (size > ends) {
+      in.clear();
+      in.seekg(std::max(ends, size - ends));
+      add(-1);
     }
   }
   char text[17];

@@ -24,7 +24,7 @@ struct ExistingResults {
   std::size_t records = 0;
   std::int64_t bytes = 0;          // of the complete records
   std::int64_t partial_bytes = 0;  // of a final line cut off mid-write
-  std::vector<nlohmann::json> ids;  // each complete record's "id"
+  std::vector<nlohmann::json> ids;  // each complete record's prompt id ("custom_id" for OpenAI batch lines)
 };
 ExistingResults scan_results(const std::string& path);
 
@@ -37,8 +37,9 @@ nlohmann::json read_metadata(const std::string& output);  // Error naming the fi
 // "what: before -> now" for every leaf that differs between two identities; empty when they match.
 std::vector<std::string> identity_differences(const nlohmann::json& before, const nlohmann::json& now);
 
-// FNV-1a (64 bits) of a file's bytes, as 16 hex digits: cheap content identity (not a cryptographic hash).
-std::string content_hash(const std::string& path);
+// FNV-1a (64 bits) of a file's bytes, as 16 hex digits: cheap content identity (not a cryptographic hash). With
+// `ends` > 0 only the first and last `ends` bytes are read (large files).
+std::string content_hash(const std::string& path, std::int64_t ends = 0);
 
 // Throws Error(Usage/Io) naming the path and the reason if `path` may not be (over)written: it is one of
 // `inputs` (same file, by device and inode), a directory, in a folder that does not exist or cannot be written,

@@ -101,10 +101,22 @@ std::unique_ptr<Watchdog> make_watchdog(const GenerateOptions& o) {
 // What identifies a run's output (written beside it; --resume continues only the same run): the checkpoint, the
 // prompts and every option that changes a record. Not the layout, batch sizes or micro-batches: records do not
 // depend on them (sampling noise follows the prompt's seed and the global token id, see engine/sampler.h).
+// The weights by their bytes, cheaply: each shard's size and a hash of its first and last 4 MiB (the HDF5 metadata
+// with the checksums, the first and last tensors' data): another conversion to the same path differs there.
+nlohmann::json shard_identity(const std::string& model_dir) {
+  nlohmann::json shards = nlohmann::json::object();
+  for (const auto& entry : std::filesystem::directory_iterator(model_dir))
+    if (entry.path().extension() == ".h5")
+      shards[entry.path().filename().string()] = {{"bytes", entry.file_size()},
+                                                  {"ends", content_hash(entry.path().string(), 4 << 20)}};
+  return shards;
+}
+
 nlohmann::json run_identity(const GenerateOptions& o, const Session& session) {
   const std::string tokenizer = (std::filesystem::path(o.model) / "tokenizer.json").string();
-  nlohmann::json checkpoint = {{"manifest", content_hash(manifest_path(o.model))}};
+  nlohmann::json checkpoint = {{"manifest", content_hash(manifest_path(o.model))}, {"shards", shard_identity(o.model)}};
   if (std::ifstream(tokenizer).good()) checkpoint["tokenizer"] = content_hash(tokenizer);
+  const RankPlan& rank0 = session.plan().rank(0);
   return {{"format", "strata results 1"},
           {"checkpoint", checkpoint},
           {"prompts", {{"content", content_hash(o.prompts)}, {"format", o.prompt_format}, {"part", o.part}}},
@@ -119,7 +131,19 @@ nlohmann::json run_identity(const GenerateOptions& o, const Session& session) {
             {"logprobs", o.logprobs},
             {"top_logprobs", o.top_logprobs},
             {"n", o.n},
-            {"record_logits", o.record_logits}}}};
+            {"record_logits", o.record_logits}}},
+          // The arithmetic: CPU f32 and CUDA bf16 give different tokens.
+          {"compute",
+           {{"device", device_name(session.plan().device)},
+            {"weights", dtype_name(rank0.memory.weights_dtype)},
+            {"activations", dtype_name(rank0.memory.activations_dtype)}}}};
+}
+
+// The model's name in OpenAI responses: its folder's name, however the path was written ("dir/", "./dir").
+std::string model_name(const std::string& model_dir) {
+  std::filesystem::path path = std::filesystem::absolute(model_dir).lexically_normal();
+  if (path.filename().empty()) path = path.parent_path();
+  return path.filename().string();
 }
 
 // --resume on rank 0: the records already in the output (none for a fresh start), after checking that the output
@@ -127,8 +151,11 @@ nlohmann::json run_identity(const GenerateOptions& o, const Session& session) {
 ExistingResults resume_point(const GenerateOptions& o, const nlohmann::json& identity,
                              const std::vector<Prompt>& prompts, std::size_t first, std::size_t last) {
   const bool has_output = std::ifstream(o.output).good(), has_metadata = std::ifstream(metadata_path(o.output)).good();
-  if (!has_output && !has_metadata) return {};
-  const std::vector<std::string> differences = identity_differences(read_metadata(o.output), identity);
+  // Nothing yet, or an empty output left by a run stopped before it wrote its identity: a fresh start.
+  if (!has_metadata && (!has_output || std::filesystem::file_size(o.output) == 0)) return {};
+  nlohmann::json before = read_metadata(o.output);
+  before.erase("created");  // when the run began: not part of what it is
+  const std::vector<std::string> differences = identity_differences(before, identity);
   std::string listed;
   for (const auto& d : differences) listed += (listed.empty() ? "" : "; ") + d;
   STRATA_CHECK(differences.empty(), Usage, "--resume: ", o.output,
@@ -138,7 +165,7 @@ ExistingResults resume_point(const GenerateOptions& o, const nlohmann::json& ide
   STRATA_CHECK(existing.records <= last - first, Usage, "--resume: ", o.output, " holds ", existing.records,
                " records but this run has ", last - first, " prompts");
   for (std::size_t i = 0; i < existing.records; ++i)
-    STRATA_CHECK(existing.ids[i] == prompts[first + i].id, Usage, o.output, ":", i + 1, ": record id ",
+    STRATA_CHECK(existing.ids[i] == prompts[first + i].id, Usage, o.output, ":", i + 1, ": record of ",
                  existing.ids[i].dump(), " is not prompt ", first + i, "'s id ", prompts[first + i].id.dump(),
                  " (records must be the prompts in input order)");
   return existing;
@@ -195,17 +222,23 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   const auto [first, last] = part_range(o.part, prompts.size());
   nlohmann::json identity;
   ExistingResults existing;
+  // When the run began (OpenAI's "created"): chosen once by rank 0, and kept by a resume, so every record of one
+  // output carries the same value wherever and whenever it was written.
+  std::int64_t created = std::int64_t(std::time(nullptr));
   if (writer_rank) {
     identity = run_identity(o, session);
     if (o.resume) existing = resume_point(o, identity, prompts, first, last);
+    if (o.resume && std::ifstream(metadata_path(o.output)).good())
+      created = read_metadata(o.output).value("created", created);
   }
   std::int64_t done = std::int64_t(existing.records);  // prompts [first, first + done) are already written
   world.broadcast(&done, sizeof done, 0);
+  world.broadcast(&created, sizeof created, 0);
   if (writer_rank && o.resume && done > 0)
     log_info("resuming ", o.output, ": ", done, " of ", last - first, " records already complete",
              existing.partial_bytes ? cat(", a final line cut off mid-write (", existing.partial_bytes, " bytes) dropped")
                                     : std::string());
-  if (done == std::int64_t(last - first) && o.resume) {
+  if (done == std::int64_t(last - first) && done > 0 && o.resume) {
     if (writer_rank) log_info("nothing left to do: all ", done, " records are in ", o.output);
     return 0;
   }
@@ -222,7 +255,9 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
     } catch (const Error& e) {
       if (prompts[i].format != PromptFormat::OpenAiBatch) throw;
       Prompt p = prompts[i];
-      p.error = prompts[i].error.empty() ? std::string(e.what()).substr(p.origin.size() + 2) : prompts[i].error;
+      std::string why = prompts[i].error.empty() ? e.what() : prompts[i].error;
+      if (why.rfind(p.origin + ": ", 0) == 0) why = why.substr(p.origin.size() + 2);  // the error line names it
+      p.error = why;
       refused.emplace(i, std::move(p));
       continue;
     }
@@ -237,11 +272,14 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   if (writer_rank) {
     writer = o.resume ? std::make_unique<ResultWriter>(o.output, existing, last - first)
                       : std::make_unique<ResultWriter>(o.output, o.overwrite, last - first);
-    if (o.output != "-") write_metadata(o.output, identity);
+    if (o.output != "-") {
+      nlohmann::json metadata = identity;
+      metadata["created"] = created;
+      write_metadata(o.output, metadata);
+    }
     for (const auto& [i, p] : refused) writer->submit(i - first, make_error_record(p, std::int64_t(i)));
   }
-  const RecordContext record_context{std::filesystem::path(o.model).filename().string(),
-                                     std::int64_t(std::time(nullptr))};
+  const RecordContext record_context{model_name(o.model), created};
   if (writer_rank && !o.quiet)
     log_info("model ", o.model, " (", double(session.config().parameter_count()) / 1e6, "M parameters) on ",
              layout.world_size(), " ranks: dp ", layout.sizes().dp, " x pp ", layout.sizes().pp, " x tp ",
@@ -249,7 +287,7 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
              o.part.empty() ? "" : cat(" (part ", o.part, " of ", prompts.size(), ")"));
 
   // Armed from the first step to the last message: every wait of the run, result gathering and the end included.
-  const std::unique_ptr<Watchdog> watchdog = make_watchdog(o);
+  std::unique_ptr<Watchdog> watchdog = make_watchdog(o);
   const RunPlan& plan = session.plan();
   EngineOptions engine_options{plan.max_batch_size,          plan.stage.max_tokens, plan.stage.max_seq_len,
                                plan.micro_batches,           o.record_logits,       watchdog.get()};
@@ -307,6 +345,9 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
     return 0;
   }
   collector->finish();
+  // Every rank has been told to end: nobody waits on a peer any more. Closing a large output (fsync on a network
+  // file system) and the metrics may take as long as they take.
+  watchdog.reset();
   times.wall = since_start();
   progress.show(true);
   writer->finish();

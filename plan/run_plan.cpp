@@ -115,6 +115,26 @@ RankPlan plan_rank(const RunPlan& plan, int world_rank, const PlanRequest& reque
   return r;
 }
 
+// World rank 0 writes the results and leads the end of the job, between its own scheduling steps: it must be the
+// scheduler of a replica (dp 0, pp 0, tp 0). Placement may put it elsewhere (a description listing its node second):
+// swap its replica with replica 0, rotate that replica's stages so rank 0's comes first (neighbours stay
+// neighbours), and swap it with tp index 0 of its group. TP groups and the replicas' ranks are unchanged.
+std::vector<int> lead_with_rank_zero(std::vector<int> order, const LayoutSizes& sizes) {
+  const auto at = [&](int d, int p, int t) -> int& { return order[std::size_t((d * sizes.pp + p) * sizes.tp + t)]; };
+  const int position = int(std::find(order.begin(), order.end(), 0) - order.begin());
+  const int d0 = position / (sizes.tp * sizes.pp), p0 = (position / sizes.tp) % sizes.pp, t0 = position % sizes.tp;
+  if (d0 != 0)
+    for (int p = 0; p < sizes.pp; ++p)
+      for (int t = 0; t < sizes.tp; ++t) std::swap(at(0, p, t), at(d0, p, t));
+  if (p0 != 0) {
+    std::vector<int> stages(order.begin(), order.begin() + sizes.pp * sizes.tp);
+    for (int p = 0; p < sizes.pp; ++p)
+      for (int t = 0; t < sizes.tp; ++t) at(0, p, t) = stages[std::size_t(((p + p0) % sizes.pp) * sizes.tp + t)];
+  }
+  if (t0 != 0) std::swap(at(0, 0, 0), at(0, 0, t0));
+  return order;
+}
+
 }  // namespace
 
 ShardPlan RunPlan::shard(int world_rank) const {
@@ -135,7 +155,7 @@ RunPlan make_run_plan(const PlanRequest& request) {
   const Placement placement = place_ranks(request.topology, request.sizes, request.force, &fit);
   check_split(request.config, placement.sizes.tp, placement.sizes.pp);  // with the numbers
   plan.sizes = placement.sizes;
-  plan.ranks_by_position = placement.ranks_by_position;
+  plan.ranks_by_position = lead_with_rank_zero(placement.ranks_by_position, placement.sizes);
   plan.notes = placement.notes;
   plan.warnings = placement.warnings;
   STRATA_CHECK(request.limits.micro_batches >= 0, Usage, "--micro-batches must be >= 0 (got ",

@@ -43,6 +43,7 @@ class Watchdog {
   void observe_step(double seconds);
   // The timeout in force now (seconds; <= 0: disabled).
   double timeout() const { return timeout_.load(std::memory_order_relaxed); }
+  bool automatic() const { return automatic_; }
 
  private:
   void watch();

@@ -126,6 +126,12 @@ code, out, _ = generate(partial, 1, [], "--resume", prompt_file=other_prompts)
 h.check(code not in (0, None) and "prompts.content" in out, f"another prompt file is refused\n{out}")
 h.check(read(partial) == snapshot, "a refused resume leaves the output as it was")
 
+# An empty output without metadata (a run stopped before it wrote any) is a fresh start.
+empty = h.path("empty.jsonl")
+open(empty, "wb").close()
+code, out, _ = generate(empty, 1, [], "--resume")
+h.check(code == 0 and read(empty) == reference, f"an empty output without metadata resumes as a fresh start\n{out}")
+
 # No metadata, or a record edited in the middle: refused, naming the file (and line).
 bare = h.path("bare.jsonl")
 with open(bare, "wb") as f:

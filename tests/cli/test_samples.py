@@ -87,6 +87,28 @@ h.run_ok(["generate", "--model", model, "--prompts", prompts, "--output", "again
           "--max-tokens", 10, "--max-batch-size", 6, "--seed", 5, "-q", "-tp", 2, "-pp", 2], ranks=4)
 with open(h.path("again.jsonl"), "rb") as f:
     h.check(f.read() == outputs["tp2pp2"], "n samples are reproducible (byte for byte at the same layout)")
+# Sample 0 ending with its first token frees its slot while its samples still have to copy the prompt from it: with
+# three micro-batches on one stage, and more requests than slots, that slot must not be handed to another request
+# before the copy (it was, and the samples continued from another prompt's cache).
+quick = [dict(id=f"q{i}", prompt=f"Prompt {i} with several tokens", temperature=0.9, n=2, max_tokens=1 + (i % 2) * 3)
+         for i in range(10)]
+quick_file = h.write("quick.jsonl", "".join(json.dumps(q) + "\n" for q in quick))
+h.run_ok(["generate", "--model", model, "--prompts", quick_file, "--output", "quick.out.jsonl", "--overwrite",
+          "--max-batch-size", 4, "--micro-batches", 3, "-q"], ranks=1)
+quick_alone = []
+for r in h.results("quick.out.jsonl"):
+    q = next(q for q in quick if q["id"] == r["id"])
+    for c in r["choices"]:
+        quick_alone.append(dict({k: v for k, v in q.items() if k not in ("id", "n")}, id=f"{r['id']}-{c['index']}",
+                                seed=c["seed"]))
+h.write("quick_alone.jsonl", "".join(json.dumps(q) + "\n" for q in quick_alone))
+h.run_ok(["generate", "--model", model, "--prompts", h.path("quick_alone.jsonl"), "--output", "quick_alone.out.jsonl",
+          "--overwrite", "-q"], ranks=1)
+alone_tokens = {r["id"]: r["token_ids"] for r in h.results("quick_alone.out.jsonl")}
+mismatched = [f"{r['id']}-{c['index']}" for r in h.results("quick.out.jsonl") for c in r["choices"]
+              if c["token_ids"] != alone_tokens[f"{r['id']}-{c['index']}"]]
+h.check(not mismatched, f"with 3 micro-batches and slots reused, every sample equals its prompt alone: {mismatched}")
+
 too_many = h.write("too_many.jsonl", '{"prompt": "a"}\n{"prompt": "b", "n": 7}\n')
 code, out, _ = h.run(["generate", "--model", model, "--prompts", too_many, "--output", "x.jsonl", "--overwrite",
                       "--max-batch-size", 6, "-tp", 2, "-pp", 2], ranks=4)

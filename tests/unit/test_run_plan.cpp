@@ -7,6 +7,8 @@
 #include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 #include <algorithm>
 #include <cctype>
 #include <functional>
@@ -600,4 +602,28 @@ TEST(RunPlan, TableListsEveryRankOnceWithTensorGroupsInsideNodes) {
   for (const auto& [group, tps] : tp_ranks_of_group) EXPECT_EQ(tps, (std::set<int>{0, 1})) << table;
   EXPECT_EQ(plan.layout(0).tp_group(), (std::vector<int>{0, 2}));
   EXPECT_EQ(plan.layout(1).tp_group(), (std::vector<int>{1, 3}));
+}
+
+// World rank 0 gathers the results between its own scheduling steps, so it must lead replica 0 whatever order a
+// description lists the nodes in (here rank 0's node second: placement alone put it at dp 1).
+TEST(RunPlan, WorldRankZeroLeadsReplicaZero) {
+  for (const auto& [dp, pp, tp] : {std::tuple{2, 1, 2}, std::tuple{1, 2, 2}, std::tuple{2, 2, 1}}) {
+    const nlohmann::json description = {
+        {"nodes",
+         {{{"hostname", "b"}, {"ranks", {1, 3}}, {"cpu_cores", 2}}, {{"hostname", "a"}, {"ranks", {0, 2}}, {"cpu_cores", 2}}}}};
+    PlanRequest request;
+    request.config = test::tiny_config();
+    request.topology = Topology::from_json(description, "test");
+    request.sizes = LayoutSizes{dp, pp, tp};
+    request.limits.max_model_len = 64;
+    const RunPlan plan = make_run_plan(request);
+    const ParallelLayout zero = plan.layout(0);
+    EXPECT_EQ(zero.dp_rank(), 0);
+    EXPECT_EQ(zero.pp_rank(), 0);
+    EXPECT_EQ(zero.tp_rank(), 0) << "dp " << dp << " pp " << pp << " tp " << tp;
+    // The groups are still placement's: each TP group inside one node.
+    for (int r = 0; r < 4; ++r)
+      for (int peer : plan.layout(r).tp_group())
+        EXPECT_EQ(plan.topology.node_of(peer).hostname, plan.topology.node_of(r).hostname);
+  }
 }
