@@ -14,7 +14,7 @@ struct ParallelOptions {
   std::string topology;       // a cluster description instead of detection
   bool force = false;         // run a layout the placement refuses
   double nccl_timeout = 300;  // --device cuda, tp > 1: seconds an NCCL wait may take before the job is aborted
-  int gpu_reserve_mib = -1;   // --device cuda: MiB kept free for NCCL and CUDA graphs; -1: the defaults (job.cpp)
+  int gpu_reserve_mib = -1;   // --device cuda: MiB kept free for NCCL and CUDA graphs; -1: the defaults (plan/memory_plan.cpp)
   bool no_mmap = false;       // CPU backend: copy the weights into the rank's memory instead of mapping the shards
 };
 
