@@ -1,5 +1,12 @@
 // When a sequence ends, and the text it ends with: an end-of-sequence id (unless the request ignores it), a stop
 // string in the decoded text, max_tokens, or no position left in the context.
+//
+// Stop strings are matched incrementally: checked after every token, a stop string first appears ending in the
+// newest token's text, so only the decoded text of the last tokens is searched (a window a few tokens longer than
+// the longest stop string), not the whole generation again: the cost per token does not grow with the text. The
+// window's first bytes may decode differently from the whole text (a leading space a SentencePiece decoder strips,
+// a character cut in two), so they are not searched; a window whose text is too short for that margin is decoded
+// from the start of the generation instead.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -24,6 +31,7 @@ class StopMatcher {
   std::string text(const Request& request, std::span<const std::int32_t> generated, FinishReason reason) const;
 
  private:
+  bool stop_string_completed(const Request& request, std::span<const std::int32_t> generated) const;
   const Tokenizer& tokenizer_;
   std::int32_t max_model_len_;
 };

@@ -4,6 +4,7 @@
 // end-of-sequence, the context), each with its text and its slot handed to the next waiting request.
 #include <gtest/gtest.h>
 
+#include <random>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,7 @@
 #include "engine/stop_matcher.h"
 #include "io/tokenizer.h"
 #include "runtime/base/error.h"
+#include "tests/unit/hf_fixtures.h"
 
 using namespace strata;
 
@@ -310,4 +312,40 @@ TEST(Scheduler, ApplyWithTheWrongNumberOfTokensThrows) {
   EXPECT_EQ(b.scheduler.counts().generated_tokens, 0) << "a refused step changes nothing";
   b.apply(0, {'x', 'y'});
   EXPECT_EQ(b.scheduler.counts().generated_tokens, 2);
+}
+
+// The windowed stop-string check stops at the same token as searching the whole decoded text, on a byte tokenizer
+// and on a SentencePiece-style one whose decoder strips the first space and rebuilds UTF-8 from byte tokens (the
+// window's start decodes differently from the whole text there), for random generations and stop strings.
+TEST(StopMatcher, WindowedCheckAgreesWithTheWholeText) {
+  const ByteTokenizer bytes;
+  const auto sp = test::load("stop_sp.json", test::sentencepiece());
+  std::mt19937 rng(7);
+  // SentencePiece ids: ▁ (259), h, i, ▁h, ▁hi, and byte tokens of "é" (C3 A9) and "→" (E2 86 92).
+  const std::vector<std::int32_t> sp_ids = {259, 260, 261, 262, 263, 3 + 0xC3, 3 + 0xA9, 3 + 0xE2, 3 + 0x86, 3 + 0x92};
+  const std::vector<std::vector<std::string>> stops = {{" hi"}, {"hh"}, {"\xC3\xA9 h"}, {"i\xE2\x86\x92"}, {"ab", "c"}};
+  int stopped = 0;
+  for (const Tokenizer* tokenizer : {static_cast<const Tokenizer*>(&bytes), static_cast<const Tokenizer*>(sp.get())}) {
+    const StopMatcher matcher(*tokenizer, 1 << 20);
+    for (int trial = 0; trial < 300; ++trial) {
+      Request r;
+      r.max_tokens = 1 << 20;
+      r.stop = stops[std::size_t(trial) % stops.size()];
+      std::vector<std::int32_t> generated;
+      for (int t = 0; t < 120; ++t) {
+        generated.push_back(tokenizer == &bytes ? std::int32_t("abchi "[rng() % 6])
+                                                : sp_ids[rng() % sp_ids.size()]);
+        const std::string whole = tokenizer->decode(generated);
+        bool expected = false;
+        for (const auto& s : r.stop) expected = expected || whole.find(s) != std::string::npos;
+        const bool got = matcher.finished(r, generated, std::int32_t(generated.size())).has_value();
+        ASSERT_EQ(got, expected) << "trial " << trial << " token " << t << ": " << whole;
+        if (got) {
+          ++stopped;
+          break;
+        }
+      }
+    }
+  }
+  EXPECT_GT(stopped, 200) << "the stop strings were found often enough for the comparison to mean something";
 }
