@@ -1,11 +1,11 @@
-// Scheduler (stage 0), followers (later stages) and the wire format of steps and tokens.
+// Scheduler (stage 0) and followers (later stages): the steps of one replica (messages in engine/wire.cpp).
 #include "engine/engine.h"
 
 #include <algorithm>
-#include <chrono>
 
 #include "engine/scheduler.h"
 #include "engine/wire.h"
+#include "runtime/base/clock.h"
 #include "runtime/base/error.h"
 
 namespace strata {
@@ -42,14 +42,9 @@ StepResult finish_step(const std::vector<ChunkMeta>& metas, TensorView logits, T
   return result;
 }
 
-double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------ engine
-
 
 Engine::Engine(TransformerStage& stage, const ParallelLayout& layout, Communicator& world, Collectives& tp,
                const Tokenizer& tokenizer, EngineOptions options)
@@ -86,7 +81,7 @@ EngineStats Engine::run(std::vector<Request> requests, const EngineHooks& hooks)
 }
 
 EngineStats Engine::run_follower(const EngineHooks& hooks) {
-  const double start = now_seconds();
+  const double start = monotonic_seconds();
   EngineStats stats;
   SendQueue sends(std::size_t(options_.micro_batches) + 1);
   const std::int64_t hidden = stage_.hidden_size();
@@ -95,7 +90,7 @@ EngineStats Engine::run_follower(const EngineHooks& hooks) {
     beat(waiting_for_activations_.c_str());
     const std::vector<char> message = world_.recv(layout_.prev_stage_rank(), Tag::Activations);
     beat(computing_.c_str());
-    const double step_start = now_seconds();
+    const double step_start = monotonic_seconds();
     const ParsedStep step = parse_step(message, hidden);
     if (step.header.kind == kStopMessage) {
       if (!layout_.is_last_stage()) sends.push(world_.isend(pack_stop(), layout_.next_stage_rank(), Tag::Activations));
@@ -109,7 +104,7 @@ EngineStats Engine::run_follower(const EngineHooks& hooks) {
     else
       sends.push(world_.isend(pack_step(step.metas, step.header.n_tokens, out.f32(), hidden), layout_.next_stage_rank(),
                               Tag::Activations));
-    const double step_seconds = now_seconds() - step_start;
+    const double step_seconds = monotonic_seconds() - step_start;
     stats.compute_seconds += step_seconds;
     ++stats.steps;
     observe_step(step_seconds);
@@ -117,12 +112,12 @@ EngineStats Engine::run_follower(const EngineHooks& hooks) {
   }
   beat("waiting for the next stage to receive the last messages");
   sends.drain();
-  stats.seconds = now_seconds() - start;
+  stats.seconds = monotonic_seconds() - start;
   return stats;
 }
 
 EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHooks& hooks) {
-  const double start = now_seconds();
+  const double start = monotonic_seconds();
   const bool single_stage = layout_.sizes().pp == 1;
   const int last_stage =
       single_stage ? -1 : layout_.rank_of(layout_.dp_rank(), layout_.sizes().pp - 1, layout_.tp_rank());
@@ -148,7 +143,7 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
         beat(waiting_for_tokens_.c_str());
         const std::vector<char> tokens = world_.recv(last_stage, Tag::Tokens);
         beat("scheduling");
-        scheduler.apply(g, parse_tokens(tokens), complete, now_seconds() - start);
+        scheduler.apply(g, parse_tokens(tokens), complete, monotonic_seconds() - start);
         in_flight[std::size_t(g)] = false;
       }
       scheduler.admit(g);
@@ -159,16 +154,14 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
       copy_prefixes(metas);
       const std::vector<SeqChunk> chunks = chunks_of(metas);
       beat(computing_.c_str());
-      const double step_start = now_seconds();
+      const double step_start = monotonic_seconds();
       const TensorView out = stage_.forward(chunks, ids, nullptr);
       ++stats.steps;
-      if (single_stage) {
-        scheduler.apply(g, finish_step(metas, out, stage_, tp_), complete, now_seconds() - start);
-        stats.compute_seconds += now_seconds() - step_start;
-        observe_step(now_seconds() - step_start);
-      } else {
-        stats.compute_seconds += now_seconds() - step_start;
-        observe_step(now_seconds() - step_start);
+      if (single_stage) scheduler.apply(g, finish_step(metas, out, stage_, tp_), complete, monotonic_seconds() - start);
+      const double step_seconds = monotonic_seconds() - step_start;  // with sampling when this stage is also the last
+      stats.compute_seconds += step_seconds;
+      observe_step(step_seconds);
+      if (!single_stage) {
         sends.push(world_.isend(pack_step(metas, std::int32_t(ids.size()), out.f32(), stage_.hidden_size()),
                                 layout_.next_stage_rank(), Tag::Activations));
         in_flight[std::size_t(g)] = true;
@@ -192,7 +185,7 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
   stats.peak_sequences = scheduler.counts().peak_sequences;
   stats.peak_tokens = scheduler.counts().peak_tokens;
   stats.computed_prompt_tokens = scheduler.counts().computed_prompt_tokens;
-  stats.seconds = now_seconds() - start;
+  stats.seconds = monotonic_seconds() - start;
   return stats;
 }
 

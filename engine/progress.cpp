@@ -4,16 +4,14 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 
+#include "runtime/base/clock.h"
 #include "runtime/base/error.h"
 #include "runtime/base/log.h"
 
 namespace strata {
 namespace {
-double seconds() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
 std::string fixed(double value, int digits) {
   char text[64];
   std::snprintf(text, sizeof text, "%.*f", digits, value);
@@ -25,7 +23,7 @@ Progress::Progress(std::size_t total, const std::string& mode)
     : total_(total),
       quiet_(mode == "none"),
       terminal_(mode == "live" || (mode == "auto" && isatty(STDERR_FILENO))),
-      start_(seconds()) {}
+      start_(monotonic_seconds()) {}
 
 void Progress::record(std::int64_t tokens) {
   ++done_;
@@ -35,7 +33,7 @@ void Progress::record(std::int64_t tokens) {
 
 void Progress::show(bool final) {
   if (quiet_) return;
-  const double now = seconds();
+  const double now = monotonic_seconds();
   if (!final && now - last_ < (terminal_ ? 0.2 : 5.0)) return;
   last_ = now;
   const std::string line = summary();
@@ -48,7 +46,7 @@ void Progress::show(bool final) {
 }
 
 std::string Progress::summary() const {
-  const double elapsed = std::max(seconds() - start_, 1e-9);
+  const double elapsed = std::max(monotonic_seconds() - start_, 1e-9);
   return cat(done_, "/", total_, " prompts, ", tokens_, " tokens generated in ", fixed(elapsed, 1), " s (",
              fixed(double(tokens_) / elapsed, 1), " tokens/s)");
 }

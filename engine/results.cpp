@@ -6,16 +6,14 @@
 #include <cstring>
 #include <thread>
 
+#include "io/results.h"
+#include "runtime/base/clock.h"
 #include "runtime/base/error.h"
 
 namespace strata {
 namespace {
 
 constexpr std::int64_t kReplicaFinished = -1;
-
-double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 constexpr std::size_t kRecordHeader = sizeof(std::int64_t) + sizeof(RequestTiming);
 
@@ -61,17 +59,25 @@ double heartbeat_timeout(const std::vector<char>& message) {
   return timeout;
 }
 
+std::string token_text(const Tokenizer& tokenizer, std::int32_t id) {
+  return tokenizer.decode(std::span<const std::int32_t>(&id, 1));
+}
+
+// A request's samples in order: the completion itself (sample 0), then the others.
+std::vector<const Completion*> samples_of(const Completion& c) {
+  std::vector<const Completion*> samples{&c};
+  for (const Completion& more : c.more) samples.push_back(&more);
+  return samples;
+}
+
 // One entry of OpenAI's logprobs layout. A token's text may be part of a UTF-8 sequence: "bytes" has it exactly.
 nlohmann::json logprob_entry(std::int32_t id, float logprob, const Tokenizer& tokenizer) {
-  const std::string text = tokenizer.decode(std::span<const std::int32_t>(&id, 1));
+  const std::string text = token_text(tokenizer, id);
   std::vector<int> bytes(text.begin(), text.end());
   for (int& b : bytes) b &= 0xff;
   return {{"token", text}, {"token_id", id}, {"logprob", logprob}, {"bytes", bytes}};
 }
 
-}  // namespace
-
-namespace {
 // One completion's fields: text, ids, finish reason, count, and the logits and logprobs asked for.
 void add_completion(nlohmann::json& out, const Completion& c, const Tokenizer& tokenizer) {
   out["text"] = c.text;
@@ -97,21 +103,19 @@ void add_completion(nlohmann::json& out, const Completion& c, const Tokenizer& t
     out["logprobs"] = {{"content", std::move(content)}};
   }
 }
-}  // namespace
 
-namespace {
 // The completions API's logprobs: tokens, their logprobs, a {token: logprob} map of alternatives, text offsets.
 nlohmann::json completions_logprobs(const Completion& c, const Tokenizer& tokenizer) {
   nlohmann::json tokens = nlohmann::json::array(), values = nlohmann::json::array(), tops = nlohmann::json::array(),
                  offsets = nlohmann::json::array();
   std::size_t offset = 0;
   for (std::size_t t = 0; t < c.logprobs.size() && t < c.token_ids.size(); ++t) {
-    const std::string text = tokenizer.decode(std::span<const std::int32_t>(&c.token_ids[t], 1));
+    const std::string text = token_text(tokenizer, c.token_ids[t]);
     tokens.push_back(text);
     values.push_back(c.logprobs[t].chosen);
     nlohmann::json alternatives = nlohmann::json::object();
     for (const TokenLogprob& alt : c.logprobs[t].top)
-      alternatives[tokenizer.decode(std::span<const std::int32_t>(&alt.id, 1))] = alt.logprob;
+      alternatives[token_text(tokenizer, alt.id)] = alt.logprob;
     tops.push_back(std::move(alternatives));
     offsets.push_back(offset);
     offset += text.size();
@@ -123,13 +127,12 @@ nlohmann::json openai_record(const Prompt& p, const Completion& c, const Tokeniz
                              const RecordContext& context) {
   nlohmann::json choices = nlohmann::json::array();
   std::size_t tokens = 0;
-  for (std::size_t j = 0; j <= c.more.size(); ++j) {
-    const Completion& sample = j == 0 ? c : c.more[j - 1];
-    choices.push_back({{"index", j},
-                       {"text", sample.text},
-                       {"finish_reason", finish_reason_name(sample.finish_reason)},
-                       {"logprobs", sample.logprobs.empty() ? nlohmann::json() : completions_logprobs(sample, tokenizer)}});
-    tokens += sample.token_ids.size();
+  for (const Completion* sample : samples_of(c)) {
+    choices.push_back({{"index", choices.size()},
+                       {"text", sample->text},
+                       {"finish_reason", finish_reason_name(sample->finish_reason)},
+                       {"logprobs", sample->logprobs.empty() ? nlohmann::json() : completions_logprobs(*sample, tokenizer)}});
+    tokens += sample->token_ids.size();
   }
   const std::string index = std::to_string(c.index);
   const nlohmann::json body = {{"id", "cmpl-" + index},
@@ -146,6 +149,7 @@ nlohmann::json openai_record(const Prompt& p, const Completion& c, const Tokeniz
           {"response", {{"status_code", 200}, {"request_id", "req_" + index}, {"body", body}}},
           {"error", nullptr}};
 }
+
 }  // namespace
 
 nlohmann::json make_error_record(const Prompt& p, std::int64_t index) {
@@ -168,11 +172,10 @@ nlohmann::json make_record(const Prompt& p, const Completion& c, const Tokenizer
   // n samples: OpenAI's choices, each with its index and the seed that reproduces it alone.
   nlohmann::json choices = nlohmann::json::array();
   std::size_t tokens = 0;
-  for (std::size_t j = 0; j <= c.more.size(); ++j) {
-    const Completion& sample = j == 0 ? c : c.more[j - 1];
-    nlohmann::json choice = {{"index", j}, {"seed", sample.seed}};
-    add_completion(choice, sample, tokenizer);
-    tokens += sample.token_ids.size();
+  for (const Completion* sample : samples_of(c)) {
+    nlohmann::json choice = {{"index", choices.size()}, {"seed", sample->seed}};
+    add_completion(choice, *sample, tokenizer);
+    tokens += sample->token_ids.size();
     choices.push_back(std::move(choice));
   }
   record["choices"] = std::move(choices);
@@ -193,7 +196,7 @@ ResultCollector::ResultCollector(Communicator& world, const ParallelLayout& layo
       layout_(layout),
       sink_(std::move(sink)),
       watchdog_(watchdog),
-      last_heard_(std::size_t(layout.world_size()), now_seconds()),
+      last_heard_(std::size_t(layout.world_size()), monotonic_seconds()),
       replica_finished_(std::size_t(layout.sizes().dp), -1.0),
       rank_done_(std::size_t(layout.world_size()), false),
       peer_timeout_(std::size_t(layout.world_size()), initial_peer_timeout(watchdog)),
@@ -203,7 +206,7 @@ ResultCollector::ResultCollector(Communicator& world, const ParallelLayout& layo
 }
 
 void ResultCollector::take(std::vector<char> message, int src, Tag tag) {
-  last_heard_[std::size_t(src)] = now_seconds();
+  last_heard_[std::size_t(src)] = monotonic_seconds();
   if (tag == Tag::Done) {
     rank_done_[std::size_t(src)] = true;
     if (message.size() == sizeof(RankTimes)) std::memcpy(&rank_times_[std::size_t(src)], message.data(), sizeof(RankTimes));
@@ -217,7 +220,7 @@ void ResultCollector::take(std::vector<char> message, int src, Tag tag) {
   std::memcpy(&timing, message.data() + sizeof index, sizeof timing);
   const int replica = layout_.replica_of(src);
   if (index == kReplicaFinished) {
-    replica_finished_[std::size_t(replica)] = now_seconds();
+    replica_finished_[std::size_t(replica)] = monotonic_seconds();
     return;
   }
   ++records_from_[std::size_t(replica)];
@@ -229,7 +232,7 @@ void ResultCollector::poll() {
   int src = 0;
   for (Tag tag : {Tag::Result, Tag::Heartbeat, Tag::Done})
     while (world_.try_recv_any(tag, message, src)) take(std::move(message), src, tag);
-  heartbeat_finished_ranks(now_seconds());
+  heartbeat_finished_ranks(monotonic_seconds());
 }
 
 void ResultCollector::heartbeat_finished_ranks(double now) {
@@ -264,13 +267,13 @@ void ResultCollector::check_liveness(double now) const {
 }
 
 void ResultCollector::finish() {
-  if (layout_.rank_of(layout_.dp_rank(), 0, 0) == 0) replica_finished_[std::size_t(layout_.dp_rank())] = now_seconds();
+  if (layout_.is_replica_leader()) replica_finished_[std::size_t(layout_.dp_rank())] = monotonic_seconds();
   for (;;) {
     poll();
     const bool replicas = std::all_of(replica_finished_.begin(), replica_finished_.end(), [](double t) { return t >= 0; });
     const bool ranks = std::all_of(rank_done_.begin(), rank_done_.end(), [](bool d) { return d; });
     if (replicas && ranks) break;
-    check_liveness(now_seconds());
+    check_liveness(monotonic_seconds());
     if (watchdog_) watchdog_->beat("gathering results from the other replicas");
     pause_briefly();
   }
@@ -284,21 +287,19 @@ void ResultCollector::finish() {
 // ------------------------------------------------------------------------------------------------ other ranks
 
 ResultSender::ResultSender(Communicator& world, const ParallelLayout& layout, Watchdog* watchdog)
-    : world_(world), layout_(layout), watchdog_(watchdog), last_heartbeat_(now_seconds()) {
+    : world_(world), layout_(layout), watchdog_(watchdog), last_heartbeat_(monotonic_seconds()) {
   // A leader's first heartbeat goes out now, before its first (perhaps long) step, with the timeout it allows itself.
-  if (layout_.is_first_stage() && layout_.tp_rank() == 0)
+  if (layout_.is_replica_leader())
     sends_.push(world_.isend(pack_heartbeat(watchdog_), 0, Tag::Heartbeat));
 }
 
 void ResultSender::send(std::int64_t index, const nlohmann::json& record, const RequestTiming& timing) {
   if (watchdog_) watchdog_->beat("sending a result to rank 0 (it may have stopped receiving)");
-  sends_.push(world_.isend(
-      pack_record(index, timing, record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)), 0,
-      Tag::Result));
+  sends_.push(world_.isend(pack_record(index, timing, record_line(record)), 0, Tag::Result));
 }
 
 void ResultSender::heartbeat() {
-  const double now = now_seconds();
+  const double now = monotonic_seconds();
   if (now - last_heartbeat_ < heartbeat_interval(timeout_of(watchdog_))) return;
   last_heartbeat_ = now;
   sends_.push(world_.isend(pack_heartbeat(watchdog_), 0, Tag::Heartbeat));
@@ -306,22 +307,22 @@ void ResultSender::heartbeat() {
 
 void ResultSender::finish(const RankTimes& times) {
   if (watchdog_) watchdog_->beat("sending the last results to rank 0 (it may have stopped receiving)");
-  if (layout_.is_first_stage() && layout_.tp_rank() == 0)
+  if (layout_.is_replica_leader())
     sends_.push(world_.isend(pack_record(kReplicaFinished, {}, ""), 0, Tag::Result));
   std::vector<char> done(sizeof times);
   std::memcpy(done.data(), &times, sizeof times);
   sends_.push(world_.isend(std::move(done), 0, Tag::Done));
-  double heard = now_seconds(), rank0_timeout = initial_peer_timeout(watchdog_);
+  double heard = monotonic_seconds(), rank0_timeout = initial_peer_timeout(watchdog_);
   std::vector<char> message;
   int src = 0;
   for (;;) {
     while (world_.try_recv_any(Tag::Heartbeat, message, src)) {
-      heard = now_seconds();
+      heard = monotonic_seconds();
       rank0_timeout = heartbeat_timeout(message);
     }
     if (world_.try_recv_any(Tag::Exit, message, src)) break;
     const double own = timeout_of(watchdog_);
-    const double limit = own > 0 ? std::max(own, rank0_timeout) : 0, silent = now_seconds() - heard;
+    const double limit = own > 0 ? std::max(own, rank0_timeout) : 0, silent = monotonic_seconds() - heard;
     STRATA_CHECK(limit <= 0 || silent <= silence_allowed(limit), Communication,
                  "no progress for ", int(silent),
                  " s while waiting for rank 0 (which gathers and writes the results) to end the job: it is stopped, "

@@ -52,7 +52,9 @@ template <typename T>
 T field_as(const nlohmann::json& value, const char* key, const std::string& where, const char* expected) {
   // nlohmann converts 2.9 to 2 and -5 to 2^64 - 5: integers must be written as integers, seeds as non-negative ones.
   bool ok = true;
-  if constexpr (std::is_same_v<T, std::uint64_t>)
+  if constexpr (std::is_same_v<T, bool>)
+    ok = value.is_boolean();
+  else if constexpr (std::is_same_v<T, std::uint64_t>)
     ok = value.is_number_unsigned();
   else if constexpr (std::is_integral_v<T>)
     ok = value.is_number_integer();
@@ -65,6 +67,12 @@ T field_as(const nlohmann::json& value, const char* key, const std::string& wher
   } catch (const nlohmann::json::exception&) {
     throw Error(ErrorKind::Usage, cat(where, ": field '", key, "' must be ", expected, " (got ", value.dump(), ")"));
   }
+}
+
+// "stop": one string or a list of them.
+std::vector<std::string> stop_strings(const nlohmann::json& value, const std::string& where) {
+  if (value.is_string()) return {value.get<std::string>()};
+  return field_as<std::vector<std::string>>(value, "stop", where, "a string or a list of strings");
 }
 
 Prompt parse_jsonl_line(const std::string& line, const std::string& where, std::size_t index) {
@@ -97,13 +105,9 @@ Prompt parse_jsonl_line(const std::string& line, const std::string& where, std::
     } else if (key == "seed") {
       p.overrides.seed = field_as<std::uint64_t>(value, "seed", where, "a non-negative integer");
     } else if (key == "stop") {
-      if (value.is_string())
-        p.overrides.stop = std::vector<std::string>{value.get<std::string>()};
-      else
-        p.overrides.stop = field_as<std::vector<std::string>>(value, "stop", where, "a string or a list of strings");
+      p.overrides.stop = stop_strings(value, where);
     } else if (key == "logprobs") {
-      STRATA_CHECK(value.is_boolean(), Usage, where, ": field 'logprobs' must be true or false (got ", value.dump(), ")");
-      p.overrides.logprobs = value.get<bool>();
+      p.overrides.logprobs = field_as<bool>(value, "logprobs", where, "true or false");
     } else if (key == "n") {
       p.overrides.n = field_as<std::int64_t>(value, "n", where, "an integer");
     } else if (key == "top_logprobs") {
@@ -145,10 +149,7 @@ void read_openai_body(const nlohmann::json& body, Prompt& p) {
     } else if (key == "n") {
       p.overrides.n = field_as<std::int64_t>(value, "n", "body", "an integer");
     } else if (key == "stop") {
-      if (value.is_string())
-        p.overrides.stop = std::vector<std::string>{value.get<std::string>()};
-      else if (!value.is_null())
-        p.overrides.stop = field_as<std::vector<std::string>>(value, "stop", "body", "a string or a list of strings");
+      if (!value.is_null()) p.overrides.stop = stop_strings(value, "body");
     } else if (key == "logprobs" && p.endpoint == "/v1/completions") {
       // The completions API: logprobs is the number of alternatives (0-5), null for none.
       if (!value.is_null()) {
@@ -156,8 +157,7 @@ void read_openai_body(const nlohmann::json& body, Prompt& p) {
         p.overrides.top_logprobs = field_as<std::int64_t>(value, "logprobs", "body", "an integer or null");
       }
     } else if (key == "logprobs") {
-      STRATA_CHECK(value.is_boolean(), Usage, "logprobs must be true or false");
-      p.overrides.logprobs = value.get<bool>();
+      p.overrides.logprobs = field_as<bool>(value, "logprobs", "body", "true or false");
     } else if (key == "top_logprobs") {
       p.overrides.top_logprobs = field_as<std::int64_t>(value, "top_logprobs", "body", "an integer");
     } else {

@@ -99,7 +99,7 @@ void ResultWriter::write_line(std::string line) {
 void ResultWriter::submit(std::size_t index, const nlohmann::json& record) {
   STRATA_CHECK(index < total_ && index >= next_ && !waiting_.count(index), Internal, "result ", index,
                " submitted twice or out of range");
-  waiting_.emplace(index, record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  waiting_.emplace(index, record_line(record));
   for (auto it = waiting_.begin(); it != waiting_.end() && it->first == next_; it = waiting_.erase(it)) {
     write_line(std::move(it->second));
     ++next_;
@@ -151,10 +151,18 @@ ExistingResults scan_results(const std::string& path) {
 std::string metadata_path(const std::string& output) { return output + ".meta.json"; }
 
 void write_metadata(const std::string& output, const nlohmann::json& identity) {
-  const std::string path = metadata_path(output), temporary = path + ".tmp";
+  write_file_atomically(metadata_path(output), identity.dump(2) + "\n");
+}
+
+std::string record_line(const nlohmann::json& record) {
+  return record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+void write_file_atomically(const std::string& path, const std::string& content) {
+  const std::string temporary = path + ".tmp";
   {
     std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    out << identity.dump(2) << "\n";
+    out << content;
     out.flush();
     STRATA_CHECK(out.good(), Io, "cannot write ", temporary, ": ", std::strerror(errno));
   }
@@ -196,10 +204,34 @@ std::vector<std::string> identity_differences(const nlohmann::json& before, cons
   return out;
 }
 
+namespace {
+// FNV-1a, fed in pieces.
+struct Fnv1a {
+  std::uint64_t hash = 0xcbf29ce484222325ull;
+  void add(const char* data, std::size_t size) {
+    for (std::size_t i = 0; i < size; ++i) {
+      hash ^= std::uint8_t(data[i]);
+      hash *= 0x100000001b3ull;
+    }
+  }
+  std::string hex() const {
+    char text[17];
+    std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(hash));
+    return text;
+  }
+};
+}  // namespace
+
+std::string content_hash_of(std::string_view bytes) {
+  Fnv1a fnv;
+  fnv.add(bytes.data(), bytes.size());
+  return fnv.hex();
+}
+
 std::string content_hash(const std::string& path, std::int64_t ends) {
   std::ifstream in(path, std::ios::binary);
   STRATA_CHECK(in, Io, "cannot open ", path, ": ", std::strerror(errno));
-  std::uint64_t hash = 0xcbf29ce484222325ull;
+  Fnv1a fnv;
   std::vector<char> buffer(std::size_t(1) << 20);
   const auto add = [&](std::int64_t limit) {  // up to `limit` bytes from the current position (< 0: to the end)
     while (limit != 0) {
@@ -207,10 +239,7 @@ std::string content_hash(const std::string& path, std::int64_t ends) {
       in.read(buffer.data(), std::streamsize(want));
       const std::streamsize got = in.gcount();
       if (got <= 0) break;
-      for (std::streamsize i = 0; i < got; ++i) {
-        hash ^= std::uint8_t(buffer[std::size_t(i)]);
-        hash *= 0x100000001b3ull;
-      }
+      fnv.add(buffer.data(), std::size_t(got));
       if (limit > 0) limit -= got;
     }
   };
@@ -227,9 +256,7 @@ std::string content_hash(const std::string& path, std::int64_t ends) {
       add(-1);
     }
   }
-  char text[17];
-  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(hash));
-  return text;
+  return fnv.hex();
 }
 
 }  // namespace strata

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -37,9 +38,16 @@ nlohmann::json read_metadata(const std::string& output);  // Error naming the fi
 // "what: before -> now" for every leaf that differs between two identities; empty when they match.
 std::vector<std::string> identity_differences(const nlohmann::json& before, const nlohmann::json& now);
 
-// FNV-1a (64 bits) of a file's bytes, as 16 hex digits: cheap content identity (not a cryptographic hash). With
-// `ends` > 0 only the first and last `ends` bytes are read (large files).
+// FNV-1a (64 bits) of bytes, or of a file's bytes, as 16 hex digits: cheap content identity (not a cryptographic
+// hash). With `ends` > 0 only the file's first and last `ends` bytes are read (large files).
+std::string content_hash_of(std::string_view bytes);
 std::string content_hash(const std::string& path, std::int64_t ends = 0);
+
+// A record as the line it is written as: compact JSON, invalid UTF-8 inside strings as U+FFFD.
+std::string record_line(const nlohmann::json& record);
+
+// Replaces `path` with `content` whole: written to `path`.tmp, then renamed over it (a reader never sees half).
+void write_file_atomically(const std::string& path, const std::string& content);
 
 // Throws Error(Usage/Io) naming the path and the reason if `path` may not be (over)written: it is one of
 // `inputs` (same file, by device and inode), a directory, in a folder that does not exist or cannot be written,

@@ -17,6 +17,7 @@
 
 #include "launch/mpi_job.h"
 #include "launch/session.h"
+#include "runtime/base/clock.h"
 #include "runtime/base/log.h"
 #include "engine/engine.h"
 #ifdef STRATA_WITH_CUDA
@@ -25,8 +26,6 @@
 
 namespace strata {
 namespace {
-
-double seconds() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 // Sums `count` floats with independent lanes, so the loop vectorises and is limited by memory, not by latency.
 float sum_floats(const float* data, std::size_t count) {
@@ -51,14 +50,14 @@ double measure_read_bandwidth(const NodeInfo& node, Communicator& world, double 
   double best = 1e30;
   for (int repeat = 0; repeat < 5; ++repeat) {
     world.barrier();
-    const double start = seconds();
+    const double start = monotonic_seconds();
     std::vector<std::thread> workers;
     const std::size_t per_thread = count / std::size_t(threads);
     for (int t = 0; t < threads; ++t)
       workers.emplace_back(
           [&, t] { partial[std::size_t(t)] = sum_floats(buffer.data() + t * per_thread, per_thread); });
     for (auto& w : workers) w.join();
-    const std::int64_t elapsed_ns = world.all_reduce_max(std::int64_t((seconds() - start) * 1e9));
+    const std::int64_t elapsed_ns = world.all_reduce_max(std::int64_t((monotonic_seconds() - start) * 1e9));
     best = std::min(best, double(elapsed_ns) * 1e-9);
   }
   volatile float keep = std::accumulate(partial.begin(), partial.end(), 0.0f);  // the sums must be computed
@@ -73,14 +72,14 @@ double raw_read_seconds(const std::vector<std::string>& files, std::int64_t& byt
   double best = 1e30;
   for (int pass = 0; pass < 4; ++pass) {
     bytes = 0;
-    const double start = seconds();
+    const double start = monotonic_seconds();
     for (const auto& path : files) {
       const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
       STRATA_CHECK(fd >= 0, Io, "cannot open ", path, ": ", std::strerror(errno));
       for (ssize_t got; (got = ::read(fd, buffer.data(), buffer.size())) > 0;) bytes += got;
       ::close(fd);
     }
-    if (pass > 0) best = std::min(best, seconds() - start);
+    if (pass > 0) best = std::min(best, monotonic_seconds() - start);
   }
   return best;
 }
@@ -92,9 +91,9 @@ double measure_sgemm_rate(const NodeInfo& node, Communicator& world) {
   double best = 1e30;
   for (int repeat = 0; repeat < 3; ++repeat) {
     world.barrier();
-    const double start = seconds();
+    const double start = monotonic_seconds();
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
-    std::int64_t elapsed_ns = world.all_reduce_max(std::int64_t((seconds() - start) * 1e9));
+    std::int64_t elapsed_ns = world.all_reduce_max(std::int64_t((monotonic_seconds() - start) * 1e9));
     best = std::min(best, double(elapsed_ns) * 1e-9);
   }
   return 2.0 * n * n * n * node.local_size / best;
@@ -145,10 +144,10 @@ double timed_run(Session& session, int batch, int prompt_len, int max_tokens) {
   EngineOptions options{batch, batch * prompt_len, plan.stage.max_seq_len, plan.micro_batches, false};
   Engine engine(session.stage(), session.layout(), world, session.tp(), session.tokenizer(), options);
   world.barrier();
-  const double start = seconds();
+  const double start = monotonic_seconds();
   engine.run(std::move(requests), {});
   world.barrier();
-  return seconds() - start;
+  return monotonic_seconds() - start;
 }
 
 int bench(const NodeInfo& node, const BenchOptions& o) {
@@ -167,9 +166,9 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
   for (int attempt = 0; attempt < 3; ++attempt) {
     session.unload();  // freeing the previous copy is not part of a load
     world.barrier();
-    const double load_start = seconds();
+    const double load_start = monotonic_seconds();
     loaded = session.load();
-    load = std::min(load, double(world.all_reduce_max(std::int64_t((seconds() - load_start) * 1e9))) * 1e-9);
+    load = std::min(load, double(world.all_reduce_max(std::int64_t((monotonic_seconds() - load_start) * 1e9))) * 1e-9);
   }
   const std::vector<std::string>& files = loaded.files;
   std::int64_t file_bytes = 0;

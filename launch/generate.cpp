@@ -3,13 +3,13 @@
 // take prompts i with i % dp == replica; each replica's leader sends finished records to world rank 0, which writes
 // them in input order as they complete (engine/results.h has the protocol, and how it ends without a hang).
 #include <chrono>
-#include <ctime>
-#include <map>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <optional>
 
 #include "engine/engine.h"
 #include "engine/metrics.h"
@@ -26,8 +26,13 @@
 namespace strata {
 namespace {
 
+struct LoadedPrompts {
+  std::vector<Prompt> prompts;
+  std::string content_hash;  // rank 0: of the file's bytes, for the run's identity
+};
+
 // Rank 0 reads the prompt file once and broadcasts its bytes; every rank parses the same bytes identically.
-std::vector<Prompt> load_prompts(const GenerateOptions& options, Communicator& world) {
+LoadedPrompts load_prompts(const GenerateOptions& options, Communicator& world) {
   std::string content;
   std::int64_t size = 0;
   if (world.rank() == 0) {
@@ -37,7 +42,8 @@ std::vector<Prompt> load_prompts(const GenerateOptions& options, Communicator& w
   world.broadcast(&size, sizeof size, 0);
   content.resize(std::size_t(size));
   world.broadcast(content.data(), content.size(), 0);
-  return parse_prompts(content, options.prompts, parse_prompt_format(options.prompt_format));
+  return {parse_prompts(content, options.prompts, parse_prompt_format(options.prompt_format)),
+          world.rank() == 0 ? content_hash_of(content) : std::string()};
 }
 
 std::uint64_t mix_seed(std::uint64_t seed, std::uint64_t index) {
@@ -98,9 +104,6 @@ std::unique_ptr<Watchdog> make_watchdog(const GenerateOptions& o) {
       });
 }
 
-// What identifies a run's output (written beside it; --resume continues only the same run): the checkpoint, the
-// prompts and every option that changes a record. Not the layout, batch sizes or micro-batches: records do not
-// depend on them (sampling noise follows the prompt's seed and the global token id, see engine/sampler.h).
 // The weights by their bytes, cheaply: each shard's size and a hash of its first and last 4 MiB (the HDF5 metadata
 // with the checksums, the first and last tensors' data): another conversion to the same path differs there.
 nlohmann::json shard_identity(const std::string& model_dir) {
@@ -112,14 +115,17 @@ nlohmann::json shard_identity(const std::string& model_dir) {
   return shards;
 }
 
-nlohmann::json run_identity(const GenerateOptions& o, const Session& session) {
+// What identifies a run's output (written beside it; --resume continues only the same run): the checkpoint, the
+// prompts and every option that changes a record. Not the layout, batch sizes or micro-batches: records do not
+// depend on them (sampling noise follows the prompt's seed and the global token id, see engine/sampler.h).
+nlohmann::json run_identity(const GenerateOptions& o, const Session& session, const std::string& prompts_hash) {
   const std::string tokenizer = (std::filesystem::path(o.model) / "tokenizer.json").string();
   nlohmann::json checkpoint = {{"manifest", content_hash(manifest_path(o.model))}, {"shards", shard_identity(o.model)}};
   if (std::ifstream(tokenizer).good()) checkpoint["tokenizer"] = content_hash(tokenizer);
   const RankPlan& rank0 = session.plan().rank(0);
   return {{"format", "strata results 1"},
           {"checkpoint", checkpoint},
-          {"prompts", {{"content", content_hash(o.prompts)}, {"format", o.prompt_format}, {"part", o.part}}},
+          {"prompts", {{"content", prompts_hash}, {"format", o.prompt_format}, {"part", o.part}}},
           {"generation",
            {{"max_tokens", o.max_tokens},
             {"temperature", o.temperature},
@@ -146,14 +152,21 @@ std::string model_name(const std::string& model_dir) {
   return path.filename().string();
 }
 
+struct ResumePoint {
+  ExistingResults existing;  // the records already in the output
+  std::optional<std::int64_t> created;  // when the run that wrote them began (OpenAI's "created"), if it said
+};
+
 // --resume on rank 0: the records already in the output (none for a fresh start), after checking that the output
 // was written by this same run and that its records are the first prompts of [first, last) in order.
-ExistingResults resume_point(const GenerateOptions& o, const nlohmann::json& identity,
-                             const std::vector<Prompt>& prompts, std::size_t first, std::size_t last) {
+ResumePoint resume_point(const GenerateOptions& o, const nlohmann::json& identity, const std::vector<Prompt>& prompts,
+                         std::size_t first, std::size_t last) {
   const bool has_output = std::ifstream(o.output).good(), has_metadata = std::ifstream(metadata_path(o.output)).good();
   // Nothing yet, or an empty output left by a run stopped before it wrote its identity: a fresh start.
   if (!has_metadata && (!has_output || std::filesystem::file_size(o.output) == 0)) return {};
   nlohmann::json before = read_metadata(o.output);
+  ResumePoint point;
+  if (before.contains("created")) point.created = before["created"].get<std::int64_t>();
   before.erase("created");  // when the run began: not part of what it is
   const std::vector<std::string> differences = identity_differences(before, identity);
   std::string listed;
@@ -161,14 +174,14 @@ ExistingResults resume_point(const GenerateOptions& o, const nlohmann::json& ide
   STRATA_CHECK(differences.empty(), Usage, "--resume: ", o.output,
                " was written by a different run (", listed,
                "); resume with the same checkpoint, prompts and options, or start again without --resume");
-  ExistingResults existing = scan_results(o.output);
+  ExistingResults& existing = point.existing = scan_results(o.output);
   STRATA_CHECK(existing.records <= last - first, Usage, "--resume: ", o.output, " holds ", existing.records,
                " records but this run has ", last - first, " prompts");
   for (std::size_t i = 0; i < existing.records; ++i)
     STRATA_CHECK(existing.ids[i] == prompts[first + i].id, Usage, o.output, ":", i + 1, ": record of ",
                  existing.ids[i].dump(), " is not prompt ", first + i, "'s id ", prompts[first + i].id.dump(),
                  " (records must be the prompts in input order)");
-  return existing;
+  return point;
 }
 
 // --metrics on rank 0: the recorder's requests, every rank's times (its own and those sent with Done), and the run.
@@ -194,15 +207,7 @@ void write_metrics(const GenerateOptions& o, const Session& session, MetricsReco
        {{"slots_per_replica", plan.max_batch_size},
         {"positions_per_slot", plan.stage.max_seq_len},
         {"bytes_per_rank", plan.rank(0).memory.kv_cache}}}};
-  const std::string temporary = o.metrics + ".tmp";
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    out << metrics.summary(run, rank_info).dump(2) << "\n";
-    out.flush();
-    STRATA_CHECK(out.good(), Io, "cannot write the metrics to ", temporary, ": ", std::strerror(errno));
-  }
-  STRATA_CHECK(std::rename(temporary.c_str(), o.metrics.c_str()) == 0, Io, "cannot rename ", temporary, " to ",
-               o.metrics, ": ", std::strerror(errno));
+  write_file_atomically(o.metrics, metrics.summary(run, rank_info).dump(2) + "\n");
   if (!o.quiet) log_info("metrics in ", o.metrics);
 }
 
@@ -217,7 +222,8 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   if (writer_rank) check_output_target(o.output, o.overwrite || o.resume, {o.prompts});
   if (writer_rank && !o.metrics.empty()) check_output_target(o.metrics, true, {o.prompts, o.output});
 
-  const std::vector<Prompt> prompts = load_prompts(o, world);
+  const LoadedPrompts loaded = load_prompts(o, world);
+  const std::vector<Prompt>& prompts = loaded.prompts;
   // --part K/N: contiguous slice K of N; indices (ids, seeds) stay those of the whole file.
   const auto [first, last] = part_range(o.part, prompts.size());
   nlohmann::json identity;
@@ -226,10 +232,12 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   // output carries the same value wherever and whenever it was written.
   std::int64_t created = std::int64_t(std::time(nullptr));
   if (writer_rank) {
-    identity = run_identity(o, session);
-    if (o.resume) existing = resume_point(o, identity, prompts, first, last);
-    if (o.resume && std::ifstream(metadata_path(o.output)).good())
-      created = read_metadata(o.output).value("created", created);
+    identity = run_identity(o, session, loaded.content_hash);
+    if (o.resume) {
+      ResumePoint point = resume_point(o, identity, prompts, first, last);
+      existing = std::move(point.existing);
+      created = point.created.value_or(created);
+    }
   }
   std::int64_t done = std::int64_t(existing.records);  // prompts [first, first + done) are already written
   world.broadcast(&done, sizeof done, 0);
@@ -313,7 +321,7 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   else
     sender = std::make_unique<ResultSender>(world, layout, watchdog.get());
 
-  const bool leader = layout.is_first_stage() && layout.tp_rank() == 0;
+  const bool leader = layout.is_replica_leader();
   EngineHooks hooks;
   if (leader)
     hooks.on_complete = [&](Completion&& c) {
@@ -337,7 +345,7 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   const EngineStats stats = engine.run(std::move(mine), hooks);
   RankTimes times{0, stats.compute_seconds, session.stage_communication_seconds() + sampling_tp.seconds(),
                   stats.peak_sequences, stats.peak_tokens,
-                  layout.is_first_stage() && layout.tp_rank() == 0 ? stats.computed_prompt_tokens : 0};
+                  leader ? stats.computed_prompt_tokens : 0};
 
   if (!collector) {
     times.wall = since_start();

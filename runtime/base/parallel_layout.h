@@ -34,6 +34,8 @@ class ParallelLayout {
   int tp_rank() const { return tp_rank_; }
   bool is_first_stage() const { return pp_rank_ == 0; }
   bool is_last_stage() const { return pp_rank_ == sizes_.pp - 1; }
+  // Stage 0, tp 0: the rank that speaks for its replica (sends its results, heartbeats, its end marker).
+  bool is_replica_leader() const { return pp_rank_ == 0 && tp_rank_ == 0; }
 
   int rank_of(int dp_rank, int pp_rank, int tp_rank) const;
   // World ranks of this rank's groups, in group-rank order.
