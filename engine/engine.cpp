@@ -60,8 +60,8 @@ Engine::Engine(TransformerStage& stage, const ParallelLayout& layout, Communicat
     std::string peers;
     for (int r : layout.tp_group())
       if (r != layout.world_rank()) peers += (peers.empty() ? "" : ", ") + std::to_string(r);
-    computing_ = cat("computing a step or waiting for its tensor-parallel peers (rank", layout.sizes().tp > 2 ? "s " : " ",
-                     peers, ") in an all-reduce or all-gather");
+    computing_ = cat("computing a step or waiting for its tensor-parallel peers (rank",
+                     layout.sizes().tp > 2 ? "s " : " ", peers, ") in an all-reduce or all-gather");
   }
   if (layout.sizes().pp > 1)
     waiting_for_tokens_ =
@@ -123,8 +123,8 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
       single_stage ? -1 : layout_.rank_of(layout_.dp_rank(), layout_.sizes().pp - 1, layout_.tp_rank());
   const StopMatcher stops(tokenizer_, options_.max_model_len);
   Scheduler scheduler(std::move(requests),
-                      SchedulerLimits{options_.max_batch_size, options_.max_num_batched_tokens,
-                                      options_.micro_batches, options_.record_logits},
+                      SchedulerLimits{options_.max_batch_size, options_.max_num_batched_tokens, options_.micro_batches,
+                                      options_.record_logits},
                       stops, stage_.plan().config().vocab_size);
   const int groups = scheduler.micro_batches();
   std::vector<bool> in_flight(static_cast<std::size_t>(groups), false);

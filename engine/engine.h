@@ -13,14 +13,14 @@
 #include <string>
 #include <vector>
 
+#include "engine/sampler.h"
+#include "engine/stop_matcher.h"
+#include "engine/wire.h"
 #include "io/tokenizer.h"
 #include "layers/transformer.h"
 #include "runtime/base/parallel_layout.h"
 #include "runtime/base/watchdog.h"
 #include "runtime/comm/communicator.h"
-#include "engine/sampler.h"
-#include "engine/stop_matcher.h"
-#include "engine/wire.h"
 
 namespace strata {
 
@@ -30,7 +30,7 @@ struct Request {
   SamplingParams sampling;
   std::int64_t max_tokens = 64;
   std::vector<std::string> stop;
-  bool ignore_eos = false;  // benchmarks: always generate max_tokens
+  bool ignore_eos = false;     // benchmarks: always generate max_tokens
   std::int32_t logprobs = -1;  // -1: none; else each token's log-probability and this many top alternatives
   // n samples of one prompt: sample 0 uses sampling.seed, sample j the seed sample_seeds[j - 1]. The prompt is
   // computed once: the other samples start from a copy of sample 0's KV cache.
@@ -49,10 +49,10 @@ struct Completion {
   FinishReason finish_reason = FinishReason::Length;
   std::int64_t vocab = 0;
   std::vector<float> logits;  // record_logits: full-vocabulary logits of every generated position [tokens, vocab]
-  std::vector<RowLogprobs> logprobs;  // Request::logprobs >= 0: one per generated token
+  std::vector<RowLogprobs> logprobs;                     // Request::logprobs >= 0: one per generated token
   double first_token_seconds = 0, finished_seconds = 0;  // since the replica's engine started
-  std::uint64_t seed = 0;        // the sample's seed
-  std::vector<Completion> more;  // n > 1: samples 1 .. n-1 (this one is sample 0)
+  std::uint64_t seed = 0;                                // the sample's seed
+  std::vector<Completion> more;                          // n > 1: samples 1 .. n-1 (this one is sample 0)
 };
 
 struct EngineOptions {
@@ -70,7 +70,7 @@ struct EngineStats {
   double seconds = 0;              // wall time of run()
   double compute_seconds = 0;      // in forward steps and sampling (their TP collectives included)
   std::int64_t peak_sequences = 0, peak_tokens = 0;  // the scheduler's most sequences and KV positions held at once
-  std::int64_t computed_prompt_tokens = 0;  // prompt tokens the model ran (n samples share their prompt's)
+  std::int64_t computed_prompt_tokens = 0;           // prompt tokens the model ran (n samples share their prompt's)
 };
 
 struct EngineHooks {

@@ -29,12 +29,9 @@ namespace {
 nlohmann::json distribution(const std::vector<double>& values) {
   double sum = 0;
   for (double v : values) sum += v;
-  return {{"count", values.size()},
-          {"mean", values.empty() ? 0.0 : sum / double(values.size())},
-          {"p50", percentile(values, 50)},
-          {"p90", percentile(values, 90)},
-          {"p99", percentile(values, 99)},
-          {"max", percentile(values, 100)}};
+  return {{"count", values.size()},        {"mean", values.empty() ? 0.0 : sum / double(values.size())},
+          {"p50", percentile(values, 50)}, {"p90", percentile(values, 90)},
+          {"p99", percentile(values, 99)}, {"max", percentile(values, 100)}};
 }
 }  // namespace
 

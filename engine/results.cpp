@@ -114,8 +114,7 @@ nlohmann::json completions_logprobs(const Completion& c, const Tokenizer& tokeni
     tokens.push_back(text);
     values.push_back(c.logprobs[t].chosen);
     nlohmann::json alternatives = nlohmann::json::object();
-    for (const TokenLogprob& alt : c.logprobs[t].top)
-      alternatives[token_text(tokenizer, alt.id)] = alt.logprob;
+    for (const TokenLogprob& alt : c.logprobs[t].top) alternatives[token_text(tokenizer, alt.id)] = alt.logprob;
     tops.push_back(std::move(alternatives));
     offsets.push_back(offset);
     offset += text.size();
@@ -128,10 +127,11 @@ nlohmann::json openai_record(const Prompt& p, const Completion& c, const Tokeniz
   nlohmann::json choices = nlohmann::json::array();
   std::size_t tokens = 0;
   for (const Completion* sample : samples_of(c)) {
-    choices.push_back({{"index", choices.size()},
-                       {"text", sample->text},
-                       {"finish_reason", finish_reason_name(sample->finish_reason)},
-                       {"logprobs", sample->logprobs.empty() ? nlohmann::json() : completions_logprobs(*sample, tokenizer)}});
+    choices.push_back(
+        {{"index", choices.size()},
+         {"text", sample->text},
+         {"finish_reason", finish_reason_name(sample->finish_reason)},
+         {"logprobs", sample->logprobs.empty() ? nlohmann::json() : completions_logprobs(*sample, tokenizer)}});
     tokens += sample->token_ids.size();
   }
   const std::string index = std::to_string(c.index);
@@ -190,8 +190,7 @@ double heartbeat_interval(double timeout_seconds) {
 
 // ------------------------------------------------------------------------------------------------ rank 0
 
-ResultCollector::ResultCollector(Communicator& world, const ParallelLayout& layout, RecordSink sink,
-                                 Watchdog* watchdog)
+ResultCollector::ResultCollector(Communicator& world, const ParallelLayout& layout, RecordSink sink, Watchdog* watchdog)
     : world_(world),
       layout_(layout),
       sink_(std::move(sink)),
@@ -209,7 +208,8 @@ void ResultCollector::take(std::vector<char> message, int src, Tag tag) {
   last_heard_[std::size_t(src)] = monotonic_seconds();
   if (tag == Tag::Done) {
     rank_done_[std::size_t(src)] = true;
-    if (message.size() == sizeof(RankTimes)) std::memcpy(&rank_times_[std::size_t(src)], message.data(), sizeof(RankTimes));
+    if (message.size() == sizeof(RankTimes))
+      std::memcpy(&rank_times_[std::size_t(src)], message.data(), sizeof(RankTimes));
   }
   if (tag == Tag::Heartbeat) peer_timeout_[std::size_t(src)] = heartbeat_timeout(message);
   if (tag != Tag::Result) return;
@@ -250,17 +250,17 @@ void ResultCollector::check_liveness(double now) const {
     if (replica_finished_[std::size_t(d)] >= 0 || leader == 0) continue;
     const double limit = std::max(own, peer_timeout_[std::size_t(leader)]);
     const double silent = now - last_heard_[std::size_t(leader)];
-    STRATA_CHECK(silent <= silence_allowed(limit), Communication, "no progress for ", int(silent), " s while waiting for results from replica ",
-                 d, " (", ranks_text(layout_.replica_ranks(d)), "; its results come from rank ", leader, ", ",
-                 records_from_[std::size_t(d)],
+    STRATA_CHECK(silent <= silence_allowed(limit), Communication, "no progress for ", int(silent),
+                 " s while waiting for results from replica ", d, " (", ranks_text(layout_.replica_ranks(d)),
+                 "; its results come from rank ", leader, ", ", records_from_[std::size_t(d)],
                  " received so far): a rank of it is stopped, frozen or gone; aborting the job (--step-timeout)");
   }
   for (int r = 1; r < layout_.world_size(); ++r) {
     const double finished = replica_finished_[std::size_t(layout_.replica_of(r))];
     if (rank_done_[std::size_t(r)] || finished < 0) continue;
     const double silent = now - std::max(finished, last_heard_[std::size_t(r)]);
-    STRATA_CHECK(silent <= silence_allowed(own), Communication,
-                 "no progress for ", int(silent), " s while waiting for rank ", r,
+    STRATA_CHECK(silent <= silence_allowed(own), Communication, "no progress for ", int(silent),
+                 " s while waiting for rank ", r,
                  " to finish after its replica's last result: it is stopped, frozen or gone; aborting the job "
                  "(--step-timeout)");
   }
@@ -270,7 +270,8 @@ void ResultCollector::finish() {
   if (layout_.is_replica_leader()) replica_finished_[std::size_t(layout_.dp_rank())] = monotonic_seconds();
   for (;;) {
     poll();
-    const bool replicas = std::all_of(replica_finished_.begin(), replica_finished_.end(), [](double t) { return t >= 0; });
+    const bool replicas =
+        std::all_of(replica_finished_.begin(), replica_finished_.end(), [](double t) { return t >= 0; });
     const bool ranks = std::all_of(rank_done_.begin(), rank_done_.end(), [](bool d) { return d; });
     if (replicas && ranks) break;
     check_liveness(monotonic_seconds());
@@ -289,8 +290,7 @@ void ResultCollector::finish() {
 ResultSender::ResultSender(Communicator& world, const ParallelLayout& layout, Watchdog* watchdog)
     : world_(world), layout_(layout), watchdog_(watchdog), last_heartbeat_(monotonic_seconds()) {
   // A leader's first heartbeat goes out now, before its first (perhaps long) step, with the timeout it allows itself.
-  if (layout_.is_replica_leader())
-    sends_.push(world_.isend(pack_heartbeat(watchdog_), 0, Tag::Heartbeat));
+  if (layout_.is_replica_leader()) sends_.push(world_.isend(pack_heartbeat(watchdog_), 0, Tag::Heartbeat));
 }
 
 void ResultSender::send(std::int64_t index, const nlohmann::json& record, const RequestTiming& timing) {
@@ -307,8 +307,7 @@ void ResultSender::heartbeat() {
 
 void ResultSender::finish(const RankTimes& times) {
   if (watchdog_) watchdog_->beat("sending the last results to rank 0 (it may have stopped receiving)");
-  if (layout_.is_replica_leader())
-    sends_.push(world_.isend(pack_record(kReplicaFinished, {}, ""), 0, Tag::Result));
+  if (layout_.is_replica_leader()) sends_.push(world_.isend(pack_record(kReplicaFinished, {}, ""), 0, Tag::Result));
   std::vector<char> done(sizeof times);
   std::memcpy(done.data(), &times, sizeof times);
   sends_.push(world_.isend(std::move(done), 0, Tag::Done));
@@ -323,8 +322,7 @@ void ResultSender::finish(const RankTimes& times) {
     if (world_.try_recv_any(Tag::Exit, message, src)) break;
     const double own = timeout_of(watchdog_);
     const double limit = own > 0 ? std::max(own, rank0_timeout) : 0, silent = monotonic_seconds() - heard;
-    STRATA_CHECK(limit <= 0 || silent <= silence_allowed(limit), Communication,
-                 "no progress for ", int(silent),
+    STRATA_CHECK(limit <= 0 || silent <= silence_allowed(limit), Communication, "no progress for ", int(silent),
                  " s while waiting for rank 0 (which gathers and writes the results) to end the job: it is stopped, "
                  "frozen or gone; aborting the job (--step-timeout)");
     if (watchdog_) watchdog_->beat("waiting for rank 0 to finish writing the results");

@@ -1,9 +1,10 @@
 // The results of a generate job and the job's end, over the host Communicator (ranks named by world rank):
 // - each replica's leader (stage 0, tp 0) sends every finished record to world rank 0 as it completes
-//   (Tag::Result: the int64 prompt index, its RequestTiming, then the JSON), a heartbeat at least once per heartbeat interval while it
-//   runs, and the index -1 when its replica has finished;
+//   (Tag::Result: the int64 prompt index, its RequestTiming, then the JSON), a heartbeat at least once per heartbeat
+//   interval while it runs, and the index -1 when its replica has finished;
 // - world rank 0 hands each record to a sink (the ResultWriter, which writes them in input order);
-// - at the end every rank other than 0 sends Done (with its RankTimes, for --metrics) and waits for Exit; rank 0 waits for every replica's last record
+// - at the end every rank other than 0 sends Done (with its RankTimes, for --metrics) and waits for Exit; rank 0 waits
+// for every replica's last record
 //   and every rank's Done, then sends Exit to all.
 // No wait is unbounded (the timeout is the rank's Watchdog's, see runtime/base/watchdog.h): rank 0 names the
 // replica (its ranks) that sent nothing for that long, or the rank that never finished; a finished rank names rank 0
@@ -32,7 +33,7 @@ namespace strata {
 // OpenAI batch prompts get OpenAI's batch output line instead: {"id", "custom_id", "response": {"status_code",
 // "request_id", "body": <text_completion with choices and usage>}, "error": null}.
 struct RecordContext {
-  std::string model;        // the model's name in OpenAI responses
+  std::string model;         // the model's name in OpenAI responses
   std::int64_t created = 0;  // their "created" (Unix seconds of the run's start)
 };
 nlohmann::json make_record(const Prompt& prompt, const Completion& completion, const Tokenizer& tokenizer,
@@ -40,8 +41,7 @@ nlohmann::json make_record(const Prompt& prompt, const Completion& completion, c
 // The record of a prompt that cannot be served (Prompt::error): OpenAI's error line for batch prompts.
 nlohmann::json make_error_record(const Prompt& prompt, std::int64_t index);
 
-using RecordSink =
-    std::function<void(std::int64_t index, const nlohmann::json& record, const RequestTiming& timing)>;
+using RecordSink = std::function<void(std::int64_t index, const nlohmann::json& record, const RequestTiming& timing)>;
 
 // World rank 0.
 class ResultCollector {
@@ -68,11 +68,11 @@ class ResultCollector {
   const ParallelLayout& layout_;
   RecordSink sink_;
   Watchdog* watchdog_;
-  std::vector<double> last_heard_;         // per world rank: the last message of any kind
-  std::vector<double> replica_finished_;   // per replica: when its end marker came (< 0: not yet)
-  std::vector<bool> rank_done_;            // per world rank
-  std::vector<double> peer_timeout_;       // per world rank: the timeout its last heartbeat announced
-  std::vector<RankTimes> rank_times_;      // per world rank, from its Done
+  std::vector<double> last_heard_;          // per world rank: the last message of any kind
+  std::vector<double> replica_finished_;    // per replica: when its end marker came (< 0: not yet)
+  std::vector<bool> rank_done_;             // per world rank
+  std::vector<double> peer_timeout_;        // per world rank: the timeout its last heartbeat announced
+  std::vector<RankTimes> rank_times_;       // per world rank, from its Done
   std::vector<std::int64_t> records_from_;  // per replica
   double last_heartbeat_ = 0;
   SendQueue heartbeats_{256};

@@ -17,7 +17,7 @@ struct Scheduler::Sequence {
   std::vector<float> logits;
   std::vector<RowLogprobs> logprobs;
   double first_token = 0;
-  int sample = 0;                       // which of the request's n samples
+  int sample = 0;                        // which of the request's n samples
   std::vector<std::int32_t> fork_slots;  // sample 0, before its first token: the slots reserved for samples 1..n-1
   std::int32_t copy_from = -1;           // a forked sample, before its first step: the slot holding its prompt
 };
@@ -52,8 +52,8 @@ void Scheduler::admit(int group) {
   std::int64_t budget = limits_.max_num_batched_tokens - std::int64_t(members.size());
   // A request of n samples takes its n slots at once (its samples fork after the prompt), so none waits for a slot
   // mid-way and no two requests can hold each other's slots.
-  while (!waiting_.empty() && slots_.available(std::max(waiting_.front().n, 1)) &&
-         std::int64_t(members.size()) < cap && std::int64_t(waiting_.front().prompt.size()) <= budget) {
+  while (!waiting_.empty() && slots_.available(std::max(waiting_.front().n, 1)) && std::int64_t(members.size()) < cap &&
+         std::int64_t(waiting_.front().prompt.size()) <= budget) {
     auto s = std::make_unique<Sequence>();
     s->request = std::move(waiting_.front());
     waiting_.pop_front();
@@ -72,8 +72,8 @@ void Scheduler::build_step(int group, std::vector<ChunkMeta>& metas, std::vector
   for (const auto& s : groups_[std::size_t(group)]) {
     const bool prefill = s->cached == 0;
     ChunkMeta m;
-    m.chunk = SeqChunk{s->slot, s->cached, prefill ? std::int32_t(s->request.prompt.size()) : 1,
-                       std::int32_t(ids.size())};
+    m.chunk =
+        SeqChunk{s->slot, s->cached, prefill ? std::int32_t(s->request.prompt.size()) : 1, std::int32_t(ids.size())};
     m.copy_from = std::exchange(s->copy_from, -1);
     m.record_logits = limits_.record_logits;
     m.top_k = s->request.sampling.top_k;

@@ -38,7 +38,7 @@ class Scheduler {
   Scheduler(std::vector<Request> requests, SchedulerLimits limits, const StopMatcher& stops, std::int64_t vocab);
   ~Scheduler();
   int micro_batches() const { return limits_.micro_batches; }
-  bool idle(int group) const;     // nothing running in this micro-batch
+  bool idle(int group) const;   // nothing running in this micro-batch
   std::size_t waiting() const;  // requests not yet admitted
   const SchedulerCounts& counts() const { return counts_; }
 

@@ -105,8 +105,9 @@ StepResult parse_tokens(const std::vector<char>& message) {
     std::memcpy(&row.chosen, message.data() + at, 4);
     std::memcpy(&count, message.data() + at + 4, 4);
     at += 8;
-    STRATA_CHECK(count >= 0 && count <= kMaxTopLogprobs && at + std::size_t(count) * sizeof(TokenLogprob) <= message.size(),
-                 Communication, "tokens message: log-probability row ", r, " claims ", count, " entries");
+    STRATA_CHECK(
+        count >= 0 && count <= kMaxTopLogprobs && at + std::size_t(count) * sizeof(TokenLogprob) <= message.size(),
+        Communication, "tokens message: log-probability row ", r, " claims ", count, " entries");
     row.top.resize(std::size_t(count));
     std::memcpy(row.top.data(), message.data() + at, std::size_t(count) * sizeof(TokenLogprob));
     at += std::size_t(count) * sizeof(TokenLogprob);

@@ -25,7 +25,7 @@ struct ChunkMeta {
   std::int32_t record_logits = 0, top_k = 0;
   float temperature = 0, top_p = 1;
   std::uint64_t seed = 0;
-  std::int64_t step = 0;  // index of the token this chunk generates
+  std::int64_t step = 0;       // index of the token this chunk generates
   std::int32_t logprobs = -1;  // -1: none; else the log-probability of the token and of this many top ids
   // >= 0: before the step, copy KV positions [0, chunk.start_pos) of this slot into the chunk's slot (a sample of
   // n that starts from the first sample's prompt)

@@ -134,8 +134,9 @@ void read_openai_body(const nlohmann::json& body, Prompt& p) {
     if (key == "prompt" && p.endpoint == "/v1/completions") {
       p.text = field_as<std::string>(value, "prompt", "body", "a string (lists of prompts: one request each)");
     } else if (key == "messages" && p.endpoint == "/v1/chat/completions") {
-      throw Error(ErrorKind::Usage, "chat requests need the model's chat template, which this strata cannot render "
-                                    "yet; send /v1/completions requests with the prompt already templated");
+      throw Error(ErrorKind::Usage,
+                  "chat requests need the model's chat template, which this strata cannot render "
+                  "yet; send /v1/completions requests with the prompt already templated");
     } else if (key == "max_tokens" || key == "max_completion_tokens") {
       p.overrides.max_tokens = field_as<std::int64_t>(value, key.c_str(), "body", "an integer");
     } else if (key == "temperature") {

@@ -20,7 +20,7 @@ struct SamplingOverrides {
   std::optional<std::int64_t> top_k;
   std::optional<std::uint64_t> seed;
   std::optional<std::vector<std::string>> stop;
-  std::optional<bool> logprobs;             // log-probability of each generated token
+  std::optional<bool> logprobs;              // log-probability of each generated token
   std::optional<std::int64_t> top_logprobs;  // and of this many most likely alternatives (implies logprobs)
   std::optional<std::int64_t> n;             // completions of the prompt (sharing its computation)
 };

@@ -6,8 +6,8 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -36,8 +36,8 @@ void check_output_target(const std::string& path, bool overwrite, const std::vec
                  folder, ": ", std::strerror(errno));
     return;
   }
-  STRATA_CHECK(!S_ISDIR(target.st_mode), Usage, "output file ", path,
-               " is a directory; name a file (e.g. ", (std::filesystem::path(path) / "results.jsonl").string(), ")");
+  STRATA_CHECK(!S_ISDIR(target.st_mode), Usage, "output file ", path, " is a directory; name a file (e.g. ",
+               (std::filesystem::path(path) / "results.jsonl").string(), ")");
   for (const auto& input : inputs) {
     struct stat in {};
     STRATA_CHECK(::stat(input.c_str(), &in) != 0 || in.st_dev != target.st_dev || in.st_ino != target.st_ino, Usage,
@@ -46,8 +46,7 @@ void check_output_target(const std::string& path, bool overwrite, const std::vec
   }
   STRATA_CHECK(!S_ISREG(target.st_mode) || target.st_size == 0 || overwrite, Io, "output file ", path,
                " already exists and is not empty; pass --overwrite to replace it (it was left untouched)");
-  STRATA_CHECK(::access(path.c_str(), W_OK) == 0, Io, "output file ", path, " is not writable: ",
-               std::strerror(errno));
+  STRATA_CHECK(::access(path.c_str(), W_OK) == 0, Io, "output file ", path, " is not writable: ", std::strerror(errno));
 }
 
 ResultWriter::ResultWriter(const std::string& path, bool overwrite, std::size_t total) : path_(path), total_(total) {
@@ -69,8 +68,8 @@ ResultWriter::ResultWriter(const std::string& path, const ExistingResults& exist
   fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
   STRATA_CHECK(fd_ >= 0, Io, "cannot open output file ", path, " to resume: ", std::strerror(errno));
   owns_ = true;
-  STRATA_CHECK(::ftruncate(fd_, committed_) == 0 && ::lseek(fd_, committed_, SEEK_SET) == committed_, Io,
-               "cannot cut ", path, " back to its ", existing.records, " complete records: ", std::strerror(errno));
+  STRATA_CHECK(::ftruncate(fd_, committed_) == 0 && ::lseek(fd_, committed_, SEEK_SET) == committed_, Io, "cannot cut ",
+               path, " back to its ", existing.records, " complete records: ", std::strerror(errno));
 }
 
 ResultWriter::~ResultWriter() {
@@ -188,10 +187,11 @@ void collect_differences(const nlohmann::json& before, const nlohmann::json& now
                          std::vector<std::string>& out) {
   if (before.is_object() && now.is_object()) {
     for (const auto& [key, value] : before.items())
-      collect_differences(value, now.contains(key) ? now.at(key) : nlohmann::json(), where.empty() ? key : where + "." + key,
-                          out);
+      collect_differences(value, now.contains(key) ? now.at(key) : nlohmann::json(),
+                          where.empty() ? key : where + "." + key, out);
     for (const auto& [key, value] : now.items())
-      if (!before.contains(key)) collect_differences(nlohmann::json(), value, where.empty() ? key : where + "." + key, out);
+      if (!before.contains(key))
+        collect_differences(nlohmann::json(), value, where.empty() ? key : where + "." + key, out);
     return;
   }
   if (before != now) out.push_back(cat(where, ": ", before.dump(), " -> ", now.dump()));
@@ -235,7 +235,8 @@ std::string content_hash(const std::string& path, std::int64_t ends) {
   std::vector<char> buffer(std::size_t(1) << 20);
   const auto add = [&](std::int64_t limit) {  // up to `limit` bytes from the current position (< 0: to the end)
     while (limit != 0) {
-      const auto want = limit < 0 ? std::int64_t(buffer.size()) : std::min<std::int64_t>(limit, std::int64_t(buffer.size()));
+      const auto want =
+          limit < 0 ? std::int64_t(buffer.size()) : std::min<std::int64_t>(limit, std::int64_t(buffer.size()));
       in.read(buffer.data(), std::streamsize(want));
       const std::streamsize got = in.gcount();
       if (got <= 0) break;

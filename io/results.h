@@ -23,8 +23,8 @@ namespace strata {
 // was edited), since results are only ever appended whole.
 struct ExistingResults {
   std::size_t records = 0;
-  std::int64_t bytes = 0;          // of the complete records
-  std::int64_t partial_bytes = 0;  // of a final line cut off mid-write
+  std::int64_t bytes = 0;           // of the complete records
+  std::int64_t partial_bytes = 0;   // of a final line cut off mid-write
   std::vector<nlohmann::json> ids;  // each complete record's prompt id ("custom_id" for OpenAI batch lines)
 };
 ExistingResults scan_results(const std::string& path);

@@ -9,17 +9,17 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <numeric>
 #include <thread>
 
+#include "engine/engine.h"
 #include "launch/mpi_job.h"
 #include "launch/session.h"
 #include "runtime/base/clock.h"
 #include "runtime/base/log.h"
-#include "engine/engine.h"
 #ifdef STRATA_WITH_CUDA
 #include "runtime/backend/cuda/roofline_probe.h"
 #endif

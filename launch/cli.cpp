@@ -129,18 +129,21 @@ int cli_main(int argc, char** argv) {
   generate->add_option("--temperature", gen.temperature, "Sampling temperature; 0 = greedy")
       ->check(CLI::Range(0.0, 100.0));
   generate->add_option("--top-p", gen.top_p, "Nucleus sampling probability")->check(CLI::Range(1e-6, 1.0));
-  generate->add_option("--top-k", gen.top_k, "Sample among the k most likely tokens; 0 = all")
-      ->check(kNonNegative);
+  generate->add_option("--top-k", gen.top_k, "Sample among the k most likely tokens; 0 = all")->check(kNonNegative);
   generate->add_option("--seed", gen.seed, "Sampling seed (the same text under every layout)");
   generate->add_option("--stop", gen.stop, "Stop string (repeatable)");
-  generate->add_option("--n", gen.n, "Completions per prompt (each with its own seed derived from the prompt's); "
-                                     "they share the prompt's computation")
+  generate
+      ->add_option("--n", gen.n,
+                   "Completions per prompt (each with its own seed derived from the prompt's); "
+                   "they share the prompt's computation")
       ->check(kPositive);
   generate->add_flag("--logprobs", gen.logprobs,
                      "Add each generated token's log-probability to the results (OpenAI's layout), under "
                      "softmax(logits / temperature) over the whole vocabulary (temperature 1 for greedy)");
-  generate->add_option("--top-logprobs", gen.top_logprobs, "With each token, the log-probabilities of the N most "
-                                                            "likely tokens (0-20; implies --logprobs)")
+  generate
+      ->add_option("--top-logprobs", gen.top_logprobs,
+                   "With each token, the log-probabilities of the N most "
+                   "likely tokens (0-20; implies --logprobs)")
       ->check(CLI::Range(0, 20));
   add_limit_flags(*generate, gen.limits);
   generate->add_option("--metrics", gen.metrics,
@@ -196,10 +199,8 @@ int cli_main(int argc, char** argv) {
   auto* convert_cmd = app.add_subcommand("convert", "Convert a Hugging Face model folder to a sharded checkpoint");
   convert_cmd->add_option("--hf", convert.hf, "Folder with config.json and *.safetensors")->required();
   convert_cmd->add_option("--output", convert.output, "Checkpoint directory to write")->required();
-  convert_cmd->add_option("--tensor-parallel-size", convert.tp, "Shard for this many TP ranks (-tp)")
-      ->check(kPositive);
-  convert_cmd->add_option("--pipeline-parallel-size", convert.pp, "Shard for this many stages (-pp)")
-      ->check(kPositive);
+  convert_cmd->add_option("--tensor-parallel-size", convert.tp, "Shard for this many TP ranks (-tp)")->check(kPositive);
+  convert_cmd->add_option("--pipeline-parallel-size", convert.pp, "Shard for this many stages (-pp)")->check(kPositive);
   convert_cmd->add_option("--dtype", convert.dtype, "Storage dtype")->check(CLI::IsMember({"f32", "f16", "bf16"}));
   convert_cmd
       ->add_option("--tokenizer", convert.tokenizer, "auto: carry tokenizer.json along; byte: the byte-level tokenizer")

@@ -14,14 +14,14 @@ struct ParallelOptions {
   std::string topology;       // a cluster description instead of detection
   bool force = false;         // run a layout the placement refuses
   double nccl_timeout = 300;  // --device cuda, tp > 1: seconds an NCCL wait may take before the job is aborted
-  int gpu_reserve_mib = -1;   // --device cuda: MiB kept free for NCCL and CUDA graphs; -1: the defaults (plan/memory_plan.cpp)
-  bool no_mmap = false;       // CPU backend: copy the weights into the rank's memory instead of mapping the shards
+  int gpu_reserve_mib =
+      -1;  // --device cuda: MiB kept free for NCCL and CUDA graphs; -1: the defaults (plan/memory_plan.cpp)
+  bool no_mmap = false;  // CPU backend: copy the weights into the rank's memory instead of mapping the shards
 };
-
 
 struct GenerateOptions {
   std::string model, prompts, output = "-", prompt_format = "auto", progress = "auto";
-  std::string part;  // "K/N": only contiguous part K of N of the prompts (job arrays); "": all
+  std::string part;     // "K/N": only contiguous part K of N of the prompts (job arrays); "": all
   std::string metrics;  // a JSON summary of the run written here at the end; "": none
   ParallelOptions parallel;
   std::int64_t max_tokens = 64;
@@ -29,9 +29,9 @@ struct GenerateOptions {
   std::int64_t top_k = 0;
   std::uint64_t seed = 0;
   std::vector<std::string> stop;
-  bool logprobs = false;    // each generated token's log-probability
-  int top_logprobs = -1;    // and of this many alternatives (0-20; implies logprobs); -1: not given
-  int n = 1;                // completions per prompt, sharing the prompt's computation
+  bool logprobs = false;  // each generated token's log-probability
+  int top_logprobs = -1;  // and of this many alternatives (0-20; implies logprobs); -1: not given
+  int n = 1;              // completions per prompt, sharing the prompt's computation
   RunLimits limits;
   // Seconds a rank may wait without progress before the job is aborted; "auto" (derived from the step times, see
   // runtime/base/watchdog.h), or a number of seconds, 0 = never.

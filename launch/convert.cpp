@@ -9,12 +9,12 @@
 
 #include "io/prompts.h"
 #include "io/tokenizer.h"
-#include "launch/mpi_job.h"
-#include "runtime/comm/mpi/mpi_communicator.h"
 #include "launch/commands.h"
+#include "launch/mpi_job.h"
 #include "layers/checkpoint_weights.h"
 #include "layers/hf_model.h"
 #include "runtime/base/log.h"
+#include "runtime/comm/mpi/mpi_communicator.h"
 
 namespace strata {
 namespace {

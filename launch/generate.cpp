@@ -88,8 +88,8 @@ Request make_request(const Prompt& p, std::int64_t index, const GenerateOptions&
 
 // The watchdog of a generating rank: a stall names what the rank waited for (the peer ranks) and ends the job.
 std::unique_ptr<Watchdog> make_watchdog(const GenerateOptions& o) {
-  const StallTimeout timeout = o.step_timeout == "auto" ? StallTimeout::derived()
-                                                        : StallTimeout::fixed(std::stod(o.step_timeout));
+  const StallTimeout timeout =
+      o.step_timeout == "auto" ? StallTimeout::derived() : StallTimeout::fixed(std::stod(o.step_timeout));
   return std::make_unique<Watchdog>(
       timeout,
       [](const std::string& activity, double seconds) {
@@ -153,7 +153,7 @@ std::string model_name(const std::string& model_dir) {
 }
 
 struct ResumePoint {
-  ExistingResults existing;  // the records already in the output
+  ExistingResults existing;             // the records already in the output
   std::optional<std::int64_t> created;  // when the run that wrote them began (OpenAI's "created"), if it said
 };
 
@@ -171,8 +171,7 @@ ResumePoint resume_point(const GenerateOptions& o, const nlohmann::json& identit
   const std::vector<std::string> differences = identity_differences(before, identity);
   std::string listed;
   for (const auto& d : differences) listed += (listed.empty() ? "" : "; ") + d;
-  STRATA_CHECK(differences.empty(), Usage, "--resume: ", o.output,
-               " was written by a different run (", listed,
+  STRATA_CHECK(differences.empty(), Usage, "--resume: ", o.output, " was written by a different run (", listed,
                "); resume with the same checkpoint, prompts and options, or start again without --resume");
   ExistingResults& existing = point.existing = scan_results(o.output);
   STRATA_CHECK(existing.records <= last - first, Usage, "--resume: ", o.output, " holds ", existing.records,
@@ -193,20 +192,23 @@ void write_metrics(const GenerateOptions& o, const Session& session, MetricsReco
     rank_info.push_back({{"host", r.host}, {"dp", r.dp}, {"pp", r.pp}, {"tp", r.tp}});
     metrics.add_rank(r.world_rank, r.world_rank == 0 ? mine : collector.rank_times()[std::size_t(r.world_rank)]);
   }
-  const nlohmann::json run = {
-      {"format", "strata metrics 1"},
-      {"model", o.model},
-      {"prompts_file", o.prompts},
-      {"output", o.output},
-      {"resumed_records", resumed},
-      {"wall_seconds", mine.wall},
-      {"layout",
-       {{"dp", plan.sizes.dp}, {"pp", plan.sizes.pp}, {"tp", plan.sizes.tp}, {"world", plan.world_size()},
-        {"nodes", plan.topology.nodes.size()}, {"device", device_name(plan.device)}}},
-      {"kv_cache",
-       {{"slots_per_replica", plan.max_batch_size},
-        {"positions_per_slot", plan.stage.max_seq_len},
-        {"bytes_per_rank", plan.rank(0).memory.kv_cache}}}};
+  const nlohmann::json run = {{"format", "strata metrics 1"},
+                              {"model", o.model},
+                              {"prompts_file", o.prompts},
+                              {"output", o.output},
+                              {"resumed_records", resumed},
+                              {"wall_seconds", mine.wall},
+                              {"layout",
+                               {{"dp", plan.sizes.dp},
+                                {"pp", plan.sizes.pp},
+                                {"tp", plan.sizes.tp},
+                                {"world", plan.world_size()},
+                                {"nodes", plan.topology.nodes.size()},
+                                {"device", device_name(plan.device)}}},
+                              {"kv_cache",
+                               {{"slots_per_replica", plan.max_batch_size},
+                                {"positions_per_slot", plan.stage.max_seq_len},
+                                {"bytes_per_rank", plan.rank(0).memory.kv_cache}}}};
   write_file_atomically(o.metrics, metrics.summary(run, rank_info).dump(2) + "\n");
   if (!o.quiet) log_info("metrics in ", o.metrics);
 }
@@ -244,8 +246,9 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   world.broadcast(&created, sizeof created, 0);
   if (writer_rank && o.resume && done > 0)
     log_info("resuming ", o.output, ": ", done, " of ", last - first, " records already complete",
-             existing.partial_bytes ? cat(", a final line cut off mid-write (", existing.partial_bytes, " bytes) dropped")
-                                    : std::string());
+             existing.partial_bytes
+                 ? cat(", a final line cut off mid-write (", existing.partial_bytes, " bytes) dropped")
+                 : std::string());
   if (done == std::int64_t(last - first) && done > 0 && o.resume) {
     if (writer_rank) log_info("nothing left to do: all ", done, " records are in ", o.output);
     return 0;
@@ -297,8 +300,8 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   // Armed from the first step to the last message: every wait of the run, result gathering and the end included.
   std::unique_ptr<Watchdog> watchdog = make_watchdog(o);
   const RunPlan& plan = session.plan();
-  EngineOptions engine_options{plan.max_batch_size,          plan.stage.max_tokens, plan.stage.max_seq_len,
-                               plan.micro_batches,           o.record_logits,       watchdog.get()};
+  EngineOptions engine_options{plan.max_batch_size, plan.stage.max_tokens, plan.stage.max_seq_len,
+                               plan.micro_batches,  o.record_logits,       watchdog.get()};
   TimedCollectives sampling_tp(session.tp());  // the last stage's sampling all-gathers, timed for --metrics
   Engine engine(session.stage(), layout, world, sampling_tp, session.tokenizer(), engine_options);
 
@@ -343,8 +346,11 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - generation_start).count();
   };
   const EngineStats stats = engine.run(std::move(mine), hooks);
-  RankTimes times{0, stats.compute_seconds, session.stage_communication_seconds() + sampling_tp.seconds(),
-                  stats.peak_sequences, stats.peak_tokens,
+  RankTimes times{0,
+                  stats.compute_seconds,
+                  session.stage_communication_seconds() + sampling_tp.seconds(),
+                  stats.peak_sequences,
+                  stats.peak_tokens,
                   leader ? stats.computed_prompt_tokens : 0};
 
   if (!collector) {

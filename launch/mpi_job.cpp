@@ -8,15 +8,14 @@
 #include <cstring>
 
 #include "runtime/base/log.h"
-#include "topology/gpus.h"
 #include "runtime/comm/mpi/mpi_communicator.h"
+#include "topology/gpus.h"
 #ifdef STRATA_WITH_CUDA
 #include "runtime/backend/cuda/device_info.h"
 #endif
 
 namespace strata {
 namespace {
-
 
 // SIGTERM: the launcher (mpirun forwarding a Ctrl-C or its own timeout, Slurm preempting or cancelling) is ending
 // the job. Results are written one whole record per write(2), so what is on disk is complete; say which rank was

@@ -92,10 +92,9 @@ Session::Session(const NodeInfo& node, const std::string& model_dir, const Paral
   groups_ = make_mpi_groups(*layout_);
   if (plan_.device == DeviceKind::Cuda) bind_gpu(options);
 
-  tokenizer_ = make_tokenizer(manifest_.tokenizer, manifest_path(model_dir),
-                              manifest_.source.is_object()
-                                  ? manifest_.source.value("generation_config", nlohmann::json())
-                                  : nlohmann::json());
+  tokenizer_ = make_tokenizer(
+      manifest_.tokenizer, manifest_path(model_dir),
+      manifest_.source.is_object() ? manifest_.source.value("generation_config", nlohmann::json()) : nlohmann::json());
   STRATA_CHECK(tokenizer_->vocab_size() <= config.vocab_size, Checkpoint, manifest_path(model_dir),
                ": the tokenizer has ", tokenizer_->vocab_size(), " tokens but the model's vocab_size is only ",
                config.vocab_size);
@@ -124,8 +123,9 @@ void Session::bind_gpu(const DetectOptions& options) {
   STRATA_CHECK(!gpus.empty(), Usage, "--device cuda: no GPU visible to CUDA on ", node_.hostname,
                " (CUDA_VISIBLE_DEVICES=", visible_devices(options), "; ", scan.status, ")");
   STRATA_CHECK(node_.local_size <= int(gpus.size()), Usage, "--device cuda: ", node_.hostname, " runs ",
-               node_.local_size, " ranks but CUDA sees ", gpus.size(), " GPU(s) (CUDA_VISIBLE_DEVICES=",
-               visible_devices(options), "); run one rank per GPU (fewer ranks per node, or more nodes)");
+               node_.local_size, " ranks but CUDA sees ", gpus.size(),
+               " GPU(s) (CUDA_VISIBLE_DEVICES=", visible_devices(options),
+               "); run one rank per GPU (fewer ranks per node, or more nodes)");
   if (gpu_ < 0) gpu_ = gpus[std::size_t(node_.local_rank)].index;
   const CudaDevice& gpu = gpus[std::size_t(gpu_)];
   log_info("rank ", layout_->world_rank(), ": GPU ", gpu.index, " (", gpu.name, ", PCI ", gpu.pci_bus_id,
@@ -147,10 +147,10 @@ void Session::check_memory() {
 #ifdef STRATA_WITH_CUDA
     const CudaMemoryInfo gpu = cuda_memory_info(gpu_);
     fits = need.total() <= std::int64_t(gpu.free_bytes);
-    refusal = cat("rank ", layout_->world_rank(), " (host ", node_.hostname, ", GPU ", gpu_, "): needs ",
-                  gib(need.total()), " (", parts, ", reserved ", gib(need.reserve),
-                  " for NCCL and CUDA graphs, see --gpu-reserve-mib), ", gib(std::int64_t(gpu.free_bytes)),
-                  " free of ", gib(std::int64_t(gpu.total_bytes)), "; ", advice);
+    refusal =
+        cat("rank ", layout_->world_rank(), " (host ", node_.hostname, ", GPU ", gpu_, "): needs ", gib(need.total()),
+            " (", parts, ", reserved ", gib(need.reserve), " for NCCL and CUDA graphs, see --gpu-reserve-mib), ",
+            gib(std::int64_t(gpu.free_bytes)), " free of ", gib(std::int64_t(gpu.total_bytes)), "; ", advice);
 #endif
   } else if (const std::int64_t available = available_memory_bytes(); available >= 0) {
     const std::int64_t share = available / std::max(1, node_.local_size);
@@ -204,8 +204,8 @@ LoadReport Session::load() {
   log_debug("loaded layers ", me().layer_begin, "-", me().layer_end - 1, " from ", files, " (", threads,
             " threads): ", source.mapped_bytes(), " bytes of weights used in place from the page cache, ",
             source.read_bytes(), " read into memory");
-  if (layout_->world_rank() == 0 && (manifest_.tensor_parallel_size != plan_.sizes.tp ||
-                                     manifest_.pipeline_parallel_size != plan_.sizes.pp))
+  if (layout_->world_rank() == 0 &&
+      (manifest_.tensor_parallel_size != plan_.sizes.tp || manifest_.pipeline_parallel_size != plan_.sizes.pp))
     log_info("resharding on load: checkpoint written for tensor-parallel ", manifest_.tensor_parallel_size,
              " x pipeline-parallel ", manifest_.pipeline_parallel_size, ", running ", plan_.sizes.tp, " x ",
              plan_.sizes.pp);

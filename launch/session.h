@@ -36,8 +36,7 @@ class Session {
   // Collective over the world: reads the manifest, detects (or loads) the topology, computes the RunPlan (the
   // same on every rank), builds the MPI groups from it, binds this rank's GPU and checks the tokenizer: everything
   // checkable before loading. Nothing is allocated for the model yet.
-  Session(const NodeInfo& node, const std::string& model_dir, const ParallelOptions& parallel,
-          const RunLimits& limits);
+  Session(const NodeInfo& node, const std::string& model_dir, const ParallelOptions& parallel, const RunLimits& limits);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;

@@ -2,8 +2,8 @@
 // or as the JSON description format (which --topology FILE reads back).
 #include <cstdio>
 
-#include "launch/mpi_job.h"
 #include "launch/commands.h"
+#include "launch/mpi_job.h"
 #include "runtime/base/log.h"
 #include "topology/topology.h"
 

@@ -30,7 +30,9 @@ struct MemoryPlan {
   std::int64_t stage() const { return weights + kv_cache + workspace; }  // what the stage allocates
   std::int64_t total() const { return stage() + backend + reserve; }
   // The CUDA backend's device arena: the stage's tensors, each rounded up to 256 bytes (~15 per layer).
-  std::int64_t arena(std::int64_t local_layers) const { return stage() + (std::int64_t(256) << 10) * (local_layers + 4); }
+  std::int64_t arena(std::int64_t local_layers) const {
+    return stage() + (std::int64_t(256) << 10) * (local_layers + 4);
+  }
 };
 
 // Bytes a backend allocates per step outside the stage's tensors (the CUDA backend's decode partials and sampling

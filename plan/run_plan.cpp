@@ -172,17 +172,15 @@ std::string RunPlan::table() const {
       << device_name(device) << ", weights " << dtype_name(ranks.front().memory.weights_dtype) << ", activations "
       << dtype_name(ranks.front().memory.activations_dtype) << "\n";
   char line[512];
-  std::snprintf(line, sizeof line, "%-5s %-16s %-5s %-7s %-4s %-4s %-4s %-8s %-10s %-28s %s\n", "rank", "host",
-                "local", "device", "dp", "pp", "tp", "layers", "memory", "TP all-reduce per token",
-                "pipeline send per token");
+  std::snprintf(line, sizeof line, "%-5s %-16s %-5s %-7s %-4s %-4s %-4s %-8s %-10s %-28s %s\n", "rank", "host", "local",
+                "device", "dp", "pp", "tp", "layers", "memory", "TP all-reduce per token", "pipeline send per token");
   out << line;
   for (const RankPlan& r : ranks) {
     const NodeTopology& node = topology.nodes[std::size_t(r.node)];
-    const std::string device_text = device == DeviceKind::Cpu                ? "cpu"
+    const std::string device_text = device == DeviceKind::Cpu                 ? "cpu"
                                     : r.local_rank < int(node.devices.size()) ? "gpu:" + std::to_string(r.gpu)
-                                                                               : "gpu:?";
-    const std::string tp_text =
-        r.tp_link == "-" ? "-" : bytes_text(r.tp_bytes_per_token) + " (" + r.tp_link + ")";
+                                                                              : "gpu:?";
+    const std::string tp_text = r.tp_link == "-" ? "-" : bytes_text(r.tp_bytes_per_token) + " (" + r.tp_link + ")";
     const std::string layers = std::to_string(r.layer_begin) + "-" + std::to_string(r.layer_end - 1);
     std::snprintf(line, sizeof line, "%-5d %-16s %-5d %-7s %-4d %-4d %-4d %-8s %-10s %-28s %s\n", r.world_rank,
                   r.host.c_str(), r.local_rank, device_text.c_str(), r.dp, r.pp, r.tp, layers.c_str(),
@@ -192,8 +190,7 @@ std::string RunPlan::table() const {
   const MemoryPlan& m = ranks.front().memory;
   if (device == DeviceKind::Cuda)
     out << "memory: weights, KV cache and workspace; each GPU also needs " << gib(m.backend)
-        << " for the backend and keeps " << gib(m.reserve)
-        << " free for NCCL and CUDA graphs (--gpu-reserve-mib)\n";
+        << " for the backend and keeps " << gib(m.reserve) << " free for NCCL and CUDA graphs (--gpu-reserve-mib)\n";
   return out.str();
 }
 

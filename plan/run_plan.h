@@ -29,7 +29,7 @@ struct PlanRequest {
   DType stored = DType::F32;  // the checkpoint's dtype
   Topology topology;
   LayoutSizes sizes{0, 1, 1};  // 0: auto (dp 0: world / (tp x pp))
-  bool force = false;           // run a layout placement refuses, with warnings
+  bool force = false;          // run a layout placement refuses, with warnings
   DeviceKind device = DeviceKind::Cpu;
   RunLimits limits;
   int gpu_reserve_mib = -1;
@@ -58,12 +58,12 @@ struct RunPlan {
   Topology topology;
   DeviceKind device = DeviceKind::Cpu;
   LayoutSizes sizes;
-  std::vector<int> ranks_by_position;   // world rank at position (dp * pp + pp_rank) * tp + tp_rank
-  std::vector<std::string> notes;       // how `auto` sizes were chosen
-  std::vector<std::string> warnings;    // problems accepted with --force
-  StageLimits stage;                    // what each stage allocates for
+  std::vector<int> ranks_by_position;  // world rank at position (dp * pp + pp_rank) * tp + tp_rank
+  std::vector<std::string> notes;      // how `auto` sizes were chosen
+  std::vector<std::string> warnings;   // problems accepted with --force
+  StageLimits stage;                   // what each stage allocates for
   int max_batch_size = 16, micro_batches = 1;
-  std::vector<RankPlan> ranks;          // by world rank
+  std::vector<RankPlan> ranks;  // by world rank
 
   int world_size() const { return sizes.world(); }
   ParallelLayout layout(int world_rank) const { return ParallelLayout(sizes, ranks_by_position, world_rank); }

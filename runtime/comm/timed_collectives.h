@@ -13,14 +13,18 @@ class TimedCollectives final : public Collectives {
   explicit TimedCollectives(Collectives& inner) : inner_(inner) {}
   int rank() const override { return inner_.rank(); }
   int size() const override { return inner_.size(); }
-  void all_reduce_sum(TensorView data) override { timed([&] { inner_.all_reduce_sum(data); }); }
+  void all_reduce_sum(TensorView data) override {
+    timed([&] { inner_.all_reduce_sum(data); });
+  }
   void all_gather(const void* send, void* recv, std::size_t bytes_per_rank) override {
     timed([&] { inner_.all_gather(send, recv, bytes_per_rank); });
   }
   void broadcast(void* data, std::size_t bytes, int root) override {
     timed([&] { inner_.broadcast(data, bytes, root); });
   }
-  void barrier() override { timed([&] { inner_.barrier(); }); }
+  void barrier() override {
+    timed([&] { inner_.barrier(); });
+  }
   bool graph_capturable() const override { return inner_.graph_capturable(); }
   double seconds() const { return seconds_; }
 

@@ -12,10 +12,10 @@
 #include <cmath>
 #include <random>
 
+#include "engine/sampler.h"
 #include "runtime/backend/backend.h"
 #include "runtime/backend/cuda/cuda_backend.h"
 #include "runtime/backend/cuda/device_info.h"
-#include "engine/sampler.h"
 #include "tests/unit/test_support.h"
 
 using namespace strata;

@@ -3,9 +3,9 @@
 #include <gtest/gtest.h>
 
 #include "../unit/test_support.h"
+#include "engine/engine.h"
 #include "io/tokenizer.h"
 #include "runtime/comm/mpi/mpi_communicator.h"
-#include "engine/engine.h"
 
 using namespace strata;
 

@@ -4,8 +4,8 @@
 #include <gtest/gtest.h>
 
 #include "../unit/test_support.h"
-#include "runtime/comm/mpi/mpi_communicator.h"
 #include "engine/sampler.h"
+#include "runtime/comm/mpi/mpi_communicator.h"
 
 using namespace strata;
 

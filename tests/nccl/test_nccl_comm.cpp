@@ -5,8 +5,8 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
-#include <type_traits>
 #include <mpi.h>
+#include <type_traits>
 
 #include <chrono>
 #include <cstdint>

@@ -3,8 +3,8 @@
 // limit end sequences with the right reason and text.
 #include <gtest/gtest.h>
 
-#include "io/tokenizer.h"
 #include "engine/engine.h"
+#include "io/tokenizer.h"
 #include "test_support.h"
 
 using namespace strata;

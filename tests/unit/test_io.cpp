@@ -124,7 +124,8 @@ TEST(Results, FailedWriteIsCutBackToTheLastCompleteRecord) {
     struct rlimit small = old;
     small.rlim_cur = 150;
     ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
-    for (std::size_t i = 0; i < 10 && error.empty(); ++i) error = error_of([&] { w.submit(i, {{"i", i}, {"text", text}}); });
+    for (std::size_t i = 0; i < 10 && error.empty(); ++i)
+      error = error_of([&] { w.submit(i, {{"i", i}, {"text", text}}); });
     setrlimit(RLIMIT_FSIZE, &old);
     std::signal(SIGXFSZ, old_handler);
     EXPECT_EQ(w.written(), 2u);
@@ -151,15 +152,16 @@ TEST(Results, OutputTargetChecksTouchNothing) {
   fs::create_hard_link(prompts, link);
   EXPECT_NE(error_of([&] { check_output_target(prompts, true, {prompts}); }).find("is the prompt file"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { check_output_target(link, true, {prompts}); }).find("is the prompt file"),
-            std::string::npos)
+  EXPECT_NE(error_of([&] { check_output_target(link, true, {prompts}); }).find("is the prompt file"), std::string::npos)
       << "the same file under another name (same inode) is the prompt file too";
   EXPECT_EQ(fs::file_size(prompts), 6u) << "the prompts are untouched";
   fs::create_directory(dir / "empty");
   const std::string folder_error = error_of([&] { check_output_target((dir / "empty").string(), true, {}); });
   EXPECT_NE(folder_error.find("is a directory"), std::string::npos) << folder_error;
-  EXPECT_EQ(folder_error.find("not empty"), std::string::npos) << "an empty folder is not 'not empty': " << folder_error;
-  const std::string missing = error_of([&] { check_output_target((dir / "nowhere" / "out.jsonl").string(), true, {}); });
+  EXPECT_EQ(folder_error.find("not empty"), std::string::npos)
+      << "an empty folder is not 'not empty': " << folder_error;
+  const std::string missing =
+      error_of([&] { check_output_target((dir / "nowhere" / "out.jsonl").string(), true, {}); });
   EXPECT_NE(missing.find(std::strerror(ENOENT)), std::string::npos) << "the system's reason: " << missing;
   EXPECT_EQ(error_of([&] { check_output_target((dir / "new.jsonl").string(), false, {prompts}); }), "");
   EXPECT_FALSE(fs::exists(dir / "new.jsonl")) << "checking creates nothing";

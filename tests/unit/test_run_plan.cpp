@@ -608,9 +608,9 @@ TEST(RunPlan, TableListsEveryRankOnceWithTensorGroupsInsideNodes) {
 // description lists the nodes in (here rank 0's node second: placement alone put it at dp 1).
 TEST(RunPlan, WorldRankZeroLeadsReplicaZero) {
   for (const auto& [dp, pp, tp] : {std::tuple{2, 1, 2}, std::tuple{1, 2, 2}, std::tuple{2, 2, 1}}) {
-    const nlohmann::json description = {
-        {"nodes",
-         {{{"hostname", "b"}, {"ranks", {1, 3}}, {"cpu_cores", 2}}, {{"hostname", "a"}, {"ranks", {0, 2}}, {"cpu_cores", 2}}}}};
+    const nlohmann::json description = {{"nodes",
+                                         {{{"hostname", "b"}, {"ranks", {1, 3}}, {"cpu_cores", 2}},
+                                          {{"hostname", "a"}, {"ranks", {0, 2}}, {"cpu_cores", 2}}}}};
     PlanRequest request;
     request.config = test::tiny_config();
     request.topology = Topology::from_json(description, "test");

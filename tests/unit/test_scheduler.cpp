@@ -333,8 +333,7 @@ TEST(StopMatcher, WindowedCheckAgreesWithTheWholeText) {
       r.stop = stops[std::size_t(trial) % stops.size()];
       std::vector<std::int32_t> generated;
       for (int t = 0; t < 120; ++t) {
-        generated.push_back(tokenizer == &bytes ? std::int32_t("abchi "[rng() % 6])
-                                                : sp_ids[rng() % sp_ids.size()]);
+        generated.push_back(tokenizer == &bytes ? std::int32_t("abchi "[rng() % 6]) : sp_ids[rng() % sp_ids.size()]);
         const std::string whole = tokenizer->decode(generated);
         bool expected = false;
         for (const auto& s : r.stop) expected = expected || whole.find(s) != std::string::npos;
