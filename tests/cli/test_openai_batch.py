@@ -5,6 +5,7 @@ body field) becomes an error line for its custom_id and the job goes on; a malfo
 custom_id stop the job naming the line, before anything is written.
 """
 import json
+import os
 
 from harness import Harness
 
@@ -125,7 +126,6 @@ for name, text, needle in [
     path = h.write(f"{name}.jsonl", text)
     code, out_text, _ = h.run(["generate", "--model", model, "--prompts", path, "--output", f"{name}.out", "--overwrite"],
                               ranks=1)
-    import os  # noqa: E402
     h.check(code not in (0, None) and needle in out_text and not os.path.exists(h.path(f"{name}.out")),
             f"{name}: refused naming the line, nothing written:\n{out_text}")
 h.finish()
