@@ -243,10 +243,14 @@ try:
         time.sleep(0.1)
     lines_before = open(requeued_out, "rb").read().count(b"\n") if os.path.exists(requeued_out) else 0
     slurm("scontrol", "requeue", job, check=False)
-    # Slurm holds a requeued job back for about two minutes (its begin time); let it start as soon as it is pending.
+    requeued_at = time.time()
+    # Slurm holds a requeued job back for about two minutes (its begin time); let it start as soon as it is pending,
+    # but not within the second the old run's credential was revoked: slurmd compares them in whole seconds, and a
+    # job started in that same second is killed as "Job credential revoked" (seen once in a clean-clone run).
     end = time.time() + 30
     while time.time() < end and job_state(job)[0] != ["PENDING"]:
         time.sleep(0.25)
+    time.sleep(max(0.0, requeued_at + 2.5 - time.time()))
     slurm("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
     states, info = wait_job(job, deadline_s=90)
     job_log = log_of("strata-" + job)
