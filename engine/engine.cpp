@@ -69,10 +69,11 @@ Engine::Engine(TransformerStage& stage, const ParallelLayout& layout, Communicat
             layout.rank_of(layout.dp_rank(), layout.sizes().pp - 1, layout.tp_rank()), " (the last stage)");
 }
 
-// Samples of one prompt start from a copy of the first sample's KV cache, on every stage before the step.
-void Engine::copy_prefixes(const std::vector<ChunkMeta>& metas) {
+// Samples of one prompt start from the first sample's KV cache (its partly filled last block copied), on every
+// stage before the step.
+void Engine::copy_blocks(const std::vector<ChunkMeta>& metas) {
   for (const ChunkMeta& m : metas)
-    if (m.copy_from >= 0) stage_.copy_prefix(m.copy_from, m.chunk.slot, m.chunk.start_pos);
+    if (m.copy_src >= 0) stage_.copy_block(m.copy_src, m.copy_dst);
 }
 
 EngineStats Engine::run(std::vector<Request> requests, const EngineHooks& hooks) {
@@ -96,16 +97,17 @@ EngineStats Engine::run_follower(const EngineHooks& hooks) {
       if (!layout_.is_last_stage()) sends.push(world_.isend(pack_stop(), layout_.next_stage_rank(), Tag::Activations));
       break;
     }
-    copy_prefixes(step.metas);
+    copy_blocks(step.metas);
     const std::vector<SeqChunk> chunks = chunks_of(step.metas);
-    const TensorView out = stage_.forward(chunks, {}, step.hidden);
+    const TensorView out = stage_.forward(chunks, step.block_table, {}, step.hidden);
     if (layout_.is_last_stage())
       sends.push(world_.isend(pack_tokens(finish_step(step.metas, out, stage_, tp_)), scheduler, Tag::Tokens));
     else
-      sends.push(world_.isend(pack_step(step.metas, step.header.n_tokens, out.f32(), hidden), layout_.next_stage_rank(),
-                              Tag::Activations));
+      sends.push(world_.isend(pack_step(step.metas, step.block_table, step.header.n_tokens, out.f32(), hidden),
+                              layout_.next_stage_rank(), Tag::Activations));
     const double step_seconds = monotonic_seconds() - step_start;
     stats.compute_seconds += step_seconds;
+    stats.longest_step_seconds = std::max(stats.longest_step_seconds, step_seconds);
     ++stats.steps;
     observe_step(step_seconds);
     if (hooks.on_round) hooks.on_round();
@@ -122,10 +124,17 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
   const int last_stage =
       single_stage ? -1 : layout_.rank_of(layout_.dp_rank(), layout_.sizes().pp - 1, layout_.tp_rank());
   const StopMatcher stops(tokenizer_, options_.max_model_len);
-  Scheduler scheduler(std::move(requests),
-                      SchedulerLimits{options_.max_batch_size, options_.max_num_batched_tokens, options_.micro_batches,
-                                      options_.record_logits},
-                      stops, stage_.plan().config().vocab_size);
+  SchedulerLimits limits;
+  limits.max_batch_size = options_.max_batch_size;
+  limits.max_num_batched_tokens = options_.max_num_batched_tokens;
+  limits.micro_batches = options_.micro_batches;
+  limits.record_logits = options_.record_logits;
+  limits.kv_blocks = std::int32_t(stage_.limits().cache_blocks());  // every stage's cache has this many
+  limits.block_size = stage_.limits().block_size;
+  limits.prefix_caching = options_.prefix_caching;
+  limits.chunked_prefill = options_.chunked_prefill;
+  limits.max_model_len = options_.max_model_len;
+  Scheduler scheduler(std::move(requests), limits, stops, stage_.plan().config().vocab_size);
   const int groups = scheduler.micro_batches();
   std::vector<bool> in_flight(static_cast<std::size_t>(groups), false);
   SendQueue sends(std::size_t(groups) + 1);
@@ -135,7 +144,7 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
   };
 
   std::vector<ChunkMeta> metas;
-  std::vector<std::int32_t> ids;
+  std::vector<std::int32_t> block_table, ids;
   for (;;) {
     bool anything = false;
     for (int g = 0; g < groups; ++g) {
@@ -146,24 +155,27 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
         scheduler.apply(g, parse_tokens(tokens), complete, monotonic_seconds() - start);
         in_flight[std::size_t(g)] = false;
       }
-      scheduler.admit(g);
+      scheduler.admit(g, complete);
       if (scheduler.idle(g)) continue;
       anything = true;
 
-      scheduler.build_step(g, metas, ids);
-      copy_prefixes(metas);
+      scheduler.build_step(g, metas, block_table, ids);
+      if (metas.empty()) continue;  // its sequences were all preempted: they wait for blocks
+      copy_blocks(metas);
       const std::vector<SeqChunk> chunks = chunks_of(metas);
       beat(computing_.c_str());
       const double step_start = monotonic_seconds();
-      const TensorView out = stage_.forward(chunks, ids, nullptr);
+      const TensorView out = stage_.forward(chunks, block_table, ids, nullptr);
       ++stats.steps;
       if (single_stage) scheduler.apply(g, finish_step(metas, out, stage_, tp_), complete, monotonic_seconds() - start);
       const double step_seconds = monotonic_seconds() - step_start;  // with sampling when this stage is also the last
       stats.compute_seconds += step_seconds;
+      stats.longest_step_seconds = std::max(stats.longest_step_seconds, step_seconds);
       observe_step(step_seconds);
       if (!single_stage) {
-        sends.push(world_.isend(pack_step(metas, std::int32_t(ids.size()), out.f32(), stage_.hidden_size()),
-                                layout_.next_stage_rank(), Tag::Activations));
+        sends.push(
+            world_.isend(pack_step(metas, block_table, std::int32_t(ids.size()), out.f32(), stage_.hidden_size()),
+                         layout_.next_stage_rank(), Tag::Activations));
         in_flight[std::size_t(g)] = true;
         stats.max_in_flight =
             std::max<std::int64_t>(stats.max_in_flight, std::count(in_flight.begin(), in_flight.end(), true));
@@ -185,6 +197,7 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
   stats.peak_sequences = scheduler.counts().peak_sequences;
   stats.peak_tokens = scheduler.counts().peak_tokens;
   stats.computed_prompt_tokens = scheduler.counts().computed_prompt_tokens;
+  stats.batching = scheduler.counts();
   stats.seconds = monotonic_seconds() - start;
   return stats;
 }

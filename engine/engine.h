@@ -1,5 +1,6 @@
-// The generation engine of one data-parallel replica: continuous batching with a KV-cache slot per sequence
-// (engine/scheduler.h), prefill then decode, and the pipeline schedule across stages (messages in engine/wire.h).
+// The generation engine of one data-parallel replica: continuous batching over a paged KV cache with prefix caching
+// and chunked prefill (engine/scheduler.h, engine/block_pool.h), and the pipeline schedule across stages (messages
+// in engine/wire.h).
 //
 // Stage 0 of a replica is the scheduler: it owns the requests, builds each step, and decides when sequences finish.
 // A step is a self-describing message (chunk metadata + hidden states) sent down the stages with MPI point-to-point;
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "engine/sampler.h"
+#include "engine/scheduler.h"
 #include "engine/stop_matcher.h"
 #include "engine/wire.h"
 #include "io/tokenizer.h"
@@ -53,24 +55,29 @@ struct Completion {
   double first_token_seconds = 0, finished_seconds = 0;  // since the replica's engine started
   std::uint64_t seed = 0;                                // the sample's seed
   std::vector<Completion> more;                          // n > 1: samples 1 .. n-1 (this one is sample 0)
+  std::string error;  // not empty: the request could not run (e.g. its prompt needs more KV cache than there is)
 };
 
 struct EngineOptions {
-  std::int32_t max_batch_size = 16;            // sequences in flight per replica (= KV-cache slots)
+  std::int32_t max_batch_size = 16;            // sequences in flight per replica
   std::int32_t max_num_batched_tokens = 2048;  // tokens in one step
   std::int32_t max_model_len = 0;              // positions per sequence (prompt + generated)
   std::int32_t micro_batches = 0;              // 0: one per pipeline stage
   bool record_logits = false;    // gather whole-vocabulary logits of every step (debugging and tests; costly)
   Watchdog* watchdog = nullptr;  // optional, not owned: told before every wait what the rank waits for
+  bool prefix_caching = true;    // reuse the KV-cache blocks of prompt prefixes seen before (engine/block_pool.h)
+  bool chunked_prefill = true;   // split prompts over steps of max_num_batched_tokens; false: one step each
 };
 
 struct EngineStats {
   std::int64_t prompt_tokens = 0, generated_tokens = 0, steps = 0, completed = 0;
-  std::int64_t max_in_flight = 0;  // most micro-batches in the pipeline at once (= stages busy at once)
-  double seconds = 0;              // wall time of run()
-  double compute_seconds = 0;      // in forward steps and sampling (their TP collectives included)
+  std::int64_t max_in_flight = 0;   // most micro-batches in the pipeline at once (= stages busy at once)
+  double seconds = 0;               // wall time of run()
+  double compute_seconds = 0;       // in forward steps and sampling (their TP collectives included)
+  double longest_step_seconds = 0;  // the slowest step: the longest a decoding sequence waited for its next token
   std::int64_t peak_sequences = 0, peak_tokens = 0;  // the scheduler's most sequences and KV positions held at once
   std::int64_t computed_prompt_tokens = 0;           // prompt tokens the model ran (n samples share their prompt's)
+  SchedulerCounts batching;  // stage 0: the scheduler's counts (KV blocks, prefix cache, preemptions)
 };
 
 struct EngineHooks {
@@ -92,7 +99,7 @@ class Engine {
  private:
   EngineStats run_scheduler(std::vector<Request> requests, const EngineHooks& hooks);
   EngineStats run_follower(const EngineHooks& hooks);
-  void copy_prefixes(const std::vector<ChunkMeta>& metas);
+  void copy_blocks(const std::vector<ChunkMeta>& metas);
 
   TransformerStage& stage_;
   const ParallelLayout& layout_;

@@ -49,9 +49,17 @@ nlohmann::json MetricsRecorder::summary(const nlohmann::json& run, const std::ve
   std::vector<std::pair<int, RankTimes>> ranks = ranks_;
   std::sort(ranks.begin(), ranks.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   nlohmann::json per_rank = nlohmann::json::array();
-  std::int64_t peak_sequences = 0, peak_tokens = 0, computed = 0;
+  std::int64_t peak_sequences = 0, peak_tokens = 0, computed = 0, peak_blocks = 0;
+  RankTimes sum;  // the replica schedulers' counts, added up
   for (const auto& [rank, t] : ranks) {
     computed += t.computed_prompt_tokens;
+    peak_blocks = std::max(peak_blocks, t.peak_kv_blocks);
+    sum.cached_prompt_tokens += t.cached_prompt_tokens;
+    sum.prefix_block_queries += t.prefix_block_queries;
+    sum.prefix_block_hits += t.prefix_block_hits;
+    sum.prefix_evictions += t.prefix_evictions;
+    sum.preemptions += t.preemptions;
+    sum.recomputed_tokens += t.recomputed_tokens;
     const double compute = std::max(0.0, t.compute - t.communication), waiting = std::max(0.0, t.wall - t.compute);
     nlohmann::json entry = rank < int(rank_info.size()) ? rank_info[std::size_t(rank)] : nlohmann::json::object();
     entry["rank"] = rank;
@@ -60,6 +68,8 @@ nlohmann::json MetricsRecorder::summary(const nlohmann::json& run, const std::ve
     entry["communication_seconds"] = t.communication;
     entry["waiting_seconds"] = waiting;
     entry["compute_share"] = t.wall > 0 ? compute / t.wall : 0.0;
+    entry["longest_step_seconds"] = t.longest_step;
+    sum.longest_step = std::max(sum.longest_step, t.longest_step);
     entry["communication_share"] = t.wall > 0 ? t.communication / t.wall : 0.0;
     entry["waiting_share"] = t.wall > 0 ? waiting / t.wall : 0.0;
     per_rank.push_back(std::move(entry));
@@ -72,9 +82,22 @@ nlohmann::json MetricsRecorder::summary(const nlohmann::json& run, const std::ve
   nlohmann::json kv = run.value("kv_cache", nlohmann::json::object());
   kv["peak_sequences_per_replica"] = peak_sequences;
   kv["peak_tokens_per_replica"] = peak_tokens;
-  const double capacity = double(kv.value("slots_per_replica", 0)) * double(kv.value("positions_per_slot", 0));
-  kv["peak_use"] = capacity > 0 ? double(peak_tokens) / capacity : 0.0;
+  kv["peak_blocks_per_replica"] = peak_blocks;
+  const double capacity = double(kv.value("blocks", 0));
+  kv["peak_use"] = capacity > 0 ? double(peak_blocks) / capacity : 0.0;
+  kv["preemptions"] = sum.preemptions;
+  kv["recomputed_tokens"] = sum.recomputed_tokens;
   out["kv_cache"] = std::move(kv);
+  out["prefix_cache"] = {
+      {"enabled", run.value("prefix_caching", false)},
+      {"cached_prompt_tokens", sum.cached_prompt_tokens},
+      {"hit_rate", prompt_tokens_ > 0 ? double(sum.cached_prompt_tokens) / double(prompt_tokens_) : 0.0},
+      {"block_queries", sum.prefix_block_queries},
+      {"block_hits", sum.prefix_block_hits},
+      {"evictions", sum.prefix_evictions}};
+  out["preemptions"] = sum.preemptions;
+  out["longest_step_seconds"] = sum.longest_step;
+  out["errors"] = errors_;
   return out;
 }
 

@@ -23,13 +23,15 @@ void append(std::vector<char>& out, const T* data, std::size_t count) {
 
 }  // namespace
 
-std::vector<char> pack_step(const std::vector<ChunkMeta>& metas, std::int32_t tokens, const float* hidden,
-                            std::int64_t hidden_size) {
+std::vector<char> pack_step(const std::vector<ChunkMeta>& metas, const std::vector<std::int32_t>& block_table,
+                            std::int32_t tokens, const float* hidden, std::int64_t hidden_size) {
   std::vector<char> message;
-  const StepHeader header{kStepMessage, std::int32_t(metas.size()), tokens, 0};
-  message.reserve(sizeof header + metas.size() * sizeof(ChunkMeta) + std::size_t(tokens * hidden_size) * 4);
+  const StepHeader header{kStepMessage, std::int32_t(metas.size()), tokens, std::int32_t(block_table.size())};
+  message.reserve(sizeof header + metas.size() * sizeof(ChunkMeta) + block_table.size() * 4 +
+                  std::size_t(tokens * hidden_size) * 4);
   append(message, &header, 1);
   append(message, metas.data(), metas.size());
+  append(message, block_table.data(), block_table.size());
   append(message, hidden, std::size_t(tokens * hidden_size));
   return message;
 }
@@ -46,16 +48,20 @@ ParsedStep parse_step(const std::vector<char>& message, std::int64_t hidden_size
   STRATA_CHECK(message.size() >= sizeof(StepHeader), Communication, "truncated step message (", message.size(),
                " bytes)");
   std::memcpy(&step.header, message.data(), sizeof(StepHeader));
-  STRATA_CHECK(step.header.n_chunks >= 0 && step.header.n_tokens >= 0, Communication,
+  STRATA_CHECK(step.header.n_chunks >= 0 && step.header.n_tokens >= 0 && step.header.n_table >= 0, Communication,
                "step message with negative counts (", step.header.n_chunks, " chunks, ", step.header.n_tokens,
-               " tokens)");
+               " tokens, ", step.header.n_table, " blocks)");
   const std::size_t metas_bytes = std::size_t(step.header.n_chunks) * sizeof(ChunkMeta);
-  const std::size_t expected = sizeof(StepHeader) + metas_bytes + std::size_t(step.header.n_tokens * hidden_size) * 4;
+  const std::size_t table_bytes = std::size_t(step.header.n_table) * sizeof(std::int32_t);
+  const std::size_t expected =
+      sizeof(StepHeader) + metas_bytes + table_bytes + std::size_t(step.header.n_tokens * hidden_size) * 4;
   STRATA_CHECK(step.header.kind == kStopMessage || message.size() == expected, Communication, "step message of ",
                message.size(), " bytes, expected ", expected, " (stages disagree about the model?)");
   step.metas.resize(std::size_t(step.header.n_chunks));
   std::memcpy(step.metas.data(), message.data() + sizeof(StepHeader), metas_bytes);
-  step.hidden = reinterpret_cast<const float*>(message.data() + sizeof(StepHeader) + metas_bytes);
+  step.block_table.resize(std::size_t(step.header.n_table));
+  std::memcpy(step.block_table.data(), message.data() + sizeof(StepHeader) + metas_bytes, table_bytes);
+  step.hidden = reinterpret_cast<const float*>(message.data() + sizeof(StepHeader) + metas_bytes + table_bytes);
   std::int64_t tokens = 0;
   for (const auto& m : step.metas) tokens += m.chunk.n_tokens;
   STRATA_CHECK(tokens == step.header.n_tokens, Communication, "step message lists ", tokens,

@@ -59,6 +59,15 @@ void add_limit_flags(CLI::App& cmd, RunLimits& l) {
   cmd.add_option("--max-model-len", l.max_model_len, "Context length (default: the model's)")->check(kNonNegative);
   cmd.add_option("--micro-batches", l.micro_batches, "Pipeline micro-batches (default: one per stage)")
       ->check(kNonNegative);
+  cmd.add_option("--kv-block-size", l.block_size, "Positions per KV-cache block")->check(kPositive);
+  cmd.add_option("--kv-cache-memory", l.kv_cache_gib,
+                 "GiB of KV cache per rank (default: on GPUs what 90% of the GPU leaves after weights and workspace; "
+                 "on CPUs --max-batch-size whole contexts, within the rank's share of the node's memory)")
+      ->check(CLI::PositiveNumber);
+  cmd.add_flag("!--no-prefix-caching", l.prefix_caching,
+               "Compute every prompt in full instead of reusing the KV-cache blocks of prefixes seen before");
+  cmd.add_flag("!--no-chunked-prefill", l.chunked_prefill,
+               "Prefill each prompt in one step (steps may exceed --max-num-batched-tokens) instead of in chunks");
 }
 
 void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {

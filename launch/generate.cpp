@@ -78,13 +78,27 @@ Request make_request(const Prompt& p, std::int64_t index, const GenerateOptions&
   STRATA_CHECK(n >= 1 && n <= max_batch_size, Usage, p.origin, ": n must be in [1, --max-batch-size ", max_batch_size,
                "] (got ", n, "): the samples of a prompt run at once");
   r.n = std::int32_t(n);
-  STRATA_CHECK(std::int64_t(r.prompt.size()) <= max_model_len, Usage, p.origin, ": prompt is ", r.prompt.size(),
-               " tokens but the context (--max-model-len) is ", max_model_len, " tokens");
   r.sampling = SamplingParams{float(temperature), std::int32_t(std::min(top_k, vocab_size)), float(top_p),
                               p.overrides.seed ? *p.overrides.seed : mix_seed(o.seed, std::uint64_t(index))};
   for (std::int64_t j = 1; j < n; ++j) r.sample_seeds.push_back(mix_seed(r.sampling.seed, std::uint64_t(j)));
   return r;
 }
+
+// A prompt that cannot run, for its error record: the job goes on with the others.
+std::string prompt_problem(const Request& r, std::int64_t max_model_len) {
+  if (std::int64_t(r.prompt.size()) > max_model_len)
+    return cat("prompt is ", r.prompt.size(), " tokens but the context (--max-model-len) is ", max_model_len,
+               " tokens");
+  return {};
+}
+
+Prompt with_error(const Prompt& p, const std::string& error) {
+  Prompt copy = p;
+  copy.error = error;
+  return copy;
+}
+
+bool is_error_record(const nlohmann::json& record) { return record.contains("error") && !record["error"].is_null(); }
 
 // The watchdog of a generating rank: a stall names what the rank waited for (the peer ranks) and ends the job.
 std::unique_ptr<Watchdog> make_watchdog(const GenerateOptions& o) {
@@ -205,10 +219,13 @@ void write_metrics(const GenerateOptions& o, const Session& session, MetricsReco
                                 {"world", plan.world_size()},
                                 {"nodes", plan.topology.nodes.size()},
                                 {"device", device_name(plan.device)}}},
+                              {"prefix_caching", plan.prefix_caching},
                               {"kv_cache",
-                               {{"slots_per_replica", plan.max_batch_size},
-                                {"positions_per_slot", plan.stage.max_seq_len},
-                                {"bytes_per_rank", plan.rank(0).memory.kv_cache}}}};
+                               {{"blocks", plan.stage.kv_blocks},
+                                {"block_size", plan.stage.block_size},
+                                {"tokens_per_replica", std::int64_t(plan.stage.kv_blocks) * plan.stage.block_size},
+                                {"bytes_per_rank", plan.rank(0).memory.kv_cache},
+                                {"sized_by", plan.kv_basis}}}};
   write_file_atomically(o.metrics, metrics.summary(run, rank_info).dump(2) + "\n");
   if (!o.quiet) log_info("metrics in ", o.metrics);
 }
@@ -272,6 +289,10 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
       refused.emplace(i, std::move(p));
       continue;
     }
+    if (const std::string problem = prompt_problem(r, model_len); !problem.empty()) {
+      refused.emplace(i, with_error(prompts[i], problem));
+      continue;
+    }
     if (std::int64_t(i) % layout.sizes().dp == layout.dp_rank() && layout.is_first_stage())
       mine.push_back(std::move(r));
   }
@@ -301,7 +322,8 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   std::unique_ptr<Watchdog> watchdog = make_watchdog(o);
   const RunPlan& plan = session.plan();
   EngineOptions engine_options{plan.max_batch_size, plan.stage.max_tokens, plan.stage.max_seq_len,
-                               plan.micro_batches,  o.record_logits,       watchdog.get()};
+                               plan.micro_batches,  o.record_logits,       watchdog.get(),
+                               plan.prefix_caching, plan.chunked_prefill};
   TimedCollectives sampling_tp(session.tp());  // the last stage's sampling all-gathers, timed for --metrics
   Engine engine(session.stage(), layout, world, sampling_tp, session.tokenizer(), engine_options);
 
@@ -309,11 +331,17 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   std::unique_ptr<ResultCollector> collector;
   std::unique_ptr<ResultSender> sender;
   MetricsRecorder metrics;
+  for (std::size_t i = 0; i < refused.size(); ++i) metrics.add_error();
   if (writer_rank)
     collector = std::make_unique<ResultCollector>(
         world, layout,
         [&](std::int64_t index, const nlohmann::json& record, const RequestTiming& timing) {
           writer->submit(std::size_t(index) - first, record);
+          if (is_error_record(record)) {
+            progress.record(0);
+            metrics.add_error();
+            return;
+          }
           const nlohmann::json& usage =
               record.contains("response") ? record["response"]["body"]["usage"] : record;  // OpenAI or plain
           const auto completion_tokens = usage.at("completion_tokens").get<std::int64_t>();
@@ -328,7 +356,9 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   EngineHooks hooks;
   if (leader)
     hooks.on_complete = [&](Completion&& c) {
-      const nlohmann::json record = make_record(prompts[std::size_t(c.index)], c, session.tokenizer(), record_context);
+      const Prompt& p = prompts[std::size_t(c.index)];
+      const nlohmann::json record = c.error.empty() ? make_record(p, c, session.tokenizer(), record_context)
+                                                    : make_error_record(with_error(p, c.error), c.index);
       const RequestTiming timing{c.first_token_seconds, c.finished_seconds};
       if (collector)
         collector->accept(c.index, record, timing);
@@ -352,6 +382,18 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
                   stats.peak_sequences,
                   stats.peak_tokens,
                   leader ? stats.computed_prompt_tokens : 0};
+  times.longest_step = stats.longest_step_seconds;
+  if (leader) {
+    const SchedulerCounts& b = stats.batching;
+    times.peak_kv_blocks = b.peak_kv_blocks;
+    times.cached_prompt_tokens = b.cached_prompt_tokens;
+    times.prefix_block_queries = b.prefix_block_queries;
+    times.prefix_block_hits = b.prefix_block_hits;
+    times.prefix_evictions = b.prefix_evictions;
+    times.preemptions = b.preemptions;
+    times.recomputed_tokens = b.recomputed_tokens;
+    times.errors = b.refused;
+  }
 
   if (!collector) {
     times.wall = since_start();
@@ -366,7 +408,15 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   progress.show(true);
   writer->finish();
   if (!o.metrics.empty()) write_metrics(o, session, metrics, *collector, times, std::size_t(done));
-  if (!o.quiet) log_info("done: ", progress.summary(), o.output == "-" ? "" : cat("; results in ", o.output));
+  if (!o.quiet) {
+    std::int64_t preemptions = times.preemptions, cached = times.cached_prompt_tokens;
+    for (int r = 1; r < layout.world_size(); ++r) {
+      preemptions += collector->rank_times()[std::size_t(r)].preemptions;
+      cached += collector->rank_times()[std::size_t(r)].cached_prompt_tokens;
+    }
+    log_info("done: ", progress.summary(), "; ", cached, " prompt tokens from the prefix cache, ", preemptions,
+             " preemption", preemptions == 1 ? "" : "s", o.output == "-" ? "" : cat("; results in ", o.output));
+  }
   return 0;
 }
 

@@ -9,6 +9,11 @@
 
 namespace strata {
 
+std::int64_t StageLimits::cache_blocks() const {
+  if (kv_blocks > 0) return kv_blocks;
+  return std::int64_t(max_seqs) * ((std::int64_t(max_seq_len) + block_size - 1) / std::max(block_size, 1));
+}
+
 StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limits, DType weights, DType activations) {
   StageMemory m;
   const auto w = std::int64_t(dtype_size(weights)), a = std::int64_t(dtype_size(activations));
@@ -16,7 +21,7 @@ StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limi
     m.weights += shape_numel(spec.local_shape()) * (spec.local_shape().size() == 1 ? a : w);
   const auto& c = plan.config();
   const std::int64_t kv_row = plan.local_kv_heads() * c.head_dim;
-  m.kv_cache = 2 * plan.local_layers() * std::int64_t(limits.max_seqs) * limits.max_seq_len * kv_row * a;
+  m.kv_cache = 2 * plan.local_layers() * limits.cache_blocks() * limits.block_size * kv_row * a;
   const std::int64_t t = limits.max_tokens;
   const std::int64_t q_row = plan.local_heads() * c.head_dim;
   m.workspace = a * t * (3 * c.hidden_size + 2 * q_row + 2 * kv_row + 3 * plan.local_intermediate()) +
@@ -105,9 +110,11 @@ TransformerStage::TransformerStage(const ShardPlan& plan, WeightSource& source, 
   const std::int64_t t = limits.max_tokens, d = c.head_dim, h = c.hidden_size;
   const std::int64_t kv_heads = plan.local_kv_heads(), heads = plan.local_heads();
   const DType act = backend.activation_dtype();
+  STRATA_CHECK(limits.block_size >= 1 && limits.cache_blocks() >= 1, Internal, "KV cache of ", limits.cache_blocks(),
+               " blocks of ", limits.block_size);
   for (std::size_t l = 0; l < layers_.size(); ++l) {
-    k_cache_.push_back(backend.allocate({limits.max_seqs, limits.max_seq_len, kv_heads, d}, act));
-    v_cache_.push_back(backend.allocate({limits.max_seqs, limits.max_seq_len, kv_heads, d}, act));
+    k_cache_.push_back(backend.allocate({limits.cache_blocks(), limits.block_size, kv_heads, d}, act));
+    v_cache_.push_back(backend.allocate({limits.cache_blocks(), limits.block_size, kv_heads, d}, act));
   }
   hidden_ = backend.allocate({t, h}, act);
   normed_ = backend.allocate({t, h}, act);
@@ -122,12 +129,13 @@ TransformerStage::TransformerStage(const ShardPlan& plan, WeightSource& source, 
   logits_ = backend.allocate({limits.max_seqs, plan.local_vocab()}, DType::F32);
   if (!plan.is_last_stage() && (hidden_.view().kind != MemoryKind::Host || act != DType::F32))
     hidden_host_ = Tensor::host({t, h}, DType::F32);
-  backend.reserve_step_buffers(t, limits.max_seqs, limits.max_seq_len, heads, d);
+  backend.reserve_step_buffers(t, limits.max_seqs, limits.max_seq_len, limits.block_size, heads, d);
   positions_.reserve(std::size_t(t));
   last_row_index_.reserve(std::size_t(limits.max_seqs));
 }
 
-void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> chunks, std::int64_t tokens) {
+void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> chunks,
+                                     std::span<const std::int32_t> block_table, std::int64_t tokens) {
   const auto& w = layers_[l];
   const auto& c = plan_.config();
   auto rows = [tokens](const Tensor& t) { return t.view().slice_rows(0, tokens); };
@@ -145,8 +153,8 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
   backend_.linear(x, w.v.view(), w.v_bias.view(), rows(v_));
   backend_.rope(heads_view(q_, plan_.local_heads()), positions_, rope_);
   backend_.rope(heads_view(k_, plan_.local_kv_heads()), positions_, rope_);
-  backend_.kv_store(chunks, rows(k_), rows(v_), k_cache_[l].view(), v_cache_[l].view());
-  backend_.attention(chunks, heads_view(q_, plan_.local_heads()), k_cache_[l].view(), v_cache_[l].view(),
+  backend_.kv_store(chunks, block_table, rows(k_), rows(v_), k_cache_[l].view(), v_cache_[l].view());
+  backend_.attention(chunks, block_table, heads_view(q_, plan_.local_heads()), k_cache_[l].view(), v_cache_[l].view(),
                      float(1.0 / std::sqrt(double(c.head_dim))), heads_view(attn_, plan_.local_heads()));
   backend_.linear(rows(attn_), w.o.view(), TensorView{}, rows(proj_));
   all_reduce(rows(proj_));
@@ -159,31 +167,28 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
   all_reduce(rows(proj_));  // added to the residual by the next block (or after the last one in forward)
 }
 
-void TransformerStage::copy_prefix(std::int32_t from, std::int32_t to, std::int32_t positions) {
-  const std::int64_t slots = limits_.max_seqs, len = limits_.max_seq_len;
-  STRATA_CHECK(from >= 0 && from < slots && to >= 0 && to < slots && from != to && positions >= 0 && positions <= len,
-               Internal, "copy_prefix: slots ", from, " -> ", to, " of ", slots, ", ", positions, " of ", len,
-               " positions");
-  if (positions == 0) return;
-  std::vector<std::int32_t> rows(static_cast<std::size_t>(positions));
-  for (std::int32_t p = 0; p < positions; ++p) rows[std::size_t(p)] = std::int32_t(from * len + p);
+void TransformerStage::copy_block(std::int32_t from, std::int32_t to) {
+  const std::int64_t blocks = limits_.cache_blocks(), size = limits_.block_size;
+  STRATA_CHECK(from >= 0 && from < blocks && to >= 0 && to < blocks && from != to, Internal, "copy_block: ", from,
+               " -> ", to, " of ", blocks, " blocks");
+  std::vector<std::int32_t> rows(static_cast<std::size_t>(size));
+  for (std::int64_t p = 0; p < size; ++p) rows[std::size_t(p)] = std::int32_t(from * size + p);
   for (std::size_t l = 0; l < k_cache_.size(); ++l)
     for (Tensor* cache : {&k_cache_[l], &v_cache_[l]}) {
-      const TensorView all = cache->view().reshaped({slots * len, cache->view().numel() / (slots * len)});
-      backend_.gather_rows(all, rows, all.slice_rows(std::int64_t(to) * len, std::int64_t(to) * len + positions));
+      const TensorView all = cache->view().reshaped({blocks * size, cache->view().numel() / (blocks * size)});
+      backend_.gather_rows(all, rows, all.slice_rows(std::int64_t(to) * size, std::int64_t(to + 1) * size));
     }
 }
 
-TensorView TransformerStage::forward(std::span<const SeqChunk> chunks, std::span<const std::int32_t> token_ids,
-                                     const float* hidden_in) {
+TensorView TransformerStage::forward(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table,
+                                     std::span<const std::int32_t> token_ids, const float* hidden_in) {
   std::int64_t tokens = 0;
   positions_.clear();
   for (const auto& chunk : chunks) {
-    STRATA_CHECK(chunk.token_offset == tokens && chunk.slot >= 0 && chunk.slot < limits_.max_seqs &&
-                     chunk.n_tokens >= 1 && chunk.start_pos >= 0 &&
-                     chunk.start_pos + chunk.n_tokens <= limits_.max_seq_len,
-                 Internal, "malformed step: chunk at row ", chunk.token_offset, " slot ", chunk.slot, " positions ",
-                 chunk.start_pos, "+", chunk.n_tokens);
+    STRATA_CHECK(chunk.token_offset == tokens && chunk.table_offset >= 0 && chunk.n_tokens >= 1 &&
+                     chunk.start_pos >= 0 && chunk.start_pos + chunk.n_tokens <= limits_.max_seq_len,
+                 Internal, "malformed step: chunk at row ", chunk.token_offset, " table offset ", chunk.table_offset,
+                 " positions ", chunk.start_pos, "+", chunk.n_tokens);
     for (std::int32_t i = 0; i < chunk.n_tokens; ++i) positions_.push_back(chunk.start_pos + i);
     tokens += chunk.n_tokens;
   }
@@ -199,7 +204,7 @@ TensorView TransformerStage::forward(std::span<const SeqChunk> chunks, std::span
   replaying_ = mode == StepMode::Replay;
   TensorView out;
   try {
-    out = run_step(chunks, token_ids, hidden_in, tokens);
+    out = run_step(chunks, block_table, token_ids, hidden_in, tokens);
   } catch (...) {
     replaying_ = false;
     backend_.abort_step();
@@ -217,8 +222,9 @@ void TransformerStage::all_reduce(TensorView data) {
   if (!replaying_) tp_.all_reduce_sum(data);
 }
 
-TensorView TransformerStage::run_step(std::span<const SeqChunk> chunks, std::span<const std::int32_t> token_ids,
-                                      const float* hidden_in, std::int64_t tokens) {
+TensorView TransformerStage::run_step(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table,
+                                      std::span<const std::int32_t> token_ids, const float* hidden_in,
+                                      std::int64_t tokens) {
   const TensorView h = hidden_.view().slice_rows(0, tokens);
 
   if (plan_.is_first_stage()) {
@@ -229,7 +235,7 @@ TensorView TransformerStage::run_step(std::span<const SeqChunk> chunks, std::spa
   } else {
     backend_.upload(hidden_in, h);
   }
-  for (std::size_t l = 0; l < layers_.size(); ++l) decoder_block(l, chunks, tokens);
+  for (std::size_t l = 0; l < layers_.size(); ++l) decoder_block(l, chunks, block_table, tokens);
   if (!layers_.empty()) backend_.add(h, proj_.view().slice_rows(0, tokens));  // the last block's MLP output
   if (!plan_.is_last_stage()) return h;
 

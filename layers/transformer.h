@@ -30,8 +30,12 @@ class WeightSource {
 
 struct StageLimits {
   std::int32_t max_tokens = 0;   // tokens in one forward step (sum over sequences)
-  std::int32_t max_seqs = 0;     // sequences in one step (and KV-cache slots)
-  std::int32_t max_seq_len = 0;  // positions per KV-cache slot
+  std::int32_t max_seqs = 0;     // sequences in one step
+  std::int32_t max_seq_len = 0;  // positions per sequence
+  std::int32_t kv_blocks = 0;    // blocks in the paged KV cache (0: max_seqs whole contexts' worth)
+  std::int32_t block_size = 16;  // positions per KV-cache block
+  // The blocks the cache has: kv_blocks, or enough for max_seqs sequences of max_seq_len each.
+  std::int64_t cache_blocks() const;
 };
 
 // Bytes this stage will allocate for weights, KV cache and workspace, for memory checks before loading. The dtypes
@@ -55,17 +59,19 @@ class TransformerStage {
   std::int64_t hidden_size() const { return plan_.config().hidden_size; }
   Backend& backend() const { return backend_; }
 
-  // One step over `chunks` (token rows laid out back to back). First stage: token_ids[T] are embedded; other stages:
+  // One step over `chunks` (token rows laid out back to back; each chunk's KV-cache blocks listed in block_table
+  // from its table_offset, see runtime/backend/kv_blocks.h). First stage: token_ids[T] are embedded; other stages:
   // hidden_in[T, hidden] is the previous stage's output. Returns the hidden state [T, hidden] (host view valid until
   // the next call; f32 host memory whatever the backend) on non-last stages; on the last stage returns the local
   // logits [chunks, local_vocab] (f32, in the backend's memory: see Backend::sample_candidates / download) of each
   // chunk's last token. Collective over tp.
-  TensorView forward(std::span<const SeqChunk> chunks, std::span<const std::int32_t> token_ids, const float* hidden_in);
+  TensorView forward(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table,
+                     std::span<const std::int32_t> token_ids, const float* hidden_in);
 
-  // Copies KV-cache positions [0, positions) of slot `from` into slot `to` in every local layer: a sequence that
-  // shares another's prompt (n samples) starts from its cache instead of computing the prompt again. Call outside
-  // forward (between steps); every rank of the stage does the same copies.
-  void copy_prefix(std::int32_t from, std::int32_t to, std::int32_t positions);
+  // Copies KV-cache block `from` into block `to` in every local layer: a sequence that shares another's prompt
+  // (n samples) shares its full blocks and gets a copy of the partly filled last one. Call outside forward (between
+  // steps); every rank of the stage does the same copies.
+  void copy_block(std::int32_t from, std::int32_t to);
 
  private:
   struct LayerWeights {
@@ -74,9 +80,10 @@ class TransformerStage {
   Tensor load(WeightSource& source, const TensorSpec& spec);
   Tensor load_stacked(WeightSource& source, const TensorSpec& first, const TensorSpec& second);
   Tensor load_rows(WeightSource& source, const std::vector<TensorSpec>& parts, std::int64_t rows);
-  void decoder_block(std::size_t layer, std::span<const SeqChunk> chunks, std::int64_t tokens);
-  TensorView run_step(std::span<const SeqChunk> chunks, std::span<const std::int32_t> token_ids, const float* hidden_in,
-                      std::int64_t tokens);
+  void decoder_block(std::size_t layer, std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table,
+                     std::int64_t tokens);
+  TensorView run_step(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table,
+                      std::span<const std::int32_t> token_ids, const float* hidden_in, std::int64_t tokens);
   // The tensor-parallel all-reduce, skipped while a step graph replays (the graph holds it).
   void all_reduce(TensorView data);
 
@@ -89,7 +96,7 @@ class TransformerStage {
 
   Tensor embed_, final_norm_, lm_head_;
   std::vector<LayerWeights> layers_;
-  std::vector<Tensor> k_cache_, v_cache_;  // per local layer: [slots, max_seq_len, local_kv_heads, head_dim]
+  std::vector<Tensor> k_cache_, v_cache_;  // per local layer: [blocks, block_size, local_kv_heads, head_dim]
 
   // Workspace, sized for limits_.max_tokens rows.
   Tensor hidden_, normed_, q_, k_, v_, attn_, proj_, gate_up_, act_, last_rows_, logits_;

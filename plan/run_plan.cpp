@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <limits>
 #include <sstream>
 
 #include "runtime/base/error.h"
@@ -19,8 +20,64 @@ StageLimits stage_limits(const RunLimits& limits, const ModelConfig& config) {
   STRATA_CHECK(model_len >= 2, Usage, "--max-model-len must be >= 2 (got ", model_len, ")");
   STRATA_CHECK(model_len <= config.max_position_embeddings, Usage, "--max-model-len ", model_len,
                " exceeds the model's max_position_embeddings ", config.max_position_embeddings);
-  // A step holds at least one whole context, so any prompt that fits the context can be prefilled.
-  return {std::max(limits.max_num_batched_tokens, model_len), limits.max_batch_size, model_len};
+  STRATA_CHECK(limits.block_size >= 1, Usage, "--kv-block-size must be >= 1 (got ", limits.block_size, ")");
+  StageLimits stage;
+  // Chunked prefill splits prompts to the step's token budget; without it a step holds a whole context, so any
+  // prompt that fits the context can be prefilled.
+  stage.max_tokens =
+      limits.chunked_prefill ? limits.max_num_batched_tokens : std::max(limits.max_num_batched_tokens, model_len);
+  stage.max_seqs = limits.max_batch_size;
+  stage.max_seq_len = model_len;
+  stage.block_size = limits.block_size;
+  return stage;
+}
+
+// The KV pool's blocks, the same on every rank of the run (a replica's scheduler names blocks for all its stages):
+// the fewest that any rank's budget holds. A rank's block takes 2 (K, V) x its layers x block_size x its KV heads x
+// head_dim x the activation dtype's bytes. Budget: --kv-cache-memory; by default on GPUs what 90% of the smallest
+// GPU leaves after weights, workspace, backend buffers and the reserve; on CPUs max_batch_size whole contexts (the
+// KV memory of a contiguous cache; a host backend does not take the node's RAM uninvited), fewer if the rank's share
+// of the node's memory left after weights and workspace holds less.
+std::int64_t kv_pool_blocks(const PlanRequest& request, const RunPlan& plan, std::string& basis) {
+  const StageLimits& stage = plan.stage;
+  const std::int64_t contiguous = stage.cache_blocks();  // kv_blocks is 0 here: max_seqs whole contexts
+  const bool on_gpus = plan.device == DeviceKind::Cuda;
+  const std::int64_t memory = plan.topology.rank_memory_bytes(on_gpus);
+  std::int64_t fewest = -1;
+  for (int r = 0; r < plan.world_size(); ++r) {
+    const ShardPlan shard = plan.shard(r);
+    StageLimits one = stage;
+    one.kv_blocks = 1;
+    const MemoryPlan m =
+        plan_memory(shard, one, plan.device, plan.stored, request.gpu_reserve_mib, request.step_buffers);
+    const std::int64_t per_block = std::max<std::int64_t>(m.kv_cache, 1);
+    std::int64_t blocks = contiguous;
+    if (request.limits.kv_cache_gib > 0) {
+      const auto budget = std::int64_t(request.limits.kv_cache_gib * double(std::int64_t(1) << 30));
+      blocks = budget / per_block;
+      basis = cat("--kv-cache-memory ", request.limits.kv_cache_gib, " GiB per rank");
+      STRATA_CHECK(blocks >= 1, Usage, "--kv-cache-memory ", request.limits.kv_cache_gib, " GiB (", budget,
+                   " bytes) holds no KV-cache block on rank ", r, ": one block of ", stage.block_size,
+                   " positions takes ", per_block, " bytes there (", shard.local_layers(), " layers x ",
+                   shard.local_kv_heads(), " KV heads x ", plan.config.head_dim, " x 2 x ",
+                   dtype_size(m.activations_dtype), " bytes per position)");
+    } else if (memory > 0) {
+      const std::int64_t usable = on_gpus ? memory / 10 * 9 : memory;
+      const std::int64_t left = usable - (m.total() - m.kv_cache);
+      blocks = on_gpus ? left / per_block : std::min(contiguous, left / per_block);
+      basis = on_gpus               ? "90% of the GPU after weights and workspace"
+              : blocks < contiguous ? "what the rank's share of host memory leaves"
+                                    : "--max-batch-size whole contexts";
+      STRATA_CHECK(blocks >= 1, Memory, "no memory left for the KV cache on rank ", r, ": ", gib(usable),
+                   " usable, weights ", gib(m.weights), ", workspace ", gib(m.workspace + m.backend + m.reserve),
+                   "; a block of ", stage.block_size, " positions takes ", per_block,
+                   " bytes; try a larger -tp/-pp or a smaller --max-num-batched-tokens");
+    } else {
+      basis = "--max-batch-size whole contexts";
+    }
+    fewest = fewest < 0 ? blocks : std::min(fewest, blocks);
+  }
+  return std::min<std::int64_t>(fewest, std::numeric_limits<std::int32_t>::max());
 }
 
 // Placement's view of the model: which tp x pp splits work and what the busiest rank needs on this device.
@@ -161,6 +218,9 @@ RunPlan make_run_plan(const PlanRequest& request) {
   STRATA_CHECK(request.limits.micro_batches >= 0, Usage, "--micro-batches must be >= 0 (got ",
                request.limits.micro_batches, ")");
   plan.micro_batches = request.limits.micro_batches ? request.limits.micro_batches : plan.sizes.pp;
+  plan.stage.kv_blocks = std::int32_t(kv_pool_blocks(request, plan, plan.kv_basis));
+  plan.prefix_caching = request.limits.prefix_caching;
+  plan.chunked_prefill = request.limits.chunked_prefill;
   for (int r = 0; r < plan.world_size(); ++r) plan.ranks.push_back(plan_rank(plan, r, request));
   return plan;
 }
@@ -188,6 +248,10 @@ std::string RunPlan::table() const {
     out << line;
   }
   const MemoryPlan& m = ranks.front().memory;
+  out << "KV cache: " << stage.kv_blocks << " blocks of " << stage.block_size << " positions per rank ("
+      << std::int64_t(stage.kv_blocks) * stage.block_size << " tokens per replica, " << gib(m.kv_cache)
+      << " on rank 0; " << kv_basis << "); prefix caching " << (prefix_caching ? "on" : "off") << ", chunked prefill "
+      << (chunked_prefill ? "on (" + std::to_string(stage.max_tokens) + " tokens per step)" : "off") << "\n";
   if (device == DeviceKind::Cuda)
     out << "memory: weights, KV cache and workspace; each GPU also needs " << gib(m.backend)
         << " for the backend and keeps " << gib(m.reserve) << " free for NCCL and CUDA graphs (--gpu-reserve-mib)\n";

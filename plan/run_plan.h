@@ -22,6 +22,9 @@ namespace strata {
 struct RunLimits {
   int max_batch_size = 16, max_num_batched_tokens = 2048, max_model_len = 0;  // 0: the model's context
   int micro_batches = 0;                                                      // 0: one per pipeline stage
+  int block_size = 16;                                                        // positions per KV-cache block
+  double kv_cache_gib = 0;  // KV cache per rank; 0: what the memory plan leaves (see kv_pool_blocks)
+  bool prefix_caching = true, chunked_prefill = true;
 };
 
 struct PlanRequest {
@@ -61,7 +64,9 @@ struct RunPlan {
   std::vector<int> ranks_by_position;  // world rank at position (dp * pp + pp_rank) * tp + tp_rank
   std::vector<std::string> notes;      // how `auto` sizes were chosen
   std::vector<std::string> warnings;   // problems accepted with --force
-  StageLimits stage;                   // what each stage allocates for
+  StageLimits stage;                   // what each stage allocates for (its KV pool: stage.kv_blocks)
+  std::string kv_basis;                // what sized the KV pool
+  bool prefix_caching = true, chunked_prefill = true;
   int max_batch_size = 16, micro_batches = 1;
   std::vector<RankPlan> ranks;  // by world rank
 

@@ -20,9 +20,10 @@
 namespace strata {
 
 // One sequence's share of a step: rows [token_offset, token_offset + n_tokens) of the flattened batch are its
-// tokens at positions [start_pos, start_pos + n_tokens); its keys and values live in KV-cache slot `slot`.
+// tokens at positions [start_pos, start_pos + n_tokens); its keys and values live in the KV-cache blocks listed
+// from entry `table_offset` of the step's block table (see kv_blocks.h).
 struct SeqChunk {
-  std::int32_t slot = 0;
+  std::int32_t table_offset = 0;
   std::int32_t start_pos = 0;
   std::int32_t n_tokens = 0;
   std::int32_t token_offset = 0;
@@ -60,10 +61,10 @@ class Backend {
   virtual void abort_step() noexcept {}
 
   // Sizes the buffers a backend keeps per step (step inputs, attention partials) for steps of up to max_tokens
-  // tokens and max_seqs sequences over caches of max_len positions, q_heads x head_dim queries, so that no step
-  // allocates. Backends without such buffers ignore it.
+  // tokens and max_seqs sequences of up to max_len positions each (their block tables: max_len / block_size
+  // entries), q_heads x head_dim queries, so that no step allocates. Backends without such buffers ignore it.
   virtual void reserve_step_buffers(std::int64_t max_tokens, std::int64_t max_seqs, std::int64_t max_len,
-                                    std::int64_t q_heads, std::int64_t head_dim) {}
+                                    std::int64_t block_size, std::int64_t q_heads, std::int64_t head_dim) {}
 
   // Memory of this backend's kind, uninitialised.
   virtual Tensor allocate(Shape shape, DType dtype) = 0;
@@ -87,13 +88,14 @@ class Backend {
   // out[T,K] = table[ids - vocab_offset] for ids inside this shard's rows, 0 elsewhere (vocab-parallel).
   virtual void embedding(std::span<const std::int32_t> ids, TensorView table, std::int64_t vocab_offset,
                          TensorView out) = 0;
-  // Writes k[T, Hkv, D] and v into the caches (each [slots, max_len, Hkv, D]) at each chunk's slot and positions.
-  virtual void kv_store(std::span<const SeqChunk> chunks, TensorView k, TensorView v, TensorView k_cache,
-                        TensorView v_cache) = 0;
-  // Causal attention of q[T, Hq, D] against the cached keys/values of each chunk's slot up to its last position.
-  // Query head h uses kv head h / (Hq / Hkv) (grouped-query attention). out[T, Hq, D].
-  virtual void attention(std::span<const SeqChunk> chunks, TensorView q, TensorView k_cache, TensorView v_cache,
-                         float scale, TensorView out) = 0;
+  // Writes k[T, Hkv, D] and v into the paged caches (each [blocks, block_size, Hkv, D]) at each chunk's positions,
+  // through its blocks in `block_table` (kv_blocks.h).
+  virtual void kv_store(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table, TensorView k,
+                        TensorView v, TensorView k_cache, TensorView v_cache) = 0;
+  // Causal attention of q[T, Hq, D] against the cached keys/values of each chunk's sequence up to its last position,
+  // read through its blocks. Query head h uses kv head h / (Hq / Hkv) (grouped-query attention). out[T, Hq, D].
+  virtual void attention(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table, TensorView q,
+                         TensorView k_cache, TensorView v_cache, float scale, TensorView out) = 0;
   // dst[i, :] = src[rows[i], :]
   virtual void gather_rows(TensorView src, std::span<const std::int32_t> rows, TensorView dst) = 0;
   // Sampling candidates of each row of logits[R, local_vocab] (f32, this rank's vocab shard starting at global id

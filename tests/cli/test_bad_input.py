@@ -2,6 +2,7 @@
 hang: each case runs under a time bound and must exit non-zero with the expected text. Also: a failure on one rank
 only (one corrupt shard) aborts the others waiting in collectives, and an existing results file is never lost.
 """
+import json
 import os
 
 from harness import Harness, flip_middle
@@ -78,9 +79,37 @@ expect_failure("unknown JSONL field", gen(single, 1, prompt_file=typo), 1, "typo
 bad_value = h.write("value.jsonl", '{"prompt": "a"}\n{"prompt": "b", "top_p": 1.5}\n')
 expect_failure("out-of-range JSONL value", gen(single, 1, prompt_file=bad_value), 1,
                "value.jsonl:2: top_p must be in (0, 1]")
-long_prompt = h.write("long.txt", "short\n" + "x" * 600 + "\n")
-expect_failure("prompt longer than the context", gen(single, 2, prompt_file=long_prompt), 2,
-               "long.txt:2: prompt is 601 tokens but the context (--max-model-len) is 512 tokens")
+
+
+def expect_error_records(name, argv, ranks, output, errors):
+    """The job goes on: exit 0, one record per prompt, and errors {line index: needle} as error records."""
+    code, out, seconds = h.run(argv, ranks=ranks, timeout=BOUND)
+    h.check(code == 0, f"{name}: expected the job to go on (exit 0), got {code}\n{out}")
+    records = [json.loads(line) for line in open(output, encoding="utf-8")] if code == 0 else []
+    for i, record in enumerate(records):
+        if i in errors:
+            h.check(errors[i] in str(record.get("error")), f"{name}: record {i} lacks error {errors[i]!r}: {record}")
+        else:
+            h.check("text" in record and "error" not in record, f"{name}: record {i} should have run: {record}")
+    h.check(len(records) == 3, f"{name}: {len(records)} records for 3 prompts\n{out}")
+    print(f"ok: {name} ({seconds:.1f} s)")
+
+
+# A prompt that cannot run is an error record with the numbers; the others run.
+long_prompt = h.write("long.txt", "short\n" + "x" * 600 + "\nend\n")
+expect_error_records("prompt longer than the context",
+                     gen(single, 2, prompt_file=long_prompt, output=h.path("long.jsonl")), 2, h.path("long.jsonl"),
+                     {1: "prompt is 601 tokens but the context (--max-model-len) is 512 tokens"})
+# A KV pool of 8 blocks of 16 positions (tiny on CPU: 4 layers x 4 KV heads x 16 dims x 2 x 4 bytes = 2 KiB per position)
+# holds
+# 128 positions: a 301-token prompt can never fit, the short ones do.
+pool_prompts = h.write("pool.txt", "short\n" + "y" * 300 + "\nend\n")
+expect_error_records("prompt larger than the KV pool",
+                     gen(single, 1, "--kv-cache-memory", 8 * 16 * 2048 / 2**30, prompt_file=pool_prompts,
+                         output=h.path("pool.jsonl")), 1, h.path("pool.jsonl"),
+                     {1: "the prompt needs 19 KV-cache blocks of 16 positions (301 tokens) but the whole pool has 8"})
+expect_failure("KV budget below one block", gen(single, 1, "--kv-cache-memory", 1e-9), 1,
+               "holds no KV-cache block on rank 0", "one block of 16 positions takes")
 expect_failure("missing prompt file", gen(single, 1, prompt_file=h.path("none.txt")), 1, "cannot open", "none.txt",
                "No such file or directory")
 # The output: an empty folder is a folder (not "not empty"); the prompt file itself is refused and left intact.

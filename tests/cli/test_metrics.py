@@ -44,9 +44,29 @@ for name, (ranks, flags) in LAYOUTS.items():
         h.check(all(r["communication_seconds"] > 0 for r in m["ranks"]), f"{name}: tensor parallelism communicates")
     kv = m["kv_cache"]
     longest = max(r["prompt_tokens"] + r["completion_tokens"] - 1 for r in records)
-    h.check(longest <= kv["peak_tokens_per_replica"] <= kv["slots_per_replica"] * kv["positions_per_slot"]
-            and 1 <= kv["peak_sequences_per_replica"] <= kv["slots_per_replica"] == 4 and 0 < kv["peak_use"] <= 1,
+    h.check(longest <= kv["peak_tokens_per_replica"] <= kv["tokens_per_replica"] == kv["blocks"] * kv["block_size"]
+            and 1 <= kv["peak_sequences_per_replica"] <= 4 and kv["block_size"] == 16
+            and longest / 16 <= kv["peak_blocks_per_replica"] <= kv["blocks"] and 0 < kv["peak_use"] <= 1,
             f"{name}: the KV peak holds the longest sequence ({longest}) within the capacity: {kv}")
+    h.check(m["errors"] == 0 and m["preemptions"] == 0 and m["prefix_cache"]["enabled"]
+            and 0 < m["longest_step_seconds"] <= wall, f"{name}: no errors, no preemption, a longest step")
+
+# Prefix cache and preemption, reported: prompts sharing a 64-token prefix find it cached; a pool of 6 blocks of 16
+# for 4 sequences of ~70 positions runs out, preempts and recomputes, and the greedy texts are those of a roomy run.
+shared = h.write("shared.jsonl", "".join(json.dumps({"id": i, "prompt": "s" * 63 + f" question {i}", "max_tokens": 8})
+                                         + "\n" for i in range(6)))
+runs = {}
+for name, flags in {"roomy": [], "tight": ["--kv-cache-memory", 6 * 16 * 2048 / 2**30]}.items():
+    h.run_ok(["generate", "--model", model, "--prompts", shared, "--output", f"{name}.jsonl", "--overwrite",
+              "--metrics", f"{name}.metrics.json", "--max-batch-size", 4, "-q", *flags], ranks=1)
+    with open(h.path(f"{name}.metrics.json")) as f:
+        runs[name] = (json.load(f), [r["text"] for r in h.results(f"{name}.jsonl")])
+roomy, tight = runs["roomy"][0], runs["tight"][0]
+h.check(roomy["prefix_cache"]["cached_prompt_tokens"] >= 5 * 48 and roomy["prefix_cache"]["hit_rate"] > 0.5,
+        f"the shared prefix is found in the cache: {roomy['prefix_cache']}")
+h.check(tight["kv_cache"]["blocks"] == 6 and tight["preemptions"] > 0 and tight["kv_cache"]["recomputed_tokens"] > 0,
+        f"a pool of 6 blocks preempts: {tight['kv_cache']}, preemptions {tight['preemptions']}")
+h.check(runs["tight"][1] == runs["roomy"][1], "preempted and recomputed sequences end with the same greedy text")
 
 plots = h.path("plots")
 p = subprocess.run(["/usr/bin/python3", os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "plot-metrics.py"),

@@ -80,11 +80,15 @@ def gpu_node(peers):
 
 
 islands = gpu_node(lambda d: [d ^ 1])  # 0-1 and 2-3
-plan = ["plan", "--model", model, "-tp", 2, "--device", "cuda"]
+# The same KV budget on both devices (by default a GPU's pool takes 90% of its memory).
+plan = ["plan", "--model", model, "-tp", 2, "--device", "cuda", "--kv-cache-memory", 0.0001]
 out = h.run_ok(plan + ["--topology", islands])
 h.check(re.search(r"\n3 +g +3 +gpu:3 ", out) is not None and out.count("(NVLink)") == 4 and "(PCIe)" not in out,
         f"a GPU plan names each rank's device and NVLink for TP groups inside an island:\n{out}")
-cpu_mb = busiest_mb(h.run_ok(["plan", "--model", model, "-tp", 2, "--topology", islands]))
+cpu_mb = busiest_mb(h.run_ok(["plan", "--model", model, "-tp", 2, "--topology", islands, "--kv-cache-memory", 0.0001]))
+default_gpu = h.run_ok(plan[:-2] + ["--topology", islands])
+h.check(re.search(r"KV cache: \d+ blocks of 16 positions per rank .*90% of the GPU after weights and workspace",
+                  default_gpu) is not None, f"by default a GPU's KV pool takes what 90% of it leaves:\n{default_gpu}")
 h.check(busiest_mb(out) < 0.6 * cpu_mb, f"GPU memory is estimated in 16 bits, below the CPU's f32: {out}")
 out = h.run_ok(plan + ["--topology", gpu_node(lambda d: []), "--force"])
 h.check(out.count("(PCIe)") == 4, f"without NVLink the TP all-reduces go over PCIe:\n{out}")

@@ -173,16 +173,23 @@ TEST(CudaBackend, RopeSwigluEmbeddingGatherMatchCpu) {
 namespace {
 
 // Fills both backends' caches through kv_store for `chunks` (one prefill-sized write per chunk), then runs
-// attention for `step` and returns (gpu output, cpu output).
+// attention for `step` and returns (gpu output, cpu output). Chunks name a sequence (0 .. seqs-1) in table_offset;
+// sequence s holds max_len / block_size blocks of a paged cache, scattered over the pool (block i of the table is
+// pool block i * 97 mod blocks), so both backends read through a block table that is not the identity.
 struct AttentionCase {
-  std::int64_t slots = 3, max_len = 1100, q_heads = 8, kv_heads = 2, dim = 64;
+  std::int64_t seqs = 3, max_len = 1100, block_size = 16, q_heads = 8, kv_heads = 2, dim = 64;
+  std::int64_t per_seq() const { return (max_len + block_size - 1) / block_size; }
 };
 
 std::pair<std::vector<float>, std::vector<float>> run_attention(Pair& p, const AttentionCase& a,
-                                                                const std::vector<SeqChunk>& fill,
-                                                                const std::vector<SeqChunk>& step,
+                                                                std::vector<SeqChunk> fill, std::vector<SeqChunk> step,
                                                                 bool swap_kv_heads_on_cpu = false) {
-  const Shape cache_shape{a.slots, a.max_len, a.kv_heads, a.dim};
+  const std::int64_t blocks = a.seqs * a.per_seq();
+  std::vector<std::int32_t> table(static_cast<std::size_t>(blocks));
+  for (std::int64_t i = 0; i < blocks; ++i) table[std::size_t(i)] = std::int32_t(i * 97 % blocks);
+  for (auto* chunks : {&fill, &step})
+    for (auto& c : *chunks) c.table_offset = std::int32_t(c.table_offset * a.per_seq());
+  const Shape cache_shape{blocks, a.block_size, a.kv_heads, a.dim};
   Tensor ck = p.cpu->allocate(cache_shape, DType::F32), cv = p.cpu->allocate(cache_shape, DType::F32);
   Tensor gk = p.gpu->allocate(cache_shape, DType::BF16), gv = p.gpu->allocate(cache_shape, DType::BF16);
   auto store = [&](const std::vector<SeqChunk>& chunks, std::int64_t tokens) {
@@ -195,8 +202,8 @@ std::pair<std::vector<float>, std::vector<float>> run_attention(Pair& p, const A
                     k_cpu[std::size_t((t * a.kv_heads + 1) * a.dim + e)]);
     Tensor ckt = p.on_cpu(k_cpu, {tokens, a.kv_heads * a.dim}), cvt = p.on_cpu(v, {tokens, a.kv_heads * a.dim});
     Tensor gkt = p.on_gpu(k, {tokens, a.kv_heads * a.dim}), gvt = p.on_gpu(v, {tokens, a.kv_heads * a.dim});
-    p.cpu->kv_store(chunks, ckt.view(), cvt.view(), ck.view(), cv.view());
-    p.gpu->kv_store(chunks, gkt.view(), gvt.view(), gk.view(), gv.view());
+    p.cpu->kv_store(chunks, table, ckt.view(), cvt.view(), ck.view(), cv.view());
+    p.gpu->kv_store(chunks, table, gkt.view(), gvt.view(), gk.view(), gv.view());
   };
   std::int64_t fill_tokens = 0;
   for (const auto& c : fill) fill_tokens += c.n_tokens;
@@ -209,8 +216,8 @@ std::pair<std::vector<float>, std::vector<float>> run_attention(Pair& p, const A
   Tensor co = p.cpu->allocate({tokens, a.q_heads, a.dim}, DType::F32);
   Tensor go = p.gpu->allocate({tokens, a.q_heads, a.dim}, DType::BF16);
   const float scale = float(1.0 / std::sqrt(double(a.dim)));
-  p.cpu->attention(step, cq.view(), ck.view(), cv.view(), scale, co.view());
-  p.gpu->attention(step, gq.view(), gk.view(), gv.view(), scale, go.view());
+  p.cpu->attention(step, table, cq.view(), ck.view(), cv.view(), scale, co.view());
+  p.gpu->attention(step, table, gq.view(), gk.view(), gv.view(), scale, go.view());
   return {p.fetch(go), std::vector<float>(co.f32(), co.f32() + co.numel())};
 }
 
@@ -328,16 +335,17 @@ TEST(CudaBackend, WholeStageLogitsAndGreedyTokensMatchCpuWithAndWithoutGraphs) {
   TransformerStage gpu_stage(plan, w2, *gpu, tp_gpu, limits);
   TransformerStage graph_stage(plan, w3, *graph, tp_graph, limits);
 
-  std::vector<SeqChunk> chunks{{0, 0, 9, 0}, {1, 0, 4, 9}};
+  const test::SequenceBlocks blocks(limits);
+  std::vector<SeqChunk> chunks{blocks.chunk(0, 0, 9, 0), blocks.chunk(1, 0, 4, 9)};
   std::vector<std::int32_t> ids{256, 72, 101, 108, 108, 111, 32, 119, 111, 256, 65, 66, 67};
   const std::int64_t vocab = plan.local_vocab();
   std::int64_t compared_tokens = 0;
   for (int step = 0; step < 7; ++step) {
-    const TensorView cl = cpu_stage.forward(chunks, ids, nullptr);
-    const TensorView gl = gpu_stage.forward(chunks, ids, nullptr);
+    const TensorView cl = cpu_stage.forward(chunks, blocks.table, ids, nullptr);
+    const TensorView gl = gpu_stage.forward(chunks, blocks.table, ids, nullptr);
     std::vector<float> got(static_cast<std::size_t>(gl.numel())), replayed(got.size());
     gpu->download(gl, got.data());
-    graph->download(graph_stage.forward(chunks, ids, nullptr), replayed.data());
+    graph->download(graph_stage.forward(chunks, blocks.table, ids, nullptr), replayed.data());
     float scale = 0;
     for (std::int64_t i = 0; i < cl.numel(); ++i) scale = std::max(scale, std::abs(cl.f32()[i]));
     const double tol = 0.03 * scale;
@@ -360,7 +368,7 @@ TEST(CudaBackend, WholeStageLogitsAndGreedyTokensMatchCpuWithAndWithoutGraphs) {
         ++compared_tokens;
       }
       const SeqChunk& c = chunks[r];
-      next.push_back(SeqChunk{c.slot, c.start_pos + c.n_tokens, 1, std::int32_t(r)});
+      next.push_back(SeqChunk{c.table_offset, c.start_pos + c.n_tokens, 1, std::int32_t(r)});
       next_ids.push_back(order[0]);
     }
     chunks = next;
@@ -378,12 +386,14 @@ TEST(CudaBackend, GraphReplayUsesEachStepsInputs) {
   test::LocalCommunicator tp;
   auto graph = make_cuda_backend(CudaBackendOptions{0, DType::BF16, 0, /*graphs=*/true});
   Bf16Weights w(3);
-  TransformerStage stage(plan, w, *graph, tp, StageLimits{16, 2, 32});
+  const StageLimits limits{16, 2, 32};
+  const test::SequenceBlocks blocks(limits);
+  TransformerStage stage(plan, w, *graph, tp, limits);
   std::vector<float> previous, now(static_cast<std::size_t>(plan.local_vocab()));
   for (int step = 0; step < 5; ++step) {  // step 0 warms up, 1 is captured, 2.. replay
-    const std::vector<SeqChunk> chunks{{0, step, 1, 0}};
+    const std::vector<SeqChunk> chunks{blocks.chunk(0, step, 1, 0)};
     const std::vector<std::int32_t> ids{std::int32_t(65 + step)};
-    graph->download(stage.forward(chunks, ids, nullptr), now.data());
+    graph->download(stage.forward(chunks, blocks.table, ids, nullptr), now.data());
     if (!previous.empty()) {
       EXPECT_NE(0, std::memcmp(previous.data(), now.data(), now.size() * 4)) << "step " << step;
     }
@@ -410,7 +420,7 @@ struct RopeSteps {
     gx = graph->allocate({kTokens, kHeads, kDim}, DType::BF16);
     // As the engine does at setup: step buffers sized up front. Without it the warm-up step grows the positions
     // buffer, which drops every recording and warm-up count, and the capture comes one step later.
-    graph->reserve_step_buffers(kTokens, kTokens, 1024, kHeads, kDim);
+    graph->reserve_step_buffers(kTokens, kTokens, 1024, 16, kHeads, kDim);
   }
   // The CPU's rope of x0 at `positions`.
   std::vector<float> expected(const std::vector<std::int32_t>& positions) {
@@ -482,18 +492,19 @@ TEST(CudaBackend, TwoPipelineStagesEqualOneStage) {
   TransformerStage whole(ShardPlan(config, StageCoordinates{1, 0, 1, 0}), w0, *gpu, tp, limits);
   TransformerStage first(ShardPlan(config, StageCoordinates{1, 0, 2, 0}), w1, *gpu, tp, limits);
   TransformerStage last(ShardPlan(config, StageCoordinates{1, 0, 2, 1}), w2, *gpu, tp, limits);
-  const std::vector<SeqChunk> prefill{{0, 0, 6, 0}, {1, 0, 3, 6}};
+  const test::SequenceBlocks blocks(limits);
+  const std::vector<SeqChunk> prefill{blocks.chunk(0, 0, 6, 0), blocks.chunk(1, 0, 3, 6)};
   const std::vector<std::int32_t> ids{256, 80, 105, 112, 101, 33, 256, 72, 105};
-  const std::vector<SeqChunk> decode{{0, 6, 1, 0}, {1, 3, 1, 1}};
+  const std::vector<SeqChunk> decode{blocks.chunk(0, 6, 1, 0), blocks.chunk(1, 3, 1, 1)};
   const std::vector<std::int32_t> next{10, 11};
   for (const auto& [chunks, tokens] : {std::pair{prefill, ids}, std::pair{decode, next}}) {
-    const TensorView hidden = first.forward(chunks, tokens, nullptr);
+    const TensorView hidden = first.forward(chunks, blocks.table, tokens, nullptr);
     ASSERT_EQ(hidden.kind, MemoryKind::Host);
     ASSERT_EQ(hidden.dtype, DType::F32);
     std::vector<float> split(static_cast<std::size_t>(config.vocab_size * std::int64_t(chunks.size()))),
         single(split.size());
-    gpu->download(last.forward(chunks, {}, hidden.f32()), split.data());
-    gpu->download(whole.forward(chunks, tokens, nullptr), single.data());
+    gpu->download(last.forward(chunks, blocks.table, {}, hidden.f32()), split.data());
+    gpu->download(whole.forward(chunks, blocks.table, tokens, nullptr), single.data());
     float scale = 0;
     for (float v : single) scale = std::max(scale, std::abs(v));
     EXPECT_TRUE(close(split, single.data(), 1e-6 * scale, 0))

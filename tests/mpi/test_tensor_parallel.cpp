@@ -16,8 +16,9 @@ std::vector<float> stage_logits(const ModelConfig& config, int tp, int tp_rank, 
   auto backend = make_cpu_backend(1);
   test::RandomWeights weights(5);
   ShardPlan plan(config, {tp, tp_rank, 1, 0});
-  TransformerStage stage(plan, weights, *backend, comm, StageLimits{64, 4, 32});
-  const TensorView local = stage.forward(chunks, ids, nullptr);
+  const StageLimits limits{64, 4, 32};
+  TransformerStage stage(plan, weights, *backend, comm, limits);
+  const TensorView local = stage.forward(chunks, test::SequenceBlocks(limits).table, ids, nullptr);
   // gather the vocab shards (contiguous in rank order) into whole rows
   const std::int64_t rows = local.rows(), shard = local.row_elems();
   std::vector<float> gathered(std::size_t(rows * shard * tp)), full(gathered.size());
@@ -40,7 +41,7 @@ TEST(TensorParallel, StageLogitsMatchTheUnsplitModel) {
       config.attention_bias = bias_and_tied;
       config.tie_word_embeddings = bias_and_tied;
       const std::vector<std::int32_t> ids = {256, 72, 105, 33, 256, 7, 250, 3, 9};
-      const std::vector<SeqChunk> chunks = {{0, 0, 4, 0}, {1, 0, 5, 4}};
+      const std::vector<SeqChunk> chunks = {{0, 0, 4, 0}, {2, 0, 5, 4}};  // sequences 0 and 1 (2 blocks each)
       test::LocalCommunicator alone;
       const auto reference = stage_logits(config, 1, 0, alone, ids, chunks);
       const auto split = stage_logits(config, 2, tp->rank(), *tp, ids, chunks);

@@ -67,7 +67,7 @@ TEST(CpuBackend, ZeroRowTensorsHaveTheirRowSizeAndStoreNothing) {
   EXPECT_EQ(k.view().row_elems(), 16);
   Tensor cache_k = backend->allocate({1, 4, 2, 8}, DType::F32), cache_v = backend->allocate({1, 4, 2, 8}, DType::F32);
   std::fill(cache_k.f32(), cache_k.f32() + cache_k.numel(), 7.0f);
-  backend->kv_store({}, k.view().reshaped({0, 16}), v.view().reshaped({0, 16}), cache_k.view(), cache_v.view());
+  backend->kv_store({}, {}, k.view().reshaped({0, 16}), v.view().reshaped({0, 16}), cache_k.view(), cache_v.view());
   EXPECT_EQ(cache_k.f32()[0], 7.0f);
 }
 
@@ -203,21 +203,29 @@ TEST(CpuBackend, EmbeddingLooksUpOnlyItsVocabularyShard) {
 }
 
 namespace {
-// Two sequences in one step: sequence A decodes one token after 5 cached, sequence B prefills 4 tokens.
+// Two sequences in one step: sequence A decodes one token after 5 cached, sequence B prefills 4 tokens. The cache is
+// paged with blocks of 4 positions, handed out out of order: A holds blocks 7 then 2 (its position 5 is row 1 of
+// block 2), B holds block 5.
 void run_attention_case(Fixture& f, const std::function<int(int)>& reference_kv_head, double* error_out) {
-  const int hq = 4, hkv = 2, d = 8, slots = 3, max_len = 16;
-  Tensor kc = f.backend->allocate({slots, max_len, hkv, d}, DType::F32);
-  Tensor vc = f.backend->allocate({slots, max_len, hkv, d}, DType::F32);
+  const int hq = 4, hkv = 2, d = 8, blocks = 12, block_size = 4;
+  Tensor kc = f.backend->allocate({blocks, block_size, hkv, d}, DType::F32);
+  Tensor vc = f.backend->allocate({blocks, block_size, hkv, d}, DType::F32);
+  std::fill(kc.f32(), kc.f32() + kc.numel(), 1e3f);  // any read of a position no sequence wrote shows
+  std::fill(vc.f32(), vc.f32() + vc.numel(), 1e3f);
+  const std::vector<std::int32_t> table = {7, 2, 5};  // A from entry 0, B from entry 2
   // History of A (positions 0-4) stored through kv_store as an earlier step would.
   Tensor hist_k = f.random({5, hkv, d}), hist_v = f.random({5, hkv, d});
-  const std::vector<SeqChunk> history = {{2, 0, 5, 0}};
-  f.backend->kv_store(history, hist_k.view().reshaped({5, hkv * d}), hist_v.view().reshaped({5, hkv * d}), kc.view(),
-                      vc.view());
+  const std::vector<SeqChunk> history = {{0, 0, 5, 0}};
+  f.backend->kv_store(history, table, hist_k.view().reshaped({5, hkv * d}), hist_v.view().reshaped({5, hkv * d}),
+                      kc.view(), vc.view());
+  EXPECT_EQ(kc.f32()[(7 * block_size + 0) * hkv * d], hist_k.f32()[0]);            // position 0: row 0 of block 7
+  EXPECT_EQ(kc.f32()[(2 * block_size + 0) * hkv * d], hist_k.f32()[4 * hkv * d]);  // position 4: row 0 of block 2
 
   Tensor q = f.random({5, hq, d}), k = f.random({5, hkv, d}), v = f.random({5, hkv, d}), out = f.random({5, hq, d});
-  const std::vector<SeqChunk> chunks = {{2, 5, 1, 0}, {0, 0, 4, 1}};
-  f.backend->kv_store(chunks, k.view().reshaped({5, hkv * d}), v.view().reshaped({5, hkv * d}), kc.view(), vc.view());
-  f.backend->attention(chunks, q.view(), kc.view(), vc.view(), float(1 / std::sqrt(double(d))), out.view());
+  const std::vector<SeqChunk> chunks = {{0, 5, 1, 0}, {2, 0, 4, 1}};
+  f.backend->kv_store(chunks, table, k.view().reshaped({5, hkv * d}), v.view().reshaped({5, hkv * d}), kc.view(),
+                      vc.view());
+  f.backend->attention(chunks, table, q.view(), kc.view(), vc.view(), float(1 / std::sqrt(double(d))), out.view());
 
   // Reference: A sees its 5 history rows + its new row; B sees its own 4 rows causally.
   std::vector<double> ka = f.values(hist_k), va = f.values(hist_v);

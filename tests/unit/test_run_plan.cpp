@@ -307,7 +307,12 @@ void check_plan(const PlanRequest& request, const Cluster& cluster, const RunPla
                                                         : std::int32_t(request.config.max_position_embeddings);
   EXPECT_EQ(plan.stage.max_seq_len, len);
   EXPECT_EQ(plan.stage.max_seqs, request.limits.max_batch_size);
-  EXPECT_GE(plan.stage.max_tokens, std::max(request.limits.max_num_batched_tokens, len));
+  // Chunked prefill (the default) splits prompts to the step budget; without it a step holds a whole context.
+  EXPECT_EQ(plan.stage.max_tokens, request.limits.chunked_prefill
+                                       ? request.limits.max_num_batched_tokens
+                                       : std::max(request.limits.max_num_batched_tokens, len));
+  EXPECT_GE(plan.stage.kv_blocks, 1);
+  EXPECT_EQ(plan.stage.block_size, request.limits.block_size);
   EXPECT_EQ(plan.micro_batches, request.limits.micro_batches ? request.limits.micro_batches : s.pp);
 
   // The table names every rank once, with its coordinates.
@@ -344,6 +349,8 @@ TEST(RunPlan, RandomClustersAndModelsKeepEveryInvariant) {
     request.limits.max_model_len = pick(rng, {0, 0, 16, 32, 64});
     if (chance(rng, 0.04)) request.limits.max_model_len = std::int32_t(request.config.max_position_embeddings) + 1;
     request.limits.micro_batches = pick(rng, {0, 0, 1, 2, 3});
+    request.limits.chunked_prefill = chance(rng, 0.7);
+    request.limits.block_size = pick(rng, {16, 16, 1, 5, 64});
     request.gpu_reserve_mib = pick(rng, {-1, -1, 0, 256});
     request.force = chance(rng, 0.25);
     request.fit_fixed_layout = !chance(rng, 0.15);
@@ -513,8 +520,9 @@ TEST(RunPlan, GpuWeightsAreSizedInTheDtypeTheGpuKeeps) {
     const MemoryPlan& m = plan.rank(0).memory;
     EXPECT_EQ(m.weights_dtype, stored == DType::F16 ? DType::F16 : DType::BF16);
     EXPECT_EQ(m.weights, 2 * params) << "every weight in 2 bytes";
-    EXPECT_LT(m.kv_cache + m.workspace, 64 * MiB);
-    EXPECT_LE(m.total(), 24 * GiB);
+    EXPECT_GT(m.kv_cache, 4 * GiB) << "by default the KV pool takes what 90% of the GPU leaves";
+    EXPECT_LE(m.total(), 24 * GiB / 10 * 9);
+    EXPECT_GT(m.total(), 24 * GiB / 10 * 9 - 64 * MiB);
   }
   // The control: GPUs too small for one copy of the 16-bit weights get tp 2.
   EXPECT_EQ(make_run_plan(two_gpu_request(DeviceKind::Cuda, DType::BF16, two_gpus(12 * GiB))).sizes.tp, 2);
@@ -526,6 +534,38 @@ TEST(RunPlan, GpuWeightsAreSizedInTheDtypeTheGpuKeeps) {
   // ... while bf16 (~15.6 GiB) does, and so does f32 with host memory to spare.
   EXPECT_EQ(make_run_plan(two_gpu_request(DeviceKind::Cpu, DType::BF16, two_gpus(24 * GiB, 48 * GiB))).sizes.tp, 1);
   EXPECT_EQ(make_run_plan(two_gpu_request(DeviceKind::Cpu, DType::F32, two_gpus(24 * GiB, 160 * GiB))).sizes.tp, 1);
+}
+
+namespace {
+Topology cpu_node(int ranks);
+}
+
+// The KV pool: on CPUs max_batch_size whole contexts by default; --kv-cache-memory sizes it per rank (blocks of
+// 2 x layers x block_size x KV heads x head_dim x 4 bytes for f32 activations), the same block count on every
+// rank; a budget below one block is refused with the numbers; the plan table states it.
+TEST(RunPlan, KvPoolIsSizedFromTheBudget) {
+  PlanRequest r;
+  r.config = test::tiny_config();  // 2 layers, 2 KV heads of 8 dims, 128 positions
+  r.topology = cpu_node(2);
+  r.sizes = {1, 1, 2};  // tp 2: one KV head per rank
+  r.limits.max_batch_size = 3;
+  r.limits.block_size = 16;
+  RunPlan plan = make_run_plan(r);
+  EXPECT_EQ(plan.stage.kv_blocks, 3 * 128 / 16);
+  const std::int64_t per_block = 2 * 2 * 16 * 1 * r.config.head_dim * 4;  // K and V, layers, positions, heads
+  EXPECT_EQ(plan.rank(0).memory.kv_cache, plan.stage.kv_blocks * per_block);
+  r.limits.kv_cache_gib = double(100 * per_block) / double(GiB);
+  plan = make_run_plan(r);
+  EXPECT_EQ(plan.stage.kv_blocks, 100);
+  EXPECT_NE(plan.table().find("KV cache: 100 blocks of 16 positions per rank (1600 tokens per replica"),
+            std::string::npos)
+      << plan.table();
+  r.limits.kv_cache_gib = double(per_block / 2) / double(GiB);
+  const std::string why = test::error_of([&] { make_run_plan(r); });
+  EXPECT_NE(why.find("holds no KV-cache block on rank 0: one block of 16 positions takes " + std::to_string(per_block) +
+                     " bytes there (2 layers x 1 KV heads x 16 x 2 x 4 bytes per position)"),
+            std::string::npos)
+      << why;
 }
 
 namespace {

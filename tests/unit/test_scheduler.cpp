@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
+#include "engine/block_pool.h"
 #include "engine/engine.h"
 #include "engine/scheduler.h"
-#include "engine/slot_allocator.h"
 #include "engine/stop_matcher.h"
 #include "io/tokenizer.h"
 #include "runtime/base/error.h"
@@ -39,14 +39,30 @@ struct Bench {
   Scheduler scheduler;
   std::vector<Completion> done;
 
+  std::vector<std::int32_t> table;  // the latest step's block table
+
   Bench(std::vector<Request> requests, SchedulerLimits limits, std::int32_t max_model_len = 128)
-      : stops(tokenizer, max_model_len), scheduler(std::move(requests), limits, stops, ByteTokenizer::kVocab) {}
+      : stops(tokenizer, max_model_len),
+        scheduler(std::move(requests), with_len(limits, max_model_len), stops, ByteTokenizer::kVocab) {}
+  static SchedulerLimits with_len(SchedulerLimits limits, std::int32_t max_model_len) {
+    if (limits.max_model_len == 0) limits.max_model_len = max_model_len;
+    return limits;
+  }
 
   std::vector<ChunkMeta> step(int group, std::vector<std::int32_t>* ids = nullptr) {
     std::vector<ChunkMeta> metas;
     std::vector<std::int32_t> local;
-    scheduler.build_step(group, metas, ids ? *ids : local);
+    scheduler.build_step(group, metas, table, ids ? *ids : local);
     return metas;
+  }
+  void admit(int group) {
+    scheduler.admit(group, [this](Completion&& c) { done.push_back(std::move(c)); });
+  }
+  // The blocks of a chunk of the latest step.
+  std::vector<std::int32_t> blocks(const ChunkMeta& m) const {
+    const auto n =
+        (m.chunk.start_pos + m.chunk.n_tokens + scheduler.pool().block_size() - 1) / scheduler.pool().block_size();
+    return std::vector<std::int32_t>(table.begin() + m.chunk.table_offset, table.begin() + m.chunk.table_offset + n);
   }
   void apply(int group, std::vector<std::int32_t> tokens) {
     StepResult result;
@@ -58,65 +74,131 @@ struct Bench {
 
 }  // namespace
 
-TEST(SlotAllocator, LowestFreeFirstAndDoubleReleaseRefused) {
-  SlotAllocator slots(3);
-  EXPECT_TRUE(slots.available());
-  EXPECT_EQ(slots.in_use(), 0);
-  EXPECT_EQ(slots.acquire(), 0);
-  EXPECT_EQ(slots.acquire(), 1);
-  EXPECT_EQ(slots.acquire(), 2);
-  EXPECT_EQ(slots.in_use(), 3);
-  EXPECT_FALSE(slots.available());
-  EXPECT_THROW(slots.acquire(), Error) << "all slots held";
-  slots.release(2);
-  slots.release(0);
-  EXPECT_EQ(slots.in_use(), 1);
-  EXPECT_EQ(slots.acquire(), 0) << "the lowest free slot, not the last released";
-  EXPECT_EQ(slots.acquire(), 2);
-  slots.release(1);
-  EXPECT_THROW(slots.release(1), Error) << "released twice";
-  EXPECT_THROW(slots.release(7), Error) << "never existed";
-  EXPECT_THROW(slots.release(-1), Error);
-  EXPECT_EQ(slots.in_use(), 2) << "a refused release changes nothing";
-  EXPECT_EQ(slots.acquire(), 1);
-  EXPECT_THROW(SlotAllocator(0), Error);
+TEST(BlockPool, ReferenceCountsFreeListAndRefusals) {
+  BlockPool pool(3, 4, false);
+  EXPECT_EQ(pool.available(), 3);
+  EXPECT_EQ(pool.allocate(), 0) << "lowest id first";
+  EXPECT_EQ(pool.allocate(), 1);
+  EXPECT_EQ(pool.allocate(), 2);
+  EXPECT_EQ(pool.allocate(), -1) << "all blocks held";
+  EXPECT_EQ(pool.used(), 3);
+  pool.retain(1);  // shared by a second holder
+  pool.release(1);
+  EXPECT_EQ(pool.available(), 0) << "still held once";
+  pool.release(1);
+  EXPECT_EQ(pool.available(), 1);
+  EXPECT_THROW(pool.release(1), Error) << "released more often than held";
+  EXPECT_THROW(pool.release(7), Error) << "never existed";
+  EXPECT_THROW(pool.retain(1), Error) << "a free, unregistered block cannot be taken back";
+  EXPECT_EQ(pool.allocate(), 1);
+  EXPECT_EQ(pool.counts().peak_used, 3);
+  EXPECT_THROW(BlockPool(0, 4, false), Error);
+  EXPECT_EQ(pool.blocks_for(0), 0);
+  EXPECT_EQ(pool.blocks_for(4), 1);
+  EXPECT_EQ(pool.blocks_for(5), 2);
 }
 
-TEST(Scheduler, AdmissionRespectsSlotsAndTheTokenBudget) {
+// Prefix caching: a block is found by the hash of its tokens chained to the blocks before it (the same tokens
+// after another prefix are another block), a released registered block stays findable until it is the least
+// recently released one when a block is needed, and a block in use is never evicted.
+TEST(BlockPool, PrefixCacheChainsHashesAndEvictsLeastRecentlyUsed) {
+  BlockPool pool(4, 2, true);
+  const std::vector<std::int32_t> a = {1, 2, 3, 4, 5}, b = {9, 9, 3, 4};
+  const std::int32_t a0 = pool.allocate(), a1 = pool.allocate();
+  std::uint64_t chain = pool.register_full(a0, 0, std::span(a).subspan(0, 2));
+  chain = pool.register_full(a1, chain, std::span(a).subspan(2, 2));
+  EXPECT_EQ(chain,
+            BlockPool::chain_hash(BlockPool::chain_hash(0, std::span(a).subspan(0, 2)), std::span(a).subspan(2, 2)));
+  // Same first two blocks, third token different: both cached blocks found, in order.
+  const std::vector<std::int32_t> again = {1, 2, 3, 4, 6, 7};
+  auto hit = pool.acquire_prefix(again, 3);
+  EXPECT_EQ(hit.blocks, (std::vector<std::int32_t>{a0, a1}));
+  EXPECT_EQ(hit.chain, chain);
+  // {3, 4} after {9, 9} is not the cached {3, 4} after {1, 2}.
+  auto other = pool.acquire_prefix(b, 2);
+  EXPECT_TRUE(other.blocks.empty());
+  auto capped = pool.acquire_prefix(again, 1);  // at most one block asked for
+  EXPECT_EQ(capped.blocks, std::vector<std::int32_t>{a0});
+  EXPECT_EQ(pool.counts().prefix_hits, 3);
+  // Release everything: the two registered blocks become evictable (a0 last), the others free.
+  for (auto* p : {&hit.blocks, &capped.blocks})
+    for (std::int32_t blk : *p) pool.release(blk);
+  pool.release(a1);
+  pool.release(a0);
+  EXPECT_EQ(pool.available(), 4);
+  EXPECT_EQ(pool.allocate(), 2) << "never-used blocks go before cached ones";
+  EXPECT_EQ(pool.allocate(), 3);
+  EXPECT_EQ(pool.allocate(), a1) << "the least recently released cached block is evicted first";
+  EXPECT_EQ(pool.counts().evictions, 1);
+  auto after = pool.acquire_prefix(again, 3);
+  EXPECT_EQ(after.blocks, std::vector<std::int32_t>{a0}) << "a1 was evicted, a0 still cached";
+  EXPECT_EQ(pool.allocate(), -1) << "a0 is in use again: not evictable";
+  // Without prefix caching nothing is ever found.
+  BlockPool plain(2, 2, false);
+  const std::int32_t p0 = plain.allocate();
+  plain.register_full(p0, 0, std::span(a).subspan(0, 2));
+  plain.release(p0);
+  EXPECT_TRUE(plain.acquire_prefix(a, 2).blocks.empty());
+}
+
+TEST(Scheduler, AdmissionRespectsTheBatchSizeAndChunksPrefillsToTheTokenBudget) {
   ByteTokenizer t;
-  {  // 2 slots for 5 requests: 2 run, 3 wait.
+  {  // max_batch_size 2 for 5 requests: 2 run, 3 wait.
     std::vector<Request> rs;
     for (int i = 0; i < 5; ++i) rs.push_back(request(t, i, "abc"));
     Bench b(std::move(rs), {2, 2048, 1, false});
-    b.scheduler.admit(0);
+    b.admit(0);
     EXPECT_EQ(b.step(0).size(), 2u);
     EXPECT_EQ(b.scheduler.waiting(), 3u);
-    b.scheduler.admit(0);
-    EXPECT_EQ(b.step(0).size(), 2u) << "no slot free: admitting again takes nobody";
+    b.admit(0);
+    EXPECT_EQ(b.step(0).size(), 2u) << "the batch is full: admitting again takes nobody";
   }
-  {  // Prompts of 5 tokens (bos + 4 bytes) and a budget of 12 tokens: two prompts fit a step, the third waits.
+  {  // Prompts of 5 tokens (bos + 4 bytes) and a budget of 12 tokens: two whole prompts and 2 tokens of the third.
     std::vector<Request> rs;
     for (int i = 0; i < 3; ++i) rs.push_back(request(t, i, "abcd"));
     Bench b(std::move(rs), {8, 12, 1, false});
-    b.scheduler.admit(0);
+    b.admit(0);
     std::vector<std::int32_t> ids;
-    const auto metas = b.step(0, &ids);
-    ASSERT_EQ(metas.size(), 2u);
-    EXPECT_EQ(ids.size(), 10u);
-    EXPECT_EQ(b.scheduler.waiting(), 1u);
-    EXPECT_EQ(b.scheduler.counts().prompt_tokens, 10);
-    // After the prefill both decode (1 token each): 12 - 2 leaves room for the third prompt.
-    b.apply(0, {'x', 'y'});
-    b.scheduler.admit(0);
-    EXPECT_EQ(b.step(0).size(), 3u);
-    EXPECT_EQ(b.scheduler.waiting(), 0u);
+    auto metas = b.step(0, &ids);
+    ASSERT_EQ(metas.size(), 3u);
+    EXPECT_EQ(ids.size(), 12u);
+    EXPECT_EQ(metas[2].chunk.n_tokens, 2);
+    EXPECT_EQ(metas[2].sample, 0) << "a chunk short of the prompt's end is not sampled";
+    EXPECT_EQ(metas[2].logprobs, -1);
+    EXPECT_EQ(metas[0].sample, 1);
+    EXPECT_EQ(b.scheduler.counts().prompt_tokens, 15);
+    b.apply(0, {'x', 'y', '?'});  // the third row's token is ignored
+    metas = b.step(0, &ids);
+    ASSERT_EQ(metas.size(), 3u);
+    EXPECT_EQ(metas[0].chunk.n_tokens, 1) << "decodes first";
+    EXPECT_EQ(metas[2].chunk.start_pos, 2) << "the rest of the third prompt";
+    EXPECT_EQ(metas[2].chunk.n_tokens, 3);
+    EXPECT_EQ(ids, (std::vector<std::int32_t>{'x', 'y', 'b', 'c', 'd'}));
+    b.apply(0, {'1', '2', 'z'});  // the third prompt is complete: its token counts
+    EXPECT_EQ(b.scheduler.counts().generated_tokens, 5);
   }
-  {  // A budget smaller than the first prompt admits nothing (arrival order is kept: no overtaking).
-    std::vector<Request> rs = {request(t, 0, "a long prompt"), request(t, 1, "a")};
+  {  // A prompt longer than the budget is prefilled over several steps while the other one decodes every step.
+    std::vector<Request> rs = {request(t, 0, "a", 8), request(t, 1, std::string(40, 'p'), 2)};
     Bench b(std::move(rs), {4, 8, 1, false});
-    b.scheduler.admit(0);
-    EXPECT_TRUE(b.scheduler.idle(0));
-    EXPECT_EQ(b.scheduler.waiting(), 2u);
+    b.admit(0);
+    std::vector<std::int32_t> chunk_sizes;
+    for (int step = 0; step < 6; ++step) {
+      const auto metas = b.step(0);
+      ASSERT_EQ(metas.size(), 2u) << "step " << step;
+      EXPECT_EQ(metas[0].chunk.n_tokens, step == 0 ? 2 : 1) << "the short one runs every step";
+      chunk_sizes.push_back(metas[1].chunk.n_tokens);
+      b.apply(0, {'k', 'q'});
+    }
+    EXPECT_EQ(chunk_sizes, (std::vector<std::int32_t>{6, 7, 7, 7, 7, 7})) << "41 prompt tokens in budget-sized chunks";
+  }
+  {  // Without chunked prefill a prompt runs whole, alone in a step when it exceeds the budget.
+    SchedulerLimits whole{4, 8, 1, false};
+    whole.chunked_prefill = false;
+    Bench b({request(t, 0, "a long prompt"), request(t, 1, "a")}, whole);
+    b.admit(0);
+    const auto metas = b.step(0);
+    ASSERT_EQ(metas.size(), 1u);
+    EXPECT_EQ(metas[0].chunk.n_tokens, 14);
   }
 }
 
@@ -133,7 +215,7 @@ TEST(Scheduler, SequencesSpreadEvenlyOverMicroBatches) {
       std::vector<std::size_t> sizes;
       std::size_t total = 0;
       for (int g = 0; g < groups; ++g) {
-        b.scheduler.admit(g);
+        b.admit(g);
         sizes.push_back(b.step(g).size());
         total += sizes.back();
       }
@@ -150,16 +232,16 @@ TEST(Scheduler, SequencesSpreadEvenlyOverMicroBatches) {
 TEST(Scheduler, PrefillTheWholePromptThenOneTokenAtItsPosition) {
   ByteTokenizer t;
   Bench b({request(t, 0, "hello"), request(t, 1, "ab")}, {4, 2048, 1, false});
-  b.scheduler.admit(0);
+  b.admit(0);
   std::vector<std::int32_t> ids;
   auto metas = b.step(0, &ids);
   ASSERT_EQ(metas.size(), 2u);
   // "hello": bos + 5 bytes; "ab": bos + 2 bytes, laid out back to back.
-  EXPECT_EQ(metas[0].chunk.slot, 0);
+  EXPECT_EQ(b.blocks(metas[0]), std::vector<std::int32_t>{0}) << "6 positions: one block of 16";
   EXPECT_EQ(metas[0].chunk.start_pos, 0);
   EXPECT_EQ(metas[0].chunk.n_tokens, 6);
   EXPECT_EQ(metas[0].chunk.token_offset, 0);
-  EXPECT_EQ(metas[1].chunk.slot, 1);
+  EXPECT_EQ(b.blocks(metas[1]), std::vector<std::int32_t>{1});
   EXPECT_EQ(metas[1].chunk.start_pos, 0);
   EXPECT_EQ(metas[1].chunk.n_tokens, 3);
   EXPECT_EQ(metas[1].chunk.token_offset, 6);
@@ -175,11 +257,11 @@ TEST(Scheduler, PrefillTheWholePromptThenOneTokenAtItsPosition) {
     EXPECT_EQ(metas[0].chunk.start_pos, 6 + k) << "the last generated token goes at the next position";
     EXPECT_EQ(metas[0].chunk.n_tokens, 1);
     EXPECT_EQ(metas[0].chunk.token_offset, 0);
-    EXPECT_EQ(metas[0].chunk.slot, 0);
+    EXPECT_EQ(b.blocks(metas[0]), std::vector<std::int32_t>{0});
     EXPECT_EQ(metas[1].chunk.start_pos, 3 + k);
     EXPECT_EQ(metas[1].chunk.n_tokens, 1);
     EXPECT_EQ(metas[1].chunk.token_offset, 1);
-    EXPECT_EQ(metas[1].chunk.slot, 1);
+    EXPECT_EQ(b.blocks(metas[1]), std::vector<std::int32_t>{1});
     EXPECT_EQ(metas[0].step, 1 + k) << "index of the token this chunk generates";
     EXPECT_EQ(ids, (std::vector<std::int32_t>{'X' + k, 'Y' + k}));
     b.apply(0, {'X' + k + 1, 'Y' + k + 1});
@@ -188,18 +270,18 @@ TEST(Scheduler, PrefillTheWholePromptThenOneTokenAtItsPosition) {
   EXPECT_TRUE(b.done.empty());
 }
 
-TEST(Scheduler, MaxTokensEndsWithLengthAndTheSlotGoesToTheNextRequest) {
+TEST(Scheduler, MaxTokensEndsWithLengthAndTheBlocksGoToTheNextRequest) {
   ByteTokenizer t;
   Bench b({request(t, 0, "hi", 3), request(t, 1, "there", 2)}, {1, 2048, 1, false});
-  b.scheduler.admit(0);
+  b.admit(0);
   EXPECT_EQ(b.scheduler.waiting(), 1u);
   b.step(0);
   b.apply(0, {'a'});
   b.step(0);
   b.apply(0, {'b'});
   EXPECT_TRUE(b.done.empty()) << "2 of 3 tokens";
-  b.scheduler.admit(0);
-  EXPECT_EQ(b.scheduler.waiting(), 1u) << "the only slot is still held";
+  b.admit(0);
+  EXPECT_EQ(b.scheduler.waiting(), 1u) << "the batch (1) is full";
   b.step(0);
   b.apply(0, {'c'});
   ASSERT_EQ(b.done.size(), 1u);
@@ -211,12 +293,12 @@ TEST(Scheduler, MaxTokensEndsWithLengthAndTheSlotGoesToTheNextRequest) {
   EXPECT_TRUE(b.scheduler.idle(0));
   EXPECT_EQ(b.scheduler.counts().completed, 1);
 
-  b.scheduler.admit(0);
+  b.admit(0);
   EXPECT_EQ(b.scheduler.waiting(), 0u);
   std::vector<std::int32_t> ids;
   const auto metas = b.step(0, &ids);
   ASSERT_EQ(metas.size(), 1u);
-  EXPECT_EQ(metas[0].chunk.slot, 0) << "the freed slot";
+  EXPECT_EQ(b.blocks(metas[0]), std::vector<std::int32_t>{0}) << "the freed block";
   EXPECT_EQ(metas[0].chunk.start_pos, 0);
   EXPECT_EQ(metas[0].chunk.n_tokens, 6);
   EXPECT_EQ(ids, t.encode("there", true));
@@ -234,7 +316,7 @@ TEST(Scheduler, MaxTokensEndsWithLengthAndTheSlotGoesToTheNextRequest) {
 TEST(Scheduler, StopStringCutsTheTextAndEndsWithStop) {
   ByteTokenizer t;
   Bench b({request(t, 0, "q", 64, {"zz", "lo"})}, {2, 2048, 1, false});
-  b.scheduler.admit(0);
+  b.admit(0);
   for (char c : std::string("hell")) {
     b.step(0);
     b.apply(0, {c});
@@ -252,7 +334,7 @@ TEST(Scheduler, StopStringCutsTheTextAndEndsWithStop) {
 TEST(Scheduler, EndOfSequenceEndsWithStopAndIsNotInTheText) {
   ByteTokenizer t;
   Bench b({request(t, 0, "q"), request(t, 1, "r")}, {2, 2048, 1, false});
-  b.scheduler.admit(0);
+  b.admit(0);
   b.step(0);
   b.apply(0, {'a', 'x'});
   b.step(0);
@@ -268,14 +350,14 @@ TEST(Scheduler, EndOfSequenceEndsWithStopAndIsNotInTheText) {
   std::vector<std::int32_t> ids;
   const auto metas = b.step(0, &ids);
   ASSERT_EQ(metas.size(), 1u);
-  EXPECT_EQ(metas[0].chunk.slot, 1);
+  EXPECT_EQ(b.blocks(metas[0]), std::vector<std::int32_t>{1});
   EXPECT_EQ(metas[0].chunk.start_pos, 4);
   EXPECT_EQ(ids, std::vector<std::int32_t>{'z'});
   // ignore_eos: the end-of-sequence id is just a token.
   Request bench = request(t, 0, "q", 2);
   bench.ignore_eos = true;
   Bench ignoring({bench}, {1, 2048, 1, false});
-  ignoring.scheduler.admit(0);
+  ignoring.admit(0);
   ignoring.step(0);
   ignoring.apply(0, {ByteTokenizer::kEos});
   EXPECT_TRUE(ignoring.done.empty());
@@ -290,7 +372,7 @@ TEST(Scheduler, ContextLimitEndsWithLength) {
   // position 7's logits and needs no position, so the sequence ends after 3 tokens.
   ByteTokenizer t;
   Bench b({request(t, 0, "abcde", 100)}, {1, 2048, 1, false}, 8);
-  b.scheduler.admit(0);
+  b.admit(0);
   for (std::int32_t k = 0; k < 3; ++k) {
     EXPECT_TRUE(b.done.empty()) << k;
     b.step(0);
@@ -304,7 +386,7 @@ TEST(Scheduler, ContextLimitEndsWithLength) {
 TEST(Scheduler, ApplyWithTheWrongNumberOfTokensThrows) {
   ByteTokenizer t;
   Bench b({request(t, 0, "a"), request(t, 1, "b")}, {2, 2048, 1, false});
-  b.scheduler.admit(0);
+  b.admit(0);
   b.step(0);
   EXPECT_THROW(b.apply(0, {'x'}), Error);
   EXPECT_THROW(b.apply(0, {'x', 'y', 'z'}), Error);
@@ -312,6 +394,148 @@ TEST(Scheduler, ApplyWithTheWrongNumberOfTokensThrows) {
   EXPECT_EQ(b.scheduler.counts().generated_tokens, 0) << "a refused step changes nothing";
   b.apply(0, {'x', 'y'});
   EXPECT_EQ(b.scheduler.counts().generated_tokens, 2);
+}
+
+namespace {
+SchedulerLimits paged(std::int32_t batch, std::int32_t blocks, std::int32_t block_size, bool prefix_caching = true) {
+  SchedulerLimits l{batch, 2048, 1, false};
+  l.kv_blocks = blocks;
+  l.block_size = block_size;
+  l.prefix_caching = prefix_caching;
+  return l;
+}
+// Runs a single micro-batch to the end; each sampled token is a function of the index of the token only ('A' +
+// step), as a seeded sampler's is of (seed, position): a recomputed sequence gets the same tokens again.
+void run_to_end(Bench& b, int max_steps = 200) {
+  for (int i = 0; i < max_steps && (!b.scheduler.idle(0) || b.scheduler.waiting() > 0); ++i) {
+    b.admit(0);
+    const auto metas = b.step(0);
+    std::vector<std::int32_t> tokens;
+    for (const auto& m : metas) tokens.push_back(std::int32_t('A' + m.step));
+    b.apply(0, tokens);
+  }
+}
+}  // namespace
+
+// A prompt seen before (its full blocks registered) is not computed again: the next sequence with it starts after
+// the cached blocks, on the same blocks; without prefix caching it computes everything.
+TEST(Scheduler, RepeatedPromptStartsAfterItsCachedBlocks) {
+  ByteTokenizer t;
+  for (bool caching : {true, false}) {
+    Bench b({request(t, 0, "123456789", 1), request(t, 1, "123456789", 1)}, paged(1, 8, 4, caching));
+    b.admit(0);
+    const auto first = b.step(0);
+    ASSERT_EQ(first.size(), 1u);
+    const std::vector<std::int32_t> first_blocks = b.blocks(first[0]);
+    b.apply(0, {'x'});
+    ASSERT_EQ(b.done.size(), 1u);
+    b.admit(0);
+    std::vector<std::int32_t> ids;
+    const auto second = b.step(0, &ids);
+    ASSERT_EQ(second.size(), 1u);
+    if (caching) {
+      EXPECT_EQ(second[0].chunk.start_pos, 8) << "10 tokens: 2 full blocks of 4 cached";
+      EXPECT_EQ(ids, (std::vector<std::int32_t>{'8', '9'}));
+      const auto blocks = b.blocks(second[0]);
+      EXPECT_EQ(std::vector<std::int32_t>(blocks.begin(), blocks.begin() + 2),
+                std::vector<std::int32_t>(first_blocks.begin(), first_blocks.begin() + 2));
+      EXPECT_EQ(b.scheduler.counts().cached_prompt_tokens, 8);
+      EXPECT_EQ(b.scheduler.counts().computed_prompt_tokens, 12);
+    } else {
+      EXPECT_EQ(second[0].chunk.start_pos, 0);
+      EXPECT_EQ(ids.size(), 10u);
+      EXPECT_EQ(b.scheduler.counts().cached_prompt_tokens, 0);
+    }
+  }
+}
+
+// A pool of 4 blocks of 4 for two sequences of 4 prompt tokens and 10 generated: when the older one needs a third
+// block and none is free, the younger is preempted (its blocks freed), computed again from its prompt and the tokens
+// it had when the older one is done, and ends with the same text an unpreempted run gives.
+TEST(Scheduler, PoolRunningOutPreemptsTheYoungestWhichEndsTheSame) {
+  ByteTokenizer t;
+  Bench b({request(t, 0, "abc", 10), request(t, 1, "xyz", 10)}, paged(2, 4, 4, false));
+  b.admit(0);
+  std::size_t most_at_once = 0;
+  for (int i = 0; i < 60 && b.done.size() < 2; ++i) {
+    b.admit(0);
+    const auto metas = b.step(0);
+    most_at_once = std::max(most_at_once, metas.size());
+    for (const auto& m : metas) EXPECT_LE(b.blocks(m).size(), 4u);
+    std::vector<std::int32_t> tokens;
+    for (const auto& m : metas) tokens.push_back(std::int32_t('A' + m.step));
+    b.apply(0, tokens);
+  }
+  ASSERT_EQ(b.done.size(), 2u);
+  EXPECT_EQ(most_at_once, 2u);
+  EXPECT_GE(b.scheduler.counts().preemptions, 1);
+  EXPECT_GT(b.scheduler.counts().recomputed_tokens, 4) << "the prompt and the tokens it had generated";
+  for (const auto& c : b.done) {
+    EXPECT_EQ(c.text, "ABCDEFGHIJ") << "request " << c.index;
+    EXPECT_EQ(c.finish_reason, FinishReason::Length);
+  }
+  EXPECT_EQ(b.done[0].index, 0) << "the older sequence was never preempted and finished first";
+  EXPECT_LE(b.scheduler.counts().peak_kv_blocks, 4);
+}
+
+// A prompt needing more blocks than the whole pool is an error completion naming the numbers; the others run.
+// A sequence that alone fills the whole pool while generating ends with "length".
+TEST(Scheduler, PromptLargerThanThePoolIsAnErrorAndTheJobGoesOn) {
+  ByteTokenizer t;
+  Bench b({request(t, 0, "0123456789a", 4), request(t, 1, "hi", 20)}, paged(2, 2, 4));
+  run_to_end(b);
+  ASSERT_EQ(b.done.size(), 2u);
+  EXPECT_EQ(b.done[0].index, 0);
+  EXPECT_NE(b.done[0].error.find("needs 3 KV-cache blocks of 4 positions (12 tokens) but the whole pool has 2"),
+            std::string::npos)
+      << b.done[0].error;
+  EXPECT_EQ(b.done[1].index, 1);
+  EXPECT_TRUE(b.done[1].error.empty());
+  EXPECT_EQ(b.done[1].finish_reason, FinishReason::Length);
+  EXPECT_EQ(b.done[1].text, "ABCDEF") << "3 prompt + 5 generated positions fill the 8 the pool has";
+  EXPECT_EQ(b.scheduler.counts().refused, 1);
+}
+
+// n samples: sample 0 computes the prompt; the others share its full blocks and each copies the partly filled last
+// one (the copy named in their first step), then run the prompt's last token themselves.
+TEST(Scheduler, SamplesShareFullBlocksAndCopyThePartlyFilledOne) {
+  ByteTokenizer t;
+  Request r = request(t, 0, "123456789", 2);  // bos + 9 = 10 tokens: blocks of 4, 4 and 2
+  r.n = 3;
+  r.sample_seeds = {11, 12};
+  Bench b({r}, paged(4, 16, 4));
+  b.admit(0);
+  auto metas = b.step(0);
+  ASSERT_EQ(metas.size(), 1u);
+  const std::vector<std::int32_t> prompt_blocks = b.blocks(metas[0]);
+  ASSERT_EQ(prompt_blocks.size(), 3u);
+  b.apply(0, {'a'});
+  metas = b.step(0);
+  ASSERT_EQ(metas.size(), 3u);
+  EXPECT_EQ(metas[0].chunk.start_pos, 10);
+  std::vector<std::int32_t> copies;
+  for (int j = 1; j <= 2; ++j) {
+    const ChunkMeta& m = metas[std::size_t(j)];
+    EXPECT_EQ(m.chunk.start_pos, 9);
+    EXPECT_EQ(m.chunk.n_tokens, 1);
+    EXPECT_EQ(m.seed, std::uint64_t(10 + j));
+    const auto blocks = b.blocks(m);
+    EXPECT_EQ(blocks[0], prompt_blocks[0]);
+    EXPECT_EQ(blocks[1], prompt_blocks[1]);
+    EXPECT_EQ(m.copy_src, prompt_blocks[2]);
+    EXPECT_EQ(m.copy_dst, blocks[2]);
+    EXPECT_NE(blocks[2], prompt_blocks[2]);
+    copies.push_back(m.copy_dst);
+  }
+  EXPECT_NE(copies[0], copies[1]);
+  EXPECT_EQ(b.scheduler.counts().computed_prompt_tokens, 12);
+  b.apply(0, {'b', 'c', 'd'});
+  metas = b.step(0);
+  for (const auto& m : metas) EXPECT_EQ(m.copy_src, -1) << "copied once";
+  b.apply(0, std::vector<std::int32_t>(metas.size(), 'e'));
+  ASSERT_EQ(b.done.size(), 1u);
+  EXPECT_EQ(b.done[0].more.size(), 2u);
+  EXPECT_EQ(b.scheduler.pool().used(), 0) << "every block released";
 }
 
 // The windowed stop-string check stops at the same token as searching the whole decoded text, on a byte tokenizer

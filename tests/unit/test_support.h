@@ -87,4 +87,19 @@ std::vector<double> as_double(const T* data, std::size_t n) {
   return std::vector<double>(data, data + n);
 }
 
+// For tests that address a stage's sequences by number: sequence s holds the blocks [s * per, (s + 1) * per) of
+// the paged cache (per = blocks of max_seq_len positions), so table() is the identity and chunk() puts the number
+// in the table offset.
+struct SequenceBlocks {
+  explicit SequenceBlocks(const StageLimits& limits)
+      : per(std::int32_t((limits.max_seq_len + limits.block_size - 1) / limits.block_size)) {
+    for (std::int64_t b = 0; b < limits.cache_blocks(); ++b) table.push_back(std::int32_t(b));
+  }
+  SeqChunk chunk(std::int32_t sequence, std::int32_t start, std::int32_t n, std::int32_t offset) const {
+    return SeqChunk{sequence * per, start, n, offset};
+  }
+  std::int32_t per;
+  std::vector<std::int32_t> table;
+};
+
 }  // namespace strata::test

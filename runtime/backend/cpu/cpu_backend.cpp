@@ -13,6 +13,7 @@
 #include "runtime/backend/backend.h"
 #include "runtime/backend/cpu/kernels.h"
 #include "runtime/backend/host_candidates.h"
+#include "runtime/backend/kv_blocks.h"
 #include "runtime/base/error.h"
 
 namespace strata {
@@ -161,52 +162,66 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void kv_store(std::span<const SeqChunk> chunks, TensorView k, TensorView v, TensorView k_cache,
-                TensorView v_cache) override {
-    const std::int64_t row = k.row_elems(), max_len = k_cache.shape[1];
+  void kv_store(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table, TensorView k, TensorView v,
+                TensorView k_cache, TensorView v_cache) override {
+    const std::int64_t row = k.row_elems();
+    const KvBlocks blocks(k_cache, block_table);
     for (const auto& c : chunks) {
-      STRATA_CHECK(c.start_pos + c.n_tokens <= max_len, Internal, "kv_store past the cache length ", max_len);
-      const std::size_t offset = (std::size_t(c.slot) * max_len + c.start_pos) * row;
-      const std::size_t bytes = std::size_t(c.n_tokens) * row * 4;
-      std::memcpy(k_cache.f32() + offset, k.f32() + std::int64_t(c.token_offset) * row, bytes);
-      std::memcpy(v_cache.f32() + offset, v.f32() + std::int64_t(c.token_offset) * row, bytes);
+      blocks.check(c);
+      for (std::int32_t i = 0; i < c.n_tokens; ++i) {
+        const std::size_t at = std::size_t(blocks.row_of(c, c.start_pos + i)) * std::size_t(row);
+        const std::int64_t from = (std::int64_t(c.token_offset) + i) * row;
+        std::memcpy(k_cache.f32() + at, k.f32() + from, std::size_t(row) * 4);
+        std::memcpy(v_cache.f32() + at, v.f32() + from, std::size_t(row) * 4);
+      }
     }
   }
 
-  void attention(std::span<const SeqChunk> chunks, TensorView q, TensorView k_cache, TensorView v_cache, float scale,
-                 TensorView out) override {
-    const std::int64_t max_len = k_cache.shape[1], kv_heads = k_cache.shape[2], dim = k_cache.shape[3];
-    const std::int64_t q_heads = q.row_elems() / dim, group = q_heads / kv_heads;
+  void attention(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table, TensorView q,
+                 TensorView k_cache, TensorView v_cache, float scale, TensorView out) override {
+    const std::int64_t kv_heads = k_cache.shape[2], dim = k_cache.shape[3];
+    const std::int64_t q_heads = q.row_elems() / dim, group = q_heads / kv_heads, stride = kv_heads * dim;
+    const KvBlocks blocks(k_cache, block_table);
     // One work item per (token, query head); each is independent.
     std::vector<std::pair<std::int32_t, std::int32_t>> tokens;  // (chunk index, token within chunk)
-    for (std::size_t c = 0; c < chunks.size(); ++c)
+    std::int64_t longest = 0;
+    for (std::size_t c = 0; c < chunks.size(); ++c) {
       for (std::int32_t i = 0; i < chunks[c].n_tokens; ++i) tokens.emplace_back(std::int32_t(c), i);
+      longest = std::max<std::int64_t>(longest, chunks[c].start_pos + chunks[c].n_tokens);
+      blocks.check(chunks[c]);
+    }
     const std::int64_t items = std::int64_t(tokens.size()) * q_heads;
 #pragma omp parallel
     {
-      std::vector<float> scores(static_cast<std::size_t>(max_len));
+      std::vector<float> scores(static_cast<std::size_t>(longest));
 #pragma omp for schedule(dynamic, 4)
       for (std::int64_t item = 0; item < items; ++item) {
         const auto [c, i] = tokens[std::size_t(item / q_heads)];
         const std::int64_t h = item % q_heads, kvh = h / group;
         const SeqChunk& chunk = chunks[std::size_t(c)];
         const std::int64_t t = chunk.token_offset + i, visible = chunk.start_pos + i + 1;  // causal: keys 0..pos
-        const std::size_t slot_base = std::size_t(chunk.slot) * max_len * kv_heads * dim;
-        const float* keys = k_cache.f32() + slot_base + kvh * dim;
-        const float* values = v_cache.f32() + slot_base + kvh * dim;
         const float* qv = q.f32() + (t * q_heads + h) * dim;
+        // Keys block by block: each block holds block_size consecutive positions of the sequence.
         float max_score = -INFINITY;
-        for (std::int64_t j = 0; j < visible; ++j) {
-          scores[std::size_t(j)] = cpu::dot(qv, keys + j * kv_heads * dim, dim) * scale;
-          max_score = std::max(max_score, scores[std::size_t(j)]);
+        for (std::int64_t j = 0; j < visible;) {
+          const float* keys = k_cache.f32() + blocks.row_of(chunk, std::int32_t(j)) * stride + kvh * dim;
+          const std::int64_t run = std::min(visible - j, blocks.size - j % blocks.size);
+          for (std::int64_t r = 0; r < run; ++r, ++j) {
+            scores[std::size_t(j)] = cpu::dot(qv, keys + r * stride, dim) * scale;
+            max_score = std::max(max_score, scores[std::size_t(j)]);
+          }
         }
         float denom = 0;
         for (std::int64_t j = 0; j < visible; ++j)
           denom += (scores[std::size_t(j)] = std::exp(scores[std::size_t(j)] - max_score));
         float* o = out.f32() + (t * q_heads + h) * dim;
         std::memset(o, 0, std::size_t(dim) * 4);
-        for (std::int64_t j = 0; j < visible; ++j)
-          cpu::axpy(scores[std::size_t(j)] / denom, values + j * kv_heads * dim, o, dim);
+        for (std::int64_t j = 0; j < visible;) {
+          const float* values = v_cache.f32() + blocks.row_of(chunk, std::int32_t(j)) * stride + kvh * dim;
+          const std::int64_t run = std::min(visible - j, blocks.size - j % blocks.size);
+          for (std::int64_t r = 0; r < run; ++r, ++j)
+            cpu::axpy(scores[std::size_t(j)] / denom, values + r * stride, o, dim);
+        }
       }
     }
   }

@@ -20,6 +20,7 @@
 #include "runtime/backend/cuda/gemm.h"
 #include "runtime/backend/cuda/kernels/kernels.h"
 #include "runtime/backend/host_candidates.h"
+#include "runtime/backend/kv_blocks.h"
 #include "runtime/base/error.h"
 
 namespace strata {
@@ -323,9 +324,9 @@ class CudaBackend final : public Backend {
                     vocab_offset, table.rows(), stream());
   }
 
-  void kv_store(std::span<const SeqChunk> chunks, TensorView k, TensorView v, TensorView k_cache,
-                TensorView v_cache) override {
-    const std::int64_t row = k.row_elems(), max_len = k_cache.shape.at(1);
+  void kv_store(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table, TensorView k, TensorView v,
+                TensorView k_cache, TensorView v_cache) override {
+    const std::int64_t row = k.row_elems(), block_size = k_cache.shape.at(1);
     STRATA_CHECK(k_cache.shape.size() == 4 && k_cache.shape[2] * k_cache.shape[3] == row && v.row_elems() == row &&
                      k.dtype == k_cache.dtype && v.dtype == v_cache.dtype && k.dtype == v.dtype,
                  Internal, "kv_store: k ", shape_string(k.shape), " cache ", shape_string(k_cache.shape));
@@ -333,19 +334,31 @@ class CudaBackend final : public Backend {
     on_device(v, "kv_store");
     on_device(k_cache, "kv_store");
     on_device(v_cache, "kv_store");
-    const auto tokens = token_table(chunks, k_cache.shape[0], max_len, k.rows(), "kv_store");
-    if (tokens.empty()) return;
+    // (block, row in block) of every token: the kernel writes row block * block_size + offset.
+    const KvBlocks blocks(k_cache, block_table);
+    std::vector<cuda::TokenSlot> rows;
+    for (const auto& c : chunks) {
+      check_chunk(c, blocks, std::int64_t(rows.size()), "kv_store");
+      for (std::int32_t i = 0; i < c.n_tokens; ++i) {
+        const std::int32_t pos = c.start_pos + i;
+        rows.push_back(cuda::TokenSlot{block_table[std::size_t(c.table_offset + pos / block_size)],
+                                       std::int32_t(pos % block_size)});
+      }
+    }
+    STRATA_CHECK(std::int64_t(rows.size()) <= k.rows(), Internal, "kv_store: ", rows.size(), " tokens for ", k.rows(),
+                 " rows");
+    if (rows.empty()) return;
     const auto* dev =
-        static_cast<const cuda::TokenSlot*>(mirror(tokens_, tokens.data(), tokens.size() * sizeof(cuda::TokenSlot)));
+        static_cast<const cuda::TokenSlot*>(mirror(store_rows_, rows.data(), rows.size() * sizeof(cuda::TokenSlot)));
     if (replaying()) return;
-    cuda::kv_store(k.data, v.data, k_cache.data, v_cache.data, elem(k.dtype), dev, std::int64_t(tokens.size()), row,
-                   max_len, stream());
+    cuda::kv_store(k.data, v.data, k_cache.data, v_cache.data, elem(k.dtype), dev, std::int64_t(rows.size()), row,
+                   block_size, stream());
   }
 
-  void attention(std::span<const SeqChunk> chunks, TensorView q, TensorView k_cache, TensorView v_cache, float scale,
-                 TensorView out) override {
+  void attention(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table, TensorView q,
+                 TensorView k_cache, TensorView v_cache, float scale, TensorView out) override {
     cuda::AttentionShape s;
-    s.max_len = k_cache.shape.at(1);
+    s.block_size = k_cache.shape.at(1);
     s.kv_heads = k_cache.shape.at(2);
     s.head_dim = k_cache.shape.at(3);
     s.q_heads = q.row_elems() / s.head_dim;
@@ -355,21 +368,42 @@ class CudaBackend final : public Backend {
                  Internal, "attention: q ", shape_string(q.shape), " cache ", shape_string(k_cache.shape), " out ",
                  shape_string(out.shape));
     for (const TensorView* t : {&q, &k_cache, &v_cache, &out}) on_device(*t, "attention");
-    const auto tokens = token_table(chunks, k_cache.shape[0], s.max_len, q.rows(), "attention");
+    // Each chunk's blocks are copied to a row of max_blocks entries (padded with block 0, never read): the table's
+    // size then depends on the number of chunks only, so a recorded decode step's copy stays valid as sequences
+    // grow.
+    const KvBlocks blocks(k_cache, block_table);
+    std::int64_t longest = 0;
+    for (const auto& c : chunks) longest = std::max<std::int64_t>(longest, std::int64_t(c.start_pos) + c.n_tokens);
+    s.max_len = std::max(max_len_, longest);
+    const std::int64_t max_blocks = KvBlocks::needed(s.max_len, s.block_size);
+    std::vector<cuda::TokenSlot> tokens;
+    std::vector<std::int32_t> padded(chunks.size() * std::size_t(max_blocks), 0);
+    for (std::size_t i = 0; i < chunks.size(); ++i) {
+      const SeqChunk& c = chunks[i];
+      check_chunk(c, blocks, std::int64_t(tokens.size()), "attention");
+      const std::int64_t used = KvBlocks::needed(std::int64_t(c.start_pos) + c.n_tokens, s.block_size);
+      std::copy_n(block_table.begin() + c.table_offset, used, padded.begin() + std::int64_t(i) * max_blocks);
+      for (std::int32_t j = 0; j < c.n_tokens; ++j)
+        tokens.push_back(cuda::TokenSlot{std::int32_t(std::int64_t(i) * max_blocks), c.start_pos + j});
+    }
+    STRATA_CHECK(std::int64_t(tokens.size()) <= q.rows(), Internal, "attention: ", tokens.size(), " tokens for ",
+                 q.rows(), " rows");
     s.tokens = std::int64_t(tokens.size());
     if (tokens.empty()) return;
     const auto* dev =
         static_cast<const cuda::TokenSlot*>(mirror(tokens_, tokens.data(), tokens.size() * sizeof(cuda::TokenSlot)));
-    // Decode steps (every chunk one token) split the cache length into ranges, one block each (flash-decoding);
-    // prefill already has a block per (token, head). The split depends on the cache size only, never on the
-    // sequences' lengths, so a recorded decode step stays valid (blocks past a sequence's end return at once).
+    const auto* dev_table =
+        static_cast<const std::int32_t*>(mirror(block_table_, padded.data(), padded.size() * sizeof(std::int32_t)));
+    // Decode steps (every chunk one token) split the sequence length into ranges, one block each (flash-decoding);
+    // prefill already has a block per (token, head). The split depends on the configured length only, never on the
+    // sequences' lengths, so a recorded decode step stays valid (ranges past a sequence's end return at once).
     bool decode = true;
     for (const auto& c : chunks) decode = decode && c.n_tokens == 1;
     const int splits = decode ? decode_splits(s.max_len) : 1;
     const std::int64_t per_split = (s.max_len + splits - 1) / splits;
     if (splits > 1) reserve_partials(std::size_t(s.tokens * s.q_heads * splits), std::size_t(s.head_dim));
     if (replaying()) return;
-    cuda::attention(q.data, k_cache.data, v_cache.data, out.data, elem(q.dtype), dev, s, splits, per_split,
+    cuda::attention(q.data, k_cache.data, v_cache.data, out.data, elem(q.dtype), dev, dev_table, s, splits, per_split,
                     static_cast<float*>(partial_out_.get()), static_cast<float*>(partial_ml_.get()), stream());
   }
 
@@ -388,12 +422,16 @@ class CudaBackend final : public Backend {
                       src.row_elems() * std::int64_t(dtype_size(src.dtype)), stream());
   }
 
-  void reserve_step_buffers(std::int64_t max_tokens, std::int64_t max_seqs, std::int64_t max_len, std::int64_t q_heads,
-                            std::int64_t head_dim) override {
+  void reserve_step_buffers(std::int64_t max_tokens, std::int64_t max_seqs, std::int64_t max_len,
+                            std::int64_t block_size, std::int64_t q_heads, std::int64_t head_dim) override {
     const auto tokens = std::size_t(max_tokens), seqs = std::size_t(max_seqs);
+    max_len_ = max_len;
     grow(ids_, tokens * sizeof(std::int32_t));
     grow(positions_, tokens * sizeof(std::int32_t));
     grow(tokens_, tokens * sizeof(cuda::TokenSlot));
+    grow(store_rows_, tokens * sizeof(cuda::TokenSlot));
+    grow(block_table_,
+         seqs * std::size_t(KvBlocks::needed(max_len, std::max<std::int64_t>(block_size, 1))) * sizeof(std::int32_t));
     grow(rows_, seqs * sizeof(std::int32_t));
     grow(inv_freq_, std::size_t(head_dim / 2) * sizeof(float));
     grow(requests_, seqs * sizeof(cuda::DeviceCandidateRequest));
@@ -454,7 +492,9 @@ class CudaBackend final : public Backend {
   void outside_graph_steps(const char* op) const {
     STRATA_CHECK(mode_ == StepMode::Run, Internal, op, " inside a recorded step (it waits for the host)");
   }
-  std::array<Mirror*, 6> mirrors() noexcept { return {&ids_, &positions_, &inv_freq_, &tokens_, &rows_, &requests_}; }
+  std::array<Mirror*, 8> mirrors() noexcept {
+    return {&ids_, &positions_, &inv_freq_, &tokens_, &store_rows_, &block_table_, &rows_, &requests_};
+  }
   void invalidate_mirrors() noexcept {
     for (Mirror* m : mirrors()) m->valid = false;
   }
@@ -483,19 +523,10 @@ class CudaBackend final : public Backend {
     on_device(y, op);
   }
 
-  // (slot, position) of every token row, validated against the cache like the CPU backend does.
-  std::vector<cuda::TokenSlot> token_table(std::span<const SeqChunk> chunks, std::int64_t slots, std::int64_t max_len,
-                                           std::int64_t rows, const char* op) const {
-    std::vector<cuda::TokenSlot> table;
-    for (const auto& c : chunks) {
-      STRATA_CHECK(c.slot >= 0 && c.slot < slots && c.start_pos >= 0 && c.n_tokens >= 0 &&
-                       c.start_pos + c.n_tokens <= max_len && c.token_offset == std::int64_t(table.size()),
-                   Internal, op, ": chunk slot ", c.slot, " positions ", c.start_pos, "+", c.n_tokens, " at row ",
-                   c.token_offset, " outside the cache [", slots, " slots, ", max_len, " positions]");
-      for (std::int32_t i = 0; i < c.n_tokens; ++i) table.push_back(cuda::TokenSlot{c.slot, c.start_pos + i});
-    }
-    STRATA_CHECK(std::int64_t(table.size()) <= rows, Internal, op, ": ", table.size(), " tokens for ", rows, " rows");
-    return table;
+  // A chunk's rows follow the previous chunks' and its blocks exist (validated like the CPU backend does).
+  static void check_chunk(const SeqChunk& c, const KvBlocks& blocks, std::int64_t row, const char* op) {
+    STRATA_CHECK(c.token_offset == row, Internal, op, ": chunk at row ", c.token_offset, " after ", row, " rows");
+    blocks.check(c);
   }
 
   // The device copy of `data`. In a replay only the pinned buffer is rewritten: the recording copies it.
@@ -602,7 +633,8 @@ class CudaBackend final : public Backend {
   cuda::Event up_done_ = cuda::make_event();
   bool up_pending_ = false;
 
-  Mirror ids_, positions_, inv_freq_, tokens_, rows_, requests_;
+  Mirror ids_, positions_, inv_freq_, tokens_, store_rows_, block_table_, rows_, requests_;
+  std::int64_t max_len_ = 0;  // positions per sequence (reserve_step_buffers): sets the decode attention splits
   cuda::DeviceMemory partial_out_, partial_ml_;
   std::size_t partial_rows_ = 0, partial_dim_ = 0;
   cuda::DeviceMemory candidates_dev_;

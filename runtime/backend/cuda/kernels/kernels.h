@@ -65,7 +65,9 @@ void kv_store(const void* k, const void* v, void* k_cache, void* v_cache, Elem e
 
 // --- attention.cu
 struct AttentionShape {
-  std::int64_t tokens = 0, q_heads = 0, kv_heads = 0, head_dim = 0, max_len = 0;
+  std::int64_t tokens = 0, q_heads = 0, kv_heads = 0, head_dim = 0;
+  std::int64_t max_len = 0;     // positions per sequence (the key ranges of decode splits)
+  std::int64_t block_size = 0;  // positions per KV-cache block
   float scale = 1.0f;
 };
 constexpr int kAttentionMaxHeadDim = 512;  // 128 threads x 4 accumulators each
@@ -73,9 +75,12 @@ constexpr int kAttentionMaxHeadDim = 512;  // 128 threads x 4 accumulators each
 // keys. splits > 1 (decode): keys are cut into ranges of keys_per_split, each block writes fp32 partials
 // (unnormalised out, max, sum) into partial_out [tokens, Hq, splits, D] / partial_ml [tokens, Hq, splits, 2] and a
 // second kernel combines them.
+// The caches are paged ([blocks, block_size, Hkv, D]): token t's sequence has its blocks at
+// block_table[tokens[t].slot ...], and key position j is row j % block_size of block block_table[slot + j /
+// block_size].
 void attention(const void* q, const void* k_cache, const void* v_cache, void* out, Elem elem, const TokenSlot* tokens,
-               const AttentionShape& shape, int splits, std::int64_t keys_per_split, float* partial_out,
-               float* partial_ml, cudaStream_t stream);
+               const std::int32_t* block_table, const AttentionShape& shape, int splits, std::int64_t keys_per_split,
+               float* partial_out, float* partial_ml, cudaStream_t stream);
 
 // --- sampling.cu
 constexpr int kMaxDeviceTopK = 256;  // rows asking for more candidates are served on the host

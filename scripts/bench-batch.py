@@ -1,0 +1,144 @@
+#!/usr/bin/python3
+"""Batch-engine benchmarks: a workload generator and side-by-side runs of `strata generate --metrics`.
+
+Workloads (prompts as plain text: the presets' byte tokenizer makes one token per character, plus <s>):
+  shared-prefix  N prompts = one 1,024-token system prompt + a distinct 32-token question, 16 tokens out:
+                 throughput with prefix caching vs --no-prefix-caching.
+  capacity       a fixed KV budget, long-tailed prompt lengths (64 .. 4,096 tokens): peak sequences in flight and
+                 throughput with 16-position blocks vs one block of max_model_len per sequence (--kv-block-size
+                 equal to the context: the contiguous slot per sequence of the engine before paging).
+  long-prompt    64 sequences decoding, one long prompt among them: the longest step (the longest gap between two
+                 tokens of a decoding sequence) with chunked prefill vs --no-chunked-prefill.
+
+Usage: scripts/bench-batch.py --strata build/launch/strata --work DIR [--workloads a,b] [--scale S]
+The model is written once into DIR (strata init --preset 100m --dtype bf16, context 8192). --scale multiplies the
+prompt counts (1 = the sizes recorded in docs/performance.md).
+"""
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+
+def write_prompts(path, texts):
+    with open(path, "w", encoding="utf-8") as f:
+        for i, t in enumerate(texts):
+            f.write(json.dumps({"id": f"p{i}", "prompt": t}) + "\n")
+
+
+def words(rng, n):
+    """n characters of lowercase letters and spaces (n tokens with the byte tokenizer)."""
+    return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz    ") for _ in range(n))
+
+
+def shared_prefix(rng, count):
+    system = words(rng, 1024)
+    return [system + words(rng, 32) for _ in range(count)], 16
+
+
+def long_tailed(rng, count):
+    """Lengths 64 .. 4,096, most short (a Pareto tail), as batch prompt files are."""
+    out = []
+    for _ in range(count):
+        n = int(min(4096, 64 * rng.paretovariate(1.2)))
+        out.append(words(rng, max(64, n)))
+    return out, 16
+
+
+def run(args, name, prompts_file, extra, ranks=1):
+    out = os.path.join(args.work, f"{name}.jsonl")
+    metrics = os.path.join(args.work, f"{name}.metrics.json")
+    cmd = [args.strata, "generate", "--model", args.model, "--prompts", prompts_file, "--output", out,
+           "--overwrite", "--metrics", metrics, "--progress", "none", "--temperature", "0", *map(str, extra)]
+    if ranks > 1:
+        cmd = ["mpiexec", "-n", str(ranks), "--oversubscribe"] + cmd
+    start = time.time()
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wall = time.time() - start
+    if p.returncode != 0:
+        sys.exit(f"{name} failed ({' '.join(cmd)}):\n{p.stdout[-3000:]}")
+    with open(metrics, encoding="utf-8") as f:
+        m = json.load(f)
+    texts = [json.loads(line).get("text") for line in open(out, encoding="utf-8")]
+    return m, wall, texts
+
+
+def row(name, m, wall):
+    kv = m["kv_cache"]
+    return (f"{name:<34} {wall:8.1f} s {m['throughput']['total_tokens_per_second']:9.1f} tok/s "
+            f"peak seqs {kv['peak_sequences_per_replica']:4d}  peak blocks {kv['peak_blocks_per_replica']:6d}/"
+            f"{kv['blocks']:<6d} cached prompt tok {m['prefix_cache']['cached_prompt_tokens']:8d}  "
+            f"preempt {m['preemptions']:4d}  longest step {m['longest_step_seconds']:.3f} s")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--strata", default="build/launch/strata")
+    ap.add_argument("--work", default="bench-batch-work")
+    ap.add_argument("--workloads", default="shared-prefix,capacity,long-prompt")
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+    args.model = os.path.join(args.work, "m100-ctx8k")
+    if not os.path.exists(os.path.join(args.model, "strata.json")):
+        subprocess.run([args.strata, "init", "--preset", "100m", "--dtype", "bf16", "--seed", "5",
+                        "--max-position-embeddings", "8192", "--output", args.model], check=True)
+    rng = random.Random(args.seed)
+    chosen = args.workloads.split(",")
+    print(f"strata batch benchmarks: 100M preset (bf16, context 8192), 1 rank, {os.cpu_count()} cores")
+
+    if "shared-prefix" in chosen:
+        count = max(2, int(200 * args.scale))
+        texts, out_tokens = shared_prefix(rng, count)
+        path = os.path.join(args.work, "shared.jsonl")
+        write_prompts(path, texts)
+        common = ["--max-tokens", out_tokens, "--max-batch-size", 32, "--max-model-len", 2048]
+        print(f"\nshared prefix: {count} prompts of 1,024 + 32 tokens, {out_tokens} out")
+        on, on_wall, on_texts = run(args, "shared-on", path, common)
+        off, off_wall, off_texts = run(args, "shared-off", path, common + ["--no-prefix-caching"])
+        print(row("prefix caching", on, on_wall))
+        print(row("--no-prefix-caching", off, off_wall))
+        print(f"speed-up {off_wall / on_wall:.2f}x; greedy texts identical: {on_texts == off_texts}")
+
+    if "capacity" in chosen:
+        count = max(4, int(48 * args.scale))
+        texts, out_tokens = long_tailed(rng, count)
+        path = os.path.join(args.work, "capacity.jsonl")
+        write_prompts(path, texts)
+        lengths = sorted(len(t) + 1 for t in texts)
+        # The budget holds 8 contexts of 8,192 positions' worth of blocks either way.
+        budget = 8 * 8192 * 2 * 12 * 4 * 64 * 4 / 2**30  # positions x 2 x layers x KV heads x head_dim x f32
+        common = ["--max-tokens", out_tokens, "--max-batch-size", 64, "--max-model-len", 8192,
+                  "--kv-cache-memory", budget, "--no-prefix-caching"]
+        print(f"\ncapacity: {count} prompts, lengths {lengths[0]} .. {lengths[-1]} (median {lengths[len(lengths) // 2]}),"
+              f" {out_tokens} out, KV budget {budget:.3f} GiB (65,536 positions)")
+        paged, paged_wall, paged_texts = run(args, "capacity-paged", path, common + ["--kv-block-size", 16])
+        slots, slots_wall, slot_texts = run(args, "capacity-slots", path, common + ["--kv-block-size", 8192])
+        print(row("paged, blocks of 16", paged, paged_wall))
+        print(row("one 8,192-position block per seq", slots, slots_wall))
+        ratio = paged["kv_cache"]["peak_sequences_per_replica"] / max(1, slots["kv_cache"]["peak_sequences_per_replica"])
+        print(f"sequences in flight {ratio:.1f}x, throughput {slots_wall / paged_wall:.2f}x; "
+              f"greedy texts identical: {paged_texts == slot_texts}")
+
+    if "long-prompt" in chosen:
+        long_len = int(os.environ.get("STRATA_BENCH_LONG_PROMPT", "4096"))
+        texts = [words(rng, 24) for _ in range(64)] + [words(rng, long_len)]
+        path = os.path.join(args.work, "long.jsonl")
+        write_prompts(path, texts)
+        common = ["--max-tokens", 48, "--max-batch-size", 65, "--max-model-len", 8192, "--max-num-batched-tokens", 512]
+        print(f"\nlong prompt: 64 prompts of 25 tokens decoding 48 tokens, one of {long_len + 1} tokens among them")
+        chunked, chunked_wall, chunked_texts = run(args, "long-chunked", path, common)
+        whole, whole_wall, whole_texts = run(args, "long-whole", path, common + ["--no-chunked-prefill"])
+        print(row("chunked prefill (512 per step)", chunked, chunked_wall))
+        print(row("--no-chunked-prefill", whole, whole_wall))
+        print(f"longest gap between tokens: {chunked['longest_step_seconds']:.3f} s vs "
+              f"{whole['longest_step_seconds']:.3f} s ({chunked['longest_step_seconds'] / whole['longest_step_seconds']:.3f}"
+              f" of it); greedy texts identical: {chunked_texts == whole_texts}")
+
+
+if __name__ == "__main__":
+    main()
