@@ -184,7 +184,7 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
     }
     if (!anything) {  // nothing running and nothing in flight: done, unless a request could never be admitted
       STRATA_CHECK(scheduler.waiting() == 0, Internal, "scheduler stalled with ", scheduler.waiting(),
-                   " requests not admitted");
+                   " requests not admitted: ", scheduler.describe_waiting());
       break;
     }
   }

@@ -56,6 +56,16 @@ Scheduler::Scheduler(std::vector<Request> requests, SchedulerLimits limits, cons
 Scheduler::~Scheduler() = default;
 
 bool Scheduler::idle(int group) const { return groups_[std::size_t(group)].empty(); }
+
+std::string Scheduler::describe_waiting() const {
+  if (waiting_.empty()) return "none waiting";
+  const Sequence& s = *waiting_.front();
+  std::int64_t running = 0;
+  for (const auto& g : groups_) running += std::int64_t(g.size());
+  return cat("the first waiting is request ", s.request.index, " (", s.ids.size(), " tokens, ",
+             pool_.blocks_for(std::int64_t(s.ids.size())), " blocks; n ", s.request.n, "); ", running,
+             " running; the pool has ", pool_.available(), " of ", pool_.total(), " blocks available");
+}
 std::size_t Scheduler::waiting() const { return waiting_.size(); }
 
 const SchedulerCounts& Scheduler::counts() const {
@@ -90,8 +100,9 @@ void Scheduler::admit(int group, const std::function<void(Completion&&)>& comple
          running + std::max(waiting_.front()->request.n, 1) <= std::max<std::int64_t>(limits_.max_batch_size, 1) &&
          !prefix_being_scheduled(*waiting_.front())) {
     const std::int64_t n = waiting_.front()->forks_pending ? waiting_.front()->request.n : 1;
-    if (!admit_one(group, complete)) break;
-    running += n;
+    const Admission admission = admit_one(group, complete);
+    if (admission == Admission::NoRoom) break;
+    if (admission == Admission::Admitted) running += n;  // an ended request takes no room
   }
 }
 
@@ -107,8 +118,9 @@ bool Scheduler::prefix_being_scheduled(const Sequence& s) const {
 }
 
 // Admits the first waiting sequence with every block its known tokens need (the cached ones of its prefix shared),
-// so a prefill never waits for blocks mid-way; false (nothing changed) when the pool cannot give them now.
-bool Scheduler::admit_one(int group, const std::function<void(Completion&&)>& complete) {
+// so a prefill never waits for blocks mid-way; NoRoom (nothing changed) when the pool cannot give them now, Ended when
+// the request can never fit (completed with an error, or with "length" if it had generated tokens).
+Scheduler::Admission Scheduler::admit_one(int group, const std::function<void(Completion&&)>& complete) {
   Sequence& s = *waiting_.front();
   const std::int64_t need = pool_.blocks_for(std::int64_t(s.ids.size()));
   if (need > pool_.total() && !s.generated.empty()) {  // grew to the whole pool alone: it can go no further
@@ -116,7 +128,7 @@ bool Scheduler::admit_one(int group, const std::function<void(Completion&&)>& co
     waiting_.pop_front();
     ++counts_.out_of_blocks;
     finish(*alone, FinishReason::Length, last_now_, complete);
-    return true;
+    return Admission::Ended;
   }
   if (need > pool_.total()) {  // can never fit, whatever finishes: an error for this request, the job goes on
     Completion c;
@@ -129,13 +141,13 @@ bool Scheduler::admit_one(int group, const std::function<void(Completion&&)>& co
     ++counts_.completed;
     waiting_.pop_front();
     if (complete) complete(std::move(c));
-    return true;
+    return Admission::Ended;
   }
   // The last known token is always computed (its logits give the next token), so at most all but it is cached.
   BlockPool::Prefix prefix = pool_.acquire_prefix(s.ids, (std::int64_t(s.ids.size()) - 1) / pool_.block_size());
   if (pool_.available() < need - std::int64_t(prefix.blocks.size())) {
     for (std::int32_t b : prefix.blocks) pool_.release(b);
-    return false;
+    return Admission::NoRoom;
   }
   s.blocks = std::move(prefix.blocks);
   s.registered = std::int32_t(s.blocks.size());
@@ -156,7 +168,7 @@ bool Scheduler::admit_one(int group, const std::function<void(Completion&&)>& co
                              [](std::int64_t order, const auto& m) { return order < m->order; });
   members.insert(at, std::move(waiting_.front()));
   waiting_.pop_front();
-  return true;
+  return Admission::Admitted;
 }
 
 // ------------------------------------------------------------------------------------------------ blocks

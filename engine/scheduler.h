@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "engine/block_pool.h"
@@ -53,8 +54,9 @@ class Scheduler {
   Scheduler(std::vector<Request> requests, SchedulerLimits limits, const StopMatcher& stops, std::int64_t vocab);
   ~Scheduler();
   int micro_batches() const { return limits_.micro_batches; }
-  bool idle(int group) const;   // nothing running in this micro-batch
-  std::size_t waiting() const;  // requests not yet admitted (preempted ones included)
+  bool idle(int group) const;            // nothing running in this micro-batch
+  std::size_t waiting() const;           // requests not yet admitted (preempted ones included)
+  std::string describe_waiting() const;  // why the first waiting request waits (for error messages)
   const SchedulerCounts& counts() const;
   const BlockPool& pool() const { return pool_; }
 
@@ -77,7 +79,8 @@ class Scheduler {
     std::int32_t tokens;
     bool sample;
   };
-  bool admit_one(int group, const std::function<void(Completion&&)>& complete);
+  enum class Admission { Admitted, Ended, NoRoom };
+  Admission admit_one(int group, const std::function<void(Completion&&)>& complete);
   bool grow_blocks(Sequence& s, std::int64_t positions);
   void preempt(Sequence& s);
   void release_blocks(Sequence& s);

@@ -538,6 +538,36 @@ TEST(Scheduler, SamplesShareFullBlocksAndCopyThePartlyFilledOne) {
   EXPECT_EQ(b.scheduler.pool().used(), 0) << "every block released";
 }
 
+// More prompts that can never fit than the batch holds, then n samples whose prompt fills the whole pool: the refused
+// ones take no room (counting them once stalled the job), the samples cannot get a block for their copy and wait,
+// sample 0 alone fills the pool and ends with "length", the samples then run one at a time. Everything completes.
+TEST(Scheduler, SamplesOfAPromptThatFillsThePoolStillComplete) {
+  ByteTokenizer t;
+  Request r = request(t, 0, std::string(71, 'a'), 7);  // 72 tokens: all 9 blocks of 8
+  r.n = 3;
+  r.sample_seeds = {1, 2};
+  const std::string system = "You are a helpful assistant. Answer briefly and well. ";
+  std::vector<Request> rs;
+  for (int i = 0; i < 8; ++i)  // 78 tokens: 10 blocks each, more than the pool
+    rs.push_back(request(t, 2 + i, system + "Question " + std::to_string(i) + ": what is it?", 6));
+  rs.push_back(r);
+  rs.push_back(request(t, 1, "Hi", 12));
+  Bench b(rs, paged(8, 9, 8));
+  for (int i = 0; i < 200 && b.done.size() < rs.size(); ++i) {
+    b.admit(0);
+    ASSERT_FALSE(b.scheduler.idle(0) && b.done.size() < rs.size())
+        << "stalled at step " << i << " with " << b.scheduler.waiting() << " waiting, " << b.scheduler.pool().used()
+        << " blocks held";
+    const auto metas = b.step(0);
+    std::vector<std::int32_t> tokens;
+    for (const auto& m : metas) tokens.push_back(std::int32_t('A' + m.step));
+    b.apply(0, tokens);
+  }
+  ASSERT_EQ(b.done.size(), rs.size());
+  EXPECT_EQ(b.scheduler.counts().refused, 8) << "more refusals than the batch size: each takes no room";
+  EXPECT_EQ(b.scheduler.pool().used(), 0);
+}
+
 // The windowed stop-string check stops at the same token as searching the whole decoded text, on a byte tokenizer
 // and on a SentencePiece-style one whose decoder strips the first space and rebuilds UTF-8 from byte tokens (the
 // window's start decodes differently from the whole text there), for random generations and stop strings.
