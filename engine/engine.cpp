@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "engine/dispatch.h"
 #include "engine/scheduler.h"
 #include "engine/wire.h"
 #include "runtime/base/clock.h"
@@ -77,8 +78,15 @@ void Engine::copy_blocks(const std::vector<ChunkMeta>& metas) {
 }
 
 EngineStats Engine::run(std::vector<Request> requests, const EngineHooks& hooks) {
-  if (layout_.is_first_stage()) return run_scheduler(std::move(requests), hooks);
-  return run_follower(hooks);
+  if (!layout_.is_first_stage()) return run_follower(hooks);
+  const auto source = make_fixed_source(std::move(requests));
+  return run_scheduler(*source, hooks);
+}
+
+EngineStats Engine::run(RequestSource* source, const EngineHooks& hooks) {
+  if (!layout_.is_first_stage()) return run_follower(hooks);
+  STRATA_CHECK(source, Internal, "a first-stage rank needs a request source");
+  return run_scheduler(*source, hooks);
 }
 
 EngineStats Engine::run_follower(const EngineHooks& hooks) {
@@ -118,7 +126,7 @@ EngineStats Engine::run_follower(const EngineHooks& hooks) {
   return stats;
 }
 
-EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHooks& hooks) {
+EngineStats Engine::run_scheduler(RequestSource& source, const EngineHooks& hooks) {
   const double start = monotonic_seconds();
   const bool single_stage = layout_.sizes().pp == 1;
   const int last_stage =
@@ -134,7 +142,11 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
   limits.prefix_caching = options_.prefix_caching;
   limits.chunked_prefill = options_.chunked_prefill;
   limits.max_model_len = options_.max_model_len;
-  Scheduler scheduler(std::move(requests), limits, stops, stage_.plan().config().vocab_size);
+  Scheduler scheduler({}, limits, stops, stage_.plan().config().vocab_size);
+  // A replica holds at most a batch of requests and a few more (asked for ahead of need, so a replica asking rank 0
+  // over MPI rarely waits for the answer; it blocks only when it has nothing else to do): the rest stay with rank 0
+  // for whichever replica has room first.
+  const std::int64_t holds = std::int64_t(std::max(options_.max_batch_size, 1)) + 2;
   const int groups = scheduler.micro_batches();
   std::vector<bool> in_flight(static_cast<std::size_t>(groups), false);
   SendQueue sends(std::size_t(groups) + 1);
@@ -146,6 +158,13 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
   std::vector<ChunkMeta> metas;
   std::vector<std::int32_t> block_table, ids;
   for (;;) {
+    const std::int64_t held = scheduler.running() + std::int64_t(scheduler.waiting());
+    if (!source.exhausted() && held < holds) {
+      const bool busy = held > 0 || std::count(in_flight.begin(), in_flight.end(), true) > 0;
+      std::vector<Request> more = source.take(int(holds - held), !busy);
+      stats.requests += std::int64_t(more.size());
+      scheduler.add(std::move(more));
+    }
     bool anything = false;
     for (int g = 0; g < groups; ++g) {
       if (in_flight[std::size_t(g)]) {
@@ -182,6 +201,7 @@ EngineStats Engine::run_scheduler(std::vector<Request> requests, const EngineHoo
       }
       if (hooks.on_round) hooks.on_round();
     }
+    if (!anything && !source.exhausted()) continue;  // waits for more work at the top
     if (!anything) {  // nothing running and nothing in flight: done, unless a request could never be admitted
       STRATA_CHECK(scheduler.waiting() == 0, Internal, "scheduler stalled with ", scheduler.waiting(),
                    " requests not admitted: ", scheduler.describe_waiting());

@@ -38,6 +38,7 @@ struct Request {
   // computed once: the other samples start from a copy of sample 0's KV cache.
   std::int32_t n = 1;
   std::vector<std::uint64_t> sample_seeds;
+  std::string error;  // not empty: the request cannot run (e.g. longer than the context); completed with this error
 };
 
 enum class FinishReason : std::uint8_t { Stop, Length };
@@ -77,8 +78,11 @@ struct EngineStats {
   double longest_step_seconds = 0;  // the slowest step: the longest a decoding sequence waited for its next token
   std::int64_t peak_sequences = 0, peak_tokens = 0;  // the scheduler's most sequences and KV positions held at once
   std::int64_t computed_prompt_tokens = 0;           // prompt tokens the model ran (n samples share their prompt's)
-  SchedulerCounts batching;  // stage 0: the scheduler's counts (KV blocks, prefix cache, preemptions)
+  SchedulerCounts batching;   // stage 0: the scheduler's counts (KV blocks, prefix cache, preemptions)
+  std::int64_t requests = 0;  // stage 0: requests taken from the source
 };
+
+class RequestSource;
 
 struct EngineHooks {
   std::function<void(Completion&&)> on_complete;  // stage 0 ranks, as each sequence finishes
@@ -95,9 +99,12 @@ class Engine {
   // Generates for `requests` (given to stage-0 ranks; other stages pass none) until all finish, then stops the
   // replica's other stages. Collective over the replica.
   EngineStats run(std::vector<Request> requests, const EngineHooks& hooks);
+  // The same with requests pulled from `source` as the batch has room (stage-0 ranks; others pass null), until it is
+  // exhausted and everything taken has finished (engine/dispatch.h).
+  EngineStats run(RequestSource* source, const EngineHooks& hooks);
 
  private:
-  EngineStats run_scheduler(std::vector<Request> requests, const EngineHooks& hooks);
+  EngineStats run_scheduler(RequestSource& source, const EngineHooks& hooks);
   EngineStats run_follower(const EngineHooks& hooks);
   void copy_blocks(const std::vector<ChunkMeta>& metas);
 

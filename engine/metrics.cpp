@@ -69,6 +69,7 @@ nlohmann::json MetricsRecorder::summary(const nlohmann::json& run, const std::ve
     entry["waiting_seconds"] = waiting;
     entry["compute_share"] = t.wall > 0 ? compute / t.wall : 0.0;
     entry["longest_step_seconds"] = t.longest_step;
+    entry["prompts_run"] = t.requests;
     sum.longest_step = std::max(sum.longest_step, t.longest_step);
     entry["communication_share"] = t.wall > 0 ? t.communication / t.wall : 0.0;
     entry["waiting_share"] = t.wall > 0 ? waiting / t.wall : 0.0;

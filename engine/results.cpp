@@ -232,6 +232,7 @@ void ResultCollector::poll() {
   int src = 0;
   for (Tag tag : {Tag::Result, Tag::Heartbeat, Tag::Done})
     while (world_.try_recv_any(tag, message, src)) take(std::move(message), src, tag);
+  if (serve_work_) serve_work_();
   heartbeat_finished_ranks(monotonic_seconds());
 }
 

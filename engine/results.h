@@ -52,8 +52,11 @@ class ResultCollector {
   void accept(std::int64_t index, const nlohmann::json& record, const RequestTiming& timing) {
     sink_(index, record, timing);
   }
-  // Between rank 0's own steps: takes what has arrived, and heartbeats the ranks that have finished.
+  // Between rank 0's own steps: takes what has arrived, serves work requests (serve_work), and heartbeats the ranks
+  // that have finished.
   void poll();
+  // Called by every poll(), also while finish() waits: rank 0 hands out prompts (engine/dispatch.h).
+  void serve_work(std::function<void()> serve) { serve_work_ = std::move(serve); }
   // After rank 0's own part: waits for the rest, then lets every rank end. Throws Error(Communication) naming the
   // replica or rank that stopped answering.
   void finish();
@@ -76,6 +79,7 @@ class ResultCollector {
   std::vector<std::int64_t> records_from_;  // per replica
   double last_heartbeat_ = 0;
   SendQueue heartbeats_{256};
+  std::function<void()> serve_work_;
 };
 
 // Every world rank but 0.

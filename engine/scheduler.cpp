@@ -42,12 +42,16 @@ Scheduler::Scheduler(std::vector<Request> requests, SchedulerLimits limits, cons
       scheduled_(groups_.size()),
       release_after_copies_(groups_.size()) {
   limits_.micro_batches = int(groups_.size());
+  add(std::move(requests));
+}
+
+void Scheduler::add(std::vector<Request> requests) {
   for (auto& r : requests) {
     auto s = std::make_unique<Sequence>();
     s->ids = r.prompt;
     s->forks_pending = r.n > 1;
-    if (limits.prefix_caching && std::int64_t(s->ids.size()) > limits.block_size)
-      s->first_block = BlockPool::chain_hash(0, std::span(s->ids).first(std::size_t(limits.block_size)));
+    if (limits_.prefix_caching && std::int64_t(s->ids.size()) > limits_.block_size)
+      s->first_block = BlockPool::chain_hash(0, std::span(s->ids).first(std::size_t(limits_.block_size)));
     s->request = std::move(r);
     waiting_.push_back(std::move(s));
   }
@@ -67,6 +71,12 @@ std::string Scheduler::describe_waiting() const {
              " running; the pool has ", pool_.available(), " of ", pool_.total(), " blocks available");
 }
 std::size_t Scheduler::waiting() const { return waiting_.size(); }
+
+std::int64_t Scheduler::running() const {
+  std::int64_t n = 0;
+  for (const auto& g : groups_) n += std::int64_t(g.size());
+  return n;
+}
 
 const SchedulerCounts& Scheduler::counts() const {
   const BlockPoolCounts& p = pool_.counts();
@@ -106,6 +116,26 @@ void Scheduler::admit(int group, const std::function<void(Completion&&)>& comple
   }
 }
 
+// The first waiting request cannot run (its error), or its prompt can never fit the pool, whatever finishes: it is
+// completed with that error and the job goes on.
+Scheduler::Admission Scheduler::refuse(const std::function<void(Completion&&)>& complete) {
+  const Sequence& s = *waiting_.front();
+  Completion c;
+  c.index = s.request.index;
+  c.prompt_tokens = std::int64_t(s.request.prompt.size());
+  c.vocab = vocab_;
+  c.error = !s.request.error.empty()
+                ? s.request.error
+                : cat("the prompt needs ", pool_.blocks_for(std::int64_t(s.ids.size())), " KV-cache blocks of ",
+                      pool_.block_size(), " positions (", s.ids.size(), " tokens) but the whole pool has ",
+                      pool_.total(), "; raise --kv-cache-memory or shorten the prompt");
+  ++counts_.refused;
+  ++counts_.completed;
+  waiting_.pop_front();
+  if (complete) complete(std::move(c));
+  return Admission::Ended;
+}
+
 // A running sequence starts with the same block as `s` and has not been scheduled to compute it yet: `s` waits one
 // step for it, then finds that prefix cached instead of computing it again (sequences admitted together would
 // otherwise all compute a shared system prompt).
@@ -130,19 +160,7 @@ Scheduler::Admission Scheduler::admit_one(int group, const std::function<void(Co
     finish(*alone, FinishReason::Length, last_now_, complete);
     return Admission::Ended;
   }
-  if (need > pool_.total()) {  // can never fit, whatever finishes: an error for this request, the job goes on
-    Completion c;
-    c.index = s.request.index;
-    c.prompt_tokens = std::int64_t(s.request.prompt.size());
-    c.vocab = vocab_;
-    c.error = cat("the prompt needs ", need, " KV-cache blocks of ", pool_.block_size(), " positions (", s.ids.size(),
-                  " tokens) but the whole pool has ", pool_.total(), "; raise --kv-cache-memory or shorten the prompt");
-    ++counts_.refused;
-    ++counts_.completed;
-    waiting_.pop_front();
-    if (complete) complete(std::move(c));
-    return Admission::Ended;
-  }
+  if (!s.request.error.empty() || need > pool_.total()) return refuse(complete);
   // The last known token is always computed (its logits give the next token), so at most all but it is cached.
   BlockPool::Prefix prefix = pool_.acquire_prefix(s.ids, (std::int64_t(s.ids.size()) - 1) / pool_.block_size());
   if (pool_.available() < need - std::int64_t(prefix.blocks.size())) {

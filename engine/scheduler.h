@@ -56,10 +56,13 @@ class Scheduler {
   int micro_batches() const { return limits_.micro_batches; }
   bool idle(int group) const;            // nothing running in this micro-batch
   std::size_t waiting() const;           // requests not yet admitted (preempted ones included)
+  std::int64_t running() const;          // sequences admitted, in every micro-batch
   std::string describe_waiting() const;  // why the first waiting request waits (for error messages)
   const SchedulerCounts& counts() const;
   const BlockPool& pool() const { return pool_; }
 
+  // More requests, queued after the waiting ones.
+  void add(std::vector<Request> requests);
   // Admits waiting requests into micro-batch `group`. A request whose prompt can never fit the pool is completed
   // at once through `complete` with an error.
   void admit(int group, const std::function<void(Completion&&)>& complete = {});
@@ -81,6 +84,7 @@ class Scheduler {
   };
   enum class Admission { Admitted, Ended, NoRoom };
   Admission admit_one(int group, const std::function<void(Completion&&)>& complete);
+  Admission refuse(const std::function<void(Completion&&)>& complete);
   bool grow_blocks(Sequence& s, std::int64_t positions);
   void preempt(Sequence& s);
   void release_blocks(Sequence& s);

@@ -183,6 +183,9 @@ int cli_main(int argc, char** argv) {
                    "stderr is a terminal (under mpirun it is a pipe: ask for live)")
       ->check(CLI::IsMember({"auto", "live", "log", "none"}));
   generate->add_flag("-q,--quiet", gen.quiet, "No progress or summary output");
+  generate->add_flag("--static-dp", gen.static_dp,
+                     "Give replica r the prompts i with i % dp == r, fixed in advance, instead of handing prompts out "
+                     "as replicas have room (benchmarks)");
 
   InitOptionsCli init;
   auto* init_cmd = app.add_subcommand("init", "Write a random-weight checkpoint for a preset, pre-sharded");

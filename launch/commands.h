@@ -37,6 +37,7 @@ struct GenerateOptions {
   // runtime/base/watchdog.h), or a number of seconds, 0 = never.
   std::string step_timeout = "auto";
   bool overwrite = false, resume = false, record_logits = false, quiet = false;
+  bool static_dp = false;  // prompt i to replica i % dp, fixed in advance (for comparison with the dynamic queue)
 };
 
 struct InitOptionsCli {

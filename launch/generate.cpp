@@ -11,6 +11,7 @@
 #include <map>
 #include <optional>
 
+#include "engine/dispatch.h"
 #include "engine/engine.h"
 #include "engine/metrics.h"
 #include "engine/progress.h"
@@ -54,11 +55,13 @@ std::uint64_t mix_seed(std::uint64_t seed, std::uint64_t index) {
 }
 
 // Command-line sampling settings overridden per prompt; every value range-checked with the prompt's file:line.
+// The request of prompt `p` with its options checked (Error naming the line otherwise); tokenize = false checks the
+// options only (every rank does that for every prompt before loading; the replica that runs it tokenizes it).
 Request make_request(const Prompt& p, std::int64_t index, const GenerateOptions& o, const Tokenizer& tokenizer,
-                     std::int64_t max_model_len, std::int64_t vocab_size, std::int64_t max_batch_size) {
+                     std::int64_t vocab_size, std::int64_t max_batch_size, bool tokenize) {
   Request r;
   r.index = index;
-  r.prompt = tokenizer.encode(p.text, true);
+  if (tokenize) r.prompt = tokenizer.encode(p.text, true);
   r.max_tokens = p.overrides.max_tokens.value_or(o.max_tokens);
   r.stop = p.overrides.stop.value_or(o.stop);
   const double temperature = p.overrides.temperature.value_or(o.temperature);
@@ -271,15 +274,17 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
     return 0;
   }
   const std::int64_t model_len = session.plan().stage.max_seq_len;
-  std::vector<Request> mine;  // this replica's share, built (and validated) on every rank
-  // OpenAI batch requests that cannot be served become error lines (same on every rank); anything else stops the job.
+  // Every prompt's options are checked on every rank before loading (a bad line stops a plain job before any work);
+  // OpenAI batch requests that cannot be served become error lines (same on every rank). The runnable ones are
+  // handed out to replicas as they have room (engine/dispatch.h).
   std::map<std::size_t, Prompt> refused;
+  std::vector<std::int64_t> runnable;
+  std::vector<std::uint64_t> prefix_keys;
   for (std::size_t i = first + std::size_t(done); i < last; ++i) {
-    Request r;
     try {
       STRATA_CHECK(prompts[i].error.empty(), Usage, prompts[i].error);
-      r = make_request(prompts[i], std::int64_t(i), o, session.tokenizer(), model_len, session.config().vocab_size,
-                       session.plan().max_batch_size);
+      make_request(prompts[i], std::int64_t(i), o, session.tokenizer(), session.config().vocab_size,
+                   session.plan().max_batch_size, false);
     } catch (const Error& e) {
       if (prompts[i].format != PromptFormat::OpenAiBatch) throw;
       Prompt p = prompts[i];
@@ -289,13 +294,18 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
       refused.emplace(i, std::move(p));
       continue;
     }
-    if (const std::string problem = prompt_problem(r, model_len); !problem.empty()) {
-      refused.emplace(i, with_error(prompts[i], problem));
-      continue;
+    if (writer_rank) {
+      runnable.push_back(std::int64_t(i));
+      prefix_keys.push_back(prefix_key(prompts[i].text));
     }
-    if (std::int64_t(i) % layout.sizes().dp == layout.dp_rank() && layout.is_first_stage())
-      mine.push_back(std::move(r));
   }
+  // Where a prompt runs: tokenized there, with a prompt longer than the context answered by an error record.
+  const RequestFactory make = [&](std::int64_t i) {
+    Request r = make_request(prompts[std::size_t(i)], i, o, session.tokenizer(), session.config().vocab_size,
+                             session.plan().max_batch_size, true);
+    r.error = prompt_problem(r, model_len);
+    return r;
+  };
 
   if (writer_rank && !o.quiet) std::fprintf(stderr, "%s", session.plan().table().c_str());  // before loading
   session.check_memory();
@@ -328,6 +338,12 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   Engine engine(session.stage(), layout, world, sampling_tp, session.tokenizer(), engine_options);
 
   Progress progress(last - first - std::size_t(done) - refused.size(), o.quiet || !writer_rank ? "none" : o.progress);
+  std::unique_ptr<WorkDispatcher> dispatcher;
+  if (writer_rank)
+    dispatcher =
+        std::make_unique<WorkDispatcher>(std::move(runnable), std::move(prefix_keys), layout.sizes().dp, o.static_dp);
+  std::unique_ptr<RequestSource> source;
+  if (layout.is_first_stage()) source = make_request_source(world, layout, dispatcher.get(), make, watchdog.get());
   std::unique_ptr<ResultCollector> collector;
   std::unique_ptr<ResultSender> sender;
   MetricsRecorder metrics;
@@ -365,6 +381,7 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
       else
         sender->send(c.index, record, timing);
     };
+  if (collector) collector->serve_work([&] { dispatcher->serve(world, layout); });
   hooks.on_round = [&] {
     if (collector)
       collector->poll();
@@ -375,7 +392,7 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   const auto since_start = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - generation_start).count();
   };
-  const EngineStats stats = engine.run(std::move(mine), hooks);
+  const EngineStats stats = engine.run(source.get(), hooks);
   RankTimes times{0,
                   stats.compute_seconds,
                   session.stage_communication_seconds() + sampling_tp.seconds(),
@@ -383,6 +400,7 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
                   stats.peak_tokens,
                   leader ? stats.computed_prompt_tokens : 0};
   times.longest_step = stats.longest_step_seconds;
+  times.requests = leader ? stats.requests : 0;
   if (leader) {
     const SchedulerCounts& b = stats.batching;
     times.peak_kv_blocks = b.peak_kv_blocks;

@@ -16,7 +16,19 @@ namespace strata {
 // Tags of point-to-point messages (typed so two protocols can never collide).
 // Result: a finished record for world rank 0; Heartbeat: "still running" (replica leaders to rank 0, rank 0 to ranks
 // that finished); Done: a rank finished its part; Exit: rank 0 has written everything, every rank may end.
-enum class Tag : int { Activations = 101, Tokens = 102, Result = 103, Heartbeat = 104, Done = 105, Exit = 106 };
+// Work / WorkReply: a replica leader asks rank 0 for prompts, and gets their indices; WorkShare: the leader passes
+// them on to the other tensor-parallel ranks of its first stage (engine/dispatch.h).
+enum class Tag : int {
+  Activations = 101,
+  Tokens = 102,
+  Result = 103,
+  Heartbeat = 104,
+  Done = 105,
+  Exit = 106,
+  Work = 107,
+  WorkReply = 108,
+  WorkShare = 109
+};
 
 // A pending non-blocking send; wait() completes it. Destroying an incomplete request waits for it.
 class SendRequest {

@@ -1,0 +1,196 @@
+// See dispatch.h.
+#include "engine/dispatch.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "runtime/base/error.h"
+
+namespace strata {
+namespace {
+
+// A work reply (and share): int64 exhausted, then the indices.
+std::vector<char> pack_indices(const std::vector<std::int64_t>& indices, bool exhausted) {
+  std::vector<char> message(sizeof(std::int64_t) * (indices.size() + 1));
+  const std::int64_t flag = exhausted ? 1 : 0;
+  std::memcpy(message.data(), &flag, sizeof flag);
+  if (!indices.empty())
+    std::memcpy(message.data() + sizeof flag, indices.data(), indices.size() * sizeof(std::int64_t));
+  return message;
+}
+
+std::vector<std::int64_t> unpack_indices(const std::vector<char>& message, bool& exhausted) {
+  STRATA_CHECK(message.size() >= sizeof(std::int64_t) && message.size() % sizeof(std::int64_t) == 0, Communication,
+               "malformed work message of ", message.size(), " bytes");
+  std::int64_t flag = 0;
+  std::memcpy(&flag, message.data(), sizeof flag);
+  exhausted = flag != 0;
+  std::vector<std::int64_t> indices(message.size() / sizeof(std::int64_t) - 1);
+  if (!indices.empty())
+    std::memcpy(indices.data(), message.data() + sizeof flag, indices.size() * sizeof(std::int64_t));
+  return indices;
+}
+
+}  // namespace
+
+std::uint64_t prefix_key(const std::string& text) {
+  constexpr std::size_t kBytes = 64;  // about a system prompt's first sentence
+  if (text.size() < kBytes) return 0;
+  std::uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (std::size_t i = 0; i < kBytes; ++i) h = (h ^ std::uint8_t(text[i])) * 1099511628211ull;
+  return h | 1;  // never 0
+}
+
+// ------------------------------------------------------------------------------------------------ dispatcher
+
+WorkDispatcher::WorkDispatcher(std::vector<std::int64_t> indices, std::vector<std::uint64_t> prefix_keys, int replicas,
+                               bool static_split)
+    : queues_(static_split ? std::size_t(replicas) : 1),
+      affinity_(std::size_t(replicas), 0),
+      handed_(std::size_t(replicas), 0),
+      static_split_(static_split) {
+  STRATA_CHECK(replicas >= 1 && prefix_keys.size() == indices.size(), Internal, "work dispatcher: ", indices.size(),
+               " indices, ", prefix_keys.size(), " keys, ", replicas, " replicas");
+  for (std::size_t i = 0; i < indices.size(); ++i)
+    queues_[static_split ? std::size_t(indices[i] % replicas) : 0].push_back(Item{indices[i], prefix_keys[i]});
+}
+
+bool WorkDispatcher::exhausted(int replica) const { return queues_[static_split_ ? std::size_t(replica) : 0].empty(); }
+
+std::vector<std::int64_t> WorkDispatcher::take(int replica, int count) {
+  auto& queue = queues_[static_split_ ? std::size_t(replica) : 0];
+  std::vector<std::int64_t> out;
+  std::uint64_t& affinity = affinity_[std::size_t(replica)];
+  // Prompts starting like the replica's last one first (within the look-ahead), then the oldest.
+  if (affinity != 0 && !static_split_) {
+    const std::size_t window = std::min(queue.size(), kLookAhead);
+    std::vector<std::size_t> matching;
+    for (std::size_t i = 0; i < window && int(matching.size()) < count; ++i)
+      if (queue[i].key == affinity) matching.push_back(i);
+    for (std::size_t i : matching) out.push_back(queue[i].index);
+    for (auto it = matching.rbegin(); it != matching.rend(); ++it) queue.erase(queue.begin() + std::int64_t(*it));
+  }
+  while (int(out.size()) < count && !queue.empty()) {
+    out.push_back(queue.front().index);
+    affinity = queue.front().key;
+    queue.pop_front();
+  }
+  std::sort(out.begin(), out.end());
+  handed_[std::size_t(replica)] += std::int64_t(out.size());
+  return out;
+}
+
+void WorkDispatcher::serve(Communicator& world, const ParallelLayout& layout) {
+  std::vector<char> message;
+  int src = 0;
+  while (world.try_recv_any(Tag::Work, message, src)) {
+    std::int32_t count = 0;
+    STRATA_CHECK(message.size() == sizeof count, Communication, "malformed work request from rank ", src);
+    std::memcpy(&count, message.data(), sizeof count);
+    const int replica = layout.replica_of(src);
+    const std::vector<std::int64_t> indices = take(replica, count);
+    replies_.push(world.isend(pack_indices(indices, exhausted(replica)), src, Tag::WorkReply));
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ sources
+
+namespace {
+
+class FixedSource final : public RequestSource {
+ public:
+  explicit FixedSource(std::vector<Request> requests) : requests_(std::move(requests)) {}
+  std::vector<Request> take(int, bool) override {
+    done_ = true;
+    return std::move(requests_);
+  }
+  bool exhausted() const override { return done_; }
+
+ private:
+  std::vector<Request> requests_;
+  bool done_ = false;
+};
+
+// A replica's stage-0 ranks. The leader gets indices (from the dispatcher on rank 0, or by asking rank 0) and passes
+// them to its tensor-parallel peers; the peers receive them. All build the requests with the factory.
+class ReplicaSource final : public RequestSource {
+ public:
+  ReplicaSource(Communicator& world, const ParallelLayout& layout, WorkDispatcher* dispatcher, RequestFactory factory,
+                Watchdog* watchdog)
+      : world_(world), layout_(layout), dispatcher_(dispatcher), factory_(std::move(factory)), watchdog_(watchdog) {
+    leader_ = layout.rank_of(layout.dp_rank(), 0, 0);
+    for (int r : layout.tp_group())
+      if (r != layout.world_rank()) peers_.push_back(r);
+    waiting_for_leader_ = cat("waiting for prompt indices from rank ", leader_, " (the first rank of this replica)");
+  }
+
+  std::vector<Request> take(int count, bool wait) override {
+    std::vector<std::int64_t> indices;
+    if (layout_.world_rank() == leader_) {
+      indices = leader_take(count, wait);
+      for (int peer : peers_) shares_.push(world_.isend(pack_indices(indices, exhausted_), peer, Tag::WorkShare));
+    } else {
+      beat(waiting_for_leader_.c_str());
+      indices = unpack_indices(world_.recv(leader_, Tag::WorkShare), exhausted_);
+    }
+    std::vector<Request> requests;
+    requests.reserve(indices.size());
+    for (std::int64_t i : indices) requests.push_back(factory_(i));
+    return requests;
+  }
+  bool exhausted() const override { return exhausted_; }
+
+ private:
+  std::vector<std::int64_t> leader_take(int count, bool wait) {
+    if (dispatcher_) {  // rank 0: the dispatcher is here
+      std::vector<std::int64_t> indices = dispatcher_->take(layout_.dp_rank(), count);
+      exhausted_ = dispatcher_->exhausted(layout_.dp_rank());
+      return indices;
+    }
+    if (!asked_) {  // one request outstanding at a time, sent ahead of need
+      std::int32_t want = count;
+      std::vector<char> message(sizeof want);
+      std::memcpy(message.data(), &want, sizeof want);
+      asks_.push(world_.isend(std::move(message), 0, Tag::Work));
+      asked_ = true;
+    }
+    std::vector<char> reply;
+    int src = 0;
+    if (wait) {
+      beat("waiting for prompts from rank 0 (it hands them out between its own steps)");
+      reply = world_.recv(0, Tag::WorkReply);
+    } else if (!world_.try_recv_any(Tag::WorkReply, reply, src)) {
+      return {};
+    }
+    asked_ = false;
+    return unpack_indices(reply, exhausted_);
+  }
+  void beat(const char* activity) {  // the watchdog keeps the pointer: only strings that live as long as the source
+    if (watchdog_) watchdog_->beat(activity);
+  }
+
+  Communicator& world_;
+  const ParallelLayout& layout_;
+  WorkDispatcher* dispatcher_;
+  RequestFactory factory_;
+  Watchdog* watchdog_;
+  int leader_ = 0;
+  std::vector<int> peers_;
+  bool exhausted_ = false, asked_ = false;
+  std::string waiting_for_leader_;
+  SendQueue asks_{4}, shares_{64};
+};
+
+}  // namespace
+
+std::unique_ptr<RequestSource> make_request_source(Communicator& world, const ParallelLayout& layout,
+                                                   WorkDispatcher* dispatcher, RequestFactory factory,
+                                                   Watchdog* watchdog) {
+  return std::make_unique<ReplicaSource>(world, layout, dispatcher, std::move(factory), watchdog);
+}
+
+std::unique_ptr<RequestSource> make_fixed_source(std::vector<Request> requests) {
+  return std::make_unique<FixedSource>(std::move(requests));
+}
+
+}  // namespace strata
