@@ -88,6 +88,11 @@ struct TokenizeOptions {
   double bench_seconds = 0;  // > 0: measure encoding throughput of the whole input instead
 };
 int run_tokenize(const TokenizeOptions& options);
+
+struct ChatTemplateOptions {
+  std::string model, hf, chat_template, input = "-", now;
+};
+int run_chat_template(const ChatTemplateOptions& options);
 int run_generate(const GenerateOptions& options, int argc, char** argv);
 int run_init(const InitOptionsCli& options);
 int run_inspect(const InspectOptions& options);
