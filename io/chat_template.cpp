@@ -115,7 +115,8 @@ nlohmann::ordered_json flat_content(const nlohmann::ordered_json& content, std::
 
 }  // namespace
 
-std::string ChatTemplate::render(const nlohmann::ordered_json& messages, const std::tm& now) const {
+std::string ChatTemplate::render(const nlohmann::ordered_json& messages, const std::tm& now,
+                                 const nlohmann::ordered_json& tools) const {
   STRATA_CHECK(messages.is_array() && !messages.empty(), Usage, "'messages' must be a non-empty list");
   nlohmann::ordered_json flat = nlohmann::ordered_json::array();
   for (std::size_t i = 0; i < messages.size(); ++i) {
@@ -130,7 +131,7 @@ std::string ChatTemplate::render(const nlohmann::ordered_json& messages, const s
     flat.push_back(std::move(message));
   }
   nlohmann::ordered_json variables = {
-      {"messages", std::move(flat)}, {"tools", nullptr}, {"documents", nullptr}, {"add_generation_prompt", true}};
+      {"messages", std::move(flat)}, {"tools", tools}, {"documents", nullptr}, {"add_generation_prompt", true}};
   for (const auto& [key, value] : special_tokens_.items()) variables[key] = value;
   return template_->render(variables, now);
 }

@@ -34,8 +34,10 @@ class ChatTemplate {
 
   // The prompt for `messages` (OpenAI's layout: [{"role": ..., "content": ...}, ...]; content a string, null, or a
   // list of {"type": "text", "text": ...} parts, joined with "\n" as vLLM joins them). `now` is strftime_now's time.
+  // `tools` (JSON schemas, or null) is the template's `tools`, as apply_chat_template(tools=...) passes it.
   // Throws Error(Usage) for malformed messages and jinja::RenderError when the template fails or raises.
-  std::string render(const nlohmann::ordered_json& messages, const std::tm& now) const;
+  std::string render(const nlohmann::ordered_json& messages, const std::tm& now,
+                     const nlohmann::ordered_json& tools = nullptr) const;
   const std::string& name() const { return template_->name(); }
 
  private:

@@ -1,6 +1,6 @@
 // `strata chat-template`: the prompt text each chat request becomes (what generate tokenizes), for checking a
 // template and for the tests that compare strata's Jinja with python3-jinja2. No MPI: it runs as a plain process.
-// Input: JSONL, {"messages": [...]} per line; output: one JSON line per input, {"text": ...} or, when the request
+// Input: JSONL, {"messages": [...], optional "tools": [...]} per line; output: one JSON line per input, {"text": ...} or, when the request
 // cannot be rendered, {"error": ..., "raised": true when the template called raise_exception}.
 #include <cstdio>
 #include <filesystem>
@@ -73,7 +73,7 @@ nlohmann::ordered_json render_line(const ChatTemplate& chat, const std::string& 
   }
   STRATA_CHECK(request.is_object() && request.contains("messages"), Usage, where, ": expected {\"messages\": [...]}");
   try {
-    return {{"text", chat.render(request["messages"], now)}};
+    return {{"text", chat.render(request["messages"], now, request.value("tools", nlohmann::ordered_json()))}};
   } catch (const jinja::RenderError& e) {
     return {{"error", e.what()}, {"raised", e.raised()}};
   } catch (const Error& e) {
