@@ -21,9 +21,7 @@ namespace {
 std::unique_ptr<Tokenizer> open_tokenizer(const std::string& path) {
   if (std::filesystem::is_directory(path)) {
     const Manifest manifest = Manifest::read(path);
-    const nlohmann::json generation =
-        manifest.source.is_object() ? manifest.source.value("generation_config", nlohmann::json()) : nlohmann::json();
-    return make_tokenizer(manifest.tokenizer, manifest_path(path), generation);
+    return make_tokenizer_of(manifest.tokenizer, manifest.source, manifest_path(path));
   }
   return HfTokenizer::from_file(path);
 }
