@@ -120,6 +120,11 @@ int cli_main(int argc, char** argv) {
   generate->add_option("--prompts", gen.prompts, "Prompt file: text (one per line) or JSONL")->required();
   generate->add_option("--output", gen.output, "Results JSONL file ('-' for stdout)");
   generate
+      ->add_option("--chat-template", gen.chat_template,
+                   "Jinja file rendering chat requests (JSONL 'messages', OpenAI /v1/chat/completions) instead of "
+                   "the checkpoint's chat template")
+      ->check(CLI::ExistingFile);
+  generate
       ->add_option("--prompt-format", gen.prompt_format,
                    "auto (an OpenAI batch file by its first line, else JSONL by extension, else text), text, jsonl "
                    "or openai")
