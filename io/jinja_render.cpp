@@ -1069,7 +1069,7 @@ ScopePtr global_scope(Renderer& renderer) {
   globals->set("namespace", make_function("namespace", namespace_object));
   globals->set("range", make_function("range", range_list));
   globals->set("dict", make_function("dict", [](const CallArgs& a) {
-                 a.expect_at_most(0, {}, "dict");
+                 if (!a.positional.empty()) throw Failure("dict() takes keyword arguments only here");
                  Dict d;
                  for (const auto& [key, value] : a.keyword) d.set(Value::of(key), value);
                  return Value::of(std::move(d));
