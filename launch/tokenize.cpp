@@ -64,7 +64,11 @@ int tokenize(const TokenizeOptions& o) {
   const std::string origin = o.input == "-" ? "<stdin>" : o.input;
   std::vector<std::string> texts;
   if (o.jsonl) {
-    for (const auto& p : parse_prompts(content, origin, PromptFormat::Jsonl)) texts.push_back(p.text);
+    for (const auto& p : parse_prompts(content, origin, PromptFormat::Jsonl)) {
+      STRATA_CHECK(!p.messages, Usage, p.origin,
+                   ": a chat ('messages'): render it with strata chat-template first, then tokenize its text");
+      texts.push_back(p.text);
+    }
   } else {  // every line is an input, empty lines included (an empty text has zero ids)
     std::size_t at = 0;
     while (at < content.size()) {
