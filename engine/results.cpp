@@ -122,21 +122,49 @@ nlohmann::json completions_logprobs(const Completion& c, const Tokenizer& tokeni
   return {{"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", tops}, {"text_offset", offsets}};
 }
 
+// The chat API's logprobs: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}, ...]}.
+nlohmann::json chat_logprobs(const Completion& c, const Tokenizer& tokenizer) {
+  const auto entry = [&](std::int32_t id, float logprob) {
+    nlohmann::json e = logprob_entry(id, logprob, tokenizer);
+    e.erase("token_id");  // strata's JSONL records carry it; OpenAI's layout has none
+    return e;
+  };
+  nlohmann::json content = nlohmann::json::array();
+  for (std::size_t t = 0; t < c.logprobs.size() && t < c.token_ids.size(); ++t) {
+    nlohmann::json e = entry(c.token_ids[t], c.logprobs[t].chosen), top = nlohmann::json::array();
+    for (const TokenLogprob& alt : c.logprobs[t].top) top.push_back(entry(alt.id, alt.logprob));
+    e["top_logprobs"] = std::move(top);
+    content.push_back(std::move(e));
+  }
+  return {{"content", std::move(content)}};
+}
+
+// A choice of a completions body ("text") or of a chat body ("message" from the assistant).
+nlohmann::json openai_choice(bool chat, std::size_t index, const Completion& c, const Tokenizer& tokenizer) {
+  nlohmann::json logprobs;
+  if (!c.logprobs.empty()) logprobs = chat ? chat_logprobs(c, tokenizer) : completions_logprobs(c, tokenizer);
+  nlohmann::json choice = {{"index", index}};
+  if (chat)
+    choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+  else
+    choice["text"] = c.text;
+  choice["finish_reason"] = finish_reason_name(c.finish_reason);
+  choice["logprobs"] = std::move(logprobs);
+  return choice;
+}
+
 nlohmann::json openai_record(const Prompt& p, const Completion& c, const Tokenizer& tokenizer,
                              const RecordContext& context) {
+  const bool chat = p.endpoint == "/v1/chat/completions";
   nlohmann::json choices = nlohmann::json::array();
   std::size_t tokens = 0;
   for (const Completion* sample : samples_of(c)) {
-    choices.push_back(
-        {{"index", choices.size()},
-         {"text", sample->text},
-         {"finish_reason", finish_reason_name(sample->finish_reason)},
-         {"logprobs", sample->logprobs.empty() ? nlohmann::json() : completions_logprobs(*sample, tokenizer)}});
+    choices.push_back(openai_choice(chat, choices.size(), *sample, tokenizer));
     tokens += sample->token_ids.size();
   }
   const std::string index = std::to_string(c.index);
-  const nlohmann::json body = {{"id", "cmpl-" + index},
-                               {"object", "text_completion"},
+  const nlohmann::json body = {{"id", (chat ? "chatcmpl-" : "cmpl-") + index},
+                               {"object", chat ? "chat.completion" : "text_completion"},
                                {"created", context.created},
                                {"model", context.model},
                                {"choices", std::move(choices)},

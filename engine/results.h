@@ -31,7 +31,8 @@ namespace strata {
 // with log-probabilities OpenAI's chat layout: "logprobs": {"content": [{"token", "logprob", "bytes",
 // "top_logprobs": [{"token", "logprob", "bytes"}...]}...]}, each entry also with its "token_id".
 // OpenAI batch prompts get OpenAI's batch output line instead: {"id", "custom_id", "response": {"status_code",
-// "request_id", "body": <text_completion with choices and usage>}, "error": null}.
+// "request_id", "body": <text_completion, or for /v1/chat/completions chat.completion (choices[i].message, logprobs
+// in the chat layout), with choices and usage>}, "error": null}.
 struct RecordContext {
   std::string model;         // the model's name in OpenAI responses
   std::int64_t created = 0;  // their "created" (Unix seconds of the run's start)

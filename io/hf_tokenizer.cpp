@@ -319,14 +319,14 @@ struct HfTokenizer::Impl {
   mutable std::mutex mutex;
   mutable std::unordered_map<std::string, std::vector<std::int32_t>, Hash, std::equal_to<>> cache;
 
-  void read(const json& j, const json& generation_config);
+  void read(const json& j, const json& generation_config, const json& tokenizer_config);
   void read_model(const json& m);
   void read_added(const json& list);
   void read_normalizer(const json& n);
   void read_pre_tokenizer(const json& p);
   void read_decoder(const json& d);
   void read_post_processor(const json& p);
-  void choose_bos_eos(const json& generation_config);
+  void choose_bos_eos(const json& generation_config, const json& tokenizer_config);
   std::int32_t token_id(const std::string& token, const std::string& what) const;
 
   // Splits `text` at added tokens (those with normalized == `normalized`): calls on_text(text section, offset) and
@@ -577,8 +577,9 @@ void HfTokenizer::Impl::read_post_processor(const json& p) {
 
 // BOS: the template's tokens before the text, else a special token of a family that starts text with one (<s>,
 // <|begin_of_text|>: Llama 3 files without a template). generation_config's bos_token_id is not used: Qwen2 lists
-// one but adds none. EOS: the generation_config's id(s), else the special tokens that end text in these families.
-void HfTokenizer::Impl::choose_bos_eos(const json& generation_config) {
+// one but adds none. EOS: the generation_config's id(s), else the special tokens that end text in these families;
+// and tokenizer_config.json's eos_token too (a chat model's end of turn, e.g. <|im_end|>, may be only there).
+void HfTokenizer::Impl::choose_bos_eos(const json& generation_config, const json& tokenizer_config) {
   const auto special_named = [&](std::initializer_list<const char*> names) {
     std::vector<std::int32_t> ids;
     for (const char* name : names)
@@ -597,12 +598,17 @@ void HfTokenizer::Impl::choose_bos_eos(const json& generation_config) {
     eos = g["eos_token_id"].get<std::vector<std::int32_t>>();
   else
     eos = special_named({"</s>", "<|end_of_text|>", "<|eot_id|>", "<|endoftext|>", "<|im_end|>"});
+  if (tokenizer_config.is_object() && tokenizer_config.value("eos_token", json()).is_string()) {
+    const std::int32_t id =
+        token_id(tokenizer_config["eos_token"].get<std::string>(), "tokenizer_config.json's eos_token");
+    if (std::find(eos.begin(), eos.end(), id) == eos.end()) eos.push_back(id);
+  }
   STRATA_CHECK(!eos.empty(), Config, path,
                ": no end-of-sequence token: none in generation_config.json and no special token "
                "</s>, <|end_of_text|>, <|eot_id|>, <|endoftext|> or <|im_end|>");
 }
 
-void HfTokenizer::Impl::read(const json& j, const json& generation_config) {
+void HfTokenizer::Impl::read(const json& j, const json& generation_config, const json& tokenizer_config) {
   STRATA_CHECK(j.is_object() && j.contains("model"), Config, path, ": not a tokenizer.json (no \"model\")");
   read_model(j["model"]);
   read_added(j.value("added_tokens", json::array()));
@@ -611,7 +617,7 @@ void HfTokenizer::Impl::read(const json& j, const json& generation_config) {
   read_post_processor(j.value("post_processor", json()));
   read_decoder(j.value("decoder", json()));
   if (is_special.size() < id_to_token.size()) is_special.resize(id_to_token.size(), false);
-  choose_bos_eos(generation_config);
+  choose_bos_eos(generation_config, tokenizer_config);
 }
 
 // ---- encoding ---------------------------------------------------------------------------------------------------
@@ -979,7 +985,8 @@ std::string repair_utf8(std::string_view text) {
 HfTokenizer::HfTokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 HfTokenizer::~HfTokenizer() = default;
 
-std::unique_ptr<HfTokenizer> HfTokenizer::from_file(const std::string& path, const nlohmann::json& generation_config) {
+std::unique_ptr<HfTokenizer> HfTokenizer::from_file(const std::string& path, const nlohmann::json& generation_config,
+                                                    const nlohmann::json& tokenizer_config) {
   std::ifstream in(path, std::ios::binary);
   STRATA_CHECK(in, Io, path, ": cannot open the tokenizer file");
   json j;
@@ -991,7 +998,7 @@ std::unique_ptr<HfTokenizer> HfTokenizer::from_file(const std::string& path, con
   auto impl = std::make_unique<Impl>();
   impl->path = path;
   try {
-    impl->read(j, generation_config);
+    impl->read(j, generation_config, tokenizer_config);
   } catch (const json::exception& e) {  // a field of the wrong type or missing
     throw Error(ErrorKind::Config, cat(path, ": unexpected tokenizer.json content: ", e.what()));
   }

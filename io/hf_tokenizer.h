@@ -14,9 +14,11 @@ namespace strata {
 class HfTokenizer final : public Tokenizer {
  public:
   // `generation_config`: the model's generation_config.json (or null): its bos_token_id / eos_token_id (an id or a
-  // list: Llama 3 Instruct ends on several) win over what the tokenizer file implies.
+  // list: Llama 3 Instruct ends on several) win over what the tokenizer file implies. `tokenizer_config` (what
+  // convert keeps of tokenizer_config.json, or null): its eos_token ends sequences too.
   static std::unique_ptr<HfTokenizer> from_file(const std::string& path,
-                                                const nlohmann::json& generation_config = nullptr);
+                                                const nlohmann::json& generation_config = nullptr,
+                                                const nlohmann::json& tokenizer_config = nullptr);
   ~HfTokenizer() override;
 
   // Text that is not valid UTF-8 is first repaired: every maximal invalid subsequence becomes U+FFFD (the WHATWG /

@@ -75,6 +75,13 @@ std::vector<std::string> stop_strings(const nlohmann::json& value, const std::st
   return field_as<std::vector<std::string>>(value, "stop", where, "a string or a list of strings");
 }
 
+// A chat's messages as written: parsed again keeping key order (the template may print a message or its keys).
+nlohmann::ordered_json ordered_field(const std::string& line, std::initializer_list<const char*> path) {
+  nlohmann::ordered_json j = nlohmann::ordered_json::parse(line);
+  for (const char* key : path) j = j.at(key);
+  return j;
+}
+
 Prompt parse_jsonl_line(const std::string& line, const std::string& where, std::size_t index) {
   nlohmann::json j;
   try {
@@ -92,7 +99,13 @@ Prompt parse_jsonl_line(const std::string& line, const std::string& where, std::
       STRATA_CHECK(value.is_string() || value.is_number_integer(), Usage, where, ": 'id' must be a string or integer");
       p.id = value;
     } else if (key == "prompt") {
+      STRATA_CHECK(!has_prompt, Usage, where, ": give 'prompt' or 'messages', not both");
       p.text = field_as<std::string>(value, "prompt", where, "a string");
+      has_prompt = true;
+    } else if (key == "messages") {
+      STRATA_CHECK(!has_prompt, Usage, where, ": give 'prompt' or 'messages', not both");
+      STRATA_CHECK(value.is_array(), Usage, where, ": field 'messages' must be a list of {\"role\", \"content\"}");
+      p.messages = ordered_field(line, {"messages"});
       has_prompt = true;
     } else if (key == "max_tokens") {
       p.overrides.max_tokens = field_as<std::int64_t>(value, "max_tokens", where, "an integer");
@@ -114,17 +127,17 @@ Prompt parse_jsonl_line(const std::string& line, const std::string& where, std::
       p.overrides.top_logprobs = field_as<std::int64_t>(value, "top_logprobs", where, "an integer");
     } else {
       throw Error(ErrorKind::Usage, cat(where, ": unknown field '", key,
-                                        "' (known: id, prompt, max_tokens, temperature, top_p, top_k, seed, stop, "
-                                        "logprobs, top_logprobs, n)"));
+                                        "' (known: id, prompt, messages, max_tokens, temperature, top_p, top_k, "
+                                        "seed, stop, logprobs, top_logprobs, n)"));
     }
   }
-  STRATA_CHECK(has_prompt, Usage, where, ": missing field 'prompt'");
+  STRATA_CHECK(has_prompt, Usage, where, ": missing field 'prompt' (or 'messages' for a chat)");
   return p;
 }
 
 // The body of one OpenAI batch request: the prompt and the options strata serves; anything else is an error for this
 // request (Prompt::error), never a silently ignored option.
-void read_openai_body(const nlohmann::json& body, Prompt& p) {
+void read_openai_body(const nlohmann::json& body, Prompt& p, const std::string& line) {
   static const char* const kIgnored[] = {"model", "user", "stream"};  // one model per run; no streaming to a file
   for (const auto& [key, value] : body.items()) {
     if (std::find(std::begin(kIgnored), std::end(kIgnored), key) != std::end(kIgnored)) {
@@ -134,9 +147,8 @@ void read_openai_body(const nlohmann::json& body, Prompt& p) {
     if (key == "prompt" && p.endpoint == "/v1/completions") {
       p.text = field_as<std::string>(value, "prompt", "body", "a string (lists of prompts: one request each)");
     } else if (key == "messages" && p.endpoint == "/v1/chat/completions") {
-      throw Error(ErrorKind::Usage,
-                  "chat requests need the model's chat template, which this strata cannot render "
-                  "yet; send /v1/completions requests with the prompt already templated");
+      STRATA_CHECK(value.is_array(), Usage, "'messages' must be a list of {\"role\", \"content\"}");
+      p.messages = ordered_field(line, {"body", "messages"});
     } else if (key == "max_tokens" || key == "max_completion_tokens") {
       p.overrides.max_tokens = field_as<std::int64_t>(value, key.c_str(), "body", "an integer");
     } else if (key == "temperature") {
@@ -166,6 +178,7 @@ void read_openai_body(const nlohmann::json& body, Prompt& p) {
     }
   }
   STRATA_CHECK(p.endpoint != "/v1/completions" || body.contains("prompt"), Usage, "body has no 'prompt'");
+  STRATA_CHECK(p.endpoint != "/v1/chat/completions" || body.contains("messages"), Usage, "body has no 'messages'");
 }
 
 Prompt parse_openai_line(const std::string& line, const std::string& where) {
@@ -190,7 +203,7 @@ Prompt parse_openai_line(const std::string& line, const std::string& where) {
       STRATA_CHECK(key == "custom_id" || key == "method" || key == "url" || key == "body", Usage, "unknown field '",
                    key, "'");
     STRATA_CHECK(j.contains("body") && j["body"].is_object(), Usage, "'body' must be an object");
-    read_openai_body(j["body"], p);
+    read_openai_body(j["body"], p, line);
   } catch (const Error& e) {
     p.error = e.what();
   }

@@ -1,5 +1,6 @@
-// Prompt files: plain text (one prompt per line; blank lines skipped), JSONL ({"id", "prompt", optional sampling
-// fields, logprobs, top_logprobs, n}), or OpenAI Batch API input ({"custom_id", "method": "POST", "url", "body"}).
+// Prompt files: plain text (one prompt per line; blank lines skipped), JSONL ({"id", "prompt" or "messages" (a chat),
+// optional sampling fields, logprobs, top_logprobs, n}), or OpenAI Batch API input ({"custom_id", "method": "POST",
+// "url", "body"}). Chat messages are kept as written (key order too); generate renders them with the chat template.
 // Errors name the file and line. Per-prompt fields override the command line. In an OpenAI batch file a request
 // whose body cannot be served becomes an error for that custom_id (Prompt::error) and the job goes on; a line
 // that is not JSON, has no custom_id or repeats one stops the job, naming the line.
@@ -30,7 +31,8 @@ PromptFormat parse_prompt_format(const std::string& name);  // "auto" | "text" |
 
 struct Prompt {
   nlohmann::json id;  // as given in JSONL (string or number); for text files the 0-based prompt index
-  std::string text;
+  std::string text;   // the prompt; for a chat, the rendered messages (filled in by generate)
+  std::optional<nlohmann::ordered_json> messages;  // a chat request: OpenAI's messages list, to render
   SamplingOverrides overrides;
   std::string origin;  // "prompts.jsonl:7", for messages
   PromptFormat format = PromptFormat::Text;

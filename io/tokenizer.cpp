@@ -34,17 +34,27 @@ nlohmann::json ByteTokenizer::to_json() const {
 }
 
 std::unique_ptr<Tokenizer> make_tokenizer(const nlohmann::json& spec, const std::string& where,
-                                          const nlohmann::json& generation_config) {
+                                          const nlohmann::json& generation_config,
+                                          const nlohmann::json& tokenizer_config) {
   const std::string type =
       spec.is_object() && spec.contains("type") && spec["type"].is_string() ? spec["type"].get<std::string>() : "";
   if (type == "byte") return std::make_unique<ByteTokenizer>();
   if (type == "huggingface") {
     const std::string file = spec.contains("file") && spec["file"].is_string() ? spec["file"].get<std::string>() : "";
     STRATA_CHECK(!file.empty(), Checkpoint, where, ": tokenizer entry of type \"huggingface\" has no \"file\"");
-    return HfTokenizer::from_file((std::filesystem::path(where).parent_path() / file).string(), generation_config);
+    return HfTokenizer::from_file((std::filesystem::path(where).parent_path() / file).string(), generation_config,
+                                  tokenizer_config);
   }
   throw Error(ErrorKind::Checkpoint, cat(where, ": unsupported tokenizer type '", type,
                                          "' (this build supports \"byte\" and \"huggingface\")"));
+}
+
+std::unique_ptr<Tokenizer> make_tokenizer_of(const nlohmann::json& tokenizer, const nlohmann::json& source,
+                                             const std::string& where) {
+  const auto field = [&](const char* key) {
+    return source.is_object() ? source.value(key, nlohmann::json()) : nlohmann::json();
+  };
+  return make_tokenizer(tokenizer, where, field("generation_config"), field("tokenizer_config"));
 }
 
 }  // namespace strata

@@ -38,8 +38,13 @@ class ByteTokenizer final : public Tokenizer {
 };
 
 // From a manifest's "tokenizer" entry; `where` is the manifest's path (a "huggingface" entry's file lies beside
-// it) and names the source in errors; `generation_config` (or null) gives a converted model's BOS/EOS ids.
+// it) and names the source in errors; `generation_config` (or null) gives a converted model's BOS/EOS ids, and
+// `tokenizer_config` (or null) its eos_token, also an end.
 std::unique_ptr<Tokenizer> make_tokenizer(const nlohmann::json& spec, const std::string& where,
-                                          const nlohmann::json& generation_config = nullptr);
+                                          const nlohmann::json& generation_config = nullptr,
+                                          const nlohmann::json& tokenizer_config = nullptr);
+// The same from a checkpoint manifest's "tokenizer" and "source" fields, `where` being the manifest's path.
+std::unique_ptr<Tokenizer> make_tokenizer_of(const nlohmann::json& tokenizer, const nlohmann::json& source,
+                                             const std::string& where);
 
 }  // namespace strata

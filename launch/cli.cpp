@@ -129,6 +129,11 @@ int cli_main(int argc, char** argv) {
   generate->add_option("--prompts", gen.prompts, "Prompt file: text (one per line) or JSONL")->required();
   generate->add_option("--output", gen.output, "Results JSONL file ('-' for stdout)");
   generate
+      ->add_option("--chat-template", gen.chat_template,
+                   "Jinja file rendering chat requests (JSONL 'messages', OpenAI /v1/chat/completions) instead of "
+                   "the checkpoint's chat template")
+      ->check(CLI::ExistingFile);
+  generate
       ->add_option("--prompt-format", gen.prompt_format,
                    "auto (an OpenAI batch file by its first line, else JSONL by extension, else text), text, jsonl "
                    "or openai")
@@ -232,6 +237,15 @@ int cli_main(int argc, char** argv) {
                    "Instead: encode all inputs repeatedly for this many seconds and print MB/s")
       ->check(kNonNegative);
 
+  ChatTemplateOptions chat;
+  auto* chat_cmd = app.add_subcommand(
+      "chat-template", "Print the prompt each chat request ({\"messages\": [...]} per JSONL line) becomes");
+  auto* chat_model = chat_cmd->add_option("--model", chat.model, "Checkpoint directory (its chat template)");
+  chat_cmd->add_option("--hf", chat.hf, "Or a Hugging Face folder (its tokenizer_config.json)")->excludes(chat_model);
+  chat_cmd->add_option("--chat-template", chat.chat_template, "A Jinja template file instead of the model's");
+  chat_cmd->add_option("--input", chat.input, "JSONL requests; - = stdin");
+  chat_cmd->add_option("--now", chat.now, "strftime_now's date, YYYY-MM-DD[THH:MM:SS] (default: now)");
+
   TopoOptions topo;
   auto* topo_cmd = app.add_subcommand("topo", "Show the nodes, ranks, CPU domains and network links strata sees");
   topo_cmd->add_option("--topology", topo.topology, "Read a cluster description (JSON) instead of detecting");
@@ -273,6 +287,7 @@ int cli_main(int argc, char** argv) {
   if (*init_cmd) return run_init(init);
   if (*convert_cmd) return run_convert(convert, argc, argv);
   if (*tokenize_cmd) return run_tokenize(tokenize);
+  if (*chat_cmd) return run_chat_template(chat);
   if (*topo_cmd) return run_topo(topo, argc, argv);
   if (*plan_cmd) return run_plan(plan, argc, argv);
   if (*inspect_cmd) return run_inspect(inspect);

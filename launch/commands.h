@@ -21,8 +21,9 @@ struct ParallelOptions {
 
 struct GenerateOptions {
   std::string model, prompts, output = "-", prompt_format = "auto", progress = "auto";
-  std::string part;     // "K/N": only contiguous part K of N of the prompts (job arrays); "": all
-  std::string metrics;  // a JSON summary of the run written here at the end; "": none
+  std::string part;           // "K/N": only contiguous part K of N of the prompts (job arrays); "": all
+  std::string metrics;        // a JSON summary of the run written here at the end; "": none
+  std::string chat_template;  // a Jinja file rendering chat requests instead of the checkpoint's template
   ParallelOptions parallel;
   std::int64_t max_tokens = 64;
   double temperature = 0.0, top_p = 1.0;
@@ -89,6 +90,11 @@ struct TokenizeOptions {
   double bench_seconds = 0;  // > 0: measure encoding throughput of the whole input instead
 };
 int run_tokenize(const TokenizeOptions& options);
+
+struct ChatTemplateOptions {
+  std::string model, hf, chat_template, input = "-", now;
+};
+int run_chat_template(const ChatTemplateOptions& options);
 int run_generate(const GenerateOptions& options, int argc, char** argv);
 int run_init(const InitOptionsCli& options);
 int run_inspect(const InspectOptions& options);

@@ -1,4 +1,5 @@
-// `strata convert`: a Hugging Face model folder (config.json, safetensors, tokenizer.json) to a strata checkpoint
+// `strata convert`: a Hugging Face model folder (config.json, safetensors, tokenizer.json; tokenizer_config.json and
+// generation_config.json when there: chat template, special tokens, end ids) to a strata checkpoint
 // sharded for tp x pp. Under mpirun each rank writes its own share of the shards at once; alone it writes them all.
 // Peak memory is about one tensor's slice plus read buffers, never the whole model.
 #include <sys/resource.h>
@@ -7,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "io/chat_template.h"
 #include "io/prompts.h"
 #include "io/tokenizer.h"
 #include "launch/commands.h"
@@ -44,6 +46,16 @@ nlohmann::json choose_tokenizer(const ConvertOptions& o, const ModelConfig& conf
   return {{"type", "huggingface"}, {"file", "tokenizer.json"}};
 }
 
+// A template this strata cannot render is kept (a later strata may), but said now: chat requests will be refused.
+void warn_if_chat_template_refused(const nlohmann::json& tokenizer_config, const std::string& hf) {
+  if (!tokenizer_config.is_object() || !tokenizer_config.contains("chat_template")) return;
+  try {
+    ChatTemplate(tokenizer_config["chat_template"].get<std::string>(), cat(hf, "'s chat template"), tokenizer_config);
+  } catch (const Error& e) {
+    log_warn(e.what(), "; chat requests to this checkpoint will be refused unless generate is given --chat-template");
+  }
+}
+
 std::int64_t peak_rss_bytes() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
@@ -67,6 +79,10 @@ int convert(const ConvertOptions& o) {
                     {"model_type", hf_config.value("model_type", "")}};
   if (fs::exists(fs::path(o.hf) / "generation_config.json"))
     options.source["generation_config"] = read_json(fs::path(o.hf) / "generation_config.json");
+  // The chat template and special tokens (chat requests are rendered with them; eos_token also ends generation).
+  const nlohmann::json tokenizer_config = tokenizer_config_from_hf(o.hf);
+  if (!tokenizer_config.is_null()) options.source["tokenizer_config"] = tokenizer_config;
+  if (rank == 0) warn_if_chat_template_refused(tokenizer_config, o.hf);
 
   HfWeightSource weights(o.hf);
   fs::create_directories(o.output);

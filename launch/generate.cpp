@@ -18,6 +18,7 @@
 #include "engine/results.h"
 #include "io/prompts.h"
 #include "io/results.h"
+#include "launch/chat_template.h"
 #include "launch/mpi_job.h"
 #include "launch/session.h"
 #include "runtime/base/log.h"
@@ -61,7 +62,7 @@ Request make_request(const Prompt& p, std::int64_t index, const GenerateOptions&
                      std::int64_t vocab_size, std::int64_t max_batch_size, bool tokenize) {
   Request r;
   r.index = index;
-  if (tokenize) r.prompt = tokenizer.encode(p.text, true);
+  if (tokenize) r.prompt = tokenizer.encode(p.text, !p.messages);  // a rendered chat holds its BOS already
   r.max_tokens = p.overrides.max_tokens.value_or(o.max_tokens);
   r.stop = p.overrides.stop.value_or(o.stop);
   const double temperature = p.overrides.temperature.value_or(o.temperature);
@@ -103,6 +104,39 @@ Prompt with_error(const Prompt& p, const std::string& error) {
 
 bool is_error_record(const nlohmann::json& record) { return record.contains("error") && !record["error"].is_null(); }
 
+// Chat requests of prompts [first, last) become text with the checkpoint's chat template (or --chat-template).
+// Every rank renders the same text: strftime_now gives `local_time`, the run's start in rank 0's time zone (kept by
+// --resume). A request that cannot be rendered (no template, a template that raises) stops the job naming its line,
+// or in an OpenAI batch becomes that request's error.
+void render_chats(std::vector<Prompt>& prompts, std::size_t first, std::size_t last, const GenerateOptions& o,
+                  std::int64_t local_time) {
+  if (std::none_of(prompts.begin() + std::ptrdiff_t(first), prompts.begin() + std::ptrdiff_t(last),
+                   [](const Prompt& p) { return p.messages.has_value(); }))
+    return;
+  std::optional<ChatTemplate> chat;
+  std::string why_none;
+  try {
+    chat = load_chat_template(o.model, "", o.chat_template);
+  } catch (const Error& e) {  // no template, or one this strata refuses: each chat request says so
+    why_none = e.what();
+  }
+  std::tm now{};
+  const std::time_t seconds = std::time_t(local_time);
+  gmtime_r(&seconds, &now);
+  for (std::size_t i = first; i < last; ++i) {
+    Prompt& p = prompts[i];
+    if (!p.messages || !p.error.empty()) continue;
+    try {
+      STRATA_CHECK(chat, Usage, why_none);
+      p.text = chat->render(*p.messages, now);
+    } catch (const Error& e) {
+      const std::string why = cat("cannot render the chat: ", e.what());
+      if (p.format != PromptFormat::OpenAiBatch) throw Error(e.kind(), cat(p.origin, ": ", why));
+      p.error = why;
+    }
+  }
+}
+
 // The watchdog of a generating rank: a stall names what the rank waited for (the peer ranks) and ends the job.
 std::unique_ptr<Watchdog> make_watchdog(const GenerateOptions& o) {
   const StallTimeout timeout =
@@ -140,9 +174,11 @@ nlohmann::json run_identity(const GenerateOptions& o, const Session& session, co
   nlohmann::json checkpoint = {{"manifest", content_hash(manifest_path(o.model))}, {"shards", shard_identity(o.model)}};
   if (std::ifstream(tokenizer).good()) checkpoint["tokenizer"] = content_hash(tokenizer);
   const RankPlan& rank0 = session.plan().rank(0);
+  nlohmann::json prompts = {{"content", prompts_hash}, {"format", o.prompt_format}, {"part", o.part}};
+  if (!o.chat_template.empty()) prompts["chat_template"] = content_hash(o.chat_template);
   return {{"format", "strata results 1"},
           {"checkpoint", checkpoint},
-          {"prompts", {{"content", prompts_hash}, {"format", o.prompt_format}, {"part", o.part}}},
+          {"prompts", prompts},
           {"generation",
            {{"max_tokens", o.max_tokens},
             {"temperature", o.temperature},
@@ -244,8 +280,8 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   if (writer_rank) check_output_target(o.output, o.overwrite || o.resume, {o.prompts});
   if (writer_rank && !o.metrics.empty()) check_output_target(o.metrics, true, {o.prompts, o.output});
 
-  const LoadedPrompts loaded = load_prompts(o, world);
-  const std::vector<Prompt>& prompts = loaded.prompts;
+  LoadedPrompts loaded = load_prompts(o, world);
+  std::vector<Prompt>& prompts = loaded.prompts;
   // --part K/N: contiguous slice K of N; indices (ids, seeds) stay those of the whole file.
   const auto [first, last] = part_range(o.part, prompts.size());
   nlohmann::json identity;
@@ -264,6 +300,14 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   std::int64_t done = std::int64_t(existing.records);  // prompts [first, first + done) are already written
   world.broadcast(&done, sizeof done, 0);
   world.broadcast(&created, sizeof created, 0);
+  std::int64_t utc_offset = 0;  // rank 0's, so that every rank's strftime_now gives the same local date
+  if (writer_rank) {
+    std::tm local{};
+    const std::time_t start = std::time_t(created);
+    localtime_r(&start, &local);
+    utc_offset = local.tm_gmtoff;
+  }
+  world.broadcast(&utc_offset, sizeof utc_offset, 0);
   if (writer_rank && o.resume && done > 0)
     log_info("resuming ", o.output, ": ", done, " of ", last - first, " records already complete",
              existing.partial_bytes
@@ -273,6 +317,7 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
     if (writer_rank) log_info("nothing left to do: all ", done, " records are in ", o.output);
     return 0;
   }
+  render_chats(prompts, first + std::size_t(done), last, o, created + utc_offset);
   const std::int64_t model_len = session.plan().stage.max_seq_len;
   // Every prompt's options are checked on every rank before loading (a bad line stops a plain job before any work);
   // OpenAI batch requests that cannot be served become error lines (same on every rank). The runnable ones are

@@ -92,9 +92,7 @@ Session::Session(const NodeInfo& node, const std::string& model_dir, const Paral
   groups_ = make_mpi_groups(*layout_);
   if (plan_.device == DeviceKind::Cuda) bind_gpu(options);
 
-  tokenizer_ = make_tokenizer(
-      manifest_.tokenizer, manifest_path(model_dir),
-      manifest_.source.is_object() ? manifest_.source.value("generation_config", nlohmann::json()) : nlohmann::json());
+  tokenizer_ = make_tokenizer_of(manifest_.tokenizer, manifest_.source, manifest_path(model_dir));
   STRATA_CHECK(tokenizer_->vocab_size() <= config.vocab_size, Checkpoint, manifest_path(model_dir),
                ": the tokenizer has ", tokenizer_->vocab_size(), " tokens but the model's vocab_size is only ",
                config.vocab_size);

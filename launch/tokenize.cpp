@@ -21,9 +21,7 @@ namespace {
 std::unique_ptr<Tokenizer> open_tokenizer(const std::string& path) {
   if (std::filesystem::is_directory(path)) {
     const Manifest manifest = Manifest::read(path);
-    const nlohmann::json generation =
-        manifest.source.is_object() ? manifest.source.value("generation_config", nlohmann::json()) : nlohmann::json();
-    return make_tokenizer(manifest.tokenizer, manifest_path(path), generation);
+    return make_tokenizer_of(manifest.tokenizer, manifest.source, manifest_path(path));
   }
   return HfTokenizer::from_file(path);
 }
@@ -66,7 +64,11 @@ int tokenize(const TokenizeOptions& o) {
   const std::string origin = o.input == "-" ? "<stdin>" : o.input;
   std::vector<std::string> texts;
   if (o.jsonl) {
-    for (const auto& p : parse_prompts(content, origin, PromptFormat::Jsonl)) texts.push_back(p.text);
+    for (const auto& p : parse_prompts(content, origin, PromptFormat::Jsonl)) {
+      STRATA_CHECK(!p.messages, Usage, p.origin,
+                   ": a chat ('messages'): render it with strata chat-template first, then tokenize its text");
+      texts.push_back(p.text);
+    }
   } else {  // every line is an input, empty lines included (an empty text has zero ids)
     std::size_t at = 0;
     while (at < content.size()) {

