@@ -9,26 +9,48 @@
 namespace strata {
 namespace {
 
-// A work reply (and share): int64 exhausted, then the indices.
-std::vector<char> pack_indices(const std::vector<std::int64_t>& indices, bool exhausted) {
-  std::vector<char> message(sizeof(std::int64_t) * (indices.size() + 1));
-  const std::int64_t flag = exhausted ? 1 : 0;
-  std::memcpy(message.data(), &flag, sizeof flag);
-  if (!indices.empty())
-    std::memcpy(message.data() + sizeof flag, indices.data(), indices.size() * sizeof(std::int64_t));
+// A work reply (and share): int64 exhausted, int64 count, then per prompt int64 index, line number and length, and
+// the line's bytes.
+std::vector<char> pack_items(const std::vector<WorkItem>& items, bool exhausted) {
+  std::vector<char> message;
+  auto put = [&](std::int64_t v) {
+    const std::size_t at = message.size();
+    message.resize(at + sizeof v);
+    std::memcpy(message.data() + at, &v, sizeof v);
+  };
+  put(exhausted ? 1 : 0);
+  put(std::int64_t(items.size()));
+  for (const WorkItem& item : items) {
+    put(item.index);
+    put(std::int64_t(item.line_number));
+    put(std::int64_t(item.line.size()));
+    message.insert(message.end(), item.line.begin(), item.line.end());
+  }
   return message;
 }
 
-std::vector<std::int64_t> unpack_indices(const std::vector<char>& message, bool& exhausted) {
-  STRATA_CHECK(message.size() >= sizeof(std::int64_t) && message.size() % sizeof(std::int64_t) == 0, Communication,
-               "malformed work message of ", message.size(), " bytes");
-  std::int64_t flag = 0;
-  std::memcpy(&flag, message.data(), sizeof flag);
-  exhausted = flag != 0;
-  std::vector<std::int64_t> indices(message.size() / sizeof(std::int64_t) - 1);
-  if (!indices.empty())
-    std::memcpy(indices.data(), message.data() + sizeof flag, indices.size() * sizeof(std::int64_t));
-  return indices;
+std::vector<WorkItem> unpack_items(const std::vector<char>& message, bool& exhausted) {
+  std::size_t at = 0;
+  auto get = [&]() {
+    std::int64_t v = 0;
+    STRATA_CHECK(at + sizeof v <= message.size(), Communication, "truncated work message (", message.size(), " bytes)");
+    std::memcpy(&v, message.data() + at, sizeof v);
+    at += sizeof v;
+    return v;
+  };
+  exhausted = get() != 0;
+  const std::int64_t count = get();
+  std::vector<WorkItem> items(std::size_t(std::max<std::int64_t>(count, 0)));
+  for (WorkItem& item : items) {
+    item.index = get();
+    item.line_number = std::uint64_t(get());
+    const std::int64_t length = get();
+    STRATA_CHECK(length >= 0 && at + std::size_t(length) <= message.size(), Communication, "truncated work message (",
+                 message.size(), " bytes)");
+    item.line.assign(message.data() + at, std::size_t(length));
+    at += std::size_t(length);
+  }
+  return items;
 }
 
 }  // namespace
@@ -43,39 +65,55 @@ std::uint64_t prefix_key(const std::string& text) {
 
 // ------------------------------------------------------------------------------------------------ dispatcher
 
-WorkDispatcher::WorkDispatcher(std::vector<std::int64_t> indices, std::vector<std::uint64_t> prefix_keys, int replicas,
-                               bool static_split)
-    : queues_(static_split ? std::size_t(replicas) : 1),
+WorkDispatcher::WorkDispatcher(WorkFeed feed, int replicas, bool static_split)
+    : feed_(std::move(feed)),
+      queues_(static_split ? std::size_t(replicas) : 1),
       affinity_(std::size_t(replicas), 0),
       handed_(std::size_t(replicas), 0),
       static_split_(static_split) {
-  STRATA_CHECK(replicas >= 1 && prefix_keys.size() == indices.size(), Internal, "work dispatcher: ", indices.size(),
-               " indices, ", prefix_keys.size(), " keys, ", replicas, " replicas");
-  for (std::size_t i = 0; i < indices.size(); ++i)
-    queues_[static_split ? std::size_t(indices[i] % replicas) : 0].push_back(Item{indices[i], prefix_keys[i]});
+  STRATA_CHECK(replicas >= 1, Internal, "work dispatcher for ", replicas, " replicas");
 }
 
-bool WorkDispatcher::exhausted(int replica) const { return queues_[static_split_ ? std::size_t(replica) : 0].empty(); }
+// Reads prompts until the window is full (static split: until `replica` has `want`, or the file ends).
+void WorkDispatcher::fill(int replica, std::size_t want) {
+  const int replicas = int(affinity_.size());
+  auto& mine = queues_[static_split_ ? std::size_t(replica) : 0];
+  while (!fed_ && (window_ < kLookAhead || (static_split_ && mine.size() < want))) {
+    WorkItem item;
+    if (!feed_(item)) {
+      fed_ = true;
+      break;
+    }
+    queues_[static_split_ ? std::size_t(item.index % replicas) : 0].push_back(std::move(item));
+    ++window_;
+  }
+}
 
-std::vector<std::int64_t> WorkDispatcher::take(int replica, int count) {
+bool WorkDispatcher::exhausted(int replica) {
+  fill(replica, 1);
+  return queues_[static_split_ ? std::size_t(replica) : 0].empty() && fed_;
+}
+
+std::vector<WorkItem> WorkDispatcher::take(int replica, int count) {
+  fill(replica, std::size_t(std::max(count, 0)));
   auto& queue = queues_[static_split_ ? std::size_t(replica) : 0];
-  std::vector<std::int64_t> out;
+  std::vector<WorkItem> out;
   std::uint64_t& affinity = affinity_[std::size_t(replica)];
   // Prompts starting like the replica's last one first (within the look-ahead), then the oldest.
   if (affinity != 0 && !static_split_) {
-    const std::size_t window = std::min(queue.size(), kLookAhead);
     std::vector<std::size_t> matching;
-    for (std::size_t i = 0; i < window && int(matching.size()) < count; ++i)
+    for (std::size_t i = 0; i < queue.size() && int(matching.size()) < count; ++i)
       if (queue[i].key == affinity) matching.push_back(i);
-    for (std::size_t i : matching) out.push_back(queue[i].index);
+    for (std::size_t i : matching) out.push_back(std::move(queue[i]));
     for (auto it = matching.rbegin(); it != matching.rend(); ++it) queue.erase(queue.begin() + std::int64_t(*it));
   }
   while (int(out.size()) < count && !queue.empty()) {
-    out.push_back(queue.front().index);
     affinity = queue.front().key;
+    out.push_back(std::move(queue.front()));
     queue.pop_front();
   }
-  std::sort(out.begin(), out.end());
+  std::sort(out.begin(), out.end(), [](const WorkItem& a, const WorkItem& b) { return a.index < b.index; });
+  window_ -= out.size();
   handed_[std::size_t(replica)] += std::int64_t(out.size());
   return out;
 }
@@ -88,8 +126,8 @@ void WorkDispatcher::serve(Communicator& world, const ParallelLayout& layout) {
     STRATA_CHECK(message.size() == sizeof count, Communication, "malformed work request from rank ", src);
     std::memcpy(&count, message.data(), sizeof count);
     const int replica = layout.replica_of(src);
-    const std::vector<std::int64_t> indices = take(replica, count);
-    replies_.push(world.isend(pack_indices(indices, exhausted(replica)), src, Tag::WorkReply));
+    const std::vector<WorkItem> items = take(replica, count);
+    replies_.push(world.isend(pack_items(items, exhausted(replica)), src, Tag::WorkReply));
   }
 }
 
@@ -125,27 +163,27 @@ class ReplicaSource final : public RequestSource {
   }
 
   std::vector<Request> take(int count, bool wait) override {
-    std::vector<std::int64_t> indices;
+    std::vector<WorkItem> items;
     if (layout_.world_rank() == leader_) {
-      indices = leader_take(count, wait);
-      for (int peer : peers_) shares_.push(world_.isend(pack_indices(indices, exhausted_), peer, Tag::WorkShare));
+      items = leader_take(count, wait);
+      for (int peer : peers_) shares_.push(world_.isend(pack_items(items, exhausted_), peer, Tag::WorkShare));
     } else {
       beat(waiting_for_leader_.c_str());
-      indices = unpack_indices(world_.recv(leader_, Tag::WorkShare), exhausted_);
+      items = unpack_items(world_.recv(leader_, Tag::WorkShare), exhausted_);
     }
     std::vector<Request> requests;
-    requests.reserve(indices.size());
-    for (std::int64_t i : indices) requests.push_back(factory_(i));
+    requests.reserve(items.size());
+    for (const WorkItem& item : items) requests.push_back(factory_(item));
     return requests;
   }
   bool exhausted() const override { return exhausted_; }
 
  private:
-  std::vector<std::int64_t> leader_take(int count, bool wait) {
+  std::vector<WorkItem> leader_take(int count, bool wait) {
     if (dispatcher_) {  // rank 0: the dispatcher is here
-      std::vector<std::int64_t> indices = dispatcher_->take(layout_.dp_rank(), count);
+      std::vector<WorkItem> items = dispatcher_->take(layout_.dp_rank(), count);
       exhausted_ = dispatcher_->exhausted(layout_.dp_rank());
-      return indices;
+      return items;
     }
     if (!asked_) {  // one request outstanding at a time, sent ahead of need
       std::int32_t want = count;
@@ -163,7 +201,7 @@ class ReplicaSource final : public RequestSource {
       return {};
     }
     asked_ = false;
-    return unpack_indices(reply, exhausted_);
+    return unpack_items(reply, exhausted_);
   }
   void beat(const char* activity) {  // the watchdog keeps the pointer: only strings that live as long as the source
     if (watchdog_) watchdog_->beat(activity);

@@ -26,27 +26,36 @@
 
 namespace strata {
 
+// One prompt to run: its index in the file, and its line as written (the replica parses and tokenizes it).
+struct WorkItem {
+  std::int64_t index = 0;
+  std::uint64_t line_number = 0;
+  std::string line;
+  std::uint64_t key = 0;  // prefix_key of the prompt's text (0: none); rank 0 only
+};
+// The next prompt to hand out, read as a stream; false at the end.
+using WorkFeed = std::function<bool(WorkItem&)>;
+
 class WorkDispatcher {
  public:
-  // `indices` to run in input order; `prefix_keys[i]`: a hash of the start of indices[i]'s prompt (0: none).
-  WorkDispatcher(std::vector<std::int64_t> indices, std::vector<std::uint64_t> prefix_keys, int replicas,
-                 bool static_split);
-  // Up to `count` indices for `replica` (fewer when the work runs out; none once it has).
-  std::vector<std::int64_t> take(int replica, int count);
-  bool exhausted(int replica) const;
+  // Reads at most a look-ahead window of prompts from `feed` ahead of what it has handed out.
+  WorkDispatcher(WorkFeed feed, int replicas, bool static_split);
+  // Up to `count` prompts for `replica`, in input order (fewer when the work runs out; none once it has).
+  std::vector<WorkItem> take(int replica, int count);
+  bool exhausted(int replica);
   std::int64_t handed_to(int replica) const { return handed_[std::size_t(replica)]; }
 
   // Rank 0, between its steps: answers the work requests that arrived.
   void serve(Communicator& world, const ParallelLayout& layout);
 
  private:
-  struct Item {
-    std::int64_t index;
-    std::uint64_t key;
-  };
+  void fill(int replica, std::size_t want);
   static constexpr std::size_t kLookAhead = 1024;
-  std::vector<std::deque<Item>> queues_;  // one (dynamic), or one per replica (static)
-  std::vector<std::uint64_t> affinity_;   // per replica: the prefix key of the last prompt it was given
+  WorkFeed feed_;
+  bool fed_ = false;                          // the feed has ended
+  std::size_t window_ = 0;                    // items read and not yet handed out
+  std::vector<std::deque<WorkItem>> queues_;  // one (dynamic), or one per replica (static)
+  std::vector<std::uint64_t> affinity_;       // per replica: the prefix key of the last prompt it was given
   std::vector<std::int64_t> handed_;
   bool static_split_;
   SendQueue replies_{256};
@@ -62,7 +71,7 @@ class RequestSource {
   virtual bool exhausted() const = 0;
 };
 
-using RequestFactory = std::function<Request(std::int64_t index)>;
+using RequestFactory = std::function<Request(const WorkItem& item)>;
 
 // The source of a replica's stage-0 rank: rank 0 (with `dispatcher`), another replica leader, or a tensor-parallel
 // peer of the leader. `watchdog` (may be null) is told what the rank waits for.

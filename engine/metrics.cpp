@@ -70,7 +70,9 @@ nlohmann::json MetricsRecorder::summary(const nlohmann::json& run, const std::ve
     entry["compute_share"] = t.wall > 0 ? compute / t.wall : 0.0;
     entry["longest_step_seconds"] = t.longest_step;
     entry["prompts_run"] = t.requests;
+    entry["peak_rss_mib"] = double(t.peak_rss_bytes) / double(1 << 20);
     sum.longest_step = std::max(sum.longest_step, t.longest_step);
+    sum.longest_token_gap = std::max(sum.longest_token_gap, t.longest_token_gap);
     entry["communication_share"] = t.wall > 0 ? t.communication / t.wall : 0.0;
     entry["waiting_share"] = t.wall > 0 ? waiting / t.wall : 0.0;
     per_rank.push_back(std::move(entry));
@@ -98,6 +100,7 @@ nlohmann::json MetricsRecorder::summary(const nlohmann::json& run, const std::ve
       {"evictions", sum.prefix_evictions}};
   out["preemptions"] = sum.preemptions;
   out["longest_step_seconds"] = sum.longest_step;
+  out["longest_token_gap_seconds"] = sum.longest_token_gap;
   out["errors"] = errors_;
   return out;
 }

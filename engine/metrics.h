@@ -24,8 +24,10 @@ struct RankTimes {
   // Replica schedulers: the KV pool and prefix cache (engine/block_pool.h), preemptions, refused requests.
   std::int64_t peak_kv_blocks = 0, cached_prompt_tokens = 0, prefix_block_queries = 0, prefix_block_hits = 0;
   std::int64_t prefix_evictions = 0, preemptions = 0, recomputed_tokens = 0, errors = 0;
-  double longest_step = 0;    // seconds: the longest gap between two tokens of a sequence this rank computed
-  std::int64_t requests = 0;  // replica leaders: prompts this replica ran
+  double longest_step = 0;          // seconds: this rank's slowest step
+  double longest_token_gap = 0;     // replica schedulers: the longest a sequence waited between two of its tokens
+  std::int64_t requests = 0;        // replica leaders: prompts this replica ran
+  std::int64_t peak_rss_bytes = 0;  // the rank's peak resident memory
 };
 
 // Nearest-rank percentiles of `values` (p in (0, 100]); 0 for an empty list.

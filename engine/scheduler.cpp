@@ -19,7 +19,7 @@ struct Scheduler::Sequence {
   std::vector<std::int32_t> generated;
   std::vector<float> logits;
   std::vector<RowLogprobs> logprobs;
-  double first_token = 0;
+  double first_token = 0, last_token = 0;
   int sample = 0;              // which of the request's n samples
   bool forks_pending = false;  // sample 0 of n > 1 before its first token
   // A forked sample before its first step: copy block copy_src (held for it) into its block copy_dst
@@ -422,6 +422,8 @@ void Scheduler::apply(int group, const StepResult& result, const std::function<v
     s.generated.push_back(result.tokens[i]);
     s.ids.push_back(result.tokens[i]);
     if (s.generated.size() == 1) s.first_token = now;
+    if (s.generated.size() >= 2) counts_.longest_token_gap = std::max(counts_.longest_token_gap, now - s.last_token);
+    s.last_token = now;
     ++counts_.generated_tokens;
     if (std::exchange(s.forks_pending, false)) fork_samples(s, forked);
     if (const auto reason = stops_.finished(s.request, s.generated, s.computed)) {

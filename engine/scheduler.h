@@ -45,6 +45,7 @@ struct SchedulerCounts {
   std::int64_t preemptions = 0, recomputed_tokens = 0;  // sequences preempted, and tokens computed again for them
   std::int64_t refused = 0;        // requests whose prompt can never fit the pool (error completions)
   std::int64_t out_of_blocks = 0;  // sequences ended (length) because they alone filled the whole pool
+  double longest_token_gap = 0;    // seconds: the longest wait of a sequence between two of its tokens
   std::int64_t kv_blocks = 0, kv_block_size = 0, peak_kv_blocks = 0;
   std::int64_t prefix_block_queries = 0, prefix_block_hits = 0, prefix_evictions = 0;
 };

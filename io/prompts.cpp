@@ -212,16 +212,43 @@ Prompt parse_openai_line(const std::string& line, const std::string& where) {
 
 }  // namespace
 
-std::vector<Prompt> parse_prompts(const std::string& content, const std::string& filename, PromptFormat format) {
-  if (format == PromptFormat::Auto) {
-    format = ends_with(filename, ".jsonl") || ends_with(filename, ".json") ? PromptFormat::Jsonl : PromptFormat::Text;
-    const std::string first = content.substr(0, content.find('\n'));
-    try {
-      const nlohmann::json j = nlohmann::json::parse(first);
-      if (j.is_object() && j.contains("custom_id") && j.contains("body")) format = PromptFormat::OpenAiBatch;
-    } catch (const nlohmann::json::exception&) {
-    }
+PromptFormat resolve_prompt_format(PromptFormat format, const std::string& filename, const std::string& first_line) {
+  if (format != PromptFormat::Auto) return format;
+  format = ends_with(filename, ".jsonl") || ends_with(filename, ".json") ? PromptFormat::Jsonl : PromptFormat::Text;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(first_line);
+    if (j.is_object() && j.contains("custom_id") && j.contains("body")) format = PromptFormat::OpenAiBatch;
+  } catch (const nlohmann::json::exception&) {
   }
+  return format;
+}
+
+Prompt parse_prompt_line(const std::string& line, PromptFormat format, const std::string& filename,
+                         std::size_t line_number, std::size_t index) {
+  const std::string where = cat(filename, ":", line_number);
+  if (format == PromptFormat::Text) {
+    Prompt p;
+    p.id = std::int64_t(index);
+    p.text = line;
+    p.origin = where;
+    return p;
+  }
+  Prompt p =
+      format == PromptFormat::OpenAiBatch ? parse_openai_line(line, where) : parse_jsonl_line(line, where, index);
+  if (format == PromptFormat::Jsonl) p.format = PromptFormat::Jsonl;
+  return p;
+}
+
+namespace {
+// A line without its '\r\n' or '\n'; false for a blank one (not a prompt).
+bool prompt_line(std::string& line) {
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  return line.find_first_not_of(" \t") != std::string::npos;
+}
+}  // namespace
+
+std::vector<Prompt> parse_prompts(const std::string& content, const std::string& filename, PromptFormat format) {
+  format = resolve_prompt_format(format, filename, content.substr(0, content.find('\n')));
   std::vector<Prompt> prompts;
   std::map<std::string, std::string> seen_ids;  // id -> where, to refuse duplicates
   std::size_t line_number = 0, start = 0;
@@ -231,28 +258,81 @@ std::vector<Prompt> parse_prompts(const std::string& content, const std::string&
     std::string line = content.substr(start, end - start);
     start = end + 1;
     ++line_number;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.find_first_not_of(" \t") == std::string::npos) continue;  // blank lines are not prompts
-    const std::string where = cat(filename, ":", line_number);
-    if (format == PromptFormat::Text) {
-      Prompt p;
-      p.id = std::int64_t(prompts.size());
-      p.text = line;
-      p.origin = where;
-      prompts.push_back(std::move(p));
-      continue;
+    if (!prompt_line(line)) continue;
+    Prompt p = parse_prompt_line(line, format, filename, line_number, prompts.size());
+    if (format != PromptFormat::Text) {
+      const std::string key = p.id.dump();
+      auto [it, inserted] = seen_ids.emplace(key, p.origin);
+      STRATA_CHECK(inserted, Usage, p.origin, ": ", format == PromptFormat::OpenAiBatch ? "custom_id " : "id ", key,
+                   " was already used at ", it->second);
     }
-    Prompt p = format == PromptFormat::OpenAiBatch ? parse_openai_line(line, where)
-                                                   : parse_jsonl_line(line, where, prompts.size());
-    if (format == PromptFormat::Jsonl) p.format = PromptFormat::Jsonl;
-    const std::string key = p.id.dump();
-    auto [it, inserted] = seen_ids.emplace(key, where);
-    STRATA_CHECK(inserted, Usage, where, ": ", format == PromptFormat::OpenAiBatch ? "custom_id " : "id ", key,
-                 " was already used at ", it->second);
     prompts.push_back(std::move(p));
   }
   STRATA_CHECK(!prompts.empty(), Usage, filename, ": no prompts found");
   return prompts;
+}
+
+PromptReader::PromptReader(const std::string& path, PromptFormat format) : in_(path, std::ios::binary), path_(path) {
+  STRATA_CHECK(in_, Io, "cannot open ", path, ": ", std::strerror(errno));
+  std::string first;
+  std::getline(in_, first);
+  format_ = resolve_prompt_format(format, path, first);
+  in_.clear();
+  in_.seekg(0);
+}
+
+bool PromptReader::next(Prompt& prompt, std::string& line, std::size_t& line_number) {
+  while (std::getline(in_, line)) {
+    ++line_number_;
+    if (!prompt_line(line)) continue;
+    line_number = line_number_;
+    prompt = parse_prompt_line(line, format_, path_, line_number_, count_++);
+    return true;
+  }
+  STRATA_CHECK(!in_.bad(), Io, "cannot read ", path_, " after line ", line_number_, ": ", std::strerror(errno));
+  return false;
+}
+
+namespace {
+std::uint64_t id_hash(const std::string& id) {
+  std::uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (unsigned char c : id) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+}  // namespace
+
+void DuplicateIds::add(const Prompt& prompt, std::size_t line_number, std::size_t index) {
+  if (format_ != PromptFormat::Text) seen_.push_back(Seen{id_hash(prompt.id.dump()), line_number, index});
+}
+
+void DuplicateIds::check() {
+  std::sort(seen_.begin(), seen_.end());
+  // The repeat that comes first in the file: (first use, repeat) with the smallest repeat line.
+  const Seen* first = nullptr;
+  const Seen* repeat = nullptr;
+  for (std::size_t i = 1; i < seen_.size(); ++i)
+    if (seen_[i].hash == seen_[i - 1].hash) {
+      std::size_t j = i;  // the run of equal hashes starts at its first (lowest) line
+      while (j > 0 && seen_[j - 1].hash == seen_[i].hash) --j;
+      if (!repeat || seen_[i].line < repeat->line) {
+        first = &seen_[j];
+        repeat = &seen_[i];
+      }
+    }
+  if (!repeat) return;
+  // Confirm on the lines themselves (a 64-bit hash collision is not a repeat).
+  std::ifstream in(path_, std::ios::binary);
+  std::string line, first_line, repeat_line;
+  for (std::uint64_t n = 1; std::getline(in, line) && n <= repeat->line; ++n) {
+    if (n == first->line) first_line = line;
+    if (n == repeat->line) repeat_line = line;
+  }
+  prompt_line(first_line);
+  prompt_line(repeat_line);
+  const Prompt a = parse_prompt_line(first_line, format_, path_, first->line, first->index);
+  const Prompt b = parse_prompt_line(repeat_line, format_, path_, repeat->line, repeat->index);
+  STRATA_CHECK(a.id != b.id, Usage, b.origin, ": ", format_ == PromptFormat::OpenAiBatch ? "custom_id " : "id ",
+               b.id.dump(), " was already used at ", a.origin);
 }
 
 }  // namespace strata

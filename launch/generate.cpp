@@ -11,6 +11,8 @@
 #include <map>
 #include <optional>
 
+#include <sys/resource.h>
+
 #include "engine/dispatch.h"
 #include "engine/engine.h"
 #include "engine/metrics.h"
@@ -28,24 +30,24 @@
 namespace strata {
 namespace {
 
-struct LoadedPrompts {
-  std::vector<Prompt> prompts;
-  std::string content_hash;  // rank 0: of the file's bytes, for the run's identity
+// Rank 0's first read of the prompt file, as a stream: its format, how many prompts it has, every line parsed (a
+// malformed line stops the job naming it), the ids checked for repeats, and its hash (the run's identity).
+struct PromptScan {
+  PromptFormat format = PromptFormat::Text;
+  std::size_t count = 0;
+  std::string hash;
 };
 
-// Rank 0 reads the prompt file once and broadcasts its bytes; every rank parses the same bytes identically.
-LoadedPrompts load_prompts(const GenerateOptions& options, Communicator& world) {
-  std::string content;
-  std::int64_t size = 0;
-  if (world.rank() == 0) {
-    content = read_file(options.prompts);
-    size = std::int64_t(content.size());
-  }
-  world.broadcast(&size, sizeof size, 0);
-  content.resize(std::size_t(size));
-  world.broadcast(content.data(), content.size(), 0);
-  return {parse_prompts(content, options.prompts, parse_prompt_format(options.prompt_format)),
-          world.rank() == 0 ? content_hash_of(content) : std::string()};
+PromptScan scan_prompt_file(const GenerateOptions& o) {
+  PromptReader reader(o.prompts, parse_prompt_format(o.prompt_format));
+  DuplicateIds ids(o.prompts, reader.format());
+  Prompt p;
+  std::string line;
+  std::size_t number = 0;
+  while (reader.next(p, line, number)) ids.add(p, number, reader.prompts_read() - 1);
+  ids.check();
+  STRATA_CHECK(reader.prompts_read() > 0, Usage, o.prompts, ": no prompts found");
+  return {reader.format(), reader.prompts_read(), content_hash(o.prompts)};
 }
 
 std::uint64_t mix_seed(std::uint64_t seed, std::uint64_t index) {
@@ -104,38 +106,43 @@ Prompt with_error(const Prompt& p, const std::string& error) {
 
 bool is_error_record(const nlohmann::json& record) { return record.contains("error") && !record["error"].is_null(); }
 
-// Chat requests of prompts [first, last) become text with the checkpoint's chat template (or --chat-template).
+// Chat requests become text with the checkpoint's chat template (or --chat-template), loaded at the first chat.
 // Every rank renders the same text: strftime_now gives `local_time`, the run's start in rank 0's time zone (kept by
 // --resume). A request that cannot be rendered (no template, a template that raises) stops the job naming its line,
 // or in an OpenAI batch becomes that request's error.
-void render_chats(std::vector<Prompt>& prompts, std::size_t first, std::size_t last, const GenerateOptions& o,
-                  std::int64_t local_time) {
-  if (std::none_of(prompts.begin() + std::ptrdiff_t(first), prompts.begin() + std::ptrdiff_t(last),
-                   [](const Prompt& p) { return p.messages.has_value(); }))
-    return;
-  std::optional<ChatTemplate> chat;
-  std::string why_none;
-  try {
-    chat = load_chat_template(o.model, "", o.chat_template);
-  } catch (const Error& e) {  // no template, or one this strata refuses: each chat request says so
-    why_none = e.what();
+class ChatRenderer {
+ public:
+  ChatRenderer(const GenerateOptions& o, std::int64_t local_time) : o_(o) {
+    const std::time_t seconds = std::time_t(local_time);
+    gmtime_r(&seconds, &now_);
   }
-  std::tm now{};
-  const std::time_t seconds = std::time_t(local_time);
-  gmtime_r(&seconds, &now);
-  for (std::size_t i = first; i < last; ++i) {
-    Prompt& p = prompts[i];
-    if (!p.messages || !p.error.empty()) continue;
+  void render(Prompt& p) {
+    if (!p.messages || !p.error.empty()) return;
+    if (!loaded_) {
+      loaded_ = true;
+      try {
+        chat_ = load_chat_template(o_.model, "", o_.chat_template);
+      } catch (const Error& e) {  // no template, or one this strata refuses: each chat request says so
+        why_none_ = e.what();
+      }
+    }
     try {
-      STRATA_CHECK(chat, Usage, why_none);
-      p.text = chat->render(*p.messages, now);
+      STRATA_CHECK(chat_, Usage, why_none_);
+      p.text = chat_->render(*p.messages, now_);
     } catch (const Error& e) {
       const std::string why = cat("cannot render the chat: ", e.what());
       if (p.format != PromptFormat::OpenAiBatch) throw Error(e.kind(), cat(p.origin, ": ", why));
       p.error = why;
     }
   }
-}
+
+ private:
+  const GenerateOptions& o_;
+  std::tm now_{};
+  bool loaded_ = false;
+  std::optional<ChatTemplate> chat_;
+  std::string why_none_;
+};
 
 // The watchdog of a generating rank: a stall names what the rank waited for (the peer ranks) and ends the job.
 std::unique_ptr<Watchdog> make_watchdog(const GenerateOptions& o) {
@@ -212,8 +219,8 @@ struct ResumePoint {
 
 // --resume on rank 0: the records already in the output (none for a fresh start), after checking that the output
 // was written by this same run and that its records are the first prompts of [first, last) in order.
-ResumePoint resume_point(const GenerateOptions& o, const nlohmann::json& identity, const std::vector<Prompt>& prompts,
-                         std::size_t first, std::size_t last) {
+ResumePoint resume_point(const GenerateOptions& o, const nlohmann::json& identity, std::size_t first,
+                         std::size_t last) {
   const bool has_output = std::ifstream(o.output).good(), has_metadata = std::ifstream(metadata_path(o.output)).good();
   // Nothing yet, or an empty output left by a run stopped before it wrote its identity: a fresh start.
   if (!has_metadata && (!has_output || std::filesystem::file_size(o.output) == 0)) return {};
@@ -229,11 +236,7 @@ ResumePoint resume_point(const GenerateOptions& o, const nlohmann::json& identit
   ExistingResults& existing = point.existing = scan_results(o.output);
   STRATA_CHECK(existing.records <= last - first, Usage, "--resume: ", o.output, " holds ", existing.records,
                " records but this run has ", last - first, " prompts");
-  for (std::size_t i = 0; i < existing.records; ++i)
-    STRATA_CHECK(existing.ids[i] == prompts[first + i].id, Usage, o.output, ":", i + 1, ": record of ",
-                 existing.ids[i].dump(), " is not prompt ", first + i, "'s id ", prompts[first + i].id.dump(),
-                 " (records must be the prompts in input order)");
-  return point;
+  return point;  // the records' ids are checked against the prompts by check_prompts
 }
 
 // --metrics on rank 0: the recorder's requests, every rank's times (its own and those sent with Done), and the run.
@@ -280,26 +283,29 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   if (writer_rank) check_output_target(o.output, o.overwrite || o.resume, {o.prompts});
   if (writer_rank && !o.metrics.empty()) check_output_target(o.metrics, true, {o.prompts, o.output});
 
-  LoadedPrompts loaded = load_prompts(o, world);
-  std::vector<Prompt>& prompts = loaded.prompts;
+  // Only rank 0 reads the prompt file: once now to check it, again as it hands prompts out (a stream each time).
+  PromptScan scan;
+  if (writer_rank) scan = scan_prompt_file(o);
   // --part K/N: contiguous slice K of N; indices (ids, seeds) stay those of the whole file.
-  const auto [first, last] = part_range(o.part, prompts.size());
+  const auto [first, last] = part_range(o.part, scan.count);
   nlohmann::json identity;
   ExistingResults existing;
   // When the run began (OpenAI's "created"): chosen once by rank 0, and kept by a resume, so every record of one
   // output carries the same value wherever and whenever it was written.
   std::int64_t created = std::int64_t(std::time(nullptr));
   if (writer_rank) {
-    identity = run_identity(o, session, loaded.content_hash);
+    identity = run_identity(o, session, scan.hash);
     if (o.resume) {
-      ResumePoint point = resume_point(o, identity, prompts, first, last);
+      ResumePoint point = resume_point(o, identity, first, last);
       existing = std::move(point.existing);
       created = point.created.value_or(created);
     }
   }
   std::int64_t done = std::int64_t(existing.records);  // prompts [first, first + done) are already written
+  std::int64_t format = std::int64_t(scan.format);
   world.broadcast(&done, sizeof done, 0);
   world.broadcast(&created, sizeof created, 0);
+  world.broadcast(&format, sizeof format, 0);
   std::int64_t utc_offset = 0;  // rank 0's, so that every rank's strftime_now gives the same local date
   if (writer_rank) {
     std::tm local{};
@@ -313,42 +319,60 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
              existing.partial_bytes
                  ? cat(", a final line cut off mid-write (", existing.partial_bytes, " bytes) dropped")
                  : std::string());
-  if (done == std::int64_t(last - first) && done > 0 && o.resume) {
+  std::int64_t nothing_left = done == std::int64_t(last - first) && done > 0 && o.resume ? 1 : 0;
+  world.broadcast(&nothing_left, sizeof nothing_left, 0);
+  if (nothing_left) {
     if (writer_rank) log_info("nothing left to do: all ", done, " records are in ", o.output);
     return 0;
   }
-  render_chats(prompts, first + std::size_t(done), last, o, created + utc_offset);
   const std::int64_t model_len = session.plan().stage.max_seq_len;
-  // Every prompt's options are checked on every rank before loading (a bad line stops a plain job before any work);
-  // OpenAI batch requests that cannot be served become error lines (same on every rank). The runnable ones are
-  // handed out to replicas as they have room (engine/dispatch.h).
-  std::map<std::size_t, Prompt> refused;
-  std::vector<std::int64_t> runnable;
-  std::vector<std::uint64_t> prefix_keys;
-  for (std::size_t i = first + std::size_t(done); i < last; ++i) {
+  ChatRenderer chats(o, created + utc_offset);
+  // A prompt ready to hand out: its chat rendered and its options checked; false (with p.error set) for an OpenAI
+  // batch request that cannot be served (an error line, the job goes on); other problems throw naming the line.
+  const auto prepare = [&](Prompt& p, std::size_t i) {
     try {
-      STRATA_CHECK(prompts[i].error.empty(), Usage, prompts[i].error);
-      make_request(prompts[i], std::int64_t(i), o, session.tokenizer(), session.config().vocab_size,
+      chats.render(p);
+      STRATA_CHECK(p.error.empty(), Usage, p.error);
+      make_request(p, std::int64_t(i), o, session.tokenizer(), session.config().vocab_size,
                    session.plan().max_batch_size, false);
+      return true;
     } catch (const Error& e) {
-      if (prompts[i].format != PromptFormat::OpenAiBatch) throw;
-      Prompt p = prompts[i];
-      std::string why = prompts[i].error.empty() ? e.what() : prompts[i].error;
+      if (p.format != PromptFormat::OpenAiBatch) throw;
+      std::string why = p.error.empty() ? e.what() : p.error;
       if (why.rfind(p.origin + ": ", 0) == 0) why = why.substr(p.origin.size() + 2);  // the error line names it
       p.error = why;
-      refused.emplace(i, std::move(p));
-      continue;
+      return false;
     }
-    if (writer_rank) {
-      runnable.push_back(std::int64_t(i));
-      prefix_keys.push_back(prefix_key(prompts[i].text));
+  };
+  // Before loading, rank 0 checks the prompts of this run (a bad line stops a plain job before any work) and, on
+  // --resume, that the records already written are the first prompts in order.
+  if (writer_rank) {
+    PromptReader reader(o.prompts, scan.format);
+    Prompt p;
+    std::string line;
+    std::size_t number = 0;
+    for (std::size_t i = 0; i < last && reader.next(p, line, number); ++i) {
+      if (i < first) continue;
+      if (i < first + std::size_t(done)) {
+        STRATA_CHECK(existing.ids[i - first] == p.id, Usage, o.output, ":", i - first + 1, ": record of ",
+                     existing.ids[i - first].dump(), " is not prompt ", i, "'s id ", p.id.dump(),
+                     " (records must be the prompts in input order)");
+        continue;
+      }
+      prepare(p, i);
     }
   }
-  // Where a prompt runs: tokenized there, with a prompt longer than the context answered by an error record.
-  const RequestFactory make = [&](std::int64_t i) {
-    Request r = make_request(prompts[std::size_t(i)], i, o, session.tokenizer(), session.config().vocab_size,
+  // Where a prompt runs: parsed from its line and tokenized there (a prompt longer than the context gets an error
+  // record). Replica leaders keep each prompt until its record is made.
+  const bool leader = layout.is_replica_leader();
+  std::map<std::int64_t, Prompt> live;
+  const RequestFactory make = [&](const WorkItem& item) {
+    Prompt p = parse_prompt_line(item.line, PromptFormat(format), o.prompts, item.line_number, std::size_t(item.index));
+    chats.render(p);
+    Request r = make_request(p, item.index, o, session.tokenizer(), session.config().vocab_size,
                              session.plan().max_batch_size, true);
     r.error = prompt_problem(r, model_len);
+    if (leader) live.emplace(item.index, std::move(p));
     return r;
   };
 
@@ -364,14 +388,13 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
       metadata["created"] = created;
       write_metadata(o.output, metadata);
     }
-    for (const auto& [i, p] : refused) writer->submit(i - first, make_error_record(p, std::int64_t(i)));
   }
   const RecordContext record_context{model_name(o.model), created};
   if (writer_rank && !o.quiet)
     log_info("model ", o.model, " (", double(session.config().parameter_count()) / 1e6, "M parameters) on ",
              layout.world_size(), " ranks: dp ", layout.sizes().dp, " x pp ", layout.sizes().pp, " x tp ",
              layout.sizes().tp, ", ", node.node_count, " node(s); ", last - first, " prompts",
-             o.part.empty() ? "" : cat(" (part ", o.part, " of ", prompts.size(), ")"));
+             o.part.empty() ? "" : cat(" (part ", o.part, " of ", scan.count, ")"));
 
   // Armed from the first step to the last message: every wait of the run, result gathering and the end included.
   std::unique_ptr<Watchdog> watchdog = make_watchdog(o);
@@ -382,17 +405,39 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   TimedCollectives sampling_tp(session.tp());  // the last stage's sampling all-gathers, timed for --metrics
   Engine engine(session.stage(), layout, world, sampling_tp, session.tokenizer(), engine_options);
 
-  Progress progress(last - first - std::size_t(done) - refused.size(), o.quiet || !writer_rank ? "none" : o.progress);
+  Progress progress(last - first - std::size_t(done), o.quiet || !writer_rank ? "none" : o.progress);
+  MetricsRecorder metrics;
+  // Rank 0 hands out prompts [first + done, last) read from the file as they are needed; a request that cannot be
+  // served gets its error line here.
+  std::unique_ptr<PromptReader> feed_reader;
+  std::size_t next_index = 0;
   std::unique_ptr<WorkDispatcher> dispatcher;
-  if (writer_rank)
-    dispatcher =
-        std::make_unique<WorkDispatcher>(std::move(runnable), std::move(prefix_keys), layout.sizes().dp, o.static_dp);
+  if (writer_rank) {
+    feed_reader = std::make_unique<PromptReader>(o.prompts, scan.format);
+    const WorkFeed feed = [&](WorkItem& item) {
+      Prompt p;
+      for (std::size_t number = 0; next_index < last && feed_reader->next(p, item.line, number);) {
+        const std::size_t i = next_index++;
+        if (i < first + std::size_t(done)) continue;
+        if (!prepare(p, i)) {
+          writer->submit(i - first, make_error_record(p, std::int64_t(i)));
+          progress.record(0);
+          metrics.add_error();
+          continue;
+        }
+        item.index = std::int64_t(i);
+        item.line_number = number;
+        item.key = prefix_key(p.text);
+        return true;
+      }
+      return false;
+    };
+    dispatcher = std::make_unique<WorkDispatcher>(feed, layout.sizes().dp, o.static_dp);
+  }
   std::unique_ptr<RequestSource> source;
   if (layout.is_first_stage()) source = make_request_source(world, layout, dispatcher.get(), make, watchdog.get());
   std::unique_ptr<ResultCollector> collector;
   std::unique_ptr<ResultSender> sender;
-  MetricsRecorder metrics;
-  for (std::size_t i = 0; i < refused.size(); ++i) metrics.add_error();
   if (writer_rank)
     collector = std::make_unique<ResultCollector>(
         world, layout,
@@ -413,11 +458,13 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   else
     sender = std::make_unique<ResultSender>(world, layout, watchdog.get());
 
-  const bool leader = layout.is_replica_leader();
   EngineHooks hooks;
   if (leader)
     hooks.on_complete = [&](Completion&& c) {
-      const Prompt& p = prompts[std::size_t(c.index)];
+      const auto found = live.find(c.index);
+      STRATA_CHECK(found != live.end(), Internal, "a completion of prompt ", c.index, " that this replica never took");
+      const Prompt p = std::move(found->second);
+      live.erase(found);
       const nlohmann::json record = c.error.empty() ? make_record(p, c, session.tokenizer(), record_context)
                                                     : make_error_record(with_error(p, c.error), c.index);
       const RequestTiming timing{c.first_token_seconds, c.finished_seconds};
@@ -456,8 +503,11 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
     times.preemptions = b.preemptions;
     times.recomputed_tokens = b.recomputed_tokens;
     times.errors = b.refused;
+    times.longest_token_gap = b.longest_token_gap;
   }
 
+  rusage usage{};
+  if (getrusage(RUSAGE_SELF, &usage) == 0) times.peak_rss_bytes = std::int64_t(usage.ru_maxrss) * 1024;  // KiB
   if (!collector) {
     times.wall = since_start();
     sender->finish(times);

@@ -9,6 +9,11 @@ Workloads (prompts as plain text: the presets' byte tokenizer makes one token pe
                  equal to the context: the contiguous slot per sequence of the engine before paging).
   long-prompt    64 sequences decoding, one long prompt among them: the longest step (the longest gap between two
                  tokens of a decoding sequence) with chunked prefill vs --no-chunked-prefill.
+  makespan       dp 2 (2 ranks, 1 thread each) on long-tailed prompt and output lengths: the job's wall time against
+                 (total compute of both replicas) / 2, handing prompts out dynamically vs --static-dp (i % dp).
+  big-file       10,000 and 1,000,000 one-line prompts, max_tokens 1, dp 2: each rank's peak resident memory (the
+                 memory property does not depend on the model: this one uses the tiny preset, which the 2 cores run
+                 through a million prompts in minutes; the 100M model would take hours).
 
 Usage: scripts/bench-batch.py --strata build/launch/strata --work DIR [--workloads a,b] [--scale S]
 The model is written once into DIR (strata init --preset 100m --dtype bf16, context 8192). --scale multiplies the
@@ -53,10 +58,12 @@ def run(args, name, prompts_file, extra, ranks=1):
     metrics = os.path.join(args.work, f"{name}.metrics.json")
     cmd = [args.strata, "generate", "--model", args.model, "--prompts", prompts_file, "--output", out,
            "--overwrite", "--metrics", metrics, "--progress", "none", "--temperature", "0", *map(str, extra)]
+    env = dict(os.environ)
     if ranks > 1:
         cmd = ["mpiexec", "-n", str(ranks), "--oversubscribe"] + cmd
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")  # CI and containers run as root
     start = time.time()
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     wall = time.time() - start
     if p.returncode != 0:
         sys.exit(f"{name} failed ({' '.join(cmd)}):\n{p.stdout[-3000:]}")
@@ -71,20 +78,20 @@ def row(name, m, wall):
     return (f"{name:<34} {wall:8.1f} s {m['throughput']['total_tokens_per_second']:9.1f} tok/s "
             f"peak seqs {kv['peak_sequences_per_replica']:4d}  peak blocks {kv['peak_blocks_per_replica']:6d}/"
             f"{kv['blocks']:<6d} cached prompt tok {m['prefix_cache']['cached_prompt_tokens']:8d}  "
-            f"preempt {m['preemptions']:4d}  longest step {m['longest_step_seconds']:.3f} s")
+            f"preempt {m['preemptions']:4d}  longest token gap {m['longest_token_gap_seconds']:.3f} s")
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--strata", default="build/launch/strata")
     ap.add_argument("--work", default="bench-batch-work")
-    ap.add_argument("--workloads", default="shared-prefix,capacity,long-prompt")
+    ap.add_argument("--workloads", default="shared-prefix,capacity,long-prompt,makespan,big-file")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     args.model = os.path.join(args.work, "m100-ctx8k")
-    if not os.path.exists(os.path.join(args.model, "strata.json")):
+    if not (os.path.isdir(args.model) and os.listdir(args.model)):
         subprocess.run([args.strata, "init", "--preset", "100m", "--dtype", "bf16", "--seed", "5",
                         "--max-position-embeddings", "8192", "--output", args.model], check=True)
     rng = random.Random(args.seed)
@@ -135,9 +142,47 @@ def main():
         whole, whole_wall, whole_texts = run(args, "long-whole", path, common + ["--no-chunked-prefill"])
         print(row("chunked prefill (512 per step)", chunked, chunked_wall))
         print(row("--no-chunked-prefill", whole, whole_wall))
-        print(f"longest gap between tokens: {chunked['longest_step_seconds']:.3f} s vs "
-              f"{whole['longest_step_seconds']:.3f} s ({chunked['longest_step_seconds'] / whole['longest_step_seconds']:.3f}"
-              f" of it); greedy texts identical: {chunked_texts == whole_texts}")
+        a, b = chunked["longest_token_gap_seconds"], whole["longest_token_gap_seconds"]
+        print(f"longest gap between two tokens of a sequence: {a:.3f} s vs {b:.3f} s ({a / b:.3f} of it); "
+              f"greedy texts identical: {chunked_texts == whole_texts}")
+
+    if "makespan" in chosen:
+        count = max(8, int(96 * args.scale))
+        path = os.path.join(args.work, "makespan.jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            for i in range(count):  # long-tailed prompt and output lengths
+                prompt = words(rng, int(min(1024, 32 * rng.paretovariate(1.1))))
+                out = int(min(256, 8 * rng.paretovariate(1.0)))
+                f.write(json.dumps({"id": i, "prompt": prompt, "max_tokens": out}) + "\n")
+        common = ["-dp", 2, "--max-batch-size", 8, "--max-model-len", 2048]
+        print(f"\nmakespan: dp 2 (1 thread per rank), {count} prompts of 32 .. 1,024 tokens and 8 .. 256 out "
+              "(long-tailed)")
+        for name, extra in (("dynamic", []), ("static i % dp", ["--static-dp"])):
+            m, wall, _ = run(args, "makespan-" + name.split()[0], path, common + extra, ranks=2)
+            work = sum(r["compute_seconds"] + r["communication_seconds"] for r in m["ranks"])
+            ran = [r.get("prompts_run") for r in m["ranks"]]
+            print(f"{name:<16} makespan {m['wall_seconds']:7.1f} s, total work / 2 = {work / 2:7.1f} s "
+                  f"(makespan {m['wall_seconds'] / (work / 2):.2f}x of it); prompts per replica {ran}")
+
+    if "big-file" in chosen:
+        tiny = os.path.join(args.work, "tiny")
+        if not (os.path.isdir(tiny) and os.listdir(tiny)):
+            subprocess.run([args.strata, "init", "--preset", "tiny", "--seed", "5", "--output", tiny], check=True)
+        print("\nbig file: one-line prompts, max_tokens 1, dp 2, tiny preset")
+        saved = args.model
+        args.model = tiny
+        for count in (10_000, 1_000_000):
+            path = os.path.join(args.work, f"big-{count}.txt")
+            with open(path, "w", encoding="utf-8") as f:
+                for i in range(count):
+                    f.write(f"prompt number {i} of the big file\n")
+            m, wall, _ = run(args, f"big-{count}", path, ["-dp", 2, "--max-tokens", 1, "--max-batch-size", 256,
+                                                          "--max-model-len", 64], ranks=2)
+            rss = ", ".join(f"rank {r['rank']} {r['peak_rss_mib']:.0f} MiB" for r in m["ranks"])
+            print(f"{count:>9,} prompts: {wall:6.1f} s ({count / wall:,.0f} prompts/s); peak RSS {rss}; "
+                  f"prompts per replica {[r.get('prompts_run') for r in m['ranks']]}")
+            os.remove(path)
+        args.model = saved
 
 
 if __name__ == "__main__":
