@@ -14,6 +14,8 @@ Workloads (prompts as plain text: the presets' byte tokenizer makes one token pe
   big-file       10,000 and 1,000,000 one-line prompts, max_tokens 1, dp 2: each rank's peak resident memory (the
                  memory property does not depend on the model: this one uses the tiny preset, which the 2 cores run
                  through a million prompts in minutes; the 100M model would take hours).
+  huge-file      a 10,000,000-line prompt file run with --part 9999/10000: rank 0 reads, checks and streams all of it
+                 (10 million prompts) and the last thousand run; peak RSS per rank.
 
 Usage: scripts/bench-batch.py --strata build/launch/strata --work DIR [--workloads a,b] [--scale S]
 The model is written once into DIR (strata init --preset 100m --dtype bf16, context 8192). --scale multiplies the
@@ -133,14 +135,19 @@ def main():
 
     if "long-prompt" in chosen:
         long_len = int(os.environ.get("STRATA_BENCH_LONG_PROMPT", "4096"))
-        texts = [words(rng, 24) for _ in range(64)] + [words(rng, long_len)]
+        # 64 short prompts fill the batch and decode 32 .. 95 tokens; the long one is admitted when the first of
+        # them finishes, so it arrives among 63 decoding sequences.
         path = os.path.join(args.work, "long.jsonl")
-        write_prompts(path, texts)
-        common = ["--max-tokens", 48, "--max-batch-size", 65, "--max-model-len", 8192, "--max-num-batched-tokens", 512]
-        print(f"\nlong prompt: 64 prompts of 25 tokens decoding 48 tokens, one of {long_len + 1} tokens among them")
+        with open(path, "w", encoding="utf-8") as f:
+            for i in range(64):
+                f.write(json.dumps({"id": i, "prompt": words(rng, 24), "max_tokens": 32 + i}) + "\n")
+            f.write(json.dumps({"id": 64, "prompt": words(rng, long_len), "max_tokens": 8}) + "\n")
+        common = ["--max-batch-size", 64, "--max-model-len", 8192, "--max-num-batched-tokens", 256]
+        print(f"\nlong prompt: 64 sequences decoding 32 .. 95 tokens, one prompt of {long_len + 1} tokens arriving "
+              "among them")
         chunked, chunked_wall, chunked_texts = run(args, "long-chunked", path, common)
         whole, whole_wall, whole_texts = run(args, "long-whole", path, common + ["--no-chunked-prefill"])
-        print(row("chunked prefill (512 per step)", chunked, chunked_wall))
+        print(row("chunked prefill (256 per step)", chunked, chunked_wall))
         print(row("--no-chunked-prefill", whole, whole_wall))
         a, b = chunked["longest_token_gap_seconds"], whole["longest_token_gap_seconds"]
         print(f"longest gap between two tokens of a sequence: {a:.3f} s vs {b:.3f} s ({a / b:.3f} of it); "
@@ -182,6 +189,24 @@ def main():
             print(f"{count:>9,} prompts: {wall:6.1f} s ({count / wall:,.0f} prompts/s); peak RSS {rss}; "
                   f"prompts per replica {[r.get('prompts_run') for r in m['ranks']]}")
             os.remove(path)
+        args.model = saved
+
+    if "huge-file" in chosen:
+        tiny = os.path.join(args.work, "tiny")
+        if not (os.path.isdir(tiny) and os.listdir(tiny)):
+            subprocess.run([args.strata, "init", "--preset", "tiny", "--seed", "5", "--output", tiny], check=True)
+        saved = args.model
+        args.model = tiny
+        path = os.path.join(args.work, "huge.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            for i in range(10_000_000):
+                f.write(f"prompt number {i} of the huge file\n")
+        m, wall, texts = run(args, "huge", path, ["-dp", 2, "--max-tokens", 1, "--max-batch-size", 256,
+                                                  "--max-model-len", 64, "--part", "9999/10000"], ranks=2)
+        rss = ", ".join(f"rank {r['rank']} {r['peak_rss_mib']:.0f} MiB" for r in m["ranks"])
+        print(f"\nhuge file: 10,000,000 lines ({os.path.getsize(path) / 1e6:.0f} MB), --part 9999/10000: {len(texts)} "
+              f"records in {wall:.1f} s; peak RSS {rss}")
+        os.remove(path)
         args.model = saved
 
 

@@ -84,6 +84,78 @@ TEST(Prompts, MalformedJsonlNamesFileAndLine) {
   EXPECT_NE(parse("\n\n").find("no prompts"), std::string::npos);
 }
 
+namespace {
+std::string write_temp(const std::string& name, const std::string& content) {
+  const auto path = std::filesystem::temp_directory_path() / ("strata_test_" + std::to_string(getpid()) + "_" + name);
+  std::ofstream(path, std::ios::binary) << content;
+  return path.string();
+}
+
+std::vector<Prompt> read_all(const std::string& path, PromptFormat format, std::vector<std::size_t>* lines = nullptr) {
+  PromptReader reader(path, format);
+  std::vector<Prompt> out;
+  Prompt p;
+  std::string line;
+  std::size_t number = 0;
+  while (reader.next(p, line, number)) {
+    out.push_back(p);
+    if (lines) lines->push_back(number);
+  }
+  return out;
+}
+}  // namespace
+
+// The stream reader gives exactly what parsing the whole file gives, in every format, with line numbers.
+TEST(Prompts, StreamReaderEqualsWholeFileParse) {
+  const std::vector<std::pair<std::string, std::string>> files = {
+      {"a.txt", "first\n\n  \nsecond\r\nthird"},
+      {"b.jsonl", "{\"id\": \"x\", \"prompt\": \"hi\", \"max_tokens\": 3}\n\n{\"prompt\": \"there\", \"n\": 2}\n"},
+      {"c.jsonl", "{\"custom_id\": \"r1\", \"method\": \"POST\", \"url\": \"/v1/completions\", \"body\": "
+                  "{\"prompt\": \"p\", \"max_tokens\": 2}}\n"}};
+  for (const auto& [name, content] : files) {
+    SCOPED_TRACE(name);
+    const std::string path = write_temp(name, content);
+    std::vector<std::size_t> lines;
+    const auto streamed = read_all(path, PromptFormat::Auto, &lines);
+    const auto whole = parse_prompts(content, path, PromptFormat::Auto);
+    ASSERT_EQ(streamed.size(), whole.size());
+    for (std::size_t i = 0; i < whole.size(); ++i) {
+      EXPECT_EQ(streamed[i].id, whole[i].id);
+      EXPECT_EQ(streamed[i].text, whole[i].text);
+      EXPECT_EQ(streamed[i].origin, whole[i].origin);
+      EXPECT_EQ(streamed[i].format, whole[i].format);
+      EXPECT_EQ(streamed[i].overrides.max_tokens, whole[i].overrides.max_tokens);
+      EXPECT_EQ(streamed[i].origin, path + ":" + std::to_string(lines[i]));
+    }
+    std::filesystem::remove(path);
+  }
+}
+
+// Repeated ids are found after the whole file is read (24 bytes per prompt, not the ids), naming both lines: the
+// first repeat in the file, as the whole-file parser reports it.
+TEST(Prompts, DuplicateIdsNameBothLines) {
+  const std::string content = "{\"id\": 1, \"prompt\": \"a\"}\n{\"id\": \"q\", \"prompt\": \"b\"}\n{\"id\": 2, \"prompt\": "
+                              "\"c\"}\n{\"id\": \"q\", \"prompt\": \"d\"}\n{\"id\": 1, \"prompt\": \"e\"}\n";
+  const std::string path = write_temp("dups.jsonl", content);
+  PromptReader reader(path, PromptFormat::Auto);
+  DuplicateIds ids(path, reader.format());
+  Prompt p;
+  std::string line;
+  std::size_t number = 0;
+  while (reader.next(p, line, number)) ids.add(p, number, reader.prompts_read() - 1);
+  const std::string why = error_of([&] { ids.check(); });
+  EXPECT_NE(why.find(path + ":4: id \"q\" was already used at " + path + ":2"), std::string::npos) << why;
+  EXPECT_EQ(why, error_of([&] { parse_prompts(content, path, PromptFormat::Auto); }));
+  // Unique ids pass.
+  const std::string unique = write_temp("unique.jsonl", "{\"id\": 1, \"prompt\": \"a\"}\n{\"id\": \"1\", \"prompt\": \"b\"}\n");
+  DuplicateIds fine(unique, PromptFormat::Jsonl);
+  PromptReader again(unique, PromptFormat::Auto);
+  while (again.next(p, line, number)) fine.add(p, number, again.prompts_read() - 1);
+  EXPECT_NO_THROW(fine.check()) << "1 and \"1\" are different ids";
+  std::filesystem::remove(path);
+  std::filesystem::remove(unique);
+}
+
 TEST(Results, WrittenInInputOrderAsSoonAsPossible) {
   const fs::path dir = temp_dir("results");
   const std::string path = (dir / "out.jsonl").string();
