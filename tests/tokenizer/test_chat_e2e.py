@@ -11,7 +11,6 @@ generation besides generation_config's ids.
 """
 import json
 import os
-import struct
 import sys
 
 import jinja2
@@ -22,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "cli"))
 sys.path.insert(0, HERE)
 from harness import Harness  # noqa: E402
+import hf_folder  # noqa: E402
 import npm_fixtures  # noqa: E402
 
 h = Harness(__doc__)
@@ -45,31 +45,11 @@ def render(template, messages):
 
 
 def write_hf_llama(folder, vocab=32000, hidden=32, layers=2, heads=4, kv_heads=2, seed=9):
-    rng = np.random.default_rng(seed)
-    d, inter = hidden // heads, 48
-    tensors = {"model.embed_tokens.weight": rng.normal(0, 1.0, (vocab, hidden)),
-               "model.norm.weight": 1 + rng.normal(0, 0.1, hidden),
-               "lm_head.weight": rng.normal(0, 1 / np.sqrt(hidden), (vocab, hidden))}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        tensors[p + "input_layernorm.weight"] = 1 + rng.normal(0, 0.1, hidden)
-        tensors[p + "post_attention_layernorm.weight"] = 1 + rng.normal(0, 0.1, hidden)
-        for proj, rows in (("q", heads * d), ("k", kv_heads * d), ("v", kv_heads * d)):
-            tensors[p + f"self_attn.{proj}_proj.weight"] = rng.normal(0, 1 / np.sqrt(hidden), (rows, hidden))
-        tensors[p + "self_attn.o_proj.weight"] = rng.normal(0, 1 / np.sqrt(hidden), (hidden, heads * d))
-        tensors[p + "mlp.gate_proj.weight"] = rng.normal(0, 1 / np.sqrt(hidden), (inter, hidden))
-        tensors[p + "mlp.up_proj.weight"] = rng.normal(0, 1 / np.sqrt(hidden), (inter, hidden))
-        tensors[p + "mlp.down_proj.weight"] = rng.normal(0, 1 / np.sqrt(inter), (hidden, inter))
-    header, blobs, offset = {}, [], 0
-    for name, array in tensors.items():
-        raw = np.asarray(array, dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
+    inter = 48
     os.makedirs(folder)
-    text = json.dumps(header).encode()
-    with open(os.path.join(folder, "model.safetensors"), "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+    hf_folder.write_safetensors(os.path.join(folder, "model.safetensors"),
+                                hf_folder.llama_weights(np.random.default_rng(seed), vocab, hidden, inter, layers,
+                                                        heads, kv_heads))
     config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": hidden,
               "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": heads,
               "num_key_value_heads": kv_heads, "vocab_size": vocab, "max_position_embeddings": 256,

