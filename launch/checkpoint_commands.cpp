@@ -39,6 +39,7 @@ ModelConfig config_from(const InitOptionsCli& o) {
   if (o.hidden_size > 0 || c.num_attention_heads != old_heads) c.head_dim = c.hidden_size / c.num_attention_heads;
   if (o.tie_word_embeddings >= 0) c.tie_word_embeddings = o.tie_word_embeddings == 1;
   if (o.attention_bias >= 0) c.attention_bias = o.attention_bias == 1;
+  if (o.qk_norm >= 0) c.qk_norm = o.qk_norm == 1;
   STRATA_CHECK(c.head_dim * c.num_attention_heads == c.hidden_size, Usage, "hidden_size ", c.hidden_size,
                " is not divisible by num_attention_heads ", c.num_attention_heads);
   c.validate("strata init");

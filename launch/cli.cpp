@@ -211,6 +211,8 @@ int cli_main(int argc, char** argv) {
   init_cmd->add_option("--max-position-embeddings", init.max_position_embeddings)->check(kPositive);
   init_cmd->add_option("--tie-word-embeddings", init.tie_word_embeddings, "0 or 1")->check(CLI::Range(0, 1));
   init_cmd->add_option("--attention-bias", init.attention_bias, "q/k/v bias (Qwen2): 0 or 1")->check(CLI::Range(0, 1));
+  init_cmd->add_option("--qk-norm", init.qk_norm, "RMSNorm over each q and k head before RoPE (Qwen3): 0 or 1")
+      ->check(CLI::Range(0, 1));
 
   ConvertOptions convert;
   auto* convert_cmd = app.add_subcommand("convert", "Convert a Hugging Face model folder to a sharded checkpoint");

@@ -48,7 +48,7 @@ struct InitOptionsCli {
   // Overrides of the preset's shape (0 / -1: keep the preset's).
   std::int64_t hidden_size = 0, intermediate_size = 0, num_hidden_layers = 0, num_attention_heads = 0,
                num_key_value_heads = 0, vocab_size = 0, max_position_embeddings = 0;
-  int tie_word_embeddings = -1, attention_bias = -1;
+  int tie_word_embeddings = -1, attention_bias = -1, qk_norm = -1;
 };
 
 struct InspectOptions {

@@ -12,8 +12,8 @@ ModelConfig config_from_hf(const nlohmann::json& hf, const std::string& where) {
   STRATA_CHECK(hf.is_object(), Config, where, ": not a JSON object");
   const std::string type =
       hf.contains("model_type") && hf["model_type"].is_string() ? hf["model_type"].get<std::string>() : "";
-  STRATA_CHECK(type == "llama" || type == "mistral" || type == "qwen2", Config, where, ": model_type '", type,
-               "' is not supported (llama, mistral, qwen2 are)");
+  STRATA_CHECK(type == "llama" || type == "mistral" || type == "qwen2" || type == "qwen3", Config, where,
+               ": model_type '", type, "' is not supported (llama, mistral, qwen2, qwen3 are)");
   if (hf.contains("sliding_window") && hf["sliding_window"].is_number_integer() &&
       hf.value("use_sliding_window", type == "mistral") &&
       hf["sliding_window"].get<std::int64_t>() < hf.value("max_position_embeddings", std::int64_t(0)))
@@ -32,6 +32,7 @@ ModelConfig config_from_hf(const nlohmann::json& hf, const std::string& where) {
     c["eos_token_id"] =
         hf["eos_token_id"].is_array() && !hf["eos_token_id"].empty() ? hf["eos_token_id"][0] : hf["eos_token_id"];
   c["attention_bias"] = type == "qwen2" ? true : hf.value("attention_bias", false);
+  c["qk_norm"] = type == "qwen3";  // Qwen3: q_norm / k_norm over each head before RoPE
   const auto& arch = hf.contains("architectures") && hf["architectures"].is_array() && !hf["architectures"].empty()
                          ? hf["architectures"][0]
                          : nlohmann::json("LlamaForCausalLM");

@@ -71,6 +71,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
     }
   }
   c.attention_bias = optional<bool>(j, "attention_bias", c.attention_bias, where);
+  c.qk_norm = optional<bool>(j, "qk_norm", c.qk_norm, where);
   c.bos_token_id = optional<std::int64_t>(j, "bos_token_id", c.bos_token_id, where);
   c.eos_token_id = optional<std::int64_t>(j, "eos_token_id", c.eos_token_id, where);
   c.validate(where);
@@ -100,6 +101,7 @@ nlohmann::json ModelConfig::to_json() const {
                                 {"high_freq_factor", rope_scaling.high_freq_factor},
                                 {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings}}},
           {"attention_bias", attention_bias},
+          {"qk_norm", qk_norm},
           {"bos_token_id", bos_token_id},
           {"eos_token_id", eos_token_id}};
 }
@@ -163,7 +165,7 @@ std::int64_t ModelConfig::parameter_count() const {
   const std::int64_t attention = hidden_size * head_dim * (2 * num_attention_heads + 2 * num_key_value_heads) +
                                  (attention_bias ? head_dim * (num_attention_heads + 2 * num_key_value_heads) : 0);
   const std::int64_t mlp = 3 * hidden_size * intermediate_size;
-  const std::int64_t per_layer = attention + mlp + 2 * hidden_size;
+  const std::int64_t per_layer = attention + mlp + 2 * hidden_size + (qk_norm ? 2 * head_dim : 0);
   return num_hidden_layers * per_layer + hidden_size + vocab_size * hidden_size * (tie_word_embeddings ? 1 : 2);
 }
 

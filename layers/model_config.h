@@ -33,6 +33,7 @@ struct ModelConfig {
   RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v bias (Qwen2)
+  bool qk_norm = false;         // RMSNorm over each head of q and k before RoPE, weights [head_dim] (Qwen3)
   std::int64_t bos_token_id = -1;
   std::int64_t eos_token_id = -1;
 

@@ -104,6 +104,10 @@ std::vector<TensorSpec> ShardPlan::build_tensors() const {
       specs.push_back(rows(layer_name(l, "self_attn.k_proj.bias"), {kv_rows}, kv_begin, kv_end));
       specs.push_back(rows(layer_name(l, "self_attn.v_proj.bias"), {kv_rows}, kv_begin, kv_end));
     }
+    if (c.qk_norm) {  // one weight per head dimension, shared by every head: each rank holds it whole
+      specs.push_back(whole(layer_name(l, "self_attn.q_norm.weight"), {d}));
+      specs.push_back(whole(layer_name(l, "self_attn.k_norm.weight"), {d}));
+    }
     specs.push_back(cols(layer_name(l, "self_attn.o_proj.weight"), {h, q_rows}, q_begin, q_end));
     specs.push_back(whole(layer_name(l, "post_attention_layernorm.weight"), {h}));
     specs.push_back(rows(layer_name(l, "mlp.gate_proj.weight"), {c.intermediate_size, h}, i_begin, i_end));

@@ -91,6 +91,10 @@ TransformerStage::TransformerStage(const ShardPlan& plan, WeightSource& source, 
       w.k_bias = load(source, spec(l, "self_attn.k_proj.bias"));
       w.v_bias = load(source, spec(l, "self_attn.v_proj.bias"));
     }
+    if (c.qk_norm) {
+      w.q_norm = load(source, spec(l, "self_attn.q_norm.weight"));
+      w.k_norm = load(source, spec(l, "self_attn.k_norm.weight"));
+    }
     w.o = load(source, spec(l, "self_attn.o_proj.weight"));
     w.post_norm = load(source, spec(l, "post_attention_layernorm.weight"));
     w.gate_up = load_stacked(source, spec(l, "mlp.gate_proj.weight"), spec(l, "mlp.up_proj.weight"));
@@ -151,6 +155,15 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
   backend_.linear(x, w.q.view(), w.q_bias.view(), rows(q_));
   backend_.linear(x, w.k.view(), w.k_bias.view(), rows(k_));
   backend_.linear(x, w.v.view(), w.v_bias.view(), rows(v_));
+  if (c.qk_norm) {  // Qwen3: each head of q and k normalised on its own (rows of head_dim), before RoPE
+    const auto per_head = [&](const Tensor& t, std::int64_t heads) {
+      return rows(t).reshaped({tokens * heads, c.head_dim});
+    };
+    backend_.rms_norm(per_head(q_, plan_.local_heads()), w.q_norm.view(), float(c.rms_norm_eps),
+                      per_head(q_, plan_.local_heads()));
+    backend_.rms_norm(per_head(k_, plan_.local_kv_heads()), w.k_norm.view(), float(c.rms_norm_eps),
+                      per_head(k_, plan_.local_kv_heads()));
+  }
   backend_.rope(heads_view(q_, plan_.local_heads()), positions_, rope_);
   backend_.rope(heads_view(k_, plan_.local_kv_heads()), positions_, rope_);
   backend_.kv_store(chunks, block_table, rows(k_), rows(v_), k_cache_[l].view(), v_cache_[l].view());

@@ -75,7 +75,7 @@ class TransformerStage {
 
  private:
   struct LayerWeights {
-    Tensor input_norm, q, k, v, q_bias, k_bias, v_bias, o, post_norm, gate_up, down;
+    Tensor input_norm, q, k, v, q_bias, k_bias, v_bias, q_norm, k_norm, o, post_norm, gate_up, down;
   };
   Tensor load(WeightSource& source, const TensorSpec& spec);
   Tensor load_stacked(WeightSource& source, const TensorSpec& first, const TensorSpec& second);

@@ -1,6 +1,7 @@
 """strata's logits against the independent float64 NumPy reference (tests/reference/llama_reference.py, which shares
 no code with strata) on checkpoints that cover every model feature: f32 / bf16 / f16 storage, uneven pipeline
-stages, grouped-query attention with KV heads replicated over TP ranks, q/k/v bias, tied embeddings. Tolerance
+stages, grouped-query attention with KV heads replicated over TP ranks, q/k/v bias, tied embeddings, Qwen3's
+per-head q/k RMSNorm. Tolerance
 1e-4 relative per generated position, greedy tokens checked wherever the margin allows. A perturbed reference must
 fail (negative control).
 """
@@ -21,6 +22,7 @@ VARIANTS = [  # name, init flags, tp, pp
                                "--attention-bias", "1", "--tie-word-embeddings", "1", "-tp", "4"], 4, 1),
     ("mqa-tp2", ["--preset", "tiny", "--num-key-value-heads", "1", "--hidden-size", "96",
                  "--num-attention-heads", "4", "-tp", "2"], 2, 1),
+    ("qk-norm-tp2-pp2", ["--preset", "tiny", "--qk-norm", "1", "-tp", "2", "-pp", "2"], 2, 2),  # Qwen3's q/k norms
 ]
 
 

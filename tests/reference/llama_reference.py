@@ -173,8 +173,12 @@ def attention(x, w, prefix, cfg, positions):
     q = linear(x, w[prefix + "q_proj.weight"], w.get(prefix + "q_proj.bias"))
     k = linear(x, w[prefix + "k_proj.weight"], w.get(prefix + "k_proj.bias"))
     v = linear(x, w[prefix + "v_proj.weight"], w.get(prefix + "v_proj.bias"))
-    q = rope(q.reshape(T, n_heads, head_dim), positions, cfg["rope_theta"], cfg.get("rope_scaling"))
-    k = rope(k.reshape(T, n_kv, head_dim), positions, cfg["rope_theta"], cfg.get("rope_scaling"))
+    q, k = q.reshape(T, n_heads, head_dim), k.reshape(T, n_kv, head_dim)
+    if prefix + "q_norm.weight" in w:  # Qwen3Attention: q_norm / k_norm (RMSNorm over head_dim) before the rotary
+        q = rms_norm(q, w[prefix + "q_norm.weight"], cfg["rms_norm_eps"])
+        k = rms_norm(k, w[prefix + "k_norm.weight"], cfg["rms_norm_eps"])
+    q = rope(q, positions, cfg["rope_theta"], cfg.get("rope_scaling"))
+    k = rope(k, positions, cfg["rope_theta"], cfg.get("rope_scaling"))
     v = v.reshape(T, n_kv, head_dim)
     group = n_heads // n_kv
     k = np.repeat(k, group, axis=1)  # query head h reads kv head h // group

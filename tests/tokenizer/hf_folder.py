@@ -6,9 +6,10 @@ import struct
 import numpy as np
 
 
-def llama_weights(rng, vocab, hidden, inter, layers, heads, kv_heads):
-    """Random weights (float64 arrays) of a Llama with untied embeddings, scaled so activations stay near 1."""
-    d = hidden // heads
+def llama_weights(rng, vocab, hidden, inter, layers, heads, kv_heads, head_dim=None, qk_norm=False):
+    """Random weights (float64 arrays) of a Llama with untied embeddings, scaled so activations stay near 1; with
+    qk_norm, Qwen3's per-head q_norm / k_norm weights too."""
+    d = head_dim or hidden // heads
     tensors = {"model.embed_tokens.weight": rng.normal(0, 1.0, (vocab, hidden)),
                "model.norm.weight": 1 + rng.normal(0, 0.1, hidden),
                "lm_head.weight": rng.normal(0, 1 / np.sqrt(hidden), (vocab, hidden))}
@@ -19,6 +20,9 @@ def llama_weights(rng, vocab, hidden, inter, layers, heads, kv_heads):
         for proj, rows in (("q", heads * d), ("k", kv_heads * d), ("v", kv_heads * d)):
             tensors[p + f"self_attn.{proj}_proj.weight"] = rng.normal(0, 1 / np.sqrt(hidden), (rows, hidden))
         tensors[p + "self_attn.o_proj.weight"] = rng.normal(0, 1 / np.sqrt(hidden), (hidden, heads * d))
+        if qk_norm:
+            tensors[p + "self_attn.q_norm.weight"] = 1 + rng.normal(0, 0.1, d)
+            tensors[p + "self_attn.k_norm.weight"] = 1 + rng.normal(0, 0.1, d)
         tensors[p + "mlp.gate_proj.weight"] = rng.normal(0, 1 / np.sqrt(hidden), (inter, hidden))
         tensors[p + "mlp.up_proj.weight"] = rng.normal(0, 1 / np.sqrt(hidden), (inter, hidden))
         tensors[p + "mlp.down_proj.weight"] = rng.normal(0, 1 / np.sqrt(inter), (hidden, inter))

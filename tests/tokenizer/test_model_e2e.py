@@ -3,7 +3,9 @@ config.json, generation_config.json and a real 32,000-token tokenizer.json) is c
 on text prompts. Prompt ids must be the reference library's (checked directly with `strata tokenize` and through
 the logits, which must match the float64 reference forward pass fed the reference ids); every layout must generate
 the same tokens; the text must be the reference's decoding of them; every EOS id of generation_config.json
-must end a sequence; and a stop string ends generation at the right token with the text cut before it.
+must end a sequence; and a stop string ends generation at the right token with the text cut before it. The same
+for a Qwen3 folder (model_type qwen3: per-head q/k RMSNorm, head_dim other than hidden / heads, Qwen3's real
+151,643-token tokenizer.json, no BOS) converted for tp 2.
 """
 import json
 import os
@@ -74,6 +76,37 @@ for tp, pp, ranks in LAYOUTS:
     first = first or tokens
     h.check(tokens == first, f"tp {tp} pp {pp}: same tokens as tp 1 pp 1")
     print(f"tp {tp} pp {pp}: prompt ids identical to the reference, logits max relative error {worst:.2e}")
+
+# Qwen3: converted from its own config.json names, run at tp 2 against the reference with q_norm / k_norm.
+qwen_json = files["qwen3"]
+qcfg = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "hidden_size": 32, "intermediate_size": 48,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+        "vocab_size": 151936, "max_position_embeddings": 128, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "tie_word_embeddings": False, "hidden_act": "silu", "attention_bias": False, "bos_token_id": None,
+        "eos_token_id": 151645, "torch_dtype": "float32", "use_sliding_window": False, "sliding_window": None}
+qweights = hf_folder.llama_weights(np.random.default_rng(8), 151936, 32, 48, 2, 4, 2, head_dim=16, qk_norm=True)
+qweights = {k: np.asarray(v, dtype=np.float32).astype(np.float64) for k, v in qweights.items()}
+qfolder = h.path("hf-qwen3")
+os.makedirs(qfolder)
+hf_folder.write_safetensors(os.path.join(qfolder, "model.safetensors"), qweights)
+json.dump(qcfg, open(os.path.join(qfolder, "config.json"), "w"))
+json.dump({"eos_token_id": [151645, 151643]}, open(os.path.join(qfolder, "generation_config.json"), "w"))
+with open(qwen_json, "rb") as src, open(os.path.join(qfolder, "tokenizer.json"), "wb") as dst:
+    dst.write(src.read())
+qids = [r["ids"] for r in npm_fixtures.reference(modules, qwen_json, prompts, add_special=True)]
+qckpt = h.path("ckpt-qwen3-tp2")
+h.run_ok(["convert", "--hf", qfolder, "--output", qckpt, "-tp", 2, "--dtype", "f32"])
+h.run_ok(["generate", "--model", qckpt, "--prompts", prompts, "--output", "qwen3.jsonl", "-tp", 2, "--max-tokens", 6,
+          "--record-logits", "-q"], ranks=2)
+worst = 0.0
+for record, prompt_ids in zip(h.results("qwen3.jsonl"), qids):
+    h.check(record["prompt_tokens"] == len(prompt_ids), f"qwen3: prompt {record['id']} has {record['prompt_tokens']} "
+            f"tokens, the reference {len(prompt_ids)}")
+    ids = prompt_ids + record["token_ids"][:-1]
+    ref = llama_reference.forward(qweights, qcfg, ids)[len(ids) - len(record["token_ids"]):]
+    worst = max(worst, float(np.abs(np.array(record["logits"]) - ref).max() / np.abs(ref).max()))
+h.check(worst <= 1e-4, f"qwen3 tp 2: logits vs the float64 reference (q/k norms), relative error {worst:.2e}")
+print(f"qwen3 tp 2: prompt ids identical to the reference, logits max relative error {worst:.2e}")
 
 # The text is the reference's decoding of the generated ids (finish "length": nothing cut).
 generated = h.path("generated.jsonl")
