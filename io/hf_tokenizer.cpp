@@ -197,6 +197,7 @@ struct PreTokenizer {
   enum class Kind { Split, ByteLevel, Metaspace } kind = Kind::Split;
   std::shared_ptr<Regex> pattern;  // Split; ByteLevel with use_regex (the GPT-2 pattern)
   SplitBehavior behavior = SplitBehavior::Isolated;
+  bool invert = false;             // Split: the pattern's matches are kept, the text between them is the delimiter
   bool add_prefix_space = false;   // ByteLevel
   std::string replacement;         // Metaspace
   std::string prepend = "always";  // Metaspace: always | first | never
@@ -219,41 +220,60 @@ struct AddedToken {
 
 const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
-std::vector<Piece> split_piece(const Piece& piece, const Regex& regex, SplitBehavior behavior) {
-  std::vector<Piece> out;
-  const std::string_view text = piece.text;
+// The text cut into the pattern's matches and the spans between them, in order, each flagged as a delimiter: a
+// match is one, unless invert (Hugging Face's Invert pattern: the matches are kept and the text between is cut).
+struct Segment {
+  std::size_t begin, end;
+  bool delimiter;
+};
+std::vector<Segment> segments(std::string_view text, const Regex& regex, bool invert) {
+  std::vector<Segment> out;
   std::size_t at = 0;
-  std::string carry;  // MergedWithNext: the match waiting for the text after it
-  auto emit = [&](std::string_view part, std::size_t begin) {
-    if (!part.empty()) out.push_back({std::string(part), piece.at_start && begin == 0});
-  };
   while (auto m = regex.find(text, at)) {
-    const auto [begin, end] = *m;
-    const std::string_view gap = text.substr(at, begin - at), match = text.substr(begin, end - begin);
-    switch (behavior) {
-      case SplitBehavior::Isolated:
-        emit(gap, at);
-        emit(match, begin);
-        break;
-      case SplitBehavior::Removed:
-        emit(gap, at);
-        break;
-      case SplitBehavior::MergedWithPrevious:
-        emit(text.substr(at, end - at), at);
-        break;
-      case SplitBehavior::MergedWithNext:
-        if (!gap.empty() || !carry.empty()) out.push_back({carry + std::string(gap), piece.at_start && out.empty()});
-        carry = std::string(match);
-        break;
-    }
-    at = end;
+    if (m->first > at) out.push_back({at, m->first, invert});
+    out.push_back({m->first, m->second, !invert});
+    at = m->second;
   }
-  if (behavior == SplitBehavior::MergedWithNext) {
-    const std::string rest = carry + std::string(text.substr(at));
-    if (!rest.empty()) out.push_back({rest, piece.at_start && out.empty()});
-  } else {
-    emit(text.substr(at), at);
+  if (at < text.size()) out.push_back({at, text.size(), invert});
+  return out;
+}
+
+// Hugging Face's SplitDelimiterBehavior over the segments: Isolated keeps every segment as a piece, Removed drops the
+// delimiters, MergedWithPrevious / MergedWithNext join a delimiter to the segment before / after it unless that one
+// is a delimiter too.
+std::vector<Piece> split_piece(const Piece& piece, const Regex& regex, SplitBehavior behavior, bool invert = false) {
+  std::vector<Segment> parts = segments(piece.text, regex, invert);
+  std::vector<std::pair<std::size_t, std::size_t>> spans;
+  switch (behavior) {
+    case SplitBehavior::Isolated:
+      for (const auto& p : parts) spans.emplace_back(p.begin, p.end);
+      break;
+    case SplitBehavior::Removed:
+      for (const auto& p : parts)
+        if (!p.delimiter) spans.emplace_back(p.begin, p.end);
+      break;
+    case SplitBehavior::MergedWithPrevious:
+      for (std::size_t i = 0; i < parts.size(); ++i) {
+        if (parts[i].delimiter && i > 0 && !parts[i - 1].delimiter)
+          spans.back().second = parts[i].end;
+        else
+          spans.emplace_back(parts[i].begin, parts[i].end);
+      }
+      break;
+    case SplitBehavior::MergedWithNext:
+      for (std::size_t i = parts.size(); i-- > 0;) {
+        if (parts[i].delimiter && i + 1 < parts.size() && !parts[i + 1].delimiter)
+          spans.back().first = parts[i].begin;
+        else
+          spans.emplace_back(parts[i].begin, parts[i].end);
+      }
+      std::reverse(spans.begin(), spans.end());
+      break;
   }
+  std::vector<Piece> out;
+  out.reserve(spans.size());
+  for (const auto& [begin, end] : spans)
+    if (end > begin) out.push_back({piece.text.substr(begin, end - begin), piece.at_start && begin == 0});
   return out;
 }
 
@@ -472,7 +492,7 @@ void HfTokenizer::Impl::read_pre_tokenizer(const json& p) {
       t.behavior = SplitBehavior::MergedWithNext;
     else
       throw Error(ErrorKind::Config, cat(path, ": Split behavior '", behavior, "' is not supported"));
-    STRATA_CHECK(!p.value("invert", false), Config, path, ": Split with invert: true is not supported");
+    t.invert = p.value("invert", false);
     pre_tokenizers.push_back(t);
   } else if (type == "ByteLevel") {
     PreTokenizer t;
@@ -721,7 +741,7 @@ void HfTokenizer::Impl::split_byte_level_bpe(std::string_view text, const Regex&
 void HfTokenizer::Impl::pre_tokenize_and_bpe(std::string_view normalized, bool at_start,
                                              std::vector<std::int32_t>& ids) const {
   if (pre_tokenizers.size() == 2 && pre_tokenizers[0].kind == PreTokenizer::Kind::Split &&
-      pre_tokenizers[0].behavior == SplitBehavior::Isolated &&
+      pre_tokenizers[0].behavior == SplitBehavior::Isolated && !pre_tokenizers[0].invert &&
       pre_tokenizers[1].kind == PreTokenizer::Kind::ByteLevel && !pre_tokenizers[1].pattern &&
       !pre_tokenizers[1].add_prefix_space)
     return split_byte_level_bpe(normalized, *pre_tokenizers[0].pattern, ids);
@@ -731,7 +751,7 @@ void HfTokenizer::Impl::pre_tokenize_and_bpe(std::string_view normalized, bool a
     for (auto& piece : pieces) {
       switch (p.kind) {
         case PreTokenizer::Kind::Split:
-          for (auto& part : split_piece(piece, *p.pattern, p.behavior)) next.push_back(std::move(part));
+          for (auto& part : split_piece(piece, *p.pattern, p.behavior, p.invert)) next.push_back(std::move(part));
           break;
         case PreTokenizer::Kind::ByteLevel: {
           if (p.add_prefix_space && (piece.text.empty() || piece.text[0] != ' ')) piece.text.insert(0, " ");

@@ -1,6 +1,7 @@
 """strata's tokenizer against Hugging Face's own `tokenizers` (Rust, via Node) on real tokenizer.json files: the ids
 of every corpus text must be identical (with and without the BOS template), decoding must give the reference's
-text, and decode(encode(text)) must give the text back. Also: Metaspace variants of the SentencePiece file (the
+text, and decode(encode(text)) must give the text back (GPT-4o's file among them). Also: Split with invert: true
+under every behavior, Metaspace variants of the SentencePiece file (the
 newer Mistral / TinyLlama layout), invalid UTF-8 input, refused tokenizer files, and a negative control (a file
 with two merges swapped must be caught by the same comparison).
 """
@@ -63,6 +64,14 @@ variants = {
         pre_tokenizer={"type": "Metaspace", "replacement": METASPACE, "add_prefix_space": True},
         decoder={"type": "Sequence", "decoders": [
             {"type": "ByteFallback"}, {"type": "Metaspace", "replacement": METASPACE, "add_prefix_space": True}]}),
+    # Split with invert: true (the pattern's matches are kept, the text between them is the delimiter), with a
+    # pattern that leaves gaps, under every behavior.
+    **{f"llama3-split-invert-{behavior}": derived(
+        f"invert-{behavior}.json", files["llama3"],
+        pre_tokenizer={"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": "\\p{L}+"}, "behavior": behavior, "invert": True},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]})
+       for behavior in ("Isolated", "Removed", "MergedWithPrevious", "MergedWithNext")},
 }
 for name, tokenizer in variants.items():
     ref, got, bad = mismatches(tokenizer)
@@ -81,7 +90,7 @@ for name, tokenizer in variants.items():
     nfc = name == "qwen3"
     metaspace = name.startswith("mistral")
     trips = 0
-    for i, t in enumerate(texts[: len(got)]):
+    for i, t in enumerate(texts[: len(got)] if not name.endswith("-Removed") else []):  # Removed drops text
         if any(s in t for s in specials) or (metaspace and METASPACE in t) or \
                 (name.startswith("mistral-metaspace") and t.startswith(" ")):
             continue
