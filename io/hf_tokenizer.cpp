@@ -8,9 +8,11 @@
 #include <unicode/bytestream.h>
 #include <unicode/normalizer2.h>
 #include <unicode/stringpiece.h>
+#include <unicode/uniset.h>
 
 #include <algorithm>
 #include <array>
+#include <cstdio>
 #include <fstream>
 #include <mutex>
 #include <optional>
@@ -137,14 +139,93 @@ std::string pcre2_message(int code) {
 
 // A compiled Unicode pattern (UTF + UCP: \p{L}, \s and friends are Unicode classes), JIT-compiled when the
 // platform has the JIT. Not thread-safe (its match data is reused); HfTokenizer serializes calls.
+// PCRE2 in Debian 12 (10.42) has Unicode 14 tables and counts U+180E as white space; Hugging Face's tokenizers (Rust's
+// regex) know later Unicode and read \s as the White_Space property. So a tokenizer's pattern has its Unicode classes
+// (\p{..}, \P{..}) and \s, \S spelled out as code point ranges from ICU (Unicode 15 in Debian 12's ICU 72): emoji added
+// in Unicode 15 are symbols, and U+180E (a format character since Unicode 6.3) is not white space.
+std::string ranges_of(const icu::UnicodeSet& set) {
+  std::string out;
+  char buffer[32];
+  for (std::int32_t i = 0; i < set.getRangeCount(); ++i) {
+    const auto a = std::uint32_t(set.getRangeStart(i)), b = std::uint32_t(set.getRangeEnd(i));
+    std::snprintf(buffer, sizeof buffer, a == b ? "\\x{%x}" : "\\x{%x}-\\x{%x}", a, b);
+    out += buffer;
+  }
+  return out;
+}
+
+icu::UnicodeSet unicode_class(const std::string& property, bool negated, const std::string& where) {
+  UErrorCode status = U_ZERO_ERROR;
+  icu::UnicodeSet set(icu::UnicodeString::fromUTF8("[" + property + "]"), status);
+  STRATA_CHECK(U_SUCCESS(status), Config, where, ": the Unicode class ", property, " is not known (",
+               u_errorName(status), ")");
+  if (negated) set.complement();
+  set.remove(0xD800, 0xDFFF);  // surrogates are not characters (and PCRE2 refuses them in UTF mode)
+  return set;
+}
+
+std::string with_current_unicode(const std::string& pattern, const std::string& where) {
+  std::string out;
+  bool in_class = false;
+  for (std::size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '[' && !in_class) {  // a class starts; a ']' right after '[' or '[^' is a literal
+      in_class = true;
+      out += c;
+      if (i + 1 < pattern.size() && pattern[i + 1] == '^') out += pattern[++i];
+      if (i + 1 < pattern.size() && pattern[i + 1] == ']') out += pattern[++i];
+      continue;
+    }
+    if (c == '[' && in_class && i + 1 < pattern.size() && pattern[i + 1] == ':') {  // [:alpha:] inside a class
+      const std::size_t end = pattern.find(":]", i + 2);
+      if (end != std::string::npos) {
+        out.append(pattern, i, end + 2 - i);
+        i = end + 1;
+        continue;
+      }
+    }
+    if (c == ']' && in_class) in_class = false;
+    if (c != '\\' || i + 1 >= pattern.size()) {
+      out += c;
+      continue;
+    }
+    const char e = pattern[i + 1];
+    std::string property;
+    std::size_t next = i + 2;
+    if (e == 'p' || e == 'P') {
+      if (next < pattern.size() && pattern[next] == '{') {
+        const std::size_t close = pattern.find('}', next);
+        STRATA_CHECK(close != std::string::npos, Config, where, ": regex '", pattern, "': \\", e, "{ is not closed");
+        property = "\\p" + pattern.substr(next, close + 1 - next);
+        next = close + 1;
+      } else if (next < pattern.size()) {
+        property = cat("\\p{", pattern[next], "}");
+        ++next;
+      }
+    } else if (e == 's' || e == 'S') {
+      property = "[:White_Space:]";
+    }
+    if (property.empty()) {  // any other escape, as written
+      out.append(pattern, i, 2);
+      ++i;
+      continue;
+    }
+    const std::string ranges = ranges_of(unicode_class(property, e == 'P' || e == 'S', where));
+    out += in_class ? ranges : "[" + ranges + "]";
+    i = next - 1;
+  }
+  return out;
+}
+
 class Regex {
  public:
   Regex(const std::string& pattern, bool literal, const std::string& where) : where_(where) {
     int error = 0;
     PCRE2_SIZE offset = 0;
     const std::uint32_t options = literal ? PCRE2_UTF | PCRE2_LITERAL : PCRE2_UTF | PCRE2_UCP;
-    code_.reset(
-        pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options, &error, &offset, nullptr));
+    const std::string compiled = literal ? pattern : with_current_unicode(pattern, where);
+    code_.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(compiled.data()), compiled.size(), options, &error, &offset,
+                              nullptr));
     STRATA_CHECK(code_, Config, where, ": regex '", pattern, "' does not compile at offset ", offset, ": ",
                  pcre2_message(error));
     pcre2_jit_compile(code_.get(), PCRE2_JIT_COMPLETE);  // falls back to the interpreter where there is no JIT

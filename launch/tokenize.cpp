@@ -6,6 +6,7 @@
 #include <iostream>
 #include <iterator>
 
+#include "io/chat_template.h"
 #include "io/checkpoint.h"
 #include "io/hf_tokenizer.h"
 #include "io/prompts.h"
@@ -17,13 +18,26 @@
 namespace strata {
 namespace {
 
-// A checkpoint directory (its manifest's tokenizer) or a tokenizer.json file.
+// A checkpoint directory (its manifest's tokenizer) or a tokenizer.json file, with the generation_config.json and
+// tokenizer_config.json beside it when the folder has them (as Hugging Face reads a model folder: the EOS of a file
+// whose generation_config names none is tokenizer_config's eos_token).
 std::unique_ptr<Tokenizer> open_tokenizer(const std::string& path) {
   if (std::filesystem::is_directory(path)) {
     const Manifest manifest = Manifest::read(path);
     return make_tokenizer_of(manifest.tokenizer, manifest.source, manifest_path(path));
   }
-  return HfTokenizer::from_file(path);
+  const std::filesystem::path folder = std::filesystem::path(path).parent_path();
+  const std::filesystem::path generation = folder / "generation_config.json";
+  nlohmann::json generation_config;
+  if (std::filesystem::exists(generation)) {
+    try {
+      generation_config = nlohmann::json::parse(read_file(generation.string()));
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(ErrorKind::Config, cat(generation.string(), ": not valid JSON (", e.what(), ")"));
+    }
+  }
+  return HfTokenizer::from_file(path, generation_config,
+                                tokenizer_config_from_hf(folder.empty() ? "." : folder.string()));
 }
 
 std::string read_input(const std::string& input) {

@@ -52,6 +52,10 @@ HAND_WRITTEN = [
     "Control chars: \u0001\u0002\u0007\u001b[31mred\u001b[0m \u007f \u0085 \u2028 \u2029",
     "Private use and rare planes: \ue000 \U000f0000 \U0001d54f \U0001f9ea 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𓀀 𐍈",
     "Antidisestablishmentarianism pneumonoultramicroscopicsilicovolcanoconiosis Donaudampfschifffahrtsgesellschaftskapitän",
+    # Unicode after PCRE2's tables: emoji of Unicode 15 (symbols there, unassigned in 14), and U+180E (a format
+    # character since 6.3, white space to PCRE2) between spaces.
+    "new emoji \U0001FAE8 \U0001FAF7\U0001FAF8 face, \U0001FAE8\U0001FAE8abc",
+    "a \u180e b  x\u180e y  \u180e\u180e z",
 ]
 
 

