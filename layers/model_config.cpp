@@ -72,6 +72,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
   }
   c.attention_bias = optional<bool>(j, "attention_bias", c.attention_bias, where);
   c.qk_norm = optional<bool>(j, "qk_norm", c.qk_norm, where);
+  c.sliding_window = optional<std::int64_t>(j, "sliding_window", c.sliding_window, where);
   c.bos_token_id = optional<std::int64_t>(j, "bos_token_id", c.bos_token_id, where);
   c.eos_token_id = optional<std::int64_t>(j, "eos_token_id", c.eos_token_id, where);
   c.validate(where);
@@ -102,6 +103,7 @@ nlohmann::json ModelConfig::to_json() const {
                                 {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings}}},
           {"attention_bias", attention_bias},
           {"qk_norm", qk_norm},
+          {"sliding_window", sliding_window},
           {"bos_token_id", bos_token_id},
           {"eos_token_id", eos_token_id}};
 }

@@ -34,6 +34,9 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v bias (Qwen2)
   bool qk_norm = false;         // RMSNorm over each head of q and k before RoPE, weights [head_dim] (Qwen3)
+  // > 0: each position attends to the last sliding_window positions only (Mistral, Phi-3). strata attends to the
+  // whole context, which is the same within sliding_window positions: runs are limited to that context.
+  std::int64_t sliding_window = 0;
   std::int64_t bos_token_id = -1;
   std::int64_t eos_token_id = -1;
 

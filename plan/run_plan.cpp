@@ -16,8 +16,16 @@ StageLimits stage_limits(const RunLimits& limits, const ModelConfig& config) {
   STRATA_CHECK(limits.max_batch_size >= 1, Usage, "--max-batch-size must be >= 1 (got ", limits.max_batch_size, ")");
   STRATA_CHECK(limits.max_num_batched_tokens >= 1, Usage, "--max-num-batched-tokens must be >= 1 (got ",
                limits.max_num_batched_tokens, ")");
-  const auto model_len = std::int32_t(limits.max_model_len ? limits.max_model_len : config.max_position_embeddings);
+  // A sliding-window model runs within its window, where attending to the whole context is the same thing.
+  const std::int64_t longest = config.sliding_window > 0
+                                   ? std::min(config.max_position_embeddings, config.sliding_window)
+                                   : config.max_position_embeddings;
+  const auto model_len = std::int32_t(limits.max_model_len ? limits.max_model_len : longest);
   STRATA_CHECK(model_len >= 2, Usage, "--max-model-len must be >= 2 (got ", model_len, ")");
+  STRATA_CHECK(config.sliding_window <= 0 || model_len <= config.sliding_window, Usage, "--max-model-len ", model_len,
+               " exceeds the model's sliding_window ", config.sliding_window,
+               ": strata does not implement sliding-window attention, and within the window full attention is the "
+               "same; use --max-model-len <= ", config.sliding_window);
   STRATA_CHECK(model_len <= config.max_position_embeddings, Usage, "--max-model-len ", model_len,
                " exceeds the model's max_position_embeddings ", config.max_position_embeddings);
   STRATA_CHECK(limits.block_size >= 1, Usage, "--kv-block-size must be >= 1 (got ", limits.block_size, ")");

@@ -5,7 +5,8 @@ the logits, which must match the float64 reference forward pass fed the referenc
 the same tokens; the text must be the reference's decoding of them; every EOS id of generation_config.json
 must end a sequence; and a stop string ends generation at the right token with the text cut before it. The same
 for a Qwen3 folder (model_type qwen3: per-head q/k RMSNorm, head_dim other than hidden / heads, Qwen3's real
-151,643-token tokenizer.json, no BOS) converted for tp 2.
+151,643-token tokenizer.json, no BOS) converted for tp 2, and a Phi-3 folder (fused qkv_proj and gate_up_proj, a
+sliding window that caps the context).
 """
 import json
 import os
@@ -107,6 +108,50 @@ for record, prompt_ids in zip(h.results("qwen3.jsonl"), qids):
     worst = max(worst, float(np.abs(np.array(record["logits"]) - ref).max() / np.abs(ref).max()))
 h.check(worst <= 1e-4, f"qwen3 tp 2: logits vs the float64 reference (q/k norms), relative error {worst:.2e}")
 print(f"qwen3 tp 2: prompt ids identical to the reference, logits max relative error {worst:.2e}")
+
+# Phi-3: q/k/v fused as self_attn.qkv_proj and gate/up as mlp.gate_up_proj, read as row blocks of the fused
+# tensors; a sliding window shorter than the context caps the run's context (there full attention is the same).
+pcfg = {"model_type": "phi3", "architectures": ["Phi3ForCausalLM"], "hidden_size": H, "intermediate_size": I,
+        "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": KV, "vocab_size": 32064,
+        "max_position_embeddings": 4096, "original_max_position_embeddings": 4096, "sliding_window": 2047,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "rope_scaling": None, "tie_word_embeddings": False,
+        "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 32000, "torch_dtype": "float32"}
+pweights = hf_folder.llama_weights(np.random.default_rng(6), 32064, H, I, LAYERS, HEADS, KV)
+pweights = {k: np.asarray(v, dtype=np.float32).astype(np.float64) for k, v in pweights.items()}
+fused = {}
+for name, value in pweights.items():
+    if name.endswith(("k_proj.weight", "v_proj.weight", "up_proj.weight")):
+        continue
+    if name.endswith("q_proj.weight"):
+        base = name[: -len("q_proj.weight")]
+        fused[base + "qkv_proj.weight"] = np.concatenate(
+            [value, pweights[base + "k_proj.weight"], pweights[base + "v_proj.weight"]])
+    elif name.endswith("gate_proj.weight"):
+        base = name[: -len("gate_proj.weight")]
+        fused[base + "gate_up_proj.weight"] = np.concatenate([value, pweights[base + "up_proj.weight"]])
+    else:
+        fused[name] = value
+pfolder = h.path("hf-phi3")
+os.makedirs(pfolder)
+hf_folder.write_safetensors(os.path.join(pfolder, "model.safetensors"), fused)
+json.dump(pcfg, open(os.path.join(pfolder, "config.json"), "w"))
+with open(tokenizer_json, "rb") as src, open(os.path.join(pfolder, "tokenizer.json"), "wb") as dst:
+    dst.write(src.read())
+pckpt = h.path("ckpt-phi3-tp2")
+h.run_ok(["convert", "--hf", pfolder, "--output", pckpt, "-tp", 2, "--dtype", "f32"])
+out = h.run_ok(["generate", "--model", pckpt, "--prompts", prompts, "--output", "phi3.jsonl", "-tp", 2, "--max-tokens", 6,
+                "--record-logits"], ranks=2)
+worst = 0.0
+for record, prompt_ids in zip(h.results("phi3.jsonl"), ref_ids):
+    ids = prompt_ids + record["token_ids"][:-1]
+    ref = llama_reference.forward(pweights, pcfg, ids)[len(ids) - len(record["token_ids"]):]
+    worst = max(worst, float(np.abs(np.array(record["logits"]) - ref).max() / np.abs(ref).max()))
+h.check(worst <= 1e-4, f"phi3 tp 2 (fused qkv and gate_up): logits vs the float64 reference, relative error {worst:.2e}")
+print(f"phi3 tp 2: logits max relative error {worst:.2e}")
+code, out, _ = h.run(["generate", "--model", pckpt, "--prompts", prompts, "--output", "phi3-long.jsonl",
+                      "--max-model-len", 4096], ranks=1)
+h.check(code != 0 and "--max-model-len 4096 exceeds the model's sliding_window 2047" in out,
+        f"a context beyond the sliding window is refused naming both:\n{out[-2000:]}")
 
 # The text is the reference's decoding of the generated ids (finish "length": nothing cut).
 generated = h.path("generated.jsonl")
