@@ -29,6 +29,21 @@ ModelConfig config_from_hf(const nlohmann::json& hf, const std::string& where) {
     c["eos_token_id"] =
         hf["eos_token_id"].is_array() && !hf["eos_token_id"].empty() ? hf["eos_token_id"][0] : hf["eos_token_id"];
   c["attention_bias"] = type == "qwen2" ? true : hf.value("attention_bias", false);
+  // Phi-3's longrope ("su" in older files) keeps original_max_position_embeddings beside rope_scaling.
+  if (hf.contains("rope_scaling") && hf["rope_scaling"].is_object()) {
+    const auto& r = hf["rope_scaling"];
+    const std::string kind = r.value("rope_type", r.value("type", std::string()));
+    if (kind == "longrope" || kind == "su") {
+      nlohmann::json scaling = {{"rope_type", "longrope"},
+                                {"short_factor", r.value("short_factor", nlohmann::json())},
+                                {"original_max_position_embeddings",
+                                 r.value("original_max_position_embeddings",
+                                         hf.value("original_max_position_embeddings", nlohmann::json()))}};
+      if (r.contains("attention_factor") && !r["attention_factor"].is_null())
+        scaling["attention_factor"] = r["attention_factor"];
+      c["rope_scaling"] = scaling;
+    }
+  }
   c["qk_norm"] = type == "qwen3";  // Qwen3: q_norm / k_norm over each head before RoPE
   // A sliding window (Mistral and Phi-3 always; Qwen only with use_sliding_window) shorter than the context: kept, so
   // that runs stay within it (see ModelConfig::sliding_window).

@@ -51,9 +51,24 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
     STRATA_CHECK(r.is_object(), Config, where, ": rope_scaling must be an object or null");
     const std::string kind = r.contains("rope_type") ? optional<std::string>(r, "rope_type", "", where)
                                                      : optional<std::string>(r, "type", "", where);
-    STRATA_CHECK(kind == "linear" || kind == "llama3" || kind == "default", Config, where, ": rope_scaling of type '",
-                 kind, "' is not supported (linear and llama3 are)");
-    if (kind != "default") {
+    STRATA_CHECK(kind == "linear" || kind == "llama3" || kind == "longrope" || kind == "default", Config, where,
+                 ": rope_scaling of type '", kind, "' is not supported (linear, llama3 and longrope are)");
+    if (kind == "longrope") {
+      c.rope_scaling.type = kind;
+      c.rope_scaling.original_max_position_embeddings =
+          required<std::int64_t>(r, "original_max_position_embeddings", where);
+      c.rope_scaling.short_factor = required<std::vector<double>>(r, "short_factor", where);
+      c.rope_scaling.factor =
+          double(c.max_position_embeddings) / double(std::max<std::int64_t>(c.rope_scaling.original_max_position_embeddings, 1));
+      // Hugging Face: sqrt(1 + ln(factor) / ln(original context)) unless the config gives it
+      const double computed = c.rope_scaling.factor <= 1.0
+                                  ? 1.0
+                                  : std::sqrt(1.0 + std::log(c.rope_scaling.factor) /
+                                                        std::log(double(c.rope_scaling.original_max_position_embeddings)));
+      c.rope_scaling.attention_factor = optional<double>(r, "attention_factor", computed, where);
+      STRATA_CHECK(c.rope_scaling.original_max_position_embeddings > 0, Config, where,
+                   ": longrope needs original_max_position_embeddings > 0");
+    } else if (kind != "default") {
       c.rope_scaling.type = kind;
       c.rope_scaling.factor = required<double>(r, "factor", where);
       STRATA_CHECK(c.rope_scaling.factor >= 1.0, Config, where, ": rope_scaling factor must be >= 1");
@@ -94,6 +109,11 @@ nlohmann::json ModelConfig::to_json() const {
           {"tie_word_embeddings", tie_word_embeddings},
           {"rope_scaling",
            rope_scaling.type == "none" ? nlohmann::json(nullptr)
+           : rope_scaling.type == "longrope"
+               ? nlohmann::json{{"rope_type", "longrope"},
+                                {"short_factor", rope_scaling.short_factor},
+                                {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings},
+                                {"attention_factor", rope_scaling.attention_factor}}
            : rope_scaling.type == "linear"
                ? nlohmann::json{{"rope_type", "linear"}, {"factor", rope_scaling.factor}}
                : nlohmann::json{{"rope_type", "llama3"},
@@ -112,6 +132,9 @@ void ModelConfig::validate(const std::string& where) const {
   auto positive = [&](std::int64_t value, const char* name) {
     STRATA_CHECK(value > 0, Config, where, ": ", name, " must be positive (got ", value, ")");
   };
+  STRATA_CHECK(rope_scaling.type != "longrope" || std::int64_t(rope_scaling.short_factor.size()) == head_dim / 2,
+               Config, where, ": longrope short_factor has ", rope_scaling.short_factor.size(),
+               " entries, head_dim / 2 = ", head_dim / 2);
   // Sizes reach int-sized BLAS/MPI arguments and int32 positions: refuse what cannot be represented.
   for (auto [value, name] : {std::pair{hidden_size, "hidden_size"},
                              {intermediate_size, "intermediate_size"},
@@ -147,6 +170,8 @@ std::vector<float> ModelConfig::rope_inverse_frequencies() const {
     double f = 1.0 / std::pow(rope_theta, double(2 * i) / double(head_dim));
     if (rope_scaling.type == "linear") {
       f /= rope_scaling.factor;
+    } else if (rope_scaling.type == "longrope") {
+      f /= rope_scaling.short_factor.at(i);
     } else if (rope_scaling.type == "llama3") {
       const auto& r = rope_scaling;
       const double context = double(r.original_max_position_embeddings);
@@ -161,6 +186,11 @@ std::vector<float> ModelConfig::rope_inverse_frequencies() const {
     inv_freq[i] = float(f);
   }
   return inv_freq;
+}
+
+double ModelConfig::attention_scale() const {
+  const double factor = rope_scaling.type == "longrope" ? rope_scaling.attention_factor : 1.0;
+  return factor * factor / std::sqrt(double(head_dim));
 }
 
 std::int64_t ModelConfig::parameter_count() const {

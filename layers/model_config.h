@@ -11,11 +11,16 @@ namespace strata {
 
 // Hugging Face rope_scaling: none, "linear" (positions divided by factor) or "llama3" (low frequencies divided by
 // factor, high ones kept, a smooth blend between; Llama 3.1+).
+// "longrope" (Phi-3's 128k variants, also called "su"): each frequency divided by its short_factor, and cos / sin
+// multiplied by attention_factor; strata runs it within original_max_position_embeddings (beyond it Hugging Face
+// switches to long_factor, which it does not implement).
 struct RopeScaling {
   std::string type = "none";
   double factor = 1.0;
   double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
-  std::int64_t original_max_position_embeddings = 0;     // llama3
+  std::int64_t original_max_position_embeddings = 0;     // llama3, longrope
+  std::vector<double> short_factor;                      // longrope: head_dim / 2 of them
+  double attention_factor = 1.0;                         // longrope
 };
 
 struct ModelConfig {
@@ -47,6 +52,9 @@ struct ModelConfig {
   // The head_dim / 2 rotary inverse frequencies, rope_theta and rope_scaling applied (computed in double, as
   // Hugging Face computes them in float32 and then rounds; see the .cpp).
   std::vector<float> rope_inverse_frequencies() const;
+  // The softmax scale of attention: 1 / sqrt(head_dim), times attention_factor^2 for longrope (its cos and sin are
+  // scaled, so q.k is scaled twice).
+  double attention_scale() const;
   // Total parameter count (embedding counted once when tied).
   std::int64_t parameter_count() const;
 };

@@ -168,7 +168,7 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
   backend_.rope(heads_view(k_, plan_.local_kv_heads()), positions_, rope_);
   backend_.kv_store(chunks, block_table, rows(k_), rows(v_), k_cache_[l].view(), v_cache_[l].view());
   backend_.attention(chunks, block_table, heads_view(q_, plan_.local_heads()), k_cache_[l].view(), v_cache_[l].view(),
-                     float(1.0 / std::sqrt(double(c.head_dim))), heads_view(attn_, plan_.local_heads()));
+                     float(c.attention_scale()), heads_view(attn_, plan_.local_heads()));
   backend_.linear(rows(attn_), w.o.view(), TensorView{}, rows(proj_));
   all_reduce(rows(proj_));
 

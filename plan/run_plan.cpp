@@ -17,11 +17,18 @@ StageLimits stage_limits(const RunLimits& limits, const ModelConfig& config) {
   STRATA_CHECK(limits.max_num_batched_tokens >= 1, Usage, "--max-num-batched-tokens must be >= 1 (got ",
                limits.max_num_batched_tokens, ")");
   // A sliding-window model runs within its window, where attending to the whole context is the same thing.
-  const std::int64_t longest = config.sliding_window > 0
-                                   ? std::min(config.max_position_embeddings, config.sliding_window)
-                                   : config.max_position_embeddings;
+  // So does a longrope model within its original context (beyond it Hugging Face switches to long_factor).
+  std::int64_t longest = config.sliding_window > 0 ? std::min(config.max_position_embeddings, config.sliding_window)
+                                                   : config.max_position_embeddings;
+  const bool longrope = config.rope_scaling.type == "longrope";
+  if (longrope) longest = std::min(longest, config.rope_scaling.original_max_position_embeddings);
   const auto model_len = std::int32_t(limits.max_model_len ? limits.max_model_len : longest);
   STRATA_CHECK(model_len >= 2, Usage, "--max-model-len must be >= 2 (got ", model_len, ")");
+  STRATA_CHECK(!longrope || model_len <= config.rope_scaling.original_max_position_embeddings, Usage,
+               "--max-model-len ", model_len, " exceeds the model's original_max_position_embeddings ",
+               config.rope_scaling.original_max_position_embeddings,
+               ": longrope's long_factor (used beyond it) is not implemented; use --max-model-len <= ",
+               config.rope_scaling.original_max_position_embeddings);
   STRATA_CHECK(config.sliding_window <= 0 || model_len <= config.sliding_window, Usage, "--max-model-len ", model_len,
                " exceeds the model's sliding_window ", config.sliding_window,
                ": strata does not implement sliding-window attention, and within the window full attention is the "

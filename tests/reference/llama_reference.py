@@ -153,17 +153,31 @@ def inverse_frequencies(head_dim, theta, scaling):
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = ~(wavelen < old_context / high) & ~(wavelen > old_context / low)
         return np.where(medium, smoothed, scaled)
+    if kind in ("longrope", "su"):  # Phi-3 within its original context: the short factors
+        return inv_freq / np.asarray(scaling["short_factor"], dtype=np.float64)
     assert kind == "default", f"rope_scaling {kind} not implemented in the reference"
     return inv_freq
 
 
-def rope(x, positions, theta, scaling=None):
-    """x: [T, heads, head_dim]; HF rotary embedding (rotate-half)."""
+def rope_attention_factor(cfg):
+    """transformers' _compute_longrope_parameters: cos and sin are multiplied by this factor (1 otherwise)."""
+    scaling = cfg.get("rope_scaling") or {}
+    if scaling.get("rope_type", scaling.get("type")) not in ("longrope", "su"):
+        return 1.0
+    if scaling.get("attention_factor") is not None:
+        return scaling["attention_factor"]
+    original = scaling.get("original_max_position_embeddings") or cfg["original_max_position_embeddings"]
+    factor = cfg["max_position_embeddings"] / original
+    return 1.0 if factor <= 1.0 else float(np.sqrt(1 + np.log(factor) / np.log(original)))
+
+
+def rope(x, positions, theta, scaling=None, factor=1.0):
+    """x: [T, heads, head_dim]; HF rotary embedding (rotate-half), cos and sin times `factor` (longrope)."""
     head_dim = x.shape[-1]
     inv_freq = inverse_frequencies(head_dim, theta, scaling)
     angles = np.outer(positions, inv_freq)                  # [T, head_dim/2]
     emb = np.concatenate([angles, angles], axis=-1)[:, None, :]  # [T, 1, head_dim]
-    return x * np.cos(emb) + rotate_half(x) * np.sin(emb)
+    return x * (np.cos(emb) * factor) + rotate_half(x) * (np.sin(emb) * factor)
 
 
 def attention(x, w, prefix, cfg, positions):
@@ -177,8 +191,9 @@ def attention(x, w, prefix, cfg, positions):
     if prefix + "q_norm.weight" in w:  # Qwen3Attention: q_norm / k_norm (RMSNorm over head_dim) before the rotary
         q = rms_norm(q, w[prefix + "q_norm.weight"], cfg["rms_norm_eps"])
         k = rms_norm(k, w[prefix + "k_norm.weight"], cfg["rms_norm_eps"])
-    q = rope(q, positions, cfg["rope_theta"], cfg.get("rope_scaling"))
-    k = rope(k, positions, cfg["rope_theta"], cfg.get("rope_scaling"))
+    factor = rope_attention_factor(cfg)
+    q = rope(q, positions, cfg["rope_theta"], cfg.get("rope_scaling"), factor)
+    k = rope(k, positions, cfg["rope_theta"], cfg.get("rope_scaling"), factor)
     v = v.reshape(T, n_kv, head_dim)
     group = n_heads // n_kv
     k = np.repeat(k, group, axis=1)  # query head h reads kv head h // group

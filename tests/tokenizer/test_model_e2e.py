@@ -152,6 +152,30 @@ code, out, _ = h.run(["generate", "--model", pckpt, "--prompts", prompts, "--out
                       "--max-model-len", 4096], ranks=1)
 h.check(code != 0 and "--max-model-len 4096 exceeds the model's sliding_window 2047" in out,
         f"a context beyond the sliding window is refused naming both:\n{out[-2000:]}")
+# Phi-3 128k-style: longrope ("su") with short and long factors; runs within the original 4,096 positions.
+lcfg = dict(pcfg, max_position_embeddings=131072, sliding_window=262144,
+            rope_scaling={"type": "su", "short_factor": [1.0, 1.3, 1.9, 2.6], "long_factor": [1.0, 3.0, 9.0, 27.0]})
+lfolder = h.path("hf-phi3-128k")
+os.makedirs(lfolder)
+for name in os.listdir(pfolder):
+    if name != "config.json":
+        os.link(os.path.join(pfolder, name), os.path.join(lfolder, name))
+json.dump(lcfg, open(os.path.join(lfolder, "config.json"), "w"))
+lckpt = h.path("ckpt-phi3-128k")
+h.run_ok(["convert", "--hf", lfolder, "--output", lckpt, "--dtype", "f32"])
+h.run_ok(["generate", "--model", lckpt, "--prompts", prompts, "--output", "phi3-128k.jsonl", "--max-tokens", 6,
+          "--record-logits", "-q"], ranks=1)
+worst = 0.0
+for record, prompt_ids in zip(h.results("phi3-128k.jsonl"), ref_ids):
+    ids = prompt_ids + record["token_ids"][:-1]
+    ref = llama_reference.forward(pweights, lcfg, ids)[len(ids) - len(record["token_ids"]):]
+    worst = max(worst, float(np.abs(np.array(record["logits"]) - ref).max() / np.abs(ref).max()))
+h.check(worst <= 1e-4, f"phi3 longrope: logits vs the float64 reference, relative error {worst:.2e}")
+print(f"phi3 longrope (short factors, attention factor): logits max relative error {worst:.2e}")
+code, out, _ = h.run(["generate", "--model", lckpt, "--prompts", prompts, "--output", "phi3-128k-long.jsonl",
+                      "--max-model-len", 8192], ranks=1)
+h.check(code != 0 and "exceeds the model's original_max_position_embeddings 4096" in out,
+        f"a context beyond longrope's original context is refused:\n{out[-2000:]}")
 
 # The text is the reference's decoding of the generated ids (finish "length": nothing cut).
 generated = h.path("generated.jsonl")
