@@ -99,10 +99,16 @@ std::vector<WorkItem> WorkDispatcher::take(int replica, int count) {
   auto& queue = queues_[static_split_ ? std::size_t(replica) : 0];
   std::vector<WorkItem> out;
   std::uint64_t& affinity = affinity_[std::size_t(replica)];
-  // Prompts starting like the replica's last one first (within the look-ahead), then the oldest.
+  // The oldest prompt always goes (so none waits behind prompts of another prefix, and the writer's reorder buffer
+  // stays small), then prompts starting like the replica's last one (within the look-ahead), then the oldest.
+  if (count > 0 && !queue.empty() && !static_split_) {
+    if (affinity == 0) affinity = queue.front().key;
+    out.push_back(std::move(queue.front()));
+    queue.pop_front();
+  }
   if (affinity != 0 && !static_split_) {
     std::vector<std::size_t> matching;
-    for (std::size_t i = 0; i < queue.size() && int(matching.size()) < count; ++i)
+    for (std::size_t i = 0; i < queue.size() && int(out.size() + matching.size()) < count; ++i)
       if (queue[i].key == affinity) matching.push_back(i);
     for (std::size_t i : matching) out.push_back(std::move(queue[i]));
     for (auto it = matching.rbegin(); it != matching.rend(); ++it) queue.erase(queue.begin() + std::int64_t(*it));

@@ -179,7 +179,11 @@ EngineStats Engine::run_scheduler(RequestSource& source, const EngineHooks& hook
       anything = true;
 
       scheduler.build_step(g, metas, block_table, ids);
-      if (metas.empty()) continue;  // its sequences were all preempted: they wait for blocks
+      if (metas.empty()) {  // its sequences were all preempted (they wait for blocks), or nothing could run
+        STRATA_CHECK(scheduler.idle(g), Internal, "micro-batch ", g,
+                     " holds sequences but none can run: ", scheduler.describe_waiting());
+        continue;
+      }
       copy_blocks(metas);
       const std::vector<SeqChunk> chunks = chunks_of(metas);
       beat(computing_.c_str());

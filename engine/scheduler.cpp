@@ -107,7 +107,8 @@ void Scheduler::admit(int group, const std::function<void(Completion&&)>& comple
   const std::int64_t total = std::min<std::int64_t>(limits_.max_batch_size, running + std::int64_t(waiting_.size()));
   const std::int64_t cap = total / groups + (group < total % groups ? 1 : 0);
   while (!waiting_.empty() && load(members) < cap &&
-         running + std::max(waiting_.front()->request.n, 1) <= std::max<std::int64_t>(limits_.max_batch_size, 1) &&
+         running + (waiting_.front()->forks_pending ? std::max(waiting_.front()->request.n, 1) : 1) <=
+             std::max<std::int64_t>(limits_.max_batch_size, 1) &&
          !prefix_being_scheduled(*waiting_.front())) {
     const std::int64_t n = waiting_.front()->forks_pending ? waiting_.front()->request.n : 1;
     const Admission admission = admit_one(group, complete);
@@ -124,8 +125,9 @@ Scheduler::Admission Scheduler::refuse(const std::function<void(Completion&&)>& 
   c.index = s.request.index;
   c.prompt_tokens = std::int64_t(s.request.prompt.size());
   c.vocab = vocab_;
-  c.error = !s.request.error.empty()
-                ? s.request.error
+  c.error = !s.request.error.empty() ? s.request.error
+            : s.ids.empty()
+                ? std::string("the prompt is empty (0 tokens): there is nothing to continue from")
                 : cat("the prompt needs ", pool_.blocks_for(std::int64_t(s.ids.size())), " KV-cache blocks of ",
                       pool_.block_size(), " positions (", s.ids.size(), " tokens) but the whole pool has ",
                       pool_.total(), "; raise --kv-cache-memory or shorten the prompt");
@@ -160,7 +162,7 @@ Scheduler::Admission Scheduler::admit_one(int group, const std::function<void(Co
     finish(*alone, FinishReason::Length, last_now_, complete);
     return Admission::Ended;
   }
-  if (!s.request.error.empty() || need > pool_.total()) return refuse(complete);
+  if (!s.request.error.empty() || s.ids.empty() || need > pool_.total()) return refuse(complete);
   // The last known token is always computed (its logits give the next token), so at most all but it is cached.
   BlockPool::Prefix prefix = pool_.acquire_prefix(s.ids, (std::int64_t(s.ids.size()) - 1) / pool_.block_size());
   if (pool_.available() < need - std::int64_t(prefix.blocks.size())) {

@@ -310,15 +310,17 @@ void DuplicateIds::check() {
   // The repeat that comes first in the file: (first use, repeat) with the smallest repeat line.
   const Seen* first = nullptr;
   const Seen* repeat = nullptr;
-  for (std::size_t i = 1; i < seen_.size(); ++i)
-    if (seen_[i].hash == seen_[i - 1].hash) {
-      std::size_t j = i;  // the run of equal hashes starts at its first (lowest) line
-      while (j > 0 && seen_[j - 1].hash == seen_[i].hash) --j;
-      if (!repeat || seen_[i].line < repeat->line) {
-        first = &seen_[j];
-        repeat = &seen_[i];
-      }
+  std::size_t run = 0;  // where the run of equal hashes holding entry i starts (its first, lowest line)
+  for (std::size_t i = 1; i < seen_.size(); ++i) {
+    if (seen_[i].hash != seen_[i - 1].hash) {
+      run = i;
+      continue;
     }
+    if (!repeat || seen_[i].line < repeat->line) {
+      first = &seen_[run];
+      repeat = &seen_[i];
+    }
+  }
   if (!repeat) return;
   // Confirm on the lines themselves (a 64-bit hash collision is not a repeat).
   std::ifstream in(path_, std::ios::binary);

@@ -92,6 +92,8 @@ Request make_request(const Prompt& p, std::int64_t index, const GenerateOptions&
 
 // A prompt that cannot run, for its error record: the job goes on with the others.
 std::string prompt_problem(const Request& r, std::int64_t max_model_len) {
+  if (r.prompt.empty())  // an empty line of a tokenizer without BOS: no token to continue from
+    return "the prompt is empty (0 tokens, and this tokenizer adds no BOS): there is nothing to continue from";
   if (std::int64_t(r.prompt.size()) > max_model_len)
     return cat("prompt is ", r.prompt.size(), " tokens but the context (--max-model-len) is ", max_model_len,
                " tokens");

@@ -56,9 +56,25 @@ TEST(WorkDispatcher, PrefersPromptsStartingLikeTheReplicasLastOne) {
   const auto first = d.take(0, 1);   // prompt 0 (key 7)
   const auto second = d.take(1, 1);  // prompt 1 (key 9)
   const auto more0 = d.take(0, 4), more1 = d.take(1, 4);
+  ASSERT_EQ(more0.size(), 4u);
+  ASSERT_EQ(more1.size(), 4u);
   for (const auto& item : more0) EXPECT_EQ(item.index % 2, 0) << "replica 0 keeps the key-7 prompts";
   for (const auto& item : more1) EXPECT_EQ(item.index % 2, 1) << "replica 1 keeps the key-9 prompts";
   EXPECT_EQ(more0.front().index, 2) << "in input order within the key";
+}
+
+// The oldest prompt is handed out at the next request whatever its prefix: a prompt of another prefix never waits
+// behind a long run of matching ones (the writer would hold every later record meanwhile).
+TEST(WorkDispatcher, TheOldestPromptNeverWaitsBehindAffinity) {
+  std::int64_t read = 0;
+  // Prompt 1 has its own prefix; all others share one.
+  WorkDispatcher d(counting_feed(
+                       5000, [](std::int64_t i) { return i == 1 ? 3u : 5u; }, read),
+                   2, false);
+  EXPECT_EQ(d.take(0, 1).front().index, 0);
+  const auto next = d.take(0, 8);
+  ASSERT_EQ(next.size(), 8u);
+  EXPECT_EQ(next.front().index, 1) << "the oldest went first although replica 0 prefers key 5";
 }
 
 TEST(WorkDispatcher, StaticSplitGivesReplicaRTheIndicesIModDp) {

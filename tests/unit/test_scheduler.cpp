@@ -568,6 +568,20 @@ TEST(Scheduler, SamplesOfAPromptThatFillsThePoolStillComplete) {
   EXPECT_EQ(b.scheduler.pool().used(), 0);
 }
 
+// A prompt of no tokens (an empty line, a tokenizer without BOS) cannot run: an error completion, not a sequence
+// that never gets a step (which stalled the engine), and the others run.
+TEST(Scheduler, EmptyPromptIsAnErrorNotAStall) {
+  ByteTokenizer t;
+  Request empty = request(t, 0, "", 4);
+  empty.prompt.clear();
+  Bench b({empty, request(t, 1, "ok", 3)}, paged(4, 8, 4));
+  run_to_end(b);
+  ASSERT_EQ(b.done.size(), 2u);
+  EXPECT_EQ(b.done[0].index, 0);
+  EXPECT_NE(b.done[0].error.find("the prompt is empty"), std::string::npos) << b.done[0].error;
+  EXPECT_EQ(b.done[1].text, "ABC");
+}
+
 // The windowed stop-string check stops at the same token as searching the whole decoded text, on a byte tokenizer
 // and on a SentencePiece-style one whose decoder strips the first space and rebuilds UTF-8 from byte tokens (the
 // window's start decodes differently from the whole text there), for random generations and stop strings.
