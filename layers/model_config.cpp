@@ -58,13 +58,14 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
       c.rope_scaling.original_max_position_embeddings =
           required<std::int64_t>(r, "original_max_position_embeddings", where);
       c.rope_scaling.short_factor = required<std::vector<double>>(r, "short_factor", where);
-      c.rope_scaling.factor =
-          double(c.max_position_embeddings) / double(std::max<std::int64_t>(c.rope_scaling.original_max_position_embeddings, 1));
+      c.rope_scaling.factor = double(c.max_position_embeddings) /
+                              double(std::max<std::int64_t>(c.rope_scaling.original_max_position_embeddings, 1));
       // Hugging Face: sqrt(1 + ln(factor) / ln(original context)) unless the config gives it
-      const double computed = c.rope_scaling.factor <= 1.0
-                                  ? 1.0
-                                  : std::sqrt(1.0 + std::log(c.rope_scaling.factor) /
-                                                        std::log(double(c.rope_scaling.original_max_position_embeddings)));
+      const double computed =
+          c.rope_scaling.factor <= 1.0
+              ? 1.0
+              : std::sqrt(1.0 + std::log(c.rope_scaling.factor) /
+                                    std::log(double(c.rope_scaling.original_max_position_embeddings)));
       c.rope_scaling.attention_factor = optional<double>(r, "attention_factor", computed, where);
       STRATA_CHECK(c.rope_scaling.original_max_position_embeddings > 0, Config, where,
                    ": longrope needs original_max_position_embeddings > 0");

@@ -32,7 +32,8 @@ StageLimits stage_limits(const RunLimits& limits, const ModelConfig& config) {
   STRATA_CHECK(config.sliding_window <= 0 || model_len <= config.sliding_window, Usage, "--max-model-len ", model_len,
                " exceeds the model's sliding_window ", config.sliding_window,
                ": strata does not implement sliding-window attention, and within the window full attention is the "
-               "same; use --max-model-len <= ", config.sliding_window);
+               "same; use --max-model-len <= ",
+               config.sliding_window);
   STRATA_CHECK(model_len <= config.max_position_embeddings, Usage, "--max-model-len ", model_len,
                " exceeds the model's max_position_embeddings ", config.max_position_embeddings);
   STRATA_CHECK(limits.block_size >= 1, Usage, "--kv-block-size must be >= 1 (got ", limits.block_size, ")");
