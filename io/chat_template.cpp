@@ -42,6 +42,16 @@ std::string chat_template_of(const nlohmann::json& config, const std::string& wh
 
 }  // namespace
 
+nlohmann::json generation_config_from_hf(const std::string& hf_dir) {
+  const fs::path path = fs::path(hf_dir) / "generation_config.json";
+  if (!fs::exists(path)) return nullptr;
+  try {
+    return nlohmann::json::parse(read_file(path.string()));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(ErrorKind::Config, cat(path.string(), ": not valid JSON (", e.what(), ")"));
+  }
+}
+
 nlohmann::json tokenizer_config_from_hf(const std::string& hf_dir) {
   const fs::path config_path = fs::path(hf_dir) / "tokenizer_config.json";
   const fs::path jinja_path = fs::path(hf_dir) / "chat_template.jinja";

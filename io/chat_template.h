@@ -23,6 +23,10 @@ namespace strata {
 // Errors name the file.
 nlohmann::json tokenizer_config_from_hf(const std::string& hf_dir);
 
+// A Hugging Face folder's generation_config.json as written (its eos_token_id list ends generation); null when the
+// folder has none. Errors name the file.
+nlohmann::json generation_config_from_hf(const std::string& hf_dir);
+
 class ChatTemplate {
  public:
   // `source` is Jinja; `name` names it in errors (a file, or "the checkpoint's chat template");

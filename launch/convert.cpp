@@ -77,8 +77,8 @@ int convert(const ConvertOptions& o) {
   options.source = {{"kind", "huggingface"},
                     {"path", fs::absolute(o.hf).string()},
                     {"model_type", hf_config.value("model_type", "")}};
-  if (fs::exists(fs::path(o.hf) / "generation_config.json"))
-    options.source["generation_config"] = read_json(fs::path(o.hf) / "generation_config.json");
+  if (nlohmann::json generation = generation_config_from_hf(o.hf); !generation.is_null())
+    options.source["generation_config"] = std::move(generation);
   // The chat template and special tokens (chat requests are rendered with them; eos_token also ends generation).
   const nlohmann::json tokenizer_config = tokenizer_config_from_hf(o.hf);
   if (!tokenizer_config.is_null()) options.source["tokenizer_config"] = tokenizer_config;

@@ -26,18 +26,9 @@ std::unique_ptr<Tokenizer> open_tokenizer(const std::string& path) {
     const Manifest manifest = Manifest::read(path);
     return make_tokenizer_of(manifest.tokenizer, manifest.source, manifest_path(path));
   }
-  const std::filesystem::path folder = std::filesystem::path(path).parent_path();
-  const std::filesystem::path generation = folder / "generation_config.json";
-  nlohmann::json generation_config;
-  if (std::filesystem::exists(generation)) {
-    try {
-      generation_config = nlohmann::json::parse(read_file(generation.string()));
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(ErrorKind::Config, cat(generation.string(), ": not valid JSON (", e.what(), ")"));
-    }
-  }
-  return HfTokenizer::from_file(path, generation_config,
-                                tokenizer_config_from_hf(folder.empty() ? "." : folder.string()));
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  const std::string folder = parent.empty() ? "." : parent.string();
+  return HfTokenizer::from_file(path, generation_config_from_hf(folder), tokenizer_config_from_hf(folder));
 }
 
 std::string read_input(const std::string& input) {
