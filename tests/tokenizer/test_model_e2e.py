@@ -52,6 +52,19 @@ with open(prompts, "w", encoding="utf-8") as f:
         f.write(json.dumps({"id": k, "prompt": t}) + "\n")
 ref_ids = [r["ids"] for r in npm_fixtures.reference(modules, tokenizer_json, prompts, add_special=True)]
 
+def logits_error(name, records, prompt_ids, weights, cfg):
+    """The largest relative error of the records' logits against the float64 reference fed the reference's prompt
+    ids and the generated tokens; each record must have exactly those prompt tokens."""
+    worst = 0.0
+    for record, ids in zip(records, prompt_ids):
+        h.check(record["prompt_tokens"] == len(ids), f"{name}: prompt {record['id']} has {record['prompt_tokens']} "
+                f"tokens, the reference {len(ids)}")
+        ids = ids + record["token_ids"][:-1]
+        ref = llama_reference.forward(weights, cfg, ids)[len(ids) - len(record["token_ids"]):]
+        worst = max(worst, float(np.abs(np.array(record["logits"]) - ref).max() / np.abs(ref).max()))
+    return worst
+
+
 LAYOUTS = [(1, 1, None), (2, 1, None), (1, 2, 2)]  # tp, pp, ranks used to convert (None: alone)
 first = None
 for tp, pp, ranks in LAYOUTS:
@@ -64,13 +77,7 @@ for tp, pp, ranks in LAYOUTS:
     h.run_ok(["generate", "--model", ckpt, "--prompts", prompts, "--output", results, "-tp", tp, "-pp", pp,
               "--max-tokens", 6, "--record-logits", "-q"], ranks=tp * pp)
     records = h.results(results)
-    worst = 0.0
-    for record, prompt_ids in zip(records, ref_ids):
-        h.check(record["prompt_tokens"] == len(prompt_ids), f"tp {tp} pp {pp}: prompt {record['id']} has "
-                f"{record['prompt_tokens']} tokens, the reference {len(prompt_ids)}")
-        ids = prompt_ids + record["token_ids"][:-1]
-        ref = llama_reference.forward(weights, cfg, ids)[len(ids) - len(record["token_ids"]):]
-        worst = max(worst, float(np.abs(np.array(record["logits"]) - ref).max() / np.abs(ref).max()))
+    worst = logits_error(f"tp {tp} pp {pp}", records, ref_ids, weights, cfg)
     h.check(worst <= 1e-4, f"tp {tp} pp {pp}: logits vs the float64 reference on the reference's prompt ids, "
             f"relative error {worst:.2e}")
     tokens = [r["token_ids"] for r in records]
@@ -99,13 +106,7 @@ qckpt = h.path("ckpt-qwen3-tp2")
 h.run_ok(["convert", "--hf", qfolder, "--output", qckpt, "-tp", 2, "--dtype", "f32"])
 h.run_ok(["generate", "--model", qckpt, "--prompts", prompts, "--output", "qwen3.jsonl", "-tp", 2, "--max-tokens", 6,
           "--record-logits", "-q"], ranks=2)
-worst = 0.0
-for record, prompt_ids in zip(h.results("qwen3.jsonl"), qids):
-    h.check(record["prompt_tokens"] == len(prompt_ids), f"qwen3: prompt {record['id']} has {record['prompt_tokens']} "
-            f"tokens, the reference {len(prompt_ids)}")
-    ids = prompt_ids + record["token_ids"][:-1]
-    ref = llama_reference.forward(qweights, qcfg, ids)[len(ids) - len(record["token_ids"]):]
-    worst = max(worst, float(np.abs(np.array(record["logits"]) - ref).max() / np.abs(ref).max()))
+worst = logits_error("qwen3", h.results("qwen3.jsonl"), qids, qweights, qcfg)
 h.check(worst <= 1e-4, f"qwen3 tp 2: logits vs the float64 reference (q/k norms), relative error {worst:.2e}")
 print(f"qwen3 tp 2: prompt ids identical to the reference, logits max relative error {worst:.2e}")
 
@@ -139,13 +140,9 @@ with open(tokenizer_json, "rb") as src, open(os.path.join(pfolder, "tokenizer.js
     dst.write(src.read())
 pckpt = h.path("ckpt-phi3-tp2")
 h.run_ok(["convert", "--hf", pfolder, "--output", pckpt, "-tp", 2, "--dtype", "f32"])
-out = h.run_ok(["generate", "--model", pckpt, "--prompts", prompts, "--output", "phi3.jsonl", "-tp", 2, "--max-tokens", 6,
-                "--record-logits"], ranks=2)
-worst = 0.0
-for record, prompt_ids in zip(h.results("phi3.jsonl"), ref_ids):
-    ids = prompt_ids + record["token_ids"][:-1]
-    ref = llama_reference.forward(pweights, pcfg, ids)[len(ids) - len(record["token_ids"]):]
-    worst = max(worst, float(np.abs(np.array(record["logits"]) - ref).max() / np.abs(ref).max()))
+h.run_ok(["generate", "--model", pckpt, "--prompts", prompts, "--output", "phi3.jsonl", "-tp", 2, "--max-tokens", 6,
+          "--record-logits", "-q"], ranks=2)
+worst = logits_error("phi3", h.results("phi3.jsonl"), ref_ids, pweights, pcfg)
 h.check(worst <= 1e-4, f"phi3 tp 2 (fused qkv and gate_up): logits vs the float64 reference, relative error {worst:.2e}")
 print(f"phi3 tp 2: logits max relative error {worst:.2e}")
 code, out, _ = h.run(["generate", "--model", pckpt, "--prompts", prompts, "--output", "phi3-long.jsonl",
@@ -165,11 +162,7 @@ lckpt = h.path("ckpt-phi3-128k")
 h.run_ok(["convert", "--hf", lfolder, "--output", lckpt, "--dtype", "f32"])
 h.run_ok(["generate", "--model", lckpt, "--prompts", prompts, "--output", "phi3-128k.jsonl", "--max-tokens", 6,
           "--record-logits", "-q"], ranks=1)
-worst = 0.0
-for record, prompt_ids in zip(h.results("phi3-128k.jsonl"), ref_ids):
-    ids = prompt_ids + record["token_ids"][:-1]
-    ref = llama_reference.forward(pweights, lcfg, ids)[len(ids) - len(record["token_ids"]):]
-    worst = max(worst, float(np.abs(np.array(record["logits"]) - ref).max() / np.abs(ref).max()))
+worst = logits_error("phi3 longrope", h.results("phi3-128k.jsonl"), ref_ids, pweights, lcfg)
 h.check(worst <= 1e-4, f"phi3 longrope: logits vs the float64 reference, relative error {worst:.2e}")
 print(f"phi3 longrope (short factors, attention factor): logits max relative error {worst:.2e}")
 code, out, _ = h.run(["generate", "--model", lckpt, "--prompts", prompts, "--output", "phi3-128k-long.jsonl",
