@@ -218,9 +218,6 @@ EngineStats Engine::run_scheduler(RequestSource& source, const EngineHooks& hook
   stats.prompt_tokens = scheduler.counts().prompt_tokens;
   stats.generated_tokens = scheduler.counts().generated_tokens;
   stats.completed = scheduler.counts().completed;
-  stats.peak_sequences = scheduler.counts().peak_sequences;
-  stats.peak_tokens = scheduler.counts().peak_tokens;
-  stats.computed_prompt_tokens = scheduler.counts().computed_prompt_tokens;
   stats.batching = scheduler.counts();
   stats.seconds = monotonic_seconds() - start;
   return stats;

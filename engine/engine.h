@@ -76,10 +76,8 @@ struct EngineStats {
   double seconds = 0;               // wall time of run()
   double compute_seconds = 0;       // in forward steps and sampling (their TP collectives included)
   double longest_step_seconds = 0;  // the slowest step: the longest a decoding sequence waited for its next token
-  std::int64_t peak_sequences = 0, peak_tokens = 0;  // the scheduler's most sequences and KV positions held at once
-  std::int64_t computed_prompt_tokens = 0;           // prompt tokens the model ran (n samples share their prompt's)
-  SchedulerCounts batching;   // stage 0: the scheduler's counts (KV blocks, prefix cache, preemptions)
-  std::int64_t requests = 0;  // stage 0: requests taken from the source
+  SchedulerCounts batching;         // stage 0: the scheduler's counts (KV blocks, prefix cache, preemptions)
+  std::int64_t requests = 0;        // stage 0: requests taken from the source
 };
 
 class RequestSource;

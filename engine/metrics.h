@@ -4,9 +4,12 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "engine/scheduler.h"
 
 namespace strata {
 
@@ -16,19 +19,17 @@ struct RequestTiming {
 };
 
 // One rank's time over the run (seconds): compute (forward steps and sampling, its TP collectives included),
-// communication (TP collectives), and the peak KV-cache use of its replica's scheduler (stage 0 ranks).
+// communication (TP collectives); for replica leaders also their scheduler's counts (KV-cache and prefix-cache use,
+// preemptions, the longest gap between tokens) and the prompts the replica ran. Trivially copyable: it travels as
+// bytes with each rank's Done message.
 struct RankTimes {
   double wall = 0, compute = 0, communication = 0;
-  std::int64_t peak_sequences = 0, peak_tokens = 0;
-  std::int64_t computed_prompt_tokens = 0;  // replica schedulers: prompt tokens the model ran
-  // Replica schedulers: the KV pool and prefix cache (engine/block_pool.h), preemptions, refused requests.
-  std::int64_t peak_kv_blocks = 0, cached_prompt_tokens = 0, prefix_block_queries = 0, prefix_block_hits = 0;
-  std::int64_t prefix_evictions = 0, preemptions = 0, recomputed_tokens = 0, errors = 0;
   double longest_step = 0;          // seconds: this rank's slowest step
-  double longest_token_gap = 0;     // replica schedulers: the longest a sequence waited between two of its tokens
-  std::int64_t requests = 0;        // replica leaders: prompts this replica ran
   std::int64_t peak_rss_bytes = 0;  // the rank's peak resident memory
+  SchedulerCounts batching;         // replica leaders
+  std::int64_t requests = 0;        // replica leaders: prompts this replica ran
 };
+static_assert(std::is_trivially_copyable_v<RankTimes>);
 
 // Nearest-rank percentiles of `values` (p in (0, 100]); 0 for an empty list.
 double percentile(std::vector<double> values, double p);

@@ -487,25 +487,13 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - generation_start).count();
   };
   const EngineStats stats = engine.run(source.get(), hooks);
-  RankTimes times{0,
-                  stats.compute_seconds,
-                  session.stage_communication_seconds() + sampling_tp.seconds(),
-                  stats.peak_sequences,
-                  stats.peak_tokens,
-                  leader ? stats.computed_prompt_tokens : 0};
+  RankTimes times;
+  times.compute = stats.compute_seconds;
+  times.communication = session.stage_communication_seconds() + sampling_tp.seconds();
   times.longest_step = stats.longest_step_seconds;
-  times.requests = leader ? stats.requests : 0;
-  if (leader) {
-    const SchedulerCounts& b = stats.batching;
-    times.peak_kv_blocks = b.peak_kv_blocks;
-    times.cached_prompt_tokens = b.cached_prompt_tokens;
-    times.prefix_block_queries = b.prefix_block_queries;
-    times.prefix_block_hits = b.prefix_block_hits;
-    times.prefix_evictions = b.prefix_evictions;
-    times.preemptions = b.preemptions;
-    times.recomputed_tokens = b.recomputed_tokens;
-    times.errors = b.refused;
-    times.longest_token_gap = b.longest_token_gap;
+  if (leader) {  // the replica's counts, once (its other first-stage ranks keep the same ones)
+    times.batching = stats.batching;
+    times.requests = stats.requests;
   }
 
   rusage usage{};
@@ -524,10 +512,10 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
   writer->finish();
   if (!o.metrics.empty()) write_metrics(o, session, metrics, *collector, times, std::size_t(done));
   if (!o.quiet) {
-    std::int64_t preemptions = times.preemptions, cached = times.cached_prompt_tokens;
+    std::int64_t preemptions = times.batching.preemptions, cached = times.batching.cached_prompt_tokens;
     for (int r = 1; r < layout.world_size(); ++r) {
-      preemptions += collector->rank_times()[std::size_t(r)].preemptions;
-      cached += collector->rank_times()[std::size_t(r)].cached_prompt_tokens;
+      preemptions += collector->rank_times()[std::size_t(r)].batching.preemptions;
+      cached += collector->rank_times()[std::size_t(r)].batching.cached_prompt_tokens;
     }
     log_info("done: ", progress.summary(), "; ", cached, " prompt tokens from the prefix cache, ", preemptions,
              " preemption", preemptions == 1 ? "" : "s", o.output == "-" ? "" : cat("; results in ", o.output));
