@@ -55,10 +55,10 @@ def long_tailed(rng, count):
     return out, 16
 
 
-def run(args, name, prompts_file, extra, ranks=1):
+def run(args, name, prompts_file, extra, ranks=1, model=None):
     out = os.path.join(args.work, f"{name}.jsonl")
     metrics = os.path.join(args.work, f"{name}.metrics.json")
-    cmd = [args.strata, "generate", "--model", args.model, "--prompts", prompts_file, "--output", out,
+    cmd = [args.strata, "generate", "--model", model or args.model, "--prompts", prompts_file, "--output", out,
            "--overwrite", "--metrics", metrics, "--progress", "none", "--temperature", "0", *map(str, extra)]
     env = dict(os.environ)
     if ranks > 1:
@@ -73,6 +73,37 @@ def run(args, name, prompts_file, extra, ranks=1):
         m = json.load(f)
     texts = [json.loads(line).get("text") for line in open(out, encoding="utf-8")]
     return m, wall, texts
+
+
+def side_by_side(args, path, common, first, second):
+    """Runs the (label, run name, extra flags) pair one after the other on the same prompts and prints a row each;
+    returns both summaries and walls, and whether their greedy texts are identical."""
+    results = []
+    for label, name, extra in (first, second):
+        m, wall, texts = run(args, name, path, common + extra)
+        results.append((label, m, wall, texts))
+    for label, m, wall, _ in results:
+        print(row(label, m, wall))
+    (_, a, a_wall, a_texts), (_, b, b_wall, b_texts) = results
+    return a, a_wall, b, b_wall, a_texts == b_texts
+
+
+def ensure_model(args, name, *flags):
+    """strata init into WORK/name unless it is there already; returns its path."""
+    path = os.path.join(args.work, name)
+    if not (os.path.isdir(path) and os.listdir(path)):
+        subprocess.run([args.strata, "init", *flags, "--output", path], check=True)
+    return path
+
+
+def one_line_prompts(path, count, what):
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(count):
+            f.write(f"prompt number {i} of the {what}\n")
+
+
+def peak_rss(m):
+    return ", ".join(f"rank {r['rank']} {r['peak_rss_mib']:.0f} MiB" for r in m["ranks"])
 
 
 def row(name, m, wall):
@@ -92,10 +123,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
-    args.model = os.path.join(args.work, "m100-ctx8k")
-    if not (os.path.isdir(args.model) and os.listdir(args.model)):
-        subprocess.run([args.strata, "init", "--preset", "100m", "--dtype", "bf16", "--seed", "5",
-                        "--max-position-embeddings", "8192", "--output", args.model], check=True)
+    args.model = ensure_model(args, "m100-ctx8k", "--preset", "100m", "--dtype", "bf16", "--seed", "5",
+                              "--max-position-embeddings", "8192")
     rng = random.Random(args.seed)
     chosen = args.workloads.split(",")
     print(f"strata batch benchmarks: 100M preset (bf16, context 8192), 1 rank, {os.cpu_count()} cores")
@@ -107,11 +136,10 @@ def main():
         write_prompts(path, texts)
         common = ["--max-tokens", out_tokens, "--max-batch-size", 32, "--max-model-len", 2048]
         print(f"\nshared prefix: {count} prompts of 1,024 + 32 tokens, {out_tokens} out")
-        on, on_wall, on_texts = run(args, "shared-on", path, common)
-        off, off_wall, off_texts = run(args, "shared-off", path, common + ["--no-prefix-caching"])
-        print(row("prefix caching", on, on_wall))
-        print(row("--no-prefix-caching", off, off_wall))
-        print(f"speed-up {off_wall / on_wall:.2f}x; greedy texts identical: {on_texts == off_texts}")
+        on, on_wall, off, off_wall, same = side_by_side(
+            args, path, common, ("prefix caching", "shared-on", []),
+            ("--no-prefix-caching", "shared-off", ["--no-prefix-caching"]))
+        print(f"speed-up {off_wall / on_wall:.2f}x; greedy texts identical: {same}")
 
     if "capacity" in chosen:
         count = max(4, int(48 * args.scale))
@@ -125,13 +153,12 @@ def main():
                   "--kv-cache-memory", budget, "--no-prefix-caching"]
         print(f"\ncapacity: {count} prompts, lengths {lengths[0]} .. {lengths[-1]} (median {lengths[len(lengths) // 2]}),"
               f" {out_tokens} out, KV budget {budget:.3f} GiB (65,536 positions)")
-        paged, paged_wall, paged_texts = run(args, "capacity-paged", path, common + ["--kv-block-size", 16])
-        slots, slots_wall, slot_texts = run(args, "capacity-slots", path, common + ["--kv-block-size", 8192])
-        print(row("paged, blocks of 16", paged, paged_wall))
-        print(row("one 8,192-position block per seq", slots, slots_wall))
+        paged, paged_wall, slots, slots_wall, same = side_by_side(
+            args, path, common, ("paged, blocks of 16", "capacity-paged", ["--kv-block-size", 16]),
+            ("one 8,192-position block per seq", "capacity-slots", ["--kv-block-size", 8192]))
         ratio = paged["kv_cache"]["peak_sequences_per_replica"] / max(1, slots["kv_cache"]["peak_sequences_per_replica"])
         print(f"sequences in flight {ratio:.1f}x, throughput {slots_wall / paged_wall:.2f}x; "
-              f"greedy texts identical: {paged_texts == slot_texts}")
+              f"greedy texts identical: {same}")
 
     if "long-prompt" in chosen:
         long_len = int(os.environ.get("STRATA_BENCH_LONG_PROMPT", "4096"))
@@ -145,13 +172,12 @@ def main():
         common = ["--max-batch-size", 64, "--max-model-len", 8192, "--max-num-batched-tokens", 256]
         print(f"\nlong prompt: 64 sequences decoding 32 .. 95 tokens, one prompt of {long_len + 1} tokens arriving "
               "among them")
-        chunked, chunked_wall, chunked_texts = run(args, "long-chunked", path, common)
-        whole, whole_wall, whole_texts = run(args, "long-whole", path, common + ["--no-chunked-prefill"])
-        print(row("chunked prefill (256 per step)", chunked, chunked_wall))
-        print(row("--no-chunked-prefill", whole, whole_wall))
+        chunked, _, whole, _, same = side_by_side(
+            args, path, common, ("chunked prefill (256 per step)", "long-chunked", []),
+            ("--no-chunked-prefill", "long-whole", ["--no-chunked-prefill"]))
         a, b = chunked["longest_token_gap_seconds"], whole["longest_token_gap_seconds"]
         print(f"longest gap between two tokens of a sequence: {a:.3f} s vs {b:.3f} s ({a / b:.3f} of it); "
-              f"greedy texts identical: {chunked_texts == whole_texts}")
+              f"greedy texts identical: {same}")
 
     if "makespan" in chosen:
         count = max(8, int(96 * args.scale))
@@ -171,44 +197,27 @@ def main():
             print(f"{name:<16} makespan {m['wall_seconds']:7.1f} s, total work / 2 = {work / 2:7.1f} s "
                   f"(makespan {m['wall_seconds'] / (work / 2):.2f}x of it); prompts per replica {ran}")
 
+    if "big-file" in chosen or "huge-file" in chosen:
+        tiny = ensure_model(args, "tiny", "--preset", "tiny", "--seed", "5")
+        tiny_flags = ["-dp", 2, "--max-tokens", 1, "--max-batch-size", 256, "--max-model-len", 64]
+
     if "big-file" in chosen:
-        tiny = os.path.join(args.work, "tiny")
-        if not (os.path.isdir(tiny) and os.listdir(tiny)):
-            subprocess.run([args.strata, "init", "--preset", "tiny", "--seed", "5", "--output", tiny], check=True)
         print("\nbig file: one-line prompts, max_tokens 1, dp 2, tiny preset")
-        saved = args.model
-        args.model = tiny
         for count in (10_000, 1_000_000):
             path = os.path.join(args.work, f"big-{count}.txt")
-            with open(path, "w", encoding="utf-8") as f:
-                for i in range(count):
-                    f.write(f"prompt number {i} of the big file\n")
-            m, wall, _ = run(args, f"big-{count}", path, ["-dp", 2, "--max-tokens", 1, "--max-batch-size", 256,
-                                                          "--max-model-len", 64], ranks=2)
-            rss = ", ".join(f"rank {r['rank']} {r['peak_rss_mib']:.0f} MiB" for r in m["ranks"])
-            print(f"{count:>9,} prompts: {wall:6.1f} s ({count / wall:,.0f} prompts/s); peak RSS {rss}; "
+            one_line_prompts(path, count, "big file")
+            m, wall, _ = run(args, f"big-{count}", path, tiny_flags, ranks=2, model=tiny)
+            print(f"{count:>9,} prompts: {wall:6.1f} s ({count / wall:,.0f} prompts/s); peak RSS {peak_rss(m)}; "
                   f"prompts per replica {[r.get('prompts_run') for r in m['ranks']]}")
             os.remove(path)
-        args.model = saved
 
     if "huge-file" in chosen:
-        tiny = os.path.join(args.work, "tiny")
-        if not (os.path.isdir(tiny) and os.listdir(tiny)):
-            subprocess.run([args.strata, "init", "--preset", "tiny", "--seed", "5", "--output", tiny], check=True)
-        saved = args.model
-        args.model = tiny
         path = os.path.join(args.work, "huge.txt")
-        with open(path, "w", encoding="utf-8") as f:
-            for i in range(10_000_000):
-                f.write(f"prompt number {i} of the huge file\n")
-        m, wall, texts = run(args, "huge", path, ["-dp", 2, "--max-tokens", 1, "--max-batch-size", 256,
-                                                  "--max-model-len", 64, "--part", "9999/10000"], ranks=2)
-        rss = ", ".join(f"rank {r['rank']} {r['peak_rss_mib']:.0f} MiB" for r in m["ranks"])
+        one_line_prompts(path, 10_000_000, "huge file")
+        m, wall, texts = run(args, "huge", path, tiny_flags + ["--part", "9999/10000"], ranks=2, model=tiny)
         print(f"\nhuge file: 10,000,000 lines ({os.path.getsize(path) / 1e6:.0f} MB), --part 9999/10000: {len(texts)} "
-              f"records in {wall:.1f} s; peak RSS {rss}")
+              f"records in {wall:.1f} s; peak RSS {peak_rss(m)}")
         os.remove(path)
-        args.model = saved
-
 
 if __name__ == "__main__":
     main()
