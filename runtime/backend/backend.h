@@ -36,6 +36,16 @@ struct RopeParams {
   std::int32_t head_dim = 0;
 };
 
+// How attention() scores keys: softmax(scale * q.k) over the causal prefix, with two options of Gemma-style models.
+// window > 0: a query at position p sees keys at positions > p - window only (Hugging Face's sliding-window mask:
+// the last `window` positions, itself included). softcap > 0: each scaled score s becomes softcap * tanh(s /
+// softcap) before the softmax (Gemma 2's attention logit soft-capping).
+struct AttentionParams {
+  float scale = 1.0f;
+  std::int32_t window = 0;
+  float softcap = 0.0f;
+};
+
 // How a backend runs one step's ops; see Backend::begin_step.
 enum class StepMode : std::uint8_t { Run, Capture, Replay };
 
@@ -85,6 +95,19 @@ class Backend {
   virtual void rope(TensorView x, std::span<const std::int32_t> positions, const RopeParams& params) = 0;
   // out[T,I] = silu(gate_up[T, 0:I]) * gate_up[T, I:2I]
   virtual void swiglu(TensorView gate_up, TensorView out) = 0;
+  // out[T,I] = gelu_tanh(gate_up[T, 0:I]) * gate_up[T, I:2I] (GeGLU with the tanh approximation of GELU, Gemma's
+  // gelu_pytorch_tanh): gelu_tanh(x) = x / 2 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3))).
+  virtual void geglu(TensorView gate_up, TensorView out) = 0;
+  // x *= factor, elementwise.
+  virtual void scale(TensorView x, float factor) = 0;
+  // x = cap * tanh(x / cap), elementwise (Gemma 2's final logit soft-capping).
+  virtual void softcap(TensorView x, float cap) = 0;
+  // x = 0.
+  virtual void fill_zero(TensorView x) = 0;
+  // dst[rows[i], :] += weights[i] * src[i, :] for i < rows.size(), in order (a row may repeat). The combine of a
+  // mixture-of-experts layer: each expert's outputs weighted by the router into the tokens' rows.
+  virtual void scatter_add_rows(TensorView src, std::span<const std::int32_t> rows, std::span<const float> weights,
+                                TensorView dst) = 0;
   // out[T,K] = table[ids - vocab_offset] for ids inside this shard's rows, 0 elsewhere (vocab-parallel).
   virtual void embedding(std::span<const std::int32_t> ids, TensorView table, std::int64_t vocab_offset,
                          TensorView out) = 0;
@@ -92,10 +115,11 @@ class Backend {
   // through its blocks in `block_table` (kv_blocks.h).
   virtual void kv_store(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table, TensorView k,
                         TensorView v, TensorView k_cache, TensorView v_cache) = 0;
-  // Causal attention of q[T, Hq, D] against the cached keys/values of each chunk's sequence up to its last position,
-  // read through its blocks. Query head h uses kv head h / (Hq / Hkv) (grouped-query attention). out[T, Hq, D].
+  // Causal attention of q[T, Hq, D] against the cached keys/values of each chunk's sequence up to its last position
+  // (within params.window when set), read through its blocks. Query head h uses kv head h / (Hq / Hkv)
+  // (grouped-query attention). out[T, Hq, D].
   virtual void attention(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table, TensorView q,
-                         TensorView k_cache, TensorView v_cache, float scale, TensorView out) = 0;
+                         TensorView k_cache, TensorView v_cache, const AttentionParams& params, TensorView out) = 0;
   // dst[i, :] = src[rows[i], :]
   virtual void gather_rows(TensorView src, std::span<const std::int32_t> rows, TensorView dst) = 0;
   // Sampling candidates of each row of logits[R, local_vocab] (f32, this rank's vocab shard starting at global id

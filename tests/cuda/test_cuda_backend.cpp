@@ -216,8 +216,8 @@ std::pair<std::vector<float>, std::vector<float>> run_attention(Pair& p, const A
   Tensor co = p.cpu->allocate({tokens, a.q_heads, a.dim}, DType::F32);
   Tensor go = p.gpu->allocate({tokens, a.q_heads, a.dim}, DType::BF16);
   const float scale = float(1.0 / std::sqrt(double(a.dim)));
-  p.cpu->attention(step, table, cq.view(), ck.view(), cv.view(), scale, co.view());
-  p.gpu->attention(step, table, gq.view(), gk.view(), gv.view(), scale, go.view());
+  p.cpu->attention(step, table, cq.view(), ck.view(), cv.view(), AttentionParams{scale}, co.view());
+  p.gpu->attention(step, table, gq.view(), gk.view(), gv.view(), AttentionParams{scale}, go.view());
   return {p.fetch(go), std::vector<float>(co.f32(), co.f32() + co.numel())};
 }
 

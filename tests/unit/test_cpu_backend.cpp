@@ -30,24 +30,27 @@ struct Fixture {
 };
 
 // Causal GQA attention in double for one sequence: q [n, Hq, D] at positions start..start+n-1 over keys/values
-// [start+n, Hkv, D]. kv_head_of maps a query head to its kv head.
+// [start+n, Hkv, D]. kv_head_of maps a query head to its kv head. window > 0: query position p sees keys
+// p - window + 1 .. p; softcap > 0: scores become softcap * tanh(score / softcap).
 std::vector<double> reference_attention(const float* q, const std::vector<double>& k, const std::vector<double>& v,
                                         int n, int start, int hq, int hkv, int d,
-                                        const std::function<int(int)>& kv_head_of) {
+                                        const std::function<int(int)>& kv_head_of, int window = 0, double softcap = 0) {
   std::vector<double> out(std::size_t(n * hq * d), 0.0);
   for (int i = 0; i < n; ++i) {
     for (int h = 0; h < hq; ++h) {
       const int kvh = kv_head_of(h), visible = start + i + 1;
       std::vector<double> score(static_cast<std::size_t>(visible));
       double best = -1e300, total = 0;
-      for (int j = 0; j < visible; ++j) {
+      const int first = window > 0 ? std::max(0, visible - window) : 0;
+      for (int j = first; j < visible; ++j) {
         double dot = 0;
         for (int e = 0; e < d; ++e) dot += double(q[(i * hq + h) * d + e]) * k[std::size_t((j * hkv + kvh) * d + e)];
         score[std::size_t(j)] = dot / std::sqrt(double(d));
+        if (softcap > 0) score[std::size_t(j)] = softcap * std::tanh(score[std::size_t(j)] / softcap);
         best = std::max(best, score[std::size_t(j)]);
       }
-      for (auto& s : score) total += (s = std::exp(s - best));
-      for (int j = 0; j < visible; ++j)
+      for (int j = first; j < visible; ++j) total += (score[std::size_t(j)] = std::exp(score[std::size_t(j)] - best));
+      for (int j = first; j < visible; ++j)
         for (int e = 0; e < d; ++e)
           out[std::size_t((i * hq + h) * d + e)] +=
               score[std::size_t(j)] / total * v[std::size_t((j * hkv + kvh) * d + e)];
@@ -206,7 +209,10 @@ namespace {
 // Two sequences in one step: sequence A decodes one token after 5 cached, sequence B prefills 4 tokens. The cache is
 // paged with blocks of 4 positions, handed out out of order: A holds blocks 7 then 2 (its position 5 is row 1 of
 // block 2), B holds block 5.
-void run_attention_case(Fixture& f, const std::function<int(int)>& reference_kv_head, double* error_out) {
+// window / softcap: what the backend is asked for; the reference uses reference_window (-1: the same window).
+void run_attention_case(Fixture& f, const std::function<int(int)>& reference_kv_head, double* error_out, int window = 0,
+                        float softcap = 0, int reference_window = -1) {
+  const int ref_window = reference_window < 0 ? window : reference_window;
   const int hq = 4, hkv = 2, d = 8, blocks = 12, block_size = 4;
   Tensor kc = f.backend->allocate({blocks, block_size, hkv, d}, DType::F32);
   Tensor vc = f.backend->allocate({blocks, block_size, hkv, d}, DType::F32);
@@ -225,7 +231,8 @@ void run_attention_case(Fixture& f, const std::function<int(int)>& reference_kv_
   const std::vector<SeqChunk> chunks = {{0, 5, 1, 0}, {2, 0, 4, 1}};
   f.backend->kv_store(chunks, table, k.view().reshaped({5, hkv * d}), v.view().reshaped({5, hkv * d}), kc.view(),
                       vc.view());
-  f.backend->attention(chunks, table, q.view(), kc.view(), vc.view(), float(1 / std::sqrt(double(d))), out.view());
+  const AttentionParams params{float(1 / std::sqrt(double(d))), window, softcap};
+  f.backend->attention(chunks, table, q.view(), kc.view(), vc.view(), params, out.view());
 
   // Reference: A sees its 5 history rows + its new row; B sees its own 4 rows causally.
   std::vector<double> ka = f.values(hist_k), va = f.values(hist_v);
@@ -234,8 +241,10 @@ void run_attention_case(Fixture& f, const std::function<int(int)>& reference_kv_
     va.push_back(v.f32()[i]);
   }
   const std::vector<double> kb(k.f32() + hkv * d, k.f32() + 5 * hkv * d), vb(v.f32() + hkv * d, v.f32() + 5 * hkv * d);
-  std::vector<double> ref = reference_attention(q.f32(), ka, va, 1, 5, hq, hkv, d, reference_kv_head);
-  const std::vector<double> ref_b = reference_attention(q.f32() + hq * d, kb, vb, 4, 0, hq, hkv, d, reference_kv_head);
+  std::vector<double> ref =
+      reference_attention(q.f32(), ka, va, 1, 5, hq, hkv, d, reference_kv_head, ref_window, softcap);
+  const std::vector<double> ref_b =
+      reference_attention(q.f32() + hq * d, kb, vb, 4, 0, hq, hkv, d, reference_kv_head, ref_window, softcap);
   ref.insert(ref.end(), ref_b.begin(), ref_b.end());
   *error_out = relative_error(f.values(out), ref);
 }
@@ -247,6 +256,59 @@ TEST(CpuBackend, AttentionWithKvCacheIsEquivalentToRef) {
   run_attention_case(
       f, [](int h) { return h / 2; }, &error);  // GQA: heads 0,1 -> kv 0; heads 2,3 -> kv 1
   EXPECT_LT(error, kTolerance);
+}
+
+// Gemma-style attention: a sliding window of 3 (sequence A at position 5 sees 3..5 only, B's later rows lose their
+// first keys) and soft-capped scores. A comparison against the unwindowed reference must fail, so the window matters.
+TEST(CpuBackend, SlidingWindowAndSoftcappedAttentionMatchRef) {
+  Fixture f;
+  double error = 1;
+  run_attention_case(
+      f, [](int h) { return h / 2; }, &error, 3, 0.5f);
+  EXPECT_LT(error, kTolerance);
+  Fixture g;
+  double windowless = 0;
+  run_attention_case(
+      g, [](int h) { return h / 2; }, &windowless, 3, 0.5f, 0);
+  EXPECT_GT(windowless, 1e-2) << "the window must change the result";
+}
+
+TEST(CpuBackend, GegluScaleSoftcapAndScatterAddMatchRef) {
+  Fixture f;
+  Tensor gu = f.random({3, 14}, 2.0f), out = f.random({3, 7});
+  f.backend->geglu(gu.view(), out.view());
+  std::vector<double> ref;
+  for (int t = 0; t < 3; ++t)
+    for (int i = 0; i < 7; ++i) {
+      const double g = gu.f32()[t * 14 + i], u = gu.f32()[t * 14 + 7 + i];
+      // GELU's tanh form written out: 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))
+      ref.push_back(0.5 * g * (1 + std::tanh(std::sqrt(2 / M_PI) * (g + 0.044715 * g * g * g))) * u);
+    }
+  EXPECT_LT(relative_error(f.values(out), ref), kTolerance);
+
+  Tensor x = f.random({2, 5}, 10.0f);
+  const std::vector<double> before = f.values(x);
+  f.backend->softcap(x.view(), 3.0f);
+  for (std::size_t i = 0; i < before.size(); ++i) {
+    EXPECT_NEAR(x.f32()[i], 3.0 * std::tanh(before[i] / 3.0), 1e-5);
+    EXPECT_LT(std::fabs(x.f32()[i]), 3.0f);
+  }
+  f.backend->scale(x.view(), -2.0f);
+  for (std::size_t i = 0; i < before.size(); ++i) EXPECT_NEAR(x.f32()[i], -6.0 * std::tanh(before[i] / 3.0), 1e-5);
+
+  // Rows 2 and 0 of dst, row 2 twice (two experts of one token): added in order, weighted.
+  Tensor src = f.random({3, 4}), dst = f.random({4, 4});
+  const std::vector<double> d0 = f.values(dst), s0 = f.values(src);
+  const std::vector<std::int32_t> rows = {2, 0, 2};
+  const std::vector<float> weights = {0.25f, -1.0f, 2.0f};
+  f.backend->scatter_add_rows(src.view(), rows, weights, dst.view());
+  std::vector<double> expect = d0;
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    for (int e = 0; e < 4; ++e) expect[std::size_t(rows[i] * 4 + e)] += weights[i] * s0[i * 4 + std::size_t(e)];
+  EXPECT_LT(relative_error(f.values(dst), expect), kTolerance);
+  for (int e = 0; e < 4; ++e) EXPECT_EQ(dst.f32()[4 + e], float(d0[std::size_t(4 + e)])) << "row 1 untouched";
+  f.backend->fill_zero(dst.view());
+  for (std::int64_t i = 0; i < dst.numel(); ++i) EXPECT_EQ(dst.f32()[i], 0.0f);
 }
 
 TEST(CpuBackend, NegativeControlWrongHeadMappingIsDetected) {

@@ -148,6 +148,48 @@ class CpuBackend final : public Backend {
     }
   }
 
+  void geglu(TensorView gate_up, TensorView out) override {
+    require_same_rows(gate_up, out, "geglu");
+    const std::int64_t width = out.row_elems();
+    STRATA_CHECK(gate_up.row_elems() == 2 * width, Internal, "geglu: gate_up ", shape_string(gate_up.shape), " out ",
+                 shape_string(out.shape));
+    const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+    for (std::int64_t t = 0; t < out.rows(); ++t) {
+      const float* gate = gate_up.f32() + t * 2 * width;
+      const float* up = gate + width;
+      float* o = out.f32() + t * width;
+      for (std::int64_t i = 0; i < width; ++i) {
+        const float x = gate[i];
+        o[i] = 0.5f * x * (1.0f + std::tanh(k * (x + 0.044715f * x * x * x))) * up[i];
+      }
+    }
+  }
+
+  void scale(TensorView x, float factor) override {
+    float* v = x.f32();
+    for (std::int64_t i = 0; i < x.numel(); ++i) v[i] *= factor;
+  }
+
+  void softcap(TensorView x, float cap) override {
+    float* v = x.f32();
+    for (std::int64_t i = 0; i < x.numel(); ++i) v[i] = cap * std::tanh(v[i] / cap);
+  }
+
+  void fill_zero(TensorView x) override { std::memset(x.data, 0, std::size_t(x.numel()) * dtype_size(x.dtype)); }
+
+  void scatter_add_rows(TensorView src, std::span<const std::int32_t> rows, std::span<const float> weights,
+                        TensorView dst) override {
+    const std::int64_t width = dst.row_elems();
+    STRATA_CHECK(src.row_elems() == width && src.rows() >= std::int64_t(rows.size()) && weights.size() == rows.size(),
+                 Internal, "scatter_add_rows: src ", shape_string(src.shape), " dst ", shape_string(dst.shape), " for ",
+                 rows.size(), " rows");
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      STRATA_CHECK(rows[i] >= 0 && rows[i] < dst.rows(), Internal, "scatter_add_rows: row ", rows[i], " outside ",
+                   shape_string(dst.shape));
+      cpu::axpy(weights[i], src.f32() + std::int64_t(i) * width, dst.f32() + std::int64_t(rows[i]) * width, width);
+    }
+  }
+
   void embedding(std::span<const std::int32_t> ids, TensorView table, std::int64_t vocab_offset,
                  TensorView out) override {
     const std::int64_t width = table.row_elems(), local_vocab = table.rows();
@@ -178,7 +220,7 @@ class CpuBackend final : public Backend {
   }
 
   void attention(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table, TensorView q,
-                 TensorView k_cache, TensorView v_cache, float scale, TensorView out) override {
+                 TensorView k_cache, TensorView v_cache, const AttentionParams& params, TensorView out) override {
     const std::int64_t kv_heads = k_cache.shape[2], dim = k_cache.shape[3];
     const std::int64_t q_heads = q.row_elems() / dim, group = q_heads / kv_heads, stride = kv_heads * dim;
     const KvBlocks blocks(k_cache, block_table);
@@ -200,23 +242,26 @@ class CpuBackend final : public Backend {
         const std::int64_t h = item % q_heads, kvh = h / group;
         const SeqChunk& chunk = chunks[std::size_t(c)];
         const std::int64_t t = chunk.token_offset + i, visible = chunk.start_pos + i + 1;  // causal: keys 0..pos
+        const std::int64_t first = params.window > 0 ? std::max<std::int64_t>(0, visible - params.window) : 0;
         const float* qv = q.f32() + (t * q_heads + h) * dim;
         // Keys block by block: each block holds block_size consecutive positions of the sequence.
         float max_score = -INFINITY;
-        for (std::int64_t j = 0; j < visible;) {
+        for (std::int64_t j = first; j < visible;) {
           const float* keys = k_cache.f32() + blocks.row_of(chunk, std::int32_t(j)) * stride + kvh * dim;
           const std::int64_t run = std::min(visible - j, blocks.size - j % blocks.size);
           for (std::int64_t r = 0; r < run; ++r, ++j) {
-            scores[std::size_t(j)] = cpu::dot(qv, keys + r * stride, dim) * scale;
-            max_score = std::max(max_score, scores[std::size_t(j)]);
+            float s = cpu::dot(qv, keys + r * stride, dim) * params.scale;
+            if (params.softcap > 0) s = params.softcap * std::tanh(s / params.softcap);
+            scores[std::size_t(j)] = s;
+            max_score = std::max(max_score, s);
           }
         }
         float denom = 0;
-        for (std::int64_t j = 0; j < visible; ++j)
+        for (std::int64_t j = first; j < visible; ++j)
           denom += (scores[std::size_t(j)] = std::exp(scores[std::size_t(j)] - max_score));
         float* o = out.f32() + (t * q_heads + h) * dim;
         std::memset(o, 0, std::size_t(dim) * 4);
-        for (std::int64_t j = 0; j < visible;) {
+        for (std::int64_t j = first; j < visible;) {
           const float* values = v_cache.f32() + blocks.row_of(chunk, std::int32_t(j)) * stride + kvh * dim;
           const std::int64_t run = std::min(visible - j, blocks.size - j % blocks.size);
           for (std::int64_t r = 0; r < run; ++r, ++j)

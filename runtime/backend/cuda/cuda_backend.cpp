@@ -310,6 +310,61 @@ class CudaBackend final : public Backend {
     cuda::swiglu(gate_up.data, out.data, elem(out.dtype), out.rows(), out.row_elems(), stream());
   }
 
+  void geglu(TensorView gate_up, TensorView out) override {
+    STRATA_CHECK(
+        gate_up.rows() == out.rows() && gate_up.row_elems() == 2 * out.row_elems() && gate_up.dtype == out.dtype,
+        Internal, "geglu: gate_up ", shape_string(gate_up.shape), " out ", shape_string(out.shape));
+    on_device(gate_up, "geglu");
+    on_device(out, "geglu");
+    if (replaying()) return;
+    cuda::geglu(gate_up.data, out.data, elem(out.dtype), out.rows(), out.row_elems(), stream());
+  }
+
+  void scale(TensorView x, float factor) override {
+    on_device(x, "scale");
+    if (replaying()) return;
+    cuda::scale_or_softcap(x.data, elem(x.dtype), x.numel(), factor, 0.0f, stream());
+  }
+
+  void softcap(TensorView x, float cap) override {
+    on_device(x, "softcap");
+    if (replaying()) return;
+    cuda::scale_or_softcap(x.data, elem(x.dtype), x.numel(), 1.0f, cap, stream());
+  }
+
+  void fill_zero(TensorView x) override {
+    on_device(x, "fill_zero");
+    if (replaying()) return;
+    STRATA_CUDA_CHECK(cudaMemsetAsync(x.data, 0, std::size_t(x.numel()) * dtype_size(x.dtype), stream()));
+  }
+
+  // Rows and weights travel in one mirrored buffer (rows, then the weights' bits), like every other host input.
+  void scatter_add_rows(TensorView src, std::span<const std::int32_t> rows, std::span<const float> weights,
+                        TensorView dst) override {
+    const std::int64_t width = dst.row_elems();
+    STRATA_CHECK(src.row_elems() == width && src.dtype == dst.dtype && src.rows() >= std::int64_t(rows.size()) &&
+                     weights.size() == rows.size(),
+                 Internal, "scatter_add_rows: src ", shape_string(src.shape), " dst ", shape_string(dst.shape), " for ",
+                 rows.size(), " rows");
+    for (const auto r : rows)
+      STRATA_CHECK(r >= 0 && r < dst.rows(), Internal, "scatter_add_rows: row ", r, " outside ",
+                   shape_string(dst.shape));
+    on_device(src, "scatter_add_rows");
+    on_device(dst, "scatter_add_rows");
+    if (rows.empty()) return;
+    scatter_host_.assign(rows.begin(), rows.end());
+    for (const float w : weights) {
+      std::int32_t bits;
+      std::memcpy(&bits, &w, sizeof bits);
+      scatter_host_.push_back(bits);
+    }
+    const auto* dev = static_cast<const std::int32_t*>(
+        mirror(scatter_, scatter_host_.data(), scatter_host_.size() * sizeof(std::int32_t)));
+    if (replaying()) return;
+    cuda::scatter_add_rows(src.data, dev, reinterpret_cast<const float*>(dev + rows.size()), dst.data, elem(dst.dtype),
+                           std::int64_t(rows.size()), width, stream());
+  }
+
   void embedding(std::span<const std::int32_t> ids, TensorView table, std::int64_t vocab_offset,
                  TensorView out) override {
     const std::int64_t width = table.row_elems();
@@ -356,13 +411,15 @@ class CudaBackend final : public Backend {
   }
 
   void attention(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table, TensorView q,
-                 TensorView k_cache, TensorView v_cache, float scale, TensorView out) override {
+                 TensorView k_cache, TensorView v_cache, const AttentionParams& params, TensorView out) override {
     cuda::AttentionShape s;
     s.block_size = k_cache.shape.at(1);
     s.kv_heads = k_cache.shape.at(2);
     s.head_dim = k_cache.shape.at(3);
     s.q_heads = q.row_elems() / s.head_dim;
-    s.scale = scale;
+    s.scale = params.scale;
+    s.window = params.window;
+    s.softcap = params.softcap;
     STRATA_CHECK(s.q_heads * s.head_dim == q.row_elems() && s.q_heads % s.kv_heads == 0 && out.numel() == q.numel() &&
                      q.dtype == k_cache.dtype && out.dtype == q.dtype && s.head_dim <= cuda::kAttentionMaxHeadDim,
                  Internal, "attention: q ", shape_string(q.shape), " cache ", shape_string(k_cache.shape), " out ",
@@ -633,7 +690,8 @@ class CudaBackend final : public Backend {
   cuda::Event up_done_ = cuda::make_event();
   bool up_pending_ = false;
 
-  Mirror ids_, positions_, inv_freq_, tokens_, store_rows_, block_table_, rows_, requests_;
+  Mirror ids_, positions_, inv_freq_, tokens_, store_rows_, block_table_, rows_, requests_, scatter_;
+  std::vector<std::int32_t> scatter_host_;  // scatter_add_rows' rows then weights, staged for its mirror
   std::int64_t max_len_ = 0;  // positions per sequence (reserve_step_buffers): sets the decode attention splits
   cuda::DeviceMemory partial_out_, partial_ml_;
   std::size_t partial_rows_ = 0, partial_dim_ = 0;

@@ -5,7 +5,8 @@
 // the sequence's block table once per tile and shares it (rows_s) for the value pass. Prefill uses one key range (the
 // whole causal prefix); decode cuts the cache length into ranges (flash-decoding) so a batch of few tokens still fills
 // the GPU (ranges past a sequence's end return at once), and a second kernel combines the ranges' partial (max, sum,
-// output). Correctness first: K is re-read per query head (no shared-memory K reuse across a GQA group).
+// output). A sliding window starts each query's range at its first visible key; soft-capping bends each score.
+// Correctness first: K is re-read per query head (no shared-memory K reuse across a GQA group).
 #include "runtime/backend/cuda/kernels/common.cuh"
 #include "runtime/base/error.h"
 
@@ -28,8 +29,10 @@ __global__ void attention_kernel(const T* q, const T* k_cache, const T* v_cache,
   const std::int64_t kv_stride = s.kv_heads * d;  // between consecutive rows of the cache
   const TokenSlot at = tokens[t];
   const std::int64_t visible = std::int64_t(at.pos) + 1;
-  const std::int64_t begin = split * keys_per_split;
-  const std::int64_t end = begin + keys_per_split < visible ? begin + keys_per_split : visible;
+  const std::int64_t first = s.window > 0 && visible > s.window ? visible - s.window : 0;  // sliding window
+  const std::int64_t begin = split * keys_per_split > first ? split * keys_per_split : first;
+  const std::int64_t range_end = (split + 1) * keys_per_split;
+  const std::int64_t end = range_end < visible ? range_end : visible;
   const std::int64_t row = t * s.q_heads + h;  // (token, head) index
 
   for (std::int64_t e = threadIdx.x; e < d; e += kThreads) q_s[e] = load(q, row * d + e) * s.scale;
@@ -50,6 +53,7 @@ __global__ void attention_kernel(const T* q, const T* k_cache, const T* v_cache,
       const T* key = keys + rows_s[threadIdx.x];
       score = 0.0f;
       for (std::int64_t e = 0; e < d; ++e) score += q_s[e] * load(key, e);
+      if (s.softcap > 0.0f) score = s.softcap * tanhf(score / s.softcap);
     }
     const float m_new = fmaxf(m, block_max(score, scratch));
     const float alpha = expf(m - m_new);  // 0 on the first tile (m = -inf)

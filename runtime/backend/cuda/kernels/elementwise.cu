@@ -36,6 +36,39 @@ __global__ void swiglu_kernel(const T* gate_up, T* out, std::int64_t rows, std::
   }
 }
 
+template <typename T>
+__global__ void geglu_kernel(const T* gate_up, T* out, std::int64_t rows, std::int64_t width) {
+  const std::int64_t n = rows * width;
+  for (std::int64_t idx = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; idx < n;
+       idx += std::int64_t(gridDim.x) * blockDim.x) {
+    const std::int64_t r = idx / width, i = idx % width;
+    const float g = load(gate_up, r * 2 * width + i), u = load(gate_up, r * 2 * width + width + i);
+    store(out, idx, 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g))) * u);
+  }
+}
+
+template <typename T>
+__global__ void scale_kernel(T* x, std::int64_t n, float factor, float softcap) {
+  for (std::int64_t idx = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; idx < n;
+       idx += std::int64_t(gridDim.x) * blockDim.x) {
+    const float v = load(x, idx);
+    store(x, idx, softcap > 0.0f ? softcap * tanhf(v / softcap) : v * factor);
+  }
+}
+
+// One thread per column walks the rows in order, so repeated destination rows add without atomics and in the
+// same order as the CPU backend.
+template <typename T>
+__global__ void scatter_add_kernel(const T* src, const std::int32_t* rows, const float* weights, T* dst,
+                                   std::int64_t n_rows, std::int64_t width) {
+  for (std::int64_t col = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; col < width;
+       col += std::int64_t(gridDim.x) * blockDim.x)
+    for (std::int64_t i = 0; i < n_rows; ++i) {
+      const std::int64_t at = std::int64_t(rows[i]) * width + col;
+      store(dst, at, load(dst, at) + weights[i] * load(src, i * width + col));
+    }
+}
+
 template <typename T, typename O>
 __global__ void embedding_kernel(const std::int32_t* ids, const T* table, O* out, std::int64_t tokens,
                                  std::int64_t width, std::int64_t vocab_offset, std::int64_t local_vocab) {
@@ -96,6 +129,37 @@ void swiglu(const void* gate_up, void* out, Elem elem, std::int64_t rows, std::i
         <<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<const T*>(gate_up), static_cast<T*>(out), rows, width);
   });
   check_launch("swiglu");
+}
+
+void geglu(const void* gate_up, void* out, Elem elem, std::int64_t rows, std::int64_t width, cudaStream_t stream) {
+  const std::int64_t n = rows * width;
+  if (n == 0) return;
+  dispatch(elem, [&](auto t) {
+    using T = decltype(t);
+    geglu_kernel<T>
+        <<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<const T*>(gate_up), static_cast<T*>(out), rows, width);
+  });
+  check_launch("geglu");
+}
+
+void scale_or_softcap(void* x, Elem elem, std::int64_t n, float factor, float softcap, cudaStream_t stream) {
+  if (n == 0) return;
+  dispatch(elem, [&](auto t) {
+    using T = decltype(t);
+    scale_kernel<T><<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<T*>(x), n, factor, softcap);
+  });
+  check_launch("scale_or_softcap");
+}
+
+void scatter_add_rows(const void* src, const std::int32_t* rows, const float* weights, void* dst, Elem elem,
+                      std::int64_t n_rows, std::int64_t width, cudaStream_t stream) {
+  if (n_rows == 0 || width == 0) return;
+  dispatch(elem, [&](auto t) {
+    using T = decltype(t);
+    scatter_add_kernel<T><<<blocks_for(width, 128), 128, 0, stream>>>(static_cast<const T*>(src), rows, weights,
+                                                                      static_cast<T*>(dst), n_rows, width);
+  });
+  check_launch("scatter_add_rows");
 }
 
 void embedding(const std::int32_t* ids, const void* table, Elem table_elem, void* out, Elem out_elem,

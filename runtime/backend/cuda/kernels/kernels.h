@@ -54,6 +54,13 @@ void add_bias(const float* acc, const void* bias, Elem bias_elem, void* y, Elem 
 void rope(void* x, Elem elem, const std::int32_t* positions, const float* inv_freq, std::int64_t tokens,
           std::int64_t heads, std::int64_t dim, cudaStream_t stream);
 void swiglu(const void* gate_up, void* out, Elem elem, std::int64_t rows, std::int64_t width, cudaStream_t stream);
+// out = gelu_tanh(gate) * up (Backend::geglu).
+void geglu(const void* gate_up, void* out, Elem elem, std::int64_t rows, std::int64_t width, cudaStream_t stream);
+// x *= factor (softcap == 0), or x = softcap * tanh(x / softcap) (factor ignored), over n elements.
+void scale_or_softcap(void* x, Elem elem, std::int64_t n, float factor, float softcap, cudaStream_t stream);
+// dst[rows[i], :] += weights[i] * src[i, :]; one thread per column, rows in order (a row may repeat).
+void scatter_add_rows(const void* src, const std::int32_t* rows, const float* weights, void* dst, Elem elem,
+                      std::int64_t n_rows, std::int64_t width, cudaStream_t stream);
 void embedding(const std::int32_t* ids, const void* table, Elem table_elem, void* out, Elem out_elem,
                std::int64_t tokens, std::int64_t width, std::int64_t vocab_offset, std::int64_t local_vocab,
                cudaStream_t stream);
@@ -69,6 +76,8 @@ struct AttentionShape {
   std::int64_t max_len = 0;     // positions per sequence (the key ranges of decode splits)
   std::int64_t block_size = 0;  // positions per KV-cache block
   float scale = 1.0f;
+  std::int64_t window = 0;  // > 0: a query at position p sees keys p - window + 1 .. p
+  float softcap = 0.0f;     // > 0: scores s -> softcap * tanh(s / softcap)
 };
 constexpr int kAttentionMaxHeadDim = 512;  // 128 threads x 4 accumulators each
 // Causal attention of q[tokens, Hq, D] over the caches. splits == 1: one block per (token, head) over all its
