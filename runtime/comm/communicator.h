@@ -71,6 +71,11 @@ class Collectives {
   virtual void all_reduce_sum(TensorView data) = 0;
   // recv holds size() * bytes_per_rank bytes, rank r's contribution at offset r * bytes_per_rank. Collective.
   virtual void all_gather(const void* send, void* recv, std::size_t bytes_per_rank) = 0;
+  // Personalised exchange: this rank sends send_bytes[r] bytes from send + send_offsets[r] to rank r and receives
+  // recv_bytes[r] bytes from rank r at recv + recv_offsets[r] (size() entries each; the pair's counts must agree).
+  // Collective. The dispatch/combine of expert parallelism.
+  virtual void all_to_all(const void* send, const std::size_t* send_bytes, const std::size_t* send_offsets, void* recv,
+                          const std::size_t* recv_bytes, const std::size_t* recv_offsets) = 0;
   // Collective.
   virtual void broadcast(void* data, std::size_t bytes, int root) = 0;
   virtual void barrier() = 0;

@@ -19,6 +19,10 @@ class TimedCollectives final : public Collectives {
   void all_gather(const void* send, void* recv, std::size_t bytes_per_rank) override {
     timed([&] { inner_.all_gather(send, recv, bytes_per_rank); });
   }
+  void all_to_all(const void* send, const std::size_t* send_bytes, const std::size_t* send_offsets, void* recv,
+                  const std::size_t* recv_bytes, const std::size_t* recv_offsets) override {
+    timed([&] { inner_.all_to_all(send, send_bytes, send_offsets, recv, recv_bytes, recv_offsets); });
+  }
   void broadcast(void* data, std::size_t bytes, int root) override {
     timed([&] { inner_.broadcast(data, bytes, root); });
   }

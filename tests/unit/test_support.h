@@ -22,6 +22,11 @@ class LocalCommunicator final : public Communicator {
   int size() const override { return 1; }
   void all_reduce_sum(TensorView) override {}
   void all_gather(const void* send, void* recv, std::size_t bytes) override { std::memcpy(recv, send, bytes); }
+  void all_to_all(const void* send, const std::size_t* send_bytes, const std::size_t* send_offsets, void* recv,
+                  const std::size_t*, const std::size_t* recv_offsets) override {
+    std::memcpy(static_cast<char*>(recv) + recv_offsets[0], static_cast<const char*>(send) + send_offsets[0],
+                send_bytes[0]);
+  }
   void broadcast(void*, std::size_t, int) override {}
   std::int64_t all_reduce_max(std::int64_t value) override { return value; }
   void barrier() override {}

@@ -104,6 +104,22 @@ class MpiCommunicator final : public Communicator {
     STRATA_MPI_CHECK(MPI_Allgather(send, int(bytes_per_rank), MPI_BYTE, recv, int(bytes_per_rank), MPI_BYTE, comm_));
   }
 
+  void all_to_all(const void* send, const std::size_t* send_bytes, const std::size_t* send_offsets, void* recv,
+                  const std::size_t* recv_bytes, const std::size_t* recv_offsets) override {
+    std::vector<int> counts(4 * std::size_t(size_));  // send counts, send displacements, recv counts, recv displs
+    for (int r = 0; r < size_; ++r) {
+      for (const std::size_t value : {send_bytes[r], send_offsets[r], recv_bytes[r], recv_offsets[r]})
+        STRATA_CHECK(value <= kMaxChunk, Communication, "all_to_all: ", value, " bytes (count or offset) to/from rank ",
+                     r, " exceed one MPI call");
+      counts[std::size_t(r)] = int(send_bytes[r]);
+      counts[std::size_t(size_ + r)] = int(send_offsets[r]);
+      counts[std::size_t(2 * size_ + r)] = int(recv_bytes[r]);
+      counts[std::size_t(3 * size_ + r)] = int(recv_offsets[r]);
+    }
+    const int* c = counts.data();
+    STRATA_MPI_CHECK(MPI_Alltoallv(send, c, c + size_, MPI_BYTE, recv, c + 2 * size_, c + 3 * size_, MPI_BYTE, comm_));
+  }
+
   void broadcast(void* data, std::size_t bytes, int root) override {
     auto* bytes_ptr = static_cast<char*>(data);
     for (std::size_t done = 0; done < bytes;) {

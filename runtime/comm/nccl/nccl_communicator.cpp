@@ -119,6 +119,24 @@ class NcclCommunicatorImpl final : public NcclCommunicator {
             [&] { STRATA_NCCL_CHECK(ncclAllGather(send, recv, bytes_per_rank, ncclInt8, comm_, stream_)); });
   }
 
+  // NCCL has no all-to-all: grouped sends and receives, one pair per peer (the pattern NCCL documents for it).
+  void all_to_all(const void* send, const std::size_t* send_bytes, const std::size_t* send_offsets, void* recv,
+                  const std::size_t* recv_bytes, const std::size_t* recv_offsets) override {
+    if (!is_device_pointer(send) || !is_device_pointer(recv)) refuse_host("all_to_all");
+    const auto* from = static_cast<const char*>(send);
+    auto* to = static_cast<char*>(recv);
+    enqueue("ncclSend/ncclRecv (all-to-all)", [&] {
+      STRATA_NCCL_CHECK(ncclGroupStart());
+      for (int r = 0; r < size_; ++r) {
+        if (send_bytes[r] > 0)
+          STRATA_NCCL_CHECK(ncclSend(from + send_offsets[r], send_bytes[r], ncclInt8, r, comm_, stream_));
+        if (recv_bytes[r] > 0)
+          STRATA_NCCL_CHECK(ncclRecv(to + recv_offsets[r], recv_bytes[r], ncclInt8, r, comm_, stream_));
+      }
+      STRATA_NCCL_CHECK(ncclGroupEnd());
+    });
+  }
+
   void broadcast(void* data, std::size_t bytes, int root) override {
     if (!is_device_pointer(data)) refuse_host("broadcast");
     check_peer(root, "broadcast root");
