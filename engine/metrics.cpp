@@ -74,6 +74,7 @@ nlohmann::json MetricsRecorder::summary(const nlohmann::json& run, const std::ve
     entry["longest_step_seconds"] = t.longest_step;
     entry["prompts_run"] = t.requests;
     entry["peak_rss_mib"] = double(t.peak_rss_bytes) / double(1 << 20);
+    if (t.experts > 0) entry["expert_rows"] = t.expert_rows;
     longest_step = std::max(longest_step, t.longest_step);
     entry["communication_share"] = t.wall > 0 ? t.communication / t.wall : 0.0;
     entry["waiting_share"] = t.wall > 0 ? waiting / t.wall : 0.0;
@@ -104,7 +105,35 @@ nlohmann::json MetricsRecorder::summary(const nlohmann::json& run, const std::ve
   out["longest_step_seconds"] = longest_step;
   out["longest_token_gap_seconds"] = sum.longest_token_gap;
   out["errors"] = errors_;
+  if (!ranks.empty() && ranks.front().second.experts > 0) out["moe"] = expert_load(ranks);
   return out;
+}
+
+// Tokens routed to each expert (summed over layers and replicas), rows computed per rank, and how uneven both are:
+// the busiest expert (rank) over the mean, 1.0 when even. A rank's rows bound its MoE compute time, so the rank
+// imbalance is what the slowest rank pays.
+nlohmann::json MetricsRecorder::expert_load(const std::vector<std::pair<int, RankTimes>>& ranks) {
+  const int experts = ranks.front().second.experts;
+  std::vector<std::int64_t> per_expert(std::size_t(experts), 0);
+  nlohmann::json per_rank = nlohmann::json::object();
+  std::int64_t busiest_rank = 0, all_rows = 0;
+  for (const auto& [rank, t] : ranks) {
+    for (int e = 0; e < std::min(experts, t.experts); ++e) per_expert[std::size_t(e)] += t.expert_tokens[e];
+    per_rank[std::to_string(rank)] = t.expert_rows;
+    busiest_rank = std::max(busiest_rank, t.expert_rows);
+    all_rows += t.expert_rows;
+  }
+  std::int64_t total = 0, busiest = 0;
+  for (const auto n : per_expert) {
+    total += n;
+    busiest = std::max(busiest, n);
+  }
+  const auto ratio = [](double most, double sum, double count) { return sum > 0 ? most * count / sum : 0.0; };
+  return {{"experts", experts},
+          {"tokens_per_expert", per_expert},
+          {"expert_imbalance", ratio(double(busiest), double(total), double(experts))},
+          {"rows_per_rank", per_rank},
+          {"rank_imbalance", ratio(double(busiest_rank), double(all_rows), double(ranks.size()))}};
 }
 
 }  // namespace strata

@@ -22,12 +22,18 @@ struct RequestTiming {
 // communication (TP collectives); for replica leaders also their scheduler's counts (KV-cache and prefix-cache use,
 // preemptions, the longest gap between tokens) and the prompts the replica ran. Trivially copyable: it travels as
 // bytes with each rank's Done message.
+// Mixture-of-experts models: also the rank's expert load (layers/transformer.h ExpertLoad), for the first
+// kMaxReportedExperts experts.
 struct RankTimes {
+  static constexpr int kMaxReportedExperts = 512;
   double wall = 0, compute = 0, communication = 0;
-  double longest_step = 0;          // seconds: this rank's slowest step
-  std::int64_t peak_rss_bytes = 0;  // the rank's peak resident memory
-  SchedulerCounts batching;         // replica leaders
-  std::int64_t requests = 0;        // replica leaders: prompts this replica ran
+  double longest_step = 0;                               // seconds: this rank's slowest step
+  std::int64_t peak_rss_bytes = 0;                       // the rank's peak resident memory
+  SchedulerCounts batching;                              // replica leaders
+  std::int64_t requests = 0;                             // replica leaders: prompts this replica ran
+  std::int32_t experts = 0;                              // entries of expert_tokens used (0: a dense model)
+  std::int64_t expert_rows = 0;                          // (token, expert) rows this rank's experts computed
+  std::int64_t expert_tokens[kMaxReportedExperts] = {};  // routing choices per expert counted by this rank
 };
 static_assert(std::is_trivially_copyable_v<RankTimes>);
 
@@ -43,6 +49,8 @@ class MetricsRecorder {
   nlohmann::json summary(const nlohmann::json& run, const std::vector<nlohmann::json>& rank_info) const;
 
  private:
+  static nlohmann::json expert_load(const std::vector<std::pair<int, RankTimes>>& ranks);
+
   std::vector<double> ttft_, tpot_;
   std::int64_t prompts_ = 0, prompt_tokens_ = 0, completion_tokens_ = 0, errors_ = 0;
   std::vector<std::pair<int, RankTimes>> ranks_;

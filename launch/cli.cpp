@@ -77,6 +77,10 @@ void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
       ->transform(size_or_auto, "SIZE|auto");
   cmd.add_option("--data-parallel-size", p.dp, "Data-parallel replicas (-dp), or auto (default: what tp x pp leave)")
       ->transform(size_or_auto, "SIZE|auto");
+  cmd.add_option("--expert-parallel-size", p.ep,
+                 "Mixture-of-experts models: split the experts over this many groups of each tensor-parallel group "
+                 "(-ep; it divides -tp); outputs are combined by all-to-all")
+      ->check(kPositive);
   cmd.add_option("--device", p.device, "Compute device")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd.add_option("--topology", p.topology, "Cluster description (JSON, see strata topo --json) instead of detection");
   cmd.add_option("--nccl-timeout", p.nccl_timeout,
@@ -93,11 +97,13 @@ void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
                "from the page cache (CPU backend); loads slower, reports the system's error for a failing file");
 }
 
-// vLLM's short flags -tp/-pp/-dp are multi-letter single-dash names, which CLI11 does not accept: spell them out
-// before parsing ("-tp 2" and "-tp=2").
+// vLLM's short flags -tp/-pp/-dp (and -ep) are multi-letter single-dash names, which CLI11 does not accept: spell them
+// out before parsing ("-tp 2" and "-tp=2").
 std::vector<std::string> expand_short_flags(int argc, char** argv) {
-  static const std::pair<const char*, const char*> aliases[] = {
-      {"-tp", "--tensor-parallel-size"}, {"-pp", "--pipeline-parallel-size"}, {"-dp", "--data-parallel-size"}};
+  static const std::pair<const char*, const char*> aliases[] = {{"-tp", "--tensor-parallel-size"},
+                                                                {"-pp", "--pipeline-parallel-size"},
+                                                                {"-dp", "--data-parallel-size"},
+                                                                {"-ep", "--expert-parallel-size"}};
   std::vector<std::string> args(argv, argv + argc);
   for (auto& arg : args)
     for (const auto& [short_name, long_name] : aliases)

@@ -496,6 +496,10 @@ int generate(const NodeInfo& node, const GenerateOptions& o) {
     times.requests = stats.requests;
   }
 
+  const ExpertLoad& load = session.stage().expert_load();
+  times.experts = std::int32_t(std::min<std::size_t>(load.per_expert.size(), RankTimes::kMaxReportedExperts));
+  std::copy_n(load.per_expert.begin(), times.experts, times.expert_tokens);
+  times.expert_rows = load.rows_computed;
   rusage usage{};
   if (getrusage(RUSAGE_SELF, &usage) == 0) times.peak_rss_bytes = std::int64_t(usage.ru_maxrss) * 1024;  // KiB
   if (!collector) {

@@ -24,6 +24,7 @@ PlanRequest plan_request(const Manifest& manifest, const ModelConfig& config, co
   request.stored = manifest.dtype;
   request.topology = topology;
   request.sizes = LayoutSizes{parallel.dp, parallel.pp, parallel.tp};
+  request.ep = parallel.ep;
   request.force = parallel.force;
   request.device = parse_device(parallel.device);
   request.limits = limits;

@@ -262,7 +262,9 @@ void write_shards(const ModelConfig& config, const CheckpointOptions& options, c
     for (std::size_t i = 0; i < order.size(); ++i) {
       // One tensor, or a pair the stage stacks (gate_proj, up_proj), written back to back.
       const std::size_t group = ShardPlan::stacked_with_next(order[i].name) ? 2 : 1;
-      STRATA_CHECK(group == 1 || (i + 1 < order.size() && order[i + 1].name.find("mlp.up_proj") != std::string::npos),
+      STRATA_CHECK(group == 1 || (i + 1 < order.size() &&
+                                  order[i + 1].name ==
+                                      order[i].name.substr(0, order[i].name.rfind("gate_proj")) + "up_proj.weight"),
                    Internal, order[i].name, " is stacked with the tensor after it, which is not its up_proj");
       // Tensor by tensor across the TP ranks, so that a source caching one whole tensor produces each once.
       std::vector<std::vector<StoredTensor>> tensors(std::size_t(options.tp));

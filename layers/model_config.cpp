@@ -1,7 +1,9 @@
 // ModelConfig JSON round trip and validation.
 #include "layers/model_config.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 #include "runtime/base/error.h"
@@ -89,6 +91,36 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
   c.attention_bias = optional<bool>(j, "attention_bias", c.attention_bias, where);
   c.qk_norm = optional<bool>(j, "qk_norm", c.qk_norm, where);
   c.sliding_window = optional<std::int64_t>(j, "sliding_window", c.sliding_window, where);
+  if (j.contains("layer_types") && !j.at("layer_types").is_null()) {
+    const auto types = required<std::vector<std::string>>(j, "layer_types", where);
+    for (std::size_t i = 0; i < types.size(); ++i) {
+      STRATA_CHECK(types[i] == "sliding_attention" || types[i] == "full_attention", Config, where, ": layer_types[", i,
+                   "] is '", types[i], "' (sliding_attention and full_attention are supported)");
+      c.sliding_layers.push_back(types[i] == "sliding_attention");
+    }
+  }
+  c.hidden_activation = optional<std::string>(j, "hidden_activation", c.hidden_activation, where);
+  c.norm_weight_offset = optional<bool>(j, "norm_weight_offset", c.norm_weight_offset, where);
+  c.sandwich_norms = optional<bool>(j, "sandwich_norms", c.sandwich_norms, where);
+  c.scale_embeddings = optional<bool>(j, "scale_embeddings", c.scale_embeddings, where);
+  c.query_pre_attn_scalar = optional<double>(j, "query_pre_attn_scalar", c.query_pre_attn_scalar, where);
+  c.attn_logit_softcapping = optional<double>(j, "attn_logit_softcapping", c.attn_logit_softcapping, where);
+  c.final_logit_softcapping = optional<double>(j, "final_logit_softcapping", c.final_logit_softcapping, where);
+  c.rope_local_theta = optional<double>(j, "rope_local_base_freq", c.rope_local_theta, where);
+  c.num_experts = optional<std::int64_t>(j, "num_experts", c.num_experts, where);
+  c.experts_per_token = optional<std::int64_t>(j, "num_experts_per_tok", c.experts_per_token, where);
+  c.moe_intermediate_size = optional<std::int64_t>(j, "moe_intermediate_size", c.moe_intermediate_size, where);
+  c.shared_expert_intermediate_size =
+      optional<std::int64_t>(j, "shared_expert_intermediate_size", c.shared_expert_intermediate_size, where);
+  c.norm_topk_prob = optional<bool>(j, "norm_topk_prob", c.norm_topk_prob, where);
+  if (j.contains("mlp_only_layers") && !j.at("mlp_only_layers").is_null()) {
+    c.dense_layers.assign(std::size_t(std::max<std::int64_t>(c.num_hidden_layers, 0)), 0);
+    for (const std::int64_t layer : required<std::vector<std::int64_t>>(j, "mlp_only_layers", where)) {
+      STRATA_CHECK(layer >= 0 && layer < c.num_hidden_layers, Config, where, ": mlp_only_layers names layer ", layer,
+                   " of ", c.num_hidden_layers);
+      c.dense_layers[std::size_t(layer)] = 1;
+    }
+  }
   c.bos_token_id = optional<std::int64_t>(j, "bos_token_id", c.bos_token_id, where);
   c.eos_token_id = optional<std::int64_t>(j, "eos_token_id", c.eos_token_id, where);
   c.validate(where);
@@ -96,37 +128,63 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
 }
 
 nlohmann::json ModelConfig::to_json() const {
-  return {{"architecture", architecture},
-          {"hidden_size", hidden_size},
-          {"intermediate_size", intermediate_size},
-          {"num_hidden_layers", num_hidden_layers},
-          {"num_attention_heads", num_attention_heads},
-          {"num_key_value_heads", num_key_value_heads},
-          {"head_dim", head_dim},
-          {"vocab_size", vocab_size},
-          {"max_position_embeddings", max_position_embeddings},
-          {"rms_norm_eps", rms_norm_eps},
-          {"rope_theta", rope_theta},
-          {"tie_word_embeddings", tie_word_embeddings},
-          {"rope_scaling",
-           rope_scaling.type == "none" ? nlohmann::json(nullptr)
-           : rope_scaling.type == "longrope"
-               ? nlohmann::json{{"rope_type", "longrope"},
-                                {"short_factor", rope_scaling.short_factor},
-                                {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings},
-                                {"attention_factor", rope_scaling.attention_factor}}
-           : rope_scaling.type == "linear"
-               ? nlohmann::json{{"rope_type", "linear"}, {"factor", rope_scaling.factor}}
-               : nlohmann::json{{"rope_type", "llama3"},
-                                {"factor", rope_scaling.factor},
-                                {"low_freq_factor", rope_scaling.low_freq_factor},
-                                {"high_freq_factor", rope_scaling.high_freq_factor},
-                                {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings}}},
-          {"attention_bias", attention_bias},
-          {"qk_norm", qk_norm},
-          {"sliding_window", sliding_window},
-          {"bos_token_id", bos_token_id},
-          {"eos_token_id", eos_token_id}};
+  nlohmann::json j = {
+      {"architecture", architecture},
+      {"hidden_size", hidden_size},
+      {"intermediate_size", intermediate_size},
+      {"num_hidden_layers", num_hidden_layers},
+      {"num_attention_heads", num_attention_heads},
+      {"num_key_value_heads", num_key_value_heads},
+      {"head_dim", head_dim},
+      {"vocab_size", vocab_size},
+      {"max_position_embeddings", max_position_embeddings},
+      {"rms_norm_eps", rms_norm_eps},
+      {"rope_theta", rope_theta},
+      {"tie_word_embeddings", tie_word_embeddings},
+      {"rope_scaling",
+       rope_scaling.type == "none" ? nlohmann::json(nullptr)
+       : rope_scaling.type == "longrope"
+           ? nlohmann::json{{"rope_type", "longrope"},
+                            {"short_factor", rope_scaling.short_factor},
+                            {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings},
+                            {"attention_factor", rope_scaling.attention_factor}}
+       : rope_scaling.type == "linear"
+           ? nlohmann::json{{"rope_type", "linear"}, {"factor", rope_scaling.factor}}
+           : nlohmann::json{{"rope_type", "llama3"},
+                            {"factor", rope_scaling.factor},
+                            {"low_freq_factor", rope_scaling.low_freq_factor},
+                            {"high_freq_factor", rope_scaling.high_freq_factor},
+                            {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings}}},
+      {"attention_bias", attention_bias},
+      {"qk_norm", qk_norm},
+      {"sliding_window", sliding_window},
+      {"bos_token_id", bos_token_id},
+      {"eos_token_id", eos_token_id}};
+  if (!sliding_layers.empty()) {
+    std::vector<std::string> types;
+    for (const auto sliding : sliding_layers) types.push_back(sliding ? "sliding_attention" : "full_attention");
+    j["layer_types"] = types;
+  }
+  if (hidden_activation != "silu") j["hidden_activation"] = hidden_activation;
+  if (norm_weight_offset) j["norm_weight_offset"] = true;
+  if (sandwich_norms) j["sandwich_norms"] = true;
+  if (scale_embeddings) j["scale_embeddings"] = true;
+  if (query_pre_attn_scalar > 0) j["query_pre_attn_scalar"] = query_pre_attn_scalar;
+  if (attn_logit_softcapping > 0) j["attn_logit_softcapping"] = attn_logit_softcapping;
+  if (final_logit_softcapping > 0) j["final_logit_softcapping"] = final_logit_softcapping;
+  if (rope_local_theta > 0) j["rope_local_base_freq"] = rope_local_theta;
+  if (is_moe()) {
+    j["num_experts"] = num_experts;
+    j["num_experts_per_tok"] = experts_per_token;
+    j["moe_intermediate_size"] = moe_intermediate_size;
+    j["shared_expert_intermediate_size"] = shared_expert_intermediate_size;
+    j["norm_topk_prob"] = norm_topk_prob;
+    std::vector<std::int64_t> dense;
+    for (std::size_t l = 0; l < dense_layers.size(); ++l)
+      if (dense_layers[l]) dense.push_back(std::int64_t(l));
+    j["mlp_only_layers"] = dense;
+  }
+  return j;
 }
 
 void ModelConfig::validate(const std::string& where) const {
@@ -161,6 +219,42 @@ void ModelConfig::validate(const std::string& where) const {
   STRATA_CHECK(rms_norm_eps > 0 && rope_theta > 0, Config, where, ": rms_norm_eps and rope_theta must be positive");
   STRATA_CHECK(eos_token_id < vocab_size && bos_token_id < vocab_size, Config, where,
                ": bos/eos token id outside vocab_size ", vocab_size);
+  STRATA_CHECK(sliding_layers.empty() || std::int64_t(sliding_layers.size()) == num_hidden_layers, Config, where,
+               ": layer_types lists ", sliding_layers.size(), " layers, num_hidden_layers is ", num_hidden_layers);
+  STRATA_CHECK(sliding_window >= 0, Config, where, ": sliding_window must be >= 0");
+  STRATA_CHECK(hidden_activation == "silu" || hidden_activation == "gelu_tanh", Config, where, ": hidden_activation '",
+               hidden_activation, "' is not supported (silu and gelu_tanh are)");
+  STRATA_CHECK(query_pre_attn_scalar >= 0 && attn_logit_softcapping >= 0 && final_logit_softcapping >= 0 &&
+                   rope_local_theta >= 0,
+               Config, where, ": query_pre_attn_scalar, soft-capping values and rope_local_base_freq must be >= 0");
+  if (is_moe()) {
+    STRATA_CHECK(experts_per_token >= 1 && experts_per_token <= num_experts, Config, where, ": num_experts_per_tok ",
+                 experts_per_token, " must be between 1 and num_experts ", num_experts);
+    positive(moe_intermediate_size, "moe_intermediate_size");
+    STRATA_CHECK(shared_expert_intermediate_size >= 0, Config, where, ": shared_expert_intermediate_size must be >= 0");
+    STRATA_CHECK(dense_layers.empty() || std::int64_t(dense_layers.size()) == num_hidden_layers, Config, where,
+                 ": dense_layers lists ", dense_layers.size(), " layers, num_hidden_layers is ", num_hidden_layers);
+  }
+}
+
+bool ModelConfig::moe_layer(std::int64_t layer) const {
+  return is_moe() && (dense_layers.empty() || !dense_layers.at(std::size_t(layer)));
+}
+
+bool ModelConfig::sliding_layer(std::int64_t layer) const {
+  return sliding_window > 0 && (sliding_layers.empty() || sliding_layers.at(std::size_t(layer)));
+}
+
+std::int32_t ModelConfig::attention_window(std::int64_t layer) const {
+  return sliding_layer(layer) ? std::int32_t(std::min<std::int64_t>(sliding_window, INT32_MAX)) : 0;
+}
+
+std::vector<float> ModelConfig::rope_inverse_frequencies(std::int64_t layer) const {
+  if (rope_local_theta <= 0 || !sliding_layer(layer)) return rope_inverse_frequencies();
+  ModelConfig local = *this;
+  local.rope_theta = rope_local_theta;
+  local.rope_scaling = RopeScaling{};
+  return local.rope_inverse_frequencies();
 }
 
 std::vector<float> ModelConfig::rope_inverse_frequencies() const {
@@ -191,15 +285,21 @@ std::vector<float> ModelConfig::rope_inverse_frequencies() const {
 
 double ModelConfig::attention_scale() const {
   const double factor = rope_scaling.type == "longrope" ? rope_scaling.attention_factor : 1.0;
-  return factor * factor / std::sqrt(double(head_dim));
+  return factor * factor / std::sqrt(query_pre_attn_scalar > 0 ? query_pre_attn_scalar : double(head_dim));
 }
 
 std::int64_t ModelConfig::parameter_count() const {
   const std::int64_t attention = hidden_size * head_dim * (2 * num_attention_heads + 2 * num_key_value_heads) +
                                  (attention_bias ? head_dim * (num_attention_heads + 2 * num_key_value_heads) : 0);
-  const std::int64_t mlp = 3 * hidden_size * intermediate_size;
-  const std::int64_t per_layer = attention + mlp + 2 * hidden_size + (qk_norm ? 2 * head_dim : 0);
-  return num_hidden_layers * per_layer + hidden_size + vocab_size * hidden_size * (tie_word_embeddings ? 1 : 2);
+  const std::int64_t dense_mlp = 3 * hidden_size * intermediate_size;
+  const std::int64_t moe_mlp =
+      num_experts * (3 * hidden_size * moe_intermediate_size + hidden_size) +
+      (shared_expert_intermediate_size > 0 ? 3 * hidden_size * shared_expert_intermediate_size + hidden_size : 0);
+  const std::int64_t norms = (sandwich_norms ? 4 : 2) * hidden_size + (qk_norm ? 2 * head_dim : 0);
+  std::int64_t layers = 0;
+  for (std::int64_t l = 0; l < num_hidden_layers; ++l)
+    layers += attention + norms + (moe_layer(l) ? moe_mlp : dense_mlp);
+  return layers + hidden_size + vocab_size * hidden_size * (tie_word_embeddings ? 1 : 2);
 }
 
 }  // namespace strata

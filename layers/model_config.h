@@ -39,11 +39,37 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v bias (Qwen2)
   bool qk_norm = false;         // RMSNorm over each head of q and k before RoPE, weights [head_dim] (Qwen3)
-  // > 0: each position attends to the last sliding_window positions only (Mistral, Phi-3). strata attends to the
-  // whole context, which is the same within sliding_window positions: runs are limited to that context.
+  // > 0: a position attends to the last sliding_window positions only (itself included), in the layers
+  // sliding_layers marks (all of them when it is empty: Mistral, Phi-3).
   std::int64_t sliding_window = 0;
+  std::vector<std::uint8_t> sliding_layers;  // per layer, 1: sliding window, 0: whole context (Gemma's layer_types)
   std::int64_t bos_token_id = -1;
   std::int64_t eos_token_id = -1;
+
+  // Gemma 2 / 3.
+  std::string hidden_activation = "silu";  // the gated MLP's activation: "silu" (SwiGLU) or "gelu_tanh" (GeGLU)
+  bool norm_weight_offset = false;         // every RMSNorm multiplies by (1 + weight)
+  bool sandwich_norms = false;         // post_attention_layernorm on the attention output before the residual add, and
+                                       // pre_feedforward_layernorm / post_feedforward_layernorm around the MLP
+  bool scale_embeddings = false;       // embeddings times sqrt(hidden_size)
+  double query_pre_attn_scalar = 0;    // > 0: attention scale query_pre_attn_scalar^-1/2 instead of head_dim^-1/2
+  double attn_logit_softcapping = 0;   // > 0: attention scores s -> cap * tanh(s / cap)
+  double final_logit_softcapping = 0;  // > 0: logits z -> cap * tanh(z / cap)
+  double rope_local_theta = 0;         // > 0: sliding layers use this rotary base, unscaled (Gemma 3)
+
+  // Mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE); num_experts == 0: a dense model.
+  std::int64_t num_experts = 0;
+  std::int64_t experts_per_token = 0;                // top-k
+  std::int64_t moe_intermediate_size = 0;            // each expert's SwiGLU width
+  std::int64_t shared_expert_intermediate_size = 0;  // > 0: a shared expert gated by sigmoid(x . gate) (Qwen2-MoE)
+  bool norm_topk_prob = true;                        // renormalise the top-k routing weights to sum to 1
+  std::vector<std::uint8_t> dense_layers;  // per layer, 1: a dense MLP of intermediate_size (Qwen's mlp_only_layers)
+
+  bool is_moe() const { return num_experts > 0; }
+  bool moe_layer(std::int64_t layer) const;
+  bool sliding_layer(std::int64_t layer) const;
+  // The window layer `layer` attends within (0: the whole context).
+  std::int32_t attention_window(std::int64_t layer) const;
 
   // Parses and validates; `where` names the source in messages (e.g. "ckpt/manifest.json").
   static ModelConfig from_json(const nlohmann::json& j, const std::string& where);
@@ -52,8 +78,10 @@ struct ModelConfig {
   // The head_dim / 2 rotary inverse frequencies, rope_theta and rope_scaling applied (computed in double, as
   // Hugging Face computes them in float32 and then rounds; see the .cpp).
   std::vector<float> rope_inverse_frequencies() const;
-  // The softmax scale of attention: 1 / sqrt(head_dim), times attention_factor^2 for longrope (its cos and sin are
-  // scaled, so q.k is scaled twice).
+  // Those of layer `layer`: a sliding layer of a model with rope_local_theta uses that base, unscaled.
+  std::vector<float> rope_inverse_frequencies(std::int64_t layer) const;
+  // The softmax scale of attention: 1 / sqrt(head_dim) (or query_pre_attn_scalar), times attention_factor^2 for
+  // longrope (its cos and sin are scaled, so q.k is scaled twice).
   double attention_scale() const;
   // Total parameter count (embedding counted once when tied).
   std::int64_t parameter_count() const;

@@ -19,14 +19,29 @@ Shape TensorSpec::global_offset() const {
   return offset;
 }
 
-void check_split(const ModelConfig& c, int tp, int pp) {
-  STRATA_CHECK(tp >= 1 && pp >= 1, Usage, "tensor- and pipeline-parallel sizes must be >= 1");
+void check_split(const ModelConfig& c, int tp, int pp, int ep) {
+  STRATA_CHECK(tp >= 1 && pp >= 1 && ep >= 1, Usage, "tensor-, pipeline- and expert-parallel sizes must be >= 1");
   auto divides = [&](std::int64_t value, const char* name) {
     STRATA_CHECK(value % tp == 0, Config, name, " ", value, " is not divisible by tensor-parallel size ", tp,
                  "; choose a tensor-parallel size that divides it");
   };
   divides(c.num_attention_heads, "num_attention_heads");
-  divides(c.intermediate_size, "intermediate_size");
+  bool any_dense = false;
+  for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) any_dense = any_dense || !c.moe_layer(l);
+  if (any_dense) divides(c.intermediate_size, "intermediate_size");
+  STRATA_CHECK(ep == 1 || c.is_moe(), Usage, "expert-parallel size ", ep,
+               " needs a mixture-of-experts model; this one has no experts");
+  if (c.is_moe()) {
+    STRATA_CHECK(tp % ep == 0, Usage, "expert-parallel size ", ep, " does not divide tensor-parallel size ", tp,
+                 ": experts are split inside the tensor-parallel group (use -tp a multiple of -ep)");
+    STRATA_CHECK(c.num_experts % ep == 0, Config, "num_experts ", c.num_experts,
+                 " is not divisible by expert-parallel size ", ep, "; choose an expert-parallel size that divides it");
+    STRATA_CHECK(c.moe_intermediate_size % (tp / ep) == 0, Config, "moe_intermediate_size ", c.moe_intermediate_size,
+                 " is not divisible by ", tp / ep, " (tensor-parallel size ", tp, " / expert-parallel size ", ep,
+                 ": the ranks sharing each expert)");
+    if (c.shared_expert_intermediate_size > 0)
+      divides(c.shared_expert_intermediate_size, "shared_expert_intermediate_size");
+  }
   divides(c.vocab_size, "vocab_size");
   if (tp > c.num_key_value_heads) {
     STRATA_CHECK(tp % c.num_key_value_heads == 0, Config, "tensor-parallel size ", tp,
@@ -49,13 +64,17 @@ std::string ShardPlan::layer_name(std::int64_t layer, const char* suffix) {
   return cat("model.layers.", layer, ".", suffix);
 }
 
+std::string ShardPlan::expert_name(std::int64_t layer, std::int64_t expert, const char* proj) {
+  return cat("model.layers.", layer, ".mlp.experts.", expert, ".", proj, ".weight");
+}
+
 bool ShardPlan::stacked_with_next(const std::string& name) {
-  static const std::string gate = ".mlp.gate_proj.weight";
+  static const std::string gate = ".gate_proj.weight";
   return name.size() > gate.size() && name.compare(name.size() - gate.size(), gate.size(), gate) == 0;
 }
 
 ShardPlan::ShardPlan(const ModelConfig& config, StageCoordinates where) : config_(config), where_(where) {
-  check_split(config, where.tp, where.pp);
+  check_split(config, where.tp, where.pp, where.ep);
   STRATA_CHECK(where.tp_rank >= 0 && where.tp_rank < where.tp && where.pp_rank >= 0 && where.pp_rank < where.pp,
                Internal, "shard coordinates out of range");
   std::tie(layer_begin_, layer_end_) = layer_range(config.num_hidden_layers, where.pp, where.pp_rank);
@@ -110,6 +129,14 @@ std::vector<TensorSpec> ShardPlan::build_tensors() const {
     }
     specs.push_back(cols(layer_name(l, "self_attn.o_proj.weight"), {h, q_rows}, q_begin, q_end));
     specs.push_back(whole(layer_name(l, "post_attention_layernorm.weight"), {h}));
+    if (c.sandwich_norms) {
+      specs.push_back(whole(layer_name(l, "pre_feedforward_layernorm.weight"), {h}));
+      specs.push_back(whole(layer_name(l, "post_feedforward_layernorm.weight"), {h}));
+    }
+    if (c.moe_layer(l)) {
+      add_moe_tensors(l, specs);
+      continue;
+    }
     specs.push_back(rows(layer_name(l, "mlp.gate_proj.weight"), {c.intermediate_size, h}, i_begin, i_end));
     specs.push_back(rows(layer_name(l, "mlp.up_proj.weight"), {c.intermediate_size, h}, i_begin, i_end));
     specs.push_back(cols(layer_name(l, "mlp.down_proj.weight"), {h, c.intermediate_size}, i_begin, i_end));
@@ -122,6 +149,30 @@ std::vector<TensorSpec> ShardPlan::build_tensors() const {
       specs.push_back(rows("model.embed_tokens.weight", {c.vocab_size, h}, v_begin, v_end));
   }
   return specs;
+}
+
+// The router (whole on every rank: each routes every token), this rank's experts, each a slice of its intermediate
+// dimension, and the shared expert split like a dense MLP with its gate whole.
+void ShardPlan::add_moe_tensors(std::int64_t l, std::vector<TensorSpec>& specs) const {
+  const auto& c = config_;
+  const std::int64_t h = c.hidden_size, inter = c.moe_intermediate_size;
+  specs.push_back(whole(layer_name(l, "mlp.gate.weight"), {c.num_experts, h}));
+  const std::int64_t slice = where_.tp_rank % expert_tensor_parallel();
+  const std::int64_t e_begin = slice * local_expert_intermediate(), e_end = e_begin + local_expert_intermediate();
+  for (std::int64_t e = expert_begin(); e < expert_begin() + local_experts(); ++e) {
+    specs.push_back(rows(expert_name(l, e, "gate_proj"), {inter, h}, e_begin, e_end));
+    specs.push_back(rows(expert_name(l, e, "up_proj"), {inter, h}, e_begin, e_end));
+    specs.push_back(cols(expert_name(l, e, "down_proj"), {h, inter}, e_begin, e_end));
+  }
+  if (c.shared_expert_intermediate_size > 0) {
+    const std::int64_t shared = c.shared_expert_intermediate_size;
+    const std::int64_t s_begin = where_.tp_rank * local_shared_intermediate(),
+                       s_end = s_begin + local_shared_intermediate();
+    specs.push_back(rows(layer_name(l, "mlp.shared_expert.gate_proj.weight"), {shared, h}, s_begin, s_end));
+    specs.push_back(rows(layer_name(l, "mlp.shared_expert.up_proj.weight"), {shared, h}, s_begin, s_end));
+    specs.push_back(cols(layer_name(l, "mlp.shared_expert.down_proj.weight"), {h, shared}, s_begin, s_end));
+    specs.push_back(whole(layer_name(l, "mlp.shared_expert_gate.weight"), {1, h}));
+  }
 }
 
 TensorSpec ShardPlan::spec(const std::string& name) const {

@@ -26,8 +26,11 @@ struct TensorSpec {
   Shape global_offset() const;  // start index per dimension
 };
 
+// ep: the expert-parallel size inside the tensor-parallel group (it divides tp). The tp ranks form ep groups of
+// tp / ep consecutive ranks; group g holds experts [g * E / ep, (g + 1) * E / ep), each split over the group's ranks
+// by its intermediate dimension like a dense MLP. ep 1: every rank holds a 1/tp slice of every expert.
 struct StageCoordinates {
-  int tp = 1, tp_rank = 0, pp = 1, pp_rank = 0;
+  int tp = 1, tp_rank = 0, pp = 1, pp_rank = 0, ep = 1;
 };
 
 class ShardPlan {
@@ -45,6 +48,18 @@ class ShardPlan {
   std::int64_t local_heads() const { return local_heads_; }
   std::int64_t local_kv_heads() const { return local_kv_heads_; }
   std::int64_t local_intermediate() const { return config_.intermediate_size / where_.tp; }
+  // Mixture of experts: this rank's experts [expert_begin, expert_begin + local_experts) and its slice of each.
+  int expert_parallel_rank() const { return where_.tp_rank / expert_tensor_parallel(); }
+  int expert_tensor_parallel() const { return where_.tp / where_.ep; }
+  std::int64_t local_experts() const { return config_.num_experts / where_.ep; }
+  std::int64_t expert_begin() const { return local_experts() * expert_parallel_rank(); }
+  std::int64_t local_expert_intermediate() const { return config_.moe_intermediate_size / expert_tensor_parallel(); }
+  std::int64_t local_shared_intermediate() const { return config_.shared_expert_intermediate_size / where_.tp; }
+  // The tp rank holding expert `expert`'s slice number `slice` (< expert_tensor_parallel()).
+  int expert_rank(std::int64_t expert, int slice) const {
+    return int(expert / local_experts()) * expert_tensor_parallel() + slice;
+  }
+  static std::string expert_name(std::int64_t layer, std::int64_t expert, const char* proj);
   std::int64_t local_vocab() const { return config_.vocab_size / where_.tp; }
   std::int64_t vocab_offset() const { return local_vocab() * where_.tp_rank; }
 
@@ -58,8 +73,8 @@ class ShardPlan {
   static std::pair<std::int64_t, std::int64_t> layer_range(std::int64_t layers, int pp, int pp_rank);
   static std::string layer_name(std::int64_t layer, const char* suffix);
   // Whether the stage keeps tensor `name` stacked with the one after it in tensors() (rows of both, in that order):
-  // gate_proj with up_proj, so that one GEMM computes both. Writers store such a pair back to back, so that a rank
-  // can use them in place as one tensor.
+  // each gate_proj with its up_proj (dense MLP, experts, shared expert), so that one GEMM computes both. Writers store
+  // such a pair back to back, so that a rank can use them in place as one tensor.
   static bool stacked_with_next(const std::string& name);
 
  private:
@@ -67,6 +82,7 @@ class ShardPlan {
   TensorSpec cols(const std::string& name, Shape shape, std::int64_t begin, std::int64_t end) const;
   TensorSpec whole(const std::string& name, Shape shape) const;
   std::vector<TensorSpec> build_tensors() const;
+  void add_moe_tensors(std::int64_t layer, std::vector<TensorSpec>& specs) const;
 
   ModelConfig config_;
   StageCoordinates where_;
@@ -77,6 +93,6 @@ class ShardPlan {
 };
 
 // "tensor-parallel size 4 does not divide ..." checks, usable before loading (throws Error(Config)).
-void check_split(const ModelConfig& config, int tp, int pp);
+void check_split(const ModelConfig& config, int tp, int pp, int ep = 1);
 
 }  // namespace strata

@@ -2,6 +2,7 @@
 // row-parallel output, vocab-parallel embedding (all-reduce of the zero-padded lookups) and LM head (local logits).
 #include "layers/transformer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -27,6 +28,12 @@ StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limi
   m.workspace = a * t * (3 * c.hidden_size + 2 * q_row + 2 * kv_row + 3 * plan.local_intermediate()) +
                 a * std::int64_t(limits.max_seqs) * c.hidden_size +
                 4 * std::int64_t(limits.max_seqs) * plan.local_vocab();
+  if (c.is_moe()) {  // router logits and shared gate (f32), one expert's rows, the exchange buffers
+    const std::int64_t inter = std::max(plan.local_expert_intermediate(), plan.local_shared_intermediate());
+    const std::int64_t tp = plan.coordinates().tp, slice = (t + tp - 1) / tp;
+    m.workspace += 4 * t * (c.num_experts + 1) + a * t * (2 * c.hidden_size + 3 * inter) +
+                   a * c.hidden_size * (t + 2 * tp * slice + slice);
+  }
   return m;
 }
 
@@ -70,6 +77,61 @@ Tensor TransformerStage::load_rows(WeightSource& source, const std::vector<Tenso
   return tensor;
 }
 
+Tensor TransformerStage::load_norm(WeightSource& source, const TensorSpec& spec) {
+  if (!plan_.config().norm_weight_offset) return load(source, spec);
+  std::vector<float> values(std::size_t(shape_numel(spec.local_shape())));
+  source.read(spec, values.data());
+  for (float& v : values) v += 1.0f;  // Gemma's RMSNorm: x * (1 + w), in f32 as Hugging Face computes it
+  Tensor tensor = backend_.allocate(spec.local_shape(), backend_.activation_dtype());
+  backend_.upload(values.data(), tensor.view());
+  return tensor;
+}
+
+void TransformerStage::load_layer(WeightSource& source, std::int64_t l) {
+  const auto& c = plan_.config();
+  auto spec = [&](const char* suffix) { return plan_.spec(ShardPlan::layer_name(l, suffix)); };
+  LayerWeights w;
+  w.input_norm = load_norm(source, spec("input_layernorm.weight"));
+  w.q = load(source, spec("self_attn.q_proj.weight"));
+  w.k = load(source, spec("self_attn.k_proj.weight"));
+  w.v = load(source, spec("self_attn.v_proj.weight"));
+  if (c.attention_bias) {
+    w.q_bias = load(source, spec("self_attn.q_proj.bias"));
+    w.k_bias = load(source, spec("self_attn.k_proj.bias"));
+    w.v_bias = load(source, spec("self_attn.v_proj.bias"));
+  }
+  if (c.qk_norm) {
+    w.q_norm = load_norm(source, spec("self_attn.q_norm.weight"));
+    w.k_norm = load_norm(source, spec("self_attn.k_norm.weight"));
+  }
+  w.o = load(source, spec("self_attn.o_proj.weight"));
+  w.post_norm = load_norm(source, spec("post_attention_layernorm.weight"));
+  if (c.sandwich_norms) {
+    w.pre_ff_norm = load_norm(source, spec("pre_feedforward_layernorm.weight"));
+    w.post_ff_norm = load_norm(source, spec("post_feedforward_layernorm.weight"));
+  }
+  if (c.moe_layer(l)) {
+    w.router = load(source, spec("mlp.gate.weight"));
+    for (std::int64_t e = plan_.expert_begin(); e < plan_.expert_begin() + plan_.local_experts(); ++e) {
+      w.expert_gate_up.push_back(load_stacked(source, plan_.spec(ShardPlan::expert_name(l, e, "gate_proj")),
+                                              plan_.spec(ShardPlan::expert_name(l, e, "up_proj"))));
+      w.expert_down.push_back(load(source, plan_.spec(ShardPlan::expert_name(l, e, "down_proj"))));
+    }
+    if (c.shared_expert_intermediate_size > 0) {
+      w.shared_gate_up =
+          load_stacked(source, spec("mlp.shared_expert.gate_proj.weight"), spec("mlp.shared_expert.up_proj.weight"));
+      w.shared_down = load(source, spec("mlp.shared_expert.down_proj.weight"));
+      w.shared_gate = load(source, spec("mlp.shared_expert_gate.weight"));
+    }
+  } else {
+    w.gate_up = load_stacked(source, spec("mlp.gate_proj.weight"), spec("mlp.up_proj.weight"));
+    w.down = load(source, spec("mlp.down_proj.weight"));
+  }
+  w.window = c.attention_window(l);
+  w.rope = c.rope_local_theta > 0 && c.sliding_layer(l) ? &rope_local_ : &rope_;
+  layers_.push_back(std::move(w));
+}
+
 TransformerStage::TransformerStage(const ShardPlan& plan, WeightSource& source, Backend& backend, Collectives& tp,
                                    const StageLimits& limits)
     : plan_(plan), backend_(backend), tp_(tp), limits_(limits) {
@@ -77,63 +139,71 @@ TransformerStage::TransformerStage(const ShardPlan& plan, WeightSource& source, 
   STRATA_CHECK(tp.size() == plan.coordinates().tp, Internal, "tp communicator of size ", tp.size(),
                " for a plan with tp ", plan.coordinates().tp);
   rope_ = RopeParams{c.rope_inverse_frequencies(), std::int32_t(c.head_dim)};
-  auto spec = [&](std::int64_t layer, const char* suffix) { return plan.spec(ShardPlan::layer_name(layer, suffix)); };
+  if (c.rope_local_theta > 0) {
+    const std::int64_t sliding = std::find(c.sliding_layers.begin(), c.sliding_layers.end(), 1) -
+                                 c.sliding_layers.begin();  // any sliding layer: they share one base
+    rope_local_ = RopeParams{c.rope_inverse_frequencies(sliding), std::int32_t(c.head_dim)};
+  }
+  layers_.reserve(std::size_t(plan.local_layers()));  // LayerWeights point at rope_ / rope_local_, never moved
 
   if (plan.is_first_stage()) embed_ = load(source, plan.spec("model.embed_tokens.weight"));
-  for (std::int64_t l = plan.layer_begin(); l < plan.layer_end(); ++l) {
-    LayerWeights w;
-    w.input_norm = load(source, spec(l, "input_layernorm.weight"));
-    w.q = load(source, spec(l, "self_attn.q_proj.weight"));
-    w.k = load(source, spec(l, "self_attn.k_proj.weight"));
-    w.v = load(source, spec(l, "self_attn.v_proj.weight"));
-    if (c.attention_bias) {
-      w.q_bias = load(source, spec(l, "self_attn.q_proj.bias"));
-      w.k_bias = load(source, spec(l, "self_attn.k_proj.bias"));
-      w.v_bias = load(source, spec(l, "self_attn.v_proj.bias"));
-    }
-    if (c.qk_norm) {
-      w.q_norm = load(source, spec(l, "self_attn.q_norm.weight"));
-      w.k_norm = load(source, spec(l, "self_attn.k_norm.weight"));
-    }
-    w.o = load(source, spec(l, "self_attn.o_proj.weight"));
-    w.post_norm = load(source, spec(l, "post_attention_layernorm.weight"));
-    w.gate_up = load_stacked(source, spec(l, "mlp.gate_proj.weight"), spec(l, "mlp.up_proj.weight"));
-    w.down = load(source, spec(l, "mlp.down_proj.weight"));
-    layers_.push_back(std::move(w));
-  }
+  for (std::int64_t l = plan.layer_begin(); l < plan.layer_end(); ++l) load_layer(source, l);
   if (plan.is_last_stage()) {
-    final_norm_ = load(source, plan.spec("model.norm.weight"));
+    final_norm_ = load_norm(source, plan.spec("model.norm.weight"));
     if (!c.tie_word_embeddings)
       lm_head_ = load(source, plan.spec("lm_head.weight"));
     else if (!plan.is_first_stage())
       lm_head_ = load(source, plan.spec("model.embed_tokens.weight"));
   }
-
   std::vector<float>().swap(load_staging_);
+  if (c.is_moe()) expert_load_.per_expert.assign(std::size_t(c.num_experts), 0);
+  allocate_workspace();
+}
 
+void TransformerStage::allocate_workspace() {
+  const auto& c = plan_.config();
+  const StageLimits& limits = limits_;
   const std::int64_t t = limits.max_tokens, d = c.head_dim, h = c.hidden_size;
-  const std::int64_t kv_heads = plan.local_kv_heads(), heads = plan.local_heads();
-  const DType act = backend.activation_dtype();
+  const std::int64_t kv_heads = plan_.local_kv_heads(), heads = plan_.local_heads();
+  const DType act = backend_.activation_dtype();
   STRATA_CHECK(limits.block_size >= 1 && limits.cache_blocks() >= 1, Internal, "KV cache of ", limits.cache_blocks(),
                " blocks of ", limits.block_size);
   for (std::size_t l = 0; l < layers_.size(); ++l) {
-    k_cache_.push_back(backend.allocate({limits.cache_blocks(), limits.block_size, kv_heads, d}, act));
-    v_cache_.push_back(backend.allocate({limits.cache_blocks(), limits.block_size, kv_heads, d}, act));
+    k_cache_.push_back(backend_.allocate({limits.cache_blocks(), limits.block_size, kv_heads, d}, act));
+    v_cache_.push_back(backend_.allocate({limits.cache_blocks(), limits.block_size, kv_heads, d}, act));
   }
-  hidden_ = backend.allocate({t, h}, act);
-  normed_ = backend.allocate({t, h}, act);
-  q_ = backend.allocate({t, heads * d}, act);
-  k_ = backend.allocate({t, kv_heads * d}, act);
-  v_ = backend.allocate({t, kv_heads * d}, act);
-  attn_ = backend.allocate({t, heads * d}, act);
-  proj_ = backend.allocate({t, h}, act);
-  gate_up_ = backend.allocate({t, 2 * plan.local_intermediate()}, act);
-  act_ = backend.allocate({t, plan.local_intermediate()}, act);
-  last_rows_ = backend.allocate({limits.max_seqs, h}, act);
-  logits_ = backend.allocate({limits.max_seqs, plan.local_vocab()}, DType::F32);
-  if (!plan.is_last_stage() && (hidden_.view().kind != MemoryKind::Host || act != DType::F32))
+  hidden_ = backend_.allocate({t, h}, act);
+  normed_ = backend_.allocate({t, h}, act);
+  q_ = backend_.allocate({t, heads * d}, act);
+  k_ = backend_.allocate({t, kv_heads * d}, act);
+  v_ = backend_.allocate({t, kv_heads * d}, act);
+  attn_ = backend_.allocate({t, heads * d}, act);
+  proj_ = backend_.allocate({t, h}, act);
+  gate_up_ = backend_.allocate({t, 2 * plan_.local_intermediate()}, act);
+  act_ = backend_.allocate({t, plan_.local_intermediate()}, act);
+  if (c.is_moe()) {
+    const std::int64_t inter = std::max(plan_.local_expert_intermediate(), plan_.local_shared_intermediate());
+    const std::int64_t tp = plan_.coordinates().tp, slice = (t + tp - 1) / tp;
+    router_logits_ = backend_.allocate({t, c.num_experts}, DType::F32);
+    shared_gate_logits_ = backend_.allocate({t, 1}, DType::F32);
+    expert_in_ = backend_.allocate({t, h}, act);
+    expert_gate_up_ = backend_.allocate({t, 2 * inter}, act);
+    expert_act_ = backend_.allocate({t, inter}, act);
+    expert_out_ = backend_.allocate({t, h}, act);
+    if (plan_.coordinates().ep > 1) {
+      send_rows_ = backend_.allocate({t, h}, act);  // a token goes to one rank: its slice's
+      recv_rows_ = backend_.allocate({tp * slice, h}, act);
+      token_slice_ = backend_.allocate({slice, h}, act);
+      gathered_ = backend_.allocate({tp * slice, h}, act);
+    }
+    router_host_.resize(std::size_t(t * c.num_experts));
+    routes_.resize(std::size_t(t));
+  }
+  last_rows_ = backend_.allocate({limits.max_seqs, h}, act);
+  logits_ = backend_.allocate({limits.max_seqs, plan_.local_vocab()}, DType::F32);
+  if (!plan_.is_last_stage() && (hidden_.view().kind != MemoryKind::Host || act != DType::F32))
     hidden_host_ = Tensor::host({t, h}, DType::F32);
-  backend.reserve_step_buffers(t, limits.max_seqs, limits.max_seq_len, limits.block_size, heads, d);
+  backend_.reserve_step_buffers(t, limits.max_seqs, limits.max_seq_len, limits.block_size, heads, d);
   positions_.reserve(std::size_t(t));
   last_row_index_.reserve(std::size_t(limits.max_seqs));
 }
@@ -142,6 +212,7 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
                                      std::span<const std::int32_t> block_table, std::int64_t tokens) {
   const auto& w = layers_[l];
   const auto& c = plan_.config();
+  const float eps = float(c.rms_norm_eps);
   auto rows = [tokens](const Tensor& t) { return t.view().slice_rows(0, tokens); };
   auto heads_view = [&](const Tensor& t, std::int64_t heads) { return rows(t).reshaped({tokens, heads, c.head_dim}); };
   const TensorView h = rows(hidden_), x = rows(normed_);
@@ -149,35 +220,208 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
   // Attention: column-parallel q/k/v over local heads, row-parallel o_proj, one all-reduce. The previous block's
   // MLP output (still in proj_) joins the residual stream here, fused with this block's input norm.
   if (l == 0)
-    backend_.rms_norm(h, w.input_norm.view(), float(c.rms_norm_eps), x);
+    backend_.rms_norm(h, w.input_norm.view(), eps, x);
   else
-    backend_.rms_norm_residual(h, rows(proj_), w.input_norm.view(), float(c.rms_norm_eps), x);
+    backend_.rms_norm_residual(h, rows(proj_), w.input_norm.view(), eps, x);
   backend_.linear(x, w.q.view(), w.q_bias.view(), rows(q_));
   backend_.linear(x, w.k.view(), w.k_bias.view(), rows(k_));
   backend_.linear(x, w.v.view(), w.v_bias.view(), rows(v_));
-  if (c.qk_norm) {  // Qwen3: each head of q and k normalised on its own (rows of head_dim), before RoPE
+  if (c.qk_norm) {  // Qwen3, Gemma 3: each head of q and k normalised on its own (rows of head_dim), before RoPE
     const auto per_head = [&](const Tensor& t, std::int64_t heads) {
       return rows(t).reshaped({tokens * heads, c.head_dim});
     };
-    backend_.rms_norm(per_head(q_, plan_.local_heads()), w.q_norm.view(), float(c.rms_norm_eps),
-                      per_head(q_, plan_.local_heads()));
-    backend_.rms_norm(per_head(k_, plan_.local_kv_heads()), w.k_norm.view(), float(c.rms_norm_eps),
-                      per_head(k_, plan_.local_kv_heads()));
+    backend_.rms_norm(per_head(q_, plan_.local_heads()), w.q_norm.view(), eps, per_head(q_, plan_.local_heads()));
+    backend_.rms_norm(per_head(k_, plan_.local_kv_heads()), w.k_norm.view(), eps, per_head(k_, plan_.local_kv_heads()));
   }
-  backend_.rope(heads_view(q_, plan_.local_heads()), positions_, rope_);
-  backend_.rope(heads_view(k_, plan_.local_kv_heads()), positions_, rope_);
+  backend_.rope(heads_view(q_, plan_.local_heads()), positions_, *w.rope);
+  backend_.rope(heads_view(k_, plan_.local_kv_heads()), positions_, *w.rope);
   backend_.kv_store(chunks, block_table, rows(k_), rows(v_), k_cache_[l].view(), v_cache_[l].view());
+  const AttentionParams params{float(c.attention_scale()), w.window, float(c.attn_logit_softcapping)};
   backend_.attention(chunks, block_table, heads_view(q_, plan_.local_heads()), k_cache_[l].view(), v_cache_[l].view(),
-                     float(c.attention_scale()), heads_view(attn_, plan_.local_heads()));
+                     params, heads_view(attn_, plan_.local_heads()));
   backend_.linear(rows(attn_), w.o.view(), TensorView{}, rows(proj_));
   all_reduce(rows(proj_));
 
-  // MLP: column-parallel gate/up (stacked), SwiGLU, row-parallel down_proj, one all-reduce.
-  backend_.rms_norm_residual(h, rows(proj_), w.post_norm.view(), float(c.rms_norm_eps), x);
-  backend_.linear(x, w.gate_up.view(), TensorView{}, rows(gate_up_));
-  backend_.swiglu(rows(gate_up_), rows(act_));
-  backend_.linear(rows(act_), w.down.view(), TensorView{}, rows(proj_));
-  all_reduce(rows(proj_));  // added to the residual by the next block (or after the last one in forward)
+  // MLP. Gemma normalises the attention output before the residual add and the MLP output after it.
+  if (c.sandwich_norms) {
+    backend_.rms_norm(rows(proj_), w.post_norm.view(), eps, rows(proj_));
+    backend_.rms_norm_residual(h, rows(proj_), w.pre_ff_norm.view(), eps, x);
+  } else {
+    backend_.rms_norm_residual(h, rows(proj_), w.post_norm.view(), eps, x);
+  }
+  if (w.router.empty())
+    mlp(w, tokens);
+  else
+    moe_mlp(w, tokens);
+  if (c.sandwich_norms) backend_.rms_norm(rows(proj_), w.post_ff_norm.view(), eps, rows(proj_));
+  // proj_ is added to the residual by the next block (or after the last one in forward)
+}
+
+// Dense: column-parallel gate/up (stacked), SwiGLU or GeGLU, row-parallel down_proj, one all-reduce.
+void TransformerStage::mlp(const LayerWeights& w, std::int64_t tokens) {
+  const TensorView x = normed_.view().slice_rows(0, tokens), gate_up = gate_up_.view().slice_rows(0, tokens);
+  const TensorView act = act_.view().slice_rows(0, tokens), out = proj_.view().slice_rows(0, tokens);
+  backend_.linear(x, w.gate_up.view(), TensorView{}, gate_up);
+  if (plan_.config().hidden_activation == "gelu_tanh")
+    backend_.geglu(gate_up, act);
+  else
+    backend_.swiglu(gate_up, act);
+  backend_.linear(act, w.down.view(), TensorView{}, out);
+  all_reduce(out);
+}
+
+// Mixture of experts: every rank routes every token (the router is replicated, its input the same on every tp rank),
+// computes its own experts' rows for the tokens routed to them (and its slice of the shared expert), then the
+// partial outputs are summed over the tp group: by the MLP all-reduce, or with expert parallelism by the all-to-all
+// combine.
+void TransformerStage::moe_mlp(const LayerWeights& w, std::int64_t tokens) {
+  const TensorView x = normed_.view().slice_rows(0, tokens), out = proj_.view().slice_rows(0, tokens);
+  backend_.linear(x, w.router.view(), TensorView{}, router_logits_.view().slice_rows(0, tokens));
+  route(tokens);
+  backend_.fill_zero(out);
+  run_experts(w, tokens, out);
+  if (!w.shared_gate_up.empty()) shared_expert(w, tokens, out);
+  if (plan_.coordinates().ep > 1)
+    combine_experts(tokens, out);
+  else
+    all_reduce(out);
+}
+
+// Top-k of the softmax over the router logits (in double; Hugging Face takes it in float32), renormalised when the
+// model says so. The tokens of this rank's slice are counted in expert_load_.
+void TransformerStage::route(std::int64_t tokens) {
+  const auto& c = plan_.config();
+  const std::int64_t experts = c.num_experts, k = c.experts_per_token;
+  backend_.download(router_logits_.view().slice_rows(0, tokens), router_host_.data());
+  const int tp = plan_.coordinates().tp, me = plan_.coordinates().tp_rank;
+  const std::int64_t slice = (tokens + tp - 1) / tp;
+  std::vector<double> probs(static_cast<std::size_t>(experts));
+  std::vector<std::int32_t> order(static_cast<std::size_t>(experts));
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    const float* logits = router_host_.data() + t * experts;
+    const double top = *std::max_element(logits, logits + experts);
+    double total = 0;
+    for (std::int64_t e = 0; e < experts; ++e) total += (probs[std::size_t(e)] = std::exp(double(logits[e]) - top));
+    for (std::int64_t e = 0; e < experts; ++e) order[std::size_t(e)] = std::int32_t(e);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](std::int32_t a, std::int32_t b) {
+      return probs[std::size_t(a)] > probs[std::size_t(b)] || (probs[std::size_t(a)] == probs[std::size_t(b)] && a < b);
+    });
+    double chosen = 0;
+    for (std::int64_t j = 0; j < k; ++j) chosen += probs[std::size_t(order[std::size_t(j)])];
+    Route& r = routes_[std::size_t(t)];
+    r.experts.assign(order.begin(), order.begin() + k);
+    r.weights.clear();
+    for (std::int64_t j = 0; j < k; ++j)
+      r.weights.push_back(float(probs[std::size_t(order[std::size_t(j)])] / (c.norm_topk_prob ? chosen : total)));
+    if (t / slice == me)
+      for (const auto e : r.experts) ++expert_load_.per_expert[std::size_t(e)];
+  }
+}
+
+namespace {
+// The first rows x width elements of a workspace tensor sized for the widest use (experts and the shared expert
+// have different widths).
+TensorView scratch(const Tensor& tensor, std::int64_t rows, std::int64_t width) {
+  STRATA_CHECK(rows * width <= tensor.numel(), Internal, "workspace of ", shape_string(tensor.shape()), " for ", rows,
+               " x ", width);
+  return TensorView{tensor.view().data, {rows, width}, tensor.dtype(), tensor.view().kind};
+}
+}  // namespace
+
+// Each local expert on the rows routed to it: gather, gate/up, SwiGLU, down, weighted add into `out`.
+void TransformerStage::run_experts(const LayerWeights& w, std::int64_t tokens, TensorView out) {
+  for (std::size_t local = 0; local < w.expert_gate_up.size(); ++local) {
+    const auto expert = std::int32_t(plan_.expert_begin() + std::int64_t(local));
+    moe_rows_.clear();
+    moe_weights_.clear();
+    for (std::int64_t t = 0; t < tokens; ++t) {
+      const Route& r = routes_[std::size_t(t)];
+      for (std::size_t j = 0; j < r.experts.size(); ++j)
+        if (r.experts[j] == expert) {
+          moe_rows_.push_back(std::int32_t(t));
+          moe_weights_.push_back(r.weights[j]);
+        }
+    }
+    const auto n = std::int64_t(moe_rows_.size());
+    if (n == 0) continue;
+    expert_load_.rows_computed += n;
+    const TensorView in = expert_in_.view().slice_rows(0, n), expert_out = expert_out_.view().slice_rows(0, n);
+    const TensorView gate_up = scratch(expert_gate_up_, n, w.expert_gate_up[local].view().rows());
+    const TensorView act = scratch(expert_act_, n, w.expert_down[local].view().row_elems());
+    backend_.gather_rows(normed_.view().slice_rows(0, tokens), moe_rows_, in);
+    backend_.linear(in, w.expert_gate_up[local].view(), TensorView{}, gate_up);
+    backend_.swiglu(gate_up, act);
+    backend_.linear(act, w.expert_down[local].view(), TensorView{}, expert_out);
+    backend_.scatter_add_rows(expert_out, moe_rows_, moe_weights_, out);
+  }
+}
+
+// Qwen2-MoE's shared expert: a SwiGLU MLP every token goes through, scaled by sigmoid(x . shared_expert_gate).
+void TransformerStage::shared_expert(const LayerWeights& w, std::int64_t tokens, TensorView out) {
+  const TensorView x = normed_.view().slice_rows(0, tokens);
+  const std::int64_t inter = w.shared_down.view().row_elems();
+  const TensorView gate_up = scratch(expert_gate_up_, tokens, 2 * inter);
+  const TensorView act = scratch(expert_act_, tokens, inter);
+  const TensorView shared_out = expert_out_.view().slice_rows(0, tokens);
+  backend_.linear(x, w.shared_gate_up.view(), TensorView{}, gate_up);
+  backend_.swiglu(gate_up, act);
+  backend_.linear(act, w.shared_down.view(), TensorView{}, shared_out);
+  const TensorView gate = shared_gate_logits_.view().slice_rows(0, tokens);
+  backend_.linear(x, w.shared_gate.view(), TensorView{}, gate);
+  moe_weights_.resize(std::size_t(tokens));
+  backend_.download(gate, moe_weights_.data());
+  moe_rows_.resize(std::size_t(tokens));
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    moe_rows_[std::size_t(t)] = std::int32_t(t);
+    moe_weights_[std::size_t(t)] = float(1.0 / (1.0 + std::exp(-double(moe_weights_[std::size_t(t)]))));
+  }
+  backend_.scatter_add_rows(shared_out, moe_rows_, moe_weights_, out);
+}
+
+// Whether tp rank `rank` computed part of token `token`'s output: the shared expert touches every token; otherwise
+// the rank holds a slice of one of its experts.
+bool TransformerStage::touches(int rank, std::int64_t token) const {
+  if (plan_.config().shared_expert_intermediate_size > 0) return true;
+  const int etp = plan_.expert_tensor_parallel();
+  for (const auto e : routes_[std::size_t(token)].experts)
+    if (plan_.expert_rank(e, rank % etp) == rank) return true;
+  return false;
+}
+
+// Token t belongs to tp rank t / slice. Every rank knows every route, so each can list what it sends to and
+// receives from every other without exchanging counts: a rank sends the rows it touched of each peer's slice, and
+// sums what arrives for its own slice in rank order; the all-gather then gives everyone the whole [tokens, hidden].
+// Bytes moved: at most one row per (token, touching rank), never more than the all-reduce it replaces.
+void TransformerStage::combine_experts(std::int64_t tokens, TensorView out) {
+  const int tp = plan_.coordinates().tp, me = plan_.coordinates().tp_rank;
+  const std::int64_t slice = (tokens + tp - 1) / tp;
+  const std::size_t row_bytes = std::size_t(out.row_elems()) * dtype_size(out.dtype);
+  const auto peers = static_cast<std::size_t>(tp);
+  std::vector<std::size_t> send_bytes(peers), send_at(peers), recv_bytes(peers), recv_at(peers);
+  std::vector<std::int32_t> send_rows, recv_rows;  // token rows, in exchange order
+  for (int peer = 0; peer < tp; ++peer) {
+    const std::int64_t begin = std::min(tokens, peer * slice), end = std::min(tokens, (peer + 1) * slice);
+    send_at[std::size_t(peer)] = send_rows.size() * row_bytes;
+    for (std::int64_t t = begin; t < end; ++t)
+      if (touches(me, t)) send_rows.push_back(std::int32_t(t));
+    send_bytes[std::size_t(peer)] = send_rows.size() * row_bytes - send_at[std::size_t(peer)];
+    recv_at[std::size_t(peer)] = recv_rows.size() * row_bytes;
+    for (std::int64_t t = std::min(tokens, me * slice); t < std::min(tokens, (me + 1) * slice); ++t)
+      if (touches(peer, t)) recv_rows.push_back(std::int32_t(t - me * slice));
+    recv_bytes[std::size_t(peer)] = recv_rows.size() * row_bytes - recv_at[std::size_t(peer)];
+  }
+  const auto n_send = std::int64_t(send_rows.size()), n_recv = std::int64_t(recv_rows.size());
+  backend_.gather_rows(out, send_rows, send_rows_.view().slice_rows(0, n_send));
+  tp_.all_to_all(send_rows_.view().data, send_bytes.data(), send_at.data(), recv_rows_.view().data, recv_bytes.data(),
+                 recv_at.data());
+  const TensorView mine = token_slice_.view().slice_rows(0, slice);
+  backend_.fill_zero(mine);
+  const std::vector<float> ones(static_cast<std::size_t>(n_recv), 1.0f);
+  backend_.scatter_add_rows(recv_rows_.view().slice_rows(0, n_recv), recv_rows, ones, mine);
+  tp_.all_gather(mine.data, gathered_.view().data, std::size_t(slice) * row_bytes);
+  std::vector<std::int32_t> all(static_cast<std::size_t>(tokens));
+  for (std::int64_t t = 0; t < tokens; ++t) all[std::size_t(t)] = std::int32_t(t);
+  backend_.gather_rows(gathered_.view().slice_rows(0, tp * slice), all, out);
 }
 
 void TransformerStage::copy_block(std::int32_t from, std::int32_t to) {
@@ -212,7 +456,9 @@ TensorView TransformerStage::forward(std::span<const SeqChunk> chunks, std::span
   // the same ops on the same shapes for a given batch size: the backend may record them once and replay them.
   bool decode = true;
   for (const auto& chunk : chunks) decode = decode && chunk.n_tokens == 1;
-  const bool graphable = decode && plan_.is_first_stage() && plan_.is_last_stage() && tp_.graph_capturable();
+  // A mixture-of-experts step routes on the host: its shapes change with the routes, so it is never recorded.
+  const bool graphable =
+      decode && plan_.is_first_stage() && plan_.is_last_stage() && tp_.graph_capturable() && !plan_.config().is_moe();
   const StepMode mode = backend_.begin_step(graphable ? std::int64_t(chunks.size()) : -1);
   replaying_ = mode == StepMode::Replay;
   TensorView out;
@@ -245,6 +491,8 @@ TensorView TransformerStage::run_step(std::span<const SeqChunk> chunks, std::spa
                  " tokens");
     backend_.embedding(token_ids, embed_.view(), plan_.vocab_offset(), h);
     all_reduce(h);  // each rank filled only the rows of its vocabulary shard
+    // Gemma: times sqrt(hidden_size), rounded to the activation dtype first as Hugging Face does
+    if (plan_.config().scale_embeddings) backend_.scale(h, float(std::sqrt(double(plan_.config().hidden_size))));
   } else {
     backend_.upload(hidden_in, h);
   }
@@ -261,6 +509,8 @@ TensorView TransformerStage::run_step(std::span<const SeqChunk> chunks, std::spa
   const Tensor& head = lm_head_.empty() ? embed_ : lm_head_;  // tied embeddings on a single stage
   const TensorView logits = logits_.view().slice_rows(0, n);
   backend_.linear(last, head.view(), TensorView{}, logits);
+  if (plan_.config().final_logit_softcapping > 0)
+    backend_.softcap(logits, float(plan_.config().final_logit_softcapping));
   return logits;
 }
 

@@ -47,6 +47,14 @@ struct StageMemory {
 StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limits, DType weights = DType::F32,
                                   DType activations = DType::F32);
 
+// Mixture-of-experts load, counted by the stage since it was built. per_expert[e]: routing choices of expert e over
+// this stage's MoE layers, counted by the tensor-parallel rank that owns the token's slice (so that sums over every
+// rank of a run count each choice once); rows_computed: (token, expert) rows this rank's experts computed.
+struct ExpertLoad {
+  std::vector<std::int64_t> per_expert;
+  std::int64_t rows_computed = 0;
+};
+
 class TransformerStage {
  public:
   // Loads every tensor of `plan` from `source` into `backend` memory. `tp` is this rank's tensor-parallel group
@@ -73,11 +81,39 @@ class TransformerStage {
   // steps); every rank of the stage does the same copies.
   void copy_block(std::int32_t from, std::int32_t to);
 
+  const ExpertLoad& expert_load() const { return expert_load_; }
+
  private:
   struct LayerWeights {
     Tensor input_norm, q, k, v, q_bias, k_bias, v_bias, q_norm, k_norm, o, post_norm, gate_up, down;
+    Tensor pre_ff_norm, post_ff_norm;  // Gemma's sandwich norms
+    // Mixture of experts: router [experts, hidden], this rank's experts (stacked gate/up, down), shared expert.
+    Tensor router, shared_gate_up, shared_down, shared_gate;
+    std::vector<Tensor> expert_gate_up, expert_down;
+    std::int32_t window = 0;  // sliding-window size of this layer's attention (0: whole context)
+    const RopeParams* rope = nullptr;
+  };
+  // One token's routing: its top-k experts and their weights.
+  struct Route {
+    std::vector<std::int32_t> experts;
+    std::vector<float> weights;
   };
   Tensor load(WeightSource& source, const TensorSpec& spec);
+  // A norm weight, (1 + w) for models whose RMSNorm multiplies by that (Gemma).
+  Tensor load_norm(WeightSource& source, const TensorSpec& spec);
+  void load_layer(WeightSource& source, std::int64_t layer);
+  void allocate_workspace();
+  // The MLP half of a block on x[tokens, hidden]: its output (partial over tp ranks where combine_mlp sums it) in
+  // proj_.
+  void mlp(const LayerWeights& w, std::int64_t tokens);
+  void moe_mlp(const LayerWeights& w, std::int64_t tokens);
+  void route(std::int64_t tokens);
+  void run_experts(const LayerWeights& w, std::int64_t tokens, TensorView out);
+  void shared_expert(const LayerWeights& w, std::int64_t tokens, TensorView out);
+  // Expert parallelism: each rank's partial outputs for the tokens it touched go by all-to-all to the rank owning
+  // the token's slice, which sums them; an all-gather then gives every rank every token's output.
+  void combine_experts(std::int64_t tokens, TensorView out);
+  bool touches(int tp_rank, std::int64_t token) const;
   Tensor load_stacked(WeightSource& source, const TensorSpec& first, const TensorSpec& second);
   Tensor load_rows(WeightSource& source, const std::vector<TensorSpec>& parts, std::int64_t rows);
   void decoder_block(std::size_t layer, std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table,
@@ -92,7 +128,7 @@ class TransformerStage {
   Collectives& tp_;
   StageLimits limits_;
   std::vector<float> load_staging_;  // load_rows' f32 staging for non-f32 or device weights; freed after loading
-  RopeParams rope_;
+  RopeParams rope_, rope_local_;     // local: sliding layers of a model with its own local rotary base (Gemma 3)
 
   Tensor embed_, final_norm_, lm_head_;
   std::vector<LayerWeights> layers_;
@@ -101,6 +137,15 @@ class TransformerStage {
   // Workspace, sized for limits_.max_tokens rows.
   Tensor hidden_, normed_, q_, k_, v_, attn_, proj_, gate_up_, act_, last_rows_, logits_;
   Tensor hidden_host_;  // f32 host copy of the output hidden state, for backends whose memory is not the host's
+  // Mixture-of-experts workspace: router logits (f32), an expert's rows in / gate-up / activation / out, the shared
+  // expert's gate, and the expert-parallel exchange buffers.
+  Tensor router_logits_, expert_in_, expert_gate_up_, expert_act_, expert_out_, shared_gate_logits_;
+  Tensor send_rows_, recv_rows_, token_slice_, gathered_;
+  std::vector<float> router_host_;
+  std::vector<Route> routes_;
+  std::vector<std::int32_t> moe_rows_;
+  std::vector<float> moe_weights_;
+  ExpertLoad expert_load_;
   std::vector<std::int32_t> positions_, last_row_index_;
   bool replaying_ = false;
 };

@@ -16,10 +16,8 @@ StageLimits stage_limits(const RunLimits& limits, const ModelConfig& config) {
   STRATA_CHECK(limits.max_batch_size >= 1, Usage, "--max-batch-size must be >= 1 (got ", limits.max_batch_size, ")");
   STRATA_CHECK(limits.max_num_batched_tokens >= 1, Usage, "--max-num-batched-tokens must be >= 1 (got ",
                limits.max_num_batched_tokens, ")");
-  // A sliding-window model runs within its window, where attending to the whole context is the same thing.
-  // So does a longrope model within its original context (beyond it Hugging Face switches to long_factor).
-  std::int64_t longest = config.sliding_window > 0 ? std::min(config.max_position_embeddings, config.sliding_window)
-                                                   : config.max_position_embeddings;
+  // A longrope model runs within its original context (beyond it Hugging Face switches to long_factor).
+  std::int64_t longest = config.max_position_embeddings;
   const bool longrope = config.rope_scaling.type == "longrope";
   if (longrope) longest = std::min(longest, config.rope_scaling.original_max_position_embeddings);
   const auto model_len = std::int32_t(limits.max_model_len ? limits.max_model_len : longest);
@@ -29,11 +27,6 @@ StageLimits stage_limits(const RunLimits& limits, const ModelConfig& config) {
                config.rope_scaling.original_max_position_embeddings,
                ": longrope's long_factor (used beyond it) is not implemented; use --max-model-len <= ",
                config.rope_scaling.original_max_position_embeddings);
-  STRATA_CHECK(config.sliding_window <= 0 || model_len <= config.sliding_window, Usage, "--max-model-len ", model_len,
-               " exceeds the model's sliding_window ", config.sliding_window,
-               ": strata does not implement sliding-window attention, and within the window full attention is the "
-               "same; use --max-model-len <= ",
-               config.sliding_window);
   STRATA_CHECK(model_len <= config.max_position_embeddings, Usage, "--max-model-len ", model_len,
                " exceeds the model's max_position_embeddings ", config.max_position_embeddings);
   STRATA_CHECK(limits.block_size >= 1, Usage, "--kv-block-size must be >= 1 (got ", limits.block_size, ")");
@@ -99,9 +92,9 @@ std::int64_t kv_pool_blocks(const PlanRequest& request, const RunPlan& plan, std
 // Placement's view of the model: which tp x pp splits work and what the busiest rank needs on this device.
 ModelFit model_fit(const PlanRequest& r, const StageLimits& limits) {
   ModelFit fit;
-  fit.split_problem = [config = r.config](int tp, int pp) {
+  fit.split_problem = [config = r.config, ep = r.ep](int tp, int pp) {
     try {
-      check_split(config, tp, pp);
+      check_split(config, tp, pp, ep);
       return std::string();
     } catch (const std::exception& e) {
       return std::string(e.what());
@@ -110,7 +103,7 @@ ModelFit model_fit(const PlanRequest& r, const StageLimits& limits) {
   fit.bytes_per_rank = [&r, limits](int tp, int pp) {
     std::int64_t most = 0;  // stages differ (embedding, head): the busiest decides
     for (int stage = 0; stage < pp; ++stage)
-      most = std::max(most, plan_memory(ShardPlan(r.config, {tp, 0, pp, stage}), limits, r.device, r.stored,
+      most = std::max(most, plan_memory(ShardPlan(r.config, {tp, 0, pp, stage, r.ep}), limits, r.device, r.stored,
                                         r.gpu_reserve_mib, r.step_buffers)
                                 .total());
     return most;
@@ -212,7 +205,7 @@ std::vector<int> lead_with_rank_zero(std::vector<int> order, const LayoutSizes& 
 
 ShardPlan RunPlan::shard(int world_rank) const {
   const ParallelLayout at = layout(world_rank);
-  return ShardPlan(config, StageCoordinates{sizes.tp, at.tp_rank(), sizes.pp, at.pp_rank()});
+  return ShardPlan(config, StageCoordinates{sizes.tp, at.tp_rank(), sizes.pp, at.pp_rank(), ep});
 }
 
 RunPlan make_run_plan(const PlanRequest& request) {
@@ -226,8 +219,9 @@ RunPlan make_run_plan(const PlanRequest& request) {
   ModelFit fit = model_fit(request, plan.stage);
   if (!request.fit_fixed_layout && request.sizes.tp && request.sizes.pp) fit.bytes_per_rank = nullptr;
   const Placement placement = place_ranks(request.topology, request.sizes, request.force, &fit);
-  check_split(request.config, placement.sizes.tp, placement.sizes.pp);  // with the numbers
+  check_split(request.config, placement.sizes.tp, placement.sizes.pp, request.ep);  // with the numbers
   plan.sizes = placement.sizes;
+  plan.ep = request.ep;
   plan.ranks_by_position = lead_with_rank_zero(placement.ranks_by_position, placement.sizes);
   plan.notes = placement.notes;
   plan.warnings = placement.warnings;
@@ -239,6 +233,32 @@ RunPlan make_run_plan(const PlanRequest& request) {
   plan.chunked_prefill = request.limits.chunked_prefill;
   for (int r = 0; r < plan.world_size(); ++r) plan.ranks.push_back(plan_rank(plan, r, request));
   return plan;
+}
+
+// Which experts each rank of a tensor-parallel group holds (the same in every group), and how tokens reach them.
+std::string RunPlan::expert_placement() const {
+  std::ostringstream out;
+  const ShardPlan plan = shard(ranks_by_position.front());
+  const int etp = plan.expert_tensor_parallel();
+  out << "experts: " << config.num_experts << " per MoE layer, top " << config.experts_per_token
+      << (config.shared_expert_intermediate_size > 0 ? " plus a shared expert" : "") << "; expert-parallel size " << ep
+      << " inside each tensor-parallel group of " << sizes.tp;
+  if (etp > 1) out << ", each expert split over " << etp << " ranks";
+  out << "; "
+      << (ep > 1         ? "outputs combined by all-to-all to each token's rank, then all-gathered"
+          : sizes.tp > 1 ? "outputs combined by the MLP all-reduce"
+                         : "no exchange")
+      << "\n";
+  for (int t = 0; t < sizes.tp; ++t) {
+    const ShardPlan rank = ShardPlan(config, StageCoordinates{sizes.tp, t, sizes.pp, 0, ep});
+    out << "  tp rank " << t << ": experts " << rank.expert_begin() << "-"
+        << rank.expert_begin() + rank.local_experts() - 1;
+    if (etp > 1)
+      out << ", intermediate slice " << t % etp << " of " << etp << " (" << rank.local_expert_intermediate() << " of "
+          << config.moe_intermediate_size << ")";
+    out << "\n";
+  }
+  return out.str();
 }
 
 std::string RunPlan::table() const {
@@ -268,6 +288,7 @@ std::string RunPlan::table() const {
       << std::int64_t(stage.kv_blocks) * stage.block_size << " tokens per replica, " << gib(m.kv_cache)
       << " on rank 0; " << kv_basis << "); prefix caching " << (prefix_caching ? "on" : "off") << ", chunked prefill "
       << (chunked_prefill ? "on (" + std::to_string(stage.max_tokens) + " tokens per step)" : "off") << "\n";
+  if (config.is_moe()) out << expert_placement();
   if (device == DeviceKind::Cuda)
     out << "memory: weights, KV cache and workspace; each GPU also needs " << gib(m.backend)
         << " for the backend and keeps " << gib(m.reserve) << " free for NCCL and CUDA graphs (--gpu-reserve-mib)\n";

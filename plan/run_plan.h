@@ -32,6 +32,7 @@ struct PlanRequest {
   DType stored = DType::F32;  // the checkpoint's dtype
   Topology topology;
   LayoutSizes sizes{0, 1, 1};  // 0: auto (dp 0: world / (tp x pp))
+  int ep = 1;                  // expert-parallel size, inside each tensor-parallel group (it divides tp)
   bool force = false;          // run a layout placement refuses, with warnings
   DeviceKind device = DeviceKind::Cpu;
   RunLimits limits;
@@ -61,6 +62,7 @@ struct RunPlan {
   Topology topology;
   DeviceKind device = DeviceKind::Cpu;
   LayoutSizes sizes;
+  int ep = 1;                          // expert-parallel size inside each tensor-parallel group
   std::vector<int> ranks_by_position;  // world rank at position (dp * pp + pp_rank) * tp + tp_rank
   std::vector<std::string> notes;      // how `auto` sizes were chosen
   std::vector<std::string> warnings;   // problems accepted with --force
@@ -76,6 +78,8 @@ struct RunPlan {
   const RankPlan& rank(int world_rank) const { return ranks.at(std::size_t(world_rank)); }
   // The plan table: every rank's host, local rank, device, coordinates, layers, memory and traffic per token.
   std::string table() const;
+  // For a mixture-of-experts model: the experts each rank of a tensor-parallel group holds.
+  std::string expert_placement() const;
 };
 
 // Throws Error(Usage/Config) naming the numbers: an impossible split, a context longer than the model's, limits
