@@ -70,11 +70,13 @@ Engine::Engine(TransformerStage& stage, const ParallelLayout& layout, Communicat
             layout.rank_of(layout.dp_rank(), layout.sizes().pp - 1, layout.tp_rank()), " (the last stage)");
 }
 
-// Samples of one prompt start from the first sample's KV cache (its partly filled last block copied), on every
-// stage before the step.
+// Samples of one prompt start from the first sample's KV cache (its partly filled last block copied, and its
+// sliding windows), on every stage before the step.
 void Engine::copy_blocks(const std::vector<ChunkMeta>& metas) {
-  for (const ChunkMeta& m : metas)
+  for (const ChunkMeta& m : metas) {
     if (m.copy_src >= 0) stage_.copy_block(m.copy_src, m.copy_dst);
+    if (m.copy_slot_src >= 0) stage_.copy_slot(m.copy_slot_src, m.chunk.slot);
+  }
 }
 
 EngineStats Engine::run(std::vector<Request> requests, const EngineHooks& hooks) {

@@ -24,8 +24,10 @@ struct Scheduler::Sequence {
   bool forks_pending = false;  // sample 0 of n > 1 before its first token
   // A forked sample before its first step: copy block copy_src (held for it) into its block copy_dst
   std::int32_t copy_src = -1, copy_dst = -1;
-  std::int64_t order = -1;        // first admission: the youngest sequence has the largest
-  std::uint64_t first_block = 0;  // prefix caching: the chain hash of its first full block (0: none)
+  std::int32_t slot = -1;           // its row of the sliding-window caches, while admitted
+  std::int32_t copy_slot_src = -1;  // a forked sample before its first step: the slot it copies (held for it)
+  std::int64_t order = -1;          // first admission: the youngest sequence has the largest
+  std::uint64_t first_block = 0;    // prefix caching: the chain hash of its first full block (0: none)
 };
 
 Scheduler::Scheduler(std::vector<Request> requests, SchedulerLimits limits, const StopMatcher& stops,
@@ -40,8 +42,10 @@ Scheduler::Scheduler(std::vector<Request> requests, SchedulerLimits limits, cons
             limits.block_size, limits.prefix_caching),
       groups_(std::size_t(std::max(limits.micro_batches, 1))),
       scheduled_(groups_.size()),
+      slot_refs_(std::size_t(std::max(limits.max_batch_size, 1)), 0),
       release_after_copies_(groups_.size()) {
   limits_.micro_batches = int(groups_.size());
+  for (auto slot = std::int32_t(slot_refs_.size()); slot-- > 0;) free_slots_.push_back(slot);  // 0 first
   add(std::move(requests));
 }
 
@@ -174,6 +178,7 @@ Scheduler::Admission Scheduler::admit_one(int group, const std::function<void(Co
   s.chain = prefix.chain;
   s.computed = s.registered * pool_.block_size();
   while (std::int64_t(s.blocks.size()) < need) s.blocks.push_back(pool_.allocate());
+  s.slot = take_slot();
   const auto known = std::int64_t(s.ids.size());
   if (s.order < 0) {
     s.order = admitted_++;
@@ -207,6 +212,23 @@ void Scheduler::release_blocks(Sequence& s) {
   s.blocks.clear();
   if (s.copy_src >= 0) pool_.release(std::exchange(s.copy_src, -1));
   s.copy_dst = -1;
+  if (s.slot >= 0) release_slot(std::exchange(s.slot, -1));
+  if (s.copy_slot_src >= 0) release_slot(std::exchange(s.copy_slot_src, -1));
+}
+
+// Slots: one per admitted sequence (at most max_batch_size), reference-counted like blocks so that a slot a
+// forked sample still has to copy is not handed out before the copy.
+std::int32_t Scheduler::take_slot() {
+  STRATA_CHECK(!free_slots_.empty(), Internal, "no free sequence slot with ", running(), " sequences admitted of ",
+               limits_.max_batch_size);
+  const std::int32_t slot = free_slots_.back();
+  free_slots_.pop_back();
+  slot_refs_[std::size_t(slot)] = 1;
+  return slot;
+}
+
+void Scheduler::release_slot(std::int32_t slot) {
+  if (--slot_refs_[std::size_t(slot)] == 0) free_slots_.push_back(slot);
 }
 
 // Frees the sequence's blocks and queues it first to be computed again (prompt and generated tokens).
@@ -295,13 +317,15 @@ void Scheduler::build_step(int group, std::vector<ChunkMeta>& metas, std::vector
   auto& members = groups_[std::size_t(group)];
   const std::vector<std::int32_t> tokens = schedule_tokens(group);
   auto& copies = release_after_copies_[std::size_t(group)];
+  std::vector<std::int32_t> slot_copies;
   for (std::size_t i = 0; i < members.size(); ++i) {
     if (tokens[i] == 0) continue;
     Sequence& s = *members[i];
     const std::int32_t n = tokens[i];
     const bool sample = s.computed + n == std::int32_t(s.ids.size());
     ChunkMeta m;
-    m.chunk = SeqChunk{std::int32_t(block_table.size()), s.computed, n, std::int32_t(ids.size())};
+    m.chunk = SeqChunk{std::int32_t(block_table.size()), s.computed, n,
+                       std::int32_t(ids.size()),         s.slot,     std::int32_t(s.request.prompt.size())};
     const auto used = pool_.blocks_for(s.computed + n);
     block_table.insert(block_table.end(), s.blocks.begin(), s.blocks.begin() + used);
     ids.insert(ids.end(), s.ids.begin() + s.computed, s.ids.begin() + s.computed + n);
@@ -310,6 +334,10 @@ void Scheduler::build_step(int group, std::vector<ChunkMeta>& metas, std::vector
       m.copy_dst = s.copy_dst;
       copies.push_back(std::exchange(s.copy_src, -1));
       s.copy_dst = -1;
+    }
+    if (s.copy_slot_src >= 0) {  // and of its first sample's sliding windows
+      m.copy_slot_src = s.copy_slot_src;
+      slot_copies.push_back(std::exchange(s.copy_slot_src, -1));
     }
     m.sample = sample ? 1 : 0;
     m.record_logits = sample && limits_.record_logits;
@@ -327,6 +355,7 @@ void Scheduler::build_step(int group, std::vector<ChunkMeta>& metas, std::vector
   // source blocks may be handed out again from now on.
   for (std::int32_t b : copies) pool_.release(b);
   copies.clear();
+  for (std::int32_t slot : slot_copies) release_slot(slot);
 }
 
 void Scheduler::fork_samples(Sequence& first, std::vector<std::unique_ptr<Sequence>>& into) {
@@ -359,6 +388,9 @@ void Scheduler::fork_samples(Sequence& first, std::vector<std::unique_ptr<Sequen
       pool_.retain(f->copy_src);
     }
     f->computed = prompt - 1;
+    f->slot = take_slot();
+    f->copy_slot_src = first.slot;
+    ++slot_refs_[std::size_t(first.slot)];
     counts_.computed_prompt_tokens += 1;
     into.push_back(std::move(f));
   }

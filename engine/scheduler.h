@@ -89,6 +89,8 @@ class Scheduler {
   bool grow_blocks(Sequence& s, std::int64_t positions);
   void preempt(Sequence& s);
   void release_blocks(Sequence& s);
+  std::int32_t take_slot();
+  void release_slot(std::int32_t slot);
   void register_full_blocks(Sequence& s, std::int64_t positions);
   bool prefix_being_scheduled(const Sequence& s) const;
   std::vector<std::int32_t> schedule_tokens(int group);
@@ -101,7 +103,8 @@ class Scheduler {
   BlockPool pool_;
   std::deque<std::unique_ptr<Sequence>> waiting_;  // new requests, and preempted sequences at the front
   std::vector<std::vector<std::unique_ptr<Sequence>>> groups_;
-  std::vector<std::vector<Scheduled>> scheduled_;  // per micro-batch: its step in flight
+  std::vector<std::vector<Scheduled>> scheduled_;     // per micro-batch: its step in flight
+  std::vector<std::int32_t> slot_refs_, free_slots_;  // sequence slots (SeqChunk::slot): holders of each, free ones
   // Per micro-batch: blocks held for copies its next step makes (the source of a sample's copied block)
   std::vector<std::vector<std::int32_t>> release_after_copies_;
   // n > 1: per request index, how many samples finished, and those samples

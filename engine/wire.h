@@ -33,7 +33,10 @@ struct ChunkMeta {
   std::int32_t copy_src = -1, copy_dst = -1;
   // 0: a prefill chunk that does not reach the end of the known tokens (chunked prefill): its logits are not
   // sampled; the scheduler ignores the token sampled for it
-  std::int32_t sample = 1, reserved = 0;
+  std::int32_t sample = 1;
+  // >= 0: before the step, copy the sliding-window caches of slot copy_slot_src into this chunk's slot (a forked
+  // sample takes over its first sample's window)
+  std::int32_t copy_slot_src = -1;
 };
 static_assert(std::is_trivially_copyable_v<ChunkMeta> && std::is_trivially_copyable_v<StepHeader>);
 

@@ -129,6 +129,7 @@ ModelConfig config_from_hf(const nlohmann::json& hf, const std::string& where) {
     if (kind == "longrope" || kind == "su") {
       nlohmann::json scaling = {{"rope_type", "longrope"},
                                 {"short_factor", r.value("short_factor", nlohmann::json())},
+                                {"long_factor", r.value("long_factor", nlohmann::json())},
                                 {"original_max_position_embeddings",
                                  r.value("original_max_position_embeddings",
                                          hf.value("original_max_position_embeddings", nlohmann::json()))}};

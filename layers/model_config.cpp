@@ -60,6 +60,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
       c.rope_scaling.original_max_position_embeddings =
           required<std::int64_t>(r, "original_max_position_embeddings", where);
       c.rope_scaling.short_factor = required<std::vector<double>>(r, "short_factor", where);
+      c.rope_scaling.long_factor = optional<std::vector<double>>(r, "long_factor", {}, where);
       c.rope_scaling.factor = double(c.max_position_embeddings) /
                               double(std::max<std::int64_t>(c.rope_scaling.original_max_position_embeddings, 1));
       // Hugging Face: sqrt(1 + ln(factor) / ln(original context)) unless the config gives it
@@ -146,6 +147,7 @@ nlohmann::json ModelConfig::to_json() const {
        : rope_scaling.type == "longrope"
            ? nlohmann::json{{"rope_type", "longrope"},
                             {"short_factor", rope_scaling.short_factor},
+                            {"long_factor", rope_scaling.long_factor},
                             {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings},
                             {"attention_factor", rope_scaling.attention_factor}}
        : rope_scaling.type == "linear"
@@ -193,6 +195,10 @@ void ModelConfig::validate(const std::string& where) const {
   };
   STRATA_CHECK(rope_scaling.type != "longrope" || std::int64_t(rope_scaling.short_factor.size()) == head_dim / 2,
                Config, where, ": longrope short_factor has ", rope_scaling.short_factor.size(),
+               " entries, head_dim / 2 = ", head_dim / 2);
+  STRATA_CHECK(rope_scaling.type != "longrope" || rope_scaling.long_factor.empty() ||
+                   std::int64_t(rope_scaling.long_factor.size()) == head_dim / 2,
+               Config, where, ": longrope long_factor has ", rope_scaling.long_factor.size(),
                " entries, head_dim / 2 = ", head_dim / 2);
   // Sizes reach int-sized BLAS/MPI arguments and int32 positions: refuse what cannot be represented.
   for (auto [value, name] : {std::pair{hidden_size, "hidden_size"},
@@ -281,6 +287,18 @@ std::vector<float> ModelConfig::rope_inverse_frequencies() const {
     inv_freq[i] = float(f);
   }
   return inv_freq;
+}
+
+std::vector<float> ModelConfig::rope_long_inverse_frequencies() const {
+  if (rope_scaling.type != "longrope" || rope_scaling.long_factor.empty()) return {};
+  ModelConfig long_context = *this;
+  long_context.rope_scaling.short_factor = rope_scaling.long_factor;
+  return long_context.rope_inverse_frequencies();
+}
+
+bool ModelConfig::long_rope(std::int64_t prompt_tokens, std::int64_t position) const {
+  return rope_scaling.type == "longrope" && !rope_scaling.long_factor.empty() &&
+         std::max(prompt_tokens, position + 1) > rope_scaling.original_max_position_embeddings;
 }
 
 double ModelConfig::attention_scale() const {

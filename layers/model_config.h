@@ -11,15 +11,18 @@ namespace strata {
 
 // Hugging Face rope_scaling: none, "linear" (positions divided by factor) or "llama3" (low frequencies divided by
 // factor, high ones kept, a smooth blend between; Llama 3.1+).
-// "longrope" (Phi-3's 128k variants, also called "su"): each frequency divided by its short_factor, and cos / sin
-// multiplied by attention_factor; strata runs it within original_max_position_embeddings (beyond it Hugging Face
-// switches to long_factor, which it does not implement).
+// "longrope" (Phi-3's 128k variants, also called "su"): each frequency divided by its short_factor, or by its
+// long_factor for a sequence beyond original_max_position_embeddings, and cos / sin multiplied by attention_factor.
+// Which factors a token uses follows Hugging Face's generation: a forward pass whose longest sequence exceeds the
+// original context uses the long ones, so a prompt longer than it uses them throughout, and a shorter one switches
+// to them at the first generated position past it (long_rope below).
 struct RopeScaling {
   std::string type = "none";
   double factor = 1.0;
   double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
   std::int64_t original_max_position_embeddings = 0;     // llama3, longrope
   std::vector<double> short_factor;                      // longrope: head_dim / 2 of them
+  std::vector<double> long_factor;                       // longrope: head_dim / 2 of them (may be empty)
   double attention_factor = 1.0;                         // longrope
 };
 
@@ -78,6 +81,11 @@ struct ModelConfig {
   // The head_dim / 2 rotary inverse frequencies, rope_theta and rope_scaling applied (computed in double, as
   // Hugging Face computes them in float32 and then rounds; see the .cpp).
   std::vector<float> rope_inverse_frequencies() const;
+  // longrope's frequencies beyond the original context (long_factor); empty for other scalings.
+  std::vector<float> rope_long_inverse_frequencies() const;
+  // Whether a token at `position` of a sequence whose prompt has `prompt_tokens` tokens rotates with the long
+  // factors: max(prompt_tokens, position + 1) > original_max_position_embeddings (longrope with long_factor only).
+  bool long_rope(std::int64_t prompt_tokens, std::int64_t position) const;
   // Those of layer `layer`: a sliding layer of a model with rope_local_theta uses that base, unscaled.
   std::vector<float> rope_inverse_frequencies(std::int64_t layer) const;
   // The softmax scale of attention: 1 / sqrt(head_dim) (or query_pre_attn_scalar), times attention_factor^2 for

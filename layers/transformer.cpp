@@ -15,6 +15,15 @@ std::int64_t StageLimits::cache_blocks() const {
   return std::int64_t(max_seqs) * ((std::int64_t(max_seq_len) + block_size - 1) / std::max(block_size, 1));
 }
 
+std::int64_t sliding_ring_blocks(const ModelConfig& c, const StageLimits& limits) {
+  if (c.sliding_window <= 0 || limits.block_size < 1) return 0;
+  const std::int64_t size = limits.block_size;
+  // The positions a step can touch: a chunk of up to max_tokens writes its keys, and its first query reads back
+  // window - 1 positions: they span at most this many blocks, which must all be distinct ring blocks.
+  const std::int64_t ring = (c.sliding_window + limits.max_tokens - 1 + size - 1) / size + 1;
+  return ring < (std::int64_t(limits.max_seq_len) + size - 1) / size ? ring : 0;
+}
+
 StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limits, DType weights, DType activations) {
   StageMemory m;
   const auto w = std::int64_t(dtype_size(weights)), a = std::int64_t(dtype_size(activations));
@@ -22,7 +31,12 @@ StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limi
     m.weights += shape_numel(spec.local_shape()) * (spec.local_shape().size() == 1 ? a : w);
   const auto& c = plan.config();
   const std::int64_t kv_row = plan.local_kv_heads() * c.head_dim;
-  m.kv_cache = 2 * plan.local_layers() * limits.cache_blocks() * limits.block_size * kv_row * a;
+  const std::int64_t ring = sliding_ring_blocks(c, limits);
+  std::int64_t ring_layers = 0;
+  for (std::int64_t l = plan.layer_begin(); l < plan.layer_end(); ++l) ring_layers += ring > 0 && c.sliding_layer(l);
+  const std::int64_t block_bytes = 2 * limits.block_size * kv_row * a;
+  m.kv_cache = (plan.local_layers() - ring_layers) * limits.cache_blocks() * block_bytes;
+  m.kv_windows = ring_layers * std::int64_t(limits.max_seqs) * ring * block_bytes;
   const std::int64_t t = limits.max_tokens;
   const std::int64_t q_row = plan.local_heads() * c.head_dim;
   m.workspace = a * t * (3 * c.hidden_size + 2 * q_row + 2 * kv_row + 3 * plan.local_intermediate()) +
@@ -128,6 +142,7 @@ void TransformerStage::load_layer(WeightSource& source, std::int64_t l) {
     w.down = load(source, spec("mlp.down_proj.weight"));
   }
   w.window = c.attention_window(l);
+  w.ring = w.window > 0 && sliding_ring_blocks(c, limits_) > 0;
   w.rope = c.rope_local_theta > 0 && c.sliding_layer(l) ? &rope_local_ : &rope_;
   layers_.push_back(std::move(w));
 }
@@ -144,6 +159,7 @@ TransformerStage::TransformerStage(const ShardPlan& plan, WeightSource& source, 
                                  c.sliding_layers.begin();  // any sliding layer: they share one base
     rope_local_ = RopeParams{c.rope_inverse_frequencies(sliding), std::int32_t(c.head_dim)};
   }
+  rope_long_ = RopeParams{c.rope_long_inverse_frequencies(), std::int32_t(c.head_dim)};
   layers_.reserve(std::size_t(plan.local_layers()));  // LayerWeights point at rope_ / rope_local_, never moved
 
   if (plan.is_first_stage()) embed_ = load(source, plan.spec("model.embed_tokens.weight"));
@@ -168,9 +184,11 @@ void TransformerStage::allocate_workspace() {
   const DType act = backend_.activation_dtype();
   STRATA_CHECK(limits.block_size >= 1 && limits.cache_blocks() >= 1, Internal, "KV cache of ", limits.cache_blocks(),
                " blocks of ", limits.block_size);
-  for (std::size_t l = 0; l < layers_.size(); ++l) {
-    k_cache_.push_back(backend_.allocate({limits.cache_blocks(), limits.block_size, kv_heads, d}, act));
-    v_cache_.push_back(backend_.allocate({limits.cache_blocks(), limits.block_size, kv_heads, d}, act));
+  ring_blocks_ = sliding_ring_blocks(c, limits);
+  for (const auto& layer : layers_) {
+    const std::int64_t blocks = layer.ring ? limits.max_seqs * ring_blocks_ : limits.cache_blocks();
+    k_cache_.push_back(backend_.allocate({blocks, limits.block_size, kv_heads, d}, act));
+    v_cache_.push_back(backend_.allocate({blocks, limits.block_size, kv_heads, d}, act));
   }
   hidden_ = backend_.allocate({t, h}, act);
   normed_ = backend_.allocate({t, h}, act);
@@ -233,8 +251,12 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
     backend_.rms_norm(per_head(q_, plan_.local_heads()), w.q_norm.view(), eps, per_head(q_, plan_.local_heads()));
     backend_.rms_norm(per_head(k_, plan_.local_kv_heads()), w.k_norm.view(), eps, per_head(k_, plan_.local_kv_heads()));
   }
-  backend_.rope(heads_view(q_, plan_.local_heads()), positions_, *w.rope);
-  backend_.rope(heads_view(k_, plan_.local_kv_heads()), positions_, *w.rope);
+  rotate(heads_view(q_, plan_.local_heads()), tokens, *w.rope);
+  rotate(heads_view(k_, plan_.local_kv_heads()), tokens, *w.rope);
+  if (w.ring) {  // the layer's per-slot ring of its window
+    chunks = ring_chunks_;
+    block_table = ring_table_;
+  }
   backend_.kv_store(chunks, block_table, rows(k_), rows(v_), k_cache_[l].view(), v_cache_[l].view());
   const AttentionParams params{float(c.attention_scale()), w.window, float(c.attn_logit_softcapping)};
   backend_.attention(chunks, block_table, heads_view(q_, plan_.local_heads()), k_cache_[l].view(), v_cache_[l].view(),
@@ -255,6 +277,17 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
     moe_mlp(w, tokens);
   if (c.sandwich_norms) backend_.rms_norm(rows(proj_), w.post_ff_norm.view(), eps, rows(proj_));
   // proj_ is added to the residual by the next block (or after the last one in forward)
+}
+
+void TransformerStage::rotate(const TensorView& x, std::int64_t tokens, const RopeParams& rope) {
+  if (rope_long_.inv_freq.empty()) return backend_.rope(x, positions_, rope);
+  for (std::int64_t begin = 0; begin < tokens;) {
+    std::int64_t end = begin + 1;
+    while (end < tokens && long_rope_[std::size_t(end)] == long_rope_[std::size_t(begin)]) ++end;
+    const std::span<const std::int32_t> positions(positions_.data() + begin, std::size_t(end - begin));
+    backend_.rope(x.slice_rows(begin, end), positions, long_rope_[std::size_t(begin)] ? rope_long_ : rope);
+    begin = end;
+  }
 }
 
 // Dense: column-parallel gate/up (stacked), SwiGLU or GeGLU, row-parallel down_proj, one all-reduce.
@@ -430,23 +463,60 @@ void TransformerStage::copy_block(std::int32_t from, std::int32_t to) {
                " -> ", to, " of ", blocks, " blocks");
   std::vector<std::int32_t> rows(static_cast<std::size_t>(size));
   for (std::int64_t p = 0; p < size; ++p) rows[std::size_t(p)] = std::int32_t(from * size + p);
-  for (std::size_t l = 0; l < k_cache_.size(); ++l)
+  for (std::size_t l = 0; l < k_cache_.size(); ++l) {
+    if (layers_[l].ring) continue;
     for (Tensor* cache : {&k_cache_[l], &v_cache_[l]}) {
       const TensorView all = cache->view().reshaped({blocks * size, cache->view().numel() / (blocks * size)});
       backend_.gather_rows(all, rows, all.slice_rows(std::int64_t(to) * size, std::int64_t(to + 1) * size));
     }
+  }
+}
+
+void TransformerStage::copy_slot(std::int32_t from, std::int32_t to) {
+  if (ring_blocks_ == 0) return;
+  const std::int64_t slots = limits_.max_seqs, positions = ring_blocks_ * limits_.block_size;
+  STRATA_CHECK(from >= 0 && from < slots && to >= 0 && to < slots && from != to, Internal, "copy_slot: ", from, " -> ",
+               to, " of ", slots, " slots");
+  std::vector<std::int32_t> rows(static_cast<std::size_t>(positions));
+  for (std::int64_t p = 0; p < positions; ++p) rows[std::size_t(p)] = std::int32_t(from * positions + p);
+  for (std::size_t l = 0; l < k_cache_.size(); ++l) {
+    if (!layers_[l].ring) continue;
+    for (Tensor* cache : {&k_cache_[l], &v_cache_[l]}) {
+      const TensorView all = cache->view().reshaped({slots * positions, cache->view().numel() / (slots * positions)});
+      backend_.gather_rows(all, rows, all.slice_rows(to * positions, (to + 1) * positions));
+    }
+  }
+}
+
+// The ring layers' view of the step: the same chunks, each reading its slot's ring through a table of its own.
+void TransformerStage::build_ring_table(std::span<const SeqChunk> chunks) {
+  ring_chunks_.assign(chunks.begin(), chunks.end());
+  ring_table_.clear();
+  const std::int64_t size = limits_.block_size;
+  for (auto& chunk : ring_chunks_) {
+    STRATA_CHECK(chunk.slot >= 0 && chunk.slot < limits_.max_seqs, Internal, "chunk at row ", chunk.token_offset,
+                 " has sequence slot ", chunk.slot, " of ", limits_.max_seqs);
+    chunk.table_offset = std::int32_t(ring_table_.size());
+    const std::int64_t used = (std::int64_t(chunk.start_pos) + chunk.n_tokens + size - 1) / size;
+    for (std::int64_t b = 0; b < used; ++b)
+      ring_table_.push_back(std::int32_t(chunk.slot * ring_blocks_ + b % ring_blocks_));
+  }
 }
 
 TensorView TransformerStage::forward(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table,
                                      std::span<const std::int32_t> token_ids, const float* hidden_in) {
   std::int64_t tokens = 0;
   positions_.clear();
+  long_rope_.clear();
   for (const auto& chunk : chunks) {
     STRATA_CHECK(chunk.token_offset == tokens && chunk.table_offset >= 0 && chunk.n_tokens >= 1 &&
                      chunk.start_pos >= 0 && chunk.start_pos + chunk.n_tokens <= limits_.max_seq_len,
                  Internal, "malformed step: chunk at row ", chunk.token_offset, " table offset ", chunk.table_offset,
                  " positions ", chunk.start_pos, "+", chunk.n_tokens);
     for (std::int32_t i = 0; i < chunk.n_tokens; ++i) positions_.push_back(chunk.start_pos + i);
+    if (!rope_long_.inv_freq.empty())
+      for (std::int32_t i = 0; i < chunk.n_tokens; ++i)
+        long_rope_.push_back(plan_.config().long_rope(chunk.prompt_tokens, chunk.start_pos + i));
     tokens += chunk.n_tokens;
   }
   STRATA_CHECK(tokens <= limits_.max_tokens && std::int64_t(chunks.size()) <= limits_.max_seqs, Internal, "step of ",
@@ -457,8 +527,12 @@ TensorView TransformerStage::forward(std::span<const SeqChunk> chunks, std::span
   bool decode = true;
   for (const auto& chunk : chunks) decode = decode && chunk.n_tokens == 1;
   // A mixture-of-experts step routes on the host: its shapes change with the routes, so it is never recorded.
-  const bool graphable =
-      decode && plan_.is_first_stage() && plan_.is_last_stage() && tp_.graph_capturable() && !plan_.config().is_moe();
+  // Nor is one where ring layers and paged layers give the attention two different block tables in one step (a
+  // recording holds one value per step input).
+  bool mixed = false;
+  for (const auto& layer : layers_) mixed = mixed || layer.ring != layers_.front().ring;
+  const bool graphable = decode && plan_.is_first_stage() && plan_.is_last_stage() && tp_.graph_capturable() &&
+                         !plan_.config().is_moe() && !mixed && rope_long_.inv_freq.empty();
   const StepMode mode = backend_.begin_step(graphable ? std::int64_t(chunks.size()) : -1);
   replaying_ = mode == StepMode::Replay;
   TensorView out;
@@ -496,6 +570,7 @@ TensorView TransformerStage::run_step(std::span<const SeqChunk> chunks, std::spa
   } else {
     backend_.upload(hidden_in, h);
   }
+  if (ring_blocks_ > 0) build_ring_table(chunks);
   for (std::size_t l = 0; l < layers_.size(); ++l) decoder_block(l, chunks, block_table, tokens);
   if (!layers_.empty()) backend_.add(h, proj_.view().slice_rows(0, tokens));  // the last block's MLP output
   if (!plan_.is_last_stage()) return h;

@@ -40,10 +40,16 @@ struct StageLimits {
 
 // Bytes this stage will allocate for weights, KV cache and workspace, for memory checks before loading. The dtypes
 // are the backend's (Backend::weight_dtype / activation_dtype; logits are always f32).
+// kv_cache: the paged pool (grows with its blocks); kv_windows: the sliding-window layers' per-sequence caches.
 struct StageMemory {
-  std::int64_t weights = 0, kv_cache = 0, workspace = 0;
-  std::int64_t total() const { return weights + kv_cache + workspace; }
+  std::int64_t weights = 0, kv_cache = 0, kv_windows = 0, workspace = 0;
+  std::int64_t total() const { return weights + kv_cache + kv_windows + workspace; }
 };
+
+// A sliding-window layer keeps only its window: each sequence slot has a ring of this many blocks, where position p
+// lives in ring block (p / block_size) % ring, enough for the window plus one step's tokens. 0 when no layer slides
+// or the ring would be no smaller than a whole context (the layer then uses the paged pool like the others).
+std::int64_t sliding_ring_blocks(const ModelConfig& config, const StageLimits& limits);
 StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limits, DType weights = DType::F32,
                                   DType activations = DType::F32);
 
@@ -81,6 +87,10 @@ class TransformerStage {
   // steps); every rank of the stage does the same copies.
   void copy_block(std::int32_t from, std::int32_t to);
 
+  // Copies the sliding-window caches of sequence slot `from` into slot `to` (a forked sample takes over its first
+  // sample's windows); nothing when the model keeps none. Call outside forward, as copy_block.
+  void copy_slot(std::int32_t from, std::int32_t to);
+
   const ExpertLoad& expert_load() const { return expert_load_; }
 
  private:
@@ -91,6 +101,7 @@ class TransformerStage {
     Tensor router, shared_gate_up, shared_down, shared_gate;
     std::vector<Tensor> expert_gate_up, expert_down;
     std::int32_t window = 0;  // sliding-window size of this layer's attention (0: whole context)
+    bool ring = false;        // its caches are per-slot rings (sliding_ring_blocks), not the paged pool
     const RopeParams* rope = nullptr;
   };
   // One token's routing: its top-k experts and their weights.
@@ -118,6 +129,10 @@ class TransformerStage {
   Tensor load_rows(WeightSource& source, const std::vector<TensorSpec>& parts, std::int64_t rows);
   void decoder_block(std::size_t layer, std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table,
                      std::int64_t tokens);
+  void build_ring_table(std::span<const SeqChunk> chunks);
+  // RoPE on x[tokens, heads, head_dim] with the layer's frequencies, or per run of tokens with longrope's short or
+  // long ones.
+  void rotate(const TensorView& x, std::int64_t tokens, const RopeParams& rope);
   TensorView run_step(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table,
                       std::span<const std::int32_t> token_ids, const float* hidden_in, std::int64_t tokens);
   // The tensor-parallel all-reduce, skipped while a step graph replays (the graph holds it).
@@ -127,12 +142,18 @@ class TransformerStage {
   Backend& backend_;
   Collectives& tp_;
   StageLimits limits_;
-  std::vector<float> load_staging_;  // load_rows' f32 staging for non-f32 or device weights; freed after loading
-  RopeParams rope_, rope_local_;     // local: sliding layers of a model with its own local rotary base (Gemma 3)
+  std::vector<float> load_staging_;      // load_rows' f32 staging for non-f32 or device weights; freed after loading
+  RopeParams rope_, rope_local_;         // local: sliding layers of a model with its own local rotary base (Gemma 3)
+  RopeParams rope_long_;                 // longrope's long factors (Phi-3 128k); empty inv_freq when the model has none
+  std::vector<std::uint8_t> long_rope_;  // per token of the step: rotate with rope_long_
 
   Tensor embed_, final_norm_, lm_head_;
   std::vector<LayerWeights> layers_;
-  std::vector<Tensor> k_cache_, v_cache_;  // per local layer: [blocks, block_size, local_kv_heads, head_dim]
+  // Per local layer: [blocks, block_size, local_kv_heads, head_dim]; ring layers [slots x ring_blocks_, ...].
+  std::vector<Tensor> k_cache_, v_cache_;
+  std::int64_t ring_blocks_ = 0;
+  std::vector<SeqChunk> ring_chunks_;     // the step's chunks, their table offsets into ring_table_
+  std::vector<std::int32_t> ring_table_;  // each chunk's ring blocks: slot * ring_blocks_ + block % ring_blocks_
 
   // Workspace, sized for limits_.max_tokens rows.
   Tensor hidden_, normed_, q_, k_, v_, attn_, proj_, gate_up_, act_, last_rows_, logits_;

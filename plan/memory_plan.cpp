@@ -43,6 +43,7 @@ MemoryPlan plan_memory(const ShardPlan& shard, const StageLimits& limits, Device
   const StageMemory stage = estimate_stage_memory(shard, limits, m.weights_dtype, m.activations_dtype);
   m.weights = stage.weights;
   m.kv_cache = stage.kv_cache;
+  m.kv_windows = stage.kv_windows;
   m.workspace = stage.workspace;
   if (device == DeviceKind::Cuda) {
     m.backend = kCudaBackendFixed + (step_buffers ? step_buffers(shard, limits) : 0);

@@ -25,9 +25,10 @@ DType activation_dtype(DeviceKind device, DType stored);
 struct MemoryPlan {
   DType weights_dtype = DType::F32, activations_dtype = DType::F32;
   std::int64_t weights = 0, kv_cache = 0, workspace = 0;
-  std::int64_t backend = 0;  // CUDA: cuBLAS workspace, staging, decode partials, sampling candidates
-  std::int64_t reserve = 0;  // CUDA: kept free for NCCL's buffers and CUDA graphs (--gpu-reserve-mib)
-  std::int64_t stage() const { return weights + kv_cache + workspace; }  // what the stage allocates
+  std::int64_t kv_windows = 0;  // sliding-window layers' per-sequence caches (fixed, beside the paged pool)
+  std::int64_t backend = 0;     // CUDA: cuBLAS workspace, staging, decode partials, sampling candidates
+  std::int64_t reserve = 0;     // CUDA: kept free for NCCL's buffers and CUDA graphs (--gpu-reserve-mib)
+  std::int64_t stage() const { return weights + kv_cache + kv_windows + workspace; }  // what the stage allocates
   std::int64_t total() const { return stage() + backend + reserve; }
   // The CUDA backend's device arena: the stage's tensors, each rounded up to 256 bytes (~15 per layer).
   std::int64_t arena(std::int64_t local_layers) const {

@@ -16,16 +16,16 @@ StageLimits stage_limits(const RunLimits& limits, const ModelConfig& config) {
   STRATA_CHECK(limits.max_batch_size >= 1, Usage, "--max-batch-size must be >= 1 (got ", limits.max_batch_size, ")");
   STRATA_CHECK(limits.max_num_batched_tokens >= 1, Usage, "--max-num-batched-tokens must be >= 1 (got ",
                limits.max_num_batched_tokens, ")");
-  // A longrope model runs within its original context (beyond it Hugging Face switches to long_factor).
+  // A longrope model without long factors runs within its original context.
   std::int64_t longest = config.max_position_embeddings;
-  const bool longrope = config.rope_scaling.type == "longrope";
+  const bool longrope = config.rope_scaling.type == "longrope" && config.rope_scaling.long_factor.empty();
   if (longrope) longest = std::min(longest, config.rope_scaling.original_max_position_embeddings);
   const auto model_len = std::int32_t(limits.max_model_len ? limits.max_model_len : longest);
   STRATA_CHECK(model_len >= 2, Usage, "--max-model-len must be >= 2 (got ", model_len, ")");
   STRATA_CHECK(!longrope || model_len <= config.rope_scaling.original_max_position_embeddings, Usage,
                "--max-model-len ", model_len, " exceeds the model's original_max_position_embeddings ",
                config.rope_scaling.original_max_position_embeddings,
-               ": longrope's long_factor (used beyond it) is not implemented; use --max-model-len <= ",
+               ": the model's longrope has no long_factor for positions beyond it; use --max-model-len <= ",
                config.rope_scaling.original_max_position_embeddings);
   STRATA_CHECK(model_len <= config.max_position_embeddings, Usage, "--max-model-len ", model_len,
                " exceeds the model's max_position_embeddings ", config.max_position_embeddings);
@@ -61,7 +61,9 @@ std::int64_t kv_pool_blocks(const PlanRequest& request, const RunPlan& plan, std
         plan_memory(shard, one, plan.device, plan.stored, request.gpu_reserve_mib, request.step_buffers);
     const std::int64_t per_block = std::max<std::int64_t>(m.kv_cache, 1);
     std::int64_t blocks = contiguous;
-    if (request.limits.kv_cache_gib > 0) {
+    if (m.kv_cache == 0) {  // every layer of the stage keeps only its window: the pool is bookkeeping there
+      basis = "--max-batch-size whole contexts (sliding-window layers only)";
+    } else if (request.limits.kv_cache_gib > 0) {
       const auto budget = std::int64_t(request.limits.kv_cache_gib * double(std::int64_t(1) << 30));
       blocks = budget / per_block;
       basis = cat("--kv-cache-memory ", request.limits.kv_cache_gib, " GiB per rank");
@@ -229,7 +231,11 @@ RunPlan make_run_plan(const PlanRequest& request) {
                request.limits.micro_batches, ")");
   plan.micro_batches = request.limits.micro_batches ? request.limits.micro_batches : plan.sizes.pp;
   plan.stage.kv_blocks = std::int32_t(kv_pool_blocks(request, plan, plan.kv_basis));
-  plan.prefix_caching = request.limits.prefix_caching;
+  // A sliding-window layer keeps only its window per sequence: a cached prefix would have no window to continue from.
+  const bool windows = sliding_ring_blocks(plan.config, plan.stage) > 0;
+  plan.prefix_caching = request.limits.prefix_caching && !windows;
+  if (request.limits.prefix_caching && windows)
+    plan.notes.push_back("prefix caching is off: the sliding-window layers keep only their window of each sequence");
   plan.chunked_prefill = request.limits.chunked_prefill;
   for (int r = 0; r < plan.world_size(); ++r) plan.ranks.push_back(plan_rank(plan, r, request));
   return plan;
@@ -288,6 +294,9 @@ std::string RunPlan::table() const {
       << std::int64_t(stage.kv_blocks) * stage.block_size << " tokens per replica, " << gib(m.kv_cache)
       << " on rank 0; " << kv_basis << "); prefix caching " << (prefix_caching ? "on" : "off") << ", chunked prefill "
       << (chunked_prefill ? "on (" + std::to_string(stage.max_tokens) + " tokens per step)" : "off") << "\n";
+  if (m.kv_windows > 0)
+    out << "sliding-window layers keep only their window: " << sliding_ring_blocks(config, stage)
+        << " blocks per sequence, " << gib(m.kv_windows) << " on rank 0 for " << stage.max_seqs << " sequences\n";
   if (config.is_moe()) out << expert_placement();
   if (device == DeviceKind::Cuda)
     out << "memory: weights, KV cache and workspace; each GPU also needs " << gib(m.backend)

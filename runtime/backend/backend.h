@@ -22,11 +22,16 @@ namespace strata {
 // One sequence's share of a step: rows [token_offset, token_offset + n_tokens) of the flattened batch are its
 // tokens at positions [start_pos, start_pos + n_tokens); its keys and values live in the KV-cache blocks listed
 // from entry `table_offset` of the step's block table (see kv_blocks.h).
+// `slot` (< the step's max sequences) is the sequence's own row of the per-sequence caches of sliding-window layers
+// (layers/transformer.h); -1 where the model has none. `prompt_tokens`: the length of the sequence's prompt (which
+// rotary factors a longrope model uses depends on it).
 struct SeqChunk {
   std::int32_t table_offset = 0;
   std::int32_t start_pos = 0;
   std::int32_t n_tokens = 0;
   std::int32_t token_offset = 0;
+  std::int32_t slot = -1;
+  std::int32_t prompt_tokens = 0;
 };
 
 // Rotary embedding (Hugging Face rotate-half convention): element i of each head pairs with element i + D/2 and

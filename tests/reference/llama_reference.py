@@ -171,16 +171,33 @@ def rope_attention_factor(cfg):
     return 1.0 if factor <= 1.0 else float(np.sqrt(1 + np.log(factor) / np.log(original)))
 
 
-def rope(x, positions, theta, scaling=None, factor=1.0):
-    """x: [T, heads, head_dim]; HF rotary embedding (rotate-half), cos and sin times `factor` (longrope)."""
+def long_rope_rows(cfg, positions, prompt_tokens):
+    """Which positions rotate with longrope's long_factor, as transformers' generation does: a forward pass whose
+    longest sequence exceeds original_max_position_embeddings uses the long factors (longrope_frequency_update), so a
+    prompt longer than it uses them throughout, and a shorter prompt's generated tokens switch to them at the first
+    position past it (keys already cached keep theirs). prompt_tokens None: one forward pass over all positions."""
+    scaling = cfg.get("rope_scaling") or {}
+    if scaling.get("rope_type", scaling.get("type")) not in ("longrope", "su") or not scaling.get("long_factor"):
+        return np.zeros(len(positions), dtype=bool)
+    original = scaling.get("original_max_position_embeddings") or cfg["original_max_position_embeddings"]
+    prompt = len(positions) if prompt_tokens is None else prompt_tokens
+    return np.maximum(prompt, np.asarray(positions) + 1) > original
+
+
+def rope(x, positions, theta, scaling=None, factor=1.0, long_rows=None):
+    """x: [T, heads, head_dim]; HF rotary embedding (rotate-half), cos and sin times `factor` (longrope); rows in
+    long_rows use longrope's long_factor."""
     head_dim = x.shape[-1]
     inv_freq = inverse_frequencies(head_dim, theta, scaling)
     angles = np.outer(positions, inv_freq)                  # [T, head_dim/2]
+    if long_rows is not None and long_rows.any():
+        long_freq = inverse_frequencies(head_dim, theta, dict(scaling, short_factor=scaling["long_factor"]))
+        angles[long_rows] = np.outer(np.asarray(positions)[long_rows], long_freq)
     emb = np.concatenate([angles, angles], axis=-1)[:, None, :]  # [T, 1, head_dim]
     return x * (np.cos(emb) * factor) + rotate_half(x) * (np.sin(emb) * factor)
 
 
-def attention(x, w, prefix, cfg, positions):
+def attention(x, w, prefix, cfg, positions, prompt_tokens=None):
     T = x.shape[0]
     n_heads, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
@@ -192,8 +209,9 @@ def attention(x, w, prefix, cfg, positions):
         q = rms_norm(q, w[prefix + "q_norm.weight"], cfg["rms_norm_eps"])
         k = rms_norm(k, w[prefix + "k_norm.weight"], cfg["rms_norm_eps"])
     factor = rope_attention_factor(cfg)
-    q = rope(q, positions, cfg["rope_theta"], cfg.get("rope_scaling"), factor)
-    k = rope(k, positions, cfg["rope_theta"], cfg.get("rope_scaling"), factor)
+    long_rows = long_rope_rows(cfg, positions, prompt_tokens)
+    q = rope(q, positions, cfg["rope_theta"], cfg.get("rope_scaling"), factor, long_rows)
+    k = rope(k, positions, cfg["rope_theta"], cfg.get("rope_scaling"), factor, long_rows)
     v = v.reshape(T, n_kv, head_dim)
     group = n_heads // n_kv
     k = np.repeat(k, group, axis=1)  # query head h reads kv head h // group
@@ -211,8 +229,9 @@ def silu(x):
     return x / (1.0 + np.exp(-x))
 
 
-def forward(weights, config, token_ids):
-    """float64 logits [len(token_ids), vocab] for positions 0..T-1."""
+def forward(weights, config, token_ids, prompt_tokens=None):
+    """float64 logits [len(token_ids), vocab] for positions 0..T-1 (the first prompt_tokens of them the prompt, for
+    longrope's choice of factors; None: all of them, one forward pass)."""
     eps = config["rms_norm_eps"]
     ids = np.asarray(token_ids, dtype=np.int64)
     positions = np.arange(len(ids), dtype=np.float64)
@@ -220,7 +239,7 @@ def forward(weights, config, token_ids):
     for i in range(config["num_hidden_layers"]):
         p = f"model.layers.{i}."
         x = rms_norm(h, weights[p + "input_layernorm.weight"], eps)
-        h = h + attention(x, weights, p + "self_attn.", config, positions)
+        h = h + attention(x, weights, p + "self_attn.", config, positions, prompt_tokens)
         x = rms_norm(h, weights[p + "post_attention_layernorm.weight"], eps)
         gate = linear(x, weights[p + "mlp.gate_proj.weight"])
         up = linear(x, weights[p + "mlp.up_proj.weight"])

@@ -137,9 +137,14 @@ def check_moe_metrics(name, metrics_file, records, weights, cfg):
 BASE_LAYOUTS = [("tp1", 1, []), ("tp2", 2, ["-tp", 2]), ("pp2", 2, ["-pp", 2])]
 EP_LAYOUT = ("tp2-ep2", 2, ["-tp", 2, "-ep", 2])
 DP_LAYOUT = ("dp2", 2, ["-dp", 2])
+# Steps of 4 tokens and blocks of 2 positions: the sliding layers keep a ring of (5 + 4 - 1) / 2 + 1 = 5 blocks per
+# sequence instead of the context's 64, which the prompts (19-26 tokens) and their 6 new tokens wrap several times;
+# 3 sequences at once for 4 prompts, so a slot is handed on.
+WINDOW_FLAGS = ["--max-num-batched-tokens", 4, "--kv-block-size", 2, "--max-batch-size", 3]
+WINDOW_LAYOUTS = [("windows", 1, WINDOW_FLAGS), ("windows-pp2", 2, ["-pp", 2, *WINDOW_FLAGS])]
 FAMILY_RUNS = [
-    ("gemma2", "gemma2", 11, {}, 1, BASE_LAYOUTS),
-    ("gemma3", "gemma3_text", 12, {}, 1, BASE_LAYOUTS),
+    ("gemma2", "gemma2", 11, {}, 1, BASE_LAYOUTS + WINDOW_LAYOUTS),
+    ("gemma3", "gemma3_text", 12, {}, 1, BASE_LAYOUTS + WINDOW_LAYOUTS),
     # Gemma 3 by its older key: sliding_window_pattern 3 (layers 0, 1 slide, 2 full), no layer_types.
     ("gemma3-pattern", "gemma3_text", 13, {"layer_types": None, "sliding_window_pattern": 3}, 1, BASE_LAYOUTS[:1]),
     ("mixtral", "mixtral", 14, {}, 2, BASE_LAYOUTS + [EP_LAYOUT]),
@@ -200,6 +205,35 @@ for name, model_type, seed, changes, convert_tp, layouts in FAMILY_RUNS:
         if model_type in ref.MOE:
             check_moe_metrics(f"{name} {label}", f"{name}-{label}.metrics.json", records, weights, cfg)
         print(f"{name} {label}: logits max relative error {worst:.2e}")
+
+# The plan says what the sliding layers keep; n greedy samples of a prompt (the others start from a copy of the first
+# sample's windows) all give the tokens of the single run.
+one_node = h.write("one-node.json", json.dumps({"nodes": [{"hostname": "a", "ranks": [0, 1]}]}))
+plan = h.run_ok(["plan", "--model", h.path("ckpt-gemma2"), "--topology", one_node, "-tp", 2, *WINDOW_FLAGS])
+h.check("sliding-window layers keep only their window: 5 blocks per sequence" in plan and
+        "prefix caching is off" in plan, f"gemma2 plan with windows:\n{plan}")
+plan = h.run_ok(["plan", "--model", h.path("ckpt-gemma2"), "--topology", one_node, "-tp", 2])
+h.check("sliding-window layers" not in plan, "gemma2 plan: whole-context caches when the ring would be no smaller")
+samples = h.write("samples.jsonl", "".join(json.dumps({"id": k, "prompt": t, "n": 2}) + "\n"
+                                           for k, t in enumerate(texts)))
+h.run_ok(["generate", "--model", h.path("ckpt-gemma2"), "--prompts", samples, "--output", "gemma2-samples.jsonl",
+          "--max-tokens", 6, "-q", *WINDOW_FLAGS])
+single = {r["id"]: r["token_ids"] for r in h.results("gemma2-windows.jsonl")}
+for r in h.results("gemma2-samples.jsonl"):
+    h.check([c["token_ids"] for c in r["choices"]] == [single[r["id"]]] * 2,
+            f"gemma2 prompt {r['id']}: both greedy samples equal the single run with windows")
+
+# The plan prints where the experts are: with -ep 2 each tp rank holds half of them, whole.
+plan = h.run_ok(["plan", "--model", h.path("ckpt-qwen2_moe"), "--topology", one_node, "-tp", 2, "-ep", 2])
+h.check("experts: 8 per MoE layer, top 2 plus a shared expert; expert-parallel size 2" in plan and
+        "tp rank 0: experts 0-3" in plan and "tp rank 1: experts 4-7" in plan, f"qwen2_moe plan -ep 2:\n{plan}")
+plan = h.run_ok(["plan", "--model", h.path("ckpt-qwen2_moe"), "--topology", one_node, "-tp", 2])
+h.check("tp rank 1: experts 0-7, intermediate slice 1 of 2" in plan, f"qwen2_moe plan -ep 1:\n{plan}")
+code, out, _ = h.run(["plan", "--model", h.path("ckpt-qwen2_moe"), "--topology", one_node, "-tp", 1, "-ep", 2])
+h.check(code not in (0, None) and "expert-parallel size 2 does not divide tensor-parallel size 1" in out,
+        f"-ep 2 with -tp 1 is refused naming both:\n{out[-1000:]}")
+code, out, _ = h.run(["plan", "--model", h.path("ckpt-gemma2"), "--topology", one_node, "-tp", 2, "-ep", 2])
+h.check(code not in (0, None) and "needs a mixture-of-experts model" in out, f"-ep on a dense model:\n{out[-1000:]}")
 
 # Options strata does not run are refused at conversion, naming the option.
 REFUSED = [("gemma2", {"hidden_activation": "relu"}, "hidden_activation"),

@@ -6,7 +6,7 @@ the same tokens; the text must be the reference's decoding of them; every EOS id
 must end a sequence; and a stop string ends generation at the right token with the text cut before it. The same
 for a Qwen3 folder (model_type qwen3: per-head q/k RMSNorm, head_dim other than hidden / heads, Qwen3's real
 151,643-token tokenizer.json, no BOS) converted for tp 2, and a Phi-3 folder (fused qkv_proj and gate_up_proj, a
-sliding window that caps the context).
+sliding window, and a longrope variant whose prompts and generations cross the original context).
 """
 import json
 import os
@@ -59,8 +59,9 @@ def logits_error(name, records, prompt_ids, weights, cfg):
     for record, ids in zip(records, prompt_ids):
         h.check(record["prompt_tokens"] == len(ids), f"{name}: prompt {record['id']} has {record['prompt_tokens']} "
                 f"tokens, the reference {len(ids)}")
+        prompt = len(ids)
         ids = ids + record["token_ids"][:-1]
-        ref = llama_reference.forward(weights, cfg, ids)[len(ids) - len(record["token_ids"]):]
+        ref = llama_reference.forward(weights, cfg, ids, prompt)[len(ids) - len(record["token_ids"]):]
         worst = max(worst, float(np.abs(np.array(record["logits"]) - ref).max() / np.abs(ref).max()))
     return worst
 
@@ -111,7 +112,7 @@ h.check(worst <= 1e-4, f"qwen3 tp 2: logits vs the float64 reference (q/k norms)
 print(f"qwen3 tp 2: prompt ids identical to the reference, logits max relative error {worst:.2e}")
 
 # Phi-3: q/k/v fused as self_attn.qkv_proj and gate/up as mlp.gate_up_proj, read as row blocks of the fused
-# tensors; a sliding window shorter than the context caps the run's context (there full attention is the same).
+# tensors; a sliding window shorter than the context (its layers attend within it).
 pcfg = {"model_type": "phi3", "architectures": ["Phi3ForCausalLM"], "hidden_size": H, "intermediate_size": I,
         "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": KV, "vocab_size": 32064,
         "max_position_embeddings": 4096, "original_max_position_embeddings": 4096, "sliding_window": 2047,
@@ -146,12 +147,21 @@ worst = logits_error("phi3", h.results("phi3.jsonl"), ref_ids, pweights, pcfg)
 h.check(worst <= 1e-4, f"phi3 tp 2 (fused qkv and gate_up): logits vs the float64 reference, relative error {worst:.2e}")
 print(f"phi3 tp 2: logits max relative error {worst:.2e}")
 code, out, _ = h.run(["generate", "--model", pckpt, "--prompts", prompts, "--output", "phi3-long.jsonl",
-                      "--max-model-len", 4096], ranks=1)
-h.check(code != 0 and "--max-model-len 4096 exceeds the model's sliding_window 2047" in out,
-        f"a context beyond the sliding window is refused naming both:\n{out[-2000:]}")
-# Phi-3 128k-style: longrope ("su") with short and long factors; runs within the original 4,096 positions.
-lcfg = dict(pcfg, max_position_embeddings=131072, sliding_window=262144,
+                      "--max-model-len", 4096, "-q"], ranks=1)
+h.check(code == 0, f"a context beyond the sliding window runs (its layers attend within the window):\n{out[-2000:]}")
+# Phi-3 128k-style: longrope ("su") with short and long factors around an original context of 16 positions, which
+# the longer prompts exceed from the start (long factors throughout) and the shorter ones cross while generating
+# (short factors, then long ones from position 16 on, as transformers' generation switches).
+lcfg = dict(pcfg, max_position_embeddings=131072, sliding_window=262144, original_max_position_embeddings=16,
             rope_scaling={"type": "su", "short_factor": [1.0, 1.3, 1.9, 2.6], "long_factor": [1.0, 3.0, 9.0, 27.0]})
+lengths = [len(ids) for ids in ref_ids]
+h.check(max(lengths) > 16 and any(n < 16 < n + 12 for n in lengths),
+        f"prompts on both sides of the original context, the short ones crossing it: {lengths}")
+no_long = dict(lcfg, rope_scaling=dict(lcfg["rope_scaling"], long_factor=lcfg["rope_scaling"]["short_factor"]))
+ids = ref_ids[int(np.argmax(lengths))]
+diff = np.abs(llama_reference.forward(pweights, lcfg, ids) - llama_reference.forward(pweights, no_long, ids)).max()
+h.check(diff > 1e-2 * np.abs(llama_reference.forward(pweights, lcfg, ids)).max(),
+        f"the long factors change the reference logits (the test's power): {diff:.2e}")
 lfolder = h.path("hf-phi3-128k")
 os.makedirs(lfolder)
 for name in os.listdir(pfolder):
@@ -160,15 +170,12 @@ for name in os.listdir(pfolder):
 json.dump(lcfg, open(os.path.join(lfolder, "config.json"), "w"))
 lckpt = h.path("ckpt-phi3-128k")
 h.run_ok(["convert", "--hf", lfolder, "--output", lckpt, "--dtype", "f32"])
-h.run_ok(["generate", "--model", lckpt, "--prompts", prompts, "--output", "phi3-128k.jsonl", "--max-tokens", 6,
-          "--record-logits", "-q"], ranks=1)
-worst = logits_error("phi3 longrope", h.results("phi3-128k.jsonl"), ref_ids, pweights, lcfg)
-h.check(worst <= 1e-4, f"phi3 longrope: logits vs the float64 reference, relative error {worst:.2e}")
-print(f"phi3 longrope (short factors, attention factor): logits max relative error {worst:.2e}")
-code, out, _ = h.run(["generate", "--model", lckpt, "--prompts", prompts, "--output", "phi3-128k-long.jsonl",
-                      "--max-model-len", 8192], ranks=1)
-h.check(code != 0 and "exceeds the model's original_max_position_embeddings 4096" in out,
-        f"a context beyond longrope's original context is refused:\n{out[-2000:]}")
+for label, ranks, flags in [("1", 1, []), ("tp2", 2, ["-tp", 2]), ("chunks of 5", 1, ["--max-num-batched-tokens", 5])]:
+    h.run_ok(["generate", "--model", lckpt, "--prompts", prompts, "--output", "phi3-128k.jsonl", "--overwrite",
+              "--max-tokens", 12, "--max-model-len", 64, "--record-logits", "-q", *flags], ranks=ranks)
+    worst = logits_error(f"phi3 longrope {label}", h.results("phi3-128k.jsonl"), ref_ids, pweights, lcfg)
+    h.check(worst <= 1e-4, f"phi3 longrope {label}: logits vs the float64 reference, relative error {worst:.2e}")
+    print(f"phi3 longrope {label} (short and long factors, attention factor): logits max relative error {worst:.2e}")
 
 # The text is the reference's decoding of the generated ids (finish "length": nothing cut).
 generated = h.path("generated.jsonl")

@@ -4,7 +4,9 @@
 // end-of-sequence, the context), each with its text and its slot handed to the next waiting request.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -528,14 +530,47 @@ TEST(Scheduler, SamplesShareFullBlocksAndCopyThePartlyFilledOne) {
     copies.push_back(m.copy_dst);
   }
   EXPECT_NE(copies[0], copies[1]);
+  // Each sample has its own sequence slot and takes over sample 0's sliding windows from its slot.
+  EXPECT_EQ(metas[0].copy_slot_src, -1);
+  std::vector<std::int32_t> slots = {metas[0].chunk.slot, metas[1].chunk.slot, metas[2].chunk.slot};
+  std::sort(slots.begin(), slots.end());
+  EXPECT_EQ(slots, (std::vector<std::int32_t>{0, 1, 2}));
+  for (int j = 1; j <= 2; ++j) EXPECT_EQ(metas[std::size_t(j)].copy_slot_src, metas[0].chunk.slot);
   EXPECT_EQ(b.scheduler.counts().computed_prompt_tokens, 12);
   b.apply(0, {'b', 'c', 'd'});
   metas = b.step(0);
   for (const auto& m : metas) EXPECT_EQ(m.copy_src, -1) << "copied once";
+  for (const auto& m : metas) EXPECT_EQ(m.copy_slot_src, -1) << "windows copied once";
   b.apply(0, std::vector<std::int32_t>(metas.size(), 'e'));
   ASSERT_EQ(b.done.size(), 1u);
   EXPECT_EQ(b.done[0].more.size(), 2u);
   EXPECT_EQ(b.scheduler.pool().used(), 0) << "every block released";
+}
+
+// Sequence slots (the rows of sliding-window caches): every admitted sequence has one of max_batch_size, no two
+// running sequences share one, and a finished sequence's slot goes to the next; preemption gives its slot back.
+TEST(Scheduler, EverySequenceHasItsOwnSlotWhileAdmitted) {
+  ByteTokenizer t;
+  std::vector<Request> requests;
+  for (int i = 0; i < 7; ++i) requests.push_back(request(t, i, std::string(std::size_t(3 + i), 'x'), 1 + i % 3));
+  SchedulerLimits limits;
+  limits.max_batch_size = 3;
+  Bench b(requests, limits);
+  std::set<std::int32_t> seen;
+  for (int round = 0; round < 40 && b.done.size() < 7; ++round) {
+    b.admit(0);
+    const auto metas = b.step(0);
+    std::set<std::int32_t> slots;
+    for (const auto& m : metas) {
+      EXPECT_GE(m.chunk.slot, 0);
+      EXPECT_LT(m.chunk.slot, 3);
+      EXPECT_TRUE(slots.insert(m.chunk.slot).second) << "slot " << m.chunk.slot << " given twice in round " << round;
+      seen.insert(m.chunk.slot);
+    }
+    if (!metas.empty()) b.apply(0, std::vector<std::int32_t>(metas.size(), 'y'));
+  }
+  EXPECT_EQ(b.done.size(), 7u);
+  EXPECT_EQ(seen, (std::set<std::int32_t>{0, 1, 2})) << "slots are reused";
 }
 
 // More prompts that can never fit than the batch holds, then n samples whose prompt fills the whole pool: the refused

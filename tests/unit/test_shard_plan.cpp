@@ -194,3 +194,31 @@ TEST(StageMemory, EstimateFollowsWeightAndActivationDtypes) {
   for (const auto& spec : plan.tensors()) weight_elems += shape_numel(spec.local_shape());
   EXPECT_EQ(bf16.weights, 2 * weight_elems);
 }
+
+// Sliding-window layers keep a ring per sequence slot: (window + step tokens - 1) positions in whole blocks, plus one
+// block for a window that starts mid-block; the other layers keep the paged pool. A ring no smaller than a whole
+// context is not used.
+TEST(StageMemory, SlidingLayersKeepARingOfTheirWindow) {
+  ModelConfig c = test::tiny_config();
+  c.num_hidden_layers = 4;
+  c.max_position_embeddings = 1024;
+  c.sliding_window = 32;
+  c.sliding_layers = {1, 0, 1, 1};
+  StageLimits limits;
+  limits.max_tokens = 16;
+  limits.max_seqs = 4;
+  limits.max_seq_len = 1024;
+  limits.block_size = 16;
+  EXPECT_EQ(sliding_ring_blocks(c, limits), 4);  // 47 positions: 3 blocks, 4 when the window starts mid-block
+  const ShardPlan plan(c, StageCoordinates{1, 0, 1, 0});
+  const StageMemory m = estimate_stage_memory(plan, limits);
+  const std::int64_t block_bytes = 2 * 16 * (2 * 16) * 4;  // K and V x 16 positions x 2 kv heads x head_dim 16 x f32
+  EXPECT_EQ(m.kv_cache, 1 * limits.cache_blocks() * block_bytes) << "the one whole-context layer";
+  EXPECT_EQ(m.kv_windows, 3 * 4 * 4 * block_bytes) << "three sliding layers x 4 slots x 4 blocks";
+  EXPECT_EQ(limits.cache_blocks(), 4 * 64);
+  limits.max_seq_len = 64;  // 4 blocks of context: a ring would save nothing
+  EXPECT_EQ(sliding_ring_blocks(c, limits), 0);
+  c.sliding_window = 0;
+  limits.max_seq_len = 1024;
+  EXPECT_EQ(sliding_ring_blocks(c, limits), 0);
+}
