@@ -26,10 +26,17 @@ ModelConfig make(std::int64_t hidden, std::int64_t intermediate, std::int64_t la
 }
 }  // namespace
 
-std::vector<std::string> model_preset_names() { return {"tiny", "100m", "7b"}; }
+std::vector<std::string> model_preset_names() { return {"tiny", "tiny-moe", "100m", "7b"}; }
 
 ModelConfig model_preset(const std::string& name) {
   if (name == "tiny") return make(128, 352, 4, 8, 4, 260, 512, false);
+  if (name == "tiny-moe") {  // tiny with Mixtral-style layers: 8 experts, top 2
+    ModelConfig c = make(128, 352, 4, 8, 4, 260, 512, false);
+    c.num_experts = 8;
+    c.experts_per_token = 2;
+    c.moe_intermediate_size = 96;
+    return c;
+  }
   if (name == "100m") return make(768, 2048, 12, 12, 4, 32000, 2048, true);
   if (name == "7b") return make(4096, 11008, 32, 32, 32, 32000, 4096, false);
   std::string known;

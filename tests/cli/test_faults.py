@@ -1,7 +1,7 @@
 """Fault injection: whatever goes wrong mid-job, the job ends on its own within a bound, non-zero, with a message
 naming the rank or the file at fault, leaves no process behind, and the results file (if any) holds only complete
 records. Cases: a rank killed (a non-zero rank, rank 0), a rank stopped (in a TP group, in a later pipeline stage,
-the only rank of a data-parallel replica, both ranks of a replica), SIGTERM to the launcher, a full disk, a
+the only rank of a data-parallel replica, both ranks of a replica, a rank of an expert-parallel group), SIGTERM to the launcher, a full disk, a
 corrupted and a truncated shard, --output equal to --prompts; and data parallelism with ranks not packed by node
 (which must simply work). Every launch runs under `timeout -s KILL` in its own session; all its processes are
 killed afterwards whatever happened. Prints a table of what each fault did (also written to
@@ -540,7 +540,14 @@ def case12():
     h.check(len(ids) == 8, f"{label}: expected 8 results, got {len(ids)}")
 
 
-CASES = [case1, case2, case3, case4, case5, case6, case7, case8, case9, case10, case11, case12]
+def case13():
+    """A rank of an expert-parallel group stopped: its peer waits in the experts' all-to-all / all-gather."""
+    moe = h.init("moe", "--preset", "tiny-moe", "-tp", "2")
+    case_stop("13 SIGSTOP rank 1 of an expert-parallel group (tp2 ep2, MoE)", moe, ["-tp", 2, "-ep", 2], 2,
+              lambda plan: [1])
+
+
+CASES = [case1, case2, case3, case4, case5, case6, case7, case8, case9, case10, case11, case12, case13]
 
 started = time.time()
 try:

@@ -1,7 +1,8 @@
 """End to end for the Gemma 2, Gemma 3, Mixtral, Qwen2-MoE and Qwen3-MoE families: a small random model of each,
 written here as a Hugging Face folder (safetensors, config.json, generation_config.json and the real 32,000-token
 Mistral tokenizer.json), is converted and run at several layouts (tp 1, tp 2, pp 2; the MoE families also tp 2 with
-expert parallelism -ep 2, one of them dp 2; one family converted for tp 2 and loaded under the others). Every layout
+expert parallelism -ep 2, and with it pp 2 or dp 2 on 4 ranks, one family dp 2; one family converted for tp 2 and
+loaded under the others; Gemma also with its sliding-window layers keeping only their window). Every layout
 must match the float64 reference (tests/reference/families_reference.py, written from the transformers modeling
 code) to a relative logit error of 1e-4 on the reference tokenizer's prompt ids, and generate the same greedy
 tokens. The prompts are longer than the sliding window of 5 (the reference checks that the window changes the
@@ -147,9 +148,9 @@ FAMILY_RUNS = [
     ("gemma3", "gemma3_text", 12, {}, 1, BASE_LAYOUTS + WINDOW_LAYOUTS),
     # Gemma 3 by its older key: sliding_window_pattern 3 (layers 0, 1 slide, 2 full), no layer_types.
     ("gemma3-pattern", "gemma3_text", 13, {"layer_types": None, "sliding_window_pattern": 3}, 1, BASE_LAYOUTS[:1]),
-    ("mixtral", "mixtral", 14, {}, 2, BASE_LAYOUTS + [EP_LAYOUT]),
+    ("mixtral", "mixtral", 14, {}, 2, BASE_LAYOUTS + [EP_LAYOUT, ("tp2-ep2-dp2", 4, ["-tp", 2, "-ep", 2, "-dp", 2])]),
     ("qwen2_moe", "qwen2_moe", 15, {}, 1, BASE_LAYOUTS + [EP_LAYOUT, DP_LAYOUT]),
-    ("qwen3_moe", "qwen3_moe", 16, {}, 1, BASE_LAYOUTS + [EP_LAYOUT]),
+    ("qwen3_moe", "qwen3_moe", 16, {}, 1, BASE_LAYOUTS + [EP_LAYOUT, ("tp2-ep2-pp2", 4, ["-tp", 2, "-ep", 2, "-pp", 2])]),
 ]
 
 folders = {}
