@@ -1,0 +1,116 @@
+// Q8_0 / Q4_0 blocks: quantize/dequantize error bounds, and the quantized dot-product kernels (scalar and AVX2) on
+// odd shapes against a double-precision reference computed from the dequantized weights and activations (which
+// equals the kernel's exact integer arithmetic up to its f32 sums), the two kernels bit for bit, and a negative
+// control: the unquantized product differs by far more than the tolerance, so the activation quantization is real.
+// The blocks themselves are checked byte for byte against llama.cpp's own quantizer in tests/quant.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "runtime/backend/cpu/quant.h"
+#include "runtime/base/error.h"
+
+using namespace strata;
+using quant::Format;
+
+namespace {
+
+std::vector<float> normal(std::size_t n, std::uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+std::vector<std::uint8_t> quantized(Format f, const std::vector<float>& x, std::int64_t rows, std::int64_t cols) {
+  std::vector<std::uint8_t> out(quant::row_bytes(f, cols) * std::size_t(rows));
+  for (std::int64_t r = 0; r < rows; ++r)
+    quant::quantize_row(f, x.data() + r * cols, out.data() + std::size_t(r) * quant::row_bytes(f, cols), cols);
+  return out;
+}
+
+std::vector<float> dequantized(Format f, const std::vector<std::uint8_t>& q, std::int64_t rows, std::int64_t cols) {
+  std::vector<float> out(std::size_t(rows * cols));
+  for (std::int64_t r = 0; r < rows; ++r)
+    quant::dequantize_row(f, q.data() + std::size_t(r) * quant::row_bytes(f, cols), out.data() + r * cols, cols);
+  return out;
+}
+
+}  // namespace
+
+TEST(Quant, BlockSizesAndRowBytes) {
+  EXPECT_EQ(quant::row_bytes(Format::Q8_0, 64), 68u);
+  EXPECT_EQ(quant::row_bytes(Format::Q4_0, 96), 54u);
+  EXPECT_THROW(quant::row_bytes(Format::Q8_0, 48), Error) << "not a multiple of 32";
+  EXPECT_EQ(quant::parse_format("q4_0"), Format::Q4_0);
+  EXPECT_THROW(quant::parse_format("q5_k"), Error);
+}
+
+// Each weight within half a step of its value (the step d = max|w| / 127 or |max| / 8, itself rounded to f16), the
+// largest weight of a Q4_0 block exact up to d's rounding, and an all-zero block all zero.
+TEST(Quant, RoundTripErrorIsWithinHalfAStep) {
+  for (const Format f : {Format::Q8_0, Format::Q4_0}) {
+    std::vector<float> x = normal(32 * 40, 3, 2.0f);
+    std::fill(x.begin() + 64, x.begin() + 96, 0.0f);  // block 2: zeros
+    const std::vector<float> y = dequantized(f, quantized(f, x, 1, std::int64_t(x.size())), 1, std::int64_t(x.size()));
+    for (std::size_t b = 0; b < x.size() / 32; ++b) {
+      float amax = 0;
+      for (std::size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[b * 32 + j]));
+      const float step = f == Format::Q8_0 ? amax / 127 : amax / 8;
+      for (std::size_t j = 0; j < 32; ++j) {
+        const std::size_t i = b * 32 + j;
+        // Q4_0 maps the range [-8, 7] steps: the largest weight's opposite sign may clamp at a whole step
+        const float bound = (f == Format::Q8_0 ? 0.5f : 1.0f) * step + amax * 0x1p-10f;
+        EXPECT_LE(std::fabs(y[i] - x[i]), bound) << quant::format_name(f) << " block " << b << " weight " << j;
+      }
+      if (amax == 0) {
+        for (std::size_t j = 0; j < 32; ++j) EXPECT_EQ(y[b * 32 + j], 0.0f);
+      }
+    }
+  }
+}
+
+// Shapes not multiples of the 16-row work items, 1 to 17 tokens, 3 and 5 blocks per row.
+TEST(Quant, KernelsMatchTheDequantizedReferenceAndEachOther) {
+  const std::string best = quant::kernel_name();
+  ASSERT_EQ(best, "avx2") << "this test machine's CPU has AVX2: both kernels must be tested";
+  for (const Format f : {Format::Q8_0, Format::Q4_0})
+    for (const std::int64_t in : {96, 160})
+      for (const std::int64_t tokens : {1, 2, 3, 5, 17}) {
+        const std::int64_t out = 37;
+        const std::vector<float> w = normal(std::size_t(out * in), 11, 0.5f), x = normal(std::size_t(tokens * in), 12);
+        const auto wq = quantized(f, w, out, in);
+        const std::vector<float> wd = dequantized(f, wq, out, in);
+        const std::vector<float> xd = dequantized(Format::Q8_0, quantized(Format::Q8_0, x, tokens, in), tokens, in);
+        std::vector<float> scalar(std::size_t(tokens * out)), avx2(scalar.size());
+        quant::row_dot_products_with("scalar", x.data(), wq.data(), f, scalar.data(), tokens, out, in);
+        quant::row_dot_products_with("avx2", x.data(), wq.data(), f, avx2.data(), tokens, out, in);
+        EXPECT_EQ(0, std::memcmp(scalar.data(), avx2.data(), scalar.size() * 4)) << "kernels differ";
+        double worst = 0, unquantized_gap = 0;
+        for (std::int64_t t = 0; t < tokens; ++t)
+          for (std::int64_t r = 0; r < out; ++r) {
+            double ref = 0, magnitude = 0, exact = 0;
+            for (std::int64_t k = 0; k < in; ++k) {
+              ref += double(wd[std::size_t(r * in + k)]) * xd[std::size_t(t * in + k)];
+              magnitude += std::fabs(double(wd[std::size_t(r * in + k)]) * xd[std::size_t(t * in + k)]);
+              exact += double(wd[std::size_t(r * in + k)]) * x[std::size_t(t * in + k)];
+            }
+            const double got = scalar[std::size_t(t * out + r)];
+            worst = std::max(worst, std::fabs(got - ref) / magnitude);
+            unquantized_gap = std::max(unquantized_gap, std::fabs(got - exact) / magnitude);
+          }
+        EXPECT_LT(worst, 1e-6) << quant::format_name(f) << " in " << in << " tokens " << tokens;
+        EXPECT_GT(unquantized_gap, 1e-4) << "the activations are quantized (negative control)";
+      }
+}
+
+TEST(Quant, ForcedScalarKernel) {
+  setenv("STRATA_QUANT_KERNEL", "scalar", 1);
+  EXPECT_EQ(quant::kernel_name(), "scalar");
+  unsetenv("STRATA_QUANT_KERNEL");
+  EXPECT_THROW(quant::row_dot_products_with("avx512", nullptr, nullptr, Format::Q8_0, nullptr, 0, 0, 32), Error);
+}
