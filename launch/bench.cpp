@@ -179,7 +179,7 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
   const double params = double(session.config().parameter_count());
   const bool report = layout.world_rank() == 0;
   // The CPU backend keeps the weights as the checkpoint stores them (norms and biases in f32: negligible here).
-  double bandwidth = 0, sgemm = 0, weight_bytes = params * double(dtype_size(session.manifest().dtype));
+  double bandwidth = 0, sgemm = 0, weight_bytes = double(dtype_bytes(session.plan().stored, std::int64_t(params) / 32 * 32));
   if (cuda) {
     const GpuBounds gpu = measure_gpu_bounds(layout.sizes().tp, world, o.memory_gib);
     bandwidth = gpu.bandwidth;

@@ -81,6 +81,10 @@ void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
                  "Mixture-of-experts models: split the experts over this many groups of each tensor-parallel group "
                  "(-ep; it divides -tp); outputs are combined by all-to-all")
       ->check(kPositive);
+  cmd.add_option("--quantize", p.quantize,
+                 "CPU: quantize the matrix weights on load to llama.cpp's q8_0 or q4_0 blocks (a half or a quarter of "
+                 "bf16's bytes per decode step; products on the blocks as llama.cpp computes them)")
+      ->check(CLI::IsMember({"q8_0", "q4_0"}));
   cmd.add_option("--device", p.device, "Compute device")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd.add_option("--topology", p.topology, "Cluster description (JSON, see strata topo --json) instead of detection");
   cmd.add_option("--nccl-timeout", p.nccl_timeout,

@@ -11,6 +11,7 @@ namespace strata {
 struct ParallelOptions {
   int tp = 1, pp = 1, dp = 0;  // 0: auto (placement chooses; dp: world size / (tp * pp))
   int ep = 1;                  // expert-parallel size inside each tensor-parallel group
+  std::string quantize;        // "q8_0" / "q4_0": matrix weights quantized on load (CPU); empty: as stored
   std::string device = "cpu";
   std::string topology;       // a cluster description instead of detection
   bool force = false;         // run a layout the placement refuses

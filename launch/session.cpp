@@ -25,6 +25,11 @@ PlanRequest plan_request(const Manifest& manifest, const ModelConfig& config, co
   request.topology = topology;
   request.sizes = LayoutSizes{parallel.dp, parallel.pp, parallel.tp};
   request.ep = parallel.ep;
+  if (!parallel.quantize.empty()) {  // the backend keeps (and the memory plan counts) the weights quantized
+    STRATA_CHECK(parallel.device == "cpu", Usage, "--quantize ", parallel.quantize,
+                 " runs on the CPU backend only (--device cpu)");
+    request.stored = parse_quantized(parallel.quantize);
+  }
   request.force = parallel.force;
   request.device = parse_device(parallel.device);
   request.limits = limits;

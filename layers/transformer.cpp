@@ -26,9 +26,11 @@ std::int64_t sliding_ring_blocks(const ModelConfig& c, const StageLimits& limits
 
 StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limits, DType weights, DType activations) {
   StageMemory m;
-  const auto w = std::int64_t(dtype_size(weights)), a = std::int64_t(dtype_size(activations));
-  for (const auto& spec : plan.tensors())  // 1-D weights (norms, biases) are kept in the activation dtype
-    m.weights += shape_numel(spec.local_shape()) * (spec.local_shape().size() == 1 ? a : w);
+  const auto a = std::int64_t(dtype_size(activations));
+  for (const auto& spec : plan.tensors()) {  // 1-D weights (norms, biases) are kept in the activation dtype
+    const std::int64_t n = shape_numel(spec.local_shape());
+    m.weights += spec.local_shape().size() == 1 ? n * a : std::int64_t(dtype_bytes(weights, n));
+  }
   const auto& c = plan.config();
   const std::int64_t kv_row = plan.local_kv_heads() * c.head_dim;
   const std::int64_t ring = sliding_ring_blocks(c, limits);
@@ -68,6 +70,11 @@ Tensor TransformerStage::load_rows(WeightSource& source, const std::vector<Tenso
   Shape shape = parts[0].local_shape();
   shape[0] = rows;
   const DType dtype = shape.size() == 1 ? backend_.activation_dtype() : backend_.weight_dtype();
+  STRATA_CHECK(!is_quantized(dtype) || shape.back() % 32 == 0, Config, "tensor ", parts[0].name, " has rows of ",
+               shape.back(), " weights on this rank (", shape_string(parts[0].global_shape), " split for tp ",
+               plan_.coordinates().tp, "): ", dtype_name(dtype),
+               " quantizes blocks of 32 weights of a row; choose a tensor-parallel size that keeps rows a multiple "
+               "of 32");
   if (backend_.memory_kind() == MemoryKind::Host)
     if (Buffer mapped = source.map_stored(parts, dtype); mapped.data()) return Tensor(std::move(mapped), shape, dtype);
   Tensor tensor = backend_.allocate(shape, dtype);
@@ -76,7 +83,7 @@ Tensor TransformerStage::load_rows(WeightSource& source, const std::vector<Tenso
     bool stored = true;
     for (std::size_t i = 0; i < parts.size() && stored; ++i) {
       stored = source.read_stored(parts[i], tensor.dtype(), at);
-      at += std::size_t(shape_numel(parts[i].local_shape())) * dtype_size(tensor.dtype());
+      at += dtype_bytes(tensor.dtype(), shape_numel(parts[i].local_shape()));
     }
     if (stored) return tensor;  // otherwise (resharding) read it all again through f32 below
   }

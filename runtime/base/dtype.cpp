@@ -4,10 +4,23 @@
 #include <cmath>
 
 #include "runtime/base/error.h"
+#include "runtime/base/quant_blocks.h"
 
 namespace strata {
 
-std::size_t dtype_size(DType dtype) { return dtype == DType::F32 ? 4 : 2; }
+std::size_t dtype_size(DType dtype) {
+  STRATA_CHECK(!is_quantized(dtype), Internal, dtype_name(dtype), " blocks have no size per element");
+  return dtype == DType::F32 ? 4 : 2;
+}
+
+std::size_t dtype_bytes(DType dtype, std::int64_t count) {
+  if (!is_quantized(dtype)) return std::size_t(count) * dtype_size(dtype);
+  return quant::row_bytes(dtype == DType::Q8_0 ? quant::Format::Q8_0 : quant::Format::Q4_0, count);
+}
+
+DType parse_quantized(const std::string& name) {
+  return quant::parse_format(name) == quant::Format::Q8_0 ? DType::Q8_0 : DType::Q4_0;
+}
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
@@ -17,6 +30,10 @@ const char* dtype_name(DType dtype) {
       return "f16";
     case DType::BF16:
       return "bf16";
+    case DType::Q8_0:
+      return "q8_0";
+    case DType::Q4_0:
+      return "q4_0";
   }
   return "?";
 }
@@ -94,6 +111,10 @@ void convert_to_f32(DType dtype, const void* src, float* dst, std::size_t count)
       for (std::size_t i = 0; i < count; ++i) dst[i] = bf16_to_f32(in[i]);
       return;
     }
+    case DType::Q8_0:
+      return quant::dequantize_row(quant::Format::Q8_0, src, dst, std::int64_t(count));
+    case DType::Q4_0:
+      return quant::dequantize_row(quant::Format::Q4_0, src, dst, std::int64_t(count));
   }
 }
 
@@ -112,6 +133,10 @@ void convert_from_f32(DType dtype, const float* src, void* dst, std::size_t coun
       for (std::size_t i = 0; i < count; ++i) out[i] = f32_to_bf16(src[i]);
       return;
     }
+    case DType::Q8_0:  // blocks of 32 consecutive values: rows whose length is a multiple of 32 quantize row by row
+      return quant::quantize_row(quant::Format::Q8_0, src, dst, std::int64_t(count));
+    case DType::Q4_0:
+      return quant::quantize_row(quant::Format::Q4_0, src, dst, std::int64_t(count));
   }
 }
 

@@ -1,5 +1,7 @@
 // Element types of weights and activations, and exact conversions between them.
 // f16/bf16 -> f32 is exact; f32 -> f16/bf16 rounds to nearest even (NaN stays NaN, overflow goes to inf).
+// Q8_0 / Q4_0 are llama.cpp's quantized blocks of 32 weights (quant_blocks.h): weight types only, a count of them a
+// multiple of 32, converted from f32 by llama.cpp's quantizers and back exactly.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -8,11 +10,16 @@
 
 namespace strata {
 
-enum class DType : std::uint8_t { F32, F16, BF16 };
+enum class DType : std::uint8_t { F32, F16, BF16, Q8_0, Q4_0 };
 
+inline bool is_quantized(DType dtype) { return dtype == DType::Q8_0 || dtype == DType::Q4_0; }
+// Bytes per element (throws for the quantized types, which have none: use dtype_bytes).
 std::size_t dtype_size(DType dtype);
+// Bytes of `count` elements (for the quantized types count must be a multiple of 32; throws naming it otherwise).
+std::size_t dtype_bytes(DType dtype, std::int64_t count);
 const char* dtype_name(DType dtype);
 DType parse_dtype(const std::string& name);  // "f32"/"float32", "f16"/"float16", "bf16"/"bfloat16"
+DType parse_quantized(const std::string& name);  // "q8_0", "q4_0"
 
 inline float bf16_to_f32(std::uint16_t bits) {
   std::uint32_t wide = std::uint32_t(bits) << 16;
@@ -34,7 +41,7 @@ std::uint16_t f32_to_f16(float value);
 
 // Converts `count` elements stored as `dtype` at `src` into f32.
 void convert_to_f32(DType dtype, const void* src, float* dst, std::size_t count);
-// Converts f32 into `dtype` (dst must hold count * dtype_size(dtype) bytes).
+// Converts f32 into `dtype` (dst must hold dtype_bytes(dtype, count) bytes).
 void convert_from_f32(DType dtype, const float* src, void* dst, std::size_t count);
 
 }  // namespace strata

@@ -62,7 +62,7 @@ TensorView TensorView::slice_rows(std::int64_t begin, std::int64_t end) const {
                ", ", end, ") outside ", shape_string(shape));
   TensorView out = *this;
   out.shape[0] = end - begin;
-  out.data = static_cast<char*>(data) + std::size_t(begin * row_elems()) * dtype_size(dtype);
+  out.data = static_cast<char*>(data) + dtype_bytes(dtype, begin * row_elems());
   return out;
 }
 
@@ -88,7 +88,7 @@ Tensor::Tensor(Buffer buffer, Shape shape, DType dtype)
 }
 
 Tensor Tensor::host(Shape shape, DType dtype) {
-  const std::size_t bytes = std::size_t(shape_numel(shape)) * dtype_size(dtype);
+  const std::size_t bytes = dtype_bytes(dtype, shape_numel(shape));
   return Tensor(allocate_host(bytes), std::move(shape), dtype);
 }
 

@@ -74,7 +74,7 @@ class Tensor {
   const Shape& shape() const { return shape_; }
   DType dtype() const { return dtype_; }
   std::int64_t numel() const { return shape_numel(shape_); }
-  std::size_t bytes() const { return std::size_t(numel()) * dtype_size(dtype_); }
+  std::size_t bytes() const { return dtype_bytes(dtype_, numel()); }
   float* f32() const { return view().f32(); }
   bool empty() const { return buffer_.data() == nullptr; }
 

@@ -131,6 +131,9 @@ def linear(x, w, b=None):
     return y if b is None else y + b
 
 
+plain_linear = linear  # tests may swap `linear` for a variant (quantized inputs) and restore this
+
+
 def rotate_half(x):
     half = x.shape[-1] // 2
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
@@ -247,7 +250,7 @@ def forward(weights, config, token_ids, prompt_tokens=None):
     h = rms_norm(h, weights["model.norm.weight"], eps)
     head = weights["model.embed_tokens.weight"] if config.get("tie_word_embeddings") \
         else weights["lm_head.weight"]
-    return h @ head.T
+    return linear(h, head)
 
 
 # -------------------------------------------------------------------- compare

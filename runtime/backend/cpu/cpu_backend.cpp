@@ -12,6 +12,7 @@
 
 #include "runtime/backend/backend.h"
 #include "runtime/backend/cpu/kernels.h"
+#include "runtime/backend/cpu/quant.h"
 #include "runtime/backend/host_candidates.h"
 #include "runtime/backend/kv_blocks.h"
 #include "runtime/base/error.h"
@@ -49,7 +50,10 @@ class CpuBackend final : public Backend {
     STRATA_CHECK(w.row_elems() == in && y.rows() == tokens && y.row_elems() == out, Internal, "linear: x ",
                  shape_string(x.shape), " w ", shape_string(w.shape), " y ", shape_string(y.shape));
     if (tokens == 0) return;
-    if (tokens <= cpu::kSmallBatch) {  // stream the weight once for all tokens (OpenBLAS GEMV/GEMM are slower here)
+    if (is_quantized(w.dtype)) {  // llama.cpp's arithmetic at every batch size: the same numbers however batched
+      quant::row_dot_products(x.f32(), w.data, w.dtype == DType::Q8_0 ? quant::Format::Q8_0 : quant::Format::Q4_0,
+                              y.f32(), tokens, out, in);
+    } else if (tokens <= cpu::kSmallBatch) {  // stream the weight once for all tokens (OpenBLAS GEMV/GEMM are slower)
       cpu::row_dot_products(x.f32(), w.data, w.dtype, y.f32(), tokens, out, in);
     } else if (w.dtype == DType::F32) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tokens), int(out), int(in), 1.0f, x.f32(), int(in),
@@ -175,7 +179,7 @@ class CpuBackend final : public Backend {
     for (std::int64_t i = 0; i < x.numel(); ++i) v[i] = cap * std::tanh(v[i] / cap);
   }
 
-  void fill_zero(TensorView x) override { std::memset(x.data, 0, std::size_t(x.numel()) * dtype_size(x.dtype)); }
+  void fill_zero(TensorView x) override { std::memset(x.data, 0, dtype_bytes(x.dtype, x.numel())); }
 
   void scatter_add_rows(TensorView src, std::span<const std::int32_t> rows, std::span<const float> weights,
                         TensorView dst) override {
@@ -196,7 +200,10 @@ class CpuBackend final : public Backend {
     for (std::size_t t = 0; t < ids.size(); ++t) {
       float* o = out.f32() + std::int64_t(t) * width;
       const std::int64_t row = ids[t] - vocab_offset;
-      if (row >= 0 && row < local_vocab)
+      if (row >= 0 && row < local_vocab && is_quantized(table.dtype))
+        convert_to_f32(table.dtype, static_cast<const char*>(table.data) + dtype_bytes(table.dtype, row * width), o,
+                       std::size_t(width));
+      else if (row >= 0 && row < local_vocab)
         cpu::widen(table.dtype,
                    static_cast<const char*>(table.data) + std::size_t(row * width) * dtype_size(table.dtype), o, width);
       else
@@ -295,8 +302,8 @@ class CpuBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights) {
-  STRATA_CHECK(weights == DType::F32 || weights == DType::BF16 || weights == DType::F16, Internal,
-               "cpu backend: unsupported weight dtype");
+  STRATA_CHECK(weights == DType::F32 || weights == DType::BF16 || weights == DType::F16 || is_quantized(weights),
+               Internal, "cpu backend: unsupported weight dtype");
   return std::make_unique<CpuBackend>(threads, weights);
 }
 

@@ -1,0 +1,106 @@
+"""A model run with --quantize q8_0 / q4_0 (matrix weights quantized on load to llama.cpp's blocks): the same greedy
+tokens and the same logits (to 1e-4) at tp 1, tp 2, pp 2 and dp 2; its logits against an independent float64
+reference in which llama.cpp itself (libggml-base.so from npm, pinned, through ctypes) quantizes every matrix
+weight and every input row of a matrix product, as llama.cpp's CPU matmul does; the unquantized reference is much
+further away (negative control), and q4_0 further than q8_0. Most rows agree with the reference to f32 rounding
+(1e-6); a row may differ by more where an activation lands within f32 rounding of a quantization boundary (the
+reference's float64 activation then rounds to the neighbouring int8, one step of its block), which moves that row
+and, through the KV cache, its sequence's later rows by about 1e-2 at most. A split that leaves rows of a matrix not a multiple of
+32 weights is refused naming the tensor.
+"""
+import ctypes
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "cli"))
+sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+sys.path.insert(0, os.path.join(HERE, "..", "tokenizer"))
+from harness import Harness  # noqa: E402
+import llama_reference  # noqa: E402
+import npm_fixtures  # noqa: E402
+
+h = Harness(__doc__)
+modules, _ = npm_fixtures.fetch(packages={"@node-llama-cpp/linux-x64": "3.21.1"})
+ggml = ctypes.CDLL(os.path.join(modules, "@node-llama-cpp", "linux-x64", "bins", "linux-x64", "libggml-base.so"))
+ggml.ggml_quantize_chunk.restype = ctypes.c_size_t
+ggml.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                     ctypes.c_int64, ctypes.c_void_p]
+for fn in ("dequantize_row_q8_0", "dequantize_row_q4_0"):
+    getattr(ggml, fn).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+TYPES, BLOCK = {"q8_0": 8, "q4_0": 2}, {"q8_0": 34, "q4_0": 18}
+
+
+def ggml_round_trip(fmt, rows):
+    """rows [n, k] through llama.cpp's quantizer and dequantizer (f32), as float64."""
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    n, k = rows.shape
+    blocks = np.zeros(n * k // 32 * BLOCK[fmt], dtype=np.uint8)
+    ggml.ggml_quantize_chunk(TYPES[fmt], rows.ctypes.data, blocks.ctypes.data, 0, n, k, None)
+    out = np.zeros(n * k, dtype=np.float32)
+    getattr(ggml, f"dequantize_row_{fmt}")(blocks.ctypes.data, out.ctypes.data, n * k)
+    return out.reshape(n, k).astype(np.float64)
+
+
+def quantized_reference(weights, fmt):
+    """llama_reference with llama.cpp's arithmetic: weights through `fmt`, each product's input rows through q8_0."""
+    wq = {name: ggml_round_trip(fmt, w) if w.ndim == 2 else w for name, w in weights.items()}
+    plain = llama_reference.linear
+
+    def linear(x, w, b=None):
+        return plain(ggml_round_trip("q8_0", x), w, b)
+    return wq, linear
+
+
+model = h.init("tiny", "--preset", "tiny", "--seed", "21", "--intermediate-size", "384")  # 192 per rank at tp 2
+prompts = h.write("prompts.txt", "Hello world\nThe quick brown fox jumps over\nA\nquantized weights, 1234\n")
+weights, config, manifest = llama_reference.load_checkpoint(model)
+LAYOUTS = [("1", 1, []), ("tp2", 2, ["-tp", 2]), ("pp2", 2, ["-pp", 2]), ("dp2", 2, ["-dp", 2])]
+errors = {}
+for fmt in ("q8_0", "q4_0"):
+    runs = {}
+    for label, ranks, flags in LAYOUTS:
+        out = f"{fmt}-{label}.jsonl"
+        h.run_ok(["generate", "--model", model, "--prompts", prompts, "--output", out, "--max-tokens", 6,
+                  "--record-logits", "--quantize", fmt, "-q", *flags], ranks=ranks)
+        runs[label] = h.results(out)
+    base = runs["1"]
+    for label, records in runs.items():
+        h.check([r["token_ids"] for r in records] == [r["token_ids"] for r in base],
+                f"{fmt} {label}: the same greedy tokens as 1 rank")
+        diff = max(float(np.abs(np.array(a["logits"]) - np.array(b["logits"])).max() / np.abs(b["logits"]).max())
+                   for a, b in zip(records, base))
+        h.check(diff <= 1e-4, f"{fmt} {label}: logits within 1e-4 of 1 rank ({diff:.2e})")
+    wq, qlinear = quantized_reference(weights, fmt)
+    rows_errors, unquantized = [], 0.0
+    for record in base:
+        ids = llama_reference.tokenize(record["prompt"], config["bos_token_id"]) + record["token_ids"][:-1]
+        n = len(record["token_ids"])
+        llama_reference.linear = qlinear
+        try:
+            ref = llama_reference.forward(wq, config, ids)[-n:]
+        finally:
+            llama_reference.linear = llama_reference.plain_linear
+        exact = llama_reference.forward(weights, config, ids)[-n:]
+        got = np.array(record["logits"])
+        rows_errors += [float(np.abs(got[k] - ref[k]).max() / np.abs(ref[k]).max()) for k in range(n)]
+        unquantized = max(unquantized, float(np.abs(got - exact).max() / np.abs(exact).max()))
+    errors[fmt] = unquantized
+    worst, exact = max(rows_errors), sum(e <= 1e-6 for e in rows_errors) / len(rows_errors)
+    print(f"{fmt}: logits vs llama.cpp-quantized float64 reference: {exact:.0%} of rows within 1e-6, worst "
+          f"{worst:.2e}; vs the unquantized model {unquantized:.2e}")
+    h.check(exact >= 0.75, f"{fmt}: {exact:.0%} of logit rows agree with the quantized reference to 1e-6")
+    h.check(worst <= 2e-2, f"{fmt}: logits vs the quantized reference, relative error {worst:.2e}")
+    h.check(unquantized > 5 * worst, f"{fmt}: the unquantized reference is much further ({unquantized:.2e}) "
+            f"than the quantized one ({worst:.2e}) (negative control)")
+h.check(errors["q4_0"] > errors["q8_0"], f"q4_0 ({errors['q4_0']:.2e}) loses more than q8_0 ({errors['q8_0']:.2e})")
+
+# The preset's intermediate size 352 leaves down_proj rows of 176 weights at tp 2: not whole blocks.
+uneven = h.init("uneven", "--preset", "tiny")
+code, out, _ = h.run(["generate", "--model", uneven, "--prompts", prompts, "--quantize", "q8_0", "-tp", 2, "-q"],
+                     ranks=2)
+h.check(code not in (0, None) and "down_proj.weight has rows of 176 weights" in out and "blocks of 32" in out,
+        f"tp 2 with q8_0 and rows of 176 weights is refused naming the tensor:\n{out[-1500:]}")
+h.finish()
