@@ -15,6 +15,7 @@
 #include <numeric>
 #include <thread>
 
+#include "runtime/backend/cpu/quant.h"
 #include "engine/engine.h"
 #include "launch/mpi_job.h"
 #include "launch/session.h"
@@ -97,6 +98,28 @@ double measure_sgemm_rate(const NodeInfo& node, Communicator& world) {
     best = std::min(best, double(elapsed_ns) * 1e-9);
   }
   return 2.0 * n * n * n * node.local_size / best;
+}
+
+// The compute rate of the CPU backend's quantized products (quant.h) on a weight that stays in cache, 128 tokens a
+// call (every rank at once, as measure_sgemm_rate): the compute roofline of a model run with --quantize, whose
+// products never go through sgemm. Counted as 2 operations per weight per token, as sgemm's FLOPs are.
+double measure_quantized_rate(const NodeInfo& node, Communicator& world, DType weights) {
+  const std::int64_t out = 768, in = 768, tokens = 128;  // a layer of a small model, in L2/L3
+  const quant::Format format = weights == DType::Q8_0 ? quant::Format::Q8_0 : quant::Format::Q4_0;
+  std::vector<float> w(std::size_t(out * in), 0.25f), x(std::size_t(tokens * in), 0.5f), y(std::size_t(tokens * out));
+  std::vector<char> blocks(quant::row_bytes(format, in) * std::size_t(out));
+  quant::quantize_row(format, w.data(), blocks.data(), out * in);
+  quant::row_dot_products(x.data(), blocks.data(), format, y.data(), tokens, out, in);  // warm-up
+  double best = 1e30;
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    world.barrier();
+    const double start = monotonic_seconds();
+    for (int call = 0; call < 20; ++call)
+      quant::row_dot_products(x.data(), blocks.data(), format, y.data(), tokens, out, in);
+    std::int64_t elapsed_ns = world.all_reduce_max(std::int64_t((monotonic_seconds() - start) * 1e9));
+    best = std::min(best, double(elapsed_ns) * 1e-9 / 20);
+  }
+  return 2.0 * double(out * in * tokens) * node.local_size / best;
 }
 
 // The GPU bounds of one pipeline stage: the slowest GPU's copy bandwidth and GEMM rate, times the tp GPUs of a
@@ -198,14 +221,22 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
     bandwidth = measure_read_bandwidth(node, world, o.memory_gib);
     sgemm = measure_sgemm_rate(node, world);
   }
+  // Quantized weights: every product runs on the blocks (quant.h), so that kernel's rate is the compute bound.
+  const DType weights = session.plan().stored;
+  const double quantized = !cuda && is_quantized(weights) ? measure_quantized_rate(node, world, weights) : 0;
+  const double compute = quantized > 0 ? quantized : sgemm;
   if (report && !cuda) {
     std::printf(
         "model %s: %.1fM parameters, %.0f MB of %s weights; tp %d pp %d on %d rank(s), %d BLAS thread(s) "
         "each\n",
-        o.model.c_str(), params / 1e6, weight_bytes / 1e6, dtype_name(session.manifest().dtype), layout.sizes().tp,
+        o.model.c_str(), params / 1e6, weight_bytes / 1e6, dtype_name(weights), layout.sizes().tp,
         layout.sizes().pp, layout.world_size(), cpu_threads_per_rank(node));
     std::printf("measured: memory read %.2f GB/s, sgemm %.1f GFLOP/s (all ranks of the node at once)\n",
                 bandwidth / 1e9, sgemm / 1e9);
+    if (quantized > 0)
+      std::printf("measured: %s block products (%s kernel) %.1f GOP/s: the compute roofline below (the products "
+                  "never use sgemm)\n",
+                  dtype_name(weights), quant::kernel_name().c_str(), quantized / 1e9);
   }
   if (report) {
     std::printf(
@@ -227,10 +258,14 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
     }
     const double prefill_rate = double(batch) * o.prompt_len / prefill;
     const double decode_rate = double(batch) * (o.gen_len - 1) / std::max(full - prefill, 1e-9);
-    const double prefill_roof = sgemm / (2.0 * params);
-    // A decode step reads every weight once (bandwidth bound) and does 2 FLOPs per parameter per sequence
-    // (compute bound): the roofline is the lower of the two.
-    const double decode_roof = std::min(double(batch) * bandwidth / weight_bytes, prefill_roof);
+    // Products per token: 2 FLOPs per weight of the layers, plus the LM head, which a prefill runs for the prompt's
+    // last token only (the embedding is a lookup). A decode step also reads every weight once (bandwidth bound): its
+    // roofline is the lower of the two.
+    const auto& c = session.config();
+    const double head = double(c.vocab_size) * double(c.hidden_size);
+    const double layers = params - head * (c.tie_word_embeddings ? 1 : 2);
+    const double prefill_roof = compute / (2.0 * (layers + head / o.prompt_len));
+    const double decode_roof = std::min(double(batch) * bandwidth / weight_bytes, compute / (2.0 * (layers + head)));
     if (report)
       std::printf("%6d %8d %14.1f %14.1f %7.0f%% %14.2f %14.2f %7.0f%%\n", batch, o.prompt_len, prefill_rate,
                   prefill_roof, 100 * prefill_rate / prefill_roof, decode_rate, decode_roof,
