@@ -290,6 +290,9 @@ std::string pread_all(int fd, char* dest, std::size_t bytes, off_t at) {
 constexpr const char* kBlockBytesAttribute = "fletcher32_block_bytes";
 constexpr const char* kBlockSumsAttribute = "fletcher32";
 constexpr std::size_t kDataAlignment = 64;  // every dataset's data starts on a cache line (AVX-512 loads)
+// A quantized tensor (llama.cpp's q8_0 / q4_0 blocks) is a 2-D dataset of bytes, [rows, bytes of a row's blocks],
+// with this attribute naming the block format; global_shape and global_offset count weights, as for the others.
+constexpr const char* kQuantizationAttribute = "quantization";
 
 // 256 KiB blocks (enough of them in a few-MB tensor to verify it on several threads at once), larger for tensors
 // over 1 GiB so that the sums stay a small attribute (<= 4096 of them).
@@ -335,7 +338,7 @@ std::optional<ContiguousStorage> strata_contiguous_layout(hid_t set, const Store
   if (H5Aexists(set, kBlockBytesAttribute) <= 0 || H5Aexists(set, kBlockSumsAttribute) <= 0) return std::nullopt;
   const haddr_t address = H5Dget_offset(set);
   ContiguousStorage c;
-  c.bytes = std::size_t(shape_numel(t.shape)) * dtype_size(t.dtype);
+  c.bytes = dtype_bytes(t.dtype, shape_numel(t.shape));
   STRATA_CHECK(address != HADDR_UNDEF && H5Dget_storage_size(set) == c.bytes, Checkpoint, where, ": data not stored (",
                H5Dget_storage_size(set), " of ", c.bytes, " bytes allocated)");
   c.offset = address;  // from the start of the file, a user block included
@@ -472,7 +475,20 @@ const ShardReader::Described& ShardReader::described(const std::string& name) co
   StoredTensor& t = d.tensor;
   t.name = name;
   t.shape.assign(dims.begin(), dims.end());
-  t.dtype = dtype_of_type(type.get(), where);
+  if (H5Aexists(set.get(), kQuantizationAttribute) > 0) {  // bytes [rows, row bytes] of blocks: logical [rows, cols]
+    const nlohmann::json format = attr_at(set.get(), kQuantizationAttribute, where);
+    STRATA_CHECK(format.is_string() && (format == "q8_0" || format == "q4_0"), Checkpoint, where, ": attribute '",
+                 kQuantizationAttribute, "' is ", format.dump(), " (q8_0 and q4_0 are supported)");
+    t.dtype = parse_dtype(format.get<std::string>());
+    const std::size_t block = dtype_bytes(t.dtype, 32);
+    STRATA_CHECK(H5Tget_class(type.get()) == H5T_INTEGER && H5Tget_size(type.get()) == 1 && t.shape.size() == 2 &&
+                     t.shape[1] % std::int64_t(block) == 0,
+                 Checkpoint, where, ": a ", format.get<std::string>(), " tensor must be a 2-D byte dataset of whole ",
+                 block, "-byte blocks per row (got ", shape_string(t.shape), ")");
+    t.shape[1] = t.shape[1] / std::int64_t(block) * 32;
+  } else {
+    t.dtype = dtype_of_type(type.get(), where);
+  }
   t.global_shape = ints_attr(set.get(), "global_shape", where);
   t.global_offset = ints_attr(set.get(), "global_offset", where);
   const nlohmann::json split = H5Aexists(set.get(), "split") > 0 ? attr_at(set.get(), "split", where) : "";
@@ -502,6 +518,8 @@ void ShardReader::read(const std::string& name, const Shape& expected, DType dty
   STRATA_CHECK(dtype == DType::F32 || dtype == t.dtype, Internal, "shard ", path_, ": tensor ", name, " is stored ",
                dtype_name(t.dtype), " and cannot be read as ", dtype_name(dtype));
   if (d.contiguous) return read_contiguous(d, dtype, out);
+  STRATA_CHECK(!is_quantized(t.dtype), Checkpoint, "shard ", path_, ": ", dtype_name(t.dtype), " tensor ", name,
+               " has no block checksums (strata writes quantized tensors in format 2 only)");
   h5::Handle set = h5::dataset(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), name);
   if (read_chunks_parallel(set.get(), t, dtype, out)) return;
   const std::size_t count = std::size_t(shape_numel(t.shape));
@@ -616,8 +634,17 @@ void ShardReader::read_contiguous(const Described& d, DType dtype, void* out) co
   const StoredTensor& t = d.tensor;
   const ContiguousStorage& c = *d.contiguous;
   char* dest = static_cast<char*>(out);
-  const std::size_t element = dtype_size(t.dtype);
   const bool as_stored = dtype == t.dtype;
+  if (is_quantized(t.dtype) && !as_stored) {  // checksum blocks cut quantized blocks: verify all, then dequantize
+    char* into = map_ ? nullptr : reinterpret_cast<char*>(staging((c.bytes + 1) / 2));
+    std::vector<char> unused;
+    const char* data = contiguous_blocks(c, t.name, 0, c.sums.size(), unused, into);
+    verify_blocks(data, c, 0, c.sums.size(), path_, t.name, [](std::size_t, std::size_t) {});
+    convert_to_f32(t.dtype, data, static_cast<float*>(out), std::size_t(shape_numel(t.shape)));
+    ++parallel_reads_;
+    return;
+  }
+  const std::size_t element = as_stored && is_quantized(t.dtype) ? 1 : dtype_size(t.dtype);
   char* into = map_ ? nullptr : as_stored ? dest : reinterpret_cast<char*>(staging((c.bytes + 1) / 2));
   std::vector<char> unused;
   const char* data = contiguous_blocks(c, t.name, 0, c.sums.size(), unused, into);
@@ -689,8 +716,13 @@ void ShardReader::read_region_f32(const std::string& name, int axis, std::int64_
                where, ": region [", begin, ", ", end, ") along axis ", axis, " outside ", shape_string(t.shape));
   const hsize_t start[2] = {axis == 0 ? hsize_t(begin) : 0, axis == 1 ? hsize_t(begin) : 0};
   const hsize_t count[2] = {axis == 0 ? hsize_t(end - begin) : rows, axis == 1 ? hsize_t(end - begin) : cols};
+  STRATA_CHECK(!is_quantized(t.dtype) || (axis == 0 || (begin % 32 == 0 && end % 32 == 0)), Checkpoint, where,
+               ": columns [", begin, ", ", end, ") of a ", dtype_name(t.dtype),
+               " tensor cut its blocks of 32 weights; choose a tensor-parallel size that splits at multiples of 32");
+  STRATA_CHECK(!is_quantized(t.dtype) || d.contiguous, Checkpoint, where, ": a ", dtype_name(t.dtype),
+               " tensor without block checksums (strata writes quantized tensors in format 2 only)");
   if (const auto& c = d.contiguous) {  // format 2: only the blocks the region touches, verified
-    const std::size_t element = dtype_size(t.dtype), row_bytes = std::size_t(cols) * element;
+    const std::size_t row_bytes = dtype_bytes(t.dtype, std::int64_t(cols));
     const std::size_t first = std::size_t(start[0]) * row_bytes, last = std::size_t(start[0] + count[0]) * row_bytes;
     const std::size_t first_block = first / c->block, last_block = (last + c->block - 1) / c->block;
     std::vector<char> holder;
@@ -700,8 +732,8 @@ void ShardReader::read_region_f32(const std::string& name, int axis, std::int64_
     const std::int64_t stride = t.shape.size() == 1 ? 1 : out_stride;  // 1-D: one element per "row"
 #pragma omp parallel for schedule(static)
     for (std::int64_t r = 0; r < std::int64_t(count[0]); ++r)
-      convert_to_f32(t.dtype, rows_at + std::size_t(r) * row_bytes + std::size_t(start[1]) * element, out + r * stride,
-                     std::size_t(count[1]));
+      convert_to_f32(t.dtype, rows_at + std::size_t(r) * row_bytes + dtype_bytes(t.dtype, std::int64_t(start[1])),
+                     out + r * stride, std::size_t(count[1]));
     ++parallel_reads_;
     return;
   }
@@ -769,11 +801,15 @@ void ShardWriter::write_adjacent(const std::vector<StoredTensor>& tensors, const
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const StoredTensor& t = tensors[i];
     const std::string where = cat("shard ", path_, ": tensor ", t.name);
-    const std::size_t bytes = std::size_t(shape_numel(t.shape)) * dtype_size(t.dtype);
+    const std::size_t bytes = dtype_bytes(t.dtype, shape_numel(t.shape));
     STRATA_CHECK(bytes > 0, Internal, where, ": empty tensor ", shape_string(t.shape), " (format 2 stores none)");
-    const std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
+    std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
+    if (is_quantized(t.dtype)) {  // rows of blocks as bytes
+      STRATA_CHECK(dims.size() == 2, Internal, where, ": only matrices are quantized");
+      dims[1] = hsize_t(dtype_bytes(t.dtype, t.shape[1]));
+    }
     h5::Handle space = h5::dataspace(H5Screate_simple(int(dims.size()), dims.data(), nullptr), where);
-    types.push_back(file_type_of(t.dtype));
+    types.push_back(is_quantized(t.dtype) ? h5::datatype(H5Tcopy(H5T_STD_U8LE), "byte type") : file_type_of(t.dtype));
     h5::Handle dcpl = h5::plist(H5Pcreate(H5P_DATASET_CREATE), where);
     STRATA_H5_CHECK(H5Pset_layout(dcpl.get(), H5D_CONTIGUOUS));
     STRATA_H5_CHECK(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_LATE));
@@ -784,6 +820,7 @@ void ShardWriter::write_adjacent(const std::vector<StoredTensor>& tensors, const
     write_attr_ints(sets.back().get(), "global_shape", t.global_shape, false);
     write_attr_ints(sets.back().get(), "global_offset", t.global_offset, false);
     write_attr_string(sets.back().get(), "split", t.split);
+    if (is_quantized(t.dtype)) write_attr_string(sets.back().get(), kQuantizationAttribute, dtype_name(t.dtype));
     const std::size_t block = checksum_block_bytes(bytes);
     write_attr_ints(sets.back().get(), kBlockBytesAttribute, {std::int64_t(block)}, true);
     write_attr_u32s(sets.back().get(), kBlockSumsAttribute, block_checksums(stored[i], bytes, block));

@@ -15,10 +15,10 @@
 #include <numeric>
 #include <thread>
 
-#include "runtime/backend/cpu/quant.h"
 #include "engine/engine.h"
 #include "launch/mpi_job.h"
 #include "launch/session.h"
+#include "runtime/backend/cpu/quant.h"
 #include "runtime/base/clock.h"
 #include "runtime/base/log.h"
 #ifdef STRATA_WITH_CUDA
@@ -202,7 +202,8 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
   const double params = double(session.config().parameter_count());
   const bool report = layout.world_rank() == 0;
   // The CPU backend keeps the weights as the checkpoint stores them (norms and biases in f32: negligible here).
-  double bandwidth = 0, sgemm = 0, weight_bytes = double(dtype_bytes(session.plan().stored, std::int64_t(params) / 32 * 32));
+  double bandwidth = 0, sgemm = 0,
+         weight_bytes = double(dtype_bytes(session.plan().stored, std::int64_t(params) / 32 * 32));
   if (cuda) {
     const GpuBounds gpu = measure_gpu_bounds(layout.sizes().tp, world, o.memory_gib);
     bandwidth = gpu.bandwidth;
@@ -229,14 +230,15 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
     std::printf(
         "model %s: %.1fM parameters, %.0f MB of %s weights; tp %d pp %d on %d rank(s), %d BLAS thread(s) "
         "each\n",
-        o.model.c_str(), params / 1e6, weight_bytes / 1e6, dtype_name(weights), layout.sizes().tp,
-        layout.sizes().pp, layout.world_size(), cpu_threads_per_rank(node));
+        o.model.c_str(), params / 1e6, weight_bytes / 1e6, dtype_name(weights), layout.sizes().tp, layout.sizes().pp,
+        layout.world_size(), cpu_threads_per_rank(node));
     std::printf("measured: memory read %.2f GB/s, sgemm %.1f GFLOP/s (all ranks of the node at once)\n",
                 bandwidth / 1e9, sgemm / 1e9);
     if (quantized > 0)
-      std::printf("measured: %s block products (%s kernel) %.1f GOP/s: the compute roofline below (the products "
-                  "never use sgemm)\n",
-                  dtype_name(weights), quant::kernel_name().c_str(), quantized / 1e9);
+      std::printf(
+          "measured: %s block products (%s kernel) %.1f GOP/s: the compute roofline below (the products "
+          "never use sgemm)\n",
+          dtype_name(weights), quant::kernel_name().c_str(), quantized / 1e9);
   }
   if (report) {
     std::printf(

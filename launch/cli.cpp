@@ -210,7 +210,8 @@ int cli_main(int argc, char** argv) {
   init_cmd->add_option("--output", init.output, "Checkpoint directory to write")->required();
   init_cmd->add_option("--tensor-parallel-size", init.tp, "Shard for this many TP ranks")->check(kPositive);
   init_cmd->add_option("--pipeline-parallel-size", init.pp, "Shard for this many stages")->check(kPositive);
-  init_cmd->add_option("--dtype", init.dtype, "Storage dtype")->check(CLI::IsMember({"f32", "f16", "bf16"}));
+  init_cmd->add_option("--dtype", init.dtype, "Storage dtype (q8_0 / q4_0: matrices in llama.cpp's blocks)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0"}));
   init_cmd->add_option("--seed", init.seed, "Weights seed: the same model whatever the sharding");
   init_cmd->add_option("--hidden-size", init.hidden_size)->check(kPositive);
   init_cmd->add_option("--intermediate-size", init.intermediate_size)->check(kPositive);
@@ -230,7 +231,13 @@ int cli_main(int argc, char** argv) {
   convert_cmd->add_option("--output", convert.output, "Checkpoint directory to write")->required();
   convert_cmd->add_option("--tensor-parallel-size", convert.tp, "Shard for this many TP ranks (-tp)")->check(kPositive);
   convert_cmd->add_option("--pipeline-parallel-size", convert.pp, "Shard for this many stages (-pp)")->check(kPositive);
-  convert_cmd->add_option("--dtype", convert.dtype, "Storage dtype")->check(CLI::IsMember({"f32", "f16", "bf16"}));
+  convert_cmd->add_option("--dtype", convert.dtype, "Storage dtype (q8_0 / q4_0: as --quantize)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0"}));
+  convert_cmd
+      ->add_option("--quantize", convert.dtype,
+                   "Store the matrices as llama.cpp's q8_0 or q4_0 blocks of 32 weights with f16 scales (norms and "
+                   "biases stay f32); the CPU backend computes on them in place")
+      ->check(CLI::IsMember({"q8_0", "q4_0"}));
   convert_cmd
       ->add_option("--tokenizer", convert.tokenizer, "auto: carry tokenizer.json along; byte: the byte-level tokenizer")
       ->check(CLI::IsMember({"auto", "byte"}));

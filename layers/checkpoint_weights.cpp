@@ -113,7 +113,8 @@ Buffer CheckpointWeightSource::map_stored(const std::vector<TensorSpec>& parts, 
 // anything is read otherwise.
 bool CheckpointWeightSource::read_as(const TensorSpec& spec, DType dtype, void* out) {
   if (!read_slices(spec, dtype, out)) return false;
-  read_bytes_ += shape_numel(spec.local_shape()) * std::int64_t(dtype_size(manifest_.dtype));
+  const DType stored = stored_dtype(spec, manifest_.dtype);
+  read_bytes_ += std::int64_t(dtype_bytes(stored, shape_numel(spec.local_shape())));
   return true;
 }
 
@@ -154,6 +155,10 @@ bool CheckpointWeightSource::read_slices(const TensorSpec& spec, DType dtype, vo
     at = until;
   }
   return true;
+}
+
+DType stored_dtype(const TensorSpec& spec, DType checkpoint) {
+  return is_quantized(checkpoint) && spec.global_shape.size() != 2 ? DType::F32 : checkpoint;
 }
 
 namespace {
@@ -223,7 +228,7 @@ namespace {
 // (bf16 safetensors into a bf16 checkpoint: no f32 pass, half the memory), else read as f32 and rounded.
 std::unique_ptr<char[]> stored_slice(WeightSource& weights, const TensorSpec& spec, DType dtype) {
   const std::size_t count = std::size_t(shape_numel(spec.local_shape()));
-  std::unique_ptr<char[]> stored(new char[count * dtype_size(dtype)]);  // not zeroed: every byte is written
+  std::unique_ptr<char[]> stored(new char[dtype_bytes(dtype, std::int64_t(count))]);  // every byte is written
   if (weights.read_stored(spec, dtype, stored.get())) return stored;
   if (dtype == DType::F32) {
     weights.read(spec, reinterpret_cast<float*>(stored.get()));
@@ -273,10 +278,16 @@ void write_shards(const ModelConfig& config, const CheckpointOptions& options, c
         for (int t = 0; t < options.tp; ++t) {
           if (!writers[std::size_t(t)]) continue;
           const TensorSpec spec = plans[std::size_t(t)].spec(order[i + g].name);
-          values[std::size_t(t)].push_back(stored_slice(weights, spec, options.dtype));
+          const DType dtype = stored_dtype(spec, options.dtype);
+          STRATA_CHECK(!is_quantized(dtype) || spec.local_shape().back() % 32 == 0, Config, "tensor ", spec.name,
+                       " has rows of ", spec.local_shape().back(), " weights in shard pp ", p, " tp ", t, " (",
+                       shape_string(spec.global_shape), " split for tp ", options.tp, "): ", dtype_name(dtype),
+                       " quantizes blocks of 32 weights of a row; choose a tensor-parallel size that keeps rows a "
+                       "multiple of 32");
+          values[std::size_t(t)].push_back(stored_slice(weights, spec, dtype));
           const char* split = spec.split == Split::Rows ? "rows" : spec.split == Split::Cols ? "cols" : "replicated";
-          tensors[std::size_t(t)].push_back(StoredTensor{spec.name, spec.local_shape(), options.dtype,
-                                                         spec.global_shape, spec.global_offset(), split});
+          tensors[std::size_t(t)].push_back(
+              StoredTensor{spec.name, spec.local_shape(), dtype, spec.global_shape, spec.global_offset(), split});
           if (g + 1 < group) continue;
           std::vector<const void*> data;  // the rank's last part is in: write and free its slices at once
           for (const auto& v : values[std::size_t(t)]) data.push_back(v.get());

@@ -59,6 +59,10 @@ class CheckpointWeightSource final : public WeightSource {
   std::int64_t mapped_bytes_ = 0, read_bytes_ = 0;
 };
 
+// The dtype a checkpoint of `checkpoint` dtype stores `spec` in: quantized checkpoints keep their vectors (norms,
+// biases) f32 and quantize the matrices; others store everything as they say.
+DType stored_dtype(const TensorSpec& spec, DType checkpoint);
+
 // The deterministic random value of a whole tensor (global shape), a function of (seed, name) only.
 // Norm weights are 1 + N(0, 0.1^2); biases N(0, 0.1^2); matrices N(0, 1/columns).
 std::vector<float> random_tensor(const TensorSpec& spec, std::uint64_t seed);

@@ -42,7 +42,9 @@ DType parse_dtype(const std::string& name) {
   if (name == "f32" || name == "float32") return DType::F32;
   if (name == "f16" || name == "float16") return DType::F16;
   if (name == "bf16" || name == "bfloat16") return DType::BF16;
-  throw Error(ErrorKind::Usage, cat("unknown dtype '", name, "' (expected f32, f16 or bf16)"));
+  if (name == "q8_0") return DType::Q8_0;
+  if (name == "q4_0") return DType::Q4_0;
+  throw Error(ErrorKind::Usage, cat("unknown dtype '", name, "' (expected f32, f16, bf16, q8_0 or q4_0)"));
 }
 
 float f16_to_f32(std::uint16_t h) {

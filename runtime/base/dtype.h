@@ -18,7 +18,7 @@ std::size_t dtype_size(DType dtype);
 // Bytes of `count` elements (for the quantized types count must be a multiple of 32; throws naming it otherwise).
 std::size_t dtype_bytes(DType dtype, std::int64_t count);
 const char* dtype_name(DType dtype);
-DType parse_dtype(const std::string& name);  // "f32"/"float32", "f16"/"float16", "bf16"/"bfloat16"
+DType parse_dtype(const std::string& name);      // "f32"/"float32", "f16"/"float16", "bf16"/"bfloat16", "q8_0", "q4_0"
 DType parse_quantized(const std::string& name);  // "q8_0", "q4_0"
 
 inline float bf16_to_f32(std::uint16_t bits) {

@@ -32,10 +32,32 @@ PERTURBED_TENSOR = "model.layers.0.input_layernorm.weight"
 
 
 # ----------------------------------------------------------------- checkpoint
+def _dequantize(raw, fmt):
+    """llama.cpp's GGUF blocks of 32 weights, from the format's definition: Q8_0 = f16 scale d, 32 int8 q, w = q * d;
+    Q4_0 = f16 d, 16 bytes whose low nibbles are weights 0-15 and high nibbles 16-31, w = (nibble - 8) * d.
+    raw: uint8 [rows, row bytes] -> float64 [rows, weights]."""
+    size = {"q8_0": 34, "q4_0": 18}[fmt]
+    rows = raw.shape[0]
+    blocks = raw.reshape(rows, -1, size)
+    d = blocks[:, :, :2].copy().view("<f2").astype(np.float32)            # [rows, nb, 1]
+    if fmt == "q8_0":
+        q = blocks[:, :, 2:].view(np.int8).astype(np.float32)             # [rows, nb, 32]
+    else:
+        packed = blocks[:, :, 2:]
+        q = np.concatenate([(packed & 0x0F), (packed >> 4)], axis=2).astype(np.float32) - 8
+    return (q * d).reshape(rows, -1).astype(np.float64)                    # each product exact in f32
+
+
 def _read_dataset(dset, dtype_name):
-    """Reads one HDF5 dataset as float64, converting 2-byte floats from raw bits."""
+    """Reads one HDF5 dataset as float64, converting 2-byte floats from raw bits and quantized blocks by their
+    definition."""
     ftype = dset.id.get_type()
     size = ftype.get_size()
+    if "quantization" in dset.attrs:
+        fmt = dset.attrs["quantization"]
+        fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+        assert dtype_name == fmt, f"{dset.name}: {fmt} blocks in a {dtype_name} checkpoint"
+        return _dequantize(np.asarray(dset[...], dtype=np.uint8), fmt)
     if size == 4:
         return np.asarray(dset[...], dtype=np.float32).astype(np.float64)
     assert size == 2, f"{dset.name}: unsupported element size {size}"

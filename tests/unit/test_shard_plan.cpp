@@ -153,7 +153,12 @@ TEST(ModelConfig, RopeScalingFrequencies) {
   c.rope_scaling.factor = 4;
   for (std::size_t i = 0; i < plain.size(); ++i) EXPECT_FLOAT_EQ(c.rope_inverse_frequencies()[i], plain[i] / 4);
   // Llama 3.1: factor 8, low 1, high 4, original context 8192
-  c.rope_scaling = RopeScaling{"llama3", 8.0, 1.0, 4.0, 8192};
+  c.rope_scaling = RopeScaling{};
+  c.rope_scaling.type = "llama3";
+  c.rope_scaling.factor = 8.0;
+  c.rope_scaling.low_freq_factor = 1.0;
+  c.rope_scaling.high_freq_factor = 4.0;
+  c.rope_scaling.original_max_position_embeddings = 8192;
   const std::vector<float> scaled = c.rope_inverse_frequencies();
   const double pi = 3.14159265358979323846;
   int high = 0, medium = 0, low = 0;

@@ -24,6 +24,9 @@ ncclDataType_t nccl_type(DType dtype) {
       return ncclFloat16;
     case DType::BF16:
       return ncclBfloat16;
+    case DType::Q8_0:
+    case DType::Q4_0:
+      break;  // weights only: never reduced
   }
   throw Error(ErrorKind::Internal, cat("no NCCL type for dtype ", int(dtype)));
 }
