@@ -15,7 +15,8 @@ flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recov
 for target in "${targets[@]}"; do
   case "$target" in
     safetensors_header)
-      sources=(io/safetensors.cpp runtime/base/error.cpp runtime/base/dtype.cpp runtime/tensor/tensor.cpp)
+      sources=(io/safetensors.cpp runtime/base/error.cpp runtime/base/dtype.cpp runtime/base/quant_blocks.cpp
+               runtime/tensor/tensor.cpp)
       clang++ "${flags[@]}" tests/fuzz/fuzz_safetensors_header.cpp "${sources[@]}" -o "$out/fuzz_safetensors_header"
       corpus="$out/corpus_safetensors"
       mkdir -p "$corpus"
