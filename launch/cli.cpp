@@ -227,17 +227,26 @@ int cli_main(int argc, char** argv) {
 
   ConvertOptions convert;
   auto* convert_cmd = app.add_subcommand("convert", "Convert a Hugging Face model folder to a sharded checkpoint");
-  convert_cmd->add_option("--hf", convert.hf, "Folder with config.json and *.safetensors")->required();
+  auto* hf_option = convert_cmd->add_option("--hf", convert.hf, "Folder with config.json and *.safetensors");
+  auto* gguf_option = convert_cmd->add_option(
+      "--gguf", convert.gguf,
+      "A GGUF file of a Llama-family model (f32/f16/bf16/q8_0/q4_0 tensors, byte-level BPE vocabulary) instead; "
+      "stored as its matrices are unless --dtype or --quantize says otherwise");
+  hf_option->excludes(gguf_option);
+  convert_cmd->callback([hf_option, gguf_option] {
+    if (hf_option->count() + gguf_option->count() != 1) throw CLI::ValidationError("convert needs --hf or --gguf");
+  });
   convert_cmd->add_option("--output", convert.output, "Checkpoint directory to write")->required();
   convert_cmd->add_option("--tensor-parallel-size", convert.tp, "Shard for this many TP ranks (-tp)")->check(kPositive);
   convert_cmd->add_option("--pipeline-parallel-size", convert.pp, "Shard for this many stages (-pp)")->check(kPositive);
-  convert_cmd->add_option("--dtype", convert.dtype, "Storage dtype (q8_0 / q4_0: as --quantize)")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0"}));
-  convert_cmd
-      ->add_option("--quantize", convert.dtype,
-                   "Store the matrices as llama.cpp's q8_0 or q4_0 blocks of 32 weights with f16 scales (norms and "
-                   "biases stay f32); the CPU backend computes on them in place")
-      ->check(CLI::IsMember({"q8_0", "q4_0"}));
+  auto* convert_dtype = convert_cmd->add_option("--dtype", convert.dtype, "Storage dtype (q8_0 / q4_0: as --quantize)")
+                            ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0"}));
+  auto* convert_quantize =
+      convert_cmd
+          ->add_option("--quantize", convert.dtype,
+                       "Store the matrices as llama.cpp's q8_0 or q4_0 blocks of 32 weights with f16 scales (norms and "
+                       "biases stay f32); the CPU backend computes on them in place")
+          ->check(CLI::IsMember({"q8_0", "q4_0"}));
   convert_cmd
       ->add_option("--tokenizer", convert.tokenizer, "auto: carry tokenizer.json along; byte: the byte-level tokenizer")
       ->check(CLI::IsMember({"auto", "byte"}));
@@ -304,7 +313,10 @@ int cli_main(int argc, char** argv) {
   CLI11_PARSE(app, int(expanded.size()), expanded.data());
   if (*generate) return run_generate(gen, argc, argv);
   if (*init_cmd) return run_init(init);
-  if (*convert_cmd) return run_convert(convert, argc, argv);
+  if (*convert_cmd) {
+    convert.dtype_given = convert_dtype->count() + convert_quantize->count() > 0;
+    return run_convert(convert, argc, argv);
+  }
   if (*tokenize_cmd) return run_tokenize(tokenize);
   if (*chat_cmd) return run_chat_template(chat);
   if (*topo_cmd) return run_topo(topo, argc, argv);

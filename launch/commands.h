@@ -67,7 +67,8 @@ struct BenchOptions {
 };
 
 struct ConvertOptions {
-  std::string hf, output, dtype = "bf16", tokenizer = "auto";
+  std::string hf, gguf, output, dtype = "bf16", tokenizer = "auto";
+  bool dtype_given = false;  // --dtype or --quantize named (a GGUF is otherwise stored as its matrices are)
   int tp = 1, pp = 1;
 };
 

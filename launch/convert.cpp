@@ -9,11 +9,13 @@
 #include <fstream>
 
 #include "io/chat_template.h"
+#include "io/gguf.h"
 #include "io/prompts.h"
 #include "io/tokenizer.h"
 #include "launch/commands.h"
 #include "launch/mpi_job.h"
 #include "layers/checkpoint_weights.h"
+#include "layers/gguf_model.h"
 #include "layers/hf_model.h"
 #include "runtime/base/log.h"
 #include "runtime/comm/mpi/mpi_communicator.h"
@@ -62,10 +64,57 @@ std::int64_t peak_rss_bytes() {
   return std::int64_t(usage.ru_maxrss) * 1024;
 }
 
-int convert(const ConvertOptions& o) {
+// The dtype a GGUF's matrices are stored in (its token embedding's), for a checkpoint that keeps them so.
+std::string gguf_dtype(const GgufFile& file) {
+  switch (file.tensor("token_embd.weight").type) {
+    case 0:
+      return "f32";
+    case 1:
+      return "f16";
+    case 8:
+      return "q8_0";
+    case 2:
+      return "q4_0";
+    default:
+      return "bf16";
+  }
+}
+
+// A GGUF file: config and tokenizer from its metadata, weights dequantized from its tensors (and quantized again
+// for a q8_0 / q4_0 checkpoint, which gives back the same blocks).
+int convert_gguf(const ConvertOptions& o, bool dtype_given, int rank, int world) {
+  const GgufFile file(o.gguf);
+  const ModelConfig config = config_from_gguf(file);
+  check_split(config, o.tp, o.pp);
+  const std::string dtype = dtype_given ? o.dtype : gguf_dtype(file);
+  CheckpointOptions options{o.tp, o.pp, parse_dtype(dtype), nlohmann::json::object(), nlohmann::json::object()};
+  const nlohmann::json tokenizer = o.tokenizer == "byte" ? nlohmann::json() : gguf_tokenizer_json(file);
+  if (o.tokenizer == "byte") {
+    options.tokenizer = ByteTokenizer().to_json();
+  } else {
+    options.tokenizer = {{"type", "huggingface"}, {"file", "tokenizer.json"}};
+    options.source["generation_config"] = gguf_generation_config(file);
+  }
+  options.source["kind"] = "gguf";
+  options.source["path"] = fs::absolute(o.gguf).string();
+  GgufWeightSource weights(file, config);
+  fs::create_directories(o.output);
+  write_shards(config, options, o.output, weights, rank, world);
+  STRATA_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
+  if (rank == 0) {
+    if (!tokenizer.is_null()) std::ofstream(fs::path(o.output) / "tokenizer.json") << tokenizer.dump();
+    write_manifest(config, options, o.output);
+    log_info("converted ", o.gguf, " (", config.parameter_count(), " parameters) to ", o.output,
+             " for tensor-parallel ", o.tp, " x pipeline-parallel ", o.pp, " (", dtype, ")");
+  }
+  return 0;
+}
+
+int convert(const ConvertOptions& o, bool dtype_given) {
   int rank = 0, world = 1;
   STRATA_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
   STRATA_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world));
+  if (!o.gguf.empty()) return convert_gguf(o, dtype_given, rank, world);
   const auto start = std::chrono::steady_clock::now();
   const fs::path config_path = fs::path(o.hf) / "config.json";
   STRATA_CHECK(fs::exists(config_path), Config, o.hf, " has no config.json (is it a Hugging Face model folder?)");
@@ -108,7 +157,8 @@ int convert(const ConvertOptions& o) {
 }  // namespace
 
 int run_convert(const ConvertOptions& options, int argc, char** argv) {
-  return run_as_mpi_job(argc, argv, [&](const NodeInfo&) { return convert(options); });
+  const bool dtype_given = options.dtype_given;
+  return run_as_mpi_job(argc, argv, [&](const NodeInfo&) { return convert(options, dtype_given); });
 }
 
 }  // namespace strata
