@@ -14,23 +14,18 @@
 namespace strata {
 
 std::string ggml_type_name(std::uint32_t type) {
-  switch (type) {
-    case 0:
-      return "f32";
-    case 1:
-      return "f16";
-    case 2:
-      return "q4_0";
-    case 8:
-      return "q8_0";
-    case 30:
-      return "bf16";
-    default: {
-      static const char* const names[] = {"f32",  "f16",  "q4_0", "q4_1", "q4_2", "q4_3", "q5_0", "q5_1",
-                                          "q8_0", "q8_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_k"};
-      return cat(type < 16 ? names[type] : "type", " (", type, ")");
-    }
-  }
+  if (const DType* dtype = readable_type(type)) return dtype_name(*dtype);
+  static const char* const names[] = {"f32",  "f16",  "q4_0", "q4_1", "q4_2", "q4_3", "q5_0", "q5_1",
+                                      "q8_0", "q8_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_k"};
+  return cat(type < 16 ? names[type] : "type", " (", type, ")");
+}
+
+const DType* readable_type(std::uint32_t type) {
+  static const std::pair<std::uint32_t, DType> readable[] = {
+      {0, DType::F32}, {1, DType::F16}, {2, DType::Q4_0}, {8, DType::Q8_0}, {30, DType::BF16}};
+  for (const auto& [number, dtype] : readable)
+    if (number == type) return &dtype;
+  return nullptr;
 }
 
 namespace {
@@ -117,20 +112,11 @@ std::size_t tensor_bytes(const GgufTensor& t, const std::string& path) {
                  " has dimension ", d);
     count *= d;
   }
-  switch (t.type) {
-    case 0:
-      return std::size_t(count) * 4;
-    case 1:
-    case 30:
-      return std::size_t(count) * 2;
-    case 8:
-    case 2:
-      STRATA_CHECK(t.dims[0] % 32 == 0, Checkpoint, "GGUF file ", path, ": tensor ", t.name, " of type ",
-                   ggml_type_name(t.type), " has rows of ", t.dims[0], " weights, not whole blocks of 32");
-      return std::size_t(count / 32) * (t.type == 8 ? 34 : 18);
-    default:
-      return 0;  // not read: refused when a tensor of this type is asked for
-  }
+  const DType* dtype = readable_type(t.type);
+  if (!dtype) return 0;  // not read: refused when a tensor of this type is asked for
+  STRATA_CHECK(!is_quantized(*dtype) || t.dims[0] % 32 == 0, Checkpoint, "GGUF file ", path, ": tensor ", t.name,
+               " of type ", ggml_type_name(t.type), " has rows of ", t.dims[0], " weights, not whole blocks of 32");
+  return dtype_bytes(*dtype, count);
 }
 
 }  // namespace

@@ -11,11 +11,13 @@
 #include <nlohmann/json.hpp>
 
 #include "io/file_mapping.h"
+#include "runtime/base/dtype.h"
 
 namespace strata {
 
-// ggml tensor types strata reads (GGUF numbers them so); others are refused naming the tensor and the type.
-enum class GgmlType : std::uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, BF16 = 30 };
+// The dtype of a ggml tensor type strata reads (f32 0, f16 1, q4_0 2, q8_0 8, bf16 30), or null: others are
+// refused naming the tensor and the type.
+const DType* readable_type(std::uint32_t type);
 std::string ggml_type_name(std::uint32_t type);  // "q4_k (12)" for the ones strata does not read
 
 struct GgufTensor {

@@ -66,18 +66,8 @@ std::int64_t peak_rss_bytes() {
 
 // The dtype a GGUF's matrices are stored in (its token embedding's), for a checkpoint that keeps them so.
 std::string gguf_dtype(const GgufFile& file) {
-  switch (file.tensor("token_embd.weight").type) {
-    case 0:
-      return "f32";
-    case 1:
-      return "f16";
-    case 8:
-      return "q8_0";
-    case 2:
-      return "q4_0";
-    default:
-      return "bf16";
-  }
+  const DType* dtype = readable_type(file.tensor("token_embd.weight").type);
+  return dtype ? dtype_name(*dtype) : "bf16";  // an unreadable type is refused, naming it, when the tensor is read
 }
 
 // A GGUF file: config and tokenizer from its metadata, weights dequantized from its tensors (and quantized again

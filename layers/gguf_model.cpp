@@ -42,22 +42,10 @@ std::string gguf_name(const std::string& hf) {
 }
 
 DType dtype_of(const GgufTensor& t, const std::string& path) {
-  switch (t.type) {
-    case 0:
-      return DType::F32;
-    case 1:
-      return DType::F16;
-    case 30:
-      return DType::BF16;
-    case 8:
-      return DType::Q8_0;
-    case 2:
-      return DType::Q4_0;
-    default:
-      throw Error(ErrorKind::Checkpoint,
-                  cat("GGUF file ", path, ": tensor ", t.name, " has type ", ggml_type_name(t.type),
-                      ", which strata does not read (f32, f16, bf16, q8_0 and q4_0 are)"));
-  }
+  const DType* dtype = readable_type(t.type);
+  STRATA_CHECK(dtype, Checkpoint, "GGUF file ", path, ": tensor ", t.name, " has type ", ggml_type_name(t.type),
+               ", which strata does not read (f32, f16, bf16, q8_0 and q4_0 are)");
+  return *dtype;
 }
 
 }  // namespace

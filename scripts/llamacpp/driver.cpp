@@ -29,9 +29,11 @@ int main(int argc, char** argv) {
   const bool logits = argc > 7 && std::strcmp(argv[6], "--logits") == 0;
   if (const char* dir = std::getenv("LLAMACPP_BACKENDS")) ggml_backend_load_all_from_path(dir);
   llama_backend_init();
-  llama_log_set([](ggml_log_level level, const char* text, void*) {
-    if (level >= GGML_LOG_LEVEL_ERROR) std::fputs(text, stderr);
-  }, nullptr);
+  llama_log_set(
+      [](ggml_log_level level, const char* text, void*) {
+        if (level >= GGML_LOG_LEVEL_ERROR) std::fputs(text, stderr);
+      },
+      nullptr);
   llama_model_params mparams = llama_model_default_params();
   llama_model* model = llama_model_load_from_file(argv[1], mparams);
   if (!model) {

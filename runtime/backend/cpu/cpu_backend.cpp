@@ -140,32 +140,27 @@ class CpuBackend final : public Backend {
   }
 
   void swiglu(TensorView gate_up, TensorView out) override {
-    require_same_rows(gate_up, out, "swiglu");
-    const std::int64_t width = out.row_elems();
-    STRATA_CHECK(gate_up.row_elems() == 2 * width, Internal, "swiglu: gate_up ", shape_string(gate_up.shape), " out ",
-                 shape_string(out.shape));
-    for (std::int64_t t = 0; t < out.rows(); ++t) {
-      const float* gate = gate_up.f32() + t * 2 * width;
-      const float* up = gate + width;
-      float* o = out.f32() + t * width;
-      for (std::int64_t i = 0; i < width; ++i) o[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
-    }
+    gated(gate_up, out, "swiglu", [](float g) { return g / (1.0f + std::exp(-g)); });
   }
 
   void geglu(TensorView gate_up, TensorView out) override {
-    require_same_rows(gate_up, out, "geglu");
-    const std::int64_t width = out.row_elems();
-    STRATA_CHECK(gate_up.row_elems() == 2 * width, Internal, "geglu: gate_up ", shape_string(gate_up.shape), " out ",
-                 shape_string(out.shape));
     const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+    gated(gate_up, out, "geglu",
+          [k](float g) { return 0.5f * g * (1.0f + std::tanh(k * (g + 0.044715f * g * g * g))); });
+  }
+
+  // out[t, i] = activation(gate_up[t, i]) * gate_up[t, width + i]: the gated MLPs (SwiGLU, GeGLU).
+  template <typename Activation>
+  static void gated(TensorView gate_up, TensorView out, const char* op, Activation activation) {
+    require_same_rows(gate_up, out, op);
+    const std::int64_t width = out.row_elems();
+    STRATA_CHECK(gate_up.row_elems() == 2 * width, Internal, op, ": gate_up ", shape_string(gate_up.shape), " out ",
+                 shape_string(out.shape));
     for (std::int64_t t = 0; t < out.rows(); ++t) {
       const float* gate = gate_up.f32() + t * 2 * width;
       const float* up = gate + width;
       float* o = out.f32() + t * width;
-      for (std::int64_t i = 0; i < width; ++i) {
-        const float x = gate[i];
-        o[i] = 0.5f * x * (1.0f + std::tanh(k * (x + 0.044715f * x * x * x))) * up[i];
-      }
+      for (std::int64_t i = 0; i < width; ++i) o[i] = activation(gate[i]) * up[i];
     }
   }
 

@@ -25,26 +25,38 @@ __global__ void rope_kernel(T* x, const std::int32_t* positions, const float* in
   }
 }
 
-template <typename T>
-__global__ void swiglu_kernel(const T* gate_up, T* out, std::int64_t rows, std::int64_t width) {
+// out = activation(gate) * up, per element of each row's two halves: SiLU (SwiGLU) or GELU's tanh form (GeGLU).
+struct Silu {
+  __device__ float operator()(float g) const { return g / (1.0f + expf(-g)); }
+};
+struct GeluTanh {
+  __device__ float operator()(float g) const {
+    return 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
+  }
+};
+
+template <typename T, typename Activation>
+__global__ void gated_kernel(const T* gate_up, T* out, std::int64_t rows, std::int64_t width) {
   const std::int64_t n = rows * width;
   for (std::int64_t idx = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; idx < n;
        idx += std::int64_t(gridDim.x) * blockDim.x) {
     const std::int64_t r = idx / width, i = idx % width;
     const float g = load(gate_up, r * 2 * width + i), u = load(gate_up, r * 2 * width + width + i);
-    store(out, idx, g / (1.0f + expf(-g)) * u);
+    store(out, idx, Activation()(g) * u);
   }
 }
 
-template <typename T>
-__global__ void geglu_kernel(const T* gate_up, T* out, std::int64_t rows, std::int64_t width) {
+template <typename Activation>
+void gated(const void* gate_up, void* out, Elem elem, std::int64_t rows, std::int64_t width, cudaStream_t stream,
+           const char* name) {
   const std::int64_t n = rows * width;
-  for (std::int64_t idx = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; idx < n;
-       idx += std::int64_t(gridDim.x) * blockDim.x) {
-    const std::int64_t r = idx / width, i = idx % width;
-    const float g = load(gate_up, r * 2 * width + i), u = load(gate_up, r * 2 * width + width + i);
-    store(out, idx, 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g))) * u);
-  }
+  if (n == 0) return;
+  dispatch(elem, [&](auto t) {
+    using T = decltype(t);
+    gated_kernel<T, Activation>
+        <<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<const T*>(gate_up), static_cast<T*>(out), rows, width);
+  });
+  check_launch(name);
 }
 
 template <typename T>
@@ -121,25 +133,11 @@ void rope(void* x, Elem elem, const std::int32_t* positions, const float* inv_fr
 }
 
 void swiglu(const void* gate_up, void* out, Elem elem, std::int64_t rows, std::int64_t width, cudaStream_t stream) {
-  const std::int64_t n = rows * width;
-  if (n == 0) return;
-  dispatch(elem, [&](auto t) {
-    using T = decltype(t);
-    swiglu_kernel<T>
-        <<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<const T*>(gate_up), static_cast<T*>(out), rows, width);
-  });
-  check_launch("swiglu");
+  gated<Silu>(gate_up, out, elem, rows, width, stream, "swiglu");
 }
 
 void geglu(const void* gate_up, void* out, Elem elem, std::int64_t rows, std::int64_t width, cudaStream_t stream) {
-  const std::int64_t n = rows * width;
-  if (n == 0) return;
-  dispatch(elem, [&](auto t) {
-    using T = decltype(t);
-    geglu_kernel<T>
-        <<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<const T*>(gate_up), static_cast<T*>(out), rows, width);
-  });
-  check_launch("geglu");
+  gated<GeluTanh>(gate_up, out, elem, rows, width, stream, "geglu");
 }
 
 void scale_or_softcap(void* x, Elem elem, std::int64_t n, float factor, float softcap, cudaStream_t stream) {
