@@ -22,9 +22,10 @@ namespace {
 
 // ---------------------------------------------------------------------------------------------- block dot products
 // A block pair's integer products in 8 lanes of 4 consecutive positions each (lane l: positions 4l..4l+3), exact in
-// int32. Each lane is scaled by d_w * d_x and added into its own f32 accumulator across the row's blocks; the row's
-// value is then ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)). The AVX2 kernel computes the same lanes with
-// vector instructions and adds them in the same order, so both give the same bits.
+// int32. Each lane is scaled by s = d_w * d_x (rounded to f32) and added into its own f32 accumulator across the
+// row's blocks with one fused multiply-add, acc_l = fma(lane_l, s, acc_l); the row's value is then
+// ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)). Every kernel computes these same lanes and adds them in this
+// order, so all of them give the same bits.
 constexpr int kLanes = 8;
 
 void lanes_scalar(const BlockQ8_0& w, const BlockQ8_0& x, int* lanes) {
@@ -58,7 +59,7 @@ void rows_scalar(const Block* w, const BlockQ8_0* xq, const float* x_scales, flo
       for (std::int64_t b = 0; b < blocks; ++b) {
         lanes_scalar(w[r * blocks + b], xq[t * blocks + b], lanes);
         const float scale = f16_to_f32(w[r * blocks + b].d) * x_scales[t * blocks + b];
-        for (int l = 0; l < kLanes; ++l) acc[l] += float(lanes[l]) * scale;
+        for (int l = 0; l < kLanes; ++l) acc[l] = std::fma(float(lanes[l]), scale, acc[l]);
       }
       y[t * out + r] = sum_lanes(acc);
     }
@@ -87,9 +88,9 @@ __attribute__((target("avx2"), always_inline)) inline __m256i weight_bytes(const
 // Up to 4 tokens per pass over a row: each weight block is loaded (and unpacked) once for all of them. Every
 // (row, token) still adds its blocks in order, as the scalar kernel does.
 template <typename Block>
-__attribute__((target("avx2,f16c"))) void rows_avx2(const Block* w, const BlockQ8_0* xq, const float* x_scales,
-                                                    float* y, std::int64_t tokens, std::int64_t begin, std::int64_t end,
-                                                    std::int64_t out, std::int64_t blocks) {
+__attribute__((target("avx2,fma,f16c"))) void rows_avx2(const Block* w, const BlockQ8_0* xq, const float* x_scales,
+                                                        float* y, std::int64_t tokens, std::int64_t begin,
+                                                        std::int64_t end, std::int64_t out, std::int64_t blocks) {
   constexpr int kTile = 4;
   for (std::int64_t r = begin; r < end; ++r)
     for (std::int64_t t0 = 0; t0 < tokens; t0 += kTile) {
@@ -105,34 +106,144 @@ __attribute__((target("avx2,f16c"))) void rows_avx2(const Block* w, const BlockQ
           const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[at].qs));
           const __m256i products = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(xv, wv));
           const __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, _mm256_set1_epi16(1)));
-          acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(lanes, _mm256_set1_ps(dw * x_scales[at])));
+          acc[i] = _mm256_fmadd_ps(lanes, _mm256_set1_ps(dw * x_scales[at]), acc[i]);
         }
       }
       for (int i = 0; i < n; ++i) y[(t0 + i) * out + r] = sum_lanes_avx2(acc[i]);
     }
 }
+
+// AVX-512 with VNNI: two rows per 512-bit register (row r's block in the low half, row r + 1's in the high half),
+// each half holding that row's 8 lanes, so the lanes and their order are the scalar kernel's. One VPDPBUSD forms
+// the 64 products and their 16 lane sums (what VPMADDUBSW + VPMADDWD take two steps for), the weight side (unpacking,
+// magnitudes, signs, scales) is done once per block for up to kTile tokens, and each token's block is broadcast to
+// both halves from one load.
+// GCC 12 reports its own intrinsics' deliberately undefined upper halves (_mm512_undefined_*) as uninitialised.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define STRATA_AVX512 "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c"
+
+__attribute__((target(STRATA_AVX512), always_inline)) inline __m512i pair_bytes(const BlockQ8_0& a,
+                                                                                const BlockQ8_0& b) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs))),
+                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs)), 1);
+}
+__attribute__((target(STRATA_AVX512), always_inline)) inline __m512i pair_bytes(const BlockQ4_0& a,
+                                                                                const BlockQ4_0& b) {
+  const __m256i packed = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs)),
+                                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.qs)));
+  const __m256i low = _mm256_and_si256(packed, _mm256_set1_epi8(0x0F));
+  const __m256i high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), _mm256_set1_epi8(0x0F));
+  // 128-bit lanes [low a, low b, high a, high b] -> [low a, high a, low b, high b]: weights 0-15 then 16-31 per row
+  const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+  return _mm512_sub_epi8(_mm512_shuffle_i64x2(both, both, _MM_SHUFFLE(3, 1, 2, 0)), _mm512_set1_epi8(8));
+}
+
+template <typename Block, int Tokens>
+__attribute__((target(STRATA_AVX512))) void row_pair_avx512(const Block* w0, const Block* w1, const BlockQ8_0* xq,
+                                                            const float* x_scales, float* y, std::int64_t out,
+                                                            std::int64_t blocks) {
+  __m512 acc[Tokens];
+  for (int i = 0; i < Tokens; ++i) acc[i] = _mm512_setzero_ps();
+  // The two rows are two interleaved streams, which the hardware prefetchers follow poorly (decode at one token ran
+  // at half the speed of one row at a time); prefetch the rows two pairs on, one line per block of each row.
+  const char* ahead = reinterpret_cast<const char*>(w0) + 4 * blocks * std::int64_t(sizeof(Block));
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    _mm_prefetch(ahead + 2 * b * std::int64_t(sizeof(Block)), _MM_HINT_T0);
+    _mm_prefetch(ahead + (2 * b + 1) * std::int64_t(sizeof(Block)), _MM_HINT_T0);
+    const __m512i wv = pair_bytes(w0[b], w1[b]);
+    const __m512i magnitude = _mm512_abs_epi8(wv);
+    const __mmask64 negative = _mm512_movepi8_mask(wv);
+    const __m512 dw = _mm512_insertf32x8(_mm512_set1_ps(_cvtsh_ss(w0[b].d)), _mm256_set1_ps(_cvtsh_ss(w1[b].d)), 1);
+    for (int i = 0; i < Tokens; ++i) {
+      const std::int64_t at = i * blocks + b;
+      const __m512i xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[at].qs)));
+      // x with the weight's sign (|w| * sign(w) * x): the unsigned x signed operand order VPDPBUSD takes
+      const __m512i signed_x = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
+      const __m512i lanes = _mm512_dpbusd_epi32(_mm512_setzero_si512(), magnitude, signed_x);
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes), _mm512_mul_ps(dw, _mm512_set1_ps(x_scales[at])), acc[i]);
+    }
+  }
+  for (int i = 0; i < Tokens; ++i) {
+    y[i * out] = sum_lanes_avx2(_mm512_castps512_ps256(acc[i]));
+    y[i * out + 1] = sum_lanes_avx2(_mm512_extractf32x8_ps(acc[i], 1));
+  }
+}
+
+template <typename Block>
+__attribute__((target(STRATA_AVX512))) void rows_avx512(const Block* w, const BlockQ8_0* xq, const float* x_scales,
+                                                        float* y, std::int64_t tokens, std::int64_t begin,
+                                                        std::int64_t end, std::int64_t out, std::int64_t blocks) {
+  constexpr int kTile = 8;
+  std::int64_t r = begin;
+  for (; r + 2 <= end; r += 2)
+    for (std::int64_t t0 = 0; t0 < tokens; t0 += kTile) {
+      const Block *w0 = w + r * blocks, *w1 = w0 + blocks;
+      const BlockQ8_0* x = xq + t0 * blocks;
+      const float* xs = x_scales + t0 * blocks;
+      float* yt = y + t0 * out + r;
+      switch (std::min<std::int64_t>(kTile, tokens - t0)) {
+        case 1:
+          row_pair_avx512<Block, 1>(w0, w1, x, xs, yt, out, blocks);
+          break;
+        case 2:
+          row_pair_avx512<Block, 2>(w0, w1, x, xs, yt, out, blocks);
+          break;
+        case 3:
+          row_pair_avx512<Block, 3>(w0, w1, x, xs, yt, out, blocks);
+          break;
+        case 4:
+          row_pair_avx512<Block, 4>(w0, w1, x, xs, yt, out, blocks);
+          break;
+        case 5:
+          row_pair_avx512<Block, 5>(w0, w1, x, xs, yt, out, blocks);
+          break;
+        case 6:
+          row_pair_avx512<Block, 6>(w0, w1, x, xs, yt, out, blocks);
+          break;
+        case 7:
+          row_pair_avx512<Block, 7>(w0, w1, x, xs, yt, out, blocks);
+          break;
+        default:
+          row_pair_avx512<Block, 8>(w0, w1, x, xs, yt, out, blocks);
+          break;
+      }
+    }
+  if (r < end) rows_avx2<Block>(w, xq, x_scales, y, tokens, r, end, out, blocks);  // an odd last row
+}
+#pragma GCC diagnostic pop
 #endif
 
-bool has_avx2() {
+bool cpu_has(const std::string& kernel) {
+  if (kernel == "scalar") return true;
 #if defined(__x86_64__)
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-#else
-  return false;
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  if (kernel == "avx2") return avx2;
+  if (kernel == "avx512vnni")
+    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512vnni");
 #endif
+  return false;
 }
 
 template <typename Block>
 void run(const std::string& kernel, const BlockQ8_0* xq, const float* xs, const void* w, float* y, std::int64_t tokens,
          std::int64_t out, std::int64_t blocks) {
-  constexpr std::int64_t kRows = 16;  // rows per work item
+  constexpr std::int64_t kRows = 16;  // rows per work item (even: the AVX-512 kernel takes rows in pairs)
   const auto* rows = static_cast<const Block*>(w);
   const std::int64_t items = (out + kRows - 1) / kRows;
-  const bool avx2 = kernel == "avx2";
+  const int which = kernel == "avx512vnni" ? 2 : kernel == "avx2" ? 1 : 0;
 #pragma omp parallel for schedule(static)
   for (std::int64_t i = 0; i < items; ++i) {
     const std::int64_t begin = i * kRows, end = std::min(out, begin + kRows);
 #if defined(__x86_64__)
-    if (avx2) {
+    if (which == 2) {
+      rows_avx512<Block>(rows, xq, xs, y, tokens, begin, end, out, blocks);
+      continue;
+    }
+    if (which == 1) {
       rows_avx2<Block>(rows, xq, xs, y, tokens, begin, end, out, blocks);
       continue;
     }
@@ -143,10 +254,21 @@ void run(const std::string& kernel, const BlockQ8_0* xq, const float* xs, const 
 
 }  // namespace
 
+std::vector<std::string> available_kernels() {
+  std::vector<std::string> names;
+  for (const char* name : {"avx512vnni", "avx2", "scalar"})
+    if (cpu_has(name)) names.push_back(name);
+  return names;
+}
+
 std::string kernel_name() {
   const char* forced = std::getenv("STRATA_QUANT_KERNEL");
-  if (forced && std::string(forced) == "scalar") return "scalar";
-  return has_avx2() ? "avx2" : "scalar";
+  if (forced && *forced) {
+    STRATA_CHECK(cpu_has(forced), Config, "STRATA_QUANT_KERNEL=", forced,
+                 ": not a quantized kernel this CPU runs (scalar, avx2 or avx512vnni)");
+    return forced;
+  }
+  return available_kernels().front();
 }
 
 void row_dot_products(const float* x, const void* w, Format format, float* y, std::int64_t tokens, std::int64_t out,
@@ -156,8 +278,7 @@ void row_dot_products(const float* x, const void* w, Format format, float* y, st
 
 void row_dot_products_with(const std::string& kernel, const float* x, const void* w, Format format, float* y,
                            std::int64_t tokens, std::int64_t out, std::int64_t in) {
-  STRATA_CHECK(kernel == "scalar" || (kernel == "avx2" && has_avx2()), Internal, "quantized kernel '", kernel,
-               "' is not available on this CPU");
+  STRATA_CHECK(cpu_has(kernel), Internal, "quantized kernel '", kernel, "' is not available on this CPU");
   const std::int64_t blocks = std::int64_t(row_bytes(format, in) / block_bytes(format));
   // The activations once per call: Q8_0 blocks and their scales as f32 (kept between calls: no allocation per step)
   thread_local std::vector<BlockQ8_0> xq;
