@@ -18,6 +18,7 @@
 #include "engine/engine.h"
 #include "launch/mpi_job.h"
 #include "launch/session.h"
+#include "runtime/backend/cpu/kernels.h"
 #include "runtime/backend/cpu/quant.h"
 #include "runtime/base/clock.h"
 #include "runtime/base/log.h"
@@ -116,6 +117,28 @@ double measure_quantized_rate(const NodeInfo& node, Communicator& world, DType w
     const double start = monotonic_seconds();
     for (int call = 0; call < 20; ++call)
       quant::row_dot_products(x.data(), blocks.data(), format, y.data(), tokens, out, in);
+    std::int64_t elapsed_ns = world.all_reduce_max(std::int64_t((monotonic_seconds() - start) * 1e9));
+    best = std::min(best, double(elapsed_ns) * 1e-9 / 20);
+  }
+  return 2.0 * double(out * in * tokens) * node.local_size / best;
+}
+
+// The compute rate of the CPU backend's own products (kernels.h) with weights of `weights` (f32, bf16 or f16), on
+// a weight that stays in cache, 128 tokens a call, every rank at once: the compute roofline where that kernel runs
+// every product (the AVX-512 one does; with AVX2 products of more than 4 tokens go to OpenBLAS, whose sgemm rate
+// is then the bound).
+double measure_row_kernel_rate(const NodeInfo& node, Communicator& world, DType weights) {
+  const std::int64_t out = 768, in = 768, tokens = 128;
+  std::vector<float> w(std::size_t(out * in), 0.25f), x(std::size_t(tokens * in), 0.5f), y(std::size_t(tokens * out));
+  std::vector<char> stored(std::size_t(dtype_bytes(weights, out * in)));
+  convert_from_f32(weights, w.data(), stored.data(), w.size());
+  cpu::row_dot_products(x.data(), stored.data(), weights, y.data(), tokens, out, in);  // warm-up
+  double best = 1e30;
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    world.barrier();
+    const double start = monotonic_seconds();
+    for (int call = 0; call < 20; ++call)
+      cpu::row_dot_products(x.data(), stored.data(), weights, y.data(), tokens, out, in);
     std::int64_t elapsed_ns = world.all_reduce_max(std::int64_t((monotonic_seconds() - start) * 1e9));
     best = std::min(best, double(elapsed_ns) * 1e-9 / 20);
   }
@@ -225,7 +248,10 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
   // Quantized weights: every product runs on the blocks (quant.h), so that kernel's rate is the compute bound.
   const DType weights = session.plan().stored;
   const double quantized = !cuda && is_quantized(weights) ? measure_quantized_rate(node, world, weights) : 0;
-  const double compute = quantized > 0 ? quantized : sgemm;
+  // The AVX-512 row kernel runs every unquantized product of any size: its rate is the bound then.
+  const bool row_kernel_only = !cuda && quantized == 0 && cpu::row_kernel_max_tokens() >= cpu::kAvx512Batch;
+  const double row_kernel = row_kernel_only ? measure_row_kernel_rate(node, world, weights) : 0;
+  const double compute = quantized > 0 ? quantized : row_kernel > 0 ? row_kernel : sgemm;
   if (report && !cuda) {
     std::printf(
         "model %s: %.1fM parameters, %.0f MB of %s weights; tp %d pp %d on %d rank(s), %d BLAS thread(s) "
@@ -239,6 +265,11 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
           "measured: %s block products (%s kernel) %.1f GOP/s: the compute roofline below (the products "
           "never use sgemm)\n",
           dtype_name(weights), quant::kernel_name().c_str(), quantized / 1e9);
+    if (row_kernel > 0)
+      std::printf(
+          "measured: %s-weight products (%s kernel, f32 FMAs) %.1f GFLOP/s: the compute roofline below (the "
+          "products never use sgemm)\n",
+          dtype_name(weights), cpu::row_kernel_name().c_str(), row_kernel / 1e9);
   }
   if (report) {
     std::printf(

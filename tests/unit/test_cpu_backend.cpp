@@ -4,10 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 
 #include "runtime/backend/backend.h"
+#include "runtime/backend/cpu/kernels.h"
+#include "runtime/base/error.h"
 #include "test_support.h"
 
 using namespace strata;
@@ -88,6 +92,56 @@ TEST(CpuBackend, LinearIsEquivalentToRefForOneAndManyTokens) {
       }
     EXPECT_LT(relative_error(f.values(y), ref), kTolerance) << tokens << " tokens";
   }
+}
+
+// The product kernels (scalar, AVX2, AVX-512: each this CPU has) on odd shapes: rows not a multiple of the 16-row
+// work items nor of the AVX-512 kernel's 4-row tiles, 1 to 13 tokens (its tiles are 6), widths with and without a
+// tail past the 16 lanes; f32, bf16 and f16 weights. Every kernel gives the scalar kernel's bits (one order of
+// additions, kernels.cpp), 16-bit weights the bits of f32 weights holding the same values, and all of them the
+// double reference within 1e-5 (a kernel skipping the tail or a row would be off by far more).
+TEST(CpuBackend, RowKernelsMatchTheReferenceAndEachOtherBitForBit) {
+  const std::vector<std::string> kernels = cpu::row_kernels();
+  ASSERT_GE(kernels.size(), 2u) << "this test machine's CPU has AVX2 at least: a vector kernel must be tested";
+  std::printf("row kernels on this CPU: %s%s%s\n", kernels[0].c_str(), kernels.size() > 2 ? ", " : "",
+              kernels.size() > 2 ? kernels[1].c_str() : "");
+  if (kernels.size() < 3) std::printf("  (no AVX-512 here: that kernel is tested on machines that have it)\n");
+  Fixture f;
+  for (const std::int64_t in : {48, 77})
+    for (const std::int64_t tokens : {1, 2, 5, 6, 7, 13}) {
+      const std::int64_t out = 39;
+      Tensor w = f.random({out, in}), x = f.random({tokens, in});
+      for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {
+        std::vector<std::uint16_t> bits(std::size_t(out * in));
+        std::vector<float> exact(bits.size());
+        convert_from_f32(dtype == DType::F32 ? DType::BF16 : dtype, w.f32(), bits.data(), bits.size());
+        convert_to_f32(dtype == DType::F32 ? DType::BF16 : dtype, bits.data(), exact.data(), bits.size());
+        const void* stored = dtype == DType::F32 ? static_cast<const void*>(exact.data()) : bits.data();
+        std::vector<float> scalar(std::size_t(tokens * out)), from_f32(scalar.size());
+        cpu::row_dot_products_with("scalar", x.f32(), stored, dtype, scalar.data(), tokens, out, in);
+        cpu::row_dot_products_with("scalar", x.f32(), exact.data(), DType::F32, from_f32.data(), tokens, out, in);
+        EXPECT_EQ(0, std::memcmp(scalar.data(), from_f32.data(), scalar.size() * 4)) << dtype_name(dtype);
+        for (const std::string& kernel : kernels) {
+          std::vector<float> got(scalar.size(), -1.0f);
+          cpu::row_dot_products_with(kernel, x.f32(), stored, dtype, got.data(), tokens, out, in);
+          EXPECT_EQ(0, std::memcmp(scalar.data(), got.data(), scalar.size() * 4))
+              << kernel << " differs from scalar: " << dtype_name(dtype) << " in " << in << " tokens " << tokens;
+        }
+        std::vector<double> ref(scalar.size());
+        for (std::int64_t t = 0; t < tokens; ++t)
+          for (std::int64_t n = 0; n < out; ++n) {
+            double sum = 0;
+            for (std::int64_t k = 0; k < in; ++k) sum += double(x.f32()[t * in + k]) * exact[std::size_t(n * in + k)];
+            ref[std::size_t(t * out + n)] = sum;
+          }
+        EXPECT_LT(relative_error(test::as_double(scalar.data(), scalar.size()), ref), kTolerance)
+            << dtype_name(dtype) << " in " << in << " tokens " << tokens;
+      }
+    }
+  setenv("STRATA_ROW_KERNEL", "scalar", 1);
+  EXPECT_EQ(cpu::row_kernel_name(), "scalar");
+  setenv("STRATA_ROW_KERNEL", "sse9", 1);
+  EXPECT_THROW(cpu::row_kernel_name(), Error) << "a kernel that does not exist";
+  unsetenv("STRATA_ROW_KERNEL");
 }
 
 TEST(CpuBackend, RmsNormIsEquivalentToRef) {

@@ -1,5 +1,5 @@
-// The CPU backend: fp32 arithmetic everywhere, OpenBLAS for the GEMMs of prefill, our own OpenMP kernels for
-// decode-sized products (1-4 tokens: bandwidth-bound) and attention. Matrix weights are kept as the checkpoint
+// The CPU backend: fp32 arithmetic everywhere, our own OpenMP kernels for products (every size with AVX-512; up to 4
+// tokens with AVX2, OpenBLAS above) and attention. Matrix weights are kept as the checkpoint
 // stores them (f32, or bf16/f16: half the memory and half the bytes a decode step streams) and widened to f32 in
 // cache-sized blocks as they are used, which gives exactly the results of f32 weights.
 // It is the oracle the CUDA backend is tested against, so it stays plain.
@@ -27,7 +27,7 @@ void require_same_rows(const TensorView& a, const TensorView& b, const char* op)
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(int threads, DType weights) : weights_(weights) {
+  CpuBackend(int threads, DType weights) : weights_(weights), row_kernel_tokens_(cpu::row_kernel_max_tokens()) {
     if (threads > 0) {
       openblas_set_num_threads(threads);
       omp_set_num_threads(threads);
@@ -53,7 +53,7 @@ class CpuBackend final : public Backend {
     if (is_quantized(w.dtype)) {  // llama.cpp's arithmetic at every batch size: the same numbers however batched
       quant::row_dot_products(x.f32(), w.data, w.dtype == DType::Q8_0 ? quant::Format::Q8_0 : quant::Format::Q4_0,
                               y.f32(), tokens, out, in);
-    } else if (tokens <= cpu::kSmallBatch) {  // stream the weight once for all tokens (OpenBLAS GEMV/GEMM are slower)
+    } else if (tokens <= row_kernel_tokens_) {  // stream the weight once for all tokens (OpenBLAS is slower there)
       cpu::row_dot_products(x.f32(), w.data, w.dtype, y.f32(), tokens, out, in);
     } else if (w.dtype == DType::F32) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tokens), int(out), int(in), 1.0f, x.f32(), int(in),
@@ -291,6 +291,7 @@ class CpuBackend final : public Backend {
 
  private:
   DType weights_;
+  std::int64_t row_kernel_tokens_;   // products of up to this many tokens use cpu::row_dot_products
   std::vector<float> gemm_scratch_;  // gemm_16bit's widened rows, reused across calls
 };
 

@@ -4,7 +4,16 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
 #include <vector>
+
+#include "runtime/base/error.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #if defined(__x86_64__)
 #define STRATA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -22,44 +31,217 @@ constexpr std::int64_t kBlock = 16;  // rows per work item: enough to amortise s
 inline float as_f32(float w) { return w; }
 inline float as_f32(std::uint16_t bf16) { return bf16_to_f32(bf16); }  // a shift: vectorises
 
-// `w` points at row `begin` (of the weight, or of a widened copy of rows [begin, end)). W is float or bf16 bits;
-// either way every product is of the same f32 values in the same order, so the results are identical.
-template <int Tokens, typename W>
-__attribute__((always_inline)) inline void rows_for(const float* x, const W* w, float* y, std::int64_t begin,
-                                                    std::int64_t end, std::int64_t out, std::int64_t in) {
+// The order every row kernel adds in, for one (row, token): 16 lanes, lane j accumulating
+// acc_j = fma(w[i + j], x[i + j], acc_j) over i = 0, 16, 32, ...; the lanes reduced pairwise, (j, j + 8), then
+// (j, j + 4), (j, j + 2), (0, 1); then the last in % 16 products fused onto that sum in order. The portable and the
+// AVX-512 kernels both follow it, so they give the same bits, and so do 16-bit and f32 weights holding the same
+// values.
+// The scalar kernel (CPUs without AVX2), one (row, token) at a time in exactly that order.
+template <typename W>
+void rows_scalar(const float* x, const W* w, float* y, std::int64_t tokens, std::int64_t begin, std::int64_t end,
+                 std::int64_t out, std::int64_t in) {
   for (std::int64_t r = begin; r < end; ++r) {
     const W* row = w + (r - begin) * in;
-    float acc[Tokens][kLanes] = {};
-    std::int64_t i = 0;
-    for (; i + kLanes <= in; i += kLanes)
-      for (int t = 0; t < Tokens; ++t)
-        for (int j = 0; j < kLanes; ++j) acc[t][j] += as_f32(row[i + j]) * x[t * in + i + j];
-    for (int t = 0; t < Tokens; ++t) {
-      float sum = 0;
-      for (std::int64_t k = i; k < in; ++k) sum += as_f32(row[k]) * x[t * in + k];
-      for (int j = 0; j < kLanes; ++j) sum += acc[t][j];
+    for (std::int64_t t = 0; t < tokens; ++t) {
+      const float* xt = x + t * in;
+      float a[kLanes] = {};
+      std::int64_t i = 0;
+      for (; i + kLanes <= in; i += kLanes)
+        for (int j = 0; j < kLanes; ++j) a[j] = std::fma(as_f32(row[i + j]), xt[i + j], a[j]);
+      float b[8], c[4];
+      for (int j = 0; j < 8; ++j) b[j] = a[j] + a[j + 8];
+      for (int j = 0; j < 4; ++j) c[j] = b[j] + b[j + 4];
+      float sum = (c[0] + c[2]) + (c[1] + c[3]);
+      for (; i < in; ++i) sum = std::fma(as_f32(row[i]), xt[i], sum);
       y[t * out + r] = sum;
     }
   }
 }
 
+#if defined(__x86_64__)
+// AVX2: the 16 lanes as two 8-lane registers; one row x up to 4 tokens per pass (8 accumulators), each weight
+// vector widened once for all of them. Same lanes, same order.
+__attribute__((target("avx2,fma,f16c"), always_inline)) inline void load16_avx2(const float* p, __m256& lo,
+                                                                                __m256& hi) {
+  lo = _mm256_loadu_ps(p);
+  hi = _mm256_loadu_ps(p + 8);
+}
+__attribute__((target("avx2,fma,f16c"), always_inline)) inline void load16_avx2(const std::uint16_t* p, __m256& lo,
+                                                                                __m256& hi) {  // bf16
+  const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8));
+  lo = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(a), 16));
+  hi = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
+}
+
+// (j, j + 8) of the 16 lanes held as lo = 0..7 and hi = 8..15, then (j, j + 4), (j, j + 2), (0, 1).
+__attribute__((target("avx2,fma,f16c"), always_inline)) inline float reduce_lanes_avx2(__m256 lo, __m256 hi) {
+  const __m256 b = _mm256_add_ps(lo, hi);
+  __m128 c = _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1));
+  c = _mm_add_ps(c, _mm_movehl_ps(c, c));
+  return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 0x55)));
+}
+
+template <int Tokens, typename W>
+__attribute__((target("avx2,fma,f16c"))) void row_avx2(const float* x, const W* row, float* y, std::int64_t out,
+                                                       std::int64_t in) {
+  __m256 lo[Tokens], hi[Tokens];
+  for (int t = 0; t < Tokens; ++t) lo[t] = hi[t] = _mm256_setzero_ps();
+  std::int64_t i = 0;
+  for (; i + kLanes <= in; i += kLanes) {
+    __m256 wl, wh;
+    load16_avx2(row + i, wl, wh);
+    for (int t = 0; t < Tokens; ++t) {
+      lo[t] = _mm256_fmadd_ps(wl, _mm256_loadu_ps(x + t * in + i), lo[t]);
+      hi[t] = _mm256_fmadd_ps(wh, _mm256_loadu_ps(x + t * in + i + 8), hi[t]);
+    }
+  }
+  for (int t = 0; t < Tokens; ++t) {
+    float sum = reduce_lanes_avx2(lo[t], hi[t]);
+    for (std::int64_t k = i; k < in; ++k) sum = std::fma(as_f32(row[k]), x[t * in + k], sum);
+    y[t * out] = sum;
+  }
+}
+
 template <typename W>
-STRATA_CLONES void rows_kernel(const float* x, const W* w, float* y, std::int64_t tokens, std::int64_t begin,
-                               std::int64_t end, std::int64_t out, std::int64_t in) {
+__attribute__((target("avx2,fma,f16c"))) void rows_avx2(const float* x, const W* w, float* y, std::int64_t tokens,
+                                                        std::int64_t begin, std::int64_t end, std::int64_t out,
+                                                        std::int64_t in) {
+  for (std::int64_t r = begin; r < end; ++r)
+    for (std::int64_t t0 = 0; t0 < tokens; t0 += 4) {
+      const W* row = w + (r - begin) * in;
+      const float* xt = x + t0 * in;
+      float* yt = y + t0 * out + r;
+      switch (std::min<std::int64_t>(4, tokens - t0)) {
+        case 1:
+          row_avx2<1>(xt, row, yt, out, in);
+          break;
+        case 2:
+          row_avx2<2>(xt, row, yt, out, in);
+          break;
+        case 3:
+          row_avx2<3>(xt, row, yt, out, in);
+          break;
+        default:
+          row_avx2<4>(xt, row, yt, out, in);
+          break;
+      }
+    }
+}
+
+// AVX-512: four rows x up to 6 tokens per pass, 24 accumulators in registers, each weight vector widened once for 6
+// tokens and each activation vector loaded once for the four rows, so the loop is bound by the FMA units rather than by
+// loads (the portable kernel reloads a token's activations for every row). Same lanes, same order.
+#define STRATA_AVX512F "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"
+#pragma GCC diagnostic push  // GCC 12 reports its intrinsics' deliberately undefined upper halves as uninitialised
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+__attribute__((target(STRATA_AVX512F), always_inline)) inline __m512 load16(const float* p) {
+  return _mm512_loadu_ps(p);
+}
+__attribute__((target(STRATA_AVX512F), always_inline)) inline __m512 load16(const std::uint16_t* p) {  // bf16
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+__attribute__((target(STRATA_AVX512F), always_inline)) inline float reduce_lanes_avx512(__m512 a) {
+  const __m256 b = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));  // (j, j + 8)
+  __m128 c = _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1));            // (j, j + 4)
+  c = _mm_add_ps(c, _mm_movehl_ps(c, c));                                                   // (j, j + 2)
+  return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 0x55)));                          // (0, 1)
+}
+
+template <int Rows, int Tokens, typename W>
+__attribute__((target(STRATA_AVX512F))) void tile_avx512(const float* x, const W* w, float* y, std::int64_t out,
+                                                         std::int64_t in) {
+  __m512 acc[Rows][Tokens];
+  for (int r = 0; r < Rows; ++r)
+    for (int t = 0; t < Tokens; ++t) acc[r][t] = _mm512_setzero_ps();
+  // A tile's rows are interleaved streams, which the hardware prefetchers follow poorly: fetch them two tiles on.
+  const char* ahead = reinterpret_cast<const char*>(w + 2 * Rows * in);
+  constexpr int kStepBytes = Rows * kLanes * int(sizeof(W));
+  std::int64_t i = 0;
+  for (; i + kLanes <= in; i += kLanes) {
+    for (int p = 0; p < kStepBytes; p += 64) _mm_prefetch(ahead + Rows * i * std::int64_t(sizeof(W)) + p, _MM_HINT_T0);
+    __m512 wv[Rows];
+    for (int r = 0; r < Rows; ++r) wv[r] = load16(w + r * in + i);
+    for (int t = 0; t < Tokens; ++t) {
+      const __m512 xv = _mm512_loadu_ps(x + t * in + i);
+      for (int r = 0; r < Rows; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+    }
+  }
+  for (int r = 0; r < Rows; ++r)
+    for (int t = 0; t < Tokens; ++t) {
+      float sum = reduce_lanes_avx512(acc[r][t]);
+      for (std::int64_t k = i; k < in; ++k) sum = std::fma(as_f32(w[r * in + k]), x[t * in + k], sum);
+      y[t * out + r] = sum;
+    }
+}
+
+constexpr int kTileTokens = 6;  // 4 rows x 6 tokens: 24 accumulators, 4 weight vectors and an activation in 32 zmm
+
+template <int Rows, typename W>
+__attribute__((target(STRATA_AVX512F))) void tile_avx512_n(int tokens, const float* x, const W* w, float* y,
+                                                           std::int64_t out, std::int64_t in) {
   switch (tokens) {
     case 1:
-      rows_for<1>(x, w, y, begin, end, out, in);
-      break;
+      return tile_avx512<Rows, 1>(x, w, y, out, in);
     case 2:
-      rows_for<2>(x, w, y, begin, end, out, in);
-      break;
+      return tile_avx512<Rows, 2>(x, w, y, out, in);
     case 3:
-      rows_for<3>(x, w, y, begin, end, out, in);
-      break;
+      return tile_avx512<Rows, 3>(x, w, y, out, in);
+    case 4:
+      return tile_avx512<Rows, 4>(x, w, y, out, in);
+    case 5:
+      return tile_avx512<Rows, 5>(x, w, y, out, in);
     default:
-      rows_for<4>(x, w, y, begin, end, out, in);
-      break;
+      return tile_avx512<Rows, kTileTokens>(x, w, y, out, in);
   }
+}
+
+// Token tiles outside, rows inside: a tile's activations stay in L1 while the work item's rows (16) pass by.
+template <typename W>
+__attribute__((target(STRATA_AVX512F))) void rows_avx512(const float* x, const W* w, float* y, std::int64_t tokens,
+                                                         std::int64_t begin, std::int64_t end, std::int64_t out,
+                                                         std::int64_t in) {
+  for (std::int64_t t0 = 0; t0 < tokens; t0 += kTileTokens) {
+    const int n = int(std::min<std::int64_t>(kTileTokens, tokens - t0));
+    std::int64_t r = begin;
+    for (; r + 4 <= end; r += 4) tile_avx512_n<4>(n, x + t0 * in, w + (r - begin) * in, y + t0 * out + r, out, in);
+    for (; r < end; ++r) tile_avx512_n<1>(n, x + t0 * in, w + (r - begin) * in, y + t0 * out + r, out, in);
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
+bool cpu_has(const std::string& kernel) {
+  if (kernel == "scalar") return true;
+#if defined(__x86_64__)
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  if (kernel == "avx2") return avx2;
+  if (kernel == "avx512")
+    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#endif
+  return false;
+}
+
+enum class Kernel { Scalar, Avx2, Avx512 };
+
+Kernel kernel_for(const std::string& name) {
+  STRATA_CHECK(cpu_has(name), Config, "row kernel '", name, "' is not one this CPU runs (scalar, avx2 or avx512)");
+  return name == "avx512" ? Kernel::Avx512 : name == "avx2" ? Kernel::Avx2 : Kernel::Scalar;
+}
+
+template <typename W>
+void rows_dispatch(Kernel kernel, const float* x, const W* w, float* y, std::int64_t tokens, std::int64_t begin,
+                   std::int64_t end, std::int64_t out, std::int64_t in) {
+#if defined(__x86_64__)
+  if (kernel == Kernel::Avx512) return rows_avx512(x, w, y, tokens, begin, end, out, in);
+  if (kernel == Kernel::Avx2) return rows_avx2(x, w, y, tokens, begin, end, out, in);
+#endif
+  rows_scalar(x, w, y, tokens, begin, end, out, in);
 }
 
 STRATA_CLONES void widen_bf16(const std::uint16_t* src, float* dst, std::int64_t count) {
@@ -76,23 +258,44 @@ void widen(DType dtype, const void* src, float* dst, std::int64_t count) {
     convert_to_f32(dtype, src, dst, std::size_t(count));
 }
 
+std::vector<std::string> row_kernels() {
+  std::vector<std::string> names;
+  for (const char* name : {"avx512", "avx2", "scalar"})
+    if (cpu_has(name)) names.push_back(name);
+  return names;
+}
+
+std::string row_kernel_name() {
+  const char* forced = std::getenv("STRATA_ROW_KERNEL");
+  if (forced && *forced) return kernel_for(forced) == Kernel::Scalar ? "scalar" : forced;
+  return row_kernels().front();
+}
+
+std::int64_t row_kernel_max_tokens() { return row_kernel_name() == "avx512" ? kAvx512Batch : kSmallBatch; }
+
 void row_dot_products(const float* x, const float* w, float* y, std::int64_t tokens, std::int64_t out,
                       std::int64_t in) {
-  const std::int64_t blocks = (out + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static)
-  for (std::int64_t b = 0; b < blocks; ++b)
-    rows_kernel(x, w + b * kBlock * in, y, tokens, b * kBlock, std::min(out, (b + 1) * kBlock), out, in);
+  row_dot_products_with(row_kernel_name(), x, w, DType::F32, y, tokens, out, in);
 }
 
 void row_dot_products(const float* x, const void* w, DType w_dtype, float* y, std::int64_t tokens, std::int64_t out,
                       std::int64_t in) {
-  if (w_dtype == DType::F32) return row_dot_products(x, static_cast<const float*>(w), y, tokens, out, in);
+  row_dot_products_with(row_kernel_name(), x, w, w_dtype, y, tokens, out, in);
+}
+
+void row_dot_products_with(const std::string& name, const float* x, const void* w, DType w_dtype, float* y,
+                           std::int64_t tokens, std::int64_t out, std::int64_t in) {
+  const Kernel kernel = kernel_for(name);
   const std::int64_t blocks = (out + kBlock - 1) / kBlock;
-  if (w_dtype == DType::BF16) {  // widened in registers
-    const auto* bits = static_cast<const std::uint16_t*>(w);
+  if (w_dtype == DType::F32 || w_dtype == DType::BF16) {  // bf16 is widened in registers
 #pragma omp parallel for schedule(static)
-    for (std::int64_t b = 0; b < blocks; ++b)
-      rows_kernel(x, bits + b * kBlock * in, y, tokens, b * kBlock, std::min(out, (b + 1) * kBlock), out, in);
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      const std::int64_t begin = b * kBlock, end = std::min(out, begin + kBlock);
+      if (w_dtype == DType::F32)
+        rows_dispatch(kernel, x, static_cast<const float*>(w) + begin * in, y, tokens, begin, end, out, in);
+      else
+        rows_dispatch(kernel, x, static_cast<const std::uint16_t*>(w) + begin * in, y, tokens, begin, end, out, in);
+    }
     return;
   }
   // f16: widened block by block into a per-thread scratch (the conversion is not a plain shift).
@@ -106,7 +309,7 @@ void row_dot_products(const float* x, const void* w, DType w_dtype, float* y, st
     for (std::int64_t b = 0; b < blocks; ++b) {
       const std::int64_t begin = b * kBlock, end = std::min(out, begin + kBlock);
       widen(w_dtype, bytes + std::size_t(begin) * row_bytes, scratch.data(), (end - begin) * in);
-      rows_kernel(x, static_cast<const float*>(scratch.data()), y, tokens, begin, end, out, in);
+      rows_dispatch(kernel, x, static_cast<const float*>(scratch.data()), y, tokens, begin, end, out, in);
     }
   }
 }
