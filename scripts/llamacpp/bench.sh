@@ -2,9 +2,10 @@
 # Side by side with llama.cpp on this machine: the same model (a strata checkpoint, exported to GGUF by
 # export_gguf.py) run by `strata bench` and by llama.cpp's prebuilt CPU library (npm @node-llama-cpp/linux-x64,
 # pinned; a small driver built against the same release's headers, taken from the node-llama-cpp package's source
-# bundle), alternating the two, ROUNDS times, for bf16, q8_0 and q4_0 weights; batch 1, prompt 128, 32 generated,
-# 2 threads. Prints every run; docs/performance.md takes the medians.
-#   scripts/llamacpp/bench.sh CHECKPOINT [ROUNDS]
+# bundle), alternating the two, ROUNDS times, for bf16, q8_0 and q4_0 weights; prompt 128, 32 generated, 2 threads,
+# at each batch size of BATCHES (default "1 16 64": strata's batch against llama.cpp's as many parallel sequences).
+# Prints every run; docs/performance.md takes the medians.
+#   [BATCHES="1 16 64"] scripts/llamacpp/bench.sh CHECKPOINT [ROUNDS]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -28,14 +29,20 @@ for kind in bf16 q8_0 q4_0; do
     "$kind" "$bins/libggml-base.so"
 done
 strata=${STRATA:-$root/build/launch/strata}
+batches=${BATCHES:-1 16 64}
 for round in $(seq "$rounds"); do
   for kind in bf16 q8_0 q4_0; do
     flags=()
     [ "$kind" = bf16 ] || flags=(--quantize "$kind")
     echo "== round $round $kind strata"
-    "$strata" bench --model "$checkpoint" --batch-sizes 1 --prompt-len 128 --gen-len 32 "${flags[@]}" 2>&1 |
-      grep -E "^ +1 "
-    echo "== round $round $kind llama.cpp"
-    LLAMACPP_BACKENDS=$bins "$work/driver" "$work/model-$kind.gguf" 128 32 2 2 2>&1 | grep -E "^llama.cpp"
+    "$strata" bench --model "$checkpoint" --batch-sizes "${batches// /,}" --prompt-len 128 --gen-len 32 \
+      "${flags[@]}" 2>&1 | grep -E "^measured|^ +[0-9]+ +128 "
+    for b in $batches; do
+      echo "== round $round $kind llama.cpp batch $b"
+      parallel=()
+      [ "$b" = 1 ] || parallel=(--parallel "$b")
+      LLAMACPP_BACKENDS=$bins "$work/driver" "$work/model-$kind.gguf" 128 32 2 2 "${parallel[@]}" 2>&1 |
+        grep -E "^llama.cpp|load_backend: loaded CPU"
+    done
   done
 done

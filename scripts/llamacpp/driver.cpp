@@ -1,9 +1,11 @@
 // A small llama.cpp driver, as llama-bench does it, for side-by-side figures with `strata bench`: loads a GGUF file
 // with the prebuilt CPU libllama of npm's @node-llama-cpp/linux-x64 (scripts/llamacpp/bench.sh builds it against
 // that release's headers), then times a prefill of PROMPT tokens and GEN greedy decode steps at batch 1, best of
-// REPEATS. With --logits IDS (comma-separated token ids), prints the logits of those ids' last position as JSON
-// instead: a reference for strata's own logits on the same file.
-//   driver MODEL.gguf PROMPT GEN THREADS REPEATS [--logits IDS]
+// REPEATS. With --parallel B, B sequences at once (llama.cpp's batched decoding, as its `batched-bench` and
+// `llama-parallel` run it: the B prompts in one batch, then one token of every sequence per decode call), timed the
+// way `strata bench --batch-sizes B` is. With --logits IDS (comma-separated token ids), prints the logits of those
+// ids' last position as JSON instead: a reference for strata's own logits on the same file.
+//   driver MODEL.gguf PROMPT GEN THREADS REPEATS [--parallel B | --logits IDS]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -27,6 +29,7 @@ int main(int argc, char** argv) {
   const int prompt = std::atoi(argv[2]), gen = std::atoi(argv[3]), threads = std::atoi(argv[4]),
             repeats = std::atoi(argv[5]);
   const bool logits = argc > 7 && std::strcmp(argv[6], "--logits") == 0;
+  const int parallel = argc > 7 && std::strcmp(argv[6], "--parallel") == 0 ? std::atoi(argv[7]) : 1;
   if (const char* dir = std::getenv("LLAMACPP_BACKENDS")) ggml_backend_load_all_from_path(dir);
   llama_backend_init();
   llama_log_set(
@@ -41,8 +44,13 @@ int main(int argc, char** argv) {
     return 1;
   }
   llama_context_params cparams = llama_context_default_params();
-  cparams.n_ctx = std::uint32_t(std::max(prompt, 512) + gen + 16);
-  cparams.n_batch = cparams.n_ubatch = std::uint32_t(std::max(prompt, 512));
+  cparams.n_ctx = std::uint32_t(parallel * (prompt + gen + 16) + 512);
+  cparams.n_batch = std::uint32_t(std::max(parallel * prompt, 512));
+  cparams.n_ubatch = std::uint32_t(std::max(prompt, 512));
+  cparams.n_seq_max = std::uint32_t(parallel);
+  // A cache per sequence: llama.cpp's faster setting for sequences that share no prefix (a unified cache makes every
+  // token's attention span all sequences' positions, masked, and halved its decode rate at 64 sequences here).
+  cparams.kv_unified = false;
   cparams.n_threads = cparams.n_threads_batch = threads;
   if (logits) {  // an exact reference: no f16 KV cache, no flash attention (f16 inside)
     cparams.type_k = cparams.type_v = GGML_TYPE_F32;
@@ -61,6 +69,57 @@ int main(int argc, char** argv) {
     }
   }
   double best_prefill = 1e30, best_decode = 1e30;
+  if (parallel > 1) {
+    llama_batch batch = llama_batch_init(parallel * prompt, 0, 1);
+    std::vector<llama_token> next(static_cast<std::size_t>(parallel));
+    auto add = [&](llama_token token, int pos, int seq, bool want_logits) {
+      batch.token[batch.n_tokens] = token;
+      batch.pos[batch.n_tokens] = pos;
+      batch.n_seq_id[batch.n_tokens] = 1;
+      batch.seq_id[batch.n_tokens][0] = seq;
+      batch.logits[batch.n_tokens] = want_logits;
+      ++batch.n_tokens;
+    };
+    auto sample_all = [&]() {
+      for (int s = 0; s < parallel; ++s) {
+        const float* row = llama_get_logits_ith(ctx, batch.n_tokens - parallel + s);
+        next[std::size_t(s)] = llama_token(std::max_element(row, row + vocab) - row);
+      }
+    };
+    for (int r = 0; r < repeats; ++r) {
+      llama_memory_clear(llama_get_memory(ctx), true);
+      const double t0 = now();
+      batch.n_tokens = 0;
+      // Sequence s's prompt (rotated, so the sequences differ), with logits at its last position only.
+      for (int s = 0; s < parallel; ++s)
+        for (int i = 0; i < prompt; ++i) add(tokens[std::size_t((i + s) % prompt)], i, s, false);
+      for (int s = 0; s < parallel; ++s) batch.logits[(s + 1) * prompt - 1] = true;
+      if (llama_decode(ctx, batch) != 0) return 1;
+      for (int s = 0; s < parallel; ++s) {
+        const float* row = llama_get_logits_ith(ctx, (s + 1) * prompt - 1);
+        next[std::size_t(s)] = llama_token(std::max_element(row, row + vocab) - row);
+      }
+      const double t1 = now();
+      for (int g = 0; g < gen - 1; ++g) {
+        batch.n_tokens = 0;
+        for (int s = 0; s < parallel; ++s) add(next[std::size_t(s)], prompt + g, s, true);
+        if (llama_decode(ctx, batch) != 0) return 1;
+        sample_all();
+      }
+      const double t2 = now();
+      best_prefill = std::min(best_prefill, t1 - t0);
+      best_decode = std::min(best_decode, t2 - t1);
+    }
+    llama_batch_free(batch);
+    std::printf(
+        "llama.cpp: prefill %d x %d tokens %.1f tok/s, decode %.2f tok/s (%d parallel sequences, %d threads, "
+        "best of %d)\n",
+        parallel, prompt, parallel * prompt / best_prefill, parallel * (gen - 1) / best_decode, parallel, threads,
+        repeats);
+    llama_free(ctx);
+    llama_model_free(model);
+    return 0;
+  }
   for (int r = 0; r < repeats; ++r) {
     llama_memory_clear(llama_get_memory(ctx), true);
     const double t0 = now();

@@ -1,0 +1,65 @@
+// The CPU product kernels alone, each kernel this CPU has, alternating (docs/performance.md): a 2048 x 768 weight
+// that stays in cache, bf16 through cpu::row_dot_products_with and q8_0 / q4_0 through quant::row_dot_products_with,
+// at 1-128 tokens; prints GFLOP/s (2 operations per weight per token). Built against the build tree's libraries:
+//   g++ -O2 -fopenmp -I. scripts/kernel-bench.cpp build/runtime/libstrata_backend_cpu.a \
+//     build/runtime/libstrata_base.a -o build/kernel-bench && OMP_NUM_THREADS=2 build/kernel-bench
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "runtime/backend/cpu/kernels.h"
+#include "runtime/backend/cpu/quant.h"
+
+using namespace strata;
+
+namespace {
+
+double rate(std::int64_t ops_per_call, const std::function<void()>& call) {
+  const int calls = int(std::max<std::int64_t>(20, 4'000'000'000 / ops_per_call));
+  call();  // warm-up
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < calls; ++i) call();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return double(ops_per_call) * calls / seconds / 1e9;
+}
+
+}  // namespace
+
+int main() {
+  const std::int64_t out = 2048, in = 768;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  std::vector<float> w(std::size_t(out * in)), x(std::size_t(128 * in)), y(std::size_t(128 * out));
+  for (float& v : w) v = normal(rng);
+  for (float& v : x) v = normal(rng);
+  std::vector<std::uint16_t> bf16(w.size());
+  convert_from_f32(DType::BF16, w.data(), bf16.data(), w.size());
+  for (const std::int64_t tokens : {1, 8, 16, 64, 128}) {
+    const std::int64_t ops = 2 * out * in * tokens;
+    for (int round = 0; round < 2; ++round)
+      for (const std::string& k : cpu::row_kernels())
+        if (k != "scalar")
+          std::printf("bf16 tokens %3ld %-10s %7.1f GFLOP/s\n", long(tokens), k.c_str(), rate(ops, [&] {
+                        cpu::row_dot_products_with(k, x.data(), bf16.data(), DType::BF16, y.data(), tokens, out, in);
+                      }));
+  }
+  for (const quant::Format f : {quant::Format::Q8_0, quant::Format::Q4_0}) {
+    std::vector<std::uint8_t> blocks(quant::row_bytes(f, in) * std::size_t(out));
+    for (std::int64_t r = 0; r < out; ++r)
+      quant::quantize_row(f, w.data() + r * in, blocks.data() + std::size_t(r) * quant::row_bytes(f, in), in);
+    for (const std::int64_t tokens : {1, 8, 16}) {
+      const std::int64_t ops = 2 * out * in * tokens;
+      for (int round = 0; round < 2; ++round)
+        for (const std::string& k : quant::available_kernels())
+          if (k != "scalar")
+            std::printf("%s tokens %3ld %-10s %7.1f GOP/s\n", quant::format_name(f).c_str(), long(tokens), k.c_str(),
+                        rate(ops, [&] {
+                          quant::row_dot_products_with(k, x.data(), blocks.data(), f, y.data(), tokens, out, in);
+                        }));
+    }
+  }
+}
