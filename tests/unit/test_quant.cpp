@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "runtime/backend/cpu/quant.h"
+#include "runtime/base/dtype.h"
 #include "runtime/base/error.h"
 
 using namespace strata;
@@ -122,6 +123,30 @@ TEST(Quant, KernelsMatchTheDequantizedReferenceAndEachOther) {
         EXPECT_LT(worst, 1e-6) << quant::format_name(f) << " in " << in << " tokens " << tokens;
         EXPECT_GT(unquantized_gap, 1e-4) << "the activations are quantized (negative control)";
       }
+}
+
+// The activation quantizer of each kernel gives quantize_q8_0_blocks' bytes (llama.cpp's reference, itself checked
+// against llama.cpp in tests/quant): random rows, and blocks built so that x / d lands exactly on halves (roundf
+// rounds them away from zero, a round-to-even vector instruction would not), zeros, and a block all zero.
+TEST(Quant, ActivationQuantizersGiveTheReferenceBytes) {
+  const std::int64_t tokens = 9, blocks = 7;
+  std::vector<float> x = normal(std::size_t(tokens * blocks * 32), 21, 3.0f);
+  for (int j = 0; j < 32; ++j) {  // token 0 block 1: amax 127 -> d = 1, values k + 0.5 of both signs
+    x[std::size_t(32 + j)] = j == 0 ? 127.0f : (j % 2 ? 1.0f : -1.0f) * (float(j) + 0.5f);
+    x[std::size_t(64 + j)] = 0.0f;  // token 0 block 2: all zero
+  }
+  std::vector<quant::BlockQ8_0> ref(std::size_t(tokens * blocks));
+  for (std::int64_t t = 0; t < tokens; ++t)
+    quant::quantize_q8_0_blocks(x.data() + t * blocks * 32, ref.data() + t * blocks, blocks);
+  EXPECT_EQ(ref[1].qs[1], 2) << "1.5 rounds away from zero";
+  EXPECT_EQ(ref[1].qs[2], -3) << "-2.5 rounds away from zero";
+  for (const std::string& kernel : quant::available_kernels()) {
+    std::vector<quant::BlockQ8_0> got(ref.size());
+    std::vector<float> scales(ref.size());
+    quant::quantize_activations(kernel, x.data(), got.data(), scales.data(), tokens, blocks);
+    EXPECT_EQ(0, std::memcmp(ref.data(), got.data(), ref.size() * sizeof(quant::BlockQ8_0))) << kernel;
+    for (std::size_t b = 0; b < ref.size(); ++b) EXPECT_EQ(scales[b], f16_to_f32(ref[b].d)) << kernel << " " << b;
+  }
 }
 
 TEST(Quant, ForcedScalarKernel) {

@@ -26,4 +26,10 @@ void row_dot_products(const float* x, const void* w, Format format, float* y, st
 void row_dot_products_with(const std::string& kernel, const float* x, const void* w, Format format, float* y,
                            std::int64_t tokens, std::int64_t out, std::int64_t in);
 
+// The activation side of those products: x [tokens, blocks * 32] quantized to Q8_0 blocks exactly as
+// quantize_q8_0_blocks (llama.cpp's reference) does, with the scales also as f32; with the "avx512vnni" kernel by
+// AVX-512 code giving the same bytes. On the OpenMP threads.
+void quantize_activations(const std::string& kernel, const float* x, BlockQ8_0* xq, float* x_scales,
+                          std::int64_t tokens, std::int64_t blocks);
+
 }  // namespace strata::quant
