@@ -12,6 +12,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <functional>
+#include <functional>
 #include <numeric>
 #include <thread>
 
@@ -101,48 +103,44 @@ double measure_sgemm_rate(const NodeInfo& node, Communicator& world) {
   return 2.0 * n * n * n * node.local_size / best;
 }
 
+// Operations per second of `call` (ops_per_call each), best of 3 x 20 calls after a warm-up, every rank of the node
+// at once (as measure_sgemm_rate): the slowest rank's time, times the ranks.
+double measure_rate(const NodeInfo& node, Communicator& world, double ops_per_call, const std::function<void()>& call) {
+  call();  // warm-up
+  double best = 1e30;
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    world.barrier();
+    const double start = monotonic_seconds();
+    for (int i = 0; i < 20; ++i) call();
+    std::int64_t elapsed_ns = world.all_reduce_max(std::int64_t((monotonic_seconds() - start) * 1e9));
+    best = std::min(best, double(elapsed_ns) * 1e-9 / 20);
+  }
+  return ops_per_call * node.local_size / best;
+}
+
 // The compute rate of the CPU backend's quantized products (quant.h) on a weight that stays in cache, 128 tokens a
-// call (every rank at once, as measure_sgemm_rate): the compute roofline of a model run with --quantize, whose
-// products never go through sgemm. Counted as 2 operations per weight per token, as sgemm's FLOPs are.
+// call: the compute roofline of a model run with --quantize, whose products never go through sgemm. Counted as 2
+// operations per weight per token, as sgemm's FLOPs are.
 double measure_quantized_rate(const NodeInfo& node, Communicator& world, DType weights) {
   const std::int64_t out = 768, in = 768, tokens = 128;  // a layer of a small model, in L2/L3
   const quant::Format format = weights == DType::Q8_0 ? quant::Format::Q8_0 : quant::Format::Q4_0;
   std::vector<float> w(std::size_t(out * in), 0.25f), x(std::size_t(tokens * in), 0.5f), y(std::size_t(tokens * out));
   std::vector<char> blocks(quant::row_bytes(format, in) * std::size_t(out));
   quant::quantize_row(format, w.data(), blocks.data(), out * in);
-  quant::row_dot_products(x.data(), blocks.data(), format, y.data(), tokens, out, in);  // warm-up
-  double best = 1e30;
-  for (int repeat = 0; repeat < 3; ++repeat) {
-    world.barrier();
-    const double start = monotonic_seconds();
-    for (int call = 0; call < 20; ++call)
-      quant::row_dot_products(x.data(), blocks.data(), format, y.data(), tokens, out, in);
-    std::int64_t elapsed_ns = world.all_reduce_max(std::int64_t((monotonic_seconds() - start) * 1e9));
-    best = std::min(best, double(elapsed_ns) * 1e-9 / 20);
-  }
-  return 2.0 * double(out * in * tokens) * node.local_size / best;
+  return measure_rate(node, world, 2.0 * double(out * in * tokens),
+                      [&] { quant::row_dot_products(x.data(), blocks.data(), format, y.data(), tokens, out, in); });
 }
 
 // The compute rate of the CPU backend's own products (kernels.h) with weights of `weights` (f32, bf16 or f16), on
-// a weight that stays in cache, 128 tokens a call, every rank at once: the compute roofline where that kernel runs
-// every product (the AVX-512 one does; with AVX2 products of more than 4 tokens go to OpenBLAS, whose sgemm rate
-// is then the bound).
+// a weight that stays in cache, 128 tokens a call: the compute roofline where that kernel runs every product (the
+// AVX-512 one does; with AVX2 products of more than 4 tokens go to OpenBLAS, whose sgemm rate is then the bound).
 double measure_row_kernel_rate(const NodeInfo& node, Communicator& world, DType weights) {
   const std::int64_t out = 768, in = 768, tokens = 128;
   std::vector<float> w(std::size_t(out * in), 0.25f), x(std::size_t(tokens * in), 0.5f), y(std::size_t(tokens * out));
   std::vector<char> stored(std::size_t(dtype_bytes(weights, out * in)));
   convert_from_f32(weights, w.data(), stored.data(), w.size());
-  cpu::row_dot_products(x.data(), stored.data(), weights, y.data(), tokens, out, in);  // warm-up
-  double best = 1e30;
-  for (int repeat = 0; repeat < 3; ++repeat) {
-    world.barrier();
-    const double start = monotonic_seconds();
-    for (int call = 0; call < 20; ++call)
-      cpu::row_dot_products(x.data(), stored.data(), weights, y.data(), tokens, out, in);
-    std::int64_t elapsed_ns = world.all_reduce_max(std::int64_t((monotonic_seconds() - start) * 1e9));
-    best = std::min(best, double(elapsed_ns) * 1e-9 / 20);
-  }
-  return 2.0 * double(out * in * tokens) * node.local_size / best;
+  return measure_rate(node, world, 2.0 * double(out * in * tokens),
+                      [&] { cpu::row_dot_products(x.data(), stored.data(), weights, y.data(), tokens, out, in); });
 }
 
 // The GPU bounds of one pipeline stage: the slowest GPU's copy bandwidth and GEMM rate, times the tp GPUs of a

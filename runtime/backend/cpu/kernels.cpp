@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/backend/cpu/cpu_features.h"
 #include "runtime/base/error.h"
 
 #if defined(__x86_64__)
@@ -216,15 +217,7 @@ __attribute__((target(STRATA_AVX512F))) void rows_avx512(const float* x, const W
 #endif
 
 bool cpu_has(const std::string& kernel) {
-  if (kernel == "scalar") return true;
-#if defined(__x86_64__)
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  if (kernel == "avx2") return avx2;
-  if (kernel == "avx512")
-    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-#endif
-  return false;
+  return kernel == "scalar" || (kernel == "avx2" && has_avx2_fma()) || (kernel == "avx512" && has_avx512());
 }
 
 enum class Kernel { Scalar, Avx2, Avx512 };

@@ -13,6 +13,7 @@
 #include <immintrin.h>
 #endif
 
+#include "runtime/backend/cpu/cpu_features.h"
 #include "runtime/base/dtype.h"
 #include "runtime/base/error.h"
 
@@ -242,16 +243,8 @@ __attribute__((target(STRATA_AVX512))) void quantize_blocks_avx512(const float* 
 #endif
 
 bool cpu_has(const std::string& kernel) {
-  if (kernel == "scalar") return true;
-#if defined(__x86_64__)
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  if (kernel == "avx2") return avx2;
-  if (kernel == "avx512vnni")
-    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512vnni");
-#endif
-  return false;
+  return kernel == "scalar" || (kernel == "avx2" && cpu::has_avx2_fma()) ||
+         (kernel == "avx512vnni" && cpu::has_avx512_vnni());
 }
 
 template <typename Block>

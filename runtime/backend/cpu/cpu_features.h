@@ -1,0 +1,11 @@
+// The x86 instruction-set levels the CPU backend's kernels are written for (kernels.cpp, quant.cpp), as this CPU
+// reports them: one place decides which kernel a CPU may run. All false off x86-64 (the scalar kernels run there).
+#pragma once
+
+namespace strata::cpu {
+
+bool has_avx2_fma();     // AVX2, FMA and F16C
+bool has_avx512();       // has_avx2_fma() and AVX-512 F, BW, DQ and VL
+bool has_avx512_vnni();  // has_avx512() and AVX-512 VNNI
+
+}  // namespace strata::cpu
