@@ -13,7 +13,6 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
-#include <functional>
 #include <numeric>
 #include <thread>
 
@@ -247,7 +246,8 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
   const DType weights = session.plan().stored;
   const double quantized = !cuda && is_quantized(weights) ? measure_quantized_rate(node, world, weights) : 0;
   // The AVX-512 row kernel runs every unquantized product of any size: its rate is the bound then.
-  const bool row_kernel_only = !cuda && quantized == 0 && cpu::row_kernel_max_tokens() >= cpu::kAvx512Batch;
+  const bool row_kernel_only =
+      !cuda && quantized == 0 && cpu::row_kernel_max_tokens(cpu::row_kernel_name()) == cpu::kAnyBatch;
   const double row_kernel = row_kernel_only ? measure_row_kernel_rate(node, world, weights) : 0;
   const double compute = quantized > 0 ? quantized : row_kernel > 0 ? row_kernel : sgemm;
   if (report && !cuda) {

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "runtime/backend/backend.h"
@@ -27,7 +28,12 @@ void require_same_rows(const TensorView& a, const TensorView& b, const char* op)
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(int threads, DType weights) : weights_(weights), row_kernel_tokens_(cpu::row_kernel_max_tokens()) {
+  // The kernels are chosen once (STRATA_ROW_KERNEL / STRATA_QUANT_KERNEL read here, not on every product).
+  CpuBackend(int threads, DType weights)
+      : weights_(weights),
+        row_kernel_(cpu::row_kernel_name()),
+        quant_kernel_(quant::kernel_name()),
+        row_kernel_tokens_(cpu::row_kernel_max_tokens(row_kernel_)) {
     if (threads > 0) {
       openblas_set_num_threads(threads);
       omp_set_num_threads(threads);
@@ -61,10 +67,11 @@ class CpuBackend final : public Backend {
                  shape_string(x.shape), " w ", shape_string(w.shape), " y ", shape_string(y.shape));
     if (tokens == 0) return;
     if (is_quantized(w.dtype)) {  // llama.cpp's arithmetic at every batch size: the same numbers however batched
-      quant::row_dot_products(x.f32(), w.data, w.dtype == DType::Q8_0 ? quant::Format::Q8_0 : quant::Format::Q4_0,
-                              y.f32(), tokens, out, in);
+      quant::row_dot_products_with(quant_kernel_, x.f32(), w.data,
+                                   w.dtype == DType::Q8_0 ? quant::Format::Q8_0 : quant::Format::Q4_0, y.f32(), tokens,
+                                   out, in);
     } else if (tokens <= row_kernel_tokens_) {  // stream the weight once for all tokens (OpenBLAS is slower there)
-      cpu::row_dot_products(x.f32(), w.data, w.dtype, y.f32(), tokens, out, in);
+      cpu::row_dot_products_with(row_kernel_, x.f32(), w.data, w.dtype, y.f32(), tokens, out, in);
     } else if (w.dtype == DType::F32) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tokens), int(out), int(in), 1.0f, x.f32(), int(in),
                   w.f32(), int(in), 0.0f, y.f32(), int(out));
@@ -301,8 +308,9 @@ class CpuBackend final : public Backend {
 
  private:
   DType weights_;
-  std::int64_t row_kernel_tokens_;   // products of up to this many tokens use cpu::row_dot_products
-  std::vector<float> gemm_scratch_;  // gemm_16bit's widened rows, reused across calls
+  std::string row_kernel_, quant_kernel_;  // cpu::row_kernels() / quant::available_kernels() names
+  std::int64_t row_kernel_tokens_;         // products of up to this many tokens use the row kernel
+  std::vector<float> gemm_scratch_;        // gemm_16bit's widened rows, reused across calls
 };
 
 }  // namespace

@@ -10,13 +10,11 @@
 #include <vector>
 
 #include "runtime/backend/cpu/cpu_features.h"
+#include "runtime/backend/cpu/tiles.h"
 #include "runtime/base/error.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-#endif
-
-#if defined(__x86_64__)
 #define STRATA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define STRATA_CLONES
@@ -34,8 +32,8 @@ inline float as_f32(std::uint16_t bf16) { return bf16_to_f32(bf16); }  // a shif
 
 // The order every row kernel adds in, for one (row, token): 16 lanes, lane j accumulating
 // acc_j = fma(w[i + j], x[i + j], acc_j) over i = 0, 16, 32, ...; the lanes reduced pairwise, (j, j + 8), then
-// (j, j + 4), (j, j + 2), (0, 1); then the last in % 16 products fused onto that sum in order. The portable and the
-// AVX-512 kernels both follow it, so they give the same bits, and so do 16-bit and f32 weights holding the same
+// (j, j + 4), (j, j + 2), (0, 1); then the last in % 16 products fused onto that sum in order. The scalar, AVX2 and
+// AVX-512 kernels all follow it, so they give the same bits, and so do 16-bit and f32 weights holding the same
 // values.
 // The scalar kernel (CPUs without AVX2), one (row, token) at a time in exactly that order.
 template <typename W>
@@ -109,30 +107,14 @@ __attribute__((target("avx2,fma,f16c"))) void rows_avx2(const float* x, const W*
                                                         std::int64_t begin, std::int64_t end, std::int64_t out,
                                                         std::int64_t in) {
   for (std::int64_t r = begin; r < end; ++r)
-    for (std::int64_t t0 = 0; t0 < tokens; t0 += 4) {
-      const W* row = w + (r - begin) * in;
-      const float* xt = x + t0 * in;
-      float* yt = y + t0 * out + r;
-      switch (std::min<std::int64_t>(4, tokens - t0)) {
-        case 1:
-          row_avx2<1>(xt, row, yt, out, in);
-          break;
-        case 2:
-          row_avx2<2>(xt, row, yt, out, in);
-          break;
-        case 3:
-          row_avx2<3>(xt, row, yt, out, in);
-          break;
-        default:
-          row_avx2<4>(xt, row, yt, out, in);
-          break;
-      }
-    }
+    for (std::int64_t t0 = 0; t0 < tokens; t0 += 4)
+      with_tile_count<4>(tokens - t0,
+                         [&](auto n) { row_avx2<n()>(x + t0 * in, w + (r - begin) * in, y + t0 * out + r, out, in); });
 }
 
 // AVX-512: four rows x up to 6 tokens per pass, 24 accumulators in registers, each weight vector widened once for 6
 // tokens and each activation vector loaded once for the four rows, so the loop is bound by the FMA units rather than by
-// loads (the portable kernel reloads a token's activations for every row). Same lanes, same order.
+// loads (the AVX2 kernel reloads a token's activations for every row). Same lanes, same order.
 #define STRATA_AVX512F "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"
 #pragma GCC diagnostic push  // GCC 12 reports its intrinsics' deliberately undefined upper halves as uninitialised
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -147,10 +129,7 @@ __attribute__((target(STRATA_AVX512F), always_inline)) inline __m512 load16(cons
 }
 
 __attribute__((target(STRATA_AVX512F), always_inline)) inline float reduce_lanes_avx512(__m512 a) {
-  const __m256 b = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));  // (j, j + 8)
-  __m128 c = _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1));            // (j, j + 4)
-  c = _mm_add_ps(c, _mm_movehl_ps(c, c));                                                   // (j, j + 2)
-  return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 0x55)));                          // (0, 1)
+  return reduce_lanes_avx2(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
 }
 
 template <int Rows, int Tokens, typename W>
@@ -182,35 +161,20 @@ __attribute__((target(STRATA_AVX512F))) void tile_avx512(const float* x, const W
 
 constexpr int kTileTokens = 6;  // 4 rows x 6 tokens: 24 accumulators, 4 weight vectors and an activation in 32 zmm
 
-template <int Rows, typename W>
-__attribute__((target(STRATA_AVX512F))) void tile_avx512_n(int tokens, const float* x, const W* w, float* y,
-                                                           std::int64_t out, std::int64_t in) {
-  switch (tokens) {
-    case 1:
-      return tile_avx512<Rows, 1>(x, w, y, out, in);
-    case 2:
-      return tile_avx512<Rows, 2>(x, w, y, out, in);
-    case 3:
-      return tile_avx512<Rows, 3>(x, w, y, out, in);
-    case 4:
-      return tile_avx512<Rows, 4>(x, w, y, out, in);
-    case 5:
-      return tile_avx512<Rows, 5>(x, w, y, out, in);
-    default:
-      return tile_avx512<Rows, kTileTokens>(x, w, y, out, in);
-  }
-}
-
 // Token tiles outside, rows inside: a tile's activations stay in L1 while the work item's rows (16) pass by.
 template <typename W>
 __attribute__((target(STRATA_AVX512F))) void rows_avx512(const float* x, const W* w, float* y, std::int64_t tokens,
                                                          std::int64_t begin, std::int64_t end, std::int64_t out,
                                                          std::int64_t in) {
   for (std::int64_t t0 = 0; t0 < tokens; t0 += kTileTokens) {
-    const int n = int(std::min<std::int64_t>(kTileTokens, tokens - t0));
+    const std::int64_t n = tokens - t0;
     std::int64_t r = begin;
-    for (; r + 4 <= end; r += 4) tile_avx512_n<4>(n, x + t0 * in, w + (r - begin) * in, y + t0 * out + r, out, in);
-    for (; r < end; ++r) tile_avx512_n<1>(n, x + t0 * in, w + (r - begin) * in, y + t0 * out + r, out, in);
+    for (; r + 4 <= end; r += 4)
+      with_tile_count<kTileTokens>(
+          n, [&](auto t) { tile_avx512<4, t()>(x + t0 * in, w + (r - begin) * in, y + t0 * out + r, out, in); });
+    for (; r < end; ++r)
+      with_tile_count<kTileTokens>(
+          n, [&](auto t) { tile_avx512<1, t()>(x + t0 * in, w + (r - begin) * in, y + t0 * out + r, out, in); });
   }
 }
 #pragma GCC diagnostic pop
@@ -260,11 +224,12 @@ std::vector<std::string> row_kernels() {
 
 std::string row_kernel_name() {
   const char* forced = std::getenv("STRATA_ROW_KERNEL");
-  if (forced && *forced) return kernel_for(forced) == Kernel::Scalar ? "scalar" : forced;
-  return row_kernels().front();
+  if (!forced || !*forced) return row_kernels().front();
+  kernel_for(forced);  // a kernel this CPU runs, or a clear error
+  return forced;
 }
 
-std::int64_t row_kernel_max_tokens() { return row_kernel_name() == "avx512" ? kAvx512Batch : kSmallBatch; }
+std::int64_t row_kernel_max_tokens(const std::string& kernel) { return kernel == "avx512" ? kAnyBatch : kSmallBatch; }
 
 void row_dot_products(const float* x, const float* w, float* y, std::int64_t tokens, std::int64_t out,
                       std::int64_t in) {

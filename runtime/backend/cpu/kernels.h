@@ -14,17 +14,18 @@
 
 namespace strata::cpu {
 
-constexpr std::int64_t kSmallBatch = 4;  // linear() uses row_dot_products up to this many tokens...
-constexpr std::int64_t kAvx512Batch =
-    std::int64_t(1)
-    << 40;  // ...or any number with the AVX-512 kernel (faster than OpenBLAS 0.3.21 at every batch here)
-// The most tokens linear() gives row_dot_products on this CPU (larger products go to OpenBLAS).
-std::int64_t row_kernel_max_tokens();
+// linear() gives row_dot_products products of up to kSmallBatch tokens (OpenBLAS SGEMM is faster above), or of any
+// number (kAnyBatch) with the AVX-512 kernel, which is faster than OpenBLAS 0.3.21 at every size on CPUs that have
+// it (docs/performance.md).
+constexpr std::int64_t kSmallBatch = 4;
+constexpr std::int64_t kAnyBatch = std::int64_t(1) << 40;
+// The most tokens linear() gives row_dot_products with `kernel` (one of row_kernels()).
+std::int64_t row_kernel_max_tokens(const std::string& kernel);
 
-// y[t, n] = sum_k x[t, k] * w[n, k] for t < tokens; rows of w split over the OpenMP threads. Any token count works;
-// row_kernel_max_tokens() says up to where it beats OpenBLAS. Kernels: AVX-512 (2 rows x 8 tokens register tiles)
-// where the CPU has it, else portable code (4 tokens per pass; AVX2 and baseline clones); STRATA_ROW_KERNEL=portable
-// forces the latter. Both add in the same order (kernels.cpp), so they give the same bits.
+// y[t, n] = sum_k x[t, k] * w[n, k] for t < tokens; rows of w split over the OpenMP threads. Kernels, the best the
+// CPU has chosen at run time: AVX-512 (4 rows x 6 tokens register tiles), AVX2 with FMA (1 row x 4 tokens), scalar.
+// All add in the same order (kernels.cpp), so they give the same bits; STRATA_ROW_KERNEL=avx2|scalar forces one (a
+// kernel the CPU lacks is an error).
 void row_dot_products(const float* x, const float* w, float* y, std::int64_t tokens, std::int64_t out, std::int64_t in);
 // The same with w stored as `w_dtype` (F32, F16 or BF16), streamed from memory at its stored size: bf16 is widened
 // in registers, f16 block by block into a per-thread scratch.

@@ -14,6 +14,7 @@
 #endif
 
 #include "runtime/backend/cpu/cpu_features.h"
+#include "runtime/backend/cpu/tiles.h"
 #include "runtime/base/dtype.h"
 #include "runtime/base/error.h"
 
@@ -184,32 +185,8 @@ __attribute__((target(STRATA_AVX512))) void rows_avx512(const Block* w, const Bl
       const BlockQ8_0* x = xq + t0 * blocks;
       const float* xs = x_scales + t0 * blocks;
       float* yt = y + t0 * out + r;
-      switch (std::min<std::int64_t>(kTile, tokens - t0)) {
-        case 1:
-          row_pair_avx512<Block, 1>(w0, w1, x, xs, yt, out, blocks);
-          break;
-        case 2:
-          row_pair_avx512<Block, 2>(w0, w1, x, xs, yt, out, blocks);
-          break;
-        case 3:
-          row_pair_avx512<Block, 3>(w0, w1, x, xs, yt, out, blocks);
-          break;
-        case 4:
-          row_pair_avx512<Block, 4>(w0, w1, x, xs, yt, out, blocks);
-          break;
-        case 5:
-          row_pair_avx512<Block, 5>(w0, w1, x, xs, yt, out, blocks);
-          break;
-        case 6:
-          row_pair_avx512<Block, 6>(w0, w1, x, xs, yt, out, blocks);
-          break;
-        case 7:
-          row_pair_avx512<Block, 7>(w0, w1, x, xs, yt, out, blocks);
-          break;
-        default:
-          row_pair_avx512<Block, 8>(w0, w1, x, xs, yt, out, blocks);
-          break;
-      }
+      cpu::with_tile_count<kTile>(tokens - t0,
+                                  [&](auto n) { row_pair_avx512<Block, n()>(w0, w1, x, xs, yt, out, blocks); });
     }
   if (r < end) rows_avx2<Block>(w, xq, x_scales, y, tokens, r, end, out, blocks);  // an odd last row
 }
