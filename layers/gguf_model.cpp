@@ -48,6 +48,21 @@ DType dtype_of(const GgufTensor& t, const std::string& path) {
   return *dtype;
 }
 
+// Llama 3.1+ files carry their llama3 rope scaling as per-frequency divisors (rope_freqs.weight, head_dim / 2
+// f32 values) instead of metadata.
+std::vector<double> rope_frequency_factors(const GgufFile& f) {
+  const GgufTensor& t = f.tensor("rope_freqs.weight");
+  STRATA_CHECK(t.dims.size() == 1 && t.type == 0, Config, "GGUF file ", f.path(), ": tensor ", t.name, " has type ",
+               ggml_type_name(t.type), " and ", t.dims.size(), " dimensions (one f32 dimension is read)");
+  std::vector<double> factors(std::size_t(t.dims[0]));
+  for (std::size_t i = 0; i < factors.size(); ++i) {
+    float value;
+    std::memcpy(&value, t.data + i * sizeof(float), sizeof(float));
+    factors[i] = value;
+  }
+  return factors;
+}
+
 }  // namespace
 
 ModelConfig config_from_gguf(const GgufFile& f) {
@@ -55,8 +70,6 @@ ModelConfig config_from_gguf(const GgufFile& f) {
   const std::string arch = m.value("general.architecture", std::string());
   STRATA_CHECK(arch == "llama", Config, "GGUF file ", f.path(), ": general.architecture '", arch,
                "' is not supported (llama is)");
-  STRATA_CHECK(!f.contains("rope_freqs.weight"), Config, "GGUF file ", f.path(),
-               ": per-frequency rope factors (rope_freqs.weight, Llama 3.1 style) are not supported from GGUF");
   nlohmann::json c = {{"architecture", "LlamaForCausalLM"},
                       {"hidden_size", int_key(f, "llama.embedding_length")},
                       {"intermediate_size", int_key(f, "llama.feed_forward_length")},
@@ -79,6 +92,11 @@ ModelConfig config_from_gguf(const GgufFile& f) {
   STRATA_CHECK(scaling == "none" || scaling == "linear", Config, "GGUF file ", f.path(), ": llama.rope.scaling.type '",
                scaling, "' is not supported (none and linear are)");
   if (scaling == "linear") c["rope_scaling"] = {{"rope_type", "linear"}, {"factor", m["llama.rope.scaling.factor"]}};
+  if (f.contains("rope_freqs.weight")) {
+    STRATA_CHECK(scaling == "none", Config, "GGUF file ", f.path(), ": rope_freqs.weight together with ",
+                 "llama.rope.scaling.type '", scaling, "' is not supported");
+    c["rope_scaling"] = {{"rope_type", "frequency_factors"}, {"factors", rope_frequency_factors(f)}};
+  }
   c["tie_word_embeddings"] = !f.contains("output.weight");
   if (m.contains("tokenizer.ggml.bos_token_id")) c["bos_token_id"] = m["tokenizer.ggml.bos_token_id"];
   if (m.contains("tokenizer.ggml.eos_token_id")) c["eos_token_id"] = m["tokenizer.ggml.eos_token_id"];

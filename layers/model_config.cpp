@@ -53,9 +53,14 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
     STRATA_CHECK(r.is_object(), Config, where, ": rope_scaling must be an object or null");
     const std::string kind = r.contains("rope_type") ? optional<std::string>(r, "rope_type", "", where)
                                                      : optional<std::string>(r, "type", "", where);
-    STRATA_CHECK(kind == "linear" || kind == "llama3" || kind == "longrope" || kind == "default", Config, where,
-                 ": rope_scaling of type '", kind, "' is not supported (linear, llama3 and longrope are)");
-    if (kind == "longrope") {
+    STRATA_CHECK(
+        kind == "linear" || kind == "llama3" || kind == "longrope" || kind == "frequency_factors" || kind == "default",
+        Config, where, ": rope_scaling of type '", kind,
+        "' is not supported (linear, llama3, longrope and frequency_factors are)");
+    if (kind == "frequency_factors") {
+      c.rope_scaling.type = kind;
+      c.rope_scaling.frequency_factors = required<std::vector<double>>(r, "factors", where);
+    } else if (kind == "longrope") {
       c.rope_scaling.type = kind;
       c.rope_scaling.original_max_position_embeddings =
           required<std::int64_t>(r, "original_max_position_embeddings", where);
@@ -150,8 +155,9 @@ nlohmann::json ModelConfig::to_json() const {
                             {"long_factor", rope_scaling.long_factor},
                             {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings},
                             {"attention_factor", rope_scaling.attention_factor}}
-       : rope_scaling.type == "linear"
-           ? nlohmann::json{{"rope_type", "linear"}, {"factor", rope_scaling.factor}}
+       : rope_scaling.type == "linear" ? nlohmann::json{{"rope_type", "linear"}, {"factor", rope_scaling.factor}}
+       : rope_scaling.type == "frequency_factors"
+           ? nlohmann::json{{"rope_type", "frequency_factors"}, {"factors", rope_scaling.frequency_factors}}
            : nlohmann::json{{"rope_type", "llama3"},
                             {"factor", rope_scaling.factor},
                             {"low_freq_factor", rope_scaling.low_freq_factor},
@@ -200,6 +206,15 @@ void ModelConfig::validate(const std::string& where) const {
                    std::int64_t(rope_scaling.long_factor.size()) == head_dim / 2,
                Config, where, ": longrope long_factor has ", rope_scaling.long_factor.size(),
                " entries, head_dim / 2 = ", head_dim / 2);
+  if (rope_scaling.type == "frequency_factors") {
+    STRATA_CHECK(std::int64_t(rope_scaling.frequency_factors.size()) == head_dim / 2, Config, where,
+                 ": rope_scaling factors has ", rope_scaling.frequency_factors.size(),
+                 " entries, head_dim / 2 = ", head_dim / 2);
+    for (std::size_t i = 0; i < rope_scaling.frequency_factors.size(); ++i)
+      STRATA_CHECK(std::isfinite(rope_scaling.frequency_factors[i]) && rope_scaling.frequency_factors[i] > 0, Config,
+                   where, ": rope_scaling factors[", i, "] is ", rope_scaling.frequency_factors[i],
+                   " (each must be positive)");
+  }
   // Sizes reach int-sized BLAS/MPI arguments and int32 positions: refuse what cannot be represented.
   for (auto [value, name] : {std::pair{hidden_size, "hidden_size"},
                              {intermediate_size, "intermediate_size"},
@@ -273,6 +288,8 @@ std::vector<float> ModelConfig::rope_inverse_frequencies() const {
       f /= rope_scaling.factor;
     } else if (rope_scaling.type == "longrope") {
       f /= rope_scaling.short_factor.at(i);
+    } else if (rope_scaling.type == "frequency_factors") {
+      f /= rope_scaling.frequency_factors.at(i);
     } else if (rope_scaling.type == "llama3") {
       const auto& r = rope_scaling;
       const double context = double(r.original_max_position_embeddings);

@@ -16,6 +16,8 @@ namespace strata {
 // Which factors a token uses follows Hugging Face's generation: a forward pass whose longest sequence exceeds the
 // original context uses the long ones, so a prompt longer than it uses them throughout, and a shorter one switches
 // to them at the first generated position past it (long_rope below).
+// "frequency_factors" (strata's own name): each frequency divided by its given factor, as llama.cpp applies a GGUF
+// file's rope_freqs tensor (which its converter computes from Llama 3.1's llama3 parameters, not stored otherwise).
 struct RopeScaling {
   std::string type = "none";
   double factor = 1.0;
@@ -24,6 +26,7 @@ struct RopeScaling {
   std::vector<double> short_factor;                      // longrope: head_dim / 2 of them
   std::vector<double> long_factor;                       // longrope: head_dim / 2 of them (may be empty)
   double attention_factor = 1.0;                         // longrope
+  std::vector<double> frequency_factors;                 // frequency_factors: head_dim / 2 of them
 };
 
 struct ModelConfig {

@@ -12,6 +12,7 @@ tokenizer.json turned into GGUF metadata (tokens, merges, token types, pre-token
   type), another architecture (the key and value).
 """
 import ctypes
+import math
 import json
 import os
 import sys
@@ -160,6 +161,62 @@ h.run_ok(["generate", "--model", ckpt, "--prompts", prompts, "--output", "q8-onl
           "--record-logits", "-q", "-tp", 2, "--quantize", "q8_0"], ranks=2)
 h.check([r["logits"] for r in h.results("q8-stored.jsonl")] == [r["logits"] for r in h.results("q8-onload.jsonl")],
         "q8_0 GGUF at tp 2: logits bit-identical to quantizing the f32 model on load")
+
+# Llama 3.1+ files: the llama3 rope scaling as rope_freqs.weight, computed as llama.cpp's converter does (float32
+# frequencies, one divisor each), checked against the float64 reference applying the llama3 parameters themselves.
+# A short original context (64) puts the blended and the stretched bands inside a 64-position test.
+llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 64}
+
+
+def llama3_rope_freqs(head_dim, theta, s):
+    freqs = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
+    factors = []
+    for freq in freqs.astype(np.float64):
+        wavelen = 2 * math.pi / freq
+        old, low, high = s["original_max_position_embeddings"], s["low_freq_factor"], s["high_freq_factor"]
+        if wavelen < old / high:
+            factors.append(1.0)
+        elif wavelen > old / low:
+            factors.append(s["factor"])
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / s["factor"] + smooth))
+    return np.asarray(factors, dtype=np.float32)
+
+
+rope_freqs = llama3_rope_freqs(H // HEADS, 10000.0, llama3)
+h.check(len(set(rope_freqs.tolist())) > 2, f"the test's rope_freqs have all three bands: {rope_freqs}")
+
+
+def with_rope_freqs(factors):
+    return lambda tensors: tensors + [("rope_freqs.weight", factors.tobytes(), [factors.size], "f32")]
+
+
+path = write_gguf("llama31.gguf", lambda w: (w.tobytes(), "f32"), corrupt=with_rope_freqs(rope_freqs))
+h.check(llama_cpp_reads(path, 3 + 9 * LAYERS + 1, len(metadata)), "llama.cpp's gguf reader opens llama31.gguf")
+rckpt = h.path("ckpt-llama31")
+h.run_ok(["convert", "--gguf", path, "--output", rckpt])
+with open(os.path.join(rckpt, "manifest.json"), encoding="utf-8") as f:
+    stored_scaling = json.load(f)["model"]["rope_scaling"]
+h.check(stored_scaling["rope_type"] == "frequency_factors" and
+        np.array_equal(np.float32(stored_scaling["factors"]), rope_freqs),
+        f"the checkpoint keeps rope_freqs.weight as frequency factors: {stored_scaling}")
+h.run_ok(["generate", "--model", rckpt, "--prompts", prompts, "--output", "llama31.jsonl", "--max-tokens", 5,
+          "--record-logits", "-q",], ranks=1)
+worst, scaled_cfg = 0.0, dict(cfg, rope_scaling=llama3)
+for record, ids in zip(h.results("llama31.jsonl"), ref_ids):
+    full = [128000] + ids + record["token_ids"][:-1]
+    ref = llama_reference.forward(weights, scaled_cfg, full)[len(ids):]
+    worst = max(worst, float(np.abs(np.array(record["logits"]) - ref).max() / np.abs(ref).max()))
+unscaled = llama_reference.forward(weights, cfg, [128000] + ref_ids[1])[-1]
+moved = float(np.abs(unscaled - llama_reference.forward(weights, scaled_cfg, [128000] + ref_ids[1])[-1]).max())
+h.check(moved > 1e-3, f"the llama3 scaling changes the reference's logits ({moved:.2e}), so the test can see it")
+h.check(worst <= 1e-4, f"GGUF with rope_freqs: logits vs the reference with llama3 rope_scaling, error {worst:.2e}")
+print(f"GGUF with rope_freqs.weight: logits max relative error {worst:.2e} against the llama3 reference")
+path = write_gguf("bad-rope-freqs.gguf", lambda w: (w.tobytes(), "f32"), corrupt=with_rope_freqs(rope_freqs[:5]))
+code, out, _ = h.run(["convert", "--gguf", path, "--output", h.path("bad0")])
+h.check(code not in (0, None) and "factors has 5 entries, head_dim / 2 = 8" in out, f"5 rope_freqs:\n{out[-600:]}")
 
 # Refusals.
 truncated = h.path("truncated.gguf")
