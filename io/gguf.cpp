@@ -7,7 +7,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <unordered_map>
 
 #include "runtime/base/error.h"
 
@@ -201,10 +203,31 @@ const char* pre_tokenizer_regex(const std::string& pre) {
 
 }  // namespace
 
-nlohmann::json gguf_tokenizer_json(const GgufFile& file) {
-  const std::string model = key_of(file, "tokenizer.ggml.model").get<std::string>();
-  STRATA_CHECK(model == "gpt2", Checkpoint, "GGUF file ", file.path(), ": tokenizer.ggml.model '", model,
-               "' is not supported (gpt2, a byte-level BPE, is; SentencePiece vocabularies are not yet)");
+namespace {
+
+nlohmann::json added_token(std::size_t id, const nlohmann::json& content, bool special) {
+  return {{"id", id},        {"content", content},  {"single_word", false}, {"lstrip", false},
+          {"rstrip", false}, {"normalized", false}, {"special", special}};
+}
+
+int token_type(const nlohmann::json& types, std::size_t id) { return id < types.size() ? types[id].get<int>() : 1; }
+
+nlohmann::json bpe_model(nlohmann::json vocab, nlohmann::json merges, nlohmann::json unk, bool byte_fallback,
+                         bool ignore_merges) {
+  return {{"type", "BPE"},
+          {"dropout", nullptr},
+          {"unk_token", std::move(unk)},
+          {"continuing_subword_prefix", nullptr},
+          {"end_of_word_suffix", nullptr},
+          {"fuse_unk", byte_fallback},
+          {"byte_fallback", byte_fallback},
+          {"ignore_merges", ignore_merges},
+          {"vocab", std::move(vocab)},
+          {"merges", std::move(merges)}};
+}
+
+// tokenizer.ggml.model "gpt2": byte-level BPE with the merges the file lists.
+nlohmann::json byte_level_bpe(const GgufFile& file) {
   const std::string pre = file.metadata().contains("tokenizer.ggml.pre")
                               ? file.metadata()["tokenizer.ggml.pre"].get<std::string>()
                               : "default";
@@ -216,15 +239,8 @@ nlohmann::json gguf_tokenizer_json(const GgufFile& file) {
   nlohmann::json vocab = nlohmann::json::object(), added = nlohmann::json::array();
   for (std::size_t id = 0; id < tokens.size(); ++id) {
     vocab[tokens[id].get<std::string>()] = id;
-    const int type = id < types.size() ? types[id].get<int>() : 1;
-    if (type == 3 || type == 4)  // control and user-defined tokens: matched whole in the text
-      added.push_back({{"id", id},
-                       {"content", tokens[id]},
-                       {"single_word", false},
-                       {"lstrip", false},
-                       {"rstrip", false},
-                       {"normalized", false},
-                       {"special", type == 3}});
+    const int type = token_type(types, id);
+    if (type == 3 || type == 4) added.push_back(added_token(id, tokens[id], type == 3));  // matched whole
   }
   return {{"version", "1.0"},
           {"added_tokens", added},
@@ -236,17 +252,84 @@ nlohmann::json gguf_tokenizer_json(const GgufFile& file) {
               {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}}}}},
           {"post_processor", nullptr},
           {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
-          {"model",
-           {{"type", "BPE"},
-            {"dropout", nullptr},
-            {"unk_token", nullptr},
-            {"continuing_subword_prefix", nullptr},
-            {"end_of_word_suffix", nullptr},
-            {"fuse_unk", false},
-            {"byte_fallback", false},
-            {"ignore_merges", pre == "llama-bpe" || pre == "llama3"},  // llama.cpp's Llama 3 vocabulary does so
-            {"vocab", vocab},
-            {"merges", file.metadata().value("tokenizer.ggml.merges", nlohmann::json::array())}}}};
+          {"model", bpe_model(vocab, file.metadata().value("tokenizer.ggml.merges", nlohmann::json::array()), nullptr,
+                              false, pre == "llama-bpe" || pre == "llama3")}};  // llama.cpp's Llama 3 vocabulary
+}
+
+// SentencePiece BPE merges any two adjacent pieces whose concatenation is a token, the token of the highest score
+// first (llama.cpp's llm_tokenizer_spm). As ranked merges: every split of every token into two tokens (at character
+// boundaries, the symbols it starts from), ordered by the whole token's score, highest first. Equal scores are
+// ordered by token id, where llama.cpp takes the leftmost pair; SentencePiece BPE vocabularies give every
+// mergeable piece its own score, so this does not arise in them.
+nlohmann::json sentencepiece_merges(const GgufFile& file, const nlohmann::json& tokens,
+                                    const std::unordered_map<std::string, std::size_t>& ids) {
+  const auto& scores = key_of(file, "tokenizer.ggml.scores");
+  STRATA_CHECK(scores.is_array() && scores.size() == tokens.size(), Checkpoint, "GGUF file ", file.path(),
+               ": tokenizer.ggml.scores has ", scores.size(), " entries for ", tokens.size(), " tokens");
+  struct Split {
+    float score;
+    std::size_t id, at;
+  };
+  std::vector<Split> splits;
+  for (std::size_t id = 0; id < tokens.size(); ++id) {
+    const std::string& text = tokens[id].get_ref<const std::string&>();
+    for (std::size_t at = 1; at < text.size(); ++at) {
+      if ((static_cast<unsigned char>(text[at]) & 0xC0) == 0x80) continue;  // inside a UTF-8 character
+      if (ids.count(text.substr(0, at)) && ids.count(text.substr(at)))
+        splits.push_back({scores[id].get<float>(), id, at});
+    }
+  }
+  std::stable_sort(splits.begin(), splits.end(), [](const Split& a, const Split& b) { return a.score > b.score; });
+  nlohmann::json merges = nlohmann::json::array();
+  for (const auto& s : splits) {
+    const std::string& text = tokens[s.id].get_ref<const std::string&>();
+    merges.push_back({text.substr(0, s.at), text.substr(s.at)});
+  }
+  return merges;
+}
+
+// tokenizer.ggml.model "llama": SentencePiece BPE (Llama 2, Mistral, TinyLlama) as Hugging Face's Llama tokenizer
+// spells it: spaces as U+2581, one prepended to each run of text (tokenizer.ggml.add_space_prefix, default true),
+// unknown characters as <0xXX> byte tokens, control tokens matched whole.
+nlohmann::json sentencepiece_bpe(const GgufFile& file) {
+  const auto& tokens = key_of(file, "tokenizer.ggml.tokens");
+  const nlohmann::json types = file.metadata().value("tokenizer.ggml.token_type", nlohmann::json::array());
+  const bool prefix = file.metadata().value("tokenizer.ggml.add_space_prefix", true);
+  std::unordered_map<std::string, std::size_t> ids;
+  nlohmann::json vocab = nlohmann::json::object(), added = nlohmann::json::array(), unk = nullptr;
+  for (std::size_t id = 0; id < tokens.size(); ++id) {
+    ids.emplace(tokens[id].get<std::string>(), id);
+    vocab[tokens[id].get<std::string>()] = id;
+    const int type = token_type(types, id);
+    if (type == 2 && unk.is_null()) unk = tokens[id];
+    if (type == 3 || type == 4) added.push_back(added_token(id, tokens[id], type == 3));
+  }
+  const char* space = "\u2581";  // SentencePiece's visible space
+  nlohmann::json normalizer = {{"type", "Sequence"}, {"normalizers", nlohmann::json::array()}};
+  if (prefix) normalizer["normalizers"].push_back({{"type", "Prepend"}, {"prepend", space}});
+  normalizer["normalizers"].push_back({{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", space}});
+  nlohmann::json decoders = {{{"type", "Replace"}, {"pattern", {{"String", space}}}, {"content", " "}},
+                             {{"type", "ByteFallback"}},
+                             {{"type", "Fuse"}}};
+  if (prefix) decoders.push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
+  return {{"version", "1.0"},
+          {"added_tokens", added},
+          {"normalizer", normalizer},
+          {"pre_tokenizer", nullptr},
+          {"post_processor", nullptr},
+          {"decoder", {{"type", "Sequence"}, {"decoders", decoders}}},
+          {"model", bpe_model(vocab, sentencepiece_merges(file, tokens, ids), unk, true, false)}};
+}
+
+}  // namespace
+
+nlohmann::json gguf_tokenizer_json(const GgufFile& file) {
+  const std::string model = key_of(file, "tokenizer.ggml.model").get<std::string>();
+  if (model == "gpt2") return byte_level_bpe(file);
+  if (model == "llama") return sentencepiece_bpe(file);
+  throw Error(ErrorKind::Checkpoint,
+              cat("GGUF file ", file.path(), ": tokenizer.ggml.model '", model,
+                  "' is not supported (gpt2, a byte-level BPE, and llama, SentencePiece BPE, are)"));
 }
 
 nlohmann::json gguf_generation_config(const GgufFile& file) {

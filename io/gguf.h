@@ -49,9 +49,10 @@ class GgufFile {
   std::map<std::string, GgufTensor> tensors_;
 };
 
-// A Hugging Face tokenizer.json equal to the GGUF's byte-level BPE vocabulary (tokenizer.ggml.model "gpt2": tokens,
+// A Hugging Face tokenizer.json equal to the GGUF's vocabulary: tokenizer.ggml.model "gpt2" (byte-level BPE: tokens,
 // merges, token types; the pre-tokenizer regex of tokenizer.ggml.pre "llama-bpe" (Llama 3), "qwen2" or "gpt-2" /
-// "default"). Other models ("llama": SentencePiece scores) and pre-tokenizers are refused naming the key and value.
+// "default") or "llama" (SentencePiece BPE: tokens, scores, token types, add_space_prefix; merges derived from the
+// scores, byte fallback). Other models and pre-tokenizers are refused naming the key and value.
 nlohmann::json gguf_tokenizer_json(const GgufFile& file);
 // {"bos_token_id", "eos_token_id"} from tokenizer.ggml.* (bos only when tokenizer.ggml.add_bos_token is not false).
 nlohmann::json gguf_generation_config(const GgufFile& file);

@@ -10,6 +10,11 @@ UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64 = 4, 5, 6, 7, 8, 9, 10
 TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
 
 
+class Int32s(list):
+    """A metadata array written as INT32 (llama.cpp's converter writes tokenizer.ggml.token_type so, and llama.cpp's
+    loader requires it)."""
+
+
 def _string(text):
     raw = text.encode("utf-8")
     return struct.pack("<Q", len(raw)) + raw
@@ -25,6 +30,8 @@ def _value(value):
         return FLOAT32, struct.pack("<f", value)
     if isinstance(value, str):
         return STRING, _string(value)
+    if isinstance(value, Int32s):
+        return ARRAY, struct.pack("<IQ", INT32, len(value)) + struct.pack(f"<{len(value)}i", *value)
     if isinstance(value, list):
         kinds = [_value(v) for v in value]
         kind = kinds[0][0] if kinds else STRING
