@@ -1,4 +1,4 @@
-// Quantized dot products; see quant.h. Compiled with -ffp-contract=off, so both kernels give the same bits.
+// Quantized dot products; see quant.h. Compiled with -ffp-contract=off, so all kernels give the same bits.
 #include "runtime/backend/cpu/quant.h"
 
 #include <omp.h>
@@ -23,59 +23,49 @@ namespace strata::quant {
 namespace {
 
 // ---------------------------------------------------------------------------------------------- block dot products
-// A block pair's integer products in 8 lanes of 4 consecutive positions each (lane l: positions 4l..4l+3), exact in
-// int32. Each lane is scaled by s = d_w * d_x (rounded to f32) and added into its own f32 accumulator across the
-// row's blocks with one fused multiply-add, acc_l = fma(lane_l, s, acc_l); the row's value is then
-// ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)). Every kernel computes these same lanes and adds them in this
-// order, so all of them give the same bits.
-constexpr int kLanes = 8;
+// The arithmetic every kernel follows, so that all give the same bits: for each (row, token), acc = 0 and, for the
+// row's blocks in order, acc = fma(float(sumi), s, acc), where sumi is the block's exact integer dot product of the
+// 32 weight and activation integers (|sumi| < 2^20, exact in int32 and in f32) and s = d_w * d_x, an f32 product.
+// (llama.cpp's scalar vec_dot sums each block in integers the same way.)
 
-void lanes_scalar(const BlockQ8_0& w, const BlockQ8_0& x, int* lanes) {
-  for (int l = 0; l < kLanes; ++l) {
-    int sum = 0;
-    for (int j = 4 * l; j < 4 * l + 4; ++j) sum += int(w.qs[j]) * int(x.qs[j]);
-    lanes[l] = sum;
-  }
+// The activations of a product: the Q8_0 blocks and their scales, and the unsigned-side terms the
+// AVX-512 kernel reads (see there).
+struct Activations {
+  const BlockQ8_0* q;         // Q8_0 blocks
+  const float* scales;        // each block's d_x
+  const std::int32_t* start;  // AVX-512: -8 (Q4_0 weights) or -128 (Q8_0) times each block's activation sum
+};
+
+int block_dot(const BlockQ8_0& w, const BlockQ8_0& x) {
+  int sum = 0;
+  for (int j = 0; j < kBlock; ++j) sum += int(w.qs[j]) * int(x.qs[j]);
+  return sum;
 }
 
-void lanes_scalar(const BlockQ4_0& w, const BlockQ8_0& x, int* lanes) {
-  for (int l = 0; l < kLanes; ++l) {
-    int sum = 0;
-    for (int j = 4 * l; j < 4 * l + 4; ++j) {
-      const int nibble = j < kBlock / 2 ? w.qs[j] & 0x0F : w.qs[j - kBlock / 2] >> 4;  // weight j
-      sum += (nibble - 8) * int(x.qs[j]);
-    }
-    lanes[l] = sum;
+int block_dot(const BlockQ4_0& w, const BlockQ8_0& x) {
+  int sum = 0;
+  for (int j = 0; j < kBlock; ++j) {
+    const int nibble = j < kBlock / 2 ? w.qs[j] & 0x0F : w.qs[j - kBlock / 2] >> 4;  // weight j
+    sum += (nibble - 8) * int(x.qs[j]);
   }
+  return sum;
 }
-
-float sum_lanes(const float* a) { return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7])); }
 
 template <typename Block>
 void rows_scalar(const Block* w, const BlockQ8_0* xq, const float* x_scales, float* y, std::int64_t tokens,
                  std::int64_t begin, std::int64_t end, std::int64_t out, std::int64_t blocks) {
   for (std::int64_t r = begin; r < end; ++r)
     for (std::int64_t t = 0; t < tokens; ++t) {
-      float acc[kLanes] = {};
-      int lanes[kLanes];
+      float acc = 0.0f;
       for (std::int64_t b = 0; b < blocks; ++b) {
-        lanes_scalar(w[r * blocks + b], xq[t * blocks + b], lanes);
         const float scale = f16_to_f32(w[r * blocks + b].d) * x_scales[t * blocks + b];
-        for (int l = 0; l < kLanes; ++l) acc[l] = std::fma(float(lanes[l]), scale, acc[l]);
+        acc = std::fma(float(block_dot(w[r * blocks + b], xq[t * blocks + b])), scale, acc);
       }
-      y[t * out + r] = sum_lanes(acc);
+      y[t * out + r] = acc;
     }
 }
 
 #if defined(__x86_64__)
-// (a0 + a4, a1 + a5, a2 + a6, a3 + a7), then ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)): sum_lanes' order.
-__attribute__((target("avx2"), always_inline)) inline float sum_lanes_avx2(__m256 acc) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
-  return _mm_cvtss_f32(s);
-}
-
 // A weight block's bytes as signed int8 (Q4_0: nibbles to bytes, the low 128-bit lane the low nibbles, weights
 // 0-15, the high lane the high ones, 16-31).
 __attribute__((target("avx2"), always_inline)) inline __m256i weight_bytes(const BlockQ8_0& w) {
@@ -87,110 +77,221 @@ __attribute__((target("avx2"), always_inline)) inline __m256i weight_bytes(const
   return _mm256_sub_epi8(_mm256_and_si256(nibbles, _mm256_set1_epi8(0x0F)), _mm256_set1_epi8(8));
 }
 
-// Up to 4 tokens per pass over a row: each weight block is loaded (and unpacked) once for all of them. Every
-// (row, token) still adds its blocks in order, as the scalar kernel does.
+// One row, up to 4 tokens per pass: each weight block is loaded (and unpacked) once for all of them; the 4 block
+// sums are reduced together (three horizontal adds) and scaled in one 4-lane FMA, lane i being token i's acc.
+template <typename Block, int Tokens>
+__attribute__((target("avx2,fma,f16c"))) void row_tile_avx2(const Block* w, const BlockQ8_0* xq, const float* x_scales,
+                                                            float* y, std::int64_t out, std::int64_t blocks) {
+  __m128 acc = _mm_setzero_ps();
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    const __m256i wv = weight_bytes(w[b]);
+    const __m256i magnitude = _mm256_sign_epi8(wv, wv);
+    __m256i lanes[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+    float xs[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int i = 0; i < Tokens; ++i) {
+      const std::int64_t at = i * blocks + b;
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[at].qs));
+      // |w| * (x with w's sign): VPMADDUBSW's unsigned x signed operands; pairs stay within int16
+      const __m256i products = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(xv, wv));
+      lanes[i] = _mm256_madd_epi16(products, _mm256_set1_epi16(1));
+      xs[i] = x_scales[at];
+    }
+    const __m256i pairs =
+        _mm256_hadd_epi32(_mm256_hadd_epi32(lanes[0], lanes[1]), _mm256_hadd_epi32(lanes[2], lanes[3]));
+    const __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256(pairs, 1));
+    const __m128 scale = _mm_mul_ps(_mm_set1_ps(_cvtsh_ss(w[b].d)), _mm_setr_ps(xs[0], xs[1], xs[2], xs[3]));
+    acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), scale, acc);
+  }
+  alignas(16) float result[4];
+  _mm_store_ps(result, acc);
+  for (int i = 0; i < Tokens; ++i) y[i * out] = result[i];
+}
+
+// One token (decode): 4 rows per pass instead, so that the reduction is shared by 4 sums there too.
+template <typename Block>
+__attribute__((target("avx2,fma,f16c"))) void four_rows_avx2(const Block* w, const BlockQ8_0* xq, const float* x_scales,
+                                                             float* y, std::int64_t blocks) {
+  __m128 acc = _mm_setzero_ps();
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[b].qs));
+    __m256i lanes[4];
+    for (int i = 0; i < 4; ++i) {
+      const __m256i wv = weight_bytes(w[i * blocks + b]);
+      const __m256i products = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+      lanes[i] = _mm256_madd_epi16(products, _mm256_set1_epi16(1));
+    }
+    const __m256i pairs =
+        _mm256_hadd_epi32(_mm256_hadd_epi32(lanes[0], lanes[1]), _mm256_hadd_epi32(lanes[2], lanes[3]));
+    const __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256(pairs, 1));
+    const __m128 dw = _mm_setr_ps(_cvtsh_ss(w[b].d), _cvtsh_ss(w[blocks + b].d), _cvtsh_ss(w[2 * blocks + b].d),
+                                  _cvtsh_ss(w[3 * blocks + b].d));
+    acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), _mm_mul_ps(dw, _mm_set1_ps(x_scales[b])), acc);
+  }
+  _mm_storeu_ps(y, acc);
+}
+
 template <typename Block>
 __attribute__((target("avx2,fma,f16c"))) void rows_avx2(const Block* w, const BlockQ8_0* xq, const float* x_scales,
                                                         float* y, std::int64_t tokens, std::int64_t begin,
                                                         std::int64_t end, std::int64_t out, std::int64_t blocks) {
   constexpr int kTile = 4;
+  if (tokens == 1)
+    for (; begin + 4 <= end; begin += 4) four_rows_avx2<Block>(w + begin * blocks, xq, x_scales, y + begin, blocks);
   for (std::int64_t r = begin; r < end; ++r)
-    for (std::int64_t t0 = 0; t0 < tokens; t0 += kTile) {
-      const int n = int(std::min<std::int64_t>(kTile, tokens - t0));
-      __m256 acc[kTile] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-      for (std::int64_t b = 0; b < blocks; ++b) {
-        const Block& block = w[r * blocks + b];
-        const __m256i wv = weight_bytes(block);
-        const __m256i magnitude = _mm256_sign_epi8(wv, wv);
-        const float dw = _cvtsh_ss(block.d);  // f16 -> f32 is exact either way
-        for (int i = 0; i < n; ++i) {
-          const std::int64_t at = (t0 + i) * blocks + b;
-          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[at].qs));
-          const __m256i products = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(xv, wv));
-          const __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, _mm256_set1_epi16(1)));
-          acc[i] = _mm256_fmadd_ps(lanes, _mm256_set1_ps(dw * x_scales[at]), acc[i]);
-        }
-      }
-      for (int i = 0; i < n; ++i) y[(t0 + i) * out + r] = sum_lanes_avx2(acc[i]);
-    }
+    for (std::int64_t t0 = 0; t0 < tokens; t0 += kTile)
+      cpu::with_tile_count<kTile>(tokens - t0, [&](auto n) {
+        row_tile_avx2<Block, n()>(w + r * blocks, xq + t0 * blocks, x_scales + t0 * blocks, y + t0 * out + r, out,
+                                  blocks);
+      });
 }
 
-// AVX-512 with VNNI: two rows per 512-bit register (row r's block in the low half, row r + 1's in the high half),
-// each half holding that row's 8 lanes, so the lanes and their order are the scalar kernel's. One VPDPBUSD forms
-// the 64 products and their 16 lane sums (what VPMADDUBSW + VPMADDWD take two steps for), the weight side (unpacking,
-// magnitudes, signs, scales) is done once per block for up to kTile tokens, and each token's block is broadcast to
-// both halves from one load.
+// AVX-512 with VNNI: 16 rows at a time, one row per 32-bit lane. For each block the 16 rows' weights are transposed
+// in registers into 8 vectors g[k] (lane r: row r's weights 4k..4k+3), so one VPDPBUSD against token t's
+// activations 4k..4k+3 (broadcast) adds 4 products to each of the 16 rows' block sums, and 8 of them give the 16
+// whole block sums; then one conversion and one FMA scale them into the 16 rows' accumulators. The weights keep
+// llama.cpp's layout (no repacked copy; checkpoints stay mappable in place).
+// VPDPBUSD multiplies unsigned by signed bytes, so the weights are made unsigned: Q4_0's nibbles are w + 8 as
+// stored, Q8_0's bytes get + 128 (the sign bit flipped). Each block sum then starts at -8 or -128 times the sum of
+// the token's 32 activations, computed once per activation block.
 // GCC 12 reports its own intrinsics' deliberately undefined upper halves (_mm512_undefined_*) as uninitialised.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #define STRATA_AVX512 "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c"
 
-__attribute__((target(STRATA_AVX512), always_inline)) inline __m512i pair_bytes(const BlockQ8_0& a,
-                                                                                const BlockQ8_0& b) {
-  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs))),
-                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs)), 1);
-}
-__attribute__((target(STRATA_AVX512), always_inline)) inline __m512i pair_bytes(const BlockQ4_0& a,
-                                                                                const BlockQ4_0& b) {
-  const __m256i packed = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs)),
-                                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.qs)));
-  const __m256i low = _mm256_and_si256(packed, _mm256_set1_epi8(0x0F));
-  const __m256i high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), _mm256_set1_epi8(0x0F));
-  // 128-bit lanes [low a, low b, high a, high b] -> [low a, high a, low b, high b]: weights 0-15 then 16-31 per row
-  const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
-  return _mm512_sub_epi8(_mm512_shuffle_i64x2(both, both, _MM_SHUFFLE(3, 1, 2, 0)), _mm512_set1_epi8(8));
+constexpr int kGroup = 16;  // rows per AVX-512 pass: one per 32-bit lane
+
+// One block of 16 rows, ready for the products.
+struct alignas(64) GroupBlock {
+  __m512i g[8];   // lane r of g[k]: row r's weights 4k..4k+3, + 8 (Q4_0) or + 128 (Q8_0), as unsigned bytes
+  __m512 scales;  // each row's d_w
+};
+
+// 16 rows x 4 dwords (a 16-byte slice of each row's block at `offset`) -> 4 vectors, vector d lane r = row r's
+// dword d. Loading row 4j + k into 128-bit lane j of q[k] makes the two-step 4 x 4 transpose inside each 128-bit
+// lane put every row in its own lane (d-th dword of rows 4j..4j+3 lands in lanes 4j..4j+3).
+__attribute__((target(STRATA_AVX512), always_inline)) inline void transpose_16x4(const char* rows,
+                                                                                 std::size_t row_bytes,
+                                                                                 std::size_t offset, __m512i* out) {
+  __m512i q[4];
+  for (int k = 0; k < 4; ++k) {
+    const char* at = rows + std::size_t(k) * row_bytes + offset;
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(at)));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(at + 4 * row_bytes)), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(at + 8 * row_bytes)), 2);
+    q[k] = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(at + 12 * row_bytes)), 3);
+  }
+  const __m512i t0 = _mm512_unpacklo_epi32(q[0], q[1]), t1 = _mm512_unpackhi_epi32(q[0], q[1]);
+  const __m512i t2 = _mm512_unpacklo_epi32(q[2], q[3]), t3 = _mm512_unpackhi_epi32(q[2], q[3]);
+  out[0] = _mm512_unpacklo_epi64(t0, t2);
+  out[1] = _mm512_unpackhi_epi64(t0, t2);
+  out[2] = _mm512_unpacklo_epi64(t1, t3);
+  out[3] = _mm512_unpackhi_epi64(t1, t3);
 }
 
+// The 16 rows' f16 scales of a block (at its start in each row), widened. Sixteen scalar loads through a small
+// array: a VPGATHERDD of them was 20-25% slower at one token here.
+__attribute__((target(STRATA_AVX512), always_inline)) inline __m512 group_scales(const char* block0,
+                                                                                 std::size_t row_bytes) {
+  alignas(32) std::uint16_t halves[kGroup];
+  for (int r = 0; r < kGroup; ++r) std::memcpy(&halves[r], block0 + std::size_t(r) * row_bytes, 2);
+  return _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(halves)));
+}
+
+__attribute__((target(STRATA_AVX512), always_inline)) inline void prepare(const BlockQ4_0*, const char* rows,
+                                                                          std::size_t row_bytes, std::int64_t b,
+                                                                          GroupBlock& gb) {
+  const std::size_t at = std::size_t(b) * sizeof(BlockQ4_0);
+  __m512i packed[4];
+  transpose_16x4(rows, row_bytes, at + offsetof(BlockQ4_0, qs), packed);
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  for (int k = 0; k < 4; ++k) {  // byte i of a block: weight i in the low nibble, weight i + 16 in the high one
+    gb.g[k] = _mm512_and_si512(packed[k], low);
+    gb.g[k + 4] = _mm512_and_si512(_mm512_srli_epi16(packed[k], 4), low);
+  }
+  gb.scales = group_scales(rows + at, row_bytes);
+}
+
+__attribute__((target(STRATA_AVX512), always_inline)) inline void prepare(const BlockQ8_0*, const char* rows,
+                                                                          std::size_t row_bytes, std::int64_t b,
+                                                                          GroupBlock& gb) {
+  const std::size_t at = std::size_t(b) * sizeof(BlockQ8_0);
+  transpose_16x4(rows, row_bytes, at + offsetof(BlockQ8_0, qs), gb.g);
+  transpose_16x4(rows, row_bytes, at + offsetof(BlockQ8_0, qs) + 16, gb.g + 4);
+  for (int k = 0; k < 8; ++k) gb.g[k] = _mm512_xor_si512(gb.g[k], _mm512_set1_epi8(char(0x80)));  // w + 128
+  gb.scales = group_scales(rows + at, row_bytes);
+}
+
+// The 16 rows' block sums for one token's activation block.
+__attribute__((target(STRATA_AVX512), always_inline)) inline __m512i block_sums(const GroupBlock& gb,
+                                                                                const Activations& x, std::int64_t at) {
+  const auto* xs = reinterpret_cast<const std::int32_t*>(x.q[at].qs);
+  __m512i sum = _mm512_set1_epi32(x.start[at]);
+  for (int k = 0; k < 8; ++k) sum = _mm512_dpbusd_epi32(sum, gb.g[k], _mm512_set1_epi32(xs[k]));
+  return sum;
+}
+
+// Tokens tokens (activations from x at token 0) x 16 rows from `rows`; the blocks prepared on the way (decode:
+// each weight is read once) or read from `prepared` (prefill: prepared once for all the token tiles).
 template <typename Block, int Tokens>
-__attribute__((target(STRATA_AVX512))) void row_pair_avx512(const Block* w0, const Block* w1, const BlockQ8_0* xq,
-                                                            const float* x_scales, float* y, std::int64_t out,
-                                                            std::int64_t blocks) {
+__attribute__((target(STRATA_AVX512))) void group_avx512(const char* rows, std::size_t row_bytes,
+                                                         const GroupBlock* prepared, Activations x, float* y,
+                                                         std::int64_t out, std::int64_t blocks) {
+  // The 16 rows are 16 streams the hardware prefetchers follow poorly: fetch the next group's bytes, a block's
+  // share of them per block (that group is this thread's next one, but for the last of its range).
+  const char* next = rows + kGroup * row_bytes;
+  constexpr std::size_t kShare = kGroup * sizeof(Block);
   __m512 acc[Tokens];
   for (int i = 0; i < Tokens; ++i) acc[i] = _mm512_setzero_ps();
-  // The two rows are two interleaved streams, which the hardware prefetchers follow poorly (decode at one token ran
-  // at half the speed of one row at a time); prefetch the rows two pairs on, one line per block of each row.
-  const char* ahead = reinterpret_cast<const char*>(w0) + 4 * blocks * std::int64_t(sizeof(Block));
+  GroupBlock local;
   for (std::int64_t b = 0; b < blocks; ++b) {
-    _mm_prefetch(ahead + 2 * b * std::int64_t(sizeof(Block)), _MM_HINT_T0);
-    _mm_prefetch(ahead + (2 * b + 1) * std::int64_t(sizeof(Block)), _MM_HINT_T0);
-    const __m512i wv = pair_bytes(w0[b], w1[b]);
-    const __m512i magnitude = _mm512_abs_epi8(wv);
-    const __mmask64 negative = _mm512_movepi8_mask(wv);
-    const __m512 dw = _mm512_insertf32x8(_mm512_set1_ps(_cvtsh_ss(w0[b].d)), _mm256_set1_ps(_cvtsh_ss(w1[b].d)), 1);
+    const GroupBlock* gb = prepared ? prepared + b : &local;
+    if (!prepared) {
+      for (std::size_t line = 0; line < kShare; line += 64) _mm_prefetch(next + b * kShare + line, _MM_HINT_T0);
+      prepare(static_cast<const Block*>(nullptr), rows, row_bytes, b, local);
+    }
     for (int i = 0; i < Tokens; ++i) {
       const std::int64_t at = i * blocks + b;
-      const __m512i xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[at].qs)));
-      // x with the weight's sign (|w| * sign(w) * x): the unsigned x signed operand order VPDPBUSD takes
-      const __m512i signed_x = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
-      const __m512i lanes = _mm512_dpbusd_epi32(_mm512_setzero_si512(), magnitude, signed_x);
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes), _mm512_mul_ps(dw, _mm512_set1_ps(x_scales[at])), acc[i]);
+      const __m512 scale = _mm512_mul_ps(gb->scales, _mm512_set1_ps(x.scales[at]));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(block_sums(*gb, x, at)), scale, acc[i]);
     }
   }
-  for (int i = 0; i < Tokens; ++i) {
-    y[i * out] = sum_lanes_avx2(_mm512_castps512_ps256(acc[i]));
-    y[i * out + 1] = sum_lanes_avx2(_mm512_extractf32x8_ps(acc[i], 1));
-  }
+  for (int i = 0; i < Tokens; ++i) _mm512_storeu_ps(y + i * out, acc[i]);
 }
 
+// Rows [begin, end) (whole groups of 16) for all tokens: up to kTile tokens per pass, each block prepared as it is
+// used; more tokens prepare the group's blocks once into a per-thread buffer and pass over them per token tile.
 template <typename Block>
-__attribute__((target(STRATA_AVX512))) void rows_avx512(const Block* w, const BlockQ8_0* xq, const float* x_scales,
-                                                        float* y, std::int64_t tokens, std::int64_t begin,
-                                                        std::int64_t end, std::int64_t out, std::int64_t blocks) {
+__attribute__((target(STRATA_AVX512))) void rows_avx512(const Block* w, const Activations& x, float* y,
+                                                        std::int64_t tokens, std::int64_t begin, std::int64_t end,
+                                                        std::int64_t out, std::int64_t blocks) {
   constexpr int kTile = 8;
-  std::int64_t r = begin;
-  for (; r + 2 <= end; r += 2)
-    for (std::int64_t t0 = 0; t0 < tokens; t0 += kTile) {
-      const Block *w0 = w + r * blocks, *w1 = w0 + blocks;
-      const BlockQ8_0* x = xq + t0 * blocks;
-      const float* xs = x_scales + t0 * blocks;
-      float* yt = y + t0 * out + r;
-      cpu::with_tile_count<kTile>(tokens - t0,
-                                  [&](auto n) { row_pair_avx512<Block, n()>(w0, w1, x, xs, yt, out, blocks); });
+  const std::size_t row_bytes = std::size_t(blocks) * sizeof(Block);
+  thread_local std::vector<GroupBlock> prepared;
+  for (std::int64_t r = begin; r + kGroup <= end; r += kGroup) {
+    const char* rows = reinterpret_cast<const char*>(w + r * blocks);
+    const GroupBlock* ready = nullptr;
+    if (tokens > kTile) {
+      prepared.resize(std::size_t(blocks));
+      for (std::int64_t b = 0; b < blocks; ++b)
+        prepare(static_cast<const Block*>(nullptr), rows, row_bytes, b, prepared[std::size_t(b)]);
+      ready = prepared.data();
     }
-  if (r < end) rows_avx2<Block>(w, xq, x_scales, y, tokens, r, end, out, blocks);  // an odd last row
+    for (std::int64_t t0 = 0; t0 < tokens; t0 += kTile) {
+      const Activations at{x.q + t0 * blocks, x.scales + t0 * blocks, x.start + t0 * blocks};
+      cpu::with_tile_count<kTile>(tokens - t0, [&](auto n) {
+        group_avx512<Block, n()>(rows, row_bytes, ready, at, y + t0 * out + r, out, blocks);
+      });
+    }
+  }
 }
+#pragma GCC diagnostic pop
+#endif
 
+#if defined(__x86_64__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // quantize_q8_0_blocks (llama.cpp's reference quantizer) with vectors, the same bits: the largest magnitude (a max,
 // exact in any order), d = amax / 127 and its inverse as scalars, each x * (1 / d) the same f32 product, and
 // roundf's half-away-from-zero rounding as trunc(v) plus the sign of v where |v - trunc(v)| >= 0.5 (v - trunc(v) is
@@ -224,10 +325,12 @@ bool cpu_has(const std::string& kernel) {
          (kernel == "avx512vnni" && cpu::has_avx512_vnni());
 }
 
+// Rows in work items of 16 (the AVX-512 kernel's group; a last partial group goes to the AVX2 kernel, whose
+// arithmetic is the same) over the OpenMP threads.
 template <typename Block>
-void run(const std::string& kernel, const BlockQ8_0* xq, const float* xs, const void* w, float* y, std::int64_t tokens,
+void run(const std::string& kernel, const Activations& x, const void* w, float* y, std::int64_t tokens,
          std::int64_t out, std::int64_t blocks) {
-  constexpr std::int64_t kRows = 16;  // rows per work item (even: the AVX-512 kernel takes rows in pairs)
+  constexpr std::int64_t kRows = 16;
   const auto* rows = static_cast<const Block*>(w);
   const std::int64_t items = (out + kRows - 1) / kRows;
   const int which = kernel == "avx512vnni" ? 2 : kernel == "avx2" ? 1 : 0;
@@ -235,16 +338,28 @@ void run(const std::string& kernel, const BlockQ8_0* xq, const float* xs, const 
   for (std::int64_t i = 0; i < items; ++i) {
     const std::int64_t begin = i * kRows, end = std::min(out, begin + kRows);
 #if defined(__x86_64__)
-    if (which == 2) {
-      rows_avx512<Block>(rows, xq, xs, y, tokens, begin, end, out, blocks);
+    if (which == 2 && end - begin == kGroup) {
+      rows_avx512<Block>(rows, x, y, tokens, begin, end, out, blocks);
       continue;
     }
-    if (which == 1) {
-      rows_avx2<Block>(rows, xq, xs, y, tokens, begin, end, out, blocks);
+    if (which >= 1) {
+      rows_avx2<Block>(rows, x.q, x.scales, y, tokens, begin, end, out, blocks);
       continue;
     }
 #endif
-    rows_scalar<Block>(rows, xq, xs, y, tokens, begin, end, out, blocks);
+    rows_scalar<Block>(rows, x.q, x.scales, y, tokens, begin, end, out, blocks);
+  }
+}
+
+// The AVX-512 kernel's start of each block sum: -8 (Q4_0 weights) or -128 (Q8_0) times the activation sum.
+void block_sum_starts(Format format, const BlockQ8_0* xq, std::int64_t count, std::vector<std::int32_t>& start) {
+  const int bias = format == Format::Q8_0 ? 128 : 8;
+  start.resize(std::size_t(count));
+#pragma omp parallel for schedule(static) if (count >= 256)
+  for (std::int64_t b = 0; b < count; ++b) {
+    int sum = 0;
+    for (int j = 0; j < kBlock; ++j) sum += xq[b].qs[j];
+    start[std::size_t(b)] = -bias * sum;
   }
 }
 
@@ -300,10 +415,16 @@ void row_dot_products_with(const std::string& kernel, const float* x, const void
   xq.resize(std::size_t(tokens * blocks));
   xs.resize(xq.size());
   quantize_activations(kernel, x, xq.data(), xs.data(), tokens, blocks);
+  Activations activations{xq.data(), xs.data(), nullptr};
+  if (kernel == "avx512vnni") {
+    thread_local std::vector<std::int32_t> start;
+    block_sum_starts(format, xq.data(), tokens * blocks, start);
+    activations.start = start.data();
+  }
   if (format == Format::Q8_0)
-    run<BlockQ8_0>(kernel, xq.data(), xs.data(), w, y, tokens, out, blocks);
+    run<BlockQ8_0>(kernel, activations, w, y, tokens, out, blocks);
   else
-    run<BlockQ4_0>(kernel, xq.data(), xs.data(), w, y, tokens, out, blocks);
+    run<BlockQ4_0>(kernel, activations, w, y, tokens, out, blocks);
 }
 
 }  // namespace strata::quant
