@@ -314,6 +314,31 @@ TEST(CpuBackend, AttentionWithKvCacheIsEquivalentToRef) {
 
 // Gemma-style attention: a sliding window of 3 (sequence A at position 5 sees 3..5 only, B's later rows lose their
 // first keys) and soft-capped scores. A comparison against the unwindowed reference must fail, so the window matters.
+// Attention's batched passes (dots, weighted_sum) give the bits of dot and axpy row by row, on head sizes with and
+// without a tail (of dot's 16 lanes, of weighted_sum's 64-element chunks) and runs not a multiple of 4 rows.
+TEST(CpuBackend, AttentionPassesGiveTheBitsOfDotAndAxpy) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const std::int64_t n : {64, 80, 128, 13})
+    for (const std::int64_t count : {1, 3, 4, 9}) {
+      const std::int64_t stride = n + 5;
+      std::vector<float> q(static_cast<std::size_t>(n)), rows(static_cast<std::size_t>(stride * count)),
+          weights(static_cast<std::size_t>(count));
+      for (auto* v : {&q, &rows, &weights})
+        for (float& x : *v) x = normal(rng);
+      std::vector<float> scores(static_cast<std::size_t>(count)), expected(static_cast<std::size_t>(count));
+      cpu::dots(q.data(), rows.data(), stride, count, n, scores.data());
+      for (std::int64_t r = 0; r < count; ++r)
+        expected[std::size_t(r)] = cpu::dot(q.data(), rows.data() + r * stride, n);
+      EXPECT_EQ(0, std::memcmp(scores.data(), expected.data(), scores.size() * 4)) << "dots n " << n << " x " << count;
+      std::vector<float> o(static_cast<std::size_t>(n), 0.5f), o_expected = o;
+      cpu::weighted_sum(weights.data(), rows.data(), stride, count, n, o.data());
+      for (std::int64_t r = 0; r < count; ++r)
+        cpu::axpy(weights[std::size_t(r)], rows.data() + r * stride, o_expected.data(), n);
+      EXPECT_EQ(0, std::memcmp(o.data(), o_expected.data(), o.size() * 4)) << "weighted_sum n " << n << " x " << count;
+    }
+}
+
 TEST(CpuBackend, SlidingWindowAndSoftcappedAttentionMatchRef) {
   Fixture f;
   double error = 1;

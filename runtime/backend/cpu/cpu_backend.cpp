@@ -268,8 +268,9 @@ class CpuBackend final : public Backend {
         for (std::int64_t j = first; j < visible;) {
           const float* keys = k_cache.f32() + blocks.row_of(chunk, std::int32_t(j)) * stride + kvh * dim;
           const std::int64_t run = std::min(visible - j, blocks.size - j % blocks.size);
+          cpu::dots(qv, keys, stride, run, dim, scores.data() + j);
           for (std::int64_t r = 0; r < run; ++r, ++j) {
-            float s = cpu::dot(qv, keys + r * stride, dim) * params.scale;
+            float s = scores[std::size_t(j)] * params.scale;
             if (params.softcap > 0) s = params.softcap * std::tanh(s / params.softcap);
             scores[std::size_t(j)] = s;
             max_score = std::max(max_score, s);
@@ -278,13 +279,14 @@ class CpuBackend final : public Backend {
         float denom = 0;
         for (std::int64_t j = first; j < visible; ++j)
           denom += (scores[std::size_t(j)] = std::exp(scores[std::size_t(j)] - max_score));
+        for (std::int64_t j = first; j < visible; ++j) scores[std::size_t(j)] /= denom;
         float* o = out.f32() + (t * q_heads + h) * dim;
         std::memset(o, 0, std::size_t(dim) * 4);
         for (std::int64_t j = first; j < visible;) {
           const float* values = v_cache.f32() + blocks.row_of(chunk, std::int32_t(j)) * stride + kvh * dim;
           const std::int64_t run = std::min(visible - j, blocks.size - j % blocks.size);
-          for (std::int64_t r = 0; r < run; ++r, ++j)
-            cpu::axpy(scores[std::size_t(j)] / denom, values + r * stride, o, dim);
+          cpu::weighted_sum(scores.data() + j, values, stride, run, dim, o);
+          j += run;
         }
       }
     }

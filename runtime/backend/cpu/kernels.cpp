@@ -287,4 +287,41 @@ STRATA_CLONES void axpy(float alpha, const float* x, float* y, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
+STRATA_CLONES void dots(const float* q, const float* keys, std::int64_t stride, std::int64_t count, std::int64_t n,
+                        float* scores) {
+  constexpr int kRows = 4;
+  std::int64_t r = 0;
+  for (; r + kRows <= count; r += kRows) {
+    const float* k = keys + r * stride;
+    float acc[kRows][kLanes] = {};
+    std::int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+      for (int row = 0; row < kRows; ++row)
+        for (int j = 0; j < kLanes; ++j) acc[row][j] += q[i + j] * k[row * stride + i + j];
+    for (int row = 0; row < kRows; ++row) {
+      float sum = 0;
+      for (std::int64_t t = i; t < n; ++t) sum += q[t] * k[row * stride + t];
+      for (float v : acc[row]) sum += v;
+      scores[r + row] = sum;
+    }
+  }
+  for (; r < count; ++r) scores[r] = dot(q, keys + r * stride, n);
+}
+
+STRATA_CLONES void weighted_sum(const float* weights, const float* values, std::int64_t stride, std::int64_t count,
+                                std::int64_t n, float* o) {
+  constexpr std::int64_t kChunk = 64;
+  std::int64_t i0 = 0;
+  for (; i0 + kChunk <= n; i0 += kChunk) {
+    float acc[kChunk];
+    for (std::int64_t i = 0; i < kChunk; ++i) acc[i] = o[i0 + i];
+    for (std::int64_t r = 0; r < count; ++r) {
+      const float w = weights[r], *v = values + r * stride + i0;
+      for (std::int64_t i = 0; i < kChunk; ++i) acc[i] += w * v[i];
+    }
+    for (std::int64_t i = 0; i < kChunk; ++i) o[i0 + i] = acc[i];
+  }
+  for (std::int64_t r = 0; r < count && i0 < n; ++r) axpy(weights[r], values + r * stride + i0, o + i0, n - i0);
+}
+
 }  // namespace strata::cpu

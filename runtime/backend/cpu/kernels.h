@@ -44,4 +44,12 @@ float dot(const float* a, const float* b, std::int64_t n);
 // y += alpha * x
 void axpy(float alpha, const float* x, float* y, std::int64_t n);
 
+// Attention's two passes over a run of cached positions (rows `stride` floats apart), with dot's and axpy's
+// arithmetic per row and element, so the same bits as calling them row by row:
+// scores[r] = dot(q, keys + r * stride, n) for r < count (four rows interleaved, their dependency chains overlapping);
+void dots(const float* q, const float* keys, std::int64_t stride, std::int64_t count, std::int64_t n, float* scores);
+// o += weights[r] * (values + r * stride) for r < count in order (o kept in registers, 64 elements at a time).
+void weighted_sum(const float* weights, const float* values, std::int64_t stride, std::int64_t count, std::int64_t n,
+                  float* o);
+
 }  // namespace strata::cpu
