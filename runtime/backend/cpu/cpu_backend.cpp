@@ -243,7 +243,6 @@ class CpuBackend final : public Backend {
     const std::int64_t kv_heads = k_cache.shape[2], dim = k_cache.shape[3];
     const std::int64_t q_heads = q.row_elems() / dim, group = q_heads / kv_heads, stride = kv_heads * dim;
     const KvBlocks blocks(k_cache, block_table);
-    // One work item per (token, query head); each is independent.
     std::vector<std::pair<std::int32_t, std::int32_t>> tokens;  // (chunk index, token within chunk)
     std::int64_t longest = 0;
     for (std::size_t c = 0; c < chunks.size(); ++c) {
@@ -251,45 +250,55 @@ class CpuBackend final : public Backend {
       longest = std::max<std::int64_t>(longest, chunks[c].start_pos + chunks[c].n_tokens);
       blocks.check(chunks[c]);
     }
-    const std::int64_t items = std::int64_t(tokens.size()) * q_heads;
+    // One work item per (token, KV head): the query heads sharing a KV head go through its cached positions
+    // together, a run of them at a time, so each key and value is read from memory once for the group (from L1
+    // for the group's other heads); every head's arithmetic is the same as alone.
+    const std::int64_t items = std::int64_t(tokens.size()) * kv_heads;
 #pragma omp parallel
     {
-      std::vector<float> scores(static_cast<std::size_t>(longest));
-#pragma omp for schedule(dynamic, 4)
+      std::vector<float> scores(static_cast<std::size_t>(group * longest));
+#pragma omp for schedule(dynamic, 2)
       for (std::int64_t item = 0; item < items; ++item) {
-        const auto [c, i] = tokens[std::size_t(item / q_heads)];
-        const std::int64_t h = item % q_heads, kvh = h / group;
+        const auto [c, i] = tokens[std::size_t(item / kv_heads)];
+        const std::int64_t kvh = item % kv_heads;
         const SeqChunk& chunk = chunks[std::size_t(c)];
         const std::int64_t t = chunk.token_offset + i, visible = chunk.start_pos + i + 1;  // causal: keys 0..pos
         const std::int64_t first = params.window > 0 ? std::max<std::int64_t>(0, visible - params.window) : 0;
-        const float* qv = q.f32() + (t * q_heads + h) * dim;
+        const float* qv = q.f32() + (t * q_heads + kvh * group) * dim;  // the group's heads, one after another
+        float* o = out.f32() + (t * q_heads + kvh * group) * dim;
         // Keys block by block: each block holds block_size consecutive positions of the sequence.
-        float max_score = -INFINITY;
         for (std::int64_t j = first; j < visible;) {
           const float* keys = k_cache.f32() + blocks.row_of(chunk, std::int32_t(j)) * stride + kvh * dim;
           const std::int64_t run = std::min(visible - j, blocks.size - j % blocks.size);
-          cpu::dots(qv, keys, stride, run, dim, scores.data() + j);
-          for (std::int64_t r = 0; r < run; ++r, ++j) {
-            float s = scores[std::size_t(j)] * params.scale;
-            if (params.softcap > 0) s = params.softcap * std::tanh(s / params.softcap);
-            scores[std::size_t(j)] = s;
-            max_score = std::max(max_score, s);
-          }
+          for (std::int64_t g = 0; g < group; ++g)
+            cpu::dots(qv + g * dim, keys, stride, run, dim, scores.data() + g * longest + j);
+          j += run;
         }
-        float denom = 0;
-        for (std::int64_t j = first; j < visible; ++j)
-          denom += (scores[std::size_t(j)] = std::exp(scores[std::size_t(j)] - max_score));
-        for (std::int64_t j = first; j < visible; ++j) scores[std::size_t(j)] /= denom;
-        float* o = out.f32() + (t * q_heads + h) * dim;
-        std::memset(o, 0, std::size_t(dim) * 4);
+        for (std::int64_t g = 0; g < group; ++g) softmax(scores.data() + g * longest, first, visible, params);
+        std::memset(o, 0, std::size_t(group * dim) * 4);
         for (std::int64_t j = first; j < visible;) {
           const float* values = v_cache.f32() + blocks.row_of(chunk, std::int32_t(j)) * stride + kvh * dim;
           const std::int64_t run = std::min(visible - j, blocks.size - j % blocks.size);
-          cpu::weighted_sum(scores.data() + j, values, stride, run, dim, o);
+          for (std::int64_t g = 0; g < group; ++g)
+            cpu::weighted_sum(scores.data() + g * longest + j, values, stride, run, dim, o + g * dim);
           j += run;
         }
       }
     }
+  }
+
+  // Scores [first, visible) -> attention weights: scaled (and soft-capped), exp(s - max), normalised.
+  static void softmax(float* scores, std::int64_t first, std::int64_t visible, const AttentionParams& params) {
+    float max_score = -INFINITY;
+    for (std::int64_t j = first; j < visible; ++j) {
+      float s = scores[j] * params.scale;
+      if (params.softcap > 0) s = params.softcap * std::tanh(s / params.softcap);
+      scores[j] = s;
+      max_score = std::max(max_score, s);
+    }
+    float denom = 0;
+    for (std::int64_t j = first; j < visible; ++j) denom += (scores[j] = std::exp(scores[j] - max_score));
+    for (std::int64_t j = first; j < visible; ++j) scores[j] /= denom;
   }
 
   void gather_rows(TensorView src, std::span<const std::int32_t> rows, TensorView dst) override {

@@ -272,40 +272,80 @@ void row_dot_products_with(const std::string& name, const float* x, const void* 
   }
 }
 
-STRATA_CLONES float dot(const float* a, const float* b, std::int64_t n) {
-  float acc[kLanes] = {};
-  std::int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
-  float sum = 0;
-  for (; i < n; ++i) sum += a[i] * b[i];
-  for (float v : acc) sum += v;
-  return sum;
-}
-
 STRATA_CLONES void axpy(float alpha, const float* x, float* y, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
+namespace {
+
+// One score in the row kernels' order (see rows_scalar); inlined into dots' clones (hardware FMAs where they exist).
+inline float dot_in_order(const float* q, const float* k, std::int64_t n) {
+  float a[kLanes] = {};
+  std::int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) a[j] = std::fma(k[i + j], q[i + j], a[j]);
+  float b[8], c[4];
+  for (int j = 0; j < 8; ++j) b[j] = a[j] + a[j + 8];
+  for (int j = 0; j < 4; ++j) c[j] = b[j] + b[j + 4];
+  float sum = (c[0] + c[2]) + (c[1] + c[3]);
+  for (; i < n; ++i) sum = std::fma(k[i], q[i], sum);
+  return sum;
+}
+
+#if defined(__x86_64__)
+#pragma GCC diagnostic push  // GCC 12 reports its intrinsics' deliberately undefined upper halves as uninitialised
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// Up to 16 positions at a time (fewer: the last one repeated, its extra scores dropped), one 16-lane accumulator each;
+// their 16 lane trees are then reduced together by a shuffle network (15 adds and 30 shuffles for 16 scores, where one
+// tree alone takes 4 adds and 4 shuffles) whose every add is the tree's: pair (j, j + 8) first, then (j, j + 4), (j, j
+// + 2), (0, 1). Lane 4m + p of the result holds position m + 4p's score.
+__attribute__((target(STRATA_AVX512F))) void dots16_avx512(const float* q, const float* keys, std::int64_t stride,
+                                                           std::int64_t rows, std::int64_t n, float* scores) {
+  const float* row[16];
+  for (int k = 0; k < 16; ++k) row[k] = keys + std::min<std::int64_t>(k, rows - 1) * stride;
+  __m512 a[16];
+  for (int k = 0; k < 16; ++k) a[k] = _mm512_setzero_ps();
+  std::int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const __m512 qv = _mm512_loadu_ps(q + i);
+    for (int k = 0; k < 16; ++k) a[k] = _mm512_fmadd_ps(_mm512_loadu_ps(row[k] + i), qv, a[k]);
+  }
+  __m512 b[8], c[4], d[2];
+  for (int p = 0; p < 8; ++p)  // (j, j + 8): positions 2p, 2p + 1 side by side
+    b[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0x44),
+                         _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0xEE));
+  for (int p = 0; p < 4; ++p)  // (j, j + 4): one position per 128-bit lane
+    c[p] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], 0x88),
+                         _mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], 0xDD));
+  for (int p = 0; p < 2; ++p)  // (j, j + 2)
+    d[p] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * p], c[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(c[2 * p], c[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),  // (0, 1)
+                                 _mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  alignas(64) float sums[16];
+  _mm512_store_ps(sums, _mm512_permutexvar_ps(order, e));
+  for (int k = 0; k < rows; ++k) {
+    for (std::int64_t t = i; t < n; ++t) sums[k] = std::fma(row[k][t], q[t], sums[k]);  // the tail, in order
+    scores[k] = sums[k];
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
+}  // namespace
+
 STRATA_CLONES void dots(const float* q, const float* keys, std::int64_t stride, std::int64_t count, std::int64_t n,
                         float* scores) {
-  constexpr int kRows = 4;
   std::int64_t r = 0;
-  for (; r + kRows <= count; r += kRows) {
-    const float* k = keys + r * stride;
-    float acc[kRows][kLanes] = {};
-    std::int64_t i = 0;
-    for (; i + kLanes <= n; i += kLanes)
-      for (int row = 0; row < kRows; ++row)
-        for (int j = 0; j < kLanes; ++j) acc[row][j] += q[i + j] * k[row * stride + i + j];
-    for (int row = 0; row < kRows; ++row) {
-      float sum = 0;
-      for (std::int64_t t = i; t < n; ++t) sum += q[t] * k[row * stride + t];
-      for (float v : acc[row]) sum += v;
-      scores[r + row] = sum;
-    }
-  }
-  for (; r < count; ++r) scores[r] = dot(q, keys + r * stride, n);
+#if defined(__x86_64__)
+  static const bool avx512 = has_avx512();
+  if (avx512)
+    for (; r < count; r += 16)
+      dots16_avx512(q, keys + r * stride, stride, std::min<std::int64_t>(16, count - r), n, scores + r);
+#endif
+  for (; r < count; ++r) scores[r] = dot_in_order(q, keys + r * stride, n);
 }
 
 STRATA_CLONES void weighted_sum(const float* weights, const float* values, std::int64_t stride, std::int64_t count,

@@ -40,15 +40,15 @@ void row_dot_products_with(const std::string& kernel, const float* x, const void
 // dst[0, count) = src as f32 (bf16: a 16-bit shift, vectorised; f16 through convert_to_f32). Single-threaded.
 void widen(DType dtype, const void* src, float* dst, std::int64_t count);
 
-float dot(const float* a, const float* b, std::int64_t n);
 // y += alpha * x
 void axpy(float alpha, const float* x, float* y, std::int64_t n);
 
-// Attention's two passes over a run of cached positions (rows `stride` floats apart), with dot's and axpy's
-// arithmetic per row and element, so the same bits as calling them row by row:
-// scores[r] = dot(q, keys + r * stride, n) for r < count (four rows interleaved, their dependency chains overlapping);
+// Attention's two passes over a run of cached positions (rows `stride` floats apart):
+// scores[r] = q . (keys + r * stride) over n elements, for r < count, in the row kernels' order (16 lanes of FMAs, the
+// pairwise lane tree, the tail fused in order); with AVX-512, 16 rows at a time with their trees reduced together.
 void dots(const float* q, const float* keys, std::int64_t stride, std::int64_t count, std::int64_t n, float* scores);
-// o += weights[r] * (values + r * stride) for r < count in order (o kept in registers, 64 elements at a time).
+// o += weights[r] * (values + r * stride) for r < count in order, axpy's arithmetic per element (o kept in registers,
+// 64 elements at a time).
 void weighted_sum(const float* weights, const float* values, std::int64_t stride, std::int64_t count, std::int64_t n,
                   float* o);
 
