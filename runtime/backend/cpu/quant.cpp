@@ -285,13 +285,7 @@ __attribute__((target(STRATA_AVX512))) void rows_avx512(const Block* w, const Ac
     }
   }
 }
-#pragma GCC diagnostic pop
-#endif
 
-#if defined(__x86_64__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // quantize_q8_0_blocks (llama.cpp's reference quantizer) with vectors, the same bits: the largest magnitude (a max,
 // exact in any order), d = amax / 127 and its inverse as scalars, each x * (1 / d) the same f32 product, and
 // roundf's half-away-from-zero rounding as trunc(v) plus the sign of v where |v - trunc(v)| >= 0.5 (v - trunc(v) is
