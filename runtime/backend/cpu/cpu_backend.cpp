@@ -109,7 +109,8 @@ class CpuBackend final : public Backend {
     require_same_rows(x, y, "rms_norm");
     const std::int64_t width = x.row_elems();
     const float* w = weight.f32();
-    for (std::int64_t t = 0; t < x.rows(); ++t) {
+    const std::int64_t rows = x.rows();
+    for (std::int64_t t = 0; t < rows; ++t) {
       const float* in = x.f32() + t * width;
       float* o = y.f32() + t * width;
       double sum = 0;
@@ -129,7 +130,8 @@ class CpuBackend final : public Backend {
     STRATA_CHECK(y.numel() == x.numel(), Internal, "add: ", shape_string(y.shape), " vs ", shape_string(x.shape));
     float* out = y.f32();
     const float* in = x.f32();
-    for (std::int64_t i = 0; i < y.numel(); ++i) out[i] += in[i];
+    const std::int64_t n = y.numel();  // once: the stores through out may alias the shape for all the compiler knows
+    for (std::int64_t i = 0; i < n; ++i) out[i] += in[i];
   }
 
   void rope(TensorView x, std::span<const std::int32_t> positions, const RopeParams& params) override {
@@ -173,7 +175,8 @@ class CpuBackend final : public Backend {
     const std::int64_t width = out.row_elems();
     STRATA_CHECK(gate_up.row_elems() == 2 * width, Internal, op, ": gate_up ", shape_string(gate_up.shape), " out ",
                  shape_string(out.shape));
-    for (std::int64_t t = 0; t < out.rows(); ++t) {
+    const std::int64_t rows = out.rows();
+    for (std::int64_t t = 0; t < rows; ++t) {
       const float* gate = gate_up.f32() + t * 2 * width;
       const float* up = gate + width;
       float* o = out.f32() + t * width;
@@ -183,12 +186,14 @@ class CpuBackend final : public Backend {
 
   void scale(TensorView x, float factor) override {
     float* v = x.f32();
-    for (std::int64_t i = 0; i < x.numel(); ++i) v[i] *= factor;
+    const std::int64_t n = x.numel();
+    for (std::int64_t i = 0; i < n; ++i) v[i] *= factor;
   }
 
   void softcap(TensorView x, float cap) override {
     float* v = x.f32();
-    for (std::int64_t i = 0; i < x.numel(); ++i) v[i] = cap * std::tanh(v[i] / cap);
+    const std::int64_t n = x.numel();
+    for (std::int64_t i = 0; i < n; ++i) v[i] = cap * std::tanh(v[i] / cap);
   }
 
   void fill_zero(TensorView x) override { std::memset(x.data, 0, dtype_bytes(x.dtype, x.numel())); }
