@@ -28,6 +28,8 @@ namespace {
 // 32 weight and activation integers (|sumi| < 2^20, exact in int32 and in f32) and s = d_w * d_x, an f32 product.
 // (llama.cpp's scalar vec_dot sums each block in integers the same way.)
 
+constexpr std::int64_t kGroup = 16;  // rows per AVX-512 pass (one per 32-bit lane), and per work item
+
 // The activations of a product: the Q8_0 blocks and their scales, and the unsigned-side terms the
 // AVX-512 kernel reads (see there).
 struct Activations {
@@ -77,6 +79,19 @@ __attribute__((target("avx2"), always_inline)) inline __m256i weight_bytes(const
   return _mm256_sub_epi8(_mm256_and_si256(nibbles, _mm256_set1_epi8(0x0F)), _mm256_set1_epi8(8));
 }
 
+// The 8 lane sums of a block pair's 32 products: |w| * (x with w's sign), VPMADDUBSW's unsigned x signed operands
+// (pairs stay within int16), then pairs of pairs.
+__attribute__((target("avx2"), always_inline)) inline __m256i block_lanes(__m256i wv, __m256i xv) {
+  const __m256i products = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+  return _mm256_madd_epi16(products, _mm256_set1_epi16(1));
+}
+
+// The four blocks' whole sums, in order, from their lanes (three horizontal adds and one across the halves).
+__attribute__((target("avx2"), always_inline)) inline __m128i block_sums4(const __m256i* lanes) {
+  const __m256i pairs = _mm256_hadd_epi32(_mm256_hadd_epi32(lanes[0], lanes[1]), _mm256_hadd_epi32(lanes[2], lanes[3]));
+  return _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256(pairs, 1));
+}
+
 // One row, up to 4 tokens per pass: each weight block is loaded (and unpacked) once for all of them; the 4 block
 // sums are reduced together (three horizontal adds) and scaled in one 4-lane FMA, lane i being token i's acc.
 template <typename Block, int Tokens>
@@ -85,22 +100,15 @@ __attribute__((target("avx2,fma,f16c"))) void row_tile_avx2(const Block* w, cons
   __m128 acc = _mm_setzero_ps();
   for (std::int64_t b = 0; b < blocks; ++b) {
     const __m256i wv = weight_bytes(w[b]);
-    const __m256i magnitude = _mm256_sign_epi8(wv, wv);
     __m256i lanes[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
     float xs[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int i = 0; i < Tokens; ++i) {
       const std::int64_t at = i * blocks + b;
-      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[at].qs));
-      // |w| * (x with w's sign): VPMADDUBSW's unsigned x signed operands; pairs stay within int16
-      const __m256i products = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(xv, wv));
-      lanes[i] = _mm256_madd_epi16(products, _mm256_set1_epi16(1));
+      lanes[i] = block_lanes(wv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[at].qs)));
       xs[i] = x_scales[at];
     }
-    const __m256i pairs =
-        _mm256_hadd_epi32(_mm256_hadd_epi32(lanes[0], lanes[1]), _mm256_hadd_epi32(lanes[2], lanes[3]));
-    const __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256(pairs, 1));
     const __m128 scale = _mm_mul_ps(_mm_set1_ps(_cvtsh_ss(w[b].d)), _mm_setr_ps(xs[0], xs[1], xs[2], xs[3]));
-    acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), scale, acc);
+    acc = _mm_fmadd_ps(_mm_cvtepi32_ps(block_sums4(lanes)), scale, acc);
   }
   alignas(16) float result[4];
   _mm_store_ps(result, acc);
@@ -115,17 +123,10 @@ __attribute__((target("avx2,fma,f16c"))) void four_rows_avx2(const Block* w, con
   for (std::int64_t b = 0; b < blocks; ++b) {
     const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[b].qs));
     __m256i lanes[4];
-    for (int i = 0; i < 4; ++i) {
-      const __m256i wv = weight_bytes(w[i * blocks + b]);
-      const __m256i products = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-      lanes[i] = _mm256_madd_epi16(products, _mm256_set1_epi16(1));
-    }
-    const __m256i pairs =
-        _mm256_hadd_epi32(_mm256_hadd_epi32(lanes[0], lanes[1]), _mm256_hadd_epi32(lanes[2], lanes[3]));
-    const __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256(pairs, 1));
+    for (int i = 0; i < 4; ++i) lanes[i] = block_lanes(weight_bytes(w[i * blocks + b]), xv);
     const __m128 dw = _mm_setr_ps(_cvtsh_ss(w[b].d), _cvtsh_ss(w[blocks + b].d), _cvtsh_ss(w[2 * blocks + b].d),
                                   _cvtsh_ss(w[3 * blocks + b].d));
-    acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), _mm_mul_ps(dw, _mm_set1_ps(x_scales[b])), acc);
+    acc = _mm_fmadd_ps(_mm_cvtepi32_ps(block_sums4(lanes)), _mm_mul_ps(dw, _mm_set1_ps(x_scales[b])), acc);
   }
   _mm_storeu_ps(y, acc);
 }
@@ -158,8 +159,6 @@ __attribute__((target("avx2,fma,f16c"))) void rows_avx2(const Block* w, const Bl
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #define STRATA_AVX512 "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c"
-
-constexpr int kGroup = 16;  // rows per AVX-512 pass: one per 32-bit lane
 
 // One block of 16 rows, ready for the products.
 struct alignas(64) GroupBlock {
@@ -278,30 +277,28 @@ __attribute__((target(STRATA_AVX512))) void group_avx512(const char* rows, std::
   for (int i = 0; i < Tokens; ++i) _mm512_storeu_ps(y + i * out, acc[i]);
 }
 
-// Rows [begin, end) (whole groups of 16) for all tokens: up to kTile tokens per pass, each block prepared as it is
-// used; more tokens prepare the group's blocks once into a per-thread buffer and pass over them per token tile.
+// The 16 rows from row r for all tokens: up to kTile tokens per pass, each block prepared as it is used; more tokens
+// prepare the group's blocks once into a per-thread buffer and pass over them per token tile.
 template <typename Block>
-__attribute__((target(STRATA_AVX512))) void rows_avx512(const Block* w, const Activations& x, float* y,
-                                                        std::int64_t tokens, std::int64_t begin, std::int64_t end,
-                                                        std::int64_t out, std::int64_t blocks) {
+__attribute__((target(STRATA_AVX512))) void group_rows_avx512(const Block* w, const Activations& x, float* y,
+                                                              std::int64_t tokens, std::int64_t r, std::int64_t out,
+                                                              std::int64_t blocks) {
   constexpr int kTile = 8;
   const std::size_t row_bytes = std::size_t(blocks) * sizeof(Block);
+  const char* rows = reinterpret_cast<const char*>(w + r * blocks);
   thread_local std::vector<GroupBlock> prepared;
-  for (std::int64_t r = begin; r + kGroup <= end; r += kGroup) {
-    const char* rows = reinterpret_cast<const char*>(w + r * blocks);
-    const GroupBlock* ready = nullptr;
-    if (tokens > kTile) {
-      prepared.resize(std::size_t(blocks));
-      for (std::int64_t b = 0; b < blocks; ++b)
-        prepare(static_cast<const Block*>(nullptr), rows, row_bytes, b, prepared[std::size_t(b)]);
-      ready = prepared.data();
-    }
-    for (std::int64_t t0 = 0; t0 < tokens; t0 += kTile) {
-      const Activations at{x.q + t0 * blocks, x.scales + t0 * blocks, x.start + t0 * blocks};
-      cpu::with_tile_count<kTile>(tokens - t0, [&](auto n) {
-        group_avx512<Block, n()>(rows, row_bytes, ready, at, y + t0 * out + r, out, blocks);
-      });
-    }
+  const GroupBlock* ready = nullptr;
+  if (tokens > kTile) {
+    prepared.resize(std::size_t(blocks));
+    for (std::int64_t b = 0; b < blocks; ++b)
+      prepare(static_cast<const Block*>(nullptr), rows, row_bytes, b, prepared[std::size_t(b)]);
+    ready = prepared.data();
+  }
+  for (std::int64_t t0 = 0; t0 < tokens; t0 += kTile) {
+    const Activations at{x.q + t0 * blocks, x.scales + t0 * blocks, x.start + t0 * blocks};
+    cpu::with_tile_count<kTile>(tokens - t0, [&](auto n) {
+      group_avx512<Block, n()>(rows, row_bytes, ready, at, y + t0 * out + r, out, blocks);
+    });
   }
 }
 
@@ -343,16 +340,15 @@ bool cpu_has(const std::string& kernel) {
 template <typename Block>
 void run(const std::string& kernel, const Activations& x, const void* w, float* y, std::int64_t tokens,
          std::int64_t out, std::int64_t blocks) {
-  constexpr std::int64_t kRows = 16;
   const auto* rows = static_cast<const Block*>(w);
-  const std::int64_t items = (out + kRows - 1) / kRows;
+  const std::int64_t items = (out + kGroup - 1) / kGroup;
   const int which = kernel == "avx512vnni" ? 2 : kernel == "avx2" ? 1 : 0;
 #pragma omp parallel for schedule(static)
   for (std::int64_t i = 0; i < items; ++i) {
-    const std::int64_t begin = i * kRows, end = std::min(out, begin + kRows);
+    const std::int64_t begin = i * kGroup, end = std::min(out, begin + kGroup);
 #if defined(__x86_64__)
     if (which == 2 && end - begin == kGroup) {
-      rows_avx512<Block>(rows, x, y, tokens, begin, end, out, blocks);
+      group_rows_avx512<Block>(rows, x, y, tokens, begin, out, blocks);
       continue;
     }
     if (which >= 1) {
@@ -361,18 +357,6 @@ void run(const std::string& kernel, const Activations& x, const void* w, float* 
     }
 #endif
     rows_scalar<Block>(rows, x.q, x.scales, y, tokens, begin, end, out, blocks);
-  }
-}
-
-// The AVX-512 kernel's start of each block sum: -8 (Q4_0 weights) or -128 (Q8_0) times the activation sum.
-void block_sum_starts(Format format, const BlockQ8_0* xq, std::int64_t count, std::vector<std::int32_t>& start) {
-  const int bias = format == Format::Q8_0 ? 128 : 8;
-  start.resize(std::size_t(count));
-#pragma omp parallel for schedule(static) if (count >= 256)
-  for (std::int64_t b = 0; b < count; ++b) {
-    int sum = 0;
-    for (int j = 0; j < kBlock; ++j) sum += xq[b].qs[j];
-    start[std::size_t(b)] = -bias * sum;
   }
 }
 
@@ -401,7 +385,7 @@ void row_dot_products(const float* x, const void* w, Format format, float* y, st
 }
 
 void quantize_activations(const std::string& kernel, const float* x, BlockQ8_0* xq, float* x_scales,
-                          std::int64_t tokens, std::int64_t blocks) {
+                          std::int64_t tokens, std::int64_t blocks, std::int32_t* starts, int bias) {
   // On the OpenMP threads once there is enough to share: single-threaded, it left the other threads waiting for
   // ~10% of a quantized prefill.
   const bool avx512 = kernel == "avx512vnni";
@@ -414,7 +398,13 @@ void quantize_activations(const std::string& kernel, const float* x, BlockQ8_0* 
     else
 #endif
       quantize_q8_0_blocks(row, xq + t * blocks, blocks);
-    for (std::int64_t b = t * blocks; b < (t + 1) * blocks; ++b) x_scales[b] = f16_to_f32(xq[b].d);
+    for (std::int64_t b = t * blocks; b < (t + 1) * blocks; ++b) {
+      x_scales[b] = f16_to_f32(xq[b].d);
+      if (!starts) continue;
+      int sum = 0;
+      for (int j = 0; j < kBlock; ++j) sum += xq[b].qs[j];
+      starts[b] = -bias * sum;
+    }
   }
 }
 
@@ -427,13 +417,13 @@ void row_dot_products_with(const std::string& kernel, const float* x, const void
   thread_local std::vector<float> xs;
   xq.resize(std::size_t(tokens * blocks));
   xs.resize(xq.size());
-  quantize_activations(kernel, x, xq.data(), xs.data(), tokens, blocks);
-  Activations activations{xq.data(), xs.data(), nullptr};
-  if (kernel == "avx512vnni") {
-    thread_local std::vector<std::int32_t> start;
-    block_sum_starts(format, xq.data(), tokens * blocks, start);
-    activations.start = start.data();
-  }
+  // The AVX-512 kernel's start of each block sum: -8 (Q4_0 weights) or -128 (Q8_0) times the activation sum.
+  thread_local std::vector<std::int32_t> starts;
+  const bool avx512 = kernel == "avx512vnni";
+  if (avx512) starts.resize(xq.size());
+  quantize_activations(kernel, x, xq.data(), xs.data(), tokens, blocks, avx512 ? starts.data() : nullptr,
+                       format == Format::Q8_0 ? 128 : 8);
+  const Activations activations{xq.data(), xs.data(), avx512 ? starts.data() : nullptr};
   if (format == Format::Q8_0)
     run<BlockQ8_0>(kernel, activations, w, y, tokens, out, blocks);
   else

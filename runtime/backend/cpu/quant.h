@@ -28,8 +28,9 @@ void row_dot_products_with(const std::string& kernel, const float* x, const void
 
 // The activation side of those products: x [tokens, blocks * 32] quantized to Q8_0 blocks exactly as
 // quantize_q8_0_blocks (llama.cpp's reference) does, with the scales also as f32; with the "avx512vnni" kernel by
-// AVX-512 code giving the same bytes. On the OpenMP threads.
+// AVX-512 code giving the same bytes. With `starts`, also -bias times each block's sum of quantized values (the
+// AVX-512 kernel's start of each block sum), in the same pass. On the OpenMP threads.
 void quantize_activations(const std::string& kernel, const float* x, BlockQ8_0* xq, float* x_scales,
-                          std::int64_t tokens, std::int64_t blocks);
+                          std::int64_t tokens, std::int64_t blocks, std::int32_t* starts = nullptr, int bias = 0);
 
 }  // namespace strata::quant
