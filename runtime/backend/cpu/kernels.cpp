@@ -35,25 +35,28 @@ inline float as_f32(std::uint16_t bf16) { return bf16_to_f32(bf16); }  // a shif
 // (j, j + 4), (j, j + 2), (0, 1); then the last in % 16 products fused onto that sum in order. The scalar, AVX2 and
 // AVX-512 kernels all follow it, so they give the same bits, and so do 16-bit and f32 weights holding the same
 // values.
-// The scalar kernel (CPUs without AVX2), one (row, token) at a time in exactly that order.
+// One (row, token) in exactly that order: the scalar kernel's step, and attention's scores on CPUs without AVX-512.
+template <typename W>
+inline float dot_in_order(const float* x, const W* w, std::int64_t n) {
+  float a[kLanes] = {};
+  std::int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) a[j] = std::fma(as_f32(w[i + j]), x[i + j], a[j]);
+  float b[8], c[4];
+  for (int j = 0; j < 8; ++j) b[j] = a[j] + a[j + 8];
+  for (int j = 0; j < 4; ++j) c[j] = b[j] + b[j + 4];
+  float sum = (c[0] + c[2]) + (c[1] + c[3]);
+  for (; i < n; ++i) sum = std::fma(as_f32(w[i]), x[i], sum);
+  return sum;
+}
+
+// The scalar kernel (CPUs without AVX2), one (row, token) at a time.
 template <typename W>
 void rows_scalar(const float* x, const W* w, float* y, std::int64_t tokens, std::int64_t begin, std::int64_t end,
                  std::int64_t out, std::int64_t in) {
   for (std::int64_t r = begin; r < end; ++r) {
     const W* row = w + (r - begin) * in;
-    for (std::int64_t t = 0; t < tokens; ++t) {
-      const float* xt = x + t * in;
-      float a[kLanes] = {};
-      std::int64_t i = 0;
-      for (; i + kLanes <= in; i += kLanes)
-        for (int j = 0; j < kLanes; ++j) a[j] = std::fma(as_f32(row[i + j]), xt[i + j], a[j]);
-      float b[8], c[4];
-      for (int j = 0; j < 8; ++j) b[j] = a[j] + a[j + 8];
-      for (int j = 0; j < 4; ++j) c[j] = b[j] + b[j + 4];
-      float sum = (c[0] + c[2]) + (c[1] + c[3]);
-      for (; i < in; ++i) sum = std::fma(as_f32(row[i]), xt[i], sum);
-      y[t * out + r] = sum;
-    }
+    for (std::int64_t t = 0; t < tokens; ++t) y[t * out + r] = dot_in_order(x + t * in, row, in);
   }
 }
 
@@ -277,20 +280,6 @@ STRATA_CLONES void axpy(float alpha, const float* x, float* y, std::int64_t n) {
 }
 
 namespace {
-
-// One score in the row kernels' order (see rows_scalar); inlined into dots' clones (hardware FMAs where they exist).
-inline float dot_in_order(const float* q, const float* k, std::int64_t n) {
-  float a[kLanes] = {};
-  std::int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) a[j] = std::fma(k[i + j], q[i + j], a[j]);
-  float b[8], c[4];
-  for (int j = 0; j < 8; ++j) b[j] = a[j] + a[j + 8];
-  for (int j = 0; j < 4; ++j) c[j] = b[j] + b[j + 4];
-  float sum = (c[0] + c[2]) + (c[1] + c[3]);
-  for (; i < n; ++i) sum = std::fma(k[i], q[i], sum);
-  return sum;
-}
 
 #if defined(__x86_64__)
 #pragma GCC diagnostic push  // GCC 12 reports its intrinsics' deliberately undefined upper halves as uninitialised
