@@ -9,7 +9,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <unordered_map>
 
 #include "runtime/base/error.h"
 
@@ -261,8 +260,7 @@ nlohmann::json byte_level_bpe(const GgufFile& file) {
 // boundaries, the symbols it starts from), ordered by the whole token's score, highest first. Equal scores are
 // ordered by token id, where llama.cpp takes the leftmost pair; SentencePiece BPE vocabularies give every
 // mergeable piece its own score, so this does not arise in them.
-nlohmann::json sentencepiece_merges(const GgufFile& file, const nlohmann::json& tokens,
-                                    const std::unordered_map<std::string, std::size_t>& ids) {
+nlohmann::json sentencepiece_merges(const GgufFile& file, const nlohmann::json& tokens, const nlohmann::json& vocab) {
   const auto& scores = key_of(file, "tokenizer.ggml.scores");
   STRATA_CHECK(scores.is_array() && scores.size() == tokens.size(), Checkpoint, "GGUF file ", file.path(),
                ": tokenizer.ggml.scores has ", scores.size(), " entries for ", tokens.size(), " tokens");
@@ -275,7 +273,7 @@ nlohmann::json sentencepiece_merges(const GgufFile& file, const nlohmann::json& 
     const std::string& text = tokens[id].get_ref<const std::string&>();
     for (std::size_t at = 1; at < text.size(); ++at) {
       if ((static_cast<unsigned char>(text[at]) & 0xC0) == 0x80) continue;  // inside a UTF-8 character
-      if (ids.count(text.substr(0, at)) && ids.count(text.substr(at)))
+      if (vocab.contains(text.substr(0, at)) && vocab.contains(text.substr(at)))
         splits.push_back({scores[id].get<float>(), id, at});
     }
   }
@@ -295,10 +293,8 @@ nlohmann::json sentencepiece_bpe(const GgufFile& file) {
   const auto& tokens = key_of(file, "tokenizer.ggml.tokens");
   const nlohmann::json types = file.metadata().value("tokenizer.ggml.token_type", nlohmann::json::array());
   const bool prefix = file.metadata().value("tokenizer.ggml.add_space_prefix", true);
-  std::unordered_map<std::string, std::size_t> ids;
   nlohmann::json vocab = nlohmann::json::object(), added = nlohmann::json::array(), unk = nullptr;
   for (std::size_t id = 0; id < tokens.size(); ++id) {
-    ids.emplace(tokens[id].get<std::string>(), id);
     vocab[tokens[id].get<std::string>()] = id;
     const int type = token_type(types, id);
     if (type == 2 && unk.is_null()) unk = tokens[id];
@@ -318,7 +314,7 @@ nlohmann::json sentencepiece_bpe(const GgufFile& file) {
           {"pre_tokenizer", nullptr},
           {"post_processor", nullptr},
           {"decoder", {{"type", "Sequence"}, {"decoders", decoders}}},
-          {"model", bpe_model(vocab, sentencepiece_merges(file, tokens, ids), unk, true, false)}};
+          {"model", bpe_model(vocab, sentencepiece_merges(file, tokens, vocab), unk, true, false)}};
 }
 
 }  // namespace

@@ -54,13 +54,9 @@ std::vector<double> rope_frequency_factors(const GgufFile& f) {
   const GgufTensor& t = f.tensor("rope_freqs.weight");
   STRATA_CHECK(t.dims.size() == 1 && t.type == 0, Config, "GGUF file ", f.path(), ": tensor ", t.name, " has type ",
                ggml_type_name(t.type), " and ", t.dims.size(), " dimensions (one f32 dimension is read)");
-  std::vector<double> factors(std::size_t(t.dims[0]));
-  for (std::size_t i = 0; i < factors.size(); ++i) {
-    float value;
-    std::memcpy(&value, t.data + i * sizeof(float), sizeof(float));
-    factors[i] = value;
-  }
-  return factors;
+  std::vector<float> factors(std::size_t(t.dims[0]));
+  convert_to_f32(DType::F32, t.data, factors.data(), factors.size());
+  return {factors.begin(), factors.end()};
 }
 
 }  // namespace

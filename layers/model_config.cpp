@@ -199,17 +199,16 @@ void ModelConfig::validate(const std::string& where) const {
   auto positive = [&](std::int64_t value, const char* name) {
     STRATA_CHECK(value > 0, Config, where, ": ", name, " must be positive (got ", value, ")");
   };
-  STRATA_CHECK(rope_scaling.type != "longrope" || std::int64_t(rope_scaling.short_factor.size()) == head_dim / 2,
-               Config, where, ": longrope short_factor has ", rope_scaling.short_factor.size(),
-               " entries, head_dim / 2 = ", head_dim / 2);
-  STRATA_CHECK(rope_scaling.type != "longrope" || rope_scaling.long_factor.empty() ||
-                   std::int64_t(rope_scaling.long_factor.size()) == head_dim / 2,
-               Config, where, ": longrope long_factor has ", rope_scaling.long_factor.size(),
-               " entries, head_dim / 2 = ", head_dim / 2);
-  if (rope_scaling.type == "frequency_factors") {
-    STRATA_CHECK(std::int64_t(rope_scaling.frequency_factors.size()) == head_dim / 2, Config, where,
-                 ": rope_scaling factors has ", rope_scaling.frequency_factors.size(),
+  auto one_per_frequency = [&](const std::vector<double>& factors, const char* name) {
+    STRATA_CHECK(std::int64_t(factors.size()) == head_dim / 2, Config, where, ": ", name, " has ", factors.size(),
                  " entries, head_dim / 2 = ", head_dim / 2);
+  };
+  if (rope_scaling.type == "longrope") {
+    one_per_frequency(rope_scaling.short_factor, "longrope short_factor");
+    if (!rope_scaling.long_factor.empty()) one_per_frequency(rope_scaling.long_factor, "longrope long_factor");
+  }
+  if (rope_scaling.type == "frequency_factors") {
+    one_per_frequency(rope_scaling.frequency_factors, "rope_scaling factors");
     for (std::size_t i = 0; i < rope_scaling.frequency_factors.size(); ++i)
       STRATA_CHECK(std::isfinite(rope_scaling.frequency_factors[i]) && rope_scaling.frequency_factors[i] > 0, Config,
                    where, ": rope_scaling factors[", i, "] is ", rope_scaling.frequency_factors[i],
