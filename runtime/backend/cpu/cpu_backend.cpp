@@ -26,6 +26,10 @@ void require_same_rows(const TensorView& a, const TensorView& b, const char* op)
                shape_string(b.shape));
 }
 
+// Row-wise ops (RMSNorm, the gated MLPs) go over the OpenMP threads from this many elements, where a batch makes
+// the fork worth it (done alone, the other threads wait through them).
+constexpr std::int64_t kParallelElements = 16384;
+
 class CpuBackend final : public Backend {
  public:
   // The kernels are chosen once (STRATA_ROW_KERNEL / STRATA_QUANT_KERNEL read here, not on every product).
@@ -110,7 +114,7 @@ class CpuBackend final : public Backend {
     const std::int64_t width = x.row_elems();
     const float* w = weight.f32();
     const std::int64_t rows = x.rows();
-#pragma omp parallel for schedule(static) if (rows * width >= 16384)
+#pragma omp parallel for schedule(static) if (rows * width >= kParallelElements)
     for (std::int64_t t = 0; t < rows; ++t) {
       const float* in = x.f32() + t * width;
       float* o = y.f32() + t * width;
@@ -177,8 +181,7 @@ class CpuBackend final : public Backend {
     STRATA_CHECK(gate_up.row_elems() == 2 * width, Internal, op, ": gate_up ", shape_string(gate_up.shape), " out ",
                  shape_string(out.shape));
     const std::int64_t rows = out.rows();
-    // Over the threads once a batch makes it worth a fork (alone, the other threads would wait through it).
-#pragma omp parallel for schedule(static) if (rows * width >= 16384)
+#pragma omp parallel for schedule(static) if (rows * width >= kParallelElements)
     for (std::int64_t t = 0; t < rows; ++t) {
       const float* gate = gate_up.f32() + t * 2 * width;
       const float* up = gate + width;
