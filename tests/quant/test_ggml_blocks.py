@@ -17,7 +17,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tokenizer"))
 import npm_fixtures  # noqa: E402
 
-GGML_PACKAGE = {"@node-llama-cpp/linux-x64": "3.21.1"}
 GGML_TYPES = {"q4_0": 2, "q8_0": 8}  # enum ggml_type
 BLOCK_BYTES = {"q4_0": 18, "q8_0": 34}
 
@@ -28,8 +27,8 @@ parser.add_argument("--workdir", required=True)
 parser.add_argument("--quant-tool", required=True)
 args = parser.parse_args()
 os.makedirs(args.workdir, exist_ok=True)
-modules, _ = npm_fixtures.fetch(packages=GGML_PACKAGE)
-lib_path = os.path.join(modules, "@node-llama-cpp", "linux-x64", "bins", "linux-x64", "libggml-base.so")
+modules, _ = npm_fixtures.fetch(packages=npm_fixtures.LLAMA_CPP)
+lib_path = os.path.join(npm_fixtures.llama_cpp_bins(modules), "libggml-base.so")
 ggml = ctypes.CDLL(lib_path)
 ggml.ggml_quantize_chunk.restype = ctypes.c_size_t
 ggml.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,

