@@ -98,7 +98,8 @@ metadata = {"general.architecture": "llama", "general.name": "strata test", "lla
             "llama.embedding_length": H, "llama.feed_forward_length": I, "llama.block_count": LAYERS,
             "llama.attention.head_count": HEADS, "llama.attention.head_count_kv": KV, "llama.rope.freq_base": 10000.0,
             "llama.attention.layer_norm_rms_epsilon": 1e-5, "llama.vocab_size": V, "tokenizer.ggml.model": "gpt2",
-            "tokenizer.ggml.pre": "llama-bpe", "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": gguf_writer.Int32s(types),
+            "tokenizer.ggml.pre": "llama-bpe", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.token_type": gguf_writer.Int32s(types),
             "tokenizer.ggml.merges": merges, "tokenizer.ggml.bos_token_id": 128000,
             "tokenizer.ggml.eos_token_id": 128001, "tokenizer.ggml.add_bos_token": True}
 cfg = {"hidden_size": H, "intermediate_size": I, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,

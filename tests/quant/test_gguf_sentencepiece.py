@@ -113,7 +113,8 @@ metadata = {"general.architecture": "llama", "general.name": "strata test", "lla
             "llama.embedding_length": H, "llama.feed_forward_length": I, "llama.block_count": LAYERS,
             "llama.attention.head_count": HEADS, "llama.attention.head_count_kv": KV, "llama.rope.freq_base": 10000.0,
             "llama.attention.layer_norm_rms_epsilon": 1e-5, "llama.vocab_size": V, "tokenizer.ggml.model": "llama",
-            "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.scores": scores, "tokenizer.ggml.token_type": gguf_writer.Int32s(types),
+            "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.scores": scores,
+            "tokenizer.ggml.token_type": gguf_writer.Int32s(types),
             "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.unknown_token_id": 0,
             "tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.add_space_prefix": True}
 tensors = gguf_writer.llama_tensors(weights, HEADS, KV, LAYERS, lambda w: (np.float32(w).tobytes(), "f32"))
