@@ -274,9 +274,11 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
         "load (page cache warm, slowest rank, best of 3): %.3f s for %.0f MB of shards on rank 0; reading the same "
         "files raw (best of 3): %.3f s; load speed = %.0f%% of raw\n",
         load, double(file_bytes) / 1e6, raw, 100 * raw / load);
-    std::printf("weights on rank 0: %.1f MB used in place from the page cache, %.1f MB read into memory%s\n",
-                double(loaded.mapped_bytes) / 1e6, double(loaded.read_bytes) / 1e6,
-                o.parallel.no_mmap ? " (--no-mmap)" : "");
+    std::printf(
+        "weights on rank 0: %.1f MB used in place from the page cache, %.1f MB read into memory%s; %.1f MB of weights "
+        "then rearranged into the kernels' layout (a copy)\n",
+        double(loaded.mapped_bytes) / 1e6, double(loaded.read_bytes) / 1e6, o.parallel.no_mmap ? " (--no-mmap)" : "",
+        double(loaded.rearranged_bytes) / 1e6);
     std::printf("%6s %8s %14s %14s %8s %14s %14s %8s\n", "batch", "prompt", "prefill tok/s", "roofline", "%",
                 "decode tok/s", "roofline", "%");
   }

@@ -207,13 +207,14 @@ LoadReport Session::load() {
   for (const auto& path : source.opened()) files += (files.empty() ? "" : ", ") + path;
   log_debug("loaded layers ", me().layer_begin, "-", me().layer_end - 1, " from ", files, " (", threads,
             " threads): ", source.mapped_bytes(), " bytes of weights used in place from the page cache, ",
-            source.read_bytes(), " read into memory");
+            source.read_bytes(), " read into memory; ", stage_->rearranged_bytes(),
+            " rearranged into the backend's layout");
   if (layout_->world_rank() == 0 &&
       (manifest_.tensor_parallel_size != plan_.sizes.tp || manifest_.pipeline_parallel_size != plan_.sizes.pp))
     log_info("resharding on load: checkpoint written for tensor-parallel ", manifest_.tensor_parallel_size,
              " x pipeline-parallel ", manifest_.pipeline_parallel_size, ", running ", plan_.sizes.tp, " x ",
              plan_.sizes.pp);
-  return LoadReport{source.opened(), source.mapped_bytes(), source.read_bytes()};
+  return LoadReport{source.opened(), source.mapped_bytes(), source.read_bytes(), stage_->rearranged_bytes()};
 }
 
 }  // namespace strata

@@ -25,6 +25,8 @@ struct LoadReport {
   std::vector<std::string> files;  // the shard files read, in order
   std::int64_t mapped_bytes = 0;   // weights used in place from the page cache (CPU backend, format 2 shards)
   std::int64_t read_bytes = 0;     // weights read into memory
+  // Of those, rearranged by the backend into its own layout (a copy; CPU AVX-512 quantized kernel)
+  std::int64_t rearranged_bytes = 0;
 };
 
 // The plan's inputs from a checkpoint, a topology and the flags (pure: no MPI).

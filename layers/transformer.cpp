@@ -57,13 +57,21 @@ StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limi
 // backend first asks the source to serve them in place (mapped from the page cache). Otherwise host f32 tensors get
 // the weights read straight into them; others through an f32 staging buffer (reused across tensors) that upload()
 // converts.
+// Then the backend puts each in the layout its products read (Backend::prepare_weight).
 Tensor TransformerStage::load(WeightSource& source, const TensorSpec& spec) {
-  return load_rows(source, {spec}, spec.local_shape()[0]);
+  return prepared(load_rows(source, {spec}, spec.local_shape()[0]));
 }
 
 // gate and up stacked as rows [gate; up] so one GEMM produces both (swiglu reads the two halves of each row).
 Tensor TransformerStage::load_stacked(WeightSource& source, const TensorSpec& first, const TensorSpec& second) {
-  return load_rows(source, {first, second}, first.local_shape()[0] + second.local_shape()[0]);
+  return prepared(load_rows(source, {first, second}, first.local_shape()[0] + second.local_shape()[0]));
+}
+
+Tensor TransformerStage::prepared(Tensor weight) {
+  const void* before = weight.view().data;
+  Tensor out = backend_.prepare_weight(std::move(weight));
+  if (out.view().data != before) rearranged_bytes_ += std::int64_t(out.bytes());
+  return out;
 }
 
 Tensor TransformerStage::load_rows(WeightSource& source, const std::vector<TensorSpec>& parts, std::int64_t rows) {

@@ -92,6 +92,9 @@ class TransformerStage {
   void copy_slot(std::int32_t from, std::int32_t to);
 
   const ExpertLoad& expert_load() const { return expert_load_; }
+  // Bytes of weights the backend rearranged into its own layout at load (Backend::prepare_weight: a copy, so
+  // weights served in place from the page cache no longer are).
+  std::int64_t rearranged_bytes() const { return rearranged_bytes_; }
 
  private:
   struct LayerWeights {
@@ -127,6 +130,7 @@ class TransformerStage {
   bool touches(int tp_rank, std::int64_t token) const;
   Tensor load_stacked(WeightSource& source, const TensorSpec& first, const TensorSpec& second);
   Tensor load_rows(WeightSource& source, const std::vector<TensorSpec>& parts, std::int64_t rows);
+  Tensor prepared(Tensor weight);  // Backend::prepare_weight, counted in rearranged_bytes_
   void decoder_block(std::size_t layer, std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table,
                      std::int64_t tokens);
   void build_ring_table(std::span<const SeqChunk> chunks);
@@ -142,6 +146,7 @@ class TransformerStage {
   Backend& backend_;
   Collectives& tp_;
   StageLimits limits_;
+  std::int64_t rearranged_bytes_ = 0;
   std::vector<float> load_staging_;      // load_rows' f32 staging for non-f32 or device weights; freed after loading
   RopeParams rope_, rope_local_;         // local: sliding layers of a model with its own local rotary base (Gemma 3)
   RopeParams rope_long_;                 // longrope's long factors (Phi-3 128k); empty inv_freq when the model has none

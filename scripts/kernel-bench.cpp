@@ -103,15 +103,24 @@ int main() {
     std::vector<std::uint8_t> blocks(quant::row_bytes(f, in) * std::size_t(out));
     for (std::int64_t r = 0; r < out; ++r)
       quant::quantize_row(f, w.data() + r * in, blocks.data() + std::size_t(r) * quant::row_bytes(f, in), in);
+    std::vector<std::uint8_t> interleaved(blocks.size());
+    quant::interleave_rows(f, blocks.data(), interleaved.data(), out, in);
     for (const std::int64_t tokens : {1, 8, 16}) {
       const std::int64_t ops = 2 * out * in * tokens;
       for (int round = 0; round < 2; ++round)
-        for (const std::string& k : quant::available_kernels())
-          if (k != "scalar")
-            std::printf("%s tokens %3ld %-10s %7.1f GOP/s\n", quant::format_name(f).c_str(), long(tokens), k.c_str(),
-                        rate(ops, [&] {
-                          quant::row_dot_products_with(k, x.data(), blocks.data(), f, y.data(), tokens, out, in);
+        for (const std::string& k : quant::available_kernels()) {
+          if (k == "scalar") continue;
+          std::printf("%s tokens %3ld %-10s %7.1f GOP/s (row layout)\n", quant::format_name(f).c_str(), long(tokens),
+                      k.c_str(), rate(ops, [&] {
+                        quant::row_dot_products_with(k, x.data(), blocks.data(), f, y.data(), tokens, out, in);
+                      }));
+          if (quant::interleaves(k))
+            std::printf("%s tokens %3ld %-10s %7.1f GOP/s (interleaved, as strata runs it)\n",
+                        quant::format_name(f).c_str(), long(tokens), k.c_str(), rate(ops, [&] {
+                          quant::row_dot_products_with(k, x.data(), interleaved.data(), f, y.data(), tokens, out, in,
+                                                       Layout::Interleaved16);
                         }));
+        }
     }
   }
 }

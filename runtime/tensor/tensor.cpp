@@ -60,6 +60,7 @@ float* TensorView::f32() const {
 TensorView TensorView::slice_rows(std::int64_t begin, std::int64_t end) const {
   STRATA_CHECK(!shape.empty() && begin >= 0 && begin <= end && end <= shape.front(), Internal, "row slice [", begin,
                ", ", end, ") outside ", shape_string(shape));
+  STRATA_CHECK(layout == Layout::Rows, Internal, "row slice of an interleaved weight ", shape_string(shape));
   TensorView out = *this;
   out.shape[0] = end - begin;
   out.data = static_cast<char*>(data) + dtype_bytes(dtype, begin * row_elems());
@@ -76,13 +77,14 @@ std::int64_t TensorView::row_elems() const {
 TensorView TensorView::reshaped(Shape new_shape) const {
   STRATA_CHECK(shape_numel(new_shape) == numel(), Internal, "cannot view ", shape_string(shape), " as ",
                shape_string(new_shape));
+  STRATA_CHECK(layout == Layout::Rows, Internal, "reshape of an interleaved weight ", shape_string(shape));
   TensorView out = *this;
   out.shape = std::move(new_shape);
   return out;
 }
 
-Tensor::Tensor(Buffer buffer, Shape shape, DType dtype)
-    : buffer_(std::move(buffer)), shape_(std::move(shape)), dtype_(dtype) {
+Tensor::Tensor(Buffer buffer, Shape shape, DType dtype, Layout layout)
+    : buffer_(std::move(buffer)), shape_(std::move(shape)), dtype_(dtype), layout_(layout) {
   STRATA_CHECK(buffer_.bytes() >= bytes(), Internal, "buffer of ", buffer_.bytes(), " bytes too small for ",
                shape_string(shape_));
 }

@@ -51,6 +51,7 @@ struct TensorView {
   Shape shape;
   DType dtype = DType::F32;
   MemoryKind kind = MemoryKind::Host;
+  Layout layout = Layout::Rows;  // Interleaved16: a weight only Backend::linear and embedding read (see dtype.h)
 
   std::int64_t numel() const { return shape_numel(shape); }
   std::int64_t rows() const { return shape.empty() ? 0 : shape.front(); }
@@ -58,7 +59,7 @@ struct TensorView {
   // would divide by zero).
   std::int64_t row_elems() const;
   float* f32() const;  // checks dtype == F32
-  // Rows [begin, end) of the leading dimension, same trailing dims.
+  // Rows [begin, end) of the leading dimension, same trailing dims (row layout only, like reshaped).
   TensorView slice_rows(std::int64_t begin, std::int64_t end) const;
   // Same memory seen with another shape of the same element count.
   TensorView reshaped(Shape new_shape) const;
@@ -67,10 +68,11 @@ struct TensorView {
 class Tensor {
  public:
   Tensor() = default;
-  Tensor(Buffer buffer, Shape shape, DType dtype);
+  Tensor(Buffer buffer, Shape shape, DType dtype, Layout layout = Layout::Rows);
   static Tensor host(Shape shape, DType dtype = DType::F32);
 
-  TensorView view() const { return TensorView{buffer_.data(), shape_, dtype_, buffer_.kind()}; }
+  TensorView view() const { return TensorView{buffer_.data(), shape_, dtype_, buffer_.kind(), layout_}; }
+  Layout layout() const { return layout_; }
   const Shape& shape() const { return shape_; }
   DType dtype() const { return dtype_; }
   std::int64_t numel() const { return shape_numel(shape_); }
@@ -82,6 +84,7 @@ class Tensor {
   Buffer buffer_;
   Shape shape_;
   DType dtype_ = DType::F32;
+  Layout layout_ = Layout::Rows;
 };
 
 }  // namespace strata

@@ -11,6 +11,7 @@
 
 #include "runtime/backend/backend.h"
 #include "runtime/backend/cpu/kernels.h"
+#include "runtime/backend/cpu/quant.h"
 #include "runtime/base/error.h"
 #include "test_support.h"
 
@@ -245,6 +246,46 @@ TEST(CpuBackend, SixteenBitWeightsGiveTheResultsOfF32Weights) {
     backend->download(w16.view(), back.data());
     EXPECT_EQ(std::memcmp(back.data(), exact32.f32(), back.size() * 4), 0) << dtype_name(dtype);
   }
+}
+
+// Quantized matrices go through prepare_weight at load: with the AVX-512 kernel they come back interleaved by 16
+// rows (quant.h), and linear and embedding on them give the row layout's results bit for bit (against the scalar
+// kernel on the rows: the same arithmetic); ops that would read the rows as rows refuse them.
+TEST(CpuBackend, QuantizedWeightsInTheKernelsLayoutGiveTheRowsResults) {
+  Fixture f;
+  const std::int64_t out = 37, in = 96;  // 2 groups of 16 and 5 rows after them
+  for (DType dtype : {DType::Q8_0, DType::Q4_0}) {
+    std::unique_ptr<Backend> backend = make_cpu_backend(2, dtype);
+    const auto format = dtype == DType::Q8_0 ? quant::Format::Q8_0 : quant::Format::Q4_0;
+    Tensor w32 = f.random({out, in}), rows = backend->allocate({out, in}, dtype),
+           copy = backend->allocate({out, in}, dtype);
+    backend->upload(w32.f32(), rows.view());
+    backend->upload(w32.f32(), copy.view());
+    const Tensor prepared = backend->prepare_weight(std::move(copy));
+    const bool interleaves = quant::interleaves(quant::kernel_name());
+    std::printf("%s: kernel %s, weights %s\n", dtype_name(dtype), quant::kernel_name().c_str(),
+                interleaves ? "interleaved" : "in rows");
+    EXPECT_EQ(prepared.layout(), interleaves ? Layout::Interleaved16 : Layout::Rows);
+    for (std::int64_t tokens : {1, 9}) {
+      Tensor x = f.random({tokens, in}), y = f.random({tokens, out});
+      std::vector<float> want(std::size_t(tokens * out));
+      quant::row_dot_products_with("scalar", x.f32(), rows.view().data, format, want.data(), tokens, out, in);
+      backend->linear(x.view(), prepared.view(), TensorView{}, y.view());
+      EXPECT_EQ(0, std::memcmp(want.data(), y.f32(), want.size() * 4)) << dtype_name(dtype) << " " << tokens;
+    }
+    const std::vector<std::int32_t> ids = {3, 20, 36, 40};  // in the groups, in the last rows, outside the shard
+    Tensor got = f.random({4, in}), want = f.random({4, in});
+    backend->embedding(ids, prepared.view(), 0, got.view());
+    backend->embedding(ids, rows.view(), 0, want.view());
+    EXPECT_EQ(0, std::memcmp(want.f32(), got.f32(), std::size_t(4 * in) * 4)) << dtype_name(dtype);
+    if (!interleaves) continue;
+    EXPECT_THROW(prepared.view().slice_rows(0, 16), Error);
+    EXPECT_THROW(prepared.view().reshaped({in, out}), Error);
+    std::vector<float> back(std::size_t(out * in));
+    EXPECT_THROW(backend->download(prepared.view(), back.data()), Error);
+  }
+  Tensor vector = make_cpu_backend(1, DType::Q4_0)->prepare_weight(f.random({64}));
+  EXPECT_EQ(vector.layout(), Layout::Rows) << "vectors (norms, biases) stay f32 rows";
 }
 
 TEST(CpuBackend, EmbeddingLooksUpOnlyItsVocabularyShard) {

@@ -6,6 +6,7 @@
 // The blocks themselves are checked byte for byte against llama.cpp's own quantizer in tests/quant.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -106,6 +107,15 @@ TEST(Quant, KernelsMatchTheDequantizedReferenceAndEachOther) {
           quant::row_dot_products_with(kernel, x.data(), wq.data(), f, got.data(), tokens, out, in);
           EXPECT_EQ(0, std::memcmp(scalar.data(), got.data(), scalar.size() * 4))
               << kernel << " differs from scalar: " << quant::format_name(f) << " in " << in << " tokens " << tokens;
+          if (!quant::interleaves(kernel)) continue;
+          std::vector<std::uint8_t> interleaved(wq.size());  // 2 groups of 16 rows and 5 rows in the row layout
+          quant::interleave_rows(f, wq.data(), interleaved.data(), out, in);
+          std::fill(got.begin(), got.end(), -1.0f);
+          quant::row_dot_products_with(kernel, x.data(), interleaved.data(), f, got.data(), tokens, out, in,
+                                       Layout::Interleaved16);
+          EXPECT_EQ(0, std::memcmp(scalar.data(), got.data(), scalar.size() * 4))
+              << kernel << " on interleaved weights differs from scalar: " << quant::format_name(f) << " in " << in
+              << " tokens " << tokens;
         }
         double worst = 0, unquantized_gap = 0;
         for (std::int64_t t = 0; t < tokens; ++t)
@@ -123,6 +133,29 @@ TEST(Quant, KernelsMatchTheDequantizedReferenceAndEachOther) {
         EXPECT_LT(worst, 1e-6) << quant::format_name(f) << " in " << in << " tokens " << tokens;
         EXPECT_GT(unquantized_gap, 1e-4) << "the activations are quantized (negative control)";
       }
+}
+
+// The interleaved layout (quant.h) holds every row: each dequantizes as it did in the row layout, in the 16-row
+// groups and in the rows after them; and it is a real rearrangement (the groups' bytes moved, the tail's not), the
+// same size. It is built by portable code, so this runs on any CPU; the kernel reading it is tested above.
+TEST(Quant, InterleavedRowsDequantizeAsTheirRows) {
+  for (const Format f : {Format::Q8_0, Format::Q4_0}) {
+    const std::int64_t out = 35, in = 96;
+    const std::vector<float> w = normal(std::size_t(out * in), 31, 0.5f);
+    const auto rows = quantized(f, w, out, in);
+    std::vector<std::uint8_t> interleaved(rows.size());
+    quant::interleave_rows(f, rows.data(), interleaved.data(), out, in);
+    const std::size_t grouped = 32 * quant::row_bytes(f, in);
+    EXPECT_NE(0, std::memcmp(rows.data(), interleaved.data(), grouped)) << quant::format_name(f);
+    EXPECT_EQ(0, std::memcmp(rows.data() + grouped, interleaved.data() + grouped, rows.size() - grouped));
+    const std::vector<float> want = dequantized(f, rows, out, in);
+    std::vector<float> got(static_cast<std::size_t>(in));
+    for (std::int64_t r = 0; r < out; ++r) {
+      quant::dequantize_interleaved_row(f, interleaved.data(), r, out, in, got.data());
+      EXPECT_EQ(0, std::memcmp(want.data() + r * in, got.data(), got.size() * 4))
+          << quant::format_name(f) << " row " << r;
+    }
+  }
 }
 
 // The activation quantizer of each kernel gives quantize_q8_0_blocks' bytes (llama.cpp's reference, itself checked
@@ -157,4 +190,8 @@ TEST(Quant, ForcedScalarKernel) {
   EXPECT_THROW(quant::kernel_name(), Error) << "a kernel that does not exist";
   unsetenv("STRATA_QUANT_KERNEL");
   EXPECT_THROW(quant::row_dot_products_with("avx512", nullptr, nullptr, Format::Q8_0, nullptr, 0, 0, 32), Error);
+  EXPECT_THROW(
+      quant::row_dot_products_with("scalar", nullptr, nullptr, Format::Q8_0, nullptr, 0, 0, 32, Layout::Interleaved16),
+      Error)
+      << "only the AVX-512 kernel reads the interleaved layout";
 }

@@ -26,6 +26,8 @@ void require_same_rows(const TensorView& a, const TensorView& b, const char* op)
                shape_string(b.shape));
 }
 
+quant::Format quant_format(DType dtype) { return dtype == DType::Q8_0 ? quant::Format::Q8_0 : quant::Format::Q4_0; }
+
 // Row-wise ops (RMSNorm, the gated MLPs) go over the OpenMP threads from this many elements, where a batch makes
 // the fork worth it (done alone, the other threads wait through them).
 constexpr std::int64_t kParallelElements = 16384;
@@ -62,7 +64,17 @@ class CpuBackend final : public Backend {
     convert_from_f32(dst.dtype, host, dst.data, std::size_t(dst.numel()));
   }
   void download(TensorView src, float* host) override {
+    STRATA_CHECK(src.layout == Layout::Rows, Internal, "download of an interleaved weight");
     convert_to_f32(src.dtype, src.data, host, std::size_t(src.numel()));
+  }
+
+  Tensor prepare_weight(Tensor w) override {
+    if (!is_quantized(w.dtype()) || !quant::interleaves(quant_kernel_) || w.shape().size() != 2 ||
+        w.layout() != Layout::Rows)
+      return w;
+    Tensor interleaved(allocate_host(w.bytes()), w.shape(), w.dtype(), Layout::Interleaved16);
+    quant::interleave_rows(quant_format(w.dtype()), w.view().data, interleaved.view().data, w.shape()[0], w.shape()[1]);
+    return interleaved;
   }
 
   void linear(TensorView x, TensorView w, TensorView bias, TensorView y) override {
@@ -71,9 +83,8 @@ class CpuBackend final : public Backend {
                  shape_string(x.shape), " w ", shape_string(w.shape), " y ", shape_string(y.shape));
     if (tokens == 0) return;
     if (is_quantized(w.dtype)) {  // llama.cpp's arithmetic at every batch size: the same numbers however batched
-      quant::row_dot_products_with(quant_kernel_, x.f32(), w.data,
-                                   w.dtype == DType::Q8_0 ? quant::Format::Q8_0 : quant::Format::Q4_0, y.f32(), tokens,
-                                   out, in);
+      quant::row_dot_products_with(quant_kernel_, x.f32(), w.data, quant_format(w.dtype), y.f32(), tokens, out, in,
+                                   w.layout);
     } else if (tokens <= row_kernel_tokens_) {  // stream the weight once for all tokens (OpenBLAS is slower there)
       cpu::row_dot_products_with(row_kernel_, x.f32(), w.data, w.dtype, y.f32(), tokens, out, in);
     } else if (w.dtype == DType::F32) {
@@ -223,7 +234,9 @@ class CpuBackend final : public Backend {
     for (std::size_t t = 0; t < ids.size(); ++t) {
       float* o = out.f32() + std::int64_t(t) * width;
       const std::int64_t row = ids[t] - vocab_offset;
-      if (row >= 0 && row < local_vocab && is_quantized(table.dtype))
+      if (row >= 0 && row < local_vocab && table.layout == Layout::Interleaved16)
+        quant::dequantize_interleaved_row(quant_format(table.dtype), table.data, row, local_vocab, width, o);
+      else if (row >= 0 && row < local_vocab && is_quantized(table.dtype))
         convert_to_f32(table.dtype, static_cast<const char*>(table.data) + dtype_bytes(table.dtype, row * width), o,
                        std::size_t(width));
       else if (row >= 0 && row < local_vocab)

@@ -240,25 +240,69 @@ __attribute__((target(STRATA_AVX512), always_inline)) inline void prepare(const 
   gb.scales = group_scales(rows + at, row_bytes);
 }
 
+// The same block from a group in the interleaved layout (see quant.h: each block's quants are already 16 rows x 4
+// bytes per vector, q8_0's with the sign bit flipped, and the 16 scales side by side): plain loads.
+__attribute__((target(STRATA_AVX512), always_inline)) inline void prepare_interleaved(const BlockQ4_0*,
+                                                                                      const char* group,
+                                                                                      std::int64_t blocks,
+                                                                                      std::int64_t b, GroupBlock& gb) {
+  const char* qs = group + std::size_t(b) * 4 * 64;
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  for (int k = 0; k < 4; ++k) {
+    const __m512i packed = _mm512_loadu_si512(qs + k * 64);
+    gb.g[k] = _mm512_and_si512(packed, low);
+    gb.g[k + 4] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
+  }
+  gb.scales = _mm512_cvtph_ps(
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + std::size_t(blocks) * 4 * 64 + std::size_t(b) * 32)));
+}
+
+__attribute__((target(STRATA_AVX512), always_inline)) inline void prepare_interleaved(const BlockQ8_0*,
+                                                                                      const char* group,
+                                                                                      std::int64_t blocks,
+                                                                                      std::int64_t b, GroupBlock& gb) {
+  const char* qs = group + std::size_t(b) * 8 * 64;
+  for (int k = 0; k < 8; ++k) gb.g[k] = _mm512_loadu_si512(qs + k * 64);
+  gb.scales = _mm512_cvtph_ps(
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + std::size_t(blocks) * 8 * 64 + std::size_t(b) * 32)));
+}
+
 // The 16 rows' block sums for one token's activation block.
 __attribute__((target(STRATA_AVX512), always_inline)) inline __m512i block_sums(const GroupBlock& gb,
                                                                                 const Activations& x, std::int64_t at) {
   const auto* xs = reinterpret_cast<const std::int32_t*>(x.q[at].qs);
-  __m512i sum = _mm512_set1_epi32(x.start[at]);
-  for (int k = 0; k < 8; ++k) sum = _mm512_dpbusd_epi32(sum, gb.g[k], _mm512_set1_epi32(xs[k]));
-  return sum;
+  // Two chains of 4 (integer sums: any order gives the same), so that one block is not 8 VPDPBUSD latencies long.
+  __m512i even = _mm512_set1_epi32(x.start[at]), odd = _mm512_setzero_si512();
+  for (int k = 0; k < 8; k += 2) {
+    even = _mm512_dpbusd_epi32(even, gb.g[k], _mm512_set1_epi32(xs[k]));
+    odd = _mm512_dpbusd_epi32(odd, gb.g[k + 1], _mm512_set1_epi32(xs[k + 1]));
+  }
+  return _mm512_add_epi32(even, odd);
+}
+
+// Block b of the 16 rows at `rows` (a group in either layout), ready for the products.
+template <typename Block, Layout L>
+__attribute__((target(STRATA_AVX512), always_inline)) inline void prepare_block(const char* rows, std::size_t row_bytes,
+                                                                                std::int64_t blocks, std::int64_t b,
+                                                                                GroupBlock& gb) {
+  if constexpr (L == Layout::Interleaved16)
+    prepare_interleaved(static_cast<const Block*>(nullptr), rows, blocks, b, gb);
+  else
+    prepare(static_cast<const Block*>(nullptr), rows, row_bytes, b, gb);
 }
 
 // Tokens tokens (activations from x at token 0) x 16 rows from `rows`; the blocks prepared on the way (decode:
 // each weight is read once) or read from `prepared` (prefill: prepared once for all the token tiles).
-template <typename Block, int Tokens>
+template <typename Block, Layout L, int Tokens>
 __attribute__((target(STRATA_AVX512))) void group_avx512(const char* rows, std::size_t row_bytes,
                                                          const GroupBlock* prepared, Activations x, float* y,
                                                          std::int64_t out, std::int64_t blocks) {
-  // The 16 rows are 16 streams the hardware prefetchers follow poorly: fetch the next group's bytes, a block's
-  // share of them per block (that group is this thread's next one, but for the last of its range).
-  const char* next = rows + kGroup * row_bytes;
-  constexpr std::size_t kShare = kGroup * sizeof(Block);
+  // The hardware prefetchers do not keep up with this loop at one token (in the row layout the 16 rows are also 16
+  // streams they follow poorly): each block fetches a block's share of the bytes ahead. Row layout: the next group's
+  // (this thread's next one, but for the last of its range); interleaved: the group's bytes (and the next group's,
+  // which follow them) kAhead blocks' shares ahead.
+  constexpr std::size_t kShare = kGroup * sizeof(Block), kAhead = 8;
+  const char* next = rows + (L == Layout::Rows ? kGroup * row_bytes : kAhead * kShare);
   __m512 acc[Tokens];
   for (int i = 0; i < Tokens; ++i) acc[i] = _mm512_setzero_ps();
   GroupBlock local;
@@ -266,7 +310,7 @@ __attribute__((target(STRATA_AVX512))) void group_avx512(const char* rows, std::
     const GroupBlock* gb = prepared ? prepared + b : &local;
     if (!prepared) {
       for (std::size_t line = 0; line < kShare; line += 64) _mm_prefetch(next + b * kShare + line, _MM_HINT_T0);
-      prepare(static_cast<const Block*>(nullptr), rows, row_bytes, b, local);
+      prepare_block<Block, L>(rows, row_bytes, blocks, b, local);
     }
     for (int i = 0; i < Tokens; ++i) {
       const std::int64_t at = i * blocks + b;
@@ -279,25 +323,25 @@ __attribute__((target(STRATA_AVX512))) void group_avx512(const char* rows, std::
 
 // The 16 rows from row r for all tokens: up to kTile tokens per pass, each block prepared as it is used; more tokens
 // prepare the group's blocks once into a per-thread buffer and pass over them per token tile.
-template <typename Block>
+template <typename Block, Layout L>
 __attribute__((target(STRATA_AVX512))) void group_rows_avx512(const Block* w, const Activations& x, float* y,
                                                               std::int64_t tokens, std::int64_t r, std::int64_t out,
                                                               std::int64_t blocks) {
   constexpr int kTile = 8;
   const std::size_t row_bytes = std::size_t(blocks) * sizeof(Block);
-  const char* rows = reinterpret_cast<const char*>(w + r * blocks);
+  const char* rows = reinterpret_cast<const char*>(w + r * blocks);  // a group starts there in both layouts
   thread_local std::vector<GroupBlock> prepared;
   const GroupBlock* ready = nullptr;
   if (tokens > kTile) {
     prepared.resize(std::size_t(blocks));
     for (std::int64_t b = 0; b < blocks; ++b)
-      prepare(static_cast<const Block*>(nullptr), rows, row_bytes, b, prepared[std::size_t(b)]);
+      prepare_block<Block, L>(rows, row_bytes, blocks, b, prepared[std::size_t(b)]);
     ready = prepared.data();
   }
   for (std::int64_t t0 = 0; t0 < tokens; t0 += kTile) {
     const Activations at{x.q + t0 * blocks, x.scales + t0 * blocks, x.start + t0 * blocks};
     cpu::with_tile_count<kTile>(tokens - t0, [&](auto n) {
-      group_avx512<Block, n()>(rows, row_bytes, ready, at, y + t0 * out + r, out, blocks);
+      group_avx512<Block, L, n()>(rows, row_bytes, ready, at, y + t0 * out + r, out, blocks);
     });
   }
 }
@@ -336,9 +380,9 @@ bool cpu_has(const std::string& kernel) {
 }
 
 // Rows in work items of 16 (the AVX-512 kernel's group; a last partial group goes to the AVX2 kernel, whose
-// arithmetic is the same) over the OpenMP threads.
+// arithmetic is the same, and is in the row layout in both layouts) over the OpenMP threads.
 template <typename Block>
-void run(const std::string& kernel, const Activations& x, const void* w, float* y, std::int64_t tokens,
+void run(const std::string& kernel, const Activations& x, const void* w, Layout layout, float* y, std::int64_t tokens,
          std::int64_t out, std::int64_t blocks) {
   const auto* rows = static_cast<const Block*>(w);
   const std::int64_t items = (out + kGroup - 1) / kGroup;
@@ -348,7 +392,10 @@ void run(const std::string& kernel, const Activations& x, const void* w, float* 
     const std::int64_t begin = i * kGroup, end = std::min(out, begin + kGroup);
 #if defined(__x86_64__)
     if (which == 2 && end - begin == kGroup) {
-      group_rows_avx512<Block>(rows, x, y, tokens, begin, out, blocks);
+      if (layout == Layout::Interleaved16)
+        group_rows_avx512<Block, Layout::Interleaved16>(rows, x, y, tokens, begin, out, blocks);
+      else
+        group_rows_avx512<Block, Layout::Rows>(rows, x, y, tokens, begin, out, blocks);
       continue;
     }
     if (which >= 1) {
@@ -381,7 +428,51 @@ std::string kernel_name() {
 
 void row_dot_products(const float* x, const void* w, Format format, float* y, std::int64_t tokens, std::int64_t out,
                       std::int64_t in) {
-  row_dot_products_with(kernel_name(), x, w, format, y, tokens, out, in);
+  row_dot_products_with(kernel_name(), x, w, format, y, tokens, out, in, Layout::Rows);
+}
+
+bool interleaves(const std::string& kernel) { return kernel == "avx512vnni"; }
+
+// Portable code: it runs once per weight at load, at memory speed.
+void interleave_rows(Format format, const void* rows, void* interleaved, std::int64_t out, std::int64_t in) {
+  const std::size_t row = row_bytes(format, in), block = block_bytes(format), quants = block - 2;
+  const std::int64_t blocks = in / kBlock, groups = out / kGroup;
+  const std::uint8_t flip = format == Format::Q8_0 ? 0x80 : 0x00;  // q8_0 as unsigned bytes (VPDPBUSD's operand)
+  const auto* src = static_cast<const std::uint8_t*>(rows);
+  auto* dst = static_cast<std::uint8_t*>(interleaved);
+#pragma omp parallel for schedule(static)
+  for (std::int64_t g = 0; g < groups; ++g) {
+    const std::uint8_t* from = src + std::size_t(g) * kGroup * row;
+    std::uint8_t* qs = dst + std::size_t(g) * kGroup * row;
+    std::uint8_t* scales = qs + std::size_t(blocks) * quants * kGroup;
+    for (std::int64_t b = 0; b < blocks; ++b)
+      for (std::int64_t r = 0; r < kGroup; ++r) {
+        const std::uint8_t* at = from + std::size_t(r) * row + std::size_t(b) * block;
+        std::memcpy(scales + (std::size_t(b) * kGroup + std::size_t(r)) * 2, at, 2);
+        for (std::size_t j = 0; j < quants; ++j)  // dword j / 4 of the row's quants -> vector j / 4, lane r
+          qs[std::size_t(b) * quants * kGroup + (j / 4) * 64 + std::size_t(r) * 4 + j % 4] = at[2 + j] ^ flip;
+      }
+  }
+  const std::size_t grouped = std::size_t(groups) * kGroup * row;
+  std::memcpy(dst + grouped, src + grouped, std::size_t(out - groups * kGroup) * row);
+}
+
+void dequantize_interleaved_row(Format format, const void* interleaved, std::int64_t r, std::int64_t out,
+                                std::int64_t in, float* y) {
+  const std::size_t row = row_bytes(format, in), quants = block_bytes(format) - 2;
+  const auto* src = static_cast<const std::uint8_t*>(interleaved);
+  if (r >= out / kGroup * kGroup) return dequantize_row(format, src + std::size_t(r) * row, y, in);
+  const std::int64_t blocks = in / kBlock, lane = r % kGroup;
+  const std::uint8_t flip = format == Format::Q8_0 ? 0x80 : 0x00;
+  const std::uint8_t* qs = src + std::size_t(r / kGroup) * kGroup * row;
+  const std::uint8_t* scales = qs + std::size_t(blocks) * quants * kGroup;
+  for (std::int64_t b = 0; b < blocks; ++b) {  // each block back in llama.cpp's layout, then dequantized
+    std::uint8_t at[sizeof(BlockQ8_0)];
+    std::memcpy(at, scales + (std::size_t(b) * kGroup + std::size_t(lane)) * 2, 2);
+    for (std::size_t j = 0; j < quants; ++j)
+      at[2 + j] = qs[std::size_t(b) * quants * kGroup + (j / 4) * 64 + std::size_t(lane) * 4 + j % 4] ^ flip;
+    dequantize_row(format, at, y + b * kBlock, kBlock);
+  }
 }
 
 void quantize_activations(const std::string& kernel, const float* x, BlockQ8_0* xq, float* x_scales,
@@ -409,8 +500,10 @@ void quantize_activations(const std::string& kernel, const float* x, BlockQ8_0* 
 }
 
 void row_dot_products_with(const std::string& kernel, const float* x, const void* w, Format format, float* y,
-                           std::int64_t tokens, std::int64_t out, std::int64_t in) {
+                           std::int64_t tokens, std::int64_t out, std::int64_t in, Layout layout) {
   STRATA_CHECK(cpu_has(kernel), Internal, "quantized kernel '", kernel, "' is not available on this CPU");
+  STRATA_CHECK(layout == Layout::Rows || interleaves(kernel), Internal, "quantized kernel '", kernel,
+               "' reads weights in the row layout only");
   const std::int64_t blocks = std::int64_t(row_bytes(format, in) / block_bytes(format));
   // The activations once per call: Q8_0 blocks and their scales as f32 (kept between calls: no allocation per step)
   thread_local std::vector<BlockQ8_0> xq;
@@ -425,9 +518,9 @@ void row_dot_products_with(const std::string& kernel, const float* x, const void
                        format == Format::Q8_0 ? 128 : 8);
   const Activations activations{xq.data(), xs.data(), avx512 ? starts.data() : nullptr};
   if (format == Format::Q8_0)
-    run<BlockQ8_0>(kernel, activations, w, y, tokens, out, blocks);
+    run<BlockQ8_0>(kernel, activations, w, layout, y, tokens, out, blocks);
   else
-    run<BlockQ4_0>(kernel, activations, w, y, tokens, out, blocks);
+    run<BlockQ4_0>(kernel, activations, w, layout, y, tokens, out, blocks);
 }
 
 }  // namespace strata::quant

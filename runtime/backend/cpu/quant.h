@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/base/dtype.h"
 #include "runtime/base/quant_blocks.h"
 
 namespace strata::quant {
@@ -23,8 +24,22 @@ std::string kernel_name();
 void row_dot_products(const float* x, const void* w, Format format, float* y, std::int64_t tokens, std::int64_t out,
                       std::int64_t in);
 // The same with the kernel named (one of available_kernels()): for tests of each path.
+// With Layout::Interleaved16, w is interleave_rows' output, and the kernel one that interleaves().
 void row_dot_products_with(const std::string& kernel, const float* x, const void* w, Format format, float* y,
-                           std::int64_t tokens, std::int64_t out, std::int64_t in);
+                           std::int64_t tokens, std::int64_t out, std::int64_t in, Layout layout = Layout::Rows);
+
+// The AVX-512 kernel reads 16 rows' blocks at once, one row per 32-bit lane. From the row layout it transposes
+// each block of 16 rows in registers and inserts 16 scales one by one: at one token (decode) that cost more than
+// the products. So the weights it multiplies are interleaved once, at load, into a layout of the same size:
+// for each group of 16 rows (the last out % 16 rows stay in the row layout, after the groups), first every
+// block's quants, as 64-byte vectors whose 32-bit lane r holds 4 bytes of row r (Q4_0: 4 vectors per block, bytes
+// 4k..4k+3 of the 16 nibble bytes in vector k; Q8_0: 8 vectors, with the sign bit of each byte flipped, the
+// unsigned operand VPDPBUSD wants), then every block's 16 f16 scales together.
+bool interleaves(const std::string& kernel);  // whether `kernel` reads Layout::Interleaved16
+void interleave_rows(Format format, const void* rows, void* interleaved, std::int64_t out, std::int64_t in);
+// Row r of an interleaved [out, in] matrix, dequantized (dequantize_row of the row it came from).
+void dequantize_interleaved_row(Format format, const void* interleaved, std::int64_t r, std::int64_t out,
+                                std::int64_t in, float* y);
 
 // The activation side of those products: x [tokens, blocks * 32] quantized to Q8_0 blocks exactly as
 // quantize_q8_0_blocks (llama.cpp's reference) does, with the scales also as f32; with the "avx512vnni" kernel by
