@@ -303,6 +303,10 @@ int cli_main(int argc, char** argv) {
   bench_cmd->add_option("--gen-len", bench.gen_len, "Generated tokens")->check(CLI::Range(2, 100000));
   bench_cmd->add_option("--micro-batches", bench.micro_batches, "Pipeline micro-batches (default: one per stage)")
       ->check(kNonNegative);
+  bench_cmd
+      ->add_option("--max-num-batched-tokens", bench.max_num_batched_tokens,
+                   "Tokens per forward step, as for generate (larger batches prefill in chunks of it)")
+      ->check(kPositive);
   bench_cmd->add_option("--repeats", bench.repeats, "Timed repetitions (best is reported)")->check(kPositive);
   bench_cmd->add_option("--memory-gib", bench.memory_gib, "Buffer size of the memory-bandwidth probe, GiB")
       ->check(CLI::Range(0.01, 64.0));
