@@ -196,8 +196,9 @@ double timed_run(Session& session, int batch, int prompt_len, int max_tokens, in
 
 int bench(const NodeInfo& node, const BenchOptions& o) {
   const int max_batch = *std::max_element(o.batch_sizes.begin(), o.batch_sizes.end());
-  const RunLimits limits{max_batch, std::min(max_batch * o.prompt_len, o.max_num_batched_tokens),
-                         o.prompt_len + o.gen_len, o.micro_batches};
+  RunLimits limits{max_batch, std::min(max_batch * o.prompt_len, o.max_num_batched_tokens), o.prompt_len + o.gen_len,
+                   o.micro_batches};
+  limits.kv_cache_dtype = o.kv_cache_dtype;
   Session session(node, o.model, o.parallel, limits);
   const ParallelLayout& layout = session.layout();
   STRATA_CHECK(layout.sizes().dp == 1, Usage, "bench measures one replica: launch exactly tp x pp ranks");

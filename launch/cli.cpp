@@ -64,6 +64,11 @@ void add_limit_flags(CLI::App& cmd, RunLimits& l) {
                  "GiB of KV cache per rank (default: on GPUs what 90% of the GPU leaves after weights and workspace; "
                  "on CPUs --max-batch-size whole contexts, within the rank's share of the node's memory)")
       ->check(CLI::PositiveNumber);
+  cmd.add_option(
+         "--kv-cache-dtype", l.kv_cache_dtype,
+         "KV-cache element type: auto (the activations': f32 on CPUs, bf16 or f16 on GPUs) or f16 (CPU: half the "
+         "memory and half the bytes attention reads; the values rounded to f16, as llama.cpp's default cache)")
+      ->check(CLI::IsMember({"auto", "f16"}));
   cmd.add_flag("!--no-prefix-caching", l.prefix_caching,
                "Compute every prompt in full instead of reusing the KV-cache blocks of prefixes seen before");
   cmd.add_flag("!--no-chunked-prefill", l.chunked_prefill,
@@ -307,6 +312,8 @@ int cli_main(int argc, char** argv) {
       ->add_option("--max-num-batched-tokens", bench.max_num_batched_tokens,
                    "Tokens per forward step, as for generate (larger batches prefill in chunks of it)")
       ->check(kPositive);
+  bench_cmd->add_option("--kv-cache-dtype", bench.kv_cache_dtype, "KV-cache element type, as for generate")
+      ->check(CLI::IsMember({"auto", "f16"}));
   bench_cmd->add_option("--repeats", bench.repeats, "Timed repetitions (best is reported)")->check(kPositive);
   bench_cmd->add_option("--memory-gib", bench.memory_gib, "Buffer size of the memory-bandwidth probe, GiB")
       ->check(CLI::Range(0.01, 64.0));

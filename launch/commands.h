@@ -63,8 +63,9 @@ struct BenchOptions {
   ParallelOptions parallel;
   std::vector<int> batch_sizes{1, 16};
   int prompt_len = 128, gen_len = 32, repeats = 2, micro_batches = 0;
-  int max_num_batched_tokens = 2048;  // tokens per step, as generate's default: prompts prefill in chunks of it
-  double memory_gib = 1.0;            // buffer size of the bandwidth probe
+  int max_num_batched_tokens = 2048;    // tokens per step, as generate's default: prompts prefill in chunks of it
+  std::string kv_cache_dtype = "auto";  // --kv-cache-dtype, as for generate
+  double memory_gib = 1.0;              // buffer size of the bandwidth probe
 };
 
 struct ConvertOptions {

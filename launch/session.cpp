@@ -171,7 +171,7 @@ void Session::check_memory() {
 
 namespace {
 std::unique_ptr<Backend> make_backend(const RunPlan& plan, const RankPlan& me, int gpu, int threads) {
-  if (plan.device == DeviceKind::Cpu) return make_cpu_backend(threads, plan.stored);  // weights kept as stored
+  if (plan.device == DeviceKind::Cpu) return make_cpu_backend(threads, plan.stored, plan.kv_dtype);  // as stored
 #ifdef STRATA_WITH_CUDA
   CudaBackendOptions options;
   options.device = gpu;

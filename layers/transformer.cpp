@@ -24,9 +24,10 @@ std::int64_t sliding_ring_blocks(const ModelConfig& c, const StageLimits& limits
   return ring < (std::int64_t(limits.max_seq_len) + size - 1) / size ? ring : 0;
 }
 
-StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limits, DType weights, DType activations) {
+StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limits, DType weights, DType activations,
+                                  std::optional<DType> kv) {
   StageMemory m;
-  const auto a = std::int64_t(dtype_size(activations));
+  const auto a = std::int64_t(dtype_size(activations)), kv_bytes = std::int64_t(dtype_size(kv.value_or(activations)));
   for (const auto& spec : plan.tensors()) {  // 1-D weights (norms, biases) are kept in the activation dtype
     const std::int64_t n = shape_numel(spec.local_shape());
     m.weights += spec.local_shape().size() == 1 ? n * a : std::int64_t(dtype_bytes(weights, n));
@@ -36,7 +37,7 @@ StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limi
   const std::int64_t ring = sliding_ring_blocks(c, limits);
   std::int64_t ring_layers = 0;
   for (std::int64_t l = plan.layer_begin(); l < plan.layer_end(); ++l) ring_layers += ring > 0 && c.sliding_layer(l);
-  const std::int64_t block_bytes = 2 * limits.block_size * kv_row * a;
+  const std::int64_t block_bytes = 2 * limits.block_size * kv_row * kv_bytes;
   m.kv_cache = (plan.local_layers() - ring_layers) * limits.cache_blocks() * block_bytes;
   m.kv_windows = ring_layers * std::int64_t(limits.max_seqs) * ring * block_bytes;
   const std::int64_t t = limits.max_tokens;
@@ -202,8 +203,8 @@ void TransformerStage::allocate_workspace() {
   ring_blocks_ = sliding_ring_blocks(c, limits);
   for (const auto& layer : layers_) {
     const std::int64_t blocks = layer.ring ? limits.max_seqs * ring_blocks_ : limits.cache_blocks();
-    k_cache_.push_back(backend_.allocate({blocks, limits.block_size, kv_heads, d}, act));
-    v_cache_.push_back(backend_.allocate({blocks, limits.block_size, kv_heads, d}, act));
+    k_cache_.push_back(backend_.allocate({blocks, limits.block_size, kv_heads, d}, backend_.kv_dtype()));
+    v_cache_.push_back(backend_.allocate({blocks, limits.block_size, kv_heads, d}, backend_.kv_dtype()));
   }
   hidden_ = backend_.allocate({t, h}, act);
   normed_ = backend_.allocate({t, h}, act);

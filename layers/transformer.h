@@ -4,6 +4,7 @@
 // A decoder block is the local computation plus one all-reduce after o_proj and one after down_proj.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -50,8 +51,9 @@ struct StageMemory {
 // lives in ring block (p / block_size) % ring, enough for the window plus one step's tokens. 0 when no layer slides
 // or the ring would be no smaller than a whole context (the layer then uses the paged pool like the others).
 std::int64_t sliding_ring_blocks(const ModelConfig& config, const StageLimits& limits);
+// kv: the KV cache's dtype (Backend::kv_dtype), the activations' by default.
 StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limits, DType weights = DType::F32,
-                                  DType activations = DType::F32);
+                                  DType activations = DType::F32, std::optional<DType> kv = std::nullopt);
 
 // Mixture-of-experts load, counted by the stage since it was built. per_expert[e]: routing choices of expert e over
 // this stage's MoE layers, counted by the tensor-parallel rank that owns the token's slice (so that sums over every

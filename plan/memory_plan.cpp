@@ -35,12 +35,23 @@ DType activation_dtype(DeviceKind device, DType stored) {
   return device == DeviceKind::Cpu ? DType::F32 : weight_dtype(device, stored);
 }
 
-MemoryPlan plan_memory(const ShardPlan& shard, const StageLimits& limits, DeviceKind device, DType stored,
+DType kv_cache_dtype(DeviceKind device, DType stored, const std::string& option) {
+  const DType activations = activation_dtype(device, stored);
+  if (option == "auto") return activations;
+  STRATA_CHECK(option == "f16", Usage, "--kv-cache-dtype ", option, ": expected auto or f16");
+  STRATA_CHECK(device == DeviceKind::Cpu || activations == DType::F16, Usage, "--kv-cache-dtype f16: the CUDA backend ",
+               "keeps its KV cache in its activation dtype (", dtype_name(activations),
+               " for this checkpoint); use auto");
+  return DType::F16;
+}
+
+MemoryPlan plan_memory(const ShardPlan& shard, const StageLimits& limits, DeviceKind device, DType stored, DType kv,
                        int gpu_reserve_mib, const StepBufferBytes& step_buffers) {
   MemoryPlan m;
   m.weights_dtype = weight_dtype(device, stored);
   m.activations_dtype = activation_dtype(device, stored);
-  const StageMemory stage = estimate_stage_memory(shard, limits, m.weights_dtype, m.activations_dtype);
+  m.kv_dtype = kv;
+  const StageMemory stage = estimate_stage_memory(shard, limits, m.weights_dtype, m.activations_dtype, kv);
   m.weights = stage.weights;
   m.kv_cache = stage.kv_cache;
   m.kv_windows = stage.kv_windows;

@@ -21,9 +21,13 @@ const char* device_name(DeviceKind kind);
 // CUDA: f16 stays f16, bf16 and f32 become bf16 (weights and activations).
 DType weight_dtype(DeviceKind device, DType stored);
 DType activation_dtype(DeviceKind device, DType stored);
+// The KV cache's dtype for --kv-cache-dtype `option`: "auto" is the activation dtype; "f16" halves the CPU backend's
+// cache (its attention widens each run of cached positions to f32 in L1: the arithmetic of an f32 cache holding the
+// rounded values). On CUDA only the activation dtype is accepted. Error(Usage) naming the option otherwise.
+DType kv_cache_dtype(DeviceKind device, DType stored, const std::string& option);
 
 struct MemoryPlan {
-  DType weights_dtype = DType::F32, activations_dtype = DType::F32;
+  DType weights_dtype = DType::F32, activations_dtype = DType::F32, kv_dtype = DType::F32;
   std::int64_t weights = 0, kv_cache = 0, workspace = 0;
   std::int64_t kv_windows = 0;  // sliding-window layers' per-sequence caches (fixed, beside the paged pool)
   std::int64_t backend = 0;     // CUDA: cuBLAS workspace, staging, decode partials, sampling candidates
@@ -41,7 +45,8 @@ struct MemoryPlan {
 using StepBufferBytes = std::function<std::int64_t(const ShardPlan& shard, const StageLimits& limits)>;
 
 // gpu_reserve_mib < 0: the defaults (64 MiB for graphs, +512 MiB for NCCL when tp > 1).
-MemoryPlan plan_memory(const ShardPlan& shard, const StageLimits& limits, DeviceKind device, DType stored,
+// kv: kv_cache_dtype's answer.
+MemoryPlan plan_memory(const ShardPlan& shard, const StageLimits& limits, DeviceKind device, DType stored, DType kv,
                        int gpu_reserve_mib = -1, const StepBufferBytes& step_buffers = {});
 
 std::string gib(std::int64_t bytes);  // "1.25 GiB"

@@ -58,7 +58,7 @@ std::int64_t kv_pool_blocks(const PlanRequest& request, const RunPlan& plan, std
     StageLimits one = stage;
     one.kv_blocks = 1;
     const MemoryPlan m =
-        plan_memory(shard, one, plan.device, plan.stored, request.gpu_reserve_mib, request.step_buffers);
+        plan_memory(shard, one, plan.device, plan.stored, plan.kv_dtype, request.gpu_reserve_mib, request.step_buffers);
     const std::int64_t per_block = std::max<std::int64_t>(m.kv_cache, 1);
     std::int64_t blocks = contiguous;
     if (m.kv_cache == 0) {  // every layer of the stage keeps only its window: the pool is bookkeeping there
@@ -70,8 +70,8 @@ std::int64_t kv_pool_blocks(const PlanRequest& request, const RunPlan& plan, std
       STRATA_CHECK(blocks >= 1, Usage, "--kv-cache-memory ", request.limits.kv_cache_gib, " GiB (", budget,
                    " bytes) holds no KV-cache block on rank ", r, ": one block of ", stage.block_size,
                    " positions takes ", per_block, " bytes there (", shard.local_layers(), " layers x ",
-                   shard.local_kv_heads(), " KV heads x ", plan.config.head_dim, " x 2 x ",
-                   dtype_size(m.activations_dtype), " bytes per position)");
+                   shard.local_kv_heads(), " KV heads x ", plan.config.head_dim, " x 2 x ", dtype_size(m.kv_dtype),
+                   " bytes per position)");
     } else if (memory > 0) {
       const std::int64_t usable = on_gpus ? memory / 10 * 9 : memory;
       const std::int64_t left = usable - (m.total() - m.kv_cache);
@@ -102,10 +102,11 @@ ModelFit model_fit(const PlanRequest& r, const StageLimits& limits) {
       return std::string(e.what());
     }
   };
-  fit.bytes_per_rank = [&r, limits](int tp, int pp) {
+  const DType kv = kv_cache_dtype(r.device, r.stored, r.limits.kv_cache_dtype);
+  fit.bytes_per_rank = [&r, limits, kv](int tp, int pp) {
     std::int64_t most = 0;  // stages differ (embedding, head): the busiest decides
     for (int stage = 0; stage < pp; ++stage)
-      most = std::max(most, plan_memory(ShardPlan(r.config, {tp, 0, pp, stage, r.ep}), limits, r.device, r.stored,
+      most = std::max(most, plan_memory(ShardPlan(r.config, {tp, 0, pp, stage, r.ep}), limits, r.device, r.stored, kv,
                                         r.gpu_reserve_mib, r.step_buffers)
                                 .total());
     return most;
@@ -159,7 +160,8 @@ RankPlan plan_rank(const RunPlan& plan, int world_rank, const PlanRequest& reque
   r.tp = at.tp_rank();
   r.layer_begin = int(shard.layer_begin());
   r.layer_end = int(shard.layer_end());
-  r.memory = plan_memory(shard, plan.stage, plan.device, plan.stored, request.gpu_reserve_mib, request.step_buffers);
+  r.memory = plan_memory(shard, plan.stage, plan.device, plan.stored, plan.kv_dtype, request.gpu_reserve_mib,
+                         request.step_buffers);
   const bool on_gpus = plan.device == DeviceKind::Cuda;
   r.gpu = on_gpus ? r.local_rank : -1;
   const double hidden_bytes = double(plan.config.hidden_size) * double(dtype_size(r.memory.activations_dtype));
@@ -217,6 +219,7 @@ RunPlan make_run_plan(const PlanRequest& request) {
   plan.topology = request.topology;
   plan.device = request.device;
   plan.stage = stage_limits(request.limits, request.config);
+  plan.kv_dtype = kv_cache_dtype(request.device, request.stored, request.limits.kv_cache_dtype);
   plan.max_batch_size = request.limits.max_batch_size;
   ModelFit fit = model_fit(request, plan.stage);
   if (!request.fit_fixed_layout && request.sizes.tp && request.sizes.pp) fit.bytes_per_rank = nullptr;
@@ -272,7 +275,7 @@ std::string RunPlan::table() const {
   out << "plan: " << sizes.world() << " ranks = dp " << sizes.dp << " x pp " << sizes.pp << " x tp " << sizes.tp
       << " on " << topology.nodes.size() << " node(s), inter-node fabric " << topology.fabric() << "; "
       << device_name(device) << ", weights " << dtype_name(ranks.front().memory.weights_dtype) << ", activations "
-      << dtype_name(ranks.front().memory.activations_dtype) << "\n";
+      << dtype_name(ranks.front().memory.activations_dtype) << ", KV cache " << dtype_name(kv_dtype) << "\n";
   char line[512];
   std::snprintf(line, sizeof line, "%-5s %-16s %-5s %-7s %-4s %-4s %-4s %-8s %-10s %-28s %s\n", "rank", "host", "local",
                 "device", "dp", "pp", "tp", "layers", "memory", "TP all-reduce per token", "pipeline send per token");

@@ -23,7 +23,8 @@ struct RunLimits {
   int max_batch_size = 16, max_num_batched_tokens = 2048, max_model_len = 0;  // 0: the model's context
   int micro_batches = 0;                                                      // 0: one per pipeline stage
   int block_size = 16;                                                        // positions per KV-cache block
-  double kv_cache_gib = 0;  // KV cache per rank; 0: what the memory plan leaves (see kv_pool_blocks)
+  double kv_cache_gib = 0;              // KV cache per rank; 0: what the memory plan leaves (see kv_pool_blocks)
+  std::string kv_cache_dtype = "auto";  // --kv-cache-dtype: auto (the activation dtype) or f16 (CPU)
   bool prefix_caching = true, chunked_prefill = true;
 };
 
@@ -59,6 +60,7 @@ struct RankPlan {
 struct RunPlan {
   ModelConfig config;
   DType stored = DType::F32;
+  DType kv_dtype = DType::F32;  // the KV cache's (kv_cache_dtype of --kv-cache-dtype)
   Topology topology;
   DeviceKind device = DeviceKind::Cpu;
   LayoutSizes sizes;

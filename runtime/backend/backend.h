@@ -62,6 +62,8 @@ class Backend {
   // are kept in.
   virtual DType activation_dtype() const { return DType::F32; }
   virtual DType weight_dtype() const { return DType::F32; }
+  // The dtype layers allocate the KV cache in, which kv_store and attention take (the CPU backend: f32 or f16).
+  virtual DType kv_dtype() const { return activation_dtype(); }
   // Where allocate() puts tensors. Host backends also compute on host memory they did not allocate (weights mapped
   // from a checkpoint, read-only).
   virtual MemoryKind memory_kind() const { return MemoryKind::Host; }
@@ -141,6 +143,6 @@ class Backend {
 
 // The CPU backend (OpenBLAS, fp32 arithmetic). `threads` = BLAS threads for this rank (0: leave OpenBLAS's
 // default); `weights`: the dtype matrix weights are kept in (the checkpoint's: f32, bf16 or f16).
-std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights = DType::F32);
+std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights = DType::F32, DType kv = DType::F32);
 
 }  // namespace strata

@@ -41,7 +41,12 @@ VARIANTS = {
     "pp2-tight": (2, ["-pp", 2, "--micro-batches", 3, *pool(28, 4), "--max-num-batched-tokens", 16]),
     "tp2pp2": (4, ["-tp", 2, "-pp", 2, "--kv-block-size", 3]),
     "dp2-tight": (2, ["-dp", 2, *pool(14, 8)]),
+    # --kv-cache-dtype f16: half the bytes per position (so pool(7, 8)'s budget holds 14 blocks of 8)
+    "f16": (1, ["--kv-cache-dtype", "f16"]),
+    "f16-tp2pp2": (4, ["-tp", 2, "-pp", 2, "--kv-block-size", 3, "--kv-cache-dtype", "f16"]),
+    "f16-tight": (1, ["--kv-cache-dtype", "f16", *pool(7, 8)]),
 }
+F16 = [name for name in VARIANTS if name.startswith("f16")]
 texts, metrics = {}, {}
 for name, (ranks, flags) in VARIANTS.items():
     h.run_ok(["generate", "--model", model, "--prompts", prompts, "--output", f"{name}.jsonl", "--overwrite",
@@ -54,7 +59,9 @@ for name, (ranks, flags) in VARIANTS.items():
 base = texts["default"]
 h.check(len(base) == len(spec) and all(t or c for _, t, c in base), f"every prompt has text: {base}")
 for name, got in texts.items():
-    h.check(got == base, f"{name}: the same greedy texts as the default run\n{got}\n{base}")
+    reference = texts["f16"] if name in F16 else base  # f16 rounds the cached values: its own reference
+    h.check(got == reference, f"{name}: the same greedy texts as the {'f16' if name in F16 else 'default'} run\n"
+            f"{got}\n{reference}")
 cached = metrics["default"]["prefix_cache"]["cached_prompt_tokens"]
 h.check(cached >= 6 * 48, f"default: the system prompt was found in the cache for most prompts ({cached} tokens)")
 h.check(metrics["no-prefix-caching"]["prefix_cache"]["cached_prompt_tokens"] == 0, "no prefix caching: nothing cached")
@@ -64,4 +71,19 @@ for name in ("tight-pool", "tp2-tight", "pp2-tight", "dp2-tight"):
     h.check(metrics[name]["preemptions"] > 0, f"{name}: the pool ran out and sequences were preempted "
             f"({metrics[name]['kv_cache']})")
 h.check(metrics["contiguous"]["kv_cache"]["block_size"] == 512, "contiguous: one block per context")
+h.check(metrics["f16"]["kv_cache"]["bytes_per_rank"] * 2 == metrics["default"]["kv_cache"]["bytes_per_rank"],
+        f"f16: half the KV bytes of the default ({metrics['f16']['kv_cache']} / {metrics['default']['kv_cache']})")
+h.check(metrics["f16-tight"]["kv_cache"]["blocks"] == 14 and metrics["f16-tight"]["preemptions"] > 0,
+        f"f16-tight: the f32 budget of 7 blocks holds 14, and they ran out ({metrics['f16-tight']['kv_cache']})")
+# The rounding is real and small: the first generated position's logits, f16 cache against f32.
+first = {}
+for name, flags in (("f32", []), ("f16", ["--kv-cache-dtype", "f16"])):
+    h.run_ok(["generate", "--model", model, "--prompts", prompts, "--output", f"logits-{name}.jsonl", "--overwrite",
+              "-q", "--record-logits", "--max-tokens", 1, *flags])
+    first[name] = [r["logits"][0] for r in h.results(f"logits-{name}.jsonl") if "logits" in r]
+pairs = [(a, b) for la, lb in zip(first["f32"], first["f16"]) for a, b in zip(la, lb)]
+scale = max(abs(a) for a, _ in pairs) if pairs else 0
+gap = max(abs(a - b) for a, b in pairs) / scale if scale else -1
+h.check(len(first["f16"]) == len(first["f32"]) > 0 and 1e-7 < gap < 1e-2,
+        f"f16 KV cache: first-token logits within 1e-2 of the f32 cache's, and not identical ({gap:.2e})")
 h.finish()

@@ -399,7 +399,78 @@ TEST(CpuBackend, AttentionPassesFollowTheirDefinedOrder) {
       for (std::int64_t r = 0; r < count; ++r)
         cpu::axpy(weights[std::size_t(r)], rows.data() + r * stride, o_expected.data(), n);
       EXPECT_EQ(0, std::memcmp(o.data(), o_expected.data(), o.size() * 4)) << "weighted_sum n " << n << " x " << count;
+      // f16 rows (an f16 KV cache): exactly the f32 passes over the rounded values.
+      std::vector<cpu::Half> halves(rows.size());
+      std::vector<float> rounded(rows.size());
+      cpu::narrow(DType::F16, rows.data(), halves.data(), std::int64_t(rows.size()));
+      cpu::widen(DType::F16, halves.data(), rounded.data(), std::int64_t(rows.size()));
+      std::vector<float> from_halves(scores.size()), from_rounded(scores.size());
+      cpu::dots(q.data(), halves.data(), stride, count, n, from_halves.data());
+      cpu::dots(q.data(), rounded.data(), stride, count, n, from_rounded.data());
+      EXPECT_EQ(0, std::memcmp(from_halves.data(), from_rounded.data(), scores.size() * 4)) << "f16 dots n " << n;
+      EXPECT_NE(0, std::memcmp(from_halves.data(), scores.data(), scores.size() * 4)) << "the rounding is real";
+      std::vector<float> oh(static_cast<std::size_t>(n), 0.5f), orounded = oh;
+      cpu::weighted_sum(weights.data(), halves.data(), stride, count, n, oh.data());
+      cpu::weighted_sum(weights.data(), rounded.data(), stride, count, n, orounded.data());
+      EXPECT_EQ(0, std::memcmp(oh.data(), orounded.data(), oh.size() * 4)) << "f16 weighted_sum n " << n;
     }
+}
+
+// widen / narrow (F16C where the CPU has it) against the portable conversions: every f16 bit pattern widens to
+// f16_to_f32's value (NaNs to a NaN), and f32 values of every kind (normal, subnormal, overflowing, halfway, zero)
+// narrow to f32_to_f16's bits.
+TEST(CpuBackend, HalfConversionsGiveThePortableValues) {
+  std::vector<std::uint16_t> all(65536);
+  for (std::size_t i = 0; i < all.size(); ++i) all[i] = std::uint16_t(i);
+  std::vector<float> wide(all.size());
+  cpu::widen(DType::F16, all.data(), wide.data(), std::int64_t(all.size()));
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    const float want = f16_to_f32(all[i]);
+    if (std::isnan(want))
+      EXPECT_TRUE(std::isnan(wide[i])) << i;
+    else
+      EXPECT_EQ(std::memcmp(&want, &wide[i], 4), 0) << "f16 bits " << i;
+  }
+  std::mt19937 rng(3);
+  std::vector<float> values = {0.0f,  -0.0f, 65504.0f, 65520.0f,       70000.0f,        -1e9f,
+                               6e-8f, 3e-8f, 1e-5f,    1.00048828125f, 1.000732421875f, -2.0009765625f};
+  for (int e = -30; e <= 17; ++e)
+    for (int k = 0; k < 200; ++k)
+      values.push_back(std::ldexp(std::uniform_real_distribution<float>(-2.0f, 2.0f)(rng), e));
+  std::vector<std::uint16_t> narrow(values.size());
+  cpu::narrow(DType::F16, values.data(), narrow.data(), std::int64_t(values.size()));
+  for (std::size_t i = 0; i < values.size(); ++i) EXPECT_EQ(narrow[i], f32_to_f16(values[i])) << values[i];
+}
+
+// An f16 KV cache (--kv-cache-dtype f16): kv_store rounds, attention reads the halves; the outputs equal those of an
+// f32 cache holding the rounded values, bit for bit, over several blocks and a head size with a tail (80 = 64 + 16),
+// and differ from the unrounded cache's.
+TEST(CpuBackend, HalfKvCacheIsAnF32CacheOfTheRoundedValues) {
+  Fixture f;
+  const int hq = 4, hkv = 2, d = 80, block_size = 4, tokens = 11;
+  std::unique_ptr<Backend> half = make_cpu_backend(2, DType::F32, DType::F16);
+  EXPECT_EQ(half->kv_dtype(), DType::F16);
+  EXPECT_EQ(f.backend->kv_dtype(), DType::F32);
+  const std::vector<std::int32_t> table = {5, 1, 4};  // 11 positions: blocks 5, 1, 4
+  const std::vector<SeqChunk> chunks = {{0, 0, tokens, 0}};
+  Tensor q = f.random({tokens, hq, d}), k = f.random({tokens, hkv * d}), v = f.random({tokens, hkv * d});
+  Tensor k_rounded = f.random({tokens, hkv * d}), v_rounded = f.random({tokens, hkv * d});
+  for (Tensor* t : {&k, &v}) {
+    Tensor& r = t == &k ? k_rounded : v_rounded;
+    for (std::int64_t i = 0; i < t->numel(); ++i) r.f32()[i] = f16_to_f32(f32_to_f16(t->f32()[i]));
+  }
+  auto attend = [&](Backend& backend, const Tensor& keys, const Tensor& values) {
+    Tensor kc = backend.allocate({6, block_size, hkv, d}, backend.kv_dtype());
+    Tensor vc = backend.allocate({6, block_size, hkv, d}, backend.kv_dtype());
+    backend.kv_store(chunks, table, keys.view(), values.view(), kc.view(), vc.view());
+    Tensor out = f.random({tokens, hq, d});
+    backend.attention(chunks, table, q.view(), kc.view(), vc.view(), AttentionParams{0.1f, 0, 0}, out.view());
+    return f.values(out);
+  };
+  const std::vector<double> from_halves = attend(*half, k, v), from_rounded = attend(*f.backend, k_rounded, v_rounded);
+  EXPECT_EQ(from_halves, from_rounded);
+  EXPECT_GT(relative_error(from_halves, attend(*f.backend, k, v)), 1e-6) << "the rounding is real";
+  EXPECT_LT(relative_error(from_halves, attend(*f.backend, k, v)), 1e-2);
 }
 
 TEST(CpuBackend, SlidingWindowAndSoftcappedAttentionMatchRef) {

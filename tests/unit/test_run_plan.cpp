@@ -568,6 +568,38 @@ TEST(RunPlan, KvPoolIsSizedFromTheBudget) {
       << why;
 }
 
+// --kv-cache-dtype f16 (CPU): a block takes half the bytes, so a budget holds twice the blocks, and the plan says so;
+// the CUDA backend keeps its cache in its activation dtype and refuses it for a bf16 checkpoint; other names are
+// refused.
+TEST(RunPlan, HalfKvCacheHalvesTheBlockBytes) {
+  PlanRequest r;
+  r.config = test::tiny_config();
+  r.topology = cpu_node(1);
+  r.sizes = {1, 1, 1};
+  r.limits.block_size = 16;
+  const std::int64_t per_block = 2 * 2 * 16 * 2 * r.config.head_dim * 4;  // K and V, layers, positions, heads, f32
+  r.limits.kv_cache_gib = double(100 * per_block) / double(GiB);
+  const RunPlan f32 = make_run_plan(r);
+  r.limits.kv_cache_dtype = "f16";
+  const RunPlan f16 = make_run_plan(r);
+  EXPECT_EQ(f32.kv_dtype, DType::F32);
+  EXPECT_EQ(f16.kv_dtype, DType::F16);
+  EXPECT_EQ(f32.stage.kv_blocks, 100);
+  EXPECT_EQ(f16.stage.kv_blocks, 200);
+  EXPECT_EQ(f16.rank(0).memory.kv_cache, 200 * per_block / 2);
+  EXPECT_NE(f16.table().find("KV cache f16"), std::string::npos) << f16.table();
+  EXPECT_EQ(kv_cache_dtype(DeviceKind::Cuda, DType::BF16, "auto"), DType::BF16);
+  EXPECT_EQ(kv_cache_dtype(DeviceKind::Cuda, DType::F16, "f16"), DType::F16);
+  EXPECT_NE(test::error_of([] {
+              kv_cache_dtype(DeviceKind::Cuda, DType::BF16, "f16");
+            }).find("--kv-cache-dtype f16: the CUDA backend keeps its KV cache in its activation dtype (bf16"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([] {
+              kv_cache_dtype(DeviceKind::Cpu, DType::F32, "fp8");
+            }).find("--kv-cache-dtype fp8: expected auto or f16"),
+            std::string::npos);
+}
+
 namespace {
 Topology cpu_node(int ranks) {
   nlohmann::json list = nlohmann::json::array();

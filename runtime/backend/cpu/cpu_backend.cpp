@@ -35,8 +35,9 @@ constexpr std::int64_t kParallelElements = 16384;
 class CpuBackend final : public Backend {
  public:
   // The kernels are chosen once (STRATA_ROW_KERNEL / STRATA_QUANT_KERNEL read here, not on every product).
-  CpuBackend(int threads, DType weights)
+  CpuBackend(int threads, DType weights, DType kv)
       : weights_(weights),
+        kv_(kv),
         row_kernel_(cpu::row_kernel_name()),
         quant_kernel_(quant::kernel_name()),
         row_kernel_tokens_(cpu::row_kernel_max_tokens(row_kernel_)) {
@@ -47,6 +48,7 @@ class CpuBackend final : public Backend {
   }
   std::string name() const override { return "cpu"; }
   DType weight_dtype() const override { return weights_; }
+  DType kv_dtype() const override { return kv_; }
 
   Tensor allocate(Shape shape, DType dtype) override { return Tensor::host(std::move(shape), dtype); }
 
@@ -251,21 +253,20 @@ class CpuBackend final : public Backend {
                 TensorView k_cache, TensorView v_cache) override {
     const std::int64_t row = k.row_elems();
     const KvBlocks blocks(k_cache, block_table);
+    const std::size_t row_bytes = dtype_bytes(k_cache.dtype, row);  // f32, or f16 rounded to nearest even
     for (const auto& c : chunks) {
       blocks.check(c);
       for (std::int32_t i = 0; i < c.n_tokens; ++i) {
-        const std::size_t at = std::size_t(blocks.row_of(c, c.start_pos + i)) * std::size_t(row);
+        const std::size_t at = std::size_t(blocks.row_of(c, c.start_pos + i)) * row_bytes;
         const std::int64_t from = (std::int64_t(c.token_offset) + i) * row;
-        std::memcpy(k_cache.f32() + at, k.f32() + from, std::size_t(row) * 4);
-        std::memcpy(v_cache.f32() + at, v.f32() + from, std::size_t(row) * 4);
+        cpu::narrow(k_cache.dtype, k.f32() + from, static_cast<char*>(k_cache.data) + at, row);
+        cpu::narrow(v_cache.dtype, v.f32() + from, static_cast<char*>(v_cache.data) + at, row);
       }
     }
   }
 
   void attention(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table, TensorView q,
                  TensorView k_cache, TensorView v_cache, const AttentionParams& params, TensorView out) override {
-    const std::int64_t kv_heads = k_cache.shape[2], dim = k_cache.shape[3];
-    const std::int64_t q_heads = q.row_elems() / dim, group = q_heads / kv_heads, stride = kv_heads * dim;
     const KvBlocks blocks(k_cache, block_table);
     std::vector<std::pair<std::int32_t, std::int32_t>> tokens;  // (chunk index, token within chunk)
     std::int64_t longest = 0;
@@ -274,10 +275,27 @@ class CpuBackend final : public Backend {
       longest = std::max<std::int64_t>(longest, chunks[c].start_pos + chunks[c].n_tokens);
       blocks.check(chunks[c]);
     }
+    if (k_cache.dtype == DType::F16)
+      return attend<cpu::Half>(chunks, blocks, tokens, longest, q, k_cache, v_cache, params, out);
+    STRATA_CHECK(k_cache.dtype == DType::F32, Internal, "attention: KV cache of ", dtype_name(k_cache.dtype));
+    attend<float>(chunks, blocks, tokens, longest, q, k_cache, v_cache, params, out);
+  }
+
+  // attention() for caches of K (f32, or cpu::Half: an f16 cache, read at half the bytes by kernels whose arithmetic
+  // is that of an f32 cache holding the same values).
+  template <typename K>
+  static void attend(std::span<const SeqChunk> chunks, const KvBlocks& blocks,
+                     const std::vector<std::pair<std::int32_t, std::int32_t>>& tokens, std::int64_t longest,
+                     TensorView q, TensorView k_cache, TensorView v_cache, const AttentionParams& params,
+                     TensorView out) {
+    const std::int64_t kv_heads = k_cache.shape[2], dim = k_cache.shape[3];
+    const std::int64_t q_heads = q.row_elems() / dim, group = q_heads / kv_heads, stride = kv_heads * dim;
     // One work item per (token, KV head): the query heads sharing a KV head go through its cached positions
     // together, a run of them at a time, so each key and value is read from memory once for the group (from L1
     // for the group's other heads); every head's arithmetic is the same as alone.
     const std::int64_t items = std::int64_t(tokens.size()) * kv_heads;
+    const auto* key_rows = static_cast<const K*>(k_cache.data);
+    const auto* value_rows = static_cast<const K*>(v_cache.data);
 #pragma omp parallel
     {
       std::vector<float> scores(static_cast<std::size_t>(group * longest));
@@ -292,7 +310,7 @@ class CpuBackend final : public Backend {
         float* o = out.f32() + (t * q_heads + kvh * group) * dim;
         // Keys block by block: each block holds block_size consecutive positions of the sequence.
         for (std::int64_t j = first; j < visible;) {
-          const float* keys = k_cache.f32() + blocks.row_of(chunk, std::int32_t(j)) * stride + kvh * dim;
+          const K* keys = key_rows + blocks.row_of(chunk, std::int32_t(j)) * stride + kvh * dim;
           const std::int64_t run = std::min(visible - j, blocks.size - j % blocks.size);
           for (std::int64_t g = 0; g < group; ++g)
             cpu::dots(qv + g * dim, keys, stride, run, dim, scores.data() + g * longest + j);
@@ -301,7 +319,7 @@ class CpuBackend final : public Backend {
         for (std::int64_t g = 0; g < group; ++g) softmax(scores.data() + g * longest, first, visible, params);
         std::memset(o, 0, std::size_t(group * dim) * 4);
         for (std::int64_t j = first; j < visible;) {
-          const float* values = v_cache.f32() + blocks.row_of(chunk, std::int32_t(j)) * stride + kvh * dim;
+          const K* values = value_rows + blocks.row_of(chunk, std::int32_t(j)) * stride + kvh * dim;
           const std::int64_t run = std::min(visible - j, blocks.size - j % blocks.size);
           for (std::int64_t g = 0; g < group; ++g)
             cpu::weighted_sum(scores.data() + g * longest + j, values, stride, run, dim, o + g * dim);
@@ -342,7 +360,7 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  DType weights_;
+  DType weights_, kv_;
   std::string row_kernel_, quant_kernel_;  // cpu::row_kernels() / quant::available_kernels() names
   std::int64_t row_kernel_tokens_;         // products of up to this many tokens use the row kernel
   std::vector<float> gemm_scratch_;        // gemm_16bit's widened rows, reused across calls
@@ -350,10 +368,12 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights) {
+std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights, DType kv) {
   STRATA_CHECK(weights == DType::F32 || weights == DType::BF16 || weights == DType::F16 || is_quantized(weights),
                Internal, "cpu backend: unsupported weight dtype");
-  return std::make_unique<CpuBackend>(threads, weights);
+  STRATA_CHECK(kv == DType::F32 || kv == DType::F16, Internal, "cpu backend: unsupported KV-cache dtype ",
+               dtype_name(kv));
+  return std::make_unique<CpuBackend>(threads, weights, kv);
 }
 
 }  // namespace strata

@@ -29,6 +29,7 @@ constexpr std::int64_t kBlock = 16;  // rows per work item: enough to amortise s
 
 inline float as_f32(float w) { return w; }
 inline float as_f32(std::uint16_t bf16) { return bf16_to_f32(bf16); }  // a shift: vectorises
+inline float as_f32(Half f16) { return f16_to_f32(f16.bits); }
 
 // The order every row kernel adds in, for one (row, token): 16 lanes, lane j accumulating
 // acc_j = fma(w[i + j], x[i + j], acc_j) over i = 0, 16, 32, ...; the lanes reduced pairwise, (j, j + 8), then
@@ -209,13 +210,40 @@ STRATA_CLONES void widen_bf16(const std::uint16_t* src, float* dst, std::int64_t
   for (std::int64_t i = 0; i < count; ++i) bits[i] = std::uint32_t(src[i]) << 16;
 }
 
+#if defined(__x86_64__)
+__attribute__((target("avx2,f16c"))) void widen_f16_f16c(const std::uint16_t* src, float* dst, std::int64_t count) {
+  std::int64_t i = 0;
+  for (; i + 8 <= count; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  for (; i < count; ++i) dst[i] = f16_to_f32(src[i]);
+}
+
+__attribute__((target("avx2,f16c"))) void narrow_f16_f16c(const float* src, std::uint16_t* dst, std::int64_t count) {
+  std::int64_t i = 0;
+  for (; i + 8 <= count; i += 8)  // round to nearest even, as f32_to_f16
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  for (; i < count; ++i) dst[i] = f32_to_f16(src[i]);
+}
+#endif
+
 }  // namespace
 
 void widen(DType dtype, const void* src, float* dst, std::int64_t count) {
-  if (dtype == DType::BF16)
-    widen_bf16(static_cast<const std::uint16_t*>(src), dst, count);
-  else
-    convert_to_f32(dtype, src, dst, std::size_t(count));
+  if (dtype == DType::BF16) return widen_bf16(static_cast<const std::uint16_t*>(src), dst, count);
+#if defined(__x86_64__)
+  static const bool f16c = has_avx2_fma();
+  if (dtype == DType::F16 && f16c) return widen_f16_f16c(static_cast<const std::uint16_t*>(src), dst, count);
+#endif
+  convert_to_f32(dtype, src, dst, std::size_t(count));
+}
+
+void narrow(DType dtype, const float* src, void* dst, std::int64_t count) {
+#if defined(__x86_64__)
+  static const bool f16c = has_avx2_fma();
+  if (dtype == DType::F16 && f16c) return narrow_f16_f16c(src, static_cast<std::uint16_t*>(dst), count);
+#endif
+  convert_from_f32(dtype, src, dst, std::size_t(count));
 }
 
 std::vector<std::string> row_kernels() {
@@ -289,16 +317,22 @@ namespace {
 // their 16 lane trees are then reduced together by a shuffle network (15 adds and 30 shuffles for 16 scores, where one
 // tree alone takes 4 adds and 4 shuffles) whose every add is the tree's: pair (j, j + 8) first, then (j, j + 4), (j, j
 // + 2), (0, 1). Lane 4m + p of the result holds position m + 4p's score.
-__attribute__((target(STRATA_AVX512F))) void dots16_avx512(const float* q, const float* keys, std::int64_t stride,
+// 16 f16 keys or values (an f16 KV cache), widened exactly by VCVTPH2PS (f32 ones: load16 above).
+__attribute__((target(STRATA_AVX512F), always_inline)) inline __m512 load16(const Half* at) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(at)));
+}
+
+template <typename K>
+__attribute__((target(STRATA_AVX512F))) void dots16_avx512(const float* q, const K* keys, std::int64_t stride,
                                                            std::int64_t rows, std::int64_t n, float* scores) {
-  const float* row[16];
+  const K* row[16];
   for (int k = 0; k < 16; ++k) row[k] = keys + std::min<std::int64_t>(k, rows - 1) * stride;
   __m512 a[16];
   for (int k = 0; k < 16; ++k) a[k] = _mm512_setzero_ps();
   std::int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     const __m512 qv = _mm512_loadu_ps(q + i);
-    for (int k = 0; k < 16; ++k) a[k] = _mm512_fmadd_ps(_mm512_loadu_ps(row[k] + i), qv, a[k]);
+    for (int k = 0; k < 16; ++k) a[k] = _mm512_fmadd_ps(load16(row[k] + i), qv, a[k]);
   }
   __m512 b[8], c[4], d[2];
   for (int p = 0; p < 8; ++p)  // (j, j + 8): positions 2p, 2p + 1 side by side
@@ -316,17 +350,17 @@ __attribute__((target(STRATA_AVX512F))) void dots16_avx512(const float* q, const
   alignas(64) float sums[16];
   _mm512_store_ps(sums, _mm512_permutexvar_ps(order, e));
   for (int k = 0; k < rows; ++k) {
-    for (std::int64_t t = i; t < n; ++t) sums[k] = std::fma(row[k][t], q[t], sums[k]);  // the tail, in order
+    for (std::int64_t t = i; t < n; ++t) sums[k] = std::fma(as_f32(row[k][t]), q[t], sums[k]);  // the tail, in order
     scores[k] = sums[k];
   }
 }
 #pragma GCC diagnostic pop
 #endif
 
-}  // namespace
-
-STRATA_CLONES void dots(const float* q, const float* keys, std::int64_t stride, std::int64_t count, std::int64_t n,
-                        float* scores) {
+// The attention passes for f32 or f16 (Half) cached rows. Without AVX-512, f16 scores convert element by element
+// and weighted sums widen a row at a time (the same values either way).
+template <typename K>
+void dots_of(const float* q, const K* keys, std::int64_t stride, std::int64_t count, std::int64_t n, float* scores) {
   std::int64_t r = 0;
 #if defined(__x86_64__)
   static const bool avx512 = has_avx512();
@@ -335,6 +369,39 @@ STRATA_CLONES void dots(const float* q, const float* keys, std::int64_t stride, 
       dots16_avx512(q, keys + r * stride, stride, std::min<std::int64_t>(16, count - r), n, scores + r);
 #endif
   for (; r < count; ++r) scores[r] = dot_in_order(q, keys + r * stride, n);
+}
+
+#if defined(__x86_64__)
+// o += weights[r] * values[r] for an f16 run, 64 elements in registers, the product then the sum (axpy's
+// arithmetic: this file is compiled without FMA contraction).
+__attribute__((target(STRATA_AVX512F))) void weighted_sum_f16_avx512(const float* weights, const Half* values,
+                                                                     std::int64_t stride, std::int64_t count,
+                                                                     std::int64_t n, float* o) {
+  std::int64_t i0 = 0;
+  for (; i0 + 64 <= n; i0 += 64) {
+    __m512 acc[4];
+    for (int c = 0; c < 4; ++c) acc[c] = _mm512_loadu_ps(o + i0 + 16 * c);
+    for (std::int64_t r = 0; r < count; ++r) {
+      const __m512 w = _mm512_set1_ps(weights[r]);
+      for (int c = 0; c < 4; ++c)
+        acc[c] = _mm512_add_ps(acc[c], _mm512_mul_ps(w, load16(values + r * stride + i0 + 16 * c)));
+    }
+    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(o + i0 + 16 * c, acc[c]);
+  }
+  for (std::int64_t r = 0; r < count; ++r)
+    for (std::int64_t i = i0; i < n; ++i) o[i] += weights[r] * as_f32(values[r * stride + i]);
+}
+#endif
+
+}  // namespace
+
+STRATA_CLONES void dots(const float* q, const float* keys, std::int64_t stride, std::int64_t count, std::int64_t n,
+                        float* scores) {
+  dots_of(q, keys, stride, count, n, scores);
+}
+
+void dots(const float* q, const Half* keys, std::int64_t stride, std::int64_t count, std::int64_t n, float* scores) {
+  dots_of(q, keys, stride, count, n, scores);
 }
 
 STRATA_CLONES void weighted_sum(const float* weights, const float* values, std::int64_t stride, std::int64_t count,
@@ -351,6 +418,19 @@ STRATA_CLONES void weighted_sum(const float* weights, const float* values, std::
     for (std::int64_t i = 0; i < kChunk; ++i) o[i0 + i] = acc[i];
   }
   for (std::int64_t r = 0; r < count && i0 < n; ++r) axpy(weights[r], values + r * stride + i0, o + i0, n - i0);
+}
+
+void weighted_sum(const float* weights, const Half* values, std::int64_t stride, std::int64_t count, std::int64_t n,
+                  float* o) {
+#if defined(__x86_64__)
+  static const bool avx512 = has_avx512();
+  if (avx512) return weighted_sum_f16_avx512(weights, values, stride, count, n, o);
+#endif
+  std::vector<float> row(static_cast<std::size_t>(n));
+  for (std::int64_t r = 0; r < count; ++r) {
+    widen(DType::F16, values + r * stride, row.data(), n);
+    axpy(weights[r], row.data(), o, n);
+  }
 }
 
 }  // namespace strata::cpu

@@ -14,6 +14,11 @@
 
 namespace strata::cpu {
 
+// An IEEE half, as stored in an f16 KV cache (a distinct type: std::uint16_t means bf16 to the row kernels).
+struct Half {
+  std::uint16_t bits;
+};
+
 // linear() gives row_dot_products products of up to kSmallBatch tokens (OpenBLAS SGEMM is faster above), or of any
 // number (kAnyBatch) with the AVX-512 kernel, which is faster than OpenBLAS 0.3.21 at every size on CPUs that have
 // it (docs/performance.md).
@@ -37,8 +42,12 @@ std::vector<std::string> row_kernels();
 std::string row_kernel_name();
 void row_dot_products_with(const std::string& kernel, const float* x, const void* w, DType w_dtype, float* y,
                            std::int64_t tokens, std::int64_t out, std::int64_t in);
-// dst[0, count) = src as f32 (bf16: a 16-bit shift, vectorised; f16 through convert_to_f32). Single-threaded.
+// dst[0, count) = src as f32 (bf16: a 16-bit shift, vectorised; f16: F16C where the CPU has it, else
+// convert_to_f32; the same values either way). Single-threaded.
 void widen(DType dtype, const void* src, float* dst, std::int64_t count);
+// dst[0, count) = src in dtype, as convert_from_f32 (f16: F16C where the CPU has it, which gives f32_to_f16's values
+// for every input but NaN, kept NaN with another payload). Single-threaded.
+void narrow(DType dtype, const float* src, void* dst, std::int64_t count);
 
 // y += alpha * x
 void axpy(float alpha, const float* x, float* y, std::int64_t n);
@@ -47,9 +56,13 @@ void axpy(float alpha, const float* x, float* y, std::int64_t n);
 // scores[r] = q . (keys + r * stride) over n elements, for r < count, in the row kernels' order (16 lanes of FMAs, the
 // pairwise lane tree, the tail fused in order); with AVX-512, 16 rows at a time with their trees reduced together.
 void dots(const float* q, const float* keys, std::int64_t stride, std::int64_t count, std::int64_t n, float* scores);
+// The same on f16 rows (an f16 KV cache): the arithmetic of f32 rows holding the same values, every path.
+void dots(const float* q, const Half* keys, std::int64_t stride, std::int64_t count, std::int64_t n, float* scores);
 // o += weights[r] * (values + r * stride) for r < count in order, axpy's arithmetic per element (o kept in registers,
 // 64 elements at a time).
 void weighted_sum(const float* weights, const float* values, std::int64_t stride, std::int64_t count, std::int64_t n,
+                  float* o);
+void weighted_sum(const float* weights, const Half* values, std::int64_t stride, std::int64_t count, std::int64_t n,
                   float* o);
 
 }  // namespace strata::cpu
