@@ -416,6 +416,39 @@ TEST(CpuBackend, AttentionPassesFollowTheirDefinedOrder) {
     }
 }
 
+// Softmax's exponentials: within 3 ulp of exp in double wherever exp is a normal float (below that, no larger than
+// FLT_MIN), the sum within 1e-6; the vector path and the portable one give the same bits, for lengths around the
+// 16-lane runs.
+TEST(CpuBackend, SoftmaxExponentialsAreAccurateAndTheSameOnEveryPath) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> spread(-100.0f, 3.0f);
+  for (const std::int64_t n : {1, 15, 16, 17, 100, 1100}) {
+    std::vector<float> x(static_cast<std::size_t>(n));
+    for (float& v : x) v = spread(rng);
+    x[0] = 0.0f;
+    if (n > 2) x[1] = -87.0f;
+    const float max = 0.5f;
+    std::vector<float> vector = x, portable = x;
+    const float sum = cpu::exp_and_sum(vector.data(), n, max);
+    const float sum_portable = cpu::exp_and_sum_without_vectors(portable.data(), n, max);
+    EXPECT_EQ(std::memcmp(&sum, &sum_portable, 4), 0) << n;
+    EXPECT_EQ(0, std::memcmp(vector.data(), portable.data(), vector.size() * 4)) << n;
+    double exact_sum = 0, worst_ulps = 0;
+    for (std::size_t j = 0; j < x.size(); ++j) {
+      const double exact = std::exp(double(x[j] - max));  // of the f32 difference the kernel exponentiates
+      exact_sum += exact;
+      if (exact < 1.1754943508222875e-38) {
+        EXPECT_LE(vector[j], 1.2e-38f) << x[j];
+        continue;
+      }
+      const double ulp = std::ldexp(1.0, std::ilogb(exact) - 23);
+      worst_ulps = std::max(worst_ulps, std::fabs(vector[j] - exact) / ulp);
+    }
+    EXPECT_LE(worst_ulps, 3.0) << n;
+    EXPECT_LT(std::fabs(sum - exact_sum) / exact_sum, 1e-6) << n;
+  }
+}
+
 // widen / narrow (F16C where the CPU has it) against the portable conversions: every f16 bit pattern widens to
 // f16_to_f32's value (NaNs to a NaN), and f32 values of every kind (normal, subnormal, overflowing, halfway, zero)
 // narrow to f32_to_f16's bits.

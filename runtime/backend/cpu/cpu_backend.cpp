@@ -338,8 +338,7 @@ class CpuBackend final : public Backend {
       scores[j] = s;
       max_score = std::max(max_score, s);
     }
-    float denom = 0;
-    for (std::int64_t j = first; j < visible; ++j) denom += (scores[j] = std::exp(scores[j] - max_score));
+    const float denom = cpu::exp_and_sum(scores + first, visible - first, max_score);
     for (std::int64_t j = first; j < visible; ++j) scores[j] /= denom;
   }
 

@@ -325,13 +325,18 @@ __attribute__((target(STRATA_AVX512F), always_inline)) inline __m512 load16(cons
 template <typename K>
 __attribute__((target(STRATA_AVX512F))) void dots16_avx512(const float* q, const K* keys, std::int64_t stride,
                                                            std::int64_t rows, std::int64_t n, float* scores) {
+  // Fully unrolled, so that the 16 accumulators live in registers (GCC otherwise zeroed them on the stack with a
+  // REP STOSQ per call: a tenth of the time of a long-context decode's scores).
   const K* row[16];
+#pragma GCC unroll 16
   for (int k = 0; k < 16; ++k) row[k] = keys + std::min<std::int64_t>(k, rows - 1) * stride;
   __m512 a[16];
+#pragma GCC unroll 16
   for (int k = 0; k < 16; ++k) a[k] = _mm512_setzero_ps();
   std::int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     const __m512 qv = _mm512_loadu_ps(q + i);
+#pragma GCC unroll 16
     for (int k = 0; k < 16; ++k) a[k] = _mm512_fmadd_ps(load16(row[k] + i), qv, a[k]);
   }
   __m512 b[8], c[4], d[2];
@@ -393,6 +398,76 @@ __attribute__((target(STRATA_AVX512F))) void weighted_sum_f16_avx512(const float
 }
 #endif
 
+// exp for softmax, one algorithm for the scalar and the AVX-512 code (the same operations in the same order, so the
+// same bits): x clamped to [-87.33, 88.7] (below, exp is under FLT_MIN and counts for nothing beside the row's
+// maximum, whose exp is 1), n = x / ln 2 rounded to nearest even, r = x - n ln 2 in two fused steps (Cody-Waite),
+// exp(r) = 1 + r + r^2 P(r) with Cephes' degree-5 P (about 1 ulp), times 2^n built in the exponent bits.
+constexpr float kExpLow = -87.33654f, kExpHigh = 88.72283f, kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kExpP[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                            4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
+inline float exp_portable(float x) {
+  x = std::min(std::max(x, kExpLow), kExpHigh);
+  const float n = std::nearbyint(x * kLog2e);
+  float r = std::fma(n, -kLn2Hi, x);
+  r = std::fma(n, -kLn2Lo, r);
+  float p = kExpP[0];
+  for (int k = 1; k < 6; ++k) p = std::fma(p, r, kExpP[k]);
+  const float y = std::fma(p, r * r, r) + 1.0f;
+  const std::uint32_t bits = std::uint32_t(int(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return y * scale;
+}
+
+// s[j] = exp(s[j] - max) for j < n, and their sum: 16 lanes over the whole runs of 16, reduced pairwise as the row
+// kernels' lanes are ((j, j + 8), (j, j + 4), (j, j + 2), (0, 1)), then the last n % 16 added in order.
+float exp_and_sum_portable(float* s, std::int64_t n, float max) {
+  float lanes[kLanes] = {};
+  std::int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lanes[j] += (s[i + j] = exp_portable(s[i + j] - max));
+  for (int width = 8; width >= 1; width /= 2)
+    for (int j = 0; j < width; ++j) lanes[j] = lanes[j] + lanes[j + width];
+  float sum = lanes[0];
+  for (; i < n; ++i) sum += (s[i] = exp_portable(s[i] - max));
+  return sum;
+}
+
+#if defined(__x86_64__)
+#pragma GCC diagnostic push  // GCC 12 reports its intrinsics' deliberately undefined upper halves as uninitialised
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target(STRATA_AVX512F), always_inline)) inline __m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(kExpLow)), _mm512_set1_ps(kExpHigh));
+  const __m512 n =
+      _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-kLn2Hi), x);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(-kLn2Lo), r);
+  __m512 p = _mm512_set1_ps(kExpP[0]);
+  for (int k = 1; k < 6; ++k) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpP[k]));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(y, _mm512_castsi512_ps(bits));
+}
+
+__attribute__((target(STRATA_AVX512F))) float exp_and_sum_avx512(float* s, std::int64_t n, float max) {
+  __m512 lanes = _mm512_setzero_ps();
+  const __m512 m = _mm512_set1_ps(max);
+  std::int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(s + i), m));
+    _mm512_storeu_ps(s + i, e);
+    lanes = _mm512_add_ps(lanes, e);
+  }
+  float sum = reduce_lanes_avx512(lanes);
+  for (; i < n; ++i) sum += (s[i] = exp_portable(s[i] - max));
+  return sum;
+}
+#pragma GCC diagnostic pop
+#endif
+
 }  // namespace
 
 STRATA_CLONES void dots(const float* q, const float* keys, std::int64_t stride, std::int64_t count, std::int64_t n,
@@ -432,5 +507,15 @@ void weighted_sum(const float* weights, const Half* values, std::int64_t stride,
     axpy(weights[r], row.data(), o, n);
   }
 }
+
+float exp_and_sum(float* s, std::int64_t n, float max) {
+#if defined(__x86_64__)
+  static const bool avx512 = has_avx512();
+  if (avx512) return exp_and_sum_avx512(s, n, max);
+#endif
+  return exp_and_sum_portable(s, n, max);
+}
+
+float exp_and_sum_without_vectors(float* s, std::int64_t n, float max) { return exp_and_sum_portable(s, n, max); }
 
 }  // namespace strata::cpu
