@@ -413,6 +413,25 @@ TEST(CpuBackend, AttentionPassesFollowTheirDefinedOrder) {
       cpu::weighted_sum(weights.data(), halves.data(), stride, count, n, oh.data());
       cpu::weighted_sum(weights.data(), rounded.data(), stride, count, n, orounded.data());
       EXPECT_EQ(0, std::memcmp(oh.data(), orounded.data(), oh.size() * 4)) << "f16 weighted_sum n " << n;
+      // A GQA group's heads together (1 to 6: sets of up to 4 and a rest): each head as weighted_sum alone.
+      for (const std::int64_t heads : {1, 3, 4, 6}) {
+        const std::int64_t weight_stride = count + 3;
+        std::vector<float> group_weights(static_cast<std::size_t>(heads * weight_stride));
+        for (float& w : group_weights) w = normal(rng);
+        std::vector<float> together(static_cast<std::size_t>(heads * n), 0.25f), alone = together;
+        std::vector<float> together_f16 = together, alone_f16 = together;
+        cpu::weighted_sums(group_weights.data(), weight_stride, heads, rows.data(), stride, count, n, together.data());
+        cpu::weighted_sums(group_weights.data(), weight_stride, heads, halves.data(), stride, count, n,
+                           together_f16.data());
+        for (std::int64_t g = 0; g < heads; ++g) {
+          cpu::weighted_sum(group_weights.data() + g * weight_stride, rows.data(), stride, count, n,
+                            alone.data() + g * n);
+          cpu::weighted_sum(group_weights.data() + g * weight_stride, halves.data(), stride, count, n,
+                            alone_f16.data() + g * n);
+        }
+        EXPECT_EQ(0, std::memcmp(together.data(), alone.data(), alone.size() * 4)) << "heads " << heads << " n " << n;
+        EXPECT_EQ(0, std::memcmp(together_f16.data(), alone_f16.data(), alone.size() * 4)) << "f16 heads " << heads;
+      }
     }
 }
 

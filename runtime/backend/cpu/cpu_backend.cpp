@@ -321,8 +321,7 @@ class CpuBackend final : public Backend {
         for (std::int64_t j = first; j < visible;) {
           const K* values = value_rows + blocks.row_of(chunk, std::int32_t(j)) * stride + kvh * dim;
           const std::int64_t run = std::min(visible - j, blocks.size - j % blocks.size);
-          for (std::int64_t g = 0; g < group; ++g)
-            cpu::weighted_sum(scores.data() + g * longest + j, values, stride, run, dim, o + g * dim);
+          cpu::weighted_sums(scores.data() + j, longest, group, values, stride, run, dim, o);
           j += run;
         }
       }

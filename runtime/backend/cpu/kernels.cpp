@@ -396,6 +396,42 @@ __attribute__((target(STRATA_AVX512F))) void weighted_sum_f16_avx512(const float
   for (std::int64_t r = 0; r < count; ++r)
     for (std::int64_t i = i0; i < n; ++i) o[i] += weights[r] * as_f32(values[r * stride + i]);
 }
+
+// G heads' weighted sums over the same values (a GQA group), each head's arithmetic that of weighted_sum: 64
+// elements of the G outputs in registers, each value row loaded once for all of them. One head alone is a chain
+// of dependent adds per element (the latency of an add per position); G heads are G independent chains.
+template <int G, typename K>
+__attribute__((target(STRATA_AVX512F))) void weighted_sums_avx512(const float* weights, std::int64_t weight_stride,
+                                                                  const K* values, std::int64_t stride,
+                                                                  std::int64_t count, std::int64_t n, float* o) {
+  std::int64_t i0 = 0;
+  for (; i0 + 64 <= n; i0 += 64) {
+    __m512 acc[G][4];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g)
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) acc[g][c] = _mm512_loadu_ps(o + g * n + i0 + 16 * c);
+    for (std::int64_t r = 0; r < count; ++r) {
+      __m512 v[4];
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) v[c] = load16(values + r * stride + i0 + 16 * c);
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) {
+        const __m512 w = _mm512_set1_ps(weights[g * weight_stride + r]);
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) acc[g][c] = _mm512_add_ps(acc[g][c], _mm512_mul_ps(w, v[c]));
+      }
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g)
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) _mm512_storeu_ps(o + g * n + i0 + 16 * c, acc[g][c]);
+  }
+  for (int g = 0; g < G; ++g)
+    for (std::int64_t r = 0; r < count; ++r)
+      for (std::int64_t i = i0; i < n; ++i)
+        o[g * n + i] += weights[g * weight_stride + r] * as_f32(values[r * stride + i]);
+}
 #endif
 
 // exp for softmax, one algorithm for the scalar and the AVX-512 code (the same operations in the same order, so the
@@ -506,6 +542,44 @@ void weighted_sum(const float* weights, const Half* values, std::int64_t stride,
     widen(DType::F16, values + r * stride, row.data(), n);
     axpy(weights[r], row.data(), o, n);
   }
+}
+
+template <typename K>
+void weighted_sums_of(const float* weights, std::int64_t weight_stride, std::int64_t heads, const K* values,
+                      std::int64_t stride, std::int64_t count, std::int64_t n, float* o) {
+  std::int64_t g = 0;
+#if defined(__x86_64__)
+  static const bool avx512 = has_avx512();
+  for (; avx512 && g < heads; g += 4) {  // up to 4 heads at a time: 16 accumulators
+    const float* w = weights + g * weight_stride;
+    float* out = o + g * n;
+    switch (std::min<std::int64_t>(4, heads - g)) {
+      case 1:
+        weighted_sums_avx512<1>(w, weight_stride, values, stride, count, n, out);
+        break;
+      case 2:
+        weighted_sums_avx512<2>(w, weight_stride, values, stride, count, n, out);
+        break;
+      case 3:
+        weighted_sums_avx512<3>(w, weight_stride, values, stride, count, n, out);
+        break;
+      default:
+        weighted_sums_avx512<4>(w, weight_stride, values, stride, count, n, out);
+        break;
+    }
+  }
+#endif
+  for (; g < heads; ++g) weighted_sum(weights + g * weight_stride, values, stride, count, n, o + g * n);
+}
+
+void weighted_sums(const float* weights, std::int64_t weight_stride, std::int64_t heads, const float* values,
+                   std::int64_t stride, std::int64_t count, std::int64_t n, float* o) {
+  weighted_sums_of(weights, weight_stride, heads, values, stride, count, n, o);
+}
+
+void weighted_sums(const float* weights, std::int64_t weight_stride, std::int64_t heads, const Half* values,
+                   std::int64_t stride, std::int64_t count, std::int64_t n, float* o) {
+  weighted_sums_of(weights, weight_stride, heads, values, stride, count, n, o);
 }
 
 float exp_and_sum(float* s, std::int64_t n, float max) {

@@ -64,6 +64,13 @@ void weighted_sum(const float* weights, const float* values, std::int64_t stride
                   float* o);
 void weighted_sum(const float* weights, const Half* values, std::int64_t stride, std::int64_t count, std::int64_t n,
                   float* o);
+// weighted_sum for `heads` heads over the same values (a GQA group): head g's weights at weights + g *
+// weight_stride, its output at o + g * n; each head's bits those of weighted_sum alone (AVX-512: the heads' sums
+// side by side, independent chains sharing each value load).
+void weighted_sums(const float* weights, std::int64_t weight_stride, std::int64_t heads, const float* values,
+                   std::int64_t stride, std::int64_t count, std::int64_t n, float* o);
+void weighted_sums(const float* weights, std::int64_t weight_stride, std::int64_t heads, const Half* values,
+                   std::int64_t stride, std::int64_t count, std::int64_t n, float* o);
 
 // Softmax's exponentials: s[j] = exp(s[j] - max) for j < n, returning their sum (16 lanes, the row kernels' lane
 // tree, the tail in order). exp is a polynomial within ~2 ulp of the correctly rounded value, the same operations on
