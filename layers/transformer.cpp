@@ -257,9 +257,10 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
     backend_.rms_norm(h, w.input_norm.view(), eps, x);
   else
     backend_.rms_norm_residual(h, rows(proj_), w.input_norm.view(), eps, x);
-  backend_.linear(x, w.q.view(), w.q_bias.view(), rows(q_));
-  backend_.linear(x, w.k.view(), w.k_bias.view(), rows(k_));
-  backend_.linear(x, w.v.view(), w.v_bias.view(), rows(v_));
+  const TensorView qkv_weights[] = {w.q.view(), w.k.view(), w.v.view()};
+  const TensorView qkv_biases[] = {w.q_bias.view(), w.k_bias.view(), w.v_bias.view()};
+  const TensorView qkv[] = {rows(q_), rows(k_), rows(v_)};
+  backend_.linears(x, qkv_weights, qkv_biases, qkv);
   if (c.qk_norm) {  // Qwen3, Gemma 3: each head of q and k normalised on its own (rows of head_dim), before RoPE
     const auto per_head = [&](const Tensor& t, std::int64_t heads) {
       return rows(t).reshaped({tokens * heads, c.head_dim});

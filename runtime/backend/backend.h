@@ -96,6 +96,12 @@ class Backend {
 
   // y[T,N] = x[T,K] . w[N,K]^T (+ bias[N] when bias.data != nullptr). w is a Hugging Face Linear weight.
   virtual void linear(TensorView x, TensorView w, TensorView bias, TensorView y) = 0;
+  // linear(x, ws[i], biases[i], ys[i]) for each i (q, k and v of one input), with those results; a backend may share
+  // the work (the CPU backend's quantized kernels: x quantized once, one parallel region).
+  virtual void linears(TensorView x, std::span<const TensorView> ws, std::span<const TensorView> biases,
+                       std::span<const TensorView> ys) {
+    for (std::size_t i = 0; i < ws.size(); ++i) linear(x, ws[i], biases[i], ys[i]);
+  }
   // y[T,K] = x / rms(x) * weight[K]; y may alias x.
   virtual void rms_norm(TensorView x, TensorView weight, float eps, TensorView y) = 0;
   // residual += x; y = rms_norm(residual) * weight (the decoder block's add + next norm, fused). [T,K] each.

@@ -273,6 +273,24 @@ TEST(CpuBackend, QuantizedWeightsInTheKernelsLayoutGiveTheRowsResults) {
       backend->linear(x.view(), prepared.view(), TensorView{}, y.view());
       EXPECT_EQ(0, std::memcmp(want.data(), y.f32(), want.size() * 4)) << dtype_name(dtype) << " " << tokens;
     }
+    // Several products of one input in one call (q, k, v): each with the bits of its own linear, biases included.
+    Tensor w2 = backend->allocate({5, in}, dtype), w3 = backend->allocate({48, in}, dtype);
+    Tensor w2_32 = f.random({5, in}), w3_32 = f.random({48, in}), bias3 = f.random({48});
+    backend->upload(w2_32.f32(), w2.view());
+    backend->upload(w3_32.f32(), w3.view());
+    const Tensor p2 = backend->prepare_weight(std::move(w2)), p3 = backend->prepare_weight(std::move(w3));
+    for (std::int64_t tokens : {1, 9}) {
+      Tensor x = f.random({tokens, in});
+      Tensor y1 = f.random({tokens, out}), y2 = f.random({tokens, 5}), y3 = f.random({tokens, 48});
+      Tensor s1 = f.random({tokens, out}), s2 = f.random({tokens, 5}), s3 = f.random({tokens, 48});
+      const TensorView ws[] = {prepared.view(), p2.view(), p3.view()}, biases[] = {{}, {}, bias3.view()};
+      const TensorView together[] = {y1.view(), y2.view(), y3.view()}, alone[] = {s1.view(), s2.view(), s3.view()};
+      backend->linears(x.view(), ws, biases, together);
+      for (int i = 0; i < 3; ++i) backend->linear(x.view(), ws[i], biases[i], alone[i]);
+      for (int i = 0; i < 3; ++i)
+        EXPECT_EQ(0, std::memcmp(together[i].data, alone[i].data, std::size_t(together[i].numel()) * 4))
+            << dtype_name(dtype) << " product " << i << " tokens " << tokens;
+    }
     const std::vector<std::int32_t> ids = {3, 20, 36, 40};  // in the groups, in the last rows, outside the shard
     Tensor got = f.random({4, in}), want = f.random({4, in});
     backend->embedding(ids, prepared.view(), 0, got.view());

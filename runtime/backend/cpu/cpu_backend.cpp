@@ -95,12 +95,31 @@ class CpuBackend final : public Backend {
     } else {
       gemm_16bit(x, w, y);
     }
-    if (bias.data) {
-      const float* b = bias.f32();
-      for (std::int64_t t = 0; t < tokens; ++t) {
-        float* row = y.f32() + t * out;
-        for (std::int64_t n = 0; n < out; ++n) row[n] += b[n];
-      }
+    add_bias(bias, y);
+  }
+
+  void linears(TensorView x, std::span<const TensorView> ws, std::span<const TensorView> biases,
+               std::span<const TensorView> ys) override {
+    const std::int64_t tokens = x.rows(), in = x.row_elems();
+    bool shared = tokens > 0 && is_quantized(ws[0].dtype);
+    for (std::size_t i = 0; i < ws.size(); ++i)
+      shared = shared && ws[i].dtype == ws[0].dtype && ws[i].row_elems() == in && ys[i].rows() == tokens &&
+               ys[i].row_elems() == ws[i].rows();
+    if (!shared) return Backend::linears(x, ws, biases, ys);
+    std::vector<quant::Product> products;
+    for (std::size_t i = 0; i < ws.size(); ++i)
+      products.push_back({ws[i].data, ws[i].layout, ys[i].f32(), ws[i].rows()});
+    quant::row_dot_products_many(quant_kernel_, x.f32(), quant_format(ws[0].dtype), tokens, in, products);
+    for (std::size_t i = 0; i < ws.size(); ++i) add_bias(biases[i], ys[i]);
+  }
+
+  static void add_bias(TensorView bias, TensorView y) {
+    if (!bias.data) return;
+    const float* b = bias.f32();
+    const std::int64_t out = y.row_elems();
+    for (std::int64_t t = 0; t < y.rows(); ++t) {
+      float* row = y.f32() + t * out;
+      for (std::int64_t n = 0; n < out; ++n) row[n] += b[n];
     }
   }
 

@@ -382,16 +382,24 @@ bool cpu_has(const std::string& kernel) {
          (kernel == "avx512vnni" && cpu::has_avx512_vnni());
 }
 
-// Rows in work items of 16 (the AVX-512 kernel's group; a last partial group goes to the AVX2 kernel, whose
-// arithmetic is the same, and is in the row layout in both layouts) over the OpenMP threads.
+// The rows of every product in work items of 16 (the AVX-512 kernel's group; a last partial group goes to the AVX2
+// kernel, whose arithmetic is the same, and is in the row layout in both layouts) over the OpenMP threads: several
+// products of the same activations share one parallel region.
 template <typename Block>
-void run(const std::string& kernel, const Activations& x, const void* w, Layout layout, float* y, std::int64_t tokens,
-         std::int64_t out, std::int64_t blocks) {
-  const auto* rows = static_cast<const Block*>(w);
-  const std::int64_t items = (out + kGroup - 1) / kGroup;
+void run(const std::string& kernel, const Activations& x, std::span<const Product> products, std::int64_t tokens,
+         std::int64_t blocks) {
+  std::vector<std::int64_t> first_item(products.size() + 1, 0);  // product p's items: [first_item[p], [p + 1])
+  for (std::size_t p = 0; p < products.size(); ++p)
+    first_item[p + 1] = first_item[p] + (products[p].out + kGroup - 1) / kGroup;
   const int which = kernel == "avx512vnni" ? 2 : kernel == "avx2" ? 1 : 0;
 #pragma omp parallel for schedule(static)
-  for (std::int64_t i = 0; i < items; ++i) {
+  for (std::int64_t item = 0; item < first_item.back(); ++item) {
+    std::size_t p = 0;
+    while (item >= first_item[p + 1]) ++p;
+    const auto* rows = static_cast<const Block*>(products[p].w);
+    const Layout layout = products[p].layout;
+    float* y = products[p].y;
+    const std::int64_t out = products[p].out, i = item - first_item[p];
     const std::int64_t begin = i * kGroup, end = std::min(out, begin + kGroup);
 #if defined(__x86_64__)
     if (which == 2 && end - begin == kGroup) {
@@ -504,9 +512,16 @@ void quantize_activations(const std::string& kernel, const float* x, BlockQ8_0* 
 
 void row_dot_products_with(const std::string& kernel, const float* x, const void* w, Format format, float* y,
                            std::int64_t tokens, std::int64_t out, std::int64_t in, Layout layout) {
+  const Product product{w, layout, y, out};
+  row_dot_products_many(kernel, x, format, tokens, in, {&product, 1});
+}
+
+void row_dot_products_many(const std::string& kernel, const float* x, Format format, std::int64_t tokens,
+                           std::int64_t in, std::span<const Product> products) {
   STRATA_CHECK(cpu_has(kernel), Internal, "quantized kernel '", kernel, "' is not available on this CPU");
-  STRATA_CHECK(layout == Layout::Rows || interleaves(kernel), Internal, "quantized kernel '", kernel,
-               "' reads weights in the row layout only");
+  for (const Product& p : products)
+    STRATA_CHECK(p.layout == Layout::Rows || interleaves(kernel), Internal, "quantized kernel '", kernel,
+                 "' reads weights in the row layout only");
   const std::int64_t blocks = std::int64_t(row_bytes(format, in) / block_bytes(format));
   // The activations once per call: Q8_0 blocks and their scales as f32 (kept between calls: no allocation per step)
   thread_local std::vector<BlockQ8_0> xq;
@@ -521,9 +536,9 @@ void row_dot_products_with(const std::string& kernel, const float* x, const void
                        format == Format::Q8_0 ? 128 : 8);
   const Activations activations{xq.data(), xs.data(), avx512 ? starts.data() : nullptr};
   if (format == Format::Q8_0)
-    run<BlockQ8_0>(kernel, activations, w, layout, y, tokens, out, blocks);
+    run<BlockQ8_0>(kernel, activations, products, tokens, blocks);
   else
-    run<BlockQ4_0>(kernel, activations, w, layout, y, tokens, out, blocks);
+    run<BlockQ4_0>(kernel, activations, products, tokens, blocks);
 }
 
 }  // namespace strata::quant

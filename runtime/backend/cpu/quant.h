@@ -5,6 +5,7 @@
 // exact; the f32 block sums are added with the same fused multiply-adds in the same order).
 #pragma once
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,18 @@ void row_dot_products(const float* x, const void* w, Format format, float* y, st
 // With Layout::Interleaved16, w is interleave_rows' output, and the kernel one that interleaves().
 void row_dot_products_with(const std::string& kernel, const float* x, const void* w, Format format, float* y,
                            std::int64_t tokens, std::int64_t out, std::int64_t in, Layout layout = Layout::Rows);
+
+// Several products of the same activations x [tokens, in] (q, k and v): x quantized once and every product's rows
+// in one parallel region (a fork and join of the threads costs microseconds, a decode step has dozens); each y
+// as row_dot_products_with gives it. All weights in `format`.
+struct Product {
+  const void* w;
+  Layout layout;
+  float* y;          // [tokens, out]
+  std::int64_t out;  // rows of w
+};
+void row_dot_products_many(const std::string& kernel, const float* x, Format format, std::int64_t tokens,
+                           std::int64_t in, std::span<const Product> products);
 
 // The AVX-512 kernel reads 16 rows' blocks at once, one row per 32-bit lane. From the row layout it transposes
 // each block of 16 rows in registers and inserts 16 scales one by one: at one token (decode) that cost more than
