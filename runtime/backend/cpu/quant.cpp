@@ -388,7 +388,7 @@ bool cpu_has(const std::string& kernel) {
 template <typename Block>
 void run(const std::string& kernel, const Activations& x, std::span<const Product> products, std::int64_t tokens,
          std::int64_t blocks) {
-  std::vector<std::int64_t> first_item(products.size() + 1, 0);  // product p's items: [first_item[p], [p + 1])
+  std::vector<std::int64_t> first_item(products.size() + 1, 0);  // product p: items [first_item[p], first_item[p + 1])
   for (std::size_t p = 0; p < products.size(); ++p)
     first_item[p + 1] = first_item[p] + (products[p].out + kGroup - 1) / kGroup;
   const int which = kernel == "avx512vnni" ? 2 : kernel == "avx2" ? 1 : 0;
