@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "runtime/backend/cpu/cpu_features.h"
@@ -36,6 +38,13 @@ inline float as_f32(Half f16) { return f16_to_f32(f16.bits); }
 // (j, j + 4), (j, j + 2), (0, 1); then the last in % 16 products fused onto that sum in order. The scalar, AVX2 and
 // AVX-512 kernels all follow it, so they give the same bits, and so do 16-bit and f32 weights holding the same
 // values.
+// The 16 lanes reduced pairwise in that order, (j, j + 8), (j, j + 4), (j, j + 2), (0, 1) (a is overwritten).
+inline float lane_tree(float* a) {
+  for (int width = kLanes / 2; width >= 1; width /= 2)
+    for (int j = 0; j < width; ++j) a[j] = a[j] + a[j + width];
+  return a[0];
+}
+
 // One (row, token) in exactly that order: the scalar kernel's step, and attention's scores on CPUs without AVX-512.
 template <typename W>
 inline float dot_in_order(const float* x, const W* w, std::int64_t n) {
@@ -43,10 +52,7 @@ inline float dot_in_order(const float* x, const W* w, std::int64_t n) {
   std::int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
     for (int j = 0; j < kLanes; ++j) a[j] = std::fma(as_f32(w[i + j]), x[i + j], a[j]);
-  float b[8], c[4];
-  for (int j = 0; j < 8; ++j) b[j] = a[j] + a[j + 8];
-  for (int j = 0; j < 4; ++j) c[j] = b[j] + b[j + 4];
-  float sum = (c[0] + c[2]) + (c[1] + c[3]);
+  float sum = lane_tree(a);
   for (; i < n; ++i) sum = std::fma(as_f32(w[i]), x[i], sum);
   return sum;
 }
@@ -362,8 +368,14 @@ __attribute__((target(STRATA_AVX512F))) void dots16_avx512(const float* q, const
 #pragma GCC diagnostic pop
 #endif
 
-// The attention passes for f32 or f16 (Half) cached rows. Without AVX-512, f16 scores convert element by element
-// and weighted sums widen a row at a time (the same values either way).
+// The attention passes for f32 or f16 (Half) cached rows. Without AVX-512, f16 rows are widened a row at a time
+// (F16C where the CPU has it) into a per-thread buffer and go through the f32 code: the same values either way.
+std::vector<float>& widened_row(std::int64_t n) {
+  thread_local std::vector<float> row;
+  if (row.size() < std::size_t(n)) row.resize(std::size_t(n));
+  return row;
+}
+
 template <typename K>
 void dots_of(const float* q, const K* keys, std::int64_t stride, std::int64_t count, std::int64_t n, float* scores) {
   std::int64_t r = 0;
@@ -373,33 +385,22 @@ void dots_of(const float* q, const K* keys, std::int64_t stride, std::int64_t co
     for (; r < count; r += 16)
       dots16_avx512(q, keys + r * stride, stride, std::min<std::int64_t>(16, count - r), n, scores + r);
 #endif
-  for (; r < count; ++r) scores[r] = dot_in_order(q, keys + r * stride, n);
+  for (; r < count; ++r) {
+    if constexpr (std::is_same_v<K, float>) {
+      scores[r] = dot_in_order(q, keys + r * stride, n);
+    } else {
+      std::vector<float>& row = widened_row(n);
+      widen(DType::F16, keys + r * stride, row.data(), n);
+      scores[r] = dot_in_order(q, row.data(), n);
+    }
+  }
 }
 
 #if defined(__x86_64__)
-// o += weights[r] * values[r] for an f16 run, 64 elements in registers, the product then the sum (axpy's
-// arithmetic: this file is compiled without FMA contraction).
-__attribute__((target(STRATA_AVX512F))) void weighted_sum_f16_avx512(const float* weights, const Half* values,
-                                                                     std::int64_t stride, std::int64_t count,
-                                                                     std::int64_t n, float* o) {
-  std::int64_t i0 = 0;
-  for (; i0 + 64 <= n; i0 += 64) {
-    __m512 acc[4];
-    for (int c = 0; c < 4; ++c) acc[c] = _mm512_loadu_ps(o + i0 + 16 * c);
-    for (std::int64_t r = 0; r < count; ++r) {
-      const __m512 w = _mm512_set1_ps(weights[r]);
-      for (int c = 0; c < 4; ++c)
-        acc[c] = _mm512_add_ps(acc[c], _mm512_mul_ps(w, load16(values + r * stride + i0 + 16 * c)));
-    }
-    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(o + i0 + 16 * c, acc[c]);
-  }
-  for (std::int64_t r = 0; r < count; ++r)
-    for (std::int64_t i = i0; i < n; ++i) o[i] += weights[r] * as_f32(values[r * stride + i]);
-}
-
-// G heads' weighted sums over the same values (a GQA group), each head's arithmetic that of weighted_sum: 64
-// elements of the G outputs in registers, each value row loaded once for all of them. One head alone is a chain
-// of dependent adds per element (the latency of an add per position); G heads are G independent chains.
+// G heads' weighted sums over the same values (a GQA group), each head's arithmetic that of weighted_sum (the product
+// then the sum, axpy's arithmetic: this file is compiled without FMA contraction): 64 elements of the G outputs in
+// registers, each value row loaded (f16: widened) once for all of them. One head alone is a chain of dependent adds
+// per element (the latency of an add per position); G heads are G independent chains.
 template <int G, typename K>
 __attribute__((target(STRATA_AVX512F))) void weighted_sums_avx512(const float* weights, std::int64_t weight_stride,
                                                                   const K* values, std::int64_t stride,
@@ -457,16 +458,14 @@ inline float exp_portable(float x) {
   return y * scale;
 }
 
-// s[j] = exp(s[j] - max) for j < n, and their sum: 16 lanes over the whole runs of 16, reduced pairwise as the row
-// kernels' lanes are ((j, j + 8), (j, j + 4), (j, j + 2), (0, 1)), then the last n % 16 added in order.
+// s[j] = exp(s[j] - max) for j < n, and their sum: 16 lanes over the whole runs of 16, reduced by the row kernels'
+// lane tree, then the last n % 16 added in order.
 float exp_and_sum_portable(float* s, std::int64_t n, float max) {
   float lanes[kLanes] = {};
   std::int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
     for (int j = 0; j < kLanes; ++j) lanes[j] += (s[i + j] = exp_portable(s[i + j] - max));
-  for (int width = 8; width >= 1; width /= 2)
-    for (int j = 0; j < width; ++j) lanes[j] = lanes[j] + lanes[j + width];
-  float sum = lanes[0];
+  float sum = lane_tree(lanes);
   for (; i < n; ++i) sum += (s[i] = exp_portable(s[i] - max));
   return sum;
 }
@@ -531,19 +530,6 @@ STRATA_CLONES void weighted_sum(const float* weights, const float* values, std::
   for (std::int64_t r = 0; r < count && i0 < n; ++r) axpy(weights[r], values + r * stride + i0, o + i0, n - i0);
 }
 
-void weighted_sum(const float* weights, const Half* values, std::int64_t stride, std::int64_t count, std::int64_t n,
-                  float* o) {
-#if defined(__x86_64__)
-  static const bool avx512 = has_avx512();
-  if (avx512) return weighted_sum_f16_avx512(weights, values, stride, count, n, o);
-#endif
-  std::vector<float> row(static_cast<std::size_t>(n));
-  for (std::int64_t r = 0; r < count; ++r) {
-    widen(DType::F16, values + r * stride, row.data(), n);
-    axpy(weights[r], row.data(), o, n);
-  }
-}
-
 template <typename K>
 void weighted_sums_of(const float* weights, std::int64_t weight_stride, std::int64_t heads, const K* values,
                       std::int64_t stride, std::int64_t count, std::int64_t n, float* o) {
@@ -569,7 +555,20 @@ void weighted_sums_of(const float* weights, std::int64_t weight_stride, std::int
     }
   }
 #endif
-  for (; g < heads; ++g) weighted_sum(weights + g * weight_stride, values, stride, count, n, o + g * n);
+  if constexpr (std::is_same_v<K, float>) {
+    for (; g < heads; ++g) weighted_sum(weights + g * weight_stride, values, stride, count, n, o + g * n);
+  } else if (g < heads) {  // each f16 row widened once for the heads, each head's sum in order r (axpy's arithmetic)
+    std::vector<float>& row = widened_row(n);
+    for (std::int64_t r = 0; r < count; ++r) {
+      widen(DType::F16, values + r * stride, row.data(), n);
+      for (std::int64_t h = g; h < heads; ++h) axpy(weights[h * weight_stride + r], row.data(), o + h * n, n);
+    }
+  }
+}
+
+void weighted_sum(const float* weights, const Half* values, std::int64_t stride, std::int64_t count, std::int64_t n,
+                  float* o) {
+  weighted_sums_of(weights, 0, 1, values, stride, count, n, o);
 }
 
 void weighted_sums(const float* weights, std::int64_t weight_stride, std::int64_t heads, const float* values,
