@@ -30,6 +30,18 @@ namespace {
 
 constexpr std::int64_t kGroup = 16;  // rows per AVX-512 pass (one per 32-bit lane), and per work item
 
+// The interleaved layout of a group of 16 rows (quant.h), `quants` bytes of quants per block (16 q4_0, 32 q8_0):
+// block b's quants from byte b * quants * 16 (byte j of row r at (j / 4) * 64 + r * 4 + j % 4 there), then every
+// block's 16 f16 scales (row r's of block b at blocks * quants * 16 + (b * 16 + r) * 2).
+constexpr std::size_t interleaved_quant(std::size_t quants, std::int64_t b, std::size_t j, std::int64_t r) {
+  return std::size_t(b) * quants * kGroup + (j / 4) * 64 + std::size_t(r) * 4 + j % 4;
+}
+constexpr std::size_t interleaved_scale(std::size_t quants, std::int64_t blocks, std::int64_t b, std::int64_t r) {
+  return std::size_t(blocks) * quants * kGroup + (std::size_t(b) * kGroup + std::size_t(r)) * 2;
+}
+// q8_0's quants are stored with the sign bit flipped (VPDPBUSD's unsigned operand); q4_0's nibbles as they are.
+constexpr std::uint8_t interleaved_flip(Format format) { return format == Format::Q8_0 ? 0x80 : 0x00; }
+
 // The activations of a product: the Q8_0 blocks and their scales, and the unsigned-side terms the
 // AVX-512 kernel reads (see there).
 struct Activations {
@@ -246,7 +258,7 @@ __attribute__((target(STRATA_AVX512), always_inline)) inline void prepare_interl
                                                                                       const char* group,
                                                                                       std::int64_t blocks,
                                                                                       std::int64_t b, GroupBlock& gb) {
-  const char* qs = group + std::size_t(b) * 4 * 64;
+  const char* qs = group + interleaved_quant(16, b, 0, 0);
   const __m512i low = _mm512_set1_epi8(0x0F);
   for (int k = 0; k < 4; ++k) {
     const __m512i packed = _mm512_loadu_si512(qs + k * 64);
@@ -254,17 +266,17 @@ __attribute__((target(STRATA_AVX512), always_inline)) inline void prepare_interl
     gb.g[k + 4] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
   }
   gb.scales = _mm512_cvtph_ps(
-      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + std::size_t(blocks) * 4 * 64 + std::size_t(b) * 32)));
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + interleaved_scale(16, blocks, b, 0))));
 }
 
 __attribute__((target(STRATA_AVX512), always_inline)) inline void prepare_interleaved(const BlockQ8_0*,
                                                                                       const char* group,
                                                                                       std::int64_t blocks,
                                                                                       std::int64_t b, GroupBlock& gb) {
-  const char* qs = group + std::size_t(b) * 8 * 64;
+  const char* qs = group + interleaved_quant(32, b, 0, 0);
   for (int k = 0; k < 8; ++k) gb.g[k] = _mm512_loadu_si512(qs + k * 64);
   gb.scales = _mm512_cvtph_ps(
-      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + std::size_t(blocks) * 8 * 64 + std::size_t(b) * 32)));
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + interleaved_scale(32, blocks, b, 0))));
 }
 
 // The 16 rows' block sums for one token's activation block.
@@ -448,20 +460,18 @@ bool interleaves(const std::string& kernel) { return kernel == "avx512vnni"; }
 void interleave_rows(Format format, const void* rows, void* interleaved, std::int64_t out, std::int64_t in) {
   const std::size_t row = row_bytes(format, in), block = block_bytes(format), quants = block - 2;
   const std::int64_t blocks = in / kBlock, groups = out / kGroup;
-  const std::uint8_t flip = format == Format::Q8_0 ? 0x80 : 0x00;  // q8_0 as unsigned bytes (VPDPBUSD's operand)
+  const std::uint8_t flip = interleaved_flip(format);
   const auto* src = static_cast<const std::uint8_t*>(rows);
   auto* dst = static_cast<std::uint8_t*>(interleaved);
 #pragma omp parallel for schedule(static)
   for (std::int64_t g = 0; g < groups; ++g) {
     const std::uint8_t* from = src + std::size_t(g) * kGroup * row;
-    std::uint8_t* qs = dst + std::size_t(g) * kGroup * row;
-    std::uint8_t* scales = qs + std::size_t(blocks) * quants * kGroup;
+    std::uint8_t* group = dst + std::size_t(g) * kGroup * row;
     for (std::int64_t b = 0; b < blocks; ++b)
       for (std::int64_t r = 0; r < kGroup; ++r) {
         const std::uint8_t* at = from + std::size_t(r) * row + std::size_t(b) * block;
-        std::memcpy(scales + (std::size_t(b) * kGroup + std::size_t(r)) * 2, at, 2);
-        for (std::size_t j = 0; j < quants; ++j)  // dword j / 4 of the row's quants -> vector j / 4, lane r
-          qs[std::size_t(b) * quants * kGroup + (j / 4) * 64 + std::size_t(r) * 4 + j % 4] = at[2 + j] ^ flip;
+        std::memcpy(group + interleaved_scale(quants, blocks, b, r), at, 2);
+        for (std::size_t j = 0; j < quants; ++j) group[interleaved_quant(quants, b, j, r)] = at[2 + j] ^ flip;
       }
   }
   const std::size_t grouped = std::size_t(groups) * kGroup * row;
@@ -474,14 +484,12 @@ void dequantize_interleaved_row(Format format, const void* interleaved, std::int
   const auto* src = static_cast<const std::uint8_t*>(interleaved);
   if (r >= out / kGroup * kGroup) return dequantize_row(format, src + std::size_t(r) * row, y, in);
   const std::int64_t blocks = in / kBlock, lane = r % kGroup;
-  const std::uint8_t flip = format == Format::Q8_0 ? 0x80 : 0x00;
-  const std::uint8_t* qs = src + std::size_t(r / kGroup) * kGroup * row;
-  const std::uint8_t* scales = qs + std::size_t(blocks) * quants * kGroup;
+  const std::uint8_t flip = interleaved_flip(format);
+  const std::uint8_t* group = src + std::size_t(r / kGroup) * kGroup * row;
   for (std::int64_t b = 0; b < blocks; ++b) {  // each block back in llama.cpp's layout, then dequantized
     std::uint8_t at[sizeof(BlockQ8_0)];
-    std::memcpy(at, scales + (std::size_t(b) * kGroup + std::size_t(lane)) * 2, 2);
-    for (std::size_t j = 0; j < quants; ++j)
-      at[2 + j] = qs[std::size_t(b) * quants * kGroup + (j / 4) * 64 + std::size_t(lane) * 4 + j % 4] ^ flip;
+    std::memcpy(at, group + interleaved_scale(quants, blocks, b, lane), 2);
+    for (std::size_t j = 0; j < quants; ++j) at[2 + j] = group[interleaved_quant(quants, b, j, lane)] ^ flip;
     dequantize_row(format, at, y + b * kBlock, kBlock);
   }
 }
