@@ -170,7 +170,7 @@ GpuBounds measure_gpu_bounds(int tp, Communicator& world, double gib) {
 }
 
 // Wall time of one engine run over `batch` synthetic prompts, the same on every rank.
-double timed_run(Session& session, int batch, int prompt_len, int max_tokens, int step_tokens) {
+double timed_run(Session& session, int batch, int prompt_len, int max_tokens) {
   Communicator& world = session.world();
   const RunPlan& plan = session.plan();
   std::vector<Request> requests;
@@ -184,8 +184,9 @@ double timed_run(Session& session, int batch, int prompt_len, int max_tokens, in
       requests.push_back(std::move(r));
     }
   }
-  EngineOptions options{batch, std::min(batch * prompt_len, step_tokens), plan.stage.max_seq_len, plan.micro_batches,
-                        false};
+  // Steps of up to the plan's tokens (--max-num-batched-tokens, within the largest batch's prompts).
+  EngineOptions options{batch, std::min(batch * prompt_len, plan.stage.max_tokens), plan.stage.max_seq_len,
+                        plan.micro_batches, false};
   Engine engine(session.stage(), session.layout(), world, session.tp(), session.tokenizer(), options);
   world.barrier();
   const double start = monotonic_seconds();
@@ -287,10 +288,10 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
   }
   for (int batch : o.batch_sizes) {
     double prefill = 1e30, full = 1e30;
-    timed_run(session, batch, o.prompt_len, 2, o.max_num_batched_tokens);  // warm-up
+    timed_run(session, batch, o.prompt_len, 2);  // warm-up
     for (int r = 0; r < o.repeats; ++r) {
-      prefill = std::min(prefill, timed_run(session, batch, o.prompt_len, 1, o.max_num_batched_tokens));
-      full = std::min(full, timed_run(session, batch, o.prompt_len, o.gen_len, o.max_num_batched_tokens));
+      prefill = std::min(prefill, timed_run(session, batch, o.prompt_len, 1));
+      full = std::min(full, timed_run(session, batch, o.prompt_len, o.gen_len));
     }
     const double prefill_rate = double(batch) * o.prompt_len / prefill;
     const double decode_rate = double(batch) * (o.gen_len - 1) / std::max(full - prefill, 1e-9);

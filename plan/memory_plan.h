@@ -22,7 +22,7 @@ const char* device_name(DeviceKind kind);
 DType weight_dtype(DeviceKind device, DType stored);
 DType activation_dtype(DeviceKind device, DType stored);
 // The KV cache's dtype for --kv-cache-dtype `option`: "auto" is the activation dtype; "f16" halves the CPU backend's
-// cache (its attention widens each run of cached positions to f32 in L1: the arithmetic of an f32 cache holding the
+// cache (its attention kernels widen the halves as they load them: the arithmetic of an f32 cache holding the
 // rounded values). On CUDA only the activation dtype is accepted. Error(Usage) naming the option otherwise.
 DType kv_cache_dtype(DeviceKind device, DType stored, const std::string& option);
 

@@ -92,7 +92,7 @@ std::int64_t kv_pool_blocks(const PlanRequest& request, const RunPlan& plan, std
 }
 
 // Placement's view of the model: which tp x pp splits work and what the busiest rank needs on this device.
-ModelFit model_fit(const PlanRequest& r, const StageLimits& limits) {
+ModelFit model_fit(const PlanRequest& r, const StageLimits& limits, DType kv) {
   ModelFit fit;
   fit.split_problem = [config = r.config, ep = r.ep](int tp, int pp) {
     try {
@@ -102,7 +102,6 @@ ModelFit model_fit(const PlanRequest& r, const StageLimits& limits) {
       return std::string(e.what());
     }
   };
-  const DType kv = kv_cache_dtype(r.device, r.stored, r.limits.kv_cache_dtype);
   fit.bytes_per_rank = [&r, limits, kv](int tp, int pp) {
     std::int64_t most = 0;  // stages differ (embedding, head): the busiest decides
     for (int stage = 0; stage < pp; ++stage)
@@ -221,7 +220,7 @@ RunPlan make_run_plan(const PlanRequest& request) {
   plan.stage = stage_limits(request.limits, request.config);
   plan.kv_dtype = kv_cache_dtype(request.device, request.stored, request.limits.kv_cache_dtype);
   plan.max_batch_size = request.limits.max_batch_size;
-  ModelFit fit = model_fit(request, plan.stage);
+  ModelFit fit = model_fit(request, plan.stage, plan.kv_dtype);
   if (!request.fit_fixed_layout && request.sizes.tp && request.sizes.pp) fit.bytes_per_rank = nullptr;
   const Placement placement = place_ranks(request.topology, request.sizes, request.force, &fit);
   check_split(request.config, placement.sizes.tp, placement.sizes.pp, request.ep);  // with the numbers
