@@ -14,6 +14,7 @@
 #include <cstring>
 #include <functional>
 #include <numeric>
+#include <optional>
 #include <thread>
 
 #include "engine/engine.h"
@@ -87,15 +88,23 @@ double raw_read_seconds(const std::vector<std::string>& files, std::int64_t& byt
   return best;
 }
 
-// Aggregate sgemm FLOP/s of the node's ranks running at once.
-double measure_sgemm_rate(const NodeInfo& node, Communicator& world) {
+// Aggregate sgemm FLOP/s of the node's ranks running at once, with OpenBLAS threaded as the CPU backend runs it: on
+// the OpenMP team, or single-threaded on each of the backend's own threads (cpu::Workers).
+double measure_sgemm_rate(const NodeInfo& node, Communicator& world, cpu::Workers& workers) {
   const int n = 2048;  // large enough for OpenBLAS to reach its peak rate
   std::vector<float> a(static_cast<std::size_t>(n) * n, 0.5f), b(a), c(a);
+  auto rows = [&](std::int64_t first, std::int64_t last) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(last - first), n, n, 1.0f, a.data() + first * n, n,
+                b.data(), n, 0.0f, c.data() + first * n, n);
+  };
   double best = 1e30;
   for (int repeat = 0; repeat < 3; ++repeat) {
     world.barrier();
     const double start = monotonic_seconds();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    if (workers.openmp())
+      rows(0, n);
+    else
+      workers.split(n, rows);
     std::int64_t elapsed_ns = world.all_reduce_max(std::int64_t((monotonic_seconds() - start) * 1e9));
     best = std::min(best, double(elapsed_ns) * 1e-9);
   }
@@ -120,26 +129,28 @@ double measure_rate(const NodeInfo& node, Communicator& world, double ops_per_ca
 // The compute rate of the CPU backend's quantized products (quant.h) on a weight that stays in cache, 128 tokens a
 // call: the compute roofline of a model run with --quantize, whose products never go through sgemm. Counted as 2
 // operations per weight per token, as sgemm's FLOPs are.
-double measure_quantized_rate(const NodeInfo& node, Communicator& world, DType weights) {
+double measure_quantized_rate(const NodeInfo& node, Communicator& world, cpu::Workers& workers, DType weights) {
   const std::int64_t out = 768, in = 768, tokens = 128;  // a layer of a small model, in L2/L3
   const quant::Format format = weights == DType::Q8_0 ? quant::Format::Q8_0 : quant::Format::Q4_0;
   std::vector<float> w(std::size_t(out * in), 0.25f), x(std::size_t(tokens * in), 0.5f), y(std::size_t(tokens * out));
   std::vector<char> blocks(quant::row_bytes(format, in) * std::size_t(out));
   quant::quantize_row(format, w.data(), blocks.data(), out * in);
-  return measure_rate(node, world, 2.0 * double(out * in * tokens),
-                      [&] { quant::row_dot_products(x.data(), blocks.data(), format, y.data(), tokens, out, in); });
+  return measure_rate(node, world, 2.0 * double(out * in * tokens), [&] {
+    quant::row_dot_products(workers, x.data(), blocks.data(), format, y.data(), tokens, out, in);
+  });
 }
 
 // The compute rate of the CPU backend's own products (kernels.h) with weights of `weights` (f32, bf16 or f16), on
 // a weight that stays in cache, 128 tokens a call: the compute roofline where that kernel runs every product (the
 // AVX-512 one does; with AVX2 products of more than 4 tokens go to OpenBLAS, whose sgemm rate is then the bound).
-double measure_row_kernel_rate(const NodeInfo& node, Communicator& world, DType weights) {
+double measure_row_kernel_rate(const NodeInfo& node, Communicator& world, cpu::Workers& workers, DType weights) {
   const std::int64_t out = 768, in = 768, tokens = 128;
   std::vector<float> w(std::size_t(out * in), 0.25f), x(std::size_t(tokens * in), 0.5f), y(std::size_t(tokens * out));
   std::vector<char> stored(std::size_t(dtype_bytes(weights, out * in)));
   convert_from_f32(weights, w.data(), stored.data(), w.size());
-  return measure_rate(node, world, 2.0 * double(out * in * tokens),
-                      [&] { cpu::row_dot_products(x.data(), stored.data(), weights, y.data(), tokens, out, in); });
+  return measure_rate(node, world, 2.0 * double(out * in * tokens), [&] {
+    cpu::row_dot_products(workers, x.data(), stored.data(), weights, y.data(), tokens, out, in);
+  });
 }
 
 // The GPU bounds of one pipeline stage: the slowest GPU's copy bandwidth and GEMM rate, times the tp GPUs of a
@@ -242,21 +253,25 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
           "TFLOP/s per GPU; roofline below uses %.1f GB/s and %.1f TFLOP/s (one stage's %d GPU(s))\n",
           gpu.per_gpu_bandwidth / 1e9, gpu.per_gpu_flops / 1e12, bandwidth / 1e9, sgemm / 1e12, layout.sizes().tp);
     }
-  } else {
+  }
+  // The probes' threads: the backend's team for these weights.
+  std::optional<cpu::Workers> workers;
+  if (!cuda) {
+    workers.emplace(cpu_threads_per_rank(node), cpu::team_for(session.plan().stored));
     bandwidth = measure_read_bandwidth(node, world, o.memory_gib);
-    sgemm = measure_sgemm_rate(node, world);
+    sgemm = measure_sgemm_rate(node, world, *workers);
   }
   // Quantized weights: every product runs on the blocks (quant.h), so that kernel's rate is the compute bound.
   const DType weights = session.plan().stored;
-  const double quantized = !cuda && is_quantized(weights) ? measure_quantized_rate(node, world, weights) : 0;
+  const double quantized = !cuda && is_quantized(weights) ? measure_quantized_rate(node, world, *workers, weights) : 0;
   // The AVX-512 row kernel runs every unquantized product of any size: its rate is the bound then.
   const bool row_kernel_only =
       !cuda && quantized == 0 && cpu::row_kernel_max_tokens(cpu::row_kernel_name()) == cpu::kAnyBatch;
-  const double row_kernel = row_kernel_only ? measure_row_kernel_rate(node, world, weights) : 0;
+  const double row_kernel = row_kernel_only ? measure_row_kernel_rate(node, world, *workers, weights) : 0;
   const double compute = quantized > 0 ? quantized : row_kernel > 0 ? row_kernel : sgemm;
   if (report && !cuda) {
     std::printf(
-        "model %s: %.1fM parameters, %.0f MB of %s weights; tp %d pp %d on %d rank(s), %d BLAS thread(s) "
+        "model %s: %.1fM parameters, %.0f MB of %s weights; tp %d pp %d on %d rank(s), %d thread(s) "
         "each\n",
         o.model.c_str(), params / 1e6, weight_bytes / 1e6, dtype_name(weights), layout.sizes().tp, layout.sizes().pp,
         layout.world_size(), cpu_threads_per_rank(node));

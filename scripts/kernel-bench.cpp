@@ -3,13 +3,12 @@
 // at 1-128 tokens; prints GFLOP/s (2 operations per weight per token). Where the CPU has AVX512_BF16, also the
 // kernel strata does not use: the same 4 x 6 register tiles with VDPBF16PS on bf16 activations (the rounding of the
 // activations aside, whether the bf16 dot product would pay). Built against the build tree's libraries:
-//   g++ -O2 -fopenmp -I. scripts/kernel-bench.cpp build/runtime/libstrata_backend_cpu.a \
-//     build/runtime/libstrata_base.a -o build/kernel-bench && OMP_NUM_THREADS=2 build/kernel-bench
-#include <omp.h>
-
+//   g++ -O2 -std=c++20 -I. scripts/kernel-bench.cpp build/runtime/libstrata_backend_cpu.a \
+//     build/runtime/libstrata_base.a -lpthread -o build/kernel-bench && build/kernel-bench [threads, default 2]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -58,18 +57,21 @@ __attribute__((target(BF16_TARGET))) void bf16_dot_tile(const std::uint16_t* x, 
 
 // tokens a multiple of 6, out of 16, in of 32
 __attribute__((target(BF16_TARGET))) void bf16_dot_products(const std::uint16_t* x, const std::uint16_t* w, float* y,
-                                                            std::int64_t tokens, std::int64_t out, std::int64_t in) {
-#pragma omp parallel for schedule(static)
-  for (std::int64_t item = 0; item < out / 16; ++item)
-    for (std::int64_t t0 = 0; t0 < tokens; t0 += 6)
-      for (std::int64_t r = item * 16; r < item * 16 + 16; r += 4)
-        bf16_dot_tile<4, 6>(x + t0 * in, w + r * in, y + t0 * out + r, out, in);
+                                                            std::int64_t tokens, std::int64_t out, std::int64_t in,
+                                                            cpu::Workers& workers) {
+  workers.split(out / 16, [&](std::int64_t first, std::int64_t last) {
+    for (std::int64_t item = first; item < last; ++item)
+      for (std::int64_t t0 = 0; t0 < tokens; t0 += 6)
+        for (std::int64_t r = item * 16; r < item * 16 + 16; r += 4)
+          bf16_dot_tile<4, 6>(x + t0 * in, w + r * in, y + t0 * out + r, out, in);
+  });
 }
 #endif
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  cpu::Workers workers(argc > 1 ? std::atoi(argv[1]) : 2);
   const std::int64_t out = 2048, in = 768;
   std::mt19937 rng(1);
   std::normal_distribution<float> normal;
@@ -84,7 +86,8 @@ int main() {
       for (const std::string& k : cpu::row_kernels())
         if (k != "scalar")
           std::printf("bf16 tokens %3ld %-10s %7.1f GFLOP/s\n", long(tokens), k.c_str(), rate(ops, [&] {
-                        cpu::row_dot_products_with(k, x.data(), bf16.data(), DType::BF16, y.data(), tokens, out, in);
+                        cpu::row_dot_products_with(workers, k, x.data(), bf16.data(), DType::BF16, y.data(), tokens,
+                                                   out, in);
                       }));
   }
 #if defined(__x86_64__)
@@ -95,7 +98,7 @@ int main() {
       for (int round = 0; round < 2; ++round)
         std::printf("bf16 tokens %3ld %-10s %7.1f GFLOP/s (VDPBF16PS, not used by strata)\n", long(tokens),
                     "avx512bf16", rate(2 * out * in * tokens, [&] {
-                      bf16_dot_products(x16.data(), bf16.data(), y.data(), tokens, out, in);
+                      bf16_dot_products(x16.data(), bf16.data(), y.data(), tokens, out, in, workers);
                     }));
   }
 #endif
@@ -104,7 +107,7 @@ int main() {
     for (std::int64_t r = 0; r < out; ++r)
       quant::quantize_row(f, w.data() + r * in, blocks.data() + std::size_t(r) * quant::row_bytes(f, in), in);
     std::vector<std::uint8_t> interleaved(blocks.size());
-    quant::interleave_rows(f, blocks.data(), interleaved.data(), out, in);
+    quant::interleave_rows(workers, f, blocks.data(), interleaved.data(), out, in);
     for (const std::int64_t tokens : {1, 8, 16}) {
       const std::int64_t ops = 2 * out * in * tokens;
       for (int round = 0; round < 2; ++round)
@@ -112,13 +115,13 @@ int main() {
           if (k == "scalar") continue;
           std::printf("%s tokens %3ld %-10s %7.1f GOP/s (row layout)\n", quant::format_name(f).c_str(), long(tokens),
                       k.c_str(), rate(ops, [&] {
-                        quant::row_dot_products_with(k, x.data(), blocks.data(), f, y.data(), tokens, out, in);
+                        quant::row_dot_products_with(workers, k, x.data(), blocks.data(), f, y.data(), tokens, out, in);
                       }));
           if (quant::interleaves(k))
             std::printf("%s tokens %3ld %-10s %7.1f GOP/s (interleaved, as strata runs it)\n",
                         quant::format_name(f).c_str(), long(tokens), k.c_str(), rate(ops, [&] {
-                          quant::row_dot_products_with(k, x.data(), interleaved.data(), f, y.data(), tokens, out, in,
-                                                       Layout::Interleaved16);
+                          quant::row_dot_products_with(workers, k, x.data(), interleaved.data(), f, y.data(), tokens,
+                                                       out, in, Layout::Interleaved16);
                         }));
         }
     }

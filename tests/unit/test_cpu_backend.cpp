@@ -16,6 +16,14 @@
 #include "test_support.h"
 
 using namespace strata;
+
+namespace {
+// The kernels' threads in these tests: two, so that every parallel loop is split (a hand-over, not inline).
+cpu::Workers& workers() {
+  static cpu::Workers two(2);
+  return two;
+}
+}  // namespace
 using test::relative_error;
 
 namespace {
@@ -118,12 +126,13 @@ TEST(CpuBackend, RowKernelsMatchTheReferenceAndEachOtherBitForBit) {
         convert_to_f32(dtype == DType::F32 ? DType::BF16 : dtype, bits.data(), exact.data(), bits.size());
         const void* stored = dtype == DType::F32 ? static_cast<const void*>(exact.data()) : bits.data();
         std::vector<float> scalar(std::size_t(tokens * out)), from_f32(scalar.size());
-        cpu::row_dot_products_with("scalar", x.f32(), stored, dtype, scalar.data(), tokens, out, in);
-        cpu::row_dot_products_with("scalar", x.f32(), exact.data(), DType::F32, from_f32.data(), tokens, out, in);
+        cpu::row_dot_products_with(workers(), "scalar", x.f32(), stored, dtype, scalar.data(), tokens, out, in);
+        cpu::row_dot_products_with(workers(), "scalar", x.f32(), exact.data(), DType::F32, from_f32.data(), tokens, out,
+                                   in);
         EXPECT_EQ(0, std::memcmp(scalar.data(), from_f32.data(), scalar.size() * 4)) << dtype_name(dtype);
         for (const std::string& kernel : kernels) {
           std::vector<float> got(scalar.size(), -1.0f);
-          cpu::row_dot_products_with(kernel, x.f32(), stored, dtype, got.data(), tokens, out, in);
+          cpu::row_dot_products_with(workers(), kernel, x.f32(), stored, dtype, got.data(), tokens, out, in);
           EXPECT_EQ(0, std::memcmp(scalar.data(), got.data(), scalar.size() * 4))
               << kernel << " differs from scalar: " << dtype_name(dtype) << " in " << in << " tokens " << tokens;
         }
@@ -269,7 +278,8 @@ TEST(CpuBackend, QuantizedWeightsInTheKernelsLayoutGiveTheRowsResults) {
     for (std::int64_t tokens : {1, 9}) {
       Tensor x = f.random({tokens, in}), y = f.random({tokens, out});
       std::vector<float> want(std::size_t(tokens * out));
-      quant::row_dot_products_with("scalar", x.f32(), rows.view().data, format, want.data(), tokens, out, in);
+      quant::row_dot_products_with(workers(), "scalar", x.f32(), rows.view().data, format, want.data(), tokens, out,
+                                   in);
       backend->linear(x.view(), prepared.view(), TensorView{}, y.view());
       EXPECT_EQ(0, std::memcmp(want.data(), y.f32(), want.size() * 4)) << dtype_name(dtype) << " " << tokens;
     }

@@ -21,6 +21,14 @@ using namespace strata;
 using quant::Format;
 
 namespace {
+// The kernels' threads in these tests: two, so that every parallel loop is split (a hand-over, not inline).
+cpu::Workers& workers() {
+  static cpu::Workers two(2);
+  return two;
+}
+}  // namespace
+
+namespace {
 
 std::vector<float> normal(std::size_t n, std::uint32_t seed, float scale = 1.0f) {
   std::mt19937 rng(seed);
@@ -101,17 +109,17 @@ TEST(Quant, KernelsMatchTheDequantizedReferenceAndEachOther) {
         const std::vector<float> wd = dequantized(f, wq, out, in);
         const std::vector<float> xd = dequantized(Format::Q8_0, quantized(Format::Q8_0, x, tokens, in), tokens, in);
         std::vector<float> scalar(std::size_t(tokens * out));
-        quant::row_dot_products_with("scalar", x.data(), wq.data(), f, scalar.data(), tokens, out, in);
+        quant::row_dot_products_with(workers(), "scalar", x.data(), wq.data(), f, scalar.data(), tokens, out, in);
         for (const std::string& kernel : kernels) {
           std::vector<float> got(scalar.size(), -1.0f);
-          quant::row_dot_products_with(kernel, x.data(), wq.data(), f, got.data(), tokens, out, in);
+          quant::row_dot_products_with(workers(), kernel, x.data(), wq.data(), f, got.data(), tokens, out, in);
           EXPECT_EQ(0, std::memcmp(scalar.data(), got.data(), scalar.size() * 4))
               << kernel << " differs from scalar: " << quant::format_name(f) << " in " << in << " tokens " << tokens;
           if (!quant::interleaves(kernel)) continue;
           std::vector<std::uint8_t> interleaved(wq.size());  // 2 groups of 16 rows and 5 rows in the row layout
-          quant::interleave_rows(f, wq.data(), interleaved.data(), out, in);
+          quant::interleave_rows(workers(), f, wq.data(), interleaved.data(), out, in);
           std::fill(got.begin(), got.end(), -1.0f);
-          quant::row_dot_products_with(kernel, x.data(), interleaved.data(), f, got.data(), tokens, out, in,
+          quant::row_dot_products_with(workers(), kernel, x.data(), interleaved.data(), f, got.data(), tokens, out, in,
                                        Layout::Interleaved16);
           EXPECT_EQ(0, std::memcmp(scalar.data(), got.data(), scalar.size() * 4))
               << kernel << " on interleaved weights differs from scalar: " << quant::format_name(f) << " in " << in
@@ -144,7 +152,7 @@ TEST(Quant, InterleavedRowsDequantizeAsTheirRows) {
     const std::vector<float> w = normal(std::size_t(out * in), 31, 0.5f);
     const auto rows = quantized(f, w, out, in);
     std::vector<std::uint8_t> interleaved(rows.size());
-    quant::interleave_rows(f, rows.data(), interleaved.data(), out, in);
+    quant::interleave_rows(workers(), f, rows.data(), interleaved.data(), out, in);
     const std::size_t grouped = 32 * quant::row_bytes(f, in);
     EXPECT_NE(0, std::memcmp(rows.data(), interleaved.data(), grouped)) << quant::format_name(f);
     EXPECT_EQ(0, std::memcmp(rows.data() + grouped, interleaved.data() + grouped, rows.size() - grouped));
@@ -176,7 +184,7 @@ TEST(Quant, ActivationQuantizersGiveTheReferenceBytes) {
   for (const std::string& kernel : quant::available_kernels()) {
     std::vector<quant::BlockQ8_0> got(ref.size());
     std::vector<float> scales(ref.size());
-    quant::quantize_activations(kernel, x.data(), got.data(), scales.data(), tokens, blocks);
+    quant::quantize_activations(workers(), kernel, x.data(), got.data(), scales.data(), tokens, blocks);
     EXPECT_EQ(0, std::memcmp(ref.data(), got.data(), ref.size() * sizeof(quant::BlockQ8_0))) << kernel;
     for (std::size_t b = 0; b < ref.size(); ++b) EXPECT_EQ(scales[b], f16_to_f32(ref[b].d)) << kernel << " " << b;
   }
@@ -189,9 +197,10 @@ TEST(Quant, ForcedScalarKernel) {
   setenv("STRATA_QUANT_KERNEL", "sse9", 1);
   EXPECT_THROW(quant::kernel_name(), Error) << "a kernel that does not exist";
   unsetenv("STRATA_QUANT_KERNEL");
-  EXPECT_THROW(quant::row_dot_products_with("avx512", nullptr, nullptr, Format::Q8_0, nullptr, 0, 0, 32), Error);
-  EXPECT_THROW(
-      quant::row_dot_products_with("scalar", nullptr, nullptr, Format::Q8_0, nullptr, 0, 0, 32, Layout::Interleaved16),
-      Error)
+  EXPECT_THROW(quant::row_dot_products_with(workers(), "avx512", nullptr, nullptr, Format::Q8_0, nullptr, 0, 0, 32),
+               Error);
+  EXPECT_THROW(quant::row_dot_products_with(workers(), "scalar", nullptr, nullptr, Format::Q8_0, nullptr, 0, 0, 32,
+                                            Layout::Interleaved16),
+               Error)
       << "only the AVX-512 kernel reads the interleaved layout";
 }

@@ -1,10 +1,9 @@
-// The CPU backend: fp32 arithmetic everywhere, our own OpenMP kernels for products (every size with AVX-512; up to 4
-// tokens with AVX2, OpenBLAS above) and attention. Matrix weights are kept as the checkpoint
-// stores them (f32, or bf16/f16: half the memory and half the bytes a decode step streams) and widened to f32 in
-// cache-sized blocks as they are used, which gives exactly the results of f32 weights.
-// It is the oracle the CUDA backend is tested against, so it stays plain.
+// The CPU backend: fp32 arithmetic everywhere, our own kernels for products (every size with AVX-512; up to 4
+// tokens with AVX2, OpenBLAS above) and attention, run on the backend's own threads (cpu::Workers). Matrix weights are
+// kept as the checkpoint stores them (f32, or bf16/f16: half the memory and half the bytes a decode step streams) and
+// widened to f32 in cache-sized blocks as they are used, which gives exactly the results of f32 weights. It is the
+// oracle the CUDA backend is tested against, so it stays plain.
 #include <cblas.h>
-#include <omp.h>
 
 #include <cmath>
 #include <cstring>
@@ -28,8 +27,8 @@ void require_same_rows(const TensorView& a, const TensorView& b, const char* op)
 
 quant::Format quant_format(DType dtype) { return dtype == DType::Q8_0 ? quant::Format::Q8_0 : quant::Format::Q4_0; }
 
-// Row-wise ops (RMSNorm, the gated MLPs) go over the OpenMP threads from this many elements, where a batch makes
-// the fork worth it (done alone, the other threads wait through them).
+// Row-wise ops (RMSNorm, the gated MLPs) go over the threads from this many elements, where a batch makes the
+// hand-over worth it (done alone, the other threads wait through them).
 constexpr std::int64_t kParallelElements = 16384;
 
 class CpuBackend final : public Backend {
@@ -40,11 +39,11 @@ class CpuBackend final : public Backend {
         kv_(kv),
         row_kernel_(cpu::row_kernel_name()),
         quant_kernel_(quant::kernel_name()),
-        row_kernel_tokens_(cpu::row_kernel_max_tokens(row_kernel_)) {
-    if (threads > 0) {
-      openblas_set_num_threads(threads);
-      omp_set_num_threads(threads);
-    }
+        row_kernel_tokens_(cpu::row_kernel_max_tokens(row_kernel_)),
+        workers_(threads, cpu::team_for(weights)) {
+    // OpenBLAS threads on the loops' OpenMP team, or runs single-threaded inside the backend's own threads: one team
+    // of threads either way, never two spinning on the same cores.
+    openblas_set_num_threads(workers_.openmp() ? workers_.size() : 1);
   }
   std::string name() const override { return "cpu"; }
   DType weight_dtype() const override { return weights_; }
@@ -57,10 +56,11 @@ class CpuBackend final : public Backend {
     if (is_quantized(dst.dtype) && dst.rows() > 1) {
       const std::int64_t cols = dst.row_elems();
       const std::size_t row_bytes = dtype_bytes(dst.dtype, cols);
-#pragma omp parallel for schedule(static)
-      for (std::int64_t r = 0; r < dst.rows(); ++r)
-        convert_from_f32(dst.dtype, host + r * cols, static_cast<char*>(dst.data) + std::size_t(r) * row_bytes,
-                         std::size_t(cols));
+      workers_.split(dst.rows(), [&](std::int64_t first, std::int64_t last) {
+        for (std::int64_t r = first; r < last; ++r)
+          convert_from_f32(dst.dtype, host + r * cols, static_cast<char*>(dst.data) + std::size_t(r) * row_bytes,
+                           std::size_t(cols));
+      });
       return;
     }
     convert_from_f32(dst.dtype, host, dst.data, std::size_t(dst.numel()));
@@ -75,7 +75,8 @@ class CpuBackend final : public Backend {
         w.layout() != Layout::Rows)
       return w;
     Tensor interleaved(allocate_host(w.bytes()), w.shape(), w.dtype(), Layout::Interleaved16);
-    quant::interleave_rows(quant_format(w.dtype()), w.view().data, interleaved.view().data, w.shape()[0], w.shape()[1]);
+    quant::interleave_rows(workers_, quant_format(w.dtype()), w.view().data, interleaved.view().data, w.shape()[0],
+                           w.shape()[1]);
     return interleaved;
   }
 
@@ -85,15 +86,12 @@ class CpuBackend final : public Backend {
                  shape_string(x.shape), " w ", shape_string(w.shape), " y ", shape_string(y.shape));
     if (tokens == 0) return;
     if (is_quantized(w.dtype)) {  // llama.cpp's arithmetic at every batch size: the same numbers however batched
-      quant::row_dot_products_with(quant_kernel_, x.f32(), w.data, quant_format(w.dtype), y.f32(), tokens, out, in,
-                                   w.layout);
+      quant::row_dot_products_with(workers_, quant_kernel_, x.f32(), w.data, quant_format(w.dtype), y.f32(), tokens,
+                                   out, in, w.layout);
     } else if (tokens <= row_kernel_tokens_) {  // stream the weight once for all tokens (OpenBLAS is slower there)
-      cpu::row_dot_products_with(row_kernel_, x.f32(), w.data, w.dtype, y.f32(), tokens, out, in);
-    } else if (w.dtype == DType::F32) {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tokens), int(out), int(in), 1.0f, x.f32(), int(in),
-                  w.f32(), int(in), 0.0f, y.f32(), int(out));
+      cpu::row_dot_products_with(workers_, row_kernel_, x.f32(), w.data, w.dtype, y.f32(), tokens, out, in);
     } else {
-      gemm_16bit(x, w, y);
+      blas_gemm(x, w, y);
     }
     add_bias(bias, y);
   }
@@ -109,7 +107,7 @@ class CpuBackend final : public Backend {
     std::vector<quant::Product> products;
     for (std::size_t i = 0; i < ws.size(); ++i)
       products.push_back({ws[i].data, ws[i].layout, ys[i].f32(), ws[i].rows()});
-    quant::row_dot_products_many(quant_kernel_, x.f32(), quant_format(ws[0].dtype), tokens, in, products);
+    quant::row_dot_products_many(workers_, quant_kernel_, x.f32(), quant_format(ws[0].dtype), tokens, in, products);
     for (std::size_t i = 0; i < ws.size(); ++i) add_bias(biases[i], ys[i]);
   }
 
@@ -123,21 +121,33 @@ class CpuBackend final : public Backend {
     }
   }
 
-  // Prefill with 16-bit weights: widen kGemmRows rows of w at a time into a reused f32 scratch and multiply
-  // those output columns with OpenBLAS; no full f32 copy of the weight ever exists.
-  void gemm_16bit(TensorView x, TensorView w, TensorView y) {
+  // The products OpenBLAS computes (more tokens than the row kernel takes: AVX2 machines). 16-bit weights kGemmRows
+  // rows at a time, widened by all threads into a reused f32 scratch (no f32 copy of the whole weight ever exists).
+  // OpenBLAS runs threaded on the same OpenMP team as the loops (Team::OpenMP, chosen for exactly this case), or
+  // else single-threaded on each thread's share of the rows.
+  void blas_gemm(TensorView x, TensorView w, TensorView y) {
     constexpr std::int64_t kGemmRows = 256;
     const std::int64_t tokens = x.rows(), in = x.row_elems(), out = w.rows();
-    if (gemm_scratch_.size() < std::size_t(kGemmRows * in)) gemm_scratch_.resize(std::size_t(kGemmRows * in));
+    const bool f32 = w.dtype == DType::F32;
     const auto* bytes = static_cast<const char*>(w.data);
     const std::size_t row_bytes = std::size_t(in) * dtype_size(w.dtype);
-    for (std::int64_t first = 0; first < out; first += kGemmRows) {
-      const std::int64_t rows = std::min(kGemmRows, out - first);
-#pragma omp parallel for schedule(static)
-      for (std::int64_t r = 0; r < rows; ++r)
-        cpu::widen(w.dtype, bytes + std::size_t(first + r) * row_bytes, gemm_scratch_.data() + r * in, in);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tokens), int(rows), int(in), 1.0f, x.f32(), int(in),
-                  gemm_scratch_.data(), int(in), 0.0f, y.f32() + first, int(out));
+    if (!f32 && gemm_scratch_.size() < std::size_t(kGemmRows * in)) gemm_scratch_.resize(std::size_t(kGemmRows * in));
+    for (std::int64_t first = 0; first < out; first += f32 ? out : kGemmRows) {
+      const std::int64_t rows = f32 ? out : std::min(kGemmRows, out - first);
+      const float* w32 = f32 ? w.f32() : gemm_scratch_.data();
+      if (!f32)
+        workers_.split(rows, [&](std::int64_t begin, std::int64_t end) {
+          cpu::widen(w.dtype, bytes + std::size_t(first + begin) * row_bytes, gemm_scratch_.data() + begin * in,
+                     (end - begin) * in);
+        });
+      auto sgemm = [&](std::int64_t r0, std::int64_t r1) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tokens), int(r1 - r0), int(in), 1.0f, x.f32(), int(in),
+                    w32 + r0 * in, int(in), 0.0f, y.f32() + first + r0, int(out));
+      };
+      if (workers_.openmp())
+        sgemm(0, rows);
+      else
+        workers_.split(rows, sgemm);
     }
   }
 
@@ -145,16 +155,26 @@ class CpuBackend final : public Backend {
     require_same_rows(x, y, "rms_norm");
     const std::int64_t width = x.row_elems();
     const float* w = weight.f32();
-    const std::int64_t rows = x.rows();
-#pragma omp parallel for schedule(static) if (rows * width >= kParallelElements)
-    for (std::int64_t t = 0; t < rows; ++t) {
+    rows_over_workers(x.rows(), width, [&](std::int64_t t) {
       const float* in = x.f32() + t * width;
       float* o = y.f32() + t * width;
       double sum = 0;
       for (std::int64_t i = 0; i < width; ++i) sum += double(in[i]) * in[i];
       const float inv = float(1.0 / std::sqrt(sum / double(width) + double(eps)));
       for (std::int64_t i = 0; i < width; ++i) o[i] = in[i] * inv * w[i];
-    }
+    });
+  }
+
+  // row(t) for t < rows, over the workers when there are enough elements to share (kParallelElements).
+  template <typename Row>
+  void rows_over_workers(std::int64_t rows, std::int64_t width, Row row) {
+    auto some = [&](std::int64_t first, std::int64_t last) {
+      for (std::int64_t t = first; t < last; ++t) row(t);
+    };
+    if (rows * width >= kParallelElements)
+      workers_.split(rows, some);
+    else
+      some(0, rows);
   }
 
   // The plain sequence of add then rms_norm: bit-identical to the unfused ops (the oracle stays simple).
@@ -207,19 +227,17 @@ class CpuBackend final : public Backend {
 
   // out[t, i] = activation(gate_up[t, i]) * gate_up[t, width + i]: the gated MLPs (SwiGLU, GeGLU).
   template <typename Activation>
-  static void gated(TensorView gate_up, TensorView out, const char* op, Activation activation) {
+  void gated(TensorView gate_up, TensorView out, const char* op, Activation activation) {
     require_same_rows(gate_up, out, op);
     const std::int64_t width = out.row_elems();
     STRATA_CHECK(gate_up.row_elems() == 2 * width, Internal, op, ": gate_up ", shape_string(gate_up.shape), " out ",
                  shape_string(out.shape));
-    const std::int64_t rows = out.rows();
-#pragma omp parallel for schedule(static) if (rows * width >= kParallelElements)
-    for (std::int64_t t = 0; t < rows; ++t) {
+    rows_over_workers(out.rows(), width, [&](std::int64_t t) {
       const float* gate = gate_up.f32() + t * 2 * width;
       const float* up = gate + width;
       float* o = out.f32() + t * width;
       for (std::int64_t i = 0; i < width; ++i) o[i] = activation(gate[i]) * up[i];
-    }
+    });
   }
 
   void scale(TensorView x, float factor) override {
@@ -303,10 +321,9 @@ class CpuBackend final : public Backend {
   // attention() for caches of K (f32, or cpu::Half: an f16 cache, read at half the bytes by kernels whose arithmetic
   // is that of an f32 cache holding the same values).
   template <typename K>
-  static void attend(std::span<const SeqChunk> chunks, const KvBlocks& blocks,
-                     const std::vector<std::pair<std::int32_t, std::int32_t>>& tokens, std::int64_t longest,
-                     TensorView q, TensorView k_cache, TensorView v_cache, const AttentionParams& params,
-                     TensorView out) {
+  void attend(std::span<const SeqChunk> chunks, const KvBlocks& blocks,
+              const std::vector<std::pair<std::int32_t, std::int32_t>>& tokens, std::int64_t longest, TensorView q,
+              TensorView k_cache, TensorView v_cache, const AttentionParams& params, TensorView out) {
     const std::int64_t kv_heads = k_cache.shape[2], dim = k_cache.shape[3];
     const std::int64_t q_heads = q.row_elems() / dim, group = q_heads / kv_heads, stride = kv_heads * dim;
     // One work item per (token, KV head): the query heads sharing a KV head go through its cached positions
@@ -315,36 +332,33 @@ class CpuBackend final : public Backend {
     const std::int64_t items = std::int64_t(tokens.size()) * kv_heads;
     const auto* key_rows = static_cast<const K*>(k_cache.data);
     const auto* value_rows = static_cast<const K*>(v_cache.data);
-#pragma omp parallel
-    {
-      std::vector<float> scores(static_cast<std::size_t>(group * longest));
-#pragma omp for schedule(dynamic, 2)
-      for (std::int64_t item = 0; item < items; ++item) {
-        const auto [c, i] = tokens[std::size_t(item / kv_heads)];
-        const std::int64_t kvh = item % kv_heads;
-        const SeqChunk& chunk = chunks[std::size_t(c)];
-        const std::int64_t t = chunk.token_offset + i, visible = chunk.start_pos + i + 1;  // causal: keys 0..pos
-        const std::int64_t first = params.window > 0 ? std::max<std::int64_t>(0, visible - params.window) : 0;
-        const float* qv = q.f32() + (t * q_heads + kvh * group) * dim;  // the group's heads, one after another
-        float* o = out.f32() + (t * q_heads + kvh * group) * dim;
-        // Keys block by block: each block holds block_size consecutive positions of the sequence.
-        for (std::int64_t j = first; j < visible;) {
-          const K* keys = key_rows + blocks.row_of(chunk, std::int32_t(j)) * stride + kvh * dim;
-          const std::int64_t run = std::min(visible - j, blocks.size - j % blocks.size);
-          for (std::int64_t g = 0; g < group; ++g)
-            cpu::dots(qv + g * dim, keys, stride, run, dim, scores.data() + g * longest + j);
-          j += run;
-        }
-        for (std::int64_t g = 0; g < group; ++g) softmax(scores.data() + g * longest, first, visible, params);
-        std::memset(o, 0, std::size_t(group * dim) * 4);
-        for (std::int64_t j = first; j < visible;) {
-          const K* values = value_rows + blocks.row_of(chunk, std::int32_t(j)) * stride + kvh * dim;
-          const std::int64_t run = std::min(visible - j, blocks.size - j % blocks.size);
-          cpu::weighted_sums(scores.data() + j, longest, group, values, stride, run, dim, o);
-          j += run;
-        }
+    std::vector<float> all_scores(std::size_t(workers_.size() * group * longest));  // each thread its own part
+    workers_.share(items, 2, [&](int thread, std::int64_t item) {
+      float* scores = all_scores.data() + std::size_t(thread * group * longest);
+      const auto [c, i] = tokens[std::size_t(item / kv_heads)];
+      const std::int64_t kvh = item % kv_heads;
+      const SeqChunk& chunk = chunks[std::size_t(c)];
+      const std::int64_t t = chunk.token_offset + i, visible = chunk.start_pos + i + 1;  // causal: keys 0..pos
+      const std::int64_t first = params.window > 0 ? std::max<std::int64_t>(0, visible - params.window) : 0;
+      const float* qv = q.f32() + (t * q_heads + kvh * group) * dim;  // the group's heads, one after another
+      float* o = out.f32() + (t * q_heads + kvh * group) * dim;
+      // Keys block by block: each block holds block_size consecutive positions of the sequence.
+      for (std::int64_t j = first; j < visible;) {
+        const K* keys = key_rows + blocks.row_of(chunk, std::int32_t(j)) * stride + kvh * dim;
+        const std::int64_t run = std::min(visible - j, blocks.size - j % blocks.size);
+        for (std::int64_t g = 0; g < group; ++g)
+          cpu::dots(qv + g * dim, keys, stride, run, dim, scores + g * longest + j);
+        j += run;
       }
-    }
+      for (std::int64_t g = 0; g < group; ++g) softmax(scores + g * longest, first, visible, params);
+      std::memset(o, 0, std::size_t(group * dim) * 4);
+      for (std::int64_t j = first; j < visible;) {
+        const K* values = value_rows + blocks.row_of(chunk, std::int32_t(j)) * stride + kvh * dim;
+        const std::int64_t run = std::min(visible - j, blocks.size - j % blocks.size);
+        cpu::weighted_sums(scores + j, longest, group, values, stride, run, dim, o);
+        j += run;
+      }
+    });
   }
 
   // Scores [first, visible) -> attention weights: scaled (and soft-capped), exp(s - max), normalised.
@@ -380,7 +394,8 @@ class CpuBackend final : public Backend {
   DType weights_, kv_;
   std::string row_kernel_, quant_kernel_;  // cpu::row_kernels() / quant::available_kernels() names
   std::int64_t row_kernel_tokens_;         // products of up to this many tokens use the row kernel
-  std::vector<float> gemm_scratch_;        // gemm_16bit's widened rows, reused across calls
+  std::vector<float> gemm_scratch_;        // blas_gemm's widened rows, reused across calls
+  cpu::Workers workers_;                   // every parallel loop of the kernels
 };
 
 }  // namespace

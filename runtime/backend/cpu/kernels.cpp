@@ -1,8 +1,6 @@
 // CPU kernels; see kernels.h. Independent accumulator lanes let GCC vectorise the reductions without -ffast-math.
 #include "runtime/backend/cpu/kernels.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -268,45 +266,42 @@ std::string row_kernel_name() {
 
 std::int64_t row_kernel_max_tokens(const std::string& kernel) { return kernel == "avx512" ? kAnyBatch : kSmallBatch; }
 
-void row_dot_products(const float* x, const float* w, float* y, std::int64_t tokens, std::int64_t out,
-                      std::int64_t in) {
-  row_dot_products_with(row_kernel_name(), x, w, DType::F32, y, tokens, out, in);
+Workers::Team team_for(DType weights) {
+  const bool blas = !is_quantized(weights) && row_kernel_max_tokens(row_kernel_name()) != kAnyBatch;
+  return blas ? Workers::Team::OpenMP : Workers::Team::Own;
 }
 
-void row_dot_products(const float* x, const void* w, DType w_dtype, float* y, std::int64_t tokens, std::int64_t out,
+void row_dot_products(Workers& workers, const float* x, const float* w, float* y, std::int64_t tokens, std::int64_t out,
                       std::int64_t in) {
-  row_dot_products_with(row_kernel_name(), x, w, w_dtype, y, tokens, out, in);
+  row_dot_products_with(workers, row_kernel_name(), x, w, DType::F32, y, tokens, out, in);
 }
 
-void row_dot_products_with(const std::string& name, const float* x, const void* w, DType w_dtype, float* y,
-                           std::int64_t tokens, std::int64_t out, std::int64_t in) {
+void row_dot_products(Workers& workers, const float* x, const void* w, DType w_dtype, float* y, std::int64_t tokens,
+                      std::int64_t out, std::int64_t in) {
+  row_dot_products_with(workers, row_kernel_name(), x, w, w_dtype, y, tokens, out, in);
+}
+
+void row_dot_products_with(Workers& workers, const std::string& name, const float* x, const void* w, DType w_dtype,
+                           float* y, std::int64_t tokens, std::int64_t out, std::int64_t in) {
   const Kernel kernel = kernel_for(name);
   const std::int64_t blocks = (out + kBlock - 1) / kBlock;
-  if (w_dtype == DType::F32 || w_dtype == DType::BF16) {  // bf16 is widened in registers
-#pragma omp parallel for schedule(static)
-    for (std::int64_t b = 0; b < blocks; ++b) {
-      const std::int64_t begin = b * kBlock, end = std::min(out, begin + kBlock);
-      if (w_dtype == DType::F32)
-        rows_dispatch(kernel, x, static_cast<const float*>(w) + begin * in, y, tokens, begin, end, out, in);
-      else
-        rows_dispatch(kernel, x, static_cast<const std::uint16_t*>(w) + begin * in, y, tokens, begin, end, out, in);
-    }
-    return;
-  }
-  // f16: widened block by block into a per-thread scratch (the conversion is not a plain shift).
   const auto* bytes = static_cast<const char*>(w);
   const std::size_t row_bytes = std::size_t(in) * dtype_size(w_dtype);
-#pragma omp parallel
-  {
-    thread_local std::vector<float> scratch;  // kept between calls: no allocation or page faults per step
-    if (scratch.size() < std::size_t(kBlock * in)) scratch.resize(std::size_t(kBlock * in));
-#pragma omp for schedule(static)
-    for (std::int64_t b = 0; b < blocks; ++b) {
+  workers.balance(blocks, [&](std::int64_t first, std::int64_t last) {
+    for (std::int64_t b = first; b < last; ++b) {
       const std::int64_t begin = b * kBlock, end = std::min(out, begin + kBlock);
-      widen(w_dtype, bytes + std::size_t(begin) * row_bytes, scratch.data(), (end - begin) * in);
-      rows_dispatch(kernel, x, static_cast<const float*>(scratch.data()), y, tokens, begin, end, out, in);
+      if (w_dtype == DType::F32) {
+        rows_dispatch(kernel, x, static_cast<const float*>(w) + begin * in, y, tokens, begin, end, out, in);
+      } else if (w_dtype == DType::BF16) {  // widened in registers
+        rows_dispatch(kernel, x, static_cast<const std::uint16_t*>(w) + begin * in, y, tokens, begin, end, out, in);
+      } else {  // f16: widened block by block into a per-thread scratch (the conversion is not a plain shift)
+        thread_local std::vector<float> scratch;  // kept between calls: no allocation or page faults per step
+        if (scratch.size() < std::size_t(kBlock * in)) scratch.resize(std::size_t(kBlock * in));
+        widen(w_dtype, bytes + std::size_t(begin) * row_bytes, scratch.data(), (end - begin) * in);
+        rows_dispatch(kernel, x, static_cast<const float*>(scratch.data()), y, tokens, begin, end, out, in);
+      }
     }
-  }
+  });
 }
 
 STRATA_CLONES void axpy(float alpha, const float* x, float* y, std::int64_t n) {

@@ -1,7 +1,7 @@
 // Hand-written CPU kernels for the cases OpenBLAS serves poorly: the products of decode (where the whole weight is
 // streamed once per step: memory bandwidth is the limit at 1 token, the FMA units from a few tokens on) and, with
 // AVX-512, every product (OpenBLAS 0.3.21 runs its AVX2 Haswell kernels on CPUs newer than it knows, at 60% of this
-// kernel's rate), and attention over the KV cache. Parallel with OpenMP over output rows / (token, head) pairs; the
+// kernel's rate), and attention over the KV cache. Parallel over output rows on the backend's Workers; the
 // products have AVX-512, AVX2 and scalar kernels chosen at run time, the rest GCC target_clones.
 // Weights may be stored 16-bit (bf16/f16, as the checkpoint holds them): the kernels widen them to f32 in small
 // blocks that stay in cache, then run the f32 arithmetic, so results equal those of f32 weights exactly.
@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/backend/cpu/workers.h"
 #include "runtime/base/dtype.h"
 
 namespace strata::cpu {
@@ -26,22 +27,26 @@ constexpr std::int64_t kSmallBatch = 4;
 constexpr std::int64_t kAnyBatch = std::int64_t(1) << 40;
 // The most tokens linear() gives row_dot_products with `kernel` (one of row_kernels()).
 std::int64_t row_kernel_max_tokens(const std::string& kernel);
+// The team a CPU backend with `weights` runs its loops on: OpenMP's where OpenBLAS computes products (no AVX-512 row
+// kernel and unquantized weights: see workers.h), else its own threads.
+Workers::Team team_for(DType weights);
 
 // y[t, n] = sum_k x[t, k] * w[n, k] for t < tokens; rows of w split over the OpenMP threads. Kernels, the best the
 // CPU has chosen at run time: AVX-512 (4 rows x 6 tokens register tiles), AVX2 with FMA (1 row x 4 tokens), scalar.
 // All add in the same order (kernels.cpp), so they give the same bits; STRATA_ROW_KERNEL=avx2|scalar forces one (a
 // kernel the CPU lacks is an error).
-void row_dot_products(const float* x, const float* w, float* y, std::int64_t tokens, std::int64_t out, std::int64_t in);
+void row_dot_products(Workers& workers, const float* x, const float* w, float* y, std::int64_t tokens, std::int64_t out,
+                      std::int64_t in);
 // The same with w stored as `w_dtype` (F32, F16 or BF16), streamed from memory at its stored size: bf16 is widened
 // in registers, f16 block by block into a per-thread scratch.
-void row_dot_products(const float* x, const void* w, DType w_dtype, float* y, std::int64_t tokens, std::int64_t out,
-                      std::int64_t in);
+void row_dot_products(Workers& workers, const float* x, const void* w, DType w_dtype, float* y, std::int64_t tokens,
+                      std::int64_t out, std::int64_t in);
 // The kernels this CPU runs, best first ("avx512", "avx2", "scalar"), the one row_dot_products uses, and a product
 // with the kernel named: for tests of each path.
 std::vector<std::string> row_kernels();
 std::string row_kernel_name();
-void row_dot_products_with(const std::string& kernel, const float* x, const void* w, DType w_dtype, float* y,
-                           std::int64_t tokens, std::int64_t out, std::int64_t in);
+void row_dot_products_with(Workers& workers, const std::string& kernel, const float* x, const void* w, DType w_dtype,
+                           float* y, std::int64_t tokens, std::int64_t out, std::int64_t in);
 // dst[0, count) = src as f32 (bf16: a 16-bit shift, vectorised; f16: F16C where the CPU has it, else
 // convert_to_f32; the same values either way). Single-threaded.
 void widen(DType dtype, const void* src, float* dst, std::int64_t count);

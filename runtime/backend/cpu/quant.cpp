@@ -1,8 +1,6 @@
 // Quantized dot products; see quant.h. Compiled with -ffp-contract=off, so all kernels give the same bits.
 #include "runtime/backend/cpu/quant.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -394,39 +392,66 @@ bool cpu_has(const std::string& kernel) {
          (kernel == "avx512vnni" && cpu::has_avx512_vnni());
 }
 
-// The rows of every product in work items of 16 (the AVX-512 kernel's group; a last partial group goes to the AVX2
-// kernel, whose arithmetic is the same, and is in the row layout in both layouts) over the OpenMP threads: several
-// products of the same activations share one parallel region.
+// Work item `item` of run(): 16 rows (fewer at the end of a product) of one product.
 template <typename Block>
-void run(const std::string& kernel, const Activations& x, std::span<const Product> products, std::int64_t tokens,
-         std::int64_t blocks) {
+void group_item(int which, const Activations& x, std::span<const Product> products,
+                const std::vector<std::int64_t>& first_item, std::int64_t tokens, std::int64_t blocks,
+                std::int64_t item) {
+  std::size_t p = 0;
+  while (item >= first_item[p + 1]) ++p;
+  const auto* rows = static_cast<const Block*>(products[p].w);
+  const Layout layout = products[p].layout;
+  float* y = products[p].y;
+  const std::int64_t out = products[p].out, i = item - first_item[p];
+  const std::int64_t begin = i * kGroup, end = std::min(out, begin + kGroup);
+#if defined(__x86_64__)
+  if (which == 2 && end - begin == kGroup) {
+    if (layout == Layout::Interleaved16)
+      group_rows_avx512<Block, Layout::Interleaved16>(rows, x, y, tokens, begin, out, blocks);
+    else
+      group_rows_avx512<Block, Layout::Rows>(rows, x, y, tokens, begin, out, blocks);
+    return;
+  }
+  if (which >= 1) {
+    rows_avx2<Block>(rows, x.q, x.scales, y, tokens, begin, end, out, blocks);
+    return;
+  }
+#endif
+  rows_scalar<Block>(rows, x.q, x.scales, y, tokens, begin, end, out, blocks);
+}
+
+// The rows of every product in work items of 16 (the AVX-512 kernel's group; a last partial group goes to the AVX2
+// kernel, whose arithmetic is the same, and is in the row layout in both layouts) over the workers: several
+// products of the same activations share one parallel loop.
+template <typename Block>
+void run(cpu::Workers& workers, const std::string& kernel, const Activations& x, std::span<const Product> products,
+         std::int64_t tokens, std::int64_t blocks) {
   std::vector<std::int64_t> first_item(products.size() + 1, 0);  // product p: items [first_item[p], first_item[p + 1])
   for (std::size_t p = 0; p < products.size(); ++p)
     first_item[p + 1] = first_item[p] + (products[p].out + kGroup - 1) / kGroup;
   const int which = kernel == "avx512vnni" ? 2 : kernel == "avx2" ? 1 : 0;
-#pragma omp parallel for schedule(static)
-  for (std::int64_t item = 0; item < first_item.back(); ++item) {
-    std::size_t p = 0;
-    while (item >= first_item[p + 1]) ++p;
-    const auto* rows = static_cast<const Block*>(products[p].w);
-    const Layout layout = products[p].layout;
-    float* y = products[p].y;
-    const std::int64_t out = products[p].out, i = item - first_item[p];
-    const std::int64_t begin = i * kGroup, end = std::min(out, begin + kGroup);
+  workers.balance(first_item.back(), [&](std::int64_t first, std::int64_t last) {
+    for (std::int64_t item = first; item < last; ++item)
+      group_item<Block>(which, x, products, first_item, tokens, blocks, item);
+  });
+}
+
+// Token t's row of quantize_activations.
+void quantize_token(bool avx512, const float* x, BlockQ8_0* xq, float* x_scales, std::int64_t blocks,
+                    std::int32_t* starts, int bias, std::int64_t t) {
+  const float* row = x + t * blocks * kBlock;
 #if defined(__x86_64__)
-    if (which == 2 && end - begin == kGroup) {
-      if (layout == Layout::Interleaved16)
-        group_rows_avx512<Block, Layout::Interleaved16>(rows, x, y, tokens, begin, out, blocks);
-      else
-        group_rows_avx512<Block, Layout::Rows>(rows, x, y, tokens, begin, out, blocks);
-      continue;
-    }
-    if (which >= 1) {
-      rows_avx2<Block>(rows, x.q, x.scales, y, tokens, begin, end, out, blocks);
-      continue;
-    }
+  if (avx512)
+    quantize_blocks_avx512(row, xq + t * blocks, blocks);
+  else
 #endif
-    rows_scalar<Block>(rows, x.q, x.scales, y, tokens, begin, end, out, blocks);
+    quantize_q8_0_blocks(row, xq + t * blocks, blocks);
+  for (std::int64_t b = t * blocks; b < (t + 1) * blocks; ++b) {
+    x_scales[b] = f16_to_f32(xq[b].d);
+    if (!starts) continue;
+    int sum = 0;
+    for (int j = 0; j < kBlock; ++j) sum += xq[b].qs[j];
+    starts[b] = -bias * sum;
   }
 }
 
@@ -449,31 +474,33 @@ std::string kernel_name() {
   return available_kernels().front();
 }
 
-void row_dot_products(const float* x, const void* w, Format format, float* y, std::int64_t tokens, std::int64_t out,
-                      std::int64_t in) {
-  row_dot_products_with(kernel_name(), x, w, format, y, tokens, out, in, Layout::Rows);
+void row_dot_products(cpu::Workers& workers, const float* x, const void* w, Format format, float* y,
+                      std::int64_t tokens, std::int64_t out, std::int64_t in) {
+  row_dot_products_with(workers, kernel_name(), x, w, format, y, tokens, out, in, Layout::Rows);
 }
 
 bool interleaves(const std::string& kernel) { return kernel == "avx512vnni"; }
 
 // Portable code: it runs once per weight at load, at memory speed.
-void interleave_rows(Format format, const void* rows, void* interleaved, std::int64_t out, std::int64_t in) {
+void interleave_rows(cpu::Workers& workers, Format format, const void* rows, void* interleaved, std::int64_t out,
+                     std::int64_t in) {
   const std::size_t row = row_bytes(format, in), block = block_bytes(format), quants = block - 2;
   const std::int64_t blocks = in / kBlock, groups = out / kGroup;
   const std::uint8_t flip = interleaved_flip(format);
   const auto* src = static_cast<const std::uint8_t*>(rows);
   auto* dst = static_cast<std::uint8_t*>(interleaved);
-#pragma omp parallel for schedule(static)
-  for (std::int64_t g = 0; g < groups; ++g) {
-    const std::uint8_t* from = src + std::size_t(g) * kGroup * row;
-    std::uint8_t* group = dst + std::size_t(g) * kGroup * row;
-    for (std::int64_t b = 0; b < blocks; ++b)
-      for (std::int64_t r = 0; r < kGroup; ++r) {
-        const std::uint8_t* at = from + std::size_t(r) * row + std::size_t(b) * block;
-        std::memcpy(group + interleaved_scale(quants, blocks, b, r), at, 2);
-        for (std::size_t j = 0; j < quants; ++j) group[interleaved_quant(quants, b, j, r)] = at[2 + j] ^ flip;
-      }
-  }
+  workers.split(groups, [&](std::int64_t first, std::int64_t last) {
+    for (std::int64_t g = first; g < last; ++g) {
+      const std::uint8_t* from = src + std::size_t(g) * kGroup * row;
+      std::uint8_t* group = dst + std::size_t(g) * kGroup * row;
+      for (std::int64_t b = 0; b < blocks; ++b)
+        for (std::int64_t r = 0; r < kGroup; ++r) {
+          const std::uint8_t* at = from + std::size_t(r) * row + std::size_t(b) * block;
+          std::memcpy(group + interleaved_scale(quants, blocks, b, r), at, 2);
+          for (std::size_t j = 0; j < quants; ++j) group[interleaved_quant(quants, b, j, r)] = at[2 + j] ^ flip;
+        }
+    }
+  });
   const std::size_t grouped = std::size_t(groups) * kGroup * row;
   std::memcpy(dst + grouped, src + grouped, std::size_t(out - groups * kGroup) * row);
 }
@@ -494,38 +521,29 @@ void dequantize_interleaved_row(Format format, const void* interleaved, std::int
   }
 }
 
-void quantize_activations(const std::string& kernel, const float* x, BlockQ8_0* xq, float* x_scales,
-                          std::int64_t tokens, std::int64_t blocks, std::int32_t* starts, int bias) {
-  // On the OpenMP threads once there is enough to share: single-threaded, it left the other threads waiting for
-  // ~10% of a quantized prefill.
+void quantize_activations(cpu::Workers& workers, const std::string& kernel, const float* x, BlockQ8_0* xq,
+                          float* x_scales, std::int64_t tokens, std::int64_t blocks, std::int32_t* starts, int bias) {
+  // On the workers once there is enough to share: single-threaded, it left the other threads waiting for ~10% of a
+  // quantized prefill.
   const bool avx512 = kernel == "avx512vnni";
-#pragma omp parallel for schedule(static) if (tokens * blocks >= 256)
-  for (std::int64_t t = 0; t < tokens; ++t) {
-    const float* row = x + t * blocks * kBlock;
-#if defined(__x86_64__)
-    if (avx512)
-      quantize_blocks_avx512(row, xq + t * blocks, blocks);
-    else
-#endif
-      quantize_q8_0_blocks(row, xq + t * blocks, blocks);
-    for (std::int64_t b = t * blocks; b < (t + 1) * blocks; ++b) {
-      x_scales[b] = f16_to_f32(xq[b].d);
-      if (!starts) continue;
-      int sum = 0;
-      for (int j = 0; j < kBlock; ++j) sum += xq[b].qs[j];
-      starts[b] = -bias * sum;
-    }
-  }
+  auto quantize = [&](std::int64_t first, std::int64_t last) {
+    for (std::int64_t t = first; t < last; ++t) quantize_token(avx512, x, xq, x_scales, blocks, starts, bias, t);
+  };
+  if (tokens * blocks >= 256)
+    workers.split(tokens, quantize);
+  else
+    quantize(0, tokens);
 }
 
-void row_dot_products_with(const std::string& kernel, const float* x, const void* w, Format format, float* y,
-                           std::int64_t tokens, std::int64_t out, std::int64_t in, Layout layout) {
+void row_dot_products_with(cpu::Workers& workers, const std::string& kernel, const float* x, const void* w,
+                           Format format, float* y, std::int64_t tokens, std::int64_t out, std::int64_t in,
+                           Layout layout) {
   const Product product{w, layout, y, out};
-  row_dot_products_many(kernel, x, format, tokens, in, {&product, 1});
+  row_dot_products_many(workers, kernel, x, format, tokens, in, {&product, 1});
 }
 
-void row_dot_products_many(const std::string& kernel, const float* x, Format format, std::int64_t tokens,
-                           std::int64_t in, std::span<const Product> products) {
+void row_dot_products_many(cpu::Workers& workers, const std::string& kernel, const float* x, Format format,
+                           std::int64_t tokens, std::int64_t in, std::span<const Product> products) {
   STRATA_CHECK(cpu_has(kernel), Internal, "quantized kernel '", kernel, "' is not available on this CPU");
   for (const Product& p : products)
     STRATA_CHECK(p.layout == Layout::Rows || interleaves(kernel), Internal, "quantized kernel '", kernel,
@@ -540,13 +558,13 @@ void row_dot_products_many(const std::string& kernel, const float* x, Format for
   thread_local std::vector<std::int32_t> starts;
   const bool avx512 = kernel == "avx512vnni";
   if (avx512) starts.resize(xq.size());
-  quantize_activations(kernel, x, xq.data(), xs.data(), tokens, blocks, avx512 ? starts.data() : nullptr,
+  quantize_activations(workers, kernel, x, xq.data(), xs.data(), tokens, blocks, avx512 ? starts.data() : nullptr,
                        format == Format::Q8_0 ? 128 : 8);
   const Activations activations{xq.data(), xs.data(), avx512 ? starts.data() : nullptr};
   if (format == Format::Q8_0)
-    run<BlockQ8_0>(kernel, activations, products, tokens, blocks);
+    run<BlockQ8_0>(workers, kernel, activations, products, tokens, blocks);
   else
-    run<BlockQ4_0>(kernel, activations, products, tokens, blocks);
+    run<BlockQ4_0>(workers, kernel, activations, products, tokens, blocks);
 }
 
 }  // namespace strata::quant

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/backend/cpu/workers.h"
 #include "runtime/base/dtype.h"
 #include "runtime/base/quant_blocks.h"
 
@@ -21,16 +22,17 @@ std::vector<std::string> available_kernels();
 std::string kernel_name();
 
 // y[t, r] = sum_k x[t, k] * w[r, k] for t < tokens, r < out, with w's rows quantized (row_bytes(format, in) each)
-// and each x row quantized to Q8_0 first. in must be a multiple of kBlock. Rows of w are split over OpenMP threads.
-void row_dot_products(const float* x, const void* w, Format format, float* y, std::int64_t tokens, std::int64_t out,
-                      std::int64_t in);
+// and each x row quantized to Q8_0 first. in must be a multiple of kBlock. Rows of w are split over the workers.
+void row_dot_products(cpu::Workers& workers, const float* x, const void* w, Format format, float* y,
+                      std::int64_t tokens, std::int64_t out, std::int64_t in);
 // The same with the kernel named (one of available_kernels()): for tests of each path.
 // With Layout::Interleaved16, w is interleave_rows' output, and the kernel one that interleaves().
-void row_dot_products_with(const std::string& kernel, const float* x, const void* w, Format format, float* y,
-                           std::int64_t tokens, std::int64_t out, std::int64_t in, Layout layout = Layout::Rows);
+void row_dot_products_with(cpu::Workers& workers, const std::string& kernel, const float* x, const void* w,
+                           Format format, float* y, std::int64_t tokens, std::int64_t out, std::int64_t in,
+                           Layout layout = Layout::Rows);
 
 // Several products of the same activations x [tokens, in] (q, k and v): x quantized once and every product's rows
-// in one parallel region (a fork and join of the threads costs microseconds, a decode step has dozens); each y
+// in one parallel loop (handing a loop to the threads and waiting costs ~0.5 us, a decode step has dozens); each y
 // as row_dot_products_with gives it. All weights in `format`.
 struct Product {
   const void* w;
@@ -38,8 +40,8 @@ struct Product {
   float* y;          // [tokens, out]
   std::int64_t out;  // rows of w
 };
-void row_dot_products_many(const std::string& kernel, const float* x, Format format, std::int64_t tokens,
-                           std::int64_t in, std::span<const Product> products);
+void row_dot_products_many(cpu::Workers& workers, const std::string& kernel, const float* x, Format format,
+                           std::int64_t tokens, std::int64_t in, std::span<const Product> products);
 
 // The AVX-512 kernel reads 16 rows' blocks at once, one row per 32-bit lane. From the row layout it transposes
 // each block of 16 rows in registers and inserts 16 scales one by one: at one token (decode) that cost more than
@@ -49,7 +51,8 @@ void row_dot_products_many(const std::string& kernel, const float* x, Format for
 // 4k..4k+3 of the 16 nibble bytes in vector k; Q8_0: 8 vectors, with the sign bit of each byte flipped, the
 // unsigned operand VPDPBUSD wants), then every block's 16 f16 scales together.
 bool interleaves(const std::string& kernel);  // whether `kernel` reads Layout::Interleaved16
-void interleave_rows(Format format, const void* rows, void* interleaved, std::int64_t out, std::int64_t in);
+void interleave_rows(cpu::Workers& workers, Format format, const void* rows, void* interleaved, std::int64_t out,
+                     std::int64_t in);
 // Row r of an interleaved [out, in] matrix, dequantized (dequantize_row of the row it came from).
 void dequantize_interleaved_row(Format format, const void* interleaved, std::int64_t r, std::int64_t out,
                                 std::int64_t in, float* y);
@@ -58,7 +61,8 @@ void dequantize_interleaved_row(Format format, const void* interleaved, std::int
 // quantize_q8_0_blocks (llama.cpp's reference) does, with the scales also as f32; with the "avx512vnni" kernel by
 // AVX-512 code giving the same bytes. With `starts`, also -bias times each block's sum of quantized values (the
 // AVX-512 kernel's start of each block sum), in the same pass. On the OpenMP threads.
-void quantize_activations(const std::string& kernel, const float* x, BlockQ8_0* xq, float* x_scales,
-                          std::int64_t tokens, std::int64_t blocks, std::int32_t* starts = nullptr, int bias = 0);
+void quantize_activations(cpu::Workers& workers, const std::string& kernel, const float* x, BlockQ8_0* xq,
+                          float* x_scales, std::int64_t tokens, std::int64_t blocks, std::int32_t* starts = nullptr,
+                          int bias = 0);
 
 }  // namespace strata::quant

@@ -1,0 +1,246 @@
+// cpu::Workers, the CPU backend's team of threads: every item of a loop runs exactly once, on the team's threads;
+// an exception on any thread reaches the caller after every thread has left the loop; helpers that went to sleep
+// wake for the next loop (a lost wake-up would hang the backend: the hand-over tests run under a deadline).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <future>
+#include <mutex>
+#include <set>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "runtime/backend/cpu/workers.h"
+
+using strata::cpu::Workers;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Runs `body` on its own thread; a body still running after `limit` is a hang: the test program aborts with the
+// test's name instead of waiting for ctest's timeout.
+template <typename Body>
+void within(std::chrono::seconds limit, Body body) {
+  auto done = std::async(std::launch::async, body);
+  if (done.wait_for(limit) == std::future_status::timeout) {
+    std::fprintf(stderr, "%s: still running after %lld s (a lost wake-up or a deadlock)\n",
+                 ::testing::UnitTest::GetInstance()->current_test_info()->name(), (long long)limit.count());
+    std::abort();
+  }
+  done.get();
+}
+
+// How many times each of n items ran under split (or balance).
+std::vector<int> split_counts(Workers& workers, std::int64_t n, bool balance = false) {
+  std::vector<std::atomic<int>> hits(std::size_t(n + 1));
+  auto count = [&](std::int64_t begin, std::int64_t end) {
+    EXPECT_LE(0, begin);
+    EXPECT_LE(begin, end);
+    EXPECT_LE(end, n);
+    for (std::int64_t i = begin; i < end; ++i) hits[std::size_t(i)].fetch_add(1);
+  };
+  if (balance)
+    workers.balance(n, count);
+  else
+    workers.split(n, count);
+  std::vector<int> counts;
+  for (std::int64_t i = 0; i < n; ++i) counts.push_back(hits[std::size_t(i)].load());
+  return counts;
+}
+
+}  // namespace
+
+TEST(Workers, SplitRunsEveryItemOnce) {
+  within(60s, [] {
+    for (int threads : {1, 2, 3}) {  // 3: more threads than this CI machine's cores
+      Workers workers(threads);
+      EXPECT_EQ(workers.size(), threads);
+      for (std::int64_t n : {0, 1, 2, 3, 5, 16, 17, 1000})
+        EXPECT_EQ(split_counts(workers, n), std::vector<int>(std::size_t(n), 1)) << threads << " threads, n " << n;
+    }
+  });
+}
+
+TEST(Workers, BalanceRunsEveryItemOnce) {
+  within(60s, [] {
+    for (int threads : {1, 2, 3}) {
+      Workers workers(threads);
+      for (std::int64_t n : {0, 1, 2, 3, 5, 16, 17, 47, 1000})
+        EXPECT_EQ(split_counts(workers, n, true), std::vector<int>(std::size_t(n), 1))
+            << threads << " threads, n " << n;
+    }
+  });
+}
+
+TEST(Workers, BalanceGivesASlowThreadLess) {
+  within(60s, [] {
+    Workers workers(2);
+    std::vector<std::atomic<int>> items_of(2);
+    const auto caller = std::this_thread::get_id();
+    workers.balance(64, [&](std::int64_t begin, std::int64_t end) {
+      const bool slow = std::this_thread::get_id() != caller;
+      if (slow) std::this_thread::sleep_for(20ms);
+      items_of[slow ? 1 : 0].fetch_add(int(end - begin));
+    });
+    EXPECT_EQ(items_of[0].load() + items_of[1].load(), 64);
+    EXPECT_GT(items_of[0].load(), items_of[1].load()) << "the helper sleeps on every chunk: the caller takes most";
+  });
+}
+
+TEST(Workers, SplitGivesEachThreadAContiguousPart) {
+  within(60s, [] {
+    Workers workers(2);
+    std::mutex m;
+    std::set<std::thread::id> ids;
+    std::vector<std::pair<std::int64_t, std::int64_t>> parts;
+    workers.split(11, [&](std::int64_t begin, std::int64_t end) {
+      std::lock_guard<std::mutex> lock(m);
+      ids.insert(std::this_thread::get_id());
+      parts.emplace_back(begin, end);
+    });
+    ASSERT_EQ(parts.size(), 2u) << "two threads, two parts";
+    std::sort(parts.begin(), parts.end());
+    EXPECT_EQ(parts[0], std::make_pair(std::int64_t(0), std::int64_t(6)));
+    EXPECT_EQ(parts[1], std::make_pair(std::int64_t(6), std::int64_t(11)));
+    EXPECT_EQ(ids.size(), 2u) << "the parts ran on two different threads";
+  });
+}
+
+TEST(Workers, RunCallsEveryThreadIndexOnce) {
+  within(60s, [] {
+    Workers workers(3);
+    std::vector<std::atomic<int>> calls(3);
+    std::atomic<int> on_caller{0};
+    const auto caller = std::this_thread::get_id();
+    workers.run([&](int thread) {
+      calls[std::size_t(thread)].fetch_add(1);
+      if (std::this_thread::get_id() == caller) on_caller.fetch_add(thread == 0 ? 1 : 100);
+    });
+    for (auto& c : calls) EXPECT_EQ(c.load(), 1);
+    EXPECT_EQ(on_caller.load(), 1) << "thread 0, and only it, is the caller";
+  });
+}
+
+TEST(Workers, ShareRunsEveryItemOnceWhateverItsCost) {
+  within(60s, [] {
+    Workers workers(2);
+    for (std::int64_t chunk : {1, 2, 7}) {
+      const std::int64_t n = 97;
+      std::vector<std::atomic<int>> hits(n);
+      std::atomic<int> bad_thread{0};
+      workers.share(n, chunk, [&](int thread, std::int64_t item) {
+        if (thread < 0 || thread >= 2) bad_thread.fetch_add(1);
+        if (item % 13 == 0) std::this_thread::sleep_for(200us);  // a few long items
+        hits[std::size_t(item)].fetch_add(1);
+      });
+      EXPECT_EQ(bad_thread.load(), 0);
+      for (std::int64_t i = 0; i < n; ++i)
+        EXPECT_EQ(hits[std::size_t(i)].load(), 1) << "chunk " << chunk << " item " << i;
+    }
+  });
+}
+
+TEST(Workers, AHelpersExceptionReachesTheCallerAndTheTeamGoesOn) {
+  within(60s, [] {
+    Workers workers(2);
+    EXPECT_THROW(workers.run([](int thread) {
+      if (thread == 1) throw std::runtime_error("helper failed");
+    }),
+                 std::runtime_error);
+    EXPECT_EQ(split_counts(workers, 40), std::vector<int>(40, 1)) << "the next loop after a failed one";
+  });
+}
+
+TEST(Workers, TheCallersExceptionWaitsForTheHelpers) {
+  within(60s, [] {
+    Workers workers(2);
+    std::atomic<bool> helper_done{false};
+    try {
+      workers.run([&](int thread) {
+        if (thread == 0) throw std::runtime_error("caller failed");
+        std::this_thread::sleep_for(50ms);
+        helper_done = true;
+      });
+      ADD_FAILURE() << "no exception";
+    } catch (const std::runtime_error&) {
+      EXPECT_TRUE(helper_done.load()) << "run() returned while a helper was still in the loop";
+    }
+  });
+}
+
+TEST(Workers, SleepingHelpersWakeForEveryLoop) {
+  within(120s, [] {
+    Workers workers(2, Workers::Team::Own,
+                    0us);  // no spinning: every loop wakes a helper that went (or is going) to sleep
+    for (int i = 0; i < 20000; ++i) ASSERT_EQ(split_counts(workers, 2), std::vector<int>(2, 1)) << "loop " << i;
+    for (int i = 0; i < 20; ++i) {  // and after long idle gaps
+      std::this_thread::sleep_for(2ms);
+      ASSERT_EQ(split_counts(workers, 5), std::vector<int>(5, 1));
+    }
+  });
+}
+
+TEST(Workers, ManyLoopsWithSpinningHelpers) {
+  within(120s, [] {
+    Workers workers(2);
+    for (int i = 0; i < 50000; ++i) ASSERT_EQ(split_counts(workers, 3), std::vector<int>(3, 1)) << "loop " << i;
+  });
+}
+
+TEST(Workers, ALoopInsideALoopRunsOnItsThread) {
+  within(60s, [] {
+    Workers workers(2);
+    std::vector<std::atomic<int>> hits(2 * 10);
+    workers.run([&](int outer) {
+      const auto me = std::this_thread::get_id();
+      workers.split(10, [&](std::int64_t begin, std::int64_t end) {
+        EXPECT_EQ(std::this_thread::get_id(), me);
+        for (std::int64_t i = begin; i < end; ++i) hits[std::size_t(outer * 10 + i)].fetch_add(1);
+      });
+    });
+    for (auto& h : hits) EXPECT_EQ(h.load(), 1);
+  });
+}
+
+TEST(Workers, DestroyedWhileHelpersSleep) {
+  within(60s, [] {
+    for (int i = 0; i < 20; ++i) {
+      Workers workers(3, Workers::Team::Own, 0us);
+      EXPECT_EQ(split_counts(workers, 9), std::vector<int>(9, 1));
+      std::this_thread::sleep_for(1ms);
+    }
+  });
+}
+
+// Team::OpenMP (where OpenBLAS computes the products): the same contract on OpenMP's threads.
+TEST(Workers, OnOpenMPsTeam) {
+  within(60s, [] {
+    for (int threads : {1, 2, 3}) {
+      Workers workers(threads, Workers::Team::OpenMP);
+      EXPECT_TRUE(workers.openmp());
+      for (std::int64_t n : {0, 1, 2, 17, 1000}) {
+        EXPECT_EQ(split_counts(workers, n), std::vector<int>(std::size_t(n), 1)) << threads << " threads, n " << n;
+        EXPECT_EQ(split_counts(workers, n, true), std::vector<int>(std::size_t(n), 1)) << threads << " threads";
+      }
+      std::vector<std::atomic<int>> hits(50);
+      workers.share(50, 3, [&](int, std::int64_t item) { hits[std::size_t(item)].fetch_add(1); });
+      for (auto& h : hits) EXPECT_EQ(h.load(), 1);
+      std::set<std::thread::id> ids;
+      std::mutex m;
+      workers.run([&](int) {
+        std::lock_guard<std::mutex> lock(m);
+        ids.insert(std::this_thread::get_id());
+      });
+      EXPECT_EQ(int(ids.size()), threads) << "each call on its own OpenMP thread";
+      EXPECT_THROW(workers.run([&](int thread) {
+        if (thread == threads - 1) throw std::runtime_error("last thread failed");
+      }),
+                   std::runtime_error);
+      EXPECT_EQ(split_counts(workers, 40), std::vector<int>(40, 1)) << "the next loop after a failed one";
+    }
+  });
+}
