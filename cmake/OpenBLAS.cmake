@@ -1,6 +1,6 @@
 # OpenBLAS as an IMPORTED target, linked PRIVATE by the CPU backend only. We use Debian's OpenMP build of OpenBLAS
-# (libopenblas-openmp-dev): the backend calls it single-threaded from its own threads (cpu::Workers), so it never
-# starts a team of its own, and the rest of strata that uses threads (the checkpoint reader) is OpenMP already. Both OpenBLAS builds share the soname
+# (libopenblas-openmp-dev): where it computes products (CPUs without AVX-512), the backend runs its own loops on the
+# same OpenMP team (cpu::Workers::Team::OpenMP), so two teams never spin against each other on the same cores. Both OpenBLAS builds share the soname
 # libopenblas.so.0, so the build RPATH (set by CMake for this non-default directory) is what selects this one.
 find_package(OpenMP REQUIRED COMPONENTS CXX)
 # CMAKE_PREFIX_PATH entries are searched first: scripts/gpu-validate.sh builds against Debian packages unpacked

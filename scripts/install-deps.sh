@@ -10,7 +10,7 @@ packages=(
   libhdf5-dev hdf5-tools              # sharded checkpoints with per-chunk Fletcher32 checksums
   libcli11-dev                        # command line
   libgtest-dev googletest             # unit and MPI tests (configured by default, so needed to build)
-  libopenblas-openmp-dev              # fp32 GEMM for the CPU backend without AVX-512 (run single-threaded on its threads)
+  libopenblas-openmp-dev              # fp32 GEMM for the CPU backend without AVX-512 (OpenMP build: one team with ours)
   nlohmann-json3-dev                  # manifest, JSONL prompts and results, tokenizer.json
   libpcre2-dev                        # Unicode regexes (Hugging Face tokenizers' pre-tokenizers)
   libicu-dev                          # Unicode NFC normalization (Qwen2 tokenizer.json)

@@ -3,7 +3,7 @@
 // at 1-128 tokens; prints GFLOP/s (2 operations per weight per token). Where the CPU has AVX512_BF16, also the
 // kernel strata does not use: the same 4 x 6 register tiles with VDPBF16PS on bf16 activations (the rounding of the
 // activations aside, whether the bf16 dot product would pay). Built against the build tree's libraries:
-//   g++ -O2 -std=c++20 -I. scripts/kernel-bench.cpp build/runtime/libstrata_backend_cpu.a \
+//   g++ -O2 -std=c++20 -fopenmp -I. scripts/kernel-bench.cpp build/runtime/libstrata_backend_cpu.a \
 //     build/runtime/libstrata_base.a -lpthread -o build/kernel-bench && build/kernel-bench [threads, default 2]
 #include <algorithm>
 #include <chrono>
