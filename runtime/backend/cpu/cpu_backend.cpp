@@ -132,8 +132,9 @@ class CpuBackend final : public Backend {
     const auto* bytes = static_cast<const char*>(w.data);
     const std::size_t row_bytes = std::size_t(in) * dtype_size(w.dtype);
     if (!f32 && gemm_scratch_.size() < std::size_t(kGemmRows * in)) gemm_scratch_.resize(std::size_t(kGemmRows * in));
-    for (std::int64_t first = 0; first < out; first += f32 ? out : kGemmRows) {
-      const std::int64_t rows = f32 ? out : std::min(kGemmRows, out - first);
+    const std::int64_t step = f32 ? out : kGemmRows;  // f32 weights need no scratch: one product
+    for (std::int64_t first = 0; first < out; first += step) {
+      const std::int64_t rows = std::min(step, out - first);
       const float* w32 = f32 ? w.f32() : gemm_scratch_.data();
       if (!f32)
         workers_.split(rows, [&](std::int64_t begin, std::int64_t end) {

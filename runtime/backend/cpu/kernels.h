@@ -31,10 +31,10 @@ std::int64_t row_kernel_max_tokens(const std::string& kernel);
 // kernel and unquantized weights: see workers.h), else its own threads.
 Workers::Team team_for(DType weights);
 
-// y[t, n] = sum_k x[t, k] * w[n, k] for t < tokens; rows of w split over the OpenMP threads. Kernels, the best the
-// CPU has chosen at run time: AVX-512 (4 rows x 6 tokens register tiles), AVX2 with FMA (1 row x 4 tokens), scalar.
-// All add in the same order (kernels.cpp), so they give the same bits; STRATA_ROW_KERNEL=avx2|scalar forces one (a
-// kernel the CPU lacks is an error).
+// y[t, n] = sum_k x[t, k] * w[n, k] for t < tokens; rows of w shared out over `workers` (Workers::balance). Kernels,
+// the best the CPU has chosen at run time: AVX-512 (4 rows x 6 tokens register tiles), AVX2 with FMA (1 row x 4
+// tokens), scalar. All add in the same order (kernels.cpp), so they give the same bits; STRATA_ROW_KERNEL=avx2|scalar
+// forces one (a kernel the CPU lacks is an error).
 void row_dot_products(Workers& workers, const float* x, const float* w, float* y, std::int64_t tokens, std::int64_t out,
                       std::int64_t in);
 // The same with w stored as `w_dtype` (F32, F16 or BF16), streamed from memory at its stored size: bf16 is widened

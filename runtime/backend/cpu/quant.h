@@ -32,7 +32,7 @@ void row_dot_products_with(cpu::Workers& workers, const std::string& kernel, con
                            Layout layout = Layout::Rows);
 
 // Several products of the same activations x [tokens, in] (q, k and v): x quantized once and every product's rows
-// in one parallel loop (handing a loop to the threads and waiting costs ~0.5 us, a decode step has dozens); each y
+// in one parallel loop (handing a loop to the threads and waiting costs ~1 us, a decode step has dozens); each y
 // as row_dot_products_with gives it. All weights in `format`.
 struct Product {
   const void* w;

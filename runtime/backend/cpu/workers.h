@@ -3,7 +3,7 @@
 //
 // Why not OpenMP: a libgomp parallel region costs ~3.5 us to fork and join on the VMs this was measured on (its
 // barrier wakes waiters with a futex system call every time, even spinning ones), and a batch-1 decode step runs ~60
-// loops; handing a loop to a spinning helper and waiting for it costs ~0.5 us (docs/performance.md). Helpers spin
+// loops; handing a loop to a spinning helper and waiting for it costs ~1.2 us (docs/performance.md). Helpers spin
 // between loops for a while (a step's loops come microseconds apart), then sleep, so an idle backend frees its cores.
 //
 // Where OpenBLAS computes the products (CPUs without AVX-512, unquantized weights) the loops run on OpenMP's team
