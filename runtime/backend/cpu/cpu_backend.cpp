@@ -4,6 +4,7 @@
 // widened to f32 in cache-sized blocks as they are used, which gives exactly the results of f32 weights. It is the
 // oracle the CUDA backend is tested against, so it stays plain.
 #include <cblas.h>
+#include <omp.h>
 
 #include <cmath>
 #include <cstring>
@@ -44,6 +45,8 @@ class CpuBackend final : public Backend {
     // OpenBLAS threads on the loops' OpenMP team, or runs single-threaded inside the backend's own threads: one team
     // of threads either way, never two spinning on the same cores.
     openblas_set_num_threads(workers_.openmp() ? workers_.size() : 1);
+    // The rank's other OpenMP loops (the checkpoint reader's) keep to the rank's share of the cores too.
+    if (threads > 0) omp_set_num_threads(threads);
   }
   std::string name() const override { return "cpu"; }
   DType weight_dtype() const override { return weights_; }
