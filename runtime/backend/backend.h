@@ -128,8 +128,8 @@ class Backend {
   // out[T,K] = table[ids - vocab_offset] for ids inside this shard's rows, 0 elsewhere (vocab-parallel).
   virtual void embedding(std::span<const std::int32_t> ids, TensorView table, std::int64_t vocab_offset,
                          TensorView out) = 0;
-  // Writes k[T, Hkv, D] and v into the paged caches (each [blocks, block_size, Hkv, D]) at each chunk's positions,
-  // through its blocks in `block_table` (kv_blocks.h).
+  // Writes k[T, Hkv, D] and v into the paged caches (each [blocks, block_size, Hkv, D]; the order inside a block is
+  // the backend's) at each chunk's positions, through its blocks in `block_table` (kv_blocks.h).
   virtual void kv_store(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table, TensorView k,
                         TensorView v, TensorView k_cache, TensorView v_cache) = 0;
   // Causal attention of q[T, Hq, D] against the cached keys/values of each chunk's sequence up to its last position

@@ -1,7 +1,9 @@
 // The paged KV cache's addressing, shared by the backends: a layer's cache is [blocks, block_size, kv_heads,
 // head_dim], and position p of a chunk's sequence is row p % block_size of block
 // block_table[chunk.table_offset + p / block_size]. Sequences hold blocks, not whole contexts, so the cache holds
-// as many tokens as there are blocks, however they are spread over sequences.
+// as many tokens as there are blocks, however they are spread over sequences. Blocks are copied whole
+// (TransformerStage::copy_block), so the order of the elements inside a block is the backend's own: the CPU backend
+// keeps each KV head's rows together ([kv_heads, block_size, head_dim], for its attention loops' memory reads).
 #pragma once
 #include <cstdint>
 #include <span>
