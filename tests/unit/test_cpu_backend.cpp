@@ -385,7 +385,8 @@ TEST(CpuBackend, AttentionWithKvCacheIsEquivalentToRef) {
 // first keys) and soft-capped scores. A comparison against the unwindowed reference must fail, so the window matters.
 // Attention's passes: dots gives, bit for bit, the row kernels' order written out here (16 lanes of FMAs, the
 // pairwise tree, the tail fused in order) whether a run has 16 positions or fewer (AVX-512: one padded pass) or more,
-// with and without a tail; weighted_sum gives axpy's bits row by row.
+// with and without a tail, rows apart or side by side (a head-major KV block); weighted_sum gives axpy's bits row by
+// row.
 float dot_in_the_row_kernels_order(const float* q, const float* k, std::int64_t n) {
   float a[16] = {};
   std::int64_t i = 0;
@@ -401,66 +402,69 @@ TEST(CpuBackend, AttentionPassesFollowTheirDefinedOrder) {
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (const std::int64_t n : {64, 80, 128, 13})
-    for (const std::int64_t count : {1, 3, 16, 21, 40}) {
-      const std::int64_t stride = n + 5;
-      std::vector<float> q(static_cast<std::size_t>(n)), rows(static_cast<std::size_t>(stride * count)),
-          weights(static_cast<std::size_t>(count));
-      for (auto* v : {&q, &rows, &weights})
-        for (float& x : *v) x = normal(rng);
-      std::vector<float> scores(static_cast<std::size_t>(count), -1.0f), expected(scores.size());
-      cpu::dots(q.data(), rows.data(), stride, count, n, scores.data());
-      double worst = 0;
-      for (std::int64_t r = 0; r < count; ++r) {
-        const float* k = rows.data() + r * stride;
-        expected[std::size_t(r)] = dot_in_the_row_kernels_order(q.data(), k, n);
-        double exact = 0, magnitude = 0;
-        for (std::int64_t i = 0; i < n; ++i) {
-          exact += double(q[std::size_t(i)]) * k[i];
-          magnitude += std::fabs(double(q[std::size_t(i)]) * k[i]);
+    for (const std::int64_t count : {1, 3, 16, 21, 40})
+      for (const std::int64_t stride : {n + 5, n}) {  // n: rows side by side (head sizes 64 and 128: packed kernels)
+        std::vector<float> q(static_cast<std::size_t>(n)), rows(static_cast<std::size_t>(stride * count)),
+            weights(static_cast<std::size_t>(count));
+        for (auto* v : {&q, &rows, &weights})
+          for (float& x : *v) x = normal(rng);
+        std::vector<float> scores(static_cast<std::size_t>(count), -1.0f), expected(scores.size());
+        cpu::dots(q.data(), rows.data(), stride, count, n, scores.data());
+        double worst = 0;
+        for (std::int64_t r = 0; r < count; ++r) {
+          const float* k = rows.data() + r * stride;
+          expected[std::size_t(r)] = dot_in_the_row_kernels_order(q.data(), k, n);
+          double exact = 0, magnitude = 0;
+          for (std::int64_t i = 0; i < n; ++i) {
+            exact += double(q[std::size_t(i)]) * k[i];
+            magnitude += std::fabs(double(q[std::size_t(i)]) * k[i]);
+          }
+          worst = std::max(worst, std::fabs(scores[std::size_t(r)] - exact) / magnitude);
         }
-        worst = std::max(worst, std::fabs(scores[std::size_t(r)] - exact) / magnitude);
-      }
-      EXPECT_EQ(0, std::memcmp(scores.data(), expected.data(), scores.size() * 4)) << "dots n " << n << " x " << count;
-      EXPECT_LT(worst, 1e-6) << "dots n " << n << " x " << count;
-      std::vector<float> o(static_cast<std::size_t>(n), 0.5f), o_expected = o;
-      cpu::weighted_sum(weights.data(), rows.data(), stride, count, n, o.data());
-      for (std::int64_t r = 0; r < count; ++r)
-        cpu::axpy(weights[std::size_t(r)], rows.data() + r * stride, o_expected.data(), n);
-      EXPECT_EQ(0, std::memcmp(o.data(), o_expected.data(), o.size() * 4)) << "weighted_sum n " << n << " x " << count;
-      // f16 rows (an f16 KV cache): exactly the f32 passes over the rounded values.
-      std::vector<cpu::Half> halves(rows.size());
-      std::vector<float> rounded(rows.size());
-      cpu::narrow(DType::F16, rows.data(), halves.data(), std::int64_t(rows.size()));
-      cpu::widen(DType::F16, halves.data(), rounded.data(), std::int64_t(rows.size()));
-      std::vector<float> from_halves(scores.size()), from_rounded(scores.size());
-      cpu::dots(q.data(), halves.data(), stride, count, n, from_halves.data());
-      cpu::dots(q.data(), rounded.data(), stride, count, n, from_rounded.data());
-      EXPECT_EQ(0, std::memcmp(from_halves.data(), from_rounded.data(), scores.size() * 4)) << "f16 dots n " << n;
-      EXPECT_NE(0, std::memcmp(from_halves.data(), scores.data(), scores.size() * 4)) << "the rounding is real";
-      std::vector<float> oh(static_cast<std::size_t>(n), 0.5f), orounded = oh;
-      cpu::weighted_sum(weights.data(), halves.data(), stride, count, n, oh.data());
-      cpu::weighted_sum(weights.data(), rounded.data(), stride, count, n, orounded.data());
-      EXPECT_EQ(0, std::memcmp(oh.data(), orounded.data(), oh.size() * 4)) << "f16 weighted_sum n " << n;
-      // A GQA group's heads together (1 to 6: sets of up to 4 and a rest): each head as weighted_sum alone.
-      for (const std::int64_t heads : {1, 3, 4, 6}) {
-        const std::int64_t weight_stride = count + 3;
-        std::vector<float> group_weights(static_cast<std::size_t>(heads * weight_stride));
-        for (float& w : group_weights) w = normal(rng);
-        std::vector<float> together(static_cast<std::size_t>(heads * n), 0.25f), alone = together;
-        std::vector<float> together_f16 = together, alone_f16 = together;
-        cpu::weighted_sums(group_weights.data(), weight_stride, heads, rows.data(), stride, count, n, together.data());
-        cpu::weighted_sums(group_weights.data(), weight_stride, heads, halves.data(), stride, count, n,
-                           together_f16.data());
-        for (std::int64_t g = 0; g < heads; ++g) {
-          cpu::weighted_sum(group_weights.data() + g * weight_stride, rows.data(), stride, count, n,
-                            alone.data() + g * n);
-          cpu::weighted_sum(group_weights.data() + g * weight_stride, halves.data(), stride, count, n,
-                            alone_f16.data() + g * n);
+        EXPECT_EQ(0, std::memcmp(scores.data(), expected.data(), scores.size() * 4))
+            << "dots n " << n << " x " << count;
+        EXPECT_LT(worst, 1e-6) << "dots n " << n << " x " << count;
+        std::vector<float> o(static_cast<std::size_t>(n), 0.5f), o_expected = o;
+        cpu::weighted_sum(weights.data(), rows.data(), stride, count, n, o.data());
+        for (std::int64_t r = 0; r < count; ++r)
+          cpu::axpy(weights[std::size_t(r)], rows.data() + r * stride, o_expected.data(), n);
+        EXPECT_EQ(0, std::memcmp(o.data(), o_expected.data(), o.size() * 4))
+            << "weighted_sum n " << n << " x " << count;
+        // f16 rows (an f16 KV cache): exactly the f32 passes over the rounded values.
+        std::vector<cpu::Half> halves(rows.size());
+        std::vector<float> rounded(rows.size());
+        cpu::narrow(DType::F16, rows.data(), halves.data(), std::int64_t(rows.size()));
+        cpu::widen(DType::F16, halves.data(), rounded.data(), std::int64_t(rows.size()));
+        std::vector<float> from_halves(scores.size()), from_rounded(scores.size());
+        cpu::dots(q.data(), halves.data(), stride, count, n, from_halves.data());
+        cpu::dots(q.data(), rounded.data(), stride, count, n, from_rounded.data());
+        EXPECT_EQ(0, std::memcmp(from_halves.data(), from_rounded.data(), scores.size() * 4)) << "f16 dots n " << n;
+        EXPECT_NE(0, std::memcmp(from_halves.data(), scores.data(), scores.size() * 4)) << "the rounding is real";
+        std::vector<float> oh(static_cast<std::size_t>(n), 0.5f), orounded = oh;
+        cpu::weighted_sum(weights.data(), halves.data(), stride, count, n, oh.data());
+        cpu::weighted_sum(weights.data(), rounded.data(), stride, count, n, orounded.data());
+        EXPECT_EQ(0, std::memcmp(oh.data(), orounded.data(), oh.size() * 4)) << "f16 weighted_sum n " << n;
+        // A GQA group's heads together (1 to 6: sets of up to 4 and a rest): each head as weighted_sum alone.
+        for (const std::int64_t heads : {1, 3, 4, 6}) {
+          const std::int64_t weight_stride = count + 3;
+          std::vector<float> group_weights(static_cast<std::size_t>(heads * weight_stride));
+          for (float& w : group_weights) w = normal(rng);
+          std::vector<float> together(static_cast<std::size_t>(heads * n), 0.25f), alone = together;
+          std::vector<float> together_f16 = together, alone_f16 = together;
+          cpu::weighted_sums(group_weights.data(), weight_stride, heads, rows.data(), stride, count, n,
+                             together.data());
+          cpu::weighted_sums(group_weights.data(), weight_stride, heads, halves.data(), stride, count, n,
+                             together_f16.data());
+          for (std::int64_t g = 0; g < heads; ++g) {
+            cpu::weighted_sum(group_weights.data() + g * weight_stride, rows.data(), stride, count, n,
+                              alone.data() + g * n);
+            cpu::weighted_sum(group_weights.data() + g * weight_stride, halves.data(), stride, count, n,
+                              alone_f16.data() + g * n);
+          }
+          EXPECT_EQ(0, std::memcmp(together.data(), alone.data(), alone.size() * 4)) << "heads " << heads << " n " << n;
+          EXPECT_EQ(0, std::memcmp(together_f16.data(), alone_f16.data(), alone.size() * 4)) << "f16 heads " << heads;
         }
-        EXPECT_EQ(0, std::memcmp(together.data(), alone.data(), alone.size() * 4)) << "heads " << heads << " n " << n;
-        EXPECT_EQ(0, std::memcmp(together_f16.data(), alone_f16.data(), alone.size() * 4)) << "f16 heads " << heads;
       }
-    }
 }
 
 // Softmax's exponentials: within 3 ulp of exp in double wherever exp is a normal float (below that, no larger than

@@ -323,6 +323,24 @@ __attribute__((target(STRATA_AVX512F), always_inline)) inline __m512 load16(cons
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(at)));
 }
 
+// The 16 accumulators' lane trees reduced together (see above): lane k of the result is accumulator k's sum.
+__attribute__((target(STRATA_AVX512F), always_inline)) inline __m512 lane_trees16(const __m512 (&a)[16]) {
+  __m512 b[8], c[4], d[2];
+  for (int p = 0; p < 8; ++p)  // (j, j + 8): positions 2p, 2p + 1 side by side
+    b[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0x44),
+                         _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0xEE));
+  for (int p = 0; p < 4; ++p)  // (j, j + 4): one position per 128-bit lane
+    c[p] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], 0x88),
+                         _mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], 0xDD));
+  for (int p = 0; p < 2; ++p)  // (j, j + 2)
+    d[p] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * p], c[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(c[2 * p], c[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),  // (0, 1)
+                                 _mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(order, e);
+}
+
 template <typename K>
 __attribute__((target(STRATA_AVX512F))) void dots16_avx512(const float* q, const K* keys, std::int64_t stride,
                                                            std::int64_t rows, std::int64_t n, float* scores) {
@@ -340,25 +358,31 @@ __attribute__((target(STRATA_AVX512F))) void dots16_avx512(const float* q, const
 #pragma GCC unroll 16
     for (int k = 0; k < 16; ++k) a[k] = _mm512_fmadd_ps(load16(row[k] + i), qv, a[k]);
   }
-  __m512 b[8], c[4], d[2];
-  for (int p = 0; p < 8; ++p)  // (j, j + 8): positions 2p, 2p + 1 side by side
-    b[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0x44),
-                         _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0xEE));
-  for (int p = 0; p < 4; ++p)  // (j, j + 4): one position per 128-bit lane
-    c[p] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], 0x88),
-                         _mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], 0xDD));
-  for (int p = 0; p < 2; ++p)  // (j, j + 2)
-    d[p] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * p], c[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                         _mm512_shuffle_ps(c[2 * p], c[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-  const __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),  // (0, 1)
-                                 _mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
-  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   alignas(64) float sums[16];
-  _mm512_store_ps(sums, _mm512_permutexvar_ps(order, e));
+  _mm512_store_ps(sums, lane_trees16(a));
   for (int k = 0; k < rows; ++k) {
     for (std::int64_t t = i; t < n; ++t) sums[k] = std::fma(as_f32(row[k][t]), q[t], sums[k]);  // the tail, in order
     scores[k] = sums[k];
   }
+}
+
+// dots16_avx512 for 16 whole rows side by side (stride D, a multiple of 16: no tail), the common head sizes: the
+// rows are addressed from one pointer and the scores stored at once, where the general kernel's 16 row pointers did
+// not fit the registers (a third of a long-context decode's score time went to reloading them and to the tail's
+// loop). The same arithmetic, so the same bits.
+template <typename K, int D>
+__attribute__((target(STRATA_AVX512F))) void dots16_packed_avx512(const float* q, const K* keys, float* scores) {
+  static_assert(D % kLanes == 0);
+  __m512 a[16];
+#pragma GCC unroll 16
+  for (int k = 0; k < 16; ++k) a[k] = _mm512_setzero_ps();
+#pragma GCC unroll 8
+  for (int i = 0; i < D; i += kLanes) {
+    const __m512 qv = _mm512_loadu_ps(q + i);
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; ++k) a[k] = _mm512_fmadd_ps(load16(keys + k * D + i), qv, a[k]);
+  }
+  _mm512_storeu_ps(scores, lane_trees16(a));
 }
 #pragma GCC diagnostic pop
 #endif
@@ -376,6 +400,10 @@ void dots_of(const float* q, const K* keys, std::int64_t stride, std::int64_t co
   std::int64_t r = 0;
 #if defined(__x86_64__)
   static const bool avx512 = has_avx512();
+  if (avx512 && stride == n && (n == 64 || n == 128)) {
+    for (; r + 16 <= count; r += 16)
+      (n == 64 ? dots16_packed_avx512<K, 64> : dots16_packed_avx512<K, 128>)(q, keys + r * stride, scores + r);
+  }
   if (avx512)
     for (; r < count; r += 16)
       dots16_avx512(q, keys + r * stride, stride, std::min<std::int64_t>(16, count - r), n, scores + r);
