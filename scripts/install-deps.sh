@@ -20,6 +20,7 @@ test_packages=(
   clang libclang-rt-14-dev            # libFuzzer + sanitizers for the parser fuzz targets
   iproute2                            # network namespaces and veth pairs for the emulated multi-node tests
   munge slurmctld slurmd slurm-client # a real Slurm on this machine for the job-script tests
+  gdb                                 # backtraces of core files a crashed rank leaves in the Slurm test
   python3-matplotlib                  # scripts/plot-metrics.py (the metrics test draws its plots)
   python3-jinja2                      # the reference renderer the chat-template tests compare strata's Jinja with
 )
