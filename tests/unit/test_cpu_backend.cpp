@@ -190,6 +190,40 @@ TEST(CpuBackend, RopeRotatesHalvesByPositionTimesFrequency) {
   for (int i = 0; i < heads * d; ++i) EXPECT_EQ(x.f32()[i], float(before[std::size_t(i)])) << "position 0 is identity";
 }
 
+// The angles are kept from one call to the next (every layer of a step rotates by the same ones): a call with other
+// positions, or the same positions and other frequencies, rotates by its own, and a repeated call as a fresh
+// backend would.
+TEST(CpuBackend, RopeAnglesFollowEachCallsPositionsAndFrequencies) {
+  Fixture f;
+  const int heads = 2, d = 8;
+  RopeParams base{{}, d}, scaled{{}, d};
+  for (int i = 0; i < d / 2; ++i) {
+    base.inv_freq.push_back(float(std::pow(10000.0, -2.0 * i / d)));
+    scaled.inv_freq.push_back(base.inv_freq.back() / 4.0f);
+  }
+  const Tensor x = f.random({3, heads, d});
+  const std::vector<std::int32_t> first = {5, 6, 7}, second = {9, 10, 11};
+  auto rotated = [&](Backend& backend, const std::vector<std::int32_t>& positions, const RopeParams& params) {
+    Tensor y = f.random({3, heads, d});
+    std::memcpy(y.f32(), x.f32(), std::size_t(x.numel()) * 4);
+    backend.rope(y.view(), positions, params);
+    return std::vector<float>(y.f32(), y.f32() + y.numel());
+  };
+  const auto fresh = [&](const std::vector<std::int32_t>& positions, const RopeParams& params) {
+    std::unique_ptr<Backend> backend = make_cpu_backend(1);
+    return rotated(*backend, positions, params);
+  };
+  const auto a = rotated(*f.backend, first, base);
+  EXPECT_EQ(rotated(*f.backend, first, base), a) << "the same call again";
+  const auto b = rotated(*f.backend, second, base);
+  EXPECT_EQ(b, fresh(second, base));
+  EXPECT_NE(b, a);
+  const auto c = rotated(*f.backend, second, scaled);
+  EXPECT_EQ(c, fresh(second, scaled));
+  EXPECT_NE(c, b);
+  EXPECT_EQ(rotated(*f.backend, first, base), a);
+}
+
 TEST(CpuBackend, SwigluIsEquivalentToRef) {
   Fixture f;
   Tensor gu = f.random({2, 20}), out = f.random({2, 10});
@@ -498,6 +532,52 @@ TEST(CpuBackend, SoftmaxExponentialsAreAccurateAndTheSameOnEveryPath) {
     EXPECT_LE(worst_ulps, 3.0) << n;
     EXPECT_LT(std::fabs(sum - exact_sum) / exact_sum, 1e-6) << n;
   }
+}
+
+// SwiGLU's gate x up with the softmax's exp: the vector path and the portable one give the same bits (lengths
+// around the 16-lane runs, gates from -120 to 120: both ends of exp's clamp), each within 4 ulp of g / (1 + e^-g) x u
+// in double; below a gate of -88 (where exp(-g) is clamped) the result is below 1e-35 in magnitude, as the exact one.
+TEST(CpuBackend, SiluTimesIsAccurateAndTheSameOnEveryPath) {
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> gates(-120.0f, 120.0f), ups(-2.0f, 2.0f);
+  for (const std::int64_t n : {1, 15, 16, 17, 100, 2048}) {
+    std::vector<float> gate(static_cast<std::size_t>(n)), up(gate.size()), vector(gate.size()), portable(gate.size());
+    for (std::size_t i = 0; i < gate.size(); ++i) {
+      gate[i] = i % 3 == 0 ? gates(rng) : gates(rng) / 30.0f;  // most where SiLU bends
+      up[i] = ups(rng);
+    }
+    cpu::silu_times(gate.data(), up.data(), vector.data(), n);
+    cpu::silu_times_without_vectors(gate.data(), up.data(), portable.data(), n);
+    EXPECT_EQ(0, std::memcmp(vector.data(), portable.data(), vector.size() * 4)) << n;
+    double worst_ulps = 0;
+    for (std::size_t i = 0; i < gate.size(); ++i) {
+      const double g = gate[i], exact = g / (1.0 + std::exp(-g)) * up[i];
+      if (g < -88.0) {  // exp(-g) at its clamp (88.72): a result as small as the exact one, not the same
+        EXPECT_LE(std::fabs(vector[i]), 1e-35f) << g;
+        continue;
+      }
+      const double ulp = std::ldexp(1.0, std::ilogb(exact) - 23);
+      worst_ulps = std::max(worst_ulps, std::fabs(vector[i] - exact) / ulp);
+    }
+    EXPECT_LE(worst_ulps, 4.0) << n;
+  }
+}
+
+// RMSNorm's sum of squares: within n double roundings of the exact sum, for lengths around the 8 lanes; a row of 768
+// ones sums to 768 exactly.
+TEST(CpuBackend, SumOfSquaresIsTheDoubleSum) {
+  std::mt19937 rng(10);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (const std::int64_t n : {1, 7, 8, 9, 43, 768, 4097}) {
+    std::vector<float> x(static_cast<std::size_t>(n));
+    for (float& v : x) v = normal(rng);
+    long double exact = 0;
+    for (const float v : x) exact += static_cast<long double>(v) * v;
+    const double bound = double(n) * 1.2e-16;  // n roundings of a double sum at most
+    EXPECT_LT(std::fabs(double(cpu::sum_of_squares(x.data(), n) - exact) / double(exact)), bound) << n;
+  }
+  const std::vector<float> ones(768, 1.0f);
+  EXPECT_EQ(cpu::sum_of_squares(ones.data(), 768), 768.0);
 }
 
 // widen / narrow (F16C where the CPU has it) against the portable conversions: every f16 bit pattern widens to

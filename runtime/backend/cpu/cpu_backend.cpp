@@ -6,6 +6,7 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -158,15 +159,15 @@ class CpuBackend final : public Backend {
   void rms_norm(TensorView x, TensorView weight, float eps, TensorView y) override {
     require_same_rows(x, y, "rms_norm");
     const std::int64_t width = x.row_elems();
-    const float* w = weight.f32();
     rows_over_workers(x.rows(), width, [&](std::int64_t t) {
-      const float* in = x.f32() + t * width;
-      float* o = y.f32() + t * width;
-      double sum = 0;
-      for (std::int64_t i = 0; i < width; ++i) sum += double(in[i]) * in[i];
-      const float inv = float(1.0 / std::sqrt(sum / double(width) + double(eps)));
-      for (std::int64_t i = 0; i < width; ++i) o[i] = in[i] * inv * w[i];
+      norm_row(x.f32() + t * width, weight.f32(), eps, y.f32() + t * width, width);
     });
+  }
+
+  static void norm_row(const float* in, const float* w, float eps, float* o, std::int64_t width) {
+    const double sum = cpu::sum_of_squares(in, width);
+    const float inv = float(1.0 / std::sqrt(sum / double(width) + double(eps)));
+    for (std::int64_t i = 0; i < width; ++i) o[i] = in[i] * inv * w[i];
   }
 
   // row(t) for t < rows, over the workers when there are enough elements to share (kParallelElements).
@@ -181,10 +182,21 @@ class CpuBackend final : public Backend {
       some(0, rows);
   }
 
-  // The plain sequence of add then rms_norm: bit-identical to the unfused ops (the oracle stays simple).
+  // add then rms_norm, row by row in one pass (and over the threads, where the separate add ran on one): the same
+  // operations per element, so bit-identical to the unfused ops (the oracle stays simple).
   void rms_norm_residual(TensorView residual, TensorView x, TensorView weight, float eps, TensorView y) override {
-    add(residual, x);
-    rms_norm(residual, weight, eps, y);
+    require_same_rows(residual, x, "rms_norm_residual");
+    require_same_rows(residual, y, "rms_norm_residual");
+    const std::int64_t width = residual.row_elems();
+    STRATA_CHECK(x.row_elems() == width && y.row_elems() == width, Internal,
+                 "rms_norm_residual: ", shape_string(residual.shape), " + ", shape_string(x.shape), " -> ",
+                 shape_string(y.shape));
+    rows_over_workers(residual.rows(), width, [&](std::int64_t t) {
+      float* r = residual.f32() + t * width;
+      const float* in = x.f32() + t * width;
+      for (std::int64_t i = 0; i < width; ++i) r[i] += in[i];
+      norm_row(r, weight.f32(), eps, y.f32() + t * width, width);
+    });
   }
 
   void add(TensorView y, TensorView x) override {
@@ -199,15 +211,12 @@ class CpuBackend final : public Backend {
     const std::int64_t tokens = x.rows(), dim = params.head_dim, heads = x.row_elems() / dim, half = dim / 2;
     STRATA_CHECK(std::int64_t(positions.size()) == tokens, Internal, "rope: ", positions.size(), " positions for ",
                  tokens, " tokens");
-    std::vector<float> cos_table(half), sin_table(half);
+    STRATA_CHECK(std::int64_t(params.inv_freq.size()) == half, Internal, "rope: ", params.inv_freq.size(),
+                 " frequencies for head_dim ", dim);
+    const RopeTables& tables = rope_tables(positions, params.inv_freq);
     for (std::int64_t t = 0; t < tokens; ++t) {
-      STRATA_CHECK(std::int64_t(params.inv_freq.size()) == half, Internal, "rope: ", params.inv_freq.size(),
-                   " frequencies for head_dim ", dim);
-      for (std::int64_t i = 0; i < half; ++i) {
-        const double angle = double(positions[t]) * double(params.inv_freq[std::size_t(i)]);
-        cos_table[i] = float(std::cos(angle));
-        sin_table[i] = float(std::sin(angle));
-      }
+      const float* cos_table = tables.cos.data() + t * half;
+      const float* sin_table = tables.sin.data() + t * half;
       for (std::int64_t h = 0; h < heads; ++h) {
         float* v = x.f32() + (t * heads + h) * dim;
         for (std::int64_t i = 0; i < half; ++i) {  // rotate-half: pairs (i, i + dim/2)
@@ -219,8 +228,36 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // cos and sin of position x frequency for every token of a step, [tokens, head_dim / 2] each: every layer rotates
+  // q and k by the same angles, so they are computed once per step (or whenever the positions or frequencies
+  // change: a long-rope model's two sets, a slice of the step) instead of 2 x layers times (sincos in double was a
+  // few percent of a batch-16 decode step on one thread).
+  struct RopeTables {
+    std::vector<std::int32_t> positions;
+    std::vector<float> inv_freq, cos, sin;
+  };
+  const RopeTables& rope_tables(std::span<const std::int32_t> positions, const std::vector<float>& inv_freq) {
+    RopeTables& r = rope_tables_;
+    if (std::equal(positions.begin(), positions.end(), r.positions.begin(), r.positions.end()) &&
+        r.inv_freq == inv_freq)
+      return r;
+    const std::size_t half = inv_freq.size();
+    r.positions.assign(positions.begin(), positions.end());
+    r.inv_freq = inv_freq;
+    r.cos.resize(positions.size() * half);
+    r.sin.resize(positions.size() * half);
+    for (std::size_t t = 0; t < positions.size(); ++t)
+      for (std::size_t i = 0; i < half; ++i) {
+        const double angle = double(positions[t]) * double(inv_freq[i]);
+        r.cos[t * half + i] = float(std::cos(angle));
+        r.sin[t * half + i] = float(std::sin(angle));
+      }
+    return r;
+  }
+
   void swiglu(TensorView gate_up, TensorView out) override {
-    gated(gate_up, out, "swiglu", [](float g) { return g / (1.0f + std::exp(-g)); });
+    gated_rows(gate_up, out, "swiglu",
+               [](const float* gate, const float* up, float* o, std::int64_t n) { cpu::silu_times(gate, up, o, n); });
   }
 
   void geglu(TensorView gate_up, TensorView out) override {
@@ -232,15 +269,21 @@ class CpuBackend final : public Backend {
   // out[t, i] = activation(gate_up[t, i]) * gate_up[t, width + i]: the gated MLPs (SwiGLU, GeGLU).
   template <typename Activation>
   void gated(TensorView gate_up, TensorView out, const char* op, Activation activation) {
+    gated_rows(gate_up, out, op, [&](const float* gate, const float* up, float* o, std::int64_t n) {
+      for (std::int64_t i = 0; i < n; ++i) o[i] = activation(gate[i]) * up[i];
+    });
+  }
+
+  // row(gate, up, out, width) for every token's row of gate_up [T, 2 x width] and out [T, width].
+  template <typename Row>
+  void gated_rows(TensorView gate_up, TensorView out, const char* op, Row row) {
     require_same_rows(gate_up, out, op);
     const std::int64_t width = out.row_elems();
     STRATA_CHECK(gate_up.row_elems() == 2 * width, Internal, op, ": gate_up ", shape_string(gate_up.shape), " out ",
                  shape_string(out.shape));
     rows_over_workers(out.rows(), width, [&](std::int64_t t) {
       const float* gate = gate_up.f32() + t * 2 * width;
-      const float* up = gate + width;
-      float* o = out.f32() + t * width;
-      for (std::int64_t i = 0; i < width; ++i) o[i] = activation(gate[i]) * up[i];
+      row(gate, gate + width, out.f32() + t * width, width);
     });
   }
 
@@ -441,6 +484,7 @@ class CpuBackend final : public Backend {
   std::int64_t row_kernel_tokens_;         // products of up to this many tokens use the row kernel
   std::vector<float> gemm_scratch_;        // blas_gemm's widened rows, reused across calls
   cpu::Workers workers_;                   // every parallel loop of the kernels
+  RopeTables rope_tables_;                 // the last step's angles (rope_tables)
 };
 
 }  // namespace

@@ -493,6 +493,10 @@ float exp_and_sum_portable(float* s, std::int64_t n, float max) {
   return sum;
 }
 
+void silu_times_portable(const float* gate, const float* up, float* out, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + exp_portable(-gate[i])) * up[i];
+}
+
 #if defined(__x86_64__)
 #pragma GCC diagnostic push  // GCC 12 reports its intrinsics' deliberately undefined upper halves as uninitialised
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -522,6 +526,18 @@ __attribute__((target(STRATA_AVX512F))) float exp_and_sum_avx512(float* s, std::
   float sum = reduce_lanes_avx512(lanes);
   for (; i < n; ++i) sum += (s[i] = exp_portable(s[i] - max));
   return sum;
+}
+
+__attribute__((target(STRATA_AVX512F))) void silu_times_avx512(const float* gate, const float* up, float* out,
+                                                               std::int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+  std::int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const __m512 g = _mm512_loadu_ps(gate + i);
+    const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, exp16(_mm512_sub_ps(zero, g))));
+    _mm512_storeu_ps(out + i, _mm512_mul_ps(silu, _mm512_loadu_ps(up + i)));
+  }
+  silu_times_portable(gate + i, up + i, out + i, n - i);
 }
 #pragma GCC diagnostic pop
 #endif
@@ -613,5 +629,30 @@ float exp_and_sum(float* s, std::int64_t n, float max) {
 }
 
 float exp_and_sum_without_vectors(float* s, std::int64_t n, float max) { return exp_and_sum_portable(s, n, max); }
+
+void silu_times(const float* gate, const float* up, float* out, std::int64_t n) {
+#if defined(__x86_64__)
+  static const bool avx512 = has_avx512();
+  if (avx512) return silu_times_avx512(gate, up, out, n);
+#endif
+  silu_times_portable(gate, up, out, n);
+}
+
+void silu_times_without_vectors(const float* gate, const float* up, float* out, std::int64_t n) {
+  silu_times_portable(gate, up, out, n);
+}
+
+STRATA_CLONES double sum_of_squares(const float* x, std::int64_t n) {
+  constexpr int kDoubleLanes = 8;
+  double lanes[kDoubleLanes] = {};
+  std::int64_t i = 0;
+  for (; i + kDoubleLanes <= n; i += kDoubleLanes)
+    for (int j = 0; j < kDoubleLanes; ++j) lanes[j] += double(x[i + j]) * double(x[i + j]);
+  for (int width = kDoubleLanes / 2; width >= 1; width /= 2)
+    for (int j = 0; j < width; ++j) lanes[j] += lanes[j + width];
+  double sum = lanes[0];
+  for (; i < n; ++i) sum += double(x[i]) * double(x[i]);
+  return sum;
+}
 
 }  // namespace strata::cpu

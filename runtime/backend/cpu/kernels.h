@@ -84,4 +84,15 @@ void weighted_sums(const float* weights, std::int64_t weight_stride, std::int64_
 float exp_and_sum(float* s, std::int64_t n, float max);
 float exp_and_sum_without_vectors(float* s, std::int64_t n, float max);
 
+// SwiGLU's product: out[i] = g / (1 + exp(-g)) * up[i] with g = gate[i] and exp the softmax's above (the same bits
+// with or without AVX-512; below g = -88.7, where exp(-g) is clamped, |out| stays under 1e-35 as the exact value
+// does); libm's expf called per element was most of the op. silu_times_without_vectors: the portable path alone
+// (for tests).
+void silu_times(const float* gate, const float* up, float* out, std::int64_t n);
+void silu_times_without_vectors(const float* gate, const float* up, float* out, std::int64_t n);
+
+// RMSNorm's sum of x[i]^2 in double: 8 independent lanes (the same sums on every instruction set), reduced pairwise,
+// then the last n % 8 in order. One running double sum was a chain of dependent adds, ~1 us per row of 768.
+double sum_of_squares(const float* x, std::int64_t n);
+
 }  // namespace strata::cpu
