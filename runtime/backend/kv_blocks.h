@@ -33,9 +33,9 @@ struct KvBlocks {
       STRATA_CHECK(block >= 0 && block < count, Internal, "KV cache: block ", block, " outside the pool of ", count);
     }
   }
-  // The cache row (block * block_size + offset) of position `pos` of the chunk's sequence.
-  std::int64_t row_of(const SeqChunk& c, std::int32_t pos) const {
-    return std::int64_t(table[std::size_t(c.table_offset + pos / size)]) * size + pos % size;
+  // The pool block that holds position `pos` of the chunk's sequence (as its row pos % size).
+  std::int64_t block_of(const SeqChunk& c, std::int32_t pos) const {
+    return table[std::size_t(c.table_offset + pos / size)];
   }
 
   std::int64_t count, size;

@@ -360,8 +360,7 @@ class CpuBackend final : public Backend {
   // block's rows of that head, then the position within the block.
   static std::int64_t head_row(const KvBlocks& blocks, std::int64_t kv_heads, const SeqChunk& c, std::int32_t pos,
                                std::int64_t head) {
-    const std::int64_t block = blocks.table[std::size_t(c.table_offset + pos / blocks.size)];
-    return (block * kv_heads + head) * blocks.size + pos % blocks.size;
+    return (blocks.block_of(c, pos) * kv_heads + head) * blocks.size + pos % blocks.size;
   }
 
   void attention(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table, TensorView q,
