@@ -386,7 +386,8 @@ class CpuBackend final : public Backend {
               const std::vector<std::pair<std::int32_t, std::int32_t>>& tokens, std::int64_t longest, TensorView q,
               TensorView k_cache, TensorView v_cache, const AttentionParams& params, TensorView out) {
     const std::int64_t kv_heads = k_cache.shape[2], dim = k_cache.shape[3];
-    const std::int64_t q_heads = q.row_elems() / dim, group = q_heads / kv_heads, stride = dim;
+    const std::int64_t q_heads = q.row_elems() / dim, group = q_heads / kv_heads;
+    const std::int64_t stride = dim;  // a head's rows lie side by side in its blocks (head-major, see kv_store)
     // One work item per (token, KV head): the query heads sharing a KV head go through its cached positions
     // together, a run of them at a time, so each key and value is read from memory once for the group (from L1
     // for the group's other heads); every head's arithmetic is the same as alone.
