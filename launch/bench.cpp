@@ -181,7 +181,31 @@ GpuBounds measure_gpu_bounds(int tp, Communicator& world, double gib) {
 }
 
 // Wall time of one engine run over `batch` synthetic prompts, the same on every rank.
-double timed_run(Session& session, int batch, int prompt_len, int max_tokens) {
+// One timed run of the engine: its wall time and, on the scheduler's rank (world rank 0 here), when the last
+// sequence got its first token and when the last one finished (seconds since the engine started).
+struct RunTimes {
+  double wall = 0, last_finished = 0;
+  std::vector<double> first_tokens;  // each sequence's
+  double last_first_token() const {
+    return first_tokens.empty() ? 0 : *std::max_element(first_tokens.begin(), first_tokens.end());
+  }
+  // Decode: the time after every sequence has its first token, in the same run (a difference of two runs' times
+  // carries both runs' noise, and at large batches the prefill's noise exceeds the decode's whole time).
+  double decode_seconds() const { return last_finished - last_first_token(); }
+  // The tokens generated in that time: each sequence's gen_len - 1 after its first, less those it decoded while
+  // later prompts still prefilled (a prefill over several steps: one per later step that gave first tokens).
+  std::int64_t decode_tokens(int gen_len) const {
+    std::vector<double> steps = first_tokens;
+    std::sort(steps.begin(), steps.end());
+    steps.erase(std::unique(steps.begin(), steps.end()), steps.end());
+    std::int64_t tokens = 0;
+    for (double t : first_tokens)
+      tokens += gen_len - 1 - (steps.end() - std::upper_bound(steps.begin(), steps.end(), t));
+    return tokens;
+  }
+};
+
+RunTimes timed_run(Session& session, int batch, int prompt_len, int max_tokens) {
   Communicator& world = session.world();
   const RunPlan& plan = session.plan();
   std::vector<Request> requests;
@@ -199,11 +223,18 @@ double timed_run(Session& session, int batch, int prompt_len, int max_tokens) {
   EngineOptions options{batch, std::min(batch * prompt_len, plan.stage.max_tokens), plan.stage.max_seq_len,
                         plan.micro_batches, false};
   Engine engine(session.stage(), session.layout(), world, session.tp(), session.tokenizer(), options);
+  RunTimes times;
+  EngineHooks hooks;
+  hooks.on_complete = [&](Completion&& c) {
+    times.first_tokens.push_back(c.first_token_seconds);
+    times.last_finished = std::max(times.last_finished, c.finished_seconds);
+  };
   world.barrier();
   const double start = monotonic_seconds();
-  engine.run(std::move(requests), {});
+  engine.run(std::move(requests), hooks);
   world.barrier();
-  return monotonic_seconds() - start;
+  times.wall = monotonic_seconds() - start;
+  return times;
 }
 
 int bench(const NodeInfo& node, const BenchOptions& o) {
@@ -302,14 +333,14 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
                 "decode tok/s", "roofline", "%");
   }
   for (int batch : o.batch_sizes) {
-    double prefill = 1e30, full = 1e30;
+    double prefill = 1e30, decode_rate = 0;
     timed_run(session, batch, o.prompt_len, 2);  // warm-up
     for (int r = 0; r < o.repeats; ++r) {
-      prefill = std::min(prefill, timed_run(session, batch, o.prompt_len, 1));
-      full = std::min(full, timed_run(session, batch, o.prompt_len, o.gen_len));
+      prefill = std::min(prefill, timed_run(session, batch, o.prompt_len, 1).wall);
+      const RunTimes full = timed_run(session, batch, o.prompt_len, o.gen_len);
+      if (report) decode_rate = std::max(decode_rate, double(full.decode_tokens(o.gen_len)) / full.decode_seconds());
     }
     const double prefill_rate = double(batch) * o.prompt_len / prefill;
-    const double decode_rate = double(batch) * (o.gen_len - 1) / std::max(full - prefill, 1e-9);
     // Products per token: 2 FLOPs per weight of the layers, plus the LM head, which a prefill runs for the prompt's
     // last token only (the embedding is a lookup). A decode step also reads every weight once (bandwidth bound): its
     // roofline is the lower of the two.

@@ -7,7 +7,7 @@
 - resharding on load: the same run from the tp 1 pp 1 checkpoint and from the tp 4 one gives results identical
   (same tokens, same logits bit for bit) to the run from a checkpoint written for the layout;
 - weights used in place from the page cache (default) and copied (--no-mmap) give identical results, and bench
-  reports which it did.
+  reports which it did, with a plausible decode rate.
 """
 import numpy as np
 
@@ -96,6 +96,11 @@ for flags, mapped_expected in [((), True), (("--no-mmap",), False)]:
     in_place, read = (float(words[4]), float(words[13])) if len(words) > 13 else (-1, -1)
     h.check(in_place > 0 and read < 0.01 * in_place if mapped_expected else in_place == 0 and read > 0,
             f"bench {' '.join(flags) or '(default)'}: weights in place / read as expected: {line!r}")
+    # Decode is timed inside one run (from the last first token to the end): a rate from two runs' difference could
+    # come out absurd (2.4e11 tok/s once) or negative when the second prefill ran slower than the first.
+    row = next((l.split() for l in out.splitlines() if l.split()[:2] == ["1", "4"]), [])
+    decode = float(row[5]) if len(row) == 8 else -1
+    h.check(0 < decode < 1e6, f"bench {' '.join(flags) or '(default)'}: a plausible decode rate: {row}")
 
 h.check(jsonl_reference[2]["completion_tokens"] == 6, "per-prompt max_tokens overrides --max-tokens")
 h.check(jsonl_reference[0]["token_ids"] == generate("check", 1, 1, 1, h.write("one.txt", "Hello\n"))[0]["token_ids"],
