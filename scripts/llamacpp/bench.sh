@@ -3,9 +3,10 @@
 # export_gguf.py) run by `strata bench` and by llama.cpp's prebuilt CPU library (npm @node-llama-cpp/linux-x64,
 # pinned; a small driver built against the same release's headers, taken from the node-llama-cpp package's source
 # bundle), alternating the two, ROUNDS times, for bf16, q8_0 and q4_0 weights; prompt 128, 32 generated, 2 threads,
-# at each batch size of BATCHES (default "1 16 64": strata's batch against llama.cpp's as many parallel sequences).
-# Prints every run; docs/performance.md takes the medians.
-#   [BATCHES="1 16 64"] scripts/llamacpp/bench.sh CHECKPOINT [ROUNDS]
+# at each batch size of BATCHES (default "1 16 64": strata's batch against llama.cpp's as many parallel sequences),
+# strata once per KV-cache type of KV (default "auto", strata's f32 cache; "auto f16" adds a run with the f16 cache
+# llama.cpp keeps by default). Prints every run; docs/performance.md takes the medians.
+#   [BATCHES="1 16 64"] [KV="auto f16"] scripts/llamacpp/bench.sh CHECKPOINT [ROUNDS]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -34,9 +35,11 @@ for round in $(seq "$rounds"); do
   for kind in bf16 q8_0 q4_0; do
     flags=()
     [ "$kind" = bf16 ] || flags=(--quantize "$kind")
-    echo "== round $round $kind strata"
-    "$strata" bench --model "$checkpoint" --batch-sizes "${batches// /,}" --prompt-len 128 --gen-len 32 \
-      "${flags[@]}" 2>&1 | grep -E "^measured|^ +[0-9]+ +128 "
+    for kv in ${KV:-auto}; do
+      echo "== round $round $kind strata kv $kv"
+      "$strata" bench --model "$checkpoint" --batch-sizes "${batches// /,}" --prompt-len 128 --gen-len 32 \
+        --kv-cache-dtype "$kv" "${flags[@]}" 2>&1 | grep -E "^measured|^ +[0-9]+ +128 "
+    done
     for b in $batches; do
       echo "== round $round $kind llama.cpp batch $b"
       parallel=()
