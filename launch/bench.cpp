@@ -180,9 +180,9 @@ GpuBounds measure_gpu_bounds(int tp, Communicator& world, double gib) {
 #endif
 }
 
-// Wall time of one engine run over `batch` synthetic prompts, the same on every rank.
-// One timed run of the engine: its wall time and, on the scheduler's rank (world rank 0 here), when the last
-// sequence got its first token and when the last one finished (seconds since the engine started).
+// One engine run over `batch` synthetic prompts: its wall time (the same on every rank) and, on the scheduler's rank
+// (world rank 0 here), when each sequence got its first token and when the last one finished (seconds since the
+// engine started).
 struct RunTimes {
   double wall = 0, last_finished = 0;
   std::vector<double> first_tokens;  // each sequence's
@@ -193,7 +193,8 @@ struct RunTimes {
   // carries both runs' noise, and at large batches the prefill's noise exceeds the decode's whole time).
   double decode_seconds() const { return last_finished - last_first_token(); }
   // The tokens generated in that time: each sequence's gen_len - 1 after its first, less those it decoded while
-  // later prompts still prefilled (a prefill over several steps: one per later step that gave first tokens).
+  // later prompts still prefilled (a prefill over several steps: one per later step that gave first tokens; with
+  // pipeline micro-batches, whose steps overlap, this count is an estimate).
   std::int64_t decode_tokens(int gen_len) const {
     std::vector<double> steps = first_tokens;
     std::sort(steps.begin(), steps.end());
