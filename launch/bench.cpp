@@ -142,7 +142,8 @@ double measure_quantized_rate(const NodeInfo& node, Communicator& world, cpu::Wo
 
 // The compute rate of the CPU backend's own products (kernels.h) with weights of `weights` (f32, bf16 or f16), on
 // a weight that stays in cache, 128 tokens a call: the compute roofline where that kernel runs every product (the
-// AVX-512 one does; with AVX2 products of more than 4 tokens go to OpenBLAS, whose sgemm rate is then the bound).
+// AVX-512 ones do, avx512bf16 with bf16 dot products for bf16 weights; with AVX2 products of more than 4 tokens go
+// to OpenBLAS, whose sgemm rate is then the bound).
 double measure_row_kernel_rate(const NodeInfo& node, Communicator& world, cpu::Workers& workers, DType weights) {
   const std::int64_t out = 768, in = 768, tokens = 128;
   std::vector<float> w(std::size_t(out * in), 0.25f), x(std::size_t(tokens * in), 0.5f), y(std::size_t(tokens * out));
@@ -314,11 +315,13 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
           "measured: %s block products (%s kernel) %.1f GOP/s: the compute roofline below (the products "
           "never use sgemm)\n",
           dtype_name(weights), quant::kernel_name().c_str(), quantized / 1e9);
+    const bool bf16_dots = weights == DType::BF16 && cpu::row_kernel_name() == "avx512bf16";
     if (row_kernel > 0)
       std::printf(
-          "measured: %s-weight products (%s kernel, f32 FMAs) %.1f GFLOP/s: the compute roofline below (the "
+          "measured: %s-weight products (%s kernel, %s) %.1f GFLOP/s: the compute roofline below (the "
           "products never use sgemm)\n",
-          dtype_name(weights), cpu::row_kernel_name().c_str(), row_kernel / 1e9);
+          dtype_name(weights), cpu::row_kernel_name().c_str(),
+          bf16_dots ? "bf16 dot products, activations rounded to bf16" : "f32 FMAs", row_kernel / 1e9);
   }
   if (report) {
     std::printf(

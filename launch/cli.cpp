@@ -4,6 +4,9 @@
 
 #include "launch/commands.h"
 #include "layers/presets.h"
+#include "runtime/backend/cpu/kernels.h"
+#include "runtime/backend/cpu/quant.h"
+#include "runtime/base/error.h"
 
 namespace strata {
 namespace {
@@ -121,13 +124,25 @@ std::vector<std::string> expand_short_flags(int argc, char** argv) {
   return args;
 }
 
+// The CPU backend's product kernels on this machine (chosen at run time from the CPU's instruction sets, or forced
+// by STRATA_ROW_KERNEL / STRATA_QUANT_KERNEL): avx512bf16 rounds the activations of bf16 weights to bf16, which
+// tests comparing logits with a reference need to know.
+std::string cpu_kernels() {
+  try {
+    return "CPU kernels here: products " + cpu::row_kernel_name() + ", quantized products " + quant::kernel_name();
+  } catch (const Error& e) {
+    return std::string("CPU kernels here: ") + e.what();
+  }
+}
+
 // What this binary can run: users (and tests) tell a CUDA build from a CPU-only one with `strata --version`.
 std::string build_description() {
 #ifdef STRATA_WITH_CUDA
   return "strata " STRATA_VERSION " (CUDA " STRATA_CUDA_VERSION ", architectures " STRATA_CUDA_ARCHITECTURES
-         "; CPU backend)";
+         "; CPU backend)\n" +
+         cpu_kernels();
 #else
-  return "strata " STRATA_VERSION " (CPU only: built without CUDA)";
+  return "strata " STRATA_VERSION " (CPU only: built without CUDA)\n" + cpu_kernels();
 #endif
 }
 

@@ -5,8 +5,9 @@
 # bundle), alternating the two, ROUNDS times, for bf16, q8_0 and q4_0 weights; prompt 128, 32 generated, 2 threads,
 # at each batch size of BATCHES (default "1 16 64": strata's batch against llama.cpp's as many parallel sequences),
 # strata once per KV-cache type of KV (default "auto", strata's f32 cache; "auto f16" adds a run with the f16 cache
-# llama.cpp keeps by default). Prints every run; docs/performance.md takes the medians.
-#   [BATCHES="1 16 64"] [KV="auto f16"] scripts/llamacpp/bench.sh CHECKPOINT [ROUNDS]
+# llama.cpp keeps by default). KINDS (default "bf16 q8_0 q4_0") picks the weights. Prints every run;
+# docs/performance.md takes the medians.
+#   [BATCHES="1 16 64"] [KV="auto f16"] [KINDS=bf16] scripts/llamacpp/bench.sh CHECKPOINT [ROUNDS]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -32,7 +33,7 @@ done
 strata=${STRATA:-$root/build/launch/strata}
 batches=${BATCHES:-1 16 64}
 for round in $(seq "$rounds"); do
-  for kind in bf16 q8_0 q4_0; do
+  for kind in ${KINDS:-bf16 q8_0 q4_0}; do
     flags=()
     [ "$kind" = bf16 ] || flags=(--quantize "$kind")
     for kv in ${KV:-auto}; do

@@ -62,6 +62,12 @@ class Harness:
             raise SystemExit(f"FAILED: strata {' '.join(map(str, argv))} exited with {code}")
         return out
 
+    def rounds_bf16_activations(self):
+        """Whether strata's CPU products round the activations of bf16 weights to bf16 on this machine (its
+        avx512bf16 kernel, the default on CPUs with AVX512_BF16, as `strata --version` says): logits of bf16
+        checkpoints then follow the reference with bf16 inputs (llama_reference.py --bf16-inputs)."""
+        return "products avx512bf16" in self.run_ok(["--version"])
+
     def init(self, name, *flags):
         self.run_ok(["init", "--output", self.path(name), *flags])
         return self.path(name)

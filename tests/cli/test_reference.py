@@ -4,6 +4,12 @@ stages, grouped-query attention with KV heads replicated over TP ranks, q/k/v bi
 per-head q/k RMSNorm. Tolerance
 1e-4 relative per generated position, greedy tokens checked wherever the margin allows. A perturbed reference must
 fail (negative control).
+
+On a CPU with AVX512_BF16, strata multiplies bf16 weights with bf16 dot products, the activations rounded to bf16
+(`strata --version` names the avx512bf16 kernel): the bf16 checkpoint is then checked twice, with that kernel against
+the reference with bf16 inputs at a bf16 tolerance (1.5e-2: which way an activation rounds turns on its last f32
+bits, so the reference cannot round exactly as strata does; ~5e-3 measured), with its own negative control, and with
+the f32 kernels forced (STRATA_ROW_KERNEL=avx512) against the plain reference at 1e-4.
 """
 import os
 import subprocess
@@ -33,15 +39,32 @@ def compare(model, results, *extra):
     return p.returncode, p.stdout
 
 
-for name, flags, tp, pp in VARIANTS:
-    model = h.init(name, *flags, "--seed", "9")
-    results = f"{name}.jsonl"
+BF16_DOTS = h.rounds_bf16_activations()
+BF16_TOLERANCE = "1.5e-2"
+
+
+def generate(model, results, tp, pp):
     h.run_ok(["generate", "--model", model, "--prompts", prompts, "--output", results, "-tp", tp, "-pp", pp,
               "--max-tokens", 12, "--record-logits", "-q"], ranks=tp * pp)
-    code, out = compare(model, h.path(results), "--check-greedy")
+    return h.path(results)
+
+
+for name, flags, tp, pp in VARIANTS:
+    model = h.init(name, *flags, "--seed", "9")
+    results = generate(model, f"{name}.jsonl", tp, pp)
+    if name.startswith("bf16") and BF16_DOTS:
+        bf16 = ["--bf16-inputs", "--tolerance", BF16_TOLERANCE]
+        code, out = compare(model, results, "--check-greedy", *bf16)
+        h.check(code == 0, f"{name}: strata's bf16 dot products agree with the reference with bf16 inputs\n{out}")
+        code, out = compare(model, results, "--perturb", *bf16)
+        h.check(code == 1, f"{name}: negative control at the bf16 tolerance must fail\n{out}")
+        os.environ["STRATA_ROW_KERNEL"] = "avx512"  # the f32 kernels, inherited by the ranks
+        results = generate(model, f"{name}-f32-kernels.jsonl", tp, pp)
+        del os.environ["STRATA_ROW_KERNEL"]
+    code, out = compare(model, results, "--check-greedy")
     h.check(code == 0, f"{name}: strata agrees with the float64 reference\n{out}")
     if name.startswith("f32"):
-        code, out = compare(model, h.path(results), "--perturb")
+        code, out = compare(model, results, "--perturb")
         h.check(code == 1, f"{name}: negative control (perturbed reference weight) must fail\n{out}")
 
 h.finish()

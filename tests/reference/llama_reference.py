@@ -156,6 +156,18 @@ def linear(x, w, b=None):
 plain_linear = linear  # tests may swap `linear` for a variant (quantized inputs) and restore this
 
 
+def round_to_bf16(x):
+    """x as float32 (what an engine's activations hold) rounded to bfloat16, to nearest even, back in float64."""
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def bf16_input_linear(x, w, b=None):
+    """linear of a bf16 dot-product kernel: the inputs rounded to bf16, the products and sums exact."""
+    return plain_linear(round_to_bf16(x), w, b)
+
+
 def rotate_half(x):
     half = x.shape[-1] // 2
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
@@ -277,6 +289,8 @@ def forward(weights, config, token_ids, prompt_tokens=None):
 
 # -------------------------------------------------------------------- compare
 def compare(args):
+    global linear
+    linear = bf16_input_linear if args.bf16_inputs else plain_linear
     weights, config, manifest = load_checkpoint(args.checkpoint)
     if args.perturb:
         weights[PERTURBED_TENSOR] = weights[PERTURBED_TENSOR] + 1e-2
@@ -346,6 +360,8 @@ def main(argv=None):
                    help="fail when a confident reference argmax differs from strata's token")
     c.add_argument("--sampled", action="store_true",
                    help="tokens were sampled (temperature > 0): skip the argmax comparison")
+    c.add_argument("--bf16-inputs", action="store_true",
+                   help="round every product's inputs to bf16 (the engine ran bf16 weights with bf16 dot products)")
     c.add_argument("--perturb", action="store_true",
                    help=f"add 1e-2 to {PERTURBED_TENSOR} first (negative control)")
     args = parser.parse_args(argv)

@@ -3,6 +3,7 @@
 // does detect a wrong head mapping, and the 16-bit weight paths (linear, embedding) with their own control.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -111,8 +112,9 @@ TEST(CpuBackend, LinearIsEquivalentToRefForOneAndManyTokens) {
 TEST(CpuBackend, RowKernelsMatchTheReferenceAndEachOtherBitForBit) {
   const std::vector<std::string> kernels = cpu::row_kernels();
   ASSERT_GE(kernels.size(), 2u) << "this test machine's CPU has AVX2 at least: a vector kernel must be tested";
-  std::printf("row kernels on this CPU: %s%s%s\n", kernels[0].c_str(), kernels.size() > 2 ? ", " : "",
-              kernels.size() > 2 ? kernels[1].c_str() : "");
+  std::string names;
+  for (const std::string& k : kernels) names += (names.empty() ? "" : ", ") + k;
+  std::printf("row kernels on this CPU: %s\n", names.c_str());
   if (kernels.size() < 3) std::printf("  (no AVX-512 here: that kernel is tested on machines that have it)\n");
   Fixture f;
   for (const std::int64_t in : {48, 77})
@@ -131,6 +133,7 @@ TEST(CpuBackend, RowKernelsMatchTheReferenceAndEachOtherBitForBit) {
                                    in);
         EXPECT_EQ(0, std::memcmp(scalar.data(), from_f32.data(), scalar.size() * 4)) << dtype_name(dtype);
         for (const std::string& kernel : kernels) {
+          if (kernel == "avx512bf16" && dtype == DType::BF16) continue;  // bf16 activations: the next test
           std::vector<float> got(scalar.size(), -1.0f);
           cpu::row_dot_products_with(workers(), kernel, x.f32(), stored, dtype, got.data(), tokens, out, in);
           EXPECT_EQ(0, std::memcmp(scalar.data(), got.data(), scalar.size() * 4))
@@ -152,6 +155,49 @@ TEST(CpuBackend, RowKernelsMatchTheReferenceAndEachOtherBitForBit) {
   setenv("STRATA_ROW_KERNEL", "sse9", 1);
   EXPECT_THROW(cpu::row_kernel_name(), Error) << "a kernel that does not exist";
   unsetenv("STRATA_ROW_KERNEL");
+}
+
+// The avx512bf16 kernel on bf16 weights rounds the activations to bf16 and multiplies with VDPBF16PS: on odd shapes
+// (widths below, between and past the 32 values of one instruction; rows and tokens not multiples of its 4 x 6
+// tiles) it gives the double reference over the rounded activations within 1e-5, while the reference over the
+// unrounded ones is far outside that (negative control: a kernel that skipped the rounding, or read the tail wrong,
+// fails one or the other). Each token's results are the same bits alone or in any batch, on one thread or two.
+TEST(CpuBackend, Bf16DotKernelGivesTheProductsOfBf16RoundedActivations) {
+  const std::vector<std::string> kernels = cpu::row_kernels();
+  if (std::find(kernels.begin(), kernels.end(), "avx512bf16") == kernels.end())
+    GTEST_SKIP() << "this CPU has no AVX512_BF16: the avx512bf16 kernel is tested on machines that have it";
+  Fixture f;
+  cpu::Workers one(1);
+  for (const std::int64_t in : {20, 48, 77, 96})
+    for (const std::int64_t tokens : {1, 5, 6, 13}) {
+      const std::int64_t out = 39;
+      Tensor w = f.random({out, in}), x = f.random({tokens, in});
+      std::vector<std::uint16_t> bits(std::size_t(out * in));
+      convert_from_f32(DType::BF16, w.f32(), bits.data(), bits.size());
+      std::vector<float> got(std::size_t(tokens * out), -1.0f), alone(got.size(), -2.0f);
+      cpu::row_dot_products_with(workers(), "avx512bf16", x.f32(), bits.data(), DType::BF16, got.data(), tokens, out,
+                                 in);
+      for (std::int64_t t = 0; t < tokens; ++t)  // y's rows are `out` apart: one token's products alone
+        cpu::row_dot_products_with(t % 2 ? one : workers(), "avx512bf16", x.f32() + t * in, bits.data(), DType::BF16,
+                                   alone.data() + t * out, 1, out, in);
+      EXPECT_EQ(0, std::memcmp(got.data(), alone.data(), got.size() * 4)) << "in " << in << " tokens " << tokens;
+      std::vector<double> rounded(got.size()), unrounded(got.size());
+      for (std::int64_t t = 0; t < tokens; ++t)
+        for (std::int64_t n = 0; n < out; ++n) {
+          double sum = 0, plain = 0;
+          for (std::int64_t k = 0; k < in; ++k) {
+            const double wk = bf16_to_f32(bits[std::size_t(n * in + k)]);
+            const float xk = x.f32()[t * in + k];
+            sum += double(bf16_to_f32(f32_to_bf16(xk))) * wk;
+            plain += double(xk) * wk;
+          }
+          rounded[std::size_t(t * out + n)] = sum;
+          unrounded[std::size_t(t * out + n)] = plain;
+        }
+      const std::vector<double> values = test::as_double(got.data(), got.size());
+      EXPECT_LT(relative_error(values, rounded), kTolerance) << "in " << in << " tokens " << tokens;
+      EXPECT_GT(relative_error(values, unrounded), 10 * kTolerance) << "in " << in << " tokens " << tokens;
+    }
 }
 
 TEST(CpuBackend, RmsNormIsEquivalentToRef) {
@@ -241,12 +287,17 @@ TEST(CpuBackend, SwigluIsEquivalentToRef) {
 // prefill GEMM (300 rows: two blocks of up to 256; 100 columns: not a multiple of the vector width) against a
 // double reference over the same 16-bit values, and bit for bit against f32 weights holding those values. Negative
 // control: the reference over the unrounded f32 weights is far outside the tolerance, so the comparison sees a
-// kernel that reads other values than the stored ones.
+// kernel that reads other values than the stored ones. With the f32 kernels: on a CPU with AVX512_BF16 the default
+// kernel rounds the activations of bf16 weights (the next test).
 TEST(CpuBackend, SixteenBitWeightsGiveTheResultsOfF32Weights) {
   Fixture f;
   const int in = 100, out = 300;
+  std::vector<std::string> f32_kernels = cpu::row_kernels();
+  std::erase(f32_kernels, "avx512bf16");
+  setenv("STRATA_ROW_KERNEL", f32_kernels.front().c_str(), 1);  // read once, by make_cpu_backend
   for (DType dtype : {DType::BF16, DType::F16}) {
     std::unique_ptr<Backend> backend = make_cpu_backend(2, dtype);
+    unsetenv("STRATA_ROW_KERNEL");
     EXPECT_EQ(backend->weight_dtype(), dtype);
     Tensor w32 = f.random({out, in}), exact32 = f.random({out, in});
     std::vector<std::uint16_t> bits(std::size_t(out * in));
@@ -288,6 +339,40 @@ TEST(CpuBackend, SixteenBitWeightsGiveTheResultsOfF32Weights) {
     std::vector<float> back(std::size_t(out * in));
     backend->download(w16.view(), back.data());
     EXPECT_EQ(std::memcmp(back.data(), exact32.f32(), back.size() * 4), 0) << dtype_name(dtype);
+    setenv("STRATA_ROW_KERNEL", f32_kernels.front().c_str(), 1);
+  }
+  unsetenv("STRATA_ROW_KERNEL");
+}
+
+// A bf16 backend on a CPU with AVX512_BF16 runs its products with the avx512bf16 kernel by default, prefill-sized
+// ones too: linear gives the double reference over bf16-rounded activations (plus the bias), not the unrounded one.
+TEST(CpuBackend, Bf16WeightsUseTheBf16DotKernelByDefault) {
+  if (cpu::row_kernel_name() != "avx512bf16") GTEST_SKIP() << "this CPU has no AVX512_BF16";
+  Fixture f;
+  const int in = 100, out = 70;
+  std::unique_ptr<Backend> backend = make_cpu_backend(2, DType::BF16);
+  Tensor w32 = f.random({out, in});
+  Tensor w16 = backend->allocate({out, in}, DType::BF16);
+  backend->upload(w32.f32(), w16.view());
+  std::vector<std::uint16_t> bits(std::size_t(out * in));
+  convert_from_f32(DType::BF16, w32.f32(), bits.data(), bits.size());
+  for (int tokens : {1, 37}) {
+    Tensor x = f.random({tokens, in}), b = f.random({out}), y = f.random({tokens, out});
+    backend->linear(x.view(), w16.view(), b.view(), y.view());
+    std::vector<double> rounded(std::size_t(tokens * out)), unrounded(rounded.size());
+    for (int t = 0; t < tokens; ++t)
+      for (int n = 0; n < out; ++n) {
+        double sum = b.f32()[n], plain = b.f32()[n];
+        for (int k = 0; k < in; ++k) {
+          const double wk = bf16_to_f32(bits[std::size_t(n * in + k)]);
+          sum += double(bf16_to_f32(f32_to_bf16(x.f32()[t * in + k]))) * wk;
+          plain += double(x.f32()[t * in + k]) * wk;
+        }
+        rounded[std::size_t(t * out + n)] = sum;
+        unrounded[std::size_t(t * out + n)] = plain;
+      }
+    EXPECT_LT(relative_error(f.values(y), rounded), kTolerance) << tokens << " tokens";
+    EXPECT_GT(relative_error(f.values(y), unrounded), 10 * kTolerance) << tokens << " tokens";
   }
 }
 

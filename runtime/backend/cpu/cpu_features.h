@@ -7,5 +7,6 @@ namespace strata::cpu {
 bool has_avx2_fma();     // AVX2, FMA and F16C
 bool has_avx512();       // has_avx2_fma() and AVX-512 F, BW, DQ and VL
 bool has_avx512_vnni();  // has_avx512() and AVX-512 VNNI
+bool has_avx512_bf16();  // has_avx512() and AVX512_BF16
 
 }  // namespace strata::cpu

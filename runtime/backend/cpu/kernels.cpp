@@ -185,25 +185,101 @@ __attribute__((target(STRATA_AVX512F))) void rows_avx512(const float* x, const W
           n, [&](auto t) { tile_avx512<1, t()>(x + t0 * in, w + (r - begin) * in, y + t0 * out + r, out, in); });
   }
 }
+
+// AVX512_BF16, for bf16 weights: VDPBF16PS multiplies 32 bf16 pairs per instruction into 16 f32 lanes (each lane
+// adds two products, in f32), twice the multiply-adds of an f32 FMA; on the Zen 4 cores of docs/performance.md it
+// issues at the FMA's rate, so the products run at up to twice the f32 kernel's peak. The activations are rounded to
+// bf16 (f32_to_bf16, once per product, bf16_activations) as llama.cpp's and the GPUs' bf16 GEMMs round them; the
+// products of two bf16 values are exact in f32, so what differs from the f32 kernels is that rounding and the order of
+// the f32 additions. Tiles of 4 rows x up to 6 tokens as tile_avx512; the row's tail (in % 32) through masked loads,
+// whose zero lanes add nothing. Each output's instructions are the same whatever the tile, the batch or the thread, so
+// a token's result does not depend on what it is batched with. VDPBF16PS treats bf16 denormals as zero.
+#define STRATA_AVX512BF16 STRATA_AVX512F ",avx512bf16"
+
+// One step of tile_bf16_dots: 32 bf16 values of each row and token (the lanes outside `mask` read as zero).
+template <int Rows, int Tokens>
+__attribute__((target(STRATA_AVX512BF16), always_inline)) inline void bf16_dots_step(const std::uint16_t* x,
+                                                                                     const std::uint16_t* w,
+                                                                                     std::int64_t in, __mmask32 mask,
+                                                                                     __m512 (&acc)[Rows][Tokens]) {
+  __m512bh wv[Rows];
+#pragma GCC unroll 4
+  for (int r = 0; r < Rows; ++r) wv[r] = __m512bh(_mm512_maskz_loadu_epi16(mask, w + r * in));
+#pragma GCC unroll 6
+  for (int t = 0; t < Tokens; ++t) {
+    const __m512bh xv = __m512bh(_mm512_maskz_loadu_epi16(mask, x + t * in));
+#pragma GCC unroll 4
+    for (int r = 0; r < Rows; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wv[r], xv);
+  }
+}
+
+template <int Rows, int Tokens>
+__attribute__((target(STRATA_AVX512BF16))) void tile_bf16_dots(const std::uint16_t* x, const std::uint16_t* w, float* y,
+                                                               std::int64_t out, std::int64_t in) {
+  __m512 acc[Rows][Tokens];
+#pragma GCC unroll 4
+  for (int r = 0; r < Rows; ++r)
+#pragma GCC unroll 6
+    for (int t = 0; t < Tokens; ++t) acc[r][t] = _mm512_setzero_ps();
+  const char* ahead = reinterpret_cast<const char*>(w + 2 * Rows * in);  // as tile_avx512: two tiles on
+  constexpr std::int64_t kPair = 2 * kLanes;                             // bf16 values per instruction
+  std::int64_t i = 0;
+  for (; i + kPair <= in; i += kPair) {
+#pragma GCC unroll 4
+    for (int p = 0; p < Rows * 64; p += 64) _mm_prefetch(ahead + Rows * i * 2 + p, _MM_HINT_T0);
+    bf16_dots_step<Rows, Tokens>(x + i, w + i, in, ~__mmask32(0), acc);
+  }
+  if (i < in) bf16_dots_step<Rows, Tokens>(x + i, w + i, in, __mmask32((1u << (in - i)) - 1), acc);
+#pragma GCC unroll 4
+  for (int r = 0; r < Rows; ++r)
+#pragma GCC unroll 6
+    for (int t = 0; t < Tokens; ++t) y[t * out + r] = reduce_lanes_avx512(acc[r][t]);
+}
+
+__attribute__((target(STRATA_AVX512BF16))) void rows_bf16_dots(const std::uint16_t* x, const std::uint16_t* w, float* y,
+                                                               std::int64_t tokens, std::int64_t begin,
+                                                               std::int64_t end, std::int64_t out, std::int64_t in) {
+  for (std::int64_t t0 = 0; t0 < tokens; t0 += kTileTokens) {
+    const std::int64_t n = tokens - t0;
+    std::int64_t r = begin;
+    for (; r + 4 <= end; r += 4)
+      with_tile_count<kTileTokens>(
+          n, [&](auto t) { tile_bf16_dots<4, t()>(x + t0 * in, w + (r - begin) * in, y + t0 * out + r, out, in); });
+    for (; r < end; ++r)
+      with_tile_count<kTileTokens>(
+          n, [&](auto t) { tile_bf16_dots<1, t()>(x + t0 * in, w + (r - begin) * in, y + t0 * out + r, out, in); });
+  }
+}
 #pragma GCC diagnostic pop
 #endif
 
-bool cpu_has(const std::string& kernel) {
-  return kernel == "scalar" || (kernel == "avx2" && has_avx2_fma()) || (kernel == "avx512" && has_avx512());
+// x rounded to bf16 as f32_to_bf16 rounds (to nearest even; a vectorised loop).
+STRATA_CLONES void round_to_bf16(const float* x, std::uint16_t* dst, std::int64_t count) {
+  for (std::int64_t i = 0; i < count; ++i) dst[i] = f32_to_bf16(x[i]);
 }
 
-enum class Kernel { Scalar, Avx2, Avx512 };
+bool cpu_has(const std::string& kernel) {
+  return kernel == "scalar" || (kernel == "avx2" && has_avx2_fma()) || (kernel == "avx512" && has_avx512()) ||
+         (kernel == "avx512bf16" && has_avx512_bf16());
+}
+
+enum class Kernel { Scalar, Avx2, Avx512, Avx512Bf16 };
 
 Kernel kernel_for(const std::string& name) {
-  STRATA_CHECK(cpu_has(name), Config, "row kernel '", name, "' is not one this CPU runs (scalar, avx2 or avx512)");
-  return name == "avx512" ? Kernel::Avx512 : name == "avx2" ? Kernel::Avx2 : Kernel::Scalar;
+  STRATA_CHECK(cpu_has(name), Config, "row kernel '", name,
+               "' is not one this CPU runs (scalar, avx2, avx512 or avx512bf16)");
+  return name == "avx512bf16" ? Kernel::Avx512Bf16
+         : name == "avx512"   ? Kernel::Avx512
+         : name == "avx2"     ? Kernel::Avx2
+                              : Kernel::Scalar;
 }
 
 template <typename W>
 void rows_dispatch(Kernel kernel, const float* x, const W* w, float* y, std::int64_t tokens, std::int64_t begin,
                    std::int64_t end, std::int64_t out, std::int64_t in) {
 #if defined(__x86_64__)
-  if (kernel == Kernel::Avx512) return rows_avx512(x, w, y, tokens, begin, end, out, in);
+  if (kernel == Kernel::Avx512 || kernel == Kernel::Avx512Bf16)
+    return rows_avx512(x, w, y, tokens, begin, end, out, in);
   if (kernel == Kernel::Avx2) return rows_avx2(x, w, y, tokens, begin, end, out, in);
 #endif
   rows_scalar(x, w, y, tokens, begin, end, out, in);
@@ -252,7 +328,7 @@ void narrow(DType dtype, const float* src, void* dst, std::int64_t count) {
 
 std::vector<std::string> row_kernels() {
   std::vector<std::string> names;
-  for (const char* name : {"avx512", "avx2", "scalar"})
+  for (const char* name : {"avx512bf16", "avx512", "avx2", "scalar"})
     if (cpu_has(name)) names.push_back(name);
   return names;
 }
@@ -264,7 +340,9 @@ std::string row_kernel_name() {
   return forced;
 }
 
-std::int64_t row_kernel_max_tokens(const std::string& kernel) { return kernel == "avx512" ? kAnyBatch : kSmallBatch; }
+std::int64_t row_kernel_max_tokens(const std::string& kernel) {
+  return kernel == "avx512" || kernel == "avx512bf16" ? kAnyBatch : kSmallBatch;
+}
 
 Workers::Team team_for(DType weights) {
   const bool blas = !is_quantized(weights) && row_kernel_max_tokens(row_kernel_name()) != kAnyBatch;
@@ -281,9 +359,35 @@ void row_dot_products(Workers& workers, const float* x, const void* w, DType w_d
   row_dot_products_with(workers, row_kernel_name(), x, w, w_dtype, y, tokens, out, in);
 }
 
+#if defined(__x86_64__)
+namespace {
+// The avx512bf16 kernel's products: x rounded to bf16 by all threads (a row each), then the rows of w shared out as
+// the other kernels share them. The rounded rows live in the calling thread's buffer, kept between calls.
+void bf16_dot_products(Workers& workers, const float* x, const std::uint16_t* w, float* y, std::int64_t tokens,
+                       std::int64_t out, std::int64_t in) {
+  thread_local std::vector<std::uint16_t> rounded;
+  if (rounded.size() < std::size_t(tokens * in)) rounded.resize(std::size_t(tokens * in));
+  std::uint16_t* xs = rounded.data();
+  workers.split(tokens, [&](std::int64_t first, std::int64_t last) {
+    round_to_bf16(x + first * in, xs + first * in, (last - first) * in);
+  });
+  workers.balance((out + kBlock - 1) / kBlock, [&](std::int64_t first, std::int64_t last) {
+    for (std::int64_t b = first; b < last; ++b) {
+      const std::int64_t begin = b * kBlock, end = std::min(out, begin + kBlock);
+      rows_bf16_dots(xs, w + begin * in, y, tokens, begin, end, out, in);
+    }
+  });
+}
+}  // namespace
+#endif
+
 void row_dot_products_with(Workers& workers, const std::string& name, const float* x, const void* w, DType w_dtype,
                            float* y, std::int64_t tokens, std::int64_t out, std::int64_t in) {
   const Kernel kernel = kernel_for(name);
+#if defined(__x86_64__)
+  if (kernel == Kernel::Avx512Bf16 && w_dtype == DType::BF16)
+    return bf16_dot_products(workers, x, static_cast<const std::uint16_t*>(w), y, tokens, out, in);
+#endif
   const std::int64_t blocks = (out + kBlock - 1) / kBlock;
   const auto* bytes = static_cast<const char*>(w);
   const std::size_t row_bytes = std::size_t(in) * dtype_size(w_dtype);

@@ -4,7 +4,8 @@
 // kernel's rate), and attention over the KV cache. Parallel over output rows on the backend's Workers; the
 // products have AVX-512, AVX2 and scalar kernels chosen at run time, the rest GCC target_clones.
 // Weights may be stored 16-bit (bf16/f16, as the checkpoint holds them): the kernels widen them to f32 in small
-// blocks that stay in cache, then run the f32 arithmetic, so results equal those of f32 weights exactly.
+// blocks that stay in cache, then run the f32 arithmetic, so results equal those of f32 weights exactly; except the
+// avx512bf16 kernel on bf16 weights, which rounds the activations to bf16 and runs bf16 dot products (VDPBF16PS).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -33,16 +34,18 @@ Workers::Team team_for(DType weights);
 
 // y[t, n] = sum_k x[t, k] * w[n, k] for t < tokens; rows of w shared out over `workers` (Workers::balance). Kernels,
 // the best the CPU has chosen at run time: AVX-512 (4 rows x 6 tokens register tiles), AVX2 with FMA (1 row x 4
-// tokens), scalar. All add in the same order (kernels.cpp), so they give the same bits; STRATA_ROW_KERNEL=avx2|scalar
-// forces one (a kernel the CPU lacks is an error).
+// tokens), scalar. All add in the same order (kernels.cpp), so they give the same bits. Above them, on CPUs with
+// AVX512_BF16, avx512bf16: bf16 weights times the activations rounded to bf16 (f32_to_bf16), VDPBF16PS into f32
+// lanes in the same tiles, each output computed the same way whatever the batch or thread (other weights: the
+// AVX-512 kernel). STRATA_ROW_KERNEL=avx512|avx2|scalar forces one (a kernel the CPU lacks is an error).
 void row_dot_products(Workers& workers, const float* x, const float* w, float* y, std::int64_t tokens, std::int64_t out,
                       std::int64_t in);
 // The same with w stored as `w_dtype` (F32, F16 or BF16), streamed from memory at its stored size: bf16 is widened
 // in registers, f16 block by block into a per-thread scratch.
 void row_dot_products(Workers& workers, const float* x, const void* w, DType w_dtype, float* y, std::int64_t tokens,
                       std::int64_t out, std::int64_t in);
-// The kernels this CPU runs, best first ("avx512", "avx2", "scalar"), the one row_dot_products uses, and a product
-// with the kernel named: for tests of each path.
+// The kernels this CPU runs, best first ("avx512bf16", "avx512", "avx2", "scalar"), the one row_dot_products uses, and
+// a product with the kernel named: for tests of each path.
 std::vector<std::string> row_kernels();
 std::string row_kernel_name();
 void row_dot_products_with(Workers& workers, const std::string& kernel, const float* x, const void* w, DType w_dtype,
