@@ -118,7 +118,7 @@ TEST(CpuBackend, RowKernelsMatchTheReferenceAndEachOtherBitForBit) {
   if (kernels.size() < 3) std::printf("  (no AVX-512 here: that kernel is tested on machines that have it)\n");
   Fixture f;
   for (const std::int64_t in : {48, 77})
-    for (const std::int64_t tokens : {1, 2, 5, 6, 7, 13}) {
+    for (const std::int64_t tokens : {1, 2, 5, 6, 7, 13, 200}) {  // 200: passes of 96 tokens (kernels.cpp)
       const std::int64_t out = 39;
       Tensor w = f.random({out, in}), x = f.random({tokens, in});
       for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {
@@ -169,7 +169,7 @@ TEST(CpuBackend, Bf16DotKernelGivesTheProductsOfBf16RoundedActivations) {
   Fixture f;
   cpu::Workers one(1);
   for (const std::int64_t in : {20, 48, 77, 96})
-    for (const std::int64_t tokens : {1, 5, 6, 13}) {
+    for (const std::int64_t tokens : {1, 5, 6, 13, 100}) {  // 100: two passes of 96 tokens and 4 (kernels.cpp)
       const std::int64_t out = 39;
       Tensor w = f.random({out, in}), x = f.random({tokens, in});
       std::vector<std::uint16_t> bits(std::size_t(out * in));

@@ -86,7 +86,7 @@ TEST(Quant, RoundTripErrorIsWithinHalfAStep) {
   }
 }
 
-// Shapes not multiples of the 16-row work items (odd: the AVX-512 kernel takes rows in pairs), 1 to 17 tokens
+// Shapes not multiples of the 16-row work items (odd: the AVX-512 kernel takes rows in pairs), 1 to 17 and 200 tokens
 // (its tiles are 8), 3 and 5 blocks per row. Blocks holding -128 (possible in a GGUF file, never made by the
 // quantizer) and zeros exercise the sign handling.
 TEST(Quant, KernelsMatchTheDequantizedReferenceAndEachOther) {
@@ -97,7 +97,7 @@ TEST(Quant, KernelsMatchTheDequantizedReferenceAndEachOther) {
   if (kernels.size() < 3) std::printf("  (no AVX-512 VNNI here: that kernel is tested on machines that have it)\n");
   for (const Format f : {Format::Q8_0, Format::Q4_0})
     for (const std::int64_t in : {96, 160})
-      for (const std::int64_t tokens : {1, 2, 3, 5, 8, 9, 17}) {
+      for (const std::int64_t tokens : {1, 2, 3, 5, 8, 9, 17, 200}) {  // 200: passes of 96 tokens
         const std::int64_t out = 37;
         const std::vector<float> w = normal(std::size_t(out * in), 11, 0.5f), x = normal(std::size_t(tokens * in), 12);
         auto wq = quantized(f, w, out, in);
