@@ -193,7 +193,7 @@ __attribute__((target(STRATA_AVX512F))) void rows_avx512(const float* x, const W
 // AVX512_BF16, for bf16 weights: VDPBF16PS multiplies 32 bf16 pairs per instruction into 16 f32 lanes (each lane
 // adds two products, in f32), twice the multiply-adds of an f32 FMA; on the Zen 4 cores of docs/performance.md it
 // issues at the FMA's rate, so the products run at up to twice the f32 kernel's peak. The activations are rounded to
-// bf16 (f32_to_bf16, once per product, bf16_activations) as llama.cpp's and the GPUs' bf16 GEMMs round them; the
+// bf16 (f32_to_bf16, once per product: bf16_dot_products) as llama.cpp's and the GPUs' bf16 GEMMs round them; the
 // products of two bf16 values are exact in f32, so what differs from the f32 kernels is that rounding and the order of
 // the f32 additions. Tiles of 4 rows x up to 6 tokens as tile_avx512; the row's tail (in % 32) through masked loads,
 // whose zero lanes add nothing. Each output's instructions are the same whatever the tile, the batch or the thread, so
@@ -256,11 +256,6 @@ __attribute__((target(STRATA_AVX512BF16))) void rows_bf16_dots(const std::uint16
 }
 #pragma GCC diagnostic pop
 #endif
-
-// x rounded to bf16 as f32_to_bf16 rounds (to nearest even; a vectorised loop).
-STRATA_CLONES void round_to_bf16(const float* x, std::uint16_t* dst, std::int64_t count) {
-  for (std::int64_t i = 0; i < count; ++i) dst[i] = f32_to_bf16(x[i]);
-}
 
 bool cpu_has(const std::string& kernel) {
   return kernel == "scalar" || (kernel == "avx2" && has_avx2_fma()) || (kernel == "avx512" && has_avx512()) ||
@@ -365,8 +360,14 @@ void row_dot_products(Workers& workers, const float* x, const void* w, DType w_d
 
 #if defined(__x86_64__)
 namespace {
-// The avx512bf16 kernel's products: x rounded to bf16 by all threads (a row each), then the rows of w shared out as
-// the other kernels share them. The rounded rows live in the calling thread's buffer, kept between calls.
+// x rounded to bf16 as f32_to_bf16 rounds (to nearest even; a vectorised loop).
+STRATA_CLONES void round_to_bf16(const float* x, std::uint16_t* dst, std::int64_t count) {
+  for (std::int64_t i = 0; i < count; ++i) dst[i] = f32_to_bf16(x[i]);
+}
+
+// The avx512bf16 kernel's products: x rounded to bf16 by all threads (a share of its rows each), then the rows of w
+// shared out as the other kernels share them. The rounded rows live in the calling thread's buffer, kept between
+// calls.
 void bf16_dot_products(Workers& workers, const float* x, const std::uint16_t* w, float* y, std::int64_t tokens,
                        std::int64_t out, std::int64_t in) {
   thread_local std::vector<std::uint16_t> rounded;
