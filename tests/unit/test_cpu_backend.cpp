@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <utility>
 
 #include "runtime/backend/backend.h"
 #include "runtime/backend/cpu/kernels.h"
@@ -157,6 +158,27 @@ TEST(CpuBackend, RowKernelsMatchTheReferenceAndEachOtherBitForBit) {
   unsetenv("STRATA_ROW_KERNEL");
 }
 
+// Double references for products of bf16 weights `bits` [out, in] with x [tokens, in] (plus bias, if any): over the
+// activations rounded to bf16 (f32_to_bf16) and over them as they are, each [tokens, out].
+static std::pair<std::vector<double>, std::vector<double>> bf16_input_references(const float* x,
+                                                                                 const std::vector<std::uint16_t>& bits,
+                                                                                 const float* bias, std::int64_t tokens,
+                                                                                 std::int64_t out, std::int64_t in) {
+  std::vector<double> rounded(std::size_t(tokens * out)), unrounded(rounded.size());
+  for (std::int64_t t = 0; t < tokens; ++t)
+    for (std::int64_t n = 0; n < out; ++n) {
+      double sum = bias ? bias[n] : 0, plain = sum;
+      for (std::int64_t k = 0; k < in; ++k) {
+        const double wk = bf16_to_f32(bits[std::size_t(n * in + k)]);
+        sum += double(bf16_to_f32(f32_to_bf16(x[t * in + k]))) * wk;
+        plain += double(x[t * in + k]) * wk;
+      }
+      rounded[std::size_t(t * out + n)] = sum;
+      unrounded[std::size_t(t * out + n)] = plain;
+    }
+  return {rounded, unrounded};
+}
+
 // The avx512bf16 kernel on bf16 weights rounds the activations to bf16 and multiplies with VDPBF16PS: on odd shapes
 // (widths below, between and past the 32 values of one instruction; rows and tokens not multiples of its 4 x 6
 // tiles) it gives the double reference over the rounded activations within 1e-5, while the reference over the
@@ -181,19 +203,7 @@ TEST(CpuBackend, Bf16DotKernelGivesTheProductsOfBf16RoundedActivations) {
         cpu::row_dot_products_with(t % 2 ? one : workers(), "avx512bf16", x.f32() + t * in, bits.data(), DType::BF16,
                                    alone.data() + t * out, 1, out, in);
       EXPECT_EQ(0, std::memcmp(got.data(), alone.data(), got.size() * 4)) << "in " << in << " tokens " << tokens;
-      std::vector<double> rounded(got.size()), unrounded(got.size());
-      for (std::int64_t t = 0; t < tokens; ++t)
-        for (std::int64_t n = 0; n < out; ++n) {
-          double sum = 0, plain = 0;
-          for (std::int64_t k = 0; k < in; ++k) {
-            const double wk = bf16_to_f32(bits[std::size_t(n * in + k)]);
-            const float xk = x.f32()[t * in + k];
-            sum += double(bf16_to_f32(f32_to_bf16(xk))) * wk;
-            plain += double(xk) * wk;
-          }
-          rounded[std::size_t(t * out + n)] = sum;
-          unrounded[std::size_t(t * out + n)] = plain;
-        }
+      const auto [rounded, unrounded] = bf16_input_references(x.f32(), bits, nullptr, tokens, out, in);
       const std::vector<double> values = test::as_double(got.data(), got.size());
       EXPECT_LT(relative_error(values, rounded), kTolerance) << "in " << in << " tokens " << tokens;
       EXPECT_GT(relative_error(values, unrounded), 10 * kTolerance) << "in " << in << " tokens " << tokens;
@@ -359,18 +369,7 @@ TEST(CpuBackend, Bf16WeightsUseTheBf16DotKernelByDefault) {
   for (int tokens : {1, 37}) {
     Tensor x = f.random({tokens, in}), b = f.random({out}), y = f.random({tokens, out});
     backend->linear(x.view(), w16.view(), b.view(), y.view());
-    std::vector<double> rounded(std::size_t(tokens * out)), unrounded(rounded.size());
-    for (int t = 0; t < tokens; ++t)
-      for (int n = 0; n < out; ++n) {
-        double sum = b.f32()[n], plain = b.f32()[n];
-        for (int k = 0; k < in; ++k) {
-          const double wk = bf16_to_f32(bits[std::size_t(n * in + k)]);
-          sum += double(bf16_to_f32(f32_to_bf16(x.f32()[t * in + k]))) * wk;
-          plain += double(x.f32()[t * in + k]) * wk;
-        }
-        rounded[std::size_t(t * out + n)] = sum;
-        unrounded[std::size_t(t * out + n)] = plain;
-      }
+    const auto [rounded, unrounded] = bf16_input_references(x.f32(), bits, b.f32(), tokens, out, in);
     EXPECT_LT(relative_error(f.values(y), rounded), kTolerance) << tokens << " tokens";
     EXPECT_GT(relative_error(f.values(y), unrounded), 10 * kTolerance) << tokens << " tokens";
   }

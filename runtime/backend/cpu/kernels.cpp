@@ -26,10 +26,6 @@ namespace {
 constexpr int kLanes = 16;
 
 constexpr std::int64_t kBlock = 16;  // rows per work item: enough to amortise scheduling, fine enough to balance
-// Tokens per pass of a product's rows (row_dot_products_with): 96 tokens of a 2048-wide input are 384 KB of bf16
-// (768 KB of f32), inside a core's L2 beside a work item's rows. 96 and 192 measured level, both 15-35% faster than
-// passing all 2048 tokens of a prefill step at once.
-constexpr std::int64_t kTokenBlock = 96;
 
 inline float as_f32(float w) { return w; }
 inline float as_f32(std::uint16_t bf16) { return bf16_to_f32(bf16); }  // a shift: vectorises
@@ -389,12 +385,9 @@ void bf16_dot_products(Workers& workers, const float* x, const std::uint16_t* w,
 void row_dot_products_with(Workers& workers, const std::string& name, const float* x, const void* w, DType w_dtype,
                            float* y, std::int64_t tokens, std::int64_t out, std::int64_t in) {
   const Kernel kernel = kernel_for(name);
-  // Many tokens (a prefill): kTokenBlock at a time, whose activations stay in L2 while every row of w passes by; all
-  // of a 2048-token step's (3-16 MB) were read again from L3 by each work item, which cost 15-35% of the products'
-  // rate. Each output's arithmetic is the same.
-  if (tokens > kTokenBlock) {
-    for (std::int64_t t0 = 0; t0 < tokens; t0 += kTokenBlock)
-      row_dot_products_with(workers, name, x + t0 * in, w, w_dtype, y + t0 * out, std::min(kTokenBlock, tokens - t0),
+  if (tokens > kTokenPass) {  // a prefill: in passes (tiles.h); each output's arithmetic is the same
+    for (std::int64_t t0 = 0; t0 < tokens; t0 += kTokenPass)
+      row_dot_products_with(workers, name, x + t0 * in, w, w_dtype, y + t0 * out, std::min(kTokenPass, tokens - t0),
                             out, in);
     return;
   }
