@@ -69,9 +69,10 @@ void add_limit_flags(CLI::App& cmd, RunLimits& l) {
       ->check(CLI::PositiveNumber);
   cmd.add_option(
          "--kv-cache-dtype", l.kv_cache_dtype,
-         "KV-cache element type: auto (the activations': f32 on CPUs, bf16 or f16 on GPUs) or f16 (CPU: half the "
-         "memory and half the bytes attention reads; the values rounded to f16, as llama.cpp's default cache)")
-      ->check(CLI::IsMember({"auto", "f16"}));
+         "KV-cache element type: auto (GPUs: the activations', bf16 or f16; CPUs: f16 for 16-bit and quantized "
+         "weights, as llama.cpp's default cache, f32 for f32 weights), f16 or f32 (CPU: f16 is half the memory and "
+         "half the bytes attention reads, the values rounded to f16; f32 keeps them exact)")
+      ->check(CLI::IsMember({"auto", "f16", "f32"}));
   cmd.add_flag("!--no-prefix-caching", l.prefix_caching,
                "Compute every prompt in full instead of reusing the KV-cache blocks of prefixes seen before");
   cmd.add_flag("!--no-chunked-prefill", l.chunked_prefill,

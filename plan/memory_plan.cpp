@@ -37,12 +37,21 @@ DType activation_dtype(DeviceKind device, DType stored) {
 
 DType kv_cache_dtype(DeviceKind device, DType stored, const std::string& option) {
   const DType activations = activation_dtype(device, stored);
-  if (option == "auto") return activations;
-  STRATA_CHECK(option == "f16", Usage, "--kv-cache-dtype ", option, ": expected auto or f16");
-  STRATA_CHECK(device == DeviceKind::Cpu || activations == DType::F16, Usage, "--kv-cache-dtype f16: the CUDA backend ",
-               "keeps its KV cache in its activation dtype (", dtype_name(activations),
-               " for this checkpoint); use auto");
-  return DType::F16;
+  STRATA_CHECK(option == "auto" || option == "f16" || option == "f32", Usage, "--kv-cache-dtype ", option,
+               ": expected auto, f16 or f32");
+  if (device == DeviceKind::Cuda) {
+    STRATA_CHECK(option == "auto" || option == dtype_name(activations), Usage, "--kv-cache-dtype ", option,
+                 ": the CUDA backend keeps its KV cache in its activation dtype (", dtype_name(activations),
+                 " for this checkpoint); use auto");
+    return activations;
+  }
+  if (option == "f16") return DType::F16;
+  if (option == "f32") return DType::F32;
+  // auto on a CPU: the cache keeps the precision of the weights. A 16-bit or quantized checkpoint gets f16 (as
+  // llama.cpp's default cache and vLLM's "auto", which is the model's dtype): half the memory, so twice the
+  // sequences in a budget, and half the bytes every decode step's attention reads. An f32 checkpoint keeps f32,
+  // so its results stay those of the f32 reference.
+  return stored == DType::F32 ? DType::F32 : DType::F16;
 }
 
 MemoryPlan plan_memory(const ShardPlan& shard, const StageLimits& limits, DeviceKind device, DType stored, DType kv,

@@ -21,9 +21,10 @@ const char* device_name(DeviceKind kind);
 // CUDA: f16 stays f16, bf16 and f32 become bf16 (weights and activations).
 DType weight_dtype(DeviceKind device, DType stored);
 DType activation_dtype(DeviceKind device, DType stored);
-// The KV cache's dtype for --kv-cache-dtype `option`: "auto" is the activation dtype; "f16" halves the CPU backend's
-// cache (its attention kernels widen the halves as they load them: the arithmetic of an f32 cache holding the
-// rounded values). On CUDA only the activation dtype is accepted. Error(Usage) naming the option otherwise.
+// The KV cache's dtype for --kv-cache-dtype `option` (auto, f16 or f32). CUDA: the activation dtype only. CPU: auto
+// is f32 for an f32 checkpoint and f16 for any other (16-bit or quantized weights); f16 halves the cache (the
+// attention kernels widen the halves as they load them: the arithmetic of an f32 cache holding the rounded values).
+// Error(Usage) naming the option otherwise.
 DType kv_cache_dtype(DeviceKind device, DType stored, const std::string& option);
 
 struct MemoryPlan {

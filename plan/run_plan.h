@@ -24,7 +24,7 @@ struct RunLimits {
   int micro_batches = 0;                                                      // 0: one per pipeline stage
   int block_size = 16;                                                        // positions per KV-cache block
   double kv_cache_gib = 0;              // KV cache per rank; 0: what the memory plan leaves (see kv_pool_blocks)
-  std::string kv_cache_dtype = "auto";  // --kv-cache-dtype: auto (the activation dtype) or f16 (CPU)
+  std::string kv_cache_dtype = "auto";  // --kv-cache-dtype: auto, f16 or f32 (see kv_cache_dtype)
   bool prefix_caching = true, chunked_prefill = true;
 };
 

@@ -4,10 +4,10 @@
 # pinned; a small driver built against the same release's headers, taken from the node-llama-cpp package's source
 # bundle), alternating the two, ROUNDS times, for bf16, q8_0 and q4_0 weights; prompt 128, 32 generated, 2 threads,
 # at each batch size of BATCHES (default "1 16 64": strata's batch against llama.cpp's as many parallel sequences),
-# strata once per KV-cache type of KV (default "auto", strata's f32 cache; "auto f16" adds a run with the f16 cache
-# llama.cpp keeps by default). KINDS (default "bf16 q8_0 q4_0") picks the weights. Prints every run;
+# strata once per KV-cache type of KV (default "auto": f16 for these weights, the cache llama.cpp keeps by default;
+# "auto f32" adds a run with the f32 cache). KINDS (default "bf16 q8_0 q4_0") picks the weights. Prints every run;
 # docs/performance.md takes the medians.
-#   [BATCHES="1 16 64"] [KV="auto f16"] [KINDS=bf16] scripts/llamacpp/bench.sh CHECKPOINT [ROUNDS]
+#   [BATCHES="1 16 64"] [KV="auto f32"] [KINDS=bf16] scripts/llamacpp/bench.sh CHECKPOINT [ROUNDS]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)

@@ -142,6 +142,29 @@ del os.environ["CUDA_VISIBLE_DEVICES"]
 expect_failure("memory", gen(single, 1, "--max-batch-size", 1048576), 1, "this rank needs", "KV cache",
                "--max-batch-size")
 
+# A key or value beyond f16's range (65504) in the f16 KV cache a bf16 checkpoint gets by default would be stored as
+# infinity, every later score of its sequence NaN: both tp ranks stop instead, naming the remedy, which then runs.
+import sys  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tokenizer"))
+import hf_folder  # noqa: E402
+hf = h.path("hf-large-values")
+os.makedirs(hf)
+large = hf_folder.llama_weights(np.random.default_rng(5), 260, 64, 128, 2, 4, 2)
+for name in large:
+    if name.endswith("v_proj.weight"):
+        large[name] = large[name] * 1e6  # values of ~1e6
+hf_folder.write_safetensors(os.path.join(hf, "model.safetensors"), large)
+with open(os.path.join(hf, "config.json"), "w") as f:
+    json.dump({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 260, "max_position_embeddings": 64,
+               "rms_norm_eps": 1e-5, "tie_word_embeddings": False}, f)
+large_bf16 = h.path("large-bf16")
+h.run_ok(["convert", "--hf", hf, "--output", large_bf16, "--dtype", "bf16", "-tp", 2, "--tokenizer", "byte"])
+expect_failure("KV value beyond f16", gen(large_bf16, 2, "-tp", 2), 2,
+               "KV cache (f16): a value of magnitude", "beyond f16's range (65504); run with --kv-cache-dtype f32")
+code, out, _ = h.run(gen(large_bf16, 2, "-tp", 2, "--kv-cache-dtype", "f32"), ranks=2, timeout=BOUND)
+h.check(code == 0, f"the same model runs with --kv-cache-dtype f32\n{out}")
+
 # An existing output is never clobbered without --overwrite
 existing = h.write("existing.jsonl", '{"keep": "me"}\n')
 expect_failure("existing output", ["generate", "--model", single, "--prompts", prompts, "--output", existing], 1,

@@ -10,6 +10,11 @@ On a CPU with AVX512_BF16, strata multiplies bf16 weights with bf16 dot products
 the reference with bf16 inputs at a bf16 tolerance (1.5e-2: which way an activation rounds turns on its last f32
 bits, so the reference cannot round exactly as strata does; ~5e-3 measured), with its own negative control, and with
 the f32 kernels forced (STRATA_ROW_KERNEL=avx512) against the plain reference at 1e-4.
+
+The 16-bit checkpoints run with the CPU's default KV cache for them, f16 (--kv-cache-dtype auto): the reference
+rounds keys and values to f16 (--f16-kv), at 3e-4 (1.3e-4 measured: as for the bf16 inputs, which way a key
+rounds turns on its last f32 bits), and must be off by more than that without the rounding (7-8e-4 measured: the
+cache is f16, and a wrong rounding would be seen). The f32 checkpoints keep an f32 cache.
 """
 import os
 import subprocess
@@ -41,6 +46,7 @@ def compare(model, results, *extra):
 
 BF16_DOTS = h.rounds_bf16_activations()
 BF16_TOLERANCE = "1.5e-2"
+F16_KV_TOLERANCE = "3e-4"
 
 
 def generate(model, results, tp, pp):
@@ -52,8 +58,9 @@ def generate(model, results, tp, pp):
 for name, flags, tp, pp in VARIANTS:
     model = h.init(name, *flags, "--seed", "9")
     results = generate(model, f"{name}.jsonl", tp, pp)
+    f16_kv = ["--f16-kv", "--tolerance", F16_KV_TOLERANCE] if name.startswith(("bf16", "f16")) else []
     if name.startswith("bf16") and BF16_DOTS:
-        bf16 = ["--bf16-inputs", "--tolerance", BF16_TOLERANCE]
+        bf16 = ["--f16-kv", "--bf16-inputs", "--tolerance", BF16_TOLERANCE]
         code, out = compare(model, results, "--check-greedy", *bf16)
         h.check(code == 0, f"{name}: strata's bf16 dot products agree with the reference with bf16 inputs\n{out}")
         code, out = compare(model, results, "--perturb", *bf16)
@@ -61,8 +68,12 @@ for name, flags, tp, pp in VARIANTS:
         os.environ["STRATA_ROW_KERNEL"] = "avx512"  # the f32 kernels, inherited by the ranks
         results = generate(model, f"{name}-f32-kernels.jsonl", tp, pp)
         del os.environ["STRATA_ROW_KERNEL"]
-    code, out = compare(model, results, "--check-greedy")
+    code, out = compare(model, results, "--check-greedy", *f16_kv)
     h.check(code == 0, f"{name}: strata agrees with the float64 reference\n{out}")
+    if f16_kv:
+        code, out = compare(model, results, "--tolerance", F16_KV_TOLERANCE)
+        h.check(code == 1, f"{name}: the reference without the f16 cache's rounding must be off (negative "
+                f"control)\n{out}")
     if name.startswith("f32"):
         code, out = compare(model, results, "--perturb")
         h.check(code == 1, f"{name}: negative control (perturbed reference weight) must fail\n{out}")

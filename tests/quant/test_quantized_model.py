@@ -7,8 +7,11 @@ further away (negative control), and q4_0 further than q8_0. Most rows agree wit
 reference's float64 activation then rounds to the neighbouring int8, one step of its block), which moves that row
 and, through the KV cache, its sequence's later rows by about 1e-2 at most. Layouts differ the same way: their sums
 of f32 partial products differ in the last bits, which is enough to move an activation across a boundary now and
-then; greedy tokens must still agree. A split that leaves rows of a matrix not a multiple of
-32 weights is refused naming the tensor. Checkpoints stored quantized: see below.
+then; greedy tokens must still agree. The runs keep an f32 KV cache (KV_F32; quantized weights get f16 by
+default): with f16 keys and values, which way one rounds turns on its last f32 bits as well, and those differences
+carried through the int8 roundings left half the rows off by up to 2e-2, where an f32 cache leaves every row within
+1e-6 (the f16 cache is checked against the reference in tests/cli/test_reference.py). A split that leaves rows of a
+matrix not a multiple of 32 weights is refused naming the tensor. Checkpoints stored quantized: see below.
 """
 import ctypes
 import os
@@ -57,6 +60,7 @@ def quantized_reference(weights, fmt):
 
 
 model = h.init("tiny", "--preset", "tiny", "--seed", "21", "--intermediate-size", "384")  # 192 per rank at tp 2
+KV_F32 = ["--kv-cache-dtype", "f32"]  # see above
 prompts = h.write("prompts.txt", "Hello world\nThe quick brown fox jumps over\nA\nquantized weights, 1234\n")
 weights, config, manifest = llama_reference.load_checkpoint(model)
 LAYOUTS = [("1", 1, []), ("tp2", 2, ["-tp", 2]), ("pp2", 2, ["-pp", 2]), ("dp2", 2, ["-dp", 2])]
@@ -66,7 +70,7 @@ for fmt in ("q8_0", "q4_0"):
     for label, ranks, flags in LAYOUTS:
         out = f"{fmt}-{label}.jsonl"
         h.run_ok(["generate", "--model", model, "--prompts", prompts, "--output", out, "--max-tokens", 6,
-                  "--record-logits", "--quantize", fmt, "-q", *flags], ranks=ranks)
+                  "--record-logits", "--quantize", fmt, "-q", *KV_F32, *flags], ranks=ranks)
         runs[label] = h.results(out)
     base = runs["1"]
     for label, records in runs.items():
@@ -120,7 +124,7 @@ for fmt in ("q8_0", "q4_0"):
     for label, ranks, flags in [("tp2", 2, ["-tp", 2]), ("1", 1, []), ("pp2", 2, ["-pp", 2])]:
         out = f"{fmt}-stored-{label}.jsonl"
         h.run_ok(["generate", "--model", stored, "--prompts", prompts, "--output", out, "--max-tokens", 6,
-                  "--record-logits", "-q", *flags], ranks=ranks)
+                  "--record-logits", "-q", *KV_F32, *flags], ranks=ranks)
         got = [r["logits"] for r in h.results(out)]
         h.check(got == [r["logits"] for r in loaded[fmt][label]],
                 f"{fmt} stored, {label}: logits bit-identical to quantizing on load")

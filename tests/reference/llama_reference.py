@@ -168,6 +168,17 @@ def bf16_input_linear(x, w, b=None):
     return plain_linear(round_to_bf16(x), w, b)
 
 
+def round_to_f16(x):
+    """x as float32 rounded to float16 (to nearest even, as an f16 KV cache stores it), back in float64."""
+    return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float64)
+
+
+def cached(x):
+    """What the KV cache gives back for keys or values x: x itself (an f32 cache, whose f32 rounding is below this
+    reference's tolerances), or round_to_f16(x) when compare runs with --f16-kv."""
+    return x
+
+
 def rotate_half(x):
     half = x.shape[-1] // 2
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
@@ -249,7 +260,7 @@ def attention(x, w, prefix, cfg, positions, prompt_tokens=None):
     long_rows = long_rope_rows(cfg, positions, prompt_tokens)
     q = rope(q, positions, cfg["rope_theta"], cfg.get("rope_scaling"), factor, long_rows)
     k = rope(k, positions, cfg["rope_theta"], cfg.get("rope_scaling"), factor, long_rows)
-    v = v.reshape(T, n_kv, head_dim)
+    k, v = cached(k), cached(v.reshape(T, n_kv, head_dim))
     group = n_heads // n_kv
     k = np.repeat(k, group, axis=1)  # query head h reads kv head h // group
     v = np.repeat(v, group, axis=1)
@@ -289,8 +300,9 @@ def forward(weights, config, token_ids, prompt_tokens=None):
 
 # -------------------------------------------------------------------- compare
 def compare(args):
-    global linear
+    global linear, cached
     linear = bf16_input_linear if args.bf16_inputs else plain_linear
+    cached = round_to_f16 if args.f16_kv else (lambda x: x)
     weights, config, manifest = load_checkpoint(args.checkpoint)
     if args.perturb:
         weights[PERTURBED_TENSOR] = weights[PERTURBED_TENSOR] + 1e-2
@@ -362,6 +374,9 @@ def main(argv=None):
                    help="tokens were sampled (temperature > 0): skip the argmax comparison")
     c.add_argument("--bf16-inputs", action="store_true",
                    help="round every product's inputs to bf16 (the engine ran bf16 weights with bf16 dot products)")
+    c.add_argument("--f16-kv", action="store_true",
+                   help="round keys and values to float16 (the engine ran with an f16 KV cache: --kv-cache-dtype "
+                        "f16, or auto for a 16-bit checkpoint on a CPU)")
     c.add_argument("--perturb", action="store_true",
                    help=f"add 1e-2 to {PERTURBED_TENSOR} first (negative control)")
     args = parser.parse_args(argv)

@@ -16,6 +16,7 @@
 #include "runtime/backend/cpu/quant.h"
 #include "runtime/base/error.h"
 #include "test_support.h"
+#include "tests/unit/error_of.h"
 
 using namespace strata;
 
@@ -719,6 +720,29 @@ TEST(CpuBackend, HalfKvCacheIsAnF32CacheOfTheRoundedValues) {
   EXPECT_EQ(from_halves, from_rounded);
   EXPECT_GT(relative_error(from_halves, attend(*f.backend, k, v)), 1e-6) << "the rounding is real";
   EXPECT_LT(relative_error(from_halves, attend(*f.backend, k, v)), 1e-2);
+}
+
+// A key or value beyond f16's range would be stored as infinity and turn its sequence's scores into NaN: kv_store
+// refuses it, naming the position and the remedy. The largest value that rounds to a finite half (65519) is stored.
+TEST(CpuBackend, HalfKvCacheRefusesValuesBeyondHalfRange) {
+  Fixture f;
+  const int hkv = 2, d = 16, tokens = 3;
+  std::unique_ptr<Backend> half = make_cpu_backend(1, DType::F32, DType::F16);
+  const std::vector<std::int32_t> table = {0};
+  const std::vector<SeqChunk> chunks = {{0, 5, tokens, 0}};  // positions 5, 6, 7
+  Tensor kc = half->allocate({2, 8, hkv, d}, DType::F16), vc = half->allocate({2, 8, hkv, d}, DType::F16);
+  Tensor k = f.random({tokens, hkv * d}), v = f.random({tokens, hkv * d});
+  k.f32()[1 * hkv * d + 3] = 65519.0f;
+  EXPECT_NO_THROW(half->kv_store(chunks, table, k.view(), v.view(), kc.view(), vc.view()));
+  v.f32()[1 * hkv * d + d + 7] = -70000.0f;  // position 6, the second head
+  const std::string why =
+      test::error_of([&] { half->kv_store(chunks, table, k.view(), v.view(), kc.view(), vc.view()); });
+  EXPECT_NE(why.find("KV cache (f16): a value of magnitude 70000 at position 6 is beyond f16's range (65504); run "
+                     "with --kv-cache-dtype f32"),
+            std::string::npos)
+      << why;
+  Tensor kf = f.backend->allocate({2, 8, hkv, d}, DType::F32), vf = f.backend->allocate({2, 8, hkv, d}, DType::F32);
+  EXPECT_NO_THROW(f.backend->kv_store(chunks, table, k.view(), v.view(), kf.view(), vf.view())) << "f32 holds it";
 }
 
 TEST(CpuBackend, SlidingWindowAndSoftcappedAttentionMatchRef) {

@@ -596,8 +596,23 @@ TEST(RunPlan, HalfKvCacheHalvesTheBlockBytes) {
             std::string::npos);
   EXPECT_NE(test::error_of([] {
               kv_cache_dtype(DeviceKind::Cpu, DType::F32, "fp8");
-            }).find("--kv-cache-dtype fp8: expected auto or f16"),
+            }).find("--kv-cache-dtype fp8: expected auto, f16 or f32"),
             std::string::npos);
+  EXPECT_NE(test::error_of([] {
+              kv_cache_dtype(DeviceKind::Cuda, DType::BF16, "f32");
+            }).find("--kv-cache-dtype f32: the CUDA backend keeps its KV cache in its activation dtype (bf16"),
+            std::string::npos);
+}
+
+// --kv-cache-dtype auto on a CPU keeps the weights' precision: f32 for an f32 checkpoint, f16 for 16-bit and
+// quantized ones (llama.cpp's default cache); f32 and f16 ask for either whatever the weights.
+TEST(RunPlan, AutoKvCacheOnCpusFollowsTheWeights) {
+  EXPECT_EQ(kv_cache_dtype(DeviceKind::Cpu, DType::F32, "auto"), DType::F32);
+  for (DType stored : {DType::BF16, DType::F16, DType::Q8_0, DType::Q4_0})
+    EXPECT_EQ(kv_cache_dtype(DeviceKind::Cpu, stored, "auto"), DType::F16) << dtype_name(stored);
+  EXPECT_EQ(kv_cache_dtype(DeviceKind::Cpu, DType::BF16, "f32"), DType::F32);
+  EXPECT_EQ(kv_cache_dtype(DeviceKind::Cpu, DType::F32, "f16"), DType::F16);
+  EXPECT_EQ(kv_cache_dtype(DeviceKind::Cuda, DType::F32, "auto"), DType::BF16);
 }
 
 namespace {

@@ -347,6 +347,10 @@ class CpuBackend final : public Backend {
       blocks.check(c);
       for (std::int32_t i = 0; i < c.n_tokens; ++i) {
         const std::int64_t from = (std::int64_t(c.token_offset) + i) * kv_heads * dim;
+        if (k_cache.dtype == DType::F16) {
+          check_f16_range(k.f32() + from, kv_heads * dim, "key", c.start_pos + i);
+          check_f16_range(v.f32() + from, kv_heads * dim, "value", c.start_pos + i);
+        }
         for (std::int64_t h = 0; h < kv_heads; ++h) {
           const std::size_t at = std::size_t(head_row(blocks, kv_heads, c, c.start_pos + i, h) * dim) * elem;
           cpu::narrow(k_cache.dtype, k.f32() + from + h * dim, static_cast<char*>(k_cache.data) + at, dim);
@@ -355,6 +359,19 @@ class CpuBackend final : public Backend {
       }
     }
   }
+
+  // An f16 cache holds magnitudes up to 65504; a larger key or value would become infinite and every later score
+  // of its sequence NaN, a wrong answer without an error. Such a model needs the f32 cache: say so instead.
+  static void check_f16_range(const float* x, std::int64_t n, const char* what, std::int64_t pos) {
+    bool beyond = false;
+    for (std::int64_t j = 0; j < n; ++j) beyond |= std::fabs(x[j]) >= kF16Overflow;
+    if (!beyond) return;
+    float largest = 0;
+    for (std::int64_t j = 0; j < n; ++j) largest = std::max(largest, std::fabs(x[j]));
+    throw Error(ErrorKind::Config, cat("KV cache (f16): a ", what, " of magnitude ", largest, " at position ", pos,
+                                       " is beyond f16's range (65504); run with --kv-cache-dtype f32"));
+  }
+  static constexpr float kF16Overflow = 65520.0f;  // the least magnitude that rounds to infinity in f16
 
   // The cache row (of head_dim elements) that holds KV head `head` at position `pos` of the chunk's sequence: its
   // block's rows of that head, then the position within the block.
