@@ -148,16 +148,11 @@ import sys  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tokenizer"))
 import hf_folder  # noqa: E402
 hf = h.path("hf-large-values")
-os.makedirs(hf)
 large = hf_folder.llama_weights(np.random.default_rng(5), 260, 64, 128, 2, 4, 2)
 for name in large:
     if name.endswith("v_proj.weight"):
         large[name] = large[name] * 1e6  # values of ~1e6
-hf_folder.write_safetensors(os.path.join(hf, "model.safetensors"), large)
-with open(os.path.join(hf, "config.json"), "w") as f:
-    json.dump({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 260, "max_position_embeddings": 64,
-               "rms_norm_eps": 1e-5, "tie_word_embeddings": False}, f)
+hf_folder.write_llama_folder(hf, large, 260, 64, 128, 2, 4, 2)
 large_bf16 = h.path("large-bf16")
 h.run_ok(["convert", "--hf", hf, "--output", large_bf16, "--dtype", "bf16", "-tp", 2, "--tokenizer", "byte"])
 expect_failure("KV value beyond f16", gen(large_bf16, 2, "-tp", 2), 2,

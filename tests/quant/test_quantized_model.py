@@ -133,16 +133,10 @@ for fmt in ("q8_0", "q4_0"):
 # llama.cpp's quantization of its matrices.
 sys.path.insert(0, os.path.join(HERE, "..", "tokenizer"))
 import hf_folder  # noqa: E402
-import json  # noqa: E402
 hf = h.path("hf-llama")
-os.makedirs(hf)
 hf_weights = {k: np.asarray(v, dtype=np.float32).astype(np.float64)
               for k, v in hf_folder.llama_weights(np.random.default_rng(3), 260, 64, 128, 2, 4, 2).items()}
-hf_folder.write_safetensors(os.path.join(hf, "model.safetensors"), hf_weights)
-with open(os.path.join(hf, "config.json"), "w") as f:
-    json.dump({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 260, "max_position_embeddings": 64,
-               "rms_norm_eps": 1e-5, "tie_word_embeddings": False}, f)
+hf_folder.write_llama_folder(hf, hf_weights, 260, 64, 128, 2, 4, 2)
 converted = h.path("converted-q4_0")
 h.run_ok(["convert", "--hf", hf, "--output", converted, "--quantize", "q4_0", "-tp", 2, "--tokenizer", "byte"])
 cweights, _, cmanifest = llama_reference.load_checkpoint(converted)

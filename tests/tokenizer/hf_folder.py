@@ -3,6 +3,7 @@ model folders the tokenizer end-to-end tests convert (each test adds its config 
 test configs (family_config) and random weights (family_weights) for the Gemma 2, Gemma 3, Mixtral, Qwen2-MoE and
 Qwen3-MoE families that tests/reference/families_reference.py computes."""
 import json
+import os
 import struct
 
 import numpy as np
@@ -42,6 +43,18 @@ def write_safetensors(path, tensors):
     text = json.dumps(header).encode()
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def write_llama_folder(path, tensors, vocab, hidden, inter, layers, heads, kv_heads):
+    """A Hugging Face Llama folder (untied embeddings, 64 positions) at path, made if missing: tensors (llama_weights'
+    names) in model.safetensors beside their config.json."""
+    os.makedirs(path, exist_ok=True)
+    write_safetensors(os.path.join(path, "model.safetensors"), tensors)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({"model_type": "llama", "hidden_size": hidden, "intermediate_size": inter,
+                   "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+                   "vocab_size": vocab, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
+                   "tie_word_embeddings": False}, f)
 
 
 FAMILY_ARCHITECTURES = {"gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
