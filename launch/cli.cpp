@@ -329,7 +329,7 @@ int cli_main(int argc, char** argv) {
                    "Tokens per forward step, as for generate (larger batches prefill in chunks of it)")
       ->check(kPositive);
   bench_cmd->add_option("--kv-cache-dtype", bench.kv_cache_dtype, "KV-cache element type, as for generate")
-      ->check(CLI::IsMember({"auto", "f16"}));
+      ->check(CLI::IsMember({"auto", "f16", "f32"}));
   bench_cmd->add_option("--repeats", bench.repeats, "Timed repetitions (best is reported)")->check(kPositive);
   bench_cmd->add_option("--memory-gib", bench.memory_gib, "Buffer size of the memory-bandwidth probe, GiB")
       ->check(CLI::Range(0.01, 64.0));

@@ -147,10 +147,11 @@ def main():
         path = os.path.join(args.work, "capacity.jsonl")
         write_prompts(path, texts)
         lengths = sorted(len(t) + 1 for t in texts)
-        # The budget holds 8 contexts of 8,192 positions' worth of blocks either way.
+        # The budget holds 8 contexts of 8,192 positions' worth of blocks either way (an f32 cache, as recorded in
+        # docs/performance.md before the bf16 model's default cache became f16).
         budget = 8 * 8192 * 2 * 12 * 4 * 64 * 4 / 2**30  # positions x 2 x layers x KV heads x head_dim x f32
         common = ["--max-tokens", out_tokens, "--max-batch-size", 64, "--max-model-len", 8192,
-                  "--kv-cache-memory", budget, "--no-prefix-caching"]
+                  "--kv-cache-memory", budget, "--no-prefix-caching", "--kv-cache-dtype", "f32"]
         print(f"\ncapacity: {count} prompts, lengths {lengths[0]} .. {lengths[-1]} (median {lengths[len(lengths) // 2]}),"
               f" {out_tokens} out, KV budget {budget:.3f} GiB (65,536 positions)")
         paged, paged_wall, slots, slots_wall, same = side_by_side(

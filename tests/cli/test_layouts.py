@@ -96,6 +96,7 @@ for flags, mapped_expected in [((), True), (("--no-mmap",), False)]:
     in_place, read = (float(words[4]), float(words[13])) if len(words) > 13 else (-1, -1)
     h.check(in_place > 0 and read < 0.01 * in_place if mapped_expected else in_place == 0 and read > 0,
             f"bench {' '.join(flags) or '(default)'}: weights in place / read as expected: {line!r}")
+    h.check(line.endswith("; KV cache f16"), f"bench: a bf16 model's default KV cache on the CPU is f16: {line!r}")
     # Decode is timed inside one run (from the last first token to the end): a rate from two runs' difference could
     # come out absurd (2.4e11 tok/s once) or negative when the second prefill ran slower than the first.
     row = next((l.split() for l in out.splitlines() if l.split()[:2] == ["1", "4"]), [])

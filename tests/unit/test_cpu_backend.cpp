@@ -734,6 +734,12 @@ TEST(CpuBackend, HalfKvCacheRefusesValuesBeyondHalfRange) {
   Tensor k = f.random({tokens, hkv * d}), v = f.random({tokens, hkv * d});
   k.f32()[1 * hkv * d + 3] = 65519.0f;
   EXPECT_NO_THROW(half->kv_store(chunks, table, k.view(), v.view(), kc.view(), vc.view()));
+  k.f32()[2 * hkv * d + 5] = 65520.0f;  // halfway to the next power of two: rounds to infinity
+  EXPECT_NE(test::error_of([&] {
+              half->kv_store(chunks, table, k.view(), v.view(), kc.view(), vc.view());
+            }).find("a key of magnitude 65520 at position 7"),
+            std::string::npos);
+  k.f32()[2 * hkv * d + 5] = 1.0f;
   v.f32()[1 * hkv * d + d + 7] = -70000.0f;  // position 6, the second head
   const std::string why =
       test::error_of([&] { half->kv_store(chunks, table, k.view(), v.view(), kc.view(), vc.view()); });
