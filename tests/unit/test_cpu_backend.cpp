@@ -619,6 +619,33 @@ TEST(CpuBackend, SoftmaxExponentialsAreAccurateAndTheSameOnEveryPath) {
   }
 }
 
+// Softmax's scaling (with its maximum) and normalisation: the vector path, the portable one and the plain loops give
+// the same bits, for lengths around the 16-lane runs (the tail masked: nothing past n is touched); an empty run's
+// maximum is -inf.
+TEST(CpuBackend, SoftmaxScaleMaxAndDivideAreTheSameOnEveryPath) {
+  std::mt19937 rng(6);
+  std::uniform_real_distribution<float> spread(-50.0f, 50.0f);
+  for (const std::int64_t n : {0, 1, 15, 16, 17, 100, 1100}) {
+    std::vector<float> x(static_cast<std::size_t>(n) + 1);
+    for (float& v : x) v = spread(rng);
+    x[std::size_t(n)] = 1e30f;  // a guard past the run, larger than every score: never read, never written
+    std::vector<float> vector = x, portable = x, plain = x;
+    const float scale = 0.125f * 1.0001f, denom = 3.7f;
+    const float max = cpu::scale_and_max(vector.data(), n, scale);
+    const float max_portable = cpu::scale_and_max_without_vectors(portable.data(), n, scale);
+    float max_plain = -INFINITY;
+    for (std::int64_t j = 0; j < n; ++j) max_plain = std::max(max_plain, plain[std::size_t(j)] *= scale);
+    EXPECT_EQ(max, max_plain) << n;
+    EXPECT_EQ(max_portable, max_plain) << n;
+    cpu::divide_by(vector.data(), n, denom);
+    cpu::divide_by_without_vectors(portable.data(), n, denom);
+    for (std::int64_t j = 0; j < n; ++j) plain[std::size_t(j)] /= denom;
+    EXPECT_EQ(0, std::memcmp(vector.data(), plain.data(), vector.size() * 4)) << n;
+    EXPECT_EQ(0, std::memcmp(portable.data(), plain.data(), portable.size() * 4)) << n;
+    EXPECT_EQ(vector[std::size_t(n)], 1e30f) << n;
+  }
+}
+
 // SwiGLU's gate x up with the softmax's exp: the vector path and the portable one give the same bits (lengths
 // around the 16-lane runs, gates from -120 to 120: both ends of exp's clamp), each within 4 ulp of g / (1 + e^-g) x u
 // in double; below a gate of -88 (where exp(-g) is clamped) the result is below 1e-35 in magnitude, as the exact one.

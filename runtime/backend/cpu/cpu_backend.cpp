@@ -469,14 +469,17 @@ class CpuBackend final : public Backend {
   // Scores [first, visible) -> attention weights: scaled (and soft-capped), exp(s - max), normalised.
   static void softmax(float* scores, std::int64_t first, std::int64_t visible, const AttentionParams& params) {
     float max_score = -INFINITY;
-    for (std::int64_t j = first; j < visible; ++j) {
-      float s = scores[j] * params.scale;
-      if (params.softcap > 0) s = params.softcap * std::tanh(s / params.softcap);
-      scores[j] = s;
-      max_score = std::max(max_score, s);
+    if (params.softcap > 0) {
+      for (std::int64_t j = first; j < visible; ++j) {
+        const float s = params.softcap * std::tanh(scores[j] * params.scale / params.softcap);
+        scores[j] = s;
+        max_score = std::max(max_score, s);
+      }
+    } else {
+      max_score = cpu::scale_and_max(scores + first, visible - first, params.scale);
     }
     const float denom = cpu::exp_and_sum(scores + first, visible - first, max_score);
-    for (std::int64_t j = first; j < visible; ++j) scores[j] /= denom;
+    cpu::divide_by(scores + first, visible - first, denom);
   }
 
   void gather_rows(TensorView src, std::span<const std::int32_t> rows, TensorView dst) override {

@@ -604,6 +604,16 @@ float exp_and_sum_portable(float* s, std::int64_t n, float max) {
   return sum;
 }
 
+float scale_and_max_portable(float* s, std::int64_t n, float scale) {
+  float max = -INFINITY;
+  for (std::int64_t i = 0; i < n; ++i) max = std::max(max, s[i] *= scale);
+  return max;
+}
+
+void divide_by_portable(float* s, std::int64_t n, float denom) {
+  for (std::int64_t i = 0; i < n; ++i) s[i] /= denom;
+}
+
 void silu_times_portable(const float* gate, const float* up, float* out, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + exp_portable(-gate[i])) * up[i];
 }
@@ -637,6 +647,26 @@ __attribute__((target(STRATA_AVX512F))) float exp_and_sum_avx512(float* s, std::
   float sum = reduce_lanes_avx512(lanes);
   for (; i < n; ++i) sum += (s[i] = exp_portable(s[i] - max));
   return sum;
+}
+
+__attribute__((target(STRATA_AVX512F))) float scale_and_max_avx512(float* s, std::int64_t n, float scale) {
+  const __m512 factor = _mm512_set1_ps(scale);
+  __m512 max = _mm512_set1_ps(-INFINITY);
+  for (std::int64_t i = 0; i < n; i += kLanes) {  // the tail through a mask: its other lanes neither load nor store
+    const __mmask16 in = n - i >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    const __m512 scaled = _mm512_mul_ps(_mm512_maskz_loadu_ps(in, s + i), factor);
+    _mm512_mask_storeu_ps(s + i, in, scaled);
+    max = _mm512_mask_max_ps(max, in, max, scaled);
+  }
+  return _mm512_reduce_max_ps(max);
+}
+
+__attribute__((target(STRATA_AVX512F))) void divide_by_avx512(float* s, std::int64_t n, float denom) {
+  const __m512 d = _mm512_set1_ps(denom);
+  for (std::int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 in = n - i >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(s + i, in, _mm512_div_ps(_mm512_maskz_loadu_ps(in, s + i), d));
+  }
 }
 
 __attribute__((target(STRATA_AVX512F))) void silu_times_avx512(const float* gate, const float* up, float* out,
@@ -740,6 +770,28 @@ float exp_and_sum(float* s, std::int64_t n, float max) {
 }
 
 float exp_and_sum_without_vectors(float* s, std::int64_t n, float max) { return exp_and_sum_portable(s, n, max); }
+
+float scale_and_max(float* s, std::int64_t n, float scale) {
+#if defined(__x86_64__)
+  static const bool avx512 = has_avx512();
+  if (avx512) return scale_and_max_avx512(s, n, scale);
+#endif
+  return scale_and_max_portable(s, n, scale);
+}
+
+void divide_by(float* s, std::int64_t n, float denom) {
+#if defined(__x86_64__)
+  static const bool avx512 = has_avx512();
+  if (avx512) return divide_by_avx512(s, n, denom);
+#endif
+  divide_by_portable(s, n, denom);
+}
+
+float scale_and_max_without_vectors(float* s, std::int64_t n, float scale) {
+  return scale_and_max_portable(s, n, scale);
+}
+
+void divide_by_without_vectors(float* s, std::int64_t n, float denom) { divide_by_portable(s, n, denom); }
 
 void silu_times(const float* gate, const float* up, float* out, std::int64_t n) {
 #if defined(__x86_64__)

@@ -87,6 +87,15 @@ void weighted_sums(const float* weights, std::int64_t weight_stride, std::int64_
 float exp_and_sum(float* s, std::int64_t n, float max);
 float exp_and_sum_without_vectors(float* s, std::int64_t n, float max);
 
+// Softmax's other two passes: s[j] *= scale for j < n, returning the largest (-inf for n = 0); s[j] /= denom. Each
+// element is one IEEE multiply or divide, and a maximum is the same in any order (up to the sign of a zero, which
+// no exp(s - max) can tell), so the vectors give the scalar loops' bits; the scalar loops were a fifth of a
+// long-context decode step's attention. The _without_vectors twins: the portable loops alone (for tests).
+float scale_and_max(float* s, std::int64_t n, float scale);
+void divide_by(float* s, std::int64_t n, float denom);
+float scale_and_max_without_vectors(float* s, std::int64_t n, float scale);
+void divide_by_without_vectors(float* s, std::int64_t n, float denom);
+
 // SwiGLU's product: out[i] = g / (1 + exp(-g)) * up[i] with g = gate[i] and exp the softmax's above (the same bits
 // with or without AVX-512; below g = -88.7, where exp(-g) is clamped, |out| stays under 1e-35 as the exact value
 // does); libm's expf called per element was most of the op. silu_times_without_vectors: the portable path alone
