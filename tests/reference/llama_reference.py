@@ -179,6 +179,9 @@ def cached(x):
     return x
 
 
+plain_cached = cached  # as plain_linear: compare swaps `cached` and restores this
+
+
 def rotate_half(x):
     half = x.shape[-1] // 2
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
@@ -302,7 +305,7 @@ def forward(weights, config, token_ids, prompt_tokens=None):
 def compare(args):
     global linear, cached
     linear = bf16_input_linear if args.bf16_inputs else plain_linear
-    cached = round_to_f16 if args.f16_kv else (lambda x: x)
+    cached = round_to_f16 if args.f16_kv else plain_cached
     weights, config, manifest = load_checkpoint(args.checkpoint)
     if args.perturb:
         weights[PERTURBED_TENSOR] = weights[PERTURBED_TENSOR] + 1e-2

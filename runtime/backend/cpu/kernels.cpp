@@ -649,11 +649,16 @@ __attribute__((target(STRATA_AVX512F))) float exp_and_sum_avx512(float* s, std::
   return sum;
 }
 
+// The first min(left, 16) lanes: a run's last vector, loaded and stored through this mask, touches nothing past it.
+__attribute__((target(STRATA_AVX512F), always_inline)) inline __mmask16 lanes_within(std::int64_t left) {
+  return left >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+}
+
 __attribute__((target(STRATA_AVX512F))) float scale_and_max_avx512(float* s, std::int64_t n, float scale) {
   const __m512 factor = _mm512_set1_ps(scale);
   __m512 max = _mm512_set1_ps(-INFINITY);
-  for (std::int64_t i = 0; i < n; i += kLanes) {  // the tail through a mask: its other lanes neither load nor store
-    const __mmask16 in = n - i >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+  for (std::int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 in = lanes_within(n - i);
     const __m512 scaled = _mm512_mul_ps(_mm512_maskz_loadu_ps(in, s + i), factor);
     _mm512_mask_storeu_ps(s + i, in, scaled);
     max = _mm512_mask_max_ps(max, in, max, scaled);
@@ -664,7 +669,7 @@ __attribute__((target(STRATA_AVX512F))) float scale_and_max_avx512(float* s, std
 __attribute__((target(STRATA_AVX512F))) void divide_by_avx512(float* s, std::int64_t n, float denom) {
   const __m512 d = _mm512_set1_ps(denom);
   for (std::int64_t i = 0; i < n; i += kLanes) {
-    const __mmask16 in = n - i >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    const __mmask16 in = lanes_within(n - i);
     _mm512_mask_storeu_ps(s + i, in, _mm512_div_ps(_mm512_maskz_loadu_ps(in, s + i), d));
   }
 }
