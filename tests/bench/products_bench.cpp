@@ -1,0 +1,136 @@
+// The CPU backend's weight products alone (row_dot_products_with, kernels.h), for docs/performance.md:
+//   strata_products_bench [--in K] [--mb M] [--cache-kb C] [--tokens T1,T2,...] [--threads N] [--kernel NAME]
+// y = x w^T for each token count T over bf16 weights of K columns: once over M MB of rows, more than any cache
+// holds (read from memory, as a decode step reads its weights), and over C KB of rows called again and again, so
+// that each thread's share stays in its L2 (the arithmetic without the memory traffic). Both are printed as the time
+// the M MB would take, so they compare directly; T = 1 is the rate at which the kernel streams the weights.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "runtime/backend/cpu/kernels.h"
+#include "runtime/backend/cpu/workers.h"
+#include "runtime/base/dtype.h"
+
+namespace {
+
+struct Options {
+  std::int64_t in = 768;
+  double mb = 200, cache_kb = 768;
+  std::vector<std::int64_t> tokens{1, 16, 64};
+  int threads = 2;
+  std::string kernel;  // empty: the one the backend uses
+};
+
+[[noreturn]] void usage(const char* program, const std::string& why) {
+  std::fprintf(stderr,
+               "%s: %s\nusage: %s [--in K] [--mb M] [--cache-kb C] [--tokens T1,T2,...] [--threads N] "
+               "[--kernel NAME]\n",
+               program, why.c_str(), program);
+  std::exit(2);
+}
+
+double positive(const char* program, const std::string& option, const std::string& value) {
+  char* end = nullptr;
+  const double v = std::strtod(value.c_str(), &end);
+  if (end == value.c_str() || *end != '\0' || !(v > 0)) usage(program, option + " must be a positive number");
+  return v;
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (i + 1 >= argc) usage(argv[0], "missing value after " + a);
+    const std::string v = argv[++i];
+    if (a == "--in") {
+      o.in = std::int64_t(positive(argv[0], a, v));
+    } else if (a == "--mb") {
+      o.mb = positive(argv[0], a, v);
+    } else if (a == "--cache-kb") {
+      o.cache_kb = positive(argv[0], a, v);
+    } else if (a == "--threads") {
+      o.threads = int(positive(argv[0], a, v));
+    } else if (a == "--kernel") {
+      o.kernel = v;
+    } else if (a == "--tokens") {
+      o.tokens.clear();
+      std::stringstream list(v);
+      for (std::string t; std::getline(list, t, ',');) o.tokens.push_back(std::int64_t(positive(argv[0], a, t)));
+    } else {
+      usage(argv[0], "unknown option " + a);
+    }
+  }
+  if (o.kernel.empty()) o.kernel = strata::cpu::row_kernel_name();
+  const auto kernels = strata::cpu::row_kernels();
+  if (std::find(kernels.begin(), kernels.end(), o.kernel) == kernels.end())
+    usage(argv[0], "--kernel " + o.kernel + " is not one this CPU runs");
+  return o;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// bf16 values near 1 (random low mantissa bits): no denormals, no overflow whatever the token count.
+std::vector<std::uint16_t> random_bf16_rows(std::int64_t rows, std::int64_t in) {
+  std::vector<std::uint16_t> w(std::size_t(rows * in));
+  std::mt19937 rng(1);
+  for (auto& v : w) v = std::uint16_t(0x3f80 ^ (rng() & 0x7f));
+  return w;
+}
+
+struct Product {
+  strata::cpu::Workers& workers;
+  const Options& o;
+  std::vector<float> x, y;
+
+  // Best time of `calls` products of `tokens` tokens over `rows` rows of w, over five tries.
+  double seconds(const std::vector<std::uint16_t>& w, std::int64_t rows, std::int64_t tokens, int calls) {
+    double best = 1e30;
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int c = 0; c < calls; ++c)
+        strata::cpu::row_dot_products_with(workers, o.kernel, x.data(), w.data(), strata::DType::BF16, y.data(), tokens,
+                                           rows, o.in);
+      best = std::min(best, seconds_since(t0));
+    }
+    return best;
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options o = parse(argc, argv);
+  const std::int64_t memory_rows = std::max<std::int64_t>(1, std::int64_t(o.mb * 1e6 / 2) / o.in);
+  const std::int64_t cache_rows = std::max<std::int64_t>(1, std::int64_t(o.cache_kb * 1024 / 2) / o.in);
+  const auto memory_w = random_bf16_rows(memory_rows, o.in), cache_w = random_bf16_rows(cache_rows, o.in);
+  const std::int64_t most = *std::max_element(o.tokens.begin(), o.tokens.end());
+  strata::cpu::Workers workers(o.threads);
+  Product product{workers, o, std::vector<float>(std::size_t(most * o.in), 0.5f),
+                  std::vector<float>(std::size_t(most * std::max(memory_rows, cache_rows)))};
+  // The in-cache figure scaled to the memory matrix's rows: calls enough to take about as long as one memory call.
+  const int cache_calls = int(std::max<std::int64_t>(1, memory_rows / cache_rows));
+  const double scale = double(memory_rows) / double(cache_rows * cache_calls);
+  std::printf("%s kernel, %d threads, bf16 rows of %lld: %.1f MB from memory, %.0f KB in cache (called %d times)\n",
+              o.kernel.c_str(), o.threads, static_cast<long long>(o.in), double(memory_rows * o.in * 2) / 1e6,
+              double(cache_rows * o.in * 2) / 1024, cache_calls);
+  for (int round = 1; round <= 3; ++round) {  // alternating: this kind of machine drifts between runs
+    for (const std::int64_t tokens : o.tokens) {
+      const double memory = product.seconds(memory_w, memory_rows, tokens, 1);
+      const double cache = product.seconds(cache_w, cache_rows, tokens, cache_calls) * scale;
+      const double flops = 2.0 * double(memory_rows * o.in) * double(tokens);
+      std::printf(
+          "round %d, %3lld tokens: from memory %7.2f ms (%6.1f GFLOP/s, %5.1f GB/s of weights); in cache %7.2f ms "
+          "(%6.1f GFLOP/s)\n",
+          round, static_cast<long long>(tokens), memory * 1e3, flops / memory / 1e9,
+          double(memory_rows * o.in * 2) / memory / 1e9, cache * 1e3, flops / cache / 1e9);
+    }
+  }
+}
