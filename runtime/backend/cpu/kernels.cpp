@@ -213,7 +213,7 @@ __attribute__((target(STRATA_AVX512BF16), always_inline)) inline void bf16_dots_
   }
 }
 
-template <int Rows, int Tokens>
+template <int Rows, int Tokens, bool Fetch>
 __attribute__((target(STRATA_AVX512BF16))) void tile_bf16_dots(const std::uint16_t* x, const std::uint16_t* w, float* y,
                                                                std::int64_t out, std::int64_t in) {
   __m512 acc[Rows][Tokens];
@@ -225,8 +225,9 @@ __attribute__((target(STRATA_AVX512BF16))) void tile_bf16_dots(const std::uint16
   constexpr std::int64_t kPair = 2 * kLanes;                             // bf16 values per instruction
   std::int64_t i = 0;
   for (; i + kPair <= in; i += kPair) {
+    if constexpr (Fetch)
 #pragma GCC unroll 4
-    for (int p = 0; p < Rows * 64; p += 64) _mm_prefetch(ahead + Rows * i * 2 + p, _MM_HINT_T0);
+      for (int p = 0; p < Rows * 64; p += 64) _mm_prefetch(ahead + Rows * i * 2 + p, _MM_HINT_T0);
     bf16_dots_step<Rows, Tokens>(x + i, w + i, in, ~__mmask32(0), acc);
   }
   if (i < in) bf16_dots_step<Rows, Tokens>(x + i, w + i, in, __mmask32((1u << (in - i)) - 1), acc);
@@ -239,16 +240,24 @@ __attribute__((target(STRATA_AVX512BF16))) void tile_bf16_dots(const std::uint16
 __attribute__((target(STRATA_AVX512BF16))) void rows_bf16_dots(const std::uint16_t* x, const std::uint16_t* w, float* y,
                                                                std::int64_t tokens, std::int64_t begin,
                                                                std::int64_t end, std::int64_t out, std::int64_t in) {
-  for (std::int64_t t0 = 0; t0 < tokens; t0 += kTileTokens) {
+  if (tokens <= 0) return;
+  const auto pass = [&](std::int64_t t0, auto fetch) {
     const std::int64_t n = tokens - t0;
     std::int64_t r = begin;
     for (; r + 4 <= end; r += 4)
-      with_tile_count<kTileTokens>(
-          n, [&](auto t) { tile_bf16_dots<4, t()>(x + t0 * in, w + (r - begin) * in, y + t0 * out + r, out, in); });
+      with_tile_count<kTileTokens>(n, [&](auto t) {
+        tile_bf16_dots<4, t(), fetch()>(x + t0 * in, w + (r - begin) * in, y + t0 * out + r, out, in);
+      });
     for (; r < end; ++r)
-      with_tile_count<kTileTokens>(
-          n, [&](auto t) { tile_bf16_dots<1, t()>(x + t0 * in, w + (r - begin) * in, y + t0 * out + r, out, in); });
-  }
+      with_tile_count<kTileTokens>(n, [&](auto t) {
+        tile_bf16_dots<1, t(), fetch()>(x + t0 * in, w + (r - begin) * in, y + t0 * out + r, out, in);
+      });
+  };
+  // Only the first token tile's pass requests the rows ahead: it reads them from memory, and the later passes find
+  // them in L2, where requests would only bring lines into L1 that the arithmetic does not need yet, pushing out the
+  // activations it does (with 2048-wide rows, 64-token products ran ~10% faster without them).
+  pass(0, std::true_type{});
+  for (std::int64_t t0 = kTileTokens; t0 < tokens; t0 += kTileTokens) pass(t0, std::false_type{});
 }
 #pragma GCC diagnostic pop
 #endif
