@@ -563,8 +563,28 @@ TEST(CpuBackend, AttentionPassesFollowTheirDefinedOrder) {
         cpu::weighted_sum(weights.data(), halves.data(), stride, count, n, oh.data());
         cpu::weighted_sum(weights.data(), rounded.data(), stride, count, n, orounded.data());
         EXPECT_EQ(0, std::memcmp(oh.data(), orounded.data(), oh.size() * 4)) << "f16 weighted_sum n " << n;
-        // A GQA group's heads together (1 to 6: sets of up to 4 and a rest): each head as weighted_sum alone.
-        for (const std::int64_t heads : {1, 3, 4, 6}) {
+        // A GQA group's heads together (1 to 6: sets of up to 4 and a rest for the sums, threes and a two or a one for
+        // the scores): each head's scores as dots and its sums as weighted_sum alone.
+        for (const std::int64_t heads : {1, 2, 3, 4, 5, 6}) {
+          const std::int64_t score_stride = count + 2;  // a guard past each head's scores: must stay as it is
+          std::vector<float> group_q(static_cast<std::size_t>(heads * n));
+          for (float& x : group_q) x = normal(rng);
+          std::vector<float> group_scores(static_cast<std::size_t>(heads * score_stride), -3.0f);
+          std::vector<float> group_scores_f16 = group_scores, alone_scores = group_scores;
+          std::vector<float> alone_scores_f16 = group_scores;
+          cpu::group_dots(group_q.data(), heads, rows.data(), stride, count, n, group_scores.data(), score_stride);
+          cpu::group_dots(group_q.data(), heads, halves.data(), stride, count, n, group_scores_f16.data(),
+                          score_stride);
+          for (std::int64_t g = 0; g < heads; ++g) {
+            cpu::dots(group_q.data() + g * n, rows.data(), stride, count, n, alone_scores.data() + g * score_stride);
+            cpu::dots(group_q.data() + g * n, halves.data(), stride, count, n,
+                      alone_scores_f16.data() + g * score_stride);
+          }
+          EXPECT_EQ(0, std::memcmp(group_scores.data(), alone_scores.data(), alone_scores.size() * 4))
+              << "group_dots heads " << heads << " n " << n << " x " << count << " stride " << stride;
+          EXPECT_EQ(0, std::memcmp(group_scores_f16.data(), alone_scores_f16.data(), alone_scores.size() * 4))
+              << "f16 group_dots heads " << heads << " n " << n << " x " << count << " stride " << stride;
+
           const std::int64_t weight_stride = count + 3;
           std::vector<float> group_weights(static_cast<std::size_t>(heads * weight_stride));
           for (float& w : group_weights) w = normal(rng);

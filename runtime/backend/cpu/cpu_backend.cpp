@@ -441,8 +441,7 @@ class CpuBackend final : public Backend {
       for (std::int64_t j = first; j < visible;) {
         const std::int64_t run = run_at(j);
         request_until(j - first + run + kFetchAhead * blocks.size);
-        for (std::int64_t g = 0; g < group; ++g)
-          cpu::dots(qv + g * dim, rows_at(key_rows, j), stride, run, dim, scores + g * longest + j);
+        cpu::group_dots(qv, group, rows_at(key_rows, j), stride, run, dim, scores + j, longest);
         j += run;
       }
       for (std::int64_t g = 0; g < group; ++g) softmax(scores + g * longest, first, visible, params);

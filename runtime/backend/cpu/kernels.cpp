@@ -504,6 +504,52 @@ __attribute__((target(STRATA_AVX512F))) void dots16_packed_avx512(const float* q
   }
   _mm512_storeu_ps(scores, lane_trees16(a));
 }
+
+// lane_trees16 for 8 accumulators: the same tree per accumulator (lanes j and j + 8, then j + 4, j + 2, j + 1), so
+// the same bits; lane k < 8 of the result is accumulator k's sum.
+__attribute__((target(STRATA_AVX512F), always_inline)) inline __m256 lane_trees8(const __m512 (&a)[8]) {
+  __m512 b[4], c[2];
+  for (int p = 0; p < 4; ++p)
+    b[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0x44),
+                         _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0xEE));
+  for (int p = 0; p < 2; ++p)
+    c[p] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], 0x88),
+                         _mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], 0xDD));
+  const __m512 d = _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm512_shuffle_ps(c[0], c[1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d, d, _MM_SHUFFLE(2, 0, 2, 0)),  // lane 4k: row k, 4k + 1: 4 + k
+                                 _mm512_shuffle_ps(d, d, _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+  return _mm512_castps512_ps256(_mm512_permutexvar_ps(order, e));
+}
+
+// dots16_packed_avx512 for G query heads (a GQA group, D floats each, one after another) over 8 keys: each key
+// chunk is loaded (f16: widened) once for the G heads instead of once per head; each score's FMAs and tree are
+// those of dots16_packed_avx512, so the same bits. Head g's scores go to scores + g * score_stride.
+template <typename K, int D, int G>
+__attribute__((target(STRATA_AVX512F))) void group_dots8_avx512(const float* q, const K* keys, float* scores,
+                                                                std::int64_t score_stride) {
+  static_assert(D % kLanes == 0 && G * 8 + G + 1 <= 32);  // accumulators, queries and a key in the registers
+  __m512 a[G][8];
+#pragma GCC unroll 3
+  for (int g = 0; g < G; ++g)
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; ++k) a[g][k] = _mm512_setzero_ps();
+#pragma GCC unroll 8
+  for (int i = 0; i < D; i += kLanes) {
+    __m512 qv[G];
+#pragma GCC unroll 3
+    for (int g = 0; g < G; ++g) qv[g] = _mm512_loadu_ps(q + g * D + i);
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; ++k) {
+      const __m512 kv = load16(keys + k * D + i);
+#pragma GCC unroll 3
+      for (int g = 0; g < G; ++g) a[g][k] = _mm512_fmadd_ps(kv, qv[g], a[g][k]);
+    }
+  }
+#pragma GCC unroll 3
+  for (int g = 0; g < G; ++g) _mm256_storeu_ps(scores + g * score_stride, lane_trees8(a[g]));
+}
 #pragma GCC diagnostic pop
 #endif
 
@@ -537,6 +583,31 @@ void dots_of(const float* q, const K* keys, std::int64_t stride, std::int64_t co
       scores[r] = dot_in_order(q, row.data(), n);
     }
   }
+}
+
+// dots_of for `heads` query heads over the same keys (a GQA group): head g's query at q + g * n, its scores at
+// scores + g * score_stride. With AVX-512 and whole rows of 64 or 128 side by side, up to three heads at a time go
+// through 8 keys together (group_dots8_avx512); the rest, and every other shape, one head at a time. Every score the
+// bits of dots_of's.
+template <typename K>
+void group_dots_of(const float* q, std::int64_t heads, const K* keys, std::int64_t stride, std::int64_t count,
+                   std::int64_t n, float* scores, std::int64_t score_stride) {
+  std::int64_t h = 0;
+#if defined(__x86_64__)
+  static const bool avx512 = has_avx512();
+  if (avx512 && heads > 1 && stride == n && (n == 64 || n == 128)) {
+    const std::int64_t whole = count - count % 8;
+    for (std::int64_t g; (g = std::min<std::int64_t>(3, heads - h)) >= 2; h += g) {  // threes, then a two or a one
+      const auto kernel = n == 64 ? (g == 3 ? group_dots8_avx512<K, 64, 3> : group_dots8_avx512<K, 64, 2>)
+                                  : (g == 3 ? group_dots8_avx512<K, 128, 3> : group_dots8_avx512<K, 128, 2>);
+      for (std::int64_t r = 0; r < whole; r += 8)
+        kernel(q + h * n, keys + r * stride, scores + h * score_stride + r, score_stride);
+      for (std::int64_t e = h; e < h + g; ++e)
+        dots_of(q + e * n, keys + whole * stride, stride, count - whole, n, scores + e * score_stride + whole);
+    }
+  }
+#endif
+  for (; h < heads; ++h) dots_of(q + h * n, keys, stride, count, n, scores + h * score_stride);
 }
 
 #if defined(__x86_64__)
@@ -706,6 +777,16 @@ STRATA_CLONES void dots(const float* q, const float* keys, std::int64_t stride, 
 
 void dots(const float* q, const Half* keys, std::int64_t stride, std::int64_t count, std::int64_t n, float* scores) {
   dots_of(q, keys, stride, count, n, scores);
+}
+
+void group_dots(const float* q, std::int64_t heads, const float* keys, std::int64_t stride, std::int64_t count,
+                std::int64_t n, float* scores, std::int64_t score_stride) {
+  group_dots_of(q, heads, keys, stride, count, n, scores, score_stride);
+}
+
+void group_dots(const float* q, std::int64_t heads, const Half* keys, std::int64_t stride, std::int64_t count,
+                std::int64_t n, float* scores, std::int64_t score_stride) {
+  group_dots_of(q, heads, keys, stride, count, n, scores, score_stride);
 }
 
 STRATA_CLONES void weighted_sum(const float* weights, const float* values, std::int64_t stride, std::int64_t count,

@@ -66,6 +66,13 @@ void axpy(float alpha, const float* x, float* y, std::int64_t n);
 void dots(const float* q, const float* keys, std::int64_t stride, std::int64_t count, std::int64_t n, float* scores);
 // The same on f16 rows (an f16 KV cache): the arithmetic of f32 rows holding the same values, every path.
 void dots(const float* q, const Half* keys, std::int64_t stride, std::int64_t count, std::int64_t n, float* scores);
+// dots for `heads` query heads over the same keys (a GQA group): head g's query at q + g * n, its scores at
+// scores + g * score_stride, each score the bits dots gives it (AVX-512: a few heads' scores side by side, each key
+// loaded, and widened from f16, once for them).
+void group_dots(const float* q, std::int64_t heads, const float* keys, std::int64_t stride, std::int64_t count,
+                std::int64_t n, float* scores, std::int64_t score_stride);
+void group_dots(const float* q, std::int64_t heads, const Half* keys, std::int64_t stride, std::int64_t count,
+                std::int64_t n, float* scores, std::int64_t score_stride);
 // o += weights[r] * (values + r * stride) for r < count in order, axpy's arithmetic per element (o kept in registers,
 // 64 elements at a time).
 void weighted_sum(const float* weights, const float* values, std::int64_t stride, std::int64_t count, std::int64_t n,
