@@ -42,6 +42,13 @@ double positive(const char* program, const std::string& option, const std::strin
   return v;
 }
 
+std::int64_t count(const char* program, const std::string& option, const std::string& value) {
+  char* end = nullptr;
+  const long long v = std::strtoll(value.c_str(), &end, 10);
+  if (end == value.c_str() || *end != '\0' || v < 1) usage(program, option + " must be a whole number >= 1");
+  return v;
+}
+
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
@@ -49,19 +56,19 @@ Options parse(int argc, char** argv) {
     if (i + 1 >= argc) usage(argv[0], "missing value after " + a);
     const std::string v = argv[++i];
     if (a == "--in") {
-      o.in = std::int64_t(positive(argv[0], a, v));
+      o.in = count(argv[0], a, v);
     } else if (a == "--mb") {
       o.mb = positive(argv[0], a, v);
     } else if (a == "--cache-kb") {
       o.cache_kb = positive(argv[0], a, v);
     } else if (a == "--threads") {
-      o.threads = int(positive(argv[0], a, v));
+      o.threads = int(count(argv[0], a, v));
     } else if (a == "--kernel") {
       o.kernel = v;
     } else if (a == "--tokens") {
       o.tokens.clear();
       std::stringstream list(v);
-      for (std::string t; std::getline(list, t, ',');) o.tokens.push_back(std::int64_t(positive(argv[0], a, t)));
+      for (std::string t; std::getline(list, t, ',');) o.tokens.push_back(count(argv[0], a, t));
     } else {
       usage(argv[0], "unknown option " + a);
     }

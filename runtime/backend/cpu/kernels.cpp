@@ -388,8 +388,10 @@ void bf16_dot_products(Workers& workers, const float* x, const std::uint16_t* w,
                        std::int64_t out, std::int64_t in) {
   const std::int64_t ldx = odd_lines_stride(in);
   thread_local std::vector<std::uint16_t> rounded;
-  if (rounded.size() < std::size_t(tokens * ldx)) rounded.resize(std::size_t(tokens * ldx));
-  std::uint16_t* xs = rounded.data();
+  // Rows start on a cache line (the vector's own storage is 16-byte aligned), so no 64-byte load spans two lines.
+  if (rounded.size() < std::size_t(tokens * ldx + 32)) rounded.resize(std::size_t(tokens * ldx + 32));
+  const std::size_t misaligned = reinterpret_cast<std::uintptr_t>(rounded.data()) % 64;
+  std::uint16_t* xs = rounded.data() + (misaligned ? (64 - misaligned) / 2 : 0);
   workers.split(tokens, [&](std::int64_t first, std::int64_t last) {
     for (std::int64_t t = first; t < last; ++t) round_to_bf16(x + t * in, xs + t * ldx, in);
   });
@@ -609,13 +611,15 @@ void group_dots_of(const float* q, std::int64_t heads, const K* keys, std::int64
   static const bool avx512 = has_avx512();
   if (avx512 && heads > 1 && stride == n && (n == 64 || n == 128)) {
     const std::int64_t whole = count - count % 8;
-    for (std::int64_t g; (g = std::min<std::int64_t>(3, heads - h)) >= 2; h += g) {  // threes, then a two or a one
+    while (heads - h >= 2) {  // threes, then a two or a one
+      const std::int64_t g = std::min<std::int64_t>(3, heads - h);
       const auto kernel = n == 64 ? (g == 3 ? group_dots8_avx512<K, 64, 3> : group_dots8_avx512<K, 64, 2>)
                                   : (g == 3 ? group_dots8_avx512<K, 128, 3> : group_dots8_avx512<K, 128, 2>);
       for (std::int64_t r = 0; r < whole; r += 8)
         kernel(q + h * n, keys + r * stride, scores + h * score_stride + r, score_stride);
       for (std::int64_t e = h; e < h + g; ++e)
         dots_of(q + e * n, keys + whole * stride, stride, count - whole, n, scores + e * score_stride + whole);
+      h += g;
     }
   }
 #endif
