@@ -457,22 +457,32 @@ __attribute__((target(STRATA_AVX512F), always_inline)) inline __m512 load16(cons
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(at)));
 }
 
+// The four levels of the lane trees, each folding two vectors of partial sums into one: (j, j + 8) of each input,
+// the two inputs side by side; then (j, j + 4), one input's partials per 128-bit lane; (j, j + 2); (0, 1).
+// lane_trees16 and lane_trees8 are built from these alone, so every sum takes the same adds in either.
+__attribute__((target(STRATA_AVX512F), always_inline)) inline __m512 fold_eighths(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+}
+__attribute__((target(STRATA_AVX512F), always_inline)) inline __m512 fold_quarters(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
+}
+__attribute__((target(STRATA_AVX512F), always_inline)) inline __m512 fold_pairs(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+__attribute__((target(STRATA_AVX512F), always_inline)) inline __m512 fold_last(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
 // The 16 accumulators' lane trees reduced together (see above): lane k of the result is accumulator k's sum.
 __attribute__((target(STRATA_AVX512F), always_inline)) inline __m512 lane_trees16(const __m512 (&a)[16]) {
   __m512 b[8], c[4], d[2];
-  for (int p = 0; p < 8; ++p)  // (j, j + 8): positions 2p, 2p + 1 side by side
-    b[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0x44),
-                         _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0xEE));
-  for (int p = 0; p < 4; ++p)  // (j, j + 4): one position per 128-bit lane
-    c[p] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], 0x88),
-                         _mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], 0xDD));
-  for (int p = 0; p < 2; ++p)  // (j, j + 2)
-    d[p] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * p], c[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                         _mm512_shuffle_ps(c[2 * p], c[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-  const __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),  // (0, 1)
-                                 _mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  for (int p = 0; p < 8; ++p) b[p] = fold_eighths(a[2 * p], a[2 * p + 1]);   // positions 2p, 2p + 1 side by side
+  for (int p = 0; p < 4; ++p) c[p] = fold_quarters(b[2 * p], b[2 * p + 1]);  // one position per 128-bit lane
+  for (int p = 0; p < 2; ++p) d[p] = fold_pairs(c[2 * p], c[2 * p + 1]);
   const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  return _mm512_permutexvar_ps(order, e);
+  return _mm512_permutexvar_ps(order, fold_last(d[0], d[1]));
 }
 
 template <typename K>
@@ -519,20 +529,14 @@ __attribute__((target(STRATA_AVX512F))) void dots16_packed_avx512(const float* q
   _mm512_storeu_ps(scores, lane_trees16(a));
 }
 
-// lane_trees16 for 8 accumulators: the same tree per accumulator (lanes j and j + 8, then j + 4, j + 2, j + 1), so
-// the same bits; lane k < 8 of the result is accumulator k's sum.
+// lane_trees16 for 8 accumulators, from the same folds (the last one on a single vector), so the same bits; lane
+// k < 8 of the result is accumulator k's sum.
 __attribute__((target(STRATA_AVX512F), always_inline)) inline __m256 lane_trees8(const __m512 (&a)[8]) {
   __m512 b[4], c[2];
-  for (int p = 0; p < 4; ++p)
-    b[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0x44),
-                         _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0xEE));
-  for (int p = 0; p < 2; ++p)
-    c[p] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], 0x88),
-                         _mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], 0xDD));
-  const __m512 d = _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], _MM_SHUFFLE(1, 0, 1, 0)),
-                                 _mm512_shuffle_ps(c[0], c[1], _MM_SHUFFLE(3, 2, 3, 2)));
-  const __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d, d, _MM_SHUFFLE(2, 0, 2, 0)),  // lane 4k: row k, 4k + 1: 4 + k
-                                 _mm512_shuffle_ps(d, d, _MM_SHUFFLE(3, 1, 3, 1)));
+  for (int p = 0; p < 4; ++p) b[p] = fold_eighths(a[2 * p], a[2 * p + 1]);
+  for (int p = 0; p < 2; ++p) c[p] = fold_quarters(b[2 * p], b[2 * p + 1]);
+  const __m512 d = fold_pairs(c[0], c[1]);
+  const __m512 e = fold_last(d, d);  // lane 4k: accumulator k, 4k + 1: accumulator 4 + k
   const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
   return _mm512_castps512_ps256(_mm512_permutexvar_ps(order, e));
 }
