@@ -8,12 +8,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <utility>
 
 #include "runtime/backend/backend.h"
 #include "runtime/backend/cpu/kernels.h"
 #include "runtime/backend/cpu/quant.h"
+#include "runtime/backend/host_candidates.h"
 #include "runtime/base/error.h"
 #include "test_support.h"
 #include "tests/unit/error_of.h"
@@ -636,6 +638,82 @@ TEST(CpuBackend, SoftmaxExponentialsAreAccurateAndTheSameOnEveryPath) {
     }
     EXPECT_LE(worst_ulps, 3.0) << n;
     EXPECT_LT(std::fabs(sum - exact_sum) / exact_sum, 1e-6) << n;
+  }
+}
+
+// Greedy sampling's pick: the first of the greatest values, NaN below every number, index 0 when nothing is above
+// -inf; the vector path and the portable loop against a plain reference, for lengths around the 16-lane runs, rows
+// of few distinct values (ties everywhere), NaNs, infinities and signed zeros, the greatest value in a masked tail,
+// and a guard past the row that is greater than all (never read).
+TEST(CpuBackend, GreedyIndexIsTheFirstGreatestOnEveryPath) {
+  const auto reference = [](const std::vector<float>& x, std::int64_t n) {
+    std::int64_t best = 0;
+    for (std::int64_t i = 1; i < n; ++i) {
+      const float v = std::isnan(x[std::size_t(i)]) ? -INFINITY : x[std::size_t(i)];
+      const float b = std::isnan(x[std::size_t(best)]) ? -INFINITY : x[std::size_t(best)];
+      if (v > b) best = i;
+    }
+    return best;
+  };
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> level(-3, 3), pick(0, 9);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  int checked = 0;
+  for (const std::int64_t n : {1, 2, 15, 16, 17, 33, 100, 1100, 32000}) {
+    for (int kind = 0; kind < 6; ++kind) {
+      std::vector<float> x(static_cast<std::size_t>(n) + 1);
+      for (float& v : x) {
+        const int p = pick(rng);
+        v = p == 0 ? nan : p == 1 ? -INFINITY : p == 2 ? -0.0f : float(level(rng));
+      }
+      if (kind == 1) std::fill(x.begin(), x.end() - 1, nan);  // nothing above -inf: index 0
+      if (kind == 2) std::fill(x.begin(), x.end() - 1, -INFINITY);
+      if (kind == 3) x[std::size_t(n - 1)] = 7.0f;  // the greatest last, in the tail when n % 16 != 0
+      if (kind == 4)
+        for (float& v : x) v = std::isnan(v) || v > 0 ? -0.0f : v;  // the greatest a zero of either sign
+      if (kind == 5) x[std::size_t(n / 2)] = INFINITY;
+      x[std::size_t(n)] = 1e30f;  // past the row
+      const std::int64_t expected = reference(x, n);
+      EXPECT_EQ(cpu::greedy_index(x.data(), n), expected) << n << " kind " << kind;
+      EXPECT_EQ(cpu::greedy_index_without_vectors(x.data(), n), expected) << n << " kind " << kind;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 54);
+}
+
+// A batch's sampling rows go over the threads (2 here, with rows x vocab past the size shared out): every row's
+// candidates, whatever its mode, are those host_candidates gives for that row alone, written at its offset.
+TEST(CpuBackend, SampleCandidatesOverThreadsAreEachRowsOwn) {
+  auto backend = make_cpu_backend(2);
+  const std::int64_t rows = 12, vocab = 3001;
+  Tensor logits = backend->allocate({rows, vocab}, DType::F32);
+  std::mt19937 rng(12);
+  std::uniform_int_distribution<int> level(-40, 40);
+  for (std::int64_t i = 0; i < logits.numel(); ++i) logits.f32()[i] = float(level(rng)) / 8;  // many ties
+  logits.f32()[5 * vocab + 17] = std::numeric_limits<float>::quiet_NaN();
+  std::vector<CandidateRequest> requests(static_cast<std::size_t>(rows));
+  std::vector<std::int64_t> offsets;
+  std::int64_t total = 0;
+  for (std::int64_t i = 0; i < rows; ++i) {
+    CandidateRequest& r = requests[std::size_t(i)];
+    r = i % 3 == 0   ? CandidateRequest{CandidateMode::TopK, 0.7f, std::int32_t(1 + i), 0, 0}
+        : i % 3 == 1 ? CandidateRequest{CandidateMode::Gumbel, 1.3f, 1, std::uint64_t(100 + i), i}
+                     : CandidateRequest{CandidateMode::Greedy, 1.0f, 1, 0, 0};
+    offsets.push_back(total);
+    total += r.mode == CandidateMode::TopK ? r.count : 1;
+  }
+  std::vector<SampleCandidate> out(static_cast<std::size_t>(total), SampleCandidate{0.0f, -1});
+  backend->sample_candidates(logits.view(), 500, requests, offsets, out.data());
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const CandidateRequest& r = requests[std::size_t(i)];
+    std::vector<SampleCandidate> alone(static_cast<std::size_t>(r.mode == CandidateMode::TopK ? r.count : 1));
+    host_candidates(logits.f32() + i * vocab, vocab, 500, r, alone.data());
+    for (std::size_t k = 0; k < alone.size(); ++k) {
+      const SampleCandidate& got = out[std::size_t(offsets[std::size_t(i)]) + k];
+      EXPECT_EQ(got.id, alone[k].id) << "row " << i << " candidate " << k;
+      EXPECT_EQ(got.value, alone[k].value) << "row " << i << " candidate " << k;
+    }
   }
 }
 

@@ -714,6 +714,14 @@ void divide_by_portable(float* s, std::int64_t n, float denom) {
   for (std::int64_t i = 0; i < n; ++i) s[i] /= denom;
 }
 
+std::int64_t greedy_index_portable(const float* row, std::int64_t n) {
+  std::int64_t best = 0;
+  float best_value = -INFINITY;
+  for (std::int64_t i = 0; i < n; ++i)
+    if (row[i] > best_value) best_value = row[i], best = i;  // false for NaN; an equal value keeps the first
+  return best;
+}
+
 void silu_times_portable(const float* gate, const float* up, float* out, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + exp_portable(-gate[i])) * up[i];
 }
@@ -772,6 +780,24 @@ __attribute__((target(STRATA_AVX512F))) void divide_by_avx512(float* s, std::int
     const __mmask16 in = lanes_within(n - i);
     _mm512_mask_storeu_ps(s + i, in, _mm512_div_ps(_mm512_maskz_loadu_ps(in, s + i), d));
   }
+}
+
+__attribute__((target(STRATA_AVX512F))) std::int64_t greedy_index_avx512(const float* row, std::int64_t n) {
+  __m512 max = _mm512_set1_ps(-INFINITY);
+  for (std::int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 in = lanes_within(n - i);
+    const __m512 v = _mm512_maskz_loadu_ps(in, row + i);
+    max = _mm512_mask_max_ps(max, in & _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), max, v);  // NaN lanes left out
+  }
+  const float best = _mm512_reduce_max_ps(max);
+  if (best == -INFINITY) return 0;  // nothing above -inf: the portable loop's index
+  const __m512 wanted = _mm512_set1_ps(best);
+  for (std::int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 in = lanes_within(n - i);  // nothing past the row is read (nor counts, as a zero would)
+    const __mmask16 equal = _mm512_mask_cmp_ps_mask(in, _mm512_maskz_loadu_ps(in, row + i), wanted, _CMP_EQ_OQ);
+    if (equal) return i + __builtin_ctz(equal);
+  }
+  return 0;  // unreachable: best is one of the row's values
 }
 
 __attribute__((target(STRATA_AVX512F))) void silu_times_avx512(const float* gate, const float* up, float* out,
@@ -919,6 +945,16 @@ void silu_times(const float* gate, const float* up, float* out, std::int64_t n) 
 void silu_times_without_vectors(const float* gate, const float* up, float* out, std::int64_t n) {
   silu_times_portable(gate, up, out, n);
 }
+
+std::int64_t greedy_index(const float* row, std::int64_t n) {
+#if defined(__x86_64__)
+  static const bool avx512 = has_avx512();
+  if (avx512) return greedy_index_avx512(row, n);
+#endif
+  return greedy_index_portable(row, n);
+}
+
+std::int64_t greedy_index_without_vectors(const float* row, std::int64_t n) { return greedy_index_portable(row, n); }
 
 STRATA_CLONES double sum_of_squares(const float* x, std::int64_t n) {
   constexpr int kDoubleLanes = 8;
