@@ -331,7 +331,10 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
     std::printf(
         "weights on rank 0: %.1f MB used in place from the page cache, %.1f MB read into memory%s; %.1f MB of weights "
         "then rearranged into the kernels' layout (a copy); KV cache %s\n",
-        double(loaded.mapped_bytes) / 1e6, double(loaded.read_bytes) / 1e6, o.parallel.no_mmap ? " (--no-mmap)" : "",
+        double(loaded.mapped_bytes) / 1e6, double(loaded.read_bytes) / 1e6,
+        o.parallel.no_mmap         ? " (--no-mmap)"
+        : session.weights_mapped() ? ""
+                                   : " (copied: the default here, --mmap uses them in place)",
         double(loaded.rearranged_bytes) / 1e6, dtype_name(session.plan().kv_dtype));
     std::printf("%6s %8s %14s %14s %8s %14s %14s %8s\n", "batch", "prompt", "prefill tok/s", "roofline", "%",
                 "decode tok/s", "roofline", "%");

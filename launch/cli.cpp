@@ -105,9 +105,14 @@ void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
                  "(NCCL buffers, CUDA graphs); default 512 with tensor parallelism plus 64")
       ->check(kNonNegative);
   cmd.add_flag("--force", p.force, "Run a layout the placement refuses (a TP group across nodes or NVLink islands)");
+  auto* in_place = cmd.add_flag("--mmap", p.mmap,
+                                "Use the weights in place from the page cache (CPU backend; the default for quantized "
+                                "weights, or without transparent huge pages): replicas on a node share one copy");
   cmd.add_flag("--no-mmap", p.no_mmap,
-               "Read shards with pread into the rank's own memory (huge pages) instead of using the weights in place "
-               "from the page cache (CPU backend); loads slower, reports the system's error for a failing file");
+               "Read shards with pread into the rank's own memory, in transparent huge pages (the CPU backend's "
+               "default for unquantized weights: decode streams them faster); reports the system's error for a "
+               "failing file")
+      ->excludes(in_place);
 }
 
 // vLLM's short flags -tp/-pp/-dp (and -ep) are multi-letter single-dash names, which CLI11 does not accept: spell them

@@ -18,7 +18,9 @@ struct ParallelOptions {
   double nccl_timeout = 300;  // --device cuda, tp > 1: seconds an NCCL wait may take before the job is aborted
   int gpu_reserve_mib =
       -1;  // --device cuda: MiB kept free for NCCL and CUDA graphs; -1: the defaults (plan/memory_plan.cpp)
-  bool no_mmap = false;  // CPU backend: copy the weights into the rank's memory instead of mapping the shards
+  // How a CPU rank holds its weights (Session::load): --mmap in place from the page cache, --no-mmap copied into the
+  // rank's own memory; neither: copied where that gives huge pages (unquantized weights, transparent huge pages on).
+  bool mmap = false, no_mmap = false;
 };
 
 struct GenerateOptions {

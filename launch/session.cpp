@@ -70,6 +70,27 @@ std::int64_t available_memory_bytes() {
   return -1;
 }
 
+// Whether the kernel gives anonymous memory transparent huge pages when a buffer asks (allocate_host): "always" or
+// "madvise" in /sys/kernel/mm/transparent_hugepage/enabled.
+bool transparent_huge_pages() {
+  std::ifstream file("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string modes;
+  return std::getline(file, modes) && modes.find("[never]") == std::string::npos;
+}
+
+// Weights used in place from the page cache (mapped), or copied into the rank's memory: --mmap / --no-mmap, by
+// default copied on the CPU backend where that gives huge pages. Mapped shards come in 4 KiB pages (the page
+// cache's large folios were not mapped whole on the 6.18 kernel measured), so a decode step walks the page tables
+// every 4 KiB of weights and the hardware prefetchers stop at every page's end: bf16 decode measured 7-17% faster
+// at batch 1, 16 and 64 on the copy (docs/performance.md). Mapping stays the default where it costs nothing:
+// quantized weights (the kernels copy them into their own layout, or quantize them from the mapping), and the CUDA
+// backend (it uploads them).
+bool map_weights(const ParallelOptions& p, const RunPlan& plan) {
+  if (p.mmap || p.no_mmap) return p.mmap;
+  if (plan.device != DeviceKind::Cpu || is_quantized(plan.stored) || !p.quantize.empty()) return true;
+  return !transparent_huge_pages();
+}
+
 }  // namespace
 
 Session::Session(const NodeInfo& node, const std::string& model_dir, const ParallelOptions& parallel,
@@ -188,6 +209,8 @@ std::unique_ptr<Backend> make_backend(const RunPlan& plan, const RankPlan& me, i
 }
 }  // namespace
 
+bool Session::weights_mapped() const { return map_weights(parallel_, plan_); }
+
 LoadReport Session::load() {
   const int threads = cpu_threads_per_rank(node_);
   const int machine_cores = int(std::thread::hardware_concurrency());
@@ -199,7 +222,7 @@ LoadReport Session::load() {
   attach_device_groups();  // before the stage: its layers all-reduce over groups.tp_device when set
   stage_.reset();          // a reload frees the previous weights first
   const ShardPlan shard = plan_.shard(layout_->world_rank());
-  CheckpointWeightSource source(model_dir_, manifest_, shard, !parallel_.no_mmap);
+  CheckpointWeightSource source(model_dir_, manifest_, shard, weights_mapped());
   Collectives& tp = groups_.tp_device ? *groups_.tp_device : *groups_.tp;  // device tensors: NCCL
   timed_tp_ = std::make_unique<TimedCollectives>(tp);
   stage_ = std::make_unique<TransformerStage>(shard, source, *backend_, *timed_tp_, plan_.stage);

@@ -59,6 +59,8 @@ class Session {
   void check_memory();
   // Builds the backend (once) and loads this rank's shard (again on a second call, after freeing the first).
   LoadReport load();
+  // Whether load() used the weights in place from the page cache (--mmap, or the default there), or copied them.
+  bool weights_mapped() const;
   void unload() { stage_.reset(); }
   TransformerStage& stage() { return *stage_; }
   // Seconds the stage spent in its tensor-parallel collectives since loading (for --metrics).

@@ -81,14 +81,20 @@ for tp, pp, dp in LAYOUTS[1:]:
     h.check([(r["id"], r["token_ids"]) for r in run] == [(r["id"], r["token_ids"]) for r in jsonl_reference],
             f"{layout}: per-prompt JSONL parameters give the same tokens")
 
-# Weights used in place from the page cache (the default on the CPU backend) or copied into memory (--no-mmap):
-# identical results; bench reports which it did, for a bf16 model too.
-mapped = generate("mapped", 2, 2, 1, prompts, "--record-logits")
+# Weights used in place from the page cache (--mmap) or copied into memory (--no-mmap, and the CPU backend's default
+# for unquantized weights where transparent huge pages are on): identical results; bench reports which it did, for a
+# bf16 model too.
+mapped = generate("mapped", 2, 2, 1, prompts, "--record-logits", "--mmap")
 copied = generate("copied", 2, 2, 1, prompts, "--record-logits", "--no-mmap")
 h.check([(r["token_ids"], r["logits"]) for r in copied] == [(r["token_ids"], r["logits"]) for r in mapped],
-        "tp 2 pp 2: weights copied (--no-mmap) give the tokens and logits of weights used in place")
+        "tp 2 pp 2: weights copied (--no-mmap) give the tokens and logits of weights used in place (--mmap)")
+code, out, _ = h.run(["generate", "--model", h.path("model-tp1-pp1"), "--prompts", prompts, "--mmap", "--no-mmap"])
+h.check(code not in (0, None) and "--no-mmap" in out and "excludes" in out,
+        f"--mmap and --no-mmap together are refused: {out.strip()[-200:]!r}")
+with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+    huge_pages = "[never]" not in f.read()
 bf16 = h.init("model-bf16-tp2", "--preset", "tiny", "--seed", "3", "-tp", "2", "--dtype", "bf16")
-for flags, mapped_expected in [((), True), (("--no-mmap",), False)]:
+for flags, mapped_expected in [((), not huge_pages), (("--mmap",), True), (("--no-mmap",), False)]:
     out = h.run_ok(["bench", "--model", bf16, "-tp", 2, "--batch-sizes", 1, "--gen-len", 2, "--prompt-len", 4,
                     "--repeats", 1, *flags], ranks=2)
     line = next((l for l in out.splitlines() if l.startswith("weights on rank 0:")), "")
