@@ -42,9 +42,11 @@ void Buffer::release() noexcept {
 
 Buffer allocate_host(std::size_t bytes) {
   // Large buffers (weights, KV cache) on 2 MiB boundaries with transparent huge pages: 512x fewer page faults when
-  // first touched (they dominated load time) and fewer TLB misses when streamed.
+  // first touched (they dominated load time) and fewer TLB misses when streamed. From 1 MiB on (a 100M model's
+  // attention matrices, 0.4-1.2 MB, were a fifth of its weights in 4 KiB pages; rounding them up to 2 MiB costs
+  // less than they hold, and batch-16 decode measured 2-3% faster).
   constexpr std::size_t kHuge = std::size_t(2) << 20;
-  const std::size_t alignment = bytes >= kHuge ? kHuge : 64;
+  const std::size_t alignment = bytes >= kHuge / 2 ? kHuge : 64;
   const std::size_t rounded = (bytes + alignment - 1) / alignment * alignment;
   void* data = rounded ? std::aligned_alloc(alignment, rounded) : nullptr;
   if (rounded && !data) throw Error(ErrorKind::Memory, cat("out of host memory allocating ", bytes, " bytes"));

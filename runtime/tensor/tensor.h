@@ -43,7 +43,8 @@ class Buffer {
   Deleter deleter_;
 };
 
-// Host memory aligned to 64 bytes (cache line / AVX-512).
+// Host memory aligned to 64 bytes (cache line / AVX-512); from 1 MiB on, to 2 MiB, in transparent huge pages where
+// the kernel gives them (madvise).
 Buffer allocate_host(std::size_t bytes);
 
 struct TensorView {

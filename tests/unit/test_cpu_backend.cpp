@@ -641,6 +641,22 @@ TEST(CpuBackend, SoftmaxExponentialsAreAccurateAndTheSameOnEveryPath) {
   }
 }
 
+// Host buffers from 1 MiB on start on a 2 MiB boundary (so that transparent huge pages can back them whole: copied
+// weights, the KV cache), smaller ones on a cache line; every byte asked for is usable.
+TEST(CpuBackend, HostBuffersOfAMebibyteOrMoreStartOnHugePageBoundaries) {
+  for (const std::size_t bytes : {std::size_t(100), std::size_t(300) << 10, std::size_t(1) << 20,
+                                  std::size_t(1536) << 10, std::size_t(5) << 20}) {
+    Buffer b = allocate_host(bytes);
+    const auto address = reinterpret_cast<std::uintptr_t>(b.data());
+    EXPECT_EQ(address % 64, 0u) << bytes;
+    if (bytes >= (std::size_t(1) << 20)) {
+      EXPECT_EQ(address % (std::size_t(2) << 20), 0u) << bytes;
+    }
+    std::memset(b.data(), 0x5a, bytes);
+    EXPECT_EQ(static_cast<unsigned char*>(b.data())[bytes - 1], 0x5a);
+  }
+}
+
 // Greedy sampling's pick: the first of the greatest values, NaN below every number, index 0 when nothing is above
 // -inf; the vector path and the portable loop against a plain reference, for lengths around the 16-lane runs, rows
 // of few distinct values (ties everywhere), NaNs, infinities and signed zeros, the greatest value in a masked tail,
