@@ -8,6 +8,7 @@
 
 #include "launch/mpi_job.h"
 #include "layers/checkpoint_weights.h"
+#include "runtime/backend/cpu/quant.h"
 #include "runtime/base/log.h"
 #include "runtime/comm/mpi/mpi_communicator.h"
 #ifdef STRATA_WITH_CUDA
@@ -83,11 +84,12 @@ bool transparent_huge_pages() {
 // cache's large folios were not mapped whole on the 6.18 kernel measured), so a decode step walks the page tables
 // every 4 KiB of weights and the hardware prefetchers stop at every page's end: bf16 decode measured 7-17% faster
 // at batch 1, 16 and 64 on the copy (docs/performance.md). Mapping stays the default where it costs nothing:
-// quantized weights (the kernels copy them into their own layout, or quantize them from the mapping), and the CUDA
-// backend (it uploads them).
+// quantized weights where the block kernel copies them into its own layout anyway (quant::interleaves), --quantize
+// (which quantizes from the mapping into new buffers), and the CUDA backend (it uploads them).
 bool map_weights(const ParallelOptions& p, const RunPlan& plan) {
   if (p.mmap || p.no_mmap) return p.mmap;
-  if (plan.device != DeviceKind::Cpu || is_quantized(plan.stored) || !p.quantize.empty()) return true;
+  if (plan.device != DeviceKind::Cpu || !p.quantize.empty()) return true;
+  if (is_quantized(plan.stored) && quant::interleaves(quant::kernel_name())) return true;
   return !transparent_huge_pages();
 }
 

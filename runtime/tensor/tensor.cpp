@@ -2,8 +2,12 @@
 #include "runtime/tensor/tensor.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 
 #include "runtime/base/error.h"
@@ -40,17 +44,39 @@ void Buffer::release() noexcept {
   data_ = nullptr;
 }
 
+namespace {
+
+constexpr std::size_t kHugePage = std::size_t(2) << 20;
+
+// `bytes` in a private anonymous mapping that starts on a huge-page boundary and ends with the page holding the last
+// byte: transparent huge pages back every whole 2 MiB inside it and 4 KiB pages the rest, so nothing is rounded up
+// (aligned_alloc's 2 MiB blocks rounded each buffer up to whole huge pages: a mixture-of-experts model's 3 MiB
+// expert matrices took 4, a third more than the memory check counts).
+Buffer huge_page_aligned(std::size_t bytes) {
+  const std::size_t page = std::size_t(sysconf(_SC_PAGESIZE));
+  const std::size_t length = (bytes + page - 1) / page * page;
+  void* region = mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (region == MAP_FAILED)
+    throw Error(ErrorKind::Memory, cat("out of host memory allocating ", bytes, " bytes: ", std::strerror(errno)));
+  char* start = static_cast<char*>(region);
+  const std::uintptr_t address = reinterpret_cast<std::uintptr_t>(start);
+  char* aligned = start + ((kHugePage - address % kHugePage) % kHugePage);
+  const std::size_t head = std::size_t(aligned - start);  // the mapping's extra 2 MiB: before and after the buffer
+  if (head > 0) munmap(start, head);
+  munmap(aligned + length, kHugePage - head);
+  madvise(aligned, length, MADV_HUGEPAGE);  // advice only: failure changes nothing
+  return Buffer(aligned, bytes, MemoryKind::Host, [length](void* p) { munmap(p, length); });
+}
+
+}  // namespace
+
 Buffer allocate_host(std::size_t bytes) {
   // Large buffers (weights, KV cache) on 2 MiB boundaries with transparent huge pages: 512x fewer page faults when
-  // first touched (they dominated load time) and fewer TLB misses when streamed. From 1 MiB on (a 100M model's
-  // attention matrices, 0.4-1.2 MB, were a fifth of its weights in 4 KiB pages; rounding them up to 2 MiB costs
-  // less than they hold, and batch-16 decode measured 2-3% faster).
-  constexpr std::size_t kHuge = std::size_t(2) << 20;
-  const std::size_t alignment = bytes >= kHuge / 2 ? kHuge : 64;
-  const std::size_t rounded = (bytes + alignment - 1) / alignment * alignment;
-  void* data = rounded ? std::aligned_alloc(alignment, rounded) : nullptr;
+  // first touched (they dominated load time) and fewer TLB misses when streamed.
+  if (bytes >= kHugePage) return huge_page_aligned(bytes);
+  const std::size_t rounded = (bytes + 63) / 64 * 64;
+  void* data = rounded ? std::aligned_alloc(64, rounded) : nullptr;
   if (rounded && !data) throw Error(ErrorKind::Memory, cat("out of host memory allocating ", bytes, " bytes"));
-  if (alignment == kHuge) madvise(data, rounded, MADV_HUGEPAGE);  // advice only: failure changes nothing
   return Buffer(data, bytes, MemoryKind::Host, [](void* p) { std::free(p); });
 }
 

@@ -43,8 +43,8 @@ class Buffer {
   Deleter deleter_;
 };
 
-// Host memory aligned to 64 bytes (cache line / AVX-512); from 1 MiB on, to 2 MiB, in transparent huge pages where
-// the kernel gives them (madvise).
+// Host memory aligned to 64 bytes (cache line / AVX-512); from 2 MiB on, to 2 MiB, in transparent huge pages where
+// the kernel gives them (madvise), and never more than a 4 KiB page beyond `bytes`.
 Buffer allocate_host(std::size_t bytes);
 
 struct TensorView {

@@ -6,8 +6,8 @@
 - results come back complete and in input order;
 - resharding on load: the same run from the tp 1 pp 1 checkpoint and from the tp 4 one gives results identical
   (same tokens, same logits bit for bit) to the run from a checkpoint written for the layout;
-- weights used in place from the page cache (default) and copied (--no-mmap) give identical results, and bench
-  reports which it did, with a plausible decode rate.
+- weights used in place from the page cache (--mmap) and copied (--no-mmap, the default with huge pages) give
+  identical results, bench reports which it did, with a plausible decode rate, and the two flags exclude each other.
 """
 import numpy as np
 

@@ -641,15 +641,15 @@ TEST(CpuBackend, SoftmaxExponentialsAreAccurateAndTheSameOnEveryPath) {
   }
 }
 
-// Host buffers from 1 MiB on start on a 2 MiB boundary (so that transparent huge pages can back them whole: copied
-// weights, the KV cache), smaller ones on a cache line; every byte asked for is usable.
-TEST(CpuBackend, HostBuffersOfAMebibyteOrMoreStartOnHugePageBoundaries) {
-  for (const std::size_t bytes : {std::size_t(100), std::size_t(300) << 10, std::size_t(1) << 20,
-                                  std::size_t(1536) << 10, std::size_t(5) << 20}) {
+// Host buffers from 2 MiB on start on a 2 MiB boundary (so that transparent huge pages can back them: copied
+// weights, the KV cache), smaller ones on a cache line; every byte asked for is usable, odd sizes included.
+TEST(CpuBackend, LargeHostBuffersStartOnHugePageBoundaries) {
+  for (const std::size_t bytes : {std::size_t(100), std::size_t(300) << 10, std::size_t(1536) << 10,
+                                  std::size_t(2) << 20, (std::size_t(5) << 20) + 12345}) {
     Buffer b = allocate_host(bytes);
     const auto address = reinterpret_cast<std::uintptr_t>(b.data());
     EXPECT_EQ(address % 64, 0u) << bytes;
-    if (bytes >= (std::size_t(1) << 20)) {
+    if (bytes >= (std::size_t(2) << 20)) {
       EXPECT_EQ(address % (std::size_t(2) << 20), 0u) << bytes;
     }
     std::memset(b.data(), 0x5a, bytes);
@@ -708,6 +708,9 @@ TEST(CpuBackend, SampleCandidatesOverThreadsAreEachRowsOwn) {
   std::uniform_int_distribution<int> level(-40, 40);
   for (std::int64_t i = 0; i < logits.numel(); ++i) logits.f32()[i] = float(level(rng)) / 8;  // many ties
   logits.f32()[5 * vocab + 17] = std::numeric_limits<float>::quiet_NaN();
+  // Greedy rows with nothing above -inf: all NaN (the pick's value is -inf, not NaN), all -inf.
+  std::fill(logits.f32() + 8 * vocab, logits.f32() + 9 * vocab, std::numeric_limits<float>::quiet_NaN());
+  std::fill(logits.f32() + 11 * vocab, logits.f32() + 12 * vocab, -INFINITY);
   std::vector<CandidateRequest> requests(static_cast<std::size_t>(rows));
   std::vector<std::int64_t> offsets;
   std::int64_t total = 0;

@@ -497,14 +497,14 @@ class CpuBackend final : public Backend {
       const float* row = logits.f32() + i * vocab;
       const CandidateRequest& r = requests[std::size_t(i)];
       SampleCandidate* o = out + offsets[std::size_t(i)];
-      if (r.mode != CandidateMode::Greedy) return host_candidates(row, vocab, vocab_offset, r, o);
+      if (r.mode != CandidateMode::Greedy || vocab == 0) return host_candidates(row, vocab, vocab_offset, r, o);
       const std::int64_t best = cpu::greedy_index(row, vocab);
       *o = SampleCandidate{std::isnan(row[best]) ? -INFINITY : row[best], std::int32_t(vocab_offset + best)};
     };
     // Rows over the threads, one at a time to whichever is free (a Gumbel row, a hash and two logarithms per logit,
     // costs far more than a greedy one): a batch's rows on one thread, while the other waited, were 2-3% of a
     // batched decode step.
-    if (rows * vocab >= kParallelElements)
+    if (rows > 1 && rows * vocab >= kParallelElements)
       workers_.share(rows, 1, candidates);
     else
       for (std::int64_t i = 0; i < rows; ++i) candidates(0, i);
