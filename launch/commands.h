@@ -19,7 +19,7 @@ struct ParallelOptions {
   int gpu_reserve_mib =
       -1;  // --device cuda: MiB kept free for NCCL and CUDA graphs; -1: the defaults (plan/memory_plan.cpp)
   // How a CPU rank holds its weights (Session::load): --mmap in place from the page cache, --no-mmap copied into the
-  // rank's own memory; neither: copied where that gives huge pages (unquantized weights, transparent huge pages on).
+  // rank's own memory; neither: Session::weights_mapped decides (copied where that gives huge pages).
   bool mmap = false, no_mmap = false;
 };
 

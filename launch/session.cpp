@@ -82,8 +82,8 @@ bool transparent_huge_pages() {
 // Weights used in place from the page cache (mapped), or copied into the rank's memory: --mmap / --no-mmap, by
 // default copied on the CPU backend where that gives huge pages. Mapped shards come in 4 KiB pages (the page
 // cache's large folios were not mapped whole on the 6.18 kernel measured), so a decode step walks the page tables
-// every 4 KiB of weights and the hardware prefetchers stop at every page's end: bf16 decode measured 7-17% faster
-// at batch 1, 16 and 64 on the copy (docs/performance.md). Mapping stays the default where it costs nothing:
+// every 4 KiB of weights and the hardware prefetchers stop at every page's end: bf16 decode measured 6-16% faster
+// at batch 1, 16 and 64 on the copy (medians, docs/performance.md). Mapping stays the default where it costs nothing:
 // quantized weights where the block kernel copies them into its own layout anyway (quant::interleaves), --quantize
 // (which quantizes from the mapping into new buffers), and the CUDA backend (it uploads them).
 bool map_weights(const ParallelOptions& p, const RunPlan& plan) {

@@ -10,9 +10,6 @@
 namespace strata {
 namespace {
 
-// A NaN logit (a broken model or overflow) must not break the ordering: it ranks below every number.
-float finite_or_lowest(float value) { return std::isnan(value) ? -INFINITY : value; }
-
 bool better(const SampleCandidate& a, const SampleCandidate& b) {
   return candidate_better(a.value, a.id, b.value, b.id);
 }

@@ -37,6 +37,10 @@ struct CandidateRequest {
   std::int64_t step = 0;
 };
 
+// A score as candidates are ranked: a NaN logit (a broken model or overflow) must not break the ordering, so it ranks
+// below every number.
+STRATA_HOST_DEVICE inline float finite_or_lowest(float value) { return std::isnan(value) ? -INFINITY : value; }
+
 // A strict total order on candidates: higher score first, ties to the lower id (NaN scores become -inf first).
 STRATA_HOST_DEVICE inline bool candidate_better(float av, std::int32_t aid, float bv, std::int32_t bid) {
   return av > bv || (av == bv && aid < bid);

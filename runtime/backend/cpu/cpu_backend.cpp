@@ -499,7 +499,7 @@ class CpuBackend final : public Backend {
       SampleCandidate* o = out + offsets[std::size_t(i)];
       if (r.mode != CandidateMode::Greedy || vocab == 0) return host_candidates(row, vocab, vocab_offset, r, o);
       const std::int64_t best = cpu::greedy_index(row, vocab);
-      *o = SampleCandidate{std::isnan(row[best]) ? -INFINITY : row[best], std::int32_t(vocab_offset + best)};
+      *o = SampleCandidate{finite_or_lowest(row[best]), std::int32_t(vocab_offset + best)};
     };
     // Rows over the threads, one at a time to whichever is free (a Gumbel row, a hash and two logarithms per logit,
     // costs far more than a greedy one): a batch's rows on one thread, while the other waited, were 2-3% of a

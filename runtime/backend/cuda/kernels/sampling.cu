@@ -9,8 +9,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float finite_or_lowest(float v) { return isnan(v) ? -INFINITY : v; }
-
 __device__ __forceinline__ float score_of(const DeviceCandidateRequest& r, float logit, std::int64_t id) {
   switch (CandidateMode(r.mode)) {
     case CandidateMode::Greedy:
