@@ -127,30 +127,43 @@ double measure_rate(const NodeInfo& node, Communicator& world, double ops_per_ca
 }
 
 // The compute rate of the CPU backend's quantized products (quant.h) on a weight that stays in cache, 128 tokens a
-// call: the compute roofline of a model run with --quantize, whose products never go through sgemm. Counted as 2
-// operations per weight per token, as sgemm's FLOPs are.
+// call, in the layout the model's weights are given at load (CpuBackend::prepare_weight): the compute roofline of a
+// model run with --quantize, whose products never go through sgemm. Counted as 2 operations per weight per token, as
+// sgemm's FLOPs are.
 double measure_quantized_rate(const NodeInfo& node, Communicator& world, cpu::Workers& workers, DType weights) {
   const std::int64_t out = 768, in = 768, tokens = 128;  // a layer of a small model, in L2/L3
   const quant::Format format = weights == DType::Q8_0 ? quant::Format::Q8_0 : quant::Format::Q4_0;
+  const std::string kernel = quant::kernel_name();
   std::vector<float> w(std::size_t(out * in), 0.25f), x(std::size_t(tokens * in), 0.5f), y(std::size_t(tokens * out));
-  std::vector<char> blocks(quant::row_bytes(format, in) * std::size_t(out));
+  std::vector<char> blocks(quant::row_bytes(format, in) * std::size_t(out)), interleaved(blocks.size());
   quant::quantize_row(format, w.data(), blocks.data(), out * in);
+  const Layout layout = quant::interleaves(kernel) ? Layout::Interleaved16 : Layout::Rows;
+  if (layout == Layout::Interleaved16)
+    quant::interleave_rows(workers, format, blocks.data(), interleaved.data(), out, in);
+  const void* used = layout == Layout::Interleaved16 ? interleaved.data() : blocks.data();
   return measure_rate(node, world, 2.0 * double(out * in * tokens), [&] {
-    quant::row_dot_products(workers, x.data(), blocks.data(), format, y.data(), tokens, out, in);
+    quant::row_dot_products_with(workers, kernel, x.data(), used, format, y.data(), tokens, out, in, layout);
   });
 }
 
 // The compute rate of the CPU backend's own products (kernels.h) with weights of `weights` (f32, bf16 or f16), on
 // a weight that stays in cache, 128 tokens a call: the compute roofline where that kernel runs every product (the
-// AVX-512 ones do, avx512bf16 with bf16 dot products for bf16 weights; with AVX2 products of more than 4 tokens go
-// to OpenBLAS, whose sgemm rate is then the bound).
+// AVX-512 ones do, avx512bf16 with bf16 dot products for bf16 weights, interleaved as prepare_weight lays them
+// out; with AVX2 products of more than 4 tokens go to OpenBLAS, whose sgemm rate is then the bound).
 double measure_row_kernel_rate(const NodeInfo& node, Communicator& world, cpu::Workers& workers, DType weights) {
   const std::int64_t out = 768, in = 768, tokens = 128;
+  const std::string kernel = cpu::row_kernel_name();
   std::vector<float> w(std::size_t(out * in), 0.25f), x(std::size_t(tokens * in), 0.5f), y(std::size_t(tokens * out));
-  std::vector<char> stored(std::size_t(dtype_bytes(weights, out * in)));
+  std::vector<char> stored(std::size_t(dtype_bytes(weights, out * in))), interleaved(stored.size());
   convert_from_f32(weights, w.data(), stored.data(), w.size());
+  const bool interleave = weights == DType::BF16 && cpu::interleaves_bf16(kernel, in);
+  if (interleave)
+    cpu::interleave_bf16_rows(workers, reinterpret_cast<const std::uint16_t*>(stored.data()),
+                              reinterpret_cast<std::uint16_t*>(interleaved.data()), out, in);
+  const void* used = interleave ? interleaved.data() : stored.data();
+  const Layout layout = interleave ? Layout::Interleaved16 : Layout::Rows;
   return measure_rate(node, world, 2.0 * double(out * in * tokens), [&] {
-    cpu::row_dot_products(workers, x.data(), stored.data(), weights, y.data(), tokens, out, in);
+    cpu::row_dot_products_with(workers, kernel, x.data(), used, weights, y.data(), tokens, out, in, layout);
   });
 }
 

@@ -106,12 +106,13 @@ void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
       ->check(kNonNegative);
   cmd.add_flag("--force", p.force, "Run a layout the placement refuses (a TP group across nodes or NVLink islands)");
   auto* in_place = cmd.add_flag("--mmap", p.mmap,
-                                "Use the weights in place from the page cache (CPU backend; the default for quantized "
-                                "weights the VNNI kernel re-lays out, with --quantize, or without transparent huge "
-                                "pages): loads faster, replicas on a node share one copy");
+                                "Use the weights in place from the page cache (CPU backend; the default where a "
+                                "kernel copies weights into its own layout anyway: bf16 with the avx512bf16 kernel, "
+                                "quantized with the VNNI one; with --quantize, or without transparent huge pages): "
+                                "loads faster, replicas on a node share one copy");
   cmd.add_flag("--no-mmap", p.no_mmap,
                "Read shards with pread into the rank's own memory, in transparent huge pages (the CPU backend's "
-               "default for unquantized weights: decode streams them faster); reports the system's error for a "
+               "default for weights used as stored: decode streams them faster); reports the system's error for a "
                "failing file")
       ->excludes(in_place);
 }

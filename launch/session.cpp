@@ -8,6 +8,7 @@
 
 #include "launch/mpi_job.h"
 #include "layers/checkpoint_weights.h"
+#include "runtime/backend/cpu/kernels.h"
 #include "runtime/backend/cpu/quant.h"
 #include "runtime/base/log.h"
 #include "runtime/comm/mpi/mpi_communicator.h"
@@ -84,12 +85,14 @@ bool transparent_huge_pages() {
 // cache's large folios were not mapped whole on the 6.18 kernel measured), so a decode step walks the page tables
 // every 4 KiB of weights and the hardware prefetchers stop at every page's end: bf16 decode measured 6-16% faster
 // at batch 1, 16 and 64 on the copy (medians, docs/performance.md). Mapping stays the default where it costs nothing:
-// quantized weights where the block kernel copies them into its own layout anyway (quant::interleaves), --quantize
-// (which quantizes from the mapping into new buffers), and the CUDA backend (it uploads them).
+// weights a kernel copies into its own layout anyway (bf16 with the avx512bf16 kernel, quantized with the VNNI one:
+// CpuBackend::prepare_weight), --quantize (which quantizes from the mapping into new buffers), and the CUDA backend
+// (it uploads them).
 bool map_weights(const ParallelOptions& p, const RunPlan& plan) {
   if (p.mmap || p.no_mmap) return p.mmap;
   if (plan.device != DeviceKind::Cpu || !p.quantize.empty()) return true;
   if (is_quantized(plan.stored) && quant::interleaves(quant::kernel_name())) return true;
+  if (plan.stored == DType::BF16 && cpu::row_kernel_name() == "avx512bf16") return true;
   return !transparent_huge_pages();
 }
 

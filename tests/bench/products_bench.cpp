@@ -1,9 +1,12 @@
 // The CPU backend's weight products alone (row_dot_products_with, kernels.h), for docs/performance.md:
 //   strata_products_bench [--in K] [--mb M] [--cache-kb C] [--tokens T1,T2,...] [--threads N] [--kernel NAME]
+//                         [--layout rows|interleaved]
 // y = x w^T for each token count T over bf16 weights of K columns: once over M MB of rows, more than any cache
 // holds (read from memory, as a decode step reads its weights), and over C KB of rows called again and again, so
 // that each thread's share stays in its L2 (the arithmetic without the memory traffic). Both are printed as the time
-// the M MB would take, so they compare directly; T = 1 is the rate at which the kernel streams the weights.
+// the M MB would take, so they compare directly; T = 1 is the rate at which the kernel streams the weights. The
+// weights are in the layout the backend gives them at load (interleaved by 16 rows for the avx512bf16 kernel), or
+// the one --layout names.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -25,12 +28,13 @@ struct Options {
   std::vector<std::int64_t> tokens{1, 16, 64};
   int threads = 2;
   std::string kernel;  // empty: the one the backend uses
+  std::string layout;  // empty: the one the backend uses
 };
 
 [[noreturn]] void usage(const char* program, const std::string& why) {
   std::fprintf(stderr,
                "%s: %s\nusage: %s [--in K] [--mb M] [--cache-kb C] [--tokens T1,T2,...] [--threads N] "
-               "[--kernel NAME]\n",
+               "[--kernel NAME] [--layout rows|interleaved]\n",
                program, why.c_str(), program);
   std::exit(2);
 }
@@ -65,6 +69,9 @@ Options parse(int argc, char** argv) {
       o.threads = int(count(argv[0], a, v));
     } else if (a == "--kernel") {
       o.kernel = v;
+    } else if (a == "--layout") {
+      if (v != "rows" && v != "interleaved") usage(argv[0], "--layout is rows or interleaved");
+      o.layout = v;
     } else if (a == "--tokens") {
       o.tokens.clear();
       std::stringstream list(v);
@@ -77,6 +84,9 @@ Options parse(int argc, char** argv) {
   const auto kernels = strata::cpu::row_kernels();
   if (std::find(kernels.begin(), kernels.end(), o.kernel) == kernels.end())
     usage(argv[0], "--kernel " + o.kernel + " is not one this CPU runs");
+  const bool interleaves = strata::cpu::interleaves_bf16(o.kernel, o.in);
+  if (o.layout.empty()) o.layout = interleaves ? "interleaved" : "rows";
+  if (o.layout == "interleaved" && !interleaves) usage(argv[0], "the " + o.kernel + " kernel reads rows");
   return o;
 }
 
@@ -84,12 +94,16 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// bf16 values near 1 (random low mantissa bits): no denormals, no overflow whatever the token count.
-std::vector<std::uint16_t> random_bf16_rows(std::int64_t rows, std::int64_t in) {
-  std::vector<std::uint16_t> w(std::size_t(rows * in));
+// bf16 values near 1 (random low mantissa bits): no denormals, no overflow whatever the token count; interleaved
+// by 16 rows where the layout is.
+std::vector<std::uint16_t> random_bf16_rows(strata::cpu::Workers& workers, const Options& o, std::int64_t rows) {
+  std::vector<std::uint16_t> w(std::size_t(rows * o.in));
   std::mt19937 rng(1);
   for (auto& v : w) v = std::uint16_t(0x3f80 ^ (rng() & 0x7f));
-  return w;
+  if (o.layout == "rows") return w;
+  std::vector<std::uint16_t> interleaved(w.size());
+  strata::cpu::interleave_bf16_rows(workers, w.data(), interleaved.data(), rows, o.in);
+  return interleaved;
 }
 
 struct Product {
@@ -104,7 +118,8 @@ struct Product {
       const auto t0 = std::chrono::steady_clock::now();
       for (int c = 0; c < calls; ++c)
         strata::cpu::row_dot_products_with(workers, o.kernel, x.data(), w.data(), strata::DType::BF16, y.data(), tokens,
-                                           rows, o.in);
+                                           rows, o.in,
+                                           o.layout == "rows" ? strata::Layout::Rows : strata::Layout::Interleaved16);
       best = std::min(best, seconds_since(t0));
     }
     return best;
@@ -117,17 +132,19 @@ int main(int argc, char** argv) {
   const Options o = parse(argc, argv);
   const std::int64_t memory_rows = std::max<std::int64_t>(1, std::int64_t(o.mb * 1e6 / 2) / o.in);
   const std::int64_t cache_rows = std::max<std::int64_t>(1, std::int64_t(o.cache_kb * 1024 / 2) / o.in);
-  const auto memory_w = random_bf16_rows(memory_rows, o.in), cache_w = random_bf16_rows(cache_rows, o.in);
-  const std::int64_t most = *std::max_element(o.tokens.begin(), o.tokens.end());
   strata::cpu::Workers workers(o.threads);
+  const auto memory_w = random_bf16_rows(workers, o, memory_rows), cache_w = random_bf16_rows(workers, o, cache_rows);
+  const std::int64_t most = *std::max_element(o.tokens.begin(), o.tokens.end());
   Product product{workers, o, std::vector<float>(std::size_t(most * o.in), 0.5f),
                   std::vector<float>(std::size_t(most * std::max(memory_rows, cache_rows)))};
   // The in-cache figure scaled to the memory matrix's rows: calls enough to take about as long as one memory call.
   const int cache_calls = int(std::max<std::int64_t>(1, memory_rows / cache_rows));
   const double scale = double(memory_rows) / double(cache_rows * cache_calls);
-  std::printf("%s kernel, %d threads, bf16 rows of %lld: %.1f MB from memory, %.0f KB in cache (called %d times)\n",
-              o.kernel.c_str(), o.threads, static_cast<long long>(o.in), double(memory_rows * o.in * 2) / 1e6,
-              double(cache_rows * o.in * 2) / 1024, cache_calls);
+  std::printf(
+      "%s kernel, %d threads, bf16 rows of %lld (%s): %.1f MB from memory, %.0f KB in cache (called %d "
+      "times)\n",
+      o.kernel.c_str(), o.threads, static_cast<long long>(o.in), o.layout.c_str(), double(memory_rows * o.in * 2) / 1e6,
+      double(cache_rows * o.in * 2) / 1024, cache_calls);
   for (int round = 1; round <= 3; ++round) {  // alternating: this kind of machine drifts between runs
     for (const std::int64_t tokens : o.tokens) {
       const double memory = product.seconds(memory_w, memory_rows, tokens, 1);

@@ -6,9 +6,13 @@
 - results come back complete and in input order;
 - resharding on load: the same run from the tp 1 pp 1 checkpoint and from the tp 4 one gives results identical
   (same tokens, same logits bit for bit) to the run from a checkpoint written for the layout;
-- weights used in place from the page cache (--mmap) and copied (--no-mmap, the default with huge pages) give
-  identical results, bench reports which it did, with a plausible decode rate, and the two flags exclude each other.
+- weights used in place from the page cache (--mmap) and copied (--no-mmap, the default with huge pages where no
+  kernel re-lays them out) give identical results, bench reports which it did and what the kernels re-laid out
+  (bf16 matrices, for the avx512bf16 kernel, whichever way they were read), with a plausible decode rate, and the two
+  flags exclude each other.
 """
+import re
+
 import numpy as np
 
 from harness import Harness
@@ -82,8 +86,9 @@ for tp, pp, dp in LAYOUTS[1:]:
             f"{layout}: per-prompt JSONL parameters give the same tokens")
 
 # Weights used in place from the page cache (--mmap) or copied into memory (--no-mmap, and the CPU backend's default
-# for unquantized weights where transparent huge pages are on): identical results; bench reports which it did, for a
-# bf16 model too.
+# for weights used as stored where transparent huge pages are on): identical results; bench reports which it did, for
+# a bf16 model too, whose matrices the avx512bf16 kernel copies into its interleaved layout whichever way they were
+# read (so mapping them is the default there).
 mapped = generate("mapped", 2, 2, 1, prompts, "--record-logits", "--mmap")
 copied = generate("copied", 2, 2, 1, prompts, "--record-logits", "--no-mmap")
 h.check([(r["token_ids"], r["logits"]) for r in copied] == [(r["token_ids"], r["logits"]) for r in mapped],
@@ -94,7 +99,8 @@ h.check(code not in (0, None) and "--no-mmap" in out and "excludes" in out,
 with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
     huge_pages = "[never]" not in f.read()
 bf16 = h.init("model-bf16-tp2", "--preset", "tiny", "--seed", "3", "-tp", "2", "--dtype", "bf16")
-for flags, mapped_expected in [((), not huge_pages), (("--mmap",), True), (("--no-mmap",), False)]:
+interleaves = h.rounds_bf16_activations()  # the avx512bf16 kernel, which reads bf16 matrices interleaved
+for flags, mapped_expected in [((), interleaves or not huge_pages), (("--mmap",), True), (("--no-mmap",), False)]:
     out = h.run_ok(["bench", "--model", bf16, "-tp", 2, "--batch-sizes", 1, "--gen-len", 2, "--prompt-len", 4,
                     "--repeats", 1, *flags], ranks=2)
     line = next((l for l in out.splitlines() if l.startswith("weights on rank 0:")), "")
@@ -103,6 +109,12 @@ for flags, mapped_expected in [((), not huge_pages), (("--mmap",), True), (("--n
     h.check(in_place > 0 and read < 0.01 * in_place if mapped_expected else in_place == 0 and read > 0,
             f"bench {' '.join(flags) or '(default)'}: weights in place / read as expected: {line!r}")
     h.check(line.endswith("; KV cache f16"), f"bench: a bf16 model's default KV cache on the CPU is f16: {line!r}")
+    rearranged = re.search(r"([0-9.]+) MB of weights then rearranged", line)
+    total = in_place + read
+    h.check(rearranged is not None and (0.9 * total < float(rearranged[1]) <= total if interleaves
+                                        else float(rearranged[1]) == 0),
+            f"bench {' '.join(flags) or '(default)'}: bf16 matrices re-laid out only for the avx512bf16 kernel "
+            f"({'it runs' if interleaves else 'not this CPU'}): {line!r}")
     # Decode is timed inside one run (from the last first token to the end): a rate from two runs' difference could
     # come out absurd (2.4e11 tok/s once) or negative when the second prefill ran slower than the first.
     row = next((l.split() for l in out.splitlines() if l.split()[:2] == ["1", "4"]), [])

@@ -378,6 +378,61 @@ TEST(CpuBackend, Bf16WeightsUseTheBf16DotKernelByDefault) {
   }
 }
 
+// With the avx512bf16 kernel, bf16 matrices of an even width come back from prepare_weight interleaved by 16 rows
+// (kernels.h), a copy. On shapes with whole groups, a partial one, and none (out 5), widths past and between the
+// 64-byte vectors, token counts that fill and split the 4 x 6 group tiles and a prefill's passes of 96: linear gives
+// the double reference over the bf16-rounded activations within 1e-5 and is far from the unrounded one (negative
+// control); each token's results are the same bits alone or in any batch, on one thread or two; embedding reads the
+// rows the row layout holds; ops that would read the rows as rows refuse the layout, as does another kernel. Odd
+// widths stay in rows.
+TEST(CpuBackend, Bf16WeightsInterleavedForTheBf16KernelGiveTheBf16Products) {
+  if (cpu::row_kernel_name() != "avx512bf16") GTEST_SKIP() << "this CPU has no AVX512_BF16: bf16 weights stay rows";
+  Fixture f;
+  cpu::Workers one(1);
+  std::unique_ptr<Backend> backend = make_cpu_backend(2, DType::BF16);
+  for (const std::int64_t in : {20, 48, 100})
+    for (const std::int64_t out : {5, 37, 70}) {
+      Tensor w32 = f.random({out, in}), rows = backend->allocate({out, in}, DType::BF16);
+      Tensor copy = backend->allocate({out, in}, DType::BF16);
+      backend->upload(w32.f32(), rows.view());
+      backend->upload(w32.f32(), copy.view());
+      const Tensor prepared = backend->prepare_weight(std::move(copy));
+      ASSERT_EQ(prepared.layout(), Layout::Interleaved16) << "in " << in << " out " << out;
+      std::vector<std::uint16_t> bits(std::size_t(out * in));
+      convert_from_f32(DType::BF16, w32.f32(), bits.data(), bits.size());
+      for (const std::int64_t tokens : {1, 5, 6, 13, 100}) {
+        const std::string where =
+            "in " + std::to_string(in) + " out " + std::to_string(out) + " tokens " + std::to_string(tokens);
+        Tensor x = f.random({tokens, in}), y = f.random({tokens, out});
+        backend->linear(x.view(), prepared.view(), TensorView{}, y.view());
+        const auto [rounded, unrounded] = bf16_input_references(x.f32(), bits, nullptr, tokens, out, in);
+        EXPECT_LT(relative_error(f.values(y), rounded), kTolerance) << where;
+        EXPECT_GT(relative_error(f.values(y), unrounded), 10 * kTolerance) << where;
+        std::vector<float> alone(std::size_t(tokens * out), -2.0f);
+        for (std::int64_t t = 0; t < tokens; ++t)
+          cpu::row_dot_products_with(t % 2 ? one : workers(), "avx512bf16", x.f32() + t * in, prepared.view().data,
+                                     DType::BF16, alone.data() + t * out, 1, out, in, Layout::Interleaved16);
+        EXPECT_EQ(0, std::memcmp(y.f32(), alone.data(), alone.size() * 4)) << where;
+      }
+      const std::vector<std::int32_t> ids = {0, 15, std::int32_t(out / 16 * 16), std::int32_t(out - 1),
+                                             std::int32_t(out)};  // group ends, the rows after them, outside
+      Tensor got = f.random({5, in}), want = f.random({5, in});
+      backend->embedding(ids, prepared.view(), 0, got.view());
+      backend->embedding(ids, rows.view(), 0, want.view());
+      EXPECT_EQ(0, std::memcmp(want.f32(), got.f32(), std::size_t(5 * in) * 4)) << "in " << in << " out " << out;
+      std::vector<float> products(static_cast<std::size_t>(out));
+      EXPECT_THROW(cpu::row_dot_products_with(workers(), "avx512", w32.f32(), prepared.view().data, DType::BF16,
+                                              products.data(), 1, out, in, Layout::Interleaved16),
+                   Error);
+      EXPECT_THROW(prepared.view().slice_rows(0, 1), Error);
+      EXPECT_THROW(prepared.view().reshaped({in, out}), Error);
+      std::vector<float> back(std::size_t(out * in));
+      EXPECT_THROW(backend->download(prepared.view(), back.data()), Error);
+    }
+  Tensor odd = backend->allocate({32, 77}, DType::BF16);
+  EXPECT_EQ(backend->prepare_weight(std::move(odd)).layout(), Layout::Rows) << "odd widths stay in rows";
+}
+
 // Quantized matrices go through prepare_weight at load: with the AVX-512 kernel they come back interleaved by 16
 // rows (quant.h), and linear and embedding on them give the row layout's results bit for bit (against the scalar
 // kernel on the rows: the same arithmetic); ops that would read the rows as rows refuse them.

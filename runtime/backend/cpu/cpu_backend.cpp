@@ -74,13 +74,19 @@ class CpuBackend final : public Backend {
     convert_to_f32(src.dtype, src.data, host, std::size_t(src.numel()));
   }
 
+  // Matrices whose kernel reads them interleaved by 16 rows (bf16 with the avx512bf16 kernel, quantized with the
+  // AVX-512 VNNI one) are copied into that layout here, once.
   Tensor prepare_weight(Tensor w) override {
-    if (!is_quantized(w.dtype()) || !quant::interleaves(quant_kernel_) || w.shape().size() != 2 ||
-        w.layout() != Layout::Rows)
-      return w;
+    if (w.shape().size() != 2 || w.layout() != Layout::Rows) return w;
+    const std::int64_t out = w.shape()[0], in = w.shape()[1];
+    const bool bf16 = w.dtype() == DType::BF16 && cpu::interleaves_bf16(row_kernel_, in);
+    if (!bf16 && !(is_quantized(w.dtype()) && quant::interleaves(quant_kernel_))) return w;
     Tensor interleaved(allocate_host(w.bytes()), w.shape(), w.dtype(), Layout::Interleaved16);
-    quant::interleave_rows(workers_, quant_format(w.dtype()), w.view().data, interleaved.view().data, w.shape()[0],
-                           w.shape()[1]);
+    if (bf16)
+      cpu::interleave_bf16_rows(workers_, static_cast<const std::uint16_t*>(w.view().data),
+                                static_cast<std::uint16_t*>(interleaved.view().data), out, in);
+    else
+      quant::interleave_rows(workers_, quant_format(w.dtype()), w.view().data, interleaved.view().data, out, in);
     return interleaved;
   }
 
@@ -93,7 +99,7 @@ class CpuBackend final : public Backend {
       quant::row_dot_products_with(workers_, quant_kernel_, x.f32(), w.data, quant_format(w.dtype), y.f32(), tokens,
                                    out, in, w.layout);
     } else if (tokens <= row_kernel_tokens_) {  // stream the weight once for all tokens (OpenBLAS is slower there)
-      cpu::row_dot_products_with(workers_, row_kernel_, x.f32(), w.data, w.dtype, y.f32(), tokens, out, in);
+      cpu::row_dot_products_with(workers_, row_kernel_, x.f32(), w.data, w.dtype, y.f32(), tokens, out, in, w.layout);
     } else {
       blas_gemm(x, w, y);
     }
@@ -130,6 +136,7 @@ class CpuBackend final : public Backend {
   // OpenBLAS runs threaded on the same OpenMP team as the loops (Team::OpenMP, chosen for exactly this case), or
   // else single-threaded on each thread's share of the rows.
   void blas_gemm(TensorView x, TensorView w, TensorView y) {
+    STRATA_CHECK(w.layout == Layout::Rows, Internal, "blas_gemm on an interleaved weight");
     constexpr std::int64_t kGemmRows = 256;
     const std::int64_t tokens = x.rows(), in = x.row_elems(), out = w.rows();
     const bool f32 = w.dtype == DType::F32;
@@ -320,7 +327,9 @@ class CpuBackend final : public Backend {
     for (std::size_t t = 0; t < ids.size(); ++t) {
       float* o = out.f32() + std::int64_t(t) * width;
       const std::int64_t row = ids[t] - vocab_offset;
-      if (row >= 0 && row < local_vocab && table.layout == Layout::Interleaved16)
+      if (row >= 0 && row < local_vocab && table.layout == Layout::Interleaved16 && table.dtype == DType::BF16)
+        cpu::widen_interleaved_bf16_row(static_cast<const std::uint16_t*>(table.data), row, local_vocab, width, o);
+      else if (row >= 0 && row < local_vocab && table.layout == Layout::Interleaved16)
         quant::dequantize_interleaved_row(quant_format(table.dtype), table.data, row, local_vocab, width, o);
       else if (row >= 0 && row < local_vocab && is_quantized(table.dtype))
         convert_to_f32(table.dtype, static_cast<const char*>(table.data) + dtype_bytes(table.dtype, row * width), o,

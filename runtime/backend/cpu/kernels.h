@@ -49,7 +49,21 @@ void row_dot_products(Workers& workers, const float* x, const void* w, DType w_d
 std::vector<std::string> row_kernels();
 std::string row_kernel_name();
 void row_dot_products_with(Workers& workers, const std::string& kernel, const float* x, const void* w, DType w_dtype,
-                           float* y, std::int64_t tokens, std::int64_t out, std::int64_t in);
+                           float* y, std::int64_t tokens, std::int64_t out, std::int64_t in,
+                           Layout layout = Layout::Rows);
+
+// The avx512bf16 kernel reads bf16 weights interleaved by 16 rows (Layout::Interleaved16), copied once at load
+// (CpuBackend::prepare_weight): for each group of 16 rows, in / 2 vectors of 64 bytes whose 32-bit lane r holds row
+// r's weights 2p and 2p + 1; the last out % 16 rows after the groups in row layout. VDPBF16PS then multiplies one
+// vector of 16 rows by an activation pair broadcast to every lane, each lane accumulating its own row's sum: no
+// horizontal reduction per output, and each group one sequential stream (docs/performance.md: 25-45% faster than
+// the row layout at 1, 16 and 64 tokens). Rows of an odd width stay in row layout.
+bool interleaves_bf16(const std::string& kernel, std::int64_t in);
+void interleave_bf16_rows(Workers& workers, const std::uint16_t* rows, std::uint16_t* interleaved, std::int64_t out,
+                          std::int64_t in);
+// Row r of an interleaved [out, in] bf16 matrix, widened to f32 (the values the row layout holds).
+void widen_interleaved_bf16_row(const std::uint16_t* interleaved, std::int64_t r, std::int64_t out, std::int64_t in,
+                                float* dst);
 // dst[0, count) = src as f32 (bf16: a 16-bit shift, vectorised; f16: F16C where the CPU has it, else
 // convert_to_f32; the same values either way). Single-threaded.
 void widen(DType dtype, const void* src, float* dst, std::int64_t count);
