@@ -391,7 +391,7 @@ TEST(CpuBackend, Bf16WeightsInterleavedForTheBf16KernelGiveTheBf16Products) {
   cpu::Workers one(1);
   std::unique_ptr<Backend> backend = make_cpu_backend(2, DType::BF16);
   for (const std::int64_t in : {20, 48, 100})
-    for (const std::int64_t out : {5, 37, 70}) {
+    for (const std::int64_t out : {5, 37, 70, 147}) {  // no group, 2 groups, 4, 9 (work items of 4, 4 and 1)
       Tensor w32 = f.random({out, in}), rows = backend->allocate({out, in}, DType::BF16);
       Tensor copy = backend->allocate({out, in}, DType::BF16);
       backend->upload(w32.f32(), rows.view());
