@@ -68,8 +68,7 @@ double measure_read_bandwidth(const NodeInfo& node, Communicator& world, double 
     std::vector<std::thread> workers;
     const std::size_t per_thread = count / std::size_t(threads);
     for (int t = 0; t < threads; ++t)
-      workers.emplace_back(
-          [&, t] { partial[std::size_t(t)] = sum_floats(buffer + t * per_thread, per_thread); });
+      workers.emplace_back([&, t] { partial[std::size_t(t)] = sum_floats(buffer + t * per_thread, per_thread); });
     for (auto& w : workers) w.join();
     const std::int64_t elapsed_ns = world.all_reduce_max(std::int64_t((monotonic_seconds() - start) * 1e9));
     best = std::min(best, double(elapsed_ns) * 1e-9);
@@ -145,7 +144,9 @@ double measure_quantized_rate(const NodeInfo& node, Communicator& world, cpu::Wo
   const quant::Format format = weights == DType::Q8_0 ? quant::Format::Q8_0 : quant::Format::Q4_0;
   const std::string kernel = quant::kernel_name();
   std::vector<float> w(std::size_t(out * in), 0.25f), x(std::size_t(tokens * in), 0.5f), y(std::size_t(tokens * out));
-  std::vector<char> blocks(quant::row_bytes(format, in) * std::size_t(out)), interleaved(blocks.size());
+  // 64-byte aligned, as loaded weights are (allocate_host): no vector load spans two cache lines.
+  const Buffer blocks = allocate_host(quant::row_bytes(format, in) * std::size_t(out));
+  const Buffer interleaved = allocate_host(blocks.bytes());
   quant::quantize_row(format, w.data(), blocks.data(), out * in);
   const Layout layout = quant::interleaves(kernel) ? Layout::Interleaved16 : Layout::Rows;
   if (layout == Layout::Interleaved16)
@@ -164,12 +165,13 @@ double measure_row_kernel_rate(const NodeInfo& node, Communicator& world, cpu::W
   const std::int64_t out = 768, in = 768, tokens = 128;
   const std::string kernel = cpu::row_kernel_name();
   std::vector<float> w(std::size_t(out * in), 0.25f), x(std::size_t(tokens * in), 0.5f), y(std::size_t(tokens * out));
-  std::vector<char> stored(std::size_t(dtype_bytes(weights, out * in))), interleaved(stored.size());
+  // 64-byte aligned, as loaded weights are (allocate_host): no vector load spans two cache lines.
+  const Buffer stored = allocate_host(dtype_bytes(weights, out * in)), interleaved = allocate_host(stored.bytes());
   convert_from_f32(weights, w.data(), stored.data(), w.size());
   const bool interleave = weights == DType::BF16 && cpu::interleaves_bf16(kernel, in);
   if (interleave)
-    cpu::interleave_bf16_rows(workers, reinterpret_cast<const std::uint16_t*>(stored.data()),
-                              reinterpret_cast<std::uint16_t*>(interleaved.data()), out, in);
+    cpu::interleave_bf16_rows(workers, static_cast<const std::uint16_t*>(stored.data()),
+                              static_cast<std::uint16_t*>(interleaved.data()), out, in);
   const void* used = interleave ? interleaved.data() : stored.data();
   const Layout layout = interleave ? Layout::Interleaved16 : Layout::Rows;
   return measure_rate(node, world, 2.0 * double(out * in * tokens), [&] {

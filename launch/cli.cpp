@@ -109,7 +109,7 @@ void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
                                 "Use the weights in place from the page cache (CPU backend; the default where a "
                                 "kernel copies weights into its own layout anyway: bf16 with the avx512bf16 kernel, "
                                 "quantized with the VNNI one; with --quantize, or without transparent huge pages): "
-                                "loads faster, replicas on a node share one copy");
+                                "loads faster, replicas on a node share one copy of the weights used in place");
   cmd.add_flag("--no-mmap", p.no_mmap,
                "Read shards with pread into the rank's own memory, in transparent huge pages (the CPU backend's "
                "default for weights used as stored: decode streams them faster); reports the system's error for a "

@@ -90,8 +90,8 @@ class Backend {
   // Copies src (any dtype) into host memory as f32; returns when the values are there.
   virtual void download(TensorView src, float* host) = 0;
   // A matrix weight just loaded, in the layout this backend's linear (and embedding, for a table) reads fastest;
-  // called once per matrix at load. The CPU backend's AVX-512 quantized kernel interleaves rows by 16 (a copy, the
-  // same size); others keep the rows as they are.
+  // called once per matrix at load. The CPU backend's AVX-512 quantized kernel and its avx512bf16 kernel (bf16
+  // weights) interleave rows by 16 (a copy, the same size); others keep the rows as they are.
   virtual Tensor prepare_weight(Tensor w) { return w; }
 
   // y[T,N] = x[T,K] . w[N,K]^T (+ bias[N] when bias.data != nullptr). w is a Hugging Face Linear weight.

@@ -12,8 +12,9 @@ namespace strata {
 
 enum class DType : std::uint8_t { F32, F16, BF16, Q8_0, Q4_0 };
 
-// How a matrix's rows lie in memory: one after another, or (the CPU backend's AVX-512 quantized kernel, see
-// runtime/backend/cpu/quant.h) interleaved in groups of 16 rows, the last rows % 16 in row layout after them.
+// How a matrix's rows lie in memory: one after another, or (the CPU backend's AVX-512 quantized kernel and its
+// avx512bf16 kernel for bf16 weights, see runtime/backend/cpu/quant.h and kernels.h) interleaved in groups of 16
+// rows, the last rows % 16 in row layout after them.
 enum class Layout : std::uint8_t { Rows, Interleaved16 };
 
 inline bool is_quantized(DType dtype) { return dtype == DType::Q8_0 || dtype == DType::Q4_0; }

@@ -19,6 +19,7 @@
 #include "runtime/backend/cpu/kernels.h"
 #include "runtime/backend/cpu/workers.h"
 #include "runtime/base/dtype.h"
+#include "runtime/tensor/tensor.h"
 
 namespace {
 
@@ -86,7 +87,10 @@ Options parse(int argc, char** argv) {
     usage(argv[0], "--kernel " + o.kernel + " is not one this CPU runs");
   const bool interleaves = strata::cpu::interleaves_bf16(o.kernel, o.in);
   if (o.layout.empty()) o.layout = interleaves ? "interleaved" : "rows";
-  if (o.layout == "interleaved" && !interleaves) usage(argv[0], "the " + o.kernel + " kernel reads rows");
+  if (o.layout == "interleaved" && !interleaves)
+    usage(argv[0], "the " + o.kernel +
+                       " kernel reads rows of an odd width (--in) only in rows, and other "
+                       "kernels always");
   return o;
 }
 
@@ -95,15 +99,19 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 // bf16 values near 1 (random low mantissa bits): no denormals, no overflow whatever the token count; interleaved
-// by 16 rows where the layout is.
-std::vector<std::uint16_t> random_bf16_rows(strata::cpu::Workers& workers, const Options& o, std::int64_t rows) {
-  std::vector<std::uint16_t> w(std::size_t(rows * o.in));
+// by 16 rows where the layout is. In memory allocate_host gives, as loaded weights are (64-byte aligned, huge pages).
+strata::Buffer random_bf16_rows(strata::cpu::Workers& workers, const Options& o, std::int64_t rows) {
+  const std::size_t count = std::size_t(rows * o.in);
+  std::vector<std::uint16_t> w(count);
   std::mt19937 rng(1);
   for (auto& v : w) v = std::uint16_t(0x3f80 ^ (rng() & 0x7f));
-  if (o.layout == "rows") return w;
-  std::vector<std::uint16_t> interleaved(w.size());
-  strata::cpu::interleave_bf16_rows(workers, w.data(), interleaved.data(), rows, o.in);
-  return interleaved;
+  strata::Buffer buffer = strata::allocate_host(count * sizeof(std::uint16_t));
+  auto* out = static_cast<std::uint16_t*>(buffer.data());
+  if (o.layout == "rows")
+    std::copy(w.begin(), w.end(), out);
+  else
+    strata::cpu::interleave_bf16_rows(workers, w.data(), out, rows, o.in);
+  return buffer;
 }
 
 struct Product {
@@ -112,7 +120,7 @@ struct Product {
   std::vector<float> x, y;
 
   // Best time of `calls` products of `tokens` tokens over `rows` rows of w, over five tries.
-  double seconds(const std::vector<std::uint16_t>& w, std::int64_t rows, std::int64_t tokens, int calls) {
+  double seconds(const strata::Buffer& w, std::int64_t rows, std::int64_t tokens, int calls) {
     double best = 1e30;
     for (int attempt = 0; attempt < 5; ++attempt) {
       const auto t0 = std::chrono::steady_clock::now();

@@ -378,6 +378,25 @@ TEST(CpuBackend, Bf16WeightsUseTheBf16DotKernelByDefault) {
   }
 }
 
+// The interleaved bf16 layout (any CPU: the copy and the row reads are portable) holds every row: each read back
+// equals the row widened, in the groups and after them.
+TEST(CpuBackend, InterleavedBf16MatricesHoldEveryRow) {
+  Fixture f;
+  for (const std::int64_t out : {5, 16, 37})
+    for (const std::int64_t in : {2, 48, 100}) {
+      Tensor w32 = f.random({out, in});
+      std::vector<std::uint16_t> rows(std::size_t(out * in)), interleaved(rows.size(), 0xffff);
+      convert_from_f32(DType::BF16, w32.f32(), rows.data(), rows.size());
+      cpu::interleave_bf16_rows(workers(), rows.data(), interleaved.data(), out, in);
+      std::vector<float> got(static_cast<std::size_t>(in)), want(static_cast<std::size_t>(in));
+      for (std::int64_t r = 0; r < out; ++r) {
+        cpu::widen_interleaved_bf16_row(interleaved.data(), r, out, in, got.data());
+        cpu::widen(DType::BF16, rows.data() + r * in, want.data(), in);
+        EXPECT_EQ(got, want) << "row " << r << " of " << out << " x " << in;
+      }
+    }
+}
+
 // With the avx512bf16 kernel, bf16 matrices of an even width come back from prepare_weight interleaved by 16 rows
 // (kernels.h), a copy. On shapes with whole groups, a partial one, and none (out 5), widths past and between the
 // 64-byte vectors, token counts that fill and split the 4 x 6 group tiles and a prefill's passes of 96: linear gives
@@ -390,8 +409,9 @@ TEST(CpuBackend, Bf16WeightsInterleavedForTheBf16KernelGiveTheBf16Products) {
   Fixture f;
   cpu::Workers one(1);
   std::unique_ptr<Backend> backend = make_cpu_backend(2, DType::BF16);
-  for (const std::int64_t in : {20, 48, 100})
-    for (const std::int64_t out : {5, 37, 70, 147}) {  // no group, 2 groups, 4, 9 (work items of 4, 4 and 1)
+  for (const std::int64_t in : {20, 48, 100, 4096})  // 4096: a lane sums 2048 pairs in order, within 1e-5 too
+    // No group, 2 groups, 4, 9 (work items of one group on 2 threads), 17 (items of 4, 4, 4, 4 and 1).
+    for (const std::int64_t out : {5, 37, 70, 147, 275}) {
       Tensor w32 = f.random({out, in}), rows = backend->allocate({out, in}, DType::BF16);
       Tensor copy = backend->allocate({out, in}, DType::BF16);
       backend->upload(w32.f32(), rows.view());
@@ -414,12 +434,20 @@ TEST(CpuBackend, Bf16WeightsInterleavedForTheBf16KernelGiveTheBf16Products) {
                                      DType::BF16, alone.data() + t * out, 1, out, in, Layout::Interleaved16);
         EXPECT_EQ(0, std::memcmp(y.f32(), alone.data(), alone.size() * 4)) << where;
       }
-      const std::vector<std::int32_t> ids = {0, 15, std::int32_t(out / 16 * 16), std::int32_t(out - 1),
-                                             std::int32_t(out)};  // group ends, the rows after them, outside
-      Tensor got = f.random({5, in}), want = f.random({5, in});
+      // Group ends and starts, the rows after the groups, outside the table (ids past out read as zeros).
+      const std::vector<std::int32_t> ids = {0,
+                                             15,
+                                             16,
+                                             17,
+                                             std::int32_t(out / 16 * 16) - 1,
+                                             std::int32_t(out / 16 * 16),
+                                             std::int32_t(out - 1),
+                                             std::int32_t(out)};
+      const std::int64_t n = std::int64_t(ids.size());
+      Tensor got = f.random({n, in}), want = f.random({n, in});
       backend->embedding(ids, prepared.view(), 0, got.view());
       backend->embedding(ids, rows.view(), 0, want.view());
-      EXPECT_EQ(0, std::memcmp(want.f32(), got.f32(), std::size_t(5 * in) * 4)) << "in " << in << " out " << out;
+      EXPECT_EQ(0, std::memcmp(want.f32(), got.f32(), std::size_t(n * in) * 4)) << "in " << in << " out " << out;
       std::vector<float> products(static_cast<std::size_t>(out));
       EXPECT_THROW(cpu::row_dot_products_with(workers(), "avx512", w32.f32(), prepared.view().data, DType::BF16,
                                               products.data(), 1, out, in, Layout::Interleaved16),

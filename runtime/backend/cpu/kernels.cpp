@@ -460,12 +460,17 @@ void bf16_dot_products(Workers& workers, const float* x, const std::uint16_t* w,
     for (std::int64_t t = first; t < last; ++t) round_to_bf16(x + t * in, xs + t * ldx, in);
   });
   if (layout == Layout::Interleaved16) {
+    if (tokens <= 0) return;  // (the tiles run at least one token)
     // Work items of kGroupTile groups (the last one fewer), and one more for the rows after the groups (in row
     // layout). Items of one group left the balancing tail to 1-group tiles (6 accumulators, a broadcast per
-    // VDPBF16PS): 12% of a batch-16 decode step's samples.
-    const std::int64_t groups = out / 16, rest = out % 16, items = (groups + kGroupTile - 1) / kGroupTile;
+    // VDPBF16PS): 12% of a batch-16 decode step's samples. Where that would leave fewer than two items a thread
+    // (small matrices, many threads), items of one group, so that every thread has work; a thread's contiguous
+    // groups still go through 4-group tiles.
+    const std::int64_t groups = out / 16, rest = out % 16;
+    const std::int64_t per_item = groups / kGroupTile >= 2 * workers.size() ? kGroupTile : 1;
+    const std::int64_t items = (groups + per_item - 1) / per_item;
     workers.balance(items + (rest ? 1 : 0), [&](std::int64_t first, std::int64_t last) {
-      groups_bf16_interleaved(xs, ldx, w, y, tokens, first * kGroupTile, std::min(last * kGroupTile, groups), out, in);
+      groups_bf16_interleaved(xs, ldx, w, y, tokens, first * per_item, std::min(last * per_item, groups), out, in);
       if (last > items) rows_bf16_dots(xs, ldx, w + groups * 16 * in, y, tokens, groups * 16, out, out, in);
     });
     return;

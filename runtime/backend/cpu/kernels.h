@@ -36,8 +36,8 @@ Workers::Team team_for(DType weights);
 // the best the CPU has chosen at run time: AVX-512 (4 rows x 6 tokens register tiles), AVX2 with FMA (1 row x 4
 // tokens), scalar. All add in the same order (kernels.cpp), so they give the same bits. Above them, on CPUs with
 // AVX512_BF16, avx512bf16: bf16 weights times the activations rounded to bf16 (f32_to_bf16), VDPBF16PS into f32
-// lanes in the same tiles, each output computed the same way whatever the batch or thread (other weights: the
-// AVX-512 kernel). STRATA_ROW_KERNEL=avx512|avx2|scalar forces one (a kernel the CPU lacks is an error).
+// lanes, in the AVX-512 kernel's tiles on the row layout and in 4 groups x 6 tokens on its interleaved one (below),
+// each output computed the same way whatever the batch or thread (other weights: the AVX-512 kernel). STRATA_ROW_KERNEL=avx512|avx2|scalar forces one (a kernel the CPU lacks is an error).
 void row_dot_products(Workers& workers, const float* x, const float* w, float* y, std::int64_t tokens, std::int64_t out,
                       std::int64_t in);
 // The same with w stored as `w_dtype` (F32, F16 or BF16), streamed from memory at its stored size: bf16 is widened
@@ -56,7 +56,7 @@ void row_dot_products_with(Workers& workers, const std::string& kernel, const fl
 // (CpuBackend::prepare_weight): for each group of 16 rows, in / 2 vectors of 64 bytes whose 32-bit lane r holds row
 // r's weights 2p and 2p + 1; the last out % 16 rows after the groups in row layout. VDPBF16PS then multiplies one
 // vector of 16 rows by an activation pair broadcast to every lane, each lane accumulating its own row's sum: no
-// horizontal reduction per output, and each group one sequential stream (docs/performance.md: 25-45% faster than
+// horizontal reduction per output, and each group one sequential stream (docs/performance.md: 16-32% less time than
 // the row layout at 1, 16 and 64 tokens). Rows of an odd width stay in row layout.
 bool interleaves_bf16(const std::string& kernel, std::int64_t in);
 void interleave_bf16_rows(Workers& workers, const std::uint16_t* rows, std::uint16_t* interleaved, std::int64_t out,
