@@ -40,17 +40,25 @@ int main(int argc, char** argv) {
   std::vector<float> w(std::size_t(out * in)), x(std::size_t(128 * in)), y(std::size_t(128 * out));
   for (float& v : w) v = normal(rng);
   for (float& v : x) v = normal(rng);
-  std::vector<std::uint16_t> bf16(w.size());
+  std::vector<std::uint16_t> bf16(w.size()), bf16_interleaved(w.size());
   convert_from_f32(DType::BF16, w.data(), bf16.data(), w.size());
+  cpu::interleave_bf16_rows(workers, bf16.data(), bf16_interleaved.data(), out, in);
   for (const std::int64_t tokens : {1, 8, 16, 64, 128}) {
     const std::int64_t ops = 2 * out * in * tokens;
     for (int round = 0; round < 2; ++round)
-      for (const std::string& k : cpu::row_kernels())
-        if (k != "scalar")
-          std::printf("bf16 tokens %3ld %-10s %7.1f GFLOP/s\n", long(tokens), k.c_str(), rate(ops, [&] {
-                        cpu::row_dot_products_with(workers, k, x.data(), bf16.data(), DType::BF16, y.data(), tokens,
-                                                   out, in);
+      for (const std::string& k : cpu::row_kernels()) {
+        if (k == "scalar") continue;
+        std::printf("bf16 tokens %3ld %-10s %7.1f GFLOP/s (row layout)\n", long(tokens), k.c_str(), rate(ops, [&] {
+                      cpu::row_dot_products_with(workers, k, x.data(), bf16.data(), DType::BF16, y.data(), tokens, out,
+                                                 in);
+                    }));
+        if (cpu::interleaves_bf16(k, in))
+          std::printf("bf16 tokens %3ld %-10s %7.1f GFLOP/s (interleaved, as strata runs it)\n", long(tokens),
+                      k.c_str(), rate(ops, [&] {
+                        cpu::row_dot_products_with(workers, k, x.data(), bf16_interleaved.data(), DType::BF16, y.data(),
+                                                   tokens, out, in, Layout::Interleaved16);
                       }));
+      }
   }
   for (const quant::Format f : {quant::Format::Q8_0, quant::Format::Q4_0}) {
     std::vector<std::uint8_t> blocks(quant::row_bytes(f, in) * std::size_t(out));
