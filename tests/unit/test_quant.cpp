@@ -97,50 +97,52 @@ TEST(Quant, KernelsMatchTheDequantizedReferenceAndEachOther) {
   if (kernels.size() < 3) std::printf("  (no AVX-512 VNNI here: that kernel is tested on machines that have it)\n");
   for (const Format f : {Format::Q8_0, Format::Q4_0})
     for (const std::int64_t in : {96, 160})
-      for (const std::int64_t tokens : {1, 2, 3, 5, 8, 9, 17, 200}) {  // 200: passes of 96 tokens
-        const std::int64_t out = 37;
-        const std::vector<float> w = normal(std::size_t(out * in), 11, 0.5f), x = normal(std::size_t(tokens * in), 12);
-        auto wq = quantized(f, w, out, in);
-        if (f == Format::Q8_0) {  // row 3's first block: a -128 and a 0
-          auto* block = reinterpret_cast<quant::BlockQ8_0*>(wq.data() + 3 * quant::row_bytes(f, in));
-          block->qs[5] = -128;
-          block->qs[6] = 0;
-        }
-        const std::vector<float> wd = dequantized(f, wq, out, in);
-        const std::vector<float> xd = dequantized(Format::Q8_0, quantized(Format::Q8_0, x, tokens, in), tokens, in);
-        std::vector<float> scalar(std::size_t(tokens * out));
-        quant::row_dot_products_with(workers(), "scalar", x.data(), wq.data(), f, scalar.data(), tokens, out, in);
-        for (const std::string& kernel : kernels) {
-          std::vector<float> got(scalar.size(), -1.0f);
-          quant::row_dot_products_with(workers(), kernel, x.data(), wq.data(), f, got.data(), tokens, out, in);
-          EXPECT_EQ(0, std::memcmp(scalar.data(), got.data(), scalar.size() * 4))
-              << kernel << " differs from scalar: " << quant::format_name(f) << " in " << in << " tokens " << tokens;
-          if (!quant::interleaves(kernel)) continue;
-          std::vector<std::uint8_t> interleaved(wq.size());  // 2 groups of 16 rows and 5 rows in the row layout
-          quant::interleave_rows(workers(), f, wq.data(), interleaved.data(), out, in);
-          std::fill(got.begin(), got.end(), -1.0f);
-          quant::row_dot_products_with(workers(), kernel, x.data(), interleaved.data(), f, got.data(), tokens, out, in,
-                                       Layout::Interleaved16);
-          EXPECT_EQ(0, std::memcmp(scalar.data(), got.data(), scalar.size() * 4))
-              << kernel << " on interleaved weights differs from scalar: " << quant::format_name(f) << " in " << in
-              << " tokens " << tokens;
-        }
-        double worst = 0, unquantized_gap = 0;
-        for (std::int64_t t = 0; t < tokens; ++t)
-          for (std::int64_t r = 0; r < out; ++r) {
-            double ref = 0, magnitude = 0, exact = 0;
-            for (std::int64_t k = 0; k < in; ++k) {
-              ref += double(wd[std::size_t(r * in + k)]) * xd[std::size_t(t * in + k)];
-              magnitude += std::fabs(double(wd[std::size_t(r * in + k)]) * xd[std::size_t(t * in + k)]);
-              exact += double(wd[std::size_t(r * in + k)]) * x[std::size_t(t * in + k)];
-            }
-            const double got = scalar[std::size_t(t * out + r)];
-            worst = std::max(worst, std::fabs(got - ref) / magnitude);
-            unquantized_gap = std::max(unquantized_gap, std::fabs(got - exact) / magnitude);
+      for (const std::int64_t tokens : {1, 2, 3, 5, 8, 9, 17, 200})  // 200: passes of 96 tokens
+        // 149: 9 groups, so that a thread's range holds several neighbouring groups
+        for (const std::int64_t out : {37, 149}) {
+          const std::vector<float> w = normal(std::size_t(out * in), 11, 0.5f),
+                                   x = normal(std::size_t(tokens * in), 12);
+          auto wq = quantized(f, w, out, in);
+          if (f == Format::Q8_0) {  // row 3's first block: a -128 and a 0
+            auto* block = reinterpret_cast<quant::BlockQ8_0*>(wq.data() + 3 * quant::row_bytes(f, in));
+            block->qs[5] = -128;
+            block->qs[6] = 0;
           }
-        EXPECT_LT(worst, 1e-6) << quant::format_name(f) << " in " << in << " tokens " << tokens;
-        EXPECT_GT(unquantized_gap, 1e-4) << "the activations are quantized (negative control)";
-      }
+          const std::vector<float> wd = dequantized(f, wq, out, in);
+          const std::vector<float> xd = dequantized(Format::Q8_0, quantized(Format::Q8_0, x, tokens, in), tokens, in);
+          std::vector<float> scalar(std::size_t(tokens * out));
+          quant::row_dot_products_with(workers(), "scalar", x.data(), wq.data(), f, scalar.data(), tokens, out, in);
+          for (const std::string& kernel : kernels) {
+            std::vector<float> got(scalar.size(), -1.0f);
+            quant::row_dot_products_with(workers(), kernel, x.data(), wq.data(), f, got.data(), tokens, out, in);
+            EXPECT_EQ(0, std::memcmp(scalar.data(), got.data(), scalar.size() * 4))
+                << kernel << " differs from scalar: " << quant::format_name(f) << " in " << in << " tokens " << tokens;
+            if (!quant::interleaves(kernel)) continue;
+            std::vector<std::uint8_t> interleaved(wq.size());  // whole groups of 16 rows, 5 rows in the row layout
+            quant::interleave_rows(workers(), f, wq.data(), interleaved.data(), out, in);
+            std::fill(got.begin(), got.end(), -1.0f);
+            quant::row_dot_products_with(workers(), kernel, x.data(), interleaved.data(), f, got.data(), tokens, out,
+                                         in, Layout::Interleaved16);
+            EXPECT_EQ(0, std::memcmp(scalar.data(), got.data(), scalar.size() * 4))
+                << kernel << " on interleaved weights differs from scalar: " << quant::format_name(f) << " in " << in
+                << " out " << out << " tokens " << tokens;
+          }
+          double worst = 0, unquantized_gap = 0;
+          for (std::int64_t t = 0; t < tokens; ++t)
+            for (std::int64_t r = 0; r < out; ++r) {
+              double ref = 0, magnitude = 0, exact = 0;
+              for (std::int64_t k = 0; k < in; ++k) {
+                ref += double(wd[std::size_t(r * in + k)]) * xd[std::size_t(t * in + k)];
+                magnitude += std::fabs(double(wd[std::size_t(r * in + k)]) * xd[std::size_t(t * in + k)]);
+                exact += double(wd[std::size_t(r * in + k)]) * x[std::size_t(t * in + k)];
+              }
+              const double got = scalar[std::size_t(t * out + r)];
+              worst = std::max(worst, std::fabs(got - ref) / magnitude);
+              unquantized_gap = std::max(unquantized_gap, std::fabs(got - exact) / magnitude);
+            }
+          EXPECT_LT(worst, 1e-6) << quant::format_name(f) << " in " << in << " tokens " << tokens;
+          EXPECT_GT(unquantized_gap, 1e-4) << "the activations are quantized (negative control)";
+        }
 }
 
 // The interleaved layout (quant.h) holds every row: each dequantizes as it did in the row layout, in the 16-row
