@@ -92,7 +92,7 @@ bool map_weights(const ParallelOptions& p, const RunPlan& plan) {
   if (p.mmap || p.no_mmap) return p.mmap;
   if (plan.device != DeviceKind::Cpu || !p.quantize.empty()) return true;
   if (is_quantized(plan.stored) && quant::interleaves(quant::kernel_name())) return true;
-  if (plan.stored == DType::BF16 && cpu::row_kernel_name() == "avx512bf16") return true;
+  if (plan.stored == DType::BF16 && cpu::interleaves_bf16(cpu::row_kernel_name())) return true;
   return !transparent_huge_pages();
 }
 

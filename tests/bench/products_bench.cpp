@@ -88,9 +88,8 @@ Options parse(int argc, char** argv) {
   const bool interleaves = strata::cpu::interleaves_bf16(o.kernel, o.in);
   if (o.layout.empty()) o.layout = interleaves ? "interleaved" : "rows";
   if (o.layout == "interleaved" && !interleaves)
-    usage(argv[0], "the " + o.kernel +
-                       " kernel reads rows of an odd width (--in) only in rows, and other "
-                       "kernels always");
+    usage(argv[0], "--layout interleaved needs the avx512bf16 kernel and an even --in (the " + o.kernel +
+                       " kernel reads these rows only in row layout)");
   return o;
 }
 

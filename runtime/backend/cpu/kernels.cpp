@@ -520,7 +520,9 @@ void row_dot_products_with(Workers& workers, const std::string& name, const floa
   });
 }
 
-bool interleaves_bf16(const std::string& kernel, std::int64_t in) { return kernel == "avx512bf16" && in % 2 == 0; }
+bool interleaves_bf16(const std::string& kernel) { return kernel == "avx512bf16"; }
+
+bool interleaves_bf16(const std::string& kernel, std::int64_t in) { return interleaves_bf16(kernel) && in % 2 == 0; }
 
 void interleave_bf16_rows(Workers& workers, const std::uint16_t* rows, std::uint16_t* interleaved, std::int64_t out,
                           std::int64_t in) {

@@ -37,7 +37,8 @@ Workers::Team team_for(DType weights);
 // tokens), scalar. All add in the same order (kernels.cpp), so they give the same bits. Above them, on CPUs with
 // AVX512_BF16, avx512bf16: bf16 weights times the activations rounded to bf16 (f32_to_bf16), VDPBF16PS into f32
 // lanes, in the AVX-512 kernel's tiles on the row layout and in 4 groups x 6 tokens on its interleaved one (below),
-// each output computed the same way whatever the batch or thread (other weights: the AVX-512 kernel). STRATA_ROW_KERNEL=avx512|avx2|scalar forces one (a kernel the CPU lacks is an error).
+// each output computed the same way whatever the batch or thread (other weights: the AVX-512 kernel).
+// STRATA_ROW_KERNEL=avx512|avx2|scalar forces one (a kernel the CPU lacks is an error).
 void row_dot_products(Workers& workers, const float* x, const float* w, float* y, std::int64_t tokens, std::int64_t out,
                       std::int64_t in);
 // The same with w stored as `w_dtype` (F32, F16 or BF16), streamed from memory at its stored size: bf16 is widened
@@ -58,7 +59,8 @@ void row_dot_products_with(Workers& workers, const std::string& kernel, const fl
 // vector of 16 rows by an activation pair broadcast to every lane, each lane accumulating its own row's sum: no
 // horizontal reduction per output, and each group one sequential stream (docs/performance.md: 16-32% less time than
 // the row layout at 1, 16 and 64 tokens). Rows of an odd width stay in row layout.
-bool interleaves_bf16(const std::string& kernel, std::int64_t in);
+bool interleaves_bf16(const std::string& kernel);                   // whether `kernel` reads the layout at all
+bool interleaves_bf16(const std::string& kernel, std::int64_t in);  // ... for a matrix of rows `in` wide
 void interleave_bf16_rows(Workers& workers, const std::uint16_t* rows, std::uint16_t* interleaved, std::int64_t out,
                           std::int64_t in);
 // Row r of an interleaved [out, in] bf16 matrix, widened to f32 (the values the row layout holds).
