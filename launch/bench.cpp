@@ -135,48 +135,21 @@ double measure_rate(const NodeInfo& node, Communicator& world, double ops_per_ca
   return ops_per_call * node.local_size / best;
 }
 
-// The compute rate of the CPU backend's quantized products (quant.h) on a weight that stays in cache, 128 tokens a
-// call, in the layout the model's weights are given at load (CpuBackend::prepare_weight): the compute roofline of a
-// model run with --quantize, whose products never go through sgemm. Counted as 2 operations per weight per token, as
-// sgemm's FLOPs are.
-double measure_quantized_rate(const NodeInfo& node, Communicator& world, cpu::Workers& workers, DType weights) {
+// The compute rate of the backend's own products with weights of `weights` (bf16, f16, f32 or quantized) on a weight
+// that stays in cache, 128 tokens a call: the compute roofline of a model whose products never go through sgemm (the
+// quantized kernels, and the AVX-512 row kernels, which run products of any size). The weight is made as a loaded
+// one is (allocate, upload, which quantizes, prepare_weight), so the rate is that of the layout and kernel the
+// model's products use. Counted as 2 operations per weight per token, as sgemm's FLOPs are.
+double measure_products_rate(const NodeInfo& node, Communicator& world, Backend& backend, DType weights) {
   const std::int64_t out = 768, in = 768, tokens = 128;  // a layer of a small model, in L2/L3
-  const quant::Format format = weights == DType::Q8_0 ? quant::Format::Q8_0 : quant::Format::Q4_0;
-  const std::string kernel = quant::kernel_name();
-  std::vector<float> w(std::size_t(out * in), 0.25f), x(std::size_t(tokens * in), 0.5f), y(std::size_t(tokens * out));
-  // 64-byte aligned, as loaded weights are (allocate_host): no vector load spans two cache lines.
-  const Buffer blocks = allocate_host(quant::row_bytes(format, in) * std::size_t(out));
-  const Buffer interleaved = allocate_host(blocks.bytes());
-  quant::quantize_row(format, w.data(), blocks.data(), out * in);
-  const Layout layout = quant::interleaves(kernel) ? Layout::Interleaved16 : Layout::Rows;
-  if (layout == Layout::Interleaved16)
-    quant::interleave_rows(workers, format, blocks.data(), interleaved.data(), out, in);
-  const void* used = layout == Layout::Interleaved16 ? interleaved.data() : blocks.data();
-  return measure_rate(node, world, 2.0 * double(out * in * tokens), [&] {
-    quant::row_dot_products_with(workers, kernel, x.data(), used, format, y.data(), tokens, out, in, layout);
-  });
-}
-
-// The compute rate of the CPU backend's own products (kernels.h) with weights of `weights` (f32, bf16 or f16), on
-// a weight that stays in cache, 128 tokens a call: the compute roofline where that kernel runs every product (the
-// AVX-512 ones do, avx512bf16 with bf16 dot products for bf16 weights, interleaved as prepare_weight lays them
-// out; with AVX2 products of more than 4 tokens go to OpenBLAS, whose sgemm rate is then the bound).
-double measure_row_kernel_rate(const NodeInfo& node, Communicator& world, cpu::Workers& workers, DType weights) {
-  const std::int64_t out = 768, in = 768, tokens = 128;
-  const std::string kernel = cpu::row_kernel_name();
-  std::vector<float> w(std::size_t(out * in), 0.25f), x(std::size_t(tokens * in), 0.5f), y(std::size_t(tokens * out));
-  // 64-byte aligned, as loaded weights are (allocate_host): no vector load spans two cache lines.
-  const Buffer stored = allocate_host(dtype_bytes(weights, out * in)), interleaved = allocate_host(stored.bytes());
-  convert_from_f32(weights, w.data(), stored.data(), w.size());
-  const bool interleave = weights == DType::BF16 && cpu::interleaves_bf16(kernel, in);
-  if (interleave)
-    cpu::interleave_bf16_rows(workers, static_cast<const std::uint16_t*>(stored.data()),
-                              static_cast<std::uint16_t*>(interleaved.data()), out, in);
-  const void* used = interleave ? interleaved.data() : stored.data();
-  const Layout layout = interleave ? Layout::Interleaved16 : Layout::Rows;
-  return measure_rate(node, world, 2.0 * double(out * in * tokens), [&] {
-    cpu::row_dot_products_with(workers, kernel, x.data(), used, weights, y.data(), tokens, out, in, layout);
-  });
+  const std::vector<float> w(std::size_t(out * in), 0.25f), x(std::size_t(tokens * in), 0.5f);
+  Tensor weight = backend.allocate({out, in}, weights);
+  backend.upload(w.data(), weight.view());
+  weight = backend.prepare_weight(std::move(weight));
+  const Tensor input = backend.allocate({tokens, in}, DType::F32), output = backend.allocate({tokens, out}, DType::F32);
+  backend.upload(x.data(), input.view());
+  return measure_rate(node, world, 2.0 * double(out * in * tokens),
+                      [&] { backend.linear(input.view(), weight.view(), TensorView{}, output.view()); });
 }
 
 // The GPU bounds of one pipeline stage: the slowest GPU's copy bandwidth and GEMM rate, times the tp GPUs of a
@@ -312,21 +285,21 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
           gpu.per_gpu_bandwidth / 1e9, gpu.per_gpu_flops / 1e12, bandwidth / 1e9, sgemm / 1e12, layout.sizes().tp);
     }
   }
-  // The probes' threads: the backend's team for these weights.
+  // The sgemm probe's threads: the kind of team the backend runs for these weights.
   std::optional<cpu::Workers> workers;
   if (!cuda) {
     workers.emplace(cpu_threads_per_rank(node), cpu::team_for(session.plan().stored));
     bandwidth = measure_read_bandwidth(node, world, o.memory_gib);
     sgemm = measure_sgemm_rate(node, world, *workers);
   }
-  // Quantized weights: every product runs on the blocks (quant.h), so that kernel's rate is the compute bound.
+  // Quantized weights: every product runs on the blocks (quant.h), so that kernel's rate is the compute bound; the
+  // AVX-512 row kernel runs every unquantized product of any size: its rate is the bound then.
   const DType weights = session.plan().stored;
-  const double quantized = !cuda && is_quantized(weights) ? measure_quantized_rate(node, world, *workers, weights) : 0;
-  // The AVX-512 row kernel runs every unquantized product of any size: its rate is the bound then.
-  const bool row_kernel_only =
-      !cuda && quantized == 0 && cpu::row_kernel_max_tokens(cpu::row_kernel_name()) == cpu::kAnyBatch;
-  const double row_kernel = row_kernel_only ? measure_row_kernel_rate(node, world, *workers, weights) : 0;
-  const double compute = quantized > 0 ? quantized : row_kernel > 0 ? row_kernel : sgemm;
+  const bool row_kernel_only = cpu::row_kernel_max_tokens(cpu::row_kernel_name()) == cpu::kAnyBatch;
+  const double products = !cuda && (is_quantized(weights) || row_kernel_only)
+                              ? measure_products_rate(node, world, session.backend(), weights)
+                              : 0;
+  const double compute = products > 0 ? products : sgemm;
   if (report && !cuda) {
     std::printf(
         "model %s: %.1fM parameters, %.0f MB of %s weights; tp %d pp %d on %d rank(s), %d thread(s) "
@@ -335,18 +308,18 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
         layout.world_size(), cpu_threads_per_rank(node));
     std::printf("measured: memory read %.2f GB/s, sgemm %.1f GFLOP/s (all ranks of the node at once)\n",
                 bandwidth / 1e9, sgemm / 1e9);
-    if (quantized > 0)
+    if (products > 0 && is_quantized(weights))
       std::printf(
           "measured: %s block products (%s kernel) %.1f GOP/s: the compute roofline below (the products "
           "never use sgemm)\n",
-          dtype_name(weights), quant::kernel_name().c_str(), quantized / 1e9);
+          dtype_name(weights), quant::kernel_name().c_str(), products / 1e9);
     const bool bf16_dots = weights == DType::BF16 && cpu::row_kernel_name() == "avx512bf16";
-    if (row_kernel > 0)
+    if (products > 0 && !is_quantized(weights))
       std::printf(
           "measured: %s-weight products (%s kernel, %s) %.1f GFLOP/s: the compute roofline below (the "
           "products never use sgemm)\n",
           dtype_name(weights), cpu::row_kernel_name().c_str(),
-          bf16_dots ? "bf16 dot products, activations rounded to bf16" : "f32 FMAs", row_kernel / 1e9);
+          bf16_dots ? "bf16 dot products, activations rounded to bf16" : "f32 FMAs", products / 1e9);
   }
   if (report) {
     std::printf(

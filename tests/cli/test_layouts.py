@@ -115,6 +115,12 @@ for flags, mapped_expected in [((), interleaves or not huge_pages), (("--mmap",)
                                         else float(rearranged[1]) == 0),
             f"bench {' '.join(flags) or '(default)'}: bf16 matrices re-laid out only for the avx512bf16 kernel "
             f"({'it runs' if interleaves else 'not this CPU'}): {line!r}")
+    # The compute roofline where the avx512bf16 kernel runs every product: its rate on a weight the backend made as
+    # it makes the model's (interleaved), not sgemm's.
+    rate = re.search(r"bf16-weight products \(avx512bf16 kernel, [^)]*\) ([0-9.]+) GFLOP/s: the compute roofline", out)
+    h.check(rate is not None and float(rate[1]) > 1 if interleaves else rate is None,
+            f"bench {' '.join(flags) or '(default)'}: the avx512bf16 kernel's own rate is the roofline "
+            f"({'it runs' if interleaves else 'not this CPU'}): {rate and rate[0]!r}")
     # Decode is timed inside one run (from the last first token to the end): a rate from two runs' difference could
     # come out absurd (2.4e11 tok/s once) or negative when the second prefill ran slower than the first.
     row = next((l.split() for l in out.splitlines() if l.split()[:2] == ["1", "4"]), [])
