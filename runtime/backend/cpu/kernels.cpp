@@ -1,6 +1,8 @@
 // CPU kernels; see kernels.h. Independent accumulator lanes let GCC vectorise the reductions without -ffast-math.
 #include "runtime/backend/cpu/kernels.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -272,10 +274,20 @@ constexpr int kGroupTile = 4;
 // tokens (strata_products_bench), 1536 level.
 constexpr std::int64_t kGroupAhead = 1024;
 
+// A later pass's requests for the thread's next tile (see groups_bf16_interleaved): `bytes` per column pair from
+// `from` on; none where from is null.
+struct NextTile {
+  const char* from = nullptr;
+  std::int64_t bytes = 0;
+};
+
+// Fetch: the first token pass, which reads the groups from memory and requests them kGroupAhead bytes ahead (into
+// L1); the later passes find them in L2 and may request the next tile (into L2).
 template <int Groups, int Tokens, bool Fetch>
 __attribute__((target(STRATA_AVX512BF16))) void tile_bf16_interleaved(const std::uint16_t* x, std::int64_t ldx,
                                                                       const std::uint16_t* w, float* y,
-                                                                      std::int64_t out, std::int64_t in) {
+                                                                      std::int64_t out, std::int64_t in,
+                                                                      NextTile next) {
   __m512 acc[Groups][Tokens];
 #pragma GCC unroll 16
   for (int g = 0; g < Groups; ++g)
@@ -283,6 +295,10 @@ __attribute__((target(STRATA_AVX512BF16))) void tile_bf16_interleaved(const std:
     for (int t = 0; t < Tokens; ++t) acc[g][t] = _mm512_setzero_ps();
   const std::int64_t group = 16 * in, pairs = in / 2;
   for (std::int64_t p = 0; p < pairs; ++p) {
+    if constexpr (!Fetch) {
+      if (next.from)
+        for (std::int64_t b = 0; b < next.bytes; b += 64) _mm_prefetch(next.from + p * next.bytes + b, _MM_HINT_T1);
+    }
     __m512bh wv[Groups];
 #pragma GCC unroll 16
     for (int g = 0; g < Groups; ++g) {
@@ -305,21 +321,50 @@ __attribute__((target(STRATA_AVX512BF16))) void tile_bf16_interleaved(const std:
     for (int t = 0; t < Tokens; ++t) _mm512_storeu_ps(y + t * out + 16 * g, acc[g][t]);
 }
 
+// Bytes of this core's L2 (sysconf; 1 MiB where it does not say).
+std::int64_t l2_bytes() {
+  static const std::int64_t bytes = [] {
+    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return reported > 0 ? std::int64_t(reported) : std::int64_t(1) << 20;
+  }();
+  return bytes;
+}
+
 // Groups [first, last) of an interleaved matrix (its first group at w), kGroupTile groups at a time (96 KiB of
 // 768-wide rows: they stay in L2 from the first token tile's pass to the last), the last few together.
+//   The first pass of a tile waits on memory, the later ones compute from L2 while the memory bus idles: they
+// request the next tile of the range into L2, spread evenly over their column pairs (whole cache lines per pair),
+// so that its first pass finds it there. Products alone (strata_products_bench, 200 MB from memory, two runs of
+// three alternating rounds): at width 768, 32 / 64 / 96 tokens 10-18% / 5-9% / 2-7% less time, 16 tokens 15% less
+// to 4% more; at 2048, 32 tokens 2-11% less, 64 and 96 tokens 9% and 5% less to 3% and 2% more. Only where two tiles
+// fit in half of L2 (at width 4096 and 16 tokens, 512 KiB tiles and 1 MiB of L2, the requests pushed out the tile
+// being read: 5-34% more time) and a pass requests at most a sixteenth of it (at width 2048 and 16 tokens, 128 KiB a
+// pass, 14-19% more time; 64 KiB at 32 tokens gained).
 __attribute__((target(STRATA_AVX512BF16))) void groups_bf16_interleaved(const std::uint16_t* x, std::int64_t ldx,
                                                                         const std::uint16_t* w, float* y,
                                                                         std::int64_t tokens, std::int64_t first,
                                                                         std::int64_t last, std::int64_t out,
                                                                         std::int64_t in) {
+  const std::int64_t pairs = in / 2, later_passes = (tokens - 1) / kTileTokens, tile_bytes = kGroupTile * 16 * in * 2;
+  const std::int64_t per_pair =
+      later_passes > 0 ? ((tile_bytes + later_passes * pairs - 1) / (later_passes * pairs) + 63) / 64 * 64 : 0;
+  const bool fetch_next = later_passes > 0 && 4 * tile_bytes <= l2_bytes() && 16 * pairs * per_pair <= l2_bytes();
   const auto tiles = [&](std::int64_t g, auto groups) {
+    const std::int64_t next_groups = fetch_next ? std::min<std::int64_t>(kGroupTile, last - g - groups()) : 0;
+    const std::int64_t next_bytes = next_groups * 16 * in * 2;
+    const char* next = reinterpret_cast<const char*>(w + (g + groups()) * 16 * in);
+    std::int64_t requested = 0;
     const auto pass = [&](std::int64_t t0, auto fetch) {
+      NextTile request;
+      if (!fetch() && next_groups > 0 && requested < next_bytes) {
+        request = {next + requested, per_pair};
+        requested += pairs * per_pair;
+      }
       with_tile_count<kTileTokens>(tokens - t0, [&](auto t) {
         tile_bf16_interleaved<groups(), t(), fetch()>(x + t0 * ldx, ldx, w + g * 16 * in, y + t0 * out + 16 * g, out,
-                                                      in);
+                                                      in, request);
       });
     };
-    // As rows_bf16_dots: the later passes find the groups in L2, where requests would only crowd L1.
     pass(0, std::true_type{});
     for (std::int64_t t0 = kTileTokens; t0 < tokens; t0 += kTileTokens) pass(t0, std::false_type{});
   };
