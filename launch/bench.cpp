@@ -140,7 +140,11 @@ double measure_rate(const NodeInfo& node, Communicator& world, double ops_per_ca
 // quantized kernels, and the AVX-512 row kernels, which run products of any size). The weight is made as a loaded
 // one is (allocate, upload, which quantizes, prepare_weight), so the rate is that of the layout and kernel the
 // model's products use. Counted as 2 operations per weight per token, as sgemm's FLOPs are.
-double measure_products_rate(const NodeInfo& node, Communicator& world, Backend& backend, DType weights) {
+struct ProductsRate {
+  double ops_per_second = 0;
+  Layout layout = Layout::Rows;  // the probe weight's, as prepare_weight gave it
+};
+ProductsRate measure_products_rate(const NodeInfo& node, Communicator& world, Backend& backend, DType weights) {
   const std::int64_t out = 768, in = 768, tokens = 128;  // a layer of a small model, in L2/L3
   const std::vector<float> w(std::size_t(out * in), 0.25f), x(std::size_t(tokens * in), 0.5f);
   Tensor weight = backend.allocate({out, in}, weights);
@@ -148,8 +152,13 @@ double measure_products_rate(const NodeInfo& node, Communicator& world, Backend&
   weight = backend.prepare_weight(std::move(weight));
   const Tensor input = backend.allocate({tokens, in}, DType::F32), output = backend.allocate({tokens, out}, DType::F32);
   backend.upload(x.data(), input.view());
-  return measure_rate(node, world, 2.0 * double(out * in * tokens),
-                      [&] { backend.linear(input.view(), weight.view(), TensorView{}, output.view()); });
+  const double rate = measure_rate(node, world, 2.0 * double(out * in * tokens),
+                                   [&] { backend.linear(input.view(), weight.view(), TensorView{}, output.view()); });
+  return {rate, weight.layout()};
+}
+
+const char* layout_words(Layout layout) {
+  return layout == Layout::Interleaved16 ? "weights interleaved by 16 rows" : "weights in rows";
 }
 
 // The GPU bounds of one pipeline stage: the slowest GPU's copy bandwidth and GEMM rate, times the tp GPUs of a
@@ -295,11 +304,11 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
   // Quantized weights: every product runs on the blocks (quant.h), so that kernel's rate is the compute bound; the
   // AVX-512 row kernel runs every unquantized product of any size: its rate is the bound then.
   const DType weights = session.plan().stored;
-  const bool row_kernel_only = cpu::row_kernel_max_tokens(cpu::row_kernel_name()) == cpu::kAnyBatch;
-  const double products = !cuda && (is_quantized(weights) || row_kernel_only)
-                              ? measure_products_rate(node, world, session.backend(), weights)
-                              : 0;
-  const double compute = products > 0 ? products : sgemm;
+  const bool row_kernel_only = !cuda && cpu::row_kernel_max_tokens(cpu::row_kernel_name()) == cpu::kAnyBatch;
+  const ProductsRate probe = !cuda && (is_quantized(weights) || row_kernel_only)
+                                 ? measure_products_rate(node, world, session.backend(), weights)
+                                 : ProductsRate{};
+  const double products = probe.ops_per_second, compute = products > 0 ? products : sgemm;
   if (report && !cuda) {
     std::printf(
         "model %s: %.1fM parameters, %.0f MB of %s weights; tp %d pp %d on %d rank(s), %d thread(s) "
@@ -310,15 +319,15 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
                 bandwidth / 1e9, sgemm / 1e9);
     if (products > 0 && is_quantized(weights))
       std::printf(
-          "measured: %s block products (%s kernel) %.1f GOP/s: the compute roofline below (the products "
+          "measured: %s block products (%s kernel, %s) %.1f GOP/s: the compute roofline below (the products "
           "never use sgemm)\n",
-          dtype_name(weights), quant::kernel_name().c_str(), products / 1e9);
+          dtype_name(weights), quant::kernel_name().c_str(), layout_words(probe.layout), products / 1e9);
     const bool bf16_dots = weights == DType::BF16 && cpu::row_kernel_name() == "avx512bf16";
     if (products > 0 && !is_quantized(weights))
       std::printf(
-          "measured: %s-weight products (%s kernel, %s) %.1f GFLOP/s: the compute roofline below (the "
+          "measured: %s-weight products (%s kernel, %s, %s) %.1f GFLOP/s: the compute roofline below (the "
           "products never use sgemm)\n",
-          dtype_name(weights), cpu::row_kernel_name().c_str(),
+          dtype_name(weights), cpu::row_kernel_name().c_str(), layout_words(probe.layout),
           bf16_dots ? "bf16 dot products, activations rounded to bf16" : "f32 FMAs", products / 1e9);
   }
   if (report) {

@@ -117,7 +117,8 @@ for flags, mapped_expected in [((), interleaves or not huge_pages), (("--mmap",)
             f"({'it runs' if interleaves else 'not this CPU'}): {line!r}")
     # The compute roofline where the avx512bf16 kernel runs every product: its rate on a weight the backend made as
     # it makes the model's (interleaved), not sgemm's.
-    rate = re.search(r"bf16-weight products \(avx512bf16 kernel, [^)]*\) ([0-9.]+) GFLOP/s: the compute roofline", out)
+    rate = re.search(r"bf16-weight products \(avx512bf16 kernel, weights interleaved by 16 rows, [^)]*\) ([0-9.]+) "
+                     r"GFLOP/s: the compute roofline", out)
     h.check(rate is not None and float(rate[1]) > 1 if interleaves else rate is None,
             f"bench {' '.join(flags) or '(default)'}: the avx512bf16 kernel's own rate is the roofline "
             f"({'it runs' if interleaves else 'not this CPU'}): {rate and rate[0]!r}")

@@ -275,10 +275,10 @@ constexpr int kGroupTile = 4;
 constexpr std::int64_t kGroupAhead = 1024;
 
 // A later pass's requests for the thread's next tile (see groups_bf16_interleaved): `bytes` per column pair from
-// `from` on; none where from is null.
+// `from` on, for the first `pairs` column pairs; none where from is null.
 struct NextTile {
   const char* from = nullptr;
-  std::int64_t bytes = 0;
+  std::int64_t bytes = 0, pairs = 0;
 };
 
 // Fetch: the first token pass, which reads the groups from memory and requests them kGroupAhead bytes ahead (into
@@ -296,7 +296,7 @@ __attribute__((target(STRATA_AVX512BF16))) void tile_bf16_interleaved(const std:
   const std::int64_t group = 16 * in, pairs = in / 2;
   for (std::int64_t p = 0; p < pairs; ++p) {
     if constexpr (!Fetch) {
-      if (next.from)
+      if (next.from && p < next.pairs)
         for (std::int64_t b = 0; b < next.bytes; b += 64) _mm_prefetch(next.from + p * next.bytes + b, _MM_HINT_T1);
     }
     __m512bh wv[Groups];
@@ -333,7 +333,8 @@ std::int64_t l2_bytes() {
 // Groups [first, last) of an interleaved matrix (its first group at w), kGroupTile groups at a time (96 KiB of
 // 768-wide rows: they stay in L2 from the first token tile's pass to the last), the last few together.
 //   The first pass of a tile waits on memory, the later ones compute from L2 while the memory bus idles: they
-// request the next tile of the range into L2, spread evenly over their column pairs (whole cache lines per pair),
+// request the next tile of the range into L2, one to four cache lines per column pair (the tile's bytes over all the
+// later passes' pairs, rounded up to whole lines: with more than four later passes, the first four request it all),
 // so that its first pass finds it there. Products alone (strata_products_bench, 200 MB from memory, two runs of
 // three alternating rounds): at width 768, 32 / 64 / 96 tokens 10-18% / 5-9% / 2-7% less time, 16 tokens 15% less
 // to 4% more; at 2048, 32 tokens 2-11% less, 64 and 96 tokens 9% and 5% less to 3% and 2% more. Only where two tiles
@@ -348,7 +349,8 @@ __attribute__((target(STRATA_AVX512BF16))) void groups_bf16_interleaved(const st
   const std::int64_t pairs = in / 2, later_passes = (tokens - 1) / kTileTokens, tile_bytes = kGroupTile * 16 * in * 2;
   const std::int64_t per_pair =
       later_passes > 0 ? ((tile_bytes + later_passes * pairs - 1) / (later_passes * pairs) + 63) / 64 * 64 : 0;
-  const bool fetch_next = later_passes > 0 && 4 * tile_bytes <= l2_bytes() && 16 * pairs * per_pair <= l2_bytes();
+  const bool fetch_next =
+      later_passes > 0 && pairs > 0 && 4 * tile_bytes <= l2_bytes() && 16 * pairs * per_pair <= l2_bytes();
   const auto tiles = [&](std::int64_t g, auto groups) {
     const std::int64_t next_groups = fetch_next ? std::min<std::int64_t>(kGroupTile, last - g - groups()) : 0;
     const std::int64_t next_bytes = next_groups * 16 * in * 2;
@@ -357,8 +359,9 @@ __attribute__((target(STRATA_AVX512BF16))) void groups_bf16_interleaved(const st
     const auto pass = [&](std::int64_t t0, auto fetch) {
       NextTile request;
       if (!fetch() && next_groups > 0 && requested < next_bytes) {
-        request = {next + requested, per_pair};
-        requested += pairs * per_pair;
+        const std::int64_t pairs_left = (next_bytes - requested + per_pair - 1) / per_pair;
+        request = {next + requested, per_pair, std::min(pairs, pairs_left)};
+        requested += request.pairs * per_pair;
       }
       with_tile_count<kTileTokens>(tokens - t0, [&](auto t) {
         tile_bf16_interleaved<groups(), t(), fetch()>(x + t0 * ldx, ldx, w + g * 16 * in, y + t0 * out + 16 * g, out,
