@@ -136,16 +136,23 @@ double measure_rate(const NodeInfo& node, Communicator& world, double ops_per_ca
 }
 
 // The compute rate of the backend's own products with weights of `weights` (bf16, f16, f32 or quantized) on a weight
-// that stays in cache, 128 tokens a call: the compute roofline of a model whose products never go through sgemm (the
-// quantized kernels, and the AVX-512 row kernels, which run products of any size). The weight is made as a loaded
-// one is (allocate, upload, which quantizes, prepare_weight), so the rate is that of the layout and kernel the
-// model's products use. Counted as 2 operations per weight per token, as sgemm's FLOPs are.
+// of the model's width `in` that stays in cache, 128 tokens a call (a 768-wide probe of a 4096-wide model measured
+// below the kernel's rate on the model's rows: 102-126% of it in the table): the compute roofline of a model
+// whose products never go through sgemm (the quantized kernels, and the AVX-512 row kernels, which run products of any
+// size). The weight is made as a loaded one is (allocate, upload, which quantizes, prepare_weight), so the rate is that
+// of the layout and kernel the model's products use. Counted as 2 operations per weight per token, as sgemm's FLOPs
+// are.
 struct ProductsRate {
   double ops_per_second = 0;
   Layout layout = Layout::Rows;  // the probe weight's, as prepare_weight gave it
 };
-ProductsRate measure_products_rate(const NodeInfo& node, Communicator& world, Backend& backend, DType weights) {
-  const std::int64_t out = 768, in = 768, tokens = 128;  // a layer of a small model, in L2/L3
+ProductsRate measure_products_rate(const NodeInfo& node, Communicator& world, Backend& backend, DType weights,
+                                   std::int64_t in) {
+  // 4096 rows (fewer where that would pass 8 MiB): each call's own work (the activations rounded or quantized
+  // once for all rows, the threads' start and join) weighs on the rate as little as on a model's longer products;
+  // 768 rows measured 10-15% below the peak (bf16) and 15-30% (q8_0) on the 100m's width.
+  const std::int64_t row_bytes = std::int64_t(dtype_bytes(weights, in)), tokens = 128;
+  const std::int64_t out = std::clamp<std::int64_t>((std::int64_t(8) << 20) / row_bytes / 16 * 16, 16, 4096);
   const std::vector<float> w(std::size_t(out * in), 0.25f), x(std::size_t(tokens * in), 0.5f);
   Tensor weight = backend.allocate({out, in}, weights);
   backend.upload(w.data(), weight.view());
@@ -305,9 +312,10 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
   // AVX-512 row kernel runs every unquantized product of any size: its rate is the bound then.
   const DType weights = session.plan().stored;
   const bool row_kernel_only = !cuda && cpu::row_kernel_max_tokens(cpu::row_kernel_name()) == cpu::kAnyBatch;
-  const ProductsRate probe = !cuda && (is_quantized(weights) || row_kernel_only)
-                                 ? measure_products_rate(node, world, session.backend(), weights)
-                                 : ProductsRate{};
+  const ProductsRate probe =
+      !cuda && (is_quantized(weights) || row_kernel_only)
+          ? measure_products_rate(node, world, session.backend(), weights, session.config().hidden_size)
+          : ProductsRate{};
   const double products = probe.ops_per_second, compute = products > 0 ? products : sgemm;
   if (report && !cuda) {
     std::printf(
@@ -330,6 +338,13 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
           dtype_name(weights), cpu::row_kernel_name().c_str(), layout_words(probe.layout),
           bf16_dots ? "bf16 dot products, activations rounded to bf16" : "f32 FMAs", products / 1e9);
   }
+  // Products per token: 2 FLOPs per weight of the layers, plus the LM head, which a prefill runs for the prompt's
+  // last token only (the embedding is a lookup). A decode step also reads every weight once (bandwidth bound) but
+  // an embedding table of its own (one row per token), and its roofline is the lower of the two.
+  const auto& c = session.config();
+  const double head = double(c.vocab_size) * double(c.hidden_size);
+  const double layers = params - head * (c.tie_word_embeddings ? 1 : 2);
+  const double step_bytes = weight_bytes * (layers + head) / params;
   if (report) {
     std::printf(
         "load (page cache warm, slowest rank, best of 3): %.3f s for %.0f MB of shards on rank 0; reading the same "
@@ -355,14 +370,8 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
       if (report) decode_rate = std::max(decode_rate, double(full.decode_tokens(o.gen_len)) / full.decode_seconds());
     }
     const double prefill_rate = double(batch) * o.prompt_len / prefill;
-    // Products per token: 2 FLOPs per weight of the layers, plus the LM head, which a prefill runs for the prompt's
-    // last token only (the embedding is a lookup). A decode step also reads every weight once (bandwidth bound): its
-    // roofline is the lower of the two.
-    const auto& c = session.config();
-    const double head = double(c.vocab_size) * double(c.hidden_size);
-    const double layers = params - head * (c.tie_word_embeddings ? 1 : 2);
     const double prefill_roof = compute / (2.0 * (layers + head / o.prompt_len));
-    const double decode_roof = std::min(double(batch) * bandwidth / weight_bytes, compute / (2.0 * (layers + head)));
+    const double decode_roof = std::min(double(batch) * bandwidth / step_bytes, compute / (2.0 * (layers + head)));
     if (report)
       std::printf("%6d %8d %14.1f %14.1f %7.0f%% %14.2f %14.2f %7.0f%%\n", batch, o.prompt_len, prefill_rate,
                   prefill_roof, 100 * prefill_rate / prefill_roof, decode_rate, decode_roof,
