@@ -136,8 +136,9 @@ double measure_rate(const NodeInfo& node, Communicator& world, double ops_per_ca
 }
 
 // The compute rate of the backend's own products with weights of `weights` (bf16, f16, f32 or quantized) on a weight
-// of the model's width `in` that stays in cache, 128 tokens a call (a 768-wide probe of a 4096-wide model measured
-// below the kernel's rate on the model's rows: 102-126% of it in the table): the compute roofline of a model
+// of the model's width `in` of up to 8 MiB (in L3 where it fits), 128 tokens a call (a 768-wide probe of a
+// 4096-wide model measured below the kernel's rate on the model's rows: prefill read 102-126% of it,
+// docs/performance.md): the compute roofline of a model
 // whose products never go through sgemm (the quantized kernels, and the AVX-512 row kernels, which run products of any
 // size). The weight is made as a loaded one is (allocate, upload, which quantizes, prepare_weight), so the rate is that
 // of the layout and kernel the model's products use. Counted as 2 operations per weight per token, as sgemm's FLOPs
@@ -150,7 +151,7 @@ ProductsRate measure_products_rate(const NodeInfo& node, Communicator& world, Ba
                                    std::int64_t in) {
   // 4096 rows (fewer where that would pass 8 MiB): each call's own work (the activations rounded or quantized
   // once for all rows, the threads' start and join) weighs on the rate as little as on a model's longer products;
-  // 768 rows measured 10-15% below the peak (bf16) and 15-30% (q8_0) on the 100m's width.
+  // 768 rows measured 10-22% below the peak (bf16), 16-36% (q8_0) and ~29% (q4_0) on the 100m's width.
   const std::int64_t row_bytes = std::int64_t(dtype_bytes(weights, in)), tokens = 128;
   const std::int64_t out = std::clamp<std::int64_t>((std::int64_t(8) << 20) / row_bytes / 16 * 16, 16, 4096);
   const std::vector<float> w(std::size_t(out * in), 0.25f), x(std::size_t(tokens * in), 0.5f);
