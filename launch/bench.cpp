@@ -136,13 +136,12 @@ double measure_rate(const NodeInfo& node, Communicator& world, double ops_per_ca
 }
 
 // The compute rate of the backend's own products with weights of `weights` (bf16, f16, f32 or quantized) on a weight
-// of the model's width `in` of up to 8 MiB (in L3 where it fits), 128 tokens a call (a 768-wide probe of a
-// 4096-wide model measured below the kernel's rate on the model's rows: prefill read 102-126% of it,
-// docs/performance.md): the compute roofline of a model
-// whose products never go through sgemm (the quantized kernels, and the AVX-512 row kernels, which run products of any
-// size). The weight is made as a loaded one is (allocate, upload, which quantizes, prepare_weight), so the rate is that
-// of the layout and kernel the model's products use. Counted as 2 operations per weight per token, as sgemm's FLOPs
-// are.
+// of the model's width `in` of up to 8 MiB (in L3 where it fits), 128 tokens a call: the compute roofline of a model
+// whose products never go through sgemm (the quantized kernels, and the AVX-512 row kernels, which run products of
+// any size). The model's width, as a 768-wide probe of a 4096-wide model measured below the kernel's rate on the
+// model's rows (its prefill read 102-126% of it, docs/performance.md). The weight is made as a loaded one is
+// (allocate, upload, which quantizes, prepare_weight), so the rate is that of the layout and kernel the model's
+// products use. Counted as 2 operations per weight per token, as sgemm's FLOPs are.
 struct ProductsRate {
   double ops_per_second = 0;
   Layout layout = Layout::Rows;  // the probe weight's, as prepare_weight gave it

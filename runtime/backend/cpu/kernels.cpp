@@ -346,15 +346,16 @@ __attribute__((target(STRATA_AVX512BF16))) void groups_bf16_interleaved(const st
                                                                         std::int64_t tokens, std::int64_t first,
                                                                         std::int64_t last, std::int64_t out,
                                                                         std::int64_t in) {
-  const std::int64_t pairs = in / 2, later_passes = (tokens - 1) / kTileTokens, tile_bytes = kGroupTile * 16 * in * 2;
+  const std::int64_t pairs = in / 2, later_passes = (tokens - 1) / kTileTokens, group_bytes = 16 * in * 2;
+  const std::int64_t tile_bytes = kGroupTile * group_bytes;
   const std::int64_t per_pair =
       later_passes > 0 ? ((tile_bytes + later_passes * pairs - 1) / (later_passes * pairs) + 63) / 64 * 64 : 0;
   const bool fetch_next =
       later_passes > 0 && pairs > 0 && 4 * tile_bytes <= l2_bytes() && 16 * pairs * per_pair <= l2_bytes();
   const auto tiles = [&](std::int64_t g, auto groups) {
     const std::int64_t next_groups = fetch_next ? std::min<std::int64_t>(kGroupTile, last - g - groups()) : 0;
-    const std::int64_t next_bytes = next_groups * 16 * in * 2;
-    const char* next = reinterpret_cast<const char*>(w + (g + groups()) * 16 * in);
+    const std::int64_t next_bytes = next_groups * group_bytes;
+    const char* next = reinterpret_cast<const char*>(w) + (g + groups()) * group_bytes;
     std::int64_t requested = 0;
     const auto pass = [&](std::int64_t t0, auto fetch) {
       NextTile request;
