@@ -1,12 +1,14 @@
 // The CPU backend's weight products alone (row_dot_products_with, kernels.h), for docs/performance.md:
 //   strata_products_bench [--in K] [--mb M] [--cache-kb C] [--tokens T1,T2,...] [--threads N] [--kernel NAME]
-//                         [--layout rows|interleaved]
+//                         [--layout rows|interleaved] [--split R1,R2,...]
 // y = x w^T for each token count T over bf16 weights of K columns: once over M MB of rows, more than any cache
 // holds (read from memory, as a decode step reads its weights), and over C KB of rows called again and again, so
 // that each thread's share stays in its L2 (the arithmetic without the memory traffic). Both are printed as the time
 // the M MB would take, so they compare directly; T = 1 is the rate at which the kernel streams the weights. The
 // weights are in the layout the backend gives them at load (interleaved by 16 rows for the avx512bf16 kernel), or
-// the one --layout names.
+// the one --layout names. With --split, the memory matrix is cut into runs of products of R1, R2, ... rows (a
+// layer's q, k and v: 768,256,256 for the 100M model), timed one call per product and one call per run
+// (row_dot_products_many: one parallel loop).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -28,14 +30,15 @@ struct Options {
   double mb = 200, cache_kb = 768;
   std::vector<std::int64_t> tokens{1, 16, 64};
   int threads = 2;
-  std::string kernel;  // empty: the one the backend uses
-  std::string layout;  // empty: the one the backend uses
+  std::string kernel;               // empty: the one the backend uses
+  std::string layout;               // empty: the one the backend uses
+  std::vector<std::int64_t> split;  // rows of the products of a run; empty: one product of all rows
 };
 
 [[noreturn]] void usage(const char* program, const std::string& why) {
   std::fprintf(stderr,
                "%s: %s\nusage: %s [--in K] [--mb M] [--cache-kb C] [--tokens T1,T2,...] [--threads N] "
-               "[--kernel NAME] [--layout rows|interleaved]\n",
+               "[--kernel NAME] [--layout rows|interleaved] [--split R1,R2,...]\n",
                program, why.c_str(), program);
   std::exit(2);
 }
@@ -73,10 +76,11 @@ Options parse(int argc, char** argv) {
     } else if (a == "--layout") {
       if (v != "rows" && v != "interleaved") usage(argv[0], "--layout is rows or interleaved");
       o.layout = v;
-    } else if (a == "--tokens") {
-      o.tokens.clear();
+    } else if (a == "--tokens" || a == "--split") {
+      std::vector<std::int64_t>& numbers = a == "--tokens" ? o.tokens : o.split;
+      numbers.clear();
       std::stringstream list(v);
-      for (std::string t; std::getline(list, t, ',');) o.tokens.push_back(count(argv[0], a, t));
+      for (std::string t; std::getline(list, t, ',');) numbers.push_back(count(argv[0], a, t));
     } else {
       usage(argv[0], "unknown option " + a);
     }
@@ -131,6 +135,37 @@ struct Product {
     }
     return best;
   }
+
+  // Best time, over five tries, of the products of `tokens` tokens over the first `rows` rows of w cut into runs of
+  // o.split: one call per product (together: false) or one per run (true).
+  double split_seconds(const strata::Buffer& w, std::int64_t rows, std::int64_t tokens, bool together) {
+    const auto layout = o.layout == "rows" ? strata::Layout::Rows : strata::Layout::Interleaved16;
+    std::vector<std::vector<strata::cpu::Product>> runs;
+    const auto* base = static_cast<const std::uint16_t*>(w.data());
+    for (std::int64_t at = 0;;) {
+      std::vector<strata::cpu::Product> run;
+      for (const std::int64_t r : o.split) run.push_back({base + at * o.in, layout, nullptr, r}), at += r;
+      if (at > rows) break;
+      runs.push_back(std::move(run));
+    }
+    for (auto& run : runs)  // each product its own outputs (y holds tokens x all rows)
+      for (std::size_t p = 0, offset = 0; p < run.size(); offset += std::size_t(tokens * run[p].out), ++p)
+        run[p].y = y.data() + offset;
+    double best = 1e30;
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (const auto& run : runs) {
+        if (together)
+          strata::cpu::row_dot_products_many(workers, o.kernel, x.data(), strata::DType::BF16, tokens, o.in, run);
+        else
+          for (const auto& p : run)
+            strata::cpu::row_dot_products_with(workers, o.kernel, x.data(), p.w, strata::DType::BF16, p.y, tokens,
+                                               p.out, o.in, layout);
+      }
+      best = std::min(best, seconds_since(t0));
+    }
+    return best;
+  }
 };
 
 }  // namespace
@@ -152,6 +187,23 @@ int main(int argc, char** argv) {
       "times)\n",
       o.kernel.c_str(), o.threads, static_cast<long long>(o.in), o.layout.c_str(), double(memory_rows * o.in * 2) / 1e6,
       double(cache_rows * o.in * 2) / 1024, cache_calls);
+  if (!o.split.empty()) {
+    std::int64_t run_rows = 0;
+    for (const std::int64_t r : o.split) run_rows += r;
+    const std::int64_t runs = memory_rows / run_rows;
+    if (runs < 1) usage(argv[0], "--split's products do not fit in --mb");
+    for (int round = 1; round <= 3; ++round)
+      for (const std::int64_t tokens : o.tokens) {
+        const double alone = product.split_seconds(memory_w, memory_rows, tokens, false);
+        const double together = product.split_seconds(memory_w, memory_rows, tokens, true);
+        std::printf(
+            "round %d, %3lld tokens, %lld runs of %zu products: one call each %7.2f ms, one per run %7.2f ms "
+            "(%+.1f%%)\n",
+            round, static_cast<long long>(tokens), static_cast<long long>(runs), o.split.size(), alone * 1e3,
+            together * 1e3, (together / alone - 1) * 100);
+      }
+    return 0;
+  }
   for (int round = 1; round <= 3; ++round) {  // alternating: this kind of machine drifts between runs
     for (const std::int64_t tokens : o.tokens) {
       const double memory = product.seconds(memory_w, memory_rows, tokens, 1);

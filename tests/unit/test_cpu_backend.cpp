@@ -161,6 +161,82 @@ TEST(CpuBackend, RowKernelsMatchTheReferenceAndEachOtherBitForBit) {
   unsetenv("STRATA_ROW_KERNEL");
 }
 
+// Several products of one input in one parallel loop (q, k and v): with every row kernel, weight type and layout,
+// each product's outputs are the bits of its own call, for products of no 16-row group, of groups and a rest, and of
+// many groups (work items of several groups split across products and threads), at decode and prefill sizes.
+TEST(CpuBackend, SeveralProductsOfOneInputGiveEachProductsOwnBits) {
+  Fixture f;
+  const std::int64_t in = 96;
+  const std::vector<std::int64_t> outs = {37, 5, 275};
+  std::vector<Tensor> w32;
+  for (const std::int64_t out : outs) w32.push_back(f.random({out, in}));
+  for (const std::string& kernel : cpu::row_kernels())
+    for (DType dtype : {DType::F32, DType::BF16, DType::F16})
+      for (const bool interleaved : {false, true}) {
+        if (interleaved && !(dtype == DType::BF16 && cpu::interleaves_bf16(kernel, in))) continue;
+        std::vector<std::vector<std::uint16_t>> bits, layout;
+        std::vector<std::vector<float>> exact;
+        std::vector<cpu::Product> products;
+        for (std::size_t i = 0; i < outs.size(); ++i) {
+          const std::size_t n = std::size_t(outs[i] * in);
+          bits.emplace_back(n);
+          exact.emplace_back(n);
+          convert_from_f32(dtype == DType::F32 ? DType::BF16 : dtype, w32[i].f32(), bits[i].data(), n);
+          convert_to_f32(dtype == DType::F32 ? DType::BF16 : dtype, bits[i].data(), exact[i].data(), n);
+          layout.emplace_back(n);
+          if (interleaved) cpu::interleave_bf16_rows(workers(), bits[i].data(), layout[i].data(), outs[i], in);
+          const void* w = dtype == DType::F32 ? static_cast<const void*>(exact[i].data())
+                          : interleaved       ? layout[i].data()
+                                              : bits[i].data();
+          products.push_back({w, interleaved ? Layout::Interleaved16 : Layout::Rows, nullptr, outs[i]});
+        }
+        for (const std::int64_t tokens : {1, 6, 13, 100}) {
+          const std::string where = kernel + " " + dtype_name(dtype) + (interleaved ? " interleaved" : " rows") +
+                                    " tokens " + std::to_string(tokens);
+          Tensor x = f.random({tokens, in});
+          std::vector<std::vector<float>> together, alone;
+          for (std::size_t i = 0; i < outs.size(); ++i) {
+            together.emplace_back(std::size_t(tokens * outs[i]), -1.0f);
+            alone.emplace_back(together[i].size(), -2.0f);
+            products[i].y = together[i].data();
+            cpu::row_dot_products_with(workers(), kernel, x.f32(), products[i].w, dtype, alone[i].data(), tokens,
+                                       outs[i], in, products[i].layout);
+          }
+          cpu::row_dot_products_many(workers(), kernel, x.f32(), dtype, tokens, in, products);
+          for (std::size_t i = 0; i < outs.size(); ++i)
+            EXPECT_EQ(0, std::memcmp(together[i].data(), alone[i].data(), alone[i].size() * 4))
+                << where << " product " << i;
+        }
+      }
+  // Through the backend, with a bias on one product: linears gives each linear's bits.
+  for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {
+    std::unique_ptr<Backend> backend = make_cpu_backend(2, dtype);
+    std::vector<Tensor> ws;
+    for (std::size_t i = 0; i < outs.size(); ++i) {
+      Tensor w = backend->allocate({outs[i], in}, dtype);
+      backend->upload(w32[i].f32(), w.view());
+      ws.push_back(backend->prepare_weight(std::move(w)));
+    }
+    Tensor bias = f.random({outs[2]});
+    for (const std::int64_t tokens : {1, 13}) {
+      Tensor x = f.random({tokens, in});
+      std::vector<Tensor> together, alone;
+      for (const std::int64_t out : outs) {
+        together.push_back(f.random({tokens, out}));
+        alone.push_back(f.random({tokens, out}));
+      }
+      const TensorView w_views[] = {ws[0].view(), ws[1].view(), ws[2].view()}, biases[] = {{}, {}, bias.view()};
+      const TensorView ys[] = {together[0].view(), together[1].view(), together[2].view()};
+      backend->linears(x.view(), w_views, biases, ys);
+      for (std::size_t i = 0; i < outs.size(); ++i) {
+        backend->linear(x.view(), w_views[i], biases[i], alone[i].view());
+        EXPECT_EQ(0, std::memcmp(together[i].f32(), alone[i].f32(), std::size_t(alone[i].numel()) * 4))
+            << dtype_name(dtype) << " product " << i << " tokens " << tokens;
+      }
+    }
+  }
+}
+
 // Double references for products of bf16 weights `bits` [out, in] with x [tokens, in] (plus bias, if any): over the
 // activations rounded to bf16 (f32_to_bf16) and over them as they are, each [tokens, out].
 static std::pair<std::vector<double>, std::vector<double>> bf16_input_references(const float* x,

@@ -106,18 +106,24 @@ class CpuBackend final : public Backend {
     add_bias(bias, y);
   }
 
+  // One parallel loop for all of them where the row kernels or the quantized ones compute them (the activations
+  // rounded or quantized once); OpenBLAS's products one after another.
   void linears(TensorView x, std::span<const TensorView> ws, std::span<const TensorView> biases,
                std::span<const TensorView> ys) override {
     const std::int64_t tokens = x.rows(), in = x.row_elems();
-    bool shared = tokens > 0 && is_quantized(ws[0].dtype);
+    const DType dtype = ws[0].dtype;
+    bool shared = tokens > 0 && (is_quantized(dtype) || tokens <= row_kernel_tokens_);
     for (std::size_t i = 0; i < ws.size(); ++i)
-      shared = shared && ws[i].dtype == ws[0].dtype && ws[i].row_elems() == in && ys[i].rows() == tokens &&
+      shared = shared && ws[i].dtype == dtype && ws[i].row_elems() == in && ys[i].rows() == tokens &&
                ys[i].row_elems() == ws[i].rows();
     if (!shared) return Backend::linears(x, ws, biases, ys);
-    std::vector<quant::Product> products;
+    std::vector<cpu::Product> products;
     for (std::size_t i = 0; i < ws.size(); ++i)
       products.push_back({ws[i].data, ws[i].layout, ys[i].f32(), ws[i].rows()});
-    quant::row_dot_products_many(workers_, quant_kernel_, x.f32(), quant_format(ws[0].dtype), tokens, in, products);
+    if (is_quantized(dtype))
+      quant::row_dot_products_many(workers_, quant_kernel_, x.f32(), quant_format(dtype), tokens, in, products);
+    else
+      cpu::row_dot_products_many(workers_, row_kernel_, x.f32(), dtype, tokens, in, products);
     for (std::size_t i = 0; i < ws.size(); ++i) add_bias(biases[i], ys[i]);
   }
 

@@ -493,12 +493,14 @@ STRATA_CLONES void round_to_bf16(const float* x, std::uint16_t* dst, std::int64_
   for (std::int64_t i = 0; i < count; ++i) dst[i] = f32_to_bf16(x[i]);
 }
 
-// The avx512bf16 kernel's products: x rounded to bf16 by all threads (a share of its rows each), then the rows of w
-// shared out as the other kernels share them. The rounded rows live in the calling thread's buffer, kept between
-// calls, an odd number of cache lines apart (odd_lines_stride: 64-token products of 4096-wide rows 6-17% faster
-// than with the rows 8 KiB apart, whose 6 lines a step shared one L1 set with the 4 weight rows' lines).
-void bf16_dot_products(Workers& workers, const float* x, const std::uint16_t* w, float* y, std::int64_t tokens,
-                       std::int64_t out, std::int64_t in, Layout layout) {
+// The avx512bf16 kernel's products: x rounded to bf16 by all threads (a share of its rows each), then the rows of
+// every product shared out as the other kernels share them, in one loop. The rounded rows live in the calling
+// thread's buffer, kept between calls, an odd number of cache lines apart (odd_lines_stride: 64-token products of
+// 4096-wide rows 6-17% faster than with the rows 8 KiB apart, whose 6 lines a step shared one L1 set with the 4
+// weight rows' lines).
+void bf16_dot_products(Workers& workers, const float* x, std::int64_t tokens, std::int64_t in,
+                       std::span<const Product> products) {
+  if (tokens <= 0) return;  // (the tiles run at least one token)
   const std::int64_t ldx = odd_lines_stride(in);
   thread_local std::vector<std::uint16_t> rounded;
   // Rows start on a cache line (the vector's own storage is 16-byte aligned), so no 64-byte load spans two lines.
@@ -508,26 +510,40 @@ void bf16_dot_products(Workers& workers, const float* x, const std::uint16_t* w,
   workers.split(tokens, [&](std::int64_t first, std::int64_t last) {
     for (std::int64_t t = first; t < last; ++t) round_to_bf16(x + t * in, xs + t * ldx, in);
   });
-  if (layout == Layout::Interleaved16) {
-    if (tokens <= 0) return;  // (the tiles run at least one token)
-    // Work items of kGroupTile groups (the last one fewer), and one more for the rows after the groups (in row
-    // layout). Items of one group left the balancing tail to 1-group tiles (6 accumulators, a broadcast per
-    // VDPBF16PS): 12% of a batch-16 decode step's samples. Where that would leave fewer than two items a thread
-    // (small matrices, many threads), items of one group, so that every thread has work; a thread's contiguous
-    // groups still go through 4-group tiles.
-    const std::int64_t groups = out / 16, rest = out % 16;
-    const std::int64_t per_item = groups / kGroupTile >= 2 * workers.size() ? kGroupTile : 1;
-    const std::int64_t items = (groups + per_item - 1) / per_item;
-    workers.balance(items + (rest ? 1 : 0), [&](std::int64_t first, std::int64_t last) {
-      groups_bf16_interleaved(xs, ldx, w, y, tokens, first * per_item, std::min(last * per_item, groups), out, in);
-      if (last > items) rows_bf16_dots(xs, ldx, w + groups * 16 * in, y, tokens, groups * 16, out, out, in);
-    });
-    return;
-  }
-  workers.balance((out + kBlock - 1) / kBlock, [&](std::int64_t first, std::int64_t last) {
-    for (std::int64_t b = first; b < last; ++b) {
-      const std::int64_t begin = b * kBlock, end = std::min(out, begin + kBlock);
-      rows_bf16_dots(xs, ldx, w + begin * in, y, tokens, begin, end, out, in);
+  // Work items: in the interleaved layout kGroupTile groups (a product's last one fewer), and one more for the
+  // rows after the groups (in row layout); in the row layout kBlock rows. Items of one group left the balancing
+  // tail to 1-group tiles (6 accumulators, a broadcast per VDPBF16PS): 12% of a batch-16 decode step's samples.
+  // Where that would leave fewer than two items a thread (small matrices, many threads), items of one group, so
+  // that every thread has work; a thread's contiguous groups still go through 4-group tiles.
+  std::int64_t all_groups = 0;
+  for (const Product& p : products)
+    if (p.layout == Layout::Interleaved16) all_groups += p.out / 16;
+  const std::int64_t per_item = all_groups / kGroupTile >= 2 * workers.size() ? kGroupTile : 1;
+  const auto items_of = [&](const Product& p) {
+    if (p.layout != Layout::Interleaved16) return (p.out + kBlock - 1) / kBlock;
+    return (p.out / 16 + per_item - 1) / per_item + (p.out % 16 ? 1 : 0);
+  };
+  std::vector<std::int64_t> first_item(products.size() + 1, 0);  // product p: items [first_item[p], first_item[p + 1])
+  for (std::size_t p = 0; p < products.size(); ++p) first_item[p + 1] = first_item[p] + items_of(products[p]);
+  // Items [first, last) of product p, numbered within it.
+  const auto product_items = [&](const Product& p, std::int64_t first, std::int64_t last) {
+    const auto* w = static_cast<const std::uint16_t*>(p.w);
+    if (p.layout != Layout::Interleaved16) {
+      for (std::int64_t b = first; b < last; ++b) {
+        const std::int64_t begin = b * kBlock, end = std::min(p.out, begin + kBlock);
+        rows_bf16_dots(xs, ldx, w + begin * in, p.y, tokens, begin, end, p.out, in);
+      }
+      return;
+    }
+    const std::int64_t groups = p.out / 16, group_items = (groups + per_item - 1) / per_item;
+    if (first < group_items)
+      groups_bf16_interleaved(xs, ldx, w, p.y, tokens, first * per_item, std::min(last * per_item, groups), p.out, in);
+    if (last > group_items) rows_bf16_dots(xs, ldx, w + groups * 16 * in, p.y, tokens, groups * 16, p.out, p.out, in);
+  };
+  workers.balance(first_item.back(), [&](std::int64_t first, std::int64_t last) {
+    for (std::size_t p = 0; p < products.size(); ++p) {
+      const std::int64_t from = std::max(first, first_item[p]), to = std::min(last, first_item[p + 1]);
+      if (from < to) product_items(products[p], from - first_item[p], to - first_item[p]);
     }
   });
 }
@@ -536,35 +552,55 @@ void bf16_dot_products(Workers& workers, const float* x, const std::uint16_t* w,
 
 void row_dot_products_with(Workers& workers, const std::string& name, const float* x, const void* w, DType w_dtype,
                            float* y, std::int64_t tokens, std::int64_t out, std::int64_t in, Layout layout) {
+  const Product product{w, layout, y, out};
+  row_dot_products_many(workers, name, x, w_dtype, tokens, in, {&product, 1});
+}
+
+namespace {
+// Rows [begin, end) of w (row layout) with the f32 kernels: bf16 widened in registers, f16 block by block into a
+// per-thread scratch (the conversion is not a plain shift).
+void rows_of(Kernel kernel, const float* x, const void* w, DType w_dtype, float* y, std::int64_t tokens,
+             std::int64_t begin, std::int64_t end, std::int64_t out, std::int64_t in) {
+  if (w_dtype == DType::F32)
+    return rows_dispatch(kernel, x, static_cast<const float*>(w) + begin * in, y, tokens, begin, end, out, in);
+  if (w_dtype == DType::BF16)
+    return rows_dispatch(kernel, x, static_cast<const std::uint16_t*>(w) + begin * in, y, tokens, begin, end, out, in);
+  thread_local std::vector<float> scratch;  // kept between calls: no allocation or page faults per step
+  if (scratch.size() < std::size_t(kBlock * in)) scratch.resize(std::size_t(kBlock * in));
+  widen(w_dtype, static_cast<const char*>(w) + std::size_t(begin * in) * dtype_size(w_dtype), scratch.data(),
+        (end - begin) * in);
+  rows_dispatch(kernel, x, static_cast<const float*>(scratch.data()), y, tokens, begin, end, out, in);
+}
+}  // namespace
+
+void row_dot_products_many(Workers& workers, const std::string& name, const float* x, DType w_dtype,
+                           std::int64_t tokens, std::int64_t in, std::span<const Product> products) {
   const Kernel kernel = kernel_for(name);
-  STRATA_CHECK(layout == Layout::Rows || (w_dtype == DType::BF16 && interleaves_bf16(name, in)), Internal,
-               "bf16 weights interleaved by 16 rows given to the ", name, " kernel");
+  for (const Product& p : products)
+    STRATA_CHECK(p.layout == Layout::Rows || (w_dtype == DType::BF16 && interleaves_bf16(name, in)), Internal,
+                 "bf16 weights interleaved by 16 rows given to the ", name, " kernel");
   if (tokens > kTokenPass) {  // a prefill: in passes (tiles.h); each output's arithmetic is the same
-    for (std::int64_t t0 = 0; t0 < tokens; t0 += kTokenPass)
-      row_dot_products_with(workers, name, x + t0 * in, w, w_dtype, y + t0 * out, std::min(kTokenPass, tokens - t0),
-                            out, in, layout);
+    std::vector<Product> part(products.begin(), products.end());
+    for (std::int64_t t0 = 0; t0 < tokens; t0 += kTokenPass) {
+      for (std::size_t p = 0; p < products.size(); ++p) part[p].y = products[p].y + t0 * products[p].out;
+      row_dot_products_many(workers, name, x + t0 * in, w_dtype, std::min(kTokenPass, tokens - t0), in, part);
+    }
     return;
   }
 #if defined(__x86_64__)
   if (kernel == Kernel::Avx512Bf16 && w_dtype == DType::BF16)
-    return bf16_dot_products(workers, x, static_cast<const std::uint16_t*>(w), y, tokens, out, in, layout);
+    return bf16_dot_products(workers, x, tokens, in, products);
 #endif
-  const std::int64_t blocks = (out + kBlock - 1) / kBlock;
-  const auto* bytes = static_cast<const char*>(w);
-  const std::size_t row_bytes = std::size_t(in) * dtype_size(w_dtype);
-  workers.balance(blocks, [&](std::int64_t first, std::int64_t last) {
+  std::vector<std::int64_t> first_block(products.size() + 1, 0);  // product p: blocks [first_block[p], ...[p + 1])
+  for (std::size_t p = 0; p < products.size(); ++p)
+    first_block[p + 1] = first_block[p] + (products[p].out + kBlock - 1) / kBlock;
+  workers.balance(first_block.back(), [&](std::int64_t first, std::int64_t last) {
+    std::size_t p = 0;
     for (std::int64_t b = first; b < last; ++b) {
-      const std::int64_t begin = b * kBlock, end = std::min(out, begin + kBlock);
-      if (w_dtype == DType::F32) {
-        rows_dispatch(kernel, x, static_cast<const float*>(w) + begin * in, y, tokens, begin, end, out, in);
-      } else if (w_dtype == DType::BF16) {  // widened in registers
-        rows_dispatch(kernel, x, static_cast<const std::uint16_t*>(w) + begin * in, y, tokens, begin, end, out, in);
-      } else {  // f16: widened block by block into a per-thread scratch (the conversion is not a plain shift)
-        thread_local std::vector<float> scratch;  // kept between calls: no allocation or page faults per step
-        if (scratch.size() < std::size_t(kBlock * in)) scratch.resize(std::size_t(kBlock * in));
-        widen(w_dtype, bytes + std::size_t(begin) * row_bytes, scratch.data(), (end - begin) * in);
-        rows_dispatch(kernel, x, static_cast<const float*>(scratch.data()), y, tokens, begin, end, out, in);
-      }
+      while (b >= first_block[p + 1]) ++p;
+      const Product& product = products[p];
+      const std::int64_t begin = (b - first_block[p]) * kBlock, end = std::min(product.out, begin + kBlock);
+      rows_of(kernel, x, product.w, w_dtype, product.y, tokens, begin, end, product.out, in);
     }
   });
 }

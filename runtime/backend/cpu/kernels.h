@@ -8,6 +8,7 @@
 // avx512bf16 kernel on bf16 weights, which rounds the activations to bf16 and runs bf16 dot products (VDPBF16PS).
 #pragma once
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,19 @@ std::string row_kernel_name();
 void row_dot_products_with(Workers& workers, const std::string& kernel, const float* x, const void* w, DType w_dtype,
                            float* y, std::int64_t tokens, std::int64_t out, std::int64_t in,
                            Layout layout = Layout::Rows);
+
+// Several products of the same activations x [tokens, in] (q, k and v): every product's rows in one parallel loop
+// (handing a loop to the threads and waiting for them costs microseconds, and a decode step has dozens), x rounded
+// to bf16 once where the avx512bf16 kernel runs; each y as row_dot_products_with gives it. All weights `w_dtype`.
+// The quantized kernels take the same list (quant.h).
+struct Product {
+  const void* w;
+  Layout layout;
+  float* y;          // [tokens, out]
+  std::int64_t out;  // rows of w
+};
+void row_dot_products_many(Workers& workers, const std::string& kernel, const float* x, DType w_dtype,
+                           std::int64_t tokens, std::int64_t in, std::span<const Product> products);
 
 // The avx512bf16 kernel reads bf16 weights interleaved by 16 rows (Layout::Interleaved16), copied once at load
 // (CpuBackend::prepare_weight): for each group of 16 rows, in / 2 vectors of 64 bytes whose 32-bit lane r holds row

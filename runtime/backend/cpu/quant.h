@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/backend/cpu/kernels.h"
 #include "runtime/backend/cpu/workers.h"
 #include "runtime/base/dtype.h"
 #include "runtime/base/quant_blocks.h"
@@ -31,15 +32,10 @@ void row_dot_products_with(cpu::Workers& workers, const std::string& kernel, con
                            Format format, float* y, std::int64_t tokens, std::int64_t out, std::int64_t in,
                            Layout layout = Layout::Rows);
 
-// Several products of the same activations x [tokens, in] (q, k and v): x quantized once and every product's rows
-// in one parallel loop (handing a loop to the threads and waiting costs ~1 us, a decode step has dozens); each y
-// as row_dot_products_with gives it. All weights in `format`.
-struct Product {
-  const void* w;
-  Layout layout;
-  float* y;          // [tokens, out]
-  std::int64_t out;  // rows of w
-};
+// Several products of the same activations x [tokens, in] (q, k and v), as cpu::row_dot_products_many: x quantized
+// once and every product's rows in one parallel loop; each y as row_dot_products_with gives it. All weights in
+// `format`.
+using cpu::Product;
 void row_dot_products_many(cpu::Workers& workers, const std::string& kernel, const float* x, Format format,
                            std::int64_t tokens, std::int64_t in, std::span<const Product> products);
 
