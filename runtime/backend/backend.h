@@ -97,7 +97,7 @@ class Backend {
   // y[T,N] = x[T,K] . w[N,K]^T (+ bias[N] when bias.data != nullptr). w is a Hugging Face Linear weight.
   virtual void linear(TensorView x, TensorView w, TensorView bias, TensorView y) = 0;
   // linear(x, ws[i], biases[i], ys[i]) for each i (q, k and v of one input), with those results; a backend may share
-  // the work (the CPU backend's quantized kernels: x quantized once, one parallel region).
+  // the work (the CPU backend's row and quantized kernels: one parallel loop, x rounded or quantized once).
   virtual void linears(TensorView x, std::span<const TensorView> ws, std::span<const TensorView> biases,
                        std::span<const TensorView> ys) {
     for (std::size_t i = 0; i < ws.size(); ++i) linear(x, ws[i], biases[i], ys[i]);

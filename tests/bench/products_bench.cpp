@@ -1,4 +1,4 @@
-// The CPU backend's weight products alone (row_dot_products_with, kernels.h), for docs/performance.md:
+// The CPU backend's weight products alone (row_dot_products_with and _many, kernels.h), for docs/performance.md:
 //   strata_products_bench [--in K] [--mb M] [--cache-kb C] [--tokens T1,T2,...] [--threads N] [--kernel NAME]
 //                         [--layout rows|interleaved] [--split R1,R2,...]
 // y = x w^T for each token count T over bf16 weights of K columns: once over M MB of rows, more than any cache
@@ -91,6 +91,8 @@ Options parse(int argc, char** argv) {
     usage(argv[0], "--kernel " + o.kernel + " is not one this CPU runs");
   const bool interleaves = strata::cpu::interleaves_bf16(o.kernel, o.in);
   if (o.layout.empty()) o.layout = interleaves ? "interleaved" : "rows";
+  for (const std::int64_t r : o.split)  // products cut from one interleaved matrix must start on a group
+    if (o.layout == "interleaved" && r % 16 != 0) usage(argv[0], "--split rows must be multiples of 16 interleaved");
   if (o.layout == "interleaved" && !interleaves)
     usage(argv[0], "--layout interleaved needs the avx512bf16 kernel and an even --in (the " + o.kernel +
                        " kernel reads these rows only in row layout)");
@@ -182,28 +184,36 @@ int main(int argc, char** argv) {
   // The in-cache figure scaled to the memory matrix's rows: calls enough to take about as long as one memory call.
   const int cache_calls = int(std::max<std::int64_t>(1, memory_rows / cache_rows));
   const double scale = double(memory_rows) / double(cache_rows * cache_calls);
-  std::printf(
-      "%s kernel, %d threads, bf16 rows of %lld (%s): %.1f MB from memory, %.0f KB in cache (called %d "
-      "times)\n",
-      o.kernel.c_str(), o.threads, static_cast<long long>(o.in), o.layout.c_str(), double(memory_rows * o.in * 2) / 1e6,
-      double(cache_rows * o.in * 2) / 1024, cache_calls);
   if (!o.split.empty()) {
     std::int64_t run_rows = 0;
     for (const std::int64_t r : o.split) run_rows += r;
     const std::int64_t runs = memory_rows / run_rows;
     if (runs < 1) usage(argv[0], "--split's products do not fit in --mb");
+    // Only whole runs are timed: the bytes they cover (compare runs of different sizes at the same bytes, since
+    // less of a matrix may stay in a large L3).
+    const double bytes = double(runs * run_rows * o.in * 2);
+    std::printf("%s kernel, %d threads, bf16 rows of %lld (%s): %lld runs of %zu products, %.1f MB from memory\n",
+                o.kernel.c_str(), o.threads, static_cast<long long>(o.in), o.layout.c_str(),
+                static_cast<long long>(runs), o.split.size(), bytes / 1e6);
     for (int round = 1; round <= 3; ++round)
       for (const std::int64_t tokens : o.tokens) {
-        const double alone = product.split_seconds(memory_w, memory_rows, tokens, false);
-        const double together = product.split_seconds(memory_w, memory_rows, tokens, true);
+        const bool together_first = round % 2 == 0;  // alternating: this kind of machine drifts
+        const double first = product.split_seconds(memory_w, memory_rows, tokens, together_first);
+        const double second = product.split_seconds(memory_w, memory_rows, tokens, !together_first);
+        const double alone = together_first ? second : first, together = together_first ? first : second;
         std::printf(
-            "round %d, %3lld tokens, %lld runs of %zu products: one call each %7.2f ms, one per run %7.2f ms "
-            "(%+.1f%%)\n",
-            round, static_cast<long long>(tokens), static_cast<long long>(runs), o.split.size(), alone * 1e3,
-            together * 1e3, (together / alone - 1) * 100);
+            "round %d, %3lld tokens: one call each %7.2f ms (%5.1f GB/s), one per run %7.2f ms (%5.1f GB/s, "
+            "%+.1f%%)\n",
+            round, static_cast<long long>(tokens), alone * 1e3, bytes / alone / 1e9, together * 1e3,
+            bytes / together / 1e9, (together / alone - 1) * 100);
       }
     return 0;
   }
+  std::printf(
+      "%s kernel, %d threads, bf16 rows of %lld (%s): %.1f MB from memory, %.0f KB in cache (called %d "
+      "times)\n",
+      o.kernel.c_str(), o.threads, static_cast<long long>(o.in), o.layout.c_str(), double(memory_rows * o.in * 2) / 1e6,
+      double(cache_rows * o.in * 2) / 1024, cache_calls);
   for (int round = 1; round <= 3; ++round) {  // alternating: this kind of machine drifts between runs
     for (const std::int64_t tokens : o.tokens) {
       const double memory = product.seconds(memory_w, memory_rows, tokens, 1);

@@ -107,7 +107,7 @@ class CpuBackend final : public Backend {
   }
 
   // One parallel loop for all of them where the row kernels or the quantized ones compute them (the activations
-  // rounded or quantized once); OpenBLAS's products one after another.
+  // quantized once, or rounded to bf16 once by the avx512bf16 kernel); OpenBLAS's products one after another.
   void linears(TensorView x, std::span<const TensorView> ws, std::span<const TensorView> biases,
                std::span<const TensorView> ys) override {
     const std::int64_t tokens = x.rows(), in = x.row_elems();

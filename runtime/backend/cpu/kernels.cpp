@@ -191,11 +191,11 @@ __attribute__((target(STRATA_AVX512F))) void rows_avx512(const float* x, const W
 // AVX512_BF16, for bf16 weights: VDPBF16PS multiplies 32 bf16 pairs per instruction into 16 f32 lanes (each lane
 // adds two products, in f32), twice the multiply-adds of an f32 FMA; on the Zen 4 cores of docs/performance.md it
 // issues at the FMA's rate, so the products run at up to twice the f32 kernel's peak. The activations are rounded to
-// bf16 (f32_to_bf16, once per product: bf16_dot_products) as llama.cpp's and the GPUs' bf16 GEMMs round them; the
-// products of two bf16 values are exact in f32, so what differs from the f32 kernels is that rounding and the order of
-// the f32 additions. Tiles of 4 rows x up to 6 tokens as tile_avx512; the row's tail (in % 32) through masked loads,
-// whose zero lanes add nothing. Each output's instructions are the same whatever the tile, the batch or the thread, so
-// a token's result does not depend on what it is batched with. VDPBF16PS treats bf16 denormals as zero.
+// bf16 (f32_to_bf16, once per call for all its products: bf16_dot_products) as llama.cpp's and the GPUs' bf16 GEMMs
+// round them; the products of two bf16 values are exact in f32, so what differs from the f32 kernels is that rounding
+// and the order of the f32 additions. Tiles of 4 rows x up to 6 tokens as tile_avx512; the row's tail (in % 32) through
+// masked loads, whose zero lanes add nothing. Each output's instructions are the same whatever the tile, the batch or
+// the thread, so a token's result does not depend on what it is batched with. VDPBF16PS treats bf16 denormals as zero.
 #define STRATA_AVX512BF16 STRATA_AVX512F ",avx512bf16"
 
 // One step of tile_bf16_dots: 32 bf16 values of each row and token (the lanes outside `mask` read as zero).
@@ -513,20 +513,20 @@ void bf16_dot_products(Workers& workers, const float* x, std::int64_t tokens, st
   // Work items: in the interleaved layout kGroupTile groups (a product's last one fewer), and one more for the
   // rows after the groups (in row layout); in the row layout kBlock rows. Items of one group left the balancing
   // tail to 1-group tiles (6 accumulators, a broadcast per VDPBF16PS): 12% of a batch-16 decode step's samples.
-  // Where that would leave fewer than two items a thread (small matrices, many threads), items of one group, so
-  // that every thread has work; a thread's contiguous groups still go through 4-group tiles.
+  // Where that would leave fewer than two items a thread (small matrices, many threads; counted over all the
+  // products of the call), items of one group, so that every thread has work; a thread's contiguous groups still go
+  // through 4-group tiles.
   std::int64_t all_groups = 0;
   for (const Product& p : products)
     if (p.layout == Layout::Interleaved16) all_groups += p.out / 16;
   const std::int64_t per_item = all_groups / kGroupTile >= 2 * workers.size() ? kGroupTile : 1;
-  const auto items_of = [&](const Product& p) {
+  const ProductItems items(products, [&](const Product& p) {
     if (p.layout != Layout::Interleaved16) return (p.out + kBlock - 1) / kBlock;
     return (p.out / 16 + per_item - 1) / per_item + (p.out % 16 ? 1 : 0);
-  };
-  std::vector<std::int64_t> first_item(products.size() + 1, 0);  // product p: items [first_item[p], first_item[p + 1])
-  for (std::size_t p = 0; p < products.size(); ++p) first_item[p + 1] = first_item[p] + items_of(products[p]);
+  });
   // Items [first, last) of product p, numbered within it.
-  const auto product_items = [&](const Product& p, std::int64_t first, std::int64_t last) {
+  const auto product_items = [&](std::size_t index, std::int64_t first, std::int64_t last) {
+    const Product& p = products[index];
     const auto* w = static_cast<const std::uint16_t*>(p.w);
     if (p.layout != Layout::Interleaved16) {
       for (std::int64_t b = first; b < last; ++b) {
@@ -540,12 +540,8 @@ void bf16_dot_products(Workers& workers, const float* x, std::int64_t tokens, st
       groups_bf16_interleaved(xs, ldx, w, p.y, tokens, first * per_item, std::min(last * per_item, groups), p.out, in);
     if (last > group_items) rows_bf16_dots(xs, ldx, w + groups * 16 * in, p.y, tokens, groups * 16, p.out, p.out, in);
   };
-  workers.balance(first_item.back(), [&](std::int64_t first, std::int64_t last) {
-    for (std::size_t p = 0; p < products.size(); ++p) {
-      const std::int64_t from = std::max(first, first_item[p]), to = std::min(last, first_item[p + 1]);
-      if (from < to) product_items(products[p], from - first_item[p], to - first_item[p]);
-    }
-  });
+  workers.balance(items.size(),
+                  [&](std::int64_t first, std::int64_t last) { items.for_each(first, last, product_items); });
 }
 }  // namespace
 #endif
@@ -580,28 +576,21 @@ void row_dot_products_many(Workers& workers, const std::string& name, const floa
     STRATA_CHECK(p.layout == Layout::Rows || (w_dtype == DType::BF16 && interleaves_bf16(name, in)), Internal,
                  "bf16 weights interleaved by 16 rows given to the ", name, " kernel");
   if (tokens > kTokenPass) {  // a prefill: in passes (tiles.h); each output's arithmetic is the same
-    std::vector<Product> part(products.begin(), products.end());
-    for (std::int64_t t0 = 0; t0 < tokens; t0 += kTokenPass) {
-      for (std::size_t p = 0; p < products.size(); ++p) part[p].y = products[p].y + t0 * products[p].out;
-      row_dot_products_many(workers, name, x + t0 * in, w_dtype, std::min(kTokenPass, tokens - t0), in, part);
-    }
-    return;
+    return in_token_passes(tokens, products, [&](std::int64_t t0, std::int64_t n, std::span<const Product> part) {
+      row_dot_products_many(workers, name, x + t0 * in, w_dtype, n, in, part);
+    });
   }
 #if defined(__x86_64__)
   if (kernel == Kernel::Avx512Bf16 && w_dtype == DType::BF16)
     return bf16_dot_products(workers, x, tokens, in, products);
 #endif
-  std::vector<std::int64_t> first_block(products.size() + 1, 0);  // product p: blocks [first_block[p], ...[p + 1])
-  for (std::size_t p = 0; p < products.size(); ++p)
-    first_block[p + 1] = first_block[p] + (products[p].out + kBlock - 1) / kBlock;
-  workers.balance(first_block.back(), [&](std::int64_t first, std::int64_t last) {
-    std::size_t p = 0;
-    for (std::int64_t b = first; b < last; ++b) {
-      while (b >= first_block[p + 1]) ++p;
-      const Product& product = products[p];
-      const std::int64_t begin = (b - first_block[p]) * kBlock, end = std::min(product.out, begin + kBlock);
-      rows_of(kernel, x, product.w, w_dtype, product.y, tokens, begin, end, product.out, in);
-    }
+  const ProductItems blocks(products, [](const Product& p) { return (p.out + kBlock - 1) / kBlock; });
+  workers.balance(blocks.size(), [&](std::int64_t first, std::int64_t last) {
+    blocks.for_each(first, last, [&](std::size_t index, std::int64_t from, std::int64_t to) {
+      const Product& p = products[index];
+      for (std::int64_t b = from; b < to; ++b)
+        rows_of(kernel, x, p.w, w_dtype, p.y, tokens, b * kBlock, std::min(p.out, (b + 1) * kBlock), p.out, in);
+    });
   });
 }
 

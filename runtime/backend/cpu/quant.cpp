@@ -417,17 +417,14 @@ bool cpu_has(const std::string& kernel) {
          (kernel == "avx512vnni" && cpu::has_avx512_vnni());
 }
 
-// Work item `item` of run(): 16 rows (fewer at the end of a product) of one product.
+// Work item i of a product in run(): its 16 rows from row 16 i (fewer at its end).
 template <typename Block>
-void group_item(int which, const Activations& x, std::span<const Product> products,
-                const std::vector<std::int64_t>& first_item, std::int64_t tokens, std::int64_t blocks,
-                std::int64_t item) {
-  std::size_t p = 0;
-  while (item >= first_item[p + 1]) ++p;
-  const auto* rows = static_cast<const Block*>(products[p].w);
-  const Layout layout = products[p].layout;
-  float* y = products[p].y;
-  const std::int64_t out = products[p].out, i = item - first_item[p];
+void group_item(int which, const Activations& x, const Product& product, std::int64_t tokens, std::int64_t blocks,
+                std::int64_t i) {
+  const auto* rows = static_cast<const Block*>(product.w);
+  const Layout layout = product.layout;
+  float* y = product.y;
+  const std::int64_t out = product.out;
   const std::int64_t begin = i * kGroup, end = std::min(out, begin + kGroup);
 #if defined(__x86_64__)
   if (which == 2 && end - begin == kGroup) {
@@ -451,13 +448,12 @@ void group_item(int which, const Activations& x, std::span<const Product> produc
 template <typename Block>
 void run(cpu::Workers& workers, const std::string& kernel, const Activations& x, std::span<const Product> products,
          std::int64_t tokens, std::int64_t blocks) {
-  std::vector<std::int64_t> first_item(products.size() + 1, 0);  // product p: items [first_item[p], first_item[p + 1])
-  for (std::size_t p = 0; p < products.size(); ++p)
-    first_item[p + 1] = first_item[p] + (products[p].out + kGroup - 1) / kGroup;
+  const cpu::ProductItems items(products, [](const Product& p) { return (p.out + kGroup - 1) / kGroup; });
   const int which = kernel == "avx512vnni" ? 2 : kernel == "avx2" ? 1 : 0;
-  workers.balance(first_item.back(), [&](std::int64_t first, std::int64_t last) {
-    for (std::int64_t item = first; item < last; ++item)
-      group_item<Block>(which, x, products, first_item, tokens, blocks, item);
+  workers.balance(items.size(), [&](std::int64_t first, std::int64_t last) {
+    items.for_each(first, last, [&](std::size_t p, std::int64_t from, std::int64_t to) {
+      for (std::int64_t i = from; i < to; ++i) group_item<Block>(which, x, products[p], tokens, blocks, i);
+    });
   });
 }
 
@@ -597,11 +593,7 @@ void row_dot_products_many(cpu::Workers& workers, const std::string& kernel, con
   if (tokens <= cpu::kTokenPass) return run_tokens(0, tokens, products);
   // A prefill: in passes, as the row kernels (tiles.h); q4_0 products of 2048 tokens 10-20% faster, the same
   // arithmetic. The activations are quantized once, above.
-  std::vector<Product> part(products.begin(), products.end());
-  for (std::int64_t t0 = 0; t0 < tokens; t0 += cpu::kTokenPass) {
-    for (std::size_t p = 0; p < products.size(); ++p) part[p].y = products[p].y + t0 * products[p].out;
-    run_tokens(t0, std::min(cpu::kTokenPass, tokens - t0), part);
-  }
+  cpu::in_token_passes(tokens, products, run_tokens);
 }
 
 }  // namespace strata::quant

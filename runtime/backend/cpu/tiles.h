@@ -1,8 +1,13 @@
 // Register-tiled kernels take their token count as a template parameter (their accumulators live in registers);
-// with_tile_count turns the run-time count of a tile into that constant.
+// with_tile_count turns the run-time count of a tile into that constant. And the two pieces the row kernels
+// (kernels.cpp) and the quantized ones (quant.cpp) share for products of several weights in one loop: the work items
+// of each product, and a prefill's token passes.
 #pragma once
+#include <algorithm>
 #include <cstdint>
+#include <span>
 #include <type_traits>
+#include <vector>
 
 namespace strata::cpu {
 
@@ -19,6 +24,52 @@ inline void with_tile_count(std::int64_t n, F&& f) {
     if (n < Max) return with_tile_count<Max - 1>(n, f);
   }
   f(std::integral_constant<int, Max>{});
+}
+
+// The work items of one loop over several products (cpu::Product): each product's items numbered from 0, the
+// products' one after another. Without an allocation for up to kInline products (dozens of calls a decode step).
+class ProductItems {
+ public:
+  // count(product): the number of items of that product.
+  template <typename Product, typename Count>
+  ProductItems(std::span<const Product> products, Count count) : n_(products.size()) {
+    if (n_ > kInline) heap_.resize(n_ + 1);
+    std::int64_t* start = starts();
+    start[0] = 0;
+    for (std::size_t p = 0; p < n_; ++p) start[p + 1] = start[p] + count(products[p]);
+  }
+  ProductItems(const ProductItems&) = delete;
+  ProductItems& operator=(const ProductItems&) = delete;
+
+  std::int64_t size() const { return starts()[n_]; }
+  // f(p, from, to) for each product p with items in the loop's [first, last), as p's own item numbers.
+  template <typename F>
+  void for_each(std::int64_t first, std::int64_t last, F&& f) const {
+    const std::int64_t* start = starts();
+    for (std::size_t p = 0; p < n_; ++p) {
+      const std::int64_t from = std::max(first, start[p]), to = std::min(last, start[p + 1]);
+      if (from < to) f(p, from - start[p], to - start[p]);
+    }
+  }
+
+ private:
+  static constexpr std::size_t kInline = 8;
+  std::int64_t* starts() { return n_ > kInline ? heap_.data() : inline_; }
+  const std::int64_t* starts() const { return n_ > kInline ? heap_.data() : inline_; }
+  std::size_t n_;
+  std::int64_t inline_[kInline + 1];
+  std::vector<std::int64_t> heap_;
+};
+
+// A prefill's products in passes of kTokenPass tokens: pass(t0, n, part) for tokens t0 .. t0 + n, with `part` the
+// products whose outputs start at token t0 (each y offset by t0 of its rows).
+template <typename Product, typename Pass>
+void in_token_passes(std::int64_t tokens, std::span<const Product> products, Pass&& pass) {
+  std::vector<Product> part(products.begin(), products.end());
+  for (std::int64_t t0 = 0; t0 < tokens; t0 += kTokenPass) {
+    for (std::size_t p = 0; p < products.size(); ++p) part[p].y = products[p].y + t0 * products[p].out;
+    pass(t0, std::min(kTokenPass, tokens - t0), std::span<const Product>(part));
+  }
 }
 
 }  // namespace strata::cpu
