@@ -91,11 +91,12 @@ Options parse(int argc, char** argv) {
     usage(argv[0], "--kernel " + o.kernel + " is not one this CPU runs");
   const bool interleaves = strata::cpu::interleaves_bf16(o.kernel, o.in);
   if (o.layout.empty()) o.layout = interleaves ? "interleaved" : "rows";
-  for (const std::int64_t r : o.split)  // products cut from one interleaved matrix must start on a group
-    if (o.layout == "interleaved" && r % 16 != 0) usage(argv[0], "--split rows must be multiples of 16 interleaved");
   if (o.layout == "interleaved" && !interleaves)
     usage(argv[0], "--layout interleaved needs the avx512bf16 kernel and an even --in (the " + o.kernel +
                        " kernel reads these rows only in row layout)");
+  for (const std::int64_t r : o.split)  // products cut from one interleaved matrix must start on a group
+    if (o.layout == "interleaved" && r % 16 != 0)
+      usage(argv[0], "--split rows must be multiples of 16 in the interleaved layout (or give --layout rows)");
   return o;
 }
 

@@ -210,6 +210,36 @@ TEST(CpuBackend, SeveralProductsOfOneInputGiveEachProductsOwnBits) {
                 << where << " product " << i;
         }
       }
+  // More products than cpu::ProductItems keeps without an allocation (8), with the kernel and layout the backend uses.
+  {
+    const std::string kernel = cpu::row_kernel_name();
+    const bool interleaved = cpu::interleaves_bf16(kernel, in);
+    std::vector<std::vector<std::uint16_t>> weights;
+    std::vector<std::vector<float>> together, alone;
+    std::vector<cpu::Product> products;
+    Tensor x = f.random({6, in});
+    for (std::int64_t i = 0; i < 11; ++i) {
+      const std::int64_t out = 5 + 16 * i;  // 5 rows after 0..10 groups
+      Tensor w = f.random({out, in});
+      std::vector<std::uint16_t> bits(std::size_t(out * in));
+      convert_from_f32(DType::BF16, w.f32(), bits.data(), bits.size());
+      weights.emplace_back(bits.size());
+      if (interleaved)
+        cpu::interleave_bf16_rows(workers(), bits.data(), weights.back().data(), out, in);
+      else
+        weights.back() = bits;
+      together.emplace_back(std::size_t(6 * out), -1.0f);
+      alone.emplace_back(std::size_t(6 * out), -2.0f);
+      products.push_back(
+          {weights.back().data(), interleaved ? Layout::Interleaved16 : Layout::Rows, together.back().data(), out});
+    }
+    cpu::row_dot_products_many(workers(), kernel, x.f32(), DType::BF16, 6, in, products);
+    for (std::size_t i = 0; i < products.size(); ++i) {
+      cpu::row_dot_products_with(workers(), kernel, x.f32(), products[i].w, DType::BF16, alone[i].data(), 6,
+                                 products[i].out, in, products[i].layout);
+      EXPECT_EQ(0, std::memcmp(together[i].data(), alone[i].data(), alone[i].size() * 4)) << "of 11, product " << i;
+    }
+  }
   // Through the backend, with a bias on one product: linears gives each linear's bits.
   for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {
     std::unique_ptr<Backend> backend = make_cpu_backend(2, dtype);
@@ -571,7 +601,7 @@ TEST(CpuBackend, QuantizedWeightsInTheKernelsLayoutGiveTheRowsResults) {
     backend->upload(w2_32.f32(), w2.view());
     backend->upload(w3_32.f32(), w3.view());
     const Tensor p2 = backend->prepare_weight(std::move(w2)), p3 = backend->prepare_weight(std::move(w3));
-    for (std::int64_t tokens : {1, 9}) {
+    for (std::int64_t tokens : {1, 9, 100}) {  // 100: a prefill's passes of 96 tokens and 4
       Tensor x = f.random({tokens, in});
       Tensor y1 = f.random({tokens, out}), y2 = f.random({tokens, 5}), y3 = f.random({tokens, 48});
       Tensor s1 = f.random({tokens, out}), s2 = f.random({tokens, 5}), s3 = f.random({tokens, 48});
