@@ -520,9 +520,10 @@ void bf16_dot_products(Workers& workers, const float* x, std::int64_t tokens, st
   for (const Product& p : products)
     if (p.layout == Layout::Interleaved16) all_groups += p.out / 16;
   const std::int64_t per_item = all_groups / kGroupTile >= 2 * workers.size() ? kGroupTile : 1;
+  const auto group_items = [&](const Product& p) { return (p.out / 16 + per_item - 1) / per_item; };
   const ProductItems items(products, [&](const Product& p) {
     if (p.layout != Layout::Interleaved16) return (p.out + kBlock - 1) / kBlock;
-    return (p.out / 16 + per_item - 1) / per_item + (p.out % 16 ? 1 : 0);
+    return group_items(p) + (p.out % 16 ? 1 : 0);
   });
   // Items [first, last) of product p, numbered within it.
   const auto product_items = [&](std::size_t index, std::int64_t first, std::int64_t last) {
@@ -535,10 +536,10 @@ void bf16_dot_products(Workers& workers, const float* x, std::int64_t tokens, st
       }
       return;
     }
-    const std::int64_t groups = p.out / 16, group_items = (groups + per_item - 1) / per_item;
-    if (first < group_items)
+    const std::int64_t groups = p.out / 16, grouped = group_items(p);
+    if (first < grouped)
       groups_bf16_interleaved(xs, ldx, w, p.y, tokens, first * per_item, std::min(last * per_item, groups), p.out, in);
-    if (last > group_items) rows_bf16_dots(xs, ldx, w + groups * 16 * in, p.y, tokens, groups * 16, p.out, p.out, in);
+    if (last > grouped) rows_bf16_dots(xs, ldx, w + groups * 16 * in, p.y, tokens, groups * 16, p.out, p.out, in);
   };
   workers.balance(items.size(),
                   [&](std::int64_t first, std::int64_t last) { items.for_each(first, last, product_items); });
