@@ -97,7 +97,7 @@ TEST(Quant, KernelsMatchTheDequantizedReferenceAndEachOther) {
   if (kernels.size() < 3) std::printf("  (no AVX-512 VNNI here: that kernel is tested on machines that have it)\n");
   for (const Format f : {Format::Q8_0, Format::Q4_0})
     for (const std::int64_t in : {96, 160})
-      for (const std::int64_t tokens : {1, 2, 3, 5, 8, 9, 17, 200})  // 200: passes of 96 tokens
+      for (const std::int64_t tokens : {1, 2, 3, 5, 8, 9, 17, 200})  // 200: three passes (tiles.h)
         // 149: 9 groups, so that a thread's range holds several neighbouring groups
         for (const std::int64_t out : {37, 149}) {
           const std::vector<float> w = normal(std::size_t(out * in), 11, 0.5f),

@@ -497,7 +497,8 @@ STRATA_CLONES void round_to_bf16(const float* x, std::uint16_t* dst, std::int64_
 // every product shared out as the other kernels share them, in one loop. The rounded rows live in the calling
 // thread's buffer, kept between calls, an odd number of cache lines apart (odd_lines_stride: 64-token products of
 // 4096-wide rows 6-17% faster than with the rows 8 KiB apart, whose 6 lines a step shared one L1 set with the 4
-// weight rows' lines).
+// weight rows' lines). A prefill goes over the rows in token passes (tiles.h), every pass's items in the same loop
+// (pass by pass), after one rounding of all its tokens: a 128-token prefill's products had been four loops each.
 void bf16_dot_products(Workers& workers, const float* x, std::int64_t tokens, std::int64_t in,
                        std::span<const Product> products) {
   if (tokens <= 0) return;  // (the tiles run at least one token)
@@ -525,24 +526,33 @@ void bf16_dot_products(Workers& workers, const float* x, std::int64_t tokens, st
     if (p.layout != Layout::Interleaved16) return (p.out + kBlock - 1) / kBlock;
     return group_items(p) + (p.out % 16 ? 1 : 0);
   });
-  // Items [first, last) of product p, numbered within it.
-  const auto product_items = [&](std::size_t index, std::int64_t first, std::int64_t last) {
+  // Items [first, last) of product p, numbered within it, for tokens t0 .. t0 + n.
+  const auto product_items = [&](std::size_t index, std::int64_t first, std::int64_t last, std::int64_t t0,
+                                 std::int64_t n) {
     const Product& p = products[index];
     const auto* w = static_cast<const std::uint16_t*>(p.w);
+    const std::uint16_t* xt = xs + t0 * ldx;
+    float* y = p.y + t0 * p.out;
     if (p.layout != Layout::Interleaved16) {
       for (std::int64_t b = first; b < last; ++b) {
         const std::int64_t begin = b * kBlock, end = std::min(p.out, begin + kBlock);
-        rows_bf16_dots(xs, ldx, w + begin * in, p.y, tokens, begin, end, p.out, in);
+        rows_bf16_dots(xt, ldx, w + begin * in, y, n, begin, end, p.out, in);
       }
       return;
     }
     const std::int64_t groups = p.out / 16, grouped = group_items(p);
     if (first < grouped)
-      groups_bf16_interleaved(xs, ldx, w, p.y, tokens, first * per_item, std::min(last * per_item, groups), p.out, in);
-    if (last > grouped) rows_bf16_dots(xs, ldx, w + groups * 16 * in, p.y, tokens, groups * 16, p.out, p.out, in);
+      groups_bf16_interleaved(xt, ldx, w, y, n, first * per_item, std::min(last * per_item, groups), p.out, in);
+    if (last > grouped) rows_bf16_dots(xt, ldx, w + groups * 16 * in, y, n, groups * 16, p.out, p.out, in);
   };
-  workers.balance(items.size(),
-                  [&](std::int64_t first, std::int64_t last) { items.for_each(first, last, product_items); });
+  const TokenPasses passes(tokens);
+  workers.balance(passes.count() * items.size(), [&](std::int64_t first, std::int64_t last) {
+    passes.for_each(
+        items.size(), first, last, [&](std::int64_t t0, std::int64_t n, std::int64_t from, std::int64_t to) {
+          items.for_each(from, to,
+                         [&](std::size_t p, std::int64_t a, std::int64_t b) { product_items(p, a, b, t0, n); });
+        });
+  });
 }
 }  // namespace
 #endif
@@ -576,15 +586,15 @@ void row_dot_products_many(Workers& workers, const std::string& name, const floa
   for (const Product& p : products)
     STRATA_CHECK(p.layout == Layout::Rows || (w_dtype == DType::BF16 && interleaves_bf16(name, in)), Internal,
                  "bf16 weights interleaved by 16 rows given to the ", name, " kernel");
+#if defined(__x86_64__)
+  if (kernel == Kernel::Avx512Bf16 && w_dtype == DType::BF16)
+    return bf16_dot_products(workers, x, tokens, in, products);
+#endif
   if (tokens > kTokenPass) {  // a prefill: in passes (tiles.h); each output's arithmetic is the same
     return in_token_passes(tokens, products, [&](std::int64_t t0, std::int64_t n, std::span<const Product> part) {
       row_dot_products_many(workers, name, x + t0 * in, w_dtype, n, in, part);
     });
   }
-#if defined(__x86_64__)
-  if (kernel == Kernel::Avx512Bf16 && w_dtype == DType::BF16)
-    return bf16_dot_products(workers, x, tokens, in, products);
-#endif
   const ProductItems blocks(products, [](const Product& p) { return (p.out + kBlock - 1) / kBlock; });
   workers.balance(blocks.size(), [&](std::int64_t first, std::int64_t last) {
     blocks.for_each(first, last, [&](std::size_t index, std::int64_t from, std::int64_t to) {

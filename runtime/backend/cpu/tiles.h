@@ -12,7 +12,7 @@
 namespace strata::cpu {
 
 // Tokens per pass of a product's rows (kernels.cpp, quant.cpp): a product of more tokens (a prefill step) goes over
-// the rows in passes of this many, whose activations stay in a core's L2 beside a work item's rows (96 tokens of a
+// the rows in passes of at most this many (TokenPasses), whose activations stay in a core's L2 beside a work item's rows (96 tokens of a
 // 2048-wide input: 384 KB of bf16, 768 KB of f32); all 2048 tokens of a step at once were read again from L3 by each
 // work item. 96 and 192 measured level, both 15-35% faster than one pass (docs/performance.md).
 constexpr std::int64_t kTokenPass = 96;
@@ -61,14 +61,40 @@ class ProductItems {
   std::vector<std::int64_t> heap_;
 };
 
+// A prefill's tokens in passes of at most kTokenPass, all of about the same size (128 tokens: two of 64; 96 and 32
+// left the second pass's items a third of the first's, and one loop over both passes unbalanced).
+class TokenPasses {
+ public:
+  explicit TokenPasses(std::int64_t tokens)
+      : tokens_(tokens), size_((tokens + count() - 1) / std::max<std::int64_t>(1, count())) {}
+  std::int64_t count() const { return (tokens_ + kTokenPass - 1) / kTokenPass; }
+  std::int64_t start(std::int64_t pass) const { return pass * size_; }
+  std::int64_t tokens(std::int64_t pass) const { return std::min(size_, tokens_ - start(pass)); }
+
+  // One loop over every pass's work items, pass by pass, `per_pass` items each: f(t0, n, from, to) for the items
+  // [from, to) of the pass of tokens t0 .. t0 + n within the loop's [first, last).
+  template <typename F>
+  void for_each(std::int64_t per_pass, std::int64_t first, std::int64_t last, F&& f) const {
+    for (std::int64_t pass = first / per_pass; pass * per_pass < last; ++pass) {
+      const std::int64_t base = pass * per_pass;
+      f(start(pass), tokens(pass), std::max(first, base) - base, std::min(last, base + per_pass) - base);
+    }
+  }
+
+ private:
+  std::int64_t tokens_, size_;
+};
+
 // A prefill's products in passes of kTokenPass tokens: pass(t0, n, part) for tokens t0 .. t0 + n, with `part` the
 // products whose outputs start at token t0 (each y offset by t0 of its rows).
 template <typename Product, typename Pass>
 void in_token_passes(std::int64_t tokens, std::span<const Product> products, Pass&& pass) {
   std::vector<Product> part(products.begin(), products.end());
-  for (std::int64_t t0 = 0; t0 < tokens; t0 += kTokenPass) {
+  const TokenPasses passes(tokens);
+  for (std::int64_t k = 0; k < passes.count(); ++k) {
+    const std::int64_t t0 = passes.start(k);
     for (std::size_t p = 0; p < products.size(); ++p) part[p].y = products[p].y + t0 * products[p].out;
-    pass(t0, std::min(kTokenPass, tokens - t0), std::span<const Product>(part));
+    pass(t0, passes.tokens(k), std::span<const Product>(part));
   }
 }
 
