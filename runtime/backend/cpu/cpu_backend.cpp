@@ -227,7 +227,7 @@ class CpuBackend final : public Backend {
     STRATA_CHECK(std::int64_t(params.inv_freq.size()) == half, Internal, "rope: ", params.inv_freq.size(),
                  " frequencies for head_dim ", dim);
     const RopeTables& tables = rope_tables(positions, params.inv_freq);
-    for (std::int64_t t = 0; t < tokens; ++t) {
+    rows_over_workers(tokens, heads * dim, [&](std::int64_t t) {
       const float* cos_table = tables.cos.data() + t * half;
       const float* sin_table = tables.sin.data() + t * half;
       for (std::int64_t h = 0; h < heads; ++h) {
@@ -238,7 +238,7 @@ class CpuBackend final : public Backend {
           v[i + half] = b * cos_table[i] + a * sin_table[i];
         }
       }
-    }
+    });
   }
 
   // cos and sin of position x frequency for every token of a step, [tokens, head_dim / 2] each: every layer rotates
@@ -357,23 +357,31 @@ class CpuBackend final : public Backend {
     const std::int64_t kv_heads = k_cache.shape[2], dim = k_cache.shape[3];
     STRATA_CHECK(k.row_elems() == kv_heads * dim && v.row_elems() == kv_heads * dim, Internal, "kv_store: k ",
                  shape_string(k.shape), " for a cache of ", shape_string(k_cache.shape));
-    const std::size_t elem = dtype_size(k_cache.dtype);  // f32, or f16 rounded to nearest even
-    for (const auto& c : chunks) {
-      blocks.check(c);
-      for (std::int32_t i = 0; i < c.n_tokens; ++i) {
-        const std::int64_t from = (std::int64_t(c.token_offset) + i) * kv_heads * dim;
-        if (k_cache.dtype == DType::F16) {
-          check_f16_range(k.f32() + from, kv_heads * dim, "key", c.start_pos + i);
-          check_f16_range(v.f32() + from, kv_heads * dim, "value", c.start_pos + i);
-        }
-        for (std::int64_t h = 0; h < kv_heads; ++h) {
-          const std::size_t at = std::size_t(head_row(blocks, kv_heads, c, c.start_pos + i, h) * dim) * elem;
-          cpu::narrow(k_cache.dtype, k.f32() + from + h * dim, static_cast<char*>(k_cache.data) + at, dim);
-          cpu::narrow(v_cache.dtype, v.f32() + from + h * dim, static_cast<char*>(v_cache.data) + at, dim);
-        }
-      }
+    const std::size_t elem = dtype_size(k_cache.dtype);                       // f32, or f16 rounded to nearest even
+    std::vector<std::pair<std::int32_t, std::int32_t>>& tokens = kv_tokens_;  // (chunk, token within it)
+    tokens.clear();
+    for (std::size_t c = 0; c < chunks.size(); ++c) {
+      blocks.check(chunks[c]);
+      for (std::int32_t i = 0; i < chunks[c].n_tokens; ++i) tokens.emplace_back(std::int32_t(c), i);
     }
+    // Over the threads for a prefill's many tokens (on the caller alone it left the others waiting for ~1% of a
+    // 128-token prefill); where several rows are beyond f16's range, the error names one of them.
+    rows_over_workers(std::int64_t(tokens.size()), 2 * kv_heads * dim, [&](std::int64_t n) {
+      const auto [index, i] = tokens[std::size_t(n)];
+      const SeqChunk& c = chunks[std::size_t(index)];
+      const std::int64_t from = (std::int64_t(c.token_offset) + i) * kv_heads * dim;
+      if (k_cache.dtype == DType::F16) {
+        check_f16_range(k.f32() + from, kv_heads * dim, "key", c.start_pos + i);
+        check_f16_range(v.f32() + from, kv_heads * dim, "value", c.start_pos + i);
+      }
+      for (std::int64_t h = 0; h < kv_heads; ++h) {
+        const std::size_t at = std::size_t(head_row(blocks, kv_heads, c, c.start_pos + i, h) * dim) * elem;
+        cpu::narrow(k_cache.dtype, k.f32() + from + h * dim, static_cast<char*>(k_cache.data) + at, dim);
+        cpu::narrow(v_cache.dtype, v.f32() + from + h * dim, static_cast<char*>(v_cache.data) + at, dim);
+      }
+    });
   }
+  std::vector<std::pair<std::int32_t, std::int32_t>> kv_tokens_;  // kv_store's, kept: no allocation per layer
 
   // An f16 cache holds magnitudes up to 65504; a larger key or value would become infinite and every later score
   // of its sequence NaN, a wrong answer without an error. Such a model needs the f32 cache: say so instead.
