@@ -742,11 +742,14 @@ __attribute__((target(STRATA_AVX512F), always_inline)) inline __m256 lane_trees8
 
 // dots16_packed_avx512 for G query heads (a GQA group, D floats each, one after another) over 8 keys: each key
 // chunk is loaded (f16: widened) once for the G heads instead of once per head; each score's FMAs and tree are
-// those of dots16_packed_avx512, so the same bits. Head g's scores go to scores + g * score_stride.
-template <typename K, int D, int G>
+// those of dots16_packed_avx512, so the same bits. Head g's scores go to scores + g * score_stride. Partial: the
+// first `rows` < 8 keys only (a run's last few: the accumulators past them repeat the last key, their scores are not
+// stored), where one head at a time through dots16_avx512 had cost a prefill's attention a fifth of its score time.
+template <typename K, int D, int G, bool Partial = false>
 __attribute__((target(STRATA_AVX512F))) void group_dots8_avx512(const float* q, const K* keys, float* scores,
-                                                                std::int64_t score_stride) {
+                                                                std::int64_t score_stride, int rows = 8) {
   static_assert(D % kLanes == 0 && G * 8 + G + 1 <= 32);  // accumulators, queries and a key in the registers
+  const auto key = [&](int k) { return keys + (Partial ? std::min(k, rows - 1) : k) * D; };
   __m512 a[G][8];
 #pragma GCC unroll 3
   for (int g = 0; g < G; ++g)
@@ -759,13 +762,14 @@ __attribute__((target(STRATA_AVX512F))) void group_dots8_avx512(const float* q, 
     for (int g = 0; g < G; ++g) qv[g] = _mm512_loadu_ps(q + g * D + i);
 #pragma GCC unroll 8
     for (int k = 0; k < 8; ++k) {
-      const __m512 kv = load16(keys + k * D + i);
+      const __m512 kv = load16(key(k) + i);
 #pragma GCC unroll 3
       for (int g = 0; g < G; ++g) a[g][k] = _mm512_fmadd_ps(kv, qv[g], a[g][k]);
     }
   }
+  const __mmask8 stored = Partial ? __mmask8((1u << rows) - 1) : __mmask8(0xFF);
 #pragma GCC unroll 3
-  for (int g = 0; g < G; ++g) _mm256_storeu_ps(scores + g * score_stride, lane_trees8(a[g]));
+  for (int g = 0; g < G; ++g) _mm256_mask_storeu_ps(scores + g * score_stride, stored, lane_trees8(a[g]));
 }
 #pragma GCC diagnostic pop
 #endif
@@ -818,10 +822,13 @@ void group_dots_of(const float* q, std::int64_t heads, const K* keys, std::int64
       const std::int64_t g = std::min<std::int64_t>(3, heads - h);
       const auto kernel = n == 64 ? (g == 3 ? group_dots8_avx512<K, 64, 3> : group_dots8_avx512<K, 64, 2>)
                                   : (g == 3 ? group_dots8_avx512<K, 128, 3> : group_dots8_avx512<K, 128, 2>);
+      const auto partial = n == 64
+                               ? (g == 3 ? group_dots8_avx512<K, 64, 3, true> : group_dots8_avx512<K, 64, 2, true>)
+                               : (g == 3 ? group_dots8_avx512<K, 128, 3, true> : group_dots8_avx512<K, 128, 2, true>);
       for (std::int64_t r = 0; r < whole; r += 8)
-        kernel(q + h * n, keys + r * stride, scores + h * score_stride + r, score_stride);
-      for (std::int64_t e = h; e < h + g; ++e)
-        dots_of(q + e * n, keys + whole * stride, stride, count - whole, n, scores + e * score_stride + whole);
+        kernel(q + h * n, keys + r * stride, scores + h * score_stride + r, score_stride, 8);
+      if (whole < count)
+        partial(q + h * n, keys + whole * stride, scores + h * score_stride + whole, score_stride, int(count - whole));
       h += g;
     }
   }
