@@ -312,11 +312,12 @@ void TransformerStage::mlp(const LayerWeights& w, std::int64_t tokens) {
   const TensorView x = normed_.view().slice_rows(0, tokens), gate_up = gate_up_.view().slice_rows(0, tokens);
   const TensorView act = act_.view().slice_rows(0, tokens), out = proj_.view().slice_rows(0, tokens);
   backend_.linear(x, w.gate_up.view(), TensorView{}, gate_up);
-  if (plan_.config().hidden_activation == "gelu_tanh")
+  if (plan_.config().hidden_activation == "gelu_tanh") {
     backend_.geglu(gate_up, act);
-  else
-    backend_.swiglu(gate_up, act);
-  backend_.linear(act, w.down.view(), TensorView{}, out);
+    backend_.linear(act, w.down.view(), TensorView{}, out);
+  } else {
+    backend_.swiglu_linear(gate_up, act, w.down.view(), out);
+  }
   all_reduce(out);
 }
 

@@ -112,6 +112,13 @@ class Backend {
   virtual void rope(TensorView x, std::span<const std::int32_t> positions, const RopeParams& params) = 0;
   // out[T,I] = silu(gate_up[T, 0:I]) * gate_up[T, I:2I]
   virtual void swiglu(TensorView gate_up, TensorView out) = 0;
+  // swiglu(gate_up, act), then linear(act, w, no bias, y): one op so that a backend may fuse the two (the CPU
+  // backend's avx512bf16 kernel rounds each token's SwiGLU to bf16 as it makes it). act: the SwiGLU's space, its
+  // contents afterwards unspecified.
+  virtual void swiglu_linear(TensorView gate_up, TensorView act, TensorView w, TensorView y) {
+    swiglu(gate_up, act);
+    linear(act, w, TensorView{}, y);
+  }
   // out[T,I] = gelu_tanh(gate_up[T, 0:I]) * gate_up[T, I:2I] (GeGLU with the tanh approximation of GELU, Gemma's
   // gelu_pytorch_tanh): gelu_tanh(x) = x / 2 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3))).
   virtual void geglu(TensorView gate_up, TensorView out) = 0;

@@ -529,7 +529,7 @@ TEST(CpuBackend, Bf16WeightsInterleavedForTheBf16KernelGiveTheBf16Products) {
       std::vector<std::uint16_t> bits(std::size_t(out * in));
       convert_from_f32(DType::BF16, w32.f32(), bits.data(), bits.size());
       for (const std::int64_t tokens : {1, 5, 6, 13, 100, 200}) {  // 100, 200: two and three passes (tiles.h)
-        if (tokens > 100 && in > 100) continue;  // (the double references' time)
+        if (tokens > 100 && in > 100) continue;                    // (the double references' time)
         const std::string where =
             "in " + std::to_string(in) + " out " + std::to_string(out) + " tokens " + std::to_string(tokens);
         Tensor x = f.random({tokens, in}), y = f.random({tokens, out});
@@ -568,6 +568,39 @@ TEST(CpuBackend, Bf16WeightsInterleavedForTheBf16KernelGiveTheBf16Products) {
     }
   Tensor odd = backend->allocate({32, 77}, DType::BF16);
   EXPECT_EQ(backend->prepare_weight(std::move(odd)).layout(), Layout::Rows) << "odd widths stay in rows";
+}
+
+// swiglu_linear (the MLP's SwiGLU and down projection in one op) gives the bits of swiglu then linear, for bf16
+// weights (with the avx512bf16 kernel: fused, each token's SwiGLU rounded to bf16 as it is made, act never written;
+// interleaved and in rows), f32 and quantized ones (the two ops), over token counts of one tile, several and a
+// prefill's passes.
+TEST(CpuBackend, SwigluLinearGivesTheBitsOfSwigluThenLinear) {
+  Fixture f;
+  const bool fuses = cpu::row_kernel_name() == "avx512bf16";
+  std::printf("swiglu_linear: %s\n", fuses ? "fused for bf16 weights (avx512bf16)" : "the two ops (no avx512bf16)");
+  for (DType dtype : {DType::BF16, DType::F32, DType::Q8_0})
+    for (const std::int64_t in : {48, 100, 77})  // 77: an odd width, whose bf16 rows stay rows
+      for (const bool prepare : {true, false}) {
+        std::unique_ptr<Backend> backend = make_cpu_backend(2, dtype);
+        const std::int64_t out = 37;
+        if (is_quantized(dtype) && in % 32 != 0) continue;  // blocks of 32
+        Tensor w32 = f.random({out, in}), w = backend->allocate({out, in}, dtype);
+        backend->upload(w32.f32(), w.view());
+        if (prepare) w = backend->prepare_weight(std::move(w));
+        for (const std::int64_t tokens : {1, 13, 100, 200}) {
+          const std::string where = std::string(dtype_name(dtype)) + " in " + std::to_string(in) + " tokens " +
+                                    std::to_string(tokens) + (prepare ? " prepared" : " rows");
+          Tensor gate_up = f.random({tokens, 2 * in}), act = f.random({tokens, in}), unfused = f.random({tokens, in});
+          Tensor y = f.random({tokens, out}), want = f.random({tokens, out});
+          std::fill(act.f32(), act.f32() + act.numel(), 7.0f);
+          backend->swiglu(gate_up.view(), unfused.view());
+          backend->linear(unfused.view(), w.view(), TensorView{}, want.view());
+          backend->swiglu_linear(gate_up.view(), act.view(), w.view(), y.view());
+          EXPECT_EQ(0, std::memcmp(want.f32(), y.f32(), std::size_t(want.numel()) * 4)) << where;
+          const bool untouched = std::all_of(act.f32(), act.f32() + act.numel(), [](float v) { return v == 7.0f; });
+          EXPECT_EQ(untouched, fuses && dtype == DType::BF16) << where << ": fused exactly where the kernel rounds";
+        }
+      }
 }
 
 // Quantized matrices go through prepare_weight at load: with the AVX-512 kernel they come back interleaved by 16

@@ -273,6 +273,19 @@ class CpuBackend final : public Backend {
                [](const float* gate, const float* up, float* o, std::int64_t n) { cpu::silu_times(gate, up, o, n); });
   }
 
+  void swiglu_linear(TensorView gate_up, TensorView act, TensorView w, TensorView y) override {
+    const std::int64_t tokens = gate_up.rows(), in = act.row_elems(), out = w.rows();
+    STRATA_CHECK(gate_up.row_elems() == 2 * in && act.rows() == tokens && w.row_elems() == in && y.rows() == tokens &&
+                     y.row_elems() == out,
+                 Internal, "swiglu_linear: gate_up ", shape_string(gate_up.shape), " act ", shape_string(act.shape),
+                 " w ", shape_string(w.shape), " y ", shape_string(y.shape));
+    const cpu::Product product{w.data, w.layout, y.f32(), out};
+    if (tokens > 0 && !is_quantized(w.dtype) && tokens <= row_kernel_tokens_ &&
+        cpu::swiglu_dot_products(workers_, row_kernel_, gate_up.f32(), w.dtype, tokens, in, {&product, 1}))
+      return;
+    Backend::swiglu_linear(gate_up, act, w, y);
+  }
+
   void geglu(TensorView gate_up, TensorView out) override {
     const float k = 0.7978845608028654f;  // sqrt(2 / pi)
     gated(gate_up, out, "geglu",

@@ -499,7 +499,9 @@ STRATA_CLONES void round_to_bf16(const float* x, std::uint16_t* dst, std::int64_
 // 4096-wide rows 6-17% faster than with the rows 8 KiB apart, whose 6 lines a step shared one L1 set with the 4
 // weight rows' lines). A prefill goes over the rows in token passes (tiles.h), every pass's items in the same loop
 // (pass by pass), after one rounding of all its tokens: a 128-token prefill's products had been four loops each.
-void bf16_dot_products(Workers& workers, const float* x, std::int64_t tokens, std::int64_t in,
+// fill(first, last, xs, ldx) writes tokens [first, last)'s activations, rounded to bf16, at xs + t * ldx.
+template <typename Fill>
+void bf16_dot_products(Workers& workers, Fill&& fill, std::int64_t tokens, std::int64_t in,
                        std::span<const Product> products) {
   if (tokens <= 0) return;  // (the tiles run at least one token)
   const std::int64_t ldx = odd_lines_stride(in);
@@ -508,9 +510,7 @@ void bf16_dot_products(Workers& workers, const float* x, std::int64_t tokens, st
   if (rounded.size() < std::size_t(tokens * ldx + 32)) rounded.resize(std::size_t(tokens * ldx + 32));
   const std::size_t misaligned = reinterpret_cast<std::uintptr_t>(rounded.data()) % 64;
   std::uint16_t* xs = rounded.data() + (misaligned ? (64 - misaligned) / 2 : 0);
-  workers.split(tokens, [&](std::int64_t first, std::int64_t last) {
-    for (std::int64_t t = first; t < last; ++t) round_to_bf16(x + t * in, xs + t * ldx, in);
-  });
+  workers.split(tokens, [&](std::int64_t first, std::int64_t last) { fill(first, last, xs, ldx); });
   // Work items: in the interleaved layout kGroupTile groups (a product's last one fewer), and one more for the
   // rows after the groups (in row layout); in the row layout kBlock rows. Items of one group left the balancing
   // tail to 1-group tiles (6 accumulators, a broadcast per VDPBF16PS): 12% of a batch-16 decode step's samples.
@@ -587,8 +587,12 @@ void row_dot_products_many(Workers& workers, const std::string& name, const floa
     STRATA_CHECK(p.layout == Layout::Rows || (w_dtype == DType::BF16 && interleaves_bf16(name, in)), Internal,
                  "bf16 weights interleaved by 16 rows given to the ", name, " kernel");
 #if defined(__x86_64__)
-  if (kernel == Kernel::Avx512Bf16 && w_dtype == DType::BF16)
-    return bf16_dot_products(workers, x, tokens, in, products);
+  if (kernel == Kernel::Avx512Bf16 && w_dtype == DType::BF16) {
+    const auto round = [&](std::int64_t first, std::int64_t last, std::uint16_t* xs, std::int64_t ldx) {
+      for (std::int64_t t = first; t < last; ++t) round_to_bf16(x + t * in, xs + t * ldx, in);
+    };
+    return bf16_dot_products(workers, round, tokens, in, products);
+  }
 #endif
   if (tokens > kTokenPass) {  // a prefill: in passes (tiles.h); each output's arithmetic is the same
     return in_token_passes(tokens, products, [&](std::int64_t t0, std::int64_t n, std::span<const Product> part) {
@@ -603,6 +607,27 @@ void row_dot_products_many(Workers& workers, const std::string& name, const floa
         rows_of(kernel, x, p.w, w_dtype, p.y, tokens, b * kBlock, std::min(p.out, (b + 1) * kBlock), p.out, in);
     });
   });
+}
+
+bool swiglu_dot_products(Workers& workers, const std::string& name, const float* gate_up, DType w_dtype,
+                         std::int64_t tokens, std::int64_t in, std::span<const Product> products) {
+#if defined(__x86_64__)
+  if (kernel_for(name) != Kernel::Avx512Bf16 || w_dtype != DType::BF16) return false;
+  const auto swiglu = [&](std::int64_t first, std::int64_t last, std::uint16_t* xs, std::int64_t ldx) {
+    thread_local std::vector<float> row;  // one token's SwiGLU in f32 (in L1), then rounded as round_to_bf16 rounds
+    if (row.size() < std::size_t(in)) row.resize(std::size_t(in));
+    for (std::int64_t t = first; t < last; ++t) {
+      const float* gate = gate_up + t * 2 * in;
+      silu_times(gate, gate + in, row.data(), in);
+      round_to_bf16(row.data(), xs + t * ldx, in);
+    }
+  };
+  bf16_dot_products(workers, swiglu, tokens, in, products);
+  return true;
+#else
+  (void)workers, (void)name, (void)gate_up, (void)w_dtype, (void)tokens, (void)in, (void)products;
+  return false;
+#endif
 }
 
 bool interleaves_bf16(const std::string& kernel) { return kernel == "avx512bf16"; }
