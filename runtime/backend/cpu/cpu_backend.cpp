@@ -394,7 +394,6 @@ class CpuBackend final : public Backend {
       }
     });
   }
-  std::vector<std::pair<std::int32_t, std::int32_t>> kv_tokens_;  // kv_store's, kept: no allocation per layer
 
   // An f16 cache holds magnitudes up to 65504; a larger key or value would become infinite and every later score
   // of its sequence NaN, a wrong answer without an error. Such a model needs the f32 cache: say so instead.
@@ -467,7 +466,7 @@ class CpuBackend final : public Backend {
       // than two; three or four were level with two. Only the positions before the chunk's are requested: the
       // chunk's own were stored by kv_store just before this loop and are in cache (a 128-token prefill 1-2% faster
       // without requesting them again for every token).
-      const std::int64_t n = std::max<std::int64_t>(0, std::min<std::int64_t>(visible, chunk.start_pos) - first);
+      const std::int64_t n = std::max<std::int64_t>(0, chunk.start_pos - first);
       std::int64_t requested = 0;
       const auto request_until = [&](std::int64_t u) {
         for (u = std::min(u, 2 * n); requested < u;) {
@@ -477,8 +476,8 @@ class CpuBackend final : public Backend {
         }
       };
       for (std::int64_t j = first; j < visible;) {
-        const std::int64_t run = run_at(j);
-        request_until(j - first + run + kFetchAhead * blocks.size);
+        const std::int64_t run = run_at(j), ahead = j + run + kFetchAhead * blocks.size;  // the position to reach
+        request_until(ahead < visible ? std::min(ahead - first, n) : n + ahead - visible);
         cpu::group_dots(qv, group, rows_at(key_rows, j), stride, run, dim, scores + j, longest);
         j += run;
       }
@@ -555,6 +554,7 @@ class CpuBackend final : public Backend {
   std::vector<float> gemm_scratch_;        // blas_gemm's widened rows, reused across calls
   cpu::Workers workers_;                   // every parallel loop of the kernels
   RopeTables rope_tables_;                 // the last step's angles (rope_tables)
+  std::vector<std::pair<std::int32_t, std::int32_t>> kv_tokens_;  // kv_store's (chunk, token): no allocation a layer
 };
 
 }  // namespace

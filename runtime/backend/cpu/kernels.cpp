@@ -792,9 +792,13 @@ __attribute__((target(STRATA_AVX512F))) void group_dots8_avx512(const float* q, 
       for (int g = 0; g < G; ++g) a[g][k] = _mm512_fmadd_ps(kv, qv[g], a[g][k]);
     }
   }
-  const __mmask8 stored = Partial ? __mmask8((1u << rows) - 1) : __mmask8(0xFF);
 #pragma GCC unroll 3
-  for (int g = 0; g < G; ++g) _mm256_mask_storeu_ps(scores + g * score_stride, stored, lane_trees8(a[g]));
+  for (int g = 0; g < G; ++g) {
+    if constexpr (Partial)
+      _mm256_mask_storeu_ps(scores + g * score_stride, __mmask8((1u << rows) - 1), lane_trees8(a[g]));
+    else
+      _mm256_storeu_ps(scores + g * score_stride, lane_trees8(a[g]));
+  }
 }
 #pragma GCC diagnostic pop
 #endif

@@ -12,9 +12,9 @@
 namespace strata::cpu {
 
 // Tokens per pass of a product's rows (kernels.cpp, quant.cpp): a product of more tokens (a prefill step) goes over
-// the rows in passes of at most this many (TokenPasses), whose activations stay in a core's L2 beside a work item's rows (96 tokens of a
-// 2048-wide input: 384 KB of bf16, 768 KB of f32); all 2048 tokens of a step at once were read again from L3 by each
-// work item. 96 and 192 measured level, both 15-35% faster than one pass (docs/performance.md).
+// the rows in passes of at most this many (TokenPasses), whose activations stay in a core's L2 beside a work item's
+// rows (96 tokens of a 2048-wide input: 384 KB of bf16, 768 KB of f32); all 2048 tokens of a step at once were read
+// again from L3 by each work item. 96 and 192 measured level, both 15-35% faster than one pass (docs/performance.md).
 constexpr std::int64_t kTokenPass = 96;
 
 // Calls f(std::integral_constant<int, n>{}) for 1 <= n <= Max (a larger n is called as Max).
@@ -85,8 +85,9 @@ class TokenPasses {
   std::int64_t tokens_, size_;
 };
 
-// A prefill's products in passes of kTokenPass tokens: pass(t0, n, part) for tokens t0 .. t0 + n, with `part` the
-// products whose outputs start at token t0 (each y offset by t0 of its rows).
+// A prefill's products in TokenPasses, one call of `pass` each (for the kernels that run each pass as a loop of its
+// own): pass(t0, n, part) for tokens t0 .. t0 + n, with `part` the products whose outputs start at token t0 (each y
+// offset by t0 of its rows).
 template <typename Product, typename Pass>
 void in_token_passes(std::int64_t tokens, std::span<const Product> products, Pass&& pass) {
   std::vector<Product> part(products.begin(), products.end());
