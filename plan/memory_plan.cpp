@@ -1,6 +1,7 @@
 // See memory_plan.h.
 #include "plan/memory_plan.h"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "runtime/base/error.h"
@@ -69,6 +70,13 @@ MemoryPlan plan_memory(const ShardPlan& shard, const StageLimits& limits, Device
     m.backend = kCudaBackendFixed + (step_buffers ? step_buffers(shard, limits) : 0);
     m.reserve = gpu_reserve_mib >= 0 ? std::int64_t(gpu_reserve_mib) << 20
                                      : kGraphReserve + (shard.coordinates().tp > 1 ? kNcclReserve : 0);
+  } else {
+    // The CPU kernels' copy of a product's input for all of a step's tokens: rounded to bf16 (2 bytes a value, rows
+    // padded by up to 64 bytes), or quantized to q8_0 blocks with their scales (42 bytes for 32 values).
+    const auto& c = shard.config();
+    const std::int64_t widest = std::max({c.hidden_size, shard.local_intermediate(), shard.local_expert_intermediate(),
+                                          shard.local_shared_intermediate()});
+    m.backend = limits.max_tokens * (2 * widest + 64);
   }
   return m;
 }

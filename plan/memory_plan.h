@@ -31,7 +31,8 @@ struct MemoryPlan {
   DType weights_dtype = DType::F32, activations_dtype = DType::F32, kv_dtype = DType::F32;
   std::int64_t weights = 0, kv_cache = 0, workspace = 0;
   std::int64_t kv_windows = 0;  // sliding-window layers' per-sequence caches (fixed, beside the paged pool)
-  std::int64_t backend = 0;     // CUDA: cuBLAS workspace, staging, decode partials, sampling candidates
+  std::int64_t backend = 0;     // CUDA: cuBLAS workspace, staging, decode partials, sampling candidates; CPU: the
+                                // kernels' bf16 or q8_0 copy of a step's product input
   std::int64_t reserve = 0;     // CUDA: kept free for NCCL's buffers and CUDA graphs (--gpu-reserve-mib)
   std::int64_t stage() const { return weights + kv_cache + kv_windows + workspace; }  // what the stage allocates
   std::int64_t total() const { return stage() + backend + reserve; }
