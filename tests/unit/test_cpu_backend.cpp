@@ -572,13 +572,13 @@ TEST(CpuBackend, Bf16WeightsInterleavedForTheBf16KernelGiveTheBf16Products) {
 
 // swiglu_linear (the MLP's SwiGLU and down projection in one op) gives the bits of swiglu then linear, for bf16
 // weights (with the avx512bf16 kernel: fused, each token's SwiGLU rounded to bf16 as it is made, act never written;
-// interleaved and in rows), f32 and quantized ones (the two ops), over token counts of one tile, several and a
-// prefill's passes.
+// interleaved and in rows), quantized ones (fused, quantized as it is made) and f32 ones (the two ops), over token
+// counts of one tile, several and a prefill's passes.
 TEST(CpuBackend, SwigluLinearGivesTheBitsOfSwigluThenLinear) {
   Fixture f;
   const bool fuses = cpu::row_kernel_name() == "avx512bf16";
   std::printf("swiglu_linear: %s\n", fuses ? "fused for bf16 weights (avx512bf16)" : "the two ops (no avx512bf16)");
-  for (DType dtype : {DType::BF16, DType::F32, DType::Q8_0})
+  for (DType dtype : {DType::BF16, DType::F32, DType::Q8_0, DType::Q4_0})
     for (const std::int64_t in : {64, 96, 77})  // 77: an odd width, whose bf16 rows stay rows (and no q8_0 blocks)
       for (const bool prepare : {true, false}) {
         if (is_quantized(dtype) && in % 32 != 0) continue;  // blocks of 32
@@ -598,7 +598,8 @@ TEST(CpuBackend, SwigluLinearGivesTheBitsOfSwigluThenLinear) {
           backend->swiglu_linear(gate_up.view(), act.view(), w.view(), y.view());
           EXPECT_EQ(0, std::memcmp(want.f32(), y.f32(), std::size_t(want.numel()) * 4)) << where;
           const bool untouched = std::all_of(act.f32(), act.f32() + act.numel(), [](float v) { return v == 7.0f; });
-          EXPECT_EQ(untouched, fuses && dtype == DType::BF16) << where << ": fused exactly where the kernel rounds";
+          EXPECT_EQ(untouched, is_quantized(dtype) || (fuses && dtype == DType::BF16))
+              << where << ": fused exactly where the kernels round or quantize the activations";
         }
       }
 }

@@ -280,7 +280,10 @@ class CpuBackend final : public Backend {
                  Internal, "swiglu_linear: gate_up ", shape_string(gate_up.shape), " act ", shape_string(act.shape),
                  " w ", shape_string(w.shape), " y ", shape_string(y.shape));
     const cpu::Product product{w.data, w.layout, y.f32(), out};
-    if (tokens > 0 && !is_quantized(w.dtype) && tokens <= row_kernel_tokens_ &&
+    if (tokens > 0 && is_quantized(w.dtype))
+      return quant::swiglu_dot_products(workers_, quant_kernel_, gate_up.f32(), quant_format(w.dtype), tokens, in,
+                                        {&product, 1});
+    if (tokens > 0 && tokens <= row_kernel_tokens_ &&
         cpu::swiglu_dot_products(workers_, row_kernel_, gate_up.f32(), w.dtype, tokens, in, {&product, 1}))
       return;
     Backend::swiglu_linear(gate_up, act, w, y);

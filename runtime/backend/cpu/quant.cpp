@@ -466,10 +466,9 @@ void run(cpu::Workers& workers, const std::string& kernel, const Activations& x,
   });
 }
 
-// Token t's row of quantize_activations.
-void quantize_token(bool avx512, const float* x, BlockQ8_0* xq, float* x_scales, std::int64_t blocks,
+// Token t's row of quantize_activations, its values at `row`.
+void quantize_token(bool avx512, const float* row, BlockQ8_0* xq, float* x_scales, std::int64_t blocks,
                     std::int32_t* starts, int bias, std::int64_t t) {
-  const float* row = x + t * blocks * kBlock;
 #if defined(__x86_64__)
   if (avx512)
     quantize_blocks_avx512(row, xq + t * blocks, blocks);
@@ -557,7 +556,8 @@ void quantize_activations(cpu::Workers& workers, const std::string& kernel, cons
   // quantized prefill.
   const bool avx512 = kernel == "avx512vnni";
   auto quantize = [&](std::int64_t first, std::int64_t last) {
-    for (std::int64_t t = first; t < last; ++t) quantize_token(avx512, x, xq, x_scales, blocks, starts, bias, t);
+    for (std::int64_t t = first; t < last; ++t)
+      quantize_token(avx512, x + t * blocks * kBlock, xq, x_scales, blocks, starts, bias, t);
   };
   if (tokens * blocks >= 256)
     workers.split(tokens, quantize);
@@ -572,8 +572,13 @@ void row_dot_products_with(cpu::Workers& workers, const std::string& kernel, con
   row_dot_products_many(workers, kernel, x, format, tokens, in, {&product, 1});
 }
 
-void row_dot_products_many(cpu::Workers& workers, const std::string& kernel, const float* x, Format format,
-                           std::int64_t tokens, std::int64_t in, std::span<const Product> products) {
+namespace {
+// row_dot_products_many with the activations made by rows(first, last, quantize), which calls quantize(t, row) for
+// each token t in [first, last) with its f32 values at `row` (all tokens on the threads, once there is enough to
+// share, as quantize_activations).
+template <typename Rows>
+void products_of_rows(cpu::Workers& workers, const std::string& kernel, Rows&& rows, Format format, std::int64_t tokens,
+                      std::int64_t in, std::span<const Product> products) {
   STRATA_CHECK(cpu_has(kernel), Internal, "quantized kernel '", kernel, "' is not available on this CPU");
   for (const Product& p : products)
     STRATA_CHECK(p.layout == Layout::Rows || interleaves(kernel), Internal, "quantized kernel '", kernel,
@@ -588,13 +593,47 @@ void row_dot_products_many(cpu::Workers& workers, const std::string& kernel, con
   thread_local std::vector<std::int32_t> starts;
   const bool avx512 = kernel == "avx512vnni";
   if (avx512) starts.resize(xq.size());
-  quantize_activations(workers, kernel, x, xq.data(), xs.data(), tokens, blocks, avx512 ? starts.data() : nullptr,
-                       format == Format::Q8_0 ? 128 : 8);
-  const Activations activations{xq.data(), xs.data(), avx512 ? starts.data() : nullptr};
+  const int bias = format == Format::Q8_0 ? 128 : 8;
+  // The calling thread's buffers (a thread_local named inside the loop would be each worker's own).
+  BlockQ8_0* q = xq.data();
+  float* scales = xs.data();
+  std::int32_t* start = avx512 ? starts.data() : nullptr;
+  const auto quantize = [&](std::int64_t t, const float* row) {
+    quantize_token(avx512, row, q, scales, blocks, start, bias, t);
+  };
+  const auto some = [&](std::int64_t first, std::int64_t last) { rows(first, last, quantize); };
+  if (tokens * blocks >= 256)
+    workers.split(tokens, some);
+  else
+    some(0, tokens);
+  const Activations activations{q, scales, start};
   if (format == Format::Q8_0)
     run<BlockQ8_0>(workers, kernel, activations, products, tokens, blocks);
   else
     run<BlockQ4_0>(workers, kernel, activations, products, tokens, blocks);
+}
+}  // namespace
+
+void row_dot_products_many(cpu::Workers& workers, const std::string& kernel, const float* x, Format format,
+                           std::int64_t tokens, std::int64_t in, std::span<const Product> products) {
+  const auto rows = [&](std::int64_t first, std::int64_t last, const auto& quantize) {
+    for (std::int64_t t = first; t < last; ++t) quantize(t, x + t * in);
+  };
+  products_of_rows(workers, kernel, rows, format, tokens, in, products);
+}
+
+void swiglu_dot_products(cpu::Workers& workers, const std::string& kernel, const float* gate_up, Format format,
+                         std::int64_t tokens, std::int64_t in, std::span<const Product> products) {
+  const auto rows = [&](std::int64_t first, std::int64_t last, const auto& quantize) {
+    thread_local std::vector<float> row;  // one token's SwiGLU in f32, in L1
+    if (row.size() < std::size_t(in)) row.resize(std::size_t(in));
+    for (std::int64_t t = first; t < last; ++t) {
+      const float* gate = gate_up + t * 2 * in;
+      cpu::silu_times(gate, gate + in, row.data(), in);
+      quantize(t, row.data());
+    }
+  };
+  products_of_rows(workers, kernel, rows, format, tokens, in, products);
 }
 
 }  // namespace strata::quant
