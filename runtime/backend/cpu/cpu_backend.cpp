@@ -280,13 +280,24 @@ class CpuBackend final : public Backend {
                  Internal, "swiglu_linear: gate_up ", shape_string(gate_up.shape), " act ", shape_string(act.shape),
                  " w ", shape_string(w.shape), " y ", shape_string(y.shape));
     const cpu::Product product{w.data, w.layout, y.f32(), out};
-    if (tokens > 0 && is_quantized(w.dtype))
-      return quant::swiglu_dot_products(workers_, quant_kernel_, gate_up.f32(), quant_format(w.dtype), tokens, in,
-                                        {&product, 1});
-    if (tokens > 0 && tokens <= row_kernel_tokens_ &&
-        cpu::swiglu_dot_products(workers_, row_kernel_, gate_up.f32(), w.dtype, tokens, in, {&product, 1}))
-      return;
-    Backend::swiglu_linear(gate_up, act, w, y);
+    const cpu::RowMaker swiglu = [&](std::int64_t t, float* scratch) {
+      const float* gate = gate_up.f32() + t * 2 * in;
+      cpu::silu_times(gate, gate + in, scratch, in);
+      return static_cast<const float*>(scratch);
+    };
+    if (!made_rows_products(swiglu, w.dtype, tokens, in, {&product, 1})) Backend::swiglu_linear(gate_up, act, w, y);
+  }
+
+  // The products of rows made by `make`, where the kernels round (avx512bf16) or quantize them: whether it did.
+  bool made_rows_products(const cpu::RowMaker& make, DType dtype, std::int64_t tokens, std::int64_t in,
+                          std::span<const cpu::Product> products) {
+    if (tokens <= 0) return false;
+    if (is_quantized(dtype)) {
+      quant::made_rows_dot_products(workers_, quant_kernel_, make, quant_format(dtype), tokens, in, products);
+      return true;
+    }
+    return tokens <= row_kernel_tokens_ &&
+           cpu::made_rows_dot_products(workers_, row_kernel_, make, dtype, tokens, in, products);
   }
 
   void geglu(TensorView gate_up, TensorView out) override {

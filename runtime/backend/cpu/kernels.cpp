@@ -609,23 +609,19 @@ void row_dot_products_many(Workers& workers, const std::string& name, const floa
   });
 }
 
-bool swiglu_dot_products(Workers& workers, const std::string& name, const float* gate_up, DType w_dtype,
-                         std::int64_t tokens, std::int64_t in, std::span<const Product> products) {
+bool made_rows_dot_products(Workers& workers, const std::string& name, const RowMaker& make, DType w_dtype,
+                            std::int64_t tokens, std::int64_t in, std::span<const Product> products) {
 #if defined(__x86_64__)
   if (kernel_for(name) != Kernel::Avx512Bf16 || w_dtype != DType::BF16) return false;
-  const auto swiglu = [&](std::int64_t first, std::int64_t last, std::uint16_t* xs, std::int64_t ldx) {
-    thread_local std::vector<float> row;  // one token's SwiGLU in f32 (in L1), then rounded as round_to_bf16 rounds
-    if (row.size() < std::size_t(in)) row.resize(std::size_t(in));
-    for (std::int64_t t = first; t < last; ++t) {
-      const float* gate = gate_up + t * 2 * in;
-      silu_times(gate, gate + in, row.data(), in);
-      round_to_bf16(row.data(), xs + t * ldx, in);
-    }
+  const auto made = [&](std::int64_t first, std::int64_t last, std::uint16_t* xs, std::int64_t ldx) {
+    thread_local std::vector<float> scratch;
+    if (scratch.size() < std::size_t(in)) scratch.resize(std::size_t(in));
+    for (std::int64_t t = first; t < last; ++t) round_to_bf16(make(t, scratch.data()), xs + t * ldx, in);
   };
-  bf16_dot_products(workers, swiglu, tokens, in, products);
+  bf16_dot_products(workers, made, tokens, in, products);
   return true;
 #else
-  (void)workers, (void)name, (void)gate_up, (void)w_dtype, (void)tokens, (void)in, (void)products;
+  (void)workers, (void)name, (void)make, (void)w_dtype, (void)tokens, (void)in, (void)products;
   return false;
 #endif
 }

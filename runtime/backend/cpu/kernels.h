@@ -8,6 +8,7 @@
 // avx512bf16 kernel on bf16 weights, which rounds the activations to bf16 and runs bf16 dot products (VDPBF16PS).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -66,12 +67,16 @@ struct Product {
 };
 void row_dot_products_many(Workers& workers, const std::string& kernel, const float* x, DType w_dtype,
                            std::int64_t tokens, std::int64_t in, std::span<const Product> products);
-// row_dot_products_many of the SwiGLU of gate_up [tokens, 2 x in] (silu_times of its halves), where the kernel rounds
-// the activations to bf16 (avx512bf16, bf16 weights): each token's SwiGLU is rounded as it is made, never stored in
-// f32 (at 128 tokens it had gone out to L3 and come back for the rounding). The same bits as silu_times then
-// row_dot_products_many. Returns false, having done nothing, for other kernels and weights.
-bool swiglu_dot_products(Workers& workers, const std::string& kernel, const float* gate_up, DType w_dtype,
-                         std::int64_t tokens, std::int64_t in, std::span<const Product> products);
+// Makes token t's activations (`in` values in f32) and returns where they are: in `scratch` (the calling thread's,
+// `in` floats, in L1) or wherever the maker wrote them.
+using RowMaker = std::function<const float*(std::int64_t t, float* scratch)>;
+// row_dot_products_many of activations made token by token by `make`, where the kernel rounds them to bf16
+// (avx512bf16, bf16 weights): each row rounded as soon as it is made, from L1, instead of in a pass of its own over
+// rows that may have left the cache (an op fused with its products: SwiGLU's rows are never stored in f32). The same
+// bits as making every row, then row_dot_products_many. Returns false, having done nothing, for other kernels and
+// weights.
+bool made_rows_dot_products(Workers& workers, const std::string& kernel, const RowMaker& make, DType w_dtype,
+                            std::int64_t tokens, std::int64_t in, std::span<const Product> products);
 
 // The avx512bf16 kernel reads bf16 weights interleaved by 16 rows (Layout::Interleaved16), copied once at load
 // (CpuBackend::prepare_weight): for each group of 16 rows, in / 2 vectors of 64 bytes whose 32-bit lane r holds row

@@ -622,16 +622,12 @@ void row_dot_products_many(cpu::Workers& workers, const std::string& kernel, con
   products_of_rows(workers, kernel, rows, format, tokens, in, products);
 }
 
-void swiglu_dot_products(cpu::Workers& workers, const std::string& kernel, const float* gate_up, Format format,
-                         std::int64_t tokens, std::int64_t in, std::span<const Product> products) {
+void made_rows_dot_products(cpu::Workers& workers, const std::string& kernel, const cpu::RowMaker& make, Format format,
+                            std::int64_t tokens, std::int64_t in, std::span<const Product> products) {
   const auto rows = [&](std::int64_t first, std::int64_t last, const auto& quantize) {
-    thread_local std::vector<float> row;  // one token's SwiGLU in f32, in L1
-    if (row.size() < std::size_t(in)) row.resize(std::size_t(in));
-    for (std::int64_t t = first; t < last; ++t) {
-      const float* gate = gate_up + t * 2 * in;
-      cpu::silu_times(gate, gate + in, row.data(), in);
-      quantize(t, row.data());
-    }
+    thread_local std::vector<float> scratch;
+    if (scratch.size() < std::size_t(in)) scratch.resize(std::size_t(in));
+    for (std::int64_t t = first; t < last; ++t) quantize(t, make(t, scratch.data()));
   };
   products_of_rows(workers, kernel, rows, format, tokens, in, products);
 }

@@ -38,10 +38,10 @@ void row_dot_products_with(cpu::Workers& workers, const std::string& kernel, con
 using cpu::Product;
 void row_dot_products_many(cpu::Workers& workers, const std::string& kernel, const float* x, Format format,
                            std::int64_t tokens, std::int64_t in, std::span<const Product> products);
-// row_dot_products_many of the SwiGLU of gate_up [tokens, 2 x in] (cpu::silu_times of its halves): each token's
-// SwiGLU quantized as it is made, never stored in f32. The same bits as silu_times then row_dot_products_many.
-void swiglu_dot_products(cpu::Workers& workers, const std::string& kernel, const float* gate_up, Format format,
-                         std::int64_t tokens, std::int64_t in, std::span<const Product> products);
+// row_dot_products_many of activations made token by token by `make` (cpu::RowMaker): each row quantized as soon as
+// it is made. The same bits as making every row, then row_dot_products_many.
+void made_rows_dot_products(cpu::Workers& workers, const std::string& kernel, const cpu::RowMaker& make, Format format,
+                            std::int64_t tokens, std::int64_t in, std::span<const Product> products);
 
 // The AVX-512 kernel reads 16 rows' blocks at once, one row per 32-bit lane. From the row layout it transposes
 // each block of 16 rows in registers and inserts 16 scales one by one: at one token (decode) that cost more than
