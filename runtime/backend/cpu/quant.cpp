@@ -466,6 +466,16 @@ void run(cpu::Workers& workers, const std::string& kernel, const Activations& x,
   });
 }
 
+// rows(first, last) for the tokens of a step's activations, over the threads once there are enough blocks to share
+// (on one thread, quantizing left the others waiting for ~10% of a quantized prefill).
+template <typename Rows>
+void over_tokens(cpu::Workers& workers, std::int64_t tokens, std::int64_t blocks, Rows&& rows) {
+  if (tokens * blocks >= 256)
+    workers.split(tokens, rows);
+  else
+    rows(0, tokens);
+}
+
 // Token t's row of quantize_activations, its values at `row`.
 void quantize_token(bool avx512, const float* row, BlockQ8_0* xq, float* x_scales, std::int64_t blocks,
                     std::int32_t* starts, int bias, std::int64_t t) {
@@ -552,17 +562,11 @@ void dequantize_interleaved_row(Format format, const void* interleaved, std::int
 
 void quantize_activations(cpu::Workers& workers, const std::string& kernel, const float* x, BlockQ8_0* xq,
                           float* x_scales, std::int64_t tokens, std::int64_t blocks, std::int32_t* starts, int bias) {
-  // On the workers once there is enough to share: single-threaded, it left the other threads waiting for ~10% of a
-  // quantized prefill.
   const bool avx512 = kernel == "avx512vnni";
-  auto quantize = [&](std::int64_t first, std::int64_t last) {
+  over_tokens(workers, tokens, blocks, [&](std::int64_t first, std::int64_t last) {
     for (std::int64_t t = first; t < last; ++t)
       quantize_token(avx512, x + t * blocks * kBlock, xq, x_scales, blocks, starts, bias, t);
-  };
-  if (tokens * blocks >= 256)
-    workers.split(tokens, quantize);
-  else
-    quantize(0, tokens);
+  });
 }
 
 void row_dot_products_with(cpu::Workers& workers, const std::string& kernel, const float* x, const void* w,
@@ -574,8 +578,7 @@ void row_dot_products_with(cpu::Workers& workers, const std::string& kernel, con
 
 namespace {
 // row_dot_products_many with the activations made by rows(first, last, quantize), which calls quantize(t, row) for
-// each token t in [first, last) with its f32 values at `row` (all tokens on the threads, once there is enough to
-// share, as quantize_activations).
+// each token t in [first, last) with its f32 values at `row` (over_tokens, as quantize_activations).
 template <typename Rows>
 void products_of_rows(cpu::Workers& workers, const std::string& kernel, Rows&& rows, Format format, std::int64_t tokens,
                       std::int64_t in, std::span<const Product> products) {
@@ -601,11 +604,7 @@ void products_of_rows(cpu::Workers& workers, const std::string& kernel, Rows&& r
   const auto quantize = [&](std::int64_t t, const float* row) {
     quantize_token(avx512, row, q, scales, blocks, start, bias, t);
   };
-  const auto some = [&](std::int64_t first, std::int64_t last) { rows(first, last, quantize); };
-  if (tokens * blocks >= 256)
-    workers.split(tokens, some);
-  else
-    some(0, tokens);
+  over_tokens(workers, tokens, blocks, [&](std::int64_t first, std::int64_t last) { rows(first, last, quantize); });
   const Activations activations{q, scales, start};
   if (format == Format::Q8_0)
     run<BlockQ8_0>(workers, kernel, activations, products, tokens, blocks);
