@@ -384,13 +384,8 @@ class CpuBackend final : public Backend {
     const std::int64_t kv_heads = k_cache.shape[2], dim = k_cache.shape[3];
     STRATA_CHECK(k.row_elems() == kv_heads * dim && v.row_elems() == kv_heads * dim, Internal, "kv_store: k ",
                  shape_string(k.shape), " for a cache of ", shape_string(k_cache.shape));
-    const std::size_t elem = dtype_size(k_cache.dtype);                       // f32, or f16 rounded to nearest even
-    std::vector<std::pair<std::int32_t, std::int32_t>>& tokens = kv_tokens_;  // (chunk, token within it)
-    tokens.clear();
-    for (std::size_t c = 0; c < chunks.size(); ++c) {
-      blocks.check(chunks[c]);
-      for (std::int32_t i = 0; i < chunks[c].n_tokens; ++i) tokens.emplace_back(std::int32_t(c), i);
-    }
+    const std::size_t elem = dtype_size(k_cache.dtype);  // f32, or f16 rounded to nearest even
+    const auto& tokens = step_tokens(chunks, blocks);
     // Over the threads for a prefill's many tokens (on the caller alone it left the others waiting for ~1% of a
     // 128-token prefill); where several rows are beyond f16's range, the error names one of them.
     rows_over_workers(std::int64_t(tokens.size()), 2 * kv_heads * dim, [&](std::int64_t n) {
@@ -407,6 +402,18 @@ class CpuBackend final : public Backend {
         cpu::narrow(v_cache.dtype, v.f32() + from + h * dim, static_cast<char*>(v_cache.data) + at, dim);
       }
     });
+  }
+
+  // The step's tokens as (chunk, token within it), each chunk checked against the block table (kv_store's and
+  // attention's work items; kept in a member: no allocation a layer).
+  const std::vector<std::pair<std::int32_t, std::int32_t>>& step_tokens(std::span<const SeqChunk> chunks,
+                                                                        const KvBlocks& blocks) {
+    step_tokens_.clear();
+    for (std::size_t c = 0; c < chunks.size(); ++c) {
+      blocks.check(chunks[c]);
+      for (std::int32_t i = 0; i < chunks[c].n_tokens; ++i) step_tokens_.emplace_back(std::int32_t(c), i);
+    }
+    return step_tokens_;
   }
 
   // An f16 cache holds magnitudes up to 65504; a larger key or value would become infinite and every later score
@@ -432,13 +439,9 @@ class CpuBackend final : public Backend {
   void attention(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table, TensorView q,
                  TensorView k_cache, TensorView v_cache, const AttentionParams& params, TensorView out) override {
     const KvBlocks blocks(k_cache, block_table);
-    std::vector<std::pair<std::int32_t, std::int32_t>> tokens;  // (chunk index, token within chunk)
+    const auto& tokens = step_tokens(chunks, blocks);
     std::int64_t longest = 0;
-    for (std::size_t c = 0; c < chunks.size(); ++c) {
-      for (std::int32_t i = 0; i < chunks[c].n_tokens; ++i) tokens.emplace_back(std::int32_t(c), i);
-      longest = std::max<std::int64_t>(longest, chunks[c].start_pos + chunks[c].n_tokens);
-      blocks.check(chunks[c]);
-    }
+    for (const SeqChunk& c : chunks) longest = std::max<std::int64_t>(longest, c.start_pos + c.n_tokens);
     if (k_cache.dtype == DType::F16)
       return attend<cpu::Half>(chunks, blocks, tokens, longest, q, k_cache, v_cache, params, out);
     STRATA_CHECK(k_cache.dtype == DType::F32, Internal, "attention: KV cache of ", dtype_name(k_cache.dtype));
@@ -568,7 +571,7 @@ class CpuBackend final : public Backend {
   std::vector<float> gemm_scratch_;        // blas_gemm's widened rows, reused across calls
   cpu::Workers workers_;                   // every parallel loop of the kernels
   RopeTables rope_tables_;                 // the last step's angles (rope_tables)
-  std::vector<std::pair<std::int32_t, std::int32_t>> kv_tokens_;  // kv_store's (chunk, token): no allocation a layer
+  std::vector<std::pair<std::int32_t, std::int32_t>> step_tokens_;  // step_tokens' list
 };
 
 }  // namespace
