@@ -728,6 +728,35 @@ TEST(CpuBackend, AttentionWithKvCacheIsEquivalentToRef) {
   EXPECT_LT(error, kTolerance);
 }
 
+// The scores' buffer is kept between calls (a part per thread, as long as the step's longest sequence): a short
+// step, a longer one (the buffer grows), then the short one again (its parts now lie closer together than the
+// buffer's size), each against the reference, on two threads.
+TEST(CpuBackend, AttentionOfStepsOfDifferentLengthsOnOneBackend) {
+  Fixture f;
+  f.backend = make_cpu_backend(2);
+  const auto gqa = [](int h) { return h / 2; };
+  double error = 1;
+  run_attention_case(f, gqa, &error);
+  EXPECT_LT(error, kTolerance) << "first short step";
+
+  const int n = 40, hq = 4, hkv = 2, d = 8, block_size = 4, blocks = n / block_size;
+  Tensor kc = f.backend->allocate({blocks, block_size, hkv, d}, DType::F32);
+  Tensor vc = f.backend->allocate({blocks, block_size, hkv, d}, DType::F32);
+  std::vector<std::int32_t> table(static_cast<std::size_t>(blocks));
+  for (int b = 0; b < blocks; ++b) table[std::size_t(b)] = blocks - 1 - b;  // handed out in reverse
+  Tensor q = f.random({n, hq, d}), k = f.random({n, hkv, d}), v = f.random({n, hkv, d}), out = f.random({n, hq, d});
+  const std::vector<SeqChunk> prefill = {{0, 0, n, 0}};
+  f.backend->kv_store(prefill, table, k.view().reshaped({n, hkv * d}), v.view().reshaped({n, hkv * d}), kc.view(),
+                      vc.view());
+  const AttentionParams params{float(1 / std::sqrt(double(d))), 0, 0};
+  f.backend->attention(prefill, table, q.view(), kc.view(), vc.view(), params, out.view());
+  const std::vector<double> ref = reference_attention(q.f32(), f.values(k), f.values(v), n, 0, hq, hkv, d, gqa);
+  EXPECT_LT(relative_error(f.values(out), ref), kTolerance) << "longer step";
+
+  run_attention_case(f, gqa, &error);
+  EXPECT_LT(error, kTolerance) << "short step after the longer one";
+}
+
 // Gemma-style attention: a sliding window of 3 (sequence A at position 5 sees 3..5 only, B's later rows lose their
 // first keys) and soft-capped scores. A comparison against the unwindowed reference must fail, so the window matters.
 // Attention's passes: dots gives, bit for bit, the row kernels' order written out here (16 lanes of FMAs, the

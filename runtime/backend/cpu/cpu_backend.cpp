@@ -463,9 +463,13 @@ class CpuBackend final : public Backend {
     const std::int64_t items = std::int64_t(tokens.size()) * kv_heads;
     const auto* key_rows = static_cast<const K*>(k_cache.data);
     const auto* value_rows = static_cast<const K*>(v_cache.data);
-    std::vector<float> all_scores(std::size_t(workers_.size() * group * longest));  // each thread its own part
+    // Each thread its own part; kept between calls (a fresh vector per layer, zeroed and freed, showed in a batch-1
+    // q4_0 decode step's profile outside the loops, past malloc's per-thread caches, with malloc_consolidate).
+    const std::size_t score_count = std::size_t(workers_.size() * group * longest);
+    if (attention_scores_.size() < score_count) attention_scores_.resize(score_count);
+    float* const all_scores = attention_scores_.data();
     workers_.share(items, 2, [&](int thread, std::int64_t item) {
-      float* scores = all_scores.data() + std::size_t(thread * group * longest);
+      float* scores = all_scores + std::size_t(thread * group * longest);
       const auto [c, i] = tokens[std::size_t(item / kv_heads)];
       const std::int64_t kvh = item % kv_heads;
       const SeqChunk& chunk = chunks[std::size_t(c)];
@@ -572,6 +576,7 @@ class CpuBackend final : public Backend {
   cpu::Workers workers_;                   // every parallel loop of the kernels
   RopeTables rope_tables_;                 // the last step's angles (rope_tables)
   std::vector<std::pair<std::int32_t, std::int32_t>> step_tokens_;  // step_tokens' list
+  std::vector<float> attention_scores_;  // attend's scores, a part per thread, as long as the longest step's
 };
 
 }  // namespace
