@@ -469,6 +469,8 @@ const ShardReader::Described& ShardReader::described(const std::string& name) co
   h5::Handle type = h5::datatype(H5Dget_type(set.get()), where);
   h5::Handle space = h5::dataspace(H5Dget_space(set.get()), where);
   const int rank = H5Sget_simple_extent_ndims(space.get());
+  STRATA_CHECK(rank >= 0 && std::size_t(rank) <= Shape::kMaxDims, Checkpoint, where, ": ", rank,
+               " dimensions (at most ", Shape::kMaxDims, ")");
   std::vector<hsize_t> dims(static_cast<std::size_t>(std::max(rank, 0)));
   STRATA_H5_CHECK(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr));
   Described d;
@@ -817,8 +819,8 @@ void ShardWriter::write_adjacent(const std::vector<StoredTensor>& tensors, const
     sets.push_back(h5::dataset(
         H5Dcreate2(file_, t.name.c_str(), types.back().get(), space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
         where));
-    write_attr_ints(sets.back().get(), "global_shape", t.global_shape, false);
-    write_attr_ints(sets.back().get(), "global_offset", t.global_offset, false);
+    write_attr_ints(sets.back().get(), "global_shape", {t.global_shape.begin(), t.global_shape.end()}, false);
+    write_attr_ints(sets.back().get(), "global_offset", {t.global_offset.begin(), t.global_offset.end()}, false);
     write_attr_string(sets.back().get(), "split", t.split);
     if (is_quantized(t.dtype)) write_attr_string(sets.back().get(), kQuantizationAttribute, dtype_name(t.dtype));
     const std::size_t block = checksum_block_bytes(bytes);

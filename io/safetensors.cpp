@@ -61,6 +61,8 @@ std::map<std::string, SafetensorsEntry> parse_safetensors_header(const std::stri
     SafetensorsEntry e;
     e.name = name;
     e.dtype = safetensors_dtype(value["dtype"].get<std::string>(), at);
+    STRATA_CHECK(value["shape"].size() <= Shape::kMaxDims, Checkpoint, at, ": shape ", value["shape"].dump(), " has ",
+                 value["shape"].size(), " dimensions (at most ", Shape::kMaxDims, ")");
     std::uint64_t elements = 1;
     for (const auto& d : value["shape"]) {
       STRATA_CHECK(d.is_number_unsigned() && d.get<std::uint64_t>() <= (1ull << 40), Checkpoint, at,

@@ -14,6 +14,15 @@
 
 namespace strata {
 
+void Shape::too_many_dims(std::size_t count) {
+  throw Error(ErrorKind::Internal, cat("a tensor shape of ", count, " dimensions (at most ", kMaxDims, ")"), __FILE__,
+              __LINE__);
+}
+
+void Shape::no_dim(std::size_t i, std::size_t size) {
+  throw Error(ErrorKind::Internal, cat("dimension ", i, " of a tensor shape of ", size), __FILE__, __LINE__);
+}
+
 std::int64_t shape_numel(const Shape& shape) {
   std::int64_t n = 1;
   for (auto d : shape) n *= d;

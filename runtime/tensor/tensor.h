@@ -9,12 +9,12 @@
 #include <vector>
 
 #include "runtime/base/dtype.h"
+#include "runtime/tensor/shape.h"
 
 namespace strata {
 
 enum class MemoryKind : std::uint8_t { Host, Device };
 
-using Shape = std::vector<std::int64_t>;
 std::int64_t shape_numel(const Shape& shape);
 std::string shape_string(const Shape& shape);  // "[4096, 11008]"
 

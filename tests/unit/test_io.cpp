@@ -366,6 +366,40 @@ TEST(Safetensors, HeaderIsValidatedAgainstTheData) {
   EXPECT_NE(parse(R"({"a": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 8]}})", 8)
                 .find("too large"),
             std::string::npos);
+  // More dimensions than a Shape holds: refused by name, not thrown from deep inside with no file or tensor.
+  EXPECT_NE(parse(R"({"w": {"dtype": "F32", "shape": [1, 1, 1, 1, 1, 1, 1, 1, 2], "data_offsets": [0, 8]}})", 8)
+                .find("m.safetensors: tensor w: shape [1,1,1,1,1,1,1,1,2] has 9 dimensions (at most 8)"),
+            std::string::npos);
+  const auto eight = parse_safetensors_header(
+      R"({"w": {"dtype": "F32", "shape": [1, 1, 1, 1, 1, 1, 1, 2], "data_offsets": [0, 8]}})", 8, "m");
+  EXPECT_EQ(eight.at("w").shape, (Shape{1, 1, 1, 1, 1, 1, 1, 2}));
+}
+
+// Shape holds its dimensions inline (no allocation per TensorView copy) with the vector operations strata uses.
+TEST(Shape, BehavesAsAVectorOfDimensionsUpToItsCapacity) {
+  Shape s{4, 5};
+  EXPECT_EQ(s.size(), 2u);
+  EXPECT_EQ(shape_numel(s), 20);
+  EXPECT_EQ(shape_string(s), "[4, 5]");
+  s.push_back(6);
+  EXPECT_EQ(s, (Shape{4, 5, 6}));
+  EXPECT_FALSE(s == (Shape{4, 5}));
+  s.insert(s.begin() + 1, 9);
+  EXPECT_EQ(s, (Shape{4, 9, 5, 6}));
+  s.erase(s.begin());
+  EXPECT_EQ(s, (Shape{9, 5, 6}));
+  EXPECT_EQ(s.front(), 9);
+  EXPECT_EQ(s.back(), 6);
+  EXPECT_EQ(Shape(3, 0), (Shape{0, 0, 0}));
+  const std::vector<std::int64_t> dims = {7, 8};
+  EXPECT_EQ(Shape(dims), (Shape{7, 8}));
+  EXPECT_EQ(Shape(dims.begin(), dims.end()), (Shape{7, 8}));
+  EXPECT_EQ(Shape{}.size(), 0u);
+  EXPECT_EQ(shape_numel(Shape{}), 1);  // a scalar
+  EXPECT_NE(error_of([&] { (void)s.at(3); }).find("dimension 3 of a tensor shape of 3"), std::string::npos);
+  Shape full(Shape::kMaxDims, 1);
+  EXPECT_NE(error_of([&] { full.push_back(2); }).find("9 dimensions (at most 8)"), std::string::npos);
+  EXPECT_EQ(full.size(), Shape::kMaxDims);  // unchanged by the refused push
 }
 
 TEST(Safetensors, FileReadsRowsAndRefusesTruncation) {
