@@ -172,6 +172,8 @@ Shape ints_attr(hid_t object, const char* name, const std::string& where) {
   STRATA_CHECK(H5Aexists(object, name) > 0, Checkpoint, where, ": missing attribute '", name, "'");
   const nlohmann::json value = attr_at(object, name, where);
   STRATA_CHECK(value.is_array(), Checkpoint, where, ": attribute '", name, "' must be an integer array");
+  STRATA_CHECK(value.size() <= Shape::kMaxDims, Checkpoint, where, ": attribute '", name, "' has ", value.size(),
+               " dimensions (at most ", Shape::kMaxDims, ")");
   return value.get<Shape>();
 }
 

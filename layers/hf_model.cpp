@@ -198,6 +198,7 @@ HfWeightSource::Stored HfWeightSource::locate(const TensorSpec& spec) const {
     const std::string name = spec.name.substr(0, spec.name.size() - std::strlen(part)) + fused;
     if (!model_.contains(name)) break;
     const SafetensorsEntry& e = model_.file_for(name).entry(name);
+    STRATA_CHECK(!e.shape.empty(), Checkpoint, "tensor ", name, " (holding ", spec.name, ") has no dimensions");
     const std::int64_t rows = spec.global_shape.at(0);
     // q first, v last (k and v have the same rows, so k sits just before v); gate first, up last.
     const std::int64_t offset = which == 0 ? 0 : which == 2 ? e.shape.at(0) - rows : e.shape.at(0) - 2 * rows;

@@ -347,6 +347,32 @@ TEST(OtherWriters, UnchecksummedContiguousFallsBackToH5Dread) {
   fs::remove_all(dir);
 }
 
+TEST(OtherWriters, SliceAttributesOfTooManyDimensionsAreNamed) {
+  // A dataset whose global_shape attribute has more entries than a Shape holds: refused naming the shard, the
+  // tensor and the attribute (not an Internal error from inside the JSON conversion).
+  const fs::path dir = fresh_dir("rank");
+  const fs::path path = dir / "rank.h5";
+  {
+    const hid_t file = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    const hsize_t dims[1] = {2};
+    const hid_t space = H5Screate_simple(1, dims, nullptr);
+    const hid_t set = H5Dcreate2(file, "deep", H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    const float data[2] = {1, 2};
+    ASSERT_GE(H5Dwrite(set, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), 0);
+    write_whole_slice_attributes(set, {1, 1, 1, 1, 1, 1, 1, 1, 2});
+    H5Dclose(set);
+    H5Sclose(space);
+    H5Fclose(file);
+  }
+  ShardReader reader(path.string());
+  std::vector<float> out(2);
+  const std::string message = error_of([&] { reader.read_f32("deep", {2}, out.data()); });
+  EXPECT_NE(message.find("tensor deep: attribute 'global_shape' has 9 dimensions (at most 8)"), std::string::npos)
+      << message;
+  EXPECT_NE(message.find(path.string()), std::string::npos) << message;
+  fs::remove_all(dir);
+}
+
 TEST(Format2, ReadsEqualH5DreadBitForBit) {
   const fs::path path = write_format2_shard("f2equal");
   for (const bool map : {true, false}) {  // through the mapping, and with pread (--no-mmap)

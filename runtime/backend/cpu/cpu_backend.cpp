@@ -463,11 +463,19 @@ class CpuBackend final : public Backend {
     const std::int64_t items = std::int64_t(tokens.size()) * kv_heads;
     const auto* key_rows = static_cast<const K*>(k_cache.data);
     const auto* value_rows = static_cast<const K*>(v_cache.data);
-    // Each thread its own part; kept between calls (a fresh vector per layer, zeroed and freed, showed in a batch-1
-    // q4_0 decode step's profile outside the loops, past malloc's per-thread caches, with malloc_consolidate).
+    // Each thread its own part. Kept between calls up to kKeptScoreBytes (a fresh vector per layer, zeroed and
+    // freed, showed in a batch-1 q4_0 decode step's profile outside the loops, with malloc_consolidate); a longer
+    // step's (long contexts, many threads) for the call only, as before: the memory plan counts no such buffer.
     const std::size_t score_count = std::size_t(workers_.size() * group * longest);
-    if (attention_scores_.size() < score_count) attention_scores_.resize(score_count);
-    float* const all_scores = attention_scores_.data();
+    std::vector<float> this_call;
+    float* all_scores = nullptr;
+    if (score_count * sizeof(float) <= kKeptScoreBytes) {
+      if (attention_scores_.size() < score_count) attention_scores_.resize(score_count);
+      all_scores = attention_scores_.data();
+    } else {
+      this_call.resize(score_count);
+      all_scores = this_call.data();
+    }
     workers_.share(items, 2, [&](int thread, std::int64_t item) {
       float* scores = all_scores + std::size_t(thread * group * longest);
       const auto [c, i] = tokens[std::size_t(item / kv_heads)];
@@ -512,6 +520,8 @@ class CpuBackend final : public Backend {
       }
     });
   }
+
+  static constexpr std::size_t kKeptScoreBytes = std::size_t(1) << 20;
 
   // A sequence's blocks lie anywhere in the pool, a few KiB each: the hardware prefetchers do not follow them, and
   // the score and sum loops stalled on every block's first rows (batch-16 decode at 160 positions: attention 25-35%
