@@ -44,7 +44,6 @@ class Shape {
     if (size_ == kMaxDims) too_many_dims(size_ + 1);
     dims_[size_++] = d;
   }
-  void pop_back() { --size_; }
   void resize(std::size_t count, std::int64_t value = 0) {
     if (count > kMaxDims) too_many_dims(count);
     for (std::size_t i = size_; i < count; ++i) dims_[i] = value;

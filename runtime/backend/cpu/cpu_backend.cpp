@@ -468,14 +468,9 @@ class CpuBackend final : public Backend {
     // step's (long contexts, many threads) for the call only, as before: the memory plan counts no such buffer.
     const std::size_t score_count = std::size_t(workers_.size() * group * longest);
     std::vector<float> this_call;
-    float* all_scores = nullptr;
-    if (score_count * sizeof(float) <= kKeptScoreBytes) {
-      if (attention_scores_.size() < score_count) attention_scores_.resize(score_count);
-      all_scores = attention_scores_.data();
-    } else {
-      this_call.resize(score_count);
-      all_scores = this_call.data();
-    }
+    std::vector<float>& scores_buffer = score_count * sizeof(float) <= kKeptScoreBytes ? attention_scores_ : this_call;
+    if (scores_buffer.size() < score_count) scores_buffer.resize(score_count);
+    float* const all_scores = scores_buffer.data();
     workers_.share(items, 2, [&](int thread, std::int64_t item) {
       float* scores = all_scores + std::size_t(thread * group * longest);
       const auto [c, i] = tokens[std::size_t(item / kv_heads)];
