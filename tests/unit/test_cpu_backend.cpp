@@ -728,7 +728,7 @@ TEST(CpuBackend, AttentionWithKvCacheIsEquivalentToRef) {
   EXPECT_LT(error, kTolerance);
 }
 
-// The scores' buffer is kept between calls (a part per thread, as long as the step's longest sequence): a short
+// Attention's scratch is kept between calls (a part per thread, sized by the step's longest sequence): a short
 // step, a longer one (the buffer grows), then the short one again (its parts now lie closer together than the
 // buffer's size), each against the reference, on two threads.
 TEST(CpuBackend, AttentionOfStepsOfDifferentLengthsOnOneBackend) {
@@ -755,6 +755,52 @@ TEST(CpuBackend, AttentionOfStepsOfDifferentLengthsOnOneBackend) {
 
   run_attention_case(f, gqa, &error);
   EXPECT_LT(error, kTolerance) << "short step after the longer one";
+}
+
+// Long contexts are attended in segments of 256 positions whose softmax parts are merged (CpuBackend::attend): a
+// decode step of one sequence runs each segment as its own item (too few (token, KV head) pairs for the threads),
+// a step of several goes pair by pair through the segments. Sequence A's token at position P (window 0, or 300
+// with soft-capped scores: its positions then start mid-segment) against the double reference, alone and batched
+// with three other sequences: the same bits both ways. Blocks of 12 positions, so segments end inside blocks.
+TEST(CpuBackend, LongContextAttentionInSegmentsIsTheSameAloneAndBatched) {
+  Fixture f;
+  f.backend = make_cpu_backend(2);
+  const int hq = 6, hkv = 2, d = 64, block_size = 12, sequences = 4, per_seq = 64;  // 768 positions each
+  const int positions[sequences] = {700, 300, 40, 530};
+  const auto gqa = [](int h) { return h / 3; };
+  Tensor kc = f.backend->allocate({sequences * per_seq, block_size, hkv, d}, DType::F32);
+  Tensor vc = f.backend->allocate({sequences * per_seq, block_size, hkv, d}, DType::F32);
+  std::vector<std::int32_t> table(static_cast<std::size_t>(sequences * per_seq));
+  for (std::size_t b = 0; b < table.size(); ++b) table[b] = std::int32_t((b * 37) % table.size());  // scattered
+  // Each sequence's history (its positions 0..P) stored as one prefill, keys scaled up so that scores spread.
+  std::vector<Tensor> ks, vs;
+  for (int s = 0; s < sequences; ++s) {
+    const int n = positions[s] + 1;
+    ks.push_back(f.random({n, hkv, d}, 0.6f));
+    vs.push_back(f.random({n, hkv, d}));
+    const std::vector<SeqChunk> prefill = {{s * per_seq, 0, n, 0}};
+    f.backend->kv_store(prefill, table, ks.back().view().reshaped({n, hkv * d}),
+                        vs.back().view().reshaped({n, hkv * d}), kc.view(), vc.view());
+  }
+  Tensor q = f.random({sequences, hq, d});
+  for (const auto& [window, softcap] : {std::pair{0, 0.0f}, std::pair{300, 30.0f}}) {
+    const AttentionParams params{float(1 / std::sqrt(double(d))), window, softcap};
+    // Alone: A's last position as a decode step; batched: every sequence's last position.
+    Tensor alone = f.random({1, hq, d}), batched = f.random({sequences, hq, d});
+    const std::vector<SeqChunk> a = {{0, positions[0], 1, 0}};
+    f.backend->attention(a, table, q.view().slice_rows(0, 1), kc.view(), vc.view(), params, alone.view());
+    std::vector<SeqChunk> all;
+    for (int s = 0; s < sequences; ++s) all.push_back({s * per_seq, positions[s], 1, s});
+    f.backend->attention(all, table, q.view(), kc.view(), vc.view(), params, batched.view());
+    EXPECT_EQ(0, std::memcmp(alone.f32(), batched.f32(), std::size_t(hq * d) * 4)) << "window " << window;
+    for (int s = 0; s < sequences; ++s) {
+      const std::vector<double> ref =
+          reference_attention(q.f32() + s * hq * d, f.values(ks[std::size_t(s)]), f.values(vs[std::size_t(s)]), 1,
+                              positions[s], hq, hkv, d, gqa, window, softcap);
+      const std::vector<double> got = test::as_double(batched.f32() + s * hq * d, std::size_t(hq * d));
+      EXPECT_LT(relative_error(got, ref), kTolerance) << "sequence " << s << " window " << window;
+    }
+  }
 }
 
 // Gemma-style attention: a sliding window of 3 (sequence A at position 5 sees 3..5 only, B's later rows lose their

@@ -440,83 +440,198 @@ class CpuBackend final : public Backend {
                  TensorView k_cache, TensorView v_cache, const AttentionParams& params, TensorView out) override {
     const KvBlocks blocks(k_cache, block_table);
     const auto& tokens = step_tokens(chunks, blocks);
-    std::int64_t longest = 0;
-    for (const SeqChunk& c : chunks) longest = std::max<std::int64_t>(longest, c.start_pos + c.n_tokens);
-    if (k_cache.dtype == DType::F16)
-      return attend<cpu::Half>(chunks, blocks, tokens, longest, q, k_cache, v_cache, params, out);
+    if (k_cache.dtype == DType::F16) return attend<cpu::Half>(chunks, blocks, tokens, q, k_cache, v_cache, params, out);
     STRATA_CHECK(k_cache.dtype == DType::F32, Internal, "attention: KV cache of ", dtype_name(k_cache.dtype));
-    attend<float>(chunks, blocks, tokens, longest, q, k_cache, v_cache, params, out);
+    attend<float>(chunks, blocks, tokens, q, k_cache, v_cache, params, out);
   }
+
+  // What one token of the step sees: the positions [first, visible) of its sequence, cut into segments at the
+  // multiples of kSegment.
+  struct Seen {
+    const SeqChunk* chunk;
+    std::int64_t row, first, visible;  // row: the token's row of q and out
+    std::int64_t segments() const { return (visible - 1) / kSegment - first / kSegment + 1; }
+    std::int64_t segment_begin(std::int64_t k) const { return std::max(first, (first / kSegment + k) * kSegment); }
+    std::int64_t segment_end(std::int64_t k) const { return std::min(visible, (first / kSegment + k + 1) * kSegment); }
+  };
 
   // attention() for caches of K (f32, or cpu::Half: an f16 cache, read at half the bytes by kernels whose arithmetic
   // is that of an f32 cache holding the same values).
+  //   The query heads sharing a KV head go through its cached positions together, a run of them at a time, so each
+  // key and value is read from memory once for the group (from L1 for the group's other heads); every head's
+  // arithmetic is the same as alone. A token that sees one segment gets its softmax and weighted sums in one pass; one
+  // that sees more gets a part per segment (its largest score, its sum of exponentials, its sums weighted by them),
+  // merged by cpu::merge_softmax_parts. The cut depends on the positions alone, so a token's bits do not depend on
+  // its batch or on the threads. Work items: (token, KV head) pairs, each through its segments in turn, where there
+  // are enough pairs for the threads; else (a decode step of a few sequences, or one KV head per rank under tp, over
+  // long contexts) each segment is an item, and a second loop merges: a pair alone had kept one thread busy while
+  // the others waited.
   template <typename K>
   void attend(std::span<const SeqChunk> chunks, const KvBlocks& blocks,
-              const std::vector<std::pair<std::int32_t, std::int32_t>>& tokens, std::int64_t longest, TensorView q,
-              TensorView k_cache, TensorView v_cache, const AttentionParams& params, TensorView out) {
+              const std::vector<std::pair<std::int32_t, std::int32_t>>& tokens, TensorView q, TensorView k_cache,
+              TensorView v_cache, const AttentionParams& params, TensorView out) {
     const std::int64_t kv_heads = k_cache.shape[2], dim = k_cache.shape[3];
     const std::int64_t q_heads = q.row_elems() / dim, group = q_heads / kv_heads;
-    const std::int64_t stride = dim;  // a head's rows lie side by side in its blocks (head-major, see kv_store)
-    // One work item per (token, KV head): the query heads sharing a KV head go through its cached positions
-    // together, a run of them at a time, so each key and value is read from memory once for the group (from L1
-    // for the group's other heads); every head's arithmetic is the same as alone.
-    const std::int64_t items = std::int64_t(tokens.size()) * kv_heads;
-    const auto* key_rows = static_cast<const K*>(k_cache.data);
-    const auto* value_rows = static_cast<const K*>(v_cache.data);
-    // Each thread its own part. Kept between calls up to kKeptScoreBytes (a fresh vector per layer, zeroed and
-    // freed, showed in a batch-1 q4_0 decode step's profile outside the loops, with malloc_consolidate); a longer
-    // step's (long contexts, many threads) for the call only, as before: the memory plan counts no such buffer.
-    const std::size_t score_count = std::size_t(workers_.size() * group * longest);
-    std::vector<float> this_call;
-    std::vector<float>& scores_buffer = score_count * sizeof(float) <= kKeptScoreBytes ? attention_scores_ : this_call;
-    if (scores_buffer.size() < score_count) scores_buffer.resize(score_count);
-    float* const all_scores = scores_buffer.data();
-    workers_.share(items, 2, [&](int thread, std::int64_t item) {
-      float* scores = all_scores + std::size_t(thread * group * longest);
-      const auto [c, i] = tokens[std::size_t(item / kv_heads)];
-      const std::int64_t kvh = item % kv_heads;
+    const std::int64_t pairs = std::int64_t(tokens.size()) * kv_heads;
+    if (pairs == 0) return;
+    const auto seen = [&](std::int64_t pair) {
+      const auto [c, i] = tokens[std::size_t(pair / kv_heads)];
       const SeqChunk& chunk = chunks[std::size_t(c)];
-      const std::int64_t t = chunk.token_offset + i, visible = chunk.start_pos + i + 1;  // causal: keys 0..pos
+      const std::int64_t visible = chunk.start_pos + i + 1;  // causal: keys 0..pos
       const std::int64_t first = params.window > 0 ? std::max<std::int64_t>(0, visible - params.window) : 0;
-      const float* qv = q.f32() + (t * q_heads + kvh * group) * dim;  // the group's heads, one after another
-      float* o = out.f32() + (t * q_heads + kvh * group) * dim;
-      // Block by block: each block holds block_size consecutive positions of the sequence, anywhere in the pool.
-      const auto rows_at = [&](const K* cache, std::int64_t j) {
-        return cache + head_row(blocks, kv_heads, chunk, std::int32_t(j), kvh) * dim;
-      };
-      const auto run_at = [&](std::int64_t j) { return std::min(visible - j, blocks.size - j % blocks.size); };
-      // Memory requests run kFetchAhead blocks ahead of the arithmetic, through the keys and on into the values
-      // (step u of the item's 2n cold positions: key u, then value u - n). One block ahead measured 5-15% slower
-      // than two; three or four were level with two. Only the positions before the chunk's are requested: the
-      // chunk's own were stored by kv_store just before this loop and are in cache (a 128-token prefill 1-2% faster
-      // without requesting them again for every token).
-      const std::int64_t n = std::max<std::int64_t>(0, chunk.start_pos - first);
-      std::int64_t requested = 0;
-      const auto request_until = [&](std::int64_t u) {
-        for (u = std::min(u, 2 * n); requested < u;) {
-          const std::int64_t j = first + requested % n, run = std::min(run_at(j), first + n - j);
-          prefetch(rows_at(requested < n ? key_rows : value_rows, j), run * dim);
-          requested += run;
-        }
-      };
-      for (std::int64_t j = first; j < visible;) {
-        const std::int64_t run = run_at(j), ahead = j + run + kFetchAhead * blocks.size;  // the position to reach
-        request_until(ahead < visible ? std::min(ahead - first, n) : n + ahead - visible);
-        cpu::group_dots(qv, group, rows_at(key_rows, j), stride, run, dim, scores + j, longest);
-        j += run;
-      }
-      for (std::int64_t g = 0; g < group; ++g) softmax(scores + g * longest, first, visible, params);
-      std::memset(o, 0, std::size_t(group * dim) * 4);
-      for (std::int64_t j = first; j < visible;) {
-        const std::int64_t run = run_at(j);
-        request_until(n + j - first + run + kFetchAhead * blocks.size);
-        cpu::weighted_sums(scores + j, longest, group, rows_at(value_rows, j), stride, run, dim, o);
-        j += run;
+      return Seen{&chunk, chunk.token_offset + i, first, visible};
+    };
+    std::int64_t segments = 1, longest = 0;  // the most segments, and positions, a token sees
+    for (std::int64_t pair = 0; pair < pairs; pair += kv_heads) {
+      const Seen s = seen(pair);
+      segments = std::max(segments, s.segments());
+      longest = std::max(longest, s.visible - s.first);
+    }
+    // Scratch: per thread the scores of one segment and room for the merge's exponentials; the segments' parts, per
+    // thread (by pairs) or per pair (by segments). Kept between calls up to kKeptScratchBytes (a fresh vector per
+    // layer, zeroed and freed, showed in a batch-1 q4_0 decode step's profile outside the loops, with
+    // malloc_consolidate); a larger one (long contexts, many threads) for the call only: the memory plan counts no
+    // such buffer.
+    const bool by_pairs = pairs >= kPairsPerThread * workers_.size();
+    const std::int64_t parts_size = segments > 1 ? segments * group * (2 + dim) : 0;
+    const std::int64_t per_thread = group * std::min(kSegment, longest) + segments + (by_pairs ? parts_size : 0);
+    const std::size_t scratch = std::size_t(workers_.size() * per_thread + (by_pairs ? 0 : pairs * parts_size));
+    std::vector<float> this_call;
+    std::vector<float>& buffer = scratch * sizeof(float) <= kKeptScratchBytes ? attention_scratch_ : this_call;
+    if (buffer.size() < scratch) buffer.resize(scratch);
+    const auto thread_scratch = [&](int thread) { return buffer.data() + thread * per_thread; };
+    const auto parts_of = [&](int thread, std::int64_t pair) {
+      return by_pairs ? thread_scratch(thread) + group * std::min(kSegment, longest) + segments
+                      : buffer.data() + workers_.size() * per_thread + pair * parts_size;
+    };
+    const auto *keys = static_cast<const K*>(k_cache.data), *values = static_cast<const K*>(v_cache.data);
+    const AttendInputs<K> in{blocks, q, out, keys, values, params, kv_heads, dim, group, segments};
+    const auto merge = [&](int thread, std::int64_t pair, const Seen& s) {
+      const float* parts = parts_of(thread, pair);
+      float* o = out.f32() + (s.row * q_heads + pair % kv_heads * group) * dim;
+      float* scale = thread_scratch(thread) + group * std::min(kSegment, longest);
+      for (std::int64_t g = 0; g < group; ++g)
+        cpu::merge_softmax_parts(s.segments(), parts + g * segments, parts + (group + g) * segments,
+                                 parts + 2 * group * segments + g * dim, group * dim, dim, scale, o + g * dim);
+    };
+    if (by_pairs) {
+      workers_.share(pairs, 2, [&](int thread, std::int64_t pair) {
+        const Seen s = seen(pair);
+        for (std::int64_t k = 0; k < s.segments(); ++k)
+          attend_segment(in, s, pair % kv_heads, k, k + 1 < s.segments(), thread_scratch(thread),
+                         parts_of(thread, pair));
+        if (s.segments() > 1) merge(thread, pair, s);
+      });
+      return;
+    }
+    // By segments: each thread a contiguous share of the (pair, segment) items, so that it goes on from a segment to
+    // the next of the same pair, whose first keys it requests while finishing the one before (handed out one at a
+    // time, every segment started cold).
+    segment_items_.clear();
+    for (std::int64_t pair = 0; pair < pairs; ++pair)
+      for (std::int64_t k = 0; k < seen(pair).segments(); ++k) segment_items_.emplace_back(pair, k);
+    const std::int64_t items = std::int64_t(segment_items_.size()), threads = workers_.size();
+    workers_.run([&](int thread) {
+      const std::int64_t end = items * (thread + 1) / threads;
+      for (std::int64_t i = items * thread / threads; i < end; ++i) {
+        const auto [pair, k] = segment_items_[std::size_t(i)];
+        const bool next = i + 1 < end && segment_items_[std::size_t(i + 1)].first == pair;
+        attend_segment(in, seen(pair), pair % kv_heads, k, next, thread_scratch(thread), parts_of(thread, pair));
       }
     });
+    if (segments > 1)
+      workers_.share(pairs, 1, [&](int thread, std::int64_t pair) {
+        const Seen s = seen(pair);
+        if (s.segments() > 1) merge(thread, pair, s);
+      });
   }
 
-  static constexpr std::size_t kKeptScoreBytes = std::size_t(1) << 20;
+  // What attend_segment reads and writes, for every segment of a call.
+  template <typename K>
+  struct AttendInputs {
+    const KvBlocks& blocks;
+    TensorView q, out;
+    const K *keys, *values;
+    const AttentionParams& params;
+    std::int64_t kv_heads, dim, group, segments;  // segments: the parts' stride (the most any token sees)
+  };
+
+  // Segment k of what token s sees, for the query heads of KV head kvh: their scores, then (the segment is all the
+  // token sees) the softmax and weighted sums straight into the output, or else the segment's part: per head its
+  // largest score (at parts[g * segments + k]), the sum of exp(score - largest) (at parts[(group + g) * segments +
+  // k]) and the sums weighted by those exponentials (dim floats at parts[2 group segments + (k group + g) dim]).
+  template <typename K>
+  static void attend_segment(const AttendInputs<K>& in, const Seen& s, std::int64_t kvh, std::int64_t k,
+                             bool request_next, float* scores, float* parts) {
+    const KvBlocks& blocks = in.blocks;
+    const SeqChunk& chunk = *s.chunk;
+    const std::int64_t dim = in.dim, group = in.group, q_heads = in.kv_heads * group;
+    const std::int64_t b = s.segment_begin(k), e = s.segment_end(k), len = e - b;
+    const float* qv = in.q.f32() + (s.row * q_heads + kvh * group) * dim;  // the group's heads, one after another
+    // Block by block: each block holds block_size consecutive positions of the sequence, anywhere in the pool.
+    const auto rows_at = [&](const K* cache, std::int64_t j) {
+      return cache + head_row(blocks, in.kv_heads, chunk, std::int32_t(j), kvh) * dim;
+    };
+    const auto run_at = [&](std::int64_t j) { return std::min(e - j, blocks.size - j % blocks.size); };
+    // Memory requests run kFetchAhead blocks ahead of the arithmetic, through the keys, on into the values and
+    // (request_next: this thread goes on to the next segment) into the next segment's first keys: step u of the
+    // segment's 2n cold positions is key u, then value u - n, then key e + u - 2n (m of them). One block ahead
+    // measured 5-15% slower than two; three or four were level with two. Only the positions before the chunk's are
+    // requested: the chunk's own were stored by kv_store just before this loop and are in cache (a 128-token prefill
+    // 1-2% faster without requesting them again for every token).
+    const std::int64_t cold_end = std::min<std::int64_t>(s.visible, chunk.start_pos);
+    const std::int64_t n = std::max<std::int64_t>(0, std::min(e, cold_end) - b);
+    const std::int64_t m = request_next ? std::clamp<std::int64_t>(cold_end - e, 0, kFetchAhead * blocks.size) : 0;
+    std::int64_t requested = 0;
+    const auto request_until = [&](std::int64_t u) {
+      for (u = std::min(u, 2 * n + m); requested < u;) {
+        std::int64_t run;
+        if (requested < 2 * n) {
+          const std::int64_t j = b + requested % n;
+          run = std::min(run_at(j), b + n - j);
+          prefetch(rows_at(requested < n ? in.keys : in.values, j), run * dim);
+        } else {
+          const std::int64_t j = e + requested - 2 * n;
+          run = std::min(blocks.size - j % blocks.size, e + m - j);
+          prefetch(rows_at(in.keys, j), run * dim);
+        }
+        requested += run;
+      }
+    };
+    for (std::int64_t j = b; j < e;) {
+      const std::int64_t run = run_at(j), ahead = j + run + kFetchAhead * blocks.size;  // the position to reach
+      request_until(ahead < e ? std::min(ahead - b, n) : n + ahead - e);
+      cpu::group_dots(qv, group, rows_at(in.keys, j), dim, run, dim, scores + (j - b), len);
+      j += run;
+    }
+    const bool whole = s.segments() == 1;
+    float* o = whole ? in.out.f32() + (s.row * q_heads + kvh * group) * dim
+                     : parts + 2 * group * in.segments + k * group * dim;
+    for (std::int64_t g = 0; g < group; ++g) {
+      float* row = scores + g * len;
+      const float largest = scaled_max(row, len, in.params);
+      const float sum = cpu::exp_and_sum(row, len, largest);
+      if (whole) {
+        cpu::divide_by(row, len, sum);  // the weights themselves
+      } else {
+        parts[g * in.segments + k] = largest;
+        parts[(group + g) * in.segments + k] = sum;
+      }
+    }
+    std::memset(o, 0, std::size_t(group * dim) * 4);
+    for (std::int64_t j = b; j < e;) {
+      const std::int64_t run = run_at(j);
+      request_until(n + j - b + run + kFetchAhead * blocks.size);
+      cpu::weighted_sums(scores + (j - b), len, group, rows_at(in.values, j), dim, run, dim, o);
+      j += run;
+    }
+  }
+
+  // Positions a softmax part covers (see attend): long contexts cut into parts that run on different threads.
+  static constexpr std::int64_t kSegment = 256;
+  // By (token, KV head) pairs where there are at least this many per thread (see attend).
+  static constexpr std::int64_t kPairsPerThread = 2;
+  static constexpr std::size_t kKeptScratchBytes = std::size_t(1) << 20;
 
   // A sequence's blocks lie anywhere in the pool, a few KiB each: the hardware prefetchers do not follow them, and
   // the score and sum loops stalled on every block's first rows (batch-16 decode at 160 positions: attention 25-35%
@@ -528,20 +643,15 @@ class CpuBackend final : public Backend {
     for (std::int64_t b = 0; b < count * std::int64_t(sizeof(K)); b += 64) __builtin_prefetch(bytes + b);
   }
 
-  // Scores [first, visible) -> attention weights: scaled (and soft-capped), exp(s - max), normalised.
-  static void softmax(float* scores, std::int64_t first, std::int64_t visible, const AttentionParams& params) {
-    float max_score = -INFINITY;
-    if (params.softcap > 0) {
-      for (std::int64_t j = first; j < visible; ++j) {
-        const float s = params.softcap * std::tanh(scores[j] * params.scale / params.softcap);
-        scores[j] = s;
-        max_score = std::max(max_score, s);
-      }
-    } else {
-      max_score = cpu::scale_and_max(scores + first, visible - first, params.scale);
+  // Scores -> scaled (and soft-capped) in place; returns the largest.
+  static float scaled_max(float* scores, std::int64_t n, const AttentionParams& params) {
+    if (params.softcap <= 0) return cpu::scale_and_max(scores, n, params.scale);
+    float largest = -INFINITY;
+    for (std::int64_t j = 0; j < n; ++j) {
+      scores[j] = params.softcap * std::tanh(scores[j] * params.scale / params.softcap);
+      largest = std::max(largest, scores[j]);
     }
-    const float denom = cpu::exp_and_sum(scores + first, visible - first, max_score);
-    cpu::divide_by(scores + first, visible - first, denom);
+    return largest;
   }
 
   void gather_rows(TensorView src, std::span<const std::int32_t> rows, TensorView dst) override {
@@ -580,8 +690,9 @@ class CpuBackend final : public Backend {
   std::vector<float> gemm_scratch_;        // blas_gemm's widened rows, reused across calls
   cpu::Workers workers_;                   // every parallel loop of the kernels
   RopeTables rope_tables_;                 // the last step's angles (rope_tables)
-  std::vector<std::pair<std::int32_t, std::int32_t>> step_tokens_;  // step_tokens' list
-  std::vector<float> attention_scores_;  // attend's scores, a part per thread, as long as the longest step's
+  std::vector<std::pair<std::int32_t, std::int32_t>> step_tokens_;    // step_tokens' list
+  std::vector<std::pair<std::int64_t, std::int64_t>> segment_items_;  // attend's (pair, segment) items
+  std::vector<float> attention_scratch_;  // attend's scores and softmax parts (see attend), kept between calls
 };
 
 }  // namespace

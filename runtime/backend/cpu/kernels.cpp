@@ -1143,6 +1143,20 @@ float exp_and_sum(float* s, std::int64_t n, float max) {
 
 float exp_and_sum_without_vectors(float* s, std::int64_t n, float max) { return exp_and_sum_portable(s, n, max); }
 
+void merge_softmax_parts(std::int64_t parts, const float* maxes, const float* sums, const float* weighted,
+                         std::int64_t weighted_stride, std::int64_t n, float* scale, float* o) {
+  float greatest = -INFINITY;
+  for (std::int64_t s = 0; s < parts; ++s) greatest = std::max(greatest, maxes[s]);
+  std::copy(maxes, maxes + parts, scale);
+  exp_and_sum(scale, parts, greatest);  // c_s = exp(max_s - M); the sum of the c_s is not the one needed
+  float denom = 0.0f;
+  for (std::int64_t s = 0; s < parts; ++s) denom += scale[s] * sums[s];
+  std::fill(o, o + n, 0.0f);
+  for (std::int64_t s = 0; s < parts; ++s)
+    for (std::int64_t i = 0; i < n; ++i) o[i] += scale[s] * weighted[s * weighted_stride + i];
+  for (std::int64_t i = 0; i < n; ++i) o[i] /= denom;
+}
+
 float scale_and_max(float* s, std::int64_t n, float scale) {
 #if defined(__x86_64__)
   static const bool avx512 = has_avx512();

@@ -135,6 +135,14 @@ void weighted_sums(const float* weights, std::int64_t weight_stride, std::int64_
 float exp_and_sum(float* s, std::int64_t n, float max);
 float exp_and_sum_without_vectors(float* s, std::int64_t n, float max);
 
+// The attention output of one query head from `parts` softmax parts (consecutive runs of its positions, see
+// CpuBackend::attend): part s's largest score maxes[s], its sum of exp(score - maxes[s]) sums[s], and its n weighted
+// sums by those exponentials at weighted + s * weighted_stride. With M the largest of the maxes and c_s = exp(maxes[s]
+// - M) (exp_and_sum's exponential), o[i] = (sum_s c_s * weighted_s[i]) / (sum_s c_s * sums[s]), each sum in part
+// order, products and sums unfused (the same bits on every CPU). `scale`: room for `parts` floats (the c_s).
+void merge_softmax_parts(std::int64_t parts, const float* maxes, const float* sums, const float* weighted,
+                         std::int64_t weighted_stride, std::int64_t n, float* scale, float* o);
+
 // Softmax's other two passes: s[j] *= scale for j < n, returning the largest (-inf for n = 0); s[j] /= denom. Each
 // element is one IEEE multiply or divide, and a maximum is the same in any order (up to the sign of a zero, which
 // no exp(s - max) can tell), so the vectors give the scalar loops' bits; the scalar loops were a fifth of a
