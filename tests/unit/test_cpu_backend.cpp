@@ -758,49 +758,75 @@ TEST(CpuBackend, AttentionOfStepsOfDifferentLengthsOnOneBackend) {
 }
 
 // Long contexts are attended in segments of 256 positions whose softmax parts are merged (CpuBackend::attend): a
-// decode step of one sequence runs each segment as its own item (too few (token, KV head) pairs for the threads),
-// a step of several goes pair by pair through the segments. Sequence A's token at position P (window 0, or 300
-// with soft-capped scores: its positions then start mid-segment) against the double reference, alone and batched
-// with three other sequences: the same bits both ways. Blocks of 12 positions, so segments end inside blocks.
-TEST(CpuBackend, LongContextAttentionInSegmentsIsTheSameAloneAndBatched) {
+// decode step of one sequence runs each segment as its own item (too few (token, KV head) pairs for the threads), a
+// step of several goes pair by pair through the segments. Sequence A's token at position P (window 0, or 300 with
+// soft-capped scores: its positions then start mid-segment) alone and batched with three other sequences: the same
+// bits both ways, each against the double reference; and a 60-token chunk of A's positions 230-289 (by pairs, the
+// chunk's own positions in its last segments) against the reference, its last row the bits of position 289 alone.
+// Blocks of 12 positions, so segments end inside blocks.
+void check_long_context_attention(int threads, int hkv, DType kv) {
+  SCOPED_TRACE(testing::Message() << threads << " threads, " << hkv << " KV heads, " << dtype_name(kv) << " cache");
   Fixture f;
-  f.backend = make_cpu_backend(2);
-  const int hq = 6, hkv = 2, d = 64, block_size = 12, sequences = 4, per_seq = 64;  // 768 positions each
+  f.backend = make_cpu_backend(threads, DType::F32, kv);
+  const int hq = 6, d = 64, block_size = 12, sequences = 4, per_seq = 64;  // 768 positions each
   const int positions[sequences] = {700, 300, 40, 530};
-  const auto gqa = [](int h) { return h / 3; };
-  Tensor kc = f.backend->allocate({sequences * per_seq, block_size, hkv, d}, DType::F32);
-  Tensor vc = f.backend->allocate({sequences * per_seq, block_size, hkv, d}, DType::F32);
+  const auto kv_head_of = [&](int h) { return h / (hq / hkv); };
+  Tensor kc = f.backend->allocate({sequences * per_seq, block_size, hkv, d}, kv);
+  Tensor vc = f.backend->allocate({sequences * per_seq, block_size, hkv, d}, kv);
   std::vector<std::int32_t> table(static_cast<std::size_t>(sequences * per_seq));
   for (std::size_t b = 0; b < table.size(); ++b) table[b] = std::int32_t((b * 37) % table.size());  // scattered
-  // Each sequence's history (its positions 0..P) stored as one prefill, keys scaled up so that scores spread.
-  std::vector<Tensor> ks, vs;
+  // Each sequence's history (its positions 0..P) stored as one prefill, keys scaled up so that scores spread; the
+  // reference gets the values the cache holds (an f16 cache: rounded).
+  std::vector<std::vector<double>> ks, vs;
   for (int s = 0; s < sequences; ++s) {
     const int n = positions[s] + 1;
-    ks.push_back(f.random({n, hkv, d}, 0.6f));
-    vs.push_back(f.random({n, hkv, d}));
+    Tensor k = f.random({n, hkv, d}, 0.6f), v = f.random({n, hkv, d});
     const std::vector<SeqChunk> prefill = {{s * per_seq, 0, n, 0}};
-    f.backend->kv_store(prefill, table, ks.back().view().reshaped({n, hkv * d}),
-                        vs.back().view().reshaped({n, hkv * d}), kc.view(), vc.view());
+    f.backend->kv_store(prefill, table, k.view().reshaped({n, hkv * d}), v.view().reshaped({n, hkv * d}), kc.view(),
+                        vc.view());
+    for (Tensor* t : {&k, &v}) {
+      std::vector<cpu::Half> halves(std::size_t(t->numel()));
+      cpu::narrow(DType::F16, t->f32(), halves.data(), t->numel());
+      if (kv == DType::F16) cpu::widen(DType::F16, halves.data(), t->f32(), t->numel());
+    }
+    ks.push_back(f.values(k));
+    vs.push_back(f.values(v));
   }
-  Tensor q = f.random({sequences, hq, d});
+  const double tolerance = kv == DType::F16 ? 1e-4 : kTolerance;  // f16 keys and values round q . k's sum
+  Tensor q = f.random({sequences, hq, d}), chunk_q = f.random({60, hq, d});
   for (const auto& [window, softcap] : {std::pair{0, 0.0f}, std::pair{300, 30.0f}}) {
+    SCOPED_TRACE(testing::Message() << "window " << window);
     const AttentionParams params{float(1 / std::sqrt(double(d))), window, softcap};
-    // Alone: A's last position as a decode step; batched: every sequence's last position.
-    Tensor alone = f.random({1, hq, d}), batched = f.random({sequences, hq, d});
-    const std::vector<SeqChunk> a = {{0, positions[0], 1, 0}};
-    f.backend->attention(a, table, q.view().slice_rows(0, 1), kc.view(), vc.view(), params, alone.view());
+    const auto attend = [&](const std::vector<SeqChunk>& chunks, TensorView queries) {
+      Tensor out = f.random({queries.rows(), hq, d});
+      f.backend->attention(chunks, table, queries, kc.view(), vc.view(), params, out.view());
+      return out;
+    };
+    const auto expect_reference = [&](const float* got, int rows, int s, const float* queries, int start) {
+      const std::vector<double> ref = reference_attention(queries, ks[std::size_t(s)], vs[std::size_t(s)], rows, start,
+                                                          hq, hkv, d, kv_head_of, window, softcap);
+      EXPECT_LT(relative_error(test::as_double(got, std::size_t(rows * hq * d)), ref), tolerance)
+          << "sequence " << s << " from position " << start;
+    };
     std::vector<SeqChunk> all;
     for (int s = 0; s < sequences; ++s) all.push_back({s * per_seq, positions[s], 1, s});
-    f.backend->attention(all, table, q.view(), kc.view(), vc.view(), params, batched.view());
-    EXPECT_EQ(0, std::memcmp(alone.f32(), batched.f32(), std::size_t(hq * d) * 4)) << "window " << window;
-    for (int s = 0; s < sequences; ++s) {
-      const std::vector<double> ref =
-          reference_attention(q.f32() + s * hq * d, f.values(ks[std::size_t(s)]), f.values(vs[std::size_t(s)]), 1,
-                              positions[s], hq, hkv, d, gqa, window, softcap);
-      const std::vector<double> got = test::as_double(batched.f32() + s * hq * d, std::size_t(hq * d));
-      EXPECT_LT(relative_error(got, ref), kTolerance) << "sequence " << s << " window " << window;
-    }
+    const Tensor alone = attend({{0, positions[0], 1, 0}}, q.view().slice_rows(0, 1));
+    const Tensor batched = attend(all, q.view());
+    EXPECT_EQ(0, std::memcmp(alone.f32(), batched.f32(), std::size_t(hq * d) * 4)) << "alone and batched";
+    for (int s = 0; s < sequences; ++s)
+      expect_reference(batched.f32() + s * hq * d, 1, s, q.f32() + s * hq * d, positions[s]);
+    const Tensor chunk = attend({{0, 230, 60, 0}}, chunk_q.view());
+    const Tensor last = attend({{0, 289, 1, 0}}, chunk_q.view().slice_rows(59, 60));
+    expect_reference(chunk.f32(), 60, 0, chunk_q.f32(), 230);
+    EXPECT_EQ(0, std::memcmp(chunk.f32() + 59 * hq * d, last.f32(), std::size_t(hq * d) * 4)) << "chunk and alone";
   }
+}
+
+// Two and three threads (a pair's segments then split between threads), one and two KV heads, f32 and f16 caches.
+TEST(CpuBackend, LongContextAttentionInSegmentsIsTheSameAloneAndBatched) {
+  check_long_context_attention(2, 2, DType::F32);
+  check_long_context_attention(3, 1, DType::F32);
+  check_long_context_attention(2, 1, DType::F16);
 }
 
 // Gemma-style attention: a sliding window of 3 (sequence A at position 5 sees 3..5 only, B's later rows lose their
