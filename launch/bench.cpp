@@ -20,6 +20,7 @@
 #include "engine/engine.h"
 #include "launch/mpi_job.h"
 #include "launch/session.h"
+#include "plan/step_cost.h"
 #include "runtime/backend/cpu/kernels.h"
 #include "runtime/backend/cpu/quant.h"
 #include "runtime/base/clock.h"
@@ -340,11 +341,27 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
   }
   // Products per token: 2 FLOPs per weight of the layers, plus the LM head, which a prefill runs for the prompt's
   // last token only (the embedding is a lookup). A decode step also reads every weight once (bandwidth bound) but
-  // an embedding table of its own (one row per token), and its roofline is the lower of the two.
+  // an embedding table of its own (one row per token), and its roofline is the lower of the two. Attention adds
+  // its own FLOPs (plan/step_cost.h) at the rate of the arithmetic that runs it: f32 FMAs on the CPU (the f32
+  // products' rate where the AVX-512 row kernel runs them, else sgemm's), the GEMM rate on GPUs; and a decode step
+  // reads each sequence's keys and values besides the weights.
   const auto& c = session.config();
   const double head = double(c.vocab_size) * double(c.hidden_size);
   const double layers = params - head * (c.tie_word_embeddings ? 1 : 2);
   const double step_bytes = weight_bytes * (layers + head) / params;
+  const double kv_element = double(dtype_size(session.plan().kv_dtype));
+  const double attention_rate =
+      row_kernel_only ? measure_products_rate(node, world, session.backend(), DType::F32, c.hidden_size).ops_per_second
+                      : sgemm;
+  if (report)
+    std::printf(
+        "roofline below: products at the rate above, attention's FLOPs at %.1f GFLOP/s (%s), the weights and the "
+        "KV cache's keys and values (%s) at the memory rate\n",
+        attention_rate / 1e9,
+        cuda              ? "the GEMM rate"
+        : row_kernel_only ? "f32 products: the f32 FMAs attention runs"
+                          : "sgemm",
+        dtype_name(session.plan().kv_dtype));
   if (report) {
     std::printf(
         "load (page cache warm, slowest rank, best of 3): %.3f s for %.0f MB of shards on rank 0; reading the same "
@@ -370,8 +387,17 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
       if (report) decode_rate = std::max(decode_rate, double(full.decode_tokens(o.gen_len)) / full.decode_seconds());
     }
     const double prefill_rate = double(batch) * o.prompt_len / prefill;
-    const double prefill_roof = compute / (2.0 * (layers + head / o.prompt_len));
-    const double decode_roof = std::min(double(batch) * bandwidth / step_bytes, compute / (2.0 * (layers + head)));
+    const double prefill_roof =
+        o.prompt_len / (2.0 * (layers * o.prompt_len + head) / compute +
+                        prompt_attention_work(c, o.prompt_len, kv_element).flops / attention_rate);
+    // The decode steps feed positions prompt_len .. prompt_len + gen_len - 2, each sequence attending up to its own.
+    double decode_seconds = 0;
+    for (int s = 0; s + 1 < o.gen_len; ++s) {
+      const AttentionWork a = attention_work(c, o.prompt_len + s, kv_element);
+      decode_seconds += std::max((step_bytes + batch * a.kv_bytes) / bandwidth,
+                                 batch * (2.0 * (layers + head) / compute + a.flops / attention_rate));
+    }
+    const double decode_roof = double(batch) * (o.gen_len - 1) / decode_seconds;
     if (report)
       std::printf("%6d %8d %14.1f %14.1f %7.0f%% %14.2f %14.2f %7.0f%%\n", batch, o.prompt_len, prefill_rate,
                   prefill_roof, 100 * prefill_rate / prefill_roof, decode_rate, decode_roof,

@@ -122,6 +122,12 @@ for flags, mapped_expected in [((), interleaves or not huge_pages), (("--mmap",)
     h.check(rate is not None and float(rate[1]) > 1 if interleaves else rate is None,
             f"bench {' '.join(flags) or '(default)'}: the avx512bf16 kernel's own rate is the roofline "
             f"({'it runs' if interleaves else 'not this CPU'}): {rate and rate[0]!r}")
+    # Attention's FLOPs count in the roofline at the f32 rate of the arithmetic that runs them, the KV cache's bytes
+    # at the memory rate (plan/step_cost.h).
+    attention = re.search(r"attention's FLOPs at ([0-9.]+) GFLOP/s .*KV cache's keys and values \(f16\)", out)
+    h.check(attention is not None and float(attention[1]) > 0,
+            f"bench {' '.join(flags) or '(default)'}: attention and the KV cache in the roofline: "
+            f"{attention and attention[0]!r}")
     # Decode is timed inside one run (from the last first token to the end): a rate from two runs' difference could
     # come out absurd (2.4e11 tok/s once) or negative when the second prefill ran slower than the first.
     row = next((l.split() for l in out.splitlines() if l.split()[:2] == ["1", "4"]), [])
