@@ -345,10 +345,15 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
   // its own FLOPs (plan/step_cost.h) at the rate of the arithmetic that runs it: f32 FMAs on the CPU (the f32
   // products' rate where the AVX-512 row kernel runs them, else sgemm's), the GEMM rate on GPUs; and a decode step
   // reads each sequence's keys and values besides the weights.
+  // A mixture of experts' token multiplies only the experts it is routed to, and a decode step reads those of its
+  // tokens (routing spread evenly: plan/step_cost.h).
   const auto& c = session.config();
-  const double head = double(c.vocab_size) * double(c.hidden_size);
-  const double layers = params - head * (c.tie_word_embeddings ? 1 : 2);
-  const double step_bytes = weight_bytes * (layers + head) / params;
+  const double head = double(c.vocab_size) * double(c.hidden_size), routed = routed_expert_weights(c);
+  const double unrouted = params - head * (c.tie_word_embeddings ? 1 : 2) - routed;
+  const double layers = unrouted + routed * routed_share_multiplied(c);  // multiplied per token
+  const auto step_bytes = [&](int batch) {
+    return weight_bytes * (unrouted + routed * routed_share_read(c, batch) + head) / params;
+  };
   const double kv_element = double(dtype_size(session.plan().kv_dtype));
   const double attention_rate =
       row_kernel_only ? measure_products_rate(node, world, session.backend(), DType::F32, c.hidden_size).ops_per_second
@@ -394,7 +399,7 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
     double decode_seconds = 0;
     for (int s = 0; s + 1 < o.gen_len; ++s) {
       const AttentionWork a = attention_work(c, o.prompt_len + s, kv_element);
-      decode_seconds += std::max((step_bytes + batch * a.kv_bytes) / bandwidth,
+      decode_seconds += std::max((step_bytes(batch) + batch * a.kv_bytes) / bandwidth,
                                  batch * (2.0 * (layers + head) / compute + a.flops / attention_rate));
     }
     const double decode_roof = double(batch) * (o.gen_len - 1) / decode_seconds;

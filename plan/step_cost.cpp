@@ -1,6 +1,7 @@
 #include "plan/step_cost.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace strata {
 namespace {
@@ -40,6 +41,22 @@ AttentionWork attention_work(const ModelConfig& config, std::int64_t pos, double
 AttentionWork prompt_attention_work(const ModelConfig& config, std::int64_t tokens, double kv_element_bytes) {
   return over_layers(config, kv_element_bytes,
                      [&](std::int64_t layer) { return attended_by_prompt(config, layer, tokens); });
+}
+
+double routed_expert_weights(const ModelConfig& config) {
+  double weights = 0;
+  for (std::int64_t layer = 0; layer < config.num_hidden_layers; ++layer)
+    if (config.moe_layer(layer))
+      weights += 3.0 * double(config.num_experts * config.hidden_size * config.moe_intermediate_size);
+  return weights;
+}
+
+double routed_share_multiplied(const ModelConfig& config) {
+  return config.is_moe() ? double(config.experts_per_token) / double(config.num_experts) : 1.0;
+}
+
+double routed_share_read(const ModelConfig& config, std::int64_t tokens) {
+  return config.is_moe() ? 1.0 - std::pow(1.0 - routed_share_multiplied(config), double(tokens)) : 1.0;
 }
 
 }  // namespace strata

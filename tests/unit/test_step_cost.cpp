@@ -49,3 +49,23 @@ TEST(StepCost, WithoutAWindowEveryPositionIsAttended) {
   EXPECT_DOUBLE_EQ(attention_work(c, 99, 2.0).flops, 2 * 100 * 128.0);
   EXPECT_DOUBLE_EQ(prompt_attention_work(c, 100, 2.0).flops, 2 * 5050 * 128.0);
 }
+
+// A mixture of experts: the routed experts' weights of its MoE layers only, a token multiplying k / E of them and a
+// step of n tokens reading 1 - (1 - k / E)^n (every expert missed by each token with probability 1 - k / E).
+TEST(StepCost, RoutedExpertsAreThoseOfTheMoeLayers) {
+  ModelConfig c = two_layers_one_sliding();
+  EXPECT_EQ(routed_expert_weights(c), 0.0);
+  EXPECT_EQ(routed_share_multiplied(c), 1.0);
+  EXPECT_EQ(routed_share_read(c, 5), 1.0);
+  c.intermediate_size = 16;
+  c.num_experts = 8;
+  c.experts_per_token = 2;
+  c.moe_intermediate_size = 3;
+  c.dense_layers = {1, 0};  // layer 0 dense, layer 1 routed
+  EXPECT_DOUBLE_EQ(routed_expert_weights(c), 3.0 * 8 * 32 * 3);
+  EXPECT_LT(routed_expert_weights(c), double(c.parameter_count()));
+  EXPECT_DOUBLE_EQ(routed_share_multiplied(c), 0.25);
+  EXPECT_DOUBLE_EQ(routed_share_read(c, 1), 0.25);
+  EXPECT_DOUBLE_EQ(routed_share_read(c, 2), 1 - 0.75 * 0.75);
+  EXPECT_NEAR(routed_share_read(c, 64), 1.0, 1e-7);
+}
