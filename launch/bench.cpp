@@ -354,7 +354,10 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
   const auto step_bytes = [&](int batch) {
     return weight_bytes * (unrouted + routed * routed_share_read(c, batch) + head) / params;
   };
-  const double kv_element = double(dtype_size(session.plan().kv_dtype));
+  // With more tp ranks than KV heads each rank keeps (and reads) its own copy of its KV head (shard_plan): the
+  // stage's ranks read tp / kv_heads times the model's keys and values.
+  const double kv_read_per_element = double(dtype_size(session.plan().kv_dtype)) *
+                                     std::max(1.0, double(layout.sizes().tp) / double(c.num_key_value_heads));
   const double attention_rate =
       row_kernel_only ? measure_products_rate(node, world, session.backend(), DType::F32, c.hidden_size).ops_per_second
                       : sgemm;
@@ -394,11 +397,11 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
     const double prefill_rate = double(batch) * o.prompt_len / prefill;
     const double prefill_roof =
         o.prompt_len / (2.0 * (layers * o.prompt_len + head) / compute +
-                        prompt_attention_work(c, o.prompt_len, kv_element).flops / attention_rate);
+                        prompt_attention_work(c, o.prompt_len, kv_read_per_element).flops / attention_rate);
     // The decode steps feed positions prompt_len .. prompt_len + gen_len - 2, each sequence attending up to its own.
     double decode_seconds = 0;
     for (int s = 0; s + 1 < o.gen_len; ++s) {
-      const AttentionWork a = attention_work(c, o.prompt_len + s, kv_element);
+      const AttentionWork a = attention_work(c, o.prompt_len + s, kv_read_per_element);
       decode_seconds += std::max((step_bytes(batch) + batch * a.kv_bytes) / bandwidth,
                                  batch * (2.0 * (layers + head) / compute + a.flops / attention_rate));
     }
