@@ -399,10 +399,11 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
         o.prompt_len / (2.0 * (layers * o.prompt_len + head) / compute +
                         prompt_attention_work(c, o.prompt_len, kv_read_per_element).flops / attention_rate);
     // The decode steps feed positions prompt_len .. prompt_len + gen_len - 2, each sequence attending up to its own.
+    const double weights_read = step_bytes(batch);
     double decode_seconds = 0;
     for (int s = 0; s + 1 < o.gen_len; ++s) {
       const AttentionWork a = attention_work(c, o.prompt_len + s, kv_read_per_element);
-      decode_seconds += std::max((step_bytes(batch) + batch * a.kv_bytes) / bandwidth,
+      decode_seconds += std::max((weights_read + batch * a.kv_bytes) / bandwidth,
                                  batch * (2.0 * (layers + head) / compute + a.flops / attention_rate));
     }
     const double decode_roof = double(batch) * (o.gen_len - 1) / decode_seconds;

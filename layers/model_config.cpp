@@ -327,7 +327,7 @@ std::int64_t ModelConfig::parameter_count() const {
                                  (attention_bias ? head_dim * (num_attention_heads + 2 * num_key_value_heads) : 0);
   const std::int64_t dense_mlp = 3 * hidden_size * intermediate_size;
   const std::int64_t moe_mlp =
-      num_experts * (3 * hidden_size * moe_intermediate_size + hidden_size) +
+      num_experts * (expert_parameter_count() + hidden_size) +
       (shared_expert_intermediate_size > 0 ? 3 * hidden_size * shared_expert_intermediate_size + hidden_size : 0);
   const std::int64_t norms = (sandwich_norms ? 4 : 2) * hidden_size + (qk_norm ? 2 * head_dim : 0);
   std::int64_t layers = 0;

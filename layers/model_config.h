@@ -96,6 +96,8 @@ struct ModelConfig {
   double attention_scale() const;
   // Total parameter count (embedding counted once when tied).
   std::int64_t parameter_count() const;
+  // One routed expert's weights (gate, up and down: 3 x hidden x moe_intermediate), as parameter_count counts them.
+  std::int64_t expert_parameter_count() const { return 3 * hidden_size * moe_intermediate_size; }
 };
 
 }  // namespace strata

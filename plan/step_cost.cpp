@@ -46,8 +46,7 @@ AttentionWork prompt_attention_work(const ModelConfig& config, std::int64_t toke
 double routed_expert_weights(const ModelConfig& config) {
   double weights = 0;
   for (std::int64_t layer = 0; layer < config.num_hidden_layers; ++layer)
-    if (config.moe_layer(layer))
-      weights += 3.0 * double(config.num_experts * config.hidden_size * config.moe_intermediate_size);
+    if (config.moe_layer(layer)) weights += double(config.num_experts * config.expert_parameter_count());
   return weights;
 }
 

@@ -494,14 +494,15 @@ class CpuBackend final : public Backend {
     // such buffer.
     const bool by_pairs = pairs >= kPairsPerThread * workers_.size();
     const std::int64_t parts_size = segments > 1 ? segments * group * (2 + dim) : 0;
-    const std::int64_t per_thread = group * std::min(kSegment, longest) + segments + (by_pairs ? parts_size : 0);
+    const std::int64_t score_floats = group * std::min(kSegment, longest);  // one segment's scores, every head
+    const std::int64_t per_thread = score_floats + segments + (by_pairs ? parts_size : 0);
     const std::size_t scratch = std::size_t(workers_.size() * per_thread + (by_pairs ? 0 : pairs * parts_size));
     std::vector<float> this_call;
     std::vector<float>& buffer = scratch * sizeof(float) <= kKeptScratchBytes ? attention_scratch_ : this_call;
     if (buffer.size() < scratch) buffer.resize(scratch);
     const auto thread_scratch = [&](int thread) { return buffer.data() + thread * per_thread; };
     const auto parts_of = [&](int thread, std::int64_t pair) {
-      return by_pairs ? thread_scratch(thread) + group * std::min(kSegment, longest) + segments
+      return by_pairs ? thread_scratch(thread) + score_floats + segments
                       : buffer.data() + workers_.size() * per_thread + pair * parts_size;
     };
     const auto *keys = static_cast<const K*>(k_cache.data), *values = static_cast<const K*>(v_cache.data);
@@ -509,7 +510,7 @@ class CpuBackend final : public Backend {
     const auto merge = [&](int thread, std::int64_t pair, const Seen& s) {
       const float* parts = parts_of(thread, pair);
       float* o = out.f32() + (s.row * q_heads + pair % kv_heads * group) * dim;
-      float* scale = thread_scratch(thread) + group * std::min(kSegment, longest);
+      float* scale = thread_scratch(thread) + score_floats;
       for (std::int64_t g = 0; g < group; ++g)
         cpu::merge_softmax_parts(s.segments(), parts + g * segments, parts + (group + g) * segments,
                                  parts + 2 * group * segments + g * dim, group * dim, dim, scale, o + g * dim);
