@@ -1,10 +1,13 @@
 // The MPI communicator on 4 ranks: collectives with exactly known results, ordered variable-size point-to-point,
-// and the tp/pp/dp groups built from a ParallelLayout.
+// the tp/pp/dp groups built from a ParallelLayout, and the shared-memory all-reduce its groups use on one node.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <numeric>
+#include <string>
 
 #include "runtime/comm/mpi/mpi_communicator.h"
+#include "runtime/comm/mpi/shm_all_reduce.h"
 
 using namespace strata;
 
@@ -79,4 +82,77 @@ TEST(MpiCommunicator, SplitMakesOrderedSubGroups) {
   std::vector<float> v = {float(world->rank())};
   half->all_reduce_sum(view_of(v));
   EXPECT_EQ(v[0], world->rank() % 2 == 0 ? 2.0f : 4.0f);
+}
+
+// The shared-memory all-reduce (all 4 ranks share this node): the sums in rank order, ((v0 + v1) + v2) + v3, the
+// same bits on every rank. The values make the order matter (1e8 + 1 rounds back to 1e8 in float): pairwise, as
+// recursive doubling adds, gives 0 where rank order gives 3.
+namespace {
+float order_value(int rank, std::int64_t i) {
+  const float base[4] = {1e8f, 1.0f, -1e8f, 3.0f};
+  return base[rank] * float(1 + i % 5);
+}
+float in_rank_order(std::int64_t i) {
+  float sum = order_value(0, i);
+  for (int r = 1; r < 4; ++r) sum += order_value(r, i);
+  return sum;
+}
+std::vector<float> order_values(int rank, std::int64_t n) {
+  std::vector<float> v;
+  for (std::int64_t i = 0; i < n; ++i) v.push_back(order_value(rank, i));
+  return v;
+}
+}  // namespace
+
+TEST(ShmAllReduce, SumsInRankOrderOnEveryRank) {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  const float pairwise = (order_value(0, 0) + order_value(1, 0)) + (order_value(2, 0) + order_value(3, 0));
+  ASSERT_NE(pairwise, in_rank_order(0)) << "the values must tell the orders apart";
+  auto shm = ShmAllReduce::create(MPI_COMM_WORLD);
+  ASSERT_NE(shm, nullptr) << "4 ranks on one node: the segment must be made";
+  // Fewer values than ranks (empty shares), odd sizes, a full slot; each size twice, so both slots are reused.
+  for (const std::int64_t n : {std::int64_t(1), std::int64_t(3), std::int64_t(1001), ShmAllReduce::kSlotFloats,
+                               std::int64_t(2), std::int64_t(1001), std::int64_t(3), ShmAllReduce::kSlotFloats}) {
+    std::vector<float> v = order_values(rank, n);
+    shm->sum(v.data(), n);
+    std::int64_t wrong = 0;
+    for (std::int64_t i = 0; i < n; ++i) wrong += v[std::size_t(i)] != in_rank_order(i);
+    EXPECT_EQ(wrong, 0) << n << " values on rank " << rank;
+  }
+}
+
+TEST(ShmAllReduce, ACountMismatchIsNamedOnEveryRank) {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  auto shm = ShmAllReduce::create(MPI_COMM_WORLD);
+  ASSERT_NE(shm, nullptr);
+  std::vector<float> v(12, 1.0f);
+  try {
+    shm->sum(v.data(), rank < 2 ? 10 : 12);
+    ADD_FAILURE() << "rank " << rank << ": a sum of different counts must fail";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("every rank must give the same count"), std::string::npos) << e.what();
+  }
+  std::vector<float> ones(5, 1.0f);  // and the next sum is whole
+  shm->sum(ones.data(), 5);
+  EXPECT_EQ(ones, std::vector<float>(5, 4.0f));
+}
+
+TEST(ShmAllReduce, TurnedOffByTheEnvironment) {
+  setenv("STRATA_MPI_SHM_ALLREDUCE", "0", 1);
+  EXPECT_EQ(ShmAllReduce::create(MPI_COMM_WORLD), nullptr);
+  unsetenv("STRATA_MPI_SHM_ALLREDUCE");
+}
+
+TEST(MpiCommunicator, AllReduceUsesSharedMemoryUpToASlot) {
+  auto world = make_mpi_communicator(MPI_COMM_WORLD);
+  std::vector<float> small = order_values(world->rank(), 7);
+  world->all_reduce_sum(view_of(small));
+  for (std::int64_t i = 0; i < 7; ++i) EXPECT_EQ(small[std::size_t(i)], in_rank_order(i)) << i;
+  // More than a slot: MPI_Allreduce, exact on small integers in any order.
+  std::vector<float> large = values(std::size_t(ShmAllReduce::kSlotFloats + 5), float(world->rank() + 1));
+  world->all_reduce_sum(view_of(large));
+  EXPECT_EQ(large.front(), 10.0f);
+  EXPECT_EQ(large.back(), 10.0f);
 }

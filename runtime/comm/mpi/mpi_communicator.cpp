@@ -5,6 +5,8 @@
 #include <climits>
 #include <exception>
 
+#include "runtime/comm/mpi/shm_all_reduce.h"
+
 namespace strata {
 
 std::string mpi_error_string(int code) {
@@ -91,6 +93,11 @@ class MpiCommunicator final : public Communicator {
     STRATA_CHECK(data.kind == MemoryKind::Host, Communication, "MPI all-reduce of ", shape_string(data.shape),
                  " in device memory: MPI carries host data only (the device tensor-parallel group is NCCL's)");
     float* values = data.f32();
+    if (!shm_checked_) {  // collective: every rank reaches its first all-reduce of this group at the same call
+      shm_ = ShmAllReduce::create(comm_);
+      shm_checked_ = true;
+    }
+    if (shm_ && data.numel() <= ShmAllReduce::kSlotFloats) return shm_->sum(values, data.numel());
     for (std::int64_t done = 0; done < data.numel();) {
       const int count = int(std::min<std::int64_t>(data.numel() - done, std::int64_t(kMaxChunk / 4)));
       STRATA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, values + done, count, MPI_FLOAT, MPI_SUM, comm_));
@@ -182,6 +189,10 @@ class MpiCommunicator final : public Communicator {
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
+  // all_reduce_sum through shared memory where the ranks share a node (made at the first all-reduce; see
+  // shm_all_reduce.h), else MPI_Allreduce.
+  std::unique_ptr<ShmAllReduce> shm_;
+  bool shm_checked_ = false;
 };
 
 }  // namespace

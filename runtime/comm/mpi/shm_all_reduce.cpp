@@ -1,0 +1,170 @@
+#include "runtime/comm/mpi/shm_all_reduce.h"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <random>
+#include <string>
+
+#include "runtime/base/log.h"
+#include "runtime/comm/mpi/mpi_communicator.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace strata {
+
+// One rank's part of the segment: the sequence number of the last sum whose values it has put in its slot
+// (`arrived`, with the sum's `count`) and of the last one whose share of sums it has put there (`reduced`); two
+// slots, sum s in slot s % 2, so that a rank may start the next sum while a slower one still copies the last. (A
+// rank writes slot s % 2 again at sum s + 2, after every rank has arrived at s + 1, so after each has finished
+// reading it for s.) Each flag on its own cache line: one rank writes it, the others spin on it.
+struct ShmAllReduce::Rank {
+  alignas(64) std::atomic<std::uint64_t> arrived;
+  std::int64_t count;
+  alignas(64) std::atomic<std::uint64_t> reduced;
+  alignas(64) float slots[2][kSlotFloats];
+};
+
+namespace {
+
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "flags shared between processes must be lock-free");
+
+void pause() {
+#if defined(__x86_64__)
+  _mm_pause();
+#endif
+}
+
+// Spins until ready(), then yields the core between looks (ranks may outnumber cores).
+template <typename Ready>
+void wait_until(Ready&& ready) {
+  for (std::uint32_t spins = 0; !ready(); ++spins) {
+    if (spins < 4096)
+      pause();
+    else
+      sched_yield();
+  }
+}
+
+// The segment's name: unique on the node while it exists (it is unlinked once every rank has it mapped).
+std::string segment_name() {
+  std::random_device random;
+  char name[64];
+  std::snprintf(name, sizeof name, "/strata-allreduce-%ld-%08x", long(getpid()), unsigned(random()));
+  return name;
+}
+
+}  // namespace
+
+std::unique_ptr<ShmAllReduce> ShmAllReduce::create(MPI_Comm comm) {
+  int size = 0, rank = 0;
+  STRATA_MPI_CHECK(MPI_Comm_size(comm, &size));
+  STRATA_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+  if (size == 1) return nullptr;
+  // Whether every rank of comm shares this node's memory (and wants the window: STRATA_MPI_SHM_ALLREDUCE=0 turns
+  // it off; every rank must agree, so the answer is the group's).
+  MPI_Comm local = MPI_COMM_NULL;
+  STRATA_MPI_CHECK(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
+  int local_size = 0;
+  STRATA_MPI_CHECK(MPI_Comm_size(local, &local_size));
+  STRATA_MPI_CHECK(MPI_Comm_free(&local));
+  const char* setting = std::getenv("STRATA_MPI_SHM_ALLREDUCE");
+  int wanted = local_size == size && !(setting && std::string(setting) == "0") ? 1 : 0;
+  STRATA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &wanted, 1, MPI_INT, MPI_MIN, comm));
+  if (!wanted) return nullptr;
+
+  // Rank 0 makes the segment (reserving its pages, so that a full /dev/shm is an error here, not a SIGBUS later),
+  // the others open it; then it is unlinked. If any rank fails, all of them fall back to MPI_Allreduce.
+  const std::size_t bytes = std::size_t(size) * sizeof(Rank);
+  char name[64] = {};
+  int ok = 1, error = 0;
+  if (rank == 0) {
+    std::snprintf(name, sizeof name, "%s", segment_name().c_str());
+    const int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+    error = fd >= 0 ? posix_fallocate(fd, 0, off_t(bytes)) : errno;  // posix_fallocate returns its error
+    ok = error == 0;
+    if (fd >= 0) close(fd);
+  }
+  STRATA_MPI_CHECK(MPI_Bcast(name, sizeof name, MPI_CHAR, 0, comm));
+  STRATA_MPI_CHECK(MPI_Bcast(&ok, 1, MPI_INT, 0, comm));
+  void* base = MAP_FAILED;
+  if (ok) {
+    const int fd = shm_open(name, O_RDWR, 0600);
+    if (fd >= 0) {
+      base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      close(fd);
+    }
+  }
+  int mapped = base != MAP_FAILED ? 1 : 0;
+  STRATA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &mapped, 1, MPI_INT, MPI_MIN, comm));
+  if (rank == 0 && name[0]) shm_unlink(name);
+  if (!mapped) {
+    if (base != MAP_FAILED) munmap(base, bytes);
+    if (rank == 0)
+      log_warn("no shared-memory segment of ", bytes, " bytes for the tensor-parallel all-reduce in /dev/shm (",
+               ok ? "a rank could not map it" : std::strerror(error), "): using MPI_Allreduce");
+    return nullptr;
+  }
+  std::unique_ptr<ShmAllReduce> shm(new ShmAllReduce(base, rank, size));
+  Rank& own = shm->part(rank);
+  new (&own.arrived) std::atomic<std::uint64_t>(0);
+  new (&own.reduced) std::atomic<std::uint64_t>(0);
+  STRATA_MPI_CHECK(MPI_Barrier(comm));  // every rank's flags made before anyone looks at them
+  return shm;
+}
+
+ShmAllReduce::ShmAllReduce(void* base, int rank, int size) : base_(base), rank_(rank), size_(size) {}
+
+ShmAllReduce::~ShmAllReduce() { munmap(base_, std::size_t(size_) * sizeof(Rank)); }
+
+ShmAllReduce::Rank& ShmAllReduce::part(int rank) const { return static_cast<Rank*>(base_)[rank]; }
+
+void ShmAllReduce::sum(float* values, std::int64_t count) {
+  STRATA_CHECK(count >= 0 && count <= kSlotFloats, Internal, "shared-memory all-reduce of ", count,
+               " values: a slot holds ", kSlotFloats);
+  const std::uint64_t sequence = ++sequence_;
+  const int slot = int(sequence % 2);
+  Rank& own = part(rank_);
+  std::memcpy(own.slots[slot], values, std::size_t(count) * sizeof(float));
+  own.count = count;
+  own.arrived.store(sequence, std::memory_order_release);
+  for (int r = 0; r < size_; ++r) {
+    const Rank& peer = part(r);
+    wait_until([&] { return peer.arrived.load(std::memory_order_acquire) >= sequence; });
+    STRATA_CHECK(peer.count == count, Communication, "shared-memory all-reduce: rank ", r, " sums ", peer.count,
+                 " values where rank ", rank_, " sums ", count, " (every rank must give the same count)");
+  }
+  // This rank's share of the elements, summed in rank order into its own slot (no other rank reads it there until
+  // `reduced` says so; each reads only its own share of this slot meanwhile).
+  const auto share = [&](int r) { return count * r / size_; };
+  constexpr std::int64_t kBlock = 512;
+  float block[kBlock];
+  for (std::int64_t i = share(rank_); i < share(rank_ + 1); i += kBlock) {
+    const std::int64_t n = std::min(kBlock, share(rank_ + 1) - i);
+    std::memcpy(block, part(0).slots[slot] + i, std::size_t(n) * sizeof(float));
+    for (int r = 1; r < size_; ++r) {
+      const float* peer = part(r).slots[slot] + i;
+      for (std::int64_t j = 0; j < n; ++j) block[j] += peer[j];
+    }
+    std::memcpy(own.slots[slot] + i, block, std::size_t(n) * sizeof(float));
+  }
+  own.reduced.store(sequence, std::memory_order_release);
+  for (int r = 0; r < size_; ++r) {
+    const Rank& peer = part(r);
+    wait_until([&] { return peer.reduced.load(std::memory_order_acquire) >= sequence; });
+    std::memcpy(values + share(r), peer.slots[slot] + share(r), std::size_t(share(r + 1) - share(r)) * sizeof(float));
+  }
+}
+
+}  // namespace strata
