@@ -8,11 +8,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
-#include <random>
 #include <string>
 
 #include "runtime/base/log.h"
@@ -57,11 +57,13 @@ void wait_until(Ready&& ready) {
   }
 }
 
-// The segment's name: unique on the node while it exists (it is unlinked once every rank has it mapped).
+// The segment's name: unique on the node while it exists (it is unlinked once every rank has it mapped): rank 0's
+// process id, its groups so far, and the clock.
 std::string segment_name() {
-  std::random_device random;
-  char name[64];
-  std::snprintf(name, sizeof name, "/strata-allreduce-%ld-%08x", long(getpid()), unsigned(random()));
+  static int groups = 0;
+  char name[96];
+  std::snprintf(name, sizeof name, "/strata-allreduce-%ld-%d-%llx", long(getpid()), groups++,
+                static_cast<unsigned long long>(std::chrono::steady_clock::now().time_since_epoch().count()));
   return name;
 }
 
@@ -87,14 +89,16 @@ std::unique_ptr<ShmAllReduce> ShmAllReduce::create(MPI_Comm comm) {
   // Rank 0 makes the segment (reserving its pages, so that a full /dev/shm is an error here, not a SIGBUS later),
   // the others open it; then it is unlinked. If any rank fails, all of them fall back to MPI_Allreduce.
   const std::size_t bytes = std::size_t(size) * sizeof(Rank);
-  char name[64] = {};
+  char name[96] = {};
   int ok = 1, error = 0;
+  bool created = false;
   if (rank == 0) {
     std::snprintf(name, sizeof name, "%s", segment_name().c_str());
     const int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
-    error = fd >= 0 ? posix_fallocate(fd, 0, off_t(bytes)) : errno;  // posix_fallocate returns its error
+    created = fd >= 0;
+    error = created ? posix_fallocate(fd, 0, off_t(bytes)) : errno;  // posix_fallocate returns its error
     ok = error == 0;
-    if (fd >= 0) close(fd);
+    if (created) close(fd);
   }
   STRATA_MPI_CHECK(MPI_Bcast(name, sizeof name, MPI_CHAR, 0, comm));
   STRATA_MPI_CHECK(MPI_Bcast(&ok, 1, MPI_INT, 0, comm));
@@ -108,7 +112,7 @@ std::unique_ptr<ShmAllReduce> ShmAllReduce::create(MPI_Comm comm) {
   }
   int mapped = base != MAP_FAILED ? 1 : 0;
   STRATA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &mapped, 1, MPI_INT, MPI_MIN, comm));
-  if (rank == 0 && name[0]) shm_unlink(name);
+  if (created) shm_unlink(name);
   if (!mapped) {
     if (base != MAP_FAILED) munmap(base, bytes);
     if (rank == 0)
@@ -136,14 +140,23 @@ void ShmAllReduce::sum(float* values, std::int64_t count) {
   const std::uint64_t sequence = ++sequence_;
   const int slot = int(sequence % 2);
   Rank& own = part(rank_);
-  std::memcpy(own.slots[slot], values, std::size_t(count) * sizeof(float));
+  if (count > 0) std::memcpy(own.slots[slot], values, std::size_t(count) * sizeof(float));
   own.count = count;
   own.arrived.store(sequence, std::memory_order_release);
+  int differs = -1;  // a rank whose count is not this one's
   for (int r = 0; r < size_; ++r) {
     const Rank& peer = part(r);
     wait_until([&] { return peer.arrived.load(std::memory_order_acquire) >= sequence; });
-    STRATA_CHECK(peer.count == count, Communication, "shared-memory all-reduce: rank ", r, " sums ", peer.count,
-                 " values where rank ", rank_, " sums ", count, " (every rank must give the same count)");
+    if (peer.count != count) differs = r;
+  }
+  if (differs >= 0) {
+    // Every rank sees a count unlike its own (else all were equal). Each still finishes the sum's protocol before it
+    // throws: a rank that left early would write its next sum's slot, or count, while another still reads them.
+    const std::int64_t theirs = part(differs).count;
+    finish(sequence);
+    throw Error(ErrorKind::Communication,
+                cat("shared-memory all-reduce: rank ", differs, " sums ", theirs, " values where rank ", rank_,
+                    " sums ", count, " (every rank must give the same count)"));
   }
   // This rank's share of the elements, summed in rank order into its own slot (no other rank reads it there until
   // `reduced` says so; each reads only its own share of this slot meanwhile).
@@ -159,12 +172,24 @@ void ShmAllReduce::sum(float* values, std::int64_t count) {
     }
     std::memcpy(own.slots[slot] + i, block, std::size_t(n) * sizeof(float));
   }
-  own.reduced.store(sequence, std::memory_order_release);
+  finish(sequence, [&](int r, const Rank& peer) {
+    if (share(r + 1) > share(r))
+      std::memcpy(values + share(r), peer.slots[slot] + share(r), std::size_t(share(r + 1) - share(r)) * sizeof(float));
+  });
+}
+
+template <typename Each>
+void ShmAllReduce::finish(std::uint64_t sequence, Each&& each) {
+  part(rank_).reduced.store(sequence, std::memory_order_release);
   for (int r = 0; r < size_; ++r) {
     const Rank& peer = part(r);
     wait_until([&] { return peer.reduced.load(std::memory_order_acquire) >= sequence; });
-    std::memcpy(values + share(r), peer.slots[slot] + share(r), std::size_t(share(r + 1) - share(r)) * sizeof(float));
+    each(r, peer);
   }
+}
+
+void ShmAllReduce::finish(std::uint64_t sequence) {
+  finish(sequence, [](int, const Rank&) {});
 }
 
 }  // namespace strata

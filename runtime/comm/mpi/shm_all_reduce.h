@@ -13,7 +13,8 @@
 // prefill step's activations, Open MPI's single-copy transfers were faster (6 MB: 1.1 against 1.3-1.6 ms). Waits spin,
 // then yield the core (oversubscribed ranks); a peer that never arrives is the watchdog's to report, as one stuck in
 // MPI_Allreduce is. Every rank must call sum() with the same count, as for MPI_Allreduce: a mismatch is reported by
-// name instead of corrupting the sums.
+// name on every rank instead of corrupting the sums (counts on both sides of the 1 MiB limit would put some ranks
+// in MPI_Allreduce and some here: the watchdog's, as such a mismatch in MPI_Allreduce alone is).
 #pragma once
 #include <mpi.h>
 
@@ -39,6 +40,11 @@ class ShmAllReduce {
   struct Rank;  // one rank's part of the window: its flags and two slots (see shm_all_reduce.cpp)
   ShmAllReduce(void* base, int rank, int size);
   Rank& part(int rank) const;
+  // Publishes this rank's `reduced` for the sum, then waits for every rank's, calling each(rank, its part) once
+  // that rank's has come.
+  template <typename Each>
+  void finish(std::uint64_t sequence, Each&& each);
+  void finish(std::uint64_t sequence);
 
   void* base_;  // the segment, mapped (unmapped by the destructor: no collective call)
   int rank_, size_;
