@@ -2,7 +2,9 @@
 - stopped (SIGSTOP: alive but stuck, like a rank spinning in a kernel or a lost message): the other ranks' watchdogs
   see no progress for --step-timeout seconds, say what they were waiting for, and abort the job;
 - killed (SIGKILL): the launcher sees a rank die and ends the job.
+Neither leaves the tp all-reduce's shared memory behind in /dev/shm (an anonymous memory file: it has no name there).
 """
+import glob
 import os
 import signal
 import subprocess
@@ -50,9 +52,17 @@ def run_and_signal(sig, label):
     return out or ""
 
 
+def shm_segments():
+    """The tensor-parallel all-reduce's shared-memory segments present now (each is unlinked once mapped)."""
+    return set(glob.glob("/dev/shm/strata-allreduce-*"))
+
+
+segments_before = shm_segments()
 out = run_and_signal(signal.SIGSTOP, "stopped")
 h.check("no progress for" in out and "aborting the job (--step-timeout)" in out,
         f"stopped: the surviving ranks must say they saw no progress\n{out}")
 h.check("waiting for" in out, f"stopped: the message must say what the rank was waiting for\n{out}")
 run_and_signal(signal.SIGKILL, "killed")
+left = shm_segments() - segments_before
+h.check(not left, f"the jobs ended with their all-reduce segments still in /dev/shm: {sorted(left)}")
 h.finish()

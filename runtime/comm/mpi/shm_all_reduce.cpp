@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -57,16 +56,6 @@ void wait_until(Ready&& ready) {
   }
 }
 
-// The segment's name: unique on the node while it exists (it is unlinked once every rank has it mapped): rank 0's
-// process id, its groups so far, and the clock.
-std::string segment_name() {
-  static int groups = 0;
-  char name[96];
-  std::snprintf(name, sizeof name, "/strata-allreduce-%ld-%d-%llx", long(getpid()), groups++,
-                static_cast<unsigned long long>(std::chrono::steady_clock::now().time_since_epoch().count()));
-  return name;
-}
-
 }  // namespace
 
 std::unique_ptr<ShmAllReduce> ShmAllReduce::create(MPI_Comm comm) {
@@ -86,38 +75,36 @@ std::unique_ptr<ShmAllReduce> ShmAllReduce::create(MPI_Comm comm) {
   STRATA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &wanted, 1, MPI_INT, MPI_MIN, comm));
   if (!wanted) return nullptr;
 
-  // Rank 0 makes the segment (reserving its pages, so that a full /dev/shm is an error here, not a SIGBUS later),
-  // the others open it; then it is unlinked. If any rank fails, all of them fall back to MPI_Allreduce.
+  // Rank 0 makes the segment, an anonymous memory file (memfd: no name in /dev/shm to leave behind if the job dies,
+  // and not bounded by /dev/shm's size), reserving its pages so that a lack of memory is an error here, not a SIGBUS
+  // later; the others open it through /proc/<rank 0's pid>/fd. If any rank fails, all use MPI_Allreduce.
   const std::size_t bytes = std::size_t(size) * sizeof(Rank);
-  char name[96] = {};
-  int ok = 1, error = 0;
-  bool created = false;
+  long long where[2] = {0, -1};  // rank 0's pid and descriptor (-1: none)
+  int error = 0;
   if (rank == 0) {
-    std::snprintf(name, sizeof name, "%s", segment_name().c_str());
-    const int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
-    created = fd >= 0;
-    error = created ? posix_fallocate(fd, 0, off_t(bytes)) : errno;  // posix_fallocate returns its error
-    ok = error == 0;
-    if (created) close(fd);
+    const int fd = memfd_create("strata-allreduce", MFD_CLOEXEC);
+    error = fd < 0 ? errno : posix_fallocate(fd, 0, off_t(bytes));  // posix_fallocate returns its error
+    if (fd >= 0 && error != 0) close(fd);
+    if (error == 0) where[0] = getpid(), where[1] = fd;
   }
-  STRATA_MPI_CHECK(MPI_Bcast(name, sizeof name, MPI_CHAR, 0, comm));
-  STRATA_MPI_CHECK(MPI_Bcast(&ok, 1, MPI_INT, 0, comm));
+  STRATA_MPI_CHECK(MPI_Bcast(where, 2, MPI_LONG_LONG, 0, comm));
   void* base = MAP_FAILED;
-  if (ok) {
-    const int fd = shm_open(name, O_RDWR, 0600);
-    if (fd >= 0) {
-      base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-      close(fd);
-    }
+  if (where[1] >= 0) {
+    const std::string path = "/proc/" + std::to_string(where[0]) + "/fd/" + std::to_string(where[1]);
+    const int fd = rank == 0 ? int(where[1]) : open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd >= 0) base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (fd >= 0 && rank != 0) close(fd);
+    if (base == MAP_FAILED && error == 0) error = errno;
   }
   int mapped = base != MAP_FAILED ? 1 : 0;
   STRATA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &mapped, 1, MPI_INT, MPI_MIN, comm));
-  if (created) shm_unlink(name);
+  if (rank == 0 && where[1] >= 0) close(int(where[1]));  // every rank has it mapped, or none will
   if (!mapped) {
     if (base != MAP_FAILED) munmap(base, bytes);
-    if (rank == 0)
-      log_warn("no shared-memory segment of ", bytes, " bytes for the tensor-parallel all-reduce in /dev/shm (",
-               ok ? "a rank could not map it" : std::strerror(error), "): using MPI_Allreduce");
+    if (rank == 0 || error != 0)
+      log_warn("no shared memory of ", bytes, " bytes for the tensor-parallel all-reduce",
+               error != 0 ? cat(" (", std::strerror(error), ")") : std::string(" (another rank could not map it)"),
+               ": using MPI_Allreduce");
     return nullptr;
   }
   std::unique_ptr<ShmAllReduce> shm(new ShmAllReduce(base, rank, size));

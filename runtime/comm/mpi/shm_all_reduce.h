@@ -1,6 +1,7 @@
 // The sum all-reduce of a communicator whose ranks share one node's memory (a tensor-parallel group inside a node,
-// the CPU backend's), through a POSIX shared-memory segment instead of MPI_Allreduce (an MPI-3 shared window would
-// need the collective MPI_Win_free to end, which a rank unwinding towards MPI_Abort must not wait in).
+// the CPU backend's), through a shared anonymous memory file (memfd) instead of MPI_Allreduce. Not an MPI-3 shared
+// window: ending one takes the collective MPI_Win_free, which a rank unwinding towards MPI_Abort must not wait in;
+// not a named POSIX segment: a job killed before unlinking it would leave it in /dev/shm.
 //
 // Why: through strata's MPI communicator, Open MPI 4.1's all-reduce between the two ranks of a 2-vCPU VM took 2 us
 // for a batch-1 decode step's activations (3 KB), 21-25 us for batch 16's (48 KB), 48-57 us for batch 64's (192 KB),
