@@ -93,8 +93,8 @@ std::unique_ptr<ShmAllReduce> ShmAllReduce::create(MPI_Comm comm) {
     const std::string path = "/proc/" + std::to_string(where[0]) + "/fd/" + std::to_string(where[1]);
     const int fd = rank == 0 ? int(where[1]) : open(path.c_str(), O_RDWR | O_CLOEXEC);
     if (fd >= 0) base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) error = errno;  // open's or mmap's
     if (fd >= 0 && rank != 0) close(fd);
-    if (base == MAP_FAILED && error == 0) error = errno;
   }
   int mapped = base != MAP_FAILED ? 1 : 0;
   STRATA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &mapped, 1, MPI_INT, MPI_MIN, comm));
