@@ -53,7 +53,8 @@ def run_and_signal(sig, label):
 
 
 def shm_segments():
-    """The tensor-parallel all-reduce's shared-memory segments present now (each is unlinked once mapped)."""
+    """Named shared-memory segments of the tensor-parallel all-reduce (it uses an anonymous memory file, which has
+    no name there: this guards against a named one left behind by a killed job)."""
     return set(glob.glob("/dev/shm/strata-allreduce-*"))
 
 

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -39,6 +40,14 @@ namespace {
 
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "flags shared between processes must be lock-free");
 
+// Linux 6.3 on warns about (and with vm.memfd_noexec = 2 refuses) a memory file made without saying it is not
+// executable.
+#ifdef MFD_NOEXEC_SEAL
+constexpr unsigned kMemfdFlags = MFD_CLOEXEC | MFD_NOEXEC_SEAL;
+#else
+constexpr unsigned kMemfdFlags = MFD_CLOEXEC;
+#endif
+
 void pause() {
 #if defined(__x86_64__)
   _mm_pause();
@@ -63,7 +72,7 @@ std::unique_ptr<ShmAllReduce> ShmAllReduce::create(MPI_Comm comm) {
   STRATA_MPI_CHECK(MPI_Comm_size(comm, &size));
   STRATA_MPI_CHECK(MPI_Comm_rank(comm, &rank));
   if (size == 1) return nullptr;
-  // Whether every rank of comm shares this node's memory (and wants the window: STRATA_MPI_SHM_ALLREDUCE=0 turns
+  // Whether every rank of comm shares this node's memory (and wants the segment: STRATA_MPI_SHM_ALLREDUCE=0 turns
   // it off; every rank must agree, so the answer is the group's).
   MPI_Comm local = MPI_COMM_NULL;
   STRATA_MPI_CHECK(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
@@ -79,21 +88,33 @@ std::unique_ptr<ShmAllReduce> ShmAllReduce::create(MPI_Comm comm) {
   // and not bounded by /dev/shm's size), reserving its pages so that a lack of memory is an error here, not a SIGBUS
   // later; the others open it through /proc/<rank 0's pid>/fd. If any rank fails, all use MPI_Allreduce.
   const std::size_t bytes = std::size_t(size) * sizeof(Rank);
-  long long where[2] = {0, -1};  // rank 0's pid and descriptor (-1: none)
+  // Rank 0's pid and descriptor (-1: none), and the file's device and inode, which the others check: where ranks
+  // share a node but not a pid namespace, that path could name some other process's file.
+  long long where[4] = {0, -1, 0, 0};
   int error = 0;
   if (rank == 0) {
-    const int fd = memfd_create("strata-allreduce", MFD_CLOEXEC);
+    const int fd = memfd_create("strata-allreduce", kMemfdFlags);
+    struct stat file {};
     error = fd < 0 ? errno : posix_fallocate(fd, 0, off_t(bytes));  // posix_fallocate returns its error
+    if (error == 0 && fstat(fd, &file) != 0) error = errno;
     if (fd >= 0 && error != 0) close(fd);
-    if (error == 0) where[0] = getpid(), where[1] = fd;
+    if (error == 0)
+      where[0] = getpid(), where[1] = fd, where[2] = static_cast<long long>(file.st_dev),
+      where[3] = static_cast<long long>(file.st_ino);
   }
-  STRATA_MPI_CHECK(MPI_Bcast(where, 2, MPI_LONG_LONG, 0, comm));
+  STRATA_MPI_CHECK(MPI_Bcast(where, 4, MPI_LONG_LONG, 0, comm));
   void* base = MAP_FAILED;
   if (where[1] >= 0) {
     const std::string path = "/proc/" + std::to_string(where[0]) + "/fd/" + std::to_string(where[1]);
     const int fd = rank == 0 ? int(where[1]) : open(path.c_str(), O_RDWR | O_CLOEXEC);
-    if (fd >= 0) base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (base == MAP_FAILED) error = errno;  // open's or mmap's
+    struct stat file {};
+    if (fd < 0 || fstat(fd, &file) != 0)
+      error = errno;
+    else if (static_cast<long long>(file.st_dev) != where[2] || static_cast<long long>(file.st_ino) != where[3] ||
+             file.st_size != off_t(bytes))
+      error = ENXIO;  // not rank 0's file
+    else if ((base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)
+      error = errno;
     if (fd >= 0 && rank != 0) close(fd);
   }
   int mapped = base != MAP_FAILED ? 1 : 0;

@@ -26,7 +26,8 @@ namespace strata {
 
 class ShmAllReduce {
  public:
-  // Collective over `comm`. Null when its ranks are not all on one node (MPI_COMM_TYPE_SHARED), or it has one rank.
+  // Collective over `comm`. Null (on every rank) when it has one rank, its ranks are not all on one node
+  // (MPI_COMM_TYPE_SHARED), STRATA_MPI_SHM_ALLREDUCE=0 on any of them, or the memory cannot be had or mapped.
   static std::unique_ptr<ShmAllReduce> create(MPI_Comm comm);
   ~ShmAllReduce();
   ShmAllReduce(const ShmAllReduce&) = delete;
@@ -38,7 +39,7 @@ class ShmAllReduce {
   static constexpr std::int64_t kSlotFloats = std::int64_t(1) << 18;  // 1 MiB
 
  private:
-  struct Rank;  // one rank's part of the window: its flags and two slots (see shm_all_reduce.cpp)
+  struct Rank;  // one rank's part of the segment: its flags and two slots (see shm_all_reduce.cpp)
   ShmAllReduce(void* base, int rank, int size);
   Rank& part(int rank) const;
   // Publishes this rank's `reduced` for the sum, then waits for every rank's, calling each(rank, its part) once
