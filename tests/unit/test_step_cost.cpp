@@ -3,16 +3,15 @@
 #include <gtest/gtest.h>
 
 #include "plan/step_cost.h"
+#include "tests/unit/test_support.h"
 
 using namespace strata;
 
 namespace {
+// test::tiny_config's 2 layers of 4 heads over 2 KV heads, narrowed to heads of 8 in a width of 32.
 ModelConfig two_layers_one_sliding() {
-  ModelConfig c;
+  ModelConfig c = test::tiny_config();
   c.hidden_size = 32;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
   c.head_dim = 8;
   c.sliding_window = 3;
   c.sliding_layers = {0, 1};
