@@ -1,8 +1,11 @@
 // cpu::Workers, the CPU backend's team of threads: every item of a loop runs exactly once, on the team's threads;
 // an exception on any thread reaches the caller after every thread has left the loop; helpers that went to sleep
-// wake for the next loop (a lost wake-up would hang the backend: the hand-over tests run under a deadline).
+// wake for the next loop (a lost wake-up would hang the backend: the hand-over tests run under a deadline). And
+// LoopForecast, the order of a step's loops that lets the threads request the next loop's memory between loops.
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -10,6 +13,7 @@
 #include <future>
 #include <mutex>
 #include <set>
+#include <span>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -242,5 +246,112 @@ TEST(Workers, OnOpenMPsTeam) {
                    std::runtime_error);
       EXPECT_EQ(split_counts(workers, 40), std::vector<int>(40, 1)) << "the next loop after a failed one";
     }
+  });
+}
+
+// LoopForecast: a step's keyed loops come in the order of the step before, so the next loop is the one that
+// followed the current one last time, with the reads it was given then.
+namespace {
+using strata::cpu::LoopForecast;
+using Reads = LoopForecast::Reads;
+
+// Fills a loop's reads with values that name it (`tag`) and the thread.
+void tag_reads(std::span<Reads> reads, const char* tag) {
+  for (std::size_t i = 0; i < reads.size(); ++i) reads[i] = {tag + i, 64 * (i + 1)};
+}
+
+bool reads_are(std::span<const Reads> reads, const char* tag, int threads) {
+  if (reads.size() != std::size_t(threads) * LoopForecast::kReadsPerThread) return false;
+  for (std::size_t i = 0; i < reads.size(); ++i)
+    if (reads[i].begin != tag + i || reads[i].bytes != 64 * (i + 1)) return false;
+  return true;
+}
+}  // namespace
+
+TEST(LoopForecast, TheNextLoopIsTheOneThatFollowedLastTime) {
+  static const char a[64] = {}, b[64] = {}, c[64] = {};
+  LoopForecast forecast(2);
+  for (const char* key : {a, b, c}) {  // the first step: nothing known yet
+    tag_reads(forecast.enter(key), key);
+    EXPECT_TRUE(forecast.next().empty());
+  }
+  for (int step = 0; step < 3; ++step) {
+    tag_reads(forecast.enter(a), a);
+    EXPECT_TRUE(reads_are(forecast.next(), b, 2)) << "step " << step;
+    tag_reads(forecast.enter(b), b);
+    EXPECT_TRUE(reads_are(forecast.next(), c, 2));
+    tag_reads(forecast.enter(c), c);
+    EXPECT_TRUE(reads_are(forecast.next(), a, 2)) << "the last loop of a step: the next step's first";
+  }
+}
+
+TEST(LoopForecast, AChangedOrderIsLearned) {
+  static const char a[64] = {}, b[64] = {}, c[64] = {};
+  LoopForecast forecast(3);
+  for (const char* key : {a, b, c, a}) tag_reads(forecast.enter(key), key);
+  EXPECT_TRUE(reads_are(forecast.next(), b, 3));
+  tag_reads(forecast.enter(c), c);  // b left out this time
+  tag_reads(forecast.enter(a), a);
+  EXPECT_TRUE(reads_are(forecast.next(), c, 3));
+}
+
+TEST(LoopForecast, EnteringALoopClearsItsReads) {
+  static const char a[64] = {}, b[64] = {};
+  LoopForecast forecast(2);
+  tag_reads(forecast.enter(a), a);
+  tag_reads(forecast.enter(b), b);
+  for (const Reads& r : forecast.enter(a)) {
+    EXPECT_EQ(r.begin, nullptr);
+    EXPECT_EQ(r.bytes, 0u);
+  }
+}
+
+TEST(LoopForecast, ForgetsTheOrderPastItsLimitInsteadOfGrowing) {
+  std::vector<char> keys(LoopForecast::kMaxLoops + 1);
+  LoopForecast forecast(2);
+  for (std::size_t i = 0; i < LoopForecast::kMaxLoops; ++i) tag_reads(forecast.enter(&keys[i]), &keys[i]);
+  tag_reads(forecast.enter(&keys[0]), &keys[0]);
+  EXPECT_TRUE(reads_are(forecast.next(), &keys[1], 2)) << "all kMaxLoops loops known";
+  tag_reads(forecast.enter(&keys[LoopForecast::kMaxLoops]), &keys[LoopForecast::kMaxLoops]);  // one too many
+  tag_reads(forecast.enter(&keys[0]), &keys[0]);
+  EXPECT_TRUE(forecast.next().empty()) << "what followed key 0 before the limit was forgotten";
+}
+
+TEST(Workers, ForecastsOnlyWhereHelpersRun) {
+  static const char key[64] = {};
+  Workers one(1), openmp(2, Workers::Team::OpenMP), two(2);
+  EXPECT_TRUE(one.forecast(key).empty());
+  EXPECT_TRUE(openmp.forecast(key).empty());
+  EXPECT_EQ(two.forecast(key).size(), 2u * LoopForecast::kReadsPerThread);
+  two.run([&](int) { EXPECT_TRUE(two.forecast(key).empty()) << "inside a loop"; });
+}
+
+// The helpers and the caller request the next keyed loop's reads between loops (a decode step's products): every
+// item still runs once, the memory read is left as it was, and reads of memory that cannot be read (a weight freed
+// since its reads were learned) do not fault.
+TEST(Workers, LoopsRunWhileTheThreadsRequestTheNextLoopsMemory) {
+  within(120s, [] {
+    const std::size_t bytes = std::size_t(4) << 20;
+    std::vector<char> weights(3 * bytes, 7);
+    // Memory no load may read (PROT_NONE; kept mapped so that nothing else is mapped there meanwhile).
+    void* gone = mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(gone, MAP_FAILED);
+    Workers workers(3, Workers::Team::Own, 0us);
+    for (int step = 0; step < 100; ++step)
+      for (int loop = 0; loop < 4; ++loop) {
+        const char* key = loop < 3 ? &weights[std::size_t(loop) * bytes] : static_cast<const char*>(gone);
+        const std::span<Reads> reads = workers.forecast(key);
+        ASSERT_EQ(reads.size(), 3u * LoopForecast::kReadsPerThread);
+        for (int t = 0; t < 3; ++t) reads[std::size_t(t) * LoopForecast::kReadsPerThread] = {key, bytes};
+        // The helpers slower than the caller, who then waits for them (and requests its reads meanwhile); then
+        // a gap, as the ops between two products leave (the helpers' turn).
+        workers.run([](int thread) {
+          if (thread > 0) std::this_thread::sleep_for(20us);
+        });
+        std::this_thread::sleep_for(20us);
+        ASSERT_EQ(split_counts(workers, 47, true), std::vector<int>(47, 1)) << "step " << step << ", loop " << loop;
+      }
+    EXPECT_EQ(std::count(weights.begin(), weights.end(), 7), std::ptrdiff_t(weights.size()));
+    munmap(gone, bytes);
   });
 }

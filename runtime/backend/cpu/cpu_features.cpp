@@ -1,5 +1,7 @@
 #include "runtime/backend/cpu/cpu_features.h"
 
+#include <unistd.h>
+
 namespace strata::cpu {
 
 bool has_avx2_fma() {
@@ -33,6 +35,14 @@ bool has_avx512_bf16() {
 #else
   return false;
 #endif
+}
+
+std::int64_t l2_bytes() {
+  static const std::int64_t bytes = [] {
+    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return reported > 0 ? std::int64_t(reported) : std::int64_t(1) << 20;
+  }();
+  return bytes;
 }
 
 }  // namespace strata::cpu

@@ -321,15 +321,6 @@ __attribute__((target(STRATA_AVX512BF16))) void tile_bf16_interleaved(const std:
     for (int t = 0; t < Tokens; ++t) _mm512_storeu_ps(y + t * out + 16 * g, acc[g][t]);
 }
 
-// Bytes of this core's L2 (sysconf; 1 MiB where it does not say).
-std::int64_t l2_bytes() {
-  static const std::int64_t bytes = [] {
-    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return reported > 0 ? std::int64_t(reported) : std::int64_t(1) << 20;
-  }();
-  return bytes;
-}
-
 // Groups [first, last) of an interleaved matrix (its first group at w), kGroupTile groups at a time (96 KiB of
 // 768-wide rows: they stay in L2 from the first token tile's pass to the last), the last few together.
 //   The first pass of a tile waits on memory, the later ones compute from L2 while the memory bus idles: they
@@ -546,6 +537,13 @@ void bf16_dot_products(Workers& workers, Fill&& fill, std::int64_t tokens, std::
     if (last > grouped) rows_bf16_dots(xt, ldx, w + groups * 16 * in, y, n, groups * 16, p.out, p.out, in);
   };
   const TokenPasses passes(tokens);
+  if (passes.count() == 1) {  // a decode step's (Workers::forecast); the items' rows lie one after another
+    const std::size_t row_bytes = std::size_t(in) * sizeof(std::uint16_t);
+    forecast_balanced(workers, items, products, [&](const Product& p) {
+      const std::size_t item_rows = p.layout == Layout::Interleaved16 ? std::size_t(per_item) * 16 : kBlock;
+      return std::pair(item_rows * row_bytes, std::size_t(p.out) * row_bytes);
+    });
+  }
   workers.balance(passes.count() * items.size(), [&](std::int64_t first, std::int64_t last) {
     passes.for_each(
         items.size(), first, last, [&](std::int64_t t0, std::int64_t n, std::int64_t from, std::int64_t to) {

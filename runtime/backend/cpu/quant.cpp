@@ -452,6 +452,12 @@ void run(cpu::Workers& workers, const std::string& kernel, const Activations& x,
   const cpu::ProductItems items(products, [](const Product& p) { return (p.out + kGroup - 1) / kGroup; });
   const int which = kernel == "avx512vnni" ? 2 : kernel == "avx2" ? 1 : 0;
   const cpu::TokenPasses passes(tokens);
+  if (passes.count() == 1) {  // a decode step's (Workers::forecast); a group is 16 rows, one after another
+    const std::size_t row_bytes = std::size_t(blocks) * sizeof(Block);
+    cpu::forecast_balanced(workers, items, products, [&](const Product& p) {
+      return std::pair(kGroup * row_bytes, std::size_t(p.out) * row_bytes);
+    });
+  }
   workers.balance(passes.count() * items.size(), [&](std::int64_t first, std::int64_t last) {
     passes.for_each(items.size(), first, last,
                     [&](std::int64_t t0, std::int64_t n, std::int64_t from, std::int64_t to) {

@@ -9,6 +9,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "runtime/backend/cpu/cpu_features.h"
+#include "runtime/backend/cpu/workers.h"
+
 namespace strata::cpu {
 
 // Tokens per pass of a product's rows (kernels.cpp, quant.cpp): a product of more tokens (a prefill step) goes over
@@ -60,6 +63,34 @@ class ProductItems {
   std::int64_t inline_[kInline + 1];
   std::vector<std::int64_t> heap_;
 };
+
+// Workers::forecast for a loop of products under Workers::balance over `items` (a decode step's: one token pass):
+// what thread t reads first is its own part of the items, from its first, up to 3/4 of an L2 (the first bytes of
+// a larger part; a quarter left for the activations and whatever else the core keeps there; with 1 MiB of L2, 256
+// KiB a thread measured level with none at q4_0 batch 1, 768 KiB ahead). item_bytes(p) gives product p's bytes per
+// item and in all, its items lying one after another from p.w.
+template <typename Product, typename ItemBytes>
+void forecast_balanced(Workers& workers, const ProductItems& items, std::span<const Product> products,
+                       ItemBytes item_bytes) {
+  const std::span<LoopForecast::Reads> reads = workers.forecast(products[0].w);
+  if (reads.empty()) return;
+  const std::int64_t own = items.size() * 3 / 4 / workers.size();  // as Workers::balance
+  const std::size_t cap = std::size_t(l2_bytes()) / 4 * 3;
+  for (int t = 0; t < workers.size(); ++t) {
+    LoopForecast::Reads* mine = reads.data() + t * LoopForecast::kReadsPerThread;
+    std::size_t left = cap;
+    int used = 0;
+    items.for_each(t * own, (t + 1) * own, [&](std::size_t p, std::int64_t a, std::int64_t b) {
+      if (left == 0 || used == LoopForecast::kReadsPerThread) return;
+      const auto [per_item, total] = item_bytes(products[p]);
+      const std::size_t begin = std::size_t(a) * per_item, end = std::min(total, std::size_t(b) * per_item);
+      if (end <= begin) return;
+      const std::size_t bytes = std::min(left, end - begin);
+      mine[used++] = {static_cast<const char*>(products[p].w) + begin, bytes};
+      left -= bytes;
+    });
+  }
+}
 
 // A prefill's tokens in passes of at most kTokenPass, all of about the same size (128 tokens: two of 64; 96 and 32
 // left the second pass's items a third of the first's, and one loop over both passes unbalanced).

@@ -23,7 +23,10 @@ void pause() {
 }  // namespace
 
 Workers::Workers(int threads, Team team, std::chrono::microseconds spin)
-    : size_(threads > 0 ? threads : std::max(1, int(std::thread::hardware_concurrency()))), team_(team), spin_(spin) {
+    : size_(threads > 0 ? threads : std::max(1, int(std::thread::hardware_concurrency()))),
+      team_(team),
+      spin_(spin),
+      forecast_(size_) {
   if (team_ == Team::OpenMP) return;
   helpers_.reserve(std::size_t(size_ - 1));
   for (int t = 1; t < size_; ++t) helpers_.emplace_back([this, t] { helper(t); });
@@ -57,6 +60,7 @@ void Workers::run_erased(void* body, Call call) {
     keep_first_error(std::current_exception());
   }
   inside_loop = false;
+  request_into_cache(next_reads(0), [&] { return pending_.load(std::memory_order_acquire) == 0; });
   wait_for_helpers();  // even after an exception: the helpers still use the body
   if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
 }
@@ -100,8 +104,27 @@ void Workers::helper(int thread) {
     } catch (...) {
       keep_first_error(std::current_exception());
     }
+    // Copied before this helper counts itself done: then the caller may learn the next loop's.
+    LoopForecast::Reads reads[LoopForecast::kReadsPerThread];
+    const std::span<const LoopForecast::Reads> next = next_reads(thread);
+    std::copy(next.begin(), next.end(), reads);
     pending_.fetch_sub(1, std::memory_order_acq_rel);
+    request_into_cache(std::span(reads, next.size()),
+                       [&] { return generation_.load(std::memory_order_relaxed) != seen; });
   }
+}
+
+std::span<LoopForecast::Reads> Workers::forecast(const void* key) {
+  if (size_ == 1 || team_ == Team::OpenMP || inside_loop) return {};
+  const std::span<LoopForecast::Reads> reads = forecast_.enter(key);
+  const std::span<const LoopForecast::Reads> next = forecast_.next();
+  next_reads_ = next.empty() ? nullptr : next.data();
+  return reads;
+}
+
+std::span<const LoopForecast::Reads> Workers::next_reads(int thread) const {
+  if (!next_reads_) return {};
+  return {next_reads_ + thread * LoopForecast::kReadsPerThread, LoopForecast::kReadsPerThread};
 }
 
 std::uint32_t Workers::next_generation(std::uint32_t seen) {

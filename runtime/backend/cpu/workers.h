@@ -17,10 +17,13 @@
 #include <cstdint>
 #include <exception>
 #include <mutex>
+#include <span>
 #include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include "runtime/backend/cpu/loop_forecast.h"
 
 namespace strata::cpu {
 
@@ -87,6 +90,14 @@ class Workers {
   }
   static constexpr std::int64_t kChunksPerThread = 4;
 
+  // For loops that run in the same order every step (a decode step's products; `key`, their first weight, names
+  // them): call just before the loop. Returns where the caller writes what each thread will read first in it
+  // (LoopForecast::enter), or an empty span where no thread would use it (one thread, OpenMP's team, inside a loop).
+  // From this loop on, until the next keyed one, each helper that has finished its part of a loop requests into its
+  // cache what it read first in the keyed loop that followed this one last time, until the next loop starts; the
+  // caller requests its own while it waits for the helpers at a loop's end.
+  std::span<LoopForecast::Reads> forecast(const void* key);
+
   // body(thread, item) for every item < n, handed out `chunk` items at a time to whichever thread asks first
   // (schedule(dynamic, chunk)): for loops whose items differ in cost, like attention over sequences of different
   // lengths.
@@ -108,6 +119,7 @@ class Workers {
   std::uint32_t next_generation(std::uint32_t seen);
   void wait_for_helpers();
   void keep_first_error(std::exception_ptr error);
+  std::span<const LoopForecast::Reads> next_reads(int thread) const;
 
   int size_;
   Team team_;
@@ -120,6 +132,10 @@ class Workers {
   void* body_ = nullptr;                                  // the current loop, published by generation_
   Call call_ = nullptr;
   bool stopping_ = false;
+  LoopForecast forecast_;
+  // The next keyed loop's first reads (forecast_.next()), thread t's from t * kReadsPerThread, or null: set by the
+  // caller between loops, read by the helpers during one.
+  const LoopForecast::Reads* next_reads_ = nullptr;
   std::mutex error_mutex_;
   std::exception_ptr error_;
 };
