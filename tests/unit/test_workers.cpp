@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <future>
+#include <map>
 #include <mutex>
 #include <set>
 #include <span>
@@ -18,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include "runtime/backend/cpu/cpu_features.h"
+#include "runtime/backend/cpu/tiles.h"
 #include "runtime/backend/cpu/workers.h"
 
 using strata::cpu::Workers;
@@ -353,5 +356,131 @@ TEST(Workers, LoopsRunWhileTheThreadsRequestTheNextLoopsMemory) {
       }
     EXPECT_EQ(std::count(weights.begin(), weights.end(), 7), std::ptrdiff_t(weights.size()));
     munmap(gone, bytes);
+  });
+}
+
+// forecast_balanced (tiles.h) gives each thread, as what it reads first, the bytes of the items Workers::balance then
+// hands it first (its own part), split where the products change, and no more than 3/4 of an L2.
+namespace {
+struct FakeProduct {
+  const char* w;
+  std::int64_t out;  // rows of 64 bytes, 16 to an item
+};
+std::pair<std::size_t, std::size_t> fake_item_bytes(const FakeProduct& p, std::int64_t i) {
+  return {std::size_t(i) * 16 * 64, std::size_t(std::min(p.out, (i + 1) * 16)) * 64};
+}
+}  // namespace
+
+TEST(Workers, ForecastOfABalancedLoopIsEachThreadsOwnPart) {
+  within(60s, [] {
+    static const char weights[1 << 16] = {};
+    for (int threads : {2, 3}) {
+      // 3 + 2 + 6 items (the first product's last one short): 3 threads own 2 items each, 2 threads 4.
+      const std::vector<FakeProduct> products = {{weights, 40}, {weights + 10000, 32}, {weights + 30000, 90}};
+      const strata::cpu::ProductItems items(std::span<const FakeProduct>(products),
+                                            [](const FakeProduct& p) { return (p.out + 15) / 16; });
+      Workers workers(threads);
+      const std::span<const Reads> reads =
+          strata::cpu::forecast_balanced(workers, items, std::span<const FakeProduct>(products), fake_item_bytes);
+      ASSERT_EQ(reads.size(), std::size_t(threads) * LoopForecast::kReadsPerThread);
+      std::vector<std::thread::id> ids(static_cast<std::size_t>(threads));
+      workers.run([&](int t) { ids[std::size_t(t)] = std::this_thread::get_id(); });
+      std::map<std::thread::id, std::pair<std::int64_t, std::int64_t>> first;
+      std::mutex m;
+      workers.balance(items.size(), [&](std::int64_t a, std::int64_t b) {
+        std::lock_guard<std::mutex> lock(m);
+        first.emplace(std::this_thread::get_id(), std::pair(a, b));
+      });
+      for (int t = 0; t < threads; ++t) {
+        const auto [a, b] = first.at(ids[std::size_t(t)]);
+        std::vector<Reads> expected;
+        items.for_each(a, b, [&](std::size_t p, std::int64_t x, std::int64_t y) {
+          const std::size_t begin = fake_item_bytes(products[p], x).first;
+          expected.push_back({products[p].w + begin, fake_item_bytes(products[p], y - 1).second - begin});
+        });
+        expected.resize(LoopForecast::kReadsPerThread);
+        for (std::size_t i = 0; i < expected.size(); ++i) {
+          const Reads got = reads[std::size_t(t) * LoopForecast::kReadsPerThread + i];
+          EXPECT_EQ(got.begin, expected[i].begin) << threads << " threads, thread " << t << ", read " << i;
+          EXPECT_EQ(got.bytes, expected[i].bytes) << threads << " threads, thread " << t << ", read " << i;
+        }
+      }
+    }
+  });
+}
+
+TEST(Workers, ForecastOfALargePartStopsAtThreeQuartersOfAnL2) {
+  // One product of 64 items of 16 rows of 64 KiB (1 MiB an item), in address space reserved for it (never read).
+  const std::size_t size = std::size_t(64) << 20;
+  void* reserved = mmap(nullptr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(reserved, MAP_FAILED);
+  const char* base = static_cast<const char*>(reserved);
+  const std::vector<FakeProduct> products = {{base, 64 * 16}};
+  const auto big_item = [](const FakeProduct& p, std::int64_t i) {
+    return std::pair(std::size_t(i) << 20, std::size_t(std::min(p.out, (i + 1) * 16)) << 16);
+  };
+  const strata::cpu::ProductItems items(std::span<const FakeProduct>(products),
+                                        [](const FakeProduct& p) { return (p.out + 15) / 16; });
+  Workers workers(2);
+  const std::span<const Reads> reads =
+      strata::cpu::forecast_balanced(workers, items, std::span<const FakeProduct>(products), big_item);
+  ASSERT_EQ(reads.size(), 2u * LoopForecast::kReadsPerThread);
+  const std::size_t cap = std::size_t(strata::cpu::l2_bytes()) / 4 * 3;
+  EXPECT_EQ(reads[0].begin, base);
+  EXPECT_EQ(reads[0].bytes, cap);
+  EXPECT_EQ(reads[LoopForecast::kReadsPerThread].begin, base + (std::size_t(64 * 3 / 4 / 2) << 20));
+  EXPECT_EQ(reads[LoopForecast::kReadsPerThread].bytes, cap);
+  for (int t = 0; t < 2; ++t)
+    for (int i = 1; i < LoopForecast::kReadsPerThread; ++i)
+      EXPECT_EQ(reads[std::size_t(t * LoopForecast::kReadsPerThread + i)].bytes, 0u);
+  munmap(reserved, size);
+}
+
+// Each thread requests its own share of the next keyed loop's reads, once per forecast however many unkeyed loops
+// follow, and nothing after forget_forecast until the next keyed loop.
+TEST(Workers, EachThreadRequestsItsOwnShareOncePerForecast) {
+  within(120s, [] {
+    constexpr int kThreads = 3, kRounds = 40;
+    std::vector<char> memory(std::size_t(1) << 20, 1);
+    const auto share = [](int t) { return std::size_t(t + 1) * 4096; };  // every thread's its own size
+    Workers workers(kThreads, Workers::Team::Own, 0us);
+    const auto keyed_loop = [&](std::size_t offset) {
+      const std::span<Reads> reads = workers.forecast(&memory[offset]);
+      ASSERT_EQ(reads.size(), std::size_t(kThreads) * LoopForecast::kReadsPerThread);
+      for (int t = 0; t < kThreads; ++t)
+        reads[std::size_t(t) * LoopForecast::kReadsPerThread] = {&memory[offset + std::size_t(t) * 65536], share(t)};
+      // The helpers slower than the caller, who then has time to request its share while it waits.
+      workers.run([](int thread) {
+        if (thread > 0) std::this_thread::sleep_for(2ms);
+      });
+      for (int i = 0; i < 3; ++i) {  // unkeyed loops, with gaps for the helpers' requests
+        std::this_thread::sleep_for(2ms);
+        ASSERT_EQ(split_counts(workers, 5), std::vector<int>(5, 1));
+      }
+    };
+    for (int round = 0; round < kRounds; ++round) {
+      keyed_loop(0);
+      keyed_loop(std::size_t(1) << 19);
+    }
+    std::vector<std::uint64_t> before(kThreads);
+    for (int t = 0; t < kThreads; ++t) {
+      const std::uint64_t bytes = workers.requested_bytes(t);
+      before[std::size_t(t)] = bytes;
+      EXPECT_EQ(bytes % share(t), 0u) << "thread " << t << " requested another thread's share";
+      EXPECT_GT(bytes, 0u) << "thread " << t << " requested nothing";
+      // At most once per forecast whose follower was known (all but the first two), not after every loop.
+      EXPECT_LE(bytes, share(t) * (2 * kRounds - 1)) << "thread " << t;
+    }
+    // A forecast (the next loop's reads known) then forgotten, as a prefill's loops do.
+    ASSERT_FALSE(workers.forecast(&memory[0]).empty());
+    workers.forget_forecast();
+    for (int i = 0; i < 20; ++i) {
+      std::this_thread::sleep_for(1ms);
+      workers.run([](int thread) {
+        if (thread > 0) std::this_thread::sleep_for(1ms);
+      });
+    }
+    for (int t = 0; t < kThreads; ++t)
+      EXPECT_EQ(workers.requested_bytes(t), before[std::size_t(t)]) << "thread " << t << " after forget_forecast";
   });
 }

@@ -537,12 +537,19 @@ void bf16_dot_products(Workers& workers, Fill&& fill, std::int64_t tokens, std::
     if (last > grouped) rows_bf16_dots(xt, ldx, w + groups * 16 * in, y, n, groups * 16, p.out, p.out, in);
   };
   const TokenPasses passes(tokens);
-  if (passes.count() == 1) {  // a decode step's (Workers::forecast); the items' rows lie one after another
+  if (passes.count() == 1) {  // in the step's order (Workers::forecast): the rows of product_items' items
     const std::size_t row_bytes = std::size_t(in) * sizeof(std::uint16_t);
-    forecast_balanced(workers, items, products, [&](const Product& p) {
-      const std::size_t item_rows = p.layout == Layout::Interleaved16 ? std::size_t(per_item) * 16 : kBlock;
-      return std::pair(item_rows * row_bytes, std::size_t(p.out) * row_bytes);
+    forecast_balanced(workers, items, products, [&](const Product& p, std::int64_t i) {
+      std::int64_t first = i * kBlock, last = std::min(p.out, first + kBlock);
+      if (p.layout == Layout::Interleaved16) {
+        const std::int64_t groups = p.out / 16;
+        first = i < group_items(p) ? i * per_item * 16 : groups * 16;
+        last = i < group_items(p) ? std::min(groups, (i + 1) * per_item) * 16 : p.out;
+      }
+      return std::pair(std::size_t(first) * row_bytes, std::size_t(last) * row_bytes);
     });
+  } else {
+    workers.forget_forecast();
   }
   workers.balance(passes.count() * items.size(), [&](std::int64_t first, std::int64_t last) {
     passes.for_each(

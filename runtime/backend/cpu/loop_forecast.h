@@ -39,6 +39,10 @@ class LoopForecast {
   // The first reads of the loop that followed the current keyed loop last time (as enter gave them), or none.
   std::span<const Reads> next() const;
 
+  // Loops that are not in the order (a prefill's) ran since the current keyed loop: the next keyed loop follows
+  // none, and next() is empty until then.
+  void interrupt() { current_ = kNone; }
+
  private:
   struct Loop {
     const void* key = nullptr;
@@ -54,16 +58,18 @@ class LoopForecast {
 };
 
 // Requests `reads` into this core's L2 (prefetch instructions: they never fault, so reads of memory freed since they
-// were learned are harmless), a line at a time, looking at stop() every 16 lines and returning once it is true.
+// were learned are harmless), a line at a time, looking at stop() every 16 lines. Returns whether it requested them
+// all (false: stop() said stop first).
 template <typename Stop>
-void request_into_cache(std::span<const LoopForecast::Reads> reads, Stop&& stop) {
+bool request_into_cache(std::span<const LoopForecast::Reads> reads, Stop&& stop) {
   constexpr std::size_t kLine = 64, kBetweenLooks = 16 * kLine;
   for (const LoopForecast::Reads& r : reads)
     for (std::size_t at = 0; at < r.bytes; at += kBetweenLooks) {
-      if (stop()) return;
+      if (stop()) return false;
       const std::size_t end = at + kBetweenLooks < r.bytes ? at + kBetweenLooks : r.bytes;
       for (std::size_t line = at; line < end; line += kLine) __builtin_prefetch(r.begin + line, 0, 2);
     }
+  return true;
 }
 
 }  // namespace strata::cpu

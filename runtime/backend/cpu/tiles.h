@@ -64,16 +64,18 @@ class ProductItems {
   std::vector<std::int64_t> heap_;
 };
 
-// Workers::forecast for a loop of products under Workers::balance over `items` (a decode step's: one token pass):
-// what thread t reads first is its own part of the items, from its first, up to 3/4 of an L2 (the first bytes of
-// a larger part; a quarter left for the activations and whatever else the core keeps there; with 1 MiB of L2, 256
-// KiB a thread measured level with none at q4_0 batch 1, 768 KiB ahead). item_bytes(p) gives product p's bytes per
-// item and in all, its items lying one after another from p.w.
+// Workers::forecast for a loop of products under Workers::balance over `items` in one token pass: what thread t
+// reads first is its own part of the items, from its first, up to 3/4 of an L2 (the first bytes of a larger part;
+// a quarter left for the activations and whatever else the core keeps there; with 1 MiB of L2, 256 KiB a thread
+// measured level with none at q4_0 batch 1, 768 KiB ahead). item_bytes(p, i) gives the bytes [begin, end) from p.w
+// of product p's item i; a product's items lie one after another. Returns what it wrote (empty where the team
+// forecasts nothing).
 template <typename Product, typename ItemBytes>
-void forecast_balanced(Workers& workers, const ProductItems& items, std::span<const Product> products,
-                       ItemBytes item_bytes) {
+std::span<const LoopForecast::Reads> forecast_balanced(Workers& workers, const ProductItems& items,
+                                                       std::span<const Product> products, ItemBytes item_bytes) {
+  if (products.empty()) return {};
   const std::span<LoopForecast::Reads> reads = workers.forecast(products[0].w);
-  if (reads.empty()) return;
+  if (reads.empty()) return {};
   const std::int64_t own = items.size() * 3 / 4 / workers.size();  // as Workers::balance
   const std::size_t cap = std::size_t(l2_bytes()) / 4 * 3;
   for (int t = 0; t < workers.size(); ++t) {
@@ -82,14 +84,13 @@ void forecast_balanced(Workers& workers, const ProductItems& items, std::span<co
     int used = 0;
     items.for_each(t * own, (t + 1) * own, [&](std::size_t p, std::int64_t a, std::int64_t b) {
       if (left == 0 || used == LoopForecast::kReadsPerThread) return;
-      const auto [per_item, total] = item_bytes(products[p]);
-      const std::size_t begin = std::size_t(a) * per_item, end = std::min(total, std::size_t(b) * per_item);
-      if (end <= begin) return;
+      const std::size_t begin = item_bytes(products[p], a).first, end = item_bytes(products[p], b - 1).second;
       const std::size_t bytes = std::min(left, end - begin);
       mine[used++] = {static_cast<const char*>(products[p].w) + begin, bytes};
       left -= bytes;
     });
   }
+  return reads;
 }
 
 // A prefill's tokens in passes of at most kTokenPass, all of about the same size (128 tokens: two of 64; 96 and 32

@@ -27,6 +27,7 @@ Workers::Workers(int threads, Team team, std::chrono::microseconds spin)
       team_(team),
       spin_(spin),
       forecast_(size_) {
+  for (int t = 0; t < size_; ++t) requested_.push_back(std::make_unique<std::atomic<std::uint64_t>>(0));
   if (team_ == Team::OpenMP) return;
   helpers_.reserve(std::size_t(size_ - 1));
   for (int t = 1; t < size_; ++t) helpers_.emplace_back([this, t] { helper(t); });
@@ -60,7 +61,11 @@ void Workers::run_erased(void* body, Call call) {
     keep_first_error(std::current_exception());
   }
   inside_loop = false;
-  request_into_cache(next_reads(0), [&] { return pending_.load(std::memory_order_acquire) == 0; });
+  if (caller_finished_ != forecasts_ &&
+      request_into_cache(next_reads(0), [&] { return pending_.load(std::memory_order_acquire) == 0; })) {
+    caller_finished_ = forecasts_;
+    count_requested(0, next_reads(0));
+  }
   wait_for_helpers();  // even after an exception: the helpers still use the body
   if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
 }
@@ -96,6 +101,7 @@ void Workers::wait_for_helpers() {
 
 void Workers::helper(int thread) {
   inside_loop = true;
+  std::uint64_t finished = 0;  // the last forecast whose reads this helper requested in full
   for (std::uint32_t seen = 0;;) {
     seen = next_generation(seen);
     if (stopping_) return;
@@ -106,20 +112,40 @@ void Workers::helper(int thread) {
     }
     // Copied before this helper counts itself done: then the caller may learn the next loop's.
     LoopForecast::Reads reads[LoopForecast::kReadsPerThread];
-    const std::span<const LoopForecast::Reads> next = next_reads(thread);
+    const std::uint64_t forecast = forecasts_;
+    const std::span<const LoopForecast::Reads> next =
+        finished == forecast ? std::span<const LoopForecast::Reads>{} : next_reads(thread);
     std::copy(next.begin(), next.end(), reads);
     pending_.fetch_sub(1, std::memory_order_acq_rel);
-    request_into_cache(std::span(reads, next.size()),
-                       [&] { return generation_.load(std::memory_order_relaxed) != seen; });
+    const std::span<const LoopForecast::Reads> mine(reads, next.size());
+    if (!mine.empty() &&
+        request_into_cache(mine, [&] { return generation_.load(std::memory_order_relaxed) != seen; })) {
+      finished = forecast;
+      count_requested(thread, mine);
+    }
   }
+}
+
+void Workers::count_requested(int thread, std::span<const LoopForecast::Reads> reads) {
+  std::uint64_t bytes = 0;
+  for (const LoopForecast::Reads& r : reads) bytes += r.bytes;
+  requested_[std::size_t(thread)]->fetch_add(bytes, std::memory_order_relaxed);
 }
 
 std::span<LoopForecast::Reads> Workers::forecast(const void* key) {
   if (size_ == 1 || team_ == Team::OpenMP || inside_loop) return {};
+  next_reads_ = nullptr;  // enter may move or free the storage (and throw)
   const std::span<LoopForecast::Reads> reads = forecast_.enter(key);
   const std::span<const LoopForecast::Reads> next = forecast_.next();
   next_reads_ = next.empty() ? nullptr : next.data();
+  ++forecasts_;
   return reads;
+}
+
+void Workers::forget_forecast() {
+  if (inside_loop) return;  // the helpers may be reading next_reads_; a nested loop is the outer loop's business
+  next_reads_ = nullptr;
+  forecast_.interrupt();
 }
 
 std::span<const LoopForecast::Reads> Workers::next_reads(int thread) const {

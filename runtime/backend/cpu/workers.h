@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <span>
 #include <thread>
@@ -90,13 +91,19 @@ class Workers {
   }
   static constexpr std::int64_t kChunksPerThread = 4;
 
-  // For loops that run in the same order every step (a decode step's products; `key`, their first weight, names
-  // them): call just before the loop. Returns where the caller writes what each thread will read first in it
-  // (LoopForecast::enter), or an empty span where no thread would use it (one thread, OpenMP's team, inside a loop).
-  // From this loop on, until the next keyed one, each helper that has finished its part of a loop requests into its
-  // cache what it read first in the keyed loop that followed this one last time, until the next loop starts; the
-  // caller requests its own while it waits for the helpers at a loop's end.
+  // For loops that run in the same order every step (products of one token pass: a decode step's, a short prefill
+  // chunk's; `key`, their first weight, names them): call just before the loop. Returns where the caller writes
+  // what each thread will read first in it (LoopForecast::enter), or an empty span where no thread would use it (one
+  // thread, OpenMP's team, inside a loop). After this loop and the unkeyed ones up to the next keyed loop (the ops
+  // between products, attention), each helper that has finished its part requests into its cache, until the next
+  // loop starts, its share of what the caller wrote for the keyed loop that followed this one last time; the caller
+  // requests its own while it waits for the helpers at a loop's end. Each thread requests a forecast's reads once.
   std::span<LoopForecast::Reads> forecast(const void* key);
+  // Before loops that are not in the step's order (a prefill's passes, whose tiles the requests would push out of
+  // L2): nothing is requested until the next keyed loop, which then follows none.
+  void forget_forecast();
+  // Bytes thread t has requested in forecasts it finished requesting before the next loop started (for tests).
+  std::uint64_t requested_bytes(int thread) const { return requested_[std::size_t(thread)]->load(); }
 
   // body(thread, item) for every item < n, handed out `chunk` items at a time to whichever thread asks first
   // (schedule(dynamic, chunk)): for loops whose items differ in cost, like attention over sequences of different
@@ -120,6 +127,7 @@ class Workers {
   void wait_for_helpers();
   void keep_first_error(std::exception_ptr error);
   std::span<const LoopForecast::Reads> next_reads(int thread) const;
+  void count_requested(int thread, std::span<const LoopForecast::Reads> reads);
 
   int size_;
   Team team_;
@@ -133,9 +141,12 @@ class Workers {
   Call call_ = nullptr;
   bool stopping_ = false;
   LoopForecast forecast_;
-  // The next keyed loop's first reads (forecast_.next()), thread t's from t * kReadsPerThread, or null: set by the
-  // caller between loops, read by the helpers during one.
+  // The next keyed loop's first reads (forecast_.next()), thread t's from t * kReadsPerThread, or null, and the
+  // number of the forecast() that set them: set by the caller between loops, read by the helpers during one.
   const LoopForecast::Reads* next_reads_ = nullptr;
+  std::uint64_t forecasts_ = 0;
+  std::uint64_t caller_finished_ = 0;  // the last forecast whose reads the caller requested in full
+  std::vector<std::unique_ptr<std::atomic<std::uint64_t>>> requested_;  // requested_bytes, per thread
   std::mutex error_mutex_;
   std::exception_ptr error_;
 };
