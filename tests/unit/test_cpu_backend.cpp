@@ -4,12 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
+#include <thread>
 #include <utility>
 
 #include "runtime/backend/backend.h"
@@ -1323,4 +1325,38 @@ TEST(CpuBackend, SampleCandidatesAreTheBestByModeWithTheShardOffset) {
     if (s > best) best = s, best_id = 100 + i;
   }
   EXPECT_EQ(out[4].id, best_id);
+}
+
+// Products of one token pass (a decode step's) key their loops for Workers::forecast, so a helper requests its share
+// of the next loop's weights between loops; a prefill's products, in several passes, are not keyed: nothing is
+// requested between them (their tiles stay in L2). The row kernels' path and the quantized one.
+TEST(CpuKernels, DecodeProductsForecastTheNextLoopAndAPrefillsDoNot) {
+  using namespace std::chrono_literals;
+  const std::int64_t in = 64, out = 48;
+  std::vector<float> w(std::size_t(2 * out * in), 0.25f), x(std::size_t(100 * in), 0.5f), y(std::size_t(100 * out));
+  std::vector<std::uint16_t> bf16(w.size());
+  convert_from_f32(DType::BF16, w.data(), bf16.data(), bf16.size());
+  const std::size_t q8_row = quant::row_bytes(quant::Format::Q8_0, in);
+  std::vector<std::uint8_t> q8(2 * std::size_t(out) * q8_row);
+  for (std::int64_t r = 0; r < 2 * out; ++r)
+    quant::quantize_row(quant::Format::Q8_0, w.data() + r * in, q8.data() + std::size_t(r) * q8_row, in);
+  const auto product = [&](bool quantized, int which, std::int64_t tokens, cpu::Workers& team) {
+    if (quantized)
+      quant::row_dot_products_with(team, "scalar", x.data(), q8.data() + std::size_t(which * out) * q8_row,
+                                   quant::Format::Q8_0, y.data(), tokens, out, in);
+    else
+      cpu::row_dot_products_with(team, "scalar", x.data(), bf16.data() + which * out * in, DType::BF16, y.data(),
+                                 tokens, out, in, Layout::Rows);
+    std::this_thread::sleep_for(1ms);  // the ops between two products: the helper's time to request
+  };
+  for (bool quantized : {false, true}) {
+    cpu::Workers team(2, cpu::Workers::Team::Own, 0us);
+    for (int step = 0; step < 20; ++step)
+      for (int which : {0, 1}) product(quantized, which, 1, team);
+    const std::uint64_t decoded = team.requested_bytes(1);
+    EXPECT_GT(decoded, 0u) << (quantized ? "q8_0" : "bf16") << ": the helper requested nothing between decode loops";
+    for (int step = 0; step < 20; ++step)
+      for (int which : {0, 1}) product(quantized, which, 100, team);  // 100 tokens: two passes
+    EXPECT_EQ(team.requested_bytes(1), decoded) << (quantized ? "q8_0" : "bf16") << ": requests between a prefill's";
+  }
 }

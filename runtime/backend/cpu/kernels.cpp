@@ -548,8 +548,6 @@ void bf16_dot_products(Workers& workers, Fill&& fill, std::int64_t tokens, std::
       }
       return std::pair(std::size_t(first) * row_bytes, std::size_t(last) * row_bytes);
     });
-  } else {
-    workers.forget_forecast();
   }
   workers.balance(passes.count() * items.size(), [&](std::int64_t first, std::int64_t last) {
     passes.for_each(
@@ -583,6 +581,18 @@ void rows_of(Kernel kernel, const float* x, const void* w, DType w_dtype, float*
         (end - begin) * in);
   rows_dispatch(kernel, x, static_cast<const float*>(scratch.data()), y, tokens, begin, end, out, in);
 }
+
+// The products' rows in items of kBlock rows over the threads, for up to kTokenPass tokens.
+void row_kernel_products(Workers& workers, Kernel kernel, const float* x, DType w_dtype, std::int64_t tokens,
+                         std::int64_t in, std::span<const Product> products, const ProductItems& blocks) {
+  workers.balance(blocks.size(), [&](std::int64_t first, std::int64_t last) {
+    blocks.for_each(first, last, [&](std::size_t index, std::int64_t from, std::int64_t to) {
+      const Product& p = products[index];
+      for (std::int64_t b = from; b < to; ++b)
+        rows_of(kernel, x, p.w, w_dtype, p.y, tokens, b * kBlock, std::min(p.out, (b + 1) * kBlock), p.out, in);
+    });
+  });
+}
 }  // namespace
 
 void row_dot_products_many(Workers& workers, const std::string& name, const float* x, DType w_dtype,
@@ -599,19 +609,18 @@ void row_dot_products_many(Workers& workers, const std::string& name, const floa
     return bf16_dot_products(workers, round, tokens, in, products);
   }
 #endif
+  const ProductItems blocks(products, [](const Product& p) { return (p.out + kBlock - 1) / kBlock; });
   if (tokens > kTokenPass) {  // a prefill: in passes (tiles.h); each output's arithmetic is the same
     return in_token_passes(tokens, products, [&](std::int64_t t0, std::int64_t n, std::span<const Product> part) {
-      row_dot_products_many(workers, name, x + t0 * in, w_dtype, n, in, part);
+      row_kernel_products(workers, kernel, x + t0 * in, w_dtype, n, in, part, blocks);
     });
   }
-  const ProductItems blocks(products, [](const Product& p) { return (p.out + kBlock - 1) / kBlock; });
-  workers.balance(blocks.size(), [&](std::int64_t first, std::int64_t last) {
-    blocks.for_each(first, last, [&](std::size_t index, std::int64_t from, std::int64_t to) {
-      const Product& p = products[index];
-      for (std::int64_t b = from; b < to; ++b)
-        rows_of(kernel, x, p.w, w_dtype, p.y, tokens, b * kBlock, std::min(p.out, (b + 1) * kBlock), p.out, in);
-    });
+  // In the step's order (Workers::forecast): item i is rows kBlock i .. kBlock (i + 1) - 1, in the row layout.
+  const std::size_t row_bytes = std::size_t(in) * dtype_size(w_dtype);
+  forecast_balanced(workers, blocks, products, [&](const Product& p, std::int64_t i) {
+    return std::pair(std::size_t(i * kBlock) * row_bytes, std::size_t(std::min(p.out, (i + 1) * kBlock)) * row_bytes);
   });
+  row_kernel_products(workers, kernel, x, w_dtype, tokens, in, products, blocks);
 }
 
 bool made_rows_dot_products(Workers& workers, const std::string& name, const RowMaker& make, DType w_dtype,

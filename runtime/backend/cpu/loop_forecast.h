@@ -39,10 +39,6 @@ class LoopForecast {
   // The first reads of the loop that followed the current keyed loop last time (as enter gave them), or none.
   std::span<const Reads> next() const;
 
-  // Loops that are not in the order (a prefill's) ran since the current keyed loop: the next keyed loop follows
-  // none, and next() is empty until then.
-  void interrupt() { current_ = kNone; }
-
  private:
   struct Loop {
     const void* key = nullptr;

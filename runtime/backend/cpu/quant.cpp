@@ -457,8 +457,6 @@ void run(cpu::Workers& workers, const std::string& kernel, const Activations& x,
     cpu::forecast_balanced(workers, items, products, [&](const Product& p, std::int64_t i) {
       return std::pair(std::size_t(i * kGroup) * row_bytes, std::size_t(std::min(p.out, (i + 1) * kGroup)) * row_bytes);
     });
-  } else {
-    workers.forget_forecast();
   }
   workers.balance(passes.count() * items.size(), [&](std::int64_t first, std::int64_t last) {
     passes.for_each(items.size(), first, last,

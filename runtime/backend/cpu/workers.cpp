@@ -142,12 +142,6 @@ std::span<LoopForecast::Reads> Workers::forecast(const void* key) {
   return reads;
 }
 
-void Workers::forget_forecast() {
-  if (inside_loop) return;  // the helpers may be reading next_reads_; a nested loop is the outer loop's business
-  next_reads_ = nullptr;
-  forecast_.interrupt();
-}
-
 std::span<const LoopForecast::Reads> Workers::next_reads(int thread) const {
   if (!next_reads_) return {};
   return {next_reads_ + thread * LoopForecast::kReadsPerThread, LoopForecast::kReadsPerThread};

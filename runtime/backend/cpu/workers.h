@@ -99,9 +99,6 @@ class Workers {
   // loop starts, its share of what the caller wrote for the keyed loop that followed this one last time; the caller
   // requests its own while it waits for the helpers at a loop's end. Each thread requests a forecast's reads once.
   std::span<LoopForecast::Reads> forecast(const void* key);
-  // Before loops that are not in the step's order (a prefill's passes, whose tiles the requests would push out of
-  // L2): nothing is requested until the next keyed loop, which then follows none.
-  void forget_forecast();
   // Bytes thread t has requested in forecasts it finished requesting before the next loop started (for tests).
   std::uint64_t requested_bytes(int thread) const { return requested_[std::size_t(thread)]->load(); }
 
