@@ -616,10 +616,7 @@ void row_dot_products_many(Workers& workers, const std::string& name, const floa
     });
   }
   // In the step's order (Workers::forecast): item i is rows kBlock i .. kBlock (i + 1) - 1, in the row layout.
-  const std::size_t row_bytes = std::size_t(in) * dtype_size(w_dtype);
-  forecast_balanced(workers, blocks, products, [&](const Product& p, std::int64_t i) {
-    return std::pair(std::size_t(i * kBlock) * row_bytes, std::size_t(std::min(p.out, (i + 1) * kBlock)) * row_bytes);
-  });
+  forecast_balanced_rows(workers, blocks, products, kBlock, std::size_t(in) * dtype_size(w_dtype));
   row_kernel_products(workers, kernel, x, w_dtype, tokens, in, products, blocks);
 }
 

@@ -452,12 +452,8 @@ void run(cpu::Workers& workers, const std::string& kernel, const Activations& x,
   const cpu::ProductItems items(products, [](const Product& p) { return (p.out + kGroup - 1) / kGroup; });
   const int which = kernel == "avx512vnni" ? 2 : kernel == "avx2" ? 1 : 0;
   const cpu::TokenPasses passes(tokens);
-  if (passes.count() == 1) {  // in the step's order (Workers::forecast); item i is rows 16 i .. 16 i + 15
-    const std::size_t row_bytes = std::size_t(blocks) * sizeof(Block);
-    cpu::forecast_balanced(workers, items, products, [&](const Product& p, std::int64_t i) {
-      return std::pair(std::size_t(i * kGroup) * row_bytes, std::size_t(std::min(p.out, (i + 1) * kGroup)) * row_bytes);
-    });
-  }
+  if (passes.count() == 1)  // in the step's order (Workers::forecast); item i is rows 16 i .. 16 i + 15
+    cpu::forecast_balanced_rows(workers, items, products, kGroup, std::size_t(blocks) * sizeof(Block));
   workers.balance(passes.count() * items.size(), [&](std::int64_t first, std::int64_t last) {
     passes.for_each(items.size(), first, last,
                     [&](std::int64_t t0, std::int64_t n, std::int64_t from, std::int64_t to) {

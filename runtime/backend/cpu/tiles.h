@@ -93,6 +93,16 @@ std::span<const LoopForecast::Reads> forecast_balanced(Workers& workers, const P
   return reads;
 }
 
+// forecast_balanced for items of `rows` rows each (a product's last item may have fewer), in a layout whose rows of
+// `row_bytes` lie one after another.
+template <typename Product>
+void forecast_balanced_rows(Workers& workers, const ProductItems& items, std::span<const Product> products,
+                            std::int64_t rows, std::size_t row_bytes) {
+  forecast_balanced(workers, items, products, [&](const Product& p, std::int64_t i) {
+    return std::pair(std::size_t(i * rows) * row_bytes, std::size_t(std::min(p.out, (i + 1) * rows)) * row_bytes);
+  });
+}
+
 // A prefill's tokens in passes of at most kTokenPass, all of about the same size (128 tokens: two of 64; 96 and 32
 // left the second pass's items a third of the first's, and one loop over both passes unbalanced).
 class TokenPasses {

@@ -26,8 +26,8 @@ Workers::Workers(int threads, Team team, std::chrono::microseconds spin)
     : size_(threads > 0 ? threads : std::max(1, int(std::thread::hardware_concurrency()))),
       team_(team),
       spin_(spin),
-      forecast_(size_) {
-  for (int t = 0; t < size_; ++t) requested_.push_back(std::make_unique<std::atomic<std::uint64_t>>(0));
+      forecast_(size_),
+      requested_(std::size_t(size_)) {
   if (team_ == Team::OpenMP) return;
   helpers_.reserve(std::size_t(size_ - 1));
   for (int t = 1; t < size_; ++t) helpers_.emplace_back([this, t] { helper(t); });
@@ -129,7 +129,7 @@ void Workers::helper(int thread) {
 void Workers::count_requested(int thread, std::span<const LoopForecast::Reads> reads) {
   std::uint64_t bytes = 0;
   for (const LoopForecast::Reads& r : reads) bytes += r.bytes;
-  requested_[std::size_t(thread)]->fetch_add(bytes, std::memory_order_relaxed);
+  requested_[std::size_t(thread)].fetch_add(bytes, std::memory_order_relaxed);
 }
 
 std::span<LoopForecast::Reads> Workers::forecast(const void* key) {

@@ -16,7 +16,6 @@
 #include <chrono>
 #include <cstdint>
 #include <exception>
-#include <memory>
 #include <mutex>
 #include <span>
 #include <thread>
@@ -100,7 +99,7 @@ class Workers {
   // requests its own while it waits for the helpers at a loop's end. Each thread requests a forecast's reads once.
   std::span<LoopForecast::Reads> forecast(const void* key);
   // Bytes thread t has requested in forecasts it finished requesting before the next loop started (for tests).
-  std::uint64_t requested_bytes(int thread) const { return requested_[std::size_t(thread)]->load(); }
+  std::uint64_t requested_bytes(int thread) const { return requested_[std::size_t(thread)].load(); }
 
   // body(thread, item) for every item < n, handed out `chunk` items at a time to whichever thread asks first
   // (schedule(dynamic, chunk)): for loops whose items differ in cost, like attention over sequences of different
@@ -142,8 +141,8 @@ class Workers {
   // number of the forecast() that set them: set by the caller between loops, read by the helpers during one.
   const LoopForecast::Reads* next_reads_ = nullptr;
   std::uint64_t forecasts_ = 0;
-  std::uint64_t caller_finished_ = 0;  // the last forecast whose reads the caller requested in full
-  std::vector<std::unique_ptr<std::atomic<std::uint64_t>>> requested_;  // requested_bytes, per thread
+  std::uint64_t caller_finished_ = 0;                  // the last forecast whose reads the caller requested in full
+  std::vector<std::atomic<std::uint64_t>> requested_;  // requested_bytes, per thread
   std::mutex error_mutex_;
   std::exception_ptr error_;
 };
