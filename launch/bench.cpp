@@ -2,7 +2,8 @@
 // same run: memory read bandwidth (every rank of the node streaming a buffer at once) bounds decode, which must
 // read every weight once per step; the sgemm rate bounds prefill (2 FLOPs per parameter per token). With
 // --device cuda the same two bounds come from the GPU: HBM bandwidth of a device-to-device copy and the bf16 cuBLAS
-// GEMM rate (runtime/backend/cuda/roofline_probe.cu), measured after loading, in the same run.
+// GEMM rate (runtime/backend/cuda/roofline_probe.cu), measured after loading, in the same run. On the CPU the probes
+// are read again after each batch size's runs, and each row's roofline uses the readings on either side of it.
 #include <cblas.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -254,6 +255,24 @@ RunTimes timed_run(Session& session, int batch, int prompt_len, int max_tokens) 
   return times;
 }
 
+// One reading of the CPU's probes (see bench).
+struct CpuProbes {
+  double bandwidth = 0, sgemm = 0, attention = 0;  // bytes/s, FLOP/s, attention's FLOP/s
+  ProductsRate products;                           // the products' own rate, where they never use sgemm
+  double compute() const { return products.ops_per_second > 0 ? products.ops_per_second : sgemm; }
+};
+
+// The bounds a row's roofline uses: memory bytes/s, products' and attention's operations/s.
+struct Bounds {
+  double bandwidth = 0, compute = 0, attention = 0;
+};
+
+// The mean of two readings, the ones just before and just after a row's runs.
+Bounds mean_bounds(const CpuProbes& before, const CpuProbes& after) {
+  return {(before.bandwidth + after.bandwidth) / 2, (before.compute() + after.compute()) / 2,
+          (before.attention + after.attention) / 2};
+}
+
 int bench(const NodeInfo& node, const BenchOptions& o) {
   const int max_batch = *std::max_element(o.batch_sizes.begin(), o.batch_sizes.end());
   RunLimits limits{max_batch, std::min(max_batch * o.prompt_len, o.max_num_batched_tokens), o.prompt_len + o.gen_len,
@@ -302,22 +321,38 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
           gpu.per_gpu_bandwidth / 1e9, gpu.per_gpu_flops / 1e12, bandwidth / 1e9, sgemm / 1e12, layout.sizes().tp);
     }
   }
-  // The sgemm probe's threads: the kind of team the backend runs for these weights.
-  std::optional<cpu::Workers> workers;
-  if (!cuda) {
-    workers.emplace(cpu_threads_per_rank(node), cpu::team_for(session.plan().stored));
-    bandwidth = measure_read_bandwidth(node, world, o.memory_gib);
-    sgemm = measure_sgemm_rate(node, world, *workers);
-  }
+  // The CPU's probes, read at the start (the lines below) and again after each batch size's runs: a row's roofline
+  // uses the readings just before and just after its own runs (their mean), so that it follows this machine's
+  // phase while that row ran (on a shared VM the memory probe read 36-69 GB/s across one run of a few minutes, and
+  // a roofline read once at the start made the rows' percentages follow the probe more than the engine).
   // Quantized weights: every product runs on the blocks (quant.h), so that kernel's rate is the compute bound; the
   // AVX-512 row kernel runs every unquantized product of any size: its rate is the bound then.
   const DType weights = session.plan().stored;
   const bool row_kernel_only = !cuda && cpu::row_kernel_max_tokens(cpu::row_kernel_name()) == cpu::kAnyBatch;
-  const ProductsRate probe =
-      !cuda && (is_quantized(weights) || row_kernel_only)
-          ? measure_products_rate(node, world, session.backend(), weights, session.config().hidden_size)
-          : ProductsRate{};
-  const double products = probe.ops_per_second, compute = products > 0 ? products : sgemm;
+  std::optional<cpu::Workers>
+      workers;  // the sgemm probe's threads: the kind of team the backend runs for these weights
+  if (!cuda) workers.emplace(cpu_threads_per_rank(node), cpu::team_for(session.plan().stored));
+  const auto measure_cpu = [&] {
+    CpuProbes p;
+    p.bandwidth = measure_read_bandwidth(node, world, o.memory_gib);
+    p.sgemm = measure_sgemm_rate(node, world, *workers);
+    if (is_quantized(weights) || row_kernel_only)
+      p.products = measure_products_rate(node, world, session.backend(), weights, session.config().hidden_size);
+    // Attention's FLOPs at the rate of the arithmetic that runs them (see below).
+    p.attention = row_kernel_only
+                      ? measure_products_rate(node, world, session.backend(), DType::F32, session.config().hidden_size)
+                            .ops_per_second
+                      : p.sgemm;
+    return p;
+  };
+  CpuProbes start_probes;
+  if (!cuda) {
+    start_probes = measure_cpu();
+    bandwidth = start_probes.bandwidth;
+    sgemm = start_probes.sgemm;
+  }
+  const ProductsRate probe = start_probes.products;
+  const double products = probe.ops_per_second;
   if (report && !cuda) {
     std::printf(
         "model %s: %.1fM parameters, %.0f MB of %s weights; tp %d pp %d on %d rank(s), %d thread(s) "
@@ -358,18 +393,19 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
   // stage's ranks read tp / kv_heads times the model's keys and values.
   const double kv_read_per_element = double(dtype_size(session.plan().kv_dtype)) *
                                      std::max(1.0, double(layout.sizes().tp) / double(c.num_key_value_heads));
-  const double attention_rate =
-      row_kernel_only ? measure_products_rate(node, world, session.backend(), DType::F32, c.hidden_size).ops_per_second
-                      : sgemm;
+  const double attention_rate = cuda ? sgemm : start_probes.attention;
   if (report)
     std::printf(
         "roofline below: products at the rate above, attention's FLOPs at %.1f GFLOP/s (%s), the weights and the "
-        "KV cache's keys and values (%s) at the memory rate\n",
+        "KV cache's keys and values (%s) at the memory rate%s\n",
         attention_rate / 1e9,
         cuda              ? "the GEMM rate"
         : row_kernel_only ? "f32 products: the f32 FMAs attention runs"
                           : "sgemm",
-        dtype_name(session.plan().kv_dtype));
+        dtype_name(session.plan().kv_dtype),
+        cuda ? ""
+             : "; each row's from these probes read again just before and just after its runs (their mean; the "
+               "two memory readings in its last column)");
   if (report) {
     std::printf(
         "load (page cache warm, slowest rank, best of 3): %.3f s for %.0f MB of shards on rank 0; reading the same "
@@ -383,9 +419,10 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
         : session.weights_mapped() ? ""
                                    : " (copied: the default here, --mmap uses them in place)",
         double(loaded.rearranged_bytes) / 1e6, dtype_name(session.plan().kv_dtype));
-    std::printf("%6s %8s %14s %14s %8s %14s %14s %8s\n", "batch", "prompt", "prefill tok/s", "roofline", "%",
-                "decode tok/s", "roofline", "%");
+    std::printf("%6s %8s %14s %14s %8s %14s %14s %8s%s\n", "batch", "prompt", "prefill tok/s", "roofline", "%",
+                "decode tok/s", "roofline", "%", cuda ? "" : "   memory GB/s");
   }
+  CpuProbes before = start_probes;
   for (int batch : o.batch_sizes) {
     double prefill = 1e30, decode_rate = 0;
     timed_run(session, batch, o.prompt_len, 2);  // warm-up
@@ -394,23 +431,33 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
       const RunTimes full = timed_run(session, batch, o.prompt_len, o.gen_len);
       if (report) decode_rate = std::max(decode_rate, double(full.decode_tokens(o.gen_len)) / full.decode_seconds());
     }
+    Bounds bounds{bandwidth, products > 0 ? products : sgemm, attention_rate};
+    CpuProbes after;
+    if (!cuda) {
+      after = measure_cpu();
+      bounds = mean_bounds(before, after);
+    }
     const double prefill_rate = double(batch) * o.prompt_len / prefill;
     const double prefill_roof =
-        o.prompt_len / (2.0 * (layers * o.prompt_len + head) / compute +
-                        prompt_attention_work(c, o.prompt_len, kv_read_per_element).flops / attention_rate);
+        o.prompt_len / (2.0 * (layers * o.prompt_len + head) / bounds.compute +
+                        prompt_attention_work(c, o.prompt_len, kv_read_per_element).flops / bounds.attention);
     // The decode steps feed positions prompt_len .. prompt_len + gen_len - 2, each sequence attending up to its own.
     const double weights_read = step_bytes(batch);
     double decode_seconds = 0;
     for (int s = 0; s + 1 < o.gen_len; ++s) {
       const AttentionWork a = attention_work(c, o.prompt_len + s, kv_read_per_element);
-      decode_seconds += std::max((weights_read + batch * a.kv_bytes) / bandwidth,
-                                 batch * (2.0 * (layers + head) / compute + a.flops / attention_rate));
+      decode_seconds += std::max((weights_read + batch * a.kv_bytes) / bounds.bandwidth,
+                                 batch * (2.0 * (layers + head) / bounds.compute + a.flops / bounds.attention));
     }
     const double decode_roof = double(batch) * (o.gen_len - 1) / decode_seconds;
-    if (report)
-      std::printf("%6d %8d %14.1f %14.1f %7.0f%% %14.2f %14.2f %7.0f%%\n", batch, o.prompt_len, prefill_rate,
+    if (report) {
+      std::printf("%6d %8d %14.1f %14.1f %7.0f%% %14.2f %14.2f %7.0f%%", batch, o.prompt_len, prefill_rate,
                   prefill_roof, 100 * prefill_rate / prefill_roof, decode_rate, decode_roof,
                   100 * decode_rate / decode_roof);
+      if (!cuda) std::printf("   %.1f, %.1f", before.bandwidth / 1e9, after.bandwidth / 1e9);
+      std::printf("\n");
+    }
+    before = after;
   }
   return 0;
 }

@@ -131,8 +131,12 @@ for flags, mapped_expected in [((), interleaves or not huge_pages), (("--mmap",)
     # Decode is timed inside one run (from the last first token to the end): a rate from two runs' difference could
     # come out absurd (2.4e11 tok/s once) or negative when the second prefill ran slower than the first.
     row = next((l.split() for l in out.splitlines() if l.split()[:2] == ["1", "4"]), [])
-    decode = float(row[5]) if len(row) == 8 else -1
+    decode = float(row[5]) if len(row) == 10 else -1
     h.check(0 < decode < 1e6, f"bench {' '.join(flags) or '(default)'}: a plausible decode rate: {row}")
+    # Each row's roofline from the memory probe read just before and just after its runs: both readings printed.
+    readings = [float(v.rstrip(",")) for v in row[8:]] if len(row) == 10 else []
+    h.check(len(readings) == 2 and all(0 < r < 1e5 for r in readings),
+            f"bench {' '.join(flags) or '(default)'}: the row's two memory readings (GB/s): {row}")
 
 h.check(jsonl_reference[2]["completion_tokens"] == 6, "per-prompt max_tokens overrides --max-tokens")
 h.check(jsonl_reference[0]["token_ids"] == generate("check", 1, 1, 1, h.write("one.txt", "Hello\n"))[0]["token_ids"],
