@@ -329,8 +329,8 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
   // AVX-512 row kernel runs every unquantized product of any size: its rate is the bound then.
   const DType weights = session.plan().stored;
   const bool row_kernel_only = !cuda && cpu::row_kernel_max_tokens(cpu::row_kernel_name()) == cpu::kAnyBatch;
-  std::optional<cpu::Workers>
-      workers;  // the sgemm probe's threads: the kind of team the backend runs for these weights
+  // The sgemm probe's threads: the kind of team the backend runs for these weights.
+  std::optional<cpu::Workers> workers;
   if (!cuda) workers.emplace(cpu_threads_per_rank(node), cpu::team_for(session.plan().stored));
   const auto measure_cpu = [&] {
     CpuProbes p;
