@@ -17,7 +17,7 @@ model = h.init("model", "--preset", "tiny", "--seed", "31")
 system = "Always answer in one short sentence, please. "
 prompts = h.write("prompts.jsonl", "".join(
     json.dumps({"id": i, "prompt": (system if i % 2 else "") + f"Item {i}: say something.", "max_tokens": 24})
-    + "\n" for i in range(40)))
+    + "\n" for i in range(160)))
 BASE = ["generate", "--model", model, "--prompts", prompts, "--overwrite", "--max-batch-size", 4, "-q"]
 
 h.run_ok(BASE + ["--output", "dp1.jsonl"], ranks=1)
@@ -40,7 +40,11 @@ def ranks_of(tag):
 
 
 def run_with_slow_rank(name, extra, slow_rank):
-    """dp 2 with world rank `slow_rank` stopped 80% of the time (SIGSTOP 0.2 s, SIGCONT 0.05 s) until the job ends."""
+    """dp 2 with world rank `slow_rank` stopped 80% of the time (SIGSTOP 20 ms, SIGCONT 5 ms) until the job ends.
+
+    The period is short and the prompts many so that the generation itself, not only the load, spans many periods:
+    with 40 prompts and stops of 0.2 s a faster host generated everything in ~30 ms, inside one running window of
+    the slow rank, and the replicas ran 22 and 18 prompts."""
     cmd = [h.args.mpiexec, "-n", "2", "--oversubscribe", h.args.strata, *map(str, BASE), "--output", f"{name}.jsonl",
            "--metrics", f"{name}.metrics.json", "-dp", "2", *map(str, extra)]
     tag = f"dynamic-dp-{name}-{os.getpid()}"
@@ -56,9 +60,9 @@ def run_with_slow_rank(name, extra, slow_rank):
         while not stop.is_set():
             try:
                 os.kill(pid, signal.SIGSTOP)
-                time.sleep(0.2)
+                time.sleep(0.02)
                 os.kill(pid, signal.SIGCONT)
-                time.sleep(0.05)
+                time.sleep(0.005)
             except ProcessLookupError:
                 return
 
@@ -85,8 +89,8 @@ for name in ("dynamic", "static"):
     with open(h.path(f"{name}.jsonl"), "rb") as f:
         h.check(f.read() == reference, f"{name}: the results file equals the dp 1 run's byte for byte")
 ran = {name: [r.get("prompts_run") for r in m["ranks"]] for name, m in {"dynamic": dynamic, "static": static}.items()}
-h.check(ran["static"] == [20, 20], f"--static-dp: each replica ran its i % 2 half: {ran['static']}")
-h.check(sum(ran["dynamic"]) == 40 and ran["dynamic"][0] >= ran["dynamic"][1] + 8,
+h.check(ran["static"] == [80, 80], f"--static-dp: each replica ran its i % 2 half: {ran['static']}")
+h.check(sum(ran["dynamic"]) == 160 and ran["dynamic"][0] >= ran["dynamic"][1] + 32,
         f"dynamic: the fast replica 0 ran most prompts while replica 1 was slow: {ran['dynamic']}")
 h.check(dynamic["wall_seconds"] < static["wall_seconds"],
         f"dynamic ends sooner than static with a slow replica ({dynamic['wall_seconds']:.1f} s vs "
