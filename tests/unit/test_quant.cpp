@@ -170,14 +170,20 @@ TEST(Quant, InterleavedRowsDequantizeAsTheirRows) {
 
 // The activation quantizer of each kernel gives quantize_q8_0_blocks' bytes (llama.cpp's reference, itself checked
 // against llama.cpp in tests/quant): random rows, and blocks built so that x / d lands exactly on halves (roundf
-// rounds them away from zero, a round-to-even vector instruction would not), zeros, and a block all zero.
+// rounds them away from zero, a round-to-even vector instruction would not), zeros, and a block all zero; blocks
+// whose d is an f16 subnormal, rounds up to a power of two, or passes f16's range (inf). Its scales are the f16 d
+// back in f32, and its starts -bias times each block's sum of quantized values, for both biases the kernels use.
 TEST(Quant, ActivationQuantizersGiveTheReferenceBytes) {
   const std::int64_t tokens = 9, blocks = 7;
   std::vector<float> x = normal(std::size_t(tokens * blocks * 32), 21, 3.0f);
   for (int j = 0; j < 32; ++j) {  // token 0 block 1: amax 127 -> d = 1, values k + 0.5 of both signs
     x[std::size_t(32 + j)] = j == 0 ? 127.0f : (j % 2 ? 1.0f : -1.0f) * (float(j) + 0.5f);
-    x[std::size_t(64 + j)] = 0.0f;  // token 0 block 2: all zero
+    x[std::size_t(64 + j)] = 0.0f;    // token 0 block 2: all zero
+    x[std::size_t(96 + j)] *= 1e-6f;  // token 0 block 3: d ~ 1e-7, an f16 subnormal
+    x[std::size_t(128 + j)] *= 1e7f;  // token 0 block 4: d ~ 2e5, past f16's 65504: inf
   }
+  x[160] = 127.0f * 0.00048827f;  // token 0 block 5: d just under 2^-11, rounds up to it in f16
+  for (int j = 1; j < 32; ++j) x[std::size_t(160 + j)] = 0.0001f * float(j);
   std::vector<quant::BlockQ8_0> ref(std::size_t(tokens * blocks));
   for (std::int64_t t = 0; t < tokens; ++t)
     quant::quantize_q8_0_blocks(x.data() + t * blocks * 32, ref.data() + t * blocks, blocks);
@@ -189,7 +195,23 @@ TEST(Quant, ActivationQuantizersGiveTheReferenceBytes) {
     quant::quantize_activations(workers(), kernel, x.data(), got.data(), scales.data(), tokens, blocks);
     EXPECT_EQ(0, std::memcmp(ref.data(), got.data(), ref.size() * sizeof(quant::BlockQ8_0))) << kernel;
     for (std::size_t b = 0; b < ref.size(); ++b) EXPECT_EQ(scales[b], f16_to_f32(ref[b].d)) << kernel << " " << b;
+    for (int bias : {8, 128}) {
+      std::vector<std::int32_t> starts(ref.size(), 12345);
+      std::fill(scales.begin(), scales.end(), -1.0f);
+      quant::quantize_activations(workers(), kernel, x.data(), got.data(), scales.data(), tokens, blocks, starts.data(),
+                                  bias);
+      EXPECT_EQ(0, std::memcmp(ref.data(), got.data(), ref.size() * sizeof(quant::BlockQ8_0))) << kernel;
+      for (std::size_t b = 0; b < ref.size(); ++b) {
+        int sum = 0;
+        for (int j = 0; j < 32; ++j) sum += ref[b].qs[j];
+        EXPECT_EQ(starts[b], -bias * sum) << kernel << " bias " << bias << " block " << b;
+        EXPECT_EQ(scales[b], f16_to_f32(ref[b].d)) << kernel << " bias " << bias << " block " << b;
+      }
+    }
   }
+  EXPECT_EQ(ref[3].d & 0x7c00, 0) << "an f16 subnormal d";
+  EXPECT_NE(ref[3].d, 0);
+  EXPECT_EQ(ref[4].d, 0x7c00) << "d past f16's range: inf";
 }
 
 TEST(Quant, ForcedScalarKernel) {
