@@ -431,12 +431,10 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
       const RunTimes full = timed_run(session, batch, o.prompt_len, o.gen_len);
       if (report) decode_rate = std::max(decode_rate, double(full.decode_tokens(o.gen_len)) / full.decode_seconds());
     }
-    Bounds bounds{bandwidth, products > 0 ? products : sgemm, attention_rate};
     CpuProbes after;
-    if (!cuda) {
-      after = measure_cpu();
-      bounds = mean_bounds(before, after);
-    }
+    if (!cuda) after = measure_cpu();
+    // The GPU's bounds were read once (its probes are steady); the CPU's on either side of this row.
+    const Bounds bounds = cuda ? Bounds{bandwidth, sgemm, attention_rate} : mean_bounds(before, after);
     const double prefill_rate = double(batch) * o.prompt_len / prefill;
     const double prefill_roof =
         o.prompt_len / (2.0 * (layers * o.prompt_len + head) / bounds.compute +
