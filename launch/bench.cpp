@@ -278,6 +278,7 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
   RunLimits limits{max_batch, std::min(max_batch * o.prompt_len, o.max_num_batched_tokens), o.prompt_len + o.gen_len,
                    o.micro_batches};
   limits.kv_cache_dtype = o.kv_cache_dtype;
+  limits.sequence_parallel_tokens = o.sequence_parallel_tokens;
   Session session(node, o.model, o.parallel, limits);
   const ParallelLayout& layout = session.layout();
   STRATA_CHECK(layout.sizes().dp == 1, Usage, "bench measures one replica: launch exactly tp x pp ranks");

@@ -56,6 +56,13 @@ std::string seconds_or_auto(std::string value) {
   return value;
 }
 
+void add_sequence_parallel_flag(CLI::App& cmd, int& tokens) {
+  cmd.add_option("--sequence-parallel-tokens", tokens,
+                 "CPU tensor parallelism: steps of at least this many tokens split the norms and the activations' "
+                 "quantization over the tp ranks, which exchange the quantized rows (sequence parallelism; 0: never)")
+      ->check(kNonNegative);
+}
+
 void add_limit_flags(CLI::App& cmd, RunLimits& l) {
   cmd.add_option("--max-batch-size", l.max_batch_size, "Sequences in flight per replica")->check(kPositive);
   cmd.add_option("--max-num-batched-tokens", l.max_num_batched_tokens, "Tokens per forward step")->check(kPositive);
@@ -77,6 +84,7 @@ void add_limit_flags(CLI::App& cmd, RunLimits& l) {
                "Compute every prompt in full instead of reusing the KV-cache blocks of prefixes seen before");
   cmd.add_flag("!--no-chunked-prefill", l.chunked_prefill,
                "Prefill each prompt in one step (steps may exceed --max-num-batched-tokens) instead of in chunks");
+  add_sequence_parallel_flag(cmd, l.sequence_parallel_tokens);
 }
 
 void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
@@ -337,6 +345,7 @@ int cli_main(int argc, char** argv) {
       ->check(kPositive);
   bench_cmd->add_option("--kv-cache-dtype", bench.kv_cache_dtype, "KV-cache element type, as for generate")
       ->check(CLI::IsMember({"auto", "f16", "f32"}));
+  add_sequence_parallel_flag(*bench_cmd, bench.sequence_parallel_tokens);
   bench_cmd->add_option("--repeats", bench.repeats, "Timed repetitions (best is reported)")->check(kPositive);
   bench_cmd->add_option("--memory-gib", bench.memory_gib, "Buffer size of the memory-bandwidth probe, GiB")
       ->check(CLI::Range(0.01, 64.0));

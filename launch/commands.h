@@ -67,7 +67,8 @@ struct BenchOptions {
   int prompt_len = 128, gen_len = 32, repeats = 2, micro_batches = 0;
   int max_num_batched_tokens = 2048;    // tokens per step, as generate's default: prompts prefill in chunks of it
   std::string kv_cache_dtype = "auto";  // --kv-cache-dtype, as for generate
-  double memory_gib = 1.0;              // buffer size of the bandwidth probe
+  int sequence_parallel_tokens = RunLimits{}.sequence_parallel_tokens;  // --sequence-parallel-tokens, as for generate
+  double memory_gib = 1.0;                                              // buffer size of the bandwidth probe
 };
 
 struct ConvertOptions {

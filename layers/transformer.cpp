@@ -45,6 +45,11 @@ StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limi
   m.workspace = a * t * (3 * c.hidden_size + 2 * q_row + 2 * kv_row + 3 * plan.local_intermediate()) +
                 a * std::int64_t(limits.max_seqs) * c.hidden_size +
                 4 * std::int64_t(limits.max_seqs) * plan.local_vocab();
+  const std::int64_t ranks = plan.coordinates().tp;
+  if (ranks > 1 && limits.sequence_parallel_tokens > 0 && !c.is_moe()) {  // sequence parallelism's (the most it takes)
+    const std::int64_t per_rank = (t + ranks - 1) / ranks;
+    m.workspace += a * c.hidden_size * (3 * (ranks * per_rank - t) + per_rank);
+  }
   if (c.is_moe()) {  // router logits and shared gate (f32), one expert's rows, the exchange buffers
     const std::int64_t inter = std::max(plan.local_expert_intermediate(), plan.local_shared_intermediate());
     const std::int64_t tp = plan.coordinates().tp, slice = (t + tp - 1) / tp;
@@ -189,6 +194,12 @@ TransformerStage::TransformerStage(const ShardPlan& plan, WeightSource& source, 
   }
   std::vector<float>().swap(load_staging_);
   if (c.is_moe()) expert_load_.per_expert.assign(std::size_t(c.num_experts), 0);
+  shares_.rank = tp.rank();
+  shares_.ranks = tp.size();
+  shares_.gather = [this](void* rows, std::size_t row_bytes) {
+    const std::size_t bytes = std::size_t(shares_.per_rank) * row_bytes;
+    tp_.all_gather(static_cast<char*>(rows) + std::size_t(shares_.rank) * bytes, rows, bytes);
+  };
   allocate_workspace();
 }
 
@@ -206,13 +217,18 @@ void TransformerStage::allocate_workspace() {
     k_cache_.push_back(backend_.allocate({blocks, limits.block_size, kv_heads, d}, backend_.kv_dtype()));
     v_cache_.push_back(backend_.allocate({blocks, limits.block_size, kv_heads, d}, backend_.kv_dtype()));
   }
-  hidden_ = backend_.allocate({t, h}, act);
-  normed_ = backend_.allocate({t, h}, act);
+  // Under sequence parallelism a step's rows are split in shares of ceil(tokens / ranks): the tensors that gather
+  // them have room for every rank's whole share.
+  const std::int64_t ranks = plan_.coordinates().tp, per_rank = (t + ranks - 1) / ranks;
+  const std::int64_t rows = splits_rows() ? ranks * per_rank : t;
+  hidden_ = backend_.allocate({rows, h}, act);
+  normed_ = backend_.allocate({rows, h}, act);
   q_ = backend_.allocate({t, heads * d}, act);
   k_ = backend_.allocate({t, kv_heads * d}, act);
   v_ = backend_.allocate({t, kv_heads * d}, act);
   attn_ = backend_.allocate({t, heads * d}, act);
-  proj_ = backend_.allocate({t, h}, act);
+  proj_ = backend_.allocate({rows, h}, act);
+  if (splits_rows()) share_ = backend_.allocate({per_rank, h}, act);
   gate_up_ = backend_.allocate({t, 2 * plan_.local_intermediate()}, act);
   act_ = backend_.allocate({t, plan_.local_intermediate()}, act);
   if (c.is_moe()) {
@@ -249,18 +265,21 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
   const float eps = float(c.rms_norm_eps);
   auto rows = [tokens](const Tensor& t) { return t.view().slice_rows(0, tokens); };
   auto heads_view = [&](const Tensor& t, std::int64_t heads) { return rows(t).reshaped({tokens, heads, c.head_dim}); };
-  const TensorView h = rows(hidden_), x = rows(normed_);
+  const TensorView x = rows(normed_);
+  // The rows of the residual stream and of the norms' outputs this rank computes (all, or its share).
+  const TensorView h_own = own_rows(hidden_, tokens), x_own = own_rows(normed_, tokens);
 
   // Attention: column-parallel q/k/v over local heads, row-parallel o_proj, one all-reduce. The previous block's
-  // MLP output (still in proj_) joins the residual stream here, fused with this block's input norm.
+  // MLP output (its sums still in proj_, or share_) joins the residual stream here, fused with this block's input
+  // norm.
   if (l == 0)
-    backend_.rms_norm(h, w.input_norm.view(), eps, x);
+    backend_.rms_norm(h_own, w.input_norm.view(), eps, x_own);
   else
-    backend_.rms_norm_residual(h, rows(proj_), w.input_norm.view(), eps, x);
+    backend_.rms_norm_residual(h_own, summed(tokens), w.input_norm.view(), eps, x_own);
   const TensorView qkv_weights[] = {w.q.view(), w.k.view(), w.v.view()};
   const TensorView qkv_biases[] = {w.q_bias.view(), w.k_bias.view(), w.v_bias.view()};
   const TensorView qkv[] = {rows(q_), rows(k_), rows(v_)};
-  backend_.linears(x, qkv_weights, qkv_biases, qkv);
+  products_of_normed(x, qkv_weights, qkv_biases, qkv);
   if (c.qk_norm) {  // Qwen3, Gemma 3: each head of q and k normalised on its own (rows of head_dim), before RoPE
     const auto per_head = [&](const Tensor& t, std::int64_t heads) {
       return rows(t).reshaped({tokens * heads, c.head_dim});
@@ -279,21 +298,22 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
   backend_.attention(chunks, block_table, heads_view(q_, plan_.local_heads()), k_cache_[l].view(), v_cache_[l].view(),
                      params, heads_view(attn_, plan_.local_heads()));
   backend_.linear(rows(attn_), w.o.view(), TensorView{}, rows(proj_));
-  all_reduce(rows(proj_));
+  sum_over_tp(proj_, tokens);
 
   // MLP. Gemma normalises the attention output before the residual add and the MLP output after it.
+  const TensorView attention_out = summed(tokens);
   if (c.sandwich_norms) {
-    backend_.rms_norm(rows(proj_), w.post_norm.view(), eps, rows(proj_));
-    backend_.rms_norm_residual(h, rows(proj_), w.pre_ff_norm.view(), eps, x);
+    backend_.rms_norm(attention_out, w.post_norm.view(), eps, attention_out);
+    backend_.rms_norm_residual(h_own, attention_out, w.pre_ff_norm.view(), eps, x_own);
   } else {
-    backend_.rms_norm_residual(h, rows(proj_), w.post_norm.view(), eps, x);
+    backend_.rms_norm_residual(h_own, attention_out, w.post_norm.view(), eps, x_own);
   }
   if (w.router.empty())
     mlp(w, tokens);
   else
     moe_mlp(w, tokens);
-  if (c.sandwich_norms) backend_.rms_norm(rows(proj_), w.post_ff_norm.view(), eps, rows(proj_));
-  // proj_ is added to the residual by the next block (or after the last one in forward)
+  if (c.sandwich_norms) backend_.rms_norm(summed(tokens), w.post_ff_norm.view(), eps, summed(tokens));
+  // summed(tokens) is added to the residual by the next block (or after the last one in forward)
 }
 
 void TransformerStage::rotate(const TensorView& x, std::int64_t tokens, const RopeParams& rope) {
@@ -311,14 +331,15 @@ void TransformerStage::rotate(const TensorView& x, std::int64_t tokens, const Ro
 void TransformerStage::mlp(const LayerWeights& w, std::int64_t tokens) {
   const TensorView x = normed_.view().slice_rows(0, tokens), gate_up = gate_up_.view().slice_rows(0, tokens);
   const TensorView act = act_.view().slice_rows(0, tokens), out = proj_.view().slice_rows(0, tokens);
-  backend_.linear(x, w.gate_up.view(), TensorView{}, gate_up);
+  const TensorView weight = w.gate_up.view(), no_bias{};
+  products_of_normed(x, {&weight, 1}, {&no_bias, 1}, {&gate_up, 1});
   if (plan_.config().hidden_activation == "gelu_tanh") {
     backend_.geglu(gate_up, act);
     backend_.linear(act, w.down.view(), TensorView{}, out);
   } else {
     backend_.swiglu_linear(gate_up, act, w.down.view(), out);
   }
-  all_reduce(out);
+  sum_over_tp(proj_, tokens);
 }
 
 // Mixture of experts: every rank routes every token (the router is replicated, its input the same on every tp rank),
@@ -552,6 +573,8 @@ TensorView TransformerStage::forward(std::span<const SeqChunk> chunks, std::span
   const bool graphable = decode && plan_.is_first_stage() && plan_.is_last_stage() && tp_.graph_capturable() &&
                          !plan_.config().is_moe() && !mixed && rope_long_.inv_freq.empty();
   const StepMode mode = backend_.begin_step(graphable ? std::int64_t(chunks.size()) : -1);
+  sequence_parallel_ = splits_rows() && tokens >= limits_.sequence_parallel_tokens && mode != StepMode::Replay;
+  shares_.per_rank = (tokens + shares_.ranks - 1) / shares_.ranks;
   replaying_ = mode == StepMode::Replay;
   TensorView out;
   try {
@@ -573,6 +596,35 @@ void TransformerStage::all_reduce(TensorView data) {
   if (!replaying_) tp_.all_reduce_sum(data);
 }
 
+// Where the reduce-scatter pays: f32 host activations (MPI's), a tp group, and no mixture of experts (whose routing
+// and expert-parallel combine work on every token).
+bool TransformerStage::splits_rows() const {
+  return plan_.coordinates().tp > 1 && limits_.sequence_parallel_tokens > 0 && !plan_.config().is_moe() &&
+         backend_.memory_kind() == MemoryKind::Host && backend_.activation_dtype() == DType::F32;
+}
+
+TensorView TransformerStage::own_rows(const Tensor& t, std::int64_t tokens) const {
+  if (!sequence_parallel_) return t.view().slice_rows(0, tokens);
+  return t.view().slice_rows(shares_.begin(tokens), shares_.end(tokens));
+}
+
+TensorView TransformerStage::summed(std::int64_t tokens) const {
+  if (!sequence_parallel_) return proj_.view().slice_rows(0, tokens);
+  return share_.view().slice_rows(0, shares_.end(tokens) - shares_.begin(tokens));
+}
+
+void TransformerStage::sum_over_tp(const Tensor& partial, std::int64_t tokens) {
+  if (!sequence_parallel_) return all_reduce(partial.view().slice_rows(0, tokens));
+  tp_.reduce_scatter_sum(partial.view().slice_rows(0, shares_.padded()), share_.view().slice_rows(0, shares_.per_rank));
+}
+
+void TransformerStage::products_of_normed(TensorView x, std::span<const TensorView> ws,
+                                          std::span<const TensorView> biases, std::span<const TensorView> ys) {
+  if (sequence_parallel_) return backend_.linears_of_shares(x, shares_, ws, biases, ys);
+  if (ws.size() == 1) return backend_.linear(x, ws[0], biases[0], ys[0]);
+  backend_.linears(x, ws, biases, ys);
+}
+
 TensorView TransformerStage::run_step(std::span<const SeqChunk> chunks, std::span<const std::int32_t> block_table,
                                       std::span<const std::int32_t> token_ids, const float* hidden_in,
                                       std::int64_t tokens) {
@@ -590,7 +642,9 @@ TensorView TransformerStage::run_step(std::span<const SeqChunk> chunks, std::spa
   }
   if (ring_blocks_ > 0) build_ring_table(chunks);
   for (std::size_t l = 0; l < layers_.size(); ++l) decoder_block(l, chunks, block_table, tokens);
-  if (!layers_.empty()) backend_.add(h, proj_.view().slice_rows(0, tokens));  // the last block's MLP output
+  if (!layers_.empty()) backend_.add(own_rows(hidden_, tokens), summed(tokens));  // the last block's MLP output
+  // Every rank's rows of the residual stream, for the head or the next stage.
+  if (sequence_parallel_ && !layers_.empty()) shares_.gather(h.data, std::size_t(h.row_elems()) * dtype_size(h.dtype));
   if (!plan_.is_last_stage()) return h;
 
   last_row_index_.clear();

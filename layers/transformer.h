@@ -35,6 +35,9 @@ struct StageLimits {
   std::int32_t max_seq_len = 0;  // positions per sequence
   std::int32_t kv_blocks = 0;    // blocks in the paged KV cache (0: max_seqs whole contexts' worth)
   std::int32_t block_size = 16;  // positions per KV-cache block
+  // Steps of at least this many tokens run with sequence parallelism where they can (0: never): see
+  // TransformerStage.
+  std::int32_t sequence_parallel_tokens = 0;
   // The blocks the cache has: kv_blocks, or enough for max_seqs sequences of max_seq_len each.
   std::int64_t cache_blocks() const;
 };
@@ -63,6 +66,14 @@ struct ExpertLoad {
   std::int64_t rows_computed = 0;
 };
 
+// Sequence parallelism (Megatron's, for a tensor-parallel group whose activations are in host memory: the CPU
+// backend's; dense models): in a step of at least StageLimits::sequence_parallel_tokens tokens, each row-parallel
+// output is reduce-scattered instead of all-reduced, each rank adds its share of the rows (tokens) to the residual
+// stream and normalizes them, and the next products gather every rank's rows as the backend reads them
+// (Backend::linears_of_shares: quantized, or rounded to bf16). So the work a tp rank repeated on every token (the
+// norms, the activations' quantization) is split over the group, as one rank's threads split it, and the ranks
+// exchange a quarter (q8_0 blocks) or half (bf16) of the f32 bytes. The same bits as without it (row-wise ops on
+// fewer rows; sums in the same order).
 class TransformerStage {
  public:
   // Loads every tensor of `plan` from `source` into `backend` memory. `tp` is this rank's tensor-parallel group
@@ -143,6 +154,15 @@ class TransformerStage {
                       std::span<const std::int32_t> token_ids, const float* hidden_in, std::int64_t tokens);
   // The tensor-parallel all-reduce, skipped while a step graph replays (the graph holds it).
   void all_reduce(TensorView data);
+  // Sequence parallelism: whether this stage can run it, and for the step: this rank's rows of a [tokens, ...]
+  // workspace tensor (all of them without it), the sums of a row-parallel output's rows (sum_over_tp's result:
+  // proj_'s rows, or share_'s), and products of the normed activations (linears, or linears_of_shares).
+  bool splits_rows() const;
+  TensorView own_rows(const Tensor& t, std::int64_t tokens) const;
+  TensorView summed(std::int64_t tokens) const;
+  void sum_over_tp(const Tensor& partial, std::int64_t tokens);
+  void products_of_normed(TensorView x, std::span<const TensorView> ws, std::span<const TensorView> biases,
+                          std::span<const TensorView> ys);
 
   ShardPlan plan_;
   Backend& backend_;
@@ -176,6 +196,9 @@ class TransformerStage {
   ExpertLoad expert_load_;
   std::vector<std::int32_t> positions_, last_row_index_;
   bool replaying_ = false;
+  bool sequence_parallel_ = false;  // this step's
+  RowShares shares_;                // this step's rows per rank
+  Tensor share_;                    // this rank's rows of a reduce-scatter's sums
 };
 
 }  // namespace strata

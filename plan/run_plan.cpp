@@ -38,6 +38,7 @@ StageLimits stage_limits(const RunLimits& limits, const ModelConfig& config) {
   stage.max_seqs = limits.max_batch_size;
   stage.max_seq_len = model_len;
   stage.block_size = limits.block_size;
+  stage.sequence_parallel_tokens = limits.sequence_parallel_tokens;
   return stage;
 }
 

@@ -26,6 +26,9 @@ struct RunLimits {
   double kv_cache_gib = 0;              // KV cache per rank; 0: what the memory plan leaves (see kv_pool_blocks)
   std::string kv_cache_dtype = "auto";  // --kv-cache-dtype: auto, f16 or f32 (see kv_cache_dtype)
   bool prefix_caching = true, chunked_prefill = true;
+  // --sequence-parallel-tokens: steps of at least this many tokens split the norms and activation quantization over
+  // a CPU tensor-parallel group (StageLimits::sequence_parallel_tokens; 0: never).
+  int sequence_parallel_tokens = 256;
 };
 
 struct PlanRequest {

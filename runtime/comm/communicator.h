@@ -5,10 +5,12 @@
 // nothing here waits without the job being abortable (launch/ turns any Error into MPI_Abort).
 #pragma once
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <vector>
 
+#include "runtime/base/error.h"
 #include "runtime/tensor/tensor.h"
 
 namespace strata {
@@ -17,7 +19,8 @@ namespace strata {
 // Result: a finished record for world rank 0; Heartbeat: "still running" (replica leaders to rank 0, rank 0 to ranks
 // that finished); Done: a rank finished its part; Exit: rank 0 has written everything, every rank may end.
 // Work / WorkReply: a replica leader asks rank 0 for prompts, and gets their indices; WorkShare: the leader passes
-// them on to the other tensor-parallel ranks of its first stage (engine/dispatch.h).
+// them on to the other tensor-parallel ranks of its first stage (engine/dispatch.h). ReduceScatter: the rows of a
+// reduce_scatter_sum.
 enum class Tag : int {
   Activations = 101,
   Tokens = 102,
@@ -27,7 +30,8 @@ enum class Tag : int {
   Exit = 106,
   Work = 107,
   WorkReply = 108,
-  WorkShare = 109
+  WorkShare = 109,
+  ReduceScatter = 110
 };
 
 // A pending non-blocking send; wait() completes it. Destroying an incomplete request waits for it.
@@ -69,7 +73,13 @@ class Collectives {
 
   // Sum over the group, in place. Collective.
   virtual void all_reduce_sum(TensorView data) = 0;
+  // Sequence parallelism's half of an all-reduce: data [size() * n, ...] (the same shape on every rank), and share
+  // [n, ...] gets the sum over the group of rows [rank() * n, (rank() + 1) * n) of data. data may be changed.
+  // Collective. This default sums all of data (all_reduce_sum) and copies the rows out (host memory only); the MPI
+  // communicator sends each rank only its rows and adds them in rank order, as its shared-memory all-reduce does.
+  virtual void reduce_scatter_sum(TensorView data, TensorView share);
   // recv holds size() * bytes_per_rank bytes, rank r's contribution at offset r * bytes_per_rank. Collective.
+  // send may be recv + rank() * bytes_per_rank (in place).
   virtual void all_gather(const void* send, void* recv, std::size_t bytes_per_rank) = 0;
   // Personalised exchange: this rank sends send_bytes[r] bytes from send + send_offsets[r] to rank r and receives
   // recv_bytes[r] bytes from rank r at recv + recv_offsets[r] (size() entries each; the pair's counts must agree).
@@ -83,6 +93,17 @@ class Collectives {
   // a group of one reduces nothing, so it can.
   virtual bool graph_capturable() const { return size() == 1; }
 };
+
+inline void Collectives::reduce_scatter_sum(TensorView data, TensorView share) {
+  const std::int64_t n = share.rows();
+  STRATA_CHECK(data.kind == MemoryKind::Host && share.kind == MemoryKind::Host && data.rows() == size() * n &&
+                   data.row_elems() == share.row_elems() && data.dtype == share.dtype,
+               Internal, "reduce_scatter_sum of ", shape_string(data.shape), " into ", shape_string(share.shape),
+               " over ", size(), " ranks");
+  all_reduce_sum(data);
+  const std::size_t row = std::size_t(data.row_elems()) * dtype_size(data.dtype);
+  std::memcpy(share.data, static_cast<const char*>(data.data) + std::size_t(rank() * n) * row, std::size_t(n) * row);
+}
 
 // Host messaging (MPI): the collectives on host memory plus host values and point-to-point messages, which carry
 // pipeline steps, sampled tokens, results and liveness between ranks. NCCL does not implement this.

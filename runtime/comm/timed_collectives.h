@@ -16,6 +16,9 @@ class TimedCollectives final : public Collectives {
   void all_reduce_sum(TensorView data) override {
     timed([&] { inner_.all_reduce_sum(data); });
   }
+  void reduce_scatter_sum(TensorView data, TensorView share) override {
+    timed([&] { inner_.reduce_scatter_sum(data, share); });
+  }
   void all_gather(const void* send, void* recv, std::size_t bytes_per_rank) override {
     timed([&] { inner_.all_gather(send, recv, bytes_per_rank); });
   }

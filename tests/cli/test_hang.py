@@ -1,7 +1,9 @@
 """A rank that stops making progress, or dies, never leaves the others waiting: the job ends promptly and non-zero.
 - stopped (SIGSTOP: alive but stuck, like a rank spinning in a kernel or a lost message): the other ranks' watchdogs
   see no progress for --step-timeout seconds, say what they were waiting for, and abort the job;
-- killed (SIGKILL): the launcher sees a rank die and ends the job.
+- killed (SIGKILL): the launcher sees a rank die and ends the job;
+- stopped while every step runs with sequence parallelism (peers waiting in reduce-scatters and all-gathers): the
+  same as stopped.
 Neither leaves the tp all-reduce's shared memory behind in /dev/shm (an anonymous memory file: it has no name there).
 """
 import glob
@@ -24,10 +26,10 @@ def strata_ranks(parent):
             if comm == "strata" and int(ppid) == parent]
 
 
-def run_and_signal(sig, label):
+def run_and_signal(sig, label, *flags):
     cmd = [h.args.mpiexec, "-n", "4", "--oversubscribe", h.args.strata, "generate", "--model", model, "--prompts",
            h.path("many.txt"), "--output", h.path(f"{label}.jsonl"), "--overwrite", "-tp", "2", "-pp", "2",
-           "--max-tokens", "400", "--step-timeout", "3"]
+           "--max-tokens", "400", "--step-timeout", "3", *flags]
     start = time.time()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=h.work)
     victim = None
@@ -64,6 +66,10 @@ h.check("no progress for" in out and "aborting the job (--step-timeout)" in out,
         f"stopped: the surviving ranks must say they saw no progress\n{out}")
 h.check("waiting for" in out, f"stopped: the message must say what the rank was waiting for\n{out}")
 run_and_signal(signal.SIGKILL, "killed")
+# Every step with sequence parallelism: the peers of the stopped rank wait in its reduce-scatters and all-gathers.
+out = run_and_signal(signal.SIGSTOP, "stopped-sp", "--sequence-parallel-tokens", "1")
+h.check("no progress for" in out and "aborting the job (--step-timeout)" in out,
+        f"stopped under sequence parallelism: the surviving ranks must say they saw no progress\n{out}")
 left = shm_segments() - segments_before
 h.check(not left, f"the jobs ended with their all-reduce segments still in /dev/shm: {sorted(left)}")
 h.finish()

@@ -9,7 +9,8 @@
 - weights used in place from the page cache (--mmap) and copied (--no-mmap, the default with huge pages where no
   kernel re-lays them out) give identical results, bench reports which it did and what the kernels re-laid out
   (bf16 matrices, for the avx512bf16 kernel, whichever way they were read), with a plausible decode rate, and the two
-  flags exclude each other.
+  flags exclude each other;
+- sequence parallelism gives the tokens and logits of plain tensor parallelism, bit for bit.
 """
 import re
 
@@ -93,6 +94,14 @@ mapped = generate("mapped", 2, 2, 1, prompts, "--record-logits", "--mmap")
 copied = generate("copied", 2, 2, 1, prompts, "--record-logits", "--no-mmap")
 h.check([(r["token_ids"], r["logits"]) for r in copied] == [(r["token_ids"], r["logits"]) for r in mapped],
         "tp 2 pp 2: weights copied (--no-mmap) give the tokens and logits of weights used in place (--mmap)")
+# Sequence parallelism (each tp rank normalizing its share of a step's tokens, the products gathering the rows;
+# --sequence-parallel-tokens 1 runs it on every step here, 0 on none): the same tokens and logits bit for bit, at
+# tp 2 pp 2 (the residual stream gathered for the next stage) and tp 4 (shares of unequal and empty rows).
+for tp, pp in ((2, 2), (4, 1)):
+    split = generate("sp", tp, pp, 1, prompts, "--record-logits", "--sequence-parallel-tokens", 1)
+    plain = generate("no-sp", tp, pp, 1, prompts, "--record-logits", "--sequence-parallel-tokens", 0)
+    h.check([(r["token_ids"], r["logits"]) for r in split] == [(r["token_ids"], r["logits"]) for r in plain],
+            f"tp {tp} pp {pp}: sequence parallelism gives the tokens and logits of plain tensor parallelism")
 code, out, _ = h.run(["generate", "--model", h.path("model-tp1-pp1"), "--prompts", prompts, "--mmap", "--no-mmap"])
 h.check(code not in (0, None) and "--no-mmap" in out and "excludes" in out,
         f"--mmap and --no-mmap together are refused: {out.strip()[-200:]!r}")

@@ -176,3 +176,27 @@ TEST(MpiCommunicator, AllReduceUsesSharedMemoryUpToASlot) {
   EXPECT_EQ(large.front(), 10.0f);
   EXPECT_EQ(large.back(), 10.0f);
 }
+
+// Sequence parallelism's reduce-scatter: rank r gets the rank-order sums of rows [r n, (r + 1) n) (the values tell
+// the orders apart, as above), rows of several elements included; a share of no rows is a no-op. The in-place
+// all-gather that follows it gives every rank every share.
+TEST(MpiCommunicator, ReduceScatterSumsEachRanksRowsInRankOrderAndAllGatherGathersInPlace) {
+  auto world = make_mpi_communicator(MPI_COMM_WORLD);
+  const int rank = world->rank();
+  for (const std::int64_t rows : {1, 5, 300}) {
+    const std::int64_t width = 3, n = rows * width;  // one rank's share, in elements
+    std::vector<float> data = order_values(rank, 4 * n, int(rows)), share(std::size_t(n), -1.0f);
+    world->reduce_scatter_sum(TensorView{data.data(), {4 * rows, width}, DType::F32},
+                              TensorView{share.data(), {rows, width}, DType::F32});
+    std::int64_t wrong = 0;
+    for (std::int64_t i = 0; i < n; ++i) wrong += share[std::size_t(i)] != in_rank_order(rank * n + i, int(rows));
+    EXPECT_EQ(wrong, 0) << rows << " rows of " << width << " on rank " << rank;
+    std::vector<float> all(std::size_t(4 * n), -1.0f);
+    std::copy(share.begin(), share.end(), all.begin() + rank * n);
+    world->all_gather(all.data() + rank * n, all.data(), std::size_t(n) * sizeof(float));
+    EXPECT_EQ(wrong_sums(all, 4 * n, int(rows)), 0) << rows << " rows gathered on rank " << rank;
+  }
+  float none = 0;
+  world->reduce_scatter_sum(TensorView{&none, {0, 1}, DType::F32}, TensorView{&none, {0, 1}, DType::F32});
+  EXPECT_EQ(none, 0.0f);
+}

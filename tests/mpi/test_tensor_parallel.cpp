@@ -3,6 +3,8 @@
 // unsplit logits, and sampling over a vocab shard chooses what sampling over the whole vocabulary chooses.
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include "../unit/test_support.h"
 #include "engine/sampler.h"
 #include "runtime/comm/mpi/mpi_communicator.h"
@@ -12,11 +14,13 @@ using namespace strata;
 namespace {
 
 std::vector<float> stage_logits(const ModelConfig& config, int tp, int tp_rank, Communicator& comm,
-                                const std::vector<std::int32_t>& ids, const std::vector<SeqChunk>& chunks) {
-  auto backend = make_cpu_backend(1);
+                                const std::vector<std::int32_t>& ids, const std::vector<SeqChunk>& chunks,
+                                DType weights_dtype = DType::F32, std::int32_t sequence_parallel_tokens = 0) {
+  auto backend = make_cpu_backend(1, weights_dtype);
   test::RandomWeights weights(5);
   ShardPlan plan(config, {tp, tp_rank, 1, 0});
-  const StageLimits limits{64, 4, 32};
+  StageLimits limits{64, 4, 32};
+  limits.sequence_parallel_tokens = sequence_parallel_tokens;
   TransformerStage stage(plan, weights, *backend, comm, limits);
   const TensorView local = stage.forward(chunks, test::SequenceBlocks(limits).table, ids, nullptr);
   // gather the vocab shards (contiguous in rank order) into whole rows
@@ -50,6 +54,31 @@ TEST(TensorParallel, StageLogitsMatchTheUnsplitModel) {
       EXPECT_LT(error, 1e-5) << "kv heads " << kv_heads << " bias/tied " << bias_and_tied;
     }
   }
+}
+
+// Sequence parallelism (each rank normalizing its share of the step's rows, the products gathering them) gives
+// the bits of the plain tensor-parallel step, whose sums are the same two values added: f32, bf16 and quantized
+// weights (the gathered rows f32, rounded to bf16 or quantized), 9 tokens (shares of 5 and 4 rows) and 1 (a rank
+// with none), with and without a threshold the step reaches.
+TEST(TensorParallel, SequenceParallelStepsGiveTheBitsOfPlainTensorParallelSteps) {
+  auto tp = make_mpi_communicator(MPI_COMM_WORLD);
+  ASSERT_EQ(tp->size(), 2);
+  ModelConfig config = test::tiny_config();
+  config.intermediate_size = 128;  // each rank's down_proj rows whole quantized blocks (2 x 32 values)
+  const std::vector<std::int32_t> ids = {256, 72, 105, 33, 256, 7, 250, 3, 9};
+  const std::vector<SeqChunk> prefill = {{0, 0, 4, 0}, {2, 0, 5, 4}};
+  const std::vector<SeqChunk> decode = {{0, 0, 1, 0}};
+  for (DType dtype : {DType::F32, DType::BF16, DType::Q8_0, DType::Q4_0})
+    for (const auto* chunks : {&prefill, &decode}) {
+      const std::vector<std::int32_t> step(ids.begin(), ids.begin() + (chunks == &prefill ? 9 : 1));
+      const auto plain = stage_logits(config, 2, tp->rank(), *tp, step, *chunks, dtype, 0);
+      for (const std::int32_t threshold : {1, 9}) {
+        const auto split = stage_logits(config, 2, tp->rank(), *tp, step, *chunks, dtype, threshold);
+        ASSERT_EQ(split.size(), plain.size());
+        EXPECT_EQ(0, std::memcmp(split.data(), plain.data(), plain.size() * 4))
+            << dtype_name(dtype) << " " << step.size() << " tokens, threshold " << threshold;
+      }
+    }
 }
 
 TEST(TensorParallel, ShardedSamplingChoosesWhatWholeVocabularySamplingChooses) {

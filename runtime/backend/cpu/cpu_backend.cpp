@@ -127,6 +127,28 @@ class CpuBackend final : public Backend {
     for (std::size_t i = 0; i < ws.size(); ++i) add_bias(biases[i], ys[i]);
   }
 
+  // The rows exchanged as the kernels read them (quantized, or rounded to bf16) where those kernels run; else x.
+  void linears_of_shares(TensorView x, const RowShares& shares, std::span<const TensorView> ws,
+                         std::span<const TensorView> biases, std::span<const TensorView> ys) override {
+    const std::int64_t tokens = x.rows(), in = x.row_elems();
+    const DType dtype = ws[0].dtype;
+    bool gathered = tokens > 0 &&
+                    (is_quantized(dtype) || (tokens <= row_kernel_tokens_ && cpu::gathers_shares(row_kernel_, dtype)));
+    for (std::size_t i = 0; i < ws.size(); ++i)
+      gathered = gathered && ws[i].dtype == dtype && ws[i].row_elems() == in && ys[i].rows() == tokens &&
+                 ys[i].row_elems() == ws[i].rows();
+    if (!gathered) return Backend::linears_of_shares(x, shares, ws, biases, ys);
+    std::vector<cpu::Product> products;
+    for (std::size_t i = 0; i < ws.size(); ++i)
+      products.push_back({ws[i].data, ws[i].layout, ys[i].f32(), ws[i].rows()});
+    if (is_quantized(dtype))
+      quant::shared_rows_dot_products(workers_, quant_kernel_, x.f32(), shares, quant_format(dtype), tokens, in,
+                                      products);
+    else
+      cpu::shared_rows_dot_products(workers_, row_kernel_, x.f32(), shares, dtype, tokens, in, products);
+    for (std::size_t i = 0; i < ws.size(); ++i) add_bias(biases[i], ys[i]);
+  }
+
   static void add_bias(TensorView bias, TensorView y) {
     if (!bias.data) return;
     const float* b = bias.f32();

@@ -490,18 +490,21 @@ STRATA_CLONES void round_to_bf16(const float* x, std::uint16_t* dst, std::int64_
 // 4096-wide rows 6-17% faster than with the rows 8 KiB apart, whose 6 lines a step shared one L1 set with the 4
 // weight rows' lines). A prefill goes over the rows in token passes (tiles.h), every pass's items in the same loop
 // (pass by pass), after one rounding of all its tokens: a 128-token prefill's products had been four loops each.
-// fill(first, last, xs, ldx) writes tokens [first, last)'s activations, rounded to bf16, at xs + t * ldx.
+// fill(first, last, xs, ldx) writes tokens [first, last)'s activations, rounded to bf16, at xs + t * ldx. With
+// `shares`, only this rank's rows are filled, and the other ranks' come through shares->gather.
 template <typename Fill>
 void bf16_dot_products(Workers& workers, Fill&& fill, std::int64_t tokens, std::int64_t in,
-                       std::span<const Product> products) {
+                       std::span<const Product> products, const RowShares* shares = nullptr) {
   if (tokens <= 0) return;  // (the tiles run at least one token)
-  const std::int64_t ldx = odd_lines_stride(in);
+  const std::int64_t ldx = odd_lines_stride(in), held = shares ? std::max(tokens, shares->padded()) : tokens;
   thread_local std::vector<std::uint16_t> rounded;
   // Rows start on a cache line (the vector's own storage is 16-byte aligned), so no 64-byte load spans two lines.
-  if (rounded.size() < std::size_t(tokens * ldx + 32)) rounded.resize(std::size_t(tokens * ldx + 32));
+  if (rounded.size() < std::size_t(held * ldx + 32)) rounded.resize(std::size_t(held * ldx + 32));
   const std::size_t misaligned = reinterpret_cast<std::uintptr_t>(rounded.data()) % 64;
   std::uint16_t* xs = rounded.data() + (misaligned ? (64 - misaligned) / 2 : 0);
-  workers.split(tokens, [&](std::int64_t first, std::int64_t last) { fill(first, last, xs, ldx); });
+  const std::int64_t own = shares ? shares->begin(tokens) : 0, own_end = shares ? shares->end(tokens) : tokens;
+  workers.split(own_end - own, [&](std::int64_t first, std::int64_t last) { fill(own + first, own + last, xs, ldx); });
+  if (shares) shares->gather(xs, std::size_t(ldx) * sizeof(std::uint16_t));
   // Work items: in the interleaved layout kGroupTile groups (a product's last one fewer), and one more for the
   // rows after the groups (in row layout); in the row layout kBlock rows. Items of one group left the balancing
   // tail to 1-group tiles (6 accumulators, a broadcast per VDPBF16PS): 12% of a batch-16 decode step's samples.
@@ -618,6 +621,27 @@ void row_dot_products_many(Workers& workers, const std::string& name, const floa
   // In the step's order (Workers::forecast): item i is rows kBlock i .. kBlock (i + 1) - 1, in the row layout.
   forecast_balanced_rows(workers, blocks, products, kBlock, std::size_t(in) * dtype_size(w_dtype));
   row_kernel_products(workers, kernel, x, w_dtype, tokens, in, products, blocks);
+}
+
+bool gathers_shares(const std::string& kernel, DType w_dtype) {
+  return kernel_for(kernel) == Kernel::Avx512Bf16 && w_dtype == DType::BF16;
+}
+
+void shared_rows_dot_products(Workers& workers, const std::string& name, const float* x, const RowShares& shares,
+                              DType w_dtype, std::int64_t tokens, std::int64_t in, std::span<const Product> products) {
+  STRATA_CHECK(gathers_shares(name, w_dtype), Internal, "the ", name, " kernel does not gather rows of ",
+               dtype_name(w_dtype), " products");
+#if defined(__x86_64__)
+  for (const Product& p : products)
+    STRATA_CHECK(p.layout == Layout::Rows || interleaves_bf16(name, in), Internal,
+                 "bf16 weights interleaved by 16 rows given to the ", name, " kernel");
+  const auto round = [&](std::int64_t first, std::int64_t last, std::uint16_t* xs, std::int64_t ldx) {
+    for (std::int64_t t = first; t < last; ++t) round_to_bf16(x + t * in, xs + t * ldx, in);
+  };
+  bf16_dot_products(workers, round, tokens, in, products, &shares);
+#else
+  (void)workers, (void)x, (void)shares, (void)tokens, (void)in, (void)products;
+#endif
 }
 
 bool made_rows_dot_products(Workers& workers, const std::string& name, const RowMaker& make, DType w_dtype,

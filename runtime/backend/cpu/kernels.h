@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "runtime/backend/cpu/workers.h"
+#include "runtime/backend/row_shares.h"
 #include "runtime/base/dtype.h"
 
 namespace strata::cpu {
@@ -67,6 +68,12 @@ struct Product {
 };
 void row_dot_products_many(Workers& workers, const std::string& kernel, const float* x, DType w_dtype,
                            std::int64_t tokens, std::int64_t in, std::span<const Product> products);
+// row_dot_products_many where x holds only this rank's rows of `shares` (sequence parallelism): rounded to bf16,
+// they are exchanged with the other ranks' (half the bytes of f32), then every row's products computed. The same
+// bits as row_dot_products_many of all the rows. The avx512bf16 kernel on bf16 weights only (gathers_shares).
+void shared_rows_dot_products(Workers& workers, const std::string& kernel, const float* x, const RowShares& shares,
+                              DType w_dtype, std::int64_t tokens, std::int64_t in, std::span<const Product> products);
+bool gathers_shares(const std::string& kernel, DType w_dtype);
 // Makes token t's activations (`in` values in f32) and returns where they are: in `scratch` (the calling thread's,
 // `in` floats, in L1) or wherever the maker wrote them.
 using RowMaker = std::function<const float*(std::int64_t t, float* scratch)>;

@@ -597,9 +597,10 @@ void row_dot_products_with(cpu::Workers& workers, const std::string& kernel, con
 namespace {
 // row_dot_products_many with the activations made by rows(first, last, quantize), which calls quantize(t, row) for
 // each token t in [first, last) with its f32 values at `row` (over_tokens, as quantize_activations).
+// With `shares`, only this rank's rows are made, and the other ranks' come quantized through shares->gather.
 template <typename Rows>
 void products_of_rows(cpu::Workers& workers, const std::string& kernel, Rows&& rows, Format format, std::int64_t tokens,
-                      std::int64_t in, std::span<const Product> products) {
+                      std::int64_t in, std::span<const Product> products, const RowShares* shares = nullptr) {
   STRATA_CHECK(cpu_has(kernel), Internal, "quantized kernel '", kernel, "' is not available on this CPU");
   for (const Product& p : products)
     STRATA_CHECK(p.layout == Layout::Rows || interleaves(kernel), Internal, "quantized kernel '", kernel,
@@ -608,7 +609,7 @@ void products_of_rows(cpu::Workers& workers, const std::string& kernel, Rows&& r
   // The activations once per call: Q8_0 blocks and their scales as f32 (kept between calls: no allocation per step)
   thread_local std::vector<BlockQ8_0> xq;
   thread_local std::vector<float> xs;
-  xq.resize(std::size_t(tokens * blocks));
+  xq.resize(std::size_t((shares ? std::max(tokens, shares->padded()) : tokens) * blocks));
   xs.resize(xq.size());
   // The AVX-512 kernel's start of each block sum: -8 (Q4_0 weights) or -128 (Q8_0) times the activation sum.
   thread_local std::vector<std::int32_t> starts;
@@ -622,7 +623,14 @@ void products_of_rows(cpu::Workers& workers, const std::string& kernel, Rows&& r
   const auto quantize = [&](std::int64_t t, const float* row) {
     quantize_token(avx512, row, q, scales, blocks, start, bias, t);
   };
-  over_tokens(workers, tokens, blocks, [&](std::int64_t first, std::int64_t last) { rows(first, last, quantize); });
+  const std::int64_t begin = shares ? shares->begin(tokens) : 0, end = shares ? shares->end(tokens) : tokens;
+  over_tokens(workers, end - begin, blocks,
+              [&](std::int64_t first, std::int64_t last) { rows(begin + first, begin + last, quantize); });
+  if (shares) {
+    shares->gather(q, std::size_t(blocks) * sizeof(BlockQ8_0));
+    shares->gather(scales, std::size_t(blocks) * sizeof(float));
+    if (start) shares->gather(start, std::size_t(blocks) * sizeof(std::int32_t));
+  }
   const Activations activations{q, scales, start};
   if (format == Format::Q8_0)
     run<BlockQ8_0>(workers, kernel, activations, products, tokens, blocks);
@@ -637,6 +645,14 @@ void row_dot_products_many(cpu::Workers& workers, const std::string& kernel, con
     for (std::int64_t t = first; t < last; ++t) quantize(t, x + t * in);
   };
   products_of_rows(workers, kernel, rows, format, tokens, in, products);
+}
+
+void shared_rows_dot_products(cpu::Workers& workers, const std::string& kernel, const float* x, const RowShares& shares,
+                              Format format, std::int64_t tokens, std::int64_t in, std::span<const Product> products) {
+  const auto rows = [&](std::int64_t first, std::int64_t last, const auto& quantize) {
+    for (std::int64_t t = first; t < last; ++t) quantize(t, x + t * in);
+  };
+  products_of_rows(workers, kernel, rows, format, tokens, in, products, &shares);
 }
 
 void made_rows_dot_products(cpu::Workers& workers, const std::string& kernel, const cpu::RowMaker& make, Format format,

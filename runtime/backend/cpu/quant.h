@@ -38,6 +38,11 @@ void row_dot_products_with(cpu::Workers& workers, const std::string& kernel, con
 using cpu::Product;
 void row_dot_products_many(cpu::Workers& workers, const std::string& kernel, const float* x, Format format,
                            std::int64_t tokens, std::int64_t in, std::span<const Product> products);
+// row_dot_products_many where x holds only this rank's rows of `shares` (sequence parallelism): quantized, they are
+// exchanged with the other ranks' (the Q8_0 blocks, their f32 scales and the AVX-512 kernel's starts: 42 bytes per
+// 32 values against f32's 128), then every row's products computed. The same bits as row_dot_products_many.
+void shared_rows_dot_products(cpu::Workers& workers, const std::string& kernel, const float* x, const RowShares& shares,
+                              Format format, std::int64_t tokens, std::int64_t in, std::span<const Product> products);
 // row_dot_products_many of activations made token by token by `make` (cpu::RowMaker): each row quantized as soon as
 // it is made. The same bits as making every row, then row_dot_products_many.
 void made_rows_dot_products(cpu::Workers& workers, const std::string& kernel, const cpu::RowMaker& make, Format format,
