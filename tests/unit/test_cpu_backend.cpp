@@ -710,7 +710,13 @@ TEST(CpuBackend, LinearsOfSharesGiveTheBitsOfLinearsOfEveryRow) {
   std::vector<Tensor> w32;
   for (const std::int64_t out : outs) w32.push_back(f.random({out, in}));
   const Tensor bias = f.random({outs[1]});
-  for (DType dtype : {DType::F32, DType::BF16, DType::Q8_0, DType::Q4_0}) {
+  // Each quantized kernel (the backend reads STRATA_QUANT_KERNEL when made): each makes the other ranks' scales
+  // (and the AVX-512 one's starts) from their blocks.
+  std::vector<std::pair<DType, std::string>> cases = {{DType::F32, ""}, {DType::BF16, ""}};
+  for (const std::string& kernel : quant::available_kernels())
+    for (DType dtype : {DType::Q8_0, DType::Q4_0}) cases.emplace_back(dtype, kernel);
+  for (const auto& [dtype, kernel] : cases) {
+    if (!kernel.empty()) setenv("STRATA_QUANT_KERNEL", kernel.c_str(), 1);
     // The weights as each backend keeps them (prepare_weight: interleaved where its kernels read that).
     const auto weights_of = [&](Backend& backend) {
       std::vector<Tensor> ws;
@@ -725,8 +731,8 @@ TEST(CpuBackend, LinearsOfSharesGiveTheBitsOfLinearsOfEveryRow) {
         is_quantized(dtype) || (dtype == DType::BF16 && cpu::gathers_shares(cpu::row_kernel_name(), DType::BF16));
     for (const int ranks : {2, 3})
       for (const std::int64_t tokens : {1, 7, 100}) {
-        const std::string where =
-            std::string(dtype_name(dtype)) + " ranks " + std::to_string(ranks) + " tokens " + std::to_string(tokens);
+        const std::string where = std::string(dtype_name(dtype)) + " " + kernel + " ranks " + std::to_string(ranks) +
+                                  " tokens " + std::to_string(tokens);
         const Tensor x = f.random({tokens, in});
         std::unique_ptr<Backend> one = make_cpu_backend(1, dtype);
         const std::vector<Tensor> ws = weights_of(*one);
@@ -764,6 +770,7 @@ TEST(CpuBackend, LinearsOfSharesGiveTheBitsOfLinearsOfEveryRow) {
           else
             EXPECT_EQ(bytes, std::size_t(in) * 4) << where;
       }
+    unsetenv("STRATA_QUANT_KERNEL");
   }
 }
 
