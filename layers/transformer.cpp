@@ -227,7 +227,10 @@ void TransformerStage::allocate_workspace() {
   k_ = backend_.allocate({t, kv_heads * d}, act);
   v_ = backend_.allocate({t, kv_heads * d}, act);
   attn_ = backend_.allocate({t, heads * d}, act);
-  proj_ = backend_.allocate({rows, h}, act);
+  // The row-parallel outputs, under sequence parallelism where the group's other ranks read them in place if it
+  // can (Collectives::shared_workspace).
+  Buffer shared = splits_rows() ? tp_.shared_workspace(dtype_bytes(act, rows * h)) : Buffer{};
+  proj_ = shared.data() ? Tensor(std::move(shared), {rows, h}, act) : backend_.allocate({rows, h}, act);
   if (splits_rows()) share_ = backend_.allocate({per_rank, h}, act);
   gate_up_ = backend_.allocate({t, 2 * plan_.local_intermediate()}, act);
   act_ = backend_.allocate({t, plan_.local_intermediate()}, act);

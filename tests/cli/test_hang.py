@@ -57,7 +57,7 @@ def run_and_signal(sig, label, *flags):
 def shm_segments():
     """Named shared-memory segments of the tensor-parallel all-reduce (it uses an anonymous memory file, which has
     no name there: this guards against a named one left behind by a killed job)."""
-    return set(glob.glob("/dev/shm/strata-allreduce-*"))
+    return set(glob.glob("/dev/shm/strata-*"))
 
 
 segments_before = shm_segments()

@@ -200,3 +200,46 @@ TEST(MpiCommunicator, ReduceScatterSumsEachRanksRowsInRankOrderAndAllGatherGathe
   world->reduce_scatter_sum(TensorView{&none, {0, 1}, DType::F32}, TensorView{&none, {0, 1}, DType::F32});
   EXPECT_EQ(none, 0.0f);
 }
+
+// The same in the group's shared workspace (shm_rows.h: each rank sums its rows out of every rank's memory): rank
+// order, data anywhere in the workspace, repeated calls reusing the memory; ranks giving different rows all get an
+// error naming them, and the calls around it are whole. Without shared memory (STRATA_MPI_SHM_ALLREDUCE=0 on any
+// rank) the workspace is empty and the sends serve.
+TEST(MpiCommunicator, ReduceScatterInTheSharedWorkspaceSumsInPlaceInRankOrder) {
+  auto world = make_mpi_communicator(MPI_COMM_WORLD);
+  const int rank = world->rank();
+  const std::int64_t width = 3, most = 300 * width;
+  Buffer workspace = world->shared_workspace(std::size_t(7 + 4 * most) * sizeof(float));
+  ASSERT_NE(workspace.data(), nullptr) << "4 ranks on one node: the workspace must be made";
+  auto* floats = static_cast<float*>(workspace.data());
+  for (int round = 0; round < 3; ++round)
+    for (const std::int64_t rows : {1, 5, 300})
+      for (const std::int64_t at : {0, 7}) {
+        const std::int64_t n = rows * width;
+        const std::vector<float> mine = order_values(rank, 4 * n, int(rows + at + round));
+        std::copy(mine.begin(), mine.end(), floats + at);
+        std::vector<float> share(std::size_t(n), -1.0f);
+        world->reduce_scatter_sum(TensorView{floats + at, {4 * rows, width}, DType::F32},
+                                  TensorView{share.data(), {rows, width}, DType::F32});
+        std::int64_t wrong = 0;
+        for (std::int64_t i = 0; i < n; ++i)
+          wrong += share[std::size_t(i)] != in_rank_order(rank * n + i, int(rows + at + round));
+        EXPECT_EQ(wrong, 0) << rows << " rows at " << at << " on rank " << rank << ", round " << round;
+      }
+  std::vector<float> share(12);
+  const std::int64_t rows = rank < 2 ? 10 : 12;
+  try {
+    world->reduce_scatter_sum(TensorView{floats, {4 * rows}, DType::F32}, TensorView{share.data(), {rows}, DType::F32});
+    ADD_FAILURE() << "rank " << rank << ": a reduce-scatter of different rows must fail";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("every rank must give the same rows"), std::string::npos) << e.what();
+  }
+  const std::vector<float> mine = order_values(rank, 8, 9);
+  std::copy(mine.begin(), mine.end(), floats);
+  world->reduce_scatter_sum(TensorView{floats, {8}, DType::F32}, TensorView{share.data(), {2}, DType::F32});
+  EXPECT_EQ(share[0], in_rank_order(rank * 2, 9));
+  EXPECT_EQ(share[1], in_rank_order(rank * 2 + 1, 9));
+  if (rank == 1) setenv("STRATA_MPI_SHM_ALLREDUCE", "0", 1);
+  EXPECT_EQ(world->shared_workspace(4096).data(), nullptr) << "one rank turned shared memory off";
+  unsetenv("STRATA_MPI_SHM_ALLREDUCE");
+}

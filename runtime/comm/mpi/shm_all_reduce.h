@@ -1,7 +1,5 @@
 // The sum all-reduce of a communicator whose ranks share one node's memory (a tensor-parallel group inside a node,
-// the CPU backend's), through a shared anonymous memory file (memfd) instead of MPI_Allreduce. Not an MPI-3 shared
-// window: ending one takes the collective MPI_Win_free, which a rank unwinding towards MPI_Abort must not wait in;
-// not a named POSIX segment: a job killed before unlinking it would leave it in /dev/shm.
+// the CPU backend's), through a shared anonymous memory file (shm_segment.h) instead of MPI_Allreduce.
 //
 // Why: through strata's MPI communicator, Open MPI 4.1's all-reduce between the two ranks of a 2-vCPU VM took 2 us
 // for a batch-1 decode step's activations (3 KB), 21-25 us for batch 16's (48 KB), 48-57 us for batch 64's (192 KB),
@@ -22,6 +20,8 @@
 #include <cstdint>
 #include <memory>
 
+#include "runtime/comm/mpi/shm_segment.h"
+
 namespace strata {
 
 class ShmAllReduce {
@@ -40,7 +40,7 @@ class ShmAllReduce {
 
  private:
   struct Rank;  // one rank's part of the segment: its flags and two slots (see shm_all_reduce.cpp)
-  ShmAllReduce(void* base, int rank, int size);
+  ShmAllReduce(std::unique_ptr<ShmSegment> segment, int rank, int size);
   Rank& part(int rank) const;
   // Publishes this rank's `reduced` for the sum, then waits for every rank's, calling each(rank, its part) once
   // that rank's has come.
@@ -48,7 +48,7 @@ class ShmAllReduce {
   void finish(std::uint64_t sequence, Each&& each);
   void finish(std::uint64_t sequence);
 
-  void* base_;  // the segment, mapped (unmapped by the destructor: no collective call)
+  std::unique_ptr<ShmSegment> segment_;  // a Rank per rank
   int rank_, size_;
   std::uint64_t sequence_ = 0;  // sums so far, the same on every rank
 };

@@ -1,0 +1,107 @@
+#include "runtime/comm/mpi/shm_rows.h"
+
+#include <atomic>
+#include <new>
+
+#include "runtime/base/log.h"
+#include "runtime/comm/mpi/mpi_communicator.h"
+
+namespace strata {
+
+// A rank's part of the segment: this header, then its data from kDataOffset. `arrived`: the sequence number of the
+// last call whose data it has written (with that call's `at` and `count`); `read`: of the last call whose sums it
+// has taken from every rank's data. Each flag on its own cache line: one rank writes it, the others spin on it.
+struct ShmRows::Header {
+  alignas(64) std::atomic<std::uint64_t> arrived;
+  std::uint64_t at;
+  std::int64_t count;
+  alignas(64) std::atomic<std::uint64_t> read;
+};
+
+namespace {
+constexpr std::size_t kDataOffset = 4096;  // the data page-aligned, after the header
+static_assert(sizeof(std::atomic<std::uint64_t>) <= 64 && alignof(std::max_align_t) <= kDataOffset);
+std::size_t pages(std::size_t bytes) { return (bytes + 4095) / 4096 * 4096; }
+}  // namespace
+
+std::unique_ptr<ShmRows> ShmRows::create(MPI_Comm comm, std::size_t bytes) {
+  int size = 0, rank = 0;
+  STRATA_MPI_CHECK(MPI_Comm_size(comm, &size));
+  STRATA_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+  auto segment = ShmSegment::create(comm, kDataOffset + pages(bytes), "the sequence-parallel reduce-scatter",
+                                    "MPI point-to-point sends");
+  if (!segment) return nullptr;
+  std::unique_ptr<ShmRows> rows(new ShmRows(std::move(segment), bytes, rank, size));
+  Header& own = rows->header(rank);
+  new (&own.arrived) std::atomic<std::uint64_t>(0);
+  new (&own.read) std::atomic<std::uint64_t>(0);
+  STRATA_MPI_CHECK(MPI_Barrier(comm));  // every rank's flags made before anyone looks at them
+  return rows;
+}
+
+ShmRows::ShmRows(std::unique_ptr<ShmSegment> segment, std::size_t bytes, int rank, int size)
+    : segment_(std::move(segment)), bytes_(bytes), rank_(rank), size_(size) {}
+
+ShmRows::~ShmRows() = default;
+
+ShmRows::Header& ShmRows::header(int rank) const { return *static_cast<Header*>(segment_->part(rank)); }
+
+const float* ShmRows::floats(int rank) const {
+  return reinterpret_cast<const float*>(static_cast<const char*>(segment_->part(rank)) + kDataOffset);
+}
+
+void* ShmRows::data() const { return static_cast<char*>(segment_->part(rank_)) + kDataOffset; }
+
+bool ShmRows::holds(const void* p, std::size_t bytes) const {
+  const auto* begin = static_cast<const char*>(data());
+  const auto* at = static_cast<const char*>(p);
+  return at >= begin && at <= begin + bytes_ && bytes <= std::size_t(begin + bytes_ - at);
+}
+
+void ShmRows::wait_for_all(std::uint64_t sequence, bool read) const {
+  for (int r = 0; r < size_; ++r) {
+    const Header& peer = header(r);
+    const std::atomic<std::uint64_t>& flag = read ? peer.read : peer.arrived;
+    spin_until([&] { return flag.load(std::memory_order_acquire) >= sequence; });
+  }
+}
+
+void ShmRows::reduce_scatter(std::size_t at, std::int64_t count, float* share) {
+  STRATA_CHECK(count >= 0 && (at + std::size_t(size_) * std::size_t(count)) * sizeof(float) <= bytes_, Internal,
+               "shared-memory reduce-scatter of ", size_, " x ", count, " values from ", at, ": past the ", bytes_,
+               " bytes of the segment");
+  const std::uint64_t sequence = ++sequence_;
+  Header& own = header(rank_);
+  own.at = at;
+  own.count = count;
+  own.arrived.store(sequence, std::memory_order_release);
+  wait_for_all(sequence, false);
+  int differs = -1;  // a rank summing other rows than this one, and its rows (read before the flags below free it)
+  std::uint64_t their_at = 0;
+  std::int64_t their_count = 0;
+  for (int r = 0; r < size_; ++r)
+    if (header(r).at != at || header(r).count != count)
+      differs = r, their_at = header(r).at, their_count = header(r).count;
+  if (differs < 0) {
+    const std::size_t mine = at + std::size_t(rank_) * std::size_t(count);
+    const float *first = floats(0) + mine, *second = floats(size_ > 1 ? 1 : 0) + mine;
+    if (size_ == 1)
+      for (std::int64_t i = 0; i < count; ++i) share[i] = first[i];
+    else
+      for (std::int64_t i = 0; i < count; ++i) share[i] = first[i] + second[i];
+    for (int r = 2; r < size_; ++r) {
+      const float* next = floats(r) + mine;
+      for (std::int64_t i = 0; i < count; ++i) share[i] += next[i];
+    }
+  }
+  // Every rank finishes the protocol before it throws: one that left early would write its data again while
+  // another still reads it.
+  own.read.store(sequence, std::memory_order_release);
+  wait_for_all(sequence, true);
+  if (differs >= 0)
+    throw Error(ErrorKind::Communication, cat("shared-memory reduce-scatter: rank ", differs, " sums ", their_count,
+                                              " values a rank from float ", their_at, " where rank ", rank_, " sums ",
+                                              count, " from ", at, " (every rank must give the same rows)"));
+}
+
+}  // namespace strata

@@ -1,0 +1,51 @@
+// Sequence parallelism's reduce-scatter (Collectives::reduce_scatter_sum) where the ranks of a tensor-parallel group
+// share a node: the data to be summed lives in shared memory (the layer's row-parallel output, which its products
+// write straight into this rank's part of a segment, shm_segment.h), and each rank sums its rows out of every rank's
+// part in place, in rank order. Nothing is copied between ranks: through MPI each rank's rows were first copied into
+// the other's memory (process_vm_readv), then summed (docs/performance.md).
+//
+// Two waits on flags in the segment: for every rank's data (its products done), and for every rank to have read the
+// others' (so that none writes its part again, at the next product, while another still reads it). A rank that
+// never arrives is the watchdog's to report, as one stuck in MPI is. Every rank must give the same rows: a mismatch
+// is reported by name on every rank.
+#pragma once
+#include <mpi.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "runtime/comm/mpi/shm_segment.h"
+
+namespace strata {
+
+class ShmRows {
+ public:
+  // Collective over `comm`; null (on every rank) where ShmSegment::create gives none.
+  static std::unique_ptr<ShmRows> create(MPI_Comm comm, std::size_t bytes);
+  ~ShmRows();
+  ShmRows(const ShmRows&) = delete;
+  ShmRows& operator=(const ShmRows&) = delete;
+
+  // This rank's `bytes` of shared memory (page-aligned).
+  void* data() const;
+  // Whether [p, p + bytes) lies in data().
+  bool holds(const void* p, std::size_t bytes) const;
+  // share[0, count) = the sum in rank order over the ranks r of their floats [at + rank * count, at + (rank + 1) *
+  // count) of data(), `at` counted in floats from its start. Collective.
+  void reduce_scatter(std::size_t at, std::int64_t count, float* share);
+
+ private:
+  struct Header;  // a rank's flags and the call it is in (shm_rows.cpp)
+  ShmRows(std::unique_ptr<ShmSegment> segment, std::size_t bytes, int rank, int size);
+  Header& header(int rank) const;
+  const float* floats(int rank) const;
+  void wait_for_all(std::uint64_t sequence, bool read) const;
+
+  std::unique_ptr<ShmSegment> segment_;
+  std::size_t bytes_;
+  int rank_, size_;
+  std::uint64_t sequence_ = 0;  // calls so far, the same on every rank
+};
+
+}  // namespace strata
