@@ -28,7 +28,7 @@ struct RunLimits {
   bool prefix_caching = true, chunked_prefill = true;
   // --sequence-parallel-tokens: steps of at least this many tokens split the norms and activation quantization over
   // a CPU tensor-parallel group (StageLimits::sequence_parallel_tokens; 0: never).
-  int sequence_parallel_tokens = 256;
+  int sequence_parallel_tokens = 64;
 };
 
 struct PlanRequest {
