@@ -79,8 +79,9 @@ class Collectives {
   // communicator sends each rank only its rows and adds them in rank order, as its shared-memory all-reduce does.
   virtual void reduce_scatter_sum(TensorView data, TensorView share);
   // Host memory of `bytes` (page-aligned) that the other ranks of the group can read, where they share a node: a
-  // reduce_scatter_sum of data in it sums the ranks' rows in place instead of sending them. Empty where the group
-  // cannot share memory, or has one rank. Collective. The group must outlive it.
+  // reduce_scatter_sum of data in it (on every rank, as every rank makes it) sums the ranks' rows in place instead
+  // of sending them. Empty (on every rank) where the group cannot share memory, or has one rank. Collective. The
+  // group must outlive it.
   virtual Buffer shared_workspace(std::size_t bytes) { return {}; }
   // recv holds size() * bytes_per_rank bytes, rank r's contribution at offset r * bytes_per_rank. Collective.
   // send may be recv + rank() * bytes_per_rank (in place).
