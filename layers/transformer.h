@@ -80,6 +80,9 @@ class TransformerStage {
   // (collective all-reduces in forward); both must outlive the stage.
   TransformerStage(const ShardPlan& plan, WeightSource& source, Backend& backend, Collectives& tp,
                    const StageLimits& limits);
+  // Not copied or moved: its row gatherer (shares_) and its layers point into it.
+  TransformerStage(const TransformerStage&) = delete;
+  TransformerStage& operator=(const TransformerStage&) = delete;
 
   const ShardPlan& plan() const { return plan_; }
   const StageLimits& limits() const { return limits_; }
