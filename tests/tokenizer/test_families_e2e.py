@@ -1,6 +1,7 @@
 """End to end for the Gemma 2, Gemma 3, Mixtral, Qwen2-MoE and Qwen3-MoE families: a small random model of each,
 written here as a Hugging Face folder (safetensors, config.json, generation_config.json and the real 32,000-token
-Mistral tokenizer.json), is converted and run at several layouts (tp 1, tp 2, pp 2; the MoE families also tp 2 with
+Mistral tokenizer.json), is converted and run at several layouts (tp 1, tp 2, pp 2, Gemma's tp 2 also with sequence parallelism on every
+step; the MoE families also tp 2 with
 expert parallelism -ep 2, and with it pp 2 or dp 2 on 4 ranks, one family dp 2; one family converted for tp 2 and
 loaded under the others; Gemma also with its sliding-window layers keeping only their window). Every layout
 must match the float64 reference (tests/reference/families_reference.py, written from the transformers modeling
@@ -143,9 +144,12 @@ DP_LAYOUT = ("dp2", 2, ["-dp", 2])
 # 3 sequences at once for 4 prompts, so a slot is handed on.
 WINDOW_FLAGS = ["--max-num-batched-tokens", 4, "--kv-block-size", 2, "--max-batch-size", 3]
 WINDOW_LAYOUTS = [("windows", 1, WINDOW_FLAGS), ("windows-pp2", 2, ["-pp", 2, *WINDOW_FLAGS])]
+# Sequence parallelism on every step, decodes included (shares of one row and none): Gemma's sandwich norms, q/k norms
+# and GeGLU on a rank's share of the rows.
+SP_LAYOUT = ("tp2-sp", 2, ["-tp", 2, "--sequence-parallel-tokens", 1])
 FAMILY_RUNS = [
-    ("gemma2", "gemma2", 11, {}, 1, BASE_LAYOUTS + WINDOW_LAYOUTS),
-    ("gemma3", "gemma3_text", 12, {}, 1, BASE_LAYOUTS + WINDOW_LAYOUTS),
+    ("gemma2", "gemma2", 11, {}, 1, BASE_LAYOUTS + WINDOW_LAYOUTS + [SP_LAYOUT]),
+    ("gemma3", "gemma3_text", 12, {}, 1, BASE_LAYOUTS + WINDOW_LAYOUTS + [SP_LAYOUT]),
     # Gemma 3 by its older key: sliding_window_pattern 3 (layers 0, 1 slide, 2 full), no layer_types.
     ("gemma3-pattern", "gemma3_text", 13, {"layer_types": None, "sliding_window_pattern": 3}, 1, BASE_LAYOUTS[:1]),
     ("mixtral", "mixtral", 14, {}, 2, BASE_LAYOUTS + [EP_LAYOUT, ("tp2-ep2-dp2", 4, ["-tp", 2, "-ep", 2, "-dp", 2])]),
