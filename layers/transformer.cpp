@@ -278,7 +278,7 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
   if (l == 0)
     backend_.rms_norm(h_own, w.input_norm.view(), eps, x_own);
   else
-    backend_.rms_norm_residual(h_own, summed(tokens), w.input_norm.view(), eps, x_own);
+    add_sums_and_norm(tokens, w.input_norm, x_own);
   const TensorView qkv_weights[] = {w.q.view(), w.k.view(), w.v.view()};
   const TensorView qkv_biases[] = {w.q_bias.view(), w.k_bias.view(), w.v_bias.view()};
   const TensorView qkv[] = {rows(q_), rows(k_), rows(v_)};
@@ -304,19 +304,22 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
   sum_over_tp(proj_, tokens);
 
   // MLP. Gemma normalises the attention output before the residual add and the MLP output after it.
-  const TensorView attention_out = summed(tokens);
   if (c.sandwich_norms) {
+    const TensorView attention_out = summed(tokens);
     backend_.rms_norm(attention_out, w.post_norm.view(), eps, attention_out);
     backend_.rms_norm_residual(h_own, attention_out, w.pre_ff_norm.view(), eps, x_own);
   } else {
-    backend_.rms_norm_residual(h_own, attention_out, w.post_norm.view(), eps, x_own);
+    add_sums_and_norm(tokens, w.post_norm, x_own);
   }
   if (w.router.empty())
     mlp(w, tokens);
   else
     moe_mlp(w, tokens);
-  if (c.sandwich_norms) backend_.rms_norm(summed(tokens), w.post_ff_norm.view(), eps, summed(tokens));
-  // summed(tokens) is added to the residual by the next block (or after the last one in forward)
+  if (c.sandwich_norms) {
+    const TensorView mlp_out = summed(tokens);
+    backend_.rms_norm(mlp_out, w.post_ff_norm.view(), eps, mlp_out);
+  }
+  // The MLP's sums are added to the residual by the next block (or after the last one in forward)
 }
 
 void TransformerStage::rotate(const TensorView& x, std::int64_t tokens, const RopeParams& rope) {
@@ -577,6 +580,7 @@ TensorView TransformerStage::forward(std::span<const SeqChunk> chunks, std::span
                          !plan_.config().is_moe() && !mixed && rope_long_.inv_freq.empty();
   const StepMode mode = backend_.begin_step(graphable ? std::int64_t(chunks.size()) : -1);
   sequence_parallel_ = splits_rows() && tokens >= limits_.sequence_parallel_tokens && mode != StepMode::Replay;
+  sums_pending_ = false;
   shares_.per_rank = (tokens + shares_.ranks - 1) / shares_.ranks;
   replaying_ = mode == StepMode::Replay;
   TensorView out;
@@ -611,14 +615,47 @@ TensorView TransformerStage::own_rows(const Tensor& t, std::int64_t tokens) cons
   return t.view().slice_rows(shares_.begin(tokens), shares_.end(tokens));
 }
 
-TensorView TransformerStage::summed(std::int64_t tokens) const {
+// Under sequence parallelism a row-parallel output's reduce-scatter waits until its sums are wanted (sums_pending_):
+// where they only join the residual stream (and its norm), each rank adds its rows of every rank's output straight
+// from the group's shared memory, never storing the sums (Collectives::reduce_scatter_with).
+void TransformerStage::sum_over_tp(const Tensor& partial, std::int64_t tokens) {
+  STRATA_CHECK(&partial == &proj_, Internal, "sum_over_tp of a tensor other than proj_");
+  if (sequence_parallel_)
+    sums_pending_ = true;
+  else
+    all_reduce(partial.view().slice_rows(0, tokens));
+}
+
+TensorView TransformerStage::summed(std::int64_t tokens) {
   if (!sequence_parallel_) return proj_.view().slice_rows(0, tokens);
+  if (sums_pending_) {
+    tp_.reduce_scatter_sum(proj_.view().slice_rows(0, shares_.padded()), share_.view().slice_rows(0, shares_.per_rank));
+    sums_pending_ = false;
+  }
   return share_.view().slice_rows(0, shares_.end(tokens) - shares_.begin(tokens));
 }
 
-void TransformerStage::sum_over_tp(const Tensor& partial, std::int64_t tokens) {
-  if (!sequence_parallel_) return all_reduce(partial.view().slice_rows(0, tokens));
-  tp_.reduce_scatter_sum(partial.view().slice_rows(0, shares_.padded()), share_.view().slice_rows(0, shares_.per_rank));
+// This rank's rows of proj_'s pending sums handed to fused(parts) unsummed where the group can (then true; the parts
+// hold per_rank rows each, of which this rank's share may use fewer), else false.
+bool TransformerStage::sums_as_parts(const Collectives::PartsUser& fused) {
+  if (!sums_pending_ || !tp_.reduce_scatter_with(proj_.view().slice_rows(0, shares_.padded()), fused)) return false;
+  sums_pending_ = false;
+  return true;
+}
+
+void TransformerStage::add_sums_and_norm(std::int64_t tokens, const Tensor& weight, TensorView x_own) {
+  const TensorView h_own = own_rows(hidden_, tokens);
+  const float eps = float(plan_.config().rms_norm_eps);
+  if (!sums_as_parts([&](std::span<const float* const> parts) {
+        backend_.rms_norm_residual_of_sum(h_own, parts, weight.view(), eps, x_own);
+      }))
+    backend_.rms_norm_residual(h_own, summed(tokens), weight.view(), eps, x_own);
+}
+
+void TransformerStage::add_sums(std::int64_t tokens) {
+  const TensorView h_own = own_rows(hidden_, tokens);
+  if (!sums_as_parts([&](std::span<const float* const> parts) { backend_.add_sum(h_own, parts); }))
+    backend_.add(h_own, summed(tokens));
 }
 
 void TransformerStage::products_of_normed(TensorView x, std::span<const TensorView> ws,
@@ -645,7 +682,7 @@ TensorView TransformerStage::run_step(std::span<const SeqChunk> chunks, std::spa
   }
   if (ring_blocks_ > 0) build_ring_table(chunks);
   for (std::size_t l = 0; l < layers_.size(); ++l) decoder_block(l, chunks, block_table, tokens);
-  if (!layers_.empty()) backend_.add(own_rows(hidden_, tokens), summed(tokens));  // the last block's MLP output
+  if (!layers_.empty()) add_sums(tokens);  // the last block's MLP output
   // Every rank's rows of the residual stream, for the head or the next stage.
   if (sequence_parallel_ && !layers_.empty()) shares_.gather(h.data, std::size_t(h.row_elems()) * dtype_size(h.dtype));
   if (!plan_.is_last_stage()) return h;

@@ -162,8 +162,13 @@ class TransformerStage {
   // proj_'s rows, or share_'s), and products of the normed activations (linears, or linears_of_shares).
   bool splits_rows() const;
   TensorView own_rows(const Tensor& t, std::int64_t tokens) const;
-  TensorView summed(std::int64_t tokens) const;
+  TensorView summed(std::int64_t tokens);
   void sum_over_tp(const Tensor& partial, std::int64_t tokens);
+  // h_own += the sums of proj_'s rows, then x_own = its RMSNorm times weight (add_sums_and_norm) or nothing more
+  // (add_sums): fused with the reduce-scatter where the group shares memory (see sum_over_tp).
+  bool sums_as_parts(const Collectives::PartsUser& fused);
+  void add_sums_and_norm(std::int64_t tokens, const Tensor& weight, TensorView x_own);
+  void add_sums(std::int64_t tokens);
   void products_of_normed(TensorView x, std::span<const TensorView> ws, std::span<const TensorView> biases,
                           std::span<const TensorView> ys);
 
@@ -200,6 +205,7 @@ class TransformerStage {
   std::vector<std::int32_t> positions_, last_row_index_;
   bool replaying_ = false;
   bool sequence_parallel_ = false;  // this step's
+  bool sums_pending_ = false;       // proj_ holds partial sums whose reduce-scatter waits (sum_over_tp)
   RowShares shares_;                // this step's rows per rank
   Tensor share_;                    // this rank's rows of a reduce-scatter's sums
 };

@@ -112,12 +112,31 @@ class Backend {
     shares.gather(x.data, std::size_t(x.row_elems()) * dtype_size(x.dtype));
     linears(x, ws, biases, ys);
   }
+  // The parts' elementwise sum, added in their order.
+  static std::vector<float> sum_of(std::span<const float* const> parts, std::int64_t n) {
+    std::vector<float> sum(parts[0], parts[0] + n);
+    for (std::size_t p = 1; p < parts.size(); ++p)
+      for (std::int64_t i = 0; i < n; ++i) sum[std::size_t(i)] += parts[p][i];
+    return sum;
+  }
   // y[T,K] = x / rms(x) * weight[K]; y may alias x.
   virtual void rms_norm(TensorView x, TensorView weight, float eps, TensorView y) = 0;
   // residual += x; y = rms_norm(residual) * weight (the decoder block's add + next norm, fused). [T,K] each.
   virtual void rms_norm_residual(TensorView residual, TensorView x, TensorView weight, float eps, TensorView y) = 0;
   // y += x, same shapes.
   virtual void add(TensorView y, TensorView x) = 0;
+  // rms_norm_residual and add of x = parts[0] + parts[1] + ... (added in that order), x never stored: parts are a
+  // reduce-scatter's rows in host memory (Collectives::reduce_scatter_with), residual.numel() f32 values each. These
+  // defaults store the sum first.
+  virtual void rms_norm_residual_of_sum(TensorView residual, std::span<const float* const> parts, TensorView weight,
+                                        float eps, TensorView y) {
+    std::vector<float> sum = sum_of(parts, residual.numel());
+    rms_norm_residual(residual, TensorView{sum.data(), residual.shape}, weight, eps, y);
+  }
+  virtual void add_sum(TensorView residual, std::span<const float* const> parts) {
+    std::vector<float> sum = sum_of(parts, residual.numel());
+    add(residual, TensorView{sum.data(), residual.shape});
+  }
   // In place on x[T, H, D] for every head; positions[T] are absolute token positions.
   virtual void rope(TensorView x, std::span<const std::int32_t> positions, const RopeParams& params) = 0;
   // out[T,I] = silu(gate_up[T, 0:I]) * gate_up[T, I:2I]

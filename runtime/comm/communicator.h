@@ -7,7 +7,9 @@
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "runtime/base/error.h"
@@ -78,6 +80,12 @@ class Collectives {
   // Collective. This default sums all of data (all_reduce_sum) and copies the rows out (host memory only); the MPI
   // communicator sends each rank only its rows and adds them in rank order, as its shared-memory all-reduce does.
   virtual void reduce_scatter_sum(TensorView data, TensorView share);
+  // reduce_scatter_sum's rows handed to use() unsummed, where the group can do so without copying them (data in the
+  // shared workspace, on every rank): parts[r] is rank r's floats of this rank's share (data.numel() / size() of
+  // them), readable during the call only; then true. Elsewhere false, having done nothing (the caller then calls
+  // reduce_scatter_sum). Collective where it returns true. Lets a caller fuse the sum with what it does next.
+  using PartsUser = std::function<void(std::span<const float* const> parts)>;
+  virtual bool reduce_scatter_with(TensorView data, const PartsUser& use) { return false; }
   // Host memory of `bytes` (page-aligned) that the other ranks of the group can read, where they share a node: a
   // reduce_scatter_sum of data in it (on every rank, as every rank makes it) sums the ranks' rows in place instead
   // of sending them. Empty (on every rank) where the group cannot share memory, or has one rank. Collective. The

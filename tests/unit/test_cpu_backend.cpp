@@ -1408,6 +1408,41 @@ TEST(CpuBackend, RmsNormResidualIsAddThenNormBitForBit) {
   EXPECT_GT(std::abs(y1.f32()[0] - r1.f32()[0]), 1e-6);
 }
 
+// The ops of a sum never stored (sequence parallelism's reduce-scatter rows, layers/transformer.h): residual + the
+// parts added in their order, then the norm, bit for bit the unfused ops on the stored sum, for 1, 2 and 3 parts
+// (the values make the orders' roundings differ: checked), on enough rows for the threads.
+TEST(CpuBackend, SumsOfPartsGiveTheBitsOfTheStoredSum) {
+  Fixture f;
+  auto backend = make_cpu_backend(2);
+  const std::int64_t rows = 64, width = 96;
+  std::vector<Tensor> parts;
+  for (int p = 0; p < 3; ++p) parts.push_back(f.random({rows, width}, p == 1 ? 1e4f : 1.0f));
+  const Tensor w = f.random({width}), start = f.random({rows, width});
+  for (const std::size_t count : {1u, 2u, 3u}) {
+    std::vector<const float*> ptrs;
+    for (std::size_t p = 0; p < count; ++p) ptrs.push_back(parts[p].f32());
+    Tensor sum = backend->allocate({rows, width}, DType::F32);
+    std::copy_n(ptrs[0], rows * width, sum.f32());
+    for (std::size_t p = 1; p < count; ++p) backend->add(sum.view(), parts[p].view());
+    Tensor r1 = backend->allocate({rows, width}, DType::F32), r2 = backend->allocate({rows, width}, DType::F32);
+    Tensor y1 = backend->allocate({rows, width}, DType::F32), y2 = backend->allocate({rows, width}, DType::F32);
+    for (Tensor* r : {&r1, &r2}) std::copy_n(start.f32(), rows * width, r->f32());
+    backend->rms_norm_residual_of_sum(r1.view(), ptrs, w.view(), 1e-5f, y1.view());
+    backend->rms_norm_residual(r2.view(), sum.view(), w.view(), 1e-5f, y2.view());
+    EXPECT_EQ(0, std::memcmp(r1.f32(), r2.f32(), r1.bytes())) << count << " parts";
+    EXPECT_EQ(0, std::memcmp(y1.f32(), y2.f32(), y1.bytes())) << count << " parts";
+    for (Tensor* r : {&r1, &r2}) std::copy_n(start.f32(), rows * width, r->f32());
+    backend->add_sum(r1.view(), ptrs);
+    backend->add(r2.view(), sum.view());
+    EXPECT_EQ(0, std::memcmp(r1.f32(), r2.f32(), r1.bytes())) << count << " parts";
+    if (count < 2) continue;
+    // The negative control: the residual plus each part in turn rounds differently somewhere.
+    for (Tensor* r : {&r1}) std::copy_n(start.f32(), rows * width, r->f32());
+    for (std::size_t p = 0; p < count; ++p) backend->add(r1.view(), parts[p].view());
+    EXPECT_NE(0, std::memcmp(r1.f32(), r2.f32(), r1.bytes())) << count << " parts: the orders must differ";
+  }
+}
+
 TEST(CpuBackend, SampleCandidatesAreTheBestByModeWithTheShardOffset) {
   Fixture f;
   Tensor logits = f.backend->allocate({3, 6}, DType::F32);

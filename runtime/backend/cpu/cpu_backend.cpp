@@ -234,6 +234,43 @@ class CpuBackend final : public Backend {
     });
   }
 
+  // The sum of the parts in the same order as Backend::sum_of, one row at a time, straight into the residual.
+  void rms_norm_residual_of_sum(TensorView residual, std::span<const float* const> parts, TensorView weight, float eps,
+                                TensorView y) override {
+    require_same_rows(residual, y, "rms_norm_residual_of_sum");
+    const std::int64_t width = residual.row_elems();
+    rows_over_workers(residual.rows(), width, [&](std::int64_t t) {
+      float* r = residual.f32() + t * width;
+      add_row_sum(r, parts, t * width, width);
+      norm_row(r, weight.f32(), eps, y.f32() + t * width, width);
+    });
+  }
+
+  void add_sum(TensorView residual, std::span<const float* const> parts) override {
+    const std::int64_t width = residual.row_elems();
+    rows_over_workers(residual.rows(), width,
+                      [&](std::int64_t t) { add_row_sum(residual.f32() + t * width, parts, t * width, width); });
+  }
+
+  // r[i] += (parts[0][at + i] + parts[1][at + i]) + ..., i < width.
+  static void add_row_sum(float* r, std::span<const float* const> parts, std::int64_t at, std::int64_t width) {
+    const float* first = parts[0] + at;
+    if (parts.size() == 1) {
+      for (std::int64_t i = 0; i < width; ++i) r[i] += first[i];
+      return;
+    }
+    const float* second = parts[1] + at;
+    if (parts.size() == 2) {
+      for (std::int64_t i = 0; i < width; ++i) r[i] += first[i] + second[i];
+      return;
+    }
+    thread_local std::vector<float> sum;
+    sum.assign(first, first + width);
+    for (std::size_t p = 1; p < parts.size(); ++p)
+      for (std::int64_t i = 0; i < width; ++i) sum[std::size_t(i)] += parts[p][at + i];
+    for (std::int64_t i = 0; i < width; ++i) r[i] += sum[std::size_t(i)];
+  }
+
   void add(TensorView y, TensorView x) override {
     STRATA_CHECK(y.numel() == x.numel(), Internal, "add: ", shape_string(y.shape), " vs ", shape_string(x.shape));
     float* out = y.f32();

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <new>
+#include <vector>
 
 #include "runtime/base/log.h"
 #include "runtime/comm/mpi/mpi_communicator.h"
@@ -66,7 +67,7 @@ void ShmRows::wait_for_all(std::uint64_t sequence, bool read) const {
   }
 }
 
-void ShmRows::reduce_scatter(std::size_t at, std::int64_t count, float* share) {
+void ShmRows::reduce_scatter(std::size_t at, std::int64_t count, const PartsUser& use) {
   STRATA_CHECK(count >= 0 && (at + std::size_t(size_) * std::size_t(count)) * sizeof(float) <= bytes_, Internal,
                "shared-memory reduce-scatter of ", size_, " x ", count, " values from ", at, ": past the ", bytes_,
                " bytes of the segment");
@@ -82,26 +83,41 @@ void ShmRows::reduce_scatter(std::size_t at, std::int64_t count, float* share) {
   for (int r = 0; r < size_; ++r)
     if (header(r).at != at || header(r).count != count)
       differs = r, their_at = header(r).at, their_count = header(r).count;
+  // Every rank finishes the protocol before it throws: one that left early would write its data again while another
+  // still reads it.
+  const auto finish = [&] {
+    own.read.store(sequence, std::memory_order_release);
+    wait_for_all(sequence, true);
+  };
   if (differs < 0) {
-    const std::size_t mine = at + std::size_t(rank_) * std::size_t(count);
-    const float *first = floats(0) + mine, *second = floats(size_ > 1 ? 1 : 0) + mine;
-    if (size_ == 1)
-      for (std::int64_t i = 0; i < count; ++i) share[i] = first[i];
-    else
-      for (std::int64_t i = 0; i < count; ++i) share[i] = first[i] + second[i];
-    for (int r = 2; r < size_; ++r) {
-      const float* next = floats(r) + mine;
-      for (std::int64_t i = 0; i < count; ++i) share[i] += next[i];
+    std::vector<const float*> parts;
+    for (int r = 0; r < size_; ++r) parts.push_back(floats(r) + at + std::size_t(rank_) * std::size_t(count));
+    try {
+      use(parts);
+    } catch (...) {
+      finish();
+      throw;
     }
   }
-  // Every rank finishes the protocol before it throws: one that left early would write its data again while
-  // another still reads it.
-  own.read.store(sequence, std::memory_order_release);
-  wait_for_all(sequence, true);
+  finish();
   if (differs >= 0)
     throw Error(ErrorKind::Communication, cat("shared-memory reduce-scatter: rank ", differs, " sums ", their_count,
                                               " values a rank from float ", their_at, " where rank ", rank_, " sums ",
                                               count, " from ", at, " (every rank must give the same rows)"));
+}
+
+void ShmRows::reduce_scatter(std::size_t at, std::int64_t count, float* share) {
+  reduce_scatter(at, count, [&](std::span<const float* const> parts) {
+    const float *first = parts[0], *second = parts[parts.size() > 1 ? 1 : 0];
+    if (parts.size() == 1)
+      for (std::int64_t i = 0; i < count; ++i) share[i] = first[i];
+    else
+      for (std::int64_t i = 0; i < count; ++i) share[i] = first[i] + second[i];
+    for (std::size_t r = 2; r < parts.size(); ++r) {
+      const float* next = parts[r];
+      for (std::int64_t i = 0; i < count; ++i) share[i] += next[i];
+    }
+  });
 }
 
 }  // namespace strata

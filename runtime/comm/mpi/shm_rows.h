@@ -13,7 +13,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <span>
 
 #include "runtime/comm/mpi/shm_segment.h"
 
@@ -34,6 +36,9 @@ class ShmRows {
   // share[0, count) = the sum in rank order over the ranks r of their floats [at + rank * count, at + (rank + 1) *
   // count) of data(), `at` counted in floats from its start. Collective.
   void reduce_scatter(std::size_t at, std::int64_t count, float* share);
+  // The same rows handed to use() unsummed, parts[r] in rank r's memory, readable during the call only.
+  using PartsUser = std::function<void(std::span<const float* const> parts)>;
+  void reduce_scatter(std::size_t at, std::int64_t count, const PartsUser& use);
 
  private:
   struct Header;  // a rank's flags and the call it is in (shm_rows.cpp)
