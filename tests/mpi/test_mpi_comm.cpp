@@ -204,7 +204,7 @@ TEST(MpiCommunicator, ReduceScatterSumsEachRanksRowsInRankOrderAndAllGatherGathe
 // The same in the group's shared workspace (shm_rows.h: each rank sums its rows out of every rank's memory): rank
 // order, data anywhere in the workspace, repeated calls reusing the memory; ranks giving different rows all get an
 // error naming them, and the calls around it are whole. Without shared memory (STRATA_MPI_SHM_ALLREDUCE=0 on any
-// rank) the workspace is empty and the sends serve.
+// rank) the workspace is empty and the sends serve. The rows can be handed over unsummed (reduce_scatter_with).
 TEST(MpiCommunicator, ReduceScatterInTheSharedWorkspaceSumsInPlaceInRankOrder) {
   auto world = make_mpi_communicator(MPI_COMM_WORLD);
   const int rank = world->rank();
@@ -239,6 +239,19 @@ TEST(MpiCommunicator, ReduceScatterInTheSharedWorkspaceSumsInPlaceInRankOrder) {
   world->reduce_scatter_sum(TensorView{floats, {8}, DType::F32}, TensorView{share.data(), {2}, DType::F32});
   EXPECT_EQ(share[0], in_rank_order(rank * 2, 9));
   EXPECT_EQ(share[1], in_rank_order(rank * 2 + 1, 9));
+  // The rows handed over unsummed: parts[r] is rank r's rows of this rank's share, in its memory; outside the
+  // workspace nothing is done.
+  std::copy(mine.begin(), mine.end(), floats);
+  std::vector<float> seen;
+  const bool handed = world->reduce_scatter_with(TensorView{floats, {8}, DType::F32}, [&](auto parts) {
+    for (const float* part : parts) seen.insert(seen.end(), part, part + 2);
+  });
+  EXPECT_TRUE(handed);
+  ASSERT_EQ(seen.size(), 8u);
+  for (int r = 0; r < 4; ++r)
+    for (int i = 0; i < 2; ++i) EXPECT_EQ(seen[std::size_t(2 * r + i)], order_value(r, rank * 2 + i, 9)) << r << i;
+  std::vector<float> elsewhere(8);
+  EXPECT_FALSE(world->reduce_scatter_with(TensorView{elsewhere.data(), {8}, DType::F32}, [](auto) {}));
   if (rank == 1) setenv("STRATA_MPI_SHM_ALLREDUCE", "0", 1);
   EXPECT_EQ(world->shared_workspace(4096).data(), nullptr) << "one rank turned shared memory off";
   unsetenv("STRATA_MPI_SHM_ALLREDUCE");
