@@ -112,14 +112,8 @@ class CpuBackend final : public Backend {
                std::span<const TensorView> ys) override {
     const std::int64_t tokens = x.rows(), in = x.row_elems();
     const DType dtype = ws[0].dtype;
-    bool shared = tokens > 0 && (is_quantized(dtype) || tokens <= row_kernel_tokens_);
-    for (std::size_t i = 0; i < ws.size(); ++i)
-      shared = shared && ws[i].dtype == dtype && ws[i].row_elems() == in && ys[i].rows() == tokens &&
-               ys[i].row_elems() == ws[i].rows();
-    if (!shared) return Backend::linears(x, ws, biases, ys);
-    std::vector<cpu::Product> products;
-    for (std::size_t i = 0; i < ws.size(); ++i)
-      products.push_back({ws[i].data, ws[i].layout, ys[i].f32(), ws[i].rows()});
+    const std::vector<cpu::Product> products = one_loop(x, ws, ys, is_quantized(dtype) || tokens <= row_kernel_tokens_);
+    if (products.empty()) return Backend::linears(x, ws, biases, ys);
     if (is_quantized(dtype))
       quant::row_dot_products_many(workers_, quant_kernel_, x.f32(), quant_format(dtype), tokens, in, products);
     else
@@ -132,21 +126,29 @@ class CpuBackend final : public Backend {
                          std::span<const TensorView> biases, std::span<const TensorView> ys) override {
     const std::int64_t tokens = x.rows(), in = x.row_elems();
     const DType dtype = ws[0].dtype;
-    bool gathered = tokens > 0 &&
-                    (is_quantized(dtype) || (tokens <= row_kernel_tokens_ && cpu::gathers_shares(row_kernel_, dtype)));
-    for (std::size_t i = 0; i < ws.size(); ++i)
-      gathered = gathered && ws[i].dtype == dtype && ws[i].row_elems() == in && ys[i].rows() == tokens &&
-                 ys[i].row_elems() == ws[i].rows();
-    if (!gathered) return Backend::linears_of_shares(x, shares, ws, biases, ys);
-    std::vector<cpu::Product> products;
-    for (std::size_t i = 0; i < ws.size(); ++i)
-      products.push_back({ws[i].data, ws[i].layout, ys[i].f32(), ws[i].rows()});
+    const std::vector<cpu::Product> products = one_loop(
+        x, ws, ys, is_quantized(dtype) || (tokens <= row_kernel_tokens_ && cpu::gathers_shares(row_kernel_, dtype)));
+    if (products.empty()) return Backend::linears_of_shares(x, shares, ws, biases, ys);
     if (is_quantized(dtype))
       quant::shared_rows_dot_products(workers_, quant_kernel_, x.f32(), shares, quant_format(dtype), tokens, in,
                                       products);
     else
       cpu::shared_rows_dot_products(workers_, row_kernel_, x.f32(), shares, dtype, tokens, in, products);
     for (std::size_t i = 0; i < ws.size(); ++i) add_bias(biases[i], ys[i]);
+  }
+
+  // The products of x by each weight as one loop's list, where `kernel_runs` them and they can share one (x not
+  // empty, every weight ws[0]'s dtype, the shapes matching); else empty.
+  static std::vector<cpu::Product> one_loop(TensorView x, std::span<const TensorView> ws,
+                                            std::span<const TensorView> ys, bool kernel_runs) {
+    bool shared = kernel_runs && x.rows() > 0;
+    for (std::size_t i = 0; i < ws.size(); ++i)
+      shared = shared && ws[i].dtype == ws[0].dtype && ws[i].row_elems() == x.row_elems() && ys[i].rows() == x.rows() &&
+               ys[i].row_elems() == ws[i].rows();
+    std::vector<cpu::Product> products;
+    for (std::size_t i = 0; shared && i < ws.size(); ++i)
+      products.push_back({ws[i].data, ws[i].layout, ys[i].f32(), ws[i].rows()});
+    return products;
   }
 
   static void add_bias(TensorView bias, TensorView y) {

@@ -598,8 +598,10 @@ void row_kernel_products(Workers& workers, Kernel kernel, const float* x, DType 
 }
 }  // namespace
 
-void row_dot_products_many(Workers& workers, const std::string& name, const float* x, DType w_dtype,
-                           std::int64_t tokens, std::int64_t in, std::span<const Product> products) {
+namespace {
+// row_dot_products_many, and with `shares` (only where gathers_shares) shared_rows_dot_products.
+void dot_products_many(Workers& workers, const std::string& name, const float* x, DType w_dtype, std::int64_t tokens,
+                       std::int64_t in, std::span<const Product> products, const RowShares* shares) {
   const Kernel kernel = kernel_for(name);
   for (const Product& p : products)
     STRATA_CHECK(p.layout == Layout::Rows || (w_dtype == DType::BF16 && interleaves_bf16(name, in)), Internal,
@@ -609,7 +611,7 @@ void row_dot_products_many(Workers& workers, const std::string& name, const floa
     const auto round = [&](std::int64_t first, std::int64_t last, std::uint16_t* xs, std::int64_t ldx) {
       for (std::int64_t t = first; t < last; ++t) round_to_bf16(x + t * in, xs + t * ldx, in);
     };
-    return bf16_dot_products(workers, round, tokens, in, products);
+    return bf16_dot_products(workers, round, tokens, in, products, shares);
   }
 #endif
   const ProductItems blocks(products, [](const Product& p) { return (p.out + kBlock - 1) / kBlock; });
@@ -622,6 +624,12 @@ void row_dot_products_many(Workers& workers, const std::string& name, const floa
   forecast_balanced_rows(workers, blocks, products, kBlock, std::size_t(in) * dtype_size(w_dtype));
   row_kernel_products(workers, kernel, x, w_dtype, tokens, in, products, blocks);
 }
+}  // namespace
+
+void row_dot_products_many(Workers& workers, const std::string& name, const float* x, DType w_dtype,
+                           std::int64_t tokens, std::int64_t in, std::span<const Product> products) {
+  dot_products_many(workers, name, x, w_dtype, tokens, in, products, nullptr);
+}
 
 bool gathers_shares(const std::string& kernel, DType w_dtype) {
   return kernel_for(kernel) == Kernel::Avx512Bf16 && w_dtype == DType::BF16;
@@ -631,17 +639,7 @@ void shared_rows_dot_products(Workers& workers, const std::string& name, const f
                               DType w_dtype, std::int64_t tokens, std::int64_t in, std::span<const Product> products) {
   STRATA_CHECK(gathers_shares(name, w_dtype), Internal, "the ", name, " kernel does not gather rows of ",
                dtype_name(w_dtype), " products");
-#if defined(__x86_64__)
-  for (const Product& p : products)
-    STRATA_CHECK(p.layout == Layout::Rows || interleaves_bf16(name, in), Internal,
-                 "bf16 weights interleaved by 16 rows given to the ", name, " kernel");
-  const auto round = [&](std::int64_t first, std::int64_t last, std::uint16_t* xs, std::int64_t ldx) {
-    for (std::int64_t t = first; t < last; ++t) round_to_bf16(x + t * in, xs + t * ldx, in);
-  };
-  bf16_dot_products(workers, round, tokens, in, products, &shares);
-#else
-  (void)workers, (void)x, (void)shares, (void)tokens, (void)in, (void)products;
-#endif
+  dot_products_many(workers, name, x, w_dtype, tokens, in, products, &shares);
 }
 
 bool made_rows_dot_products(Workers& workers, const std::string& name, const RowMaker& make, DType w_dtype,

@@ -511,26 +511,8 @@ void over_tokens(cpu::Workers& workers, std::int64_t tokens, std::int64_t blocks
     rows(0, tokens);
 }
 
-// Token t's row of quantize_activations, its values at `row`.
-void quantize_token(bool avx512, const float* row, BlockQ8_0* xq, float* x_scales, std::int64_t blocks,
-                    std::int32_t* starts, int bias, std::int64_t t) {
-#if defined(__x86_64__)
-  if (avx512)
-    return quantize_blocks_avx512(row, xq + t * blocks, x_scales + t * blocks, starts ? starts + t * blocks : nullptr,
-                                  bias, blocks);
-#endif
-  quantize_q8_0_blocks(row, xq + t * blocks, blocks);
-  for (std::int64_t b = t * blocks; b < (t + 1) * blocks; ++b) {
-    x_scales[b] = f16_to_f32(xq[b].d);
-    if (!starts) continue;
-    int sum = 0;
-    for (int j = 0; j < kBlock; ++j) sum += xq[b].qs[j];
-    starts[b] = -bias * sum;
-  }
-}
-
-// What quantize_token gives blocks [first, last) of its scales (and starts) from the blocks alone: for the rows
-// another rank quantized, which come without them (sequence parallelism).
+// What quantize_token gives blocks [first, last) of its scales (and starts) from the blocks alone: after its
+// portable quantizer, and for the rows another rank quantized, which come without them (sequence parallelism).
 void scales_and_starts(bool avx512, const BlockQ8_0* xq, float* x_scales, std::int32_t* starts, int bias,
                        std::int64_t first, std::int64_t last) {
 #if defined(__x86_64__)
@@ -545,6 +527,18 @@ void scales_and_starts(bool avx512, const BlockQ8_0* xq, float* x_scales, std::i
     for (int j = 0; j < kBlock; ++j) sum += xq[b].qs[j];
     starts[b] = -bias * sum;
   }
+}
+
+// Token t's row of quantize_activations, its values at `row`.
+void quantize_token(bool avx512, const float* row, BlockQ8_0* xq, float* x_scales, std::int64_t blocks,
+                    std::int32_t* starts, int bias, std::int64_t t) {
+#if defined(__x86_64__)
+  if (avx512)
+    return quantize_blocks_avx512(row, xq + t * blocks, x_scales + t * blocks, starts ? starts + t * blocks : nullptr,
+                                  bias, blocks);
+#endif
+  quantize_q8_0_blocks(row, xq + t * blocks, blocks);
+  scales_and_starts(false, xq, x_scales, starts, bias, t * blocks, (t + 1) * blocks);
 }
 
 }  // namespace
