@@ -301,7 +301,7 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
   backend_.attention(chunks, block_table, heads_view(q_, plan_.local_heads()), k_cache_[l].view(), v_cache_[l].view(),
                      params, heads_view(attn_, plan_.local_heads()));
   backend_.linear(rows(attn_), w.o.view(), TensorView{}, rows(proj_));
-  sum_over_tp(proj_, tokens);
+  sum_over_tp(tokens);
 
   // MLP. Gemma normalises the attention output before the residual add and the MLP output after it.
   if (c.sandwich_norms) {
@@ -345,7 +345,7 @@ void TransformerStage::mlp(const LayerWeights& w, std::int64_t tokens) {
   } else {
     backend_.swiglu_linear(gate_up, act, w.down.view(), out);
   }
-  sum_over_tp(proj_, tokens);
+  sum_over_tp(tokens);
 }
 
 // Mixture of experts: every rank routes every token (the router is replicated, its input the same on every tp rank),
@@ -618,12 +618,11 @@ TensorView TransformerStage::own_rows(const Tensor& t, std::int64_t tokens) cons
 // Under sequence parallelism a row-parallel output's reduce-scatter waits until its sums are wanted (sums_pending_):
 // where they only join the residual stream (and its norm), each rank adds its rows of every rank's output straight
 // from the group's shared memory, never storing the sums (Collectives::reduce_scatter_with).
-void TransformerStage::sum_over_tp(const Tensor& partial, std::int64_t tokens) {
-  STRATA_CHECK(&partial == &proj_, Internal, "sum_over_tp of a tensor other than proj_");
+void TransformerStage::sum_over_tp(std::int64_t tokens) {
   if (sequence_parallel_)
     sums_pending_ = true;
   else
-    all_reduce(partial.view().slice_rows(0, tokens));
+    all_reduce(proj_.view().slice_rows(0, tokens));
 }
 
 TensorView TransformerStage::summed(std::int64_t tokens) {

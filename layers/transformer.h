@@ -163,7 +163,7 @@ class TransformerStage {
   bool splits_rows() const;
   TensorView own_rows(const Tensor& t, std::int64_t tokens) const;
   TensorView summed(std::int64_t tokens);
-  void sum_over_tp(const Tensor& partial, std::int64_t tokens);
+  void sum_over_tp(std::int64_t tokens);
   // h_own += the sums of proj_'s rows, then x_own = its RMSNorm times weight (add_sums_and_norm) or nothing more
   // (add_sums): fused with the reduce-scatter where the group shares memory (see sum_over_tp).
   bool sums_as_parts(const Collectives::PartsUser& fused);

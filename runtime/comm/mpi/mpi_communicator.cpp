@@ -52,6 +52,18 @@ namespace {
 
 constexpr std::size_t kMaxChunk = std::size_t(INT_MAX) / 8 * 8;  // MPI counts are int
 
+// sum[0, count) = parts[0] + parts[1] + ..., added in that order (rank order, as the shared-memory all-reduce adds).
+void sum_in_order(std::span<const float* const> parts, std::int64_t count, float* sum) {
+  const float* first = parts[0];
+  if (parts.size() == 1) return static_cast<void>(std::memcpy(sum, first, std::size_t(count) * sizeof(float)));
+  const float* second = parts[1];
+  for (std::int64_t i = 0; i < count; ++i) sum[i] = first[i] + second[i];  // no pass copying the first part alone
+  for (std::size_t r = 2; r < parts.size(); ++r) {
+    const float* next = parts[r];
+    for (std::int64_t i = 0; i < count; ++i) sum[i] += next[i];
+  }
+}
+
 class MpiSendRequest final : public SendRequest {
  public:
   MpiSendRequest(std::vector<char> message) : message_(std::move(message)) {}
@@ -137,9 +149,10 @@ class MpiCommunicator final : public Communicator {
                      share.dtype == DType::F32 && data.numel() == size_ * count,
                  Communication, "MPI reduce-scatter of ", shape_string(data.shape), " into ", shape_string(share.shape),
                  " over ", size_, " ranks: f32 host tensors of ", size_, " shares");
+    float* sum = share.f32();
     if (ShmRows* rows = workspace_of(data))
       return rows->reduce_scatter(std::size_t(data.f32() - static_cast<const float*>(rows->data())), count,
-                                  share.f32());
+                                  [&](std::span<const float* const> parts) { sum_in_order(parts, count, sum); });
     STRATA_CHECK(std::size_t(count) * sizeof(float) <= kMaxChunk, Communication, "reduce-scatter of ", count,
                  " values per rank exceeds one MPI call");
     const float* rows = data.f32();
@@ -155,15 +168,10 @@ class MpiCommunicator final : public Communicator {
       STRATA_MPI_CHECK(MPI_Isend(part(r), int(count), MPI_FLOAT, r, int(Tag::ReduceScatter), comm_, &requests.back()));
     }
     STRATA_MPI_CHECK(MPI_Waitall(int(requests.size()), requests.data(), MPI_STATUSES_IGNORE));
-    const auto from = [&](int r) { return r == rank_ ? part(rank_) : received_.data() + std::int64_t(r) * count; };
-    float* sum = share.f32();
-    if (size_ == 1) return static_cast<void>(std::memcpy(sum, from(0), std::size_t(count) * sizeof(float)));
-    const float *first = from(0), *second = from(1);
-    for (std::int64_t i = 0; i < count; ++i) sum[i] = first[i] + second[i];  // no pass copying rank 0's values first
-    for (int r = 2; r < size_; ++r) {
-      const float* next = from(r);
-      for (std::int64_t i = 0; i < count; ++i) sum[i] += next[i];
-    }
+    std::vector<const float*> parts;
+    for (int r = 0; r < size_; ++r)
+      parts.push_back(r == rank_ ? part(rank_) : received_.data() + std::int64_t(r) * count);
+    sum_in_order(parts, count, sum);
   }
 
   void all_gather(const void* send, void* recv, std::size_t bytes_per_rank) override {

@@ -106,18 +106,4 @@ void ShmRows::reduce_scatter(std::size_t at, std::int64_t count, const PartsUser
                                               count, " from ", at, " (every rank must give the same rows)"));
 }
 
-void ShmRows::reduce_scatter(std::size_t at, std::int64_t count, float* share) {
-  reduce_scatter(at, count, [&](std::span<const float* const> parts) {
-    const float *first = parts[0], *second = parts[parts.size() > 1 ? 1 : 0];
-    if (parts.size() == 1)
-      for (std::int64_t i = 0; i < count; ++i) share[i] = first[i];
-    else
-      for (std::int64_t i = 0; i < count; ++i) share[i] = first[i] + second[i];
-    for (std::size_t r = 2; r < parts.size(); ++r) {
-      const float* next = parts[r];
-      for (std::int64_t i = 0; i < count; ++i) share[i] += next[i];
-    }
-  });
-}
-
 }  // namespace strata

@@ -33,10 +33,8 @@ class ShmRows {
   void* data() const;
   // Whether [p, p + bytes) lies in data().
   bool holds(const void* p, std::size_t bytes) const;
-  // share[0, count) = the sum in rank order over the ranks r of their floats [at + rank * count, at + (rank + 1) *
-  // count) of data(), `at` counted in floats from its start. Collective.
-  void reduce_scatter(std::size_t at, std::int64_t count, float* share);
-  // The same rows handed to use() unsummed, parts[r] in rank r's memory, readable during the call only.
+  // use(parts), parts[r] rank r's floats [at + rank * count, at + (rank + 1) * count) of its data(), in its memory,
+  // readable during the call only (`at` counted in floats from data()'s start). Collective.
   using PartsUser = std::function<void(std::span<const float* const> parts)>;
   void reduce_scatter(std::size_t at, std::int64_t count, const PartsUser& use);
 
