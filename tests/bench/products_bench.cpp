@@ -2,7 +2,8 @@
 //   strata_products_bench [--in K] [--mb M] [--cache-kb C] [--tokens T1,T2,...] [--threads N] [--kernel NAME]
 //                         [--layout rows|interleaved] [--split R1,R2,...]
 // y = x w^T for each token count T over bf16 weights of K columns: once over M MB of rows, more than any cache
-// holds (read from memory, as a decode step reads its weights), and over C KB of rows called again and again, so
+// holds (read from memory, as a decode step reads its weights; one call per 4096 rows, each writing the same
+// outputs, as a model's products), and over C KB of rows called again and again, so
 // that each thread's share stays in its L2 (the arithmetic without the memory traffic). Both are printed as the time
 // the M MB would take, so they compare directly; T = 1 is the rate at which the kernel streams the weights. The
 // weights are in the layout the backend gives them at load (interleaved by 16 rows for the avx512bf16 kernel), or
@@ -125,19 +126,27 @@ struct Product {
   const Options& o;
   std::vector<float> x, y;
 
-  // Best time of `calls` products of `tokens` tokens over `rows` rows of w, over five tries.
+  // Best time of `calls` passes over `rows` rows of w with `tokens` tokens, over five tries. A pass is one product
+  // per kCallRows rows, each writing the same outputs, as a model's products do: outputs for every row of a large
+  // matrix (one call over all of it, before the twenty-first session) pass the caches at many tokens (64 tokens of
+  // 384-wide rows: 33 MB of outputs beside 100 MB of weights), a cost no model's step has, which made narrow rows
+  // look 20-30% slower from memory than in cache.
   double seconds(const strata::Buffer& w, std::int64_t rows, std::int64_t tokens, int calls) {
+    const auto* base = static_cast<const std::uint16_t*>(w.data());
     double best = 1e30;
     for (int attempt = 0; attempt < 5; ++attempt) {
       const auto t0 = std::chrono::steady_clock::now();
       for (int c = 0; c < calls; ++c)
-        strata::cpu::row_dot_products_with(workers, o.kernel, x.data(), w.data(), strata::DType::BF16, y.data(), tokens,
-                                           rows, o.in,
-                                           o.layout == "rows" ? strata::Layout::Rows : strata::Layout::Interleaved16);
+        for (std::int64_t first = 0; first < rows; first += kCallRows)
+          strata::cpu::row_dot_products_with(workers, o.kernel, x.data(), base + first * o.in, strata::DType::BF16,
+                                             y.data(), tokens, std::min(kCallRows, rows - first), o.in,
+                                             o.layout == "rows" ? strata::Layout::Rows : strata::Layout::Interleaved16);
       best = std::min(best, seconds_since(t0));
     }
     return best;
   }
+  // Rows a product (the widest of a 7B-class layer's: gate and up together); a multiple of 16 (interleaved groups).
+  static constexpr std::int64_t kCallRows = 4096;
 
   // Best time, over five tries, of the products of `tokens` tokens over the first `rows` rows of w cut into runs of
   // o.split: one call per product (together: false) or one per run (true).
@@ -180,14 +189,16 @@ int main(int argc, char** argv) {
   strata::cpu::Workers workers(o.threads);
   const auto memory_w = random_bf16_rows(workers, o, memory_rows), cache_w = random_bf16_rows(workers, o, cache_rows);
   const std::int64_t most = *std::max_element(o.tokens.begin(), o.tokens.end());
+  std::int64_t split_rows = 0;  // rows of one run of --split's products
+  for (const std::int64_t r : o.split) split_rows += r;
   Product product{workers, o, std::vector<float>(std::size_t(most * o.in), 0.5f),
-                  std::vector<float>(std::size_t(most * std::max(memory_rows, cache_rows)))};
+                  std::vector<float>(std::size_t(
+                      most * std::max({std::min(memory_rows, Product::kCallRows), cache_rows, split_rows})))};
   // The in-cache figure scaled to the memory matrix's rows: calls enough to take about as long as one memory call.
   const int cache_calls = int(std::max<std::int64_t>(1, memory_rows / cache_rows));
   const double scale = double(memory_rows) / double(cache_rows * cache_calls);
   if (!o.split.empty()) {
-    std::int64_t run_rows = 0;
-    for (const std::int64_t r : o.split) run_rows += r;
+    const std::int64_t run_rows = split_rows;
     const std::int64_t runs = memory_rows / run_rows;
     if (runs < 1) usage(argv[0], "--split's products do not fit in --mb");
     // Only whole runs are timed: the bytes they cover (compare runs of different sizes at the same bytes, since
