@@ -274,15 +274,15 @@ constexpr int kGroupTile = 4;
 // tokens (strata_products_bench), 1536 level.
 constexpr std::int64_t kGroupAhead = 1024;
 
-// A later pass's requests for the thread's next tile (see groups_bf16_interleaved): `bytes` per column pair from
-// `from` on, for the first `pairs` column pairs; none where from is null.
+// A pass's requests for the thread's next tile (see groups_bf16_interleaved): `lines` cache lines from `from` on,
+// spread evenly over the pass's column pairs.
 struct NextTile {
   const char* from = nullptr;
-  std::int64_t bytes = 0, pairs = 0;
+  std::int64_t lines = 0;
 };
 
 // Fetch: the first token pass, which reads the groups from memory and requests them kGroupAhead bytes ahead (into
-// L1); the later passes find them in L2 and may request the next tile (into L2).
+// L1); the later passes find them in L2. Every pass may request part of the next tile (into L2).
 template <int Groups, int Tokens, bool Fetch>
 __attribute__((target(STRATA_AVX512BF16))) void tile_bf16_interleaved(const std::uint16_t* x, std::int64_t ldx,
                                                                       const std::uint16_t* w, float* y,
@@ -294,11 +294,10 @@ __attribute__((target(STRATA_AVX512BF16))) void tile_bf16_interleaved(const std:
 #pragma GCC unroll 16
     for (int t = 0; t < Tokens; ++t) acc[g][t] = _mm512_setzero_ps();
   const std::int64_t group = 16 * in, pairs = in / 2;
+  std::int64_t owed = 0, line = 0;  // next.lines over `pairs` steps, evenly: owed / pairs lines are due
   for (std::int64_t p = 0; p < pairs; ++p) {
-    if constexpr (!Fetch) {
-      if (next.from && p < next.pairs)
-        for (std::int64_t b = 0; b < next.bytes; b += 64) _mm_prefetch(next.from + p * next.bytes + b, _MM_HINT_T1);
-    }
+    if (next.lines > 0)
+      for (owed += next.lines; owed >= pairs; owed -= pairs, ++line) _mm_prefetch(next.from + line * 64, _MM_HINT_T1);
     __m512bh wv[Groups];
 #pragma GCC unroll 16
     for (int g = 0; g < Groups; ++g) {
@@ -323,37 +322,38 @@ __attribute__((target(STRATA_AVX512BF16))) void tile_bf16_interleaved(const std:
 
 // Groups [first, last) of an interleaved matrix (its first group at w), kGroupTile groups at a time (96 KiB of
 // 768-wide rows: they stay in L2 from the first token tile's pass to the last), the last few together.
-//   The first pass of a tile waits on memory, the later ones compute from L2 while the memory bus idles: they
-// request the next tile of the range into L2, one to four cache lines per column pair (the tile's bytes over all the
-// later passes' pairs, rounded up to whole lines: with more than four later passes, the first four request it all),
-// so that its first pass finds it there. Products alone (strata_products_bench, 200 MB from memory, two runs of
-// three alternating rounds): at width 768, 32 / 64 / 96 tokens 10-18% / 5-9% / 2-7% less time, 16 tokens 15% less
-// to 4% more; at 2048, 32 tokens 2-11% less, 64 and 96 tokens 9% and 5% less to 3% and 2% more. Only where two tiles
-// fit in half of L2 (at width 4096 and 16 tokens, 512 KiB tiles and 1 MiB of L2, the requests pushed out the tile
-// being read: 5-34% more time) and a pass requests at most a sixteenth of it (at width 2048 and 16 tokens, 128 KiB a
-// pass, 14-19% more time; 64 KiB at 32 tokens gained).
+//   A tile's first pass reads it from memory, unless it came into L2 while the tile before it was computed: each pass
+// of a tile of more than one pass requests a part of the next tile of the range into L2, in proportion to the tokens
+// it computes (a pass of 6 tokens of 16: 6/16 of the lines), spread evenly over its column pairs. Until the
+// twenty-first session only the later passes requested, one to four lines at each of their first pairs (the tile's
+// bytes over their pairs, rounded up to whole lines). An in-process A/B of the two (alternating per pass over 200 MB
+// of width 768, two threads, medians of 80-100 passes), ms, 8 / 12 / 16 / 24 tokens: 3.66 / 3.81 / 4.31 / 5.80
+// against 3.91 / 4.60 / 4.72 / 6.07, and 4.44 / 4.58 / 4.33 / 5.78 against 4.65 / 5.27 / 4.76 / 6.15 in a slower
+// phase; 32, 48 and 64 tokens within 2% either way (widths 384-2048 too; 32 tokens 0-2% more time in most runs, and
+// finishing the requests within the first 18 or 24 tokens' passes, as the old ones did, was no better). These are the
+// batched decode steps' products, which stream the weights. At 12 tokens both request the same lines, in the one later
+// pass: there the old per-pair loop of requests itself cost the time. Only where two tiles fit in half of L2 (at width
+// 4096 and 16 tokens, 512 KiB tiles and 1 MiB of L2, the old requests pushed out the tile being read: 5-34% more time).
+// At width 2048 and 16 tokens the old requests came too fast (128 KiB a pass, 14-19% more time, so none were made);
+// spread by tokens, 5% less time than none.
 __attribute__((target(STRATA_AVX512BF16))) void groups_bf16_interleaved(const std::uint16_t* x, std::int64_t ldx,
                                                                         const std::uint16_t* w, float* y,
                                                                         std::int64_t tokens, std::int64_t first,
                                                                         std::int64_t last, std::int64_t out,
                                                                         std::int64_t in) {
-  const std::int64_t pairs = in / 2, later_passes = (tokens - 1) / kTileTokens, group_bytes = 16 * in * 2;
-  const std::int64_t tile_bytes = kGroupTile * group_bytes;
-  const std::int64_t per_pair =
-      later_passes > 0 ? ((tile_bytes + later_passes * pairs - 1) / (later_passes * pairs) + 63) / 64 * 64 : 0;
-  const bool fetch_next =
-      later_passes > 0 && pairs > 0 && 4 * tile_bytes <= l2_bytes() && 16 * pairs * per_pair <= l2_bytes();
+  const std::int64_t group_bytes = 16 * in * 2, group_lines = group_bytes / 64;
+  const bool fetch_next = tokens > kTileTokens && in >= 2 && 4 * kGroupTile * group_bytes <= l2_bytes();
   const auto tiles = [&](std::int64_t g, auto groups) {
     const std::int64_t next_groups = fetch_next ? std::min<std::int64_t>(kGroupTile, last - g - groups()) : 0;
-    const std::int64_t next_bytes = next_groups * group_bytes;
+    const std::int64_t next_lines = next_groups * group_lines;
     const char* next = reinterpret_cast<const char*>(w) + (g + groups()) * group_bytes;
-    std::int64_t requested = 0;
+    std::int64_t requested = 0;  // lines of the next tile
     const auto pass = [&](std::int64_t t0, auto fetch) {
       NextTile request;
-      if (!fetch() && next_groups > 0 && requested < next_bytes) {
-        const std::int64_t pairs_left = (next_bytes - requested + per_pair - 1) / per_pair;
-        request = {next + requested, per_pair, std::min(pairs, pairs_left)};
-        requested += request.pairs * per_pair;
+      if (requested < next_lines) {  // the lines of tokens [0, t0 + n) of the tile's, rounded up
+        const std::int64_t due = (next_lines * std::min(tokens, t0 + kTileTokens) + tokens - 1) / tokens;
+        request = {next + requested * 64, due - requested};
+        requested = due;
       }
       with_tile_count<kTileTokens>(tokens - t0, [&](auto t) {
         tile_bf16_interleaved<groups(), t(), fetch()>(x + t0 * ldx, ldx, w + g * 16 * in, y + t0 * out + 16 * g, out,
