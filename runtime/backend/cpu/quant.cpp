@@ -318,12 +318,12 @@ __attribute__((target(STRATA_AVX512), always_inline)) inline void accumulate_blo
 // Tokens tokens (activations from x at token 0) x 16 rows from `rows`; the blocks prepared on the way (decode:
 // each weight is read once) or read from `prepared` (prefill: prepared once for all the token tiles). `requests`:
 // where the block loop's memory requests go, a block's share per block, instead of ahead in its own stream (see
-// group_rows_avx512); none with `prepared`.
+// group_rows_avx512), and with `own_too` in both; none with `prepared`.
 template <typename Block, Layout L, int Tokens>
 __attribute__((target(STRATA_AVX512))) void group_avx512(const char* rows, std::size_t row_bytes,
                                                          const GroupBlock* prepared, Activations x, float* y,
                                                          std::int64_t out, std::int64_t blocks,
-                                                         const char* requests = nullptr) {
+                                                         const char* requests = nullptr, bool own_too = false) {
   // The hardware prefetchers do not keep up with this loop at one token (in the row layout the 16 rows are also 16
   // streams they follow poorly): each block fetches a block's share of the bytes ahead. Row layout: the next group's
   // (this thread's next one, but for the last of its range); interleaved: the group's bytes (and the next group's,
@@ -331,7 +331,8 @@ __attribute__((target(STRATA_AVX512))) void group_avx512(const char* rows, std::
   // (against 8 blocks, 2.3 KiB of q4_0, a decode step's q4_0 products took 0.80-0.95 ms instead of 0.90-1.20 for
   // 40 MB, five alternating rounds; q8_0 level), 8 blocks with more tokens.
   constexpr std::size_t kShare = kGroup * sizeof(Block), kAhead = Tokens == 1 ? 9 * 1024 / kShare : 8;
-  const char* next = requests ? requests : rows + (L == Layout::Rows ? kGroup * row_bytes : kAhead * kShare);
+  const char* ahead = rows + (L == Layout::Rows ? kGroup * row_bytes : kAhead * kShare);
+  const char* next = requests ? requests : ahead;
   // Every loop over the tokens unrolled, so that acc[] lives in registers from the start to the stores: with only
   // the block loop's unrolled, GCC kept the accumulators on the stack around it, 12-35 vector stack accesses a call
   // at 3-8 tokens (products 2-6% faster without them: batch-16 and -64 decode, 128-token prefill; in-process A/B).
@@ -346,6 +347,8 @@ __attribute__((target(STRATA_AVX512))) void group_avx512(const char* rows, std::
     // that was what bounded the q4_0 kernel).
     for (std::int64_t b = 0; b < blocks; ++b) {
       for (std::size_t line = 0; line < kShare; line += 64) _mm_prefetch(next + b * kShare + line, _MM_HINT_T0);
+      if (own_too)
+        for (std::size_t line = 0; line < kShare; line += 64) _mm_prefetch(ahead + b * kShare + line, _MM_HINT_T0);
       GroupBlock local;
       prepare_block<Block, L>(rows, row_bytes, blocks, b, local);
       accumulate_block<Tokens>(local, x, blocks, b, acc);
@@ -365,10 +368,21 @@ __attribute__((target(STRATA_AVX512))) void group_avx512(const char* rows, std::
 // work item), so that its first tile does not wait on memory. 200 MB of products from memory (three alternating
 // rounds, 2048-row matrices): at 16 tokens q4_0 11-14% less time at width 768 and 7-21% at 2048, q8_0 13-19% and
 // 5-8%; at 32 tokens 2-21%; at 64 up to 6% (one round 2% more).
+//   A call of one tile of 2-8 tokens (decode of a few sequences) requests the next group too, in place of its own
+// bytes ahead, where the next group is the next one this thread computes (`run_last`: the last group of a run of
+// items goes to another thread or product); the first group of a run requests its own bytes as well, since no group
+// before it did. An in-process A/B (alternating per pass over 200 MB of width 768, products of 768 or 256 rows, two
+// threads, medians of 60 passes): q4_0 8-10% less time at 2, 4 and 8 tokens, q8_0 3-8%; `strata bench` of the 100m,
+// three alternating rounds, decode tok/s at batch 2 / 4 / 8: q4_0 15-28% / 8-35% / 2-42% faster, q8_0 1-8% / -18 to
+// +9% / 5-10%. Without the run's ends (every group requesting the next, none its own) the products alone were as
+// fast but the decode of a few sequences no faster, and at one token, where both were tried, batch-1 decode 12-20%
+// slower: a step's loops are short, and the first group of each part and tail chunk went unrequested. One token
+// keeps its own bytes ahead.
 template <typename Block, Layout L>
 __attribute__((target(STRATA_AVX512))) void group_rows_avx512(const Block* w, const Activations& x, float* y,
                                                               std::int64_t tokens, std::int64_t r, std::int64_t out,
-                                                              std::int64_t blocks) {
+                                                              std::int64_t blocks, bool run_first = true,
+                                                              bool run_last = true) {
   constexpr int kTile = 8;
   const std::size_t row_bytes = std::size_t(blocks) * sizeof(Block);
   const char* rows = reinterpret_cast<const char*>(w + r * blocks);  // a group starts there in both layouts
@@ -381,11 +395,14 @@ __attribute__((target(STRATA_AVX512))) void group_rows_avx512(const Block* w, co
     ready = prepared.data();
   }
   const char* next_group = rows + std::size_t(blocks) * kGroup * sizeof(Block);
+  const bool one_tile_next = L == Layout::Interleaved16 && tokens > 1 && tokens <= kTile && !run_last;
   for (std::int64_t t0 = 0; t0 < tokens; t0 += kTile) {
     const Activations at{x.q + t0 * blocks, x.scales + t0 * blocks, x.start + t0 * blocks};
     const char* requests = L == Layout::Interleaved16 && t0 == kTile ? next_group : nullptr;
+    if (one_tile_next) requests = next_group;
+    const bool own_too = one_tile_next && run_first;
     cpu::with_tile_count<kTile>(tokens - t0, [&](auto n) {
-      group_avx512<Block, L, n()>(rows, row_bytes, ready, at, y + t0 * out + r, out, blocks, requests);
+      group_avx512<Block, L, n()>(rows, row_bytes, ready, at, y + t0 * out + r, out, blocks, requests, own_too);
     });
   }
 }
@@ -453,7 +470,7 @@ bool cpu_has(const std::string& kernel) {
 // Work item i of a product in run(): its 16 rows from row 16 i (fewer at its end).
 template <typename Block>
 void group_item(int which, const Activations& x, const Product& product, std::int64_t tokens, std::int64_t blocks,
-                std::int64_t i) {
+                std::int64_t i, bool run_first = true, bool run_last = true) {
   const auto* rows = static_cast<const Block*>(product.w);
   const Layout layout = product.layout;
   float* y = product.y;
@@ -462,7 +479,7 @@ void group_item(int which, const Activations& x, const Product& product, std::in
 #if defined(__x86_64__)
   if (which == 2 && end - begin == kGroup) {
     if (layout == Layout::Interleaved16)
-      group_rows_avx512<Block, Layout::Interleaved16>(rows, x, y, tokens, begin, out, blocks);
+      group_rows_avx512<Block, Layout::Interleaved16>(rows, x, y, tokens, begin, out, blocks, run_first, run_last);
     else
       group_rows_avx512<Block, Layout::Rows>(rows, x, y, tokens, begin, out, blocks);
     return;
@@ -495,7 +512,8 @@ void run(cpu::Workers& workers, const std::string& kernel, const Activations& x,
                       items.for_each(from, to, [&](std::size_t p, std::int64_t a, std::int64_t b) {
                         Product part = products[p];
                         part.y += t0 * part.out;
-                        for (std::int64_t i = a; i < b; ++i) group_item<Block>(which, xt, part, n, blocks, i);
+                        for (std::int64_t i = a; i < b; ++i)
+                          group_item<Block>(which, xt, part, n, blocks, i, i == a, i + 1 == b);
                       });
                     });
   });
