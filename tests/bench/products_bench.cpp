@@ -145,7 +145,8 @@ struct Product {
     }
     return best;
   }
-  // Rows a product (the widest of a 7B-class layer's: gate and up together); a multiple of 16 (interleaved groups).
+  // Rows a product: the 100m's gate and up together (a 7B's are 22016, whose outputs at a decode step's tokens still
+  // stay in cache); a multiple of 16 (interleaved groups).
   static constexpr std::int64_t kCallRows = 4096;
 
   // Best time, over five tries, of the products of `tokens` tokens over the first `rows` rows of w cut into runs of
