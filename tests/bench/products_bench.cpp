@@ -1,7 +1,10 @@
-// The CPU backend's weight products alone (row_dot_products_with and _many, kernels.h), for docs/performance.md:
-//   strata_products_bench [--in K] [--mb M] [--cache-kb C] [--tokens T1,T2,...] [--threads N] [--kernel NAME]
-//                         [--layout rows|interleaved] [--split R1,R2,...]
-// y = x w^T for each token count T over bf16 weights of K columns: once over M MB of rows, more than any cache
+// The CPU backend's weight products alone (row_dot_products_with and _many, kernels.h and quant.h), for
+// docs/performance.md:
+//   strata_products_bench [--weights bf16|q8_0|q4_0] [--in K] [--mb M] [--cache-kb C] [--tokens T1,T2,...]
+//                         [--threads N] [--kernel NAME] [--layout rows|interleaved] [--split R1,R2,...]
+// y = x w^T for each token count T over weights of K columns (bf16, or Q8_0 / Q4_0 blocks of normal random values,
+// with their kernels: --kernel names a row kernel for bf16, a quantized kernel otherwise, and only bf16 takes
+// --layout; rates in GFLOP/s, or GOP/s of the int8 products): once over M MB of rows, more than any cache
 // holds (read from memory, as a decode step reads its weights; one call per 4096 rows, each writing the same
 // outputs, as a model's products), and over C KB of rows called again and again, so
 // that each thread's share stays in its L2 (the arithmetic without the memory traffic). Both are printed as the time
@@ -15,11 +18,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "runtime/backend/cpu/kernels.h"
+#include "runtime/backend/cpu/quant.h"
 #include "runtime/backend/cpu/workers.h"
 #include "runtime/base/dtype.h"
 #include "runtime/tensor/tensor.h"
@@ -27,6 +32,7 @@
 namespace {
 
 struct Options {
+  std::string weights = "bf16";  // or q8_0, q4_0
   std::int64_t in = 768;
   double mb = 200, cache_kb = 768;
   std::vector<std::int64_t> tokens{1, 16, 64};
@@ -38,8 +44,8 @@ struct Options {
 
 [[noreturn]] void usage(const char* program, const std::string& why) {
   std::fprintf(stderr,
-               "%s: %s\nusage: %s [--in K] [--mb M] [--cache-kb C] [--tokens T1,T2,...] [--threads N] "
-               "[--kernel NAME] [--layout rows|interleaved] [--split R1,R2,...]\n",
+               "%s: %s\nusage: %s [--weights bf16|q8_0|q4_0] [--in K] [--mb M] [--cache-kb C] [--tokens T1,T2,...] "
+               "[--threads N] [--kernel NAME] [--layout rows|interleaved] [--split R1,R2,...]\n",
                program, why.c_str(), program);
   std::exit(2);
 }
@@ -58,13 +64,38 @@ std::int64_t count(const char* program, const std::string& option, const std::st
   return v;
 }
 
+bool quantized(const Options& o) { return o.weights != "bf16"; }
+strata::quant::Format format(const Options& o) {
+  return o.weights == "q8_0" ? strata::quant::Format::Q8_0 : strata::quant::Format::Q4_0;
+}
+std::size_t row_bytes(const Options& o) {
+  return quantized(o) ? strata::quant::row_bytes(format(o), o.in) : std::size_t(o.in) * sizeof(std::uint16_t);
+}
+
+// The quantized weights' kernel (the backend's, or --kernel's) and the layout it reads.
+Options quantized_options(const char* program, Options o) {
+  if (!o.layout.empty()) usage(program, "--layout is for bf16 weights (a quantized kernel reads its own layout)");
+  if (o.in % 32 != 0) usage(program, "--in must be a multiple of 32 (the blocks' size) for quantized weights");
+  if (o.kernel.empty()) o.kernel = strata::quant::kernel_name();
+  const auto kernels = strata::quant::available_kernels();
+  if (std::find(kernels.begin(), kernels.end(), o.kernel) == kernels.end())
+    usage(program, "--kernel " + o.kernel + " is not a quantized kernel this CPU runs");
+  o.layout = strata::quant::interleaves(o.kernel) ? "interleaved" : "rows";
+  for (const std::int64_t r : o.split)
+    if (o.layout == "interleaved" && r % 16 != 0) usage(program, "--split rows must be multiples of 16");
+  return o;
+}
+
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (i + 1 >= argc) usage(argv[0], "missing value after " + a);
     const std::string v = argv[++i];
-    if (a == "--in") {
+    if (a == "--weights") {
+      if (v != "bf16" && v != "q8_0" && v != "q4_0") usage(argv[0], "--weights is bf16, q8_0 or q4_0");
+      o.weights = v;
+    } else if (a == "--in") {
       o.in = count(argv[0], a, v);
     } else if (a == "--mb") {
       o.mb = positive(argv[0], a, v);
@@ -86,6 +117,7 @@ Options parse(int argc, char** argv) {
       usage(argv[0], "unknown option " + a);
     }
   }
+  if (o.weights != "bf16") return quantized_options(argv[0], std::move(o));
   if (o.kernel.empty()) o.kernel = strata::cpu::row_kernel_name();
   const auto kernels = strata::cpu::row_kernels();
   if (std::find(kernels.begin(), kernels.end(), o.kernel) == kernels.end())
@@ -121,6 +153,33 @@ strata::Buffer random_bf16_rows(strata::cpu::Workers& workers, const Options& o,
   return buffer;
 }
 
+// Quantized weights: `chunk` rows of normal random values quantized once, repeated (each copy in the kernel's
+// layout on its own: the products are called on chunks of at most that many rows, and a larger product cut at a
+// multiple of 16 rows reads the same layout).
+strata::Buffer random_quantized_rows(strata::cpu::Workers& workers, const Options& o, std::int64_t rows,
+                                     std::int64_t chunk) {
+  const std::size_t rb = row_bytes(o);
+  chunk = std::min(chunk, rows);
+  std::vector<char> quantized(rb * std::size_t(chunk));
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> row(std::size_t(o.in));
+  for (std::int64_t r = 0; r < chunk; ++r) {
+    for (float& v : row) v = normal(rng);
+    strata::quant::quantize_row(format(o), row.data(), quantized.data() + std::size_t(r) * rb, o.in);
+  }
+  strata::Buffer buffer = strata::allocate_host(rb * std::size_t(rows));
+  for (std::int64_t first = 0; first < rows; first += chunk) {
+    char* out = static_cast<char*>(buffer.data()) + std::size_t(first) * rb;
+    const std::int64_t n = std::min(chunk, rows - first);
+    if (o.layout == "rows")
+      std::copy(quantized.begin(), quantized.begin() + std::ptrdiff_t(std::size_t(n) * rb), out);
+    else
+      strata::quant::interleave_rows(workers, format(o), quantized.data(), out, n, o.in);
+  }
+  return buffer;
+}
+
 struct Product {
   strata::cpu::Workers& workers;
   const Options& o;
@@ -132,18 +191,32 @@ struct Product {
   // 384-wide rows: 33 MB of outputs beside 100 MB of weights), a cost no model's step has, which made narrow rows
   // look 20-30% slower from memory than in cache.
   double seconds(const strata::Buffer& w, std::int64_t rows, std::int64_t tokens, int calls) {
-    const auto* base = static_cast<const std::uint16_t*>(w.data());
+    const auto* base = static_cast<const char*>(w.data());
     double best = 1e30;
     for (int attempt = 0; attempt < 5; ++attempt) {
       const auto t0 = std::chrono::steady_clock::now();
       for (int c = 0; c < calls; ++c)
         for (std::int64_t first = 0; first < rows; first += kCallRows)
-          strata::cpu::row_dot_products_with(workers, o.kernel, x.data(), base + first * o.in, strata::DType::BF16,
-                                             y.data(), tokens, std::min(kCallRows, rows - first), o.in,
-                                             o.layout == "rows" ? strata::Layout::Rows : strata::Layout::Interleaved16);
+          one({base + std::size_t(first) * row_bytes(o), layout(), y.data(), std::min(kCallRows, rows - first)},
+              tokens);
       best = std::min(best, seconds_since(t0));
     }
     return best;
+  }
+  strata::Layout layout() const { return o.layout == "rows" ? strata::Layout::Rows : strata::Layout::Interleaved16; }
+  void one(const strata::cpu::Product& p, std::int64_t tokens) {
+    if (quantized(o))
+      strata::quant::row_dot_products_with(workers, o.kernel, x.data(), p.w, format(o), p.y, tokens, p.out, o.in,
+                                           p.layout);
+    else
+      strata::cpu::row_dot_products_with(workers, o.kernel, x.data(), p.w, strata::DType::BF16, p.y, tokens, p.out,
+                                         o.in, p.layout);
+  }
+  void many(std::span<const strata::cpu::Product> run, std::int64_t tokens) {
+    if (quantized(o))
+      strata::quant::row_dot_products_many(workers, o.kernel, x.data(), format(o), tokens, o.in, run);
+    else
+      strata::cpu::row_dot_products_many(workers, o.kernel, x.data(), strata::DType::BF16, tokens, o.in, run);
   }
   // Rows a product: the 100m's gate and up together (a 7B's are 22016, whose outputs at a decode step's tokens still
   // stay in cache); a multiple of 16 (interleaved groups).
@@ -152,12 +225,12 @@ struct Product {
   // Best time, over five tries, of the products of `tokens` tokens over the first `rows` rows of w cut into runs of
   // o.split: one call per product (together: false) or one per run (true).
   double split_seconds(const strata::Buffer& w, std::int64_t rows, std::int64_t tokens, bool together) {
-    const auto layout = o.layout == "rows" ? strata::Layout::Rows : strata::Layout::Interleaved16;
     std::vector<std::vector<strata::cpu::Product>> runs;
-    const auto* base = static_cast<const std::uint16_t*>(w.data());
+    const auto* base = static_cast<const char*>(w.data());
     for (std::int64_t at = 0;;) {
       std::vector<strata::cpu::Product> run;
-      for (const std::int64_t r : o.split) run.push_back({base + at * o.in, layout, nullptr, r}), at += r;
+      for (const std::int64_t r : o.split)
+        run.push_back({base + std::size_t(at) * row_bytes(o), layout(), nullptr, r}), at += r;
       if (at > rows) break;
       runs.push_back(std::move(run));
     }
@@ -169,11 +242,9 @@ struct Product {
       const auto t0 = std::chrono::steady_clock::now();
       for (const auto& run : runs) {
         if (together)
-          strata::cpu::row_dot_products_many(workers, o.kernel, x.data(), strata::DType::BF16, tokens, o.in, run);
+          many(run, tokens);
         else
-          for (const auto& p : run)
-            strata::cpu::row_dot_products_with(workers, o.kernel, x.data(), p.w, strata::DType::BF16, p.y, tokens,
-                                               p.out, o.in, layout);
+          for (const auto& p : run) one(p, tokens);
       }
       best = std::min(best, seconds_since(t0));
     }
@@ -185,10 +256,16 @@ struct Product {
 
 int main(int argc, char** argv) {
   const Options o = parse(argc, argv);
-  const std::int64_t memory_rows = std::max<std::int64_t>(1, std::int64_t(o.mb * 1e6 / 2) / o.in);
-  const std::int64_t cache_rows = std::max<std::int64_t>(1, std::int64_t(o.cache_kb * 1024 / 2) / o.in);
+  const double rb = double(row_bytes(o));
+  const std::int64_t memory_rows = std::max<std::int64_t>(1, std::int64_t(o.mb * 1e6 / rb));
+  const std::int64_t cache_rows = std::max<std::int64_t>(1, std::int64_t(o.cache_kb * 1024 / rb));
   strata::cpu::Workers workers(o.threads);
-  const auto memory_w = random_bf16_rows(workers, o, memory_rows), cache_w = random_bf16_rows(workers, o, cache_rows);
+  const auto weights = [&](std::int64_t rows) {
+    return quantized(o) ? random_quantized_rows(workers, o, rows, Product::kCallRows)
+                        : random_bf16_rows(workers, o, rows);
+  };
+  const auto memory_w = weights(memory_rows), cache_w = weights(cache_rows);
+  const char* rate = quantized(o) ? "GOP/s" : "GFLOP/s";
   const std::int64_t most = *std::max_element(o.tokens.begin(), o.tokens.end());
   std::int64_t split_rows = 0;  // rows of one run of --split's products
   for (const std::int64_t r : o.split) split_rows += r;
@@ -204,9 +281,9 @@ int main(int argc, char** argv) {
     if (runs < 1) usage(argv[0], "--split's products do not fit in --mb");
     // Only whole runs are timed: the bytes they cover (compare runs of different sizes at the same bytes, since
     // less of a matrix may stay in a large L3).
-    const double bytes = double(runs * run_rows * o.in * 2);
-    std::printf("%s kernel, %d threads, bf16 rows of %lld (%s): %lld runs of %zu products, %.1f MB from memory\n",
-                o.kernel.c_str(), o.threads, static_cast<long long>(o.in), o.layout.c_str(),
+    const double bytes = double(runs * run_rows) * rb;
+    std::printf("%s kernel, %d threads, %s rows of %lld (%s): %lld runs of %zu products, %.1f MB from memory\n",
+                o.kernel.c_str(), o.threads, o.weights.c_str(), static_cast<long long>(o.in), o.layout.c_str(),
                 static_cast<long long>(runs), o.split.size(), bytes / 1e6);
     for (int round = 1; round <= 3; ++round)
       for (const std::int64_t tokens : o.tokens) {
@@ -223,20 +300,20 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::printf(
-      "%s kernel, %d threads, bf16 rows of %lld (%s): %.1f MB from memory, %.0f KB in cache (called %d "
+      "%s kernel, %d threads, %s rows of %lld (%s): %.1f MB from memory, %.0f KB in cache (called %d "
       "times)\n",
-      o.kernel.c_str(), o.threads, static_cast<long long>(o.in), o.layout.c_str(), double(memory_rows * o.in * 2) / 1e6,
-      double(cache_rows * o.in * 2) / 1024, cache_calls);
+      o.kernel.c_str(), o.threads, o.weights.c_str(), static_cast<long long>(o.in), o.layout.c_str(),
+      double(memory_rows) * rb / 1e6, double(cache_rows) * rb / 1024, cache_calls);
   for (int round = 1; round <= 3; ++round) {  // alternating: this kind of machine drifts between runs
     for (const std::int64_t tokens : o.tokens) {
       const double memory = product.seconds(memory_w, memory_rows, tokens, 1);
       const double cache = product.seconds(cache_w, cache_rows, tokens, cache_calls) * scale;
       const double flops = 2.0 * double(memory_rows * o.in) * double(tokens);
       std::printf(
-          "round %d, %3lld tokens: from memory %7.2f ms (%6.1f GFLOP/s, %5.1f GB/s of weights); in cache %7.2f ms "
-          "(%6.1f GFLOP/s)\n",
-          round, static_cast<long long>(tokens), memory * 1e3, flops / memory / 1e9,
-          double(memory_rows * o.in * 2) / memory / 1e9, cache * 1e3, flops / cache / 1e9);
+          "round %d, %3lld tokens: from memory %7.2f ms (%6.1f %s, %5.1f GB/s of weights); in cache %7.2f ms "
+          "(%6.1f %s)\n",
+          round, static_cast<long long>(tokens), memory * 1e3, flops / memory / 1e9, rate,
+          double(memory_rows) * rb / memory / 1e9, cache * 1e3, flops / cache / 1e9, rate);
     }
   }
 }
