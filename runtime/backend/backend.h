@@ -16,6 +16,7 @@
 
 #include "runtime/backend/row_shares.h"
 #include "runtime/backend/sampling.h"
+#include "runtime/base/sum_in_order.h"
 #include "runtime/tensor/tensor.h"
 
 namespace strata {
@@ -112,11 +113,10 @@ class Backend {
     shares.gather(x.data, std::size_t(x.row_elems()) * dtype_size(x.dtype));
     linears(x, ws, biases, ys);
   }
-  // The parts' elementwise sum, added in their order.
+  // The parts' elementwise sum, added in their order (sum_in_order).
   static std::vector<float> sum_of(std::span<const float* const> parts, std::int64_t n) {
-    std::vector<float> sum(parts[0], parts[0] + n);
-    for (std::size_t p = 1; p < parts.size(); ++p)
-      for (std::int64_t i = 0; i < n; ++i) sum[std::size_t(i)] += parts[p][i];
+    std::vector<float> sum(static_cast<std::size_t>(n));
+    sum_in_order(parts, n, sum.data());
     return sum;
   }
   // y[T,K] = x / rms(x) * weight[K]; y may alias x.

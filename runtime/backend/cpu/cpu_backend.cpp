@@ -236,7 +236,7 @@ class CpuBackend final : public Backend {
     });
   }
 
-  // The sum of the parts in the same order as Backend::sum_of, one row at a time, straight into the residual.
+  // The sum of the parts in the same order as sum_in_order, one row at a time, straight into the residual.
   void rms_norm_residual_of_sum(TensorView residual, std::span<const float* const> parts, TensorView weight, float eps,
                                 TensorView y) override {
     require_same_rows(residual, y, "rms_norm_residual_of_sum");

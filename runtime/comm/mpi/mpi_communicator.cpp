@@ -3,9 +3,9 @@
 
 #include <algorithm>
 #include <climits>
-#include <cstring>
 #include <exception>
 
+#include "runtime/base/sum_in_order.h"
 #include "runtime/comm/mpi/shm_all_reduce.h"
 #include "runtime/comm/mpi/shm_rows.h"
 
@@ -51,18 +51,6 @@ void MpiEnvironment::abort_job(int code) {
 namespace {
 
 constexpr std::size_t kMaxChunk = std::size_t(INT_MAX) / 8 * 8;  // MPI counts are int
-
-// sum[0, count) = parts[0] + parts[1] + ..., added in that order (rank order, as the shared-memory all-reduce adds).
-void sum_in_order(std::span<const float* const> parts, std::int64_t count, float* sum) {
-  const float* first = parts[0];
-  if (parts.size() == 1) return static_cast<void>(std::memcpy(sum, first, std::size_t(count) * sizeof(float)));
-  const float* second = parts[1];
-  for (std::int64_t i = 0; i < count; ++i) sum[i] = first[i] + second[i];  // no pass copying the first part alone
-  for (std::size_t r = 2; r < parts.size(); ++r) {
-    const float* next = parts[r];
-    for (std::int64_t i = 0; i < count; ++i) sum[i] += next[i];
-  }
-}
 
 class MpiSendRequest final : public SendRequest {
  public:
