@@ -31,7 +31,8 @@ int main(int argc, char** argv) {
     std::printf("%d ranks, %s\n", world->size(),
                 setting && std::string(setting) == "0" ? "MPI_Allreduce (STRATA_MPI_SHM_ALLREDUCE=0)"
                                                        : "shared memory where the ranks share a node");
-  const std::int64_t ranks = world->size(), most = 2048 * width;
+  // Room for the largest step's rows padded to whole shares (ranks x ceil(2048 / ranks)).
+  const std::int64_t ranks = world->size(), most = ranks * ((2048 + ranks - 1) / ranks) * width;
   Buffer workspace = world->shared_workspace(std::size_t(most) * sizeof(float));
   std::vector<float> own(workspace.data() ? 0 : std::size_t(most)), share(std::size_t(most / ranks + width));
   float* data = workspace.data() ? static_cast<float*>(workspace.data()) : own.data();
