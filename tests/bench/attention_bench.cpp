@@ -1,9 +1,10 @@
 // Decode attention on the CPU backend alone, for docs/performance.md:
 //   strata_attention_bench [--batch B] [--positions P] [--kv f32|f16] [--layers L] [--q-heads H] [--kv-heads K]
-//                          [--head-dim D] [--block-size S] [--threads T]
+//                          [--head-dim D] [--block-size S] [--threads T] [--pool shuffled|ordered]
 // One decode step of B sequences, each at position P, over L layers with a paged cache of their own (blocks handed
-// out in a shuffled order, as in a pool that has served many requests), and the same step with every sequence on
-// the same blocks: its arithmetic without the memory traffic.
+// out in a shuffled order, as in a pool that has served many requests; or, `--pool ordered`, each sequence's blocks
+// one after another, as a fresh pool hands them to sequences prefilled together), and the same step with every
+// sequence on the same blocks: its arithmetic without the memory traffic.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -23,12 +24,13 @@ struct Options {
   int batch = 16, positions = 160, layers = 12, q_heads = 12, kv_heads = 4, head_dim = 64, block_size = 16;
   int threads = 2;
   strata::DType kv = strata::DType::F32;
+  bool shuffled = true;  // --pool shuffled|ordered
 };
 
 [[noreturn]] void usage(const char* program, const std::string& why) {
   std::fprintf(stderr,
                "%s: %s\nusage: %s [--batch B] [--positions P] [--kv f32|f16] [--layers L] [--q-heads H] "
-               "[--kv-heads K] [--head-dim D] [--block-size S] [--threads T]\n",
+               "[--kv-heads K] [--head-dim D] [--block-size S] [--threads T] [--pool shuffled|ordered]\n",
                program, why.c_str(), program);
   std::exit(2);
 }
@@ -48,7 +50,10 @@ Options parse(int argc, char** argv) {
                  : a == "--block-size" ? &o.block_size
                  : a == "--threads"    ? &o.threads
                                        : nullptr;
-    if (a == "--kv") {
+    if (a == "--pool") {
+      if (v != "shuffled" && v != "ordered") usage(argv[0], "--pool is shuffled or ordered");
+      o.shuffled = v == "shuffled";
+    } else if (a == "--kv") {
       if (v != "f32" && v != "f16") usage(argv[0], "--kv is f32 or f16");
       o.kv = v == "f16" ? strata::DType::F16 : strata::DType::F32;
     } else if (field) {
@@ -75,7 +80,7 @@ double step_seconds(strata::Backend& backend, const Options& o, bool in_cache, i
   std::vector<std::int32_t> table(static_cast<std::size_t>(blocks));
   std::iota(table.begin(), table.end(), 0);
   std::mt19937 rng(1);
-  std::shuffle(table.begin(), table.end(), rng);
+  if (o.shuffled) std::shuffle(table.begin(), table.end(), rng);
 
   std::vector<Tensor> k_cache, v_cache;
   std::vector<float> host(static_cast<std::size_t>(blocks * o.block_size * o.kv_heads * o.head_dim));
@@ -115,8 +120,9 @@ int main(int argc, char** argv) {
   const Options o = parse(argc, argv);
   auto backend = make_cpu_backend(o.threads, DType::F32, o.kv);
   const double bytes = double(o.batch) * o.positions * o.kv_heads * o.head_dim * 2 * o.layers * dtype_size(o.kv);
-  std::printf("batch %d, %d positions, %s KV cache (%.1f MB read per step), %d layers, %d threads\n", o.batch,
-              o.positions, o.kv == DType::F16 ? "f16" : "f32", bytes / 1e6, o.layers, o.threads);
+  std::printf("batch %d, %d positions, %s KV cache (%.1f MB read per step), %d layers, %d threads, %s pool\n", o.batch,
+              o.positions, o.kv == DType::F16 ? "f16" : "f32", bytes / 1e6, o.layers, o.threads,
+              o.shuffled ? "shuffled" : "ordered");
   for (int round = 1; round <= 3; ++round) {  // alternating: this kind of machine drifts between runs
     const double memory = step_seconds(*backend, o, false, 10), cache = step_seconds(*backend, o, true, 10);
     std::printf(

@@ -870,11 +870,11 @@ TEST(CpuBackend, AttentionOfStepsOfDifferentLengthsOnOneBackend) {
 
 // Long contexts are attended in segments of 256 positions whose softmax parts are merged (CpuBackend::attend): a
 // decode step of one sequence runs each segment as its own item (too few (token, KV head) pairs for the threads), a
-// step of several goes pair by pair through the segments. Sequence A's token at position P (window 0, or 300 with
-// soft-capped scores: its positions then start mid-segment) alone and batched with three other sequences: the same
-// bits both ways, each against the double reference; and a 60-token chunk of A's positions 230-289 (by pairs, the
-// chunk's own positions in its last segments) against the reference, its last row the bits of position 289 alone.
-// Blocks of 12 positions, so segments end inside blocks.
+// step of several goes token by token through the segments, or pair by pair, or segment by segment (see below).
+// Sequence A's token at position P (window 0, or 300 with soft-capped scores: its positions then start mid-segment)
+// alone and batched with three other sequences: the same bits both ways, each against the double reference; and a
+// 60-token chunk of A's positions 230-289 (by pairs, the chunk's own positions in its last segments) against the
+// reference, its last row the bits of position 289 alone. Blocks of 12 positions, so segments end inside blocks.
 void check_long_context_attention(int threads, int hkv, DType kv) {
   SCOPED_TRACE(testing::Message() << threads << " threads, " << hkv << " KV heads, " << dtype_name(kv) << " cache");
   Fixture f;
@@ -924,6 +924,15 @@ void check_long_context_attention(int threads, int hkv, DType kv) {
     const Tensor alone = attend({{0, positions[0], 1, 0}}, q.view().slice_rows(0, 1));
     const Tensor batched = attend(all, q.view());
     EXPECT_EQ(0, std::memcmp(alone.f32(), batched.f32(), std::size_t(hq * d) * 4)) << "alone and batched";
+    // Two sequences at a time: A and B's, or C and D's, five and four segments without a window (on two threads
+    // each an item through every KV head), B and C's three (by pairs where there are enough of them): the bits of
+    // the batch of four.
+    for (int s = 0; s + 1 < sequences; ++s) {
+      const Tensor two = attend({{s * per_seq, positions[s], 1, 0}, {(s + 1) * per_seq, positions[s + 1], 1, 1}},
+                                q.view().slice_rows(s, s + 2));
+      EXPECT_EQ(0, std::memcmp(two.f32(), batched.f32() + s * hq * d, std::size_t(2 * hq * d) * 4))
+          << "sequences " << s << " and " << s + 1 << " alone and batched";
+    }
     for (int s = 0; s < sequences; ++s)
       expect_reference(batched.f32() + s * hq * d, 1, s, q.f32() + s * hq * d, positions[s]);
     const Tensor chunk = attend({{0, 230, 60, 0}}, chunk_q.view());

@@ -523,10 +523,11 @@ class CpuBackend final : public Backend {
   // arithmetic is the same as alone. A token that sees one segment gets its softmax and weighted sums in one pass; one
   // that sees more gets a part per segment (its largest score, its sum of exponentials, its sums weighted by them),
   // merged by cpu::merge_softmax_parts. The cut depends on the positions alone, so a token's bits do not depend on
-  // its batch or on the threads. Work items: (token, KV head) pairs, each through its segments in turn, where there
-  // are enough pairs for the threads; else (a decode step of a few sequences, or one KV head per rank under tp, over
-  // long contexts) each segment is an item, and a second loop merges: a pair alone had kept one thread busy while
-  // the others waited.
+  // its batch or on the threads. Work items: tokens, each through every KV head and its segments in turn, where there
+  // are enough tokens for the threads (each item then reads its blocks' bytes in order: see attend_segment); else
+  // segments of every KV head, where there are enough of them (a decode step of a few sequences over long contexts);
+  // else (token, KV head) pairs, where there are enough; else each (pair, segment) is an item. After segments, a
+  // second loop merges: a pair alone had kept one thread busy while the others waited.
   template <typename K>
   void attend(std::span<const SeqChunk> chunks, const KvBlocks& blocks,
               const std::vector<std::pair<std::int32_t, std::int32_t>>& tokens, TensorView q, TensorView k_cache,
@@ -543,54 +544,73 @@ class CpuBackend final : public Backend {
       return Seen{&chunk, chunk.token_offset + i, first, visible};
     };
     std::int64_t segments = 1, longest = 0;  // the most segments, and positions, a token sees
+    std::int64_t token_segments = 0;         // all tokens' segments
     for (std::int64_t pair = 0; pair < pairs; pair += kv_heads) {
       const Seen s = seen(pair);
       segments = std::max(segments, s.segments());
       longest = std::max(longest, s.visible - s.first);
+      token_segments += s.segments();
     }
-    // Scratch: per thread the scores of one segment and room for the merge's exponentials; the segments' parts, per
-    // thread (by pairs) or per pair (by segments). Kept between calls up to kKeptScratchBytes (a fresh vector per
-    // layer, zeroed and freed, showed in a batch-1 q4_0 decode step's profile outside the loops, with
-    // malloc_consolidate); a larger one (long contexts, many threads) for the call only: the memory plan counts no
-    // such buffer.
-    const bool by_pairs = pairs >= kPairsPerThread * workers_.size();
-    const std::int64_t parts_size = segments > 1 ? segments * group * (2 + dim) : 0;
-    const std::int64_t score_floats = group * std::min(kSegment, longest);  // one segment's scores, every head
-    const std::int64_t per_thread = score_floats + segments + (by_pairs ? parts_size : 0);
-    const std::size_t scratch = std::size_t(workers_.size() * per_thread + (by_pairs ? 0 : pairs * parts_size));
+    // Scratch: per thread the scores of one segment (of an item's heads) and room for the merge's exponentials; the
+    // segments' parts, per thread (by tokens or pairs) or per pair (by segments). Kept between calls up to
+    // kKeptScratchBytes (a fresh vector per layer, zeroed and freed, showed in a batch-1 q4_0 decode step's profile
+    // outside the loops, with malloc_consolidate); a larger one (long contexts, many threads) for the call only: the
+    // memory plan counts no such buffer.
+    const std::int64_t token_count = std::int64_t(tokens.size());
+    const bool by_tokens = token_count >= kTokensPerThread * workers_.size();
+    const bool whole_segments = !by_tokens && token_segments >= kTokensPerThread * workers_.size();
+    const bool by_pairs = !by_tokens && !whole_segments && pairs >= kPairsPerThread * workers_.size();
+    // KV heads an item goes through (attend_segment: all of them, where there are enough items for the threads).
+    const std::int64_t item_heads = by_tokens || whole_segments ? kv_heads : 1;
+    const std::int64_t parts_size = segments > 1 ? segments * group * (2 + dim) : 0;  // one pair's
+    // One segment's scores, every head of an item.
+    const std::int64_t score_floats = item_heads * group * std::min(kSegment, longest);
+    const std::int64_t per_thread = score_floats + segments + (by_pairs || by_tokens ? item_heads * parts_size : 0);
+    const std::size_t scratch =
+        std::size_t(workers_.size() * per_thread + (by_pairs || by_tokens ? 0 : pairs * parts_size));
     std::vector<float> this_call;
     std::vector<float>& buffer = scratch * sizeof(float) <= kKeptScratchBytes ? attention_scratch_ : this_call;
     if (buffer.size() < scratch) buffer.resize(scratch);
     const auto thread_scratch = [&](int thread) { return buffer.data() + thread * per_thread; };
     const auto parts_of = [&](int thread, std::int64_t pair) {
-      return by_pairs ? thread_scratch(thread) + score_floats + segments
-                      : buffer.data() + workers_.size() * per_thread + pair * parts_size;
+      return by_pairs || by_tokens ? thread_scratch(thread) + score_floats + segments
+                                   : buffer.data() + workers_.size() * per_thread + pair * parts_size;
     };
     const auto *keys = static_cast<const K*>(k_cache.data), *values = static_cast<const K*>(v_cache.data);
     const AttendInputs<K> in{blocks, q, out, keys, values, params, kv_heads, dim, group, segments};
-    const auto merge = [&](int thread, std::int64_t pair, const Seen& s) {
-      const float* parts = parts_of(thread, pair);
+    const auto merge = [&](int thread, std::int64_t pair, const Seen& s, const float* parts) {
       float* o = out.f32() + (s.row * q_heads + pair % kv_heads * group) * dim;
       float* scale = thread_scratch(thread) + score_floats;
       for (std::int64_t g = 0; g < group; ++g)
         cpu::merge_softmax_parts(s.segments(), parts + g * segments, parts + (group + g) * segments,
                                  parts + 2 * group * segments + g * dim, group * dim, dim, scale, o + g * dim);
     };
+    if (by_tokens) {
+      workers_.share(token_count, 1, [&](int thread, std::int64_t token) {
+        const Seen s = seen(token * kv_heads);
+        float* parts = parts_of(thread, token * kv_heads);
+        for (std::int64_t k = 0; k < s.segments(); ++k)
+          attend_segment(in, s, 0, kv_heads, k, k + 1 < s.segments(), thread_scratch(thread), parts);
+        if (s.segments() > 1)
+          for (std::int64_t h = 0; h < kv_heads; ++h) merge(thread, token * kv_heads + h, s, parts + h * parts_size);
+      });
+      return;
+    }
     if (by_pairs) {
       workers_.share(pairs, 2, [&](int thread, std::int64_t pair) {
         const Seen s = seen(pair);
         for (std::int64_t k = 0; k < s.segments(); ++k)
-          attend_segment(in, s, pair % kv_heads, k, k + 1 < s.segments(), thread_scratch(thread),
+          attend_segment(in, s, pair % kv_heads, 1, k, k + 1 < s.segments(), thread_scratch(thread),
                          parts_of(thread, pair));
-        if (s.segments() > 1) merge(thread, pair, s);
+        if (s.segments() > 1) merge(thread, pair, s, parts_of(thread, pair));
       });
       return;
     }
-    // By segments: each thread a contiguous share of the (pair, segment) items, so that it goes on from a segment to
-    // the next of the same pair, whose first keys it requests while finishing the one before (handed out one at a
-    // time, every segment started cold).
+    // By segments: each thread a contiguous share of the (pair, segment) items (or, every KV head in each, the
+    // (token, segment) items), so that it goes on from a segment to the next of the same pair, whose first keys it
+    // requests while finishing the one before (handed out one at a time, every segment started cold).
     segment_items_.clear();
-    for (std::int64_t pair = 0; pair < pairs; ++pair)
+    for (std::int64_t pair = 0; pair < pairs; pair += item_heads)
       for (std::int64_t k = 0; k < seen(pair).segments(); ++k) segment_items_.emplace_back(pair, k);
     const std::int64_t items = std::int64_t(segment_items_.size()), threads = workers_.size();
     workers_.run([&](int thread) {
@@ -598,13 +618,14 @@ class CpuBackend final : public Backend {
       for (std::int64_t i = items * thread / threads; i < end; ++i) {
         const auto [pair, k] = segment_items_[std::size_t(i)];
         const bool next = i + 1 < end && segment_items_[std::size_t(i + 1)].first == pair;
-        attend_segment(in, seen(pair), pair % kv_heads, k, next, thread_scratch(thread), parts_of(thread, pair));
+        attend_segment(in, seen(pair), pair % kv_heads, item_heads, k, next, thread_scratch(thread),
+                       parts_of(thread, pair));
       }
     });
     if (segments > 1)
       workers_.share(pairs, 1, [&](int thread, std::int64_t pair) {
         const Seen s = seen(pair);
-        if (s.segments() > 1) merge(thread, pair, s);
+        if (s.segments() > 1) merge(thread, pair, s, parts_of(thread, pair));
       });
   }
 
@@ -618,23 +639,33 @@ class CpuBackend final : public Backend {
     std::int64_t kv_heads, dim, group, segments;  // segments: the parts' stride (the most any token sees)
   };
 
-  // Segment k of what token s sees, for the query heads of KV head kvh: their scores, then (the segment is all the
-  // token sees) the softmax and weighted sums straight into the output, or else the segment's part: per head its
-  // largest score (at parts[g * segments + k]), the sum of exp(score - largest) (at parts[(group + g) * segments +
-  // k]) and the sums weighted by those exponentials (dim floats at parts[2 group segments + (k group + g) dim]).
+  // Segment k of what token s sees, for the query heads of KV heads first_head .. first_head + heads - 1: their
+  // scores, then (the segment is all the token sees) the softmax and weighted sums straight into the output, or else
+  // the segment's part, for KV head h at parts + (h - first_head) * (segments group (2 + dim)): per query head of its
+  // group its largest score (at [g * segments + k]), the sum of exp(score - largest) (at [(group + g) * segments +
+  // k]) and the sums weighted by those exponentials (dim floats at [2 group segments + (k group + g) dim]).
+  //   Several KV heads go through each block together, head by head: a block holds its heads' rows one after
+  // another, so the loops then read its bytes in order, one stream through the sequence's blocks that the hardware
+  // prefetchers follow, where a head at a time read a run of a few KiB out of every block (the same bytes of a
+  // decode step at batch 16 took about twice as long; docs/performance.md). Each head's arithmetic is the same either
+  // way.
   template <typename K>
-  static void attend_segment(const AttendInputs<K>& in, const Seen& s, std::int64_t kvh, std::int64_t k,
-                             bool request_next, float* scores, float* parts) {
+  static void attend_segment(const AttendInputs<K>& in, const Seen& s, std::int64_t first_head, std::int64_t heads,
+                             std::int64_t k, bool request_next, float* scores, float* parts) {
     const KvBlocks& blocks = in.blocks;
     const SeqChunk& chunk = *s.chunk;
     const std::int64_t dim = in.dim, group = in.group, q_heads = in.kv_heads * group;
     const std::int64_t b = s.segment_begin(k), e = s.segment_end(k), len = e - b;
-    const float* qv = in.q.f32() + (s.row * q_heads + kvh * group) * dim;  // the group's heads, one after another
+    // The groups' query heads, one after another (KV head first_head's first).
+    const float* qv = in.q.f32() + (s.row * q_heads + first_head * group) * dim;
     // Block by block: each block holds block_size consecutive positions of the sequence, anywhere in the pool.
-    const auto rows_at = [&](const K* cache, std::int64_t j) {
-      return cache + head_row(blocks, in.kv_heads, chunk, std::int32_t(j), kvh) * dim;
+    const auto rows_at = [&](const K* cache, std::int64_t j, std::int64_t h) {
+      return cache + head_row(blocks, in.kv_heads, chunk, std::int32_t(j), first_head + h) * dim;
     };
     const auto run_at = [&](std::int64_t j) { return std::min(e - j, blocks.size - j % blocks.size); };
+    const auto request = [&](const K* cache, std::int64_t j, std::int64_t run) {
+      for (std::int64_t h = 0; h < heads; ++h) prefetch(rows_at(cache, j, h), run * dim);
+    };
     // Memory requests run kFetchAhead blocks ahead of the arithmetic, through the keys, on into the values and
     // (request_next: this thread goes on to the next segment) into the next segment's first keys: step u of the
     // segment's 2n cold positions is key u, then value u - n, then key e + u - 2n (m of them). One block ahead
@@ -651,11 +682,11 @@ class CpuBackend final : public Backend {
         if (requested < 2 * n) {
           const std::int64_t j = b + requested % n;
           run = std::min(run_at(j), b + n - j);
-          prefetch(rows_at(requested < n ? in.keys : in.values, j), run * dim);
+          request(requested < n ? in.keys : in.values, j, run);
         } else {
           const std::int64_t j = e + requested - 2 * n;
           run = std::min(blocks.size - j % blocks.size, e + m - j);
-          prefetch(rows_at(in.keys, j), run * dim);
+          request(in.keys, j, run);
         }
         requested += run;
       }
@@ -663,35 +694,45 @@ class CpuBackend final : public Backend {
     for (std::int64_t j = b; j < e;) {
       const std::int64_t run = run_at(j), ahead = j + run + kFetchAhead * blocks.size;  // the position to reach
       request_until(ahead < e ? std::min(ahead - b, n) : n + ahead - e);
-      cpu::group_dots(qv, group, rows_at(in.keys, j), dim, run, dim, scores + (j - b), len);
+      for (std::int64_t h = 0; h < heads; ++h)
+        cpu::group_dots(qv + h * group * dim, group, rows_at(in.keys, j, h), dim, run, dim,
+                        scores + h * group * len + (j - b), len);
       j += run;
     }
     const bool whole = s.segments() == 1;
-    float* o = whole ? in.out.f32() + (s.row * q_heads + kvh * group) * dim
-                     : parts + 2 * group * in.segments + k * group * dim;
-    for (std::int64_t g = 0; g < group; ++g) {
-      float* row = scores + g * len;
-      const float largest = scaled_max(row, len, in.params);
-      const float sum = cpu::exp_and_sum(row, len, largest);
-      if (whole) {
-        cpu::divide_by(row, len, sum);  // the weights themselves
-      } else {
-        parts[g * in.segments + k] = largest;
-        parts[(group + g) * in.segments + k] = sum;
+    const std::int64_t part_floats = in.segments * group * (2 + dim);
+    const auto out_of = [&](std::int64_t h) {
+      return whole ? in.out.f32() + (s.row * q_heads + (first_head + h) * group) * dim
+                   : parts + h * part_floats + 2 * group * in.segments + k * group * dim;
+    };
+    for (std::int64_t h = 0; h < heads; ++h)
+      for (std::int64_t g = 0; g < group; ++g) {
+        float* row = scores + (h * group + g) * len;
+        const float largest = scaled_max(row, len, in.params);
+        const float sum = cpu::exp_and_sum(row, len, largest);
+        if (whole) {
+          cpu::divide_by(row, len, sum);  // the weights themselves
+        } else {
+          parts[h * part_floats + g * in.segments + k] = largest;
+          parts[h * part_floats + (group + g) * in.segments + k] = sum;
+        }
       }
-    }
-    std::memset(o, 0, std::size_t(group * dim) * 4);
+    for (std::int64_t h = 0; h < heads; ++h) std::memset(out_of(h), 0, std::size_t(group * dim) * 4);
     for (std::int64_t j = b; j < e;) {
       const std::int64_t run = run_at(j);
       request_until(n + j - b + run + kFetchAhead * blocks.size);
-      cpu::weighted_sums(scores + (j - b), len, group, rows_at(in.values, j), dim, run, dim, o);
+      for (std::int64_t h = 0; h < heads; ++h)
+        cpu::weighted_sums(scores + h * group * len + (j - b), len, group, rows_at(in.values, j, h), dim, run, dim,
+                           out_of(h));
       j += run;
     }
   }
 
   // Positions a softmax part covers (see attend): long contexts cut into parts that run on different threads.
   static constexpr std::int64_t kSegment = 256;
-  // By (token, KV head) pairs where there are at least this many per thread (see attend).
+  // By tokens, each through all its KV heads, where there are at least this many per thread; else by (token, KV
+  // head) pairs where there are at least this many (see attend).
+  static constexpr std::int64_t kTokensPerThread = 2;
   static constexpr std::int64_t kPairsPerThread = 2;
   static constexpr std::size_t kKeptScratchBytes = std::size_t(1) << 20;
 
