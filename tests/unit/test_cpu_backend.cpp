@@ -949,6 +949,15 @@ TEST(CpuBackend, LongContextAttentionInSegmentsIsTheSameAloneAndBatched) {
   check_long_context_attention(2, 1, DType::F16);
 }
 
+// Long contexts' steps by tokens with items of fewer KV heads than a token's (each item's softmax parts bounded:
+// here to one head's): the same bits and the reference, as above.
+TEST(CpuBackend, LongContextAttentionInItemsOfFewerHeads) {
+  setenv("STRATA_ATTENTION_ITEM_PARTS_BYTES", "1", 1);
+  check_long_context_attention(2, 2, DType::F32);
+  check_long_context_attention(2, 2, DType::F16);
+  unsetenv("STRATA_ATTENTION_ITEM_PARTS_BYTES");
+}
+
 // Gemma-style attention: a sliding window of 3 (sequence A at position 5 sees 3..5 only, B's later rows lose their
 // first keys) and soft-capped scores. A comparison against the unwindowed reference must fail, so the window matters.
 // Attention's passes: dots gives, bit for bit, the row kernels' order written out here (16 lanes of FMAs, the

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -43,7 +44,8 @@ class CpuBackend final : public Backend {
         row_kernel_(cpu::row_kernel_name()),
         quant_kernel_(quant::kernel_name()),
         row_kernel_tokens_(cpu::row_kernel_max_tokens(row_kernel_)),
-        workers_(threads, cpu::team_for(weights)) {
+        workers_(threads, cpu::team_for(weights)),
+        item_parts_bytes_(item_parts_bytes()) {
     // OpenBLAS threads on the loops' OpenMP team, or runs single-threaded inside the backend's own threads: one team
     // of threads either way, never two spinning on the same cores.
     openblas_set_num_threads(workers_.openmp() ? workers_.size() : 1);
@@ -561,21 +563,31 @@ class CpuBackend final : public Backend {
     const bool by_tokens = token_count >= kTokensPerThread * workers_.size();
     const bool whole_segments = !by_tokens && token_segments >= kTokensPerThread * workers_.size();
     const bool by_pairs = !by_tokens && !whole_segments && pairs >= kPairsPerThread * workers_.size();
-    // KV heads an item goes through (attend_segment: all of them, where there are enough items for the threads).
-    const std::int64_t item_heads = by_tokens || whole_segments ? kv_heads : 1;
     const std::int64_t parts_size = segments > 1 ? segments * group * (2 + dim) : 0;  // one pair's
+    // KV heads an item goes through (attend_segment): all of them, where there are enough items for the threads; by
+    // tokens, as many as keep a thread's softmax parts (long contexts) within item_parts_bytes_.
+    const std::int64_t item_heads =
+        by_tokens ? std::clamp<std::int64_t>(item_parts_bytes_ / std::max<std::int64_t>(1, parts_size * 4), 1, kv_heads)
+        : whole_segments ? kv_heads
+                         : 1;
     // One segment's scores, every head of an item.
     const std::int64_t score_floats = item_heads * group * std::min(kSegment, longest);
     const std::int64_t per_thread = score_floats + segments + (by_pairs || by_tokens ? item_heads * parts_size : 0);
     const std::size_t scratch =
         std::size_t(workers_.size() * per_thread + (by_pairs || by_tokens ? 0 : pairs * parts_size));
-    std::vector<float> this_call;
-    std::vector<float>& buffer = scratch * sizeof(float) <= kKeptScratchBytes ? attention_scratch_ : this_call;
-    if (buffer.size() < scratch) buffer.resize(scratch);
-    const auto thread_scratch = [&](int thread) { return buffer.data() + thread * per_thread; };
+    std::unique_ptr<float[]> this_call;  // not zeroed: every score and part is written before it is read
+    float* buffer = nullptr;
+    if (scratch * sizeof(float) <= kKeptScratchBytes) {
+      if (attention_scratch_.size() < scratch) attention_scratch_.resize(scratch);
+      buffer = attention_scratch_.data();
+    } else {
+      this_call.reset(new float[scratch]);
+      buffer = this_call.get();
+    }
+    const auto thread_scratch = [&](int thread) { return buffer + thread * per_thread; };
     const auto parts_of = [&](int thread, std::int64_t pair) {
       return by_pairs || by_tokens ? thread_scratch(thread) + score_floats + segments
-                                   : buffer.data() + workers_.size() * per_thread + pair * parts_size;
+                                   : buffer + workers_.size() * per_thread + pair * parts_size;
     };
     const auto *keys = static_cast<const K*>(k_cache.data), *values = static_cast<const K*>(v_cache.data);
     const AttendInputs<K> in{blocks, q, out, keys, values, params, kv_heads, dim, group, segments};
@@ -587,13 +599,16 @@ class CpuBackend final : public Backend {
                                  parts + 2 * group * segments + g * dim, group * dim, dim, scale, o + g * dim);
     };
     if (by_tokens) {
-      workers_.share(token_count, 1, [&](int thread, std::int64_t token) {
-        const Seen s = seen(token * kv_heads);
-        float* parts = parts_of(thread, token * kv_heads);
+      const std::int64_t per_token = (kv_heads + item_heads - 1) / item_heads;  // items
+      workers_.share(token_count * per_token, 1, [&](int thread, std::int64_t item) {
+        const std::int64_t first = item / per_token * kv_heads + item % per_token * item_heads;  // its first pair
+        const std::int64_t heads = std::min(item_heads, kv_heads - first % kv_heads);
+        const Seen s = seen(first);
+        float* parts = parts_of(thread, first);
         for (std::int64_t k = 0; k < s.segments(); ++k)
-          attend_segment(in, s, 0, kv_heads, k, k + 1 < s.segments(), thread_scratch(thread), parts);
+          attend_segment(in, s, first % kv_heads, heads, k, k + 1 < s.segments(), thread_scratch(thread), parts);
         if (s.segments() > 1)
-          for (std::int64_t h = 0; h < kv_heads; ++h) merge(thread, token * kv_heads + h, s, parts + h * parts_size);
+          for (std::int64_t h = 0; h < heads; ++h) merge(thread, first + h, s, parts + h * parts_size);
       });
       return;
     }
@@ -747,6 +762,12 @@ class CpuBackend final : public Backend {
   static constexpr std::int64_t kTokensPerThread = 2;
   static constexpr std::int64_t kPairsPerThread = 2;
   static constexpr std::size_t kKeptScratchBytes = std::size_t(1) << 20;
+  // A thread's softmax parts of an item by tokens at most (its KV heads are fewer where a token's would pass it): 256
+  // KiB, or STRATA_ATTENTION_ITEM_PARTS_BYTES (tests: items of fewer heads on small shapes).
+  static std::int64_t item_parts_bytes() {
+    const char* forced = std::getenv("STRATA_ATTENTION_ITEM_PARTS_BYTES");
+    return forced && *forced ? std::max<std::int64_t>(1, std::atoll(forced)) : std::int64_t(256) << 10;
+  }
 
   // A sequence's blocks lie anywhere in the pool, a few KiB each: the hardware prefetchers do not follow them, and
   // the score and sum loops stalled on every block's first rows (batch-16 decode at 160 positions: attention 25-35%
@@ -807,6 +828,7 @@ class CpuBackend final : public Backend {
   RopeTables rope_tables_;                 // the last step's angles (rope_tables)
   std::vector<std::pair<std::int32_t, std::int32_t>> step_tokens_;    // step_tokens' list
   std::vector<std::pair<std::int64_t, std::int64_t>> segment_items_;  // attend's (pair, segment) items
+  const std::int64_t item_parts_bytes_;                               // see item_parts_bytes
   std::vector<float> attention_scratch_;  // attend's scores and softmax parts (see attend), kept between calls
 };
 
