@@ -955,6 +955,10 @@ TEST(CpuBackend, LongContextAttentionInItemsOfFewerHeads) {
   setenv("STRATA_ATTENTION_ITEM_PARTS_BYTES", "1", 1);
   check_long_context_attention(2, 2, DType::F32);
   check_long_context_attention(2, 2, DType::F16);
+  for (const char* bad : {"0", "-5", "256k", "abc"}) {
+    setenv("STRATA_ATTENTION_ITEM_PARTS_BYTES", bad, 1);
+    EXPECT_THROW(make_cpu_backend(2), Error) << bad;
+  }
   unsetenv("STRATA_ATTENTION_ITEM_PARTS_BYTES");
 }
 

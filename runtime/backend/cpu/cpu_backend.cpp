@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -526,8 +527,9 @@ class CpuBackend final : public Backend {
   // arithmetic is the same as alone. A token that sees one segment gets its softmax and weighted sums in one pass; one
   // that sees more gets a part per segment (its largest score, its sum of exponentials, its sums weighted by them),
   // merged by cpu::merge_softmax_parts. The cut depends on the positions alone, so a token's bits do not depend on
-  // its batch or on the threads. Work items: tokens, each through every KV head and its segments in turn, where there
-  // are enough tokens for the threads (each item then reads its blocks' bytes in order: see attend_segment); else
+  // its batch or on the threads. Work items: tokens, each through its KV heads (all of them, or over long contexts as
+  // many as bound its scratch) and its segments in turn, where there are enough tokens for the threads (each item
+  // then reads its blocks' bytes in order: see attend_segment); else
   // segments of every KV head, where there are enough of them (a decode step of a few sequences over long contexts);
   // else (token, KV head) pairs, where there are enough; else each (pair, segment) is an item. After segments, a
   // second loop merges: a pair alone had kept one thread busy while the others waited.
@@ -563,7 +565,8 @@ class CpuBackend final : public Backend {
     const bool by_tokens = token_count >= kTokensPerThread * workers_.size();
     const bool whole_segments = !by_tokens && token_segments >= kTokensPerThread * workers_.size();
     const bool by_pairs = !by_tokens && !whole_segments && pairs >= kPairsPerThread * workers_.size();
-    const std::int64_t parts_size = segments > 1 ? segments * group * (2 + dim) : 0;  // one pair's
+    const std::int64_t part_floats = segments * group * (2 + dim);   // one pair's softmax parts (attend_segment)
+    const std::int64_t parts_size = segments > 1 ? part_floats : 0;  // one pair's scratch for them
     // KV heads an item goes through (attend_segment): all of them, where there are enough items for the threads; by
     // tokens, as many as keep a thread's softmax parts (long contexts) within item_parts_bytes_.
     const std::int64_t item_heads =
@@ -590,7 +593,7 @@ class CpuBackend final : public Backend {
                                    : buffer + workers_.size() * per_thread + pair * parts_size;
     };
     const auto *keys = static_cast<const K*>(k_cache.data), *values = static_cast<const K*>(v_cache.data);
-    const AttendInputs<K> in{blocks, q, out, keys, values, params, kv_heads, dim, group, segments};
+    const AttendInputs<K> in{blocks, q, out, keys, values, params, kv_heads, dim, group, segments, part_floats};
     const auto merge = [&](int thread, std::int64_t pair, const Seen& s, const float* parts) {
       float* o = out.f32() + (s.row * q_heads + pair % kv_heads * group) * dim;
       float* scale = thread_scratch(thread) + score_floats;
@@ -653,6 +656,7 @@ class CpuBackend final : public Backend {
     const K *keys, *values;
     const AttentionParams& params;
     std::int64_t kv_heads, dim, group, segments;  // segments: the parts' stride (the most any token sees)
+    std::int64_t part_floats;                     // one KV head's parts: segments * group * (2 + dim)
   };
 
   // Segment k of what token s sees, for the query heads of KV heads first_head .. first_head + heads - 1: their
@@ -725,7 +729,7 @@ class CpuBackend final : public Backend {
       j += run;
     }
     const bool whole = s.segments() == 1;
-    const std::int64_t part_floats = in.segments * group * (2 + dim);
+    const std::int64_t part_floats = in.part_floats;
     const auto out_of = [&](std::int64_t h) {
       return whole ? in.out.f32() + (s.row * q_heads + (first_head + h) * group) * dim
                    : parts + h * part_floats + 2 * group * in.segments + k * group * dim;
@@ -757,8 +761,8 @@ class CpuBackend final : public Backend {
 
   // Positions a softmax part covers (see attend): long contexts cut into parts that run on different threads.
   static constexpr std::int64_t kSegment = 256;
-  // By tokens, each through all its KV heads, where there are at least this many per thread; else by (token, KV
-  // head) pairs where there are at least this many (see attend).
+  // By tokens (each through its KV heads) where there are at least this many per thread; else by (token, KV head)
+  // pairs where there are at least this many (see attend).
   static constexpr std::int64_t kTokensPerThread = 2;
   static constexpr std::int64_t kPairsPerThread = 2;
   static constexpr std::size_t kKeptScratchBytes = std::size_t(1) << 20;
@@ -766,7 +770,13 @@ class CpuBackend final : public Backend {
   // KiB, or STRATA_ATTENTION_ITEM_PARTS_BYTES (tests: items of fewer heads on small shapes).
   static std::int64_t item_parts_bytes() {
     const char* forced = std::getenv("STRATA_ATTENTION_ITEM_PARTS_BYTES");
-    return forced && *forced ? std::max<std::int64_t>(1, std::atoll(forced)) : std::int64_t(256) << 10;
+    if (!forced || !*forced) return std::int64_t(256) << 10;
+    std::int64_t bytes = 0;
+    const char* end = forced + std::strlen(forced);
+    const auto [stop, error] = std::from_chars(forced, end, bytes);
+    STRATA_CHECK(error == std::errc() && stop == end && bytes >= 1, Config, "STRATA_ATTENTION_ITEM_PARTS_BYTES='",
+                 forced, "': expected a whole number of bytes >= 1");
+    return bytes;
   }
 
   // A sequence's blocks lie anywhere in the pool, a few KiB each: the hardware prefetchers do not follow them, and
