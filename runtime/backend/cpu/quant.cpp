@@ -315,15 +315,22 @@ __attribute__((target(STRATA_AVX512), always_inline)) inline void accumulate_blo
   }
 }
 
+// Bytes a pass over a group requests into the cache for what comes after it (see group_rows_avx512), spread over
+// its blocks: block b requests the b-th of `blocks` equal slices (the last ones shorter).
+struct Requests {
+  const char* begin = nullptr;
+  std::size_t bytes = 0;
+};
+
 // Tokens tokens (activations from x at token 0) x 16 rows from `rows`; the blocks prepared on the way (decode:
 // each weight is read once) or read from `prepared` (prefill: prepared once for all the token tiles). `requests`:
-// where the block loop's memory requests go, a block's share per block, instead of ahead in its own stream (see
+// what the block loop requests from memory, instead of its own bytes ahead in its own stream (see
 // group_rows_avx512), and with `own_too` in both; none with `prepared`.
 template <typename Block, Layout L, int Tokens>
 __attribute__((target(STRATA_AVX512))) void group_avx512(const char* rows, std::size_t row_bytes,
                                                          const GroupBlock* prepared, Activations x, float* y,
-                                                         std::int64_t out, std::int64_t blocks,
-                                                         const char* requests = nullptr, bool own_too = false) {
+                                                         std::int64_t out, std::int64_t blocks, Requests requests = {},
+                                                         bool own_too = false) {
   // The hardware prefetchers do not keep up with this loop at one token (in the row layout the 16 rows are also 16
   // streams they follow poorly): each block fetches a block's share of the bytes ahead. Row layout: the next group's
   // (this thread's next one, but for the last of its range); interleaved: the group's bytes (and the next group's,
@@ -332,7 +339,8 @@ __attribute__((target(STRATA_AVX512))) void group_avx512(const char* rows, std::
   // 40 MB, five alternating rounds; q8_0 level), 8 blocks with more tokens.
   constexpr std::size_t kShare = kGroup * sizeof(Block), kAhead = Tokens == 1 ? 9 * 1024 / kShare : 8;
   const char* ahead = rows + (L == Layout::Rows ? kGroup * row_bytes : kAhead * kShare);
-  const char* next = requests ? requests : ahead;
+  if (!requests.begin) requests = {ahead, std::size_t(blocks) * kShare};
+  const std::size_t per_block = (requests.bytes + std::size_t(blocks) - 1) / std::size_t(blocks);  // one division
   // Every loop over the tokens unrolled, so that acc[] lives in registers from the start to the stores: with only
   // the block loop's unrolled, GCC kept the accumulators on the stack around it, 12-35 vector stack accesses a call
   // at 3-8 tokens (products 2-6% faster without them: batch-16 and -64 decode, 128-token prefill; in-process A/B).
@@ -346,7 +354,9 @@ __attribute__((target(STRATA_AVX512))) void group_avx512(const char* rows, std::
     // that could also be `prepared`'s, GCC kept it in memory, 8 vector stores and loads per block (at one token
     // that was what bounded the q4_0 kernel).
     for (std::int64_t b = 0; b < blocks; ++b) {
-      for (std::size_t line = 0; line < kShare; line += 64) _mm_prefetch(next + b * kShare + line, _MM_HINT_T0);
+      const std::size_t from = std::size_t(b) * per_block / 64 * 64;
+      const std::size_t to = std::min(requests.bytes, std::size_t(b + 1) * per_block);
+      for (std::size_t line = from; line < to; line += 64) _mm_prefetch(requests.begin + line, _MM_HINT_T0);
       if (own_too)
         for (std::size_t line = 0; line < kShare; line += 64) _mm_prefetch(ahead + b * kShare + line, _MM_HINT_T0);
       GroupBlock local;
@@ -363,11 +373,17 @@ __attribute__((target(STRATA_AVX512))) void group_avx512(const char* rows, std::
 // interleaved blocks are prepared again for each tile (a few loads and masks from a group that stays in L1, where
 // the buffer cost a store and a load of twice the bytes: q4_0 at 16 tokens decoded 1158-1318 tok/s against 772-1163
 // with the buffer, 100m batch 16, three alternating rounds).
-//   Interleaved, the first token tile reads the group from memory and the second finds it in cache: the second
-// requests the next group's bytes instead (the 16 rows after these, one run of bytes, most often this thread's next
-// work item), so that its first tile does not wait on memory. 200 MB of products from memory (three alternating
-// rounds, 2048-row matrices): at 16 tokens q4_0 11-14% less time at width 768 and 7-21% at 2048, q8_0 13-19% and
-// 5-8%; at 32 tokens 2-21%; at 64 up to 6% (one round 2% more).
+//   Interleaved, the first token tile reads the group from memory and the later ones find it in cache: every tile
+// requests a slice of the next group's bytes instead (the 16 rows after these, one run of bytes, most often this
+// thread's next work item), tile t of T the t-th T-th of them, so that the next group's first tile does not wait on
+// memory; the first group of a run also requests its own bytes ahead in its first tile. Against requesting all of the
+// next group's bytes in the second tile, and the group's own bytes ahead in the others (most already in cache):
+// q8_0 products from memory of width 768 (`strata_products_bench`, alternating runs) 1080-1140 GOP/s against
+// 935-1020 at 16 tokens, 1195-1200 against 1120-1145 at 24, 1250-1270 against 1190 at 64, 1160-1190 against 1100 at
+// 128; q4_0 level to 3% faster; whole decode steps in one process, alternating the two step by step (`strata bench
+// --batch-sizes 16 --gen-len 128 --repeats 3`): q8_0 at batch 16 5.35 / 4.96 and 5.14 / 4.75 ms, q4_0 4.56 / 4.43;
+// batch 64 q8_0 16.7 / 16.0, q4_0 18.4 / 18.1. (The earlier scheme against none at all, 2048-row matrices: at 16
+// tokens q4_0 11-14% less time at width 768, q8_0 13-19%.)
 //   A call of one tile of 2-8 tokens (decode of a few sequences) requests the next group too, in place of its own
 // bytes ahead, where the next group is the next one this thread computes (`run_last`: the last group of a run of
 // items goes to another thread or product); the first group of a run requests its own bytes as well, since no group
@@ -394,13 +410,22 @@ __attribute__((target(STRATA_AVX512))) void group_rows_avx512(const Block* w, co
       prepare_block<Block, L>(rows, row_bytes, blocks, b, prepared[std::size_t(b)]);
     ready = prepared.data();
   }
-  const char* next_group = rows + std::size_t(blocks) * kGroup * sizeof(Block);
+  const std::size_t group_bytes = std::size_t(blocks) * kGroup * sizeof(Block);
+  const char* next_group = rows + group_bytes;
+  const std::int64_t tiles = (tokens + kTile - 1) / kTile;
   const bool one_tile_next = L == Layout::Interleaved16 && tokens > 1 && tokens <= kTile && !run_last;
   for (std::int64_t t0 = 0; t0 < tokens; t0 += kTile) {
     const Activations at{x.q + t0 * blocks, x.scales + t0 * blocks, x.start + t0 * blocks};
-    const char* requests = L == Layout::Interleaved16 && t0 == kTile ? next_group : nullptr;
-    if (one_tile_next) requests = next_group;
-    const bool own_too = one_tile_next && run_first;
+    Requests requests;
+    bool own_too = false;
+    if (one_tile_next) {
+      requests = {next_group, group_bytes};
+      own_too = run_first;
+    } else if (L == Layout::Interleaved16 && tiles > 1) {  // tile t: the t-th of `tiles` slices of the next group
+      const std::size_t t = std::size_t(t0 / kTile), from = group_bytes * t / std::size_t(tiles);
+      requests = {next_group + from, group_bytes * (t + 1) / std::size_t(tiles) - from};
+      own_too = t == 0 && run_first;
+    }
     cpu::with_tile_count<kTile>(tokens - t0, [&](auto n) {
       group_avx512<Block, L, n()>(rows, row_bytes, ready, at, y + t0 * out + r, out, blocks, requests, own_too);
     });
