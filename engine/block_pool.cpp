@@ -2,6 +2,7 @@
 #include "engine/block_pool.h"
 
 #include <algorithm>
+#include <iterator>
 
 #include "runtime/base/error.h"
 
@@ -16,7 +17,54 @@ BlockPool::BlockPool(std::int32_t blocks, std::int32_t block_size, bool prefix_c
       tokens_(prefix_caching ? refs_.size() * std::size_t(std::max(block_size, 1)) : 0),
       released_at_(refs_.size(), 0) {
   STRATA_CHECK(blocks >= 1 && block_size >= 1, Internal, "a KV-cache pool of ", blocks, " blocks of ", block_size);
-  for (std::int32_t b = blocks - 1; b >= 0; --b) free_.push_back(b);  // lowest id handed out first
+  add_run(0, blocks);
+}
+
+void BlockPool::add_run(std::int32_t start, std::int32_t length) {
+  runs_.emplace(start, length);
+  longest_.emplace(-length, start);
+  free_blocks_ += length;
+}
+
+void BlockPool::remove_run(Runs::iterator run) {
+  longest_.erase({-run->second, run->first});
+  free_blocks_ -= run->second;
+  runs_.erase(run);
+}
+
+// A free block (see allocate), -1 where there is none; it leaves the runs.
+std::int32_t BlockPool::take_free(std::int32_t previous) {
+  if (runs_.empty()) return -1;
+  // The block after `previous` is free only as the start of a run (`previous` itself is held).
+  auto run = previous >= 0 ? runs_.find(previous + 1) : runs_.end();
+  std::int32_t block = previous + 1;
+  if (run == runs_.end()) {
+    const auto [negative_length, start] = *longest_.begin();
+    run = runs_.find(start);
+    block = start == 0 ? 0 : start + -negative_length / 2;
+  }
+  const auto [start, length] = *run;
+  remove_run(run);
+  if (block > start) add_run(start, block - start);
+  if (block + 1 < start + length) add_run(block + 1, start + length - block - 1);
+  return block;
+}
+
+// `block` back into the runs, joined with the runs just before and after it.
+void BlockPool::give_back(std::int32_t block) {
+  std::int32_t start = block, end = block + 1;
+  auto after = runs_.find(end);
+  if (after != runs_.end()) {
+    end += after->second;
+    remove_run(after);
+  }
+  auto before = runs_.lower_bound(block);
+  if (before != runs_.begin() && std::prev(before)->first + std::prev(before)->second == block) {
+    --before;
+    start = before->first;
+    remove_run(before);
+  }
+  add_run(start, end - start);
 }
 
 // splitmix64 over the parent and each token: cheap, and every input bit reaches every output bit.
@@ -57,18 +105,14 @@ BlockPool::Prefix BlockPool::acquire_prefix(std::span<const std::int32_t> tokens
   return prefix;
 }
 
-std::int32_t BlockPool::allocate() {
-  std::int32_t b = -1;
-  if (!free_.empty()) {
-    b = free_.back();
-    free_.pop_back();
-  } else if (!evictable_.empty()) {
+std::int32_t BlockPool::allocate(std::int32_t previous) {
+  std::int32_t b = take_free(previous);
+  if (b < 0) {
+    if (evictable_.empty()) return -1;
     b = evictable_.begin()->second;
     evictable_.erase(evictable_.begin());
     forget(b);
     ++counts_.evictions;
-  } else {
-    return -1;
   }
   refs_[std::size_t(b)] = 1;
   counts_.peak_used = std::max<std::int64_t>(counts_.peak_used, used());
@@ -93,7 +137,7 @@ void BlockPool::release(std::int32_t block) {
     released_at_[std::size_t(block)] = ++clock_;
     evictable_.emplace(clock_, block);
   } else {
-    free_.push_back(block);
+    give_back(block);
   }
 }
 

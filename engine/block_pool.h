@@ -7,11 +7,19 @@
 // its tokens chained to the hash of the block before it (so equal hashes mean equal whole prefixes), and its tokens
 // are kept to compare on a hit: a 64-bit collision on the chain would need equal last-block tokens too. A released
 // registered block is not wiped: it stays findable until it is the least recently used one when a block is needed.
+//   Where it can, a sequence's blocks lie one after another in the pool: attention reads a sequence's blocks in
+// order, and a run of them is one stream through memory that the hardware prefetchers follow, where blocks handed
+// out one at a time to sequences growing side by side interleave them (a batch's decode blocks: every sequence's next
+// block lands after the others', and attention read such blocks 12-18% slower than consecutive ones;
+// docs/performance.md). So a growing sequence takes the block after its last one where that is free, and a new
+// sequence starts in the middle of the longest run of free blocks, leaving room after the sequence before it.
 #pragma once
 #include <cstdint>
 #include <map>
+#include <set>
 #include <span>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace strata {
@@ -28,7 +36,7 @@ class BlockPool {
   std::int32_t block_size() const { return block_size_; }
   std::int32_t total() const { return std::int32_t(refs_.size()); }
   // Blocks a new allocation can take now: never used, or released and only cached.
-  std::int32_t available() const { return std::int32_t(free_.size() + evictable_.size()); }
+  std::int32_t available() const { return free_blocks_ + std::int32_t(evictable_.size()); }
   std::int32_t used() const { return total() - available(); }
   bool prefix_caching() const { return prefix_caching_; }
   const BlockPoolCounts& counts() const { return counts_; }
@@ -44,9 +52,11 @@ class BlockPool {
   };
   Prefix acquire_prefix(std::span<const std::int32_t> tokens, std::int64_t max_blocks);
 
-  // A block for new positions (a never-used one first, else the least recently released cached one, which is
-  // forgotten); -1 when every block is held.
-  std::int32_t allocate();
+  // A block for new positions of a sequence whose last block is `previous` (-1: its first block): a free block (never
+  // used, or freed), the one after `previous` where that is free, else the middle of the longest run of free blocks
+  // (its first block where the run starts the pool: no sequence before it to grow; the lowest such run of equal
+  // length); else the least recently released cached block, which is forgotten. -1 when every block is held.
+  std::int32_t allocate(std::int32_t previous = -1);
   void retain(std::int32_t block);   // one more holder (a sample sharing a prompt block)
   void release(std::int32_t block);  // one holder less; with none left it is free (or cached, if registered)
 
@@ -59,11 +69,20 @@ class BlockPool {
  private:
   void check_block(std::int32_t block, const char* op) const;
   void forget(std::int32_t block);
+  using Runs = std::map<std::int32_t, std::int32_t>;
+  void add_run(std::int32_t start, std::int32_t length);
+  void remove_run(Runs::iterator run);
+  std::int32_t take_free(std::int32_t previous);
+  void give_back(std::int32_t block);
 
   std::int32_t block_size_;
   bool prefix_caching_;
   std::vector<std::int32_t> refs_;
-  std::vector<std::int32_t> free_;  // never used or forgotten, ready to hand out (lowest id last)
+  // Free blocks (never used, or freed), ready to hand out, as runs of consecutive ids: start -> length, and the same
+  // runs ordered by length, longest first, then lowest start.
+  Runs runs_;
+  std::set<std::pair<std::int32_t, std::int32_t>> longest_;  // (-length, start)
+  std::int32_t free_blocks_ = 0;
   // Registered blocks: chain hash -> block, and per block its hash, tokens, and place in the LRU order.
   std::unordered_map<std::uint64_t, std::int32_t> by_hash_;
   std::vector<std::uint64_t> hash_of_;

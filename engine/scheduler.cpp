@@ -177,7 +177,8 @@ Scheduler::Admission Scheduler::admit_one(int group, const std::function<void(Co
   s.registered = std::int32_t(s.blocks.size());
   s.chain = prefix.chain;
   s.computed = s.registered * pool_.block_size();
-  while (std::int64_t(s.blocks.size()) < need) s.blocks.push_back(pool_.allocate());
+  while (std::int64_t(s.blocks.size()) < need)
+    s.blocks.push_back(pool_.allocate(s.blocks.empty() ? -1 : s.blocks.back()));
   s.slot = take_slot();
   const auto known = std::int64_t(s.ids.size());
   if (s.order < 0) {
@@ -200,7 +201,7 @@ Scheduler::Admission Scheduler::admit_one(int group, const std::function<void(Co
 
 bool Scheduler::grow_blocks(Sequence& s, std::int64_t positions) {
   while (std::int64_t(s.blocks.size()) < pool_.blocks_for(positions)) {
-    const std::int32_t b = pool_.allocate();
+    const std::int32_t b = pool_.allocate(s.blocks.empty() ? -1 : s.blocks.back());  // after its last, if free
     if (b < 0) return false;
     s.blocks.push_back(b);
   }

@@ -79,9 +79,9 @@ struct Bench {
 TEST(BlockPool, ReferenceCountsFreeListAndRefusals) {
   BlockPool pool(3, 4, false);
   EXPECT_EQ(pool.available(), 3);
-  EXPECT_EQ(pool.allocate(), 0) << "lowest id first";
+  EXPECT_EQ(pool.allocate(), 0) << "a first block where the free run starts the pool";
+  EXPECT_EQ(pool.allocate(), 2) << "another sequence's first block: the middle of the free run [1, 3)";
   EXPECT_EQ(pool.allocate(), 1);
-  EXPECT_EQ(pool.allocate(), 2);
   EXPECT_EQ(pool.allocate(), -1) << "all blocks held";
   EXPECT_EQ(pool.used(), 3);
   pool.retain(1);  // shared by a second holder
@@ -100,13 +100,46 @@ TEST(BlockPool, ReferenceCountsFreeListAndRefusals) {
   EXPECT_EQ(pool.blocks_for(5), 2);
 }
 
+// A sequence's blocks lie one after another where they can (attention then reads them as one stream): a growing
+// sequence takes the block after its last one when that is free, and a new one starts in the middle of the longest
+// free run, leaving the sequence before it room to grow; freed blocks join their neighbours' runs again.
+TEST(BlockPool, SequencesGrowIntoTheBlocksAfterTheirOwn) {
+  BlockPool pool(64, 16, false);
+  std::vector<std::int32_t> a{pool.allocate()}, b{pool.allocate()}, c{pool.allocate()};
+  EXPECT_EQ(a[0], 0) << "the only run starts the pool: nobody before it to grow";
+  EXPECT_EQ(b[0], 1 + 63 / 2) << "the middle of the free run [1, 64)";
+  EXPECT_EQ(c[0], 1 + 31 / 2) << "the middle of the longest run: [1, 32) and [33, 64), 31 blocks each: the lower";
+  for (int step = 0; step < 10; ++step)  // growing side by side, as a batch decodes
+    for (auto* s : {&a, &b, &c}) s->push_back(pool.allocate(s->back()));
+  for (auto* s : {&a, &b, &c})
+    for (std::size_t i = 1; i < s->size(); ++i) EXPECT_EQ((*s)[i], (*s)[0] + std::int32_t(i)) << "block " << i;
+  // a reaches c's first block: its next block is elsewhere, the middle of the longest run left ([43, 64) after b's
+  // blocks [32, 43); [27, 32) after c's is shorter).
+  while (a.back() + 1 < c[0]) a.push_back(pool.allocate(a.back()));
+  const std::int32_t moved = pool.allocate(a.back());
+  EXPECT_EQ(moved, 43 + 21 / 2);
+  // Every block is handed out once, then the refusal; all released, the pool is one run again.
+  std::set<std::int32_t> held(a.begin(), a.end());
+  for (auto* s : {&b, &c}) held.insert(s->begin(), s->end());
+  held.insert(moved);
+  std::int32_t last = moved;
+  for (std::int32_t blk; (blk = pool.allocate(last)) >= 0; last = blk) EXPECT_TRUE(held.insert(blk).second) << blk;
+  EXPECT_EQ(std::int32_t(held.size()), 64);
+  EXPECT_EQ(pool.available(), 0);
+  std::vector<std::int32_t> order(held.begin(), held.end());
+  for (std::size_t i = 0; i < order.size(); ++i) pool.release(order[(i * 37) % order.size()]);  // scattered
+  EXPECT_EQ(pool.available(), 64);
+  EXPECT_EQ(pool.allocate(), 0);
+  EXPECT_EQ(pool.allocate(), 1 + 63 / 2) << "the freed blocks joined into one run [1, 64)";
+}
+
 // Prefix caching: a block is found by the hash of its tokens chained to the blocks before it (the same tokens
 // after another prefix are another block), a released registered block stays findable until it is the least
 // recently released one when a block is needed, and a block in use is never evicted.
 TEST(BlockPool, PrefixCacheChainsHashesAndEvictsLeastRecentlyUsed) {
   BlockPool pool(4, 2, true);
   const std::vector<std::int32_t> a = {1, 2, 3, 4, 5}, b = {9, 9, 3, 4};
-  const std::int32_t a0 = pool.allocate(), a1 = pool.allocate();
+  const std::int32_t a0 = pool.allocate(), a1 = pool.allocate(a0);
   std::uint64_t chain = pool.register_full(a0, 0, std::span(a).subspan(0, 2));
   chain = pool.register_full(a1, chain, std::span(a).subspan(2, 2));
   EXPECT_EQ(chain,
@@ -128,8 +161,8 @@ TEST(BlockPool, PrefixCacheChainsHashesAndEvictsLeastRecentlyUsed) {
   pool.release(a1);
   pool.release(a0);
   EXPECT_EQ(pool.available(), 4);
-  EXPECT_EQ(pool.allocate(), 2) << "never-used blocks go before cached ones";
-  EXPECT_EQ(pool.allocate(), 3);
+  const std::int32_t n0 = pool.allocate(), n1 = pool.allocate();
+  EXPECT_EQ(std::set<std::int32_t>({n0, n1}), std::set<std::int32_t>({2, 3})) << "never-used blocks before cached ones";
   EXPECT_EQ(pool.allocate(), a1) << "the least recently released cached block is evicted first";
   EXPECT_EQ(pool.counts().evictions, 1);
   auto after = pool.acquire_prefix(again, 3);
@@ -243,7 +276,8 @@ TEST(Scheduler, PrefillTheWholePromptThenOneTokenAtItsPosition) {
   EXPECT_EQ(metas[0].chunk.start_pos, 0);
   EXPECT_EQ(metas[0].chunk.n_tokens, 6);
   EXPECT_EQ(metas[0].chunk.token_offset, 0);
-  EXPECT_EQ(b.blocks(metas[1]), std::vector<std::int32_t>{1});
+  // The pool holds 4 x 128 / 16 = 32 blocks: the second sequence starts in the middle of [1, 32), room to grow.
+  EXPECT_EQ(b.blocks(metas[1]), std::vector<std::int32_t>{16});
   EXPECT_EQ(metas[1].chunk.start_pos, 0);
   EXPECT_EQ(metas[1].chunk.n_tokens, 3);
   EXPECT_EQ(metas[1].chunk.token_offset, 6);
@@ -263,7 +297,7 @@ TEST(Scheduler, PrefillTheWholePromptThenOneTokenAtItsPosition) {
     EXPECT_EQ(metas[1].chunk.start_pos, 3 + k);
     EXPECT_EQ(metas[1].chunk.n_tokens, 1);
     EXPECT_EQ(metas[1].chunk.token_offset, 1);
-    EXPECT_EQ(b.blocks(metas[1]), std::vector<std::int32_t>{1});
+    EXPECT_EQ(b.blocks(metas[1]), std::vector<std::int32_t>{16});
     EXPECT_EQ(metas[0].step, 1 + k) << "index of the token this chunk generates";
     EXPECT_EQ(ids, (std::vector<std::int32_t>{'X' + k, 'Y' + k}));
     b.apply(0, {'X' + k + 1, 'Y' + k + 1});
@@ -333,6 +367,23 @@ TEST(Scheduler, StopStringCutsTheTextAndEndsWithStop) {
   EXPECT_TRUE(b.scheduler.idle(0));
 }
 
+// Sequences decoding side by side each take the blocks after their own (block_pool.h): a batch's decode blocks do
+// not interleave.
+TEST(Scheduler, SequencesDecodingSideBySideKeepTheirBlocksConsecutive) {
+  ByteTokenizer t;
+  Bench b({request(t, 0, "a", 40), request(t, 1, "b", 40)}, {2, 2048, 1, false});  // 2 x 128 / 16 = 16 blocks
+  b.admit(0);
+  auto metas = b.step(0);
+  for (int k = 0; k < 38; ++k) {
+    b.apply(0, {'x', 'y'});
+    metas = b.step(0);
+  }
+  ASSERT_EQ(metas.size(), 2u);
+  EXPECT_EQ(metas[0].chunk.start_pos, 2 + 37);
+  EXPECT_EQ(b.blocks(metas[0]), (std::vector<std::int32_t>{0, 1, 2}));
+  EXPECT_EQ(b.blocks(metas[1]), (std::vector<std::int32_t>{8, 9, 10})) << "from the middle of [1, 16) on";
+}
+
 TEST(Scheduler, EndOfSequenceEndsWithStopAndIsNotInTheText) {
   ByteTokenizer t;
   Bench b({request(t, 0, "q"), request(t, 1, "r")}, {2, 2048, 1, false});
@@ -352,7 +403,7 @@ TEST(Scheduler, EndOfSequenceEndsWithStopAndIsNotInTheText) {
   std::vector<std::int32_t> ids;
   const auto metas = b.step(0, &ids);
   ASSERT_EQ(metas.size(), 1u);
-  EXPECT_EQ(b.blocks(metas[0]), std::vector<std::int32_t>{1});
+  EXPECT_EQ(b.blocks(metas[0]), std::vector<std::int32_t>{8}) << "the middle of [1, 16)";
   EXPECT_EQ(metas[0].chunk.start_pos, 4);
   EXPECT_EQ(ids, std::vector<std::int32_t>{'z'});
   // ignore_eos: the end-of-sequence id is just a token.
