@@ -3,8 +3,8 @@
 //                          [--head-dim D] [--block-size S] [--threads T] [--pool shuffled|ordered]
 // One decode step of B sequences, each at position P, over L layers with a paged cache of their own (blocks handed
 // out in a shuffled order, as in a pool that has served many requests; or, `--pool ordered`, each sequence's blocks
-// one after another, as a fresh pool hands them to sequences prefilled together), and the same step with every
-// sequence on the same blocks: its arithmetic without the memory traffic.
+// one after another, as the engine's pool places them where it has room: engine/block_pool.h), and the same step
+// with every sequence on the same blocks: its arithmetic without the memory traffic.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
