@@ -21,6 +21,7 @@
 #include "runtime/backend/host_candidates.h"
 #include "runtime/backend/kv_blocks.h"
 #include "runtime/base/error.h"
+#include "runtime/base/sum_in_order.h"
 
 namespace strata {
 namespace {
@@ -270,10 +271,12 @@ class CpuBackend final : public Backend {
       for (std::int64_t i = 0; i < width; ++i) r[i] += first[i] + second[i];
       return;
     }
+    thread_local std::vector<const float*> rows;  // each part's row
     thread_local std::vector<float> sum;
-    sum.assign(first, first + width);
-    for (std::size_t p = 1; p < parts.size(); ++p)
-      for (std::int64_t i = 0; i < width; ++i) sum[std::size_t(i)] += parts[p][at + i];
+    rows.clear();
+    for (const float* part : parts) rows.push_back(part + at);
+    sum.resize(std::size_t(width));
+    sum_in_order(rows, width, sum.data());
     for (std::int64_t i = 0; i < width; ++i) r[i] += sum[std::size_t(i)];
   }
 
