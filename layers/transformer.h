@@ -161,12 +161,15 @@ class TransformerStage {
   // workspace tensor (all of them without it), the sums of a row-parallel output's rows (sum_over_tp's result:
   // proj_'s rows, or share_'s), and products of the normed activations (linears, or linears_of_shares).
   bool splits_rows() const;
+  // Whether the row-parallel outputs' sums can be made where they are used, from the group's shared memory (f32 host
+  // activations, a tp group, no mixture of experts): under sequence parallelism or not.
+  bool fuses_sums() const;
   TensorView own_rows(const Tensor& t, std::int64_t tokens) const;
   TensorView summed(std::int64_t tokens);
   void sum_over_tp(std::int64_t tokens);
   // h_own += the sums of proj_'s rows, then x_own = its RMSNorm times weight (add_sums_and_norm) or nothing more
-  // (add_sums): fused with the reduce-scatter where the group shares memory (see sum_over_tp).
-  bool sums_as_parts(const Collectives::PartsUser& fused);
+  // (add_sums): fused with the reduce-scatter or all-reduce where the group shares memory (see sum_over_tp).
+  bool sums_as_parts(std::int64_t tokens, const Collectives::PartsUser& fused);
   void add_sums_and_norm(std::int64_t tokens, const Tensor& weight, TensorView x_own);
   void add_sums(std::int64_t tokens);
   void products_of_normed(TensorView x, std::span<const TensorView> ws, std::span<const TensorView> biases,
@@ -205,7 +208,8 @@ class TransformerStage {
   std::vector<std::int32_t> positions_, last_row_index_;
   bool replaying_ = false;
   bool sequence_parallel_ = false;  // this step's
-  bool sums_pending_ = false;       // proj_ holds partial sums whose reduce-scatter waits (sum_over_tp)
+  bool sums_pending_ = false;       // proj_ holds partial sums whose reduce-scatter or all-reduce waits (sum_over_tp)
+  bool proj_shared_ = false;        // proj_ lives in the group's shared workspace
   RowShares shares_;                // this step's rows per rank
   Tensor share_;                    // this rank's rows of a reduce-scatter's sums
 };

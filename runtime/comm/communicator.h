@@ -86,6 +86,10 @@ class Collectives {
   // reduce_scatter_sum). Collective where it returns true. Lets a caller fuse the sum with what it does next.
   using PartsUser = std::function<void(std::span<const float* const> parts)>;
   virtual bool reduce_scatter_with(TensorView data, const PartsUser& use) { return false; }
+  // all_reduce_sum's operands handed to use() unsummed, in the same way: parts[r] is all of rank r's data
+  // (data.numel() floats) on every rank. Lets a caller add the sums where it reads them (a step too short to split
+  // its rows over the ranks).
+  virtual bool all_reduce_with(TensorView data, const PartsUser& use) { return false; }
   // Host memory of `bytes` (page-aligned) that the other ranks of the group can read, where they share a node: a
   // reduce_scatter_sum of data in it (on every rank, as every rank makes it) sums the ranks' rows in place instead
   // of sending them. Empty (on every rank) where the group cannot share memory, or has one rank. Collective. The

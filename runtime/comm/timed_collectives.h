@@ -24,6 +24,11 @@ class TimedCollectives final : public Collectives {
     timed([&] { done = inner_.reduce_scatter_with(data, use); });
     return done;
   }
+  bool all_reduce_with(TensorView data, const PartsUser& use) override {
+    bool done = false;
+    timed([&] { done = inner_.all_reduce_with(data, use); });
+    return done;
+  }
   Buffer shared_workspace(std::size_t bytes) override { return inner_.shared_workspace(bytes); }
   void all_gather(const void* send, void* recv, std::size_t bytes_per_rank) override {
     timed([&] { inner_.all_gather(send, recv, bytes_per_rank); });

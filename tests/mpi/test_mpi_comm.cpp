@@ -204,7 +204,8 @@ TEST(MpiCommunicator, ReduceScatterSumsEachRanksRowsInRankOrderAndAllGatherGathe
 // The same in the group's shared workspace (shm_rows.h: each rank sums its rows out of every rank's memory): rank
 // order, data anywhere in the workspace, repeated calls reusing the memory; ranks giving different rows all get an
 // error naming them, and the calls around it are whole. Without shared memory (STRATA_MPI_SHM_ALLREDUCE=0 on any
-// rank) the workspace is empty and the sends serve. The rows can be handed over unsummed (reduce_scatter_with).
+// rank) the workspace is empty and the sends serve. The rows can be handed over unsummed (reduce_scatter_with), and
+// so can all of every rank's values (all_reduce_with).
 TEST(MpiCommunicator, ReduceScatterInTheSharedWorkspaceSumsInPlaceInRankOrder) {
   auto world = make_mpi_communicator(MPI_COMM_WORLD);
   const int rank = world->rank();
@@ -252,6 +253,27 @@ TEST(MpiCommunicator, ReduceScatterInTheSharedWorkspaceSumsInPlaceInRankOrder) {
     for (int i = 0; i < 2; ++i) EXPECT_EQ(seen[std::size_t(2 * r + i)], order_value(r, rank * 2 + i, 9)) << r << i;
   std::vector<float> elsewhere(8);
   EXPECT_FALSE(world->reduce_scatter_with(TensorView{elsewhere.data(), {8}, DType::F32}, [](auto) {}));
+  // An all-reduce's operands handed over the same way: parts[r] is all of rank r's data, on every rank.
+  std::copy(mine.begin(), mine.end(), floats + 3);
+  seen.clear();
+  EXPECT_TRUE(world->all_reduce_with(TensorView{floats + 3, {2, 4}, DType::F32}, [&](auto parts) {
+    for (const float* part : parts) seen.insert(seen.end(), part, part + 8);
+  }));
+  ASSERT_EQ(seen.size(), 32u);
+  for (int r = 0; r < 4; ++r)
+    for (int i = 0; i < 8; ++i) EXPECT_EQ(seen[std::size_t(8 * r + i)], order_value(r, i, 9)) << r << i;
+  EXPECT_FALSE(world->all_reduce_with(TensorView{elsewhere.data(), {8}, DType::F32}, [](auto) {}));
+  // Ranks in different calls over the same values (an all-reduce against a reduce-scatter) all get an error.
+  try {
+    const TensorView data{floats, {8}, DType::F32};
+    if (rank == 2)
+      world->reduce_scatter_with(data, [](auto) {});
+    else
+      world->all_reduce_with(data, [](auto) {});
+    ADD_FAILURE() << "rank " << rank << ": an all-reduce beside a reduce-scatter must fail";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("every rank must give the same rows"), std::string::npos) << e.what();
+  }
   if (rank == 1) setenv("STRATA_MPI_SHM_ALLREDUCE", "0", 1);
   EXPECT_EQ(world->shared_workspace(4096).data(), nullptr) << "one rank turned shared memory off";
   unsetenv("STRATA_MPI_SHM_ALLREDUCE");

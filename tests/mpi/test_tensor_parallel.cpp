@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <map>
 
 #include "../unit/test_support.h"
 #include "engine/sampler.h"
@@ -59,7 +60,9 @@ TEST(TensorParallel, StageLogitsMatchTheUnsplitModel) {
 // Sequence parallelism (each rank normalizing its share of the step's rows, the products gathering them) gives
 // the bits of the plain tensor-parallel step, whose sums are the same two values added: f32, bf16 and quantized
 // weights (the gathered rows f32, rounded to bf16 or quantized), 9 tokens (shares of 5 and 4 rows) and 1 (a rank
-// with none), with and without a threshold the step reaches, summed in shared memory and through MPI.
+// with none), with and without a threshold the step reaches, summed in shared memory and through MPI. The plain
+// steps' sums are made where they join the residual stream, from the group's shared memory
+// (Collectives::all_reduce_with), or by MPI's all-reduce: the same bits.
 TEST(TensorParallel, SequenceParallelStepsGiveTheBitsOfPlainTensorParallelSteps) {
   auto tp = make_mpi_communicator(MPI_COMM_WORLD);
   ASSERT_EQ(tp->size(), 2);
@@ -68,12 +71,19 @@ TEST(TensorParallel, SequenceParallelStepsGiveTheBitsOfPlainTensorParallelSteps)
   const std::vector<std::int32_t> ids = {256, 72, 105, 33, 256, 7, 250, 3, 9};
   const std::vector<SeqChunk> prefill = {{0, 0, 4, 0}, {2, 0, 5, 4}};
   const std::vector<SeqChunk> decode = {{0, 0, 1, 0}};
+  std::map<std::pair<DType, std::size_t>, std::vector<float>> plain_in_shared_memory;
   for (const bool shared_memory : {true, false}) {  // the reduce-scatter in the shared workspace, or by MPI's sends
     if (!shared_memory) setenv("STRATA_MPI_SHM_ALLREDUCE", "0", 1);
     for (DType dtype : {DType::F32, DType::BF16, DType::Q8_0, DType::Q4_0})
       for (const auto* chunks : {&prefill, &decode}) {
         const std::vector<std::int32_t> step(ids.begin(), ids.begin() + (chunks == &prefill ? 9 : 1));
         const auto plain = stage_logits(config, 2, tp->rank(), *tp, step, *chunks, dtype, 0);
+        auto& fused = plain_in_shared_memory[{dtype, step.size()}];
+        if (shared_memory)
+          fused = plain;
+        else
+          EXPECT_EQ(0, std::memcmp(fused.data(), plain.data(), plain.size() * 4))
+              << dtype_name(dtype) << " " << step.size() << " tokens: fused sums against MPI's all-reduce";
         for (const std::int32_t threshold : {1, 9}) {
           const auto split = stage_logits(config, 2, tp->rank(), *tp, step, *chunks, dtype, threshold);
           ASSERT_EQ(split.size(), plain.size());

@@ -10,12 +10,13 @@
 namespace strata {
 
 // A rank's part of the segment: this header, then its data from kDataOffset. `arrived`: the sequence number of the
-// last call whose data it has written (with that call's `at` and `count`); `read`: of the last call whose sums it
+// last call whose data it has written (with that call's `at`, `count` and kind); `read`: of the last call whose sums it
 // has taken from every rank's data. Each flag on its own cache line: one rank writes it, the others spin on it.
 struct ShmRows::Header {
   alignas(64) std::atomic<std::uint64_t> arrived;
   std::uint64_t at;
   std::int64_t count;
+  bool whole;  // all_parts, not reduce_scatter
   alignas(64) std::atomic<std::uint64_t> read;
 };
 
@@ -71,18 +72,31 @@ void ShmRows::reduce_scatter(std::size_t at, std::int64_t count, const PartsUser
   STRATA_CHECK(count >= 0 && (at + std::size_t(size_) * std::size_t(count)) * sizeof(float) <= bytes_, Internal,
                "shared-memory reduce-scatter of ", size_, " x ", count, " values from ", at, ": past the ", bytes_,
                " bytes of the segment");
+  exchange(at, count, false, use);
+}
+
+void ShmRows::all_parts(std::size_t at, std::int64_t count, const PartsUser& use) {
+  STRATA_CHECK(count >= 0 && (at + std::size_t(count)) * sizeof(float) <= bytes_, Internal,
+               "shared-memory all-reduce of ", count, " values from ", at, ": past the ", bytes_,
+               " bytes of the segment");
+  exchange(at, count, true, use);
+}
+
+void ShmRows::exchange(std::size_t at, std::int64_t count, bool whole, const PartsUser& use) {
   const std::uint64_t sequence = ++sequence_;
   Header& own = header(rank_);
   own.at = at;
   own.count = count;
+  own.whole = whole;
   own.arrived.store(sequence, std::memory_order_release);
   wait_for_all(sequence, false);
   int differs = -1;  // a rank summing other rows than this one, and its rows (read before the flags below free it)
   std::uint64_t their_at = 0;
   std::int64_t their_count = 0;
+  bool their_whole = false;
   for (int r = 0; r < size_; ++r)
-    if (header(r).at != at || header(r).count != count)
-      differs = r, their_at = header(r).at, their_count = header(r).count;
+    if (header(r).at != at || header(r).count != count || header(r).whole != whole)
+      differs = r, their_at = header(r).at, their_count = header(r).count, their_whole = header(r).whole;
   // Every rank finishes the protocol before it throws: one that left early would write its data again while another
   // still reads it.
   const auto finish = [&] {
@@ -91,7 +105,8 @@ void ShmRows::reduce_scatter(std::size_t at, std::int64_t count, const PartsUser
   };
   if (differs < 0) {
     std::vector<const float*> parts;
-    for (int r = 0; r < size_; ++r) parts.push_back(floats(r) + at + std::size_t(rank_) * std::size_t(count));
+    const std::size_t from = at + (whole ? 0 : std::size_t(rank_) * std::size_t(count));
+    for (int r = 0; r < size_; ++r) parts.push_back(floats(r) + from);
     try {
       use(parts);
     } catch (...) {
@@ -100,10 +115,13 @@ void ShmRows::reduce_scatter(std::size_t at, std::int64_t count, const PartsUser
     }
   }
   finish();
-  if (differs >= 0)
-    throw Error(ErrorKind::Communication, cat("shared-memory reduce-scatter: rank ", differs, " sums ", their_count,
-                                              " values a rank from float ", their_at, " where rank ", rank_, " sums ",
-                                              count, " from ", at, " (every rank must give the same rows)"));
+  if (differs >= 0) {
+    const auto call = [](bool all) { return all ? " values in all" : " values a rank"; };
+    throw Error(ErrorKind::Communication,
+                cat("shared-memory ", whole ? "all-reduce" : "reduce-scatter", ": rank ", differs, " sums ",
+                    their_count, call(their_whole), " from float ", their_at, " where rank ", rank_, " sums ", count,
+                    call(whole), " from ", at, " (every rank must give the same rows)"));
+  }
 }
 
 }  // namespace strata

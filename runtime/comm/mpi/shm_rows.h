@@ -4,6 +4,9 @@
 // part in place, in rank order. Nothing is copied between ranks: through MPI each rank's rows were first copied into
 // the other's memory (process_vm_readv), then summed (docs/performance.md).
 //
+// The same protocol hands every rank all of every rank's values (all_parts): an all-reduce whose sums are made by
+// the caller where it uses them (each rank sums all the rows, as after an all-reduce each normalizes all of them).
+//
 // Two waits on flags in the segment: for every rank's data (its products done), and for every rank to have read the
 // others' (so that none writes its part again, at the next product, while another still reads it). A rank that
 // never arrives is the watchdog's to report, as one stuck in MPI is. Every rank must give the same rows: a mismatch
@@ -37,6 +40,9 @@ class ShmRows {
   // readable during the call only (`at` counted in floats from data()'s start). Collective.
   using PartsUser = std::function<void(std::span<const float* const> parts)>;
   void reduce_scatter(std::size_t at, std::int64_t count, const PartsUser& use);
+  // use(parts), parts[r] rank r's floats [at, at + count) of its data(): every rank gets all of them (an all-reduce's
+  // operands, for a caller that sums them into what it makes next). Collective.
+  void all_parts(std::size_t at, std::int64_t count, const PartsUser& use);
 
  private:
   struct Header;  // a rank's flags and the call it is in (shm_rows.cpp)
@@ -44,6 +50,8 @@ class ShmRows {
   Header& header(int rank) const;
   const float* floats(int rank) const;
   void wait_for_all(std::uint64_t sequence, bool read) const;
+  // The protocol of both calls: `whole` for all_parts, whose parts start at `at` (else at this rank's share).
+  void exchange(std::size_t at, std::int64_t count, bool whole, const PartsUser& use);
 
   std::unique_ptr<ShmSegment> segment_;
   std::size_t bytes_;
