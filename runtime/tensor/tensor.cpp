@@ -89,6 +89,19 @@ Buffer allocate_host(std::size_t bytes) {
   return Buffer(data, bytes, MemoryKind::Host, [](void* p) { std::free(p); });
 }
 
+Buffer HostArena::allocate(std::size_t bytes) {
+  const std::size_t rounded = (bytes + 63) / 64 * 64;
+  if (rounded > chunk_bytes_) return allocate_host(bytes);
+  if (!current_ || current_->used + rounded > chunk_bytes_) {
+    auto chunk = std::make_shared<Chunk>();
+    chunk->memory = allocate_host(chunk_bytes_);  // pages only become memory when first written
+    current_ = std::move(chunk);
+  }
+  void* data = static_cast<char*>(current_->memory.data()) + current_->used;
+  current_->used += rounded;
+  return Buffer(data, bytes, MemoryKind::Host, [chunk = current_](void*) {});
+}
+
 float* TensorView::f32() const {
   STRATA_CHECK(dtype == DType::F32, Internal, "expected an f32 tensor, got ", dtype_name(dtype));
   return static_cast<float*>(data);

@@ -12,7 +12,10 @@
 // weights are in the layout the backend gives them at load (interleaved by 16 rows for the avx512bf16 kernel), or
 // the one --layout names. With --split, the memory matrix is cut into runs of products of R1, R2, ... rows (a
 // layer's q, k and v: 768,256,256 for the 100M model), timed one call per product and one call per run
-// (row_dot_products_many: one parallel loop).
+// (row_dot_products_many: one parallel loop). With --placement each,arena the products of the runs are copied into
+// memory of their own (each: one allocate_host mapping per product, as weights were kept before the twenty-fourth
+// session, huge pages for its whole 2 MiB pages only; arena: one after another in a HostArena, as prepare_weight
+// keeps them) and timed one call per run, the placements alternating.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -37,15 +40,17 @@ struct Options {
   double mb = 200, cache_kb = 768;
   std::vector<std::int64_t> tokens{1, 16, 64};
   int threads = 2;
-  std::string kernel;               // empty: the one the backend uses
-  std::string layout;               // empty: the one the backend uses
-  std::vector<std::int64_t> split;  // rows of the products of a run; empty: one product of all rows
+  std::string kernel;                  // empty: the one the backend uses
+  std::string layout;                  // empty: the one the backend uses
+  std::vector<std::int64_t> split;     // rows of the products of a run; empty: one product of all rows
+  std::vector<std::string> placement;  // with split: where each product's weights are copied (each, arena)
 };
 
 [[noreturn]] void usage(const char* program, const std::string& why) {
   std::fprintf(stderr,
                "%s: %s\nusage: %s [--weights bf16|q8_0|q4_0] [--in K] [--mb M] [--cache-kb C] [--tokens T1,T2,...] "
-               "[--threads N] [--kernel NAME] [--layout rows|interleaved] [--split R1,R2,...]\n",
+               "[--threads N] [--kernel NAME] [--layout rows|interleaved] [--split R1,R2,...] "
+               "[--placement each,arena]\n",
                program, why.c_str(), program);
   std::exit(2);
 }
@@ -108,6 +113,12 @@ Options parse(int argc, char** argv) {
     } else if (a == "--layout") {
       if (v != "rows" && v != "interleaved") usage(argv[0], "--layout is rows or interleaved");
       o.layout = v;
+    } else if (a == "--placement") {
+      std::stringstream list(v);
+      for (std::string p; std::getline(list, p, ',');) {
+        if (p != "each" && p != "arena") usage(argv[0], "--placement lists each and arena");
+        o.placement.push_back(p);
+      }
     } else if (a == "--tokens" || a == "--split") {
       std::vector<std::int64_t>& numbers = a == "--tokens" ? o.tokens : o.split;
       numbers.clear();
@@ -117,6 +128,7 @@ Options parse(int argc, char** argv) {
       usage(argv[0], "unknown option " + a);
     }
   }
+  if (!o.placement.empty() && o.split.empty()) usage(argv[0], "--placement needs --split");
   if (o.weights != "bf16") return quantized_options(argv[0], std::move(o));
   if (o.kernel.empty()) o.kernel = strata::cpu::row_kernel_name();
   const auto kernels = strata::cpu::row_kernels();
@@ -224,13 +236,19 @@ struct Product {
 
   // Best time, over five tries, of the products of `tokens` tokens over the first `rows` rows of w cut into runs of
   // o.split: one call per product (together: false) or one per run (true).
-  double split_seconds(const strata::Buffer& w, std::int64_t rows, std::int64_t tokens, bool together) {
+  // With `copies`, product i's weights are copies[i] (its rows copied there) instead of w's rows.
+  double split_seconds(const strata::Buffer& w, std::int64_t rows, std::int64_t tokens, bool together,
+                       const std::vector<strata::Buffer>* copies = nullptr) {
     std::vector<std::vector<strata::cpu::Product>> runs;
     const auto* base = static_cast<const char*>(w.data());
+    std::size_t product = 0;
     for (std::int64_t at = 0;;) {
       std::vector<strata::cpu::Product> run;
-      for (const std::int64_t r : o.split)
-        run.push_back({base + std::size_t(at) * row_bytes(o), layout(), nullptr, r}), at += r;
+      for (const std::int64_t r : o.split) {
+        const char* rows_at = base + std::size_t(at) * row_bytes(o);
+        if (copies && product < copies->size()) rows_at = static_cast<const char*>((*copies)[product].data());
+        run.push_back({rows_at, layout(), nullptr, r}), at += r, ++product;
+      }
       if (at > rows) break;
       runs.push_back(std::move(run));
     }
@@ -251,6 +269,36 @@ struct Product {
     return best;
   }
 };
+
+// --placement: the runs' products copied into memory of their own, each placement timed one call per run, the
+// placements in turn (their order turning from round to round).
+int time_placements(Product& product, const strata::Buffer& w, std::int64_t rows, std::int64_t products, double bytes) {
+  const Options& o = product.o;
+  std::vector<std::vector<strata::Buffer>> copies(o.placement.size());
+  strata::HostArena arena;
+  for (std::size_t p = 0; p < o.placement.size(); ++p) {
+    std::int64_t at = 0;
+    for (std::int64_t i = 0; i < products; ++i) {
+      const std::int64_t r = o.split[std::size_t(i) % o.split.size()];
+      const std::size_t size = std::size_t(r) * row_bytes(o);
+      copies[p].push_back(o.placement[p] == "arena" ? arena.allocate(size) : strata::allocate_host(size));
+      std::copy_n(static_cast<const char*>(w.data()) + std::size_t(at) * row_bytes(o), size,
+                  static_cast<char*>(copies[p].back().data()));
+      at += r;
+    }
+  }
+  for (int round = 1; round <= 5; ++round)
+    for (const std::int64_t tokens : o.tokens) {
+      std::printf("round %d, %3lld tokens:", round, static_cast<long long>(tokens));
+      for (std::size_t i = 0; i < o.placement.size(); ++i) {
+        const std::size_t p = (i + std::size_t(round)) % o.placement.size();
+        const double t = product.split_seconds(w, rows, tokens, true, &copies[p]);
+        std::printf(" %s %7.2f ms (%5.1f GB/s)", o.placement[p].c_str(), t * 1e3, bytes / t / 1e9);
+      }
+      std::printf("\n");
+    }
+  return 0;
+}
 
 }  // namespace
 
@@ -285,6 +333,8 @@ int main(int argc, char** argv) {
     std::printf("%s kernel, %d threads, %s rows of %lld (%s): %lld runs of %zu products, %.1f MB from memory\n",
                 o.kernel.c_str(), o.threads, o.weights.c_str(), static_cast<long long>(o.in), o.layout.c_str(),
                 static_cast<long long>(runs), o.split.size(), bytes / 1e6);
+    if (!o.placement.empty())
+      return time_placements(product, memory_w, memory_rows, runs * std::int64_t(o.split.size()), bytes);
     for (int round = 1; round <= 3; ++round)
       for (const std::int64_t tokens : o.tokens) {
         const bool together_first = round % 2 == 0;  // alternating: this kind of machine drifts

@@ -640,6 +640,11 @@ TEST(CpuBackend, QuantizedWeightsInTheKernelsLayoutGiveTheRowsResults) {
     backend->upload(w2_32.f32(), w2.view());
     backend->upload(w3_32.f32(), w3.view());
     const Tensor p2 = backend->prepare_weight(std::move(w2)), p3 = backend->prepare_weight(std::move(w3));
+    if (interleaves) {  // the copies one after another in the backend's weight arena (HostArena)
+      const auto end = [](const Tensor& t) { return static_cast<char*>(t.view().data) + (t.bytes() + 63) / 64 * 64; };
+      EXPECT_EQ(p2.view().data, end(prepared));
+      EXPECT_EQ(p3.view().data, end(p2));
+    }
     for (std::int64_t tokens : {1, 9, 100}) {  // 100: a prefill's two passes
       Tensor x = f.random({tokens, in});
       Tensor y1 = f.random({tokens, out}), y2 = f.random({tokens, 5}), y3 = f.random({tokens, 48});
@@ -1114,6 +1119,37 @@ TEST(CpuBackend, LargeHostBuffersStartOnHugePageBoundaries) {
     }
     std::memset(b.data(), 0x5a, bytes);
     EXPECT_EQ(static_cast<unsigned char*>(b.data())[bytes - 1], 0x5a);
+  }
+}
+
+// The weight arena: buffers 64-byte aligned, one after another in a chunk that starts on a huge-page boundary; one
+// that does not fit the chunk's rest starts the next chunk, one larger than a chunk gets its own mapping; none
+// overlaps another (each filled with its own byte), and the memory stays while a buffer holds it, after the arena.
+TEST(CpuBackend, HostArenaPacksBuffersInHugePageChunks) {
+  constexpr std::size_t kChunk = std::size_t(4) << 20, kHuge = std::size_t(2) << 20;
+  const auto address = [](const Buffer& b) { return reinterpret_cast<std::uintptr_t>(b.data()); };
+  std::vector<Buffer> buffers;
+  {
+    HostArena arena(kChunk);
+    for (const std::size_t bytes : {std::size_t(100), std::size_t(64), std::size_t(3000), std::size_t(1) << 20})
+      buffers.push_back(arena.allocate(bytes));
+    EXPECT_EQ(address(buffers[0]) % kHuge, 0u) << "a chunk starts on a huge-page boundary";
+    EXPECT_EQ(address(buffers[1]), address(buffers[0]) + 128) << "100 bytes take two cache lines";
+    EXPECT_EQ(address(buffers[2]), address(buffers[1]) + 64);
+    EXPECT_EQ(address(buffers[3]), address(buffers[2]) + 3008);
+    buffers.push_back(arena.allocate(std::size_t(3) << 20));  // past the first chunk's rest: the next chunk
+    EXPECT_EQ(address(buffers[4]) % kHuge, 0u);
+    EXPECT_TRUE(address(buffers[4]) >= address(buffers[0]) + kChunk ||
+                address(buffers[4]) + kChunk <= address(buffers[0]));
+    buffers.push_back(arena.allocate(kChunk + 1));  // its own mapping, the chunk left as it was
+    buffers.push_back(arena.allocate(std::size_t(1) << 20));
+    EXPECT_EQ(address(buffers[6]), address(buffers[4]) + (std::size_t(3) << 20));
+  }
+  for (std::size_t i = 0; i < buffers.size(); ++i) std::memset(buffers[i].data(), int(i + 1), buffers[i].bytes());
+  for (std::size_t i = 0; i < buffers.size(); ++i) {
+    const auto* bytes = static_cast<const unsigned char*>(buffers[i].data());
+    EXPECT_EQ(bytes[0], i + 1) << i;
+    EXPECT_EQ(bytes[buffers[i].bytes() - 1], i + 1) << i;
   }
 }
 

@@ -80,13 +80,13 @@ class CpuBackend final : public Backend {
   }
 
   // Matrices whose kernel reads them interleaved by 16 rows (bf16 with the avx512bf16 kernel, quantized with the
-  // AVX-512 VNNI one) are copied into that layout here, once.
+  // AVX-512 VNNI one) are copied into that layout here, once: one after another in the weight arena's huge pages.
   Tensor prepare_weight(Tensor w) override {
     if (w.shape().size() != 2 || w.layout() != Layout::Rows) return w;
     const std::int64_t out = w.shape()[0], in = w.shape()[1];
     const bool bf16 = w.dtype() == DType::BF16 && cpu::interleaves_bf16(row_kernel_, in);
     if (!bf16 && !(is_quantized(w.dtype()) && quant::interleaves(quant_kernel_))) return w;
-    Tensor interleaved(allocate_host(w.bytes()), w.shape(), w.dtype(), Layout::Interleaved16);
+    Tensor interleaved(weight_arena_.allocate(w.bytes()), w.shape(), w.dtype(), Layout::Interleaved16);
     if (bf16)
       cpu::interleave_bf16_rows(workers_, static_cast<const std::uint16_t*>(w.view().data),
                                 static_cast<std::uint16_t*>(interleaved.view().data), out, in);
@@ -838,6 +838,7 @@ class CpuBackend final : public Backend {
   std::int64_t row_kernel_tokens_;         // products of up to this many tokens use the row kernel
   std::vector<float> gemm_scratch_;        // blas_gemm's widened rows, reused across calls
   cpu::Workers workers_;                   // every parallel loop of the kernels
+  HostArena weight_arena_;                 // the matrices prepare_weight copies (see HostArena)
   RopeTables rope_tables_;                 // the last step's angles (rope_tables)
   std::vector<std::pair<std::int32_t, std::int32_t>> step_tokens_;    // step_tokens' list
   std::vector<std::pair<std::int64_t, std::int64_t>> segment_items_;  // attend's (pair, segment) items
