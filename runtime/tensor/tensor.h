@@ -51,9 +51,9 @@ Buffer allocate_host(std::size_t bytes);
 // Host buffers packed one after another, 64-byte aligned, in chunks of allocate_host's huge-page memory: for many
 // buffers that stay as long as each other (a model's weight matrices). Each in its own mapping, only the whole 2 MiB
 // pages inside a buffer get huge pages: a 100M-parameter model's q8_0 matrices (0.1-3.3 MB each) lay 70% on 4 KiB
-// pages (100% of a tp-2 rank's, whose matrices are half as large), and streaming a matrix from 4 KiB pages took
-// 5-12% longer here (docs/performance.md). A buffer larger than a chunk gets its own mapping; a chunk is unmapped
-// when the arena and the last of its buffers are gone. Not thread-safe.
+// pages (100% of a tp-2 rank's, whose matrices are half as large), and a quantized decode step took 1-6% longer
+// for it here (docs/performance.md). A buffer larger than a chunk gets its own mapping; a chunk is unmapped when the
+// arena and the last of its buffers are gone. Not thread-safe.
 class HostArena {
  public:
   explicit HostArena(std::size_t chunk_bytes = std::size_t(64) << 20) : chunk_bytes_(chunk_bytes) {}
