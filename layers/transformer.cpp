@@ -604,10 +604,11 @@ void TransformerStage::all_reduce(TensorView data) {
   if (!replaying_) tp_.all_reduce_sum(data);
 }
 
-// Where the reduce-scatter pays: f32 host activations (MPI's), a tp group, and no mixture of experts (whose routing
-// and expert-parallel combine work on every token).
+// Sequence parallelism where the sums can be fused and a threshold is set.
 bool TransformerStage::splits_rows() const { return fuses_sums() && limits_.sequence_parallel_tokens > 0; }
 
+// Where the reduce-scatter and the fused all-reduce pay: f32 host activations (MPI's), a tp group, and no mixture of
+// experts (whose routing and expert-parallel combine work on every token).
 bool TransformerStage::fuses_sums() const {
   return plan_.coordinates().tp > 1 && !plan_.config().is_moe() && backend_.memory_kind() == MemoryKind::Host &&
          backend_.activation_dtype() == DType::F32;
