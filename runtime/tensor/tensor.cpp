@@ -102,6 +102,14 @@ Buffer HostArena::allocate(std::size_t bytes) {
   return Buffer(data, bytes, MemoryKind::Host, [chunk = current_](void*) {});
 }
 
+void* HostScratch::bytes(std::size_t bytes) {
+  if (buffer_.bytes() < bytes) {
+    buffer_ = Buffer{};  // the old pages go first: growth never holds both
+    buffer_ = allocate_host((bytes + kHugePage - 1) / kHugePage * kHugePage);
+  }
+  return buffer_.data();
+}
+
 float* TensorView::f32() const {
   STRATA_CHECK(dtype == DType::F32, Internal, "expected an f32 tensor, got ", dtype_name(dtype));
   return static_cast<float*>(data);

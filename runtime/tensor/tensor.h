@@ -68,6 +68,22 @@ class HostArena {
   std::shared_ptr<Chunk> current_;
 };
 
+// A grow-only working buffer for a kernel's per-call data (activations rounded or quantized once per product,
+// attention's scores), in whole 2 MiB pages of allocate_host's huge-page memory, where the kernels' inner loops read
+// it again and again: as a std::vector it lay on 4 KiB pages (a tp-2 rank's q8_0 prefill was 1-2% slower for it,
+// docs/performance.md). Contents are not kept when it grows.
+class HostScratch {
+ public:
+  template <typename T>
+  T* get(std::size_t count) {
+    return static_cast<T*>(bytes(count * sizeof(T)));
+  }
+
+ private:
+  void* bytes(std::size_t bytes);
+  Buffer buffer_;
+};
+
 struct TensorView {
   void* data = nullptr;
   Shape shape;

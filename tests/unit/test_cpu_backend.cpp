@@ -10,9 +10,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <mutex>
 #include <random>
+#include <string>
 #include <thread>
 #include <utility>
 
@@ -1151,6 +1153,43 @@ TEST(CpuBackend, HostArenaPacksBuffersInHugePageChunks) {
     EXPECT_EQ(bytes[0], i + 1) << i;
     EXPECT_EQ(bytes[buffers[i].bytes() - 1], i + 1) << i;
   }
+}
+
+namespace {
+// The VmFlags of the mapping holding `p` in /proc/self/smaps ("" where none does).
+std::string mapping_flags(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto at = reinterpret_cast<std::uintptr_t>(p);
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    std::uintptr_t begin = 0, end = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &begin, &end) == 2)  // a mapping's first line
+      inside = begin <= at && at < end;
+    else if (inside && line.rfind("VmFlags:", 0) == 0)
+      return line;
+  }
+  return "";
+}
+}  // namespace
+
+// A kernel's scratch: whole 2 MiB pages advised for transparent huge pages, the same memory while a request fits,
+// new memory (on a huge-page boundary again) when it does not.
+TEST(CpuBackend, HostScratchIsHugePageMemoryThatOnlyGrows) {
+  constexpr std::uintptr_t kHuge = std::uintptr_t(2) << 20;
+  HostScratch scratch;
+  float* first = scratch.get<float>(1000);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(first) % kHuge, 0u);
+  EXPECT_NE(mapping_flags(first).find(" hg"), std::string::npos) << mapping_flags(first);
+  EXPECT_EQ(scratch.get<float>(10), first);
+  float* whole_page = scratch.get<float>(kHuge / sizeof(float));  // the rest of the first page: no new memory
+  EXPECT_EQ(whole_page, first);
+  std::fill(whole_page, whole_page + kHuge / sizeof(float), 1.0f);
+  float* grown = scratch.get<float>(kHuge / sizeof(float) + 1);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(grown) % kHuge, 0u);
+  std::fill(grown, grown + 2 * kHuge / sizeof(float), 2.0f);  // two whole pages, written to the end
+  EXPECT_EQ(grown[2 * kHuge / sizeof(float) - 1], 2.0f);
+  EXPECT_NE(mapping_flags(grown).find(" hg"), std::string::npos) << mapping_flags(grown);
+  EXPECT_EQ(scratch.get<std::uint16_t>(3), reinterpret_cast<std::uint16_t*>(grown));
 }
 
 // Greedy sampling's pick: the first of the greatest values, NaN below every number, index 0 when nothing is above

@@ -584,8 +584,7 @@ class CpuBackend final : public Backend {
     std::unique_ptr<float[]> this_call;  // not zeroed: every score and part is written before it is read
     float* buffer = nullptr;
     if (scratch * sizeof(float) <= kKeptScratchBytes) {
-      if (attention_scratch_.size() < scratch) attention_scratch_.resize(scratch);
-      buffer = attention_scratch_.data();
+      buffer = attention_scratch_.get<float>(scratch);
     } else {
       this_call.reset(new float[scratch]);
       buffer = this_call.get();
@@ -843,7 +842,7 @@ class CpuBackend final : public Backend {
   std::vector<std::pair<std::int32_t, std::int32_t>> step_tokens_;    // step_tokens' list
   std::vector<std::pair<std::int64_t, std::int64_t>> segment_items_;  // attend's (pair, segment) items
   const std::int64_t item_parts_bytes_;                               // see item_parts_bytes
-  std::vector<float> attention_scratch_;  // attend's scores and softmax parts (see attend), kept between calls
+  HostScratch attention_scratch_;  // attend's scores and softmax parts (see attend), kept between calls
 };
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "runtime/backend/cpu/cpu_features.h"
 #include "runtime/backend/cpu/tiles.h"
 #include "runtime/base/error.h"
+#include "runtime/tensor/tensor.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -497,11 +498,10 @@ void bf16_dot_products(Workers& workers, Fill&& fill, std::int64_t tokens, std::
                        std::span<const Product> products, const RowShares* shares = nullptr) {
   if (tokens <= 0) return;  // (the tiles run at least one token)
   const std::int64_t ldx = odd_lines_stride(in), held = shares ? std::max(tokens, shares->padded()) : tokens;
-  thread_local std::vector<std::uint16_t> rounded;
-  // Rows start on a cache line (the vector's own storage is 16-byte aligned), so no 64-byte load spans two lines.
-  if (rounded.size() < std::size_t(held * ldx + 32)) rounded.resize(std::size_t(held * ldx + 32));
-  const std::size_t misaligned = reinterpret_cast<std::uintptr_t>(rounded.data()) % 64;
-  std::uint16_t* xs = rounded.data() + (misaligned ? (64 - misaligned) / 2 : 0);
+  // Rows start on a cache line (ldx is a whole number of them, the scratch on a huge page), so no 64-byte load spans
+  // two lines.
+  thread_local HostScratch rounded;
+  std::uint16_t* xs = rounded.get<std::uint16_t>(std::size_t(held * ldx));
   const std::int64_t own = shares ? shares->begin(tokens) : 0, own_end = shares ? shares->end(tokens) : tokens;
   workers.split(own_end - own, [&](std::int64_t first, std::int64_t last) { fill(own + first, own + last, xs, ldx); });
   if (shares) shares->gather(xs, std::size_t(ldx) * sizeof(std::uint16_t));

@@ -15,6 +15,7 @@
 #include "runtime/backend/cpu/tiles.h"
 #include "runtime/base/dtype.h"
 #include "runtime/base/error.h"
+#include "runtime/tensor/tensor.h"
 
 namespace strata::quant {
 
@@ -678,20 +679,18 @@ void products_of_rows(cpu::Workers& workers, const std::string& kernel, Rows&& r
     STRATA_CHECK(p.layout == Layout::Rows || interleaves(kernel), Internal, "quantized kernel '", kernel,
                  "' reads weights in the row layout only");
   const std::int64_t blocks = std::int64_t(row_bytes(format, in) / block_bytes(format));
-  // The activations once per call: Q8_0 blocks and their scales as f32 (kept between calls: no allocation per step)
-  thread_local std::vector<BlockQ8_0> xq;
-  thread_local std::vector<float> xs;
-  xq.resize(std::size_t((shares ? std::max(tokens, shares->padded()) : tokens) * blocks));
-  xs.resize(xq.size());
+  // The activations once per call: Q8_0 blocks and their scales as f32 (kept between calls: no allocation per step;
+  // in huge pages, HostScratch)
+  thread_local HostScratch xq, xs;
+  const auto count = std::size_t((shares ? std::max(tokens, shares->padded()) : tokens) * blocks);
   // The AVX-512 kernel's start of each block sum: -8 (Q4_0 weights) or -128 (Q8_0) times the activation sum.
-  thread_local std::vector<std::int32_t> starts;
+  thread_local HostScratch starts;
   const bool avx512 = kernel == "avx512vnni";
-  if (avx512) starts.resize(xq.size());
   const int bias = format == Format::Q8_0 ? 128 : 8;
   // The calling thread's buffers (a thread_local named inside the loop would be each worker's own).
-  BlockQ8_0* q = xq.data();
-  float* scales = xs.data();
-  std::int32_t* start = avx512 ? starts.data() : nullptr;
+  BlockQ8_0* q = xq.get<BlockQ8_0>(count);
+  float* scales = xs.get<float>(count);
+  std::int32_t* start = avx512 ? starts.get<std::int32_t>(count) : nullptr;
   const auto quantize = [&](std::int64_t t, const float* row) {
     quantize_token(avx512, row, q, scales, blocks, start, bias, t);
   };
