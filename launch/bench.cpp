@@ -6,6 +6,8 @@
 // are read again after each batch size's runs, and each row's roofline uses the readings on either side of it.
 #include <cblas.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -78,6 +80,56 @@ double measure_read_bandwidth(const NodeInfo& node, Communicator& world, double 
   volatile float keep = std::accumulate(partial.begin(), partial.end(), 0.0f);  // the sums must be computed
   (void)keep;
   return double(count / std::size_t(threads) * threads) * 4 * node.local_size / best;
+}
+
+// The slowest core's rate over the fastest's at identical work, every core of the job's ranks busy at once (each
+// rank's threads, as many as the backend runs, pinned one a core where the rank may use enough): a tensor-parallel
+// group splits a step's work evenly over its ranks, which then wait for the slowest at every sum, where one rank's
+// threads share each loop's work as they go. The work: dot products over 2 x 384 KB (in L2) of huge-page memory, a
+// thread's own half on a page of its own, so that every core's lines fall in the same cache sets.
+double measure_core_spread(const NodeInfo& node, Communicator& world) {
+  constexpr std::size_t kFloats = 96 * 1024, kPage = std::size_t(2) << 20;
+  constexpr double kSeconds = 0.25;
+  const int threads = cpu_threads_per_rank(node);
+  Buffer memory = allocate_host(std::size_t(threads + 1) * kPage);
+  const auto page = [&](int i) { return reinterpret_cast<float*>(static_cast<char*>(memory.data()) + i * kPage); };
+  for (int i = 0; i <= threads; ++i) std::fill(page(i), page(i) + kFloats, 1.0f / float(i + 1));
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  const bool pin = sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_COUNT(&allowed) >= threads;
+  std::vector<int> cores;
+  for (int c = 0; pin && c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &allowed)) cores.push_back(c);
+  std::vector<double> rates(static_cast<std::size_t>(threads));
+  std::vector<float> sums(static_cast<std::size_t>(threads));
+  world.barrier();
+  std::vector<std::thread> busy;
+  for (int t = 0; t < threads; ++t)
+    busy.emplace_back([&, t] {
+      if (pin) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cores[std::size_t(t)], &one);
+        pthread_setaffinity_np(pthread_self(), sizeof one, &one);  // unpinned where it fails: still a reading
+      }
+      const float *w = page(0), *x = page(t + 1);
+      float lanes[16] = {};
+      std::int64_t passes = 0;
+      const double start = monotonic_seconds();
+      double now = start;
+      for (; now - start < kSeconds; now = monotonic_seconds(), ++passes)
+        for (std::size_t i = 0; i < kFloats; i += 16)
+          for (std::size_t j = 0; j < 16; ++j) lanes[j] += w[i + j] * x[i + j];
+      rates[std::size_t(t)] = double(passes) / (now - start);
+      sums[std::size_t(t)] = std::accumulate(lanes, lanes + 16, 0.0f);
+    });
+  for (auto& b : busy) b.join();
+  volatile float keep = std::accumulate(sums.begin(), sums.end(), 0.0f);  // the sums must be computed
+  (void)keep;
+  // Rates in passes per kilosecond, exact enough as integers: the job's lowest through the maximum of negatives.
+  const auto fastest = std::int64_t(*std::max_element(rates.begin(), rates.end()) * 1e3);
+  const auto slowest = std::int64_t(*std::min_element(rates.begin(), rates.end()) * 1e3);
+  return double(-world.all_reduce_max(-slowest)) / double(std::max<std::int64_t>(1, world.all_reduce_max(fastest)));
 }
 
 // Seconds to read `files` whole with plain read(2) calls (what `cat file > /dev/null` does): the best of three
@@ -259,6 +311,7 @@ RunTimes timed_run(Session& session, int batch, int prompt_len, int max_tokens) 
 struct CpuProbes {
   double bandwidth = 0, sgemm = 0, attention = 0;  // bytes/s, FLOP/s, attention's FLOP/s
   ProductsRate products;                           // the products' own rate, where they never use sgemm
+  double core_spread = 1;                          // measure_core_spread
   double compute() const { return products.ops_per_second > 0 ? products.ops_per_second : sgemm; }
 };
 
@@ -336,6 +389,7 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
   const auto measure_cpu = [&] {
     CpuProbes p;
     p.bandwidth = measure_read_bandwidth(node, world, o.memory_gib);
+    p.core_spread = measure_core_spread(node, world);
     p.sgemm = measure_sgemm_rate(node, world, *workers);
     if (is_quantized(weights) || row_kernel_only)
       p.products = measure_products_rate(node, world, session.backend(), weights, session.config().hidden_size);
@@ -362,6 +416,10 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
         layout.world_size(), cpu_threads_per_rank(node));
     std::printf("measured: memory read %.2f GB/s, sgemm %.1f GFLOP/s (all ranks of the node at once)\n",
                 bandwidth / 1e9, sgemm / 1e9);
+    std::printf(
+        "measured: the slowest core at %.0f%% of the fastest's rate at the same work, all at once (the last column: "
+        "before and after each row; a tp group runs at its slowest rank's pace)\n",
+        100 * start_probes.core_spread);
     if (products > 0 && is_quantized(weights))
       std::printf(
           "measured: %s block products (%s kernel, %s) %.1f GOP/s: the compute roofline below (the products "
@@ -421,7 +479,7 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
                                    : " (copied: the default here, --mmap uses them in place)",
         double(loaded.rearranged_bytes) / 1e6, dtype_name(session.plan().kv_dtype));
     std::printf("%6s %8s %14s %14s %8s %14s %14s %8s%s\n", "batch", "prompt", "prefill tok/s", "roofline", "%",
-                "decode tok/s", "roofline", "%", cuda ? "" : "   memory GB/s");
+                "decode tok/s", "roofline", "%", cuda ? "" : "   memory GB/s   cores");
   }
   CpuProbes before = start_probes;
   for (int batch : o.batch_sizes) {
@@ -453,7 +511,9 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
       std::printf("%6d %8d %14.1f %14.1f %7.0f%% %14.2f %14.2f %7.0f%%", batch, o.prompt_len, prefill_rate,
                   prefill_roof, 100 * prefill_rate / prefill_roof, decode_rate, decode_roof,
                   100 * decode_rate / decode_roof);
-      if (!cuda) std::printf("   %.1f, %.1f", before.bandwidth / 1e9, after.bandwidth / 1e9);
+      if (!cuda)
+        std::printf("   %.1f, %.1f   %.2f, %.2f", before.bandwidth / 1e9, after.bandwidth / 1e9, before.core_spread,
+                    after.core_spread);
       std::printf("\n");
     }
     before = after;

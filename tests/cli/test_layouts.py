@@ -140,12 +140,18 @@ for flags, mapped_expected in [((), interleaves or not huge_pages), (("--mmap",)
     # Decode is timed inside one run (from the last first token to the end): a rate from two runs' difference could
     # come out absurd (2.4e11 tok/s once) or negative when the second prefill ran slower than the first.
     row = next((l.split() for l in out.splitlines() if l.split()[:2] == ["1", "4"]), [])
-    decode = float(row[5]) if len(row) == 10 else -1
+    decode = float(row[5]) if len(row) == 12 else -1
     h.check(0 < decode < 1e6, f"bench {' '.join(flags) or '(default)'}: a plausible decode rate: {row}")
     # Each row's roofline from the memory probe read just before and just after its runs: both readings printed.
-    readings = [float(v.rstrip(",")) for v in row[8:]] if len(row) == 10 else []
+    readings = [float(v.rstrip(",")) for v in row[8:10]] if len(row) == 12 else []
     h.check(len(readings) == 2 and all(0 < r < 1e5 for r in readings),
             f"bench {' '.join(flags) or '(default)'}: the row's two memory readings (GB/s): {row}")
+    # And the two ranks' cores' speeds at the same work, the slower over the faster, on either side of the row.
+    spreads = [float(v.rstrip(",")) for v in row[10:12]] if len(row) == 12 else []
+    h.check(len(spreads) == 2 and all(0 < r <= 1 for r in spreads),
+            f"bench {' '.join(flags) or '(default)'}: the row's two core-speed readings: {row}")
+    spread = re.search(r"measured: the slowest core at ([0-9]+)% of the fastest's rate", out)
+    h.check(spread is not None and 0 < int(spread[1]) <= 100, f"bench: the cores' spread: {spread and spread[0]!r}")
 
 h.check(jsonl_reference[2]["completion_tokens"] == 6, "per-prompt max_tokens overrides --max-tokens")
 h.check(jsonl_reference[0]["token_ids"] == generate("check", 1, 1, 1, h.write("one.txt", "Hello\n"))[0]["token_ids"],
