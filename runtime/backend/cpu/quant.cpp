@@ -679,18 +679,20 @@ void products_of_rows(cpu::Workers& workers, const std::string& kernel, Rows&& r
     STRATA_CHECK(p.layout == Layout::Rows || interleaves(kernel), Internal, "quantized kernel '", kernel,
                  "' reads weights in the row layout only");
   const std::int64_t blocks = std::int64_t(row_bytes(format, in) / block_bytes(format));
-  // The activations once per call: Q8_0 blocks and their scales as f32 (kept between calls: no allocation per step;
-  // in huge pages, HostScratch)
-  thread_local HostScratch xq, xs;
+  // The activations once per call: Q8_0 blocks, their scales as f32 and (the AVX-512 kernel) the start of each block
+  // sum: -8 (Q4_0 weights) or -128 (Q8_0) times the activation sum. One after another in the calling thread's
+  // scratch (a thread_local named inside the loop would be each worker's own), kept between calls (no allocation per
+  // step; huge pages, HostScratch), each array from a cache line of its own.
   const auto count = std::size_t((shares ? std::max(tokens, shares->padded()) : tokens) * blocks);
-  // The AVX-512 kernel's start of each block sum: -8 (Q4_0 weights) or -128 (Q8_0) times the activation sum.
-  thread_local HostScratch starts;
+  const auto lines = [](std::size_t bytes) { return (bytes + 63) / 64 * 64; };
+  const std::size_t q_bytes = lines(count * sizeof(BlockQ8_0)), scale_bytes = lines(count * sizeof(float));
+  thread_local HostScratch scratch;
+  auto* base = scratch.get<char>(q_bytes + scale_bytes + count * sizeof(std::int32_t));
   const bool avx512 = kernel == "avx512vnni";
   const int bias = format == Format::Q8_0 ? 128 : 8;
-  // The calling thread's buffers (a thread_local named inside the loop would be each worker's own).
-  BlockQ8_0* q = xq.get<BlockQ8_0>(count);
-  float* scales = xs.get<float>(count);
-  std::int32_t* start = avx512 ? starts.get<std::int32_t>(count) : nullptr;
+  auto* q = reinterpret_cast<BlockQ8_0*>(base);
+  auto* scales = reinterpret_cast<float*>(base + q_bytes);
+  std::int32_t* start = avx512 ? reinterpret_cast<std::int32_t*>(base + q_bytes + scale_bytes) : nullptr;
   const auto quantize = [&](std::int64_t t, const float* row) {
     quantize_token(avx512, row, q, scales, blocks, start, bias, t);
   };
