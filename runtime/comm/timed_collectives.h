@@ -1,5 +1,6 @@
-// A Collectives that times another: seconds spent in its calls, for the run's per-rank breakdown of compute,
-// communication and waiting (--metrics). On NCCL the calls only enqueue work on the stream, so what it measures
+// A Collectives that times another: seconds spent in its calls (less the caller's own work that a call runs, the
+// sums fused into what the caller makes next), for the run's per-rank breakdown of compute, communication and
+// waiting (--metrics). On NCCL the calls only enqueue work on the stream, so what it measures
 // there is the host's share; on MPI it is the whole exchange, waiting for the slowest peer included.
 #pragma once
 #include <chrono>
@@ -21,12 +22,12 @@ class TimedCollectives final : public Collectives {
   }
   bool reduce_scatter_with(TensorView data, const PartsUser& use) override {
     bool done = false;
-    timed([&] { done = inner_.reduce_scatter_with(data, use); });
+    timed([&] { done = inner_.reduce_scatter_with(data, untimed(use)); });
     return done;
   }
   bool all_reduce_with(TensorView data, const PartsUser& use) override {
     bool done = false;
-    timed([&] { done = inner_.all_reduce_with(data, use); });
+    timed([&] { done = inner_.all_reduce_with(data, untimed(use)); });
     return done;
   }
   Buffer shared_workspace(std::size_t bytes) override { return inner_.shared_workspace(bytes); }
@@ -47,6 +48,15 @@ class TimedCollectives final : public Collectives {
   double seconds() const { return seconds_; }
 
  private:
+  // The caller's own work inside a call (use(): the residual add and norm its sums are fused into) is compute, not
+  // communication: its time is taken back out.
+  PartsUser untimed(const PartsUser& use) {
+    return [this, &use](std::span<const float* const> parts) {
+      const auto start = std::chrono::steady_clock::now();
+      use(parts);
+      seconds_ -= std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    };
+  }
   template <typename F>
   void timed(F&& call) {
     const auto start = std::chrono::steady_clock::now();

@@ -1,10 +1,16 @@
 // The engine on one rank: continuous batching gives the same tokens as running each prompt alone (KV-cache slots
 // reused, ragged prefills mixed with decodes), and max_tokens, stop strings, end-of-sequence and the context
-// limit end sequences with the right reason and text.
+// limit end sequences with the right reason and text. And --metrics' split of a step's time into compute and
+// communication around the fused sums.
 #include <gtest/gtest.h>
+
+#include <chrono>
+#include <span>
+#include <thread>
 
 #include "engine/engine.h"
 #include "io/tokenizer.h"
+#include "runtime/comm/timed_collectives.h"
 #include "test_support.h"
 
 using namespace strata;
@@ -138,4 +144,42 @@ TEST(Engine, SeededSamplingDoesNotDependOnBatching) {
   };
   const auto a = sampled(1), b = sampled(5);
   for (std::size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i].token_ids, b[i].token_ids) << i;
+}
+
+namespace {
+// A group that hands use() the operands of its fused calls straight away (as a shared-memory group does once every
+// rank has arrived), doing nothing else.
+class HandsOverParts final : public Collectives {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void all_reduce_sum(TensorView) override {}
+  bool reduce_scatter_with(TensorView data, const PartsUser& use) override { return hand_over(data, use); }
+  bool all_reduce_with(TensorView data, const PartsUser& use) override { return hand_over(data, use); }
+  void all_gather(const void*, void*, std::size_t) override {}
+  void all_to_all(const void*, const std::size_t*, const std::size_t*, void*, const std::size_t*,
+                  const std::size_t*) override {}
+  void broadcast(void*, std::size_t, int) override {}
+  void barrier() override {}
+
+ private:
+  static bool hand_over(TensorView data, const PartsUser& use) {
+    const float* parts[] = {data.f32()};
+    use(parts);
+    return true;
+  }
+};
+}  // namespace
+
+// --metrics' communication: a fused call's time less the caller's own work inside it (the residual add and norm the
+// sums go into, which is compute), so that the breakdown does not move a tp group's norms into communication.
+TEST(Engine, FusedSumsWorkCountsAsComputeNotCommunication) {
+  HandsOverParts group;
+  TimedCollectives timed(group);
+  Tensor data = Tensor::host({4, 8}, DType::F32);
+  const auto work = [](std::span<const float* const>) { std::this_thread::sleep_for(std::chrono::milliseconds(60)); };
+  EXPECT_TRUE(timed.reduce_scatter_with(data.view(), work));
+  EXPECT_TRUE(timed.all_reduce_with(data.view(), work));
+  EXPECT_GE(timed.seconds(), 0.0);
+  EXPECT_LT(timed.seconds(), 0.05) << "the 120 ms inside use() were counted as communication";
 }
