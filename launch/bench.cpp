@@ -83,10 +83,10 @@ double measure_read_bandwidth(const NodeInfo& node, Communicator& world, double 
 }
 
 // The slowest core's rate over the fastest's at identical work, every core of the job's ranks busy at once (each
-// rank's threads, as many as the backend runs, pinned one a core where the rank may use enough): a tensor-parallel
-// group splits a step's work evenly over its ranks, which then wait for the slowest at every sum, where one rank's
-// threads share each loop's work as they go. The work: dot products over 2 x 384 KB (in L2) of huge-page memory, a
-// thread's own half on a page of its own, so that every core's lines fall in the same cache sets.
+// rank's threads, as many as the backend runs, one a core): a tensor-parallel group splits a step's work evenly
+// over its ranks, which then wait for the slowest at every sum, where one rank's threads share each loop's work as
+// they go. The work: dot products over 2 x 384 KB (in L2) of huge-page memory, a thread's own half on a page of its
+// own, so that every core's lines fall in the same cache sets.
 double measure_core_spread(const NodeInfo& node, Communicator& world) {
   constexpr std::size_t kFloats = 96 * 1024, kPage = std::size_t(2) << 20;
   constexpr double kSeconds = 0.25;
@@ -96,7 +96,9 @@ double measure_core_spread(const NodeInfo& node, Communicator& world) {
   for (int i = 0; i <= threads; ++i) std::fill(page(i), page(i) + kFloats, 1.0f / float(i + 1));
   cpu_set_t allowed;
   CPU_ZERO(&allowed);
-  const bool pin = sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_COUNT(&allowed) >= threads;
+  // Pinned where the rank is bound to as many cores as it runs threads (mpirun's binding, srun --cpu-bind, or one
+  // rank owning the machine); ranks that share their cores (unbound) leave the placement to the scheduler.
+  const bool pin = sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_COUNT(&allowed) == threads;
   std::vector<int> cores;
   for (int c = 0; pin && c < CPU_SETSIZE; ++c)
     if (CPU_ISSET(c, &allowed)) cores.push_back(c);
