@@ -309,6 +309,13 @@ RunTimes timed_run(Session& session, int batch, int prompt_len, int max_tokens) 
   return times;
 }
 
+// Sequence parallelism's shares of the rows after a row's runs, rank by rank ("0.56/0.44"; "-" without it).
+std::string row_shares(std::span<const double> fractions) {
+  std::string out;
+  for (const double f : fractions) out += cat(out.empty() ? "" : "/", std::lround(100 * f) / 100.0);
+  return out.empty() ? "-" : out;
+}
+
 // One reading of the CPU's probes (see bench).
 struct CpuProbes {
   double bandwidth = 0, sgemm = 0, attention = 0;  // bytes/s, FLOP/s, attention's FLOP/s
@@ -334,6 +341,7 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
                    o.micro_batches};
   limits.kv_cache_dtype = o.kv_cache_dtype;
   limits.sequence_parallel_tokens = o.sequence_parallel_tokens;
+  limits.even_row_shares = o.even_row_shares;
   Session session(node, o.model, o.parallel, limits);
   const ParallelLayout& layout = session.layout();
   STRATA_CHECK(layout.sizes().dp == 1, Usage, "bench measures one replica: launch exactly tp x pp ranks");
@@ -481,7 +489,7 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
                                    : " (copied: the default here, --mmap uses them in place)",
         double(loaded.rearranged_bytes) / 1e6, dtype_name(session.plan().kv_dtype));
     std::printf("%6s %8s %14s %14s %8s %14s %14s %8s%s\n", "batch", "prompt", "prefill tok/s", "roofline", "%",
-                "decode tok/s", "roofline", "%", cuda ? "" : "   memory GB/s   cores");
+                "decode tok/s", "roofline", "%", cuda ? "" : "   memory GB/s   cores   rows");
   }
   CpuProbes before = start_probes;
   for (int batch : o.batch_sizes) {
@@ -514,8 +522,8 @@ int bench(const NodeInfo& node, const BenchOptions& o) {
                   prefill_roof, 100 * prefill_rate / prefill_roof, decode_rate, decode_roof,
                   100 * decode_rate / decode_roof);
       if (!cuda)
-        std::printf("   %.1f, %.1f   %.2f, %.2f", before.bandwidth / 1e9, after.bandwidth / 1e9, before.core_spread,
-                    after.core_spread);
+        std::printf("   %.1f, %.1f   %.2f, %.2f   %s", before.bandwidth / 1e9, after.bandwidth / 1e9,
+                    before.core_spread, after.core_spread, row_shares(session.stage().row_fractions()).c_str());
       std::printf("\n");
     }
     before = after;

@@ -56,11 +56,14 @@ std::string seconds_or_auto(std::string value) {
   return value;
 }
 
-void add_sequence_parallel_flag(CLI::App& cmd, int& tokens) {
+void add_sequence_parallel_flags(CLI::App& cmd, int& tokens, bool& even) {
   cmd.add_option("--sequence-parallel-tokens", tokens,
                  "CPU tensor parallelism: steps of at least this many tokens split the norms and the activations' "
                  "quantization over the tp ranks, which exchange the quantized rows (sequence parallelism; 0: never)")
       ->check(kNonNegative);
+  cmd.add_flag("--even-row-shares", even,
+               "Sequence parallelism: split the rows evenly over the tp ranks (by default a rank that waits for the "
+               "others takes over rows from them, step by step: cores that run at different speeds)");
 }
 
 void add_limit_flags(CLI::App& cmd, RunLimits& l) {
@@ -84,7 +87,7 @@ void add_limit_flags(CLI::App& cmd, RunLimits& l) {
                "Compute every prompt in full instead of reusing the KV-cache blocks of prefixes seen before");
   cmd.add_flag("!--no-chunked-prefill", l.chunked_prefill,
                "Prefill each prompt in one step (steps may exceed --max-num-batched-tokens) instead of in chunks");
-  add_sequence_parallel_flag(cmd, l.sequence_parallel_tokens);
+  add_sequence_parallel_flags(cmd, l.sequence_parallel_tokens, l.even_row_shares);
 }
 
 void add_parallel_flags(CLI::App& cmd, ParallelOptions& p) {
@@ -345,7 +348,7 @@ int cli_main(int argc, char** argv) {
       ->check(kPositive);
   bench_cmd->add_option("--kv-cache-dtype", bench.kv_cache_dtype, "KV-cache element type, as for generate")
       ->check(CLI::IsMember({"auto", "f16", "f32"}));
-  add_sequence_parallel_flag(*bench_cmd, bench.sequence_parallel_tokens);
+  add_sequence_parallel_flags(*bench_cmd, bench.sequence_parallel_tokens, bench.even_row_shares);
   bench_cmd->add_option("--repeats", bench.repeats, "Timed repetitions (best is reported)")->check(kPositive);
   bench_cmd->add_option("--memory-gib", bench.memory_gib, "Buffer size of the memory-bandwidth probe, GiB")
       ->check(CLI::Range(0.01, 64.0));

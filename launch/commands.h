@@ -68,6 +68,7 @@ struct BenchOptions {
   int max_num_batched_tokens = 2048;    // tokens per step, as generate's default: prompts prefill in chunks of it
   std::string kv_cache_dtype = "auto";  // --kv-cache-dtype, as for generate
   int sequence_parallel_tokens = RunLimits{}.sequence_parallel_tokens;  // --sequence-parallel-tokens, as for generate
+  bool even_row_shares = false;                                         // --even-row-shares, as for generate
   double memory_gib = 1.0;                                              // buffer size of the bandwidth probe
 };
 

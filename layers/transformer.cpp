@@ -6,9 +6,22 @@
 #include <cmath>
 #include <cstring>
 
+#include "runtime/base/clock.h"
 #include "runtime/base/error.h"
 
 namespace strata {
+
+namespace {
+// Sequence parallelism's shares (TransformerStage, share_rows; rebalanced_fractions): each rank's between half and
+// one and a half times an even share, moved by 0.3 of what the waits asked for beyond a quarter of a rank's work on
+// its own rows. Waits are noisy: a 2048-token step's on this VM varied by +-5 ms of ~350 ms with no core slower,
+// against ~13 ms of a rank's own-rows work; shares moved on that noise alone cost as much as the balance won.
+constexpr double kShareGain = 0.3, kShareBand = 0.25, kShareLowest = 0.5, kShareHighest = 1.5;
+// The most rows a rank's share can have in a step of `tokens`.
+std::int64_t most_share_rows(std::int64_t tokens, std::int64_t ranks) {
+  return std::min(tokens, std::int64_t(std::ceil(kShareHighest * double(tokens) / double(ranks))) + 1);
+}
+}  // namespace
 
 std::int64_t StageLimits::cache_blocks() const {
   if (kv_blocks > 0) return kv_blocks;
@@ -46,10 +59,8 @@ StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limi
                 a * std::int64_t(limits.max_seqs) * c.hidden_size +
                 4 * std::int64_t(limits.max_seqs) * plan.local_vocab();
   const std::int64_t ranks = plan.coordinates().tp;
-  if (ranks > 1 && limits.sequence_parallel_tokens > 0 && !c.is_moe()) {  // sequence parallelism's (the most it takes)
-    const std::int64_t per_rank = (t + ranks - 1) / ranks;
-    m.workspace += a * c.hidden_size * (3 * (ranks * per_rank - t) + per_rank);
-  }
+  if (ranks > 1 && limits.sequence_parallel_tokens > 0 && !c.is_moe())  // sequence parallelism's share of sums
+    m.workspace += a * c.hidden_size * most_share_rows(t, ranks);
   if (c.is_moe()) {  // router logits and shared gate (f32), one expert's rows, the exchange buffers
     const std::int64_t inter = std::max(plan.local_expert_intermediate(), plan.local_shared_intermediate());
     const std::int64_t tp = plan.coordinates().tp, slice = (t + tp - 1) / tp;
@@ -195,10 +206,16 @@ TransformerStage::TransformerStage(const ShardPlan& plan, WeightSource& source, 
   std::vector<float>().swap(load_staging_);
   if (c.is_moe()) expert_load_.per_expert.assign(std::size_t(c.num_experts), 0);
   shares_.rank = tp.rank();
-  shares_.ranks = tp.size();
+  shares_.starts = even_row_starts(tp.size(), 0);
+  if (splits_rows()) row_fractions_.assign(std::size_t(tp.size()), 1.0 / tp.size());
+  // A product's gather comes once the backend has rounded or quantized this rank's rows: that time is the rank's
+  // work on its own rows, the gather's its waiting.
   shares_.gather = [this](void* rows, std::size_t row_bytes) {
-    const std::size_t bytes = std::size_t(shares_.per_rank) * row_bytes;
-    tp_.all_gather(static_cast<char*>(rows) + std::size_t(shares_.rank) * bytes, rows, bytes);
+    const double start = monotonic_seconds();
+    if (products_began_ > 0) share_timing_.own_work += start - products_began_;
+    products_began_ = 0;
+    tp_.all_gather_rows(rows, row_bytes, shares_.starts);
+    share_timing_.waited += monotonic_seconds() - start;
   };
   allocate_workspace();
 }
@@ -217,10 +234,7 @@ void TransformerStage::allocate_workspace() {
     k_cache_.push_back(backend_.allocate({blocks, limits.block_size, kv_heads, d}, backend_.kv_dtype()));
     v_cache_.push_back(backend_.allocate({blocks, limits.block_size, kv_heads, d}, backend_.kv_dtype()));
   }
-  // Under sequence parallelism a step's rows are split in shares of ceil(tokens / ranks): the tensors that gather
-  // them have room for every rank's whole share.
-  const std::int64_t ranks = plan_.coordinates().tp, per_rank = (t + ranks - 1) / ranks;
-  const std::int64_t rows = splits_rows() ? ranks * per_rank : t;
+  const std::int64_t rows = t;
   hidden_ = backend_.allocate({rows, h}, act);
   normed_ = backend_.allocate({rows, h}, act);
   q_ = backend_.allocate({t, heads * d}, act);
@@ -232,7 +246,7 @@ void TransformerStage::allocate_workspace() {
   Buffer shared = fuses_sums() ? tp_.shared_workspace(dtype_bytes(act, rows * h)) : Buffer{};
   proj_shared_ = shared.data() != nullptr;
   proj_ = proj_shared_ ? Tensor(std::move(shared), {rows, h}, act) : backend_.allocate({rows, h}, act);
-  if (splits_rows()) share_ = backend_.allocate({per_rank, h}, act);
+  if (splits_rows()) share_ = backend_.allocate({most_share_rows(t, plan_.coordinates().tp), h}, act);
   gate_up_ = backend_.allocate({t, 2 * plan_.local_intermediate()}, act);
   act_ = backend_.allocate({t, plan_.local_intermediate()}, act);
   if (c.is_moe()) {
@@ -582,7 +596,7 @@ TensorView TransformerStage::forward(std::span<const SeqChunk> chunks, std::span
   const StepMode mode = backend_.begin_step(graphable ? std::int64_t(chunks.size()) : -1);
   sequence_parallel_ = splits_rows() && tokens >= limits_.sequence_parallel_tokens && mode != StepMode::Replay;
   sums_pending_ = false;
-  shares_.per_rank = (tokens + shares_.ranks - 1) / shares_.ranks;
+  if (sequence_parallel_) share_rows(tokens);
   replaying_ = mode == StepMode::Replay;
   TensorView out;
   try {
@@ -614,6 +628,30 @@ bool TransformerStage::fuses_sums() const {
          backend_.activation_dtype() == DType::F32;
 }
 
+void TransformerStage::share_rows(std::int64_t tokens) {
+  const int ranks = shares_.ranks();
+  if (!limits_.even_row_shares) {
+    const auto rank = std::size_t(shares_.rank);  // the last step's share
+    share_timing_.rows += double(shares_.starts[rank + 1] - shares_.starts[rank]);
+    std::vector<ShareTiming> timings(static_cast<std::size_t>(ranks));
+    tp_.all_gather(&share_timing_, timings.data(), sizeof(ShareTiming));
+    double work = 0;
+    for (const ShareTiming& t : timings) work += t.own_work;
+    if (work >= limits_.row_share_window) {
+      row_fractions_ = rebalanced_fractions(row_fractions_, timings, kShareGain, kShareBand, kShareLowest / ranks,
+                                            std::min(1.0, kShareHighest / ranks));
+      share_timing_ = {};
+    }
+  }
+  shares_.starts = row_starts_of(row_fractions_, tokens);
+  const std::int64_t most = share_.view().rows();
+  for (int r = 0; r < ranks; ++r)
+    if (shares_.starts[std::size_t(r) + 1] - shares_.starts[std::size_t(r)] > most) {
+      shares_.starts = even_row_starts(ranks, tokens);  // (the fractions' bounds keep every share within room)
+      break;
+    }
+}
+
 TensorView TransformerStage::own_rows(const Tensor& t, std::int64_t tokens) const {
   if (!sequence_parallel_) return t.view().slice_rows(0, tokens);
   return t.view().slice_rows(shares_.begin(tokens), shares_.end(tokens));
@@ -637,22 +675,36 @@ TensorView TransformerStage::summed(std::int64_t tokens) {
     sums_pending_ = false;
     return proj_.view().slice_rows(0, tokens);
   }
+  const TensorView share = share_.view().slice_rows(0, shares_.end(tokens) - shares_.begin(tokens));
   if (sums_pending_) {
-    tp_.reduce_scatter_sum(proj_.view().slice_rows(0, shares_.padded()), share_.view().slice_rows(0, shares_.per_rank));
+    const double start = monotonic_seconds();
+    tp_.reduce_scatter_sum(proj_.view().slice_rows(0, tokens), shares_.starts, share);
+    share_timing_.waited += monotonic_seconds() - start;
     sums_pending_ = false;
   }
-  return share_.view().slice_rows(0, shares_.end(tokens) - shares_.begin(tokens));
+  return share;
 }
 
 // This rank's rows of proj_'s pending sums handed to fused(parts) unsummed where the group can (then true; under
-// sequence parallelism the parts hold per_rank rows each, of which this rank's share may use fewer; else all
-// `tokens` rows), else false.
+// sequence parallelism the parts hold this rank's share of the rows; else all `tokens` rows), else false. Under
+// sequence parallelism the call's time is timed: fused's as this rank's own work, the rest as waiting.
 bool TransformerStage::sums_as_parts(std::int64_t tokens, const Collectives::PartsUser& fused) {
   if (!sums_pending_) return false;
-  const bool handed = sequence_parallel_ ? tp_.reduce_scatter_with(proj_.view().slice_rows(0, shares_.padded()), fused)
-                                         : tp_.all_reduce_with(proj_.view().slice_rows(0, tokens), fused);
-  if (handed) sums_pending_ = false;
-  return handed;
+  const TensorView sums = proj_.view().slice_rows(0, tokens);
+  if (!sequence_parallel_) {
+    sums_pending_ = !tp_.all_reduce_with(sums, fused);
+    return !sums_pending_;
+  }
+  double work = 0;
+  const double start = monotonic_seconds();
+  sums_pending_ = !tp_.reduce_scatter_with(sums, shares_.starts, [&](std::span<const float* const> parts) {
+    const double begun = monotonic_seconds();
+    fused(parts);
+    work += monotonic_seconds() - begun;
+  });
+  share_timing_.own_work += work;
+  share_timing_.waited += monotonic_seconds() - start - work;
+  return !sums_pending_;
 }
 
 void TransformerStage::add_sums_and_norm(std::int64_t tokens, const Tensor& weight, TensorView x_own) {
@@ -672,7 +724,12 @@ void TransformerStage::add_sums(std::int64_t tokens) {
 
 void TransformerStage::products_of_normed(TensorView x, std::span<const TensorView> ws,
                                           std::span<const TensorView> biases, std::span<const TensorView> ys) {
-  if (sequence_parallel_) return backend_.linears_of_shares(x, shares_, ws, biases, ys);
+  if (sequence_parallel_) {
+    products_began_ = monotonic_seconds();
+    backend_.linears_of_shares(x, shares_, ws, biases, ys);
+    products_began_ = 0;
+    return;
+  }
   if (ws.size() == 1) return backend_.linear(x, ws[0], biases[0], ys[0]);
   backend_.linears(x, ws, biases, ys);
 }

@@ -38,6 +38,12 @@ struct StageLimits {
   // Steps of at least this many tokens run with sequence parallelism where they can (0: never): see
   // TransformerStage.
   std::int32_t sequence_parallel_tokens = 0;
+  // Sequence parallelism's rows split evenly over the ranks, instead of by their measured speeds (TransformerStage).
+  bool even_row_shares = false;
+  // Otherwise the shares move once the steps since they last moved hold this many seconds of the ranks' work on
+  // their own rows (summed over the group): two 2048-token prefill steps of the 100m model, or ~60 decode steps of
+  // 64 sequences, whose waits alone (+-1 ms against ~0.8 ms of such work) would throw the shares about.
+  double row_share_window = 0.05;
   // The blocks the cache has: kv_blocks, or enough for max_seqs sequences of max_seq_len each.
   std::int64_t cache_blocks() const;
 };
@@ -73,7 +79,16 @@ struct ExpertLoad {
 // (Backend::linears_of_shares: quantized, or rounded to bf16). So the work a tp rank repeated on every token (the
 // norms, the activations' quantization) is split over the group, as one rank's threads split it, and the ranks
 // exchange a quarter (q8_0 blocks) or half (bf16) of the f32 bytes. The same bits as without it (row-wise ops on
-// fewer rows; sums in the same order).
+// fewer rows; sums in the same order), however the rows are shared.
+//
+// The rows are shared by the ranks' speeds: a group meets at every layer's sums, so a rank on a slower core (a VM's
+// vCPUs can run the same work 5-20% apart for tens of seconds, docs/performance.md) holds every other rank at its
+// pace, which one rank's threads, sharing each loop as they go, never do. Each sequence-parallel step times every
+// rank's waits in the exchanges and its work on its own rows; the next step's shares move rows from the ranks that
+// made the others wait to those that waited (rebalanced_fractions, runtime/base/row_starts.h), every rank computing
+// the same shares from the same exchanged timings. Only the rows' own work moves (the norms, the activations'
+// quantization; a few percent of a step): the products and attention stay split by the weights.
+
 class TransformerStage {
  public:
   // Loads every tensor of `plan` from `source` into `backend` memory. `tp` is this rank's tensor-parallel group
@@ -111,6 +126,9 @@ class TransformerStage {
   // Bytes of weights the backend rearranged into its own layout at load (Backend::prepare_weight: a copy, so
   // weights served in place from the page cache no longer are).
   std::int64_t rearranged_bytes() const { return rearranged_bytes_; }
+  // Sequence parallelism's shares of a step's rows, one a rank (even until a step has been measured; empty without
+  // sequence parallelism).
+  std::span<const double> row_fractions() const { return row_fractions_; }
 
  private:
   struct LayerWeights {
@@ -164,6 +182,8 @@ class TransformerStage {
   // Whether the row-parallel outputs' sums can be made where they are used, from the group's shared memory (f32 host
   // activations, a tp group, no mixture of experts): under sequence parallelism or not.
   bool fuses_sums() const;
+  // This step's shares (shares_.starts) from the last sequence-parallel step's timings. Collective.
+  void share_rows(std::int64_t tokens);
   TensorView own_rows(const Tensor& t, std::int64_t tokens) const;
   TensorView summed(std::int64_t tokens);
   void sum_over_tp(std::int64_t tokens);
@@ -212,6 +232,11 @@ class TransformerStage {
   bool proj_shared_ = false;        // proj_ lives in the group's shared workspace
   RowShares shares_;                // this step's rows per rank
   Tensor share_;                    // this rank's rows of a reduce-scatter's sums
+  // The shares' fractions of a step's rows (one a rank, the same on every rank), and what this rank measured in the
+  // last sequence-parallel step (seconds waiting, on its own rows' work) for the next step's.
+  std::vector<double> row_fractions_;
+  ShareTiming share_timing_;
+  double products_began_ = 0;  // when linears_of_shares was called (monotonic seconds; 0: not in one)
 };
 
 }  // namespace strata

@@ -39,6 +39,7 @@ StageLimits stage_limits(const RunLimits& limits, const ModelConfig& config) {
   stage.max_seq_len = model_len;
   stage.block_size = limits.block_size;
   stage.sequence_parallel_tokens = limits.sequence_parallel_tokens;
+  stage.even_row_shares = limits.even_row_shares;
   return stage;
 }
 

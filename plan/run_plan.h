@@ -29,6 +29,8 @@ struct RunLimits {
   // --sequence-parallel-tokens: steps of at least this many tokens split the norms and activation quantization over
   // a CPU tensor-parallel group (StageLimits::sequence_parallel_tokens; 0: never).
   int sequence_parallel_tokens = 64;
+  // --even-row-shares: those steps' rows split evenly over the ranks, not by their speeds (StageLimits).
+  bool even_row_shares = false;
 };
 
 struct PlanRequest {

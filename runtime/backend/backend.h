@@ -105,8 +105,8 @@ class Backend {
     for (std::size_t i = 0; i < ws.size(); ++i) linear(x, ws[i], biases[i], ys[i]);
   }
   // linears(x, ws, biases, ys) where this rank has computed only its own rows of x (shares.begin .. shares.end of
-  // x.rows() tokens) and the other ranks of the group theirs: shares.gather exchanges them. x's buffer has room for
-  // shares.padded() rows. This default gathers x itself; the CPU backend gathers the rows rounded to bf16 or
+  // x.rows() tokens) and the other ranks of the group theirs: shares.gather exchanges them (shares.starts ending at
+  // x.rows()). This default gathers x itself; the CPU backend gathers the rows rounded to bf16 or
   // quantized, as its kernels read them, so each rank rounds or quantizes only its own.
   virtual void linears_of_shares(TensorView x, const RowShares& shares, std::span<const TensorView> ws,
                                  std::span<const TensorView> biases, std::span<const TensorView> ys) {

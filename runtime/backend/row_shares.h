@@ -1,28 +1,31 @@
 // Sequence parallelism's activations (layers/transformer.h): the rows (tokens) of a product's input split over the
 // ranks of a tensor-parallel group, each rank computing the norm before the product for its own rows only. Rank r
-// holds rows [r * per_rank, (r + 1) * per_rank) of the step's `tokens` (the last ranks' shares may be short, or
-// empty); a buffer of the rows has room for ranks * per_rank of them. gather() brings every rank's rows into every
-// rank's buffer, in whatever form the products read them: a backend that rounds or quantizes the activations first
-// does that for its own rows only, and the ranks exchange the result (a quarter of f32's bytes for q8_0 blocks).
+// holds rows [starts[r], starts[r + 1]) of the step's tokens (runtime/base/row_starts.h: evenly, or by the ranks'
+// measured speeds). gather() brings every rank's rows into every rank's buffer, in whatever form the products read
+// them: a backend that rounds or quantizes the activations first does that for its own rows only, and the ranks
+// exchange the result (a quarter of f32's bytes for q8_0 blocks).
 #pragma once
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <vector>
+
+#include "runtime/base/row_starts.h"
 
 namespace strata {
 
 struct RowShares {
-  int rank = 0, ranks = 1;
-  std::int64_t per_rank = 0;
-  // In place, collective over the group: rows [r * per_rank, (r + 1) * per_rank) of the buffer at `rows` (row_bytes
-  // each, back to back) from rank r's buffer, for every r.
+  int rank = 0;
+  std::vector<std::int64_t> starts = {0, 0};  // ranks + 1 entries, the last the step's tokens
+  // In place, collective over the group: rows [starts[r], starts[r + 1]) of the buffer at `rows` (row_bytes each,
+  // back to back) from rank r's buffer, for every r.
   std::function<void(void* rows, std::size_t row_bytes)> gather;
 
+  int ranks() const { return int(starts.size()) - 1; }
   // This rank's rows of a step of `tokens`: [begin, end).
-  std::int64_t begin(std::int64_t tokens) const { return std::min(tokens, rank * per_rank); }
-  std::int64_t end(std::int64_t tokens) const { return std::min(tokens, (rank + 1) * per_rank); }
-  std::int64_t padded() const { return ranks * per_rank; }
+  std::int64_t begin(std::int64_t tokens) const { return std::min(tokens, starts[std::size_t(rank)]); }
+  std::int64_t end(std::int64_t tokens) const { return std::min(tokens, starts[std::size_t(rank) + 1]); }
 };
 
 }  // namespace strata

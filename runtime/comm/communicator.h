@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "runtime/base/error.h"
+#include "runtime/base/row_starts.h"
 #include "runtime/tensor/tensor.h"
 
 namespace strata {
@@ -75,17 +76,19 @@ class Collectives {
 
   // Sum over the group, in place. Collective.
   virtual void all_reduce_sum(TensorView data) = 0;
-  // Sequence parallelism's half of an all-reduce: data [size() * n, ...] (the same shape on every rank), and share
-  // [n, ...] gets the sum over the group of rows [rank() * n, (rank() + 1) * n) of data. data may be changed.
-  // Collective. This default sums all of data (all_reduce_sum) and copies the rows out (host memory only); the MPI
-  // communicator sends each rank only its rows and adds them in rank order, as its shared-memory all-reduce does.
-  virtual void reduce_scatter_sum(TensorView data, TensorView share);
+  // Sequence parallelism's half of an all-reduce: data [rows, ...] (the same shape on every rank), rank r's share of
+  // its rows [starts[r], starts[r + 1]) (runtime/base/row_starts.h: size() + 1 entries, the last `rows`; the same on
+  // every rank), and share [its rows, ...] gets the sum over the group of this rank's rows of data. data may be
+  // changed. Collective. This default sums all of data (all_reduce_sum) and copies the rows out (host memory only);
+  // the MPI communicator sends each rank only its rows and adds them in rank order, as its shared-memory all-reduce
+  // does.
+  virtual void reduce_scatter_sum(TensorView data, RowStarts starts, TensorView share);
   // reduce_scatter_sum's rows handed to use() unsummed, where the group can do so without copying them (data in the
-  // shared workspace, on every rank): parts[r] is rank r's floats of this rank's share (data.numel() / size() of
-  // them), readable during the call only; then true. Elsewhere false, having done nothing (the caller then calls
+  // shared workspace, on every rank): parts[r] is rank r's floats of this rank's share (its rows' elements),
+  // readable during the call only; then true. Elsewhere false, having done nothing (the caller then calls
   // reduce_scatter_sum). Collective where it returns true. Lets a caller fuse the sum with what it does next.
   using PartsUser = std::function<void(std::span<const float* const> parts)>;
-  virtual bool reduce_scatter_with(TensorView data, const PartsUser& use) { return false; }
+  virtual bool reduce_scatter_with(TensorView data, RowStarts starts, const PartsUser& use) { return false; }
   // all_reduce_sum's operands handed to use() unsummed, in the same way: parts[r] is all of rank r's data
   // (data.numel() floats) on every rank. Lets a caller add the sums where it reads them (a step too short to split
   // its rows over the ranks).
@@ -98,6 +101,10 @@ class Collectives {
   // recv holds size() * bytes_per_rank bytes, rank r's contribution at offset r * bytes_per_rank. Collective.
   // send may be recv + rank() * bytes_per_rank (in place).
   virtual void all_gather(const void* send, void* recv, std::size_t bytes_per_rank) = 0;
+  // In place, shares of any size: rows [starts[r], starts[r + 1]) of `rows` (row_bytes each, back to back) from rank
+  // r, for every r (the same starts on every rank). Collective. This default serves host memory through all_to_all
+  // (from a copy of this rank's rows: its send and receive buffers must not overlap); MPI's is MPI_Allgatherv.
+  virtual void all_gather_rows(void* rows, std::size_t row_bytes, RowStarts starts);
   // Personalised exchange: this rank sends send_bytes[r] bytes from send + send_offsets[r] to rank r and receives
   // recv_bytes[r] bytes from rank r at recv + recv_offsets[r] (size() entries each; the pair's counts must agree).
   // Collective. The dispatch/combine of expert parallelism.
@@ -111,15 +118,34 @@ class Collectives {
   virtual bool graph_capturable() const { return size() == 1; }
 };
 
-inline void Collectives::reduce_scatter_sum(TensorView data, TensorView share) {
-  const std::int64_t n = share.rows();
-  STRATA_CHECK(data.kind == MemoryKind::Host && share.kind == MemoryKind::Host && data.rows() == size() * n &&
+inline void Collectives::reduce_scatter_sum(TensorView data, RowStarts starts, TensorView share) {
+  STRATA_CHECK(data.kind == MemoryKind::Host && share.kind == MemoryKind::Host &&
+                   starts.size() == std::size_t(size()) + 1 && starts.front() == 0 && starts.back() == data.rows() &&
+                   share.rows() == starts[std::size_t(rank()) + 1] - starts[std::size_t(rank())] &&
                    data.row_elems() == share.row_elems() && data.dtype == share.dtype,
                Internal, "reduce_scatter_sum of ", shape_string(data.shape), " into ", shape_string(share.shape),
                " over ", size(), " ranks");
   all_reduce_sum(data);
   const std::size_t row = std::size_t(data.row_elems()) * dtype_size(data.dtype);
-  std::memcpy(share.data, static_cast<const char*>(data.data) + std::size_t(rank() * n) * row, std::size_t(n) * row);
+  std::memcpy(share.data, static_cast<const char*>(data.data) + std::size_t(starts[std::size_t(rank())]) * row,
+              std::size_t(share.rows()) * row);
+}
+
+inline void Collectives::all_gather_rows(void* rows, std::size_t row_bytes, RowStarts starts) {
+  STRATA_CHECK(starts.size() == std::size_t(size()) + 1, Internal, "all_gather_rows with ", starts.size(),
+               " share starts over ", size(), " ranks");
+  const auto r0 = std::size_t(rank());
+  auto* base = static_cast<char*>(rows);
+  const std::vector<char> mine(base + std::size_t(starts[r0]) * row_bytes,
+                               base + std::size_t(starts[r0 + 1]) * row_bytes);
+  std::vector<std::size_t> send_bytes, send_offsets, recv_bytes, recv_offsets;
+  for (std::size_t r = 0; r < std::size_t(size()); ++r) {
+    send_bytes.push_back(r == r0 ? 0 : mine.size());
+    send_offsets.push_back(0);
+    recv_bytes.push_back(r == r0 ? 0 : std::size_t(starts[r + 1] - starts[r]) * row_bytes);
+    recv_offsets.push_back(std::size_t(starts[r]) * row_bytes);
+  }
+  all_to_all(mine.data(), send_bytes.data(), send_offsets.data(), rows, recv_bytes.data(), recv_offsets.data());
 }
 
 // Host messaging (MPI): the collectives on host memory plus host values and point-to-point messages, which carry

@@ -17,12 +17,12 @@ class TimedCollectives final : public Collectives {
   void all_reduce_sum(TensorView data) override {
     timed([&] { inner_.all_reduce_sum(data); });
   }
-  void reduce_scatter_sum(TensorView data, TensorView share) override {
-    timed([&] { inner_.reduce_scatter_sum(data, share); });
+  void reduce_scatter_sum(TensorView data, RowStarts starts, TensorView share) override {
+    timed([&] { inner_.reduce_scatter_sum(data, starts, share); });
   }
-  bool reduce_scatter_with(TensorView data, const PartsUser& use) override {
+  bool reduce_scatter_with(TensorView data, RowStarts starts, const PartsUser& use) override {
     bool done = false;
-    timed([&] { done = inner_.reduce_scatter_with(data, untimed(use)); });
+    timed([&] { done = inner_.reduce_scatter_with(data, starts, untimed(use)); });
     return done;
   }
   bool all_reduce_with(TensorView data, const PartsUser& use) override {
@@ -33,6 +33,9 @@ class TimedCollectives final : public Collectives {
   Buffer shared_workspace(std::size_t bytes) override { return inner_.shared_workspace(bytes); }
   void all_gather(const void* send, void* recv, std::size_t bytes_per_rank) override {
     timed([&] { inner_.all_gather(send, recv, bytes_per_rank); });
+  }
+  void all_gather_rows(void* rows, std::size_t row_bytes, RowStarts starts) override {
+    timed([&] { inner_.all_gather_rows(rows, row_bytes, starts); });
   }
   void all_to_all(const void* send, const std::size_t* send_bytes, const std::size_t* send_offsets, void* recv,
                   const std::size_t* recv_bytes, const std::size_t* recv_offsets) override {

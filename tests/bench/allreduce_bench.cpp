@@ -57,6 +57,7 @@ int main(int argc, char** argv) {
     const double all_reduce = time([&] { world->all_reduce_sum(TensorView{data, {n}, DType::F32}); });
     const double reduce_scatter = time([&] {
       world->reduce_scatter_sum(TensorView{data, {ranks * rows, width}, DType::F32},
+                                even_row_starts(ranks, ranks * rows),
                                 TensorView{share.data(), {rows, width}, DType::F32});
     });
     const std::size_t blocks = std::size_t(rows * width / 32) * 34;  // a share's rows as Q8_0 blocks

@@ -96,12 +96,16 @@ h.check([(r["token_ids"], r["logits"]) for r in copied] == [(r["token_ids"], r["
         "tp 2 pp 2: weights copied (--no-mmap) give the tokens and logits of weights used in place (--mmap)")
 # Sequence parallelism (each tp rank normalizing its share of a step's tokens, the products gathering the rows;
 # --sequence-parallel-tokens 1 runs it on every step here, 0 on none): the same tokens and logits bit for bit, at
-# tp 2 pp 2 (the residual stream gathered for the next stage) and tp 4 (shares of unequal and empty rows).
+# tp 2 pp 2 (the residual stream gathered for the next stage) and tp 4 (shares of unequal and empty rows), with the
+# shares moved by the ranks' measured waits (the default) and split evenly (--even-row-shares).
 for tp, pp in ((2, 2), (4, 1)):
-    split = generate("sp", tp, pp, 1, prompts, "--record-logits", "--sequence-parallel-tokens", 1)
     plain = generate("no-sp", tp, pp, 1, prompts, "--record-logits", "--sequence-parallel-tokens", 0)
-    h.check([(r["token_ids"], r["logits"]) for r in split] == [(r["token_ids"], r["logits"]) for r in plain],
-            f"tp {tp} pp {pp}: sequence parallelism gives the tokens and logits of plain tensor parallelism")
+    for shares in ((), ("--even-row-shares",)):
+        split = generate("sp-even" if shares else "sp", tp, pp, 1, prompts, "--record-logits",
+                         "--sequence-parallel-tokens", 1, *shares)
+        h.check([(r["token_ids"], r["logits"]) for r in split] == [(r["token_ids"], r["logits"]) for r in plain],
+                f"tp {tp} pp {pp} {' '.join(shares)}: sequence parallelism gives the tokens and logits of plain "
+                "tensor parallelism")
 code, out, _ = h.run(["generate", "--model", h.path("model-tp1-pp1"), "--prompts", prompts, "--mmap", "--no-mmap"])
 h.check(code not in (0, None) and "--no-mmap" in out and "excludes" in out,
         f"--mmap and --no-mmap together are refused: {out.strip()[-200:]!r}")
@@ -140,16 +144,19 @@ for flags, mapped_expected in [((), interleaves or not huge_pages), (("--mmap",)
     # Decode is timed inside one run (from the last first token to the end): a rate from two runs' difference could
     # come out absurd (2.4e11 tok/s once) or negative when the second prefill ran slower than the first.
     row = next((l.split() for l in out.splitlines() if l.split()[:2] == ["1", "4"]), [])
-    decode = float(row[5]) if len(row) == 12 else -1
+    decode = float(row[5]) if len(row) == 13 else -1
     h.check(0 < decode < 1e6, f"bench {' '.join(flags) or '(default)'}: a plausible decode rate: {row}")
     # Each row's roofline from the memory probe read just before and just after its runs: both readings printed.
-    readings = [float(v.rstrip(",")) for v in row[8:10]] if len(row) == 12 else []
+    readings = [float(v.rstrip(",")) for v in row[8:10]] if len(row) == 13 else []
     h.check(len(readings) == 2 and all(0 < r < 1e5 for r in readings),
             f"bench {' '.join(flags) or '(default)'}: the row's two memory readings (GB/s): {row}")
     # And the two ranks' cores' speeds at the same work, the slower over the faster, on either side of the row.
-    spreads = [float(v.rstrip(",")) for v in row[10:12]] if len(row) == 12 else []
+    spreads = [float(v.rstrip(",")) for v in row[10:12]] if len(row) == 13 else []
     h.check(len(spreads) == 2 and all(0 < r <= 1 for r in spreads),
             f"bench {' '.join(flags) or '(default)'}: the row's two core-speed readings: {row}")
+    # Sequence parallelism's shares of the rows, rank by rank (even here: no step long enough to split its rows).
+    shares = [float(v) for v in row[12].split("/")] if len(row) == 13 else []
+    h.check(shares == [0.5, 0.5], f"bench {' '.join(flags) or '(default)'}: the ranks' shares of the rows: {row}")
     spread = re.search(r"measured: the slowest core at ([0-9]+)% of the fastest's rate", out)
     h.check(spread is not None and 0 < int(spread[1]) <= 100, f"bench: the cores' spread: {spread and spread[0]!r}")
 

@@ -177,28 +177,61 @@ TEST(MpiCommunicator, AllReduceUsesSharedMemoryUpToASlot) {
   EXPECT_EQ(large.back(), 10.0f);
 }
 
-// Sequence parallelism's reduce-scatter: rank r gets the rank-order sums of rows [r n, (r + 1) n) (the values tell
-// the orders apart, as above), rows of several elements included; a share of no rows is a no-op. The in-place
-// all-gather that follows it gives every rank every share.
+namespace {
+// Shares of `rows` over 4 ranks: even, and uneven (rank 1's empty, rank 2's most of them: the starts a balanced
+// step may give).
+std::vector<std::vector<std::int64_t>> shares_of(std::int64_t rows) {
+  return {even_row_starts(4, rows), {0, rows / 5, rows / 5, rows - rows / 10, rows}};
+}
+}  // namespace
+
+// Sequence parallelism's reduce-scatter: rank r gets the rank-order sums of its rows [starts[r], starts[r + 1])
+// (the values tell the orders apart, as above), rows of several elements included, shares even or not; a share of
+// no rows is a no-op. The in-place all-gather of rows that follows it gives every rank every share.
 TEST(MpiCommunicator, ReduceScatterSumsEachRanksRowsInRankOrderAndAllGatherGathersInPlace) {
   auto world = make_mpi_communicator(MPI_COMM_WORLD);
   const int rank = world->rank();
-  for (const std::int64_t rows : {1, 5, 300}) {
-    const std::int64_t width = 3, n = rows * width;  // one rank's share, in elements
-    std::vector<float> data = order_values(rank, 4 * n, int(rows)), share(std::size_t(n), -1.0f);
-    world->reduce_scatter_sum(TensorView{data.data(), {4 * rows, width}, DType::F32},
-                              TensorView{share.data(), {rows, width}, DType::F32});
-    std::int64_t wrong = 0;
-    for (std::int64_t i = 0; i < n; ++i) wrong += share[std::size_t(i)] != in_rank_order(rank * n + i, int(rows));
-    EXPECT_EQ(wrong, 0) << rows << " rows of " << width << " on rank " << rank;
-    std::vector<float> all(std::size_t(4 * n), -1.0f);
-    std::copy(share.begin(), share.end(), all.begin() + rank * n);
-    world->all_gather(all.data() + rank * n, all.data(), std::size_t(n) * sizeof(float));
-    EXPECT_EQ(wrong_sums(all, 4 * n, int(rows)), 0) << rows << " rows gathered on rank " << rank;
-  }
+  for (const std::int64_t rows : {1, 5, 300})
+    for (const std::vector<std::int64_t>& starts : shares_of(4 * rows)) {
+      const std::int64_t width = 3, n = 4 * rows * width;  // every rank's rows, in elements
+      const std::int64_t first = starts[std::size_t(rank)], own = starts[std::size_t(rank) + 1] - first;
+      std::vector<float> data = order_values(rank, n, int(rows)), share(std::size_t(own * width) + 1, -1.0f);
+      world->reduce_scatter_sum(TensorView{data.data(), {4 * rows, width}, DType::F32}, starts,
+                                TensorView{share.data(), {own, width}, DType::F32});
+      std::int64_t wrong = 0;
+      for (std::int64_t i = 0; i < own * width; ++i)
+        wrong += share[std::size_t(i)] != in_rank_order(first * width + i, int(rows));
+      EXPECT_EQ(wrong, 0) << rows << " rows of " << width << " on rank " << rank << " from row " << first;
+      EXPECT_EQ(share.back(), -1.0f) << "past the share, rank " << rank;
+      std::vector<float> all(std::size_t(n), -1.0f);
+      std::copy_n(share.begin(), own * width, all.begin() + first * width);
+      world->all_gather_rows(all.data(), width * sizeof(float), starts);
+      EXPECT_EQ(wrong_sums(all, n, int(rows)), 0) << rows << " rows gathered on rank " << rank;
+    }
   float none = 0;
-  world->reduce_scatter_sum(TensorView{&none, {0, 1}, DType::F32}, TensorView{&none, {0, 1}, DType::F32});
+  world->reduce_scatter_sum(TensorView{&none, {0, 1}, DType::F32}, even_row_starts(4, 0),
+                            TensorView{&none, {0, 1}, DType::F32});
   EXPECT_EQ(none, 0.0f);
+  const std::int64_t backwards[] = {0, 3, 2, 4, 4};  // starts out of order are refused, naming them
+  EXPECT_THROW(world->reduce_scatter_sum(TensorView{&none, {4, 1}, DType::F32}, backwards,
+                                         TensorView{&none, {0, 1}, DType::F32}),
+               Error);
+}
+
+// The group's default all-gather of rows (through all_to_all, for groups without MPI_Allgatherv) agrees with MPI's.
+TEST(MpiCommunicator, DefaultAllGatherOfRowsGathersUnevenShares) {
+  auto world = make_mpi_communicator(MPI_COMM_WORLD);
+  const int rank = world->rank();
+  for (const std::vector<std::int64_t>& starts : shares_of(40)) {
+    std::vector<std::int32_t> rows(80, -1);  // 2 values a row
+    for (std::int64_t t = starts[std::size_t(rank)]; t < starts[std::size_t(rank) + 1]; ++t)
+      rows[std::size_t(2 * t)] = rank, rows[std::size_t(2 * t + 1)] = std::int32_t(t);
+    world->Collectives::all_gather_rows(rows.data(), 2 * sizeof(std::int32_t), starts);
+    for (int r = 0; r < 4; ++r)
+      for (std::int64_t t = starts[std::size_t(r)]; t < starts[std::size_t(r) + 1]; ++t)
+        ASSERT_TRUE(rows[std::size_t(2 * t)] == r && rows[std::size_t(2 * t + 1)] == t)
+            << "row " << t << " of rank " << r << " on rank " << rank;
+  }
 }
 
 // The same in the group's shared workspace (shm_rows.h: each rank sums its rows out of every rank's memory): rank
@@ -215,44 +248,54 @@ TEST(MpiCommunicator, ReduceScatterInTheSharedWorkspaceSumsInPlaceInRankOrder) {
   auto* floats = static_cast<float*>(workspace.data());
   for (int round = 0; round < 3; ++round)
     for (const std::int64_t rows : {1, 5, 300})
-      for (const std::int64_t at : {0, 7}) {
-        const std::int64_t n = rows * width;
-        const std::vector<float> mine = order_values(rank, 4 * n, int(rows + at + round));
-        std::copy(mine.begin(), mine.end(), floats + at);
-        std::vector<float> share(std::size_t(n), -1.0f);
-        world->reduce_scatter_sum(TensorView{floats + at, {4 * rows, width}, DType::F32},
-                                  TensorView{share.data(), {rows, width}, DType::F32});
-        std::int64_t wrong = 0;
-        for (std::int64_t i = 0; i < n; ++i)
-          wrong += share[std::size_t(i)] != in_rank_order(rank * n + i, int(rows + at + round));
-        EXPECT_EQ(wrong, 0) << rows << " rows at " << at << " on rank " << rank << ", round " << round;
-      }
+      for (const std::int64_t at : {0, 7})
+        for (const std::vector<std::int64_t>& starts : shares_of(4 * rows)) {
+          const std::int64_t n = 4 * rows * width, first = starts[std::size_t(rank)];
+          const std::int64_t own = starts[std::size_t(rank) + 1] - first;
+          const std::vector<float> mine = order_values(rank, n, int(rows + at + round));
+          std::copy(mine.begin(), mine.end(), floats + at);
+          std::vector<float> share(std::size_t(own * width), -1.0f);
+          world->reduce_scatter_sum(TensorView{floats + at, {4 * rows, width}, DType::F32}, starts,
+                                    TensorView{share.data(), {own, width}, DType::F32});
+          std::int64_t wrong = 0;
+          for (std::int64_t i = 0; i < own * width; ++i)
+            wrong += share[std::size_t(i)] != in_rank_order(first * width + i, int(rows + at + round));
+          EXPECT_EQ(wrong, 0) << rows << " rows at " << at << " on rank " << rank << " from row " << first << ", round "
+                              << round;
+        }
+  // Shares that do not follow one another (rank 1's ending past rank 2's start) are refused on every rank.
   std::vector<float> share(12);
-  const std::int64_t rows = rank < 2 ? 10 : 12;
   try {
-    world->reduce_scatter_sum(TensorView{floats, {4 * rows}, DType::F32}, TensorView{share.data(), {rows}, DType::F32});
+    const std::vector<std::int64_t> starts =
+        rank == 1 ? std::vector<std::int64_t>{0, 10, 21, 30, 40} : std::vector<std::int64_t>{0, 10, 20, 30, 40};
+    const std::int64_t rows = starts[std::size_t(rank) + 1] - starts[std::size_t(rank)];
+    world->reduce_scatter_sum(TensorView{floats, {40}, DType::F32}, starts,
+                              TensorView{share.data(), {rows}, DType::F32});
     ADD_FAILURE() << "rank " << rank << ": a reduce-scatter of different rows must fail";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("every rank must give the same rows"), std::string::npos) << e.what();
   }
   const std::vector<float> mine = order_values(rank, 8, 9);
   std::copy(mine.begin(), mine.end(), floats);
-  world->reduce_scatter_sum(TensorView{floats, {8}, DType::F32}, TensorView{share.data(), {2}, DType::F32});
+  world->reduce_scatter_sum(TensorView{floats, {8}, DType::F32}, even_row_starts(4, 8),
+                            TensorView{share.data(), {2}, DType::F32});
   EXPECT_EQ(share[0], in_rank_order(rank * 2, 9));
   EXPECT_EQ(share[1], in_rank_order(rank * 2 + 1, 9));
   // The rows handed over unsummed: parts[r] is rank r's rows of this rank's share, in its memory; outside the
   // workspace nothing is done.
   std::copy(mine.begin(), mine.end(), floats);
   std::vector<float> seen;
-  const bool handed = world->reduce_scatter_with(TensorView{floats, {8}, DType::F32}, [&](auto parts) {
-    for (const float* part : parts) seen.insert(seen.end(), part, part + 2);
-  });
+  const bool handed =
+      world->reduce_scatter_with(TensorView{floats, {8}, DType::F32}, even_row_starts(4, 8), [&](auto parts) {
+        for (const float* part : parts) seen.insert(seen.end(), part, part + 2);
+      });
   EXPECT_TRUE(handed);
   ASSERT_EQ(seen.size(), 8u);
   for (int r = 0; r < 4; ++r)
     for (int i = 0; i < 2; ++i) EXPECT_EQ(seen[std::size_t(2 * r + i)], order_value(r, rank * 2 + i, 9)) << r << i;
   std::vector<float> elsewhere(8);
-  EXPECT_FALSE(world->reduce_scatter_with(TensorView{elsewhere.data(), {8}, DType::F32}, [](auto) {}));
+  EXPECT_FALSE(
+      world->reduce_scatter_with(TensorView{elsewhere.data(), {8}, DType::F32}, even_row_starts(4, 8), [](auto) {}));
   // An all-reduce's operands handed over the same way: parts[r] is all of rank r's data, on every rank.
   std::copy(mine.begin(), mine.end(), floats + 3);
   seen.clear();
@@ -267,7 +310,7 @@ TEST(MpiCommunicator, ReduceScatterInTheSharedWorkspaceSumsInPlaceInRankOrder) {
   try {
     const TensorView data{floats, {8}, DType::F32};
     if (rank == 2)
-      world->reduce_scatter_with(data, [](auto) {});
+      world->reduce_scatter_with(data, even_row_starts(4, 8), [](auto) {});
     else
       world->all_reduce_with(data, [](auto) {});
     ADD_FAILURE() << "rank " << rank << ": an all-reduce beside a reduce-scatter must fail";

@@ -683,9 +683,8 @@ struct ThreadRanks {
   std::vector<void*> buffers;
   std::mutex mutex;
   std::vector<std::size_t> row_bytes;  // of every gather, by every rank
-  RowShares shares(int rank, std::int64_t tokens) {
-    const int n = int(buffers.size());
-    RowShares s{rank, n, (tokens + n - 1) / n, {}};
+  RowShares shares(int rank, std::vector<std::int64_t> starts) {
+    RowShares s{rank, std::move(starts), {}};
     s.gather = [this, s](void* rows, std::size_t bytes) {
       buffers[std::size_t(s.rank)] = rows;
       {
@@ -693,11 +692,12 @@ struct ThreadRanks {
         row_bytes.push_back(bytes);
       }
       sync.arrive_and_wait();
-      const std::size_t share = std::size_t(s.per_rank) * bytes;
-      for (int r = 0; r < s.ranks; ++r)
+      for (int r = 0; r < s.ranks(); ++r) {
+        const std::size_t at = std::size_t(s.starts[std::size_t(r)]) * bytes;
         if (r != s.rank)
-          std::memcpy(static_cast<char*>(rows) + std::size_t(r) * share,
-                      static_cast<const char*>(buffers[std::size_t(r)]) + std::size_t(r) * share, share);
+          std::memcpy(static_cast<char*>(rows) + at, static_cast<const char*>(buffers[std::size_t(r)]) + at,
+                      std::size_t(s.starts[std::size_t(r) + 1]) * bytes - at);
+      }
       sync.arrive_and_wait();  // no rank reuses its buffer before every rank has copied from it
     };
     return s;
@@ -707,9 +707,9 @@ struct ThreadRanks {
 
 // Sequence parallelism's products: ranks (threads here, each with its own backend) holding only their own rows of
 // x, the other rows NaN, give every row the bits linears gives when one rank holds all of them, with 2 and 3 ranks
-// (shares of unequal and empty rows). Where the kernels read the activations rounded to bf16 or quantized, the
-// ranks exchange those (fewer bytes a row than f32: checked, so a backend that fell back to gathering x fails);
-// elsewhere x's f32 rows.
+// (shares of unequal and empty rows), split evenly and not (a balanced step's shares: rank 0's most of the rows). Where
+// the kernels read the activations rounded to bf16 or quantized, the ranks exchange those (fewer bytes a row than f32:
+// checked, so a backend that fell back to gathering x fails); elsewhere x's f32 rows.
 TEST(CpuBackend, LinearsOfSharesGiveTheBitsOfLinearsOfEveryRow) {
   Fixture f;
   const std::int64_t in = 96;
@@ -737,46 +737,53 @@ TEST(CpuBackend, LinearsOfSharesGiveTheBitsOfLinearsOfEveryRow) {
     const bool reduced =
         is_quantized(dtype) || (dtype == DType::BF16 && cpu::gathers_shares(cpu::row_kernel_name(), DType::BF16));
     for (const int ranks : {2, 3})
-      for (const std::int64_t tokens : {1, 7, 100}) {
-        const std::string where = std::string(dtype_name(dtype)) + " " + kernel + " ranks " + std::to_string(ranks) +
-                                  " tokens " + std::to_string(tokens);
-        const Tensor x = f.random({tokens, in});
-        std::unique_ptr<Backend> one = make_cpu_backend(1, dtype);
-        const std::vector<Tensor> ws = weights_of(*one);
-        std::vector<Tensor> want;
-        for (const std::int64_t out : outs) want.push_back(f.random({tokens, out}));
-        const TensorView w_views[] = {ws[0].view(), ws[1].view()}, biases[] = {{}, bias.view()};
-        const TensorView want_views[] = {want[0].view(), want[1].view()};
-        one->linears(x.view(), w_views, biases, want_views);
-        ThreadRanks group(ranks);
-        std::vector<std::vector<Tensor>> got{std::size_t(ranks)};
-        std::vector<std::thread> threads;
-        for (int r = 0; r < ranks; ++r)
-          threads.emplace_back([&, r] {
-            std::unique_ptr<Backend> backend = make_cpu_backend(1, dtype);
-            const std::vector<Tensor> mine = weights_of(*backend);
-            const RowShares shares = group.shares(r, tokens);
-            std::vector<float> rows(std::size_t(shares.padded() * in), std::numeric_limits<float>::quiet_NaN());
-            for (std::int64_t t = shares.begin(tokens); t < shares.end(tokens); ++t)
-              std::copy_n(x.f32() + t * in, in, rows.data() + t * in);
-            for (const std::int64_t out : outs)
-              got[std::size_t(r)].push_back(backend->allocate({tokens, out}, DType::F32));
-            const TensorView own_ws[] = {mine[0].view(), mine[1].view()};
-            const TensorView ys[] = {got[std::size_t(r)][0].view(), got[std::size_t(r)][1].view()};
-            backend->linears_of_shares(TensorView{rows.data(), {tokens, in}, DType::F32}, shares, own_ws, biases, ys);
-          });
-        for (auto& t : threads) t.join();
-        for (int r = 0; r < ranks; ++r)
-          for (std::size_t i = 0; i < outs.size(); ++i)
-            EXPECT_EQ(0, std::memcmp(want[i].f32(), got[std::size_t(r)][i].f32(), std::size_t(want[i].numel()) * 4))
-                << where << " rank " << r << " product " << i;
-        ASSERT_FALSE(group.row_bytes.empty()) << where;
-        for (const std::size_t bytes : group.row_bytes)
-          if (reduced)
-            EXPECT_LT(bytes, std::size_t(in) * 4) << where << ": the rows as the kernels read them, not f32";
-          else
-            EXPECT_EQ(bytes, std::size_t(in) * 4) << where;
-      }
+      for (const std::int64_t tokens : {1, 7, 100})
+        for (const bool even : {true, false}) {
+          std::vector<std::int64_t> starts = even_row_starts(ranks, tokens);
+          if (!even) {
+            const std::vector<double> skewed =
+                ranks == 2 ? std::vector<double>{0.7, 0.3} : std::vector<double>{0.6, 0.1, 0.3};
+            starts = row_starts_of(skewed, tokens);
+          }
+          const std::string where = std::string(dtype_name(dtype)) + " " + kernel + " ranks " + std::to_string(ranks) +
+                                    " tokens " + std::to_string(tokens) + (even ? " even" : " uneven");
+          const Tensor x = f.random({tokens, in});
+          std::unique_ptr<Backend> one = make_cpu_backend(1, dtype);
+          const std::vector<Tensor> ws = weights_of(*one);
+          std::vector<Tensor> want;
+          for (const std::int64_t out : outs) want.push_back(f.random({tokens, out}));
+          const TensorView w_views[] = {ws[0].view(), ws[1].view()}, biases[] = {{}, bias.view()};
+          const TensorView want_views[] = {want[0].view(), want[1].view()};
+          one->linears(x.view(), w_views, biases, want_views);
+          ThreadRanks group(ranks);
+          std::vector<std::vector<Tensor>> got{std::size_t(ranks)};
+          std::vector<std::thread> threads;
+          for (int r = 0; r < ranks; ++r)
+            threads.emplace_back([&, r] {
+              std::unique_ptr<Backend> backend = make_cpu_backend(1, dtype);
+              const std::vector<Tensor> mine = weights_of(*backend);
+              const RowShares shares = group.shares(r, starts);
+              std::vector<float> rows(std::size_t(tokens * in), std::numeric_limits<float>::quiet_NaN());
+              for (std::int64_t t = shares.begin(tokens); t < shares.end(tokens); ++t)
+                std::copy_n(x.f32() + t * in, in, rows.data() + t * in);
+              for (const std::int64_t out : outs)
+                got[std::size_t(r)].push_back(backend->allocate({tokens, out}, DType::F32));
+              const TensorView own_ws[] = {mine[0].view(), mine[1].view()};
+              const TensorView ys[] = {got[std::size_t(r)][0].view(), got[std::size_t(r)][1].view()};
+              backend->linears_of_shares(TensorView{rows.data(), {tokens, in}, DType::F32}, shares, own_ws, biases, ys);
+            });
+          for (auto& t : threads) t.join();
+          for (int r = 0; r < ranks; ++r)
+            for (std::size_t i = 0; i < outs.size(); ++i)
+              EXPECT_EQ(0, std::memcmp(want[i].f32(), got[std::size_t(r)][i].f32(), std::size_t(want[i].numel()) * 4))
+                  << where << " rank " << r << " product " << i;
+          ASSERT_FALSE(group.row_bytes.empty()) << where;
+          for (const std::size_t bytes : group.row_bytes)
+            if (reduced)
+              EXPECT_LT(bytes, std::size_t(in) * 4) << where << ": the rows as the kernels read them, not f32";
+            else
+              EXPECT_EQ(bytes, std::size_t(in) * 4) << where;
+        }
     unsetenv("STRATA_QUANT_KERNEL");
   }
 }

@@ -154,7 +154,7 @@ class HandsOverParts final : public Collectives {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   void all_reduce_sum(TensorView) override {}
-  bool reduce_scatter_with(TensorView data, const PartsUser& use) override { return hand_over(data, use); }
+  bool reduce_scatter_with(TensorView data, RowStarts, const PartsUser& use) override { return hand_over(data, use); }
   bool all_reduce_with(TensorView data, const PartsUser& use) override { return hand_over(data, use); }
   void all_gather(const void*, void*, std::size_t) override {}
   void all_to_all(const void*, const std::size_t*, const std::size_t*, void*, const std::size_t*,
@@ -178,7 +178,7 @@ TEST(Engine, FusedSumsWorkCountsAsComputeNotCommunication) {
   TimedCollectives timed(group);
   Tensor data = Tensor::host({4, 8}, DType::F32);
   const auto work = [](std::span<const float* const>) { std::this_thread::sleep_for(std::chrono::milliseconds(60)); };
-  EXPECT_TRUE(timed.reduce_scatter_with(data.view(), work));
+  EXPECT_TRUE(timed.reduce_scatter_with(data.view(), even_row_starts(1, 4), work));
   EXPECT_TRUE(timed.all_reduce_with(data.view(), work));
   EXPECT_GE(timed.seconds(), 0.0);
   EXPECT_LT(timed.seconds(), 0.05) << "the 120 ms inside use() were counted as communication";

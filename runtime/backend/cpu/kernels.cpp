@@ -497,7 +497,7 @@ template <typename Fill>
 void bf16_dot_products(Workers& workers, Fill&& fill, std::int64_t tokens, std::int64_t in,
                        std::span<const Product> products, const RowShares* shares = nullptr) {
   if (tokens <= 0) return;  // (the tiles run at least one token)
-  const std::int64_t ldx = odd_lines_stride(in), held = shares ? std::max(tokens, shares->padded()) : tokens;
+  const std::int64_t ldx = odd_lines_stride(in), held = shares ? std::max(tokens, shares->starts.back()) : tokens;
   // Rows start on a cache line (ldx is a whole number of them, the scratch on a huge page), so no 64-byte load spans
   // two lines.
   thread_local HostScratch rounded;

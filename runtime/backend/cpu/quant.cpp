@@ -683,7 +683,7 @@ void products_of_rows(cpu::Workers& workers, const std::string& kernel, Rows&& r
   // sum: -8 (Q4_0 weights) or -128 (Q8_0) times the activation sum. One after another in the calling thread's
   // scratch (a thread_local named inside the loop would be each worker's own), kept between calls (no allocation per
   // step; huge pages, HostScratch), each array from a cache line of its own.
-  const auto count = std::size_t((shares ? std::max(tokens, shares->padded()) : tokens) * blocks);
+  const auto count = std::size_t((shares ? std::max(tokens, shares->starts.back()) : tokens) * blocks);
   const auto lines = [](std::size_t bytes) { return (bytes + 63) / 64 * 64; };
   const std::size_t q_bytes = lines(count * sizeof(BlockQ8_0)), scale_bytes = lines(count * sizeof(float));
   thread_local HostScratch scratch;

@@ -118,12 +118,12 @@ class MpiCommunicator final : public Communicator {
     });
   }
 
-  bool reduce_scatter_with(TensorView data, const PartsUser& use) override {
-    STRATA_CHECK(data.kind == MemoryKind::Host && data.dtype == DType::F32 && data.numel() % size_ == 0, Communication,
-                 "MPI reduce-scatter of ", shape_string(data.shape), " over ", size_, " ranks");
+  bool reduce_scatter_with(TensorView data, RowStarts starts, const PartsUser& use) override {
+    check_shares("reduce-scatter", data, starts);
     ShmRows* rows = workspace_of(data);
     if (!rows) return false;
-    rows->reduce_scatter(std::size_t(data.f32() - static_cast<const float*>(rows->data())), data.numel() / size_, use);
+    const auto [from, count] = own_floats(data, starts);
+    rows->reduce_scatter(std::size_t(data.f32() - static_cast<const float*>(rows->data())) + from, count, use);
     return true;
   }
 
@@ -140,20 +140,22 @@ class MpiCommunicator final : public Communicator {
   // peer's rows of this rank's data go to it, its rows of this rank's share come back, and the share is summed in
   // rank order. Open MPI 4.1's MPI_Reduce_scatter_block took 4-5 ms for a 2048-token step's 6 MB over 2 ranks on
   // one node, its MPI_Allreduce 0.6 ms, and these sends 0.5 ms with the sum (docs/performance.md).
-  void reduce_scatter_sum(TensorView data, TensorView share) override {
-    const std::int64_t count = share.numel();
-    STRATA_CHECK(data.kind == MemoryKind::Host && share.kind == MemoryKind::Host && data.dtype == DType::F32 &&
-                     share.dtype == DType::F32 && data.numel() == size_ * count,
-                 Communication, "MPI reduce-scatter of ", shape_string(data.shape), " into ", shape_string(share.shape),
-                 " over ", size_, " ranks: f32 host tensors of ", size_, " shares");
+  void reduce_scatter_sum(TensorView data, RowStarts starts, TensorView share) override {
+    check_shares("reduce-scatter", data, starts);
+    const auto [from, count] = own_floats(data, starts);
+    STRATA_CHECK(share.kind == MemoryKind::Host && share.dtype == DType::F32 && share.numel() == count, Communication,
+                 "MPI reduce-scatter of ", shape_string(data.shape), " into ", shape_string(share.shape), " on rank ",
+                 rank_, ": its share is ", count, " values");
     float* sum = share.f32();
     if (ShmRows* rows = workspace_of(data))
-      return rows->reduce_scatter(std::size_t(data.f32() - static_cast<const float*>(rows->data())), count,
+      return rows->reduce_scatter(std::size_t(data.f32() - static_cast<const float*>(rows->data())) + from, count,
                                   [&](std::span<const float* const> parts) { sum_in_order(parts, count, sum); });
-    STRATA_CHECK(std::size_t(count) * sizeof(float) <= kMaxChunk, Communication, "reduce-scatter of ", count,
-                 " values per rank exceeds one MPI call");
-    const float* rows = data.f32();
-    const auto part = [&](int r) { return rows + std::int64_t(r) * count; };
+    const std::int64_t width = data.row_elems();
+    const auto floats_of = [&](int r) { return (starts[std::size_t(r) + 1] - starts[std::size_t(r)]) * width; };
+    for (int r = 0; r < size_; ++r)
+      STRATA_CHECK(std::size_t(floats_of(r)) * sizeof(float) <= kMaxChunk, Communication, "reduce-scatter of ",
+                   floats_of(r), " values to rank ", r, " exceeds one MPI call");
+    const float* values = data.f32();
     received_.resize(std::size_t(size_) * std::size_t(count));  // peer r's rows of this share at r * count
     std::vector<MPI_Request> requests;
     for (int r = 0; r < size_; ++r) {
@@ -162,12 +164,13 @@ class MpiCommunicator final : public Communicator {
       STRATA_MPI_CHECK(MPI_Irecv(received_.data() + std::int64_t(r) * count, int(count), MPI_FLOAT, r,
                                  int(Tag::ReduceScatter), comm_, &requests.back()));
       requests.emplace_back();
-      STRATA_MPI_CHECK(MPI_Isend(part(r), int(count), MPI_FLOAT, r, int(Tag::ReduceScatter), comm_, &requests.back()));
+      STRATA_MPI_CHECK(MPI_Isend(values + starts[std::size_t(r)] * width, int(floats_of(r)), MPI_FLOAT, r,
+                                 int(Tag::ReduceScatter), comm_, &requests.back()));
     }
     STRATA_MPI_CHECK(MPI_Waitall(int(requests.size()), requests.data(), MPI_STATUSES_IGNORE));
     std::vector<const float*> parts;
     for (int r = 0; r < size_; ++r)
-      parts.push_back(r == rank_ ? part(rank_) : received_.data() + std::int64_t(r) * count);
+      parts.push_back(r == rank_ ? values + from : received_.data() + std::int64_t(r) * count);
     sum_in_order(parts, count, sum);
   }
 
@@ -177,6 +180,20 @@ class MpiCommunicator final : public Communicator {
     const bool in_place = send == static_cast<const char*>(recv) + std::size_t(rank_) * bytes_per_rank;
     STRATA_MPI_CHECK(MPI_Allgather(in_place ? MPI_IN_PLACE : send, int(bytes_per_rank), MPI_BYTE, recv,
                                    int(bytes_per_rank), MPI_BYTE, comm_));
+  }
+
+  void all_gather_rows(void* rows, std::size_t row_bytes, RowStarts starts) override {
+    STRATA_CHECK(starts.size() == std::size_t(size_) + 1, Internal, "all_gather_rows with ", starts.size(),
+                 " share starts over ", size_, " ranks");
+    std::vector<int> counts, offsets;
+    for (std::size_t r = 0; r < std::size_t(size_); ++r) {
+      const std::size_t offset = std::size_t(starts[r]) * row_bytes, end = std::size_t(starts[r + 1]) * row_bytes;
+      STRATA_CHECK(end <= kMaxChunk, Communication, "all-gather of ", end, " bytes: rank ", r,
+                   "'s rows end past one MPI call");
+      counts.push_back(int(end - offset));
+      offsets.push_back(int(offset));
+    }
+    STRATA_MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_BYTE, rows, counts.data(), offsets.data(), MPI_BYTE, comm_));
   }
 
   void all_to_all(const void* send, const std::size_t* send_bytes, const std::size_t* send_offsets, void* recv,
@@ -246,6 +263,23 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
+  // A sequence-parallel call's data and shares: f32 host rows, size_ + 1 starts from 0 to its rows.
+  void check_shares(const char* call, TensorView data, RowStarts starts) const {
+    bool ordered = starts.size() == std::size_t(size_) + 1 && starts.front() == 0 && starts.back() == data.rows();
+    for (std::size_t r = 1; ordered && r < starts.size(); ++r) ordered = starts[r - 1] <= starts[r];
+    if (data.kind == MemoryKind::Host && data.dtype == DType::F32 && ordered) return;
+    std::string given;
+    for (const std::int64_t start : starts) given += cat(given.empty() ? "" : " ", start);
+    throw Error(ErrorKind::Communication,
+                cat("MPI ", call, " of ", shape_string(data.shape), " over ", size_, " ranks: f32 host rows, and ",
+                    size_ + 1, " ascending share starts from 0 to the rows (given: ", given, ")"));
+  }
+  // This rank's share of `data`: its first float (from data's start) and how many.
+  std::pair<std::size_t, std::int64_t> own_floats(TensorView data, RowStarts starts) const {
+    const std::int64_t width = data.row_elems(), first = starts[std::size_t(rank_)];
+    return {std::size_t(first * width), (starts[std::size_t(rank_) + 1] - first) * width};
+  }
+
   // The shared workspace `data` lies in, if any.
   ShmRows* workspace_of(TensorView data) const {
     for (const auto& rows : rows_)

@@ -68,11 +68,11 @@ void ShmRows::wait_for_all(std::uint64_t sequence, bool read) const {
   }
 }
 
-void ShmRows::reduce_scatter(std::size_t at, std::int64_t count, const PartsUser& use) {
-  STRATA_CHECK(count >= 0 && (at + std::size_t(size_) * std::size_t(count)) * sizeof(float) <= bytes_, Internal,
-               "shared-memory reduce-scatter of ", size_, " x ", count, " values from ", at, ": past the ", bytes_,
+void ShmRows::reduce_scatter(std::size_t from, std::int64_t count, const PartsUser& use) {
+  STRATA_CHECK(count >= 0 && (from + std::size_t(count)) * sizeof(float) <= bytes_, Internal,
+               "shared-memory reduce-scatter of ", count, " values from ", from, ": past the ", bytes_,
                " bytes of the segment");
-  exchange(at, count, false, use);
+  exchange(from, count, false, use);
 }
 
 void ShmRows::all_parts(std::size_t at, std::int64_t count, const PartsUser& use) {
@@ -90,13 +90,11 @@ void ShmRows::exchange(std::size_t at, std::int64_t count, bool whole, const Par
   own.whole = whole;
   own.arrived.store(sequence, std::memory_order_release);
   wait_for_all(sequence, false);
-  int differs = -1;  // a rank summing other rows than this one, and its rows (read before the flags below free it)
-  std::uint64_t their_at = 0;
-  std::int64_t their_count = 0;
-  bool their_whole = false;
-  for (int r = 0; r < size_; ++r)
-    if (header(r).at != at || header(r).count != count || header(r).whole != whole)
-      differs = r, their_at = header(r).at, their_count = header(r).count, their_whole = header(r).whole;
+  const int differs = misfit(at, count, whole);
+  // The other rank's call, read before the flags below free it.
+  const std::uint64_t their_at = differs < 0 ? 0 : header(differs).at;
+  const std::int64_t their_count = differs < 0 ? 0 : header(differs).count;
+  const bool their_whole = differs >= 0 && header(differs).whole;
   // Every rank finishes the protocol before it throws: one that left early would write its data again while another
   // still reads it.
   const auto finish = [&] {
@@ -105,8 +103,7 @@ void ShmRows::exchange(std::size_t at, std::int64_t count, bool whole, const Par
   };
   if (differs < 0) {
     std::vector<const float*> parts;
-    const std::size_t from = at + (whole ? 0 : std::size_t(rank_) * std::size_t(count));
-    for (int r = 0; r < size_; ++r) parts.push_back(floats(r) + from);
+    for (int r = 0; r < size_; ++r) parts.push_back(floats(r) + at);
     try {
       use(parts);
     } catch (...) {
@@ -122,6 +119,18 @@ void ShmRows::exchange(std::size_t at, std::int64_t count, bool whole, const Par
                     their_count, call(their_whole), " from float ", their_at, " where rank ", rank_, " sums ", count,
                     call(whole), " from ", at, " (every rank must give the same rows)"));
   }
+}
+
+// An all-reduce's calls give the same values on every rank; a reduce-scatter's shares follow one another, rank r's
+// ending where rank r + 1's begins.
+int ShmRows::misfit(std::size_t at, std::int64_t count, bool whole) const {
+  for (int r = 0; r < size_; ++r) {
+    const Header& h = header(r);
+    if (h.whole != whole) return r;
+    if (whole && (h.at != at || h.count != count)) return r;
+    if (!whole && r < size_ - 1 && h.at + std::uint64_t(h.count) != header(r + 1).at) return r;
+  }
+  return -1;
 }
 
 }  // namespace strata

@@ -9,8 +9,8 @@
 //
 // Two waits on flags in the segment: for every rank's data (its products done), and for every rank to have read the
 // others' (so that none writes its part again, at the next product, while another still reads it). A rank that
-// never arrives is the watchdog's to report, as one stuck in MPI is. Every rank must give the same rows: a mismatch
-// is reported by name on every rank.
+// never arrives is the watchdog's to report, as one stuck in MPI is. Every rank must give the same rows (for a
+// reduce-scatter, shares that follow one another in rank order): a mismatch is reported by name on every rank.
 #pragma once
 #include <mpi.h>
 
@@ -36,10 +36,11 @@ class ShmRows {
   void* data() const;
   // Whether [p, p + bytes) lies in data().
   bool holds(const void* p, std::size_t bytes) const;
-  // use(parts), parts[r] rank r's floats [at + rank * count, at + (rank + 1) * count) of its data(), in its memory,
-  // readable during the call only (`at` counted in floats from data()'s start). Collective.
+  // use(parts), parts[r] rank r's floats [from, from + count) of its data(), in its memory, readable during the call
+  // only (`from` counted in floats from data()'s start): this rank's share, which every rank gives as its own (the
+  // shares side by side in rank order, of any sizes). Collective.
   using PartsUser = std::function<void(std::span<const float* const> parts)>;
-  void reduce_scatter(std::size_t at, std::int64_t count, const PartsUser& use);
+  void reduce_scatter(std::size_t from, std::int64_t count, const PartsUser& use);
   // use(parts), parts[r] rank r's floats [at, at + count) of its data(): every rank gets all of them (an all-reduce's
   // operands, for a caller that sums them into what it makes next). Collective.
   void all_parts(std::size_t at, std::int64_t count, const PartsUser& use);
@@ -50,8 +51,10 @@ class ShmRows {
   Header& header(int rank) const;
   const float* floats(int rank) const;
   void wait_for_all(std::uint64_t sequence, bool read) const;
-  // The protocol of both calls: `whole` for all_parts, whose parts start at `at` (else at this rank's share).
+  // The protocol of both calls (`whole` for all_parts): every rank's parts from its `at`.
   void exchange(std::size_t at, std::int64_t count, bool whole, const PartsUser& use);
+  // The first rank whose call does not fit this one's (-1 where all do).
+  int misfit(std::size_t at, std::int64_t count, bool whole) const;
 
   std::unique_ptr<ShmSegment> segment_;
   std::size_t bytes_;
