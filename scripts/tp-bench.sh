@@ -60,8 +60,9 @@ for (kind, batch), by_run in runs.items():
     print(f"{kind:8} {batch:5d}  {cells[0]}  {cells[1]}  {cores:10.2f}")
 print("tp 2 cores: the median over the rounds of the slower core's speed over the faster's at the same work, read")
 print("by tp 2's bench before and after the row (a tp group runs at its slowest rank's pace)")
-# Every round pair by its tp 2 run's core reading: an even split runs at the slower core's pace, so tp 2's prefill
-# should trail where the cores ran apart, and not where they ran alike.
+# Every round pair by its tp 2 run's core reading: the products' split by the weights runs at the slower core's pace
+# (only the rows' own work moves to the faster rank), so tp 2's prefill should trail where the cores ran apart, and
+# not where they ran alike.
 pairs = [(by_run[(r, 'tp2')][2], by_run[(r, 'tp2')][0] / by_run[(r, 'tp1')][0])
          for by_run in runs.values() for r, tp in by_run if tp == 'tp2' and (r, 'tp1') in by_run]
 alike, apart = [p for p in pairs if p[0] >= 0.96], [p for p in pairs if p[0] < 0.96]
