@@ -84,10 +84,11 @@ struct ExpertLoad {
 // The rows are shared by the ranks' speeds: a group meets at every layer's sums, so a rank on a slower core (a VM's
 // vCPUs can run the same work 5-20% apart for tens of seconds, docs/performance.md) holds every other rank at its
 // pace, which one rank's threads, sharing each loop as they go, never do. Each sequence-parallel step times every
-// rank's waits in the exchanges and its work on its own rows; the next step's shares move rows from the ranks that
-// made the others wait to those that waited (rebalanced_fractions, runtime/base/row_starts.h), every rank computing
-// the same shares from the same exchanged timings. Only the rows' own work moves (the norms, the activations'
-// quantization; a few percent of a step): the products and attention stay split by the weights.
+// rank's waits in the exchanges and its work on its own rows; once the steps since the shares last moved hold
+// StageLimits::row_share_window of such work, the shares move rows from the ranks that made the others wait to those
+// that waited (rebalanced_fractions, runtime/base/row_starts.h), every rank computing the same shares from the same
+// exchanged timings. Only the rows' own work moves (the norms, the activations' quantization; a few percent of a
+// step): the products and attention stay split by the weights.
 
 class TransformerStage {
  public:
@@ -182,7 +183,7 @@ class TransformerStage {
   // Whether the row-parallel outputs' sums can be made where they are used, from the group's shared memory (f32 host
   // activations, a tp group, no mixture of experts): under sequence parallelism or not.
   bool fuses_sums() const;
-  // This step's shares (shares_.starts) from the last sequence-parallel step's timings. Collective.
+  // This step's shares (shares_.starts), moved where the timings since they last moved ask for it. Collective.
   void share_rows(std::int64_t tokens);
   TensorView own_rows(const Tensor& t, std::int64_t tokens) const;
   TensorView summed(std::int64_t tokens);
@@ -232,8 +233,8 @@ class TransformerStage {
   bool proj_shared_ = false;        // proj_ lives in the group's shared workspace
   RowShares shares_;                // this step's rows per rank
   Tensor share_;                    // this rank's rows of a reduce-scatter's sums
-  // The shares' fractions of a step's rows (one a rank, the same on every rank), and what this rank measured in the
-  // last sequence-parallel step (seconds waiting, on its own rows' work) for the next step's.
+  // The shares' fractions of a step's rows (one a rank, the same on every rank), and what this rank measured since
+  // they last moved (seconds waiting, seconds on its own rows' work, its rows).
   std::vector<double> row_fractions_;
   ShareTiming share_timing_;
   double products_began_ = 0;  // when linears_of_shares was called (monotonic seconds; 0: not in one)
