@@ -3,13 +3,9 @@
 // unsplit logits, and sampling over a vocab shard chooses what sampling over the whole vocabulary chooses.
 #include <gtest/gtest.h>
 
-#include <sched.h>
-
-#include <atomic>
-#include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <map>
-#include <thread>
 
 #include "../unit/test_support.h"
 #include "engine/sampler.h"
@@ -101,89 +97,38 @@ TEST(TensorParallel, SequenceParallelStepsGiveTheBitsOfPlainTensorParallelSteps)
   }
 }
 
-namespace {
-// A slower core for one rank: each rank of the test on a core of its own (mpiexec's binding, or one of those it may
-// use), and on rank `slow`'s a second thread spinning beside it (which takes about half that core's time), until
-// destroyed.
-class SlowCore {
- public:
-  SlowCore(int rank, int slow) {
-    sched_getaffinity(0, sizeof before_, &before_);
-    std::vector<int> cores;
-    for (int c = 0; c < CPU_SETSIZE; ++c)
-      if (CPU_ISSET(c, &before_)) cores.push_back(c);
-    core_ = cores[std::size_t(rank) % cores.size()];
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(core_, &one);
-    sched_setaffinity(0, sizeof one, &one);
-    if (rank == slow)
-      hog_ = std::thread([this, one] {
-        sched_setaffinity(0, sizeof one, &one);
-        // Bursts of 100 us between sleeps of as long: woken, it takes the core from the rank at once (the
-        // scheduler favours a thread that slept), so the rank runs at about half speed in whatever it does,
-        // not in whole slices of milliseconds that would land mostly in its waits.
-        while (!stop_.load(std::memory_order_relaxed)) {
-          const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(100);
-          while (std::chrono::steady_clock::now() < until) {
-          }
-          std::this_thread::sleep_for(std::chrono::microseconds(100));
-        }
-      });
-  }
-  ~SlowCore() {
-    stop_ = true;
-    if (hog_.joinable()) hog_.join();
-    sched_setaffinity(0, sizeof before_, &before_);
-  }
-  int core() const { return core_; }
-
- private:
-  cpu_set_t before_;
-  int core_ = -1;
-  std::atomic<bool> stop_ = false;
-  std::thread hog_;
-};
-}  // namespace
-
-// Sequence parallelism's shares follow the ranks' speeds: where rank 1's core is slower (shared with a spinning
-// thread), rank 0 (which then waits for it at every layer's sums) takes rows over from it step by step, on both
-// ranks alike; and every step, shared evenly or not, gives the bits of the evenly shared one (quantized weights:
-// the rows gathered as blocks).
+// Sequence parallelism's shares follow the ranks' speeds: where rank 1 is slower (its products on the scalar row
+// kernel, STRATA_ROW_KERNEL, several times slower than rank 0's: a slower core as the group sees it), rank 0, which
+// then waits for it at every layer's sums, takes rows over from it step by step, on both ranks alike; and every
+// step, shared evenly or not, gives the bits of the evenly shared one (each rank's products the same in both runs;
+// the row kernels add in one order anyway).
 TEST(TensorParallel, SequenceParallelRowsMoveToTheRankThatWaits) {
   auto tp = make_mpi_communicator(MPI_COMM_WORLD);
   ASSERT_EQ(tp->size(), 2);
-  // Steps of ~20 ms a rank: long against the scheduler's slices of the shared core, so that the spinning thread
-  // takes its time from the slow rank's work in proportion, not only from its waits.
   ModelConfig config = test::tiny_config();
-  config.hidden_size = 512;
-  config.intermediate_size = 1024;
-  config.num_hidden_layers = 4;
+  config.hidden_size = 256;
+  config.intermediate_size = 512;
   config.num_attention_heads = 8;
   config.num_key_value_heads = 4;
-  config.head_dim = 64;
-  std::vector<std::int32_t> ids;
-  for (int t = 0; t < 64; ++t) ids.push_back((t * 37) % 256);
-  const std::vector<SeqChunk> prefill = {{0, 0, 32, 0}, {2, 0, 32, 32}};
-  const SlowCore slow(tp->rank(), 1);
-  int cores[2] = {};
-  const int mine = slow.core();
-  tp->all_gather(&mine, cores, sizeof mine);
-  ASSERT_NE(cores[0], cores[1]) << "the test needs the two ranks on two cores";
-  std::vector<std::vector<float>> logits[2];  // by even shares or not, step by step
+  config.head_dim = 32;
+  const std::vector<std::int32_t> ids = {256, 72, 105, 33};
+  const std::vector<SeqChunk> step = {{0, 0, 2, 0}, {2, 0, 2, 2}};  // 4 tokens: the row kernels' products
+  std::vector<std::vector<float>> logits[2];                        // by even shares or not, step by step
   std::vector<double> fractions[2];
   for (const bool even : {true, false}) {
-    auto backend = make_cpu_backend(1, DType::Q8_0);
+    if (tp->rank() == 1) setenv("STRATA_ROW_KERNEL", "scalar", 1);
+    auto backend = make_cpu_backend(1, DType::F32);
+    unsetenv("STRATA_ROW_KERNEL");
     test::RandomWeights weights(5);
     ShardPlan plan(config, {2, tp->rank(), 1, 0});
     StageLimits limits{64, 4, 32};
     limits.sequence_parallel_tokens = 1;
     limits.even_row_shares = even;
-    limits.row_share_window = 0;  // moved after every step (steps of this model hold ~0.1 ms of own-rows work)
+    limits.row_share_window = 0;  // moved after every step (steps this small hold microseconds of own-rows work)
     TransformerStage stage(plan, weights, *backend, *tp, limits);
     const test::SequenceBlocks blocks(limits);
-    for (int step = 0; step < 8; ++step) {
-      const TensorView local = stage.forward(prefill, blocks.table, ids, nullptr);
+    for (int s = 0; s < 8; ++s) {
+      const TensorView local = stage.forward(step, blocks.table, ids, nullptr);
       logits[even].emplace_back(local.f32(), local.f32() + local.numel());
     }
     fractions[even].assign(stage.row_fractions().begin(), stage.row_fractions().end());
@@ -194,8 +139,7 @@ TEST(TensorParallel, SequenceParallelRowsMoveToTheRankThatWaits) {
   double theirs[2] = {};
   tp->all_gather(fractions[false].data(), theirs, sizeof(double));
   EXPECT_EQ(theirs[0], theirs[1]) << "both ranks share the rows alike";
-  for (int step = 0; step < 8; ++step)
-    EXPECT_EQ(logits[false][std::size_t(step)], logits[true][std::size_t(step)]) << "step " << step;
+  for (int s = 0; s < 8; ++s) EXPECT_EQ(logits[false][std::size_t(s)], logits[true][std::size_t(s)]) << "step " << s;
 }
 
 TEST(TensorParallel, ShardedSamplingChoosesWhatWholeVocabularySamplingChooses) {
