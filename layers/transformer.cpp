@@ -12,7 +12,7 @@
 namespace strata {
 
 namespace {
-// Sequence parallelism's shares (TransformerStage, share_rows; rebalanced_fractions): each rank's between half and
+// Sequence parallelism's shares (TransformerStage, share_rows; rebalance_fractions): each rank's between half and
 // one and a half times an even share, moved by 0.3 of what the waits asked for beyond a quarter of a rank's work on
 // its own rows. Waits are noisy: a 2048-token step's on this VM varied by +-5 ms of ~350 ms with no core slower,
 // against ~13 ms of a rank's own-rows work; shares moved on that noise alone cost as much as the balance won.
@@ -207,7 +207,10 @@ TransformerStage::TransformerStage(const ShardPlan& plan, WeightSource& source, 
   if (c.is_moe()) expert_load_.per_expert.assign(std::size_t(c.num_experts), 0);
   shares_.rank = tp.rank();
   shares_.starts = even_row_starts(tp.size(), 0);
-  if (splits_rows()) row_fractions_.assign(std::size_t(tp.size()), 1.0 / tp.size());
+  if (splits_rows()) {
+    row_fractions_.assign(std::size_t(tp.size()), 1.0 / tp.size());
+    share_timings_.resize(std::size_t(tp.size()));
+  }
   // A product's gather comes once the backend has rounded or quantized this rank's rows: that time is the rank's
   // work on its own rows, the gather's its waiting.
   shares_.gather = [this](void* rows, std::size_t row_bytes) {
@@ -633,21 +636,20 @@ void TransformerStage::share_rows(std::int64_t tokens) {
   if (!limits_.even_row_shares) {
     const auto rank = std::size_t(shares_.rank);  // the last step's share
     share_timing_.rows += double(shares_.starts[rank + 1] - shares_.starts[rank]);
-    std::vector<ShareTiming> timings(static_cast<std::size_t>(ranks));
-    tp_.all_gather(&share_timing_, timings.data(), sizeof(ShareTiming));
+    tp_.all_gather(&share_timing_, share_timings_.data(), sizeof(ShareTiming));
     double work = 0;
-    for (const ShareTiming& t : timings) work += t.own_work;
+    for (const ShareTiming& t : share_timings_) work += t.own_work;
     if (work >= limits_.row_share_window) {
-      row_fractions_ = rebalanced_fractions(row_fractions_, timings, kShareGain, kShareBand, kShareLowest / ranks,
-                                            std::min(1.0, kShareHighest / ranks));
+      rebalance_fractions(row_fractions_, share_timings_, kShareGain, kShareBand, kShareLowest / ranks,
+                          std::min(1.0, kShareHighest / ranks));
       share_timing_ = {};
     }
   }
-  shares_.starts = row_starts_of(row_fractions_, tokens);
+  row_starts_of(row_fractions_, tokens, shares_.starts);
   const std::int64_t most = share_.view().rows();
   for (int r = 0; r < ranks; ++r)
     if (shares_.starts[std::size_t(r) + 1] - shares_.starts[std::size_t(r)] > most) {
-      shares_.starts = even_row_starts(ranks, tokens);  // (the fractions' bounds keep every share within room)
+      even_row_starts(ranks, tokens, shares_.starts);  // (the fractions' bounds keep every share within room)
       break;
     }
 }

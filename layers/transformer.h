@@ -86,7 +86,7 @@ struct ExpertLoad {
 // pace, which one rank's threads, sharing each loop as they go, never do. Each sequence-parallel step times every
 // rank's waits in the exchanges and its work on its own rows; once the steps since the shares last moved hold
 // StageLimits::row_share_window of such work, the shares move rows from the ranks that made the others wait to those
-// that waited (rebalanced_fractions, runtime/base/row_starts.h), every rank computing the same shares from the same
+// that waited (rebalance_fractions, runtime/base/row_starts.h), every rank computing the same shares from the same
 // exchanged timings. Only the rows' own work moves (the norms, the activations' quantization; a few percent of a
 // step): the products and attention stay split by the weights.
 
@@ -237,7 +237,8 @@ class TransformerStage {
   // they last moved (seconds waiting, seconds on its own rows' work, its rows).
   std::vector<double> row_fractions_;
   ShareTiming share_timing_;
-  double products_began_ = 0;  // when linears_of_shares was called (monotonic seconds; 0: not in one)
+  std::vector<ShareTiming> share_timings_;  // every rank's, exchanged each sequence-parallel step
+  double products_began_ = 0;               // when linears_of_shares was called (monotonic seconds; 0: not in one)
 };
 
 }  // namespace strata

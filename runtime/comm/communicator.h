@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "runtime/base/error.h"
@@ -118,9 +119,21 @@ class Collectives {
   virtual bool graph_capturable() const { return size() == 1; }
 };
 
+// A sequence-parallel call's shares of `rows` over `ranks`: ranks + 1 ascending starts from 0 to rows, else an error
+// naming the call and the starts given.
+inline void check_row_starts(const char* call, RowStarts starts, int ranks, std::int64_t rows) {
+  bool ordered = starts.size() == std::size_t(ranks) + 1 && starts.front() == 0 && starts.back() == rows;
+  for (std::size_t r = 1; ordered && r < starts.size(); ++r) ordered = starts[r - 1] <= starts[r];
+  if (ordered) return;
+  std::string given;
+  for (const std::int64_t start : starts) given += cat(given.empty() ? "" : " ", start);
+  throw Error(ErrorKind::Internal, cat(call, " of ", rows, " rows over ", ranks, " ranks: ", ranks + 1,
+                                       " ascending share starts from 0 to the rows (given: ", given, ")"));
+}
+
 inline void Collectives::reduce_scatter_sum(TensorView data, RowStarts starts, TensorView share) {
+  check_row_starts("reduce_scatter_sum", starts, size(), data.rows());
   STRATA_CHECK(data.kind == MemoryKind::Host && share.kind == MemoryKind::Host &&
-                   starts.size() == std::size_t(size()) + 1 && starts.front() == 0 && starts.back() == data.rows() &&
                    share.rows() == starts[std::size_t(rank()) + 1] - starts[std::size_t(rank())] &&
                    data.row_elems() == share.row_elems() && data.dtype == share.dtype,
                Internal, "reduce_scatter_sum of ", shape_string(data.shape), " into ", shape_string(share.shape),
@@ -132,8 +145,7 @@ inline void Collectives::reduce_scatter_sum(TensorView data, RowStarts starts, T
 }
 
 inline void Collectives::all_gather_rows(void* rows, std::size_t row_bytes, RowStarts starts) {
-  STRATA_CHECK(starts.size() == std::size_t(size()) + 1, Internal, "all_gather_rows with ", starts.size(),
-               " share starts over ", size(), " ranks");
+  check_row_starts("all_gather_rows", starts, size(), starts.empty() ? 0 : starts.back());
   const auto r0 = std::size_t(rank());
   auto* base = static_cast<char*>(rows);
   const std::vector<char> mine(base + std::size_t(starts[r0]) * row_bytes,

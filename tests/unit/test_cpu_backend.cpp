@@ -743,7 +743,7 @@ TEST(CpuBackend, LinearsOfSharesGiveTheBitsOfLinearsOfEveryRow) {
           if (!even) {
             const std::vector<double> skewed =
                 ranks == 2 ? std::vector<double>{0.7, 0.3} : std::vector<double>{0.6, 0.1, 0.3};
-            starts = row_starts_of(skewed, tokens);
+            row_starts_of(skewed, tokens, starts);
           }
           const std::string where = std::string(dtype_name(dtype)) + " " + kernel + " ranks " + std::to_string(ranks) +
                                     " tokens " + std::to_string(tokens) + (even ? " even" : " uneven");

@@ -79,13 +79,28 @@ TEST(ParallelLayout, ReplicaOfFollowsThePlacementNotTheRankNumber) {
 }
 
 // Sequence parallelism's shares of a step's rows (runtime/base/row_starts.h).
+namespace {
+// rebalance_fractions on a copy of `fractions`.
+std::vector<double> rebalanced(std::span<const double> fractions, std::span<const ShareTiming> timings, double gain,
+                               double band, double lowest, double highest) {
+  std::vector<double> next(fractions.begin(), fractions.end());
+  rebalance_fractions(next, timings, gain, band, lowest, highest);
+  return next;
+}
+}  // namespace
+
 TEST(RowStarts, EvenSharesAreCeilingsWithTheLastShort) {
   EXPECT_EQ(even_row_starts(2, 7), (std::vector<std::int64_t>{0, 4, 7}));
   EXPECT_EQ(even_row_starts(4, 2), (std::vector<std::int64_t>{0, 1, 2, 2, 2}));
   EXPECT_EQ(even_row_starts(3, 0), (std::vector<std::int64_t>{0, 0, 0, 0}));
   const double fractions[] = {0.7, 0.1, 0.2};
-  EXPECT_EQ(row_starts_of(fractions, 10), (std::vector<std::int64_t>{0, 7, 8, 10}));
-  EXPECT_EQ(row_starts_of(fractions, 1), (std::vector<std::int64_t>{0, 1, 1, 1}));
+  std::vector<std::int64_t> starts = {5, 5, 5, 5, 5, 5};  // whatever it held before
+  row_starts_of(fractions, 10, starts);
+  EXPECT_EQ(starts, (std::vector<std::int64_t>{0, 7, 8, 10}));
+  row_starts_of(fractions, 1, starts);
+  EXPECT_EQ(starts, (std::vector<std::int64_t>{0, 1, 1, 1}));
+  even_row_starts(2, 7, starts);
+  EXPECT_EQ(starts, (std::vector<std::int64_t>{0, 4, 7}));
 }
 
 // The rank that waited (finished its part first) takes rows over from the one the group waited for: at a gain of 1
@@ -95,31 +110,31 @@ TEST(RowStarts, RowsMoveToTheRankThatWaited) {
   const double even[] = {0.5, 0.5};
   // 1000 rows, 10 ms of own work (10 us a row); rank 0 waited 4 ms more than rank 1: 2 ms from the mean each.
   const ShareTiming timings[] = {{0.005, 0.005, 500}, {0.001, 0.005, 500}};
-  const std::vector<double> moved = rebalanced_fractions(even, timings, 1.0, 0.0, 0.1, 0.9);
+  const std::vector<double> moved = rebalanced(even, timings, 1.0, 0.0, 0.1, 0.9);
   EXPECT_NEAR(moved[0], 0.7, 1e-12);  // 200 rows (2 ms at 10 us a row) of the 1000 taken over
   EXPECT_NEAR(moved[1], 0.3, 1e-12);
-  const std::vector<double> damped = rebalanced_fractions(even, timings, 0.25, 0.0, 0.1, 0.9);
+  const std::vector<double> damped = rebalanced(even, timings, 0.25, 0.0, 0.1, 0.9);
   EXPECT_NEAR(damped[0], 0.55, 1e-12);
   // Only what the waits differ by beyond the band moves rows: a band of 0.2 of a rank's own-rows work (5 ms here)
   // leaves 2 ms - 1 ms = 1 ms of rank 0's 2 ms (100 rows); waits within the band move none.
-  const std::vector<double> banded = rebalanced_fractions(even, timings, 1.0, 0.2, 0.1, 0.9);
+  const std::vector<double> banded = rebalanced(even, timings, 1.0, 0.2, 0.1, 0.9);
   EXPECT_NEAR(banded[0], 0.6, 1e-12);
-  const std::vector<double> within = rebalanced_fractions(even, timings, 1.0, 0.5, 0.1, 0.9);
+  const std::vector<double> within = rebalanced(even, timings, 1.0, 0.5, 0.1, 0.9);
   EXPECT_NEAR(within[0], 0.5, 1e-12);
   // Within the bounds, summing to one; level waits or nothing measured leave the shares.
-  const std::vector<double> bounded = rebalanced_fractions(even, timings, 10, 0.0, 0.25, 0.75);
+  const std::vector<double> bounded = rebalanced(even, timings, 10, 0.0, 0.25, 0.75);
   EXPECT_NEAR(bounded[0], 0.75, 1e-12);
   EXPECT_NEAR(bounded[0] + bounded[1], 1.0, 1e-12);
   const ShareTiming level[] = {{0.002, 0.005, 500}, {0.002, 0.005, 500}};
-  const std::vector<double> kept = rebalanced_fractions(moved, level, 1.0, 0.0, 0.1, 0.9);
+  const std::vector<double> kept = rebalanced(moved, level, 1.0, 0.0, 0.1, 0.9);
   EXPECT_NEAR(kept[0], moved[0], 1e-12);
   EXPECT_NEAR(kept[1], moved[1], 1e-12);
   const ShareTiming none[] = {{}, {}};
-  EXPECT_EQ(rebalanced_fractions(moved, none, 1.0, 0.0, 0.1, 0.9), moved);
+  EXPECT_EQ(rebalanced(moved, none, 1.0, 0.0, 0.1, 0.9), moved);
   // Three ranks: the one the others waited for gives rows to both.
   const double thirds[] = {1.0 / 3, 1.0 / 3, 1.0 / 3};
   const ShareTiming three[] = {{0.003, 0.003, 300}, {0.003, 0.003, 300}, {0.0, 0.003, 300}};
-  const std::vector<double> shared = rebalanced_fractions(thirds, three, 0.5, 0.0, 0.1, 0.9);
+  const std::vector<double> shared = rebalanced(thirds, three, 0.5, 0.0, 0.1, 0.9);
   EXPECT_GT(shared[0], 1.0 / 3);
   EXPECT_NEAR(shared[0], shared[1], 1e-12);
   EXPECT_LT(shared[2], 1.0 / 3);

@@ -119,7 +119,7 @@ class MpiCommunicator final : public Communicator {
   }
 
   bool reduce_scatter_with(TensorView data, RowStarts starts, const PartsUser& use) override {
-    check_shares("reduce-scatter", data, starts);
+    check_shares("MPI reduce-scatter", data, starts);
     ShmRows* rows = workspace_of(data);
     if (!rows) return false;
     const auto [from, count] = own_floats(data, starts);
@@ -141,7 +141,7 @@ class MpiCommunicator final : public Communicator {
   // rank order. Open MPI 4.1's MPI_Reduce_scatter_block took 4-5 ms for a 2048-token step's 6 MB over 2 ranks on
   // one node, its MPI_Allreduce 0.6 ms, and these sends 0.5 ms with the sum (docs/performance.md).
   void reduce_scatter_sum(TensorView data, RowStarts starts, TensorView share) override {
-    check_shares("reduce-scatter", data, starts);
+    check_shares("MPI reduce-scatter", data, starts);
     const auto [from, count] = own_floats(data, starts);
     STRATA_CHECK(share.kind == MemoryKind::Host && share.dtype == DType::F32 && share.numel() == count, Communication,
                  "MPI reduce-scatter of ", shape_string(data.shape), " into ", shape_string(share.shape), " on rank ",
@@ -183,17 +183,18 @@ class MpiCommunicator final : public Communicator {
   }
 
   void all_gather_rows(void* rows, std::size_t row_bytes, RowStarts starts) override {
-    STRATA_CHECK(starts.size() == std::size_t(size_) + 1, Internal, "all_gather_rows with ", starts.size(),
-                 " share starts over ", size_, " ranks");
-    std::vector<int> counts, offsets;
+    check_row_starts("MPI all-gather of rows", starts, size_, starts.empty() ? 0 : starts.back());
+    gather_counts_.clear();  // each rank's bytes, then their offsets (kept between calls: none allocated a step)
     for (std::size_t r = 0; r < std::size_t(size_); ++r) {
-      const std::size_t offset = std::size_t(starts[r]) * row_bytes, end = std::size_t(starts[r + 1]) * row_bytes;
+      const std::size_t end = std::size_t(starts[r + 1]) * row_bytes;
       STRATA_CHECK(end <= kMaxChunk, Communication, "all-gather of ", end, " bytes: rank ", r,
                    "'s rows end past one MPI call");
-      counts.push_back(int(end - offset));
-      offsets.push_back(int(offset));
+      gather_counts_.push_back(int(end - std::size_t(starts[r]) * row_bytes));
     }
-    STRATA_MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_BYTE, rows, counts.data(), offsets.data(), MPI_BYTE, comm_));
+    for (std::size_t r = 0; r < std::size_t(size_); ++r)
+      gather_counts_.push_back(int(std::size_t(starts[r]) * row_bytes));
+    const int* c = gather_counts_.data();
+    STRATA_MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_BYTE, rows, c, c + size_, MPI_BYTE, comm_));
   }
 
   void all_to_all(const void* send, const std::size_t* send_bytes, const std::size_t* send_offsets, void* recv,
@@ -265,14 +266,9 @@ class MpiCommunicator final : public Communicator {
  private:
   // A sequence-parallel call's data and shares: f32 host rows, size_ + 1 starts from 0 to its rows.
   void check_shares(const char* call, TensorView data, RowStarts starts) const {
-    bool ordered = starts.size() == std::size_t(size_) + 1 && starts.front() == 0 && starts.back() == data.rows();
-    for (std::size_t r = 1; ordered && r < starts.size(); ++r) ordered = starts[r - 1] <= starts[r];
-    if (data.kind == MemoryKind::Host && data.dtype == DType::F32 && ordered) return;
-    std::string given;
-    for (const std::int64_t start : starts) given += cat(given.empty() ? "" : " ", start);
-    throw Error(ErrorKind::Communication,
-                cat("MPI ", call, " of ", shape_string(data.shape), " over ", size_, " ranks: f32 host rows, and ",
-                    size_ + 1, " ascending share starts from 0 to the rows (given: ", given, ")"));
+    STRATA_CHECK(data.kind == MemoryKind::Host && data.dtype == DType::F32, Communication, call, " of ",
+                 shape_string(data.shape), " over ", size_, " ranks: f32 host rows");
+    check_row_starts(call, starts, size_, data.rows());
   }
   // This rank's share of `data`: its first float (from data's start) and how many.
   std::pair<std::size_t, std::int64_t> own_floats(TensorView data, RowStarts starts) const {
@@ -303,6 +299,7 @@ class MpiCommunicator final : public Communicator {
   std::unique_ptr<ShmAllReduce> shm_;
   bool shm_checked_ = false;
   std::vector<float> received_;                 // reduce_scatter_sum's rows from the peers (kept between calls)
+  std::vector<int> gather_counts_;              // all_gather_rows' counts and offsets (kept between calls)
   std::vector<std::unique_ptr<ShmRows>> rows_;  // shared_workspace's memory (each until its Buffer goes)
 };
 
