@@ -8,6 +8,7 @@
 
 #include "runtime/base/clock.h"
 #include "runtime/base/error.h"
+#include "runtime/base/sum_in_order.h"
 
 namespace strata {
 
@@ -22,6 +23,48 @@ std::int64_t most_share_rows(std::int64_t tokens, std::int64_t ranks) {
   return std::min(tokens, std::int64_t(std::ceil(kShareHighest * double(tokens) / double(ranks))) + 1);
 }
 }  // namespace
+
+// The rounds a stage's sequence parallelism runs on, timed for the shares (share_rows): a rank's waits (for its
+// readers, for a writer's rows) as waiting, and the time from a product's call to its first hand-over (the rank
+// rounding or quantizing its own rows) as its own work.
+class TransformerStage::TimedRounds final : public SharedRows {
+ public:
+  TimedRounds(SharedRows& rounds, ShareTiming& timing, const double& products_began)
+      : rounds_(rounds), timing_(timing), products_began_(products_began) {}
+  int rank() const override { return rounds_.rank(); }
+  int size() const override { return rounds_.size(); }
+  std::size_t bytes() const override { return rounds_.bytes(); }
+  void await_readers() override {
+    const double start = monotonic_seconds();
+    rounds_.await_readers();
+    timing_.waited += monotonic_seconds() - start;
+  }
+  void* begin_round() override {
+    const double start = monotonic_seconds();
+    void* data = rounds_.begin_round();
+    timing_.waited += monotonic_seconds() - start;
+    handed_over_ = false;
+    return data;
+  }
+  void publish(int reader, std::int64_t at, std::int64_t count) override {
+    if (!handed_over_ && products_began_ > 0) timing_.own_work += monotonic_seconds() - products_began_;
+    handed_over_ = true;
+    rounds_.publish(reader, at, count);
+  }
+  const void* rows_from(int writer, std::int64_t at, std::int64_t count) override {
+    const double start = monotonic_seconds();
+    const void* rows = rounds_.rows_from(writer, at, count);
+    timing_.waited += monotonic_seconds() - start;
+    return rows;
+  }
+  void end_reading() override { rounds_.end_reading(); }
+
+ private:
+  SharedRows& rounds_;
+  ShareTiming& timing_;
+  const double& products_began_;
+  bool handed_over_ = false;
+};
 
 std::int64_t StageLimits::cache_blocks() const {
   if (kv_blocks > 0) return kv_blocks;
@@ -59,8 +102,8 @@ StageMemory estimate_stage_memory(const ShardPlan& plan, const StageLimits& limi
                 a * std::int64_t(limits.max_seqs) * c.hidden_size +
                 4 * std::int64_t(limits.max_seqs) * plan.local_vocab();
   const std::int64_t ranks = plan.coordinates().tp;
-  if (ranks > 1 && limits.sequence_parallel_tokens > 0 && !c.is_moe())  // sequence parallelism's share of sums
-    m.workspace += a * c.hidden_size * most_share_rows(t, ranks);
+  if (ranks > 1 && limits.sequence_parallel_tokens > 0 && !c.is_moe())  // its share of sums; its shared rows
+    m.workspace += a * c.hidden_size * most_share_rows(t, ranks) + 2 * (c.hidden_size + 32) * t;
   if (c.is_moe()) {  // router logits and shared gate (f32), one expert's rows, the exchange buffers
     const std::int64_t inter = std::max(plan.local_expert_intermediate(), plan.local_shared_intermediate());
     const std::int64_t tp = plan.coordinates().tp, slice = (t + tp - 1) / tp;
@@ -223,6 +266,8 @@ TransformerStage::TransformerStage(const ShardPlan& plan, WeightSource& source, 
   allocate_workspace();
 }
 
+TransformerStage::~TransformerStage() = default;
+
 void TransformerStage::allocate_workspace() {
   const auto& c = plan_.config();
   const StageLimits& limits = limits_;
@@ -249,7 +294,10 @@ void TransformerStage::allocate_workspace() {
   Buffer shared = fuses_sums() ? tp_.shared_workspace(dtype_bytes(act, rows * h)) : Buffer{};
   proj_shared_ = shared.data() != nullptr;
   proj_ = proj_shared_ ? Tensor(std::move(shared), {rows, h}, act) : backend_.allocate({rows, h}, act);
-  if (splits_rows()) share_ = backend_.allocate({most_share_rows(t, plan_.coordinates().tp), h}, act);
+  if (splits_rows()) {
+    share_ = backend_.allocate({most_share_rows(t, plan_.coordinates().tp), h}, act);
+    share_rounds();
+  }
   gate_up_ = backend_.allocate({t, 2 * plan_.local_intermediate()}, act);
   act_ = backend_.allocate({t, plan_.local_intermediate()}, act);
   if (c.is_moe()) {
@@ -277,6 +325,25 @@ void TransformerStage::allocate_workspace() {
   backend_.reserve_step_buffers(t, limits.max_seqs, limits.max_seq_len, limits.block_size, heads, d);
   positions_.reserve(std::size_t(t));
   last_row_index_.reserve(std::size_t(limits.max_seqs));
+}
+
+// Sequence parallelism's exchanges in rounds (runtime/base/shared_rows.h) where the group shares memory: the
+// row-parallel outputs' rounds on proj_, the products' inputs' on memory of their own, where the backend's kernels
+// exchange them so (Backend::shared_rows_bytes) and every rank's do (the ranks agree on the bytes).
+void TransformerStage::share_rounds() {
+  SharedRows* proj = proj_shared_ ? tp_.shared_rows(proj_.view().data) : nullptr;
+  if (!proj || layers_.empty()) return;
+  proj_rounds_ = std::make_unique<TimedRounds>(*proj, share_timing_, products_began_);
+  const auto bytes = std::int64_t(
+      backend_.shared_rows_bytes(limits_.max_tokens, plan_.config().hidden_size, layers_.front().q.view().dtype));
+  std::vector<std::int64_t> every(std::size_t(tp_.size()));
+  tp_.all_gather(&bytes, every.data(), sizeof(bytes));
+  if (bytes == 0 || std::count(every.begin(), every.end(), bytes) != tp_.size()) return;
+  input_rows_ = tp_.shared_workspace(std::size_t(bytes));
+  SharedRows* inputs = input_rows_.data() ? tp_.shared_rows(input_rows_.data()) : nullptr;
+  if (!inputs) return;
+  input_rounds_ = std::make_unique<TimedRounds>(*inputs, share_timing_, products_began_);
+  shares_.rounds = input_rounds_.get();
 }
 
 void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> chunks,
@@ -318,8 +385,10 @@ void TransformerStage::decoder_block(std::size_t l, std::span<const SeqChunk> ch
   const AttentionParams params{float(c.attention_scale()), w.window, float(c.attn_logit_softcapping)};
   backend_.attention(chunks, block_table, heads_view(q_, plan_.local_heads()), k_cache_[l].view(), v_cache_[l].view(),
                      params, heads_view(attn_, plan_.local_heads()));
-  backend_.linear(rows(attn_), w.o.view(), TensorView{}, rows(proj_));
-  sum_over_tp(tokens);
+  row_parallel(tokens, [&](std::int64_t first, std::int64_t last) {
+    backend_.linear(attn_.view().slice_rows(first, last), w.o.view(), TensorView{},
+                    proj_.view().slice_rows(first, last));
+  });
 
   // MLP. Gemma normalises the attention output before the residual add and the MLP output after it.
   if (c.sandwich_norms) {
@@ -354,16 +423,23 @@ void TransformerStage::rotate(const TensorView& x, std::int64_t tokens, const Ro
 // Dense: column-parallel gate/up (stacked), SwiGLU or GeGLU, row-parallel down_proj, one all-reduce.
 void TransformerStage::mlp(const LayerWeights& w, std::int64_t tokens) {
   const TensorView x = normed_.view().slice_rows(0, tokens), gate_up = gate_up_.view().slice_rows(0, tokens);
-  const TensorView act = act_.view().slice_rows(0, tokens), out = proj_.view().slice_rows(0, tokens);
+  const TensorView act = act_.view().slice_rows(0, tokens);
   const TensorView weight = w.gate_up.view(), no_bias{};
   products_of_normed(x, {&weight, 1}, {&no_bias, 1}, {&gate_up, 1});
+  const auto rows = [](const Tensor& t, std::int64_t first, std::int64_t last) {
+    return t.view().slice_rows(first, last);
+  };
   if (plan_.config().hidden_activation == "gelu_tanh") {
     backend_.geglu(gate_up, act);
-    backend_.linear(act, w.down.view(), TensorView{}, out);
+    row_parallel(tokens, [&](std::int64_t first, std::int64_t last) {
+      backend_.linear(rows(act_, first, last), w.down.view(), TensorView{}, rows(proj_, first, last));
+    });
   } else {
-    backend_.swiglu_linear(gate_up, act, w.down.view(), out);
+    row_parallel(tokens, [&](std::int64_t first, std::int64_t last) {
+      backend_.swiglu_linear(rows(gate_up_, first, last), rows(act_, first, last), w.down.view(),
+                             rows(proj_, first, last));
+    });
   }
-  sum_over_tp(tokens);
 }
 
 // Mixture of experts: every rank routes every token (the router is replicated, its input the same on every tp rank),
@@ -659,10 +735,59 @@ TensorView TransformerStage::own_rows(const Tensor& t, std::int64_t tokens) cons
   return t.view().slice_rows(shares_.begin(tokens), shares_.end(tokens));
 }
 
+// A row-parallel product into proj_, product(first, last) computing its rows [first, last), then its sums over the
+// group (sum_over_tp). Under sequence parallelism with rounds, the other ranks' rows first, each handed over as soon
+// as it is made, then this rank's own: a rank that ran a little behind is waited for only once its peers have
+// computed their own rows too. Elsewhere proj_ is written once no rank still reads the last round's rows.
+void TransformerStage::row_parallel(std::int64_t tokens, const RowsProduct& product) {
+  if (!sequence_parallel_ || !proj_rounds_) {
+    if (proj_rounds_) proj_rounds_->await_readers();
+    product(0, tokens);
+    return sum_over_tp(tokens);
+  }
+  proj_rounds_->begin_round();
+  const std::int64_t width = proj_.view().row_elems();
+  sums_pending_ = true;
+  if (tokens <= backend_.rows_in_one_pass()) {  // in parts it would read the weights once a part: at once
+    product(0, tokens);
+    for (int k = 1; k < shares_.ranks(); ++k) {
+      const int r = shares_.after(k);
+      proj_rounds_->publish(r, shares_.begin_of(r, tokens) * width,
+                            (shares_.end_of(r, tokens) - shares_.begin_of(r, tokens)) * width);
+    }
+    return;
+  }
+  for (int k = 1; k < shares_.ranks(); ++k) {
+    const int r = shares_.after(k);
+    const std::int64_t first = shares_.begin_of(r, tokens), last = shares_.end_of(r, tokens);
+    if (last > first) product(first, last);
+    proj_rounds_->publish(r, first * width, (last - first) * width);
+  }
+  if (shares_.end(tokens) > shares_.begin(tokens)) product(shares_.begin(tokens), shares_.end(tokens));
+}
+
+// This rank's rows of every rank's proj_ (parts, in rank order) in a round, for use(parts); then the round's reading
+// ends.
+void TransformerStage::parts_of_round(std::int64_t tokens, const Collectives::PartsUser& use) {
+  const std::int64_t width = proj_.view().row_elems(), at = shares_.begin(tokens) * width;
+  const std::int64_t count = shares_.end(tokens) * width - at;
+  parts_.clear();
+  try {
+    for (int r = 0; r < shares_.ranks(); ++r)
+      parts_.push_back(static_cast<const float*>(proj_rounds_->rows_from(r, at, count)) + at);
+  } catch (...) {
+    sums_pending_ = false;
+    throw;
+  }
+  sums_pending_ = false;
+  use(parts_);
+  proj_rounds_->end_reading();
+}
+
 // A row-parallel output's reduce-scatter (under sequence parallelism) or all-reduce (where proj_ is in the group's
 // shared memory) waits until its sums are wanted (sums_pending_): where they only join the residual stream (and its
 // norm), each rank adds its rows of every rank's output straight from the group's shared memory, never storing the
-// sums (Collectives::reduce_scatter_with, all_reduce_with). The all-reduce's own copies in and out of its slots and
+// sums (parts_of_round; Collectives::all_reduce_with). The all-reduce's own copies in and out of its slots and
 // its pass over the sums go with it: ~3 us a call at 16 tokens, 24 calls a step of the 100m model.
 void TransformerStage::sum_over_tp(std::int64_t tokens) {
   if (sequence_parallel_ || (proj_shared_ && !replaying_))
@@ -678,7 +803,10 @@ TensorView TransformerStage::summed(std::int64_t tokens) {
     return proj_.view().slice_rows(0, tokens);
   }
   const TensorView share = share_.view().slice_rows(0, shares_.end(tokens) - shares_.begin(tokens));
-  if (sums_pending_) {
+  if (sums_pending_ && proj_rounds_) {
+    parts_of_round(tokens,
+                   [&](std::span<const float* const> parts) { sum_in_order(parts, share.numel(), share.f32()); });
+  } else if (sums_pending_) {
     const double start = monotonic_seconds();
     tp_.reduce_scatter_sum(proj_.view().slice_rows(0, tokens), shares_.starts, share);
     share_timing_.waited += monotonic_seconds() - start;
@@ -688,25 +816,21 @@ TensorView TransformerStage::summed(std::int64_t tokens) {
 }
 
 // This rank's rows of proj_'s pending sums handed to fused(parts) unsummed where the group can (then true; under
-// sequence parallelism the parts hold this rank's share of the rows; else all `tokens` rows), else false. Under
-// sequence parallelism the call's time is timed: fused's as this rank's own work, the rest as waiting.
+// sequence parallelism the parts hold this rank's share of the rows, from a round; else all `tokens` rows), else
+// false. Under sequence parallelism fused's time is this rank's own work (the round times its waits).
 bool TransformerStage::sums_as_parts(std::int64_t tokens, const Collectives::PartsUser& fused) {
   if (!sums_pending_) return false;
-  const TensorView sums = proj_.view().slice_rows(0, tokens);
   if (!sequence_parallel_) {
-    sums_pending_ = !tp_.all_reduce_with(sums, fused);
+    sums_pending_ = !tp_.all_reduce_with(proj_.view().slice_rows(0, tokens), fused);
     return !sums_pending_;
   }
-  double work = 0;
-  const double start = monotonic_seconds();
-  sums_pending_ = !tp_.reduce_scatter_with(sums, shares_.starts, [&](std::span<const float* const> parts) {
+  if (!proj_rounds_) return false;
+  parts_of_round(tokens, [&](std::span<const float* const> parts) {
     const double begun = monotonic_seconds();
     fused(parts);
-    work += monotonic_seconds() - begun;
+    share_timing_.own_work += monotonic_seconds() - begun;
   });
-  share_timing_.own_work += work;
-  share_timing_.waited += monotonic_seconds() - start - work;
-  return !sums_pending_;
+  return true;
 }
 
 void TransformerStage::add_sums_and_norm(std::int64_t tokens, const Tensor& weight, TensorView x_own) {

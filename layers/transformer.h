@@ -4,6 +4,8 @@
 // A decoder block is the local computation plus one all-reduce after o_proj and one after down_proj.
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <span>
 #include <vector>
@@ -79,7 +81,9 @@ struct ExpertLoad {
 // (Backend::linears_of_shares: quantized, or rounded to bf16). So the work a tp rank repeated on every token (the
 // norms, the activations' quantization) is split over the group, as one rank's threads split it, and the ranks
 // exchange a quarter (q8_0 blocks) or half (bf16) of the f32 bytes. The same bits as without it (row-wise ops on
-// fewer rows; sums in the same order), however the rows are shared.
+// fewer rows; sums in the same order), however the rows are shared. Where the group shares memory the exchanges run
+// in rounds (runtime/base/shared_rows.h), not meetings: each rank computes the other ranks' rows of a row-parallel
+// output first and hands them over, and computes its own rows' products while the others' rows arrive.
 //
 // The rows are shared by the ranks' speeds: a group meets at every layer's sums, so a rank on a slower core (a VM's
 // vCPUs can run the same work 5-20% apart for tens of seconds, docs/performance.md) holds every other rank at its
@@ -99,6 +103,7 @@ class TransformerStage {
   // Not copied or moved: its row gatherer (shares_) and its layers point into it.
   TransformerStage(const TransformerStage&) = delete;
   TransformerStage& operator=(const TransformerStage&) = delete;
+  ~TransformerStage();
 
   const ShardPlan& plan() const { return plan_; }
   const StageLimits& limits() const { return limits_; }
@@ -195,6 +200,12 @@ class TransformerStage {
   void add_sums(std::int64_t tokens);
   void products_of_normed(TensorView x, std::span<const TensorView> ws, std::span<const TensorView> biases,
                           std::span<const TensorView> ys);
+  // Sequence parallelism's rounds (share_rounds, row_parallel, parts_of_round; runtime/base/shared_rows.h).
+  class TimedRounds;
+  void share_rounds();
+  using RowsProduct = std::function<void(std::int64_t first, std::int64_t last)>;
+  void row_parallel(std::int64_t tokens, const RowsProduct& product);
+  void parts_of_round(std::int64_t tokens, const Collectives::PartsUser& use);
 
   ShardPlan plan_;
   Backend& backend_;
@@ -239,6 +250,10 @@ class TransformerStage {
   ShareTiming share_timing_;
   std::vector<ShareTiming> share_timings_;  // every rank's, exchanged each sequence-parallel step
   double products_began_ = 0;               // when linears_of_shares was called (monotonic seconds; 0: not in one)
+  // The rounds on proj_ and on the products' inputs (input_rows_), timed; null where the group has none.
+  std::unique_ptr<TimedRounds> proj_rounds_, input_rounds_;
+  Buffer input_rows_;
+  std::vector<const float*> parts_;  // parts_of_round's
 };
 
 }  // namespace strata

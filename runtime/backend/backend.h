@@ -9,6 +9,7 @@
 // K = in features, N = out features, H = heads, D = head_dim.
 #pragma once
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <span>
 #include <string>
@@ -108,11 +109,20 @@ class Backend {
   // x.rows() tokens) and the other ranks of the group theirs: shares.gather exchanges them (shares.starts ending at
   // x.rows()). This default gathers x itself; the CPU backend gathers the rows rounded to bf16 or
   // quantized, as its kernels read them, so each rank rounds or quantizes only its own.
+  // Where shares.rounds is set, the backend exchanges the rows through it instead (shared_rows_bytes).
   virtual void linears_of_shares(TensorView x, const RowShares& shares, std::span<const TensorView> ws,
                                  std::span<const TensorView> biases, std::span<const TensorView> ys) {
     shares.gather(x.data, std::size_t(x.row_elems()) * dtype_size(x.dtype));
     linears(x, ws, biases, ys);
   }
+  // The bytes each rank's rows of linears_of_shares take in the form the backend exchanges them, for `tokens` rows of
+  // `in` values and weights of `weights`' dtype, where it exchanges them through RowShares::rounds; 0 where it
+  // gathers them (RowShares::gather).
+  virtual std::size_t shared_rows_bytes(std::int64_t tokens, std::int64_t in, DType weights) const { return 0; }
+  // The most rows a product goes over its weights for once: a product of more rows computed in parts of at least
+  // this many reads its weights no more often than at once (the CPU kernels' token passes); of fewer, in parts it
+  // reads them once for each part.
+  virtual std::int64_t rows_in_one_pass() const { return std::numeric_limits<std::int64_t>::max(); }
   // The parts' elementwise sum, added in their order (sum_in_order).
   static std::vector<float> sum_of(std::span<const float* const> parts, std::int64_t n) {
     std::vector<float> sum(static_cast<std::size_t>(n));
@@ -126,8 +136,8 @@ class Backend {
   // y += x, same shapes.
   virtual void add(TensorView y, TensorView x) = 0;
   // rms_norm_residual and add of x = parts[0] + parts[1] + ... (added in that order), x never stored: parts are a
-  // reduce-scatter's rows in host memory (Collectives::reduce_scatter_with), residual.numel() f32 values each. These
-  // defaults store the sum first.
+  // reduce-scatter's rows in host memory (SharedRows, Collectives::all_reduce_with), residual.numel() f32 values each.
+  // These defaults store the sum first.
   virtual void rms_norm_residual_of_sum(TensorView residual, std::span<const float* const> parts, TensorView weight,
                                         float eps, TensorView y) {
     std::vector<float> sum = sum_of(parts, residual.numel());

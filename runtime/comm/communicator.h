@@ -15,6 +15,7 @@
 
 #include "runtime/base/error.h"
 #include "runtime/base/row_starts.h"
+#include "runtime/base/shared_rows.h"
 #include "runtime/tensor/tensor.h"
 
 namespace strata {
@@ -84,21 +85,21 @@ class Collectives {
   // the MPI communicator sends each rank only its rows and adds them in rank order, as its shared-memory all-reduce
   // does.
   virtual void reduce_scatter_sum(TensorView data, RowStarts starts, TensorView share);
-  // reduce_scatter_sum's rows handed to use() unsummed, where the group can do so without copying them (data in the
-  // shared workspace, on every rank): parts[r] is rank r's floats of this rank's share (its rows' elements),
-  // readable during the call only; then true. Elsewhere false, having done nothing (the caller then calls
-  // reduce_scatter_sum). Collective where it returns true. Lets a caller fuse the sum with what it does next.
+  // all_reduce_sum's operands handed to use() unsummed, where the group can do so without copying them (data in the
+  // shared workspace, on every rank): parts[r] is all of rank r's data (data.numel() floats) on every rank, readable
+  // during the call only; then true. Elsewhere false, having done nothing (the caller then calls all_reduce_sum).
+  // Collective where it returns true. Lets a caller add the sums where it reads them. (Sequence parallelism's
+  // reduce-scatter hands its rows over in rounds instead: shared_rows.)
   using PartsUser = std::function<void(std::span<const float* const> parts)>;
-  virtual bool reduce_scatter_with(TensorView data, RowStarts starts, const PartsUser& use) { return false; }
-  // all_reduce_sum's operands handed to use() unsummed, in the same way: parts[r] is all of rank r's data
-  // (data.numel() floats) on every rank. Lets a caller add the sums where it reads them (a step too short to split
-  // its rows over the ranks).
   virtual bool all_reduce_with(TensorView data, const PartsUser& use) { return false; }
   // Host memory of `bytes` (page-aligned) that the other ranks of the group can read, where they share a node: a
   // reduce_scatter_sum of data in it (on every rank, as every rank makes it) sums the ranks' rows in place instead
   // of sending them. Empty (on every rank) where the group cannot share memory, or has one rank. Collective. The
   // group must outlive it.
   virtual Buffer shared_workspace(std::size_t bytes) { return {}; }
+  // The rounds (runtime/base/shared_rows.h) on a shared workspace's memory, `workspace` its Buffer's data; null for
+  // any other memory. Lives as long as the workspace.
+  virtual SharedRows* shared_rows(const void* workspace) { return nullptr; }
   // recv holds size() * bytes_per_rank bytes, rank r's contribution at offset r * bytes_per_rank. Collective.
   // send may be recv + rank() * bytes_per_rank (in place).
   virtual void all_gather(const void* send, void* recv, std::size_t bytes_per_rank) = 0;

@@ -4,6 +4,8 @@
 // there is the host's share; on MPI it is the whole exchange, waiting for the slowest peer included.
 #pragma once
 #include <chrono>
+#include <memory>
+#include <vector>
 
 #include "runtime/comm/communicator.h"
 
@@ -20,17 +22,21 @@ class TimedCollectives final : public Collectives {
   void reduce_scatter_sum(TensorView data, RowStarts starts, TensorView share) override {
     timed([&] { inner_.reduce_scatter_sum(data, starts, share); });
   }
-  bool reduce_scatter_with(TensorView data, RowStarts starts, const PartsUser& use) override {
-    bool done = false;
-    timed([&] { done = inner_.reduce_scatter_with(data, starts, untimed(use)); });
-    return done;
-  }
   bool all_reduce_with(TensorView data, const PartsUser& use) override {
     bool done = false;
     timed([&] { done = inner_.all_reduce_with(data, untimed(use)); });
     return done;
   }
   Buffer shared_workspace(std::size_t bytes) override { return inner_.shared_workspace(bytes); }
+  // The rounds' waits (for readers, for a writer's rows) are communication too.
+  SharedRows* shared_rows(const void* workspace) override {
+    SharedRows* inner = inner_.shared_rows(workspace);
+    if (!inner) return nullptr;
+    for (const auto& rows : rows_)
+      if (rows->inner == inner) return rows.get();
+    rows_.push_back(std::make_unique<TimedRows>(*this, inner));
+    return rows_.back().get();
+  }
   void all_gather(const void* send, void* recv, std::size_t bytes_per_rank) override {
     timed([&] { inner_.all_gather(send, recv, bytes_per_rank); });
   }
@@ -66,8 +72,32 @@ class TimedCollectives final : public Collectives {
     call();
     seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
+  struct TimedRows final : SharedRows {
+    TimedRows(TimedCollectives& timer, SharedRows* rows) : owner(timer), inner(rows) {}
+    int rank() const override { return inner->rank(); }
+    int size() const override { return inner->size(); }
+    std::size_t bytes() const override { return inner->bytes(); }
+    void await_readers() override {
+      owner.timed([&] { inner->await_readers(); });
+    }
+    void* begin_round() override {
+      void* data = nullptr;
+      owner.timed([&] { data = inner->begin_round(); });
+      return data;
+    }
+    void publish(int reader, std::int64_t at, std::int64_t count) override { inner->publish(reader, at, count); }
+    const void* rows_from(int writer, std::int64_t at, std::int64_t count) override {
+      const void* rows = nullptr;
+      owner.timed([&] { rows = inner->rows_from(writer, at, count); });
+      return rows;
+    }
+    void end_reading() override { inner->end_reading(); }
+    TimedCollectives& owner;
+    SharedRows* inner;
+  };
   Collectives& inner_;
   double seconds_ = 0;
+  std::vector<std::unique_ptr<TimedRows>> rows_;  // shared_rows' wrappers, one per workspace
 };
 
 }  // namespace strata

@@ -2,6 +2,8 @@
 // the tp/pp/dp groups built from a ParallelLayout, and the shared-memory all-reduce its groups use on one node.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <iterator>
 #include <numeric>
@@ -237,8 +239,8 @@ TEST(MpiCommunicator, DefaultAllGatherOfRowsGathersUnevenShares) {
 // The same in the group's shared workspace (shm_rows.h: each rank sums its rows out of every rank's memory): rank
 // order, data anywhere in the workspace, repeated calls reusing the memory; ranks giving different rows all get an
 // error naming them, and the calls around it are whole. Without shared memory (STRATA_MPI_SHM_ALLREDUCE=0 on any
-// rank) the workspace is empty and the sends serve. The rows can be handed over unsummed (reduce_scatter_with), and
-// so can all of every rank's values (all_reduce_with).
+// rank) the workspace is empty and the sends serve. All of every rank's values can be handed over unsummed
+// (all_reduce_with).
 TEST(MpiCommunicator, ReduceScatterInTheSharedWorkspaceSumsInPlaceInRankOrder) {
   auto world = make_mpi_communicator(MPI_COMM_WORLD);
   const int rank = world->rank();
@@ -281,24 +283,10 @@ TEST(MpiCommunicator, ReduceScatterInTheSharedWorkspaceSumsInPlaceInRankOrder) {
                             TensorView{share.data(), {2}, DType::F32});
   EXPECT_EQ(share[0], in_rank_order(rank * 2, 9));
   EXPECT_EQ(share[1], in_rank_order(rank * 2 + 1, 9));
-  // The rows handed over unsummed: parts[r] is rank r's rows of this rank's share, in its memory; outside the
-  // workspace nothing is done.
-  std::copy(mine.begin(), mine.end(), floats);
-  std::vector<float> seen;
-  const bool handed =
-      world->reduce_scatter_with(TensorView{floats, {8}, DType::F32}, even_row_starts(4, 8), [&](auto parts) {
-        for (const float* part : parts) seen.insert(seen.end(), part, part + 2);
-      });
-  EXPECT_TRUE(handed);
-  ASSERT_EQ(seen.size(), 8u);
-  for (int r = 0; r < 4; ++r)
-    for (int i = 0; i < 2; ++i) EXPECT_EQ(seen[std::size_t(2 * r + i)], order_value(r, rank * 2 + i, 9)) << r << i;
   std::vector<float> elsewhere(8);
-  EXPECT_FALSE(
-      world->reduce_scatter_with(TensorView{elsewhere.data(), {8}, DType::F32}, even_row_starts(4, 8), [](auto) {}));
-  // An all-reduce's operands handed over the same way: parts[r] is all of rank r's data, on every rank.
+  // An all-reduce's operands handed over unsummed: parts[r] is all of rank r's data, on every rank.
   std::copy(mine.begin(), mine.end(), floats + 3);
-  seen.clear();
+  std::vector<float> seen;
   EXPECT_TRUE(world->all_reduce_with(TensorView{floats + 3, {2, 4}, DType::F32}, [&](auto parts) {
     for (const float* part : parts) seen.insert(seen.end(), part, part + 8);
   }));
@@ -310,7 +298,7 @@ TEST(MpiCommunicator, ReduceScatterInTheSharedWorkspaceSumsInPlaceInRankOrder) {
   try {
     const TensorView data{floats, {8}, DType::F32};
     if (rank == 2)
-      world->reduce_scatter_with(data, even_row_starts(4, 8), [](auto) {});
+      world->reduce_scatter_sum(data, even_row_starts(4, 8), TensorView{share.data(), {2}, DType::F32});
     else
       world->all_reduce_with(data, [](auto) {});
     ADD_FAILURE() << "rank " << rank << ": an all-reduce beside a reduce-scatter must fail";
@@ -320,4 +308,74 @@ TEST(MpiCommunicator, ReduceScatterInTheSharedWorkspaceSumsInPlaceInRankOrder) {
   if (rank == 1) setenv("STRATA_MPI_SHM_ALLREDUCE", "0", 1);
   EXPECT_EQ(world->shared_workspace(4096).data(), nullptr) << "one rank turned shared memory off";
   unsetenv("STRATA_MPI_SHM_ALLREDUCE");
+}
+
+// Rounds on a shared workspace (SharedRows): each rank hands every other rank its rows of a round and reads its own
+// rows out of every other rank's memory, with no meeting of the group. Rank 3 reads slowly every round: the others,
+// which begin their next round at once, must wait for it before writing again (else it reads the next round's
+// values). A writer that hands over other rows than the reader takes is named to that reader, and the rounds go on.
+TEST(MpiCommunicator, RoundsHandEachRankItsRowsInPlace) {
+  auto world = make_mpi_communicator(MPI_COMM_WORLD);
+  const int rank = world->rank(), ranks = world->size();
+  ASSERT_EQ(ranks, 4);
+  const std::int64_t per_rank = 64;
+  Buffer workspace = world->shared_workspace(std::size_t(ranks * per_rank) * sizeof(float));
+  ASSERT_NE(workspace.data(), nullptr) << "4 ranks on one node: the workspace must be made";
+  SharedRows* rounds = world->shared_rows(workspace.data());
+  ASSERT_NE(rounds, nullptr);
+  EXPECT_EQ(world->shared_rows(static_cast<char*>(workspace.data()) + 4), nullptr) << "only a workspace's start";
+  EXPECT_EQ(rounds->rank(), rank);
+  EXPECT_EQ(rounds->bytes(), std::size_t(ranks * per_rank) * sizeof(float));
+  const auto value = [](int writer, int reader, std::int64_t i, int round) {
+    return float(writer * 1000000 + reader * 10000 + round * 100 + i);
+  };
+  std::int64_t wrong = 0;
+  for (int round = 0; round < 20; ++round) {
+    auto* mine = static_cast<float*>(rounds->begin_round());
+    for (int k = 1; k < ranks; ++k) {  // every other rank's rows, each handed over once written
+      const int reader = (rank + k) % ranks;
+      for (std::int64_t i = 0; i < per_rank; ++i) mine[reader * per_rank + i] = value(rank, reader, i, round);
+      rounds->publish(reader, reader * per_rank, per_rank);
+    }
+    if (rank == 3) usleep(2000);
+    for (int writer = 0; writer < ranks; ++writer) {
+      if (writer == rank) continue;
+      const auto* theirs = static_cast<const float*>(rounds->rows_from(writer, rank * per_rank, per_rank));
+      for (std::int64_t i = 0; i < per_rank; ++i) wrong += theirs[rank * per_rank + i] != value(writer, rank, i, round);
+    }
+    rounds->end_reading();
+  }
+  EXPECT_EQ(wrong, 0) << "rank " << rank << " read rows of another round";
+  // Rank 2 hands rank 1 rows 0..5 where rank 1 takes its own 64.
+  rounds->begin_round();
+  for (int k = 1; k < ranks; ++k) {
+    const int reader = (rank + k) % ranks;
+    rounds->publish(reader, rank == 2 && reader == 1 ? 0 : reader * per_rank, rank == 2 && reader == 1 ? 5 : per_rank);
+  }
+  std::string error;
+  for (int writer = 0; writer < ranks && error.empty(); ++writer) {
+    if (writer == rank) continue;
+    try {
+      rounds->rows_from(writer, rank * per_rank, per_rank);
+    } catch (const Error& e) {
+      error = e.what();
+    }
+  }
+  if (error.empty()) rounds->end_reading();
+  if (rank == 1)
+    EXPECT_NE(error.find("rank 2 gave rank 1 rows 0..5 where rank 1 takes 64..128"), std::string::npos) << error;
+  else
+    EXPECT_EQ(error, "") << "rank " << rank;
+  // After the rounds, the workspace serves the collectives again once no rank still reads it.
+  rounds->await_readers();
+  auto* floats = static_cast<float*>(workspace.data());
+  const std::vector<float> ordered = order_values(rank, 8, 11);
+  std::copy(ordered.begin(), ordered.end(), floats);
+  std::vector<float> share(2);
+  world->reduce_scatter_sum(TensorView{floats, {8}, DType::F32}, even_row_starts(4, 8),
+                            TensorView{share.data(), {2}, DType::F32});
+  EXPECT_EQ(share[0], in_rank_order(rank * 2, 11));
+  EXPECT_EQ(share[1], in_rank_order(rank * 2 + 1, 11));
+  std::vector<float> elsewhere(8);
+  EXPECT_EQ(world->shared_rows(elsewhere.data()), nullptr) << "memory outside a workspace has no rounds";
 }

@@ -21,7 +21,7 @@ std::vector<float> stage_logits(const ModelConfig& config, int tp, int tp_rank, 
   auto backend = make_cpu_backend(1, weights_dtype);
   test::RandomWeights weights(5);
   ShardPlan plan(config, {tp, tp_rank, 1, 0});
-  StageLimits limits{64, 4, 32};
+  StageLimits limits{128, 4, 64};
   limits.sequence_parallel_tokens = sequence_parallel_tokens;
   TransformerStage stage(plan, weights, *backend, comm, limits);
   const TensorView local = stage.forward(chunks, test::SequenceBlocks(limits).table, ids, nullptr);
@@ -60,8 +60,10 @@ TEST(TensorParallel, StageLogitsMatchTheUnsplitModel) {
 
 // Sequence parallelism (each rank normalizing its share of the step's rows, the products gathering them) gives
 // the bits of the plain tensor-parallel step, whose sums are the same two values added: f32, bf16 and quantized
-// weights (the gathered rows f32, rounded to bf16 or quantized), 9 tokens (shares of 5 and 4 rows) and 1 (a rank
-// with none), with and without a threshold the step reaches, summed in shared memory and through MPI. The plain
+// weights (the gathered rows f32, rounded to bf16 or quantized), 9 tokens (shares of 5 and 4 rows), 1 (a rank
+// with none) and 120 (more than the CPU kernels' token pass: in shared memory each rank computes its own rows'
+// products before the other's arrive, and the other's rows of a row-parallel output first), with and without a
+// threshold the step reaches, summed in shared memory and through MPI. The plain
 // steps' sums are made where they join the residual stream, from the group's shared memory
 // (Collectives::all_reduce_with), or by MPI's all-reduce: the same bits.
 TEST(TensorParallel, SequenceParallelStepsGiveTheBitsOfPlainTensorParallelSteps) {
@@ -72,12 +74,18 @@ TEST(TensorParallel, SequenceParallelStepsGiveTheBitsOfPlainTensorParallelSteps)
   const std::vector<std::int32_t> ids = {256, 72, 105, 33, 256, 7, 250, 3, 9};
   const std::vector<SeqChunk> prefill = {{0, 0, 4, 0}, {2, 0, 5, 4}};
   const std::vector<SeqChunk> decode = {{0, 0, 1, 0}};
+  const std::vector<SeqChunk> long_prefill = {{0, 0, 60, 0}, {4, 0, 60, 60}};
+  std::vector<std::int32_t> long_ids;
+  for (std::int32_t i = 0; i < 120; ++i) long_ids.push_back(3 + (i * 37) % 250);
   std::map<std::pair<DType, std::size_t>, std::vector<float>> plain_in_shared_memory;
   for (const bool shared_memory : {true, false}) {  // the reduce-scatter in the shared workspace, or by MPI's sends
     if (!shared_memory) setenv("STRATA_MPI_SHM_ALLREDUCE", "0", 1);
     for (DType dtype : {DType::F32, DType::BF16, DType::Q8_0, DType::Q4_0})
-      for (const auto* chunks : {&prefill, &decode}) {
-        const std::vector<std::int32_t> step(ids.begin(), ids.begin() + (chunks == &prefill ? 9 : 1));
+      for (const auto* chunks : {&prefill, &decode, &long_prefill}) {
+        const std::vector<std::int32_t> step =
+            chunks == &long_prefill
+                ? long_ids
+                : std::vector<std::int32_t>(ids.begin(), ids.begin() + (chunks == &prefill ? 9 : 1));
         const auto plain = stage_logits(config, 2, tp->rank(), *tp, step, *chunks, dtype, 0);
         auto& fused = plain_in_shared_memory[{dtype, step.size()}];
         if (shared_memory)
@@ -85,7 +93,7 @@ TEST(TensorParallel, SequenceParallelStepsGiveTheBitsOfPlainTensorParallelSteps)
         else
           EXPECT_EQ(0, std::memcmp(fused.data(), plain.data(), plain.size() * 4))
               << dtype_name(dtype) << " " << step.size() << " tokens: fused sums against MPI's all-reduce";
-        for (const std::int32_t threshold : {1, 9}) {
+        for (const std::int32_t threshold : {1, 9, 120}) {
           const auto split = stage_logits(config, 2, tp->rank(), *tp, step, *chunks, dtype, threshold);
           ASSERT_EQ(split.size(), plain.size());
           EXPECT_EQ(0, std::memcmp(split.data(), plain.data(), plain.size() * 4))

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <chrono>
 #include <cmath>
@@ -705,11 +706,68 @@ struct ThreadRanks {
 };
 }  // namespace
 
+namespace {
+// Ranks as threads of one process, for RowShares::rounds (runtime/base/shared_rows.h): each rank's memory a vector
+// here, its flags atomics, the protocol's waits spins. `published` records every hand-over (reader, at, count) by
+// every rank.
+struct ThreadRounds {
+  struct Rank final : SharedRows {
+    ThreadRounds* group = nullptr;
+    int me = 0;
+    std::uint64_t round = 0;
+    int rank() const override { return me; }
+    int size() const override { return int(group->memory.size()); }
+    std::size_t bytes() const override { return group->bytes; }
+    void await_readers() override {
+      for (int r = 0; r < size(); ++r)
+        while (r != me && group->taken[std::size_t(r)].load() < round) std::this_thread::yield();
+    }
+    void* begin_round() override {
+      await_readers();
+      ++round;
+      return group->memory[std::size_t(me)].data();
+    }
+    void publish(int reader, std::int64_t at, std::int64_t count) override {
+      {
+        std::lock_guard<std::mutex> lock(group->mutex);
+        group->published.push_back({me, reader, at, count});
+      }
+      group->ready[std::size_t(me * size() + reader)].store(round);
+    }
+    const void* rows_from(int writer, std::int64_t, std::int64_t) override {
+      while (writer != me && group->ready[std::size_t(writer * size() + me)].load() < round) std::this_thread::yield();
+      return group->memory[std::size_t(writer)].data();
+    }
+    void end_reading() override { group->taken[std::size_t(me)].store(round); }
+  };
+  struct HandOver {
+    int writer, reader;
+    std::int64_t at, count;
+  };
+  ThreadRounds(int n, std::size_t size)
+      : bytes(size),
+        memory(std::size_t(n), std::vector<char>(size)),
+        taken(std::size_t(n)),
+        ready(std::size_t(n * n)),
+        ranks(std::size_t(n)) {
+    for (int r = 0; r < n; ++r) ranks[std::size_t(r)].group = this, ranks[std::size_t(r)].me = r;
+  }
+  std::size_t bytes;
+  std::vector<std::vector<char>> memory;
+  std::vector<std::atomic<std::uint64_t>> taken, ready;
+  std::vector<Rank> ranks;
+  std::mutex mutex;
+  std::vector<HandOver> published;
+};
+}  // namespace
+
 // Sequence parallelism's products: ranks (threads here, each with its own backend) holding only their own rows of
 // x, the other rows NaN, give every row the bits linears gives when one rank holds all of them, with 2 and 3 ranks
 // (shares of unequal and empty rows), split evenly and not (a balanced step's shares: rank 0's most of the rows). Where
 // the kernels read the activations rounded to bf16 or quantized, the ranks exchange those (fewer bytes a row than f32:
-// checked, so a backend that fell back to gathering x fails); elsewhere x's f32 rows.
+// checked, so a backend that fell back to gathering x fails); elsewhere x's f32 rows. Those kernels also take the rows
+// through rounds (RowShares::rounds, each rank reading the others' in their memory), with the same bits, each rank
+// handing its rows to every other rank once a product.
 TEST(CpuBackend, LinearsOfSharesGiveTheBitsOfLinearsOfEveryRow) {
   Fixture f;
   const std::int64_t in = 96;
@@ -755,34 +813,54 @@ TEST(CpuBackend, LinearsOfSharesGiveTheBitsOfLinearsOfEveryRow) {
           const TensorView w_views[] = {ws[0].view(), ws[1].view()}, biases[] = {{}, bias.view()};
           const TensorView want_views[] = {want[0].view(), want[1].view()};
           one->linears(x.view(), w_views, biases, want_views);
-          ThreadRanks group(ranks);
-          std::vector<std::vector<Tensor>> got{std::size_t(ranks)};
-          std::vector<std::thread> threads;
-          for (int r = 0; r < ranks; ++r)
-            threads.emplace_back([&, r] {
-              std::unique_ptr<Backend> backend = make_cpu_backend(1, dtype);
-              const std::vector<Tensor> mine = weights_of(*backend);
-              const RowShares shares = group.shares(r, starts);
-              std::vector<float> rows(std::size_t(tokens * in), std::numeric_limits<float>::quiet_NaN());
-              for (std::int64_t t = shares.begin(tokens); t < shares.end(tokens); ++t)
-                std::copy_n(x.f32() + t * in, in, rows.data() + t * in);
-              for (const std::int64_t out : outs)
-                got[std::size_t(r)].push_back(backend->allocate({tokens, out}, DType::F32));
-              const TensorView own_ws[] = {mine[0].view(), mine[1].view()};
-              const TensorView ys[] = {got[std::size_t(r)][0].view(), got[std::size_t(r)][1].view()};
-              backend->linears_of_shares(TensorView{rows.data(), {tokens, in}, DType::F32}, shares, own_ws, biases, ys);
-            });
-          for (auto& t : threads) t.join();
-          for (int r = 0; r < ranks; ++r)
-            for (std::size_t i = 0; i < outs.size(); ++i)
-              EXPECT_EQ(0, std::memcmp(want[i].f32(), got[std::size_t(r)][i].f32(), std::size_t(want[i].numel()) * 4))
-                  << where << " rank " << r << " product " << i;
-          ASSERT_FALSE(group.row_bytes.empty()) << where;
-          for (const std::size_t bytes : group.row_bytes)
-            if (reduced)
-              EXPECT_LT(bytes, std::size_t(in) * 4) << where << ": the rows as the kernels read them, not f32";
-            else
-              EXPECT_EQ(bytes, std::size_t(in) * 4) << where;
+          const std::size_t round_bytes = one->shared_rows_bytes(tokens, in, dtype);
+          EXPECT_EQ(round_bytes > 0, reduced) << where << ": rounds where the kernels exchange their own rows";
+          for (const bool in_rounds : {false, true}) {
+            if (in_rounds && !reduced) continue;
+            ThreadRanks group(ranks);
+            ThreadRounds rounds(ranks, round_bytes);
+            std::vector<std::vector<Tensor>> got{std::size_t(ranks)};
+            std::vector<std::thread> threads;
+            for (int r = 0; r < ranks; ++r)
+              threads.emplace_back([&, r] {
+                std::unique_ptr<Backend> backend = make_cpu_backend(1, dtype);
+                const std::vector<Tensor> mine = weights_of(*backend);
+                RowShares shares = group.shares(r, starts);
+                if (in_rounds) shares.rounds = &rounds.ranks[std::size_t(r)];
+                std::vector<float> rows(std::size_t(tokens * in), std::numeric_limits<float>::quiet_NaN());
+                for (std::int64_t t = shares.begin(tokens); t < shares.end(tokens); ++t)
+                  std::copy_n(x.f32() + t * in, in, rows.data() + t * in);
+                for (const std::int64_t out : outs)
+                  got[std::size_t(r)].push_back(backend->allocate({tokens, out}, DType::F32));
+                const TensorView own_ws[] = {mine[0].view(), mine[1].view()};
+                const TensorView ys[] = {got[std::size_t(r)][0].view(), got[std::size_t(r)][1].view()};
+                backend->linears_of_shares(TensorView{rows.data(), {tokens, in}, DType::F32}, shares, own_ws, biases,
+                                           ys);
+              });
+            for (auto& t : threads) t.join();
+            for (int r = 0; r < ranks; ++r)
+              for (std::size_t i = 0; i < outs.size(); ++i)
+                EXPECT_EQ(0, std::memcmp(want[i].f32(), got[std::size_t(r)][i].f32(), std::size_t(want[i].numel()) * 4))
+                    << where << " rank " << r << " product " << i << (in_rounds ? " in rounds" : "");
+            if (in_rounds) {
+              EXPECT_TRUE(group.row_bytes.empty()) << where << ": no gather beside the rounds";
+              ASSERT_EQ(rounds.published.size(), std::size_t(ranks * (ranks - 1))) << where;
+              for (const auto& h : rounds.published) {
+                EXPECT_NE(h.writer, h.reader) << where;
+                EXPECT_EQ(h.at, starts[std::size_t(h.writer)]) << where << " rank " << h.writer;
+                EXPECT_EQ(h.count, starts[std::size_t(h.writer) + 1] - starts[std::size_t(h.writer)]) << where;
+              }
+              for (int r = 0; r < ranks; ++r)
+                EXPECT_EQ(rounds.taken[std::size_t(r)].load(), 1u) << where << " rank " << r;
+              continue;
+            }
+            ASSERT_FALSE(group.row_bytes.empty()) << where;
+            for (const std::size_t bytes : group.row_bytes)
+              if (reduced)
+                EXPECT_LT(bytes, std::size_t(in) * 4) << where << ": the rows as the kernels read them, not f32";
+              else
+                EXPECT_EQ(bytes, std::size_t(in) * 4) << where;
+          }
         }
     unsetenv("STRATA_QUANT_KERNEL");
   }

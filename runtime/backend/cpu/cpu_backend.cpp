@@ -18,6 +18,7 @@
 #include "runtime/backend/backend.h"
 #include "runtime/backend/cpu/kernels.h"
 #include "runtime/backend/cpu/quant.h"
+#include "runtime/backend/cpu/tiles.h"
 #include "runtime/backend/host_candidates.h"
 #include "runtime/backend/kv_blocks.h"
 #include "runtime/base/error.h"
@@ -141,6 +142,13 @@ class CpuBackend final : public Backend {
       cpu::shared_rows_dot_products(workers_, row_kernel_, x.f32(), shares, dtype, tokens, in, products);
     for (std::size_t i = 0; i < ws.size(); ++i) add_bias(biases[i], ys[i]);
   }
+
+  std::size_t shared_rows_bytes(std::int64_t tokens, std::int64_t in, DType weights) const override {
+    if (is_quantized(weights)) return quant::shared_rows_bytes(tokens, in);
+    return cpu::shared_rows_bytes(row_kernel_, weights, tokens, in);
+  }
+
+  std::int64_t rows_in_one_pass() const override { return cpu::kTokenPass; }
 
   // The products of x by each weight as one loop's list, where `kernel_runs` them and they can share one (x not
   // empty, every weight ws[0]'s dtype, the shapes matching); else empty.

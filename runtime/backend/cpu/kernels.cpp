@@ -498,13 +498,21 @@ void bf16_dot_products(Workers& workers, Fill&& fill, std::int64_t tokens, std::
                        std::span<const Product> products, const RowShares* shares = nullptr) {
   if (tokens <= 0) return;  // (the tiles run at least one token)
   const std::int64_t ldx = odd_lines_stride(in), held = shares ? std::max(tokens, shares->starts.back()) : tokens;
-  // Rows start on a cache line (ldx is a whole number of them, the scratch on a huge page), so no 64-byte load spans
-  // two lines.
+  // Rows start on a cache line (ldx is a whole number of them, the scratch on a huge page or the rounds' memory
+  // page-aligned), so no 64-byte load spans two lines.
   thread_local HostScratch rounded;
-  std::uint16_t* xs = rounded.get<std::uint16_t>(std::size_t(held * ldx));
+  SharedRows* rounds = shares ? shares->rounds : nullptr;
+  const std::size_t x_bytes = std::size_t(held * ldx) * sizeof(std::uint16_t);
+  if (rounds)
+    STRATA_CHECK(x_bytes <= rounds->bytes(), Internal, "rows of ", held, " tokens of ", in,
+                 " bf16 values past the shared rows' ", rounds->bytes(), " bytes");
+  auto* xs = rounds ? static_cast<std::uint16_t*>(rounds->begin_round()) : rounded.get<std::uint16_t>(x_bytes / 2);
   const std::int64_t own = shares ? shares->begin(tokens) : 0, own_end = shares ? shares->end(tokens) : tokens;
   workers.split(own_end - own, [&](std::int64_t first, std::int64_t last) { fill(own + first, own + last, xs, ldx); });
-  if (shares) shares->gather(xs, std::size_t(ldx) * sizeof(std::uint16_t));
+  if (rounds)
+    for (int k = 1; k < shares->ranks(); ++k) rounds->publish(shares->after(k), own, own_end - own);
+  else if (shares)
+    shares->gather(xs, std::size_t(ldx) * sizeof(std::uint16_t));
   // Work items: in the interleaved layout kGroupTile groups (a product's last one fewer), and one more for the
   // rows after the groups (in row layout); in the row layout kBlock rows. Items of one group left the balancing
   // tail to 1-group tiles (6 accumulators, a broadcast per VDPBF16PS): 12% of a batch-16 decode step's samples.
@@ -521,11 +529,12 @@ void bf16_dot_products(Workers& workers, Fill&& fill, std::int64_t tokens, std::
     return group_items(p) + (p.out % 16 ? 1 : 0);
   });
   // Items [first, last) of product p, numbered within it, for tokens t0 .. t0 + n.
+  const std::uint16_t* x_rows = xs;  // the memory the rows being computed are read from (row t at t * ldx)
   const auto product_items = [&](std::size_t index, std::int64_t first, std::int64_t last, std::int64_t t0,
                                  std::int64_t n) {
     const Product& p = products[index];
     const auto* w = static_cast<const std::uint16_t*>(p.w);
-    const std::uint16_t* xt = xs + t0 * ldx;
+    const std::uint16_t* xt = x_rows + t0 * ldx;
     float* y = p.y + t0 * p.out;
     if (p.layout != Layout::Interleaved16) {
       for (std::int64_t b = first; b < last; ++b) {
@@ -539,26 +548,51 @@ void bf16_dot_products(Workers& workers, Fill&& fill, std::int64_t tokens, std::
       groups_bf16_interleaved(xt, ldx, w, y, n, first * per_item, std::min(last * per_item, groups), p.out, in);
     if (last > grouped) rows_bf16_dots(xt, ldx, w + groups * 16 * in, y, n, groups * 16, p.out, p.out, in);
   };
-  const TokenPasses passes(tokens);
-  if (passes.count() == 1) {  // in the step's order (Workers::forecast): the rows of product_items' items
-    const std::size_t row_bytes = std::size_t(in) * sizeof(std::uint16_t);
-    forecast_balanced(workers, items, products, [&](const Product& p, std::int64_t i) {
-      std::int64_t first = i * kBlock, last = std::min(p.out, first + kBlock);
-      if (p.layout == Layout::Interleaved16) {
-        const std::int64_t groups = p.out / 16;
-        first = i < group_items(p) ? i * per_item * 16 : groups * 16;
-        last = i < group_items(p) ? std::min(groups, (i + 1) * per_item) * 16 : p.out;
-      }
-      return std::pair(std::size_t(first) * row_bytes, std::size_t(last) * row_bytes);
+  // Tokens [begin, end), read from x_rows.
+  const auto products_of_tokens = [&](std::int64_t begin, std::int64_t end) {
+    const TokenPasses passes(end - begin);
+    if (passes.count() == 1) {  // in the step's order (Workers::forecast): the rows of product_items' items
+      const std::size_t row_bytes = std::size_t(in) * sizeof(std::uint16_t);
+      forecast_balanced(workers, items, products, [&](const Product& p, std::int64_t i) {
+        std::int64_t first = i * kBlock, last = std::min(p.out, first + kBlock);
+        if (p.layout == Layout::Interleaved16) {
+          const std::int64_t groups = p.out / 16;
+          first = i < group_items(p) ? i * per_item * 16 : groups * 16;
+          last = i < group_items(p) ? std::min(groups, (i + 1) * per_item) * 16 : p.out;
+        }
+        return std::pair(std::size_t(first) * row_bytes, std::size_t(last) * row_bytes);
+      });
+    }
+    workers.balance(passes.count() * items.size(), [&](std::int64_t first, std::int64_t last) {
+      passes.for_each(items.size(), first, last,
+                      [&](std::int64_t t0, std::int64_t n, std::int64_t from, std::int64_t to) {
+                        items.for_each(from, to, [&](std::size_t p, std::int64_t a, std::int64_t b) {
+                          product_items(p, a, b, begin + t0, n);
+                        });
+                      });
     });
+  };
+  if (!rounds) return products_of_tokens(0, tokens);
+  if (tokens <= kTokenPass) {  // one pass over the weights for every row: the others' rows copied in first
+    for (int k = 1; k < shares->ranks(); ++k) {
+      const int r = shares->after(k);
+      const std::int64_t begin = shares->begin_of(r, tokens), end = shares->end_of(r, tokens);
+      const auto* from = static_cast<const std::uint16_t*>(rounds->rows_from(r, begin, end - begin));
+      std::memcpy(xs + begin * ldx, from + begin * ldx, std::size_t((end - begin) * ldx) * sizeof(std::uint16_t));
+    }
+    rounds->end_reading();
+    return products_of_tokens(0, tokens);
   }
-  workers.balance(passes.count() * items.size(), [&](std::int64_t first, std::int64_t last) {
-    passes.for_each(
-        items.size(), first, last, [&](std::int64_t t0, std::int64_t n, std::int64_t from, std::int64_t to) {
-          items.for_each(from, to,
-                         [&](std::size_t p, std::int64_t a, std::int64_t b) { product_items(p, a, b, t0, n); });
-        });
-  });
+  // This rank's rows first, then each other rank's from its memory once it has handed them over (each a pass of its
+  // own anyway).
+  products_of_tokens(own, own_end);
+  for (int k = 1; k < shares->ranks(); ++k) {
+    const int r = shares->after(k);
+    const std::int64_t begin = shares->begin_of(r, tokens), end = shares->end_of(r, tokens);
+    x_rows = static_cast<const std::uint16_t*>(rounds->rows_from(r, begin, end - begin));
+    if (end > begin) products_of_tokens(begin, end);
+  }
+  rounds->end_reading();
 }
 }  // namespace
 #endif
@@ -633,6 +667,14 @@ void row_dot_products_many(Workers& workers, const std::string& name, const floa
 
 bool gathers_shares(const std::string& kernel, DType w_dtype) {
   return kernel_for(kernel) == Kernel::Avx512Bf16 && w_dtype == DType::BF16;
+}
+
+std::size_t shared_rows_bytes(const std::string& kernel, DType w_dtype, std::int64_t tokens, std::int64_t in) {
+#if defined(__x86_64__)
+  if (gathers_shares(kernel, w_dtype)) return std::size_t(tokens * odd_lines_stride(in)) * sizeof(std::uint16_t);
+#endif
+  (void)kernel, (void)w_dtype, (void)tokens, (void)in;
+  return 0;
 }
 
 void shared_rows_dot_products(Workers& workers, const std::string& name, const float* x, const RowShares& shares,

@@ -74,6 +74,9 @@ void row_dot_products_many(Workers& workers, const std::string& kernel, const fl
 void shared_rows_dot_products(Workers& workers, const std::string& kernel, const float* x, const RowShares& shares,
                               DType w_dtype, std::int64_t tokens, std::int64_t in, std::span<const Product> products);
 bool gathers_shares(const std::string& kernel, DType w_dtype);
+// The bytes of `tokens` rows of `in` values as shared_rows_dot_products exchanges them (RowShares::rounds), 0 where
+// it does not (!gathers_shares).
+std::size_t shared_rows_bytes(const std::string& kernel, DType w_dtype, std::int64_t tokens, std::int64_t in);
 // Makes token t's activations (`in` values in f32) and returns where they are: in `scratch` (the calling thread's,
 // `in` floats, in L1) or wherever the maker wrote them.
 using RowMaker = std::function<const float*(std::int64_t t, float* scratch)>;

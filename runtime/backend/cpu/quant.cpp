@@ -690,7 +690,12 @@ void products_of_rows(cpu::Workers& workers, const std::string& kernel, Rows&& r
   auto* base = scratch.get<char>(q_bytes + scale_bytes + count * sizeof(std::int32_t));
   const bool avx512 = kernel == "avx512vnni";
   const int bias = format == Format::Q8_0 ? 128 : 8;
-  auto* q = reinterpret_cast<BlockQ8_0*>(base);
+  // The blocks of the rows this rank makes: in the rounds' memory, where the other ranks read them in place.
+  SharedRows* rounds = shares ? shares->rounds : nullptr;
+  if (rounds)
+    STRATA_CHECK(count * sizeof(BlockQ8_0) <= rounds->bytes(), Internal, "Q8_0 rows of ", count / std::size_t(blocks),
+                 " tokens of ", in, " values past the shared rows' ", rounds->bytes(), " bytes");
+  auto* q = rounds ? static_cast<BlockQ8_0*>(rounds->begin_round()) : reinterpret_cast<BlockQ8_0*>(base);
   auto* scales = reinterpret_cast<float*>(base + q_bytes);
   std::int32_t* start = avx512 ? reinterpret_cast<std::int32_t*>(base + q_bytes + scale_bytes) : nullptr;
   const auto quantize = [&](std::int64_t t, const float* row) {
@@ -699,21 +704,57 @@ void products_of_rows(cpu::Workers& workers, const std::string& kernel, Rows&& r
   const std::int64_t begin = shares ? shares->begin(tokens) : 0, end = shares ? shares->end(tokens) : tokens;
   over_tokens(workers, end - begin, blocks,
               [&](std::int64_t first, std::int64_t last) { rows(begin + first, begin + last, quantize); });
-  if (shares) {
-    // The other ranks' rows come as their blocks alone, and their scales and starts are made here: one exchange
-    // instead of three, each of which waits for the slowest rank (three had cost 1-2% of a tp-2 prefill).
-    shares->gather(q, std::size_t(blocks) * sizeof(BlockQ8_0));
-    const auto complete = [&](std::int64_t first, std::int64_t last) {
-      scales_and_starts(avx512, q, scales, start, bias, first * blocks, last * blocks);
-    };
-    over_tokens(workers, begin, blocks, complete);
-    over_tokens(workers, tokens - end, blocks, [&](std::int64_t a, std::int64_t b) { complete(end + a, end + b); });
+  // The other ranks' rows come as their blocks alone, and their scales and starts are made here: one exchange
+  // instead of three, each of which waits for the slowest rank (three had cost 1-2% of a tp-2 prefill).
+  const auto complete = [&](const BlockQ8_0* from, std::int64_t first, std::int64_t last) {
+    over_tokens(workers, last - first, blocks, [&](std::int64_t a, std::int64_t b) {
+      scales_and_starts(avx512, from, scales, start, bias, (first + a) * blocks, (first + b) * blocks);
+    });
+  };
+  // Tokens [first, last), their blocks read from `from` (token t's at t * blocks).
+  const auto products_of_tokens = [&](const BlockQ8_0* from, std::int64_t first, std::int64_t last) {
+    if (last <= first) return;
+    thread_local std::vector<Product> part;
+    part.assign(products.begin(), products.end());
+    for (Product& p : part) p.y += first * p.out;
+    const std::int64_t at = first * blocks;
+    const Activations activations{from + at, scales + at, start ? start + at : nullptr};
+    if (format == Format::Q8_0)
+      run<BlockQ8_0>(workers, kernel, activations, part, last - first, blocks);
+    else
+      run<BlockQ4_0>(workers, kernel, activations, part, last - first, blocks);
+  };
+  if (rounds) {
+    for (int k = 1; k < shares->ranks(); ++k) rounds->publish(shares->after(k), begin, end - begin);
+    if (tokens <= cpu::kTokenPass) {  // one pass over the weights for every row: the others' rows copied in first
+      for (int k = 1; k < shares->ranks(); ++k) {
+        const int r = shares->after(k);
+        const std::int64_t first = shares->begin_of(r, tokens), last = shares->end_of(r, tokens);
+        const auto* from = static_cast<const BlockQ8_0*>(rounds->rows_from(r, first, last - first));
+        std::memcpy(q + first * blocks, from + first * blocks,
+                    std::size_t((last - first) * blocks) * sizeof(BlockQ8_0));
+        complete(q, first, last);
+      }
+      rounds->end_reading();
+      return products_of_tokens(q, 0, tokens);
+    }
+    // This rank's rows first, then each other rank's once it has handed them over (each a pass of its own anyway).
+    products_of_tokens(q, begin, end);
+    for (int k = 1; k < shares->ranks(); ++k) {
+      const int r = shares->after(k);
+      const std::int64_t first = shares->begin_of(r, tokens), last = shares->end_of(r, tokens);
+      const auto* from = static_cast<const BlockQ8_0*>(rounds->rows_from(r, first, last - first));
+      complete(from, first, last);
+      products_of_tokens(from, first, last);
+    }
+    return rounds->end_reading();
   }
-  const Activations activations{q, scales, start};
-  if (format == Format::Q8_0)
-    run<BlockQ8_0>(workers, kernel, activations, products, tokens, blocks);
-  else
-    run<BlockQ4_0>(workers, kernel, activations, products, tokens, blocks);
+  if (shares) {
+    shares->gather(q, std::size_t(blocks) * sizeof(BlockQ8_0));
+    complete(q, 0, begin);
+    complete(q, end, tokens);
+  }
+  products_of_tokens(q, 0, tokens);
 }
 }  // namespace
 
@@ -723,6 +764,10 @@ void row_dot_products_many(cpu::Workers& workers, const std::string& kernel, con
     for (std::int64_t t = first; t < last; ++t) quantize(t, x + t * in);
   };
   products_of_rows(workers, kernel, rows, format, tokens, in, products);
+}
+
+std::size_t shared_rows_bytes(std::int64_t tokens, std::int64_t in) {
+  return std::size_t(tokens * (in / kBlock)) * sizeof(BlockQ8_0);
 }
 
 void shared_rows_dot_products(cpu::Workers& workers, const std::string& kernel, const float* x, const RowShares& shares,

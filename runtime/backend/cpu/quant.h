@@ -41,6 +41,9 @@ void row_dot_products_many(cpu::Workers& workers, const std::string& kernel, con
 // row_dot_products_many where x holds only this rank's rows of `shares` (sequence parallelism): quantized, they are
 // exchanged with the other ranks' (the Q8_0 blocks, their f32 scales and the AVX-512 kernel's starts: 42 bytes per
 // 32 values against f32's 128), then every row's products computed. The same bits as row_dot_products_many.
+// The bytes of `tokens` rows of `in` values as shared_rows_dot_products exchanges them (RowShares::rounds): their
+// Q8_0 blocks.
+std::size_t shared_rows_bytes(std::int64_t tokens, std::int64_t in);
 void shared_rows_dot_products(cpu::Workers& workers, const std::string& kernel, const float* x, const RowShares& shares,
                               Format format, std::int64_t tokens, std::int64_t in, std::span<const Product> products);
 // row_dot_products_many of activations made token by token by `make` (cpu::RowMaker): each row quantized as soon as

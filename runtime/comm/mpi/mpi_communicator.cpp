@@ -118,13 +118,10 @@ class MpiCommunicator final : public Communicator {
     });
   }
 
-  bool reduce_scatter_with(TensorView data, RowStarts starts, const PartsUser& use) override {
-    check_shares("MPI reduce-scatter", data, starts);
-    ShmRows* rows = workspace_of(data);
-    if (!rows) return false;
-    const auto [from, count] = own_floats(data, starts);
-    rows->reduce_scatter(std::size_t(data.f32() - static_cast<const float*>(rows->data())) + from, count, use);
-    return true;
+  SharedRows* shared_rows(const void* workspace) override {
+    for (const auto& rows : rows_)
+      if (rows->data() == workspace) return rows.get();
+    return nullptr;
   }
 
   bool all_reduce_with(TensorView data, const PartsUser& use) override {

@@ -12,12 +12,19 @@ namespace strata {
 // A rank's part of the segment: this header, then its data from kDataOffset. `arrived`: the sequence number of the
 // last call whose data it has written (with that call's `at`, `count` and kind); `read`: of the last call whose sums it
 // has taken from every rank's data. Each flag on its own cache line: one rank writes it, the others spin on it.
+// The rounds' (SharedRows): `taken`, the last round this rank has read every writer's rows of; ready[r], the last
+// round whose rows for rank r this rank has published, and which rows.
 struct ShmRows::Header {
   alignas(64) std::atomic<std::uint64_t> arrived;
   std::uint64_t at;
   std::int64_t count;
   bool whole;  // all_parts, not reduce_scatter
   alignas(64) std::atomic<std::uint64_t> read;
+  alignas(64) std::atomic<std::uint64_t> taken;
+  struct Ready {
+    alignas(64) std::atomic<std::uint64_t> round;
+    std::int64_t at, count;
+  } ready[kMaxRanks];
 };
 
 namespace {
@@ -30,6 +37,8 @@ std::unique_ptr<ShmRows> ShmRows::create(MPI_Comm comm, std::size_t bytes) {
   int size = 0, rank = 0;
   STRATA_MPI_CHECK(MPI_Comm_size(comm, &size));
   STRATA_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+  static_assert(sizeof(Header) <= kDataOffset, "the header fits the page before the data");
+  if (size > kMaxRanks) return nullptr;  // (the same on every rank)
   auto segment = ShmSegment::create(comm, kDataOffset + pages(bytes), "the sequence-parallel reduce-scatter",
                                     "MPI point-to-point sends");
   if (!segment) return nullptr;
@@ -37,6 +46,8 @@ std::unique_ptr<ShmRows> ShmRows::create(MPI_Comm comm, std::size_t bytes) {
   Header& own = rows->header(rank);
   new (&own.arrived) std::atomic<std::uint64_t>(0);
   new (&own.read) std::atomic<std::uint64_t>(0);
+  new (&own.taken) std::atomic<std::uint64_t>(0);
+  for (auto& ready : own.ready) new (&ready.round) std::atomic<std::uint64_t>(0);
   STRATA_MPI_CHECK(MPI_Barrier(comm));  // every rank's flags made before anyone looks at them
   return rows;
 }
@@ -132,5 +143,48 @@ int ShmRows::misfit(std::size_t at, std::int64_t count, bool whole) const {
   }
   return -1;
 }
+
+// SharedRows. A reader ends its reading of a round before its next begin_round can return on any writer, so a
+// writer's ready flag for it is at most one round ahead of the reader: equal to its round_ once published.
+void ShmRows::await_readers() {
+  for (int r = 0; r < size_; ++r)
+    if (r != rank_) {
+      const std::atomic<std::uint64_t>& taken = header(r).taken;
+      spin_until([&] { return taken.load(std::memory_order_acquire) >= round_; });
+    }
+}
+
+void* ShmRows::begin_round() {
+  await_readers();
+  ++round_;
+  return data();
+}
+
+void ShmRows::publish(int reader, std::int64_t at, std::int64_t count) {
+  STRATA_CHECK(reader >= 0 && reader < size_ && round_ > 0, Internal, "shared rows published for rank ", reader, " of ",
+               size_, " in round ", round_);
+  Header::Ready& ready = header(rank_).ready[reader];
+  ready.at = at;
+  ready.count = count;
+  ready.round.store(round_, std::memory_order_release);
+}
+
+const void* ShmRows::rows_from(int writer, std::int64_t at, std::int64_t count) {
+  STRATA_CHECK(writer >= 0 && writer < size_ && round_ > 0, Internal, "shared rows asked of rank ", writer, " of ",
+               size_, " in round ", round_);
+  if (writer == rank_) return data();
+  const Header::Ready& ready = header(writer).ready[rank_];
+  spin_until([&] { return ready.round.load(std::memory_order_acquire) >= round_; });
+  if (ready.at != at || ready.count != count) {
+    const std::int64_t their_at = ready.at, their_count = ready.count;
+    end_reading();  // (the writer is not left waiting for this rank)
+    throw Error(ErrorKind::Communication, cat("shared rows: rank ", writer, " gave rank ", rank_, " rows ", their_at,
+                                              "..", their_at + their_count, " where rank ", rank_, " takes ", at, "..",
+                                              at + count, " (every rank must give the same rows)"));
+  }
+  return floats(writer);
+}
+
+void ShmRows::end_reading() { header(rank_).taken.store(round_, std::memory_order_release); }
 
 }  // namespace strata

@@ -11,6 +11,11 @@
 // others' (so that none writes its part again, at the next product, while another still reads it). A rank that
 // never arrives is the watchdog's to report, as one stuck in MPI is. Every rank must give the same rows (for a
 // reduce-scatter, shares that follow one another in rank order): a mismatch is reported by name on every rank.
+//
+// The same memory also serves as SharedRows (runtime/base/shared_rows.h): rounds in which each rank waits only for
+// the rows meant for it, and a writer only (at its next round) for its readers to be done. Its flags are apart from
+// the collective calls' above; a caller that writes a rank's part outside a round after a round (a collective's
+// operands) first calls await_readers.
 #pragma once
 #include <mpi.h>
 
@@ -20,12 +25,15 @@
 #include <memory>
 #include <span>
 
+#include "runtime/base/shared_rows.h"
 #include "runtime/comm/mpi/shm_segment.h"
 
 namespace strata {
 
-class ShmRows {
+class ShmRows final : public SharedRows {
  public:
+  // The most ranks whose rounds' flags fit the header page (SharedRows); create gives none for a larger group.
+  static constexpr int kMaxRanks = 32;
   // Collective over `comm`; null (on every rank) where ShmSegment::create gives none.
   static std::unique_ptr<ShmRows> create(MPI_Comm comm, std::size_t bytes);
   ~ShmRows();
@@ -45,6 +53,16 @@ class ShmRows {
   // operands, for a caller that sums them into what it makes next). Collective.
   void all_parts(std::size_t at, std::int64_t count, const PartsUser& use);
 
+  // SharedRows: rounds on the same memory.
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::size_t bytes() const override { return bytes_; }
+  void await_readers() override;
+  void* begin_round() override;
+  void publish(int reader, std::int64_t at, std::int64_t count) override;
+  const void* rows_from(int writer, std::int64_t at, std::int64_t count) override;
+  void end_reading() override;
+
  private:
   struct Header;  // a rank's flags and the call it is in (shm_rows.cpp)
   ShmRows(std::unique_ptr<ShmSegment> segment, std::size_t bytes, int rank, int size);
@@ -60,6 +78,7 @@ class ShmRows {
   std::size_t bytes_;
   int rank_, size_;
   std::uint64_t sequence_ = 0;  // calls so far, the same on every rank
+  std::uint64_t round_ = 0;     // SharedRows rounds begun so far, the same on every rank between rounds
 };
 
 }  // namespace strata
