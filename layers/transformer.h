@@ -206,6 +206,7 @@ class TransformerStage {
   using RowsProduct = std::function<void(std::int64_t first, std::int64_t last)>;
   void row_parallel(std::int64_t tokens, const RowsProduct& product);
   void parts_of_round(std::int64_t tokens, const Collectives::PartsUser& use);
+  void gather_last_rows(const TensorView& h, const TensorView& last);
 
   ShardPlan plan_;
   Backend& backend_;
@@ -253,7 +254,8 @@ class TransformerStage {
   // The rounds on proj_ and on the products' inputs (input_rows_), timed; null where the group has none.
   std::unique_ptr<TimedRounds> proj_rounds_, input_rounds_;
   Buffer input_rows_;
-  std::vector<const float*> parts_;  // parts_of_round's
+  std::vector<const float*> parts_;        // parts_of_round's
+  std::vector<std::int64_t> last_starts_;  // gather_last_rows': each rank's first of the head's rows
 };
 
 }  // namespace strata
