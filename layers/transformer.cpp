@@ -750,19 +750,15 @@ void TransformerStage::row_parallel(std::int64_t tokens, const RowsProduct& prod
   sums_pending_ = true;
   if (tokens <= backend_.rows_in_one_pass()) {  // in parts it would read the weights once a part: at once
     product(0, tokens);
-    for (int k = 1; k < shares_.ranks(); ++k) {
-      const int r = shares_.after(k);
-      proj_rounds_->publish(r, shares_.begin_of(r, tokens) * width,
-                            (shares_.end_of(r, tokens) - shares_.begin_of(r, tokens)) * width);
-    }
+    shares_.for_each_other(tokens, [&](int r, std::int64_t first, std::int64_t last) {
+      proj_rounds_->publish(r, first * width, (last - first) * width);
+    });
     return;
   }
-  for (int k = 1; k < shares_.ranks(); ++k) {
-    const int r = shares_.after(k);
-    const std::int64_t first = shares_.begin_of(r, tokens), last = shares_.end_of(r, tokens);
+  shares_.for_each_other(tokens, [&](int r, std::int64_t first, std::int64_t last) {
     if (last > first) product(first, last);
     proj_rounds_->publish(r, first * width, (last - first) * width);
-  }
+  });
   if (shares_.end(tokens) > shares_.begin(tokens)) product(shares_.begin(tokens), shares_.end(tokens));
 }
 

@@ -36,9 +36,15 @@ struct RowShares {
   // Rank r's rows of a step of `tokens`.
   std::int64_t begin_of(int r, std::int64_t tokens) const { return std::min(tokens, starts[std::size_t(r)]); }
   std::int64_t end_of(int r, std::int64_t tokens) const { return std::min(tokens, starts[std::size_t(r) + 1]); }
-  // The k-th rank after this one (k < ranks(); k = 0 this one): the order in which each rank takes the others'
-  // rows, so that no two ranks wait on the same one first.
-  int after(int k) const { return (rank + k) % ranks(); }
+  // f(r, begin, end) for every other rank r and its rows of a step of `tokens`, starting with the next one: the
+  // order in which each rank takes the others' rows, so that no two ranks wait on the same one first.
+  template <typename F>
+  void for_each_other(std::int64_t tokens, F&& f) const {
+    for (int k = 1; k < ranks(); ++k) {
+      const int r = (rank + k) % ranks();
+      f(r, begin_of(r, tokens), end_of(r, tokens));
+    }
+  }
 };
 
 }  // namespace strata

@@ -510,7 +510,7 @@ void bf16_dot_products(Workers& workers, Fill&& fill, std::int64_t tokens, std::
   const std::int64_t own = shares ? shares->begin(tokens) : 0, own_end = shares ? shares->end(tokens) : tokens;
   workers.split(own_end - own, [&](std::int64_t first, std::int64_t last) { fill(own + first, own + last, xs, ldx); });
   if (rounds)
-    for (int k = 1; k < shares->ranks(); ++k) rounds->publish(shares->after(k), own, own_end - own);
+    shares->for_each_other(tokens, [&](int r, std::int64_t, std::int64_t) { rounds->publish(r, own, own_end - own); });
   else if (shares)
     shares->gather(xs, std::size_t(ldx) * sizeof(std::uint16_t));
   // Work items: in the interleaved layout kGroupTile groups (a product's last one fewer), and one more for the
@@ -574,24 +574,20 @@ void bf16_dot_products(Workers& workers, Fill&& fill, std::int64_t tokens, std::
   };
   if (!rounds) return products_of_tokens(0, tokens);
   if (tokens <= kTokenPass) {  // one pass over the weights for every row: the others' rows copied in first
-    for (int k = 1; k < shares->ranks(); ++k) {
-      const int r = shares->after(k);
-      const std::int64_t begin = shares->begin_of(r, tokens), end = shares->end_of(r, tokens);
+    shares->for_each_other(tokens, [&](int r, std::int64_t begin, std::int64_t end) {
       const auto* from = static_cast<const std::uint16_t*>(rounds->rows_from(r, begin, end - begin));
       std::memcpy(xs + begin * ldx, from + begin * ldx, std::size_t((end - begin) * ldx) * sizeof(std::uint16_t));
-    }
+    });
     rounds->end_reading();
     return products_of_tokens(0, tokens);
   }
   // This rank's rows first, then each other rank's from its memory once it has handed them over (each a pass of its
   // own anyway).
   products_of_tokens(own, own_end);
-  for (int k = 1; k < shares->ranks(); ++k) {
-    const int r = shares->after(k);
-    const std::int64_t begin = shares->begin_of(r, tokens), end = shares->end_of(r, tokens);
+  shares->for_each_other(tokens, [&](int r, std::int64_t begin, std::int64_t end) {
     x_rows = static_cast<const std::uint16_t*>(rounds->rows_from(r, begin, end - begin));
     if (end > begin) products_of_tokens(begin, end);
-  }
+  });
   rounds->end_reading();
 }
 }  // namespace

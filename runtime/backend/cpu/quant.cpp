@@ -725,28 +725,24 @@ void products_of_rows(cpu::Workers& workers, const std::string& kernel, Rows&& r
       run<BlockQ4_0>(workers, kernel, activations, part, last - first, blocks);
   };
   if (rounds) {
-    for (int k = 1; k < shares->ranks(); ++k) rounds->publish(shares->after(k), begin, end - begin);
+    shares->for_each_other(tokens, [&](int r, std::int64_t, std::int64_t) { rounds->publish(r, begin, end - begin); });
     if (tokens <= cpu::kTokenPass) {  // one pass over the weights for every row: the others' rows copied in first
-      for (int k = 1; k < shares->ranks(); ++k) {
-        const int r = shares->after(k);
-        const std::int64_t first = shares->begin_of(r, tokens), last = shares->end_of(r, tokens);
+      shares->for_each_other(tokens, [&](int r, std::int64_t first, std::int64_t last) {
         const auto* from = static_cast<const BlockQ8_0*>(rounds->rows_from(r, first, last - first));
         std::memcpy(q + first * blocks, from + first * blocks,
                     std::size_t((last - first) * blocks) * sizeof(BlockQ8_0));
         complete(q, first, last);
-      }
+      });
       rounds->end_reading();
       return products_of_tokens(q, 0, tokens);
     }
     // This rank's rows first, then each other rank's once it has handed them over (each a pass of its own anyway).
     products_of_tokens(q, begin, end);
-    for (int k = 1; k < shares->ranks(); ++k) {
-      const int r = shares->after(k);
-      const std::int64_t first = shares->begin_of(r, tokens), last = shares->end_of(r, tokens);
+    shares->for_each_other(tokens, [&](int r, std::int64_t first, std::int64_t last) {
       const auto* from = static_cast<const BlockQ8_0*>(rounds->rows_from(r, first, last - first));
       complete(from, first, last);
       products_of_tokens(from, first, last);
-    }
+    });
     return rounds->end_reading();
   }
   if (shares) {

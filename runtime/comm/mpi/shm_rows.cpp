@@ -144,8 +144,8 @@ int ShmRows::misfit(std::size_t at, std::int64_t count, bool whole) const {
   return -1;
 }
 
-// SharedRows. A reader ends its reading of a round before its next begin_round can return on any writer, so a
-// writer's ready flag for it is at most one round ahead of the reader: equal to its round_ once published.
+// SharedRows. A writer's begin_round of round k + 1 waits until every reader has ended round k, so the ready flag a
+// reader waits on in round k reads k - 1 (not yet published) or k: `>=` on the round is exact.
 void ShmRows::await_readers() {
   for (int r = 0; r < size_; ++r)
     if (r != rank_) {
